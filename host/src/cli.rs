@@ -1,0 +1,121 @@
+//! Command-line parsing (clap) and dispatch to the commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fusion_plugin_api::host::API_VERSION;
+
+use crate::plugins::Registry;
+use crate::program::{self, RunRequest};
+use crate::{logging, paths};
+
+/// Deep model fusion: compose a FusionBench-style config, merge models with a plugin algorithm,
+/// evaluate the result.
+///
+/// Examples:
+///   fusion-host method=task_arithmetic method.scaling_factor=0.3 modelpool=... taskpool=...
+///   fusion-host --cfg job method=ties_merging
+///   fusion-host plugins
+#[derive(Parser, Debug)]
+#[command(name = "fusion-host", version, about, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// A folder of configs to search (before the built-in ones); repeatable. Hydra's `-cp`.
+    #[arg(long = "config-path", value_name = "DIR")]
+    config_path: Vec<PathBuf>,
+
+    /// The primary config (in a config folder, `.yaml` optional). Hydra's `-cn`.
+    #[arg(long = "config-name", value_name = "NAME", default_value = "fabric_model_fusion")]
+    config_name: String,
+
+    /// Print the composed config (`job`: without `hydra`; `all`: with it) and exit.
+    #[arg(long = "cfg", short = 'c', value_name = "WHAT", value_parser = ["job", "all"])]
+    cfg: Option<String>,
+
+    /// With --cfg: resolve `${...}` interpolations before printing.
+    #[arg(long)]
+    resolve: bool,
+
+    /// A folder of plugin libraries to load (before FUSION_PLUGIN_PATH and the executable's
+    /// folder); repeatable.
+    #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
+    plugin_dir: Vec<PathBuf>,
+
+    /// More logging (-v debug, -vv trace). FUSION_LOG=... sets a filter.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+
+    /// Config overrides, Hydra style: `group=option`, `a.b=value`, `+a.b=value`, `++a.b=value`,
+    /// `~a.b`.
+    #[arg(value_name = "OVERRIDE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List every plugin component found: target names, kind, library file, description.
+    Plugins,
+}
+
+/// Hydra's two-letter short options (`-cn`, `-cp`, `-cd`) are not expressible in clap; map them
+/// to their long forms first.
+fn hydra_short_options(args: impl Iterator<Item = String>) -> Vec<String> {
+    args.map(|a| match a.as_str() {
+        "-cn" => "--config-name".to_string(),
+        "-cp" | "-cd" | "--config-dir" => "--config-path".to_string(),
+        _ => a,
+    })
+    .collect()
+}
+
+/// Parse the command line and run.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse_from(hydra_short_options(std::env::args()));
+    logging::init(cli.verbose, cli.quiet);
+    match cli.command {
+        Some(Command::Plugins) => {
+            logging::no_file();
+            list_plugins(&cli.plugin_dir);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let req = RunRequest {
+                config_paths: cli.config_path,
+                config_name: cli.config_name.trim_end_matches(".yaml").to_string(),
+                overrides: cli.overrides,
+                print_cfg: cli.cfg,
+                resolve: cli.resolve,
+                plugin_dirs: cli.plugin_dir,
+            };
+            program::run(&req)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn list_plugins(cli_dirs: &[PathBuf]) {
+    let dirs = paths::plugin_dirs(cli_dirs);
+    let registry = Registry::load(&dirs);
+    println!("plugin-api {API_VERSION}; searched: {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+    for lib in &registry.libraries {
+        println!();
+        println!("{} {} ({}; plugin-api {})", lib.name, lib.version, lib.path.display(), lib.api_version);
+        let mut comps: Vec<_> = lib.components.iter().collect();
+        comps.sort_by_key(|c| c.kind);
+        for c in comps {
+            println!("  {:<10} {}", c.kind.to_string(), c.names.join(" | "));
+            println!("  {:<10} {}", "", c.description);
+        }
+    }
+    for e in &registry.refused {
+        println!();
+        println!("refused: {e}");
+    }
+}

@@ -1,0 +1,272 @@
+//! The fusion program (FusionBench's `FabricModelFusionProgram`): compose the config, instantiate
+//! the model pool, the method and the task pool, `merged = method.run(modelpool)`, save it when
+//! asked, `report = taskpool.evaluate(merged)`, print and save the report.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use fusion_config::{ComposeOptions, ResolveContext};
+use fusion_plugin_api::host::ComponentKind;
+use fusion_plugin_api::Context;
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+
+use crate::error::{plugin, usage};
+use crate::plugins::Registry;
+use crate::profile::Profiler;
+use crate::save::{save_model, SaveOptions};
+use crate::targets;
+use crate::{logging, paths, progress};
+
+/// What to run.
+pub struct RunRequest {
+    pub config_paths: Vec<PathBuf>,
+    pub config_name: String,
+    pub overrides: Vec<String>,
+    /// `--cfg job|all`: print the composed config and stop.
+    pub print_cfg: Option<String>,
+    /// `--resolve` with `--cfg`: resolve interpolations before printing.
+    pub resolve: bool,
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+/// Convert the composed YAML tree into JSON for the components (YAML keys that are not strings,
+/// such as `1:`, become their string form; non-finite floats become strings).
+pub fn yaml_to_json(v: &Yaml) -> Json {
+    match v {
+        Yaml::Null => Json::Null,
+        Yaml::Bool(b) => Json::Bool(*b),
+        Yaml::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Json::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Json::from(u)
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                serde_json::Number::from_f64(f).map(Json::Number).unwrap_or_else(|| Json::String(f.to_string()))
+            }
+        }
+        Yaml::String(s) => Json::String(s.clone()),
+        Yaml::Sequence(s) => Json::Array(s.iter().map(yaml_to_json).collect()),
+        Yaml::Mapping(m) => Json::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        Yaml::Tagged(t) => yaml_to_json(&t.value),
+    }
+}
+
+fn root_bool(cfg: &Json, key: &str, default: bool) -> anyhow::Result<bool> {
+    match cfg.get(key) {
+        None | Some(Json::Null) => Ok(default),
+        Some(Json::Bool(b)) => Ok(*b),
+        Some(other) => Err(usage(format!("`{key}` must be true or false, got {other}"))),
+    }
+}
+
+/// A path option that may be null, false (off) or a string with `{log_dir}` in it.
+fn root_path(cfg: &Json, key: &str, log_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    match cfg.get(key) {
+        None | Some(Json::Null) | Some(Json::Bool(false)) => Ok(None),
+        Some(Json::String(s)) if s.is_empty() => Ok(None),
+        Some(Json::String(s)) => {
+            Ok(Some(PathBuf::from(s.replace("{log_dir}", &log_dir.to_string_lossy()))))
+        }
+        Some(other) => Err(usage(format!("`{key}` must be a path or null, got {other}"))),
+    }
+}
+
+fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+/// Compose the config from the request.
+fn compose(req: &RunRequest) -> anyhow::Result<fusion_config::Composed> {
+    let mut search_path = paths::builtin_config_roots();
+    // Later roots take precedence: the user's --config-path shadows the built-in configs.
+    search_path.extend(req.config_paths.iter().cloned());
+    if search_path.is_empty() {
+        return Err(usage(
+            "no config folder found: pass --config-path DIR or set FUSION_CONFIG_PATH".to_string(),
+        ));
+    }
+    tracing::debug!(?search_path, config = %req.config_name, "composing");
+    Ok(fusion_config::compose(&ComposeOptions {
+        search_path,
+        config_name: Some(req.config_name.clone()),
+        overrides: req.overrides.clone(),
+    })?)
+}
+
+/// Run the program; returns the report, or None for `--cfg` / `dry_run`.
+pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
+    let mut profiler = Profiler::default();
+    let composed = profiler.stage("compose config", || compose(req))?;
+    let now = chrono::Local::now().naive_local();
+    let default_log_dir = PathBuf::from("outputs")
+        .join(if composed.config_name.is_empty() { "default" } else { &composed.config_name })
+        .join(now.format("%Y-%m-%d_%H-%M-%S").to_string());
+    let mut rctx = ResolveContext::new(&composed.config_name);
+    rctx.now = now;
+    rctx.hydra = composed.hydra.clone();
+    rctx.output_dir = Some(default_log_dir.to_string_lossy().to_string());
+
+    if let Some(what) = &req.print_cfg {
+        let mut cfg = composed.config.clone();
+        if what == "all" {
+            if let (Yaml::Mapping(m), Some(h)) = (&mut cfg, &composed.hydra) {
+                m.insert(Yaml::String("hydra".into()), h.clone());
+            }
+        }
+        if req.resolve {
+            cfg = fusion_config::resolve(&cfg, &rctx)?;
+        }
+        print!("{}", fusion_config::to_yaml(&cfg));
+        logging::no_file();
+        return Ok(None);
+    }
+
+    let resolved = fusion_config::resolve(&composed.config, &rctx)?;
+    let missing = fusion_config::find_missing(&resolved);
+    if !missing.is_empty() {
+        return Err(usage(format!(
+            "missing mandatory value{}: {} (`???` in the config); set {} on the command line, e.g. `{}=...`",
+            if missing.len() > 1 { "s" } else { "" },
+            missing.join(", "),
+            if missing.len() > 1 { "them" } else { "it" },
+            missing[0]
+        )));
+    }
+    let cfg = yaml_to_json(&resolved);
+    let log_dir = cfg
+        .pointer("/path/log_dir")
+        .and_then(Json::as_str)
+        .map(PathBuf::from)
+        .unwrap_or(default_log_dir);
+
+    let seed = match cfg.get("seed") {
+        None | Some(Json::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| usage(format!("`seed` must be a non-negative integer, got {v}")))?),
+    };
+    let fast_dev_run = root_bool(&cfg, "fast_dev_run", false)?;
+    let dry_run = root_bool(&cfg, "dry_run", false)?;
+    let print_config = root_bool(&cfg, "print_config", false)?;
+    let save_path = root_path(&cfg, "merged_model_save_path", &log_dir)?;
+    let save_opts = SaveOptions::from_kwargs(cfg.get("merged_model_save_kwargs"))?;
+    let report_path = match cfg.get("report_save_path") {
+        // FusionBench's default when the key is absent.
+        None => Some(log_dir.join("program_report.json")),
+        Some(_) => root_path(&cfg, "report_save_path", &log_dir)?,
+    };
+
+    if print_config {
+        progress::suspend(|| eprint!("{}", fusion_config::to_yaml(&resolved)));
+    }
+
+    // Which components: find every target before any work (and before dry_run returns).
+    let registry = profiler.stage("load plugins", || Registry::load(&paths::plugin_dirs(&req.plugin_dirs)));
+    let section = |kind: ComponentKind| -> Option<&Json> {
+        cfg.get(kind.config_key()).filter(|v| !v.is_null())
+    };
+    let pool_cfg = section(ComponentKind::ModelPool)
+        .ok_or_else(|| usage("the config has no `modelpool`; choose one, e.g. `modelpool=...`"))?;
+    let method_cfg = section(ComponentKind::Algorithm)
+        .ok_or_else(|| usage("the config has no `method`; choose one, e.g. `method=dummy`"))?;
+    let task_cfg = section(ComponentKind::TaskPool);
+
+    let pick = |kind: ComponentKind, c: &Json| -> anyhow::Result<_> {
+        let sel = targets::selector(kind, c)?;
+        let comp = targets::resolve(&registry, kind, &sel)?;
+        tracing::info!(
+            "{}: {} (plugin `{}`, {})",
+            kind.config_key(),
+            sel.target,
+            comp.plugin,
+            comp.library.display()
+        );
+        Ok((sel, comp))
+    };
+    let (pool_sel, pool_comp) = pick(ComponentKind::ModelPool, pool_cfg)?;
+    let (method_sel, method_comp) = pick(ComponentKind::Algorithm, method_cfg)?;
+    let task = task_cfg.map(|c| pick(ComponentKind::TaskPool, c)).transpose()?;
+
+    if dry_run {
+        tracing::info!("dry_run: the config composes and every component resolves; nothing was run");
+        logging::no_file();
+        return Ok(None);
+    }
+
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    write_atomic(&log_dir.join("config.yaml"), fusion_config::to_yaml(&resolved).as_bytes())?;
+    logging::open_file(&log_dir.join("fusion-host.log"))
+        .with_context(|| format!("opening the log file in {}", log_dir.display()))?;
+    tracing::info!(log_dir = %log_dir.display(), "run started");
+
+    let ctx = Context::with_services(seed, fast_dev_run, Arc::new(progress::Services::default()), None);
+
+    let pool = profiler.stage("instantiate modelpool", || {
+        pool_comp.model_pool(&pool_sel.target, pool_cfg).map_err(plugin)
+    })?;
+    let method = profiler.stage("instantiate method", || {
+        method_comp.algorithm(&method_sel.target, method_cfg).map_err(plugin)
+    })?;
+    let taskpool = task
+        .as_ref()
+        .map(|(sel, comp)| {
+            profiler.stage("instantiate taskpool", || {
+                comp.task_pool(&sel.target, task_cfg.expect("present")).map_err(plugin)
+            })
+        })
+        .transpose()?;
+
+    let merged = profiler
+        .stage("run method", || method.run(&pool, &ctx).map_err(plugin))
+        .with_context(|| format!("running method `{}`", method_sel.target))?;
+
+    if let Some(dest) = &save_path {
+        let summary = profiler
+            .stage("save merged model", || save_model(&merged, dest, &save_opts))
+            .with_context(|| format!("saving the merged model to {}", dest.display()))?;
+        tracing::info!(
+            path = %summary.path.display(),
+            shards = summary.shards,
+            tensors = summary.tensors,
+            bytes = summary.bytes,
+            "merged model saved"
+        );
+    }
+
+    let report = match &taskpool {
+        Some(tp) => profiler
+            .stage("evaluate", || tp.evaluate(&merged, &ctx).map_err(plugin))
+            .with_context(|| format!("evaluating with taskpool `{}`", task.as_ref().expect("present").0.target))?,
+        None => {
+            tracing::info!("no taskpool: nothing to evaluate");
+            Json::Object(Default::default())
+        }
+    };
+
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(path) = &report_path {
+        write_atomic(path, text.as_bytes())?;
+        tracing::info!(path = %path.display(), "report saved");
+    }
+    progress::suspend(|| eprint!("{}", profiler.summary()));
+    Ok(Some(report))
+}

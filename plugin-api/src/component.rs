@@ -1,0 +1,238 @@
+//! The three component kinds a plugin can provide, and what they are given.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::{Compute, Error, Model, Result};
+
+/// A fusion algorithm (FusionBench's `BaseAlgorithm`): turns a pool of models into one model.
+pub trait Algorithm: Send + Sync + 'static {
+    /// Merge the models of `pool`. Load models lazily with [`ModelPool::load_model`]; use
+    /// `ctx` for the GPU, progress bars, the seed and `fast_dev_run`.
+    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model>;
+}
+
+/// A pool of models (FusionBench's `BaseModelPool`).
+///
+/// Names wrapped in underscores, such as `_pretrained_`, are special: they are served by
+/// [`load_model`](ModelPool::load_model) but are not among the models to merge.
+pub trait ModelPool: Send + Sync + 'static {
+    /// Every model name in the pool, special ones included, in config order.
+    fn all_model_names(&self) -> Result<Vec<String>>;
+    /// Open one model by name (lazily: tensors are read when asked for).
+    fn load_model(&self, name: &str) -> Result<Model>;
+}
+
+impl dyn ModelPool + '_ {
+    /// The models to merge: every name that is not wrapped in underscores.
+    pub fn model_names(&self) -> Result<Vec<String>> {
+        Ok(self.all_model_names()?.into_iter().filter(|n| !is_special_model_name(n)).collect())
+    }
+
+    /// Whether the pool has a `_pretrained_` model.
+    pub fn has_pretrained(&self) -> Result<bool> {
+        Ok(self.all_model_names()?.iter().any(|n| n == PRETRAINED))
+    }
+
+    /// Load the `_pretrained_` model.
+    pub fn load_pretrained(&self) -> Result<Model> {
+        self.load_model(PRETRAINED)
+    }
+
+    /// The `_pretrained_` model if there is one, else the first model to merge
+    /// (what FusionBench's `DummyAlgorithm` returns).
+    pub fn load_pretrained_or_first(&self) -> Result<Model> {
+        if self.has_pretrained()? {
+            return self.load_pretrained();
+        }
+        let names = self.model_names()?;
+        let first = names.first().ok_or_else(|| Error::config("the model pool has no models"))?;
+        self.load_model(first)
+    }
+}
+
+/// The name FusionBench gives the base model of a pool.
+pub const PRETRAINED: &str = "_pretrained_";
+
+/// Whether `name` is special (wrapped in underscores, like `_pretrained_`).
+pub fn is_special_model_name(name: &str) -> bool {
+    name.len() >= 2 && name.starts_with('_') && name.ends_with('_')
+}
+
+/// A pool of evaluation tasks (FusionBench's `BaseTaskPool`).
+pub trait TaskPool: Send + Sync + 'static {
+    /// Evaluate `model` and return the report: a JSON object, by convention one entry per task
+    /// (`{"accuracy": .., "loss": ..}`), plus `average` and `model_info`, as FusionBench does.
+    fn evaluate(&self, model: &Model, ctx: &Context) -> Result<Value>;
+}
+
+/// Components are built from their config subtree.
+pub trait FromConfig: Sized {
+    /// Build the component. Return [`Error::config`] naming the parameter when the config is
+    /// invalid.
+    fn from_config(config: &Config) -> Result<Self>;
+}
+
+/// A component's config subtree (the YAML under `method:`, `modelpool:` or `taskpool:`, with
+/// interpolations resolved), plus the `_target_` it was selected by.
+#[derive(Clone, Debug)]
+pub struct Config {
+    target: String,
+    value: Value,
+}
+
+impl Config {
+    /// A config for `target` from a JSON value (an object, or null for an empty config).
+    pub fn new(target: impl Into<String>, value: Value) -> Result<Self> {
+        let target = target.into();
+        let value = match value {
+            Value::Null => Value::Object(Default::default()),
+            v @ Value::Object(_) => v,
+            other => {
+                return Err(Error::config(format!(
+                    "the config of `{target}` must be a mapping, got {other}"
+                )))
+            }
+        };
+        Ok(Self { target, value })
+    }
+
+    /// The `_target_` (or v0.1 `name`/`type`) the component was selected by.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The whole subtree.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// A parameter, or `None` when it is absent or null.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.value.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+                Error::config(format!("`{}`: parameter `{key}` = {v}: {e}", self.target))
+            }),
+        }
+    }
+
+    /// A parameter, or `default` when it is absent or null.
+    pub fn get_or<T: DeserializeOwned>(&self, key: &str, default: T) -> Result<T> {
+        Ok(self.get(key)?.unwrap_or(default))
+    }
+
+    /// A required parameter.
+    pub fn require<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
+        self.get(key)?.ok_or_else(|| {
+            Error::config(format!("`{}`: required parameter `{key}` is missing", self.target))
+        })
+    }
+
+    /// Deserialize the whole subtree into `T`, leaving out Hydra's underscore keys (`_target_`,
+    /// `_recursive_`, ...).
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        let mut v = self.value.clone();
+        if let Value::Object(m) = &mut v {
+            m.retain(|k, _| !(k.starts_with('_') && k.ends_with('_')));
+        }
+        serde_json::from_value(v).map_err(|e| Error::config(format!("`{}`: {e}", self.target)))
+    }
+}
+
+/// Services the host offers while a component runs.
+pub trait HostServices: Send + Sync + 'static {
+    /// Start a progress bar with `total` steps (0 for unknown); returns its id.
+    fn progress_start(&self, label: &str, total: u64) -> u64;
+    /// Advance a progress bar.
+    fn progress_advance(&self, id: u64, delta: u64);
+    /// Finish a progress bar.
+    fn progress_finish(&self, id: u64);
+}
+
+/// Host services that do nothing: for running components in-process (tests, tools).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHostServices;
+
+impl HostServices for NoHostServices {
+    fn progress_start(&self, _label: &str, _total: u64) -> u64 {
+        0
+    }
+    fn progress_advance(&self, _id: u64, _delta: u64) {}
+    fn progress_finish(&self, _id: u64) {}
+}
+
+/// What a component is given when it runs: the GPU, progress reporting, the seed, and
+/// `fast_dev_run`.
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) abi: crate::abi::RunContext_Ref,
+    pub(crate) compute: Option<Arc<dyn Compute>>,
+}
+
+impl Context {
+    /// A context for running components in-process, without a host (tests, tools).
+    pub fn local(
+        seed: Option<u64>,
+        fast_dev_run: bool,
+        compute: Option<Arc<dyn Compute>>,
+    ) -> Context {
+        Self::with_services(seed, fast_dev_run, Arc::new(NoHostServices), compute)
+    }
+
+    /// A context with the given host services. The host builds its context this way.
+    pub fn with_services(
+        seed: Option<u64>,
+        fast_dev_run: bool,
+        services: Arc<dyn HostServices>,
+        compute: Option<Arc<dyn Compute>>,
+    ) -> Context {
+        crate::abi::build_context(seed, fast_dev_run, services, compute)
+    }
+
+    /// The run's seed (the program's `seed`), if one was set.
+    pub fn seed(&self) -> Option<u64> {
+        self.abi.seed().into_option()
+    }
+
+    /// Whether this is a quick test run (FusionBench's `fast_dev_run`): evaluate one batch per
+    /// task, take one optimisation step.
+    pub fn fast_dev_run(&self) -> bool {
+        self.abi.fast_dev_run()
+    }
+
+    /// The host's GPU compute handle, or an error when the host runs without a device.
+    pub fn compute(&self) -> Result<&dyn Compute> {
+        self.compute
+            .as_deref()
+            .ok_or_else(|| Error::compute("no compute device is available to this run"))
+    }
+
+    /// Start a progress bar that the host draws; it finishes when dropped.
+    pub fn progress(&self, label: &str, total: u64) -> Progress {
+        let services = self.abi.services().clone();
+        let id = services.progress_start(label.into(), total);
+        Progress { services, id }
+    }
+}
+
+/// A progress bar drawn by the host. Finishes when dropped.
+pub struct Progress {
+    services: crate::abi::HostServicesObj,
+    id: u64,
+}
+
+impl Progress {
+    /// Advance by `delta` steps.
+    pub fn advance(&self, delta: u64) {
+        self.services.progress_advance(self.id, delta);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.services.progress_finish(self.id);
+    }
+}

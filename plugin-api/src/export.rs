@@ -1,0 +1,81 @@
+//! The `export_plugin!` macro.
+
+/// Export a plugin library's components. Use it once per library, at the crate root.
+///
+/// ```ignore
+/// fusion_plugin_api::export_plugin! {
+///     algorithm MyAlgorithm {
+///         names: ["my_algorithm", "my_package.MyAlgorithm"],
+///         description: "What it does, in one line.",
+///     }
+///     modelpool MyPool { names: ["my_pool"], description: "..." }
+///     taskpool MyTasks { names: ["my_tasks"], description: "..." }
+/// }
+/// ```
+///
+/// Each type implements [`FromConfig`](crate::FromConfig) and the trait of its kind
+/// ([`Algorithm`](crate::Algorithm), [`ModelPool`](crate::ModelPool) or
+/// [`TaskPool`](crate::TaskPool)). The first name is the short one (`method: my_algorithm` or
+/// `_target_: my_algorithm`); list FusionBench class paths after it where you mirror a
+/// FusionBench component.
+///
+/// Under the hood this exports the abi_stable root module (a static named as abi_stable expects,
+/// so your crate does not need abi_stable as a dependency), records the plugin's crate name and
+/// version, and wires its logs and panics to the host.
+#[macro_export]
+macro_rules! export_plugin {
+    ( $( $kind:ident $ty:ty { names: [ $($name:expr),+ $(,)? ], description: $desc:expr $(,)? } )* ) => {
+        // The symbol abi_stable 0.11 looks up (`abi_stable::library::ROOT_MODULE_LOADER_NAME`);
+        // plugin-api's tests check that the two stay equal.
+        #[doc(hidden)]
+        #[unsafe(no_mangle)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader:
+            $crate::__private::abi_stable::library::LibHeader = {
+            extern "C" fn __fusion_erased_module()
+                -> $crate::__private::abi_stable::library::RootModuleResult {
+                $crate::__private::abi_stable::library::__call_root_module_loader(
+                    __fusion_root_module,
+                )
+            }
+            unsafe {
+                $crate::__private::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::abi::PluginModule_Ref,
+                >(
+                    __fusion_erased_module,
+                    $crate::__private::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+
+        fn __fusion_root_module() -> $crate::abi::PluginModule_Ref {
+            $crate::abi::build_module(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+                __fusion_init,
+                __fusion_components,
+            )
+        }
+
+        extern "C" fn __fusion_init(link: $crate::abi::HostLink) {
+            $crate::abi::plugin_init(env!("CARGO_PKG_NAME"), link)
+        }
+
+        extern "C" fn __fusion_components()
+            -> $crate::__private::RVec<$crate::abi::ComponentDescriptor> {
+            ::std::vec![
+                $( $crate::abi::$kind::<$ty>(&[$($name),+], $desc) ),*
+            ].into()
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_module_symbol_matches_abi_stable() {
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
+    }
+}

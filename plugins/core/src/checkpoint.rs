@@ -1,0 +1,217 @@
+//! Reading checkpoints lazily: single safetensors files and Hugging Face checkpoint folders
+//! (`model.safetensors`, or shards listed in `model.safetensors.index.json`), memory-mapped.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use fusion_plugin_api::{DType, Error, Result, StateDict, TensorInfo};
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+
+/// One memory-mapped safetensors file with its parsed header.
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    /// Byte offset of the data section in the file.
+    data_start: usize,
+    tensors: HashMap<String, (TensorInfo, (usize, usize))>,
+    /// Names in file (offset) order.
+    order: Vec<String>,
+}
+
+fn dtype_from_safetensors(d: safetensors::Dtype, path: &Path, name: &str) -> Result<DType> {
+    use safetensors::Dtype as S;
+    Ok(match d {
+        S::BOOL => DType::Bool,
+        S::U8 => DType::U8,
+        S::I8 => DType::I8,
+        S::I16 => DType::I16,
+        S::U16 => DType::U16,
+        S::F16 => DType::F16,
+        S::BF16 => DType::BF16,
+        S::I32 => DType::I32,
+        S::U32 => DType::U32,
+        S::F32 => DType::F32,
+        S::I64 => DType::I64,
+        S::U64 => DType::U64,
+        S::F64 => DType::F64,
+        other => {
+            return Err(Error::model(format!(
+                "{}: tensor `{name}` has dtype {other:?}, which fusion-host does not support",
+                path.display()
+            )))
+        }
+    })
+}
+
+impl Shard {
+    fn open(path: &Path) -> Result<Shard> {
+        let file = File::open(path)
+            .map_err(|e| Error::io(format!("cannot open checkpoint {}: {e}", path.display())))?;
+        // SAFETY: the file is only read. Like every mmap-based loader (safetensors, candle) we
+        // rely on nobody truncating it while the run is in progress.
+        let map = unsafe { Mmap::map(&file) }
+            .map_err(|e| Error::io(format!("cannot map checkpoint {}: {e}", path.display())))?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| {
+            Error::model(format!(
+                "{} is not a valid safetensors file (truncated or corrupt?): {e}",
+                path.display()
+            ))
+        })?;
+        let mut tensors = HashMap::new();
+        let order = metadata.offset_keys();
+        for name in &order {
+            let info = metadata.info(name).expect("offset_keys lists known tensors");
+            let dtype = dtype_from_safetensors(info.dtype, path, name)?;
+            tensors.insert(
+                name.clone(),
+                (TensorInfo { dtype, shape: info.shape.clone() }, info.data_offsets),
+            );
+        }
+        Ok(Shard { path: path.to_owned(), map, data_start: 8 + header_len, tensors, order })
+    }
+
+    fn bytes(&self, name: &str) -> Option<&[u8]> {
+        let (_, (start, end)) = self.tensors.get(name)?;
+        Some(&self.map[self.data_start + start..self.data_start + end])
+    }
+}
+
+/// A checkpoint opened lazily from disk.
+pub struct Checkpoint {
+    /// What the user gave (for messages).
+    source: String,
+    shards: Vec<Shard>,
+    /// Tensor name -> shard index, in checkpoint order.
+    index: Vec<(String, usize)>,
+    lookup: HashMap<String, usize>,
+    files: BTreeMap<String, PathBuf>,
+}
+
+/// Files of a checkpoint folder that are weights (not carried as auxiliary files).
+fn is_weight_file(name: &str) -> bool {
+    name.ends_with(".safetensors")
+        || name.ends_with(".bin")
+        || name.ends_with(".pt")
+        || name.ends_with(".pth")
+        || name.ends_with(".ckpt")
+        || name.ends_with(".index.json")
+        || name.starts_with('.')
+}
+
+impl Checkpoint {
+    /// Open a `.safetensors` file or a Hugging Face checkpoint folder.
+    pub fn open(path: &Path, source: &str) -> Result<Checkpoint> {
+        if path.is_dir() {
+            Self::open_folder(path, source)
+        } else if path.is_file() {
+            Self::from_shards(source, vec![Shard::open(path)?], BTreeMap::new())
+        } else {
+            Err(Error::io(format!("checkpoint not found: {} (for `{source}`)", path.display())))
+        }
+    }
+
+    fn open_folder(dir: &Path, source: &str) -> Result<Checkpoint> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let shards = if index.is_file() {
+            let text = std::fs::read_to_string(&index)
+                .map_err(|e| Error::io(format!("cannot read {}: {e}", index.display())))?;
+            let parsed: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                Error::model(format!("{} is not valid JSON: {e}", index.display()))
+            })?;
+            let map = parsed.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                Error::model(format!("{} has no `weight_map` object", index.display()))
+            })?;
+            let mut files: Vec<String> =
+                map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            files.sort();
+            files.dedup();
+            let shards = files
+                .iter()
+                .map(|f| Shard::open(&dir.join(f)))
+                .collect::<Result<Vec<_>>>()?;
+            // Every tensor the index names must be in the shard it points at.
+            for (name, file) in map {
+                let file = file.as_str().unwrap_or_default();
+                let shard = shards.iter().find(|s| s.path.ends_with(file));
+                if !shard.is_some_and(|s| s.tensors.contains_key(name)) {
+                    return Err(Error::model(format!(
+                        "{}: tensor `{name}` is listed in shard `{file}` but is not in it",
+                        index.display()
+                    )));
+                }
+            }
+            shards
+        } else if single.is_file() {
+            vec![Shard::open(&single)?]
+        } else {
+            return Err(Error::model(format!(
+                "{} holds neither model.safetensors nor model.safetensors.index.json (for `{source}`)",
+                dir.display()
+            )));
+        };
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(dir)
+            .map_err(|e| Error::io(format!("cannot list {}: {e}", dir.display())))?
+        {
+            let entry = entry.map_err(|e| Error::io(format!("cannot list {}: {e}", dir.display())))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if entry.path().is_file() && !is_weight_file(&name) {
+                files.insert(name, entry.path());
+            }
+        }
+        Self::from_shards(source, shards, files)
+    }
+
+    fn from_shards(
+        source: &str,
+        shards: Vec<Shard>,
+        files: BTreeMap<String, PathBuf>,
+    ) -> Result<Checkpoint> {
+        let mut index = Vec::new();
+        let mut lookup = HashMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            for name in &shard.order {
+                if lookup.insert(name.clone(), i).is_some() {
+                    return Err(Error::model(format!(
+                        "tensor `{name}` appears in more than one shard of `{source}`"
+                    )));
+                }
+                index.push((name.clone(), i));
+            }
+        }
+        Ok(Checkpoint { source: source.to_string(), shards, index, lookup, files })
+    }
+
+    fn shard(&self, name: &str) -> Result<&Shard> {
+        self.lookup
+            .get(name)
+            .map(|&i| &self.shards[i])
+            .ok_or_else(|| Error::model(format!("model `{}` has no tensor `{name}`", self.source)))
+    }
+}
+
+impl StateDict for Checkpoint {
+    fn names(&self) -> Result<Vec<String>> {
+        Ok(self.index.iter().map(|(n, _)| n.clone()).collect())
+    }
+    fn info(&self, name: &str) -> Result<TensorInfo> {
+        Ok(self.shard(name)?.tensors[name].0.clone())
+    }
+    fn data(&self, name: &str) -> Result<Cow<'_, [u8]>> {
+        let shard = self.shard(name)?;
+        Ok(Cow::Borrowed(shard.bytes(name).expect("looked up above")))
+    }
+    fn file_names(&self) -> Result<Vec<String>> {
+        Ok(self.files.keys().cloned().collect())
+    }
+    fn file(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.files.get(name).ok_or_else(|| {
+            Error::model(format!("model `{}` has no file `{name}`", self.source))
+        })?;
+        std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}: {e}", path.display())))
+    }
+}
