@@ -18,7 +18,7 @@ use crate::{logging, paths};
 ///   fusion-host --cfg job method=ties_merging
 ///   fusion-host plugins
 #[derive(Parser, Debug)]
-#[command(name = "fusion-host", version, about, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
+#[command(name = "fusion-host", version, about, verbatim_doc_comment, subcommand_precedence_over_arg = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

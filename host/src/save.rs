@@ -255,7 +255,7 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
-            Err(e.context(format!("saving the merged model to {}", dest.display())))
+            Err(e)
         }
     }
 }

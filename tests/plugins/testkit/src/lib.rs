@@ -1,0 +1,85 @@
+//! Components that misbehave or report what they were given, for the end-to-end tests.
+
+use std::borrow::Cow;
+
+use fusion_plugin_api::prelude::*;
+use serde_json::json;
+
+/// Panics where `panic_in` says: `construct`, `run` or `data` (when a tensor is read).
+pub struct Panicky {
+    panic_in: String,
+}
+
+impl FromConfig for Panicky {
+    fn from_config(config: &Config) -> Result<Self> {
+        let panic_in: String = config.get_or("panic_in", "run".to_string())?;
+        if panic_in == "construct" {
+            panic!("deliberate panic while constructing");
+        }
+        Ok(Self { panic_in })
+    }
+}
+
+impl Algorithm for Panicky {
+    fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
+        if self.panic_in == "run" {
+            let v: Vec<u32> = Vec::new();
+            // An index out of bounds, as a real bug would be.
+            let _ = v[pool.model_names()?.len()];
+        }
+        Ok(Model::new(PanickyModel(pool.load_pretrained_or_first()?)))
+    }
+}
+
+struct PanickyModel(Model);
+
+impl StateDict for PanickyModel {
+    fn names(&self) -> Result<Vec<String>> {
+        self.0.names()
+    }
+    fn info(&self, name: &str) -> Result<TensorInfo> {
+        self.0.info(name)
+    }
+    fn data(&self, name: &str) -> Result<Cow<'_, [u8]>> {
+        panic!("deliberate panic while reading `{name}`");
+    }
+}
+
+/// Reports the context and config it was given, and logs at every level.
+pub struct Probe {
+    config: serde_json::Value,
+}
+
+impl FromConfig for Probe {
+    fn from_config(config: &Config) -> Result<Self> {
+        Ok(Self { config: config.value().clone() })
+    }
+}
+
+impl TaskPool for Probe {
+    fn evaluate(&self, model: &Model, ctx: &Context) -> Result<serde_json::Value> {
+        tracing::warn!(marker = "probe-warn", "probe evaluating");
+        tracing::info!("probe info line");
+        let first = model.names()?.into_iter().next().unwrap_or_default();
+        let (values, shape) = model.to_f32(&first)?;
+        Ok(json!({
+            "seed": ctx.seed(),
+            "fast_dev_run": ctx.fast_dev_run(),
+            "config": self.config,
+            "first_tensor": first,
+            "first_shape": shape,
+            "first_sum": values.iter().map(|v| *v as f64).sum::<f64>(),
+        }))
+    }
+}
+
+fusion_plugin_api::export_plugin! {
+    algorithm Panicky {
+        names: ["panicky"],
+        description: "Test plugin: panics on purpose.",
+    }
+    taskpool Probe {
+        names: ["probe"],
+        description: "Test plugin: reports the context and config it was given.",
+    }
+}
