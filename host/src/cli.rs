@@ -44,6 +44,12 @@ struct Cli {
     #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
     plugin_dir: Vec<PathBuf>,
 
+    /// The compute device: `auto` (a hardware GPU if there is one, else software), `gpu`, `cpu`
+    /// (the software adapter, e.g. lavapipe), or a substring of an adapter name
+    /// (see `fusion-host devices`).
+    #[arg(long, value_name = "DEVICE", env = "FUSION_DEVICE", default_value = "auto", global = true)]
+    device: String,
+
     /// More logging (-v debug, -vv trace). FUSION_LOG=... sets a filter.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -62,6 +68,8 @@ struct Cli {
 enum Command {
     /// List every plugin component found: target names, kind, library file, description.
     Plugins,
+    /// List the GPU adapters: backend, type, driver and the limits that matter.
+    Devices,
 }
 
 /// Hydra's two-letter short options (`-cn`, `-cp`, `-cd`) are not expressible in clap; map them
@@ -85,6 +93,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
             list_plugins(&cli.plugin_dir);
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Devices) => {
+            logging::no_file();
+            crate::device::list();
+            Ok(ExitCode::SUCCESS)
+        }
         None => {
             let req = RunRequest {
                 config_paths: cli.config_path,
@@ -93,6 +106,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 print_cfg: cli.cfg,
                 resolve: cli.resolve,
                 plugin_dirs: cli.plugin_dir,
+                device: crate::device::parse_choice(&cli.device)?,
             };
             program::run(&req)?;
             Ok(ExitCode::SUCCESS)

@@ -2,6 +2,7 @@
 //! evaluate, report.
 
 mod cli;
+mod device;
 mod error;
 mod logging;
 mod paths;

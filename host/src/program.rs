@@ -12,6 +12,7 @@ use fusion_plugin_api::Context;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
+use crate::device::LazyCompute;
 use crate::error::{plugin, usage};
 use crate::plugins::Registry;
 use crate::profile::Profiler;
@@ -29,6 +30,8 @@ pub struct RunRequest {
     /// `--resolve` with `--cfg`: resolve interpolations before printing.
     pub resolve: bool,
     pub plugin_dirs: Vec<PathBuf>,
+    /// The compute device to lend the components (created on first use).
+    pub device: fusion_gpu::DeviceChoice,
 }
 
 /// Convert the composed YAML tree into JSON for the components (YAML keys that are not strings,
@@ -217,7 +220,8 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         .with_context(|| format!("opening the log file in {}", log_dir.display()))?;
     tracing::info!(log_dir = %log_dir.display(), "run started");
 
-    let ctx = Context::with_services(seed, fast_dev_run, Arc::new(progress::Services::default()), None);
+    let compute: Arc<dyn fusion_plugin_api::Compute> = Arc::new(LazyCompute::new(req.device.clone()));
+    let ctx = Context::with_services(seed, fast_dev_run, Arc::new(progress::Services::default()), Some(compute));
 
     let pool = profiler.stage("instantiate modelpool", || {
         pool_comp.model_pool(&pool_sel.target, pool_cfg).map_err(plugin)

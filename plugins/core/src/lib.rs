@@ -5,9 +5,7 @@
 //! - `DummyAlgorithm` (`fusion_bench.method.DummyAlgorithm`): the pretrained model, or the first.
 //! - `DummyTaskPool` (`fusion_bench.taskpool.DummyTaskPool`): reports model info only.
 
-pub mod checkpoint;
 pub mod dummy;
-pub mod hub;
 pub mod pool;
 
 pub use dummy::{model_info, DummyAlgorithm, DummyTaskPool};

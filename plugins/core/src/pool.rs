@@ -1,12 +1,9 @@
 //! FusionBench's generic `BaseModelPool`.
 
-use std::path::{Path, PathBuf};
-
 use fusion_plugin_api::prelude::*;
 use serde_json::Value;
 
-use crate::checkpoint::Checkpoint;
-use crate::hub;
+use fusion_checkpoint::Checkpoint;
 
 /// `fusion_bench.modelpool.BaseModelPool`: `models:` maps names to checkpoints.
 ///
@@ -65,19 +62,6 @@ impl FromConfig for BaseModelPool {
     }
 }
 
-impl BaseModelPool {
-    fn resolve(&self, source: &str) -> Result<PathBuf> {
-        let path = Path::new(source);
-        if path.exists() {
-            return Ok(path.to_owned());
-        }
-        if source.ends_with(".safetensors") || !hub::looks_like_hub_id(source) {
-            return Err(Error::io(format!("checkpoint not found: {source}")));
-        }
-        hub::resolve_cached(source)
-    }
-}
-
 impl ModelPool for BaseModelPool {
     fn all_model_names(&self) -> Result<Vec<String>> {
         Ok(self.models.iter().map(|(n, _)| n.clone()).collect())
@@ -88,7 +72,7 @@ impl ModelPool for BaseModelPool {
             let known: Vec<&str> = self.models.iter().map(|(n, _)| n.as_str()).collect();
             Error::config(format!("the model pool has no model `{name}` (it has: {})", known.join(", ")))
         })?;
-        let path = self.resolve(source).map_err(|e| e.context(format!("model `{name}`")))?;
+        let path = fusion_checkpoint::resolve(source).map_err(|e| e.context(format!("model `{name}`")))?;
         let checkpoint =
             Checkpoint::open(&path, source).map_err(|e| e.context(format!("model `{name}`")))?;
         tracing::debug!(model = name, path = %path.display(), "opened checkpoint");

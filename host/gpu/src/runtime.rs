@@ -1,0 +1,780 @@
+//! The runtime: one wgpu device and queue, the tensors on it, the pipeline cache and the buffer
+//! pool. It implements [`fusion_plugin_api::Compute`], the handle lent to plugins.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fusion_plugin_api::{Compute, ComputeLimits, DType, GpuTensor, KernelCall, Result};
+use wgpu::util::DeviceExt;
+
+use crate::adapter::{self, AdapterReport, DeviceChoice};
+use crate::pool::{size_class, BufferPool, PoolStats};
+use crate::GpuError;
+
+/// Upper bounds applied on top of the adapter's limits when the device is created.
+///
+/// The device is *requested* with the clamped values, so wgpu itself enforces them: tests use
+/// this to force tiny bindings and dispatch limits and so exercise the chunking paths on small
+/// data. `None` keeps the adapter's value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LimitClamp {
+    /// Cap on the largest storage binding, bytes.
+    pub max_storage_binding_size: Option<u64>,
+    /// Cap on the largest buffer, bytes.
+    pub max_buffer_size: Option<u64>,
+    /// Cap on workgroups per dispatch dimension.
+    pub max_workgroups_per_dimension: Option<u32>,
+    /// Cap on storage buffers per shader stage.
+    pub max_storage_buffers_per_stage: Option<u32>,
+    /// Cap on invocations per workgroup (and on the workgroup's x size).
+    pub max_invocations_per_workgroup: Option<u32>,
+    /// A *larger* binding offset alignment than the adapter's (a power of two), to exercise
+    /// alignment handling on adapters whose own alignment is small.
+    pub min_storage_offset_alignment: Option<u32>,
+}
+
+/// How the runtime is set up.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// Limit caps (see [`LimitClamp`]).
+    pub clamp: LimitClamp,
+    /// Most bytes of released buffers kept for reuse; beyond it released buffers are freed.
+    pub pool_capacity: u64,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            clamp: LimitClamp::default(),
+            pool_capacity: 4 << 30,
+        }
+    }
+}
+
+struct TensorEntry {
+    buffer: wgpu::Buffer,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Bytes of data (`dtype.size() * numel`).
+    nbytes: u64,
+    /// `nbytes` rounded up to 4: what kernels see as the tensor's array.
+    padded: u64,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    source: u64,
+    entry_point: String,
+    /// `(name, value bits)`, as given.
+    constants: Vec<(String, u64)>,
+    /// Read-only flag of each storage binding, then whether a uniform follows.
+    layout: Vec<bool>,
+    uniform: bool,
+}
+
+struct CachedPipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+struct State {
+    tensors: HashMap<u64, TensorEntry>,
+    next_id: u64,
+    pool: BufferPool,
+    modules: HashMap<u64, wgpu::ShaderModule>,
+    pipelines: HashMap<PipelineKey, Arc<CachedPipeline>>,
+}
+
+/// The host's GPU: a device and queue on one adapter, with the tensors that live there.
+///
+/// All methods take `&self`; state is behind a mutex, and work is submitted in call order.
+pub struct Runtime {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    report: AdapterReport,
+    limits: ComputeLimits,
+    lost: Arc<Mutex<Option<String>>>,
+    lost_flag: Arc<AtomicBool>,
+    state: Mutex<State>,
+}
+
+impl Runtime {
+    /// Open the adapter that `choice` selects, with the adapter's own limits (capped by
+    /// `options.clamp`) and `SHADER_F16` when the adapter has it.
+    pub fn new(choice: &DeviceChoice, options: RuntimeOptions) -> Result<Self, GpuError> {
+        let instance = adapter::instance();
+        let adapter = adapter::select(&instance, choice)?;
+        let report = AdapterReport::of(&adapter);
+        let required_limits = clamp_limits(adapter.limits(), &options.clamp);
+        let required_features = adapter.features() & wgpu::Features::SHADER_F16;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("fusion-host"),
+            required_features,
+            required_limits,
+            ..Default::default()
+        }))
+        .map_err(|e| GpuError::RequestDevice {
+            adapter: report.name.clone(),
+            message: e.to_string(),
+        })?;
+
+        let lost = Arc::new(Mutex::new(None));
+        let lost_flag = Arc::new(AtomicBool::new(false));
+        {
+            let (lost, flag) = (lost.clone(), lost_flag.clone());
+            device.set_device_lost_callback(move |reason, message| {
+                tracing::error!(?reason, %message, "GPU device lost");
+                *lost.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("{reason:?}: {message}"));
+                flag.store(true, Ordering::SeqCst);
+            });
+        }
+        // Every call runs inside an error scope, so this only sees errors raised outside one
+        // (e.g. from a drop); the default handler would panic.
+        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
+            tracing::error!(error = %e, "uncaptured wgpu error");
+        }));
+
+        let l = device.limits();
+        let limits = ComputeLimits {
+            max_storage_binding_size: l.max_storage_buffer_binding_size,
+            max_buffer_size: l.max_buffer_size,
+            max_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+            // Kernels use 1-D workgroups, so the x size bounds them as much as the total.
+            max_invocations_per_workgroup: l
+                .max_compute_invocations_per_workgroup
+                .min(l.max_compute_workgroup_size_x),
+            max_storage_buffers_per_stage: l.max_storage_buffers_per_shader_stage,
+            max_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+            min_storage_offset_alignment: l.min_storage_buffer_offset_alignment,
+            shader_f16: device.features().contains(wgpu::Features::SHADER_F16),
+        };
+        tracing::debug!(adapter = %report.name, ?limits, "GPU runtime ready");
+        Ok(Runtime {
+            device,
+            queue,
+            report,
+            limits,
+            lost,
+            lost_flag,
+            state: Mutex::new(State {
+                tensors: HashMap::new(),
+                next_id: 1,
+                pool: BufferPool::new(options.pool_capacity),
+                modules: HashMap::new(),
+                pipelines: HashMap::new(),
+            }),
+        })
+    }
+
+    /// The adapter this runtime runs on.
+    pub fn adapter(&self) -> &AdapterReport {
+        &self.report
+    }
+
+    /// The wgpu device, for host code that records its own work.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue that goes with [`Runtime::device`].
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Buffer-pool counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.lock().pool.stats()
+    }
+
+    /// Number of compiled pipelines in the cache.
+    pub fn cached_pipelines(&self) -> usize {
+        self.lock().pipelines.len()
+    }
+
+    /// Number of live tensors.
+    pub fn live_tensors(&self) -> usize {
+        self.lock().tensors.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves maps that are still consistent (every mutation
+        // is a single insert/remove), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_alive(&self) -> Result<(), GpuError> {
+        if self.lost_flag.load(Ordering::SeqCst) {
+            let why = self
+                .lost
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default();
+            return Err(GpuError::DeviceLost(why));
+        }
+        Ok(())
+    }
+
+    /// Run `f` inside validation and out-of-memory error scopes; a captured error becomes
+    /// `wrap(message)`.
+    fn scoped<T>(
+        &self,
+        f: impl FnOnce() -> T,
+        wrap: impl FnOnce(String) -> GpuError,
+    ) -> Result<T, GpuError> {
+        self.check_alive()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        match v.or(o) {
+            Some(e) => Err(wrap(error_text(&e))),
+            None => {
+                self.check_alive()?;
+                Ok(out)
+            }
+        }
+    }
+
+    fn pipeline(
+        &self,
+        state: &mut State,
+        call: &KernelCall<'_>,
+    ) -> Result<Arc<CachedPipeline>, GpuError> {
+        let source = hash_of(call.source);
+        let key = PipelineKey {
+            source,
+            entry_point: call.entry_point.to_string(),
+            constants: call
+                .constants
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_bits()))
+                .collect(),
+            layout: call.bindings.iter().map(|b| b.read_only).collect(),
+            uniform: !call.uniforms.is_empty(),
+        };
+        if let Some(p) = state.pipelines.get(&key) {
+            return Ok(p.clone());
+        }
+        let kernel_err = |message: String| GpuError::Kernel {
+            label: call.label.to_string(),
+            entry_point: call.entry_point.to_string(),
+            message,
+        };
+        let started = std::time::Instant::now();
+        let module = match state.modules.entry(source) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => v.insert(self.scoped(
+                || {
+                    self.device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(call.label),
+                            source: wgpu::ShaderSource::Wgsl(call.source.into()),
+                        })
+                },
+                |m| kernel_err(format!("WGSL does not compile: {m}")),
+            )?),
+        };
+        let mut entries: Vec<wgpu::BindGroupLayoutEntry> = call
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: b.read_only,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        if !call.uniforms.is_empty() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: call.bindings.len() as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let cached = self.scoped(
+            || {
+                let layout =
+                    self.device
+                        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                            label: Some(call.label),
+                            entries: &entries,
+                        });
+                let pipeline_layout =
+                    self.device
+                        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                            label: Some(call.label),
+                            bind_group_layouts: &[Some(&layout)],
+                            immediate_size: 0,
+                        });
+                let pipeline =
+                    self.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(call.label),
+                            layout: Some(&pipeline_layout),
+                            module: &*module,
+                            entry_point: Some(call.entry_point),
+                            compilation_options: wgpu::PipelineCompilationOptions {
+                                constants: call.constants,
+                                zero_initialize_workgroup_memory: true,
+                            },
+                            cache: None,
+                        });
+                CachedPipeline { pipeline, layout }
+            },
+            |m| kernel_err(format!("pipeline creation failed: {m}")),
+        )?;
+        let cached = Arc::new(cached);
+        state.pipelines.insert(key, cached.clone());
+        tracing::debug!(
+            label = call.label,
+            entry_point = call.entry_point,
+            constants = ?call.constants,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            cached = state.pipelines.len(),
+            "compiled compute pipeline"
+        );
+        Ok(cached)
+    }
+
+    fn dispatch_inner(&self, call: &KernelCall<'_>) -> Result<(), GpuError> {
+        let kernel_err = |message: String| GpuError::Kernel {
+            label: call.label.to_string(),
+            entry_point: call.entry_point.to_string(),
+            message,
+        };
+        let l = &self.limits;
+        if let Some(d) = call
+            .workgroups
+            .iter()
+            .find(|&&d| d > l.max_workgroups_per_dimension)
+        {
+            return Err(kernel_err(format!(
+                "{d} workgroups in one dimension exceeds the device maximum of {} (dispatch {:?}); \
+                 spread the job with fusion_kernels::dispatch_1d",
+                l.max_workgroups_per_dimension, call.workgroups
+            )));
+        }
+        if call.bindings.len() as u64 > u64::from(l.max_storage_buffers_per_stage) {
+            return Err(kernel_err(format!(
+                "{} storage bindings exceed the device maximum of {} per stage",
+                call.bindings.len(),
+                l.max_storage_buffers_per_stage
+            )));
+        }
+        let mut state = self.lock();
+        // Resolve bindings first so a bad id or range is reported before anything compiles.
+        let mut ranges = Vec::with_capacity(call.bindings.len());
+        for (i, b) in call.bindings.iter().enumerate() {
+            let t = state
+                .tensors
+                .get(&b.tensor.0)
+                .ok_or(GpuError::UnknownTensor(b.tensor.0))?;
+            let size = b.size.unwrap_or(t.padded.saturating_sub(b.offset));
+            let bad =
+                |why: String| kernel_err(format!("binding {i} (tensor {}): {why}", b.tensor.0));
+            if b.offset % u64::from(l.min_storage_offset_alignment) != 0 {
+                return Err(bad(format!(
+                    "offset {} is not a multiple of the device's storage offset alignment {}",
+                    b.offset, l.min_storage_offset_alignment
+                )));
+            }
+            if size == 0 || size % 4 != 0 || b.offset + size > t.padded {
+                return Err(bad(format!(
+                    "range {}..{} is empty, not a multiple of 4 bytes, or outside the tensor's {} (padded) bytes",
+                    b.offset,
+                    b.offset + size,
+                    t.padded
+                )));
+            }
+            if size > l.max_storage_binding_size {
+                return Err(bad(format!(
+                    "{size} bytes exceed the device's max storage binding size of {} bytes; \
+                     bind sub-ranges (fusion_kernels::chunks)",
+                    l.max_storage_binding_size
+                )));
+            }
+            if !b.read_only
+                && call
+                    .bindings
+                    .iter()
+                    .enumerate()
+                    .any(|(j, o)| j != i && o.tensor == b.tensor)
+            {
+                return Err(bad(
+                    "a writable binding's tensor is bound again in the same call".into(),
+                ));
+            }
+            ranges.push((b.tensor.0, b.offset, size));
+        }
+        let cached = self.pipeline(&mut state, call)?;
+        let state = &*state;
+        self.scoped(
+            || {
+                // A fresh uniform buffer per launch: it is written at creation (mapped), so it
+                // needs no queue write that could be reordered with earlier launches.
+                let uniform = (!call.uniforms.is_empty()).then(|| {
+                    let mut bytes = call.uniforms.to_vec();
+                    bytes.resize(call.uniforms.len().div_ceil(16) * 16, 0);
+                    self.device
+                        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                            label: Some(call.label),
+                            contents: &bytes,
+                            usage: wgpu::BufferUsages::UNIFORM,
+                        })
+                });
+                let mut entries: Vec<wgpu::BindGroupEntry<'_>> = ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(id, offset, size))| wgpu::BindGroupEntry {
+                        binding: i as u32,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &state.tensors[&id].buffer,
+                            offset,
+                            size: wgpu::BufferSize::new(size),
+                        }),
+                    })
+                    .collect();
+                if let Some(u) = &uniform {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: ranges.len() as u32,
+                        resource: u.as_entire_binding(),
+                    });
+                }
+                let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(call.label),
+                    layout: &cached.layout,
+                    entries: &entries,
+                });
+                let mut encoder =
+                    self.device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some(call.label),
+                        });
+                {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(call.label),
+                        timestamp_writes: None,
+                    });
+                    pass.set_pipeline(&cached.pipeline);
+                    pass.set_bind_group(0, &bind_group, &[]);
+                    let [x, y, z] = call.workgroups;
+                    pass.dispatch_workgroups(x, y, z);
+                }
+                // One submission per launch keeps queue order equal to call order, which makes
+                // `write` (queue.write_buffer) safe to interleave with kernels.
+                self.queue.submit([encoder.finish()]);
+            },
+            |m| kernel_err(format!("launch failed: {m}")),
+        )
+    }
+
+    fn create_inner(
+        &self,
+        dtype: DType,
+        shape: &[usize],
+        data: Option<&[u8]>,
+    ) -> Result<GpuTensor, GpuError> {
+        let numel: u64 = shape.iter().map(|&d| d as u64).product();
+        let nbytes = numel * dtype.size() as u64;
+        let padded = nbytes.div_ceil(4).max(1) * 4;
+        if padded > self.limits.max_buffer_size {
+            return Err(GpuError::TooLarge {
+                requested: padded,
+                maximum: self.limits.max_buffer_size,
+            });
+        }
+        if let Some(d) = data {
+            if d.len() as u64 != nbytes {
+                return Err(GpuError::DataSize {
+                    op: "create",
+                    expected: nbytes,
+                    got: d.len() as u64,
+                });
+            }
+        }
+        let mut state = self.lock();
+        let class = size_class(padded, self.limits.max_buffer_size);
+        let (buffer, reused) = self.scoped(
+            || state.pool.take(&self.device, class),
+            |m| GpuError::Wgpu {
+                op: format!("allocating a {class}-byte buffer"),
+                message: m,
+            },
+        )?;
+        self.scoped(
+            || match data {
+                Some(d) => {
+                    if d.len() % 4 == 0 {
+                        self.queue.write_buffer(&buffer, 0, d);
+                    } else {
+                        let mut p = d.to_vec();
+                        p.resize(padded as usize, 0);
+                        self.queue.write_buffer(&buffer, 0, &p);
+                    }
+                }
+                // New buffers are zeroed by wgpu; reused ones hold an old tensor.
+                None if reused => {
+                    let mut encoder =
+                        self.device
+                            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                                label: Some("clear"),
+                            });
+                    encoder.clear_buffer(&buffer, 0, Some(padded));
+                    self.queue.submit([encoder.finish()]);
+                }
+                None => {}
+            },
+            |m| GpuError::Wgpu {
+                op: "initializing a tensor".into(),
+                message: m,
+            },
+        )?;
+        let id = state.next_id;
+        state.next_id += 1;
+        state.tensors.insert(
+            id,
+            TensorEntry {
+                buffer,
+                dtype,
+                shape: shape.to_vec(),
+                nbytes,
+                padded,
+            },
+        );
+        tracing::trace!(id, %dtype, ?shape, class, reused, "created tensor");
+        Ok(GpuTensor(id))
+    }
+
+    /// Copy `size` bytes at `offset` (both multiples of 4) of a buffer back to the host.
+    fn read_range(
+        &self,
+        id: u64,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>, GpuError> {
+        let read_err = |message: String| GpuError::Read { id, message };
+        let staging = self.scoped(
+            || {
+                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("fusion readback"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut encoder =
+                    self.device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some("readback"),
+                        });
+                encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+                self.queue.submit([encoder.finish()]);
+                staging
+            },
+            read_err,
+        )?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Read {
+                id,
+                message: format!("waiting for the device: {e}"),
+            })?;
+        self.check_alive()?;
+        rx.recv()
+            .map_err(|_| GpuError::Read {
+                id,
+                message: "the map callback never ran".into(),
+            })?
+            .map_err(|e| GpuError::Read {
+                id,
+                message: e.to_string(),
+            })?;
+        let bytes = staging
+            .get_mapped_range(..)
+            .map_err(|e| GpuError::Read {
+                id,
+                message: e.to_string(),
+            })?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let s = self.lock();
+        tracing::debug!(stats = ?s.pool.stats(), pipelines = s.pipelines.len(), live = s.tensors.len(), "GPU runtime closing");
+    }
+}
+
+fn hash_of(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+fn error_text(e: &wgpu::Error) -> String {
+    // wgpu's Display is one line; the description carries the nested validation detail.
+    match e {
+        wgpu::Error::Validation { description, .. } | wgpu::Error::Internal { description, .. } => {
+            description.trim().to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn clamp_limits(mut l: wgpu::Limits, c: &LimitClamp) -> wgpu::Limits {
+    fn cap<T: Ord + Copy>(v: &mut T, c: Option<T>) {
+        if let Some(c) = c {
+            *v = (*v).min(c);
+        }
+    }
+    cap(
+        &mut l.max_storage_buffer_binding_size,
+        c.max_storage_binding_size,
+    );
+    cap(&mut l.max_buffer_size, c.max_buffer_size);
+    cap(
+        &mut l.max_compute_workgroups_per_dimension,
+        c.max_workgroups_per_dimension,
+    );
+    cap(
+        &mut l.max_storage_buffers_per_shader_stage,
+        c.max_storage_buffers_per_stage,
+    );
+    cap(
+        &mut l.max_compute_invocations_per_workgroup,
+        c.max_invocations_per_workgroup,
+    );
+    cap(
+        &mut l.max_compute_workgroup_size_x,
+        c.max_invocations_per_workgroup,
+    );
+    if let Some(a) = c.min_storage_offset_alignment {
+        l.min_storage_buffer_offset_alignment = l.min_storage_buffer_offset_alignment.max(a);
+    }
+    l
+}
+
+impl Compute for Runtime {
+    fn device_name(&self) -> String {
+        format!("{} ({})", self.report.name, self.report.backend)
+    }
+
+    fn limits(&self) -> ComputeLimits {
+        self.limits
+    }
+
+    fn create(&self, dtype: DType, shape: &[usize], data: Option<&[u8]>) -> Result<GpuTensor> {
+        Ok(self.create_inner(dtype, shape, data)?)
+    }
+
+    fn write(&self, tensor: GpuTensor, offset: u64, data: &[u8]) -> Result<()> {
+        let state = self.lock();
+        let t = state
+            .tensors
+            .get(&tensor.0)
+            .ok_or(GpuError::UnknownTensor(tensor.0))?;
+        let end = offset + data.len() as u64;
+        if end > t.nbytes {
+            return Err(GpuError::DataSize {
+                op: "write (offset + length vs tensor bytes)",
+                expected: t.nbytes,
+                got: end,
+            }
+            .into());
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        // write_buffer needs 4-byte alignment; widen an unaligned write with the bytes already
+        // there (only f16/bf16/u8 element writes hit this).
+        let start = offset / 4 * 4;
+        let stop = end.div_ceil(4) * 4;
+        let bytes = if start == offset && stop == end {
+            data.to_vec()
+        } else {
+            let mut around = self.read_range(tensor.0, &t.buffer, start, stop - start)?;
+            around[(offset - start) as usize..(end - start) as usize].copy_from_slice(data);
+            around
+        };
+        self.scoped(
+            || self.queue.write_buffer(&t.buffer, start, &bytes),
+            |m| GpuError::Wgpu {
+                op: format!("writing tensor {}", tensor.0),
+                message: m,
+            },
+        )?;
+        Ok(())
+    }
+
+    fn read(&self, tensor: GpuTensor) -> Result<Vec<u8>> {
+        let state = self.lock();
+        let t = state
+            .tensors
+            .get(&tensor.0)
+            .ok_or(GpuError::UnknownTensor(tensor.0))?;
+        let mut bytes = self.read_range(tensor.0, &t.buffer, 0, t.padded)?;
+        bytes.truncate(t.nbytes as usize);
+        Ok(bytes)
+    }
+
+    fn describe(&self, tensor: GpuTensor) -> Result<(DType, Vec<usize>)> {
+        let state = self.lock();
+        let t = state
+            .tensors
+            .get(&tensor.0)
+            .ok_or(GpuError::UnknownTensor(tensor.0))?;
+        Ok((t.dtype, t.shape.clone()))
+    }
+
+    fn release(&self, tensor: GpuTensor) {
+        let mut state = self.lock();
+        match state.tensors.remove(&tensor.0) {
+            Some(t) => {
+                state.pool.give(t.buffer);
+                tracing::trace!(id = tensor.0, stats = ?state.pool.stats(), "released tensor");
+            }
+            None => tracing::debug!(id = tensor.0, "release of an unknown tensor id ignored"),
+        }
+    }
+
+    fn dispatch(&self, call: &KernelCall<'_>) -> Result<()> {
+        Ok(self.dispatch_inner(call)?)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.check_alive()?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Wgpu {
+                op: "synchronize".into(),
+                message: e.to_string(),
+            })?;
+        Ok(self.check_alive()?)
+    }
+}

@@ -1,0 +1,92 @@
+// requires: common.wgsl
+//
+// Sums over a chunk, one partial per workgroup: sum (MODE 0), sum of squares (MODE 1), or the
+// dot product of two tensors (reduce_dot). The host reduces the partials again with MODE 0
+// until one value is left (a tree of launches), so any size and any dispatch limit work, and
+// rounding error grows with log(n), not n.
+//
+// Partial of workgroup w goes to partials[offset + w], w the flat workgroup index.
+// WG must be a power of two no larger than 256 (the workgroup array below).
+//
+// Entry points:
+//   reduce_partial: 0 = partials (read_write f32), 1 = a (read, A_DTYPE), 2 = uniform Params
+//   reduce_dot:     0 = partials, 1 = a, 2 = b (read, B_DTYPE), 3 = uniform Params
+
+override MODE: u32 = 0u;
+override A_DTYPE: u32 = 0u;
+override B_DTYPE: u32 = 0u;
+
+struct Params {
+    n: u32,
+    offset: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> partials: array<u32>;
+@group(0) @binding(1) var<storage, read> a: array<u32>;
+@group(0) @binding(2) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> b: array<u32>;
+@group(0) @binding(3) var<uniform> pd: Params;
+
+var<workgroup> scratch: array<f32, 256>;
+
+fn load_a(t: u32, n: u32) -> vec2<f32> {
+    let v = decode_pair(a[word_lo(t, A_DTYPE)], a[word_hi(t, A_DTYPE, n)], A_DTYPE);
+    // The second element of the last pair of an odd chunk does not exist.
+    return select(v, vec2<f32>(v.x, 0.0), 2u * t + 1u >= n);
+}
+
+fn load_b(t: u32, n: u32) -> vec2<f32> {
+    let v = decode_pair(b[word_lo(t, B_DTYPE)], b[word_hi(t, B_DTYPE, n)], B_DTYPE);
+    return select(v, vec2<f32>(v.x, 0.0), 2u * t + 1u >= n);
+}
+
+// Tree-sum `value` over the workgroup and store it as the workgroup's partial.
+fn workgroup_sum(value: f32, lid: u32, wid: vec3<u32>, nwg: vec3<u32>, offset: u32) {
+    scratch[lid] = value;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            scratch[lid] = scratch[lid] + scratch[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        let w = wid.x + nwg.x * (wid.y + nwg.y * wid.z);
+        partials[offset + w] = bitcast<u32>(scratch[0]);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn reduce_partial(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let t = flat_index(gid, nwg);
+    var value = 0.0;
+    if (t < pair_count(p.n)) {
+        let v = load_a(t, p.n);
+        if (MODE == 1u) {
+            value = dot(v, v);
+        } else {
+            value = v.x + v.y;
+        }
+    }
+    workgroup_sum(value, lid, wid, nwg, p.offset);
+}
+
+@compute @workgroup_size(WG)
+fn reduce_dot(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let t = flat_index(gid, nwg);
+    var value = 0.0;
+    if (t < pair_count(pd.n)) {
+        value = dot(load_a(t, pd.n), load_b(t, pd.n));
+    }
+    workgroup_sum(value, lid, wid, nwg, pd.offset);
+}

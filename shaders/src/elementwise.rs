@@ -1,0 +1,176 @@
+//! Elementwise kernels: dtype conversion, weighted sums of any number of tensors, task vectors
+//! and the task-arithmetic step.
+
+use fusion_plugin_api::{Compute, DType, Error, GpuTensor, KernelCall, Result};
+
+use crate::launch::{
+    arity, chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Scratch,
+    Uniforms, X_DTYPE_NAMES,
+};
+use crate::wgsl;
+
+/// Convert `x` to `dtype` (f32, f16 or bf16; round to nearest even) into a new tensor.
+pub fn convert(c: &dyn Compute, x: GpuTensor, dtype: DType) -> Result<GpuTensor> {
+    let (_, shape, _) = info(c, x)?;
+    let out = Scratch::new(c, dtype, &shape)?;
+    convert_into(c, x, out.id())?;
+    Ok(out.keep())
+}
+
+/// Convert `x` into the existing tensor `out` (same shape, any of f32/f16/bf16).
+pub fn convert_into(c: &dyn Compute, x: GpuTensor, out: GpuTensor) -> Result<()> {
+    let (out_dtype, shape, n) = info(c, out)?;
+    let x_dtype = same_shape(c, "convert", &[x], &shape)?[0];
+    let l = c.limits();
+    let consts = constants(
+        &l,
+        &[
+            ("OUT_DTYPE", dtype_code("convert", out_dtype)?),
+            ("X_DTYPE", dtype_code("convert", x_dtype)?),
+        ],
+    );
+    let wg = workgroup_size(&l);
+    for ch in chunks(&l, n) {
+        let bindings = [
+            ch.binding(out, out_dtype, false),
+            ch.binding(x, x_dtype, true),
+        ];
+        c.dispatch(&KernelCall {
+            label: "convert",
+            source: wgsl::CONVERT,
+            entry_point: "convert",
+            constants: &consts,
+            bindings: &bindings,
+            uniforms: &Uniforms::default().u32(ch.len as u32).bytes(),
+            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+        })?;
+    }
+    Ok(())
+}
+
+/// `Σ w_i x_i` into a new tensor of `dtype`, arithmetic in f32. Any number of inputs (at least
+/// one), of any mix of f32/f16/bf16, all of one shape.
+pub fn weighted_sum(
+    c: &dyn Compute,
+    inputs: &[(GpuTensor, f32)],
+    dtype: DType,
+) -> Result<GpuTensor> {
+    let first = inputs
+        .first()
+        .ok_or_else(|| Error::config("weighted_sum: no inputs"))?;
+    let (_, shape, _) = info(c, first.0)?;
+    let out = Scratch::new(c, dtype, &shape)?;
+    weighted_sum_into(c, inputs, out.id())?;
+    Ok(out.keep())
+}
+
+/// `out = Σ w_i x_i`, overwriting `out` (which must not be one of the inputs).
+///
+/// Inputs are bound in batches of as many as the device allows (up to
+/// [`wgsl::MAX_ARITY`]); with more than one batch and a 16-bit `out`, the sum is accumulated in
+/// an f32 scratch tensor and rounded once at the end.
+pub fn weighted_sum_into(
+    c: &dyn Compute,
+    inputs: &[(GpuTensor, f32)],
+    out: GpuTensor,
+) -> Result<()> {
+    if inputs.is_empty() {
+        return Err(Error::config("weighted_sum: no inputs"));
+    }
+    let (out_dtype, shape, _) = info(c, out)?;
+    let batch = arity(&c.limits(), "weighted_sum", 1)?;
+    if inputs.len() <= batch || out_dtype == DType::F32 {
+        return sum_batches(c, inputs, out, &shape, false);
+    }
+    let acc = Scratch::new(c, DType::F32, &shape)?;
+    sum_batches(c, inputs, acc.id(), &shape, false)?;
+    convert_into(c, acc.id(), out)
+}
+
+/// `acc += Σ w_i x_i` in place. A 16-bit `acc` is rounded after every batch of inputs (see
+/// [`weighted_sum_into`] for the single-rounding path).
+pub fn accumulate(c: &dyn Compute, acc: GpuTensor, inputs: &[(GpuTensor, f32)]) -> Result<()> {
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    let (_, shape, _) = info(c, acc)?;
+    sum_batches(c, inputs, acc, &shape, true)
+}
+
+/// The task vector `finetuned - base` as a new tensor of `dtype`.
+pub fn task_vector(
+    c: &dyn Compute,
+    finetuned: GpuTensor,
+    base: GpuTensor,
+    dtype: DType,
+) -> Result<GpuTensor> {
+    weighted_sum(c, &[(finetuned, 1.0), (base, -1.0)], dtype)
+}
+
+/// The task-arithmetic step `a + lambda * b` as a new tensor of `dtype`.
+pub fn scale_add(
+    c: &dyn Compute,
+    a: GpuTensor,
+    b: GpuTensor,
+    lambda: f32,
+    dtype: DType,
+) -> Result<GpuTensor> {
+    weighted_sum(c, &[(a, 1.0), (b, lambda)], dtype)
+}
+
+fn sum_batches(
+    c: &dyn Compute,
+    inputs: &[(GpuTensor, f32)],
+    out: GpuTensor,
+    shape: &[usize],
+    accumulate_first: bool,
+) -> Result<()> {
+    let tensors: Vec<GpuTensor> = inputs.iter().map(|i| i.0).collect();
+    if tensors.contains(&out) {
+        return Err(Error::config(
+            "weighted_sum: the output tensor is also an input",
+        ));
+    }
+    let dtypes = same_shape(c, "weighted_sum", &tensors, shape)?;
+    let (out_dtype, _, n) = info(c, out)?;
+    let l = c.limits();
+    let batch = arity(&l, "weighted_sum", 1)?;
+    let wg = workgroup_size(&l);
+    for (b, (group, group_dtypes)) in inputs.chunks(batch).zip(dtypes.chunks(batch)).enumerate() {
+        let mut extra = vec![
+            (
+                "ACCUMULATE",
+                if accumulate_first || b > 0 { 1.0 } else { 0.0 },
+            ),
+            ("OUT_DTYPE", dtype_code("weighted_sum", out_dtype)?),
+        ];
+        for (k, &dt) in group_dtypes.iter().enumerate() {
+            extra.push((X_DTYPE_NAMES[k], dtype_code("weighted_sum", dt)?));
+        }
+        let consts = constants(&l, &extra);
+        let entry = format!("weighted_sum_{}", group.len());
+        let weights: Vec<u32> = group.iter().map(|&(_, w)| w.to_bits()).collect();
+        for ch in chunks(&l, n) {
+            let mut bindings = vec![ch.binding(out, out_dtype, false)];
+            bindings.extend(
+                group
+                    .iter()
+                    .zip(group_dtypes)
+                    .map(|(&(t, _), &dt)| ch.binding(t, dt, true)),
+            );
+            c.dispatch(&KernelCall {
+                label: "weighted_sum",
+                source: wgsl::WEIGHTED_SUM,
+                entry_point: &entry,
+                constants: &consts,
+                bindings: &bindings,
+                uniforms: &Uniforms::default()
+                    .u32(ch.len as u32)
+                    .words8(&weights)
+                    .bytes(),
+                workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Fitting a job to the device: workgroup size, 1-D dispatch spread over x/y/z, chunks of
+//! tensors larger than one storage binding, uniform blocks, and scratch tensors.
+
+use fusion_plugin_api::{Binding, Compute, ComputeLimits, DType, Error, GpuTensor, Result};
+
+/// Invocations per workgroup used by every kernel here: the largest power of two no larger than
+/// 256 and the device's limit (reductions need a power of two; 256 bounds workgroup memory).
+pub fn workgroup_size(limits: &ComputeLimits) -> u32 {
+    let cap = limits.max_invocations_per_workgroup.clamp(1, 256);
+    1 << (31 - cap.leading_zeros())
+}
+
+/// Workgroup counts `[x, y, z]` covering `n_items` invocations of `workgroup_size` each,
+/// spread over y (and z) when x alone would exceed the device's
+/// `max_workgroups_per_dimension`. Kernels rebuild the flat index as
+/// `gid.x + nwg.x * wg * (gid.y + nwg.y * gid.z)` and must bounds-check it: up to one row of
+/// workgroups may be idle.
+///
+/// # Panics
+/// If even three dimensions cannot hold the job (more than `max³ · workgroup_size` items).
+pub fn dispatch_1d(limits: &ComputeLimits, n_items: u64, workgroup_size: u32) -> [u32; 3] {
+    let groups = n_items.div_ceil(u64::from(workgroup_size.max(1)));
+    let max = u64::from(limits.max_workgroups_per_dimension.max(1));
+    if groups <= max {
+        return [groups as u32, 1, 1];
+    }
+    let z = groups.div_ceil(max * max);
+    assert!(
+        z <= max,
+        "{n_items} items do not fit in one dispatch of {max}^3 workgroups"
+    );
+    let per_z = groups.div_ceil(z);
+    let y = per_z.div_ceil(max);
+    let x = per_z.div_ceil(y);
+    [x as u32, y as u32, z as u32]
+}
+
+/// A range of elements `[start, start + len)` of a tensor, processed by one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// First element.
+    pub start: u64,
+    /// Number of elements.
+    pub len: u64,
+}
+
+impl Chunk {
+    /// The binding of this chunk of `tensor` (elements of `dtype`): byte offset
+    /// `start * size`, length rounded up to 4 bytes (the last chunk ends at the tensor's padded
+    /// end).
+    pub fn binding(&self, tensor: GpuTensor, dtype: DType, read_only: bool) -> Binding {
+        let size = dtype.size() as u64;
+        let b = if read_only {
+            Binding::read(tensor)
+        } else {
+            Binding::write(tensor)
+        };
+        b.range(self.start * size, (self.len * size).div_ceil(4) * 4)
+    }
+}
+
+/// Elements per chunk: the most that fit one storage binding at 4 bytes each, a multiple of the
+/// offset alignment in 2-byte elements (so chunk offsets are aligned for f32, f16 and bf16
+/// alike, and 16-bit chunks start on a word), and at most 2^30 so element indices stay far
+/// from u32 overflow inside kernels.
+pub fn chunk_elements(limits: &ComputeLimits) -> u64 {
+    let unit = u64::from(limits.min_storage_offset_alignment / 2).max(2);
+    let fit = (limits.max_storage_binding_size / 4).min(1 << 30);
+    (fit / unit * unit).max(unit)
+}
+
+/// The chunks covering `n` elements (none for `n == 0`).
+pub fn chunks(limits: &ComputeLimits, n: u64) -> impl Iterator<Item = Chunk> {
+    let step = chunk_elements(limits);
+    (0..n.div_ceil(step)).map(move |i| {
+        let start = i * step;
+        Chunk {
+            start,
+            len: step.min(n - start),
+        }
+    })
+}
+
+/// The dtype code kernels use (`DT_F32`, `DT_F16`, `DT_BF16` in common.wgsl).
+pub fn dtype_code(op: &str, dtype: DType) -> Result<f64> {
+    match dtype {
+        DType::F32 => Ok(0.0),
+        DType::F16 => Ok(1.0),
+        DType::BF16 => Ok(2.0),
+        other => Err(Error::unsupported(format!(
+            "{op}: kernels take f32, f16 or bf16 tensors, not {other}"
+        ))),
+    }
+}
+
+/// Builder of a uniform block: 4-byte scalars in declaration order, padded to 16 bytes.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Uniforms(Vec<u8>);
+
+impl Uniforms {
+    pub(crate) fn u32(mut self, v: u32) -> Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub(crate) fn f32(mut self, v: f32) -> Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// Pad to a 16-byte boundary (where a `vec4` array starts).
+    pub(crate) fn align16(mut self) -> Self {
+        self.0.resize(self.0.len().div_ceil(16) * 16, 0);
+        self
+    }
+    /// A `array<vec4<_>, 2>` of up to 8 words.
+    pub(crate) fn words8(mut self, words: &[u32]) -> Self {
+        self = self.align16();
+        for i in 0..8 {
+            self = self.u32(words.get(i).copied().unwrap_or(0));
+        }
+        self
+    }
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        self.clone().align16().0
+    }
+}
+
+/// A tensor owned by a kernel function and released when dropped (also on errors).
+pub(crate) struct Scratch<'c> {
+    c: &'c dyn Compute,
+    tensor: Option<GpuTensor>,
+}
+
+impl<'c> Scratch<'c> {
+    pub(crate) fn new(c: &'c dyn Compute, dtype: DType, shape: &[usize]) -> Result<Self> {
+        Ok(Scratch {
+            c,
+            tensor: Some(c.create(dtype, shape, None)?),
+        })
+    }
+    /// Own an existing tensor (released on drop).
+    pub(crate) fn adopt(c: &'c dyn Compute, tensor: GpuTensor) -> Self {
+        Scratch {
+            c,
+            tensor: Some(tensor),
+        }
+    }
+    pub(crate) fn id(&self) -> GpuTensor {
+        self.tensor.expect("scratch tensor taken")
+    }
+    /// Keep the tensor: the caller owns it now.
+    pub(crate) fn keep(mut self) -> GpuTensor {
+        self.tensor.take().expect("scratch tensor taken")
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.tensor.take() {
+            self.c.release(t);
+        }
+    }
+}
+
+/// The dtype, shape and element count of a tensor.
+pub(crate) fn info(c: &dyn Compute, t: GpuTensor) -> Result<(DType, Vec<usize>, u64)> {
+    let (dtype, shape) = c.describe(t)?;
+    let n = shape.iter().map(|&d| d as u64).product();
+    Ok((dtype, shape, n))
+}
+
+/// Check that every tensor has `shape`; the error names the operation and the input.
+pub(crate) fn same_shape(
+    c: &dyn Compute,
+    op: &str,
+    tensors: &[GpuTensor],
+    shape: &[usize],
+) -> Result<Vec<DType>> {
+    tensors
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let (dtype, s) = c.describe(t)?;
+            if s != shape {
+                return Err(Error::model(format!(
+                    "{op}: input {i} has shape {s:?}, expected {shape:?}"
+                )));
+            }
+            Ok(dtype)
+        })
+        .collect()
+}
+
+/// How many inputs one launch of a multi-input kernel may bind, given `fixed` other storage
+/// bindings.
+pub(crate) fn arity(limits: &ComputeLimits, op: &str, fixed: u32) -> Result<usize> {
+    let free = limits.max_storage_buffers_per_stage.saturating_sub(fixed);
+    if free == 0 {
+        return Err(Error::unsupported(format!(
+            "{op}: needs {} storage buffers per shader stage, the device allows {}",
+            fixed + 1,
+            limits.max_storage_buffers_per_stage
+        )));
+    }
+    Ok((free as usize).min(crate::wgsl::MAX_ARITY))
+}
+
+/// The `WG` override plus `extra`.
+pub(crate) fn constants<'a>(
+    limits: &ComputeLimits,
+    extra: &[(&'a str, f64)],
+) -> Vec<(&'a str, f64)> {
+    let mut v = vec![("WG", f64::from(workgroup_size(limits)))];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// The dtype-override names `X0_DTYPE` .. `X7_DTYPE`.
+pub(crate) const X_DTYPE_NAMES: [&str; 8] = [
+    "X0_DTYPE", "X1_DTYPE", "X2_DTYPE", "X3_DTYPE", "X4_DTYPE", "X5_DTYPE", "X6_DTYPE", "X7_DTYPE",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_wg: u32, binding: u64, align: u32) -> ComputeLimits {
+        ComputeLimits {
+            max_storage_binding_size: binding,
+            max_buffer_size: 1 << 40,
+            max_workgroups_per_dimension: max_wg,
+            max_invocations_per_workgroup: 256,
+            max_storage_buffers_per_stage: 8,
+            max_workgroup_storage_size: 16384,
+            min_storage_offset_alignment: align,
+            shader_f16: false,
+        }
+    }
+
+    #[test]
+    fn dispatch_spreads_over_dimensions_and_covers_the_job() {
+        let l = limits(65535, 1 << 27, 256);
+        assert_eq!(dispatch_1d(&l, 0, 256), [0, 1, 1]);
+        assert_eq!(dispatch_1d(&l, 1, 256), [1, 1, 1]);
+        assert_eq!(dispatch_1d(&l, 257, 256), [2, 1, 1]);
+        assert_eq!(dispatch_1d(&l, 65535 * 256, 256), [65535, 1, 1]);
+        let [x, y, z] = dispatch_1d(&l, 65535 * 256 + 1, 256);
+        assert_eq!((y, z), (2, 1));
+        assert!(x <= 65535 && u64::from(x) * 2 * 256 > 65535 * 256);
+        let small = limits(4, 1 << 27, 256);
+        for n in [1u64, 5, 16, 17, 33, 47, 63, 64] {
+            let [x, y, z] = dispatch_1d(&small, n, 1);
+            assert!(x <= 4 && y <= 4 && z <= 4, "{n}: {x} {y} {z}");
+            let total = u64::from(x) * u64::from(y) * u64::from(z);
+            assert!(total >= n, "{n}: {total}");
+            // Less than one y-column of slack per z layer keeps idle workgroups few.
+            assert!(total - n < u64::from((y + 1) * z), "{n}: {total}");
+        }
+    }
+
+    #[test]
+    fn chunks_are_aligned_and_cover_everything() {
+        let l = limits(65535, 1000, 16);
+        let e = chunk_elements(&l);
+        assert_eq!(e, 248);
+        let all: Vec<Chunk> = chunks(&l, 1000).collect();
+        assert_eq!(all.len(), 5);
+        assert_eq!(all.iter().map(|c| c.len).sum::<u64>(), 1000);
+        for c in &all {
+            for dt in [DType::F32, DType::F16, DType::BF16] {
+                let b = c.binding(GpuTensor(1), dt, true);
+                assert_eq!(b.offset % 16, 0);
+                assert!(b.size.unwrap() <= 1000);
+                assert_eq!(b.size.unwrap() % 4, 0);
+            }
+        }
+        assert_eq!(chunks(&l, 0).count(), 0);
+        assert_eq!(workgroup_size(&limits(1, 1, 4)), 256);
+        let mut odd = limits(1, 1, 4);
+        odd.max_invocations_per_workgroup = 100;
+        assert_eq!(workgroup_size(&odd), 64);
+    }
+
+    #[test]
+    fn uniforms_layout() {
+        let u = Uniforms::default().u32(7).f32(1.5).words8(&[1, 2]).bytes();
+        assert_eq!(u.len(), 48);
+        assert_eq!(&u[0..4], &7u32.to_le_bytes());
+        assert_eq!(&u[16..20], &1u32.to_le_bytes());
+        assert_eq!(&u[20..24], &2u32.to_le_bytes());
+    }
+}

@@ -1,0 +1,42 @@
+//! The kernel library of fusion-host: WGSL kernels (one concern per file in `shaders/`) and the
+//! Rust functions that launch them through a plugin's [`Compute`](fusion_plugin_api::Compute)
+//! handle. Depends only on `fusion-plugin-api`, so any plugin can use it.
+//!
+//! Tensors may be f32, f16 or bf16 (16-bit ones packed two per word); arithmetic is f32 and
+//! outputs are rounded to nearest even. Every function fits its launches to the device's
+//! limits: 1-D jobs spread over x/y ([`dispatch_1d`]), tensors past one storage binding run in
+//! aligned chunks ([`chunks`]), inputs beyond the storage-buffer limit run in batches.
+//!
+//! ```no_run
+//! # fn demo(c: &dyn fusion_plugin_api::Compute, base: fusion_plugin_api::GpuTensor,
+//! #         ft: &[fusion_plugin_api::GpuTensor]) -> fusion_plugin_api::Result<()> {
+//! use fusion_plugin_api::DType;
+//! // Task arithmetic for one tensor: base + 0.3 * Σ (ft_i - base).
+//! let mut inputs: Vec<_> = ft.iter().map(|&t| (t, 0.3)).collect();
+//! inputs.push((base, 1.0 - 0.3 * ft.len() as f32));
+//! let merged = fusion_kernels::weighted_sum(c, &inputs, DType::F32)?;
+//! # let _ = merged; Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod band;
+mod dare;
+mod elementwise;
+mod launch;
+mod reduce;
+mod select;
+mod slerp;
+mod ties;
+pub mod wgsl;
+
+pub use band::{breadcrumbs, breadcrumbs_counts, magnitude_band};
+pub use dare::{dare, dare_delta, dare_keep, philox4x32_10, tensor_key, Dare};
+pub use elementwise::{
+    accumulate, convert, convert_into, scale_add, task_vector, weighted_sum, weighted_sum_into,
+};
+pub use launch::{chunk_elements, chunks, dispatch_1d, dtype_code, workgroup_size, Chunk};
+pub use reduce::{dot, l2_norm, sum, sum_squares};
+pub use select::{kth_largest_magnitude, ties_threshold, topk_rank_from_top};
+pub use slerp::{slerp, slerp_weights, SLERP_DOT_THRESHOLD, SLERP_EPS};
+pub use ties::{ties_elected_sum, ties_merge, SignVotes, TiesMerge};

@@ -1,0 +1,104 @@
+//! Reductions for SLERP and Model Stock: sums, sums of squares, L2 norms and dot products,
+//! over any size (chunked bindings, then a tree of partial-sum launches).
+
+use fusion_plugin_api::{Binding, Compute, DType, Error, GpuTensor, KernelCall, Result};
+
+use crate::launch::{
+    chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Scratch, Uniforms,
+};
+use crate::wgsl;
+
+/// Σ x (f32 arithmetic).
+pub fn sum(c: &dyn Compute, x: GpuTensor) -> Result<f32> {
+    reduce(c, x, None, 0.0)
+}
+
+/// Σ x².
+pub fn sum_squares(c: &dyn Compute, x: GpuTensor) -> Result<f32> {
+    reduce(c, x, None, 1.0)
+}
+
+/// The L2 norm `sqrt(Σ x²)`.
+pub fn l2_norm(c: &dyn Compute, x: GpuTensor) -> Result<f32> {
+    Ok(sum_squares(c, x)?.sqrt())
+}
+
+/// Σ a·b over two tensors of one shape.
+pub fn dot(c: &dyn Compute, a: GpuTensor, b: GpuTensor) -> Result<f32> {
+    reduce(c, a, Some(b), 0.0)
+}
+
+/// One level: partial sums of `a` (or of `a·b`), one per workgroup, into a new f32 tensor.
+fn partials(
+    c: &dyn Compute,
+    a: GpuTensor,
+    b: Option<GpuTensor>,
+    mode: f64,
+) -> Result<(GpuTensor, u64)> {
+    let (a_dtype, shape, n) = info(c, a)?;
+    let b_dtype = match b {
+        Some(b) => Some(same_shape(c, "dot", &[b], &shape)?[0]),
+        None => None,
+    };
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let plan: Vec<_> = chunks(&l, n)
+        .map(|ch| (ch, dispatch_1d(&l, ch.len.div_ceil(2), wg)))
+        .collect();
+    let count: u64 = plan
+        .iter()
+        .map(|(_, [x, y, z])| u64::from(*x) * u64::from(*y) * u64::from(*z))
+        .sum();
+    if count * 4 > l.max_storage_binding_size {
+        return Err(Error::unsupported(format!(
+            "reduce: {count} partial sums exceed one storage binding ({} bytes)",
+            l.max_storage_binding_size
+        )));
+    }
+    let out = Scratch::new(c, DType::F32, &[count.max(1) as usize])?;
+    let mut extra = vec![("MODE", mode), ("A_DTYPE", dtype_code("reduce", a_dtype)?)];
+    if let Some(bd) = b_dtype {
+        extra.push(("B_DTYPE", dtype_code("reduce", bd)?));
+    }
+    let consts = constants(&l, &extra);
+    let mut offset = 0u64;
+    for (ch, workgroups) in plan {
+        let mut bindings = vec![Binding::write(out.id()), ch.binding(a, a_dtype, true)];
+        if let (Some(b), Some(bd)) = (b, b_dtype) {
+            bindings.push(ch.binding(b, bd, true));
+        }
+        c.dispatch(&KernelCall {
+            label: "reduce",
+            source: wgsl::REDUCE,
+            entry_point: if b.is_some() {
+                "reduce_dot"
+            } else {
+                "reduce_partial"
+            },
+            constants: &consts,
+            bindings: &bindings,
+            uniforms: &Uniforms::default()
+                .u32(ch.len as u32)
+                .u32(offset as u32)
+                .bytes(),
+            workgroups,
+        })?;
+        offset += workgroups.iter().map(|&d| u64::from(d)).product::<u64>();
+    }
+    Ok((out.keep(), count))
+}
+
+fn reduce(c: &dyn Compute, a: GpuTensor, b: Option<GpuTensor>, mode: f64) -> Result<f32> {
+    if info(c, a)?.2 == 0 {
+        return Ok(0.0);
+    }
+    let (first, mut count) = partials(c, a, b, mode)?;
+    let mut level = Scratch::adopt(c, first);
+    while count > 1 {
+        let (next, next_count) = partials(c, level.id(), None, 0.0)?;
+        level = Scratch::adopt(c, next);
+        count = next_count;
+    }
+    let bytes = c.read(level.id())?;
+    Ok(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}

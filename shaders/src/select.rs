@@ -1,0 +1,151 @@
+//! The k-th largest magnitude over many tensors, on the GPU: a radix select over the bits of
+//! |x| (4 passes of 8 bits), for TIES trimming.
+
+use fusion_plugin_api::{Compute, DType, Error, GpuTensor, KernelCall, Result};
+
+use crate::launch::{
+    chunks, constants, dispatch_1d, dtype_code, info, workgroup_size, Scratch, Uniforms,
+};
+use crate::wgsl;
+
+/// The k-th largest of `|x|` over all elements of all `tensors` together (k = 1 is the maximum;
+/// duplicates count, as in a sort). Tensors may be f32, f16 or bf16 and of any shapes.
+///
+/// Each of the four passes histograms one byte of the f32 bit pattern of `|x|` among the
+/// elements that match the bytes already fixed; only the 256 bin counts come back to the host.
+/// NaNs rank above infinity.
+pub fn kth_largest_magnitude(c: &dyn Compute, tensors: &[GpuTensor], k: u64) -> Result<f32> {
+    let mut parts = Vec::with_capacity(tensors.len());
+    let mut total = 0u64;
+    for &t in tensors {
+        let (dtype, _, n) = info(c, t)?;
+        dtype_code("kth_largest_magnitude", dtype)?;
+        total += n;
+        parts.push((t, dtype, n));
+    }
+    if k == 0 || k > total {
+        return Err(Error::config(format!(
+            "kth_largest_magnitude: k = {k} is outside 1..={total} (the number of elements)"
+        )));
+    }
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let mut prefix = 0u32;
+    let mut mask = 0u32;
+    let mut remaining = k;
+    for shift in [24u32, 16, 8, 0] {
+        let hist = Scratch::new(c, DType::U32, &[512])?;
+        for &(t, dtype, n) in &parts {
+            let consts = constants(
+                &l,
+                &[("X_DTYPE", dtype_code("kth_largest_magnitude", dtype)?)],
+            );
+            for ch in chunks(&l, n) {
+                let bindings = [
+                    fusion_plugin_api::Binding::write(hist.id()),
+                    ch.binding(t, dtype, true),
+                ];
+                c.dispatch(&KernelCall {
+                    label: "radix_select",
+                    source: wgsl::SELECT,
+                    entry_point: "radix_histogram",
+                    constants: &consts,
+                    bindings: &bindings,
+                    uniforms: &Uniforms::default()
+                        .u32(ch.len as u32)
+                        .u32(shift)
+                        .u32(prefix)
+                        .u32(mask)
+                        .bytes(),
+                    workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+                })?;
+            }
+        }
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(hist.id())?);
+        let (bin, rest) = pick_bin(&words, remaining).ok_or_else(|| {
+            Error::compute(format!(
+                "kth_largest_magnitude: histogram at shift {shift} counts fewer than {remaining} elements"
+            ))
+        })?;
+        prefix |= bin << shift;
+        mask |= 0xff << shift;
+        remaining = rest;
+    }
+    Ok(f32::from_bits(prefix))
+}
+
+/// From 256 (lo, hi) counters, the bin holding the `k`-th largest, scanning from the top, and
+/// the rank of the target within that bin.
+fn pick_bin(words: &[u32], mut k: u64) -> Option<(u32, u64)> {
+    for bin in (0..256usize).rev() {
+        let count = u64::from(words[2 * bin]) | (u64::from(words[2 * bin + 1]) << 32);
+        if k <= count {
+            return Some((bin as u32, k));
+        }
+        k -= count;
+    }
+    None
+}
+
+/// FusionBench's `topk_values_mask(M, K)` rank for one row of `d` elements: `K > 1` is a
+/// percentage, `k = d - int(d * K)`, and the row keeps `|x| >= kthvalue(|x|, k)`, the k-th
+/// *smallest*. Returns that value's rank from the top (`d - k + 1`), or `None` when `k` would
+/// be 0 (FusionBench raises there; here it means "keep everything").
+pub fn topk_rank_from_top(d: u64, k_param: f64) -> Option<u64> {
+    let frac = if k_param > 1.0 {
+        k_param / 100.0
+    } else {
+        k_param
+    };
+    // Python's int() truncates toward zero; the product is a double in both languages.
+    let dropped = (d as f64 * frac) as i64;
+    let k = d as i64 - dropped;
+    if k <= 0 || d == 0 {
+        return None;
+    }
+    let k = (k as u64).min(d);
+    Some(d - k + 1)
+}
+
+/// The TIES trim threshold of one task vector (spread over `tensors`, the flattened model row):
+/// elements with `|x| >= threshold` are kept. `k_param` is FusionBench's `threshold`/`K` (20
+/// means the top 20%). Returns 0.0 (keep all) where FusionBench would fail on `k = 0`.
+pub fn ties_threshold(c: &dyn Compute, tensors: &[GpuTensor], k_param: f64) -> Result<f32> {
+    let mut d = 0u64;
+    for &t in tensors {
+        d += info(c, t)?.2;
+    }
+    match topk_rank_from_top(d, k_param) {
+        Some(rank) => kth_largest_magnitude(c, tensors, rank),
+        None => Ok(0.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_matches_fusionbench_arithmetic() {
+        // d = 10, K = 20 -> int(2.0) = 2 dropped... k = 8th smallest = 3rd largest.
+        assert_eq!(topk_rank_from_top(10, 20.0), Some(3));
+        assert_eq!(topk_rank_from_top(10, 0.2), Some(3));
+        assert_eq!(topk_rank_from_top(7, 0.5), Some(4)); // int(3.5) = 3, k = 4, rank 4
+        assert_eq!(topk_rank_from_top(10, 1.0), None);
+        assert_eq!(topk_rank_from_top(10, 100.0), None);
+        assert_eq!(topk_rank_from_top(10, 0.0), Some(1));
+        assert_eq!(topk_rank_from_top(1, 20.0), Some(1));
+    }
+
+    #[test]
+    fn picks_bins_from_the_top() {
+        let mut w = vec![0u32; 512];
+        w[2 * 255] = 2;
+        w[2 * 7] = 5;
+        w[2 * 7 + 1] = 1; // 2^32 + 5
+        assert_eq!(pick_bin(&w, 1), Some((255, 1)));
+        assert_eq!(pick_bin(&w, 3), Some((7, 1)));
+        assert_eq!(pick_bin(&w, 2 + (1 << 32) + 5), Some((7, (1 << 32) + 5)));
+        assert_eq!(pick_bin(&w, 3 + (1 << 32) + 5), None);
+    }
+}

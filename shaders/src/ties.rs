@@ -1,0 +1,359 @@
+//! TIES-merging (Yadav et al. 2023) with FusionBench's exact semantics
+//! (`fusion_bench/method/ties_merging/ties_merging_utils.py`):
+//!
+//! 1. trim: each model's task vector keeps `|x| >= threshold` (see
+//!    [`crate::ties_threshold`], computed over the whole flattened model);
+//! 2. elect: `s = sign(Σ_models trimmed)` per element; `s = 0` becomes the majority sign
+//!    `sign(Σ_elements s)` over the *whole* model ([`SignVotes`]);
+//! 3. disjoint merge: keep entries with `(s > 0 ? v > 0 : v < 0)`, then sum, mean (over the
+//!    count kept, at least 1) or max |v| times s ([`TiesMerge`]).
+//!
+//! Step 2 needs every tensor's signs before any tensor is merged, so a plugin makes two sweeps
+//! over the keys: [`SignVotes::add`] for each key, then [`ties_merge`] for each key with
+//! [`SignVotes::majority_sign`].
+//!
+//! ```no_run
+//! # fn demo(c: &dyn fusion_plugin_api::Compute,
+//! #         base: &[fusion_plugin_api::GpuTensor],
+//! #         // models[i][key]: model i's task vector for each key, in sorted key order
+//! #         models: &[Vec<fusion_plugin_api::GpuTensor>]) -> fusion_plugin_api::Result<()> {
+//! use fusion_kernels::{scale_add, ties_merge, ties_threshold, SignVotes, TiesMerge};
+//! use fusion_plugin_api::DType;
+//! let thresholds: Vec<f32> =
+//!     models.iter().map(|keys| ties_threshold(c, keys, 20.0)).collect::<Result<_, _>>()?;
+//! let column = |key: usize| models.iter().map(|m| m[key]).collect::<Vec<_>>();
+//! let votes = SignVotes::new(c)?;
+//! for key in 0..base.len() {
+//!     votes.add(&column(key), &thresholds)?;
+//! }
+//! let majority = votes.majority_sign()?;
+//! for key in 0..base.len() {
+//!     let tv = ties_merge(c, &column(key), &thresholds, majority, TiesMerge::Sum, DType::F32)?;
+//!     let merged = scale_add(c, base[key], tv, 0.3, DType::F32)?; // θ0 + λ·τ
+//!     c.release(tv);
+//!     // ... save `merged`, then release it
+//! #   c.release(merged);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::str::FromStr;
+
+use fusion_plugin_api::{Binding, Compute, DType, Error, GpuTensor, KernelCall, Result};
+
+use crate::launch::{
+    arity, chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Scratch,
+    Uniforms, X_DTYPE_NAMES,
+};
+use crate::wgsl;
+
+/// How agreeing entries are combined (FusionBench's `merge_func`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TiesMerge {
+    /// Sum of the kept entries (FusionBench's default).
+    #[default]
+    Sum,
+    /// Sum of the kept entries divided by how many were kept (at least 1): the TIES paper's.
+    Mean,
+    /// The largest kept |entry|, with the elected sign.
+    Max,
+}
+
+impl TiesMerge {
+    fn code(self) -> f64 {
+        match self {
+            TiesMerge::Sum => 0.0,
+            TiesMerge::Mean => 1.0,
+            TiesMerge::Max => 2.0,
+        }
+    }
+}
+
+impl FromStr for TiesMerge {
+    type Err = Error;
+
+    /// `sum`, `mean`, `max`, also with a prefix such as `dis-mean` (FusionBench splits on `-`
+    /// and takes the last part).
+    fn from_str(s: &str) -> Result<Self> {
+        match s
+            .rsplit('-')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "sum" => Ok(TiesMerge::Sum),
+            "mean" => Ok(TiesMerge::Mean),
+            "max" => Ok(TiesMerge::Max),
+            _ => Err(Error::config(format!(
+                "merge_func {s:?}: expected sum, mean or max"
+            ))),
+        }
+    }
+}
+
+fn check(
+    c: &dyn Compute,
+    op: &str,
+    task_vectors: &[GpuTensor],
+    thresholds: &[f32],
+) -> Result<(Vec<usize>, Vec<DType>)> {
+    let first = task_vectors
+        .first()
+        .ok_or_else(|| Error::config(format!("{op}: no task vectors")))?;
+    if thresholds.len() != task_vectors.len() {
+        return Err(Error::config(format!(
+            "{op}: {} thresholds for {} task vectors",
+            thresholds.len(),
+            task_vectors.len()
+        )));
+    }
+    let (_, shape, _) = info(c, *first)?;
+    let dtypes = same_shape(c, op, task_vectors, &shape)?;
+    Ok((shape, dtypes))
+}
+
+fn threshold_bits(thresholds: &[f32]) -> Vec<u32> {
+    // Compared with abs_bits(v) >= bits; a negative threshold keeps everything, like |v| >= t.
+    thresholds
+        .iter()
+        .map(|t| if *t <= 0.0 { 0 } else { t.to_bits() })
+        .collect()
+}
+
+/// `S = Σ_models trim(x)` (f32) for one key: the elected sign is `sign(S)`.
+pub fn ties_elected_sum(
+    c: &dyn Compute,
+    task_vectors: &[GpuTensor],
+    thresholds: &[f32],
+) -> Result<GpuTensor> {
+    let (shape, dtypes) = check(c, "ties_elect", task_vectors, thresholds)?;
+    let s = Scratch::new(c, DType::F32, &shape)?;
+    let n = shape.iter().map(|&d| d as u64).product();
+    let l = c.limits();
+    let batch = arity(&l, "ties_elect", 1)?;
+    let wg = workgroup_size(&l);
+    let bits = threshold_bits(thresholds);
+    for (b, ((group, group_dtypes), group_bits)) in task_vectors
+        .chunks(batch)
+        .zip(dtypes.chunks(batch))
+        .zip(bits.chunks(batch))
+        .enumerate()
+    {
+        let mut extra = vec![("ACCUMULATE", if b > 0 { 1.0 } else { 0.0 })];
+        for (k, &dt) in group_dtypes.iter().enumerate() {
+            extra.push((X_DTYPE_NAMES[k], dtype_code("ties_elect", dt)?));
+        }
+        let consts = constants(&l, &extra);
+        let entry = format!("ties_elect_{}", group.len());
+        for ch in chunks(&l, n) {
+            let mut bindings = vec![ch.binding(s.id(), DType::F32, false)];
+            bindings.extend(
+                group
+                    .iter()
+                    .zip(group_dtypes)
+                    .map(|(&t, &dt)| ch.binding(t, dt, true)),
+            );
+            c.dispatch(&KernelCall {
+                label: "ties_elect",
+                source: wgsl::TIES_ELECT,
+                entry_point: &entry,
+                constants: &consts,
+                bindings: &bindings,
+                uniforms: &Uniforms::default()
+                    .u32(ch.len as u32)
+                    .words8(group_bits)
+                    .bytes(),
+                workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            })?;
+        }
+    }
+    Ok(s.keep())
+}
+
+/// Running counts of elected signs over a whole model, for the majority sign that replaces
+/// `sign(S) = 0` (FusionBench `resolve_zero_signs(..., "majority")`). Counters live on the device;
+/// only [`SignVotes::counts`] reads them back.
+pub struct SignVotes<'c> {
+    c: &'c dyn Compute,
+    counters: Scratch<'c>,
+}
+
+impl<'c> SignVotes<'c> {
+    /// Zeroed counters.
+    pub fn new(c: &'c dyn Compute) -> Result<Self> {
+        Ok(SignVotes {
+            c,
+            counters: Scratch::new(c, DType::U32, &[4])?,
+        })
+    }
+
+    /// Count the elected signs of one key (the same tensor of every model's task vector, with
+    /// each model's trim threshold).
+    pub fn add(&self, task_vectors: &[GpuTensor], thresholds: &[f32]) -> Result<()> {
+        let c = self.c;
+        let s = Scratch::adopt(c, ties_elected_sum(c, task_vectors, thresholds)?);
+        let (_, _, n) = info(c, s.id())?;
+        let l = c.limits();
+        let consts = constants(&l, &[]);
+        let wg = workgroup_size(&l);
+        for ch in chunks(&l, n) {
+            let bindings = [
+                Binding::write(self.counters.id()),
+                ch.binding(s.id(), DType::F32, true),
+            ];
+            c.dispatch(&KernelCall {
+                label: "ties_votes",
+                source: wgsl::TIES_VOTES,
+                entry_point: "ties_votes",
+                constants: &consts,
+                bindings: &bindings,
+                uniforms: &Uniforms::default().u32(ch.len as u32).bytes(),
+                workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `(positive, negative)` elected signs counted so far.
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        let w: Vec<u32> = bytemuck::pod_collect_to_vec(&self.c.read(self.counters.id())?);
+        Ok((
+            u64::from(w[0]) | u64::from(w[1]) << 32,
+            u64::from(w[2]) | u64::from(w[3]) << 32,
+        ))
+    }
+
+    /// `sign(Σ s)`: 1.0, -1.0, or 0.0 on a tie.
+    pub fn majority_sign(&self) -> Result<f32> {
+        let (pos, neg) = self.counts()?;
+        Ok(match pos.cmp(&neg) {
+            std::cmp::Ordering::Greater => 1.0,
+            std::cmp::Ordering::Less => -1.0,
+            std::cmp::Ordering::Equal => 0.0,
+        })
+    }
+}
+
+/// The TIES-merged task vector of one key, in `dtype`: trim with `thresholds`, elect
+/// (`sign(S)`, `majority` where that is 0), disjoint `merge`. The caller scales it and adds
+/// the base (`crate::scale_add`).
+pub fn ties_merge(
+    c: &dyn Compute,
+    task_vectors: &[GpuTensor],
+    thresholds: &[f32],
+    majority: f32,
+    merge: TiesMerge,
+    dtype: DType,
+) -> Result<GpuTensor> {
+    let (shape, dtypes) = check(c, "ties_merge", task_vectors, thresholds)?;
+    let n: u64 = shape.iter().map(|&d| d as u64).product();
+    let s = Scratch::adopt(c, ties_elected_sum(c, task_vectors, thresholds)?);
+    let acc_a = Scratch::new(c, DType::F32, &shape)?;
+    // The count is only read for `mean`; other modes bind a one-element placeholder.
+    let acc_c = Scratch::new(
+        c,
+        DType::F32,
+        if merge == TiesMerge::Mean {
+            &shape
+        } else {
+            &[1]
+        },
+    )?;
+    let out = Scratch::new(c, dtype, &shape)?;
+    let l = c.limits();
+    let batch = arity(&l, "ties_merge", 3)?;
+    let wg = workgroup_size(&l);
+    let bits = threshold_bits(thresholds);
+    let out_code = dtype_code("ties_merge", dtype)?;
+    for (b, ((group, group_dtypes), group_bits)) in task_vectors
+        .chunks(batch)
+        .zip(dtypes.chunks(batch))
+        .zip(bits.chunks(batch))
+        .enumerate()
+    {
+        let mut extra = vec![
+            ("ACCUMULATE", if b > 0 { 1.0 } else { 0.0 }),
+            ("MERGE", merge.code()),
+        ];
+        for (k, &dt) in group_dtypes.iter().enumerate() {
+            extra.push((X_DTYPE_NAMES[k], dtype_code("ties_merge", dt)?));
+        }
+        let consts = constants(&l, &extra);
+        let entry = format!("ties_merge_{}", group.len());
+        for ch in chunks(&l, n) {
+            let mut bindings = vec![
+                ch.binding(acc_a.id(), DType::F32, false),
+                count_binding(&acc_c, merge, ch, false),
+                ch.binding(s.id(), DType::F32, true),
+            ];
+            bindings.extend(
+                group
+                    .iter()
+                    .zip(group_dtypes)
+                    .map(|(&t, &dt)| ch.binding(t, dt, true)),
+            );
+            c.dispatch(&KernelCall {
+                label: "ties_merge",
+                source: wgsl::TIES_MERGE,
+                entry_point: &entry,
+                constants: &consts,
+                bindings: &bindings,
+                uniforms: &Uniforms::default()
+                    .u32(ch.len as u32)
+                    .f32(majority)
+                    .words8(group_bits)
+                    .bytes(),
+                workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            })?;
+        }
+    }
+    let consts = constants(&l, &[("MERGE", merge.code()), ("OUT_DTYPE", out_code)]);
+    for ch in chunks(&l, n) {
+        let bindings = [
+            ch.binding(out.id(), dtype, false),
+            ch.binding(acc_a.id(), DType::F32, true),
+            count_binding(&acc_c, merge, ch, true),
+            ch.binding(s.id(), DType::F32, true),
+        ];
+        c.dispatch(&KernelCall {
+            label: "ties_finalize",
+            source: wgsl::TIES_MERGE,
+            entry_point: "ties_finalize",
+            constants: &consts,
+            bindings: &bindings,
+            uniforms: &Uniforms::default().u32(ch.len as u32).f32(majority).bytes(),
+            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+        })?;
+    }
+    Ok(out.keep())
+}
+
+fn count_binding(
+    acc_c: &Scratch<'_>,
+    merge: TiesMerge,
+    ch: crate::Chunk,
+    read_only: bool,
+) -> Binding {
+    if merge == TiesMerge::Mean {
+        ch.binding(acc_c.id(), DType::F32, read_only)
+    } else if read_only {
+        Binding::read(acc_c.id())
+    } else {
+        Binding::write(acc_c.id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_merge_funcs() {
+        assert_eq!("sum".parse::<TiesMerge>().unwrap(), TiesMerge::Sum);
+        assert_eq!("dis-mean".parse::<TiesMerge>().unwrap(), TiesMerge::Mean);
+        assert_eq!("MAX".parse::<TiesMerge>().unwrap(), TiesMerge::Max);
+        assert!("median".parse::<TiesMerge>().is_err());
+    }
+}

@@ -1,0 +1,939 @@
+//! Every kernel on a real adapter (Mesa lavapipe in CI; `FUSION_DEVICE` picks another) against
+//! a plain CPU implementation, over sizes 1, 255, 256, 257 and beyond, for f32, f16 and bf16.
+//! A second runtime with clamped limits (tiny bindings, 4 workgroups per dimension, 4 storage
+//! buffers) drives the chunking, 2-D dispatch and batching paths on small data.
+
+use std::sync::OnceLock;
+
+use fusion_gpu::{DeviceChoice, LimitClamp, Runtime, RuntimeOptions};
+use fusion_kernels as k;
+use fusion_plugin_api::{Compute, DType, GpuTensor};
+use half::{bf16, f16};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+// ---------------------------------------------------------------------------------------------
+// Set-up
+
+fn choice() -> DeviceChoice {
+    match std::env::var("FUSION_DEVICE") {
+        Ok(s) => s.parse().expect("FUSION_DEVICE"),
+        Err(_) => DeviceChoice::Cpu,
+    }
+}
+
+fn open(options: RuntimeOptions) -> Runtime {
+    Runtime::new(&choice(), options).unwrap_or_else(|e| {
+        panic!(
+            "GPU tests need a wgpu adapter; none could be opened for device `{}` \
+             (FUSION_DEVICE, default cpu): {e}\n\
+             Install Mesa lavapipe (apt-get install mesa-vulkan-drivers) or set FUSION_DEVICE.",
+            choice()
+        )
+    })
+}
+
+/// The device with its own limits.
+fn full() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| open(RuntimeOptions::default()))
+}
+
+/// The device clamped so that 1024 f32 elements fill a binding, 4 workgroups of 32 fill a
+/// dimension (a 1024-element chunk needs a 4x4 grid) and 4 storage buffers fill a stage.
+fn clamped() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        open(RuntimeOptions {
+            clamp: LimitClamp {
+                max_storage_binding_size: Some(4096),
+                max_workgroups_per_dimension: Some(4),
+                max_storage_buffers_per_stage: Some(4),
+                max_invocations_per_workgroup: Some(32),
+                min_storage_offset_alignment: Some(256),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    })
+}
+
+fn runtimes() -> [(&'static str, &'static Runtime); 2] {
+    [("full", full()), ("clamped", clamped())]
+}
+
+const SIZES: [usize; 6] = [1, 2, 255, 256, 257, 1001];
+/// Past one clamped binding (1024 f32) several times, and past the clamped 4x4x32 grid.
+const CLAMPED_SIZES: [usize; 4] = [1, 257, 1024, 5003];
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+// Tolerances. Kernels compute in f32 like the references, but the device may contract a*b+c
+// into an fma and sums may be associated differently, so f32 results are allowed a few ulps;
+// 16-bit outputs are allowed one unit in the last place of the 16-bit type (a rounding
+// boundary can fall between two nearly equal f32 values).
+const F32_REL: f32 = 4.0 * f32::EPSILON;
+const F16_REL: f32 = 1.0 / 1024.0;
+const BF16_REL: f32 = 1.0 / 128.0;
+/// Reductions of n terms: relative to Σ|terms|.
+const REDUCE_REL: f64 = 1e-5;
+
+fn rel_tol(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => F16_REL,
+        DType::BF16 => BF16_REL,
+        _ => F32_REL,
+    }
+}
+
+/// Round to `dtype` and back, as stored.
+fn quantize(dtype: DType, v: f32) -> f32 {
+    match dtype {
+        DType::F16 => f16::from_f32(v).to_f32(),
+        DType::BF16 => bf16::from_f32(v).to_f32(),
+        _ => v,
+    }
+}
+
+fn encode(dtype: DType, values: &[f32]) -> Vec<u8> {
+    match dtype {
+        DType::F32 => bytemuck::cast_slice(values).to_vec(),
+        DType::F16 => values
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::BF16 => values
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        other => panic!("{other}"),
+    }
+}
+
+fn decode(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytemuck::pod_collect_to_vec(bytes),
+        DType::F16 => bytes
+            .chunks(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => panic!("{other}"),
+    }
+}
+
+fn upload(c: &dyn Compute, dtype: DType, values: &[f32]) -> GpuTensor {
+    c.create(dtype, &[values.len()], Some(&encode(dtype, values)))
+        .unwrap()
+}
+
+fn download(c: &dyn Compute, t: GpuTensor) -> Vec<f32> {
+    let (dtype, _) = c.describe(t).unwrap();
+    decode(dtype, &c.read(t).unwrap())
+}
+
+/// Values in [-2, 2) already representable in `dtype`.
+fn random(rng: &mut StdRng, dtype: DType, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| quantize(dtype, rng.random_range(-2.0f32..2.0)))
+        .collect()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tol = rel * w.abs().max(1e-3) + 1e-6;
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: element {i}: got {g}, want {w} (tolerance {tol})"
+        );
+    }
+}
+
+fn release(c: &dyn Compute, ts: &[GpuTensor]) {
+    for &t in ts {
+        c.release(t);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// convert
+
+#[test]
+fn convert_is_bit_exact_between_all_dtypes() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let specials = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        65504.0,
+        65519.0,
+        65520.0,
+        1e-8,
+        -3e-8,
+        6.0e-8,
+        2.9802322e-8,
+        6.1035156e-5,
+        6.097555e-5,
+        1.0e-40,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        3.4e38,
+        1.0 + 1.0 / 256.0,
+        1.003_906_3,
+        0.33333334,
+    ];
+    for (name, c) in runtimes() {
+        let sizes: &[usize] = if name == "full" {
+            &SIZES
+        } else {
+            &CLAMPED_SIZES
+        };
+        for &n in sizes {
+            let mut values: Vec<f32> = (0..n)
+                .map(|_| {
+                    rng.random_range(-70000.0f32..70000.0) * 10f32.powi(rng.random_range(-12..1))
+                })
+                .collect();
+            for (v, s) in values.iter_mut().zip(specials) {
+                *v = s;
+            }
+            for from in DTYPES {
+                let x = upload(c, from, &values);
+                let stored = decode(from, &encode(from, &values));
+                for to in DTYPES {
+                    let y = k::convert(c, x, to).unwrap();
+                    let got = c.read(y).unwrap();
+                    let want = encode(to, &stored);
+                    assert_eq!(got, want, "{name}: convert {from} -> {to}, n = {n}");
+                    c.release(y);
+                }
+                c.release(x);
+            }
+        }
+    }
+    // NaN stays NaN.
+    let c = full();
+    let x = upload(c, DType::F32, &[f32::NAN, 1.0]);
+    for to in [DType::F16, DType::BF16] {
+        let y = k::convert(c, x, to).unwrap();
+        assert!(download(c, y)[0].is_nan(), "{to}");
+        c.release(y);
+    }
+    c.release(x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// weighted sum, task vector, scale-and-add
+
+fn cpu_weighted_sum(inputs: &[(Vec<f32>, f32)], n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| inputs.iter().fold(0.0f32, |acc, (x, w)| acc + w * x[i]))
+        .collect()
+}
+
+#[test]
+fn weighted_sum_matches_cpu_for_any_count_and_dtype_mix() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for (name, c) in runtimes() {
+        let sizes: &[usize] = if name == "full" {
+            &SIZES
+        } else {
+            &CLAMPED_SIZES
+        };
+        for &n in sizes {
+            for count in [1usize, 2, 3, 8, 11] {
+                for out_dtype in DTYPES {
+                    let dtypes: Vec<DType> = (0..count).map(|i| DTYPES[(i + n) % 3]).collect();
+                    let data: Vec<(Vec<f32>, f32)> = dtypes
+                        .iter()
+                        .map(|&dt| (random(&mut rng, dt, n), rng.random_range(-1.0f32..1.0)))
+                        .collect();
+                    let tensors: Vec<GpuTensor> = data
+                        .iter()
+                        .zip(&dtypes)
+                        .map(|((v, _), &dt)| upload(c, dt, v))
+                        .collect();
+                    let inputs: Vec<(GpuTensor, f32)> = tensors
+                        .iter()
+                        .zip(&data)
+                        .map(|(&t, (_, w))| (t, *w))
+                        .collect();
+                    let out = k::weighted_sum(c, &inputs, out_dtype).unwrap();
+                    let want: Vec<f32> = cpu_weighted_sum(&data, n)
+                        .iter()
+                        .map(|&v| quantize(out_dtype, v))
+                        .collect();
+                    // Sums of many terms round more; scale the f32 allowance by the count.
+                    let rel = rel_tol(out_dtype).max(F32_REL * count as f32);
+                    assert_close(
+                        &format!("{name}: weighted_sum of {count} -> {out_dtype}, n = {n}"),
+                        &download(c, out),
+                        &want,
+                        rel,
+                    );
+                    c.release(out);
+                    release(c, &tensors);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn task_vector_scale_add_and_accumulate() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for (name, c) in runtimes() {
+        for &n in &[1usize, 257, 5003] {
+            for dt in DTYPES {
+                let ft = random(&mut rng, dt, n);
+                let base = random(&mut rng, dt, n);
+                let (tf, tb) = (upload(c, dt, &ft), upload(c, dt, &base));
+                let tv = k::task_vector(c, tf, tb, DType::F32).unwrap();
+                let want: Vec<f32> = ft.iter().zip(&base).map(|(a, b)| a - b).collect();
+                // One subtraction of exactly representable values: one rounding, exact here.
+                assert_eq!(download(c, tv), want, "{name}: task_vector {dt}, n = {n}");
+                let merged = k::scale_add(c, tb, tv, 0.3, dt).unwrap();
+                let want_m: Vec<f32> = base
+                    .iter()
+                    .zip(&want)
+                    .map(|(b, t)| quantize(dt, b + 0.3 * t))
+                    .collect();
+                assert_close(
+                    &format!("{name}: scale_add {dt}"),
+                    &download(c, merged),
+                    &want_m,
+                    rel_tol(dt),
+                );
+                // acc += 2 ft - base, in place.
+                k::accumulate(c, tv, &[(tf, 2.0), (tb, -1.0)]).unwrap();
+                let want_a: Vec<f32> = want
+                    .iter()
+                    .zip(ft.iter().zip(&base))
+                    .map(|(t, (f, b))| t + 2.0 * f - b)
+                    .collect();
+                assert_close(
+                    &format!("{name}: accumulate {dt}"),
+                    &download(c, tv),
+                    &want_a,
+                    3.0 * F32_REL,
+                );
+                release(c, &[tf, tb, tv, merged]);
+            }
+        }
+    }
+    let c = full();
+    let a = upload(c, DType::F32, &[1.0; 4]);
+    let b = c.create(DType::F32, &[5], None).unwrap();
+    let e = k::task_vector(c, a, b, DType::F32).unwrap_err();
+    assert!(e.message().contains("shape [5], expected [4]"), "{e}");
+    let e = k::weighted_sum_into(c, &[(a, 1.0)], a).unwrap_err();
+    assert!(e.message().contains("also an input"), "{e}");
+    let i = c.create(DType::I64, &[4], None).unwrap();
+    assert!(k::convert(c, i, DType::F32).is_err());
+    release(c, &[a, b, i]);
+}
+
+/// One launch past 65535 x 256 invocations on the device's own limits: the 1-D job has to be
+/// spread over y. 2 x 65535 x 256 + 6 bf16 elements (pairs > 65535 x 256), 64 MiB per tensor.
+/// Host-side work is kept to memcpy-speed (a repeated period, spot checks) so the test stays
+/// fast in a debug build.
+#[test]
+fn past_the_real_dispatch_limit() {
+    let c = full();
+    let l = c.limits();
+    let n = 2 * l.max_workgroups_per_dimension as usize * 256 + 6;
+    let wg = k::workgroup_size(&l);
+    assert!(
+        k::dispatch_1d(&l, (n as u64).div_ceil(2), wg)[1] > 1,
+        "the job must need a second dimension"
+    );
+    const PERIOD: usize = 256;
+    let value = |i: usize| (i % PERIOD) as f32 * 0.5; // exact in bf16 (8 significant bits)
+    let period: Vec<u8> = encode(DType::BF16, &(0..PERIOD).map(value).collect::<Vec<_>>());
+    let mut bytes = period.repeat(n / PERIOD + 1);
+    bytes.truncate(2 * n);
+    let ta = c.create(DType::BF16, &[n], Some(&bytes)).unwrap();
+    let tb = c.create(DType::BF16, &[n], Some(&bytes)).unwrap();
+    drop(bytes);
+    let out = k::weighted_sum(c, &[(ta, 0.5), (tb, 0.25)], DType::BF16).unwrap();
+    let got = c.read(out).unwrap();
+    for i in (0..n).step_by(9973).chain(n - 8..n) {
+        let g = bf16::from_le_bytes([got[2 * i], got[2 * i + 1]]).to_f32();
+        assert_eq!(g, quantize(DType::BF16, 0.75 * value(i)), "element {i}");
+    }
+    let period_sq: f64 = (0..PERIOD).map(|i| f64::from(value(i)).powi(2)).sum();
+    let want_dot = period_sq * (n / PERIOD) as f64
+        + (0..n % PERIOD)
+            .map(|i| f64::from(value(i)).powi(2))
+            .sum::<f64>();
+    let got_dot = f64::from(k::dot(c, ta, tb).unwrap());
+    assert!(
+        (got_dot - want_dot).abs() <= REDUCE_REL * want_dot,
+        "dot {got_dot} vs {want_dot}"
+    );
+    release(c, &[ta, tb, out]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// k-th largest magnitude
+
+fn cpu_kth_largest(values: &[f32], k: usize) -> f32 {
+    let mut m: Vec<f32> = values.iter().map(|v| v.abs()).collect();
+    m.sort_by(|a, b| b.total_cmp(a));
+    m[k - 1]
+}
+
+#[test]
+fn kth_largest_magnitude_matches_a_sort_across_tensors() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for (name, c) in runtimes() {
+        let sizes: &[usize] = if name == "full" {
+            &[1, 255, 256, 257, 3000]
+        } else {
+            &[1, 257, 5003]
+        };
+        for &n in sizes {
+            // Three tensors of different dtypes and sizes; values from a small set so that ties
+            // at the threshold are common, plus zeros and negative zeros.
+            let parts: Vec<(DType, Vec<f32>)> = DTYPES
+                .iter()
+                .enumerate()
+                .map(|(j, &dt)| {
+                    let len = n + j * 7;
+                    let v = (0..len)
+                        .map(|_| match rng.random_range(0..10) {
+                            0 => 0.0,
+                            1 => -0.0,
+                            2..=4 => quantize(dt, rng.random_range(-1.0f32..1.0)),
+                            x => (x as f32 - 6.0) * 0.5,
+                        })
+                        .collect();
+                    (dt, v)
+                })
+                .collect();
+            let tensors: Vec<GpuTensor> = parts.iter().map(|(dt, v)| upload(c, *dt, v)).collect();
+            let all: Vec<f32> = parts.iter().flat_map(|(_, v)| v.clone()).collect();
+            let total = all.len();
+            for kk in [1, 2, total / 5 + 1, total / 2, total - 1, total]
+                .into_iter()
+                .filter(|&x| x >= 1)
+            {
+                let got = k::kth_largest_magnitude(c, &tensors, kk as u64).unwrap();
+                assert_eq!(
+                    got.to_bits(),
+                    cpu_kth_largest(&all, kk).to_bits(),
+                    "{name}: n = {n}, k = {kk}"
+                );
+            }
+            assert!(k::kth_largest_magnitude(c, &tensors, 0).is_err());
+            assert!(k::kth_largest_magnitude(c, &tensors, total as u64 + 1).is_err());
+            release(c, &tensors);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Breadcrumbs
+
+/// mergekit `magnitude_outliers`: ascending argsort of |x|, keep positions n_bot .. n - n_top
+/// (nothing when n_top == 0).
+fn cpu_breadcrumbs(x: &[f32], density: f64, gamma: f64) -> Vec<f32> {
+    let (n_bot, n_top) = k::breadcrumbs_counts(x.len() as u64, density, gamma);
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    order.sort_by(|&a, &b| x[a].abs().total_cmp(&x[b].abs()));
+    let mut out = vec![0.0; x.len()];
+    if n_top > 0 {
+        for &i in &order[n_bot as usize..x.len() - n_top as usize] {
+            out[i] = x[i];
+        }
+    }
+    out
+}
+
+#[test]
+fn breadcrumbs_matches_mergekit_without_ties() {
+    let mut rng = StdRng::seed_from_u64(9);
+    for (name, c) in runtimes() {
+        let sizes: &[usize] = if name == "full" {
+            &[1, 50, 255, 256, 257, 1001]
+        } else {
+            &[257, 5003]
+        };
+        for &n in sizes {
+            // Distinct magnitudes (a shuffled ramp), so argsort order is unambiguous.
+            let mut x: Vec<f32> = (0..n)
+                .map(|i| (i as f32 + 1.0) * 0.001 * if i % 3 == 0 { -1.0 } else { 1.0 })
+                .collect();
+            for i in (1..n).rev() {
+                x.swap(i, rng.random_range(0..=i));
+            }
+            let t = upload(c, DType::F32, &x);
+            for (density, gamma) in [(0.9, 0.01), (0.5, 0.1), (0.995, 0.01), (1.0, 0.01)] {
+                let want = if density >= 1.0 {
+                    x.clone()
+                } else {
+                    cpu_breadcrumbs(&x, density, gamma)
+                };
+                let out = k::breadcrumbs(c, t, density, gamma, DType::F32).unwrap();
+                assert_eq!(
+                    download(c, out),
+                    want,
+                    "{name}: n = {n}, density {density}, gamma {gamma}"
+                );
+                c.release(out);
+            }
+            c.release(t);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TIES
+
+/// FusionBench's TIES on the flattened [T, D] matrix, transcribed from
+/// `ties_merging_utils.py` (topk_values_mask, resolve_sign, disjoint_merge).
+fn cpu_ties(rows: &[Vec<f32>], k_param: f64, merge: k::TiesMerge) -> Vec<f32> {
+    let d = rows[0].len();
+    let trimmed: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|row| {
+            let frac = if k_param > 1.0 {
+                k_param / 100.0
+            } else {
+                k_param
+            };
+            let kk = d - (d as f64 * frac) as usize;
+            let mut m: Vec<f32> = row.iter().map(|v| v.abs()).collect();
+            m.sort_by(f32::total_cmp);
+            let kth = m[kk - 1];
+            row.iter()
+                .map(|&v| if v.abs() >= kth { v } else { 0.0 })
+                .collect()
+        })
+        .collect();
+    let sum: Vec<f32> = (0..d)
+        .map(|i| trimmed.iter().map(|r| r[i]).sum::<f32>())
+        .collect();
+    let sign = |v: f32| {
+        if v > 0.0 {
+            1.0f32
+        } else if v < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    };
+    let mut s: Vec<f32> = sum.iter().map(|&v| sign(v)).collect();
+    let majority = sign(s.iter().sum());
+    for v in &mut s {
+        if *v == 0.0 {
+            *v = majority;
+        }
+    }
+    (0..d)
+        .map(|i| {
+            let kept: Vec<f32> = trimmed
+                .iter()
+                .map(|r| r[i])
+                .filter(|&v| if s[i] > 0.0 { v > 0.0 } else { v < 0.0 })
+                .collect();
+            match merge {
+                k::TiesMerge::Sum => kept.iter().sum(),
+                k::TiesMerge::Mean => kept.iter().sum::<f32>() / (kept.len().max(1) as f32),
+                k::TiesMerge::Max => kept.iter().fold(0.0f32, |m, v| m.max(v.abs())) * s[i],
+            }
+        })
+        .collect()
+}
+
+/// The plugin-side TIES flow, first sweep: trim thresholds per model over all its keys, then
+/// the majority sign from the votes of all keys.
+fn gpu_ties_prepare(c: &dyn Compute, models: &[Vec<GpuTensor>], k_param: f64) -> (Vec<f32>, f32) {
+    let thresholds: Vec<f32> = models
+        .iter()
+        .map(|keys| k::ties_threshold(c, keys, k_param).unwrap())
+        .collect();
+    let votes = k::SignVotes::new(c).unwrap();
+    for key in 0..models[0].len() {
+        let column: Vec<GpuTensor> = models.iter().map(|m| m[key]).collect();
+        votes.add(&column, &thresholds).unwrap();
+    }
+    (thresholds, votes.majority_sign().unwrap())
+}
+
+/// Second sweep: the merge of each key.
+fn gpu_ties_merge(
+    c: &dyn Compute,
+    models: &[Vec<GpuTensor>],
+    (thresholds, majority): &(Vec<f32>, f32),
+    merge: k::TiesMerge,
+    dtype: DType,
+) -> Vec<Vec<f32>> {
+    (0..models[0].len())
+        .map(|key| {
+            let column: Vec<GpuTensor> = models.iter().map(|m| m[key]).collect();
+            let t = k::ties_merge(c, &column, thresholds, *majority, merge, dtype).unwrap();
+            let v = download(c, t);
+            c.release(t);
+            v
+        })
+        .collect()
+}
+
+fn gpu_ties(
+    c: &dyn Compute,
+    models: &[Vec<GpuTensor>],
+    k_param: f64,
+    merge: k::TiesMerge,
+    dtype: DType,
+) -> Vec<Vec<f32>> {
+    gpu_ties_merge(
+        c,
+        models,
+        &gpu_ties_prepare(c, models, k_param),
+        merge,
+        dtype,
+    )
+}
+
+#[test]
+fn ties_matches_fusionbench_for_every_merge_function() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for (name, c) in runtimes() {
+        // (models, key sizes): 3 models in one batch; 10 models span batches on both runtimes.
+        let cases: &[(usize, &[usize])] = if name == "full" {
+            &[(3, &[1, 255, 257]), (10, &[256, 1001])]
+        } else {
+            &[(3, &[257, 2100]), (10, &[1, 1500])]
+        };
+        for &(t, key_sizes) in cases {
+            for in_dtype in DTYPES {
+                let rows: Vec<Vec<Vec<f32>>> = (0..t)
+                    .map(|_| {
+                        key_sizes
+                            .iter()
+                            .map(|&n| random(&mut rng, in_dtype, n))
+                            .collect()
+                    })
+                    .collect();
+                let models: Vec<Vec<GpuTensor>> = rows
+                    .iter()
+                    .map(|keys| keys.iter().map(|v| upload(c, in_dtype, v)).collect())
+                    .collect();
+                let flat: Vec<Vec<f32>> = rows.iter().map(|keys| keys.concat()).collect();
+                let prepared = gpu_ties_prepare(c, &models, 20.0);
+                let out_dtypes: &[DType] = if in_dtype == DType::F32 {
+                    &[DType::F32]
+                } else {
+                    &[DType::F32, in_dtype]
+                };
+                for merge in [k::TiesMerge::Sum, k::TiesMerge::Mean, k::TiesMerge::Max] {
+                    for &out_dtype in out_dtypes {
+                        let want: Vec<f32> = cpu_ties(&flat, 20.0, merge)
+                            .iter()
+                            .map(|&v| quantize(out_dtype, v))
+                            .collect();
+                        let got: Vec<f32> =
+                            gpu_ties_merge(c, &models, &prepared, merge, out_dtype).concat();
+                        let rel = rel_tol(out_dtype).max(F32_REL * t as f32);
+                        assert_close(
+                            &format!("{name}: ties {merge:?} T={t} {in_dtype}->{out_dtype}"),
+                            &got,
+                            &want,
+                            rel,
+                        );
+                    }
+                }
+                for m in &models {
+                    release(c, m);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ties_zero_sums_take_the_majority_sign() {
+    let c = full();
+    // Key 0 decides the majority (+); key 1 has opposite values that cancel (S = 0), so the
+    // majority sign picks the positive entries.
+    let m1 = vec![
+        upload(c, DType::F32, &[1.0, 2.0, 3.0]),
+        upload(c, DType::F32, &[0.5, -0.5]),
+    ];
+    let m2 = vec![
+        upload(c, DType::F32, &[1.0, 2.0, 3.0]),
+        upload(c, DType::F32, &[-0.5, 0.5]),
+    ];
+    let models = vec![m1, m2];
+    let rows: Vec<Vec<f32>> = vec![
+        vec![1.0, 2.0, 3.0, 0.5, -0.5],
+        vec![1.0, 2.0, 3.0, -0.5, 0.5],
+    ];
+    for merge in [k::TiesMerge::Sum, k::TiesMerge::Mean, k::TiesMerge::Max] {
+        let got = gpu_ties(c, &models, 1.0 - 1e-9, merge, DType::F32).concat();
+        assert_eq!(got, cpu_ties(&rows, 1.0 - 1e-9, merge), "{merge:?}");
+        assert_eq!(&got[3..], &[0.5, 0.5], "{merge:?}");
+    }
+    // A tied vote leaves the majority at 0, so S = 0 keeps s = 0, and FusionBench's
+    // `where(s > 0, v > 0, v < 0)` then keeps the negative entries: sum/mean -0.5, max 0.
+    let tied = vec![
+        vec![upload(c, DType::F32, &[1.0, -1.0, 0.5])],
+        vec![upload(c, DType::F32, &[1.0, -1.0, -0.5])],
+    ];
+    let tied_rows = vec![vec![1.0, -1.0, 0.5], vec![1.0, -1.0, -0.5]];
+    for merge in [k::TiesMerge::Sum, k::TiesMerge::Mean, k::TiesMerge::Max] {
+        let got = gpu_ties(c, &tied, 1.0 - 1e-9, merge, DType::F32).concat();
+        assert_eq!(got, cpu_ties(&tied_rows, 1.0 - 1e-9, merge), "{merge:?}");
+        assert_eq!(
+            got[2],
+            if merge == k::TiesMerge::Max {
+                0.0
+            } else {
+                -0.5
+            },
+            "{merge:?}"
+        );
+    }
+    for m in &tied {
+        release(c, m);
+    }
+    // A threshold of 100% keeps everything (FusionBench would fail on kthvalue(0)).
+    assert_eq!(k::ties_threshold(c, &models[0], 100.0).unwrap(), 0.0);
+    for m in &models {
+        release(c, m);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DARE
+
+#[test]
+fn dare_masks_are_reproducible_exact_and_fair() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let n = 100_000;
+    let x: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let key = k::tensor_key("vision_model.encoder.layers.0.mlp.fc1.weight");
+    for p in [0.1, 0.5, 0.9] {
+        let params = k::Dare {
+            p,
+            rescale: true,
+            seed: 42,
+        };
+        let outs: Vec<Vec<u8>> = runtimes()
+            .into_iter()
+            .map(|(_, c)| {
+                let t = upload(c, DType::F32, &x);
+                let out = k::dare(c, t, key, &params, DType::F32).unwrap();
+                let bytes = c.read(out).unwrap();
+                release(c, &[t, out]);
+                bytes
+            })
+            .collect();
+        // Same bits on the full and the clamped (chunked, 2-D) device.
+        assert_eq!(outs[0], outs[1], "p = {p}: chunking changed the result");
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(&outs[0]);
+        let scale = params.scale();
+        let mut kept = 0usize;
+        for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
+            let keep = k::dare_keep(&params, key, i as u64);
+            // Rescale exact: one correctly rounded product.
+            let want = if keep { v * scale } else { 0.0 };
+            assert_eq!(g.to_bits(), want.to_bits(), "p = {p}, element {i}");
+            kept += usize::from(keep);
+        }
+        // Kept count is Binomial(n, 1 - p): within 6 standard deviations.
+        let mean = n as f64 * (1.0 - p);
+        let sd = (n as f64 * p * (1.0 - p)).sqrt();
+        assert!(
+            (kept as f64 - mean).abs() < 6.0 * sd,
+            "p = {p}: kept {kept}, expected {mean} ± {sd}"
+        );
+    }
+}
+
+#[test]
+fn dare_is_independent_of_visit_order_and_keyed_by_name_and_seed() {
+    let c = full();
+    let mut rng = StdRng::seed_from_u64(7);
+    let names = ["a.weight", "a.bias", "b.weight"];
+    let data: Vec<Vec<f32>> = (0..3).map(|_| random(&mut rng, DType::BF16, 777)).collect();
+    let params = k::Dare {
+        p: 0.3,
+        rescale: true,
+        seed: 9,
+    };
+    let run = |order: &[usize]| -> Vec<Vec<u8>> {
+        let mut out = vec![Vec::new(); 3];
+        for &i in order {
+            let t = upload(c, DType::BF16, &data[i]);
+            let o = k::dare(c, t, k::tensor_key(names[i]), &params, DType::BF16).unwrap();
+            out[i] = c.read(o).unwrap();
+            release(c, &[t, o]);
+        }
+        out
+    };
+    let forward = run(&[0, 1, 2]);
+    assert_eq!(forward, run(&[2, 0, 1]));
+    assert_eq!(forward, run(&[0, 1, 2]), "two runs differ");
+    assert_ne!(
+        forward[0], forward[2],
+        "different names must draw different masks"
+    );
+    let other_seed = {
+        let t = upload(c, DType::BF16, &data[0]);
+        let o = k::dare(
+            c,
+            t,
+            k::tensor_key(names[0]),
+            &k::Dare { seed: 10, ..params },
+            DType::BF16,
+        )
+        .unwrap();
+        let b = c.read(o).unwrap();
+        release(c, &[t, o]);
+        b
+    };
+    assert_ne!(forward[0], other_seed);
+    // dare_delta(ft, base) == dare(ft - base), bit for bit, and without rescale kept = x.
+    let ft = upload(c, DType::F16, &data[1]);
+    let base = upload(c, DType::F16, &data[2]);
+    let tv = k::task_vector(c, ft, base, DType::F32).unwrap();
+    let no_rescale = k::Dare {
+        rescale: false,
+        ..params
+    };
+    let a = k::dare(c, tv, 5, &no_rescale, DType::F32).unwrap();
+    let b = k::dare_delta(c, ft, base, 5, &no_rescale, DType::F32).unwrap();
+    assert_eq!(c.read(a).unwrap(), c.read(b).unwrap());
+    let tvv = download(c, tv);
+    for (i, v) in download(c, a).iter().enumerate() {
+        assert_eq!(
+            *v,
+            if k::dare_keep(&no_rescale, 5, i as u64) {
+                tvv[i]
+            } else {
+                0.0
+            }
+        );
+    }
+    release(c, &[ft, base, tv, a, b]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SLERP
+
+/// FusionBench's slerp on flattened tensors, in f64 on the host.
+fn cpu_slerp(v0: &[f32], v1: &[f32], t: f64) -> Vec<f32> {
+    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let dot: f64 = v0
+        .iter()
+        .zip(v1)
+        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+        .sum();
+    let (s0, s1) = k::slerp_weights(norm(v0), norm(v1), dot, t);
+    v0.iter()
+        .zip(v1)
+        .map(|(&a, &b)| (s0 * f64::from(a) + s1 * f64::from(b)) as f32)
+        .collect()
+}
+
+#[test]
+fn slerp_matches_cpu_and_falls_back_to_lerp() {
+    let mut rng = StdRng::seed_from_u64(10);
+    let c = full();
+    for &n in &[1usize, 255, 257, 4001] {
+        for dt in DTYPES {
+            let a = random(&mut rng, dt, n);
+            let b = random(&mut rng, dt, n);
+            let (ta, tb) = (upload(c, dt, &a), upload(c, dt, &b));
+            for t in [0.0, 0.3, 1.0] {
+                let out = k::slerp(c, ta, tb, t, DType::F32).unwrap();
+                // The angle comes from f32 reductions: allow their relative error in the weights.
+                assert_close(
+                    &format!("slerp {dt} n = {n} t = {t}"),
+                    &download(c, out),
+                    &cpu_slerp(&a, &b, t),
+                    1e-4,
+                );
+                c.release(out);
+            }
+            // Colinear (b = 2a): lerp.
+            let twice: Vec<f32> = a.iter().map(|v| 2.0 * v).collect();
+            let tt = upload(c, dt, &twice);
+            let out = k::slerp(c, ta, tt, 0.25, DType::F32).unwrap();
+            let want: Vec<f32> = a
+                .iter()
+                .zip(&twice)
+                .map(|(x, y)| 0.75 * x + 0.25 * y)
+                .collect();
+            assert_close(
+                &format!("lerp {dt} n = {n}"),
+                &download(c, out),
+                &want,
+                1e-5,
+            );
+            release(c, &[ta, tb, tt, out]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reductions
+
+#[test]
+fn reductions_match_cpu_over_levels_and_chunks() {
+    let mut rng = StdRng::seed_from_u64(8);
+    for (name, c) in runtimes() {
+        let sizes: &[usize] = if name == "full" {
+            &[1, 255, 256, 257, 1001, 300_000]
+        } else {
+            &[1, 257, 5003, 40_000]
+        };
+        for &n in sizes {
+            for dt in DTYPES {
+                let a = random(&mut rng, dt, n);
+                let b = random(&mut rng, DType::F32, n);
+                let (ta, tb) = (upload(c, dt, &a), upload(c, DType::F32, &b));
+                let sum_abs: f64 = a.iter().map(|&v| f64::from(v.abs())).sum();
+                let want_sum: f64 = a.iter().map(|&v| f64::from(v)).sum();
+                let want_sq: f64 = a.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                let want_dot: f64 = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                    .sum();
+                let dot_abs: f64 = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(&x, &y)| f64::from((x * y).abs()))
+                    .sum();
+                let what = format!("{name}: {dt} n = {n}");
+                let got_sum = f64::from(k::sum(c, ta).unwrap());
+                assert!(
+                    (got_sum - want_sum).abs() <= REDUCE_REL * sum_abs + 1e-6,
+                    "{what}: sum {got_sum} vs {want_sum}"
+                );
+                let got_sq = f64::from(k::sum_squares(c, ta).unwrap());
+                assert!(
+                    (got_sq - want_sq).abs() <= REDUCE_REL * want_sq + 1e-6,
+                    "{what}: sumsq {got_sq} vs {want_sq}"
+                );
+                let got_norm = f64::from(k::l2_norm(c, ta).unwrap());
+                assert!(
+                    (got_norm - want_sq.sqrt()).abs() <= REDUCE_REL * want_sq.sqrt() + 1e-6,
+                    "{what}: norm"
+                );
+                let got_dot = f64::from(k::dot(c, ta, tb).unwrap());
+                assert!(
+                    (got_dot - want_dot).abs() <= REDUCE_REL * dot_abs + 1e-6,
+                    "{what}: dot {got_dot} vs {want_dot}"
+                );
+                release(c, &[ta, tb]);
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+// requires: common.wgsl
+//
+// TIES sign election, step 1: the per-element sum over models of the trimmed task vectors,
+// S = [S +] sum_k trim(x_k), trim(v) = v where |v| >= threshold_k else 0 (FusionBench
+// topk_values_mask keeps |v| >= the k-th value, ties included). S is f32; its sign is the
+// elected sign (ties_votes.wgsl counts signs for the global majority).
+//
+// Thresholds come as f32 bit patterns and are compared as ordered bits (abs_bits), the same
+// order the radix select used to find them.
+//
+// One entry point per input count (see weighted_sum.wgsl for why):
+// ties_elect_N binds 0 = S (read_write f32), 1..N = x0..x{N-1}, N+1 = uniform Params.
+
+override ACCUMULATE: bool = false;
+
+override X0_DTYPE: u32 = 0u;
+override X1_DTYPE: u32 = 0u;
+override X2_DTYPE: u32 = 0u;
+override X3_DTYPE: u32 = 0u;
+override X4_DTYPE: u32 = 0u;
+override X5_DTYPE: u32 = 0u;
+override X6_DTYPE: u32 = 0u;
+override X7_DTYPE: u32 = 0u;
+
+struct Params {
+    n: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    thr: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<storage, read_write> s_out: array<u32>;
+@group(0) @binding(1) var<storage, read> x0: array<u32>;
+@group(0) @binding(2) var<storage, read> x1: array<u32>;
+@group(0) @binding(3) var<storage, read> x2: array<u32>;
+@group(0) @binding(4) var<storage, read> x3: array<u32>;
+@group(0) @binding(5) var<storage, read> x4: array<u32>;
+@group(0) @binding(6) var<storage, read> x5: array<u32>;
+@group(0) @binding(7) var<storage, read> x6: array<u32>;
+@group(0) @binding(8) var<storage, read> x7: array<u32>;
+@group(0) @binding(2) var<uniform> p1: Params;
+@group(0) @binding(3) var<uniform> p2: Params;
+@group(0) @binding(4) var<uniform> p3: Params;
+@group(0) @binding(5) var<uniform> p4: Params;
+@group(0) @binding(6) var<uniform> p5: Params;
+@group(0) @binding(7) var<uniform> p6: Params;
+@group(0) @binding(8) var<uniform> p7: Params;
+@group(0) @binding(9) var<uniform> p8: Params;
+
+fn ld0(t: u32, n: u32) -> vec2<f32> { return decode_pair(x0[word_lo(t, X0_DTYPE)], x0[word_hi(t, X0_DTYPE, n)], X0_DTYPE); }
+fn ld1(t: u32, n: u32) -> vec2<f32> { return decode_pair(x1[word_lo(t, X1_DTYPE)], x1[word_hi(t, X1_DTYPE, n)], X1_DTYPE); }
+fn ld2(t: u32, n: u32) -> vec2<f32> { return decode_pair(x2[word_lo(t, X2_DTYPE)], x2[word_hi(t, X2_DTYPE, n)], X2_DTYPE); }
+fn ld3(t: u32, n: u32) -> vec2<f32> { return decode_pair(x3[word_lo(t, X3_DTYPE)], x3[word_hi(t, X3_DTYPE, n)], X3_DTYPE); }
+fn ld4(t: u32, n: u32) -> vec2<f32> { return decode_pair(x4[word_lo(t, X4_DTYPE)], x4[word_hi(t, X4_DTYPE, n)], X4_DTYPE); }
+fn ld5(t: u32, n: u32) -> vec2<f32> { return decode_pair(x5[word_lo(t, X5_DTYPE)], x5[word_hi(t, X5_DTYPE, n)], X5_DTYPE); }
+fn ld6(t: u32, n: u32) -> vec2<f32> { return decode_pair(x6[word_lo(t, X6_DTYPE)], x6[word_hi(t, X6_DTYPE, n)], X6_DTYPE); }
+fn ld7(t: u32, n: u32) -> vec2<f32> { return decode_pair(x7[word_lo(t, X7_DTYPE)], x7[word_hi(t, X7_DTYPE, n)], X7_DTYPE); }
+
+fn trim(v: vec2<f32>, thr: u32) -> vec2<f32> {
+    return vec2<f32>(select(0.0, v.x, abs_bits(v.x) >= thr), select(0.0, v.y, abs_bits(v.y) >= thr));
+}
+
+fn start(t: u32, n: u32) -> vec2<f32> {
+    if (ACCUMULATE) {
+        return decode_pair(s_out[2u * t], s_out[min(2u * t + 1u, n - 1u)], DT_F32);
+    }
+    return vec2<f32>(0.0);
+}
+
+fn store(t: u32, v: vec2<f32>, n: u32) {
+    s_out[2u * t] = bitcast<u32>(v.x);
+    if (2u * t + 1u < n) {
+        s_out[2u * t + 1u] = bitcast<u32>(v.y);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn ties_elect_1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    let n = p1.n;
+    if (t >= pair_count(n)) {
+        return;
+    }
+    var acc = start(t, n);
+    acc += trim(ld0(t, n), p1.thr[0].x);
+    store(t, acc, n);
+}
+
+@compute @workgroup_size(WG)
+fn ties_elect_2(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    let n = p2.n;
+    if (t >= pair_count(n)) {
+        return;
+    }
+    var acc = start(t, n);
+    acc += trim(ld0(t, n), p2.thr[0].x);
+    acc += trim(ld1(t, n), p2.thr[0].y);
+    store(t, acc, n);
+}
+
+@compute @workgroup_size(WG)
+fn ties_elect_3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    let n = p3.n;
+    if (t >= pair_count(n)) {
+        return;
+    }
+    var acc = start(t, n);
+    acc += trim(ld0(t, n), p3.thr[0].x);
+    acc += trim(ld1(t, n), p3.thr[0].y);
+    acc += trim(ld2(t, n), p3.thr[0].z);
+    store(t, acc, n);
+}
+
+@compute @workgroup_size(WG)
+fn ties_elect_4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    let n = p4.n;
+    if (t >= pair_count(n)) {
+        return;
+    }
+    var acc = start(t, n);
+    acc += trim(ld0(t, n), p4.thr[0].x);
+    acc += trim(ld1(t, n), p4.thr[0].y);
+    acc += trim(ld2(t, n), p4.thr[0].z);
+    acc += trim(ld3(t, n), p4.thr[0].w);
+    store(t, acc, n);
+}
+
+@compute @workgroup_size(WG)
+fn ties_elect_5(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    let n = p5.n;
+    if (t >= pair_count(n)) {
+        return;
+    }
+    var acc = start(t, n);
+    acc += trim(ld0(t, n), p5.thr[0].x);
+    acc += trim(ld1(t, n), p5.thr[0].y);
+    acc += trim(ld2(t, n), p5.thr[0].z);
+    acc += trim(ld3(t, n), p5.thr[0].w);
+    acc += trim(ld4(t, n), p5.thr[1].x);
+    store(t, acc, n);
+}
+
+@compute @workgroup_size(WG)
+fn ties_elect_6(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    let n = p6.n;
+    if (t >= pair_count(n)) {
+        return;
+    }
+    var acc = start(t, n);
+    acc += trim(ld0(t, n), p6.thr[0].x);
+    acc += trim(ld1(t, n), p6.thr[0].y);
+    acc += trim(ld2(t, n), p6.thr[0].z);
+    acc += trim(ld3(t, n), p6.thr[0].w);
+    acc += trim(ld4(t, n), p6.thr[1].x);
+    acc += trim(ld5(t, n), p6.thr[1].y);
+    store(t, acc, n);
+}
+
+@compute @workgroup_size(WG)
+fn ties_elect_7(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    let n = p7.n;
+    if (t >= pair_count(n)) {
+        return;
+    }
+    var acc = start(t, n);
+    acc += trim(ld0(t, n), p7.thr[0].x);
+    acc += trim(ld1(t, n), p7.thr[0].y);
+    acc += trim(ld2(t, n), p7.thr[0].z);
+    acc += trim(ld3(t, n), p7.thr[0].w);
+    acc += trim(ld4(t, n), p7.thr[1].x);
+    acc += trim(ld5(t, n), p7.thr[1].y);
+    acc += trim(ld6(t, n), p7.thr[1].z);
+    store(t, acc, n);
+}
+
+@compute @workgroup_size(WG)
+fn ties_elect_8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    let n = p8.n;
+    if (t >= pair_count(n)) {
+        return;
+    }
+    var acc = start(t, n);
+    acc += trim(ld0(t, n), p8.thr[0].x);
+    acc += trim(ld1(t, n), p8.thr[0].y);
+    acc += trim(ld2(t, n), p8.thr[0].z);
+    acc += trim(ld3(t, n), p8.thr[0].w);
+    acc += trim(ld4(t, n), p8.thr[1].x);
+    acc += trim(ld5(t, n), p8.thr[1].y);
+    acc += trim(ld6(t, n), p8.thr[1].z);
+    acc += trim(ld7(t, n), p8.thr[1].w);
+    store(t, acc, n);
+}
