@@ -47,7 +47,15 @@ fn dummy_flow_writes_report_config_and_log() {
     let cp = cfg.path().to_str().unwrap();
     let run = run_host(
         work.path(),
-        &["--config-path", cp, "--config-name", "fabric_model_fusion", "modelpool=tiny", "method=dummy", "taskpool=dummy"],
+        &[
+            "--config-path",
+            cp,
+            "--config-name",
+            "fabric_model_fusion",
+            "modelpool=tiny",
+            "method=dummy",
+            "taskpool=dummy",
+        ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = json(&run.stdout);
@@ -57,18 +65,41 @@ fn dummy_flow_writes_report_config_and_log() {
     assert_eq!(report["model_info"]["dtypes"]["F32"], 10);
 
     // outputs/<config_name>/<timestamp>/{program_report.json, config.yaml, fusion-host.log}
-    let runs: Vec<_> = std::fs::read_dir(work.path().join("outputs/fabric_model_fusion")).unwrap().flatten().collect();
+    let runs: Vec<_> = std::fs::read_dir(work.path().join("outputs/fabric_model_fusion"))
+        .unwrap()
+        .flatten()
+        .collect();
     assert_eq!(runs.len(), 1);
     let dir = runs[0].path();
-    assert_eq!(json(&std::fs::read_to_string(dir.join("program_report.json")).unwrap()), report);
-    let composed: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap()).unwrap();
-    assert_eq!(composed["method"]["_target_"].as_str(), Some("fusion_bench.method.DummyAlgorithm"));
+    assert_eq!(
+        json(&std::fs::read_to_string(dir.join("program_report.json")).unwrap()),
+        report
+    );
+    let composed: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap()).unwrap();
+    assert_eq!(
+        composed["method"]["_target_"].as_str(),
+        Some("fusion_bench.method.DummyAlgorithm")
+    );
     // The log file holds the run's log lines, also those from before it was opened.
     let log = std::fs::read_to_string(dir.join("fusion-host.log")).unwrap();
-    assert!(log.contains("modelpool: fusion_bench.modelpool.BaseModelPool"), "{log}");
+    assert!(
+        log.contains("modelpool: fusion_bench.modelpool.BaseModelPool"),
+        "{log}"
+    );
     // The profiling summary names the stages.
-    for stage in ["compose config", "load plugins", "run method", "evaluate", "Total"] {
-        assert!(run.stderr.contains(stage), "missing stage {stage}:\n{}", run.stderr);
+    for stage in [
+        "compose config",
+        "load plugins",
+        "run method",
+        "evaluate",
+        "Total",
+    ] {
+        assert!(
+            run.stderr.contains(stage),
+            "missing stage {stage}:\n{}",
+            run.stderr
+        );
     }
 }
 
@@ -78,21 +109,51 @@ fn cfg_job_prints_the_composed_yaml_and_runs_nothing() {
     let work = tempfile::tempdir().unwrap();
     let run = run_host(
         work.path(),
-        &["--config-path", cfg.path().to_str().unwrap(), "--cfg", "job", "modelpool=tiny", "method=dummy", "seed=7"],
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "--cfg",
+            "job",
+            "modelpool=tiny",
+            "method=dummy",
+            "seed=7",
+        ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let composed: serde_yaml::Value = serde_yaml::from_str(&run.stdout).unwrap();
     assert_eq!(composed["seed"].as_i64(), Some(7));
-    assert_eq!(composed["taskpool"]["_target_"].as_str(), Some("fusion_bench.taskpool.DummyTaskPool"));
-    assert!(composed["modelpool"]["models"]["task_d"].as_str().unwrap().ends_with("task_d.safetensors"));
+    assert_eq!(
+        composed["taskpool"]["_target_"].as_str(),
+        Some("fusion_bench.taskpool.DummyTaskPool")
+    );
+    assert!(composed["modelpool"]["models"]["task_d"]
+        .as_str()
+        .unwrap()
+        .ends_with("task_d.safetensors"));
     // Interpolations are printed unresolved, as Hydra does without --resolve.
     assert!(composed["path"]["log_dir"].as_str().unwrap().contains("${"));
-    assert!(!work.path().join("outputs").exists(), "--cfg job must not create outputs");
+    assert!(
+        !work.path().join("outputs").exists(),
+        "--cfg job must not create outputs"
+    );
 
-    let resolved = run_host(work.path(), &["--config-path", cfg.path().to_str().unwrap(), "--cfg", "job", "--resolve", "modelpool=tiny"]);
+    let resolved = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "--cfg",
+            "job",
+            "--resolve",
+            "modelpool=tiny",
+        ],
+    );
     assert_eq!(resolved.code, 0, "{}", resolved.stderr);
     let composed: serde_yaml::Value = serde_yaml::from_str(&resolved.stdout).unwrap();
-    assert!(composed["path"]["log_dir"].as_str().unwrap().starts_with("./outputs/fabric_model_fusion/"));
+    assert!(composed["path"]["log_dir"]
+        .as_str()
+        .unwrap()
+        .starts_with("./outputs/fabric_model_fusion/"));
 }
 
 #[test]
@@ -102,23 +163,46 @@ fn saves_the_merged_model_whole_sharded_and_converted() {
     let cp = cfg.path().to_str().unwrap();
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
 
-    let run = run_host(work.path(), &["--config-path", cp, "modelpool=tiny", "merged_model_save_path=merged"]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=tiny",
+            "merged_model_save_path=merged",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(read_f32(&work.path().join("merged/model.safetensors")), base);
+    assert_eq!(
+        read_f32(&work.path().join("merged/model.safetensors")),
+        base
+    );
 
     // Sharded past a small limit, with an index naming every tensor, in bf16.
     let run = run_host(
         work.path(),
-        &["--config-path", cp, "modelpool=tiny", "merged_model_save_path=\"{log_dir}/sharded\"", "merged_model_save_kwargs={dtype: bfloat16, max_shard_size: 4KB}"],
+        &[
+            "--config-path",
+            cp,
+            "modelpool=tiny",
+            "merged_model_save_path=\"{log_dir}/sharded\"",
+            "merged_model_save_kwargs={dtype: bfloat16, max_shard_size: 4KB}",
+        ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = files_under(&work.path().join("outputs"));
-    let index_path = out.iter().find(|f| f.ends_with("sharded/model.safetensors.index.json")).expect("index written");
+    let index_path = out
+        .iter()
+        .find(|f| f.ends_with("sharded/model.safetensors.index.json"))
+        .expect("index written");
     let index = json(&std::fs::read_to_string(index_path).unwrap());
     let weight_map = index["weight_map"].as_object().unwrap();
     assert_eq!(weight_map.len(), 10);
     let dir = Path::new(index_path).parent().unwrap();
-    let mut shards: Vec<String> = weight_map.values().map(|v| v.as_str().unwrap().to_string()).collect();
+    let mut shards: Vec<String> = weight_map
+        .values()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     shards.sort();
     shards.dedup();
     assert!(shards.len() > 1, "expected several shards: {shards:?}");
@@ -143,8 +227,15 @@ fn saves_the_merged_model_whole_sharded_and_converted() {
 
 #[test]
 fn template_plugin_built_outside_the_workspace_runs_in_the_prebuilt_host() {
-    let plugin = build_external_plugin(&root().join("plugins/example"), "my-interpolate", &root().join("plugin-api"));
-    let cfg = configs(&[("method/interpolate.yaml", "_target_: interpolate\nalpha: 0.25\n")]);
+    let plugin = build_external_plugin(
+        &root().join("plugins/example"),
+        "my-interpolate",
+        &root().join("plugin-api"),
+    );
+    let cfg = configs(&[(
+        "method/interpolate.yaml",
+        "_target_: interpolate\nalpha: 0.25\n",
+    )]);
     let work = tempfile::tempdir().unwrap();
     let run = run_host(
         work.path(),
@@ -160,7 +251,11 @@ fn template_plugin_built_outside_the_workspace_runs_in_the_prebuilt_host() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     // The plugin's tracing event reached the host's log, tagged with the plugin.
-    assert!(run.stderr.contains("interpolating") && run.stderr.contains("my-interpolate"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("interpolating") && run.stderr.contains("my-interpolate"),
+        "{}",
+        run.stderr
+    );
 
     let models: Vec<_> = ["_pretrained_", "task_a", "task_b", "task_c", "task_d"]
         .iter()
@@ -172,22 +267,42 @@ fn template_plugin_built_outside_the_workspace_runs_in_the_prebuilt_host() {
         for (i, g) in got.iter().enumerate() {
             let mean: f32 = models[1..].iter().map(|m| m[t].2[i]).sum::<f32>() / 4.0;
             let want = (1.0 - alpha) * models[0][t].2[i] + alpha * mean;
-            assert!((g - want).abs() <= 1e-6 * want.abs().max(1.0), "{name}[{i}]: {g} vs {want}");
+            assert!(
+                (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{name}[{i}]: {g} vs {want}"
+            );
         }
     }
 
     // A bad parameter is a config error naming it.
     let run = run_host(
         work.path(),
-        &["--plugin-dir", plugin.path().to_str().unwrap(), "--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "method=interpolate", "method.alpha=2"],
+        &[
+            "--plugin-dir",
+            plugin.path().to_str().unwrap(),
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method=interpolate",
+            "method.alpha=2",
+        ],
     );
     run.assert_clean_failure(2);
-    assert!(run.error().contains("`alpha` must be between 0 and 1, got 2"), "{}", run.stderr);
+    assert!(
+        run.error()
+            .contains("`alpha` must be between 0 and 1, got 2"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn panicking_plugin_gives_an_error_naming_it_and_no_trace() {
-    let plugin = build_external_plugin(&root().join("tests/plugins/testkit"), "fusion-testkit", &root().join("plugin-api"));
+    let plugin = build_external_plugin(
+        &root().join("tests/plugins/testkit"),
+        "fusion-testkit",
+        &root().join("plugin-api"),
+    );
     let dir = plugin.path().to_str().unwrap();
     let cfg = configs(&[]);
     let cp = cfg.path().to_str().unwrap();
@@ -199,77 +314,178 @@ fn panicking_plugin_gives_an_error_naming_it_and_no_trace() {
         let work = tempfile::tempdir().unwrap();
         let run = run_host(
             work.path(),
-            &["--plugin-dir", dir, "--config-path", cp, "modelpool=tiny", "method._target_=panicky", &format!("+method.panic_in={stage}"), "merged_model_save_path=merged"],
+            &[
+                "--plugin-dir",
+                dir,
+                "--config-path",
+                cp,
+                "modelpool=tiny",
+                "method._target_=panicky",
+                &format!("+method.panic_in={stage}"),
+                "merged_model_save_path=merged",
+            ],
         );
         run.assert_clean_failure(1);
         let err = run.error();
         // Constructor and algorithm panics name the component; a panic inside a model the
         // component returned names the plugin that made the model.
-        let origin = if stage == "data" { "plugin `fusion-testkit` panicked at src/lib.rs:" } else { "plugin `fusion-testkit` component `panicky` panicked at src/lib.rs:" };
+        let origin = if stage == "data" {
+            "plugin `fusion-testkit` panicked at src/lib.rs:"
+        } else {
+            "plugin `fusion-testkit` component `panicky` panicked at src/lib.rs:"
+        };
         assert!(err.contains(origin), "{stage}: {err}");
         assert!(err.contains(needle), "{stage}: {err}");
         // Nothing half-written: no merged model, no report.
         let left = files_under(work.path());
-        assert!(!left.iter().any(|f| f.contains("merged") || f.ends_with("program_report.json")), "{stage}: {left:?}");
+        assert!(
+            !left
+                .iter()
+                .any(|f| f.contains("merged") || f.ends_with("program_report.json")),
+            "{stage}: {left:?}"
+        );
     }
 }
 
 #[test]
 fn the_context_carries_seed_fast_dev_run_and_the_config() {
-    let plugin = build_external_plugin(&root().join("tests/plugins/testkit"), "fusion-testkit", &root().join("plugin-api"));
-    let cfg = configs(&[("taskpool/probe.yaml", "_target_: probe\nbatch_size: 16\nnested: {a: [1, 2]}\nname: ${.batch_size}\n")]);
+    let plugin = build_external_plugin(
+        &root().join("tests/plugins/testkit"),
+        "fusion-testkit",
+        &root().join("plugin-api"),
+    );
+    let cfg = configs(&[(
+        "taskpool/probe.yaml",
+        "_target_: probe\nbatch_size: 16\nnested: {a: [1, 2]}\nname: ${.batch_size}\n",
+    )]);
     let work = tempfile::tempdir().unwrap();
     let run = run_host(
         work.path(),
-        &["--plugin-dir", plugin.path().to_str().unwrap(), "--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "taskpool=probe", "seed=42", "fast_dev_run=true"],
+        &[
+            "--plugin-dir",
+            plugin.path().to_str().unwrap(),
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "taskpool=probe",
+            "seed=42",
+            "fast_dev_run=true",
+        ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = json(&run.stdout);
     assert_eq!(report["seed"], 42);
     assert_eq!(report["fast_dev_run"], true);
     assert_eq!(report["config"]["nested"]["a"], serde_json::json!([1, 2]));
-    assert_eq!(report["config"]["name"], 16, "interpolations are resolved before the component sees them");
+    assert_eq!(
+        report["config"]["name"], 16,
+        "interpolations are resolved before the component sees them"
+    );
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
     let first = report["first_tensor"].as_str().unwrap();
-    let sum: f64 = base.iter().find(|t| t.0 == first).unwrap().2.iter().map(|v| *v as f64).sum();
+    let sum: f64 = base
+        .iter()
+        .find(|t| t.0 == first)
+        .unwrap()
+        .2
+        .iter()
+        .map(|v| *v as f64)
+        .sum();
     assert!((report["first_sum"].as_f64().unwrap() - sum).abs() < 1e-3);
     // Plugin logs reach the host at their level, with their fields.
-    assert!(run.stderr.contains("probe evaluating") && run.stderr.contains("probe-warn"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("probe evaluating") && run.stderr.contains("probe-warn"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn a_plugin_built_against_another_plugin_api_version_is_refused() {
     let api = modified_plugin_api(Some("0.0.9"), false);
     // The testkit's targets exist nowhere else (the template's are also in the workspace build).
-    let plugin = build_external_plugin(&root().join("tests/plugins/testkit"), "old-api-plugin", &api.path().join("plugin-api"));
+    let plugin = build_external_plugin(
+        &root().join("tests/plugins/testkit"),
+        "old-api-plugin",
+        &api.path().join("plugin-api"),
+    );
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(work.path(), &["--plugin-dir", plugin.path().to_str().unwrap(), "plugins"]);
+    let run = run_host(
+        work.path(),
+        &["--plugin-dir", plugin.path().to_str().unwrap(), "plugins"],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("refused:") && run.stdout.contains("libold_api_plugin"), "{}", run.stdout);
-    assert!(run.stdout.contains("plugin-api 0.0.9") && run.stdout.contains("plugin-api 0.1.0"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("refused:") && run.stdout.contains("libold_api_plugin"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("plugin-api 0.0.9") && run.stdout.contains("plugin-api 0.1.0"),
+        "{}",
+        run.stdout
+    );
     // The other plugins still load.
-    assert!(run.stdout.contains("fusion.modelpool.BaseModelPool") || run.stdout.contains("fusion_bench.modelpool.BaseModelPool"));
+    assert!(
+        run.stdout.contains("fusion.modelpool.BaseModelPool")
+            || run.stdout.contains("fusion_bench.modelpool.BaseModelPool")
+    );
 
     let cfg = configs(&[]);
     let run = run_host(
         work.path(),
-        &["--plugin-dir", plugin.path().to_str().unwrap(), "--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "method._target_=panicky"],
+        &[
+            "--plugin-dir",
+            plugin.path().to_str().unwrap(),
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method._target_=panicky",
+        ],
     );
     run.assert_clean_failure(2);
-    assert!(run.error().contains("unknown algorithm target `panicky`"), "{}", run.stderr);
-    assert!(run.error().contains("0.0.9"), "the refused plugin is named: {}", run.stderr);
+    assert!(
+        run.error().contains("unknown algorithm target `panicky`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.error().contains("0.0.9"),
+        "the refused plugin is named: {}",
+        run.stderr
+    );
 }
 
 #[test]
 fn a_plugin_with_another_abi_layout_is_refused() {
     let api = modified_plugin_api(None, true);
-    let plugin = build_external_plugin(&root().join("plugins/example"), "other-abi-plugin", &api.path().join("plugin-api"));
+    let plugin = build_external_plugin(
+        &root().join("plugins/example"),
+        "other-abi-plugin",
+        &api.path().join("plugin-api"),
+    );
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(work.path(), &["--plugin-dir", plugin.path().to_str().unwrap(), "plugins"]);
+    let run = run_host(
+        work.path(),
+        &["--plugin-dir", plugin.path().to_str().unwrap(), "plugins"],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("refused:") && run.stdout.contains("libother_abi_plugin"), "{}", run.stdout);
-    assert!(run.stdout.contains("does not match the ABI"), "{}", run.stdout);
-    assert!(run.stdout.contains("dummy | fusion_bench.method.DummyAlgorithm"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("refused:") && run.stdout.contains("libother_abi_plugin"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("does not match the ABI"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("dummy | fusion_bench.method.DummyAlgorithm"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -279,22 +495,55 @@ fn v01_name_and_type_keys_resolve_through_the_alias_table() {
         ("taskpool/old.yaml", "type: dummy\n"),
     ]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(work.path(), &["--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "method=old", "taskpool=old"]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method=old",
+            "taskpool=old",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(json(&run.stdout)["model_info"]["all_params"], tiny_param_count());
-    assert!(run.stderr.contains("v0.1"), "a deprecation note: {}", run.stderr);
+    assert_eq!(
+        json(&run.stdout)["model_info"]["all_params"],
+        tiny_param_count()
+    );
+    assert!(
+        run.stderr.contains("v0.1"),
+        "a deprecation note: {}",
+        run.stderr
+    );
 }
 
 #[test]
 fn dry_run_resolves_everything_and_writes_nothing() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(work.path(), &["--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "dry_run=true"]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "dry_run=true",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.is_empty());
     assert!(!work.path().join("outputs").exists());
     // ... but an unknown target is still caught.
-    let run = run_host(work.path(), &["--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "dry_run=true", "method._target_=nope"]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "dry_run=true",
+            "method._target_=nope",
+        ],
+    );
     run.assert_clean_failure(2);
 }
 
@@ -302,9 +551,20 @@ fn dry_run_resolves_everything_and_writes_nothing() {
 
 #[test]
 fn malformed_yaml_names_the_file_and_line() {
-    let cfg = configs(&[("method/broken.yaml", "_target_: dummy\nscaling_factor: [0.3\nthreshold: 20\n")]);
+    let cfg = configs(&[(
+        "method/broken.yaml",
+        "_target_: dummy\nscaling_factor: [0.3\nthreshold: 20\n",
+    )]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(work.path(), &["--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "method=broken"]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method=broken",
+        ],
+    );
     run.assert_clean_failure(2);
     let err = run.error();
     assert!(err.contains("broken.yaml"), "{err}");
@@ -316,7 +576,15 @@ fn malformed_yaml_names_the_file_and_line() {
 fn unknown_group_option_lists_the_options() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(work.path(), &["--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "method=dumy"]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method=dumy",
+        ],
+    );
     run.assert_clean_failure(2);
     let err = run.error();
     assert!(err.contains("dumy") && err.contains("dummy"), "{err}");
@@ -326,24 +594,61 @@ fn unknown_group_option_lists_the_options() {
 fn unknown_target_lists_the_closest_known_targets() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(work.path(), &["--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "method._target_=fusion_bench.method.DumyAlgorithm"]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method._target_=fusion_bench.method.DumyAlgorithm",
+        ],
+    );
     run.assert_clean_failure(2);
     let err = run.error();
-    assert!(err.contains("unknown algorithm target `fusion_bench.method.DumyAlgorithm`"), "{err}");
-    assert!(err.contains("closest known targets: fusion_bench.method.DummyAlgorithm"), "{err}");
+    assert!(
+        err.contains("unknown algorithm target `fusion_bench.method.DumyAlgorithm`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("closest known targets: fusion_bench.method.DummyAlgorithm"),
+        "{err}"
+    );
     // A target of the wrong kind says so.
-    let run = run_host(work.path(), &["--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "method._target_=fusion_bench.modelpool.BaseModelPool"]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method._target_=fusion_bench.modelpool.BaseModelPool",
+        ],
+    );
     run.assert_clean_failure(2);
     assert!(run.error().contains("is a modelpool"), "{}", run.stderr);
 }
 
 #[test]
 fn a_missing_mandatory_value_is_named() {
-    let cfg = configs(&[("taskpool/needs.yaml", "_target_: dummy\ntest_datasets: ???\n")]);
+    let cfg = configs(&[(
+        "taskpool/needs.yaml",
+        "_target_: dummy\ntest_datasets: ???\n",
+    )]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(work.path(), &["--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "taskpool=needs"]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "taskpool=needs",
+        ],
+    );
     run.assert_clean_failure(2);
-    assert!(run.error().contains("taskpool.test_datasets"), "{}", run.stderr);
+    assert!(
+        run.error().contains("taskpool.test_datasets"),
+        "{}",
+        run.stderr
+    );
     assert!(!work.path().join("outputs").exists());
 }
 
@@ -351,9 +656,21 @@ fn a_missing_mandatory_value_is_named() {
 fn overriding_a_key_that_does_not_exist_suggests_plus() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(work.path(), &["--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "method.scaling_factor=0.5"]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method.scaling_factor=0.5",
+        ],
+    );
     run.assert_clean_failure(2);
-    assert!(run.error().contains("+method.scaling_factor"), "{}", run.stderr);
+    assert!(
+        run.error().contains("+method.scaling_factor"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -372,14 +689,35 @@ fn missing_and_truncated_checkpoints_are_named() {
     let missing = bad.join("nowhere.safetensors");
     let truncated = bad.join("truncated.safetensors");
     for (entry, needle) in [
-        (missing.display().to_string(), format!("checkpoint not found: {}", missing.display())),
-        (truncated.display().to_string(), format!("{} is not a valid safetensors file (truncated or corrupt?)", truncated.display())),
+        (
+            missing.display().to_string(),
+            format!("checkpoint not found: {}", missing.display()),
+        ),
+        (
+            truncated.display().to_string(),
+            format!(
+                "{} is not a valid safetensors file (truncated or corrupt?)",
+                truncated.display()
+            ),
+        ),
     ] {
         let cfg = configs(&[("modelpool/bad.yaml", &pool(&entry))]);
-        let run = run_host(work.path(), &["--config-path", cfg.path().to_str().unwrap(), "modelpool=bad", "merged_model_save_path=merged"]);
+        let run = run_host(
+            work.path(),
+            &[
+                "--config-path",
+                cfg.path().to_str().unwrap(),
+                "modelpool=bad",
+                "merged_model_save_path=merged",
+            ],
+        );
         run.assert_clean_failure(1);
         assert!(run.error().contains(&needle), "{}", run.stderr);
-        assert!(run.error().contains("model `_pretrained_`"), "{}", run.stderr);
+        assert!(
+            run.error().contains("model `_pretrained_`"),
+            "{}",
+            run.stderr
+        );
         assert!(!work.path().join("merged").exists());
     }
 }

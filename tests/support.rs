@@ -7,17 +7,24 @@ use std::sync::Mutex;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
 }
 
 /// The cargo target folder in use.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 /// The built `fusion-host` (debug profile). The README's test command builds it first.
 pub fn host_bin() -> PathBuf {
-    let exe = target_dir().join("debug").join(format!("fusion-host{}", std::env::consts::EXE_SUFFIX));
+    let exe = target_dir()
+        .join("debug")
+        .join(format!("fusion-host{}", std::env::consts::EXE_SUFFIX));
     assert!(
         exe.is_file(),
         "{} does not exist: build the workspace first (cargo build --workspace)",
@@ -50,11 +57,19 @@ impl Run {
     /// Assert the run failed with `code`, printed one `error:` paragraph and no panic trace.
     pub fn assert_clean_failure(&self, code: i32) {
         assert_eq!(self.code, code, "exit code; stderr:\n{}", self.stderr);
-        assert!(self.stderr.contains("error: "), "no error line:\n{}", self.stderr);
+        assert!(
+            self.stderr.contains("error: "),
+            "no error line:\n{}",
+            self.stderr
+        );
         // A plugin panic is reported as an error ("... panicked at src/lib.rs:10: ..."), which is
         // the point; a panic *trace* from a default hook looks like "thread 'main' panicked".
         for trace in ["thread '", "RUST_BACKTRACE", "stack backtrace"] {
-            assert!(!self.stderr.contains(trace), "panic trace in stderr:\n{}", self.stderr);
+            assert!(
+                !self.stderr.contains(trace),
+                "panic trace in stderr:\n{}",
+                self.stderr
+            );
         }
     }
 
@@ -72,8 +87,13 @@ pub fn run_host(cwd: &Path, args: &[&str]) -> Run {
 /// Like [`run_host`] with extra environment variables.
 pub fn run_host_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(host_bin());
-    cmd.args(args).current_dir(cwd).env("NO_COLOR", "1").env_remove("FUSION_LOG").env_remove("RUST_LOG");
-    cmd.env_remove("FUSION_PLUGIN_PATH").env_remove("FUSION_CONFIG_PATH");
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .env_remove("FUSION_LOG")
+        .env_remove("RUST_LOG");
+    cmd.env_remove("FUSION_PLUGIN_PATH")
+        .env_remove("FUSION_CONFIG_PATH");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -96,8 +116,14 @@ pub fn build_external_plugin(src: &Path, name: &str, api: &Path) -> tempfile::Te
     let mut out = String::new();
     for line in text.lines() {
         if line.starts_with("fusion-plugin-api") {
-            out.push_str(&format!("fusion-plugin-api = {{ path = {:?} }}\n", api.display().to_string()));
-        } else if line.starts_with("name = ") && !out.contains("\nname = ") && !out.starts_with("name = ") {
+            out.push_str(&format!(
+                "fusion-plugin-api = {{ path = {:?} }}\n",
+                api.display().to_string()
+            ));
+        } else if line.starts_with("name = ")
+            && !out.contains("\nname = ")
+            && !out.starts_with("name = ")
+        {
             out.push_str(&format!("name = {name:?}\n"));
         } else {
             out.push_str(line);
@@ -107,7 +133,8 @@ pub fn build_external_plugin(src: &Path, name: &str, api: &Path) -> tempfile::Te
     out.push_str("\n[workspace]\n");
     std::fs::write(&manifest, out).expect("write manifest");
     // The workspace's lock file pins the same dependency versions, so nothing new is fetched.
-    std::fs::copy(root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).expect("copy Cargo.lock");
+    std::fs::copy(root().join("Cargo.lock"), crate_dir.join("Cargo.lock"))
+        .expect("copy Cargo.lock");
     let target = target_dir().join("ext-plugins");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--offline", "--quiet"])
@@ -115,7 +142,10 @@ pub fn build_external_plugin(src: &Path, name: &str, api: &Path) -> tempfile::Te
         .env("CARGO_TARGET_DIR", &target)
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "building {name} outside the workspace failed");
+    assert!(
+        status.success(),
+        "building {name} outside the workspace failed"
+    );
     let lib_name = format!(
         "{}{}{}",
         std::env::consts::DLL_PREFIX,
@@ -123,7 +153,11 @@ pub fn build_external_plugin(src: &Path, name: &str, api: &Path) -> tempfile::Te
         std::env::consts::DLL_SUFFIX
     );
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::copy(target.join("debug").join(&lib_name), dir.path().join(&lib_name)).expect("copy library");
+    std::fs::copy(
+        target.join("debug").join(&lib_name),
+        dir.path().join(&lib_name),
+    )
+    .expect("copy library");
     dir
 }
 
@@ -138,11 +172,23 @@ pub fn modified_plugin_api(version: Option<&str>, break_layout: bool) -> tempfil
     text = text
         .replace("rust-version.workspace = true\n", "")
         .replace("license.workspace = true\n", "")
-        .replace("version.workspace = true", &format!("version = {:?}", version.unwrap_or(env!("CARGO_PKG_VERSION"))))
+        .replace(
+            "version.workspace = true",
+            &format!(
+                "version = {:?}",
+                version.unwrap_or(env!("CARGO_PKG_VERSION"))
+            ),
+        )
         .replace("edition.workspace = true", "edition = \"2021\"")
         .replace("abi_stable.workspace = true", "abi_stable = \"=0.11.3\"")
-        .replace("serde.workspace = true", "serde = { version = \"1\", features = [\"derive\"] }")
-        .replace("serde_json.workspace = true", "serde_json = { version = \"1\", features = [\"preserve_order\"] }")
+        .replace(
+            "serde.workspace = true",
+            "serde = { version = \"1\", features = [\"derive\"] }",
+        )
+        .replace(
+            "serde_json.workspace = true",
+            "serde_json = { version = \"1\", features = [\"preserve_order\"] }",
+        )
         .replace("tracing.workspace = true", "tracing = \"0.1\"")
         .replace("half.workspace = true", "half = \"2\"");
     std::fs::write(&manifest, text).expect("write manifest");
@@ -188,7 +234,10 @@ pub fn read_f32(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         .map(|(name, view)| {
             let data = view.data();
             let values: Vec<f32> = match view.dtype() {
-                safetensors::Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
                 safetensors::Dtype::BF16 => data
                     .chunks_exact(2)
                     .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
@@ -216,7 +265,10 @@ pub fn merge_tiny_pool() -> String {
     let models = data().join("merge-tiny").join("models");
     let mut s = String::from("_target_: fusion_bench.modelpool.BaseModelPool\nmodels:\n");
     for m in ["_pretrained_", "task_a", "task_b", "task_c", "task_d"] {
-        s.push_str(&format!("  {m}: {}\n", models.join(format!("{m}.safetensors")).display()));
+        s.push_str(&format!(
+            "  {m}: {}\n",
+            models.join(format!("{m}.safetensors")).display()
+        ));
     }
     s
 }

@@ -18,7 +18,13 @@ use crate::{logging, paths};
 ///   fusion-host --cfg job method=ties_merging
 ///   fusion-host plugins
 #[derive(Parser, Debug)]
-#[command(name = "fusion-host", version, about, verbatim_doc_comment, subcommand_precedence_over_arg = true)]
+#[command(
+    name = "fusion-host",
+    version,
+    about,
+    verbatim_doc_comment,
+    subcommand_precedence_over_arg = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -28,7 +34,11 @@ struct Cli {
     config_path: Vec<PathBuf>,
 
     /// The primary config (in a config folder, `.yaml` optional). Hydra's `-cn`.
-    #[arg(long = "config-name", value_name = "NAME", default_value = "fabric_model_fusion")]
+    #[arg(
+        long = "config-name",
+        value_name = "NAME",
+        default_value = "fabric_model_fusion"
+    )]
     config_name: String,
 
     /// Print the composed config (`job`: without `hydra`; `all`: with it) and exit.
@@ -47,7 +57,13 @@ struct Cli {
     /// The compute device: `auto` (a hardware GPU if there is one, else software), `gpu`, `cpu`
     /// (the software adapter, e.g. lavapipe), or a substring of an adapter name
     /// (see `fusion-host devices`).
-    #[arg(long, value_name = "DEVICE", env = "FUSION_DEVICE", default_value = "auto", global = true)]
+    #[arg(
+        long,
+        value_name = "DEVICE",
+        env = "FUSION_DEVICE",
+        default_value = "auto",
+        global = true
+    )]
     device: String,
 
     /// More logging (-v debug, -vv trace). FUSION_LOG=... sets a filter.
@@ -117,10 +133,22 @@ pub fn run() -> anyhow::Result<ExitCode> {
 fn list_plugins(cli_dirs: &[PathBuf]) {
     let dirs = paths::plugin_dirs(cli_dirs);
     let registry = Registry::load(&dirs);
-    println!("plugin-api {API_VERSION}; searched: {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "plugin-api {API_VERSION}; searched: {}",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     for lib in &registry.libraries {
         println!();
-        println!("{} {} ({}; plugin-api {})", lib.name, lib.version, lib.path.display(), lib.api_version);
+        println!(
+            "{} {} ({}; plugin-api {})",
+            lib.name,
+            lib.version,
+            lib.path.display(),
+            lib.api_version
+        );
         let mut comps: Vec<_> = lib.components.iter().collect();
         comps.sort_by_key(|c| c.kind);
         for c in comps {

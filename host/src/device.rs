@@ -14,7 +14,10 @@ pub struct LazyCompute {
 
 impl LazyCompute {
     pub fn new(choice: DeviceChoice) -> Self {
-        Self { choice, runtime: OnceLock::new() }
+        Self {
+            choice,
+            runtime: OnceLock::new(),
+        }
     }
 
     fn get(&self) -> Result<&Arc<Runtime>> {
@@ -31,7 +34,10 @@ impl LazyCompute {
                         );
                         Ok(Arc::new(rt))
                     }
-                    Err(e) => Err(format!("no compute device for --device {}: {e}", self.choice)),
+                    Err(e) => Err(format!(
+                        "no compute device for --device {}: {e}",
+                        self.choice
+                    )),
                 }
             })
             .as_ref()
@@ -102,7 +108,10 @@ pub fn list() {
     }
     for a in adapters {
         println!("{}", a.name);
-        println!("  backend {}, type {}, driver {} {}", a.backend, a.device_type, a.driver, a.driver_info);
+        println!(
+            "  backend {}, type {}, driver {} {}",
+            a.backend, a.device_type, a.driver, a.driver_info
+        );
         println!(
             "  max storage binding {} B, max buffer {} B, {} workgroups per dimension, {} invocations per workgroup, {} storage buffers per stage",
             a.max_storage_binding_size,
@@ -111,6 +120,10 @@ pub fn list() {
             a.max_invocations_per_workgroup,
             a.max_storage_buffers_per_stage
         );
-        println!("  f16: {}, compute shaders: {}", if a.shader_f16 { "yes" } else { "no" }, if a.compute { "yes" } else { "no" });
+        println!(
+            "  f16: {}, compute shaders: {}",
+            if a.shader_f16 { "yes" } else { "no" },
+            if a.compute { "yes" } else { "no" }
+        );
     }
 }

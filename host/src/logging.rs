@@ -43,8 +43,14 @@ pub fn init(verbosity: u8, quiet: bool) {
         .with_writer(StderrWriter)
         .with_target(false)
         .without_time();
-    let file = tracing_subscriber::fmt::layer().with_writer(FileWriter).with_ansi(false);
-    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(file).try_init();
+    let file = tracing_subscriber::fmt::layer()
+        .with_writer(FileWriter)
+        .with_ansi(false);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .try_init();
 }
 
 /// Write the log to `path` from now on, preceded by everything logged so far.

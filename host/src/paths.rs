@@ -11,7 +11,11 @@ fn exe_dir() -> Option<PathBuf> {
 
 fn split_env(var: &str) -> Vec<PathBuf> {
     std::env::var_os(var)
-        .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -23,7 +27,9 @@ pub fn builtin_config_roots() -> Vec<PathBuf> {
     if !from_env.is_empty() {
         return from_env;
     }
-    let Some(mut dir) = exe_dir() else { return Vec::new() };
+    let Some(mut dir) = exe_dir() else {
+        return Vec::new();
+    };
     loop {
         for candidate in [dir.join("configs"), dir.join("share/fusion-host/configs")] {
             if candidate.join("fabric_model_fusion.yaml").is_file() {

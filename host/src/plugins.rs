@@ -29,8 +29,10 @@ impl Registry {
                 tracing::debug!(dir = %dir.display(), "plugin folder not readable; skipped");
                 continue;
             };
-            let mut files: Vec<PathBuf> =
-                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_library(p)).collect();
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_library(p))
+                .collect();
             files.sort();
             for file in files {
                 let key = file.canonicalize().unwrap_or_else(|_| file.clone());
@@ -68,12 +70,14 @@ impl Registry {
     /// The first component of `kind` answering to `name` (libraries earlier in the search path
     /// win).
     pub fn find(&self, kind: ComponentKind, name: &str) -> Option<&Component> {
-        self.components().find(|c| c.kind == kind && c.names.iter().any(|n| n == name))
+        self.components()
+            .find(|c| c.kind == kind && c.names.iter().any(|n| n == name))
     }
 
     /// A component of another kind answering to `name`, for a better error message.
     pub fn find_any_kind(&self, name: &str) -> Option<&Component> {
-        self.components().find(|c| c.names.iter().any(|n| n == name))
+        self.components()
+            .find(|c| c.names.iter().any(|n| n == name))
     }
 
     /// Known target names of `kind` closest to `name`, best first.

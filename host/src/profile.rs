@@ -44,10 +44,17 @@ impl Profiler {
                 secs / f64::from(*calls),
                 calls,
                 secs,
-                if total > 0.0 { 100.0 * secs / total } else { 0.0 }
+                if total > 0.0 {
+                    100.0 * secs / total
+                } else {
+                    0.0
+                }
             ));
         }
-        out.push_str(&format!("{:<24} | {:>18} | {:>9} | {:>14.4} | {:>12.1}\n", "Total", "", "", total, 100.0));
+        out.push_str(&format!(
+            "{:<24} | {:>18} | {:>9} | {:>14.4} | {:>12.1}\n",
+            "Total", "", "", total, 100.0
+        ));
         out
     }
 }

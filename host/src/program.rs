@@ -47,7 +47,9 @@ pub fn yaml_to_json(v: &Yaml) -> Json {
                 Json::from(u)
             } else {
                 let f = n.as_f64().unwrap_or(f64::NAN);
-                serde_json::Number::from_f64(f).map(Json::Number).unwrap_or_else(|| Json::String(f.to_string()))
+                serde_json::Number::from_f64(f)
+                    .map(Json::Number)
+                    .unwrap_or_else(|| Json::String(f.to_string()))
             }
         }
         Yaml::String(s) => Json::String(s.clone()),
@@ -57,7 +59,10 @@ pub fn yaml_to_json(v: &Yaml) -> Json {
                 .map(|(k, v)| {
                     let key = match k {
                         Yaml::String(s) => s.clone(),
-                        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+                        other => serde_yaml::to_string(other)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string(),
                     };
                     (key, yaml_to_json(v))
                 })
@@ -80,18 +85,24 @@ fn root_path(cfg: &Json, key: &str, log_dir: &Path) -> anyhow::Result<Option<Pat
     match cfg.get(key) {
         None | Some(Json::Null) | Some(Json::Bool(false)) => Ok(None),
         Some(Json::String(s)) if s.is_empty() => Ok(None),
-        Some(Json::String(s)) => {
-            Ok(Some(PathBuf::from(s.replace("{log_dir}", &log_dir.to_string_lossy()))))
-        }
-        Some(other) => Err(usage(format!("`{key}` must be a path or null, got {other}"))),
+        Some(Json::String(s)) => Ok(Some(PathBuf::from(
+            s.replace("{log_dir}", &log_dir.to_string_lossy()),
+        ))),
+        Some(other) => Err(usage(format!(
+            "`{key}` must be a path or null, got {other}"
+        ))),
     }
 }
 
 fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
@@ -122,7 +133,11 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     let composed = profiler.stage("compose config", || compose(req))?;
     let now = chrono::Local::now().naive_local();
     let default_log_dir = PathBuf::from("outputs")
-        .join(if composed.config_name.is_empty() { "default" } else { &composed.config_name })
+        .join(if composed.config_name.is_empty() {
+            "default"
+        } else {
+            &composed.config_name
+        })
         .join(now.format("%Y-%m-%d_%H-%M-%S").to_string());
     let mut rctx = ResolveContext::new(&composed.config_name);
     rctx.now = now;
@@ -164,7 +179,10 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
 
     let seed = match cfg.get("seed") {
         None | Some(Json::Null) => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| usage(format!("`seed` must be a non-negative integer, got {v}")))?),
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| usage(format!("`seed` must be a non-negative integer, got {v}")))?,
+        ),
     };
     let fast_dev_run = root_bool(&cfg, "fast_dev_run", false)?;
     let dry_run = root_bool(&cfg, "dry_run", false)?;
@@ -182,7 +200,9 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     }
 
     // Which components: find every target before any work (and before dry_run returns).
-    let registry = profiler.stage("load plugins", || Registry::load(&paths::plugin_dirs(&req.plugin_dirs)));
+    let registry = profiler.stage("load plugins", || {
+        Registry::load(&paths::plugin_dirs(&req.plugin_dirs))
+    });
     let section = |kind: ComponentKind| -> Option<&Json> {
         cfg.get(kind.config_key()).filter(|v| !v.is_null())
     };
@@ -206,34 +226,52 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     };
     let (pool_sel, pool_comp) = pick(ComponentKind::ModelPool, pool_cfg)?;
     let (method_sel, method_comp) = pick(ComponentKind::Algorithm, method_cfg)?;
-    let task = task_cfg.map(|c| pick(ComponentKind::TaskPool, c)).transpose()?;
+    let task = task_cfg
+        .map(|c| pick(ComponentKind::TaskPool, c))
+        .transpose()?;
 
     if dry_run {
-        tracing::info!("dry_run: the config composes and every component resolves; nothing was run");
+        tracing::info!(
+            "dry_run: the config composes and every component resolves; nothing was run"
+        );
         logging::no_file();
         return Ok(None);
     }
 
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-    write_atomic(&log_dir.join("config.yaml"), fusion_config::to_yaml(&resolved).as_bytes())?;
+    write_atomic(
+        &log_dir.join("config.yaml"),
+        fusion_config::to_yaml(&resolved).as_bytes(),
+    )?;
     logging::open_file(&log_dir.join("fusion-host.log"))
         .with_context(|| format!("opening the log file in {}", log_dir.display()))?;
     tracing::info!(log_dir = %log_dir.display(), "run started");
 
-    let compute: Arc<dyn fusion_plugin_api::Compute> = Arc::new(LazyCompute::new(req.device.clone()));
-    let ctx = Context::with_services(seed, fast_dev_run, Arc::new(progress::Services::default()), Some(compute));
+    let compute: Arc<dyn fusion_plugin_api::Compute> =
+        Arc::new(LazyCompute::new(req.device.clone()));
+    let ctx = Context::with_services(
+        seed,
+        fast_dev_run,
+        Arc::new(progress::Services::default()),
+        Some(compute),
+    );
 
     let pool = profiler.stage("instantiate modelpool", || {
-        pool_comp.model_pool(&pool_sel.target, pool_cfg).map_err(plugin)
+        pool_comp
+            .model_pool(&pool_sel.target, pool_cfg)
+            .map_err(plugin)
     })?;
     let method = profiler.stage("instantiate method", || {
-        method_comp.algorithm(&method_sel.target, method_cfg).map_err(plugin)
+        method_comp
+            .algorithm(&method_sel.target, method_cfg)
+            .map_err(plugin)
     })?;
     let taskpool = task
         .as_ref()
         .map(|(sel, comp)| {
             profiler.stage("instantiate taskpool", || {
-                comp.task_pool(&sel.target, task_cfg.expect("present")).map_err(plugin)
+                comp.task_pool(&sel.target, task_cfg.expect("present"))
+                    .map_err(plugin)
             })
         })
         .transpose()?;
@@ -244,7 +282,9 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
 
     if let Some(dest) = &save_path {
         let summary = profiler
-            .stage("save merged model", || save_model(&merged, dest, &save_opts))
+            .stage("save merged model", || {
+                save_model(&merged, dest, &save_opts)
+            })
             .with_context(|| format!("saving the merged model to {}", dest.display()))?;
         tracing::info!(
             path = %summary.path.display(),
@@ -258,7 +298,12 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     let report = match &taskpool {
         Some(tp) => profiler
             .stage("evaluate", || tp.evaluate(&merged, &ctx).map_err(plugin))
-            .with_context(|| format!("evaluating with taskpool `{}`", task.as_ref().expect("present").0.target))?,
+            .with_context(|| {
+                format!(
+                    "evaluating with taskpool `{}`",
+                    task.as_ref().expect("present").0.target
+                )
+            })?,
         None => {
             tracing::info!("no taskpool: nothing to evaluate");
             Json::Object(Default::default())

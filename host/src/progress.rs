@@ -27,8 +27,9 @@ pub fn bar(label: &str, total: u64) -> ProgressBar {
                 .progress_chars("=> "),
         )
     } else {
-        ProgressBar::new_spinner()
-            .with_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"))
+        ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
+        )
     };
     let bar = multi().add(bar);
     bar.set_message(label.to_string());
@@ -45,7 +46,10 @@ pub struct Services {
 impl HostServices for Services {
     fn progress_start(&self, label: &str, total: u64) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        self.bars.lock().expect("progress lock").insert(id, bar(label, total));
+        self.bars
+            .lock()
+            .expect("progress lock")
+            .insert(id, bar(label, total));
         id
     }
     fn progress_advance(&self, id: u64, delta: u64) {

@@ -27,14 +27,19 @@ pub struct SaveOptions {
 impl Default for SaveOptions {
     fn default() -> Self {
         // transformers' `save_pretrained` default.
-        Self { dtype: None, max_shard_size: 5_000_000_000 }
+        Self {
+            dtype: None,
+            max_shard_size: 5_000_000_000,
+        }
     }
 }
 
 /// Parse a size such as `5GB`, `500MB`, `2GiB` or a plain byte count.
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim().to_ascii_uppercase();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let num: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim() {
@@ -57,10 +62,14 @@ impl SaveOptions {
     /// `safe_serialization`) are accepted and ignored with a note.
     pub fn from_kwargs(kwargs: Option<&Value>) -> anyhow::Result<SaveOptions> {
         let mut opts = SaveOptions::default();
-        let Some(kwargs) = kwargs.filter(|v| !v.is_null()) else { return Ok(opts) };
-        let map = kwargs
-            .as_object()
-            .ok_or_else(|| usage(format!("merged_model_save_kwargs must be a mapping, got {kwargs}")))?;
+        let Some(kwargs) = kwargs.filter(|v| !v.is_null()) else {
+            return Ok(opts);
+        };
+        let map = kwargs.as_object().ok_or_else(|| {
+            usage(format!(
+                "merged_model_save_kwargs must be a mapping, got {kwargs}"
+            ))
+        })?;
         for (k, v) in map {
             match k.as_str() {
                 "dtype" | "torch_dtype" | "model_dtype" => {
@@ -82,7 +91,9 @@ impl SaveOptions {
                         _ => None,
                     };
                     opts.max_shard_size = size.filter(|s| *s > 0).ok_or_else(|| {
-                        usage(format!("merged_model_save_kwargs.max_shard_size: cannot read `{v}` as a size"))
+                        usage(format!(
+                            "merged_model_save_kwargs.max_shard_size: cannot read `{v}` as a size"
+                        ))
                     })?;
                 }
                 other => tracing::info!("merged_model_save_kwargs.{other} is ignored"),
@@ -119,10 +130,22 @@ fn header_bytes(entries: &[(String, TensorInfo, u64, u64)]) -> Vec<u8> {
 }
 
 /// The tensor bytes to write, converted to `target` when it differs.
-fn tensor_bytes(model: &Model, name: &str, info: &TensorInfo, target: DType) -> anyhow::Result<Vec<u8>> {
-    let data = model.data(name).map_err(plugin).with_context(|| format!("reading tensor `{name}`"))?;
+fn tensor_bytes(
+    model: &Model,
+    name: &str,
+    info: &TensorInfo,
+    target: DType,
+) -> anyhow::Result<Vec<u8>> {
+    let data = model
+        .data(name)
+        .map_err(plugin)
+        .with_context(|| format!("reading tensor `{name}`"))?;
     if data.len() != info.nbytes() {
-        bail!("tensor `{name}` has {} bytes, its dtype and shape need {}", data.len(), info.nbytes());
+        bail!(
+            "tensor `{name}` has {} bytes, its dtype and shape need {}",
+            data.len(),
+            info.nbytes()
+        );
     }
     if target == info.dtype {
         return Ok(data.into_owned());
@@ -131,7 +154,12 @@ fn tensor_bytes(model: &Model, name: &str, info: &TensorInfo, target: DType) -> 
     f32_to_bytes(&values, target).map_err(plugin)
 }
 
-fn write_shard(model: &Model, path: &Path, tensors: &[(String, TensorInfo)], source: &[TensorInfo]) -> anyhow::Result<u64> {
+fn write_shard(
+    model: &Model,
+    path: &Path,
+    tensors: &[(String, TensorInfo)],
+    source: &[TensorInfo],
+) -> anyhow::Result<u64> {
     let mut entries = Vec::with_capacity(tensors.len());
     let mut offset = 0u64;
     for (name, info) in tensors {
@@ -146,7 +174,8 @@ fn write_shard(model: &Model, path: &Path, tensors: &[(String, TensorInfo)], sou
     w.write_all(&header)?;
     for ((name, info), src) in tensors.iter().zip(source) {
         let bytes = tensor_bytes(model, name, src, info.dtype)?;
-        w.write_all(&bytes).with_context(|| format!("writing {}", path.display()))?;
+        w.write_all(&bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(offset)
@@ -154,7 +183,10 @@ fn write_shard(model: &Model, path: &Path, tensors: &[(String, TensorInfo)], sou
 
 /// A sibling path for work in progress.
 fn temp_sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
 }
 
@@ -162,9 +194,14 @@ fn temp_sibling(path: &Path, tag: &str) -> PathBuf {
 fn replace(tmp: &Path, dest: &Path) -> anyhow::Result<()> {
     if dest.exists() {
         let old = temp_sibling(dest, "old");
-        std::fs::rename(dest, &old).with_context(|| format!("moving the old {} aside", dest.display()))?;
+        std::fs::rename(dest, &old)
+            .with_context(|| format!("moving the old {} aside", dest.display()))?;
         std::fs::rename(tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
-        let _ = if old.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
+        let _ = if old.is_dir() {
+            std::fs::remove_dir_all(&old)
+        } else {
+            std::fs::remove_file(&old)
+        };
     } else {
         std::fs::rename(tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
     }
@@ -178,16 +215,26 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
     let mut source = Vec::with_capacity(names.len());
     let mut planned = Vec::with_capacity(names.len());
     for name in &names {
-        let info = model.info(name).map_err(plugin).with_context(|| format!("tensor `{name}`"))?;
+        let info = model
+            .info(name)
+            .map_err(plugin)
+            .with_context(|| format!("tensor `{name}`"))?;
         let dtype = match opts.dtype {
             Some(d) if info.dtype.is_float() => d,
             _ => info.dtype,
         };
-        planned.push((name.clone(), TensorInfo { dtype, shape: info.shape.clone() }));
+        planned.push((
+            name.clone(),
+            TensorInfo {
+                dtype,
+                shape: info.shape.clone(),
+            },
+        ));
         source.push(info);
     }
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
 
     if dest.extension().is_some_and(|e| e == "safetensors") {
@@ -201,7 +248,12 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
             }
         };
         replace(&tmp, dest)?;
-        return Ok(SaveSummary { path: dest.to_owned(), shards: 1, tensors: names.len(), bytes });
+        return Ok(SaveSummary {
+            path: dest.to_owned(),
+            shards: 1,
+            tensors: names.len(),
+            bytes,
+        });
     }
 
     // Group tensors into shards in checkpoint order.
@@ -230,7 +282,8 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
             } else {
                 format!("model-{:05}-of-{:05}.safetensors", k + 1, count)
             };
-            let tensors: Vec<(String, TensorInfo)> = group.iter().map(|&i| planned[i].clone()).collect();
+            let tensors: Vec<(String, TensorInfo)> =
+                group.iter().map(|&i| planned[i].clone()).collect();
             let src: Vec<TensorInfo> = group.iter().map(|&i| source[i].clone()).collect();
             total += write_shard(model, &tmp.join(&file), &tensors, &src)?;
             for (name, _) in &tensors {
@@ -239,11 +292,18 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
         }
         if count > 1 {
             let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-            std::fs::write(tmp.join("model.safetensors.index.json"), serde_json::to_vec_pretty(&index)?)?;
+            std::fs::write(
+                tmp.join("model.safetensors.index.json"),
+                serde_json::to_vec_pretty(&index)?,
+            )?;
         }
         for file in model.file_names().map_err(plugin)? {
             let contents = model.file(&file).map_err(plugin)?;
-            let contents = if file == "config.json" { with_dtype(&contents, &planned) } else { contents };
+            let contents = if file == "config.json" {
+                with_dtype(&contents, &planned)
+            } else {
+                contents
+            };
             std::fs::write(tmp.join(&file), contents).with_context(|| format!("writing {file}"))?;
         }
         Ok(total)
@@ -251,7 +311,12 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
     match write_all() {
         Ok(bytes) => {
             replace(&tmp, dest)?;
-            Ok(SaveSummary { path: dest.to_owned(), shards: groups.len(), tensors: names.len(), bytes })
+            Ok(SaveSummary {
+                path: dest.to_owned(),
+                shards: groups.len(),
+                tensors: names.len(),
+                bytes,
+            })
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -298,6 +363,9 @@ mod tests {
         assert_eq!(o.dtype, Some(DType::BF16));
         assert_eq!(o.max_shard_size, 1_000_000);
         let bad = json!({"dtype": "int8"});
-        assert!(SaveOptions::from_kwargs(Some(&bad)).unwrap_err().to_string().contains("int8"));
+        assert!(SaveOptions::from_kwargs(Some(&bad))
+            .unwrap_err()
+            .to_string()
+            .contains("int8"));
     }
 }

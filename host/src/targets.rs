@@ -10,15 +10,51 @@ use crate::plugins::Registry;
 /// FusionBench v0.1 `name:` / `type:` values and the component they mean, per kind
 /// (`fusion_bench/compat/{method,modelpool,taskpool}/__init__.py`).
 const ALIASES: &[(ComponentKind, &str, &str)] = &[
-    (ComponentKind::ModelPool, "huggingface_clip_vision", "fusion_bench.modelpool.CLIPVisionModelPool"),
-    (ComponentKind::ModelPool, "AutoModelPool", "fusion_bench.modelpool.BaseModelPool"),
-    (ComponentKind::TaskPool, "dummy", "fusion_bench.taskpool.DummyTaskPool"),
-    (ComponentKind::TaskPool, "clip_vit_classification", "fusion_bench.taskpool.CLIPVisionModelTaskPool"),
-    (ComponentKind::Algorithm, "dummy", "fusion_bench.method.DummyAlgorithm"),
-    (ComponentKind::Algorithm, "simple_average", "fusion_bench.method.SimpleAverageAlgorithm"),
-    (ComponentKind::Algorithm, "weighted_average", "fusion_bench.method.WeightedAverageAlgorithm"),
-    (ComponentKind::Algorithm, "task_arithmetic", "fusion_bench.method.TaskArithmeticAlgorithm"),
-    (ComponentKind::Algorithm, "ties_merging", "fusion_bench.method.TiesMergingAlgorithm"),
+    (
+        ComponentKind::ModelPool,
+        "huggingface_clip_vision",
+        "fusion_bench.modelpool.CLIPVisionModelPool",
+    ),
+    (
+        ComponentKind::ModelPool,
+        "AutoModelPool",
+        "fusion_bench.modelpool.BaseModelPool",
+    ),
+    (
+        ComponentKind::TaskPool,
+        "dummy",
+        "fusion_bench.taskpool.DummyTaskPool",
+    ),
+    (
+        ComponentKind::TaskPool,
+        "clip_vit_classification",
+        "fusion_bench.taskpool.CLIPVisionModelTaskPool",
+    ),
+    (
+        ComponentKind::Algorithm,
+        "dummy",
+        "fusion_bench.method.DummyAlgorithm",
+    ),
+    (
+        ComponentKind::Algorithm,
+        "simple_average",
+        "fusion_bench.method.SimpleAverageAlgorithm",
+    ),
+    (
+        ComponentKind::Algorithm,
+        "weighted_average",
+        "fusion_bench.method.WeightedAverageAlgorithm",
+    ),
+    (
+        ComponentKind::Algorithm,
+        "task_arithmetic",
+        "fusion_bench.method.TaskArithmeticAlgorithm",
+    ),
+    (
+        ComponentKind::Algorithm,
+        "ties_merging",
+        "fusion_bench.method.TiesMergingAlgorithm",
+    ),
 ];
 
 /// How a config subtree names its component.
@@ -35,9 +71,16 @@ pub fn selector(kind: ComponentKind, config: &Value) -> anyhow::Result<Selector>
     let key = kind.config_key();
     let get = |k: &str| config.get(k).and_then(Value::as_str).map(str::to_string);
     if let Some(t) = get("_target_") {
-        return Ok(Selector { given_as: format!("{key}._target_: {t}"), target: t });
+        return Ok(Selector {
+            given_as: format!("{key}._target_: {t}"),
+            target: t,
+        });
     }
-    let compat_key = if kind == ComponentKind::Algorithm { "name" } else { "type" };
+    let compat_key = if kind == ComponentKind::Algorithm {
+        "name"
+    } else {
+        "type"
+    };
     if let Some(name) = get(compat_key) {
         let target = ALIASES
             .iter()
@@ -47,7 +90,10 @@ pub fn selector(kind: ComponentKind, config: &Value) -> anyhow::Result<Selector>
         tracing::warn!(
             "{key} has no `_target_`; resolving the FusionBench v0.1 `{compat_key}: {name}` (deprecated) as `{target}`"
         );
-        return Ok(Selector { given_as: format!("{key}.{compat_key}: {name} (v0.1 style)"), target });
+        return Ok(Selector {
+            given_as: format!("{key}.{compat_key}: {name} (v0.1 style)"),
+            target,
+        });
     }
     Err(usage(format!(
         "the `{key}` config has no `_target_` (nor a v0.1 `{compat_key}:`), so no component can be chosen for it"
@@ -73,19 +119,26 @@ pub fn resolve<'r>(
         )));
     }
     let closest = registry.closest(kind, &sel.target, 5);
-    let mut msg = format!("unknown {kind} target `{}` (from {})", sel.target, sel.given_as);
+    let mut msg = format!(
+        "unknown {kind} target `{}` (from {})",
+        sel.target, sel.given_as
+    );
     if sel.target.starts_with("fusion_bench.") {
         msg.push_str("; this FusionBench component is not supported by any loaded plugin");
     }
     if closest.is_empty() {
-        msg.push_str(&format!("; no {kind} components are loaded at all (see `fusion-host plugins`)"));
+        msg.push_str(&format!(
+            "; no {kind} components are loaded at all (see `fusion-host plugins`)"
+        ));
     } else {
         msg.push_str(&format!("; closest known targets: {}", closest.join(", ")));
     }
     if !registry.refused.is_empty() {
-        let files: Vec<String> =
-            registry.refused.iter().map(|e| e.to_string()).collect();
-        msg.push_str(&format!(". Some plugins were refused: {}", files.join("; ")));
+        let files: Vec<String> = registry.refused.iter().map(|e| e.to_string()).collect();
+        msg.push_str(&format!(
+            ". Some plugins were refused: {}",
+            files.join("; ")
+        ));
     }
     Err(usage(msg))
 }

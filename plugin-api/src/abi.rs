@@ -26,7 +26,9 @@ use abi_stable::{
     sabi_trait,
     sabi_trait::prelude::TD_Opaque,
     sabi_types::VersionStrings,
-    std_types::{RArc, RBox, RCow, RCowSlice, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
+    std_types::{
+        RArc, RBox, RCow, RCowSlice, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2,
+    },
     StableAbi,
 };
 
@@ -48,13 +50,19 @@ pub struct TensorInfoAbi {
 
 impl From<TensorInfo> for TensorInfoAbi {
     fn from(i: TensorInfo) -> Self {
-        Self { dtype: i.dtype, shape: i.shape.iter().map(|&d| d as u64).collect() }
+        Self {
+            dtype: i.dtype,
+            shape: i.shape.iter().map(|&d| d as u64).collect(),
+        }
     }
 }
 
 impl From<TensorInfoAbi> for TensorInfo {
     fn from(i: TensorInfoAbi) -> Self {
-        Self { dtype: i.dtype, shape: i.shape.iter().map(|&d| d as usize).collect() }
+        Self {
+            dtype: i.dtype,
+            shape: i.shape.iter().map(|&d| d as usize).collect(),
+        }
     }
 }
 
@@ -227,8 +235,13 @@ pub fn build_module(
     init: extern "C" fn(HostLink),
     components: extern "C" fn() -> RVec<ComponentDescriptor>,
 ) -> PluginModule_Ref {
-    PluginModule { name: RStr::from_str(name), version: RStr::from_str(version), init, components }
-        .leak_into_prefix()
+    PluginModule {
+        name: RStr::from_str(name),
+        version: RStr::from_str(version),
+        init,
+        components,
+    }
+    .leak_into_prefix()
 }
 
 /// Called by the generated `init`: remember the plugin's name, route its logs and panics to the
@@ -248,7 +261,10 @@ pub(crate) fn build_context(
         TD_Opaque,
     )));
     let compute_obj = compute.clone().map(|c| {
-        &*Box::leak(Box::new(ComputeAbi_TO::from_ptr(RArc::new(ComputeAdapter(c)), TD_Opaque)))
+        &*Box::leak(Box::new(ComputeAbi_TO::from_ptr(
+            RArc::new(ComputeAdapter(c)),
+            TD_Opaque,
+        )))
     });
     let abi = WithMetadata::new(RunContext {
         seed: seed.into(),
@@ -292,7 +308,10 @@ pub fn guard<T>(origin: &str, f: impl FnOnce() -> Result<T>) -> RResult<T, Error
             let location = crate::logging::take_panic_location()
                 .map(|l| format!(" at {l}"))
                 .unwrap_or_default();
-            RResult::RErr(Error::new(ErrorKind::Panic, format!("{origin} panicked{location}: {msg}")))
+            RResult::RErr(Error::new(
+                ErrorKind::Panic,
+                format!("{origin} panicked{location}: {msg}"),
+            ))
         }
     }
 }
@@ -315,7 +334,9 @@ impl StateDictAbi for StateDictAdapter {
         guard(&self.origin, || self.inner.names().map(names_to_r))
     }
     fn info(&self, name: RStr<'_>) -> RResult<TensorInfoAbi, Error> {
-        guard(&self.origin, || self.inner.info(name.as_str()).map(Into::into))
+        guard(&self.origin, || {
+            self.inner.info(name.as_str()).map(Into::into)
+        })
     }
     fn data(&self, name: RStr<'_>) -> RResult<RCowSlice<'_, u8>, Error> {
         guard(&self.origin, || {
@@ -329,12 +350,20 @@ impl StateDictAbi for StateDictAdapter {
         guard(&self.origin, || self.inner.file_names().map(names_to_r))
     }
     fn file(&self, name: RStr<'_>) -> RResult<RVec<u8>, Error> {
-        guard(&self.origin, || self.inner.file(name.as_str()).map(RVec::from))
+        guard(&self.origin, || {
+            self.inner.file(name.as_str()).map(RVec::from)
+        })
     }
 }
 
 pub(crate) fn state_dict_to_obj(sd: impl StateDict, origin: Arc<str>) -> StateDictObj {
-    StateDictAbi_TO::from_ptr(RArc::new(StateDictAdapter { inner: Arc::new(sd), origin }), TD_Opaque)
+    StateDictAbi_TO::from_ptr(
+        RArc::new(StateDictAdapter {
+            inner: Arc::new(sd),
+            origin,
+        }),
+        TD_Opaque,
+    )
 }
 
 #[derive(Clone)]
@@ -345,7 +374,9 @@ struct ModelPoolAdapter {
 
 impl ModelPoolAbi for ModelPoolAdapter {
     fn all_model_names(&self) -> RResult<RVec<RString>, Error> {
-        guard(&self.origin, || self.inner.all_model_names().map(names_to_r))
+        guard(&self.origin, || {
+            self.inner.all_model_names().map(names_to_r)
+        })
     }
     fn load_model(&self, name: RStr<'_>) -> RResult<Model, Error> {
         guard(&self.origin, || self.inner.load_model(name.as_str()))
@@ -353,7 +384,13 @@ impl ModelPoolAbi for ModelPoolAdapter {
 }
 
 pub(crate) fn model_pool_to_obj(pool: Arc<dyn ModelPool>, origin: Arc<str>) -> ModelPoolObj {
-    ModelPoolAbi_TO::from_ptr(RArc::new(ModelPoolAdapter { inner: pool, origin }), TD_Opaque)
+    ModelPoolAbi_TO::from_ptr(
+        RArc::new(ModelPoolAdapter {
+            inner: pool,
+            origin,
+        }),
+        TD_Opaque,
+    )
 }
 
 struct AlgorithmAdapter<T> {
@@ -418,17 +455,24 @@ impl ComputeAbi for ComputeAdapter {
         data: ROption<RSlice<'_, u8>>,
     ) -> RResult<GpuTensor, Error> {
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        guard(COMPUTE_ORIGIN, || self.0.create(dtype, &shape, data.into_option().map(|s| s.as_slice())))
+        guard(COMPUTE_ORIGIN, || {
+            self.0
+                .create(dtype, &shape, data.into_option().map(|s| s.as_slice()))
+        })
     }
     fn write(&self, tensor: GpuTensor, offset: u64, data: RSlice<'_, u8>) -> RResult<(), Error> {
-        guard(COMPUTE_ORIGIN, || self.0.write(tensor, offset, data.as_slice()))
+        guard(COMPUTE_ORIGIN, || {
+            self.0.write(tensor, offset, data.as_slice())
+        })
     }
     fn read(&self, tensor: GpuTensor) -> RResult<RVec<u8>, Error> {
         guard(COMPUTE_ORIGIN, || self.0.read(tensor).map(RVec::from))
     }
     fn describe(&self, tensor: GpuTensor) -> RResult<TensorInfoAbi, Error> {
         guard(COMPUTE_ORIGIN, || {
-            self.0.describe(tensor).map(|(dtype, shape)| TensorInfo { dtype, shape }.into())
+            self.0
+                .describe(tensor)
+                .map(|(dtype, shape)| TensorInfo { dtype, shape }.into())
         })
     }
     fn release(&self, tensor: GpuTensor) {
@@ -472,7 +516,10 @@ pub struct ModelPoolProxy(pub(crate) ModelPoolObj);
 
 impl ModelPool for ModelPoolProxy {
     fn all_model_names(&self) -> Result<Vec<String>> {
-        self.0.all_model_names().into_result().map(|v| v.into_iter().map(Into::into).collect())
+        self.0
+            .all_model_names()
+            .into_result()
+            .map(|v| v.into_iter().map(Into::into).collect())
     }
     fn load_model(&self, name: &str) -> Result<Model> {
         self.0.load_model(name.into()).into_result()
@@ -491,11 +538,17 @@ impl Compute for ComputeProxy {
     fn create(&self, dtype: DType, shape: &[usize], data: Option<&[u8]>) -> Result<GpuTensor> {
         let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
         self.0
-            .create(dtype, RSlice::from_slice(&shape), data.map(RSlice::from_slice).into())
+            .create(
+                dtype,
+                RSlice::from_slice(&shape),
+                data.map(RSlice::from_slice).into(),
+            )
             .into_result()
     }
     fn write(&self, tensor: GpuTensor, offset: u64, data: &[u8]) -> Result<()> {
-        self.0.write(tensor, offset, RSlice::from_slice(data)).into_result()
+        self.0
+            .write(tensor, offset, RSlice::from_slice(data))
+            .into_result()
     }
     fn read(&self, tensor: GpuTensor) -> Result<Vec<u8>> {
         self.0.read(tensor).into_result().map(RVec::into_vec)
@@ -510,8 +563,11 @@ impl Compute for ComputeProxy {
         self.0.release(tensor)
     }
     fn dispatch(&self, call: &KernelCall<'_>) -> Result<()> {
-        let constants: Vec<Tuple2<RStr<'_>, f64>> =
-            call.constants.iter().map(|(k, v)| Tuple2(RStr::from_str(k), *v)).collect();
+        let constants: Vec<Tuple2<RStr<'_>, f64>> = call
+            .constants
+            .iter()
+            .map(|(k, v)| Tuple2(RStr::from_str(k), *v))
+            .collect();
         let bindings: Vec<BindingAbi> = call
             .bindings
             .iter()
@@ -549,7 +605,12 @@ fn parse_config(json: RStr<'_>, target: RStr<'_>) -> Result<crate::Config> {
 }
 
 fn origin_for(target: RStr<'_>) -> Arc<str> {
-    format!("plugin `{}` component `{}`", crate::logging::plugin_name(), target).into()
+    format!(
+        "plugin `{}` component `{}`",
+        crate::logging::plugin_name(),
+        target
+    )
+    .into()
 }
 
 extern "C" fn construct_algorithm<T: Algorithm + crate::FromConfig>(
@@ -559,7 +620,10 @@ extern "C" fn construct_algorithm<T: Algorithm + crate::FromConfig>(
     let origin = origin_for(target);
     guard(&origin.clone(), || {
         let inner = T::from_config(&parse_config(config, target)?)?;
-        Ok(AlgorithmAbi_TO::from_value(AlgorithmAdapter { inner, origin }, TD_Opaque))
+        Ok(AlgorithmAbi_TO::from_value(
+            AlgorithmAdapter { inner, origin },
+            TD_Opaque,
+        ))
     })
 }
 
@@ -581,7 +645,10 @@ extern "C" fn construct_task_pool<T: TaskPool + crate::FromConfig>(
     let origin = origin_for(target);
     guard(&origin.clone(), || {
         let inner = T::from_config(&parse_config(config, target)?)?;
-        Ok(TaskPoolAbi_TO::from_value(TaskPoolAdapter { inner, origin }, TD_Opaque))
+        Ok(TaskPoolAbi_TO::from_value(
+            TaskPoolAdapter { inner, origin },
+            TD_Opaque,
+        ))
     })
 }
 
@@ -598,7 +665,11 @@ pub fn algorithm<T: Algorithm + crate::FromConfig>(
     names: &[&str],
     description: &str,
 ) -> ComponentDescriptor {
-    descriptor(names, description, Constructor::Algorithm(construct_algorithm::<T>))
+    descriptor(
+        names,
+        description,
+        Constructor::Algorithm(construct_algorithm::<T>),
+    )
 }
 
 /// Describe a model pool component (used by `export_plugin!`).
@@ -606,7 +677,11 @@ pub fn modelpool<T: ModelPool + crate::FromConfig>(
     names: &[&str],
     description: &str,
 ) -> ComponentDescriptor {
-    descriptor(names, description, Constructor::ModelPool(construct_model_pool::<T>))
+    descriptor(
+        names,
+        description,
+        Constructor::ModelPool(construct_model_pool::<T>),
+    )
 }
 
 /// Describe a task pool component (used by `export_plugin!`).
@@ -614,5 +689,9 @@ pub fn taskpool<T: TaskPool + crate::FromConfig>(
     names: &[&str],
     description: &str,
 ) -> ComponentDescriptor {
-    descriptor(names, description, Constructor::TaskPool(construct_task_pool::<T>))
+    descriptor(
+        names,
+        description,
+        Constructor::TaskPool(construct_task_pool::<T>),
+    )
 }

@@ -28,7 +28,11 @@ pub trait ModelPool: Send + Sync + 'static {
 impl dyn ModelPool + '_ {
     /// The models to merge: every name that is not wrapped in underscores.
     pub fn model_names(&self) -> Result<Vec<String>> {
-        Ok(self.all_model_names()?.into_iter().filter(|n| !is_special_model_name(n)).collect())
+        Ok(self
+            .all_model_names()?
+            .into_iter()
+            .filter(|n| !is_special_model_name(n))
+            .collect())
     }
 
     /// Whether the pool has a `_pretrained_` model.
@@ -48,7 +52,9 @@ impl dyn ModelPool + '_ {
             return self.load_pretrained();
         }
         let names = self.model_names()?;
-        let first = names.first().ok_or_else(|| Error::config("the model pool has no models"))?;
+        let first = names
+            .first()
+            .ok_or_else(|| Error::config("the model pool has no models"))?;
         self.load_model(first)
     }
 }
@@ -127,7 +133,10 @@ impl Config {
     /// A required parameter.
     pub fn require<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
         self.get(key)?.ok_or_else(|| {
-            Error::config(format!("`{}`: required parameter `{key}` is missing", self.target))
+            Error::config(format!(
+                "`{}`: required parameter `{key}` is missing",
+                self.target
+            ))
         })
     }
 

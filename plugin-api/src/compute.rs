@@ -63,11 +63,21 @@ pub struct Binding {
 impl Binding {
     /// Bind the whole tensor for reading.
     pub fn read(tensor: GpuTensor) -> Self {
-        Self { tensor, offset: 0, size: None, read_only: true }
+        Self {
+            tensor,
+            offset: 0,
+            size: None,
+            read_only: true,
+        }
     }
     /// Bind the whole tensor for reading and writing.
     pub fn write(tensor: GpuTensor) -> Self {
-        Self { tensor, offset: 0, size: None, read_only: false }
+        Self {
+            tensor,
+            offset: 0,
+            size: None,
+            read_only: false,
+        }
     }
     /// Restrict the binding to `size` bytes starting at `offset`.
     pub fn range(mut self, offset: u64, size: u64) -> Self {

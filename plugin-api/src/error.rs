@@ -38,7 +38,10 @@ pub struct Error {
 impl Error {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl std::fmt::Display) -> Self {
-        Self { kind, message: RString::from(message.to_string()) }
+        Self {
+            kind,
+            message: RString::from(message.to_string()),
+        }
     }
     /// A configuration error.
     pub fn config(message: impl std::fmt::Display) -> Self {
@@ -70,7 +73,10 @@ impl Error {
     }
     /// Prefix the message with context, keeping the kind: `"{context}: {message}"`.
     pub fn context(self, context: impl std::fmt::Display) -> Self {
-        Self { kind: self.kind, message: RString::from(format!("{context}: {}", self.message)) }
+        Self {
+            kind: self.kind,
+            message: RString::from(format!("{context}: {}", self.message)),
+        }
     }
 }
 

@@ -60,9 +60,18 @@ pub enum LoadError {
     /// The file is a shared library but not a fusion-host plugin.
     NotAPlugin { path: PathBuf },
     /// Built against an incompatible plugin-api version.
-    IncompatibleVersion { path: PathBuf, plugin_api: String, host_api: String },
+    IncompatibleVersion {
+        path: PathBuf,
+        plugin_api: String,
+        host_api: String,
+    },
     /// Built against a plugin-api whose types have a different layout.
-    AbiMismatch { path: PathBuf, plugin_api: String, host_api: String, detail: String },
+    AbiMismatch {
+        path: PathBuf,
+        plugin_api: String,
+        host_api: String,
+        detail: String,
+    },
     /// Anything else abi_stable reports (a panicking or failing initializer, a different
     /// abi_stable version).
     Other { path: PathBuf, message: String },
@@ -160,11 +169,17 @@ fn current_max_level() -> u8 {
 /// `load_from_directory`, which keeps a single module per root-module type.
 pub fn load_library(path: &Path) -> std::result::Result<Library, LoadError> {
     let header = lib_header_from_path(path).map_err(|e| match e {
-        LibraryError::OpenError { err, .. } => {
-            LoadError::Open { path: path.to_owned(), message: err.to_string() }
-        }
-        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin { path: path.to_owned() },
-        other => LoadError::Other { path: path.to_owned(), message: other.to_string() },
+        LibraryError::OpenError { err, .. } => LoadError::Open {
+            path: path.to_owned(),
+            message: err.to_string(),
+        },
+        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin {
+            path: path.to_owned(),
+        },
+        other => LoadError::Other {
+            path: path.to_owned(),
+            message: other.to_string(),
+        },
     })?;
     let plugin_api = header.version_strings().version.to_string();
     let host_api = PluginModule_Ref::VERSION_STRINGS.version.to_string();
@@ -179,7 +194,11 @@ pub fn load_library(path: &Path) -> std::result::Result<Library, LoadError> {
         LibraryError::AbiInstability(detail) => {
             let detail = detail.to_string();
             // abi_stable prints a full layout diff; its first lines say what differs.
-            let short: Vec<&str> = detail.lines().filter(|l| !l.trim().is_empty()).take(6).collect();
+            let short: Vec<&str> = detail
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(6)
+                .collect();
             LoadError::AbiMismatch {
                 path: path.to_owned(),
                 plugin_api: plugin_api.clone(),
@@ -187,10 +206,16 @@ pub fn load_library(path: &Path) -> std::result::Result<Library, LoadError> {
                 detail: short.join(" | "),
             }
         }
-        other => LoadError::Other { path: path.to_owned(), message: other.to_string() },
+        other => LoadError::Other {
+            path: path.to_owned(),
+            message: other.to_string(),
+        },
     })?;
 
-    (module.init())(HostLink { log: host_log, max_level: current_max_level() });
+    (module.init())(HostLink {
+        log: host_log,
+        max_level: current_max_level(),
+    });
     let name = module.name().to_string();
     let components = (module.components())()
         .into_iter()
@@ -231,7 +256,9 @@ impl Component {
         match self.constructor {
             Constructor::Algorithm(f) => {
                 let json = config.to_string();
-                f(json.as_str().into(), target.into()).into_result().map(|obj| AlgorithmHandle { obj })
+                f(json.as_str().into(), target.into())
+                    .into_result()
+                    .map(|obj| AlgorithmHandle { obj })
             }
             _ => Err(self.wrong_kind(ComponentKind::Algorithm)),
         }
@@ -255,7 +282,9 @@ impl Component {
         match self.constructor {
             Constructor::TaskPool(f) => {
                 let json = config.to_string();
-                f(json.as_str().into(), target.into()).into_result().map(|obj| TaskPoolHandle { obj })
+                f(json.as_str().into(), target.into())
+                    .into_result()
+                    .map(|obj| TaskPoolHandle { obj })
             }
             _ => Err(self.wrong_kind(ComponentKind::TaskPool)),
         }
@@ -304,7 +333,10 @@ impl TaskPoolHandle {
     /// Evaluate a model; returns the report.
     pub fn evaluate(&self, model: &Model, ctx: &Context) -> Result<serde_json::Value> {
         let text = self.obj.evaluate(model.clone(), ctx.abi()).into_result()?;
-        serde_json::from_str(text.as_str())
-            .map_err(|e| Error::other(format!("the task pool returned a report that is not JSON: {e}")))
+        serde_json::from_str(text.as_str()).map_err(|e| {
+            Error::other(format!(
+                "the task pool returned a report that is not JSON: {e}"
+            ))
+        })
     }
 }

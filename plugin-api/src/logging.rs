@@ -52,7 +52,9 @@ pub(crate) fn level_to_u8(level: &Level) -> u8 {
 pub(crate) fn install(plugin: &'static str, link: HostLink) {
     let _ = PLUGIN_NAME.set(plugin);
     std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()));
         PANIC_LOCATION.with(|l| *l.borrow_mut() = location);
     }));
     let max = match link.max_level {
@@ -63,7 +65,12 @@ pub(crate) fn install(plugin: &'static str, link: HostLink) {
         4 => LevelFilter::DEBUG,
         _ => LevelFilter::TRACE,
     };
-    let subscriber = Bridge { link, plugin, max, next_span: AtomicU64::new(1) };
+    let subscriber = Bridge {
+        link,
+        plugin,
+        max,
+        next_span: AtomicU64::new(1),
+    };
     // Fails only if this plugin already installed one (init called twice): keep the first.
     let _ = tracing::dispatcher::set_global_default(tracing::Dispatch::new(subscriber));
 }

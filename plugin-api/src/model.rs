@@ -49,12 +49,17 @@ pub struct Model {
 impl Model {
     /// Wrap a state dict so it can cross the plugin boundary.
     pub fn new(state_dict: impl StateDict) -> Model {
-        Model { obj: abi::state_dict_to_obj(state_dict, crate::logging::origin()) }
+        Model {
+            obj: abi::state_dict_to_obj(state_dict, crate::logging::origin()),
+        }
     }
 
     /// Tensor names, in checkpoint order.
     pub fn names(&self) -> Result<Vec<String>> {
-        self.obj.names().into_result().map(|v| v.into_iter().map(Into::into).collect())
+        self.obj
+            .names()
+            .into_result()
+            .map(|v| v.into_iter().map(Into::into).collect())
     }
 
     /// The dtype and shape of one tensor.
@@ -74,19 +79,25 @@ impl Model {
     pub fn to_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let info = self.info(name)?;
         let bytes = self.data(name)?;
-        let values = bytes_to_f32(&bytes, info.dtype)
-            .map_err(|e| e.context(format!("tensor `{name}`")))?;
+        let values =
+            bytes_to_f32(&bytes, info.dtype).map_err(|e| e.context(format!("tensor `{name}`")))?;
         Ok((values, info.shape))
     }
 
     /// Names of auxiliary files carried with the model.
     pub fn file_names(&self) -> Result<Vec<String>> {
-        self.obj.file_names().into_result().map(|v| v.into_iter().map(Into::into).collect())
+        self.obj
+            .file_names()
+            .into_result()
+            .map(|v| v.into_iter().map(Into::into).collect())
     }
 
     /// The contents of one auxiliary file.
     pub fn file(&self, name: &str) -> Result<Vec<u8>> {
-        self.obj.file(name.into()).into_result().map(|v| v.into_vec())
+        self.obj
+            .file(name.into())
+            .into_result()
+            .map(|v| v.into_vec())
     }
 
     /// Count tensors and parameters (elements) over the whole model.
@@ -170,7 +181,8 @@ impl MemoryStateDict {
         dtype: DType,
     ) -> Result<()> {
         let name = name.into();
-        let bytes = f32_to_bytes(values, dtype).map_err(|e| e.context(format!("tensor `{name}`")))?;
+        let bytes =
+            f32_to_bytes(values, dtype).map_err(|e| e.context(format!("tensor `{name}`")))?;
         self.insert_bytes(name, dtype, shape, bytes)
     }
 
@@ -221,7 +233,10 @@ impl StateDict for MemoryStateDict {
 pub fn bytes_to_f32(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
     // Chunks rather than a cast: memory-mapped tensor data need not be 4-byte aligned.
     Ok(match dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         DType::F16 => bytes
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -243,14 +258,18 @@ pub fn bytes_to_f32(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
 pub fn f32_to_bytes(values: &[f32], dtype: DType) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(values.len() * dtype.size());
     match dtype {
-        DType::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::F32 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         DType::F16 => values
             .iter()
             .for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
         DType::BF16 => values
             .iter()
             .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
-        DType::F64 => values.iter().for_each(|v| out.extend_from_slice(&(*v as f64).to_le_bytes())),
+        DType::F64 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as f64).to_le_bytes())),
         other => return Err(Error::model(format!("cannot store f32 values as {other}"))),
     }
     Ok(out)

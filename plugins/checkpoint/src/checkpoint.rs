@@ -63,14 +63,28 @@ impl Shard {
         let mut tensors = HashMap::new();
         let order = metadata.offset_keys();
         for name in &order {
-            let info = metadata.info(name).expect("offset_keys lists known tensors");
+            let info = metadata
+                .info(name)
+                .expect("offset_keys lists known tensors");
             let dtype = dtype_from_safetensors(info.dtype, path, name)?;
             tensors.insert(
                 name.clone(),
-                (TensorInfo { dtype, shape: info.shape.clone() }, info.data_offsets),
+                (
+                    TensorInfo {
+                        dtype,
+                        shape: info.shape.clone(),
+                    },
+                    info.data_offsets,
+                ),
             );
         }
-        Ok(Shard { path: path.to_owned(), map, data_start: 8 + header_len, tensors, order })
+        Ok(Shard {
+            path: path.to_owned(),
+            map,
+            data_start: 8 + header_len,
+            tensors,
+            order,
+        })
     }
 
     fn bytes(&self, name: &str) -> Option<&[u8]> {
@@ -109,7 +123,10 @@ impl Checkpoint {
         } else if path.is_file() {
             Self::from_shards(source, vec![Shard::open(path)?], BTreeMap::new())
         } else {
-            Err(Error::io(format!("checkpoint not found: {} (for `{source}`)", path.display())))
+            Err(Error::io(format!(
+                "checkpoint not found: {} (for `{source}`)",
+                path.display()
+            )))
         }
     }
 
@@ -119,14 +136,18 @@ impl Checkpoint {
         let shards = if index.is_file() {
             let text = std::fs::read_to_string(&index)
                 .map_err(|e| Error::io(format!("cannot read {}: {e}", index.display())))?;
-            let parsed: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                Error::model(format!("{} is not valid JSON: {e}", index.display()))
-            })?;
-            let map = parsed.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                Error::model(format!("{} has no `weight_map` object", index.display()))
-            })?;
-            let mut files: Vec<String> =
-                map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            let parsed: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::model(format!("{} is not valid JSON: {e}", index.display())))?;
+            let map = parsed
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    Error::model(format!("{} has no `weight_map` object", index.display()))
+                })?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
             files.sort();
             files.dedup();
             let shards = files
@@ -157,7 +178,8 @@ impl Checkpoint {
         for entry in std::fs::read_dir(dir)
             .map_err(|e| Error::io(format!("cannot list {}: {e}", dir.display())))?
         {
-            let entry = entry.map_err(|e| Error::io(format!("cannot list {}: {e}", dir.display())))?;
+            let entry =
+                entry.map_err(|e| Error::io(format!("cannot list {}: {e}", dir.display())))?;
             let name = entry.file_name().to_string_lossy().to_string();
             if entry.path().is_file() && !is_weight_file(&name) {
                 files.insert(name, entry.path());
@@ -183,7 +205,13 @@ impl Checkpoint {
                 index.push((name.clone(), i));
             }
         }
-        Ok(Checkpoint { source: source.to_string(), shards, index, lookup, files })
+        Ok(Checkpoint {
+            source: source.to_string(),
+            shards,
+            index,
+            lookup,
+            files,
+        })
     }
 
     fn shard(&self, name: &str) -> Result<&Shard> {
@@ -209,9 +237,10 @@ impl StateDict for Checkpoint {
         Ok(self.files.keys().cloned().collect())
     }
     fn file(&self, name: &str) -> Result<Vec<u8>> {
-        let path = self.files.get(name).ok_or_else(|| {
-            Error::model(format!("model `{}` has no file `{name}`", self.source))
-        })?;
+        let path = self
+            .files
+            .get(name)
+            .ok_or_else(|| Error::model(format!("model `{}` has no file `{name}`", self.source)))?;
         std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}: {e}", path.display())))
     }
 }

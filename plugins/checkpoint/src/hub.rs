@@ -25,7 +25,9 @@ pub fn looks_like_hub_id(spec: &str) -> bool {
         && id.split('/').count() <= 2
         && !id.starts_with('.')
         && !id.starts_with('/')
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 /// The snapshot folder of `id` (`org/name[@revision]`) in the local cache.
@@ -35,7 +37,9 @@ pub fn resolve_cached(spec: &str) -> Result<PathBuf> {
         None => (spec, "main"),
     };
     let cache = cache_dir().ok_or_else(|| {
-        Error::io(format!("`{spec}`: no Hugging Face cache folder (set HF_HOME or HF_HUB_CACHE)"))
+        Error::io(format!(
+            "`{spec}`: no Hugging Face cache folder (set HF_HOME or HF_HUB_CACHE)"
+        ))
     })?;
     let repo = cache.join(format!("models--{}", id.replace('/', "--")));
     let not_cached = || {

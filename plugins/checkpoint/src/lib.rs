@@ -28,7 +28,9 @@ pub fn resolve(source: &str) -> Result<std::path::PathBuf> {
         return Ok(path.to_owned());
     }
     if source.ends_with(".safetensors") || !hub::looks_like_hub_id(source) {
-        return Err(fusion_plugin_api::Error::io(format!("checkpoint not found: {source}")));
+        return Err(fusion_plugin_api::Error::io(format!(
+            "checkpoint not found: {source}"
+        )));
     }
     hub::resolve_cached(source)
 }

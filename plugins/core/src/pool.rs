@@ -18,15 +18,19 @@ pub struct BaseModelPool {
 fn entry_source(name: &str, value: &Value) -> Result<String> {
     match value {
         Value::String(s) => Ok(s.clone()),
-        Value::Object(m) => ["pretrained_model_name_or_path", "path", "model_name_or_path"]
-            .iter()
-            .find_map(|k| m.get(*k).and_then(Value::as_str))
-            .map(str::to_string)
-            .ok_or_else(|| {
-                Error::config(format!(
-                    "modelpool: model `{name}` must give `pretrained_model_name_or_path` (or `path`)"
-                ))
-            }),
+        Value::Object(m) => [
+            "pretrained_model_name_or_path",
+            "path",
+            "model_name_or_path",
+        ]
+        .iter()
+        .find_map(|k| m.get(*k).and_then(Value::as_str))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::config(format!(
+                "modelpool: model `{name}` must give `pretrained_model_name_or_path` (or `path`)"
+            ))
+        }),
         other => Err(Error::config(format!(
             "modelpool: model `{name}` must be a path or hub id, got {other}"
         ))),
@@ -46,7 +50,10 @@ impl FromConfig for BaseModelPool {
                 .map(|(i, v)| Ok((i.to_string(), entry_source(&i.to_string(), v)?)))
                 .collect::<Result<Vec<_>>>()?,
             Some(Value::Null) | None => {
-                return Err(Error::config(format!("`{}`: `models` is required", config.target())))
+                return Err(Error::config(format!(
+                    "`{}`: `models` is required",
+                    config.target()
+                )))
             }
             Some(other) => {
                 return Err(Error::config(format!(
@@ -56,7 +63,10 @@ impl FromConfig for BaseModelPool {
             }
         };
         if models.is_empty() {
-            return Err(Error::config(format!("`{}`: `models` is empty", config.target())));
+            return Err(Error::config(format!(
+                "`{}`: `models` is empty",
+                config.target()
+            )));
         }
         Ok(BaseModelPool { models })
     }
@@ -70,9 +80,13 @@ impl ModelPool for BaseModelPool {
     fn load_model(&self, name: &str) -> Result<Model> {
         let (_, source) = self.models.iter().find(|(n, _)| n == name).ok_or_else(|| {
             let known: Vec<&str> = self.models.iter().map(|(n, _)| n.as_str()).collect();
-            Error::config(format!("the model pool has no model `{name}` (it has: {})", known.join(", ")))
+            Error::config(format!(
+                "the model pool has no model `{name}` (it has: {})",
+                known.join(", ")
+            ))
         })?;
-        let path = fusion_checkpoint::resolve(source).map_err(|e| e.context(format!("model `{name}`")))?;
+        let path =
+            fusion_checkpoint::resolve(source).map_err(|e| e.context(format!("model `{name}`")))?;
         let checkpoint =
             Checkpoint::open(&path, source).map_err(|e| e.context(format!("model `{name}`")))?;
         tracing::debug!(model = name, path = %path.display(), "opened checkpoint");

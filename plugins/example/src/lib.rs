@@ -24,10 +24,15 @@ impl FromConfig for Interpolate {
     fn from_config(config: &Config) -> Result<Self> {
         let alpha: f32 = config.get_or("alpha", 0.5)?;
         if !(0.0..=1.0).contains(&alpha) {
-            return Err(Error::config(format!("`alpha` must be between 0 and 1, got {alpha}")));
+            return Err(Error::config(format!(
+                "`alpha` must be between 0 and 1, got {alpha}"
+            )));
         }
         let keep: Vec<String> = config.get_or("keep_pretrained", Vec::new())?;
-        Ok(Self { alpha, keep_pretrained: keep.into_iter().collect() })
+        Ok(Self {
+            alpha,
+            keep_pretrained: keep.into_iter().collect(),
+        })
     }
 }
 
@@ -36,14 +41,21 @@ impl Algorithm for Interpolate {
         let base = pool.load_pretrained()?;
         let names = pool.model_names()?;
         if names.is_empty() {
-            return Err(Error::config("interpolate needs at least one model besides `_pretrained_`"));
+            return Err(Error::config(
+                "interpolate needs at least one model besides `_pretrained_`",
+            ));
         }
-        let others = names.iter().map(|n| pool.load_model(n)).collect::<Result<Vec<_>>>()?;
+        let others = names
+            .iter()
+            .map(|n| pool.load_model(n))
+            .collect::<Result<Vec<_>>>()?;
         // Check names and shapes up front, so a mismatch is reported before any work.
         for name in base.names()? {
             let info = base.info(&name)?;
             for (model, model_name) in others.iter().zip(&names) {
-                let other = model.info(&name).map_err(|e| e.context(format!("model `{model_name}`")))?;
+                let other = model
+                    .info(&name)
+                    .map_err(|e| e.context(format!("model `{model_name}`")))?;
                 if other.shape != info.shape {
                     return Err(Error::model(format!(
                         "tensor `{name}`: `_pretrained_` has shape {:?}, `{model_name}` has {:?}",
@@ -96,7 +108,9 @@ impl StateDict for Lazy {
             }
         }
         // Written back in the input dtype (f32, f16 or bf16).
-        Ok(Cow::Owned(fusion_plugin_api::f32_to_bytes(&out, info.dtype)?))
+        Ok(Cow::Owned(fusion_plugin_api::f32_to_bytes(
+            &out, info.dtype,
+        )?))
     }
 
     fn file_names(&self) -> Result<Vec<String>> {

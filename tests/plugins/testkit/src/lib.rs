@@ -52,7 +52,9 @@ pub struct Probe {
 
 impl FromConfig for Probe {
     fn from_config(config: &Config) -> Result<Self> {
-        Ok(Self { config: config.value().clone() })
+        Ok(Self {
+            config: config.value().clone(),
+        })
     }
 }
 
