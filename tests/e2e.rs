@@ -721,3 +721,87 @@ fn missing_and_truncated_checkpoints_are_named() {
         assert!(!work.path().join("merged").exists());
     }
 }
+
+#[test]
+fn embed_matches_the_transformers_golden_outputs() {
+    let golden_dir = root().join("plugins/clip/tests/data/clip-tiny");
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("emb.safetensors");
+    let run = run_host(
+        work.path(),
+        &[
+            "--device",
+            "cpu",
+            "embed",
+            "--model",
+            golden_dir.join("model").to_str().unwrap(),
+            "--inputs",
+            golden_dir.join("golden.safetensors").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("error"),
+        "stderr carries no errors: {}",
+        run.stderr
+    );
+    let golden = read_f32(&golden_dir.join("golden.safetensors"));
+    let got = read_f32(&out);
+    for name in [
+        "image_embeds",
+        "text_embeds",
+        "logits_per_image",
+        "pixel_values",
+    ] {
+        let g = golden.iter().find(|t| t.0 == name).unwrap();
+        let o = got
+            .iter()
+            .find(|t| t.0 == name)
+            .unwrap_or_else(|| panic!("{name} not written"));
+        assert_eq!(g.1, o.1, "{name} shape");
+        let worst =
+            g.2.iter()
+                .zip(&o.2)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+        assert!(worst <= 1e-4, "{name}: max abs error {worst}");
+    }
+
+    // From the PNG files and the texts, through fusion-host's own preprocessing and tokenizer.
+    let images: Vec<String> = (0..6)
+        .map(|i| {
+            golden_dir
+                .join(format!("images/{i}.png"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    let mut args = vec!["--device", "cpu", "embed", "--model"];
+    let model = golden_dir.join("model").display().to_string();
+    args.push(&model);
+    args.push("--images");
+    args.extend(images.iter().map(String::as_str));
+    args.extend([
+        "--texts",
+        "a photo of a t-shirt.",
+        "a photo of a trouser.",
+        "--out",
+    ]);
+    let out2 = work.path().join("emb2.safetensors").display().to_string();
+    args.push(&out2);
+    let run = run_host(work.path(), &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = read_f32(Path::new(&out2));
+    let g = golden.iter().find(|t| t.0 == "image_embeds").unwrap();
+    let o = got.iter().find(|t| t.0 == "image_embeds").unwrap();
+    let worst =
+        g.2.iter()
+            .zip(&o.2)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+    assert!(worst <= 1e-4, "image_embeds from PNGs: {worst}");
+    let logits = got.iter().find(|t| t.0 == "logits_per_image").unwrap();
+    assert_eq!(logits.1, vec![6, 2]);
+}

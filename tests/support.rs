@@ -242,6 +242,10 @@ pub fn read_f32(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
                     .chunks_exact(2)
                     .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
                     .collect(),
+                safetensors::Dtype::I64 => data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+                    .collect(),
                 other => panic!("unexpected dtype {other:?}"),
             };
             (name, view.shape().to_vec(), values)

@@ -86,6 +86,27 @@ enum Command {
     Plugins,
     /// List the GPU adapters: backend, type, driver and the limits that matter.
     Devices,
+    /// CLIP embeddings of images and/or texts from a Hugging Face CLIP checkpoint, on the compute
+    /// device: writes `image_embeds`, `text_embeds` (L2-normalized), `logits_per_image` when both
+    /// are given, and the `pixel_values` / `input_ids` / `attention_mask` used.
+    Embed {
+        /// The CLIPModel checkpoint folder (config.json, model.safetensors, tokenizer.json,
+        /// preprocessor_config.json).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// PNG or JPEG files.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        images: Vec<PathBuf>,
+        /// Texts to encode.
+        #[arg(long, value_name = "TEXT", num_args = 1..)]
+        texts: Vec<String>,
+        /// Ready inputs: `pixel_values` and/or `input_ids` (+ `attention_mask`), as from Python.
+        #[arg(long, value_name = "FILE.safetensors")]
+        inputs: Option<PathBuf>,
+        /// Where to write the outputs.
+        #[arg(long, value_name = "FILE.safetensors")]
+        out: PathBuf,
+    },
 }
 
 /// Hydra's two-letter short options (`-cn`, `-cp`, `-cd`) are not expressible in clap; map them
@@ -112,6 +133,24 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Devices) => {
             logging::no_file();
             crate::device::list();
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Embed {
+            model,
+            images,
+            texts,
+            inputs,
+            out,
+        }) => {
+            logging::no_file();
+            crate::embed::run(&crate::embed::EmbedRequest {
+                model,
+                images,
+                texts,
+                inputs,
+                out,
+                device: crate::device::parse_choice(&cli.device)?,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         None => {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod device;
+mod embed;
 mod error;
 mod logging;
 mod paths;
@@ -16,6 +17,7 @@ mod targets;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    quiet_mesa();
     match cli::run() {
         Ok(code) => code,
         Err(err) => {
@@ -26,3 +28,26 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Mesa's Vulkan drivers print "error: XDG_RUNTIME_DIR is invalid or not set" when the variable is
+/// missing (as in CI and containers), though compute needs no display. Point it at a private
+/// folder first, so stderr only carries fusion-host's own messages. Runs before any thread
+/// starts, so setting the environment is sound.
+#[cfg(unix)]
+fn quiet_mesa() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+    let dir = std::env::temp_dir().join(format!("fusion-host-runtime-{user}"));
+    let made = std::fs::create_dir_all(&dir).is_ok() && {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok()
+    };
+    if made {
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
+}
+
+#[cfg(not(unix))]
+fn quiet_mesa() {}
