@@ -127,6 +127,26 @@ fn compose(req: &RunRequest) -> anyhow::Result<fusion_config::Composed> {
     })?)
 }
 
+/// A per-task table of a FusionBench-shaped report (`{task: {accuracy, loss}, ..., average}`),
+/// or None when the report has no accuracies.
+fn task_table(report: &Json) -> Option<String> {
+    let rows: Vec<(&String, f64, Option<f64>)> = report
+        .as_object()?
+        .iter()
+        .filter_map(|(k, v)| Some((k, v.get("accuracy")?.as_f64()?, v.get("loss").and_then(Json::as_f64))))
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+    let mut out = format!("{:<width$}  {:>9}  {:>8}\n", "task", "accuracy", "loss");
+    for (task, acc, loss) in rows {
+        let loss = loss.map(|l| format!("{l:.4}")).unwrap_or_default();
+        out.push_str(&format!("{task:<width$}  {:>8.2}%  {loss:>8}\n", acc * 100.0));
+    }
+    Some(out)
+}
+
 /// Run the program; returns the report, or None for `--cfg` / `dry_run`.
 pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     let mut profiler = Profiler::default();
@@ -315,6 +335,9 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     if let Some(path) = &report_path {
         write_atomic(path, text.as_bytes())?;
         tracing::info!(path = %path.display(), "report saved");
+    }
+    if let Some(table) = task_table(&report) {
+        progress::suspend(|| eprint!("{table}"));
     }
     progress::suspend(|| eprint!("{}", profiler.summary()));
     Ok(Some(report))

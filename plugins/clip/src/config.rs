@@ -188,6 +188,21 @@ impl CheckpointConfig {
         Self::from_json_str(&text, path)
     }
 
+    /// Reads the `config.json` carried by a plugin-api [`fusion_plugin_api::Model`] (model
+    /// pools attach it as an auxiliary file).
+    pub fn from_model(model: &fusion_plugin_api::Model) -> Result<Self> {
+        let path = Path::new("<model>/config.json");
+        let bytes = model.file("config.json").map_err(|e| ClipError::Config {
+            path: path.to_path_buf(),
+            message: format!("the model carries no config.json: {e}"),
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| ClipError::Config {
+            path: path.to_path_buf(),
+            message: format!("not UTF-8: {e}"),
+        })?;
+        Self::from_json_str(&text, path)
+    }
+
     /// Parses the text of a `config.json`; `path` is only used in error messages.
     pub fn from_json_str(text: &str, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();

@@ -136,6 +136,36 @@ pub enum ClipError {
         /// What the decoder said.
         message: String,
     },
+    /// A tensor of a [`fusion_plugin_api::Model`] could not be read.
+    #[error("cannot read tensor `{name}` of model {}: {source}", model.display())]
+    StateDict {
+        /// The tensor name.
+        name: String,
+        /// The description of the model (e.g. `merged model`).
+        model: PathBuf,
+        /// What the state dict reported.
+        #[source]
+        source: fusion_plugin_api::Error,
+    },
+
+    /// A GPU call (tensor creation, kernel launch, read-back) failed.
+    #[error("GPU {op}: {source}")]
+    Compute {
+        /// The operation, with the shapes involved.
+        op: String,
+        /// What the compute handle reported.
+        #[source]
+        source: fusion_plugin_api::Error,
+    },
+
+    /// A job does not fit the compute device's limits (binding size, workgroups, invocations).
+    #[error("{op}: {message}")]
+    DeviceLimit {
+        /// The operation.
+        op: String,
+        /// Which limit, the value needed and the device's maximum.
+        message: String,
+    },
 }
 
 fn format_named_shapes(tensors: &[(String, Vec<usize>)]) -> String {
@@ -147,6 +177,12 @@ fn format_named_shapes(tensors: &[(String, Vec<usize>)]) -> String {
 }
 
 impl ClipError {
+    /// Wraps a compute-handle error with the operation that raised it.
+    pub(crate) fn compute(op: impl Into<String>) -> impl FnOnce(fusion_plugin_api::Error) -> Self {
+        let op = op.into();
+        move |source| ClipError::Compute { op, source }
+    }
+
     /// Shorthand for an [`ClipError::Input`] error.
     pub(crate) fn input(op: &'static str, message: impl Into<String>) -> Self {
         ClipError::Input {

@@ -8,6 +8,8 @@
 //! the WGSL kernels are tested against; the crate's tests check it against golden outputs of
 //! transformers (`tests/data/clip-tiny`).
 //!
+//! The [`gpu`] module runs the same model as WGSL kernels through the host's compute handle.
+//!
 //! Weights load strictly: a missing, mis-shaped or unused tensor is an error naming it; nothing
 //! is silently initialized.
 //!
@@ -32,6 +34,7 @@
 mod config;
 mod encoder;
 mod error;
+pub mod gpu;
 mod image;
 mod model;
 mod nn;

@@ -214,11 +214,16 @@ impl ClipTextTransformer {
     /// of the largest id (`<|endoftext|>` has the largest id of CLIP's vocabulary); otherwise
     /// the first position equal to `eos_token_id`, or 0 when there is none (torch's argmax of an
     /// all-zero row).
-    fn pooling_position(&self, ids: &[u32]) -> usize {
-        match self.config.eos_token_id {
-            Some(2) | None => first_argmax(ids.iter().copied()),
-            Some(eos) => ids.iter().position(|&id| i64::from(id) == eos).unwrap_or(0),
-        }
+    pub(crate) fn pooling_position(&self, ids: &[u32]) -> usize {
+        pooling_position(self.config.eos_token_id, ids)
+    }
+}
+
+/// See [`ClipTextTransformer::pooling_position`]; shared with the GPU tower.
+pub(crate) fn pooling_position(eos_token_id: Option<i64>, ids: &[u32]) -> usize {
+    match eos_token_id {
+        Some(2) | None => first_argmax(ids.iter().copied()),
+        Some(eos) => ids.iter().position(|&id| i64::from(id) == eos).unwrap_or(0),
     }
 }
 

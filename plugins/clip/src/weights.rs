@@ -13,6 +13,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use fusion_plugin_api::{DType, Model};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
@@ -40,6 +41,8 @@ enum Source {
     },
     /// A tensor handed over in memory (e.g. a freshly merged model).
     Owned(Tensor),
+    /// A tensor of the store's plugin-api model, read (and converted to f32) when asked for.
+    Model(DType),
 }
 
 struct Entry {
@@ -52,6 +55,8 @@ pub struct WeightStore {
     checkpoint: PathBuf,
     files: Vec<MappedFile>,
     entries: BTreeMap<String, Entry>,
+    /// The state dict behind [`Source::Model`] entries.
+    model: Option<Model>,
     // A Mutex rather than a RefCell so the store stays `Sync`; loading is single-threaded, so
     // it is never contended.
     used: Mutex<BTreeSet<String>>,
@@ -107,6 +112,7 @@ impl WeightStore {
             checkpoint: checkpoint.as_ref().to_path_buf(),
             files: Vec::new(),
             entries: BTreeMap::new(),
+            model: None,
             used: Mutex::new(BTreeSet::new()),
         };
         for path in files {
@@ -135,8 +141,42 @@ impl WeightStore {
             checkpoint: description.as_ref().to_path_buf(),
             files: Vec::new(),
             entries,
+            model: None,
             used: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Wraps a plugin-api [`Model`] (a lazy state dict, e.g. a merged model handed over by
+    /// another plugin) so models load from it exactly as from a checkpoint: names and shapes are
+    /// listed now, each tensor is read and converted to f32 only when a model asks for it, and
+    /// the same missing / mis-shaped / unused checks apply. `description` names it in errors.
+    pub fn from_model(description: impl AsRef<Path>, model: &Model) -> Result<Self> {
+        let checkpoint = description.as_ref().to_path_buf();
+        let err = |name: &str| {
+            let checkpoint = checkpoint.clone();
+            let name = name.to_string();
+            move |source| ClipError::StateDict {
+                name,
+                model: checkpoint,
+                source,
+            }
+        };
+        let mut entries = BTreeMap::new();
+        for name in model.names().map_err(err("<names>"))? {
+            let info = model.info(&name).map_err(err(&name))?;
+            let entry = Entry {
+                shape: info.shape,
+                source: Source::Model(info.dtype),
+            };
+            entries.insert(name, entry);
+        }
+        Ok(Self {
+            checkpoint,
+            files: Vec::new(),
+            entries,
+            model: Some(model.clone()),
+            used: Mutex::new(BTreeSet::new()),
+        })
     }
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
@@ -166,7 +206,7 @@ impl WeightStore {
             if let Some(previous) = self.entries.get(&name) {
                 let first = match &previous.source {
                     Source::Mapped { file, .. } => self.files[*file].path.clone(),
-                    Source::Owned(_) => self.checkpoint.clone(),
+                    Source::Owned(_) | Source::Model(_) => self.checkpoint.clone(),
                 };
                 return Err(ClipError::DuplicateTensor {
                     name,
@@ -241,6 +281,25 @@ impl WeightStore {
         }
         let tensor = match &entry.source {
             Source::Owned(t) => t.clone(),
+            Source::Model(dtype) => {
+                if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+                    return Err(ClipError::UnsupportedDtype {
+                        name: name.to_string(),
+                        dtype: dtype.to_string(),
+                        file: self.checkpoint.clone(),
+                    });
+                }
+                let model = self
+                    .model
+                    .as_ref()
+                    .expect("Model entries come with their model");
+                let (data, _) = model.to_f32(name).map_err(|source| ClipError::StateDict {
+                    name: name.to_string(),
+                    model: self.checkpoint.clone(),
+                    source,
+                })?;
+                Tensor::new(entry.shape.clone(), data)?
+            }
             Source::Mapped {
                 file,
                 dtype,
@@ -309,7 +368,7 @@ impl WeightStore {
     fn file_of(&self, entry: &Entry) -> &Path {
         match &entry.source {
             Source::Mapped { file, .. } => &self.files[*file].path,
-            Source::Owned(_) => &self.checkpoint,
+            Source::Owned(_) | Source::Model(_) => &self.checkpoint,
         }
     }
 }

@@ -1,0 +1,42 @@
+//! CLIP on the GPU: the vision and text towers as WGSL kernels (`shaders/nn_*.wgsl`) launched
+//! through the host's [`Compute`](fusion_plugin_api::Compute) handle, so a plugin that only
+//! sees `&dyn Compute` can run them.
+//!
+//! Weights are uploaded once as f32 tensors (from a [`WeightStore`](crate::WeightStore), a
+//! plugin-api [`Model`](fusion_plugin_api::Model), or a CPU model); activations stay on the
+//! device, and only the requested outputs are read back. The CPU forward pass of this crate is
+//! the reference every kernel and tower is tested against.
+//!
+//! Limits come from the device: a batch whose activations would exceed one storage binding is
+//! split into passes ([`GpuClipVision::max_batch`]), workgroups are spread over x/y/z, and a
+//! weight too large for one binding is an error naming it.
+//!
+//! ```no_run
+//! # fn demo(compute: &dyn fusion_plugin_api::Compute, merged: &fusion_plugin_api::Model,
+//! #         pixels: &fusion_clip::Tensor, prompts: &fusion_clip::TokenBatch) -> fusion_clip::Result<()> {
+//! use fusion_clip::gpu::{GpuClipModel, GpuClipVision};
+//! use fusion_clip::{CheckpointConfig, WeightStore};
+//!
+//! let dir = std::path::Path::new("clip-vit-base-patch32");
+//! let CheckpointConfig::Clip(config) = CheckpointConfig::from_file(dir.join("config.json"))? else {
+//!     unreachable!("a CLIPModel checkpoint")
+//! };
+//! // The text side once: zero-shot head from the class prompts.
+//! let clip = GpuClipModel::load_text_only(compute, &WeightStore::open_dir(dir)?, &config)?;
+//! let head = clip.encode_texts(prompts)?;
+//! // Each merged vision tower, read lazily from the state dict.
+//! let vision = GpuClipVision::from_model(compute, merged, &config.vision_config)?;
+//! let image_embeds = clip.encode_images_with(&vision, pixels)?;
+//! let logits = clip.logits(&image_embeds, &head)?; // [images, classes]
+//! # let _ = logits; Ok(()) }
+//! ```
+
+mod encoder;
+mod model;
+pub mod ops;
+mod text;
+mod vision;
+
+pub use model::GpuClipModel;
+pub use text::GpuClipText;
+pub use vision::GpuClipVision;

@@ -1,0 +1,232 @@
+//! A whole `CLIPModel` on the GPU, or its text side alone (text tower, both projections and
+//! `logit_scale`) for scoring vision towers loaded separately.
+
+use fusion_plugin_api::Compute;
+
+use crate::config::ClipConfig;
+use crate::error::{ClipError, Result};
+use crate::gpu::encoder::{GpuLinear, Uploaded};
+use crate::gpu::ops::GpuBuffer;
+use crate::gpu::text::GpuClipText;
+use crate::gpu::vision::{passes, GpuClipVision};
+use crate::model::{ClipModel, ClipOutput};
+use crate::nn::Linear;
+use crate::tensor::{l2_normalize_rows, matmul_transposed, Tensor};
+use crate::text::{ClipTextTransformer, TokenBatch};
+use crate::weights::WeightStore;
+
+/// `CLIPModel` with its weights on the compute device; the vision tower is optional, so a task
+/// pool can keep the text side (zero-shot heads, projections, logit scale) and score any number
+/// of merged vision towers ([`GpuClipVision`]) with [`GpuClipModel::encode_images_with`].
+///
+/// Embeddings are projected on the device; only the `[batch, projection_dim]` features are read
+/// back, and their L2 normalization and the logits (a few thousand values) are computed on the
+/// host with the CPU reference's own functions.
+pub struct GpuClipModel<'c> {
+    c: &'c dyn Compute,
+    config: ClipConfig,
+    text: GpuClipText<'c>,
+    vision: Option<GpuClipVision<'c>>,
+    /// Owns (and on drop releases) the projections.
+    _weights: Uploaded<'c>,
+    visual_projection: GpuLinear,
+    text_projection: GpuLinear,
+    logit_scale: f32,
+}
+
+impl<'c> GpuClipModel<'c> {
+    /// Loads a full `CLIPModel` from a checkpoint's weights; every tensor must be used (as
+    /// [`ClipModel::load`]).
+    pub fn load(c: &'c dyn Compute, store: &WeightStore, config: &ClipConfig) -> Result<Self> {
+        Self::from_cpu(c, &ClipModel::load(store, config)?)
+    }
+
+    /// Loads the text tower, both projections and `logit_scale` of a `CLIPModel` checkpoint,
+    /// leaving out the vision tower (its `vision_model.*` tensors are not read). Every other
+    /// tensor must be present, well shaped and used.
+    pub fn load_text_only(
+        c: &'c dyn Compute,
+        store: &WeightStore,
+        config: &ClipConfig,
+    ) -> Result<Self> {
+        let root = store.root();
+        let text = ClipTextTransformer::load(&root.pp("text_model"), &config.text_config)?;
+        let proj = config.projection_dim;
+        let visual = Linear::load_no_bias(
+            &root.pp("visual_projection"),
+            config.vision_config.hidden_size,
+            proj,
+        )?;
+        let textp = Linear::load_no_bias(
+            &root.pp("text_projection"),
+            config.text_config.hidden_size,
+            proj,
+        )?;
+        let logit_scale = store.get("logit_scale", &[])?.data()[0];
+        store.check_all_used(|name| !name.starts_with("vision_model."))?;
+        Self::build(c, config, &text, None, &visual, &textp, logit_scale)
+    }
+
+    /// Uploads a CPU model (both towers).
+    pub fn from_cpu(c: &'c dyn Compute, model: &ClipModel) -> Result<Self> {
+        let vision = GpuClipVision::from_cpu(c, model.vision_model())?;
+        Self::build(
+            c,
+            model.config(),
+            model.text_model(),
+            Some(vision),
+            model.visual_projection(),
+            model.text_projection(),
+            model.logit_scale(),
+        )
+    }
+
+    fn build(
+        c: &'c dyn Compute,
+        config: &ClipConfig,
+        text: &ClipTextTransformer,
+        vision: Option<GpuClipVision<'c>>,
+        visual_projection: &Linear,
+        text_projection: &Linear,
+        logit_scale: f32,
+    ) -> Result<Self> {
+        let mut up = Uploaded::new(c);
+        let visual_projection = up.linear("visual_projection", visual_projection)?;
+        let text_projection = up.linear("text_projection", text_projection)?;
+        Ok(Self {
+            c,
+            config: config.clone(),
+            text: GpuClipText::from_cpu(c, text)?,
+            vision,
+            _weights: up,
+            visual_projection,
+            text_projection,
+            logit_scale,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    /// The text tower.
+    pub fn text_model(&self) -> &GpuClipText<'c> {
+        &self.text
+    }
+
+    /// The vision tower, unless loaded text-only.
+    pub fn vision_model(&self) -> Option<&GpuClipVision<'c>> {
+        self.vision.as_ref()
+    }
+
+    /// The stored (log) logit scale; logits are multiplied by its exponential.
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale
+    }
+
+    /// L2-normalized projected text features, `[texts, projection_dim]` (the zero-shot
+    /// classification head when the texts are class prompts).
+    pub fn encode_texts(&self, tokens: &TokenBatch) -> Result<Tensor> {
+        self.text.check_tokens(tokens)?;
+        let (batch, seq) = (tokens.batch_size, tokens.seq_len);
+        let proj = self.config.projection_dim;
+        let mut out = Vec::with_capacity(batch * proj);
+        for (start, len) in passes(batch, self.text.max_batch(seq)?) {
+            let pass = self.text.run(tokens, start, len, false)?;
+            out.extend(self.project(&self.text_projection, &pass.pooled, len)?);
+        }
+        Ok(l2_normalize_rows(&Tensor::new(vec![batch, proj], out)?))
+    }
+
+    /// L2-normalized projected image features of this model's own vision tower.
+    pub fn encode_images(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let vision = self.vision.as_ref().ok_or_else(|| {
+            ClipError::input(
+                "GpuClipModel::encode_images",
+                "this model was loaded without its vision tower; use encode_images_with",
+            )
+        })?;
+        self.encode_images_with(vision, pixel_values)
+    }
+
+    /// L2-normalized projected image features of `vision` (e.g. a merged tower), through this
+    /// model's `visual_projection`: `[images, projection_dim]`. Both must live on the same
+    /// device (tensor ids of one compute runtime), as they do when built from the same
+    /// `Context::compute` handle.
+    pub fn encode_images_with(
+        &self,
+        vision: &GpuClipVision<'_>,
+        pixel_values: &Tensor,
+    ) -> Result<Tensor> {
+        let width = vision.config().hidden_size;
+        let expected = self.config.vision_config.hidden_size;
+        if width != expected {
+            return Err(ClipError::input(
+                "GpuClipModel::encode_images_with",
+                format!("the vision tower has hidden_size {width}, visual_projection expects {expected}"),
+            ));
+        }
+        let batch = vision.check_pixels(pixel_values)?;
+        let proj = self.config.projection_dim;
+        let mut out = Vec::with_capacity(batch * proj);
+        for (start, len) in passes(batch, vision.max_batch()?) {
+            let pass = vision.run(pixel_values, start, len, None)?;
+            out.extend(self.project(&self.visual_projection, &pass.pooled, len)?);
+        }
+        Ok(l2_normalize_rows(&Tensor::new(vec![batch, proj], out)?))
+    }
+
+    /// `exp(logit_scale) * image_embeds @ text_embeds.T`, `[images, texts]`.
+    pub fn logits(&self, image_embeds: &Tensor, text_embeds: &Tensor) -> Result<Tensor> {
+        matmul_transposed(image_embeds, text_embeds, self.logit_scale.exp())
+    }
+
+    /// Both towers with every output read back, as [`ClipModel::forward`] (the vision tower's
+    /// hidden states are not collected).
+    pub fn forward(&self, pixel_values: &Tensor, tokens: &TokenBatch) -> Result<ClipOutput> {
+        let vision = self.vision.as_ref().ok_or_else(|| {
+            ClipError::input(
+                "GpuClipModel::forward",
+                "this model was loaded without its vision tower",
+            )
+        })?;
+        let vision_output = vision.forward(pixel_values, false)?;
+        let text_output = self.text.forward(tokens)?;
+        let image_embeds = l2_normalize_rows(
+            &self.project_host(&self.visual_projection, &vision_output.pooler_output)?,
+        );
+        let text_embeds = l2_normalize_rows(
+            &self.project_host(&self.text_projection, &text_output.pooler_output)?,
+        );
+        Ok(ClipOutput {
+            logits_per_image: self.logits(&image_embeds, &text_embeds)?,
+            logits_per_text: self.logits(&text_embeds, &image_embeds)?,
+            text_embeds,
+            image_embeds,
+            text_output,
+            vision_output,
+        })
+    }
+
+    /// `projection(pooled)` on the device, read back.
+    fn project(
+        &self,
+        projection: &GpuLinear,
+        pooled: &GpuBuffer<'_>,
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        let out = GpuBuffer::zeros(self.c, &[rows, projection.out_dim])?;
+        projection.forward(self.c, pooled.id(), out.id(), rows)?;
+        out.to_vec()
+    }
+
+    /// `projection(pooled)` for pooled outputs already on the host (the full forward pass
+    /// reads them back anyway).
+    fn project_host(&self, projection: &GpuLinear, pooled: &Tensor) -> Result<Tensor> {
+        let rows = pooled.shape().first().copied().unwrap_or(0);
+        let input = GpuBuffer::from_f32(self.c, pooled.shape(), pooled.data())?;
+        let values = self.project(projection, &input, rows)?;
+        Tensor::new(vec![rows, projection.out_dim], values)
+    }
+}

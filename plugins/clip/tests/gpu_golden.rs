@@ -1,0 +1,427 @@
+//! The GPU towers against transformers' golden outputs for the tiny random-weight checkpoint in
+//! `tests/data/clip-tiny` (the same data `golden.rs` checks the CPU forward with), on Mesa
+//! lavapipe by default (`FUSION_DEVICE` picks another adapter). Also: loading a merged vision
+//! tower from a plugin-api `Model` with strict name and shape checks, and batches split into
+//! passes when a device's storage bindings are small.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use fusion_clip::gpu::{GpuClipModel, GpuClipVision};
+use fusion_clip::{CheckpointConfig, ClipConfig, ClipError, Tensor, TokenBatch, WeightStore};
+use fusion_gpu::{DeviceChoice, LimitClamp, Runtime, RuntimeOptions};
+use fusion_plugin_api::{Compute, DType, MemoryStateDict, Model};
+use safetensors::{Dtype, SafeTensors};
+
+/// Model outputs computed from the golden inputs (the bound the CPU forward is held to).
+const MODEL_TOL: f32 = 1e-4;
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/clip-tiny")
+}
+
+fn model_dir() -> PathBuf {
+    data_dir().join("model")
+}
+
+fn choice() -> DeviceChoice {
+    match std::env::var("FUSION_DEVICE") {
+        Ok(s) => s.parse().expect("FUSION_DEVICE"),
+        Err(_) => DeviceChoice::Cpu,
+    }
+}
+
+fn open(options: RuntimeOptions) -> Runtime {
+    Runtime::new(&choice(), options).unwrap_or_else(|e| {
+        panic!(
+            "GPU tests need a wgpu adapter; none could be opened for FUSION_DEVICE={}: {e}\n\
+             Install Mesa lavapipe (apt-get install mesa-vulkan-drivers) or set FUSION_DEVICE.",
+            choice()
+        )
+    })
+}
+
+fn device() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| open(RuntimeOptions::default()))
+}
+
+struct Golden {
+    floats: HashMap<String, Tensor>,
+    ints: HashMap<String, (Vec<usize>, Vec<u32>)>,
+}
+
+impl Golden {
+    fn get() -> &'static Golden {
+        static G: OnceLock<Golden> = OnceLock::new();
+        G.get_or_init(|| {
+            let bytes = std::fs::read(data_dir().join("golden.safetensors")).unwrap();
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let mut floats = HashMap::new();
+            let mut ints = HashMap::new();
+            for (name, view) in st.tensors() {
+                let shape = view.shape().to_vec();
+                match view.dtype() {
+                    Dtype::F32 => {
+                        let data = view
+                            .data()
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                            .collect();
+                        floats.insert(name, Tensor::new(shape, data).unwrap());
+                    }
+                    Dtype::I64 => {
+                        let data = view
+                            .data()
+                            .chunks_exact(8)
+                            .map(|b| {
+                                u32::try_from(i64::from_le_bytes(b.try_into().unwrap())).unwrap()
+                            })
+                            .collect();
+                        ints.insert(name, (shape, data));
+                    }
+                    other => panic!("unexpected dtype {other:?} for {name}"),
+                }
+            }
+            Golden { floats, ints }
+        })
+    }
+
+    fn f(&self, name: &str) -> &Tensor {
+        self.floats
+            .get(name)
+            .unwrap_or_else(|| panic!("golden has no {name}"))
+    }
+
+    fn tokens(&self) -> TokenBatch {
+        let (shape, ids) = &self.ints["input_ids"];
+        let (_, mask) = &self.ints["attention_mask"];
+        TokenBatch::new(ids.clone(), mask.clone(), shape[0], shape[1]).unwrap()
+    }
+}
+
+fn clip_config() -> ClipConfig {
+    match CheckpointConfig::from_file(model_dir().join("config.json")).unwrap() {
+        CheckpointConfig::Clip(c) => c,
+        CheckpointConfig::Vision(_) => panic!("expected a CLIPModel config"),
+    }
+}
+
+fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f32) -> f32 {
+    let diff = actual
+        .max_abs_diff(expected)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    println!("{what}: max abs diff {diff:.3e}");
+    assert!(diff <= tol, "{what}: max abs diff {diff} > {tol}");
+    diff
+}
+
+/// The `vision_model.*` tensors of the tiny checkpoint as a plugin-api model (what a merging
+/// algorithm hands to the task pool), stored as `dtype`.
+fn vision_state_dict(dtype: DType) -> MemoryStateDict {
+    let store = WeightStore::open_dir(model_dir()).unwrap();
+    let mut sd = MemoryStateDict::new();
+    let names: Vec<String> = store
+        .names()
+        .filter(|n| n.starts_with("vision_model."))
+        .map(str::to_string)
+        .collect();
+    for name in names {
+        let shape = store.shape(&name).unwrap().to_vec();
+        let t = store.get(&name, &shape).unwrap();
+        sd.insert_f32(name, shape, t.data(), dtype).unwrap();
+    }
+    sd
+}
+
+#[test]
+fn gpu_vision_tower_matches_every_hidden_state() {
+    let golden = Golden::get();
+    let config = CheckpointConfig::from_file(model_dir().join("config.json")).unwrap();
+    let store = WeightStore::open_dir(model_dir()).unwrap();
+    let vision = GpuClipVision::load(device(), &store, &config).unwrap();
+    let out = vision.forward(golden.f("pixel_values"), true).unwrap();
+    let states = out.hidden_states.unwrap();
+    assert_eq!(states.len(), 4);
+    for (i, h) in states.iter().enumerate() {
+        let name = format!("vision.hidden_states.{i}");
+        assert_close(&format!("gpu {name}"), h, golden.f(&name), MODEL_TOL);
+    }
+    assert_close(
+        "gpu vision.embeddings",
+        &states[0],
+        golden.f("vision.embeddings"),
+        MODEL_TOL,
+    );
+    assert_close(
+        "gpu vision.last_hidden_state",
+        &out.last_hidden_state,
+        golden.f("vision.last_hidden_state"),
+        MODEL_TOL,
+    );
+    assert_close(
+        "gpu vision.pooler_output",
+        &out.pooler_output,
+        golden.f("vision.pooler_output"),
+        MODEL_TOL,
+    );
+    let pooled = vision.pooled(golden.f("pixel_values")).unwrap();
+    assert_close(
+        "gpu pooled()",
+        &pooled,
+        golden.f("vision.pooler_output"),
+        MODEL_TOL,
+    );
+}
+
+#[test]
+fn gpu_full_model_matches_text_outputs_embeddings_and_logits() {
+    let golden = Golden::get();
+    let store = WeightStore::open_dir(model_dir()).unwrap();
+    let model = GpuClipModel::load(device(), &store, &clip_config()).unwrap();
+    let tokens = golden.tokens();
+    let out = model.forward(golden.f("pixel_values"), &tokens).unwrap();
+    assert_close(
+        "gpu text.last_hidden_state",
+        &out.text_output.last_hidden_state,
+        golden.f("text.last_hidden_state"),
+        MODEL_TOL,
+    );
+    assert_close(
+        "gpu text.pooler_output",
+        &out.text_output.pooler_output,
+        golden.f("text.pooler_output"),
+        MODEL_TOL,
+    );
+    assert_close(
+        "gpu vision.pooler_output (CLIPModel)",
+        &out.vision_output.pooler_output,
+        golden.f("vision.pooler_output"),
+        MODEL_TOL,
+    );
+    assert_close(
+        "gpu image_embeds",
+        &out.image_embeds,
+        golden.f("image_embeds"),
+        MODEL_TOL,
+    );
+    assert_close(
+        "gpu text_embeds",
+        &out.text_embeds,
+        golden.f("text_embeds"),
+        MODEL_TOL,
+    );
+    assert_close(
+        "gpu logits_per_image",
+        &out.logits_per_image,
+        golden.f("logits_per_image"),
+        MODEL_TOL,
+    );
+
+    // The fast paths read back only the embeddings and agree with the full pass.
+    let texts = model.encode_texts(&tokens).unwrap();
+    assert_close(
+        "gpu encode_texts",
+        &texts,
+        golden.f("text_embeds"),
+        MODEL_TOL,
+    );
+    let images = model.encode_images(golden.f("pixel_values")).unwrap();
+    assert_close(
+        "gpu encode_images",
+        &images,
+        golden.f("image_embeds"),
+        MODEL_TOL,
+    );
+    let logits = model.logits(&images, &texts).unwrap();
+    assert_close(
+        "gpu logits()",
+        &logits,
+        golden.f("logits_per_image"),
+        MODEL_TOL,
+    );
+}
+
+#[test]
+fn merged_vision_model_scores_through_the_text_only_model() {
+    // FusionBench's evaluation: a merged CLIPVisionModel arrives as a lazy state dict and is
+    // scored with the pretrained CLIPModel's text side and projections.
+    let golden = Golden::get();
+    let config = clip_config();
+    let store = WeightStore::open_dir(model_dir()).unwrap();
+    let clip = GpuClipModel::load_text_only(device(), &store, &config).unwrap();
+    assert!(clip.vision_model().is_none());
+    let head = clip.encode_texts(&golden.tokens()).unwrap();
+    assert_close(
+        "text-only encode_texts",
+        &head,
+        golden.f("text_embeds"),
+        MODEL_TOL,
+    );
+    let err = clip
+        .encode_images(golden.f("pixel_values"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("without its vision tower"), "{err}");
+
+    let model = Model::new(vision_state_dict(DType::F32));
+    let vision = GpuClipVision::from_model(device(), &model, &config.vision_config).unwrap();
+    let images = clip
+        .encode_images_with(&vision, golden.f("pixel_values"))
+        .unwrap();
+    assert_close(
+        "merged (f32) image_embeds",
+        &images,
+        golden.f("image_embeds"),
+        MODEL_TOL,
+    );
+    let logits = clip.logits(&images, &head).unwrap();
+    assert_close(
+        "merged (f32) logits",
+        &logits,
+        golden.f("logits_per_image"),
+        MODEL_TOL,
+    );
+
+    // bf16 storage converts on load: close to the f32 result, not equal.
+    let model = Model::new(vision_state_dict(DType::BF16));
+    let vision = GpuClipVision::from_model(device(), &model, &config.vision_config).unwrap();
+    let images_bf16 = clip
+        .encode_images_with(&vision, golden.f("pixel_values"))
+        .unwrap();
+    let diff = images_bf16.max_abs_diff(&images).unwrap();
+    assert!(
+        diff > 0.0 && diff < 0.05,
+        "bf16 vs f32 image embeds: {diff}"
+    );
+}
+
+#[test]
+fn state_dict_loading_is_strict() {
+    let config = clip_config().vision_config;
+    let err_of = |sd: MemoryStateDict| -> ClipError {
+        match GpuClipVision::from_model(device(), &Model::new(sd), &config) {
+            Ok(_) => panic!("loading should fail"),
+            Err(e) => e,
+        }
+    };
+
+    // Missing: rebuild the state dict without one tensor.
+    let full = vision_state_dict(DType::F32);
+    let missing = "vision_model.encoder.layers.1.mlp.fc2.bias";
+    let mut sd = MemoryStateDict::new();
+    let source = Model::new(full.clone());
+    for name in source.names().unwrap().into_iter().filter(|n| n != missing) {
+        let (values, shape) = source.to_f32(&name).unwrap();
+        sd.insert_f32(name, shape, &values, DType::F32).unwrap();
+    }
+    let err = err_of(sd);
+    assert!(
+        matches!(&err, ClipError::MissingTensor { name, .. } if name == missing),
+        "{err}"
+    );
+
+    // Extra.
+    let mut sd = full.clone();
+    sd.insert_f32(
+        "vision_model.encoder.layers.3.mlp.fc1.bias",
+        vec![4],
+        &[0.0; 4],
+        DType::F32,
+    )
+    .unwrap();
+    let err = err_of(sd).to_string();
+    assert!(
+        err.contains("vision_model.encoder.layers.3.mlp.fc1.bias"),
+        "{err}"
+    );
+
+    // Mis-shaped.
+    let mut sd = full.clone();
+    sd.insert_f32(
+        "vision_model.post_layernorm.weight",
+        vec![63],
+        &[1.0; 63],
+        DType::F32,
+    )
+    .unwrap();
+    let err = err_of(sd);
+    assert!(
+        matches!(&err, ClipError::ShapeMismatch { name, actual, .. }
+            if name == "vision_model.post_layernorm.weight" && actual == &[63]),
+        "{err}"
+    );
+
+    // Not a float.
+    let mut sd = full;
+    sd.insert_bytes(
+        "vision_model.pre_layrnorm.bias",
+        DType::I32,
+        vec![64],
+        vec![0; 256],
+    )
+    .unwrap();
+    let err = err_of(sd).to_string();
+    assert!(
+        err.contains("vision_model.pre_layrnorm.bias") && err.contains("I32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn small_bindings_split_the_batch_into_passes() {
+    // 64 KiB bindings: the largest vision weight (fc1, 256 x 64 f32) just fits, and one image's
+    // largest activation (17 tokens x 256, 17 KiB) allows 3 images per pass, so the 6 golden
+    // images run in 2 passes.
+    let small = open(RuntimeOptions {
+        clamp: LimitClamp {
+            max_storage_binding_size: Some(65536),
+            max_workgroups_per_dimension: Some(16),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let golden = Golden::get();
+    let config = CheckpointConfig::from_file(model_dir().join("config.json")).unwrap();
+    let store = WeightStore::open_dir(model_dir()).unwrap();
+    let c: &dyn Compute = &small;
+    let vision = GpuClipVision::load(c, &store, &config).unwrap();
+    assert_eq!(vision.max_batch().unwrap(), 3);
+    let out = vision.forward(golden.f("pixel_values"), true).unwrap();
+    assert_close(
+        "2 passes: vision.hidden_states.3",
+        &out.hidden_states.unwrap()[3],
+        golden.f("vision.hidden_states.3"),
+        MODEL_TOL,
+    );
+    assert_close(
+        "2 passes: vision.pooler_output",
+        &out.pooler_output,
+        golden.f("vision.pooler_output"),
+        MODEL_TOL,
+    );
+    drop(vision);
+    assert_eq!(
+        small.live_tensors(),
+        0,
+        "weights and scratch tensors are released"
+    );
+
+    // Bindings below one weight: an error naming the weight and the limit.
+    let tiny = open(RuntimeOptions {
+        clamp: LimitClamp {
+            max_storage_binding_size: Some(32768),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let err = match GpuClipVision::load(&tiny, &store, &config) {
+        Ok(_) => panic!("a 48 KiB weight cannot fit 32 KiB bindings"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("vision_model.embeddings.patch_embedding.weight") && err.contains("32768"),
+        "{err}"
+    );
+}

@@ -1,0 +1,39 @@
+//! Every `shaders/nn_*.wgsl` file parses and validates with naga (no GPU needed), and every one
+//! is embedded by `fusion_clip::gpu::ops`, so what ships is what was validated.
+
+use std::path::Path;
+
+#[test]
+fn every_nn_kernel_validates_and_is_embedded() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shaders");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("nn_") && n.ends_with(".wgsl"))
+        .collect();
+    files.sort();
+    let mut embedded: Vec<&str> = fusion_clip::gpu::ops::ALL_WGSL
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    embedded.sort();
+    assert_eq!(files, embedded, "shaders/nn_*.wgsl vs ops::ALL_WGSL");
+
+    for (name, source) in fusion_clip::gpu::ops::ALL_WGSL {
+        let on_disk = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert_eq!(
+            on_disk.replace("\r\n", "\n"),
+            source.replace("\r\n", "\n"),
+            "{name}"
+        );
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name} does not validate:\n{}", e.emit_to_string(source)));
+        assert!(!module.entry_points.is_empty(), "{name} has no entry point");
+    }
+}

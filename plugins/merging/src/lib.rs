@@ -1,0 +1,133 @@
+//! # fusion-merging: FusionBench's data-free merging algorithms on the GPU
+//!
+//! The algorithms of FusionBench's core merging table, under FusionBench's names, class paths,
+//! parameters and defaults, plus mergekit's breadcrumbs and DELLA:
+//!
+//! | `_target_` | FusionBench class | parameters (defaults) |
+//! |---|---|---|
+//! | `simple_average` | `SimpleAverageAlgorithm` | — |
+//! | `weighted_average` | `WeightedAverageAlgorithm` | `weights` (required), `normalize` true |
+//! | `task_arithmetic` | `TaskArithmeticAlgorithm` | `scaling_factor` 0.3 |
+//! | `ties_merging` | `TiesMergingAlgorithm` | `scaling_factor` 0.3, `threshold` 20, `remove_keys` [], `merge_func` sum |
+//! | `dare_task_arithmetic` | `DareTaskArithmetic` | `scaling_factor` 0.3, `sparsity_ratio` 0.5, `only_on_linear_weights` false, `rescale` true, `seed` |
+//! | `dare_simple_average` | `DareSimpleAverage` | `sparsity_ratio` 0.5, `only_on_linear_weights` false, `rescale` true, `seed` |
+//! | `dare_ties_merging` | `DareTiesMerging` | as DARE, plus `scaling_factor` 0.5, `threshold` 20, `remove_keys` [], `merge_func` sum |
+//! | `slerp` | `SlerpMergeAlgorithm` | `t` 0.5, `DOT_THRESHOLD` 0.9995, `epsilon` 1e-8 |
+//! | `model_stock` | `model_stock.ModelStock` | `ignore_keys` [] |
+//! | `breadcrumbs`, `breadcrumbs_ties` | mergekit | `weights` 1, `density` 1, `gamma` 0.01, `lambda` 1, `normalize` false, `rescale` false |
+//! | `della`, `della_linear` | mergekit | `weights` 1, `density` 1, `epsilon` 0.15, `lambda` 1, `normalize` true/false, `rescale` true, `seed` |
+//!
+//! Every algorithm runs its arithmetic on the host's compute device (`ctx.compute()`; an error
+//! when there is none) with the `fusion-kernels` library, plus three small kernels of its own
+//! (`kernels/sparsify.wgsl`) for the mergekit methods. f32, f16, bf16 (and f64, computed in
+//! f32) checkpoints are merged into the input dtype, with f32 arithmetic.
+//!
+//! ## Streaming
+//!
+//! The merged model is lazy: a tensor is computed when the host asks for it, from the same
+//! tensor of every model, one model at a time, and its device buffers are released before the
+//! next. Whole-model statistics are computed first by passes over the models (TIES' trim
+//! thresholds and majority sign), and the merge uses them as scalars. So the device holds a
+//! few tensors of one key, no matter how many or how large the models are (peaks measured by
+//! the tests, reduction scratch included: 2 for averages, 4 for task arithmetic and DARE, 6
+//! for TIES and breadcrumbs, 9 for DELLA); Model Stock, whose angles are pairwise, holds the k
+//! task vectors of one key (k + 4).
+//!
+//! Models are checked before any work: every model must have the reference model's tensor
+//! names with the same shapes; a mismatch names the tensor and both models. Non-float tensors
+//! (such as integer position ids) are copied from the reference model (`_pretrained_`, or the
+//! first model for averages and SLERP).
+
+mod average;
+mod delta;
+mod device;
+mod inputs;
+mod kernels;
+mod lazy;
+mod mergekit;
+mod model_stock;
+mod params;
+mod slerp;
+mod task_arithmetic;
+mod ties;
+
+pub use average::{SimpleAverage, WeightedAverage};
+pub use kernels::wgsl_source;
+pub use mergekit::{breadcrumbs_band, Breadcrumbs, BreadcrumbsTies, Della, DellaLinear};
+pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
+pub use slerp::{slerp_coefficients, Slerp};
+pub use task_arithmetic::{DareSimpleAverage, DareTaskArithmetic, TaskArithmetic};
+pub use ties::{DareTiesMerging, TiesMerging};
+
+/// The key of DARE's and DELLA's random draws for one model's tensor (model and tensor name):
+/// masks differ between models and depend on nothing else, so they can be reproduced.
+pub fn random_key(model: &str, tensor: &str) -> u64 {
+    delta::random_key(model, tensor)
+}
+
+fusion_plugin_api::export_plugin! {
+    algorithm SimpleAverage {
+        names: ["simple_average", "fusion_bench.method.SimpleAverageAlgorithm"],
+        description: "Average of the models to merge, θ = (1/N) Σ θᵢ.",
+    }
+    algorithm WeightedAverage {
+        names: ["weighted_average", "fusion_bench.method.WeightedAverageAlgorithm"],
+        description: "Weighted average θ = Σ wᵢθᵢ, weights normalized to sum 1 unless normalize: false.",
+    }
+    algorithm TaskArithmetic {
+        names: ["task_arithmetic", "fusion_bench.method.TaskArithmeticAlgorithm"],
+        description: "Task arithmetic θ = θ₀ + λ Σ (θᵢ − θ₀).",
+    }
+    algorithm TiesMerging {
+        names: ["ties_merging", "fusion_bench.method.TiesMergingAlgorithm"],
+        description: "TIES-merging: trim each task vector to its top-k% magnitudes, elect signs, disjoint merge.",
+    }
+    algorithm DareTaskArithmetic {
+        names: [
+            "dare_task_arithmetic",
+            "fusion_bench.method.DareTaskArithmetic",
+            "fusion_bench.method.dare.DareTaskArithmetic",
+        ],
+        description: "DARE (random drop and rescale of task vectors), then task arithmetic.",
+    }
+    algorithm DareSimpleAverage {
+        names: [
+            "dare_simple_average",
+            "fusion_bench.method.DareSimpleAverage",
+            "fusion_bench.method.dare.DareSimpleAverage",
+        ],
+        description: "DARE, then task arithmetic with λ = 1/N.",
+    }
+    algorithm DareTiesMerging {
+        names: [
+            "dare_ties_merging",
+            "fusion_bench.method.DareTiesMerging",
+            "fusion_bench.method.dare.DareTiesMerging",
+        ],
+        description: "DARE, then TIES-merging of the dropped task vectors.",
+    }
+    algorithm Slerp {
+        names: ["slerp", "fusion_bench.method.SlerpMergeAlgorithm", "fusion_bench.method.slerp.SlerpMergeAlgorithm"],
+        description: "Spherical linear interpolation of each tensor of two models.",
+    }
+    algorithm ModelStock {
+        names: ["model_stock", "fusion_bench.method.model_stock.ModelStock", "fusion_bench.method.ModelStock"],
+        description: "Model Stock: interpolate the fine-tuned average towards the base by the task vectors' angle.",
+    }
+    algorithm Breadcrumbs {
+        names: ["breadcrumbs", "mergekit.breadcrumbs"],
+        description: "mergekit breadcrumbs: drop the largest and smallest task-vector entries, then task arithmetic.",
+    }
+    algorithm BreadcrumbsTies {
+        names: ["breadcrumbs_ties", "mergekit.breadcrumbs_ties"],
+        description: "mergekit breadcrumbs with TIES sign consensus.",
+    }
+    algorithm Della {
+        names: ["della", "mergekit.della"],
+        description: "mergekit DELLA: magnitude-ranked random drop (MagPrune), L1 rescale, sign consensus.",
+    }
+    algorithm DellaLinear {
+        names: ["della_linear", "mergekit.della_linear"],
+        description: "mergekit DELLA without sign consensus.",
+    }
+}

@@ -1,0 +1,486 @@
+//! `ties_merging` (FusionBench `TiesMergingAlgorithm`) and `dare_ties_merging`
+//! (`DareTiesMerging`), streamed.
+//!
+//! FusionBench flattens every task vector into one row and keeps, per model, the entries with
+//! `|τ| >=` the k-th value of the whole row; entries whose elected sign `sign(Σ trimmed)` is 0
+//! take the majority sign of the whole model. Both are whole-model statistics, so `run` makes
+//! passes over the models before the lazy merge:
+//!
+//! 1. thresholds: a radix select over the bits of `|τ|` (the kernel library's
+//!    `radix_histogram`, four passes of one byte each), fed one tensor of one model at a time
+//!    into one 256-bin histogram per model (2 KiB each, all in one device tensor), so nothing
+//!    but a tensor and the histograms is on the device;
+//! 2. majority sign: the elected signs counted over every tensor (`fusion_kernels::SignVotes`).
+//!
+//! The merge of a tensor then recomputes its task vectors, one model at a time: the elected sum
+//! `S = Σ trim(τᵢ)`, then the disjoint merge accumulated model by model with the library's
+//! `ties_merge_1` / `ties_finalize` entry points. The device holds at most six tensors of one
+//! key, whatever the number of models. The price is re-reading the inputs: 4 + 1 passes in
+//! `run`, 2 per tensor in the merge. DARE task vectors are counter-based random draws, so every
+//! pass sees the same ones.
+
+use std::collections::HashSet;
+
+use fusion_kernels::{dispatch_1d, dtype_code, workgroup_size, Chunk, SignVotes, TiesMerge};
+use fusion_plugin_api::prelude::*;
+use fusion_plugin_api::{Binding, TensorInfo};
+
+use crate::delta::Delta;
+use crate::device::{kernel_dtype, upload, Gpu};
+use crate::inputs::Inputs;
+use crate::lazy::{Merged, TensorMerge};
+use crate::params;
+use crate::task_arithmetic::DareConfig;
+
+/// TIES-merging: `scaling_factor` 0.3, `threshold` 20 (percent kept; values ≤ 1 are fractions),
+/// `remove_keys` [] (kept at the pretrained values), `merge_func` `sum` (or `mean`, `max`).
+pub struct TiesMerging {
+    settings: TiesSettings,
+}
+
+/// DARE, then TIES-merging on the dropped task vectors: `sparsity_ratio` 0.5, `rescale` true,
+/// `only_on_linear_weights` false, `seed`, `scaling_factor` 0.5, `threshold` 20,
+/// `remove_keys` [], `merge_func` `sum`.
+pub struct DareTiesMerging {
+    settings: TiesSettings,
+    dare: DareConfig,
+}
+
+#[derive(Clone, Debug)]
+struct TiesSettings {
+    scaling_factor: f64,
+    threshold: f64,
+    remove_keys: HashSet<String>,
+    merge_func: TiesMerge,
+}
+
+impl TiesSettings {
+    fn read(config: &Config, default_scaling: f64) -> Result<Self> {
+        let threshold: f64 = config.get_or("threshold", 20.0)?;
+        if !(0.0..=100.0).contains(&threshold) {
+            return Err(Error::config(format!(
+                "{}: `threshold` is the percentage of entries kept, in [0, 100]; got {threshold}",
+                config.target()
+            )));
+        }
+        let merge_func: String = config.get_or("merge_func", "sum".to_string())?;
+        Ok(TiesSettings {
+            scaling_factor: config.get_or("scaling_factor", default_scaling)?,
+            threshold,
+            remove_keys: config
+                .get_or::<Vec<String>>("remove_keys", Vec::new())?
+                .into_iter()
+                .collect(),
+            merge_func: merge_func
+                .parse()
+                .map_err(|e: Error| e.context(config.target()))?,
+        })
+    }
+}
+
+impl FromConfig for TiesMerging {
+    fn from_config(config: &Config) -> Result<Self> {
+        Ok(TiesMerging {
+            settings: TiesSettings::read(config, 0.3)?,
+        })
+    }
+}
+
+impl Algorithm for TiesMerging {
+    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
+        run(pool, ctx, "ties_merging", &self.settings, Delta::Plain)
+    }
+}
+
+impl FromConfig for DareTiesMerging {
+    fn from_config(config: &Config) -> Result<Self> {
+        Ok(DareTiesMerging {
+            settings: TiesSettings::read(config, 0.5)?,
+            dare: DareConfig::read(config)?,
+        })
+    }
+}
+
+impl Algorithm for DareTiesMerging {
+    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
+        let name = "dare_ties_merging";
+        params::compute(ctx, name)?;
+        run(pool, ctx, name, &self.settings, self.dare.delta(ctx, name))
+    }
+}
+
+fn run(
+    pool: &dyn ModelPool,
+    ctx: &Context,
+    algorithm: &str,
+    s: &TiesSettings,
+    delta: Delta,
+) -> Result<Model> {
+    let c = params::compute(ctx, algorithm)?;
+    let inputs = Inputs::open(pool, algorithm, true, 1)?;
+    for key in &s.remove_keys {
+        if inputs.info(key).is_err() {
+            tracing::warn!(
+                "{algorithm}: `remove_keys` names `{key}`, which the models do not have"
+            );
+        }
+    }
+    let mut keys = Vec::new();
+    for name in inputs.names()? {
+        let info = inputs.info(&name)?;
+        if info.dtype.is_float() && info.numel() > 0 && !s.remove_keys.contains(&name) {
+            keys.push((name, info));
+        }
+    }
+    let sweep = Sweep {
+        c,
+        inputs: &inputs,
+        keys: &keys,
+        delta,
+    };
+    let thresholds = sweep.thresholds(ctx, s.threshold)?;
+    let majority = sweep.majority(ctx, &thresholds)?;
+    tracing::info!(?thresholds, majority, merge_func = ?s.merge_func, "{algorithm}: trimmed and elected");
+    let merge = TiesTensor {
+        inputs: inputs.clone(),
+        thresholds,
+        majority,
+        merge: s.merge_func,
+        lambda: s.scaling_factor as f32,
+        delta,
+        removed: s.remove_keys.clone(),
+    };
+    Ok(Merged::model(ctx, inputs, merge))
+}
+
+/// One pass over every kept tensor of every model.
+struct Sweep<'a> {
+    c: &'a dyn Compute,
+    inputs: &'a Inputs,
+    keys: &'a [(String, TensorInfo)],
+    delta: Delta,
+}
+
+impl Sweep<'_> {
+    /// Visit each key, then each model's task vector of it (model index, task vector).
+    fn each(
+        &self,
+        mut f: impl FnMut(usize, &str, &Gpu<'_>) -> Result<()>,
+        mut after_key: impl FnMut(&str) -> Result<()>,
+    ) -> Result<()> {
+        let c = self.c;
+        let b = self.inputs.base();
+        for (name, info) in self.keys {
+            let base = upload(c, &b.model, &b.name, name)?;
+            for (i, m) in self.inputs.models.iter().enumerate() {
+                let x = upload(c, &m.model, &m.name, name)?;
+                let tv = self.delta.compute(c, &x, &base, &m.name, name, info)?;
+                drop(x);
+                f(i, name, &tv)
+                    .map_err(|e| e.context(format!("tensor `{name}` of `{}`", m.name)))?;
+            }
+            after_key(name)?;
+        }
+        Ok(())
+    }
+
+    /// Each model's trim threshold: its task vector keeps `|τ| >= threshold`, the k-th largest
+    /// magnitude over all kept tensors with FusionBench's k (see `topk_rank_from_top`).
+    fn thresholds(&self, ctx: &Context, k_param: f64) -> Result<Vec<f32>> {
+        let n = self.inputs.models.len();
+        let d: u64 = self.keys.iter().map(|(_, i)| i.numel() as u64).sum();
+        let Some(rank) = fusion_kernels::topk_rank_from_top(d, k_param) else {
+            return Ok(vec![0.0; n]);
+        };
+        let progress = ctx.progress("TIES thresholds", 4 * self.keys.len() as u64);
+        let mut prefix = vec![0u32; n];
+        let mut mask = vec![0u32; n];
+        let mut remaining = vec![rank; n];
+        for shift in [24u32, 16, 8, 0] {
+            // One tensor holds every model's histogram (2 KiB each, at aligned offsets).
+            let stride = hist_stride(self.c);
+            let hists = Gpu::zeros(self.c, DType::U32, &[n * stride as usize / 4])?;
+            self.each(
+                |i, _, tv| radix_histogram(self.c, &hists, i, tv, shift, prefix[i], mask[i]),
+                |_| {
+                    progress.advance(1);
+                    Ok(())
+                },
+            )?;
+            let all = self.c.read(hists.id())?;
+            for i in 0..n {
+                let at = i * stride as usize;
+                let bytes = &all[at..at + HIST_BYTES as usize];
+                let words: Vec<u32> = bytes
+                    .chunks_exact(4)
+                    .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                    .collect();
+                let (bin, rest) = pick_bin(&words, remaining[i]).ok_or_else(|| {
+                    Error::compute(format!(
+                        "TIES threshold of `{}`: the histogram at shift {shift} counts fewer than {} entries",
+                        self.inputs.models[i].name, remaining[i]
+                    ))
+                })?;
+                prefix[i] |= bin << shift;
+                mask[i] |= 0xff << shift;
+                remaining[i] = rest;
+            }
+        }
+        Ok(prefix.into_iter().map(f32::from_bits).collect())
+    }
+
+    /// The majority sign: `sign(Σ elected signs)` over every entry of the model.
+    fn majority(&self, ctx: &Context, thresholds: &[f32]) -> Result<f32> {
+        let c = self.c;
+        let progress = ctx.progress("TIES sign election", self.keys.len() as u64);
+        let votes = SignVotes::new(c)?;
+        // The elected sum of the current key; both callbacks need it.
+        let s: std::cell::RefCell<Option<Gpu<'_>>> = std::cell::RefCell::new(None);
+        let infos: std::collections::HashMap<&str, &TensorInfo> =
+            self.keys.iter().map(|(n, i)| (n.as_str(), i)).collect();
+        self.each(
+            |i, name, tv| {
+                let mut s = s.borrow_mut();
+                if i == 0 {
+                    *s = Some(Gpu::zeros(c, DType::F32, &infos[name].shape)?);
+                }
+                add_trimmed(
+                    c,
+                    s.as_ref().expect("created for the first model"),
+                    tv,
+                    thresholds[i],
+                )
+            },
+            |_| {
+                // S is counted as it is: a threshold of 0 trims nothing.
+                if let Some(s) = s.borrow_mut().take() {
+                    votes.add(&[s.id()], &[0.0])?;
+                }
+                progress.advance(1);
+                Ok(())
+            },
+        )?;
+        votes.majority_sign()
+    }
+}
+
+/// `S += trim(τ)` (the elected sum, model by model, as FusionBench's `sum(dim=0)`).
+fn add_trimmed(c: &dyn Compute, s: &Gpu<'_>, tv: &Gpu<'_>, threshold: f32) -> Result<()> {
+    let t = Gpu::adopt(
+        c,
+        fusion_kernels::ties_elected_sum(c, &[tv.id()], &[threshold])?,
+    );
+    fusion_kernels::accumulate(c, s.id(), &[(t.id(), 1.0)])
+}
+
+/// Uniform words padded to 16 bytes.
+fn words(values: &[u32]) -> Vec<u8> {
+    let mut out: Vec<u8> = values.iter().flat_map(|w| w.to_le_bytes()).collect();
+    out.resize(out.len().div_ceil(16) * 16, 0);
+    out
+}
+
+/// Bytes of one model's histogram: 256 bins of 64-bit counts.
+const HIST_BYTES: u64 = 2048;
+
+/// The distance between two models' histograms in the shared tensor: a multiple of the
+/// device's storage offset alignment (WebGPU caps it at 256, so normally 2048).
+fn hist_stride(c: &dyn Compute) -> u64 {
+    HIST_BYTES.max(u64::from(c.limits().min_storage_offset_alignment))
+}
+
+/// One pass of the library's radix select over one f32 tensor, into histogram `slot` of
+/// `hist` (512 words each: 256 64-bit bins). Bindings and parameters as documented in
+/// `shaders/select.wgsl`.
+fn radix_histogram(
+    c: &dyn Compute,
+    hist: &Gpu<'_>,
+    slot: usize,
+    x: &Gpu<'_>,
+    shift: u32,
+    prefix: u32,
+    mask: u32,
+) -> Result<()> {
+    let (dtype, shape) = c.describe(x.id())?;
+    let n: u64 = shape.iter().map(|&d| d as u64).product();
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let constants = [
+        ("WG", f64::from(wg)),
+        ("X_DTYPE", dtype_code("radix_histogram", dtype)?),
+    ];
+    for ch in fusion_kernels::chunks(&l, n) {
+        c.dispatch(&KernelCall {
+            label: "radix_select",
+            source: fusion_kernels::wgsl::SELECT,
+            entry_point: "radix_histogram",
+            constants: &constants,
+            bindings: &[
+                Binding::write(hist.id()).range(slot as u64 * hist_stride(c), HIST_BYTES),
+                ch.binding(x.id(), dtype, true),
+            ],
+            uniforms: &words(&[ch.len as u32, shift, prefix, mask]),
+            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+        })?;
+    }
+    Ok(())
+}
+
+/// From 256 (lo, hi) bin counters, the bin holding the `k`-th largest (scanning from the top)
+/// and the rank of the target within it.
+fn pick_bin(words: &[u32], mut k: u64) -> Option<(u32, u64)> {
+    for bin in (0..256usize).rev() {
+        let count = u64::from(words[2 * bin]) | (u64::from(words[2 * bin + 1]) << 32);
+        if k <= count {
+            return Some((bin as u32, k));
+        }
+        k -= count;
+    }
+    None
+}
+
+/// The merge of one tensor with precomputed thresholds and majority sign.
+struct TiesTensor {
+    inputs: Inputs,
+    thresholds: Vec<f32>,
+    majority: f32,
+    merge: TiesMerge,
+    lambda: f32,
+    delta: Delta,
+    removed: HashSet<String>,
+}
+
+impl TiesTensor {
+    fn merge_code(&self) -> f64 {
+        match self.merge {
+            TiesMerge::Sum => 0.0,
+            TiesMerge::Mean => 1.0,
+            TiesMerge::Max => 2.0,
+        }
+    }
+
+    /// The per-model task vectors of `name`, one at a time.
+    fn each_tv<'c>(
+        &self,
+        c: &'c dyn Compute,
+        base: &Gpu<'_>,
+        name: &str,
+        info: &TensorInfo,
+        mut f: impl FnMut(usize, &Gpu<'c>) -> Result<()>,
+    ) -> Result<()> {
+        for (i, m) in self.inputs.models.iter().enumerate() {
+            let x = upload(c, &m.model, &m.name, name)?;
+            let tv = self.delta.compute(c, &x, base, &m.name, name, info)?;
+            drop(x);
+            f(i, &tv)?;
+        }
+        Ok(())
+    }
+}
+
+impl TensorMerge for TiesTensor {
+    fn copies(&self, name: &str) -> bool {
+        self.removed.contains(name)
+    }
+
+    fn merge<'c>(&self, c: &'c dyn Compute, name: &str, info: &TensorInfo) -> Result<Gpu<'c>> {
+        let b = self.inputs.base();
+        let base = upload(c, &b.model, &b.name, name)?;
+        let s = Gpu::zeros(c, DType::F32, &info.shape)?;
+        self.each_tv(c, &base, name, info, |i, tv| {
+            add_trimmed(c, &s, tv, self.thresholds[i])
+        })?;
+
+        // Disjoint merge, one model per launch (`ties_merge_1`, accumulating after the first).
+        let n: u64 = info.numel() as u64;
+        let mean = self.merge == TiesMerge::Mean;
+        let acc_a = Gpu::zeros(c, DType::F32, &info.shape)?;
+        // The count is only read for `mean`; other modes bind a one-element placeholder.
+        let acc_c = Gpu::zeros(c, DType::F32, if mean { &info.shape } else { &[1] })?;
+        let l = c.limits();
+        let wg = workgroup_size(&l);
+        let count = |ch: &Chunk, read_only: bool| {
+            if mean {
+                ch.binding(acc_c.id(), DType::F32, read_only)
+            } else if read_only {
+                Binding::read(acc_c.id())
+            } else {
+                Binding::write(acc_c.id())
+            }
+        };
+        self.each_tv(c, &base, name, info, |i, tv| {
+            let thr = self.thresholds[i];
+            let thr_bits = if thr <= 0.0 { 0 } else { thr.to_bits() };
+            let constants = [
+                ("WG", f64::from(wg)),
+                ("ACCUMULATE", if i > 0 { 1.0 } else { 0.0 }),
+                ("MERGE", self.merge_code()),
+                ("X0_DTYPE", 0.0),
+            ];
+            for ch in fusion_kernels::chunks(&l, n) {
+                let mut uniforms = vec![ch.len as u32, self.majority.to_bits(), 0, 0, thr_bits];
+                uniforms.resize(12, 0);
+                c.dispatch(&KernelCall {
+                    label: "ties_merge",
+                    source: fusion_kernels::wgsl::TIES_MERGE,
+                    entry_point: "ties_merge_1",
+                    constants: &constants,
+                    bindings: &[
+                        ch.binding(acc_a.id(), DType::F32, false),
+                        count(&ch, false),
+                        ch.binding(s.id(), DType::F32, true),
+                        ch.binding(tv.id(), DType::F32, true),
+                    ],
+                    uniforms: &words(&uniforms),
+                    workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+                })?;
+            }
+            Ok(())
+        })?;
+        let merged = Gpu::zeros(c, DType::F32, &info.shape)?;
+        let constants = [
+            ("WG", f64::from(wg)),
+            ("MERGE", self.merge_code()),
+            ("OUT_DTYPE", 0.0),
+        ];
+        for ch in fusion_kernels::chunks(&l, n) {
+            c.dispatch(&KernelCall {
+                label: "ties_finalize",
+                source: fusion_kernels::wgsl::TIES_MERGE,
+                entry_point: "ties_finalize",
+                constants: &constants,
+                bindings: &[
+                    ch.binding(merged.id(), DType::F32, false),
+                    ch.binding(acc_a.id(), DType::F32, true),
+                    count(&ch, true),
+                    ch.binding(s.id(), DType::F32, true),
+                ],
+                uniforms: &words(&[ch.len as u32, self.majority.to_bits()]),
+                workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            })?;
+        }
+        drop((acc_a, acc_c, s));
+        let out = fusion_kernels::weighted_sum(
+            c,
+            &[(base.id(), 1.0), (merged.id(), self.lambda)],
+            kernel_dtype(info.dtype),
+        )?;
+        Ok(Gpu::adopt(c, out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_bin;
+
+    #[test]
+    fn picks_bins_from_the_top() {
+        let mut w = vec![0u32; 512];
+        w[2 * 255] = 2;
+        w[2 * 7] = 5;
+        w[2 * 7 + 1] = 1;
+        assert_eq!(pick_bin(&w, 1), Some((255, 1)));
+        assert_eq!(pick_bin(&w, 3), Some((7, 1)));
+        assert_eq!(pick_bin(&w, 3 + (1 << 32) + 5), None);
+    }
+}
