@@ -1,0 +1,296 @@
+//! Throughput of a random-weight CLIP ViT-B/32 vision tower (`GpuClipVision`) on the wgpu
+//! runtime, printed as JSON lines (one `"event": "result"` line per batch size).
+//!
+//! ```text
+//! cargo run --release -p fusion-clip --example bench_clip -- \
+//!     [--device auto|cpu|gpu|NAME] [--batches 1,32,128] [--iters N | --iters 3,2,1] [--warmup N] \
+//!     [--warmup-each]
+//! ```
+//!
+//! The tower is `CLIPVisionModel`-shaped (hidden 768, 12 layers, 12 heads, MLP 3072, image 224,
+//! patch 32, quick_gelu). Weights are deterministic: every matrix and embedding normal(0, 0.02)
+//! from a seeded generator, linear biases 0, layer norms weight 1 / bias 0. They are built in
+//! memory as a `WeightStore`, loaded as the CPU model and uploaded once. `--warmup` untimed
+//! passes (default 1) run before the first batch size (compiling every pipeline; they do not
+//! depend on the batch size), or before each with `--warmup-each`; then come the timed passes
+//! of `GpuClipVision::pooled` on random pixels;
+//! `pooled` reads the `[batch, 768]` result back, so the timed work is complete.
+
+use std::time::Instant;
+
+use fusion_clip::gpu::GpuClipVision;
+use fusion_clip::{CheckpointConfig, ClipVisionConfig, Tensor, WeightStore};
+use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
+use fusion_plugin_api::Compute;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::json;
+
+const USAGE: &str = "usage: bench_clip [--device auto|cpu|gpu|NAME] [--batches 1,32,128] \
+                     [--iters N | --iters N1,N2,...] [--warmup N] [--warmup-each]";
+
+struct Args {
+    device: DeviceChoice,
+    batches: Vec<usize>,
+    /// One count for every batch size, or one per batch size.
+    iters: Vec<usize>,
+    warmup: usize,
+    /// Warm up before every batch size, not only before the first.
+    warmup_each: bool,
+}
+
+fn parse_list(flag: &str, s: &str) -> Vec<usize> {
+    s.split(',')
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| {
+            t.trim()
+                .parse()
+                .unwrap_or_else(|_| fail(&format!("{flag}: '{t}' is not a count")))
+        })
+        .collect()
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("bench_clip: {msg}\n{USAGE}");
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        device: DeviceChoice::Auto,
+        batches: vec![1, 32, 128],
+        iters: vec![3],
+        warmup: 1,
+        warmup_each: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (flag.clone(), None),
+        };
+        if name == "-h" || name == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        if name == "--warmup-each" {
+            args.warmup_each = true;
+            continue;
+        }
+        let value = inline
+            .or_else(|| it.next())
+            .unwrap_or_else(|| fail(&format!("{name} needs a value")));
+        match name.as_str() {
+            "--device" => {
+                args.device = value
+                    .parse()
+                    .unwrap_or_else(|e| fail(&format!("--device: {e}")))
+            }
+            "--batches" => args.batches = parse_list("--batches", &value),
+            "--iters" => args.iters = parse_list("--iters", &value),
+            "--warmup" => {
+                args.warmup = value
+                    .parse()
+                    .unwrap_or_else(|_| fail("--warmup: not a count"))
+            }
+            _ => fail(&format!("unknown option {name}")),
+        }
+    }
+    if args.batches.is_empty() || args.batches.contains(&0) {
+        fail("--batches must list positive batch sizes");
+    }
+    if args.iters.is_empty()
+        || args.iters.contains(&0)
+        || (args.iters.len() != 1 && args.iters.len() != args.batches.len())
+    {
+        fail("--iters takes one positive count, or one per batch size");
+    }
+    args
+}
+
+/// Standard normal samples by Box-Muller (keeps the example free of `rand_distr`).
+fn normal(rng: &mut StdRng, std: f32) -> f32 {
+    let u1: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
+    let u2: f32 = rng.random::<f32>();
+    std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+}
+
+/// Every tensor of a `CLIPVisionModel` with `cfg`'s shapes: matrices and embeddings
+/// normal(0, 0.02), linear biases 0, layer norms 1 / 0.
+fn random_vision_store(cfg: &ClipVisionConfig, seed: u64) -> WeightStore {
+    enum Init {
+        Normal,
+        Zeros,
+        Ones,
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (d, i, c, p, n) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_channels,
+        cfg.patch_size,
+        cfg.num_positions(),
+    );
+    let mut specs: Vec<(String, Vec<usize>, Init)> = vec![
+        ("embeddings.class_embedding".into(), vec![d], Init::Normal),
+        (
+            "embeddings.patch_embedding.weight".into(),
+            vec![d, c, p, p],
+            Init::Normal,
+        ),
+        (
+            "embeddings.position_embedding.weight".into(),
+            vec![n, d],
+            Init::Normal,
+        ),
+        ("pre_layrnorm.weight".into(), vec![d], Init::Ones),
+        ("pre_layrnorm.bias".into(), vec![d], Init::Zeros),
+    ];
+    for l in 0..cfg.num_hidden_layers {
+        let pre = format!("encoder.layers.{l}");
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            specs.push((
+                format!("{pre}.self_attn.{proj}.weight"),
+                vec![d, d],
+                Init::Normal,
+            ));
+            specs.push((format!("{pre}.self_attn.{proj}.bias"), vec![d], Init::Zeros));
+        }
+        for ln in ["layer_norm1", "layer_norm2"] {
+            specs.push((format!("{pre}.{ln}.weight"), vec![d], Init::Ones));
+            specs.push((format!("{pre}.{ln}.bias"), vec![d], Init::Zeros));
+        }
+        specs.push((format!("{pre}.mlp.fc1.weight"), vec![i, d], Init::Normal));
+        specs.push((format!("{pre}.mlp.fc1.bias"), vec![i], Init::Zeros));
+        specs.push((format!("{pre}.mlp.fc2.weight"), vec![d, i], Init::Normal));
+        specs.push((format!("{pre}.mlp.fc2.bias"), vec![d], Init::Zeros));
+    }
+    specs.push(("post_layernorm.weight".into(), vec![d], Init::Ones));
+    specs.push(("post_layernorm.bias".into(), vec![d], Init::Zeros));
+    let tensors: Vec<(String, Tensor)> = specs
+        .into_iter()
+        .map(|(name, shape, init)| {
+            let len: usize = shape.iter().product();
+            let data: Vec<f32> = match init {
+                Init::Normal => (0..len).map(|_| normal(&mut rng, 0.02)).collect(),
+                Init::Zeros => vec![0.0; len],
+                Init::Ones => vec![1.0; len],
+            };
+            (
+                format!("vision_model.{name}"),
+                Tensor::new(shape, data).expect("shape matches data"),
+            )
+        })
+        .collect();
+    WeightStore::from_tensors("random CLIP ViT-B/32 vision tower", tensors)
+}
+
+fn main() {
+    let args = parse_args();
+    let cfg = ClipVisionConfig::default(); // ViT-B/32: 768 wide, 12 layers, 12 heads, 224 px, patch 32.
+    assert_eq!(
+        (
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads
+        ),
+        (768, 12, 12)
+    );
+    assert_eq!(
+        (cfg.intermediate_size, cfg.image_size, cfg.patch_size),
+        (3072, 224, 32)
+    );
+
+    let t0 = Instant::now();
+    let rt = Runtime::new(&args.device, RuntimeOptions::default())
+        .unwrap_or_else(|e| fail(&format!("no adapter for --device {}: {e}", args.device)));
+    let c: &dyn Compute = &rt;
+    let runtime_s = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let store = random_vision_store(&cfg, 0);
+    let build_s = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let vision = GpuClipVision::load(c, &store, &CheckpointConfig::Vision(cfg.clone()))
+        .unwrap_or_else(|e| fail(&format!("loading the tower: {e}")));
+    drop(store);
+    c.synchronize().expect("synchronize after upload");
+    let upload_s = t2.elapsed().as_secs_f64();
+    let max_batch = vision.max_batch().ok();
+    println!(
+        "{}",
+        json!({
+            "event": "setup",
+            "device": c.device_name(),
+            "device_choice": args.device.to_string(),
+            "model": "CLIP ViT-B/32 vision tower (random weights, f32)",
+            "hidden_size": cfg.hidden_size,
+            "num_hidden_layers": cfg.num_hidden_layers,
+            "num_attention_heads": cfg.num_attention_heads,
+            "intermediate_size": cfg.intermediate_size,
+            "image_size": cfg.image_size,
+            "patch_size": cfg.patch_size,
+            "max_batch_per_pass": max_batch,
+            "runtime_init_s": runtime_s,
+            "weights_build_s": build_s,
+            "load_upload_s": upload_s,
+        })
+    );
+
+    let mut rng = StdRng::seed_from_u64(1);
+    for (k, &batch) in args.batches.iter().enumerate() {
+        let iters = if args.iters.len() == 1 {
+            args.iters[0]
+        } else {
+            args.iters[k]
+        };
+        let n = batch * cfg.num_channels * cfg.image_size * cfg.image_size;
+        let pixels = Tensor::new(
+            vec![batch, cfg.num_channels, cfg.image_size, cfg.image_size],
+            (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect(),
+        )
+        .expect("pixel shape");
+        let tw = Instant::now();
+        let warmups = if k == 0 || args.warmup_each {
+            args.warmup
+        } else {
+            0
+        };
+        for _ in 0..warmups {
+            vision.pooled(&pixels).expect("warm-up pass");
+        }
+        let warmup_s = tw.elapsed().as_secs_f64();
+        let mut times = Vec::with_capacity(iters);
+        let mut checksum = 0.0f64;
+        for _ in 0..iters {
+            let t = Instant::now();
+            let out = vision.pooled(&pixels).expect("timed pass");
+            times.push(t.elapsed().as_secs_f64());
+            assert_eq!(out.shape(), &[batch, cfg.hidden_size]);
+            assert!(
+                out.data().iter().all(|v| v.is_finite()),
+                "non-finite output"
+            );
+            checksum = out.data().iter().map(|&v| v as f64).sum();
+        }
+        let total: f64 = times.iter().sum();
+        let mean = total / iters as f64;
+        let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        println!(
+            "{}",
+            json!({
+                "event": "result",
+                "backend": "fusion-clip GpuClipVision (wgpu)",
+                "device": c.device_name(),
+                "batch": batch,
+                "warmup": warmups,
+                "iters": iters,
+                "warmup_s": warmup_s,
+                "seconds_per_iter": mean,
+                "min_seconds_per_iter": min,
+                "times_s": times,
+                "images_per_s": batch as f64 / mean,
+                "pooled_checksum": checksum,
+            })
+        );
+    }
+}
