@@ -345,6 +345,55 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (lim, lim))
 
 
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        q = todo.pop()
+        try:
+            kids = [int(x) for x in Path(f"/proc/{q}/task/{q}/children").read_text().split()]
+        except (OSError, ValueError):
+            kids = []
+        out += kids
+        todo += kids
+    return out
+
+
+class RssSampler:
+    """Peaks of RssAnon and RssFile (from /proc/PID/status) of a process tree, polled every 0.2 s:
+    `Maximum resident set size` counts file-backed pages too (memory-mapped inputs), this
+    tells them apart."""
+
+    def __init__(self, root_pid: int):
+        import threading
+
+        self.root, self.peak = root_pid, {"anon": 0, "file": 0, "total": 0}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            anon = file_ = 0
+            for pid in _descendants(self.root):
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("RssAnon:"):
+                            anon += int(line.split()[1])
+                        elif line.startswith("RssFile:"):
+                            file_ += int(line.split()[1])
+                except (OSError, ValueError):
+                    pass
+            self.peak["anon"] = max(self.peak["anon"], anon)
+            self.peak["file"] = max(self.peak["file"], file_)
+            self.peak["total"] = max(self.peak["total"], anon + file_)
+            self.stop.wait(0.2)
+
+    def finish(self) -> dict:
+        self.stop.set()
+        self.thread.join()
+        return {"rss_anon_peak_kb": self.peak["anon"], "rss_file_peak_kb": self.peak["file"]}
+
+
 def run_tool(name: str, cmd: list[str], cwd: Path, env: dict, timeout: int, logdir: Path, inputs) -> dict:
     logdir.mkdir(parents=True, exist_ok=True)
     tfile = logdir / f"{name}.time"
@@ -358,6 +407,7 @@ def run_tool(name: str, cmd: list[str], cwd: Path, env: dict, timeout: int, logd
         # own process group, so that a timeout ends the tool too, not only /usr/bin/time
         p = subprocess.Popen(full, cwd=cwd, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True,
                              preexec_fn=_limit_memory if MEM_LIMIT_GIB > 0 else None)
+        sampler = RssSampler(p.pid)
         try:
             rec["rc"] = p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -365,6 +415,7 @@ def run_tool(name: str, cmd: list[str], cwd: Path, env: dict, timeout: int, logd
             p.wait()
             rec["rc"] = "timeout"
     rec["wall_s"] = round(time.perf_counter() - t0, 3)
+    rec.update(sampler.finish())
     rec["load_after"] = loadavg()
     if tfile.exists():
         rec.update(parse_time_v(tfile.read_text()))
@@ -392,6 +443,8 @@ def fusion_host_status(binary: Path, env: dict, plugin_dir: str | None = None) -
     if not binary.exists():
         st["error"] = f"{binary} does not exist (build with `cargo build --release` in {REPO})"
         return st
+    st["built"] = f"{dt.datetime.fromtimestamp(binary.stat().st_mtime, dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    st["sha256"] = hashlib.sha256(binary.read_bytes()).hexdigest()[:16]
     extra = ["--plugin-dir", plugin_dir] if plugin_dir else []
     p = subprocess.run([str(binary), *extra, "plugins"], capture_output=True, text=True, env=env, timeout=120)
     st["plugins"] = p.stdout + p.stderr
@@ -753,6 +806,38 @@ def fmt_rss(rec) -> str:
     return "—" if kb is None else f"{kb / 1024:.0f} MiB"
 
 
+def fh_phases(run_dir: Path) -> str:
+    """Where fusion-host's time went, from the timestamps of its log file (outputs/**/fusion-host.log)."""
+    logs = sorted(run_dir.glob("outputs/**/fusion-host.log"))
+    if not logs:
+        return ""
+    marks = []
+    for line in logs[-1].read_text(errors="replace").splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\dT[\d:.]+)Z", line)
+        if not m:
+            continue
+        when = dt.datetime.fromisoformat(m.group(1)[:26])
+        for needle, label in (("run started", "start"), ("compute device ready", "device ready"),
+                              ("trimmed and elected", "TIES thresholds + sign election done"),
+                              ("merged model saved", "merged model computed and saved")):
+            if needle in line:
+                marks.append((label, when))
+    if len(marks) < 2:
+        return ""
+    t0 = marks[0][1]
+    parts, prev = [], t0
+    for label, when in marks[1:]:
+        parts.append(f"{label} at +{(when - t0).total_seconds():.1f} s (+{(when - prev).total_seconds():.1f} s)")
+        prev = when
+    return "; ".join(parts)
+
+
+def split_rss(rec) -> str:
+    if not rec.get("rss_anon_peak_kb") and not rec.get("rss_file_peak_kb"):
+        return "—"
+    return f"{rec.get('rss_anon_peak_kb', 0) / 1024:.0f} / {rec.get('rss_file_peak_kb', 0) / 1024:.0f} MiB"
+
+
 def profiler_table(text: str) -> str:
     i = text.rfind("Profiler summary")
     if i < 0:
@@ -801,7 +886,9 @@ def write_report(args, small: bool, results: dict) -> None:
     A(f"- load average (1/5/15 min) at start: {results.get('load_start')}; at end: {results.get('load_end')}. "
       "The machine was shared with other engineers' builds and a training job: timings are noisy.")
     A("- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()))
-    A(f"- fusion-host: `{fh.get('binary')}` {fh.get('version', '')}")
+    A(f"- fusion-host: `{fh.get('binary')}` {fh.get('version', '')} (release profile, built {fh.get('built', '?')}, "
+      f"sha256 {fh.get('sha256', '?')}…, from the working tree of {REPO} at commit {sh(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'])} "
+      "plus uncommitted work, the merging plugin included)")
     if fh.get("devices"):
         A("")
         A("```")
@@ -814,10 +901,12 @@ def write_report(args, small: bool, results: dict) -> None:
       "a tool that needs more fails with an allocation error rather than invoking the OOM killer.")
     A("")
     A("End to end (process start to exit: load, merge, save), one run each, `/usr/bin/time -v`. "
-      "Peak RSS is the process's maximum resident set size, which counts touched pages of memory-mapped input files.")
+      "Peak RSS is the process's maximum resident set size (`time -v`), which counts touched pages of memory-mapped "
+      "input files; the next column splits it into the peaks of `RssAnon` (the process's own memory) and `RssFile` "
+      "(page-cache pages of mapped files, which the kernel can drop and re-read) sampled from /proc every 0.2 s.")
     A("")
-    A("| tool | method | seconds | peak RSS | user+sys CPU s | CPU % | voluntary ctx switches | load before → after | status |")
-    A("|---|---|---:|---:|---:|---:|---:|---|---|")
+    A("| tool | method | seconds | peak RSS | of which anonymous / file-backed (sampled) | user+sys CPU s | CPU % | voluntary ctx switches | load before → after | status |")
+    A("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
     names = {"ta": "task arithmetic (λ 0.3)", "ties": "TIES (λ 0.3, top 20 %, sum)"}
     for tool in runs:
         for method, rec in runs[tool].items():
@@ -831,7 +920,7 @@ def write_report(args, small: bool, results: dict) -> None:
             else:
                 status = f"**failed** (rc {rec.get('rc')}; see notes)"
             A(f"| {tool} | {names.get(method, method)} | {fmt_s(rec.get('wall_s')) if not rec.get('skipped') else '—'} | "
-              f"{fmt_rss(rec)} | {fmt_s(cpu)} | {rec.get('cpu_pct', '—')} | {int(rec['voluntary_cs']) if 'voluntary_cs' in rec else '—'} | {rec.get('load_before', '')} → {rec.get('load_after', '')} | {status} |")
+              f"{fmt_rss(rec)} | {split_rss(rec)} | {fmt_s(cpu)} | {rec.get('cpu_pct', '—')} | {int(rec['voluntary_cs']) if 'voluntary_cs' in rec else '—'} | {rec.get('load_before', '')} → {rec.get('load_after', '')} | {status} |")
     A("")
     if fl:
         A("### Floor (the same nine files)")
@@ -868,7 +957,8 @@ def write_report(args, small: bool, results: dict) -> None:
                 if "error" in c:
                     A(f"| {names.get(method, method)} | {pair} | error: {c['error']} | | |")
                 else:
-                    A(f"| {names.get(method, method)} | {pair} | {c['max_abs']:.3g} | `{c['worst_tensor']}` | {c['elements_over_1e-6']:,} / {c['elements']:,} |")
+                    worst = f"`{c['worst_tensor']}`" if c["max_abs"] > 0 else "— (bit-identical)"
+                    A(f"| {names.get(method, method)} | {pair} | {c['max_abs']:.3g} | {worst} | {c['elements_over_1e-6']:,} / {c['elements']:,} |")
         A("")
     A("## Commands")
     A("")
@@ -915,6 +1005,9 @@ def write_report(args, small: bool, results: dict) -> None:
     for tool in runs:
         for method, rec in runs[tool].items():
             if tool == "fusion-host" and rec.get("ok"):
+                ph = fh_phases(Path(rec.get("cwd", "")))
+                if ph:
+                    A(f"- fusion-host {names.get(method, method)}, from the timestamps in its log file: {ph}.")
                 t = profiler_table(rec.get("log_tail", ""))
                 if t:
                     A(f"- fusion-host's own profiler table, {names.get(method, method)}:")
@@ -957,17 +1050,24 @@ def targets_text(results: dict) -> str:
                 lines.append(f"- {label}: **not measurable** ({'fusion-host' if ours is None else peer} has no successful run)")
             else:
                 sp = theirs / ours
-                lines.append(f"- {label}: {theirs:.2f} s / {ours:.2f} s = **{sp:.1f}×** — {'met' if sp >= factor else 'NOT met'}")
+                lines.append(f"- {label}: {theirs:.2f} s / {ours:.2f} s = **{sp:.1f}×** — {'met' if sp >= factor else '**NOT met**'}")
     for method in ("ta", "ties"):
         r = fh.get(method) or {}
         if r.get("ok") and r.get("peak_rss_kb"):
             gib = r["peak_rss_kb"] / 1024 / 1024
-            lines.append(f"- peak RSS under 1.5 GB ({'task arithmetic' if method == 'ta' else 'TIES'}): {gib:.2f} GiB — {'met' if gib < 1.5 else 'NOT met'}")
+            extra = ""
+            if r.get("rss_anon_peak_kb"):
+                anon = r["rss_anon_peak_kb"] / 1024 / 1024
+                extra = (f"; its anonymous memory peaked at {anon:.2f} GiB, the rest being page-cache pages of the "
+                         f"memory-mapped inputs ({r.get('rss_file_peak_kb', 0) / 1024 / 1024:.2f} GiB), which count in RSS "
+                         f"while mapped — {'met' if anon < 1.5 else 'NOT met'} if only anonymous memory counts")
+            lines.append(f"- peak RSS under 1.5 GB ({'task arithmetic' if method == 'ta' else 'TIES'}): {gib:.2f} GiB (`time -v`) — "
+                         f"{'met' if gib < 1.5 else '**NOT met**'}{extra}")
         ours = t("fusion-host", method)
         if ours is not None and fl.get("memcpy_s"):
             ratio = ours / fl["memcpy_s"]
             lines.append(f"- within 3× of the memcpy floor ({'task arithmetic' if method == 'ta' else 'TIES'}): {ours:.2f} s / {fl['memcpy_s']:.2f} s = "
-                         f"{ratio:.1f}× — {'met' if ratio <= 3 else 'NOT met'} (vs the cold read: {ours / fl['cold_read_s']:.1f}×)")
+                         f"{ratio:.1f}× — {'met' if ratio <= 3 else '**NOT met**'} (vs the cold-ish read: {ours / fl['cold_read_s']:.1f}×)")
     if not fh or all(not (r or {}).get("ok") for r in fh.values()):
         lines.append("- fusion-host targets: **not measurable** — no successful fusion-host run (see notes)")
     return "\n".join(lines)
@@ -1022,6 +1122,7 @@ def main() -> None:
     ap.add_argument("--no-floor", action="store_true")
     ap.add_argument("--no-agreement", action="store_true")
     ap.add_argument("--generate-only", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="rewrite --out from <work>/results-*.json, run nothing")
     ap.add_argument("--max-load", type=float, default=None, help="wait until the 1-min load average is below this ...")
     ap.add_argument("--not-after", default=None, help="... or until this UTC time (HH:MM), whichever comes first")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's notes")
@@ -1031,9 +1132,23 @@ def main() -> None:
         return
     ensure_deps(args)
     MEM_LIMIT_GIB = args.mem_limit_gib
+    if args.report_only:
+        results = json.loads((args.work / f"results-{'small' if args.small else 'full'}.json").read_text())
+        MEM_LIMIT_GIB = results.get("mem_limit_gib", MEM_LIMIT_GIB)
+        samples = args.work / f"rss-{'small' if args.small else 'full'}.json"
+        if samples.exists():  # from tools/bench/rss_sampler.py, for runs made before the built-in sampler
+            for key, peaks in json.loads(samples.read_text()).items():
+                tool, _, method = key.rpartition("-")
+                rec = results.get("runs", {}).get(tool, {}).get(method)
+                if rec is not None and "rss_anon_peak_kb" not in rec:
+                    rec["rss_anon_peak_kb"] = peaks.get("RssAnon_peak_kb", 0)
+                    rec["rss_file_peak_kb"] = peaks.get("RssFile_peak_kb", 0)
+        results["notes"] = list(dict.fromkeys(results.get("notes", []) + args.note))
+        write_report(args, args.small, results)
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     small = args.small
-    results = {"argv": sys.argv[1:], "notes": list(args.note)}
+    results = {"argv": sys.argv[1:], "notes": list(args.note), "mem_limit_gib": MEM_LIMIT_GIB}
     results["generated"] = generate(args.work, small)
     if args.generate_only:
         return
@@ -1050,6 +1165,13 @@ def main() -> None:
         results["floor"] = floor(args, small)
         log(f"  {results['floor']}")
         save_results(args, small, results)
+    st = results["fusion_host_status"]
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if "fusion-host" in tools and not st.get("has_ties_merging") and args.wait_for_fh > 0:
+        # not built yet: run the peers first and give the build until then
+        tools = [t for t in tools if t != "fusion-host"] + ["fusion-host"]
+        args.tools = ",".join(tools)
+        results["notes"].append("fusion-host's release build was not ready when the run started; it ran after the peers.")
     run_all(args, small, cfgs, results)
     results["load_end"] = loadavg()
     if not args.no_agreement:
