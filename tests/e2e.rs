@@ -812,7 +812,15 @@ fn ties_merging_through_the_host_matches_fusion_bench() {
     let work = tempfile::tempdir().unwrap();
     let run = run_host(
         work.path(),
-        &["--device", "cpu", "--config-path", cfg.path().to_str().unwrap(), "modelpool=tiny", "method=ties_merging", "merged_model_save_path=ties.safetensors"],
+        &[
+            "--device",
+            "cpu",
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method=ties_merging",
+            "merged_model_save_path=ties.safetensors",
+        ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let got = read_f32(&work.path().join("ties.safetensors"));
@@ -821,8 +829,16 @@ fn ties_merging_through_the_host_matches_fusion_bench() {
     for ((n1, s1, v1), (n2, s2, v2)) in got.iter().zip(&want) {
         assert_eq!((n1, s1), (n2, s2));
         let scale = v2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let worst = v1.iter().zip(v2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst / scale <= 1e-5, "{n1}: relative error {}", worst / scale);
+        let worst = v1
+            .iter()
+            .zip(v2)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst / scale <= 1e-5,
+            "{n1}: relative error {}",
+            worst / scale
+        );
     }
 }
 
@@ -831,10 +847,14 @@ fn ties_merging_through_the_host_matches_fusion_bench() {
 /// transformers (`demo/expected_results.json`, made by tools/make_demo.py).
 #[test]
 fn demo_matches_the_python_reference_and_merging_beats_pretrained() {
-    let expected = json(&std::fs::read_to_string(root().join("demo/expected_results.json")).unwrap());
+    let expected =
+        json(&std::fs::read_to_string(root().join("demo/expected_results.json")).unwrap());
     let out = tempfile::tempdir().unwrap();
     let mut averages = Vec::new();
-    for (method, key) in [("ties_merging", "ties_merging(0.3)"), ("dummy", "pretrained")] {
+    for (method, key) in [
+        ("ties_merging", "ties_merging(0.3)"),
+        ("dummy", "pretrained"),
+    ] {
         let report_path = out.path().join(format!("{method}.json"));
         let run = run_host(
             &root(),
@@ -853,16 +873,37 @@ fn demo_matches_the_python_reference_and_merging_beats_pretrained() {
         let want = &expected["results"][key];
         for task in expected["tasks"].as_array().unwrap() {
             let task = task.as_str().unwrap();
-            let (a, b) = (report[task]["accuracy"].as_f64().unwrap(), want[task]["accuracy"].as_f64().unwrap());
+            let (a, b) = (
+                report[task]["accuracy"].as_f64().unwrap(),
+                want[task]["accuracy"].as_f64().unwrap(),
+            );
             // Same preprocessing and ~1e-6 forward agreement: at most a near-tie may flip.
-            assert!((a - b).abs() <= 2.0 / 256.0, "{method} {task}: accuracy {a} vs Python {b}");
-            let (l1, l2) = (report[task]["loss"].as_f64().unwrap(), want[task]["loss"].as_f64().unwrap());
-            assert!((l1 - l2).abs() <= 1e-3, "{method} {task}: loss {l1} vs Python {l2}");
+            assert!(
+                (a - b).abs() <= 2.0 / 256.0,
+                "{method} {task}: accuracy {a} vs Python {b}"
+            );
+            let (l1, l2) = (
+                report[task]["loss"].as_f64().unwrap(),
+                want[task]["loss"].as_f64().unwrap(),
+            );
+            assert!(
+                (l1 - l2).abs() <= 1e-3,
+                "{method} {task}: loss {l1} vs Python {l2}"
+            );
         }
-        assert!(run.stderr.contains("average"), "the per-task table is printed: {}", run.stderr);
+        assert!(
+            run.stderr.contains("average"),
+            "the per-task table is printed: {}",
+            run.stderr
+        );
         averages.push(report["average"]["accuracy"].as_f64().unwrap());
     }
-    assert!(averages[0] > averages[1], "TIES {} should beat the pretrained model {}", averages[0], averages[1]);
+    assert!(
+        averages[0] > averages[1],
+        "TIES {} should beat the pretrained model {}",
+        averages[0],
+        averages[1]
+    );
     // The runs wrote only under their own outputs: the report went where it was told.
     assert!(out.path().join("ties_merging.json").is_file());
 }

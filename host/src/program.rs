@@ -133,7 +133,13 @@ fn task_table(report: &Json) -> Option<String> {
     let rows: Vec<(&String, f64, Option<f64>)> = report
         .as_object()?
         .iter()
-        .filter_map(|(k, v)| Some((k, v.get("accuracy")?.as_f64()?, v.get("loss").and_then(Json::as_f64))))
+        .filter_map(|(k, v)| {
+            Some((
+                k,
+                v.get("accuracy")?.as_f64()?,
+                v.get("loss").and_then(Json::as_f64),
+            ))
+        })
         .collect();
     if rows.is_empty() {
         return None;
@@ -142,7 +148,10 @@ fn task_table(report: &Json) -> Option<String> {
     let mut out = format!("{:<width$}  {:>9}  {:>8}\n", "task", "accuracy", "loss");
     for (task, acc, loss) in rows {
         let loss = loss.map(|l| format!("{l:.4}")).unwrap_or_default();
-        out.push_str(&format!("{task:<width$}  {:>8.2}%  {loss:>8}\n", acc * 100.0));
+        out.push_str(&format!(
+            "{task:<width$}  {:>8.2}%  {loss:>8}\n",
+            acc * 100.0
+        ));
     }
     Some(out)
 }
