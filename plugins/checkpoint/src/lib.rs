@@ -20,6 +20,32 @@ pub fn open_model(source: &str) -> Result<Model> {
     Ok(Model::new(Checkpoint::open(&path, source)?))
 }
 
+/// The checkpoint source of a model-pool entry named `name`: a path or hub id given as a string,
+/// or as a mapping with `pretrained_model_name_or_path` (or `path`, `model_name_or_path`), as
+/// FusionBench's `_target_: ...from_pretrained` entries are.
+pub fn model_source(name: &str, value: &serde_json::Value) -> Result<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Object(m) => [
+            "pretrained_model_name_or_path",
+            "path",
+            "model_name_or_path",
+        ]
+        .iter()
+        .find_map(|k| m.get(*k).and_then(Value::as_str))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            fusion_plugin_api::Error::config(format!(
+                "modelpool: model `{name}` must give `pretrained_model_name_or_path` (or `path`)"
+            ))
+        }),
+        other => Err(fusion_plugin_api::Error::config(format!(
+            "modelpool: model `{name}` must be a path or hub id, got {other}"
+        ))),
+    }
+}
+
 /// The local path of a checkpoint source: the path itself when it exists, else the snapshot of
 /// a hub id in the local cache.
 pub fn resolve(source: &str) -> Result<std::path::PathBuf> {

@@ -16,31 +16,12 @@ pub struct ClipVisionModelPool {
     models: Vec<(String, String)>,
 }
 
-fn entry_source(name: &str, value: &Value) -> Result<String> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Object(m) => m
-            .get("pretrained_model_name_or_path")
-            .or_else(|| m.get("path"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| {
-                Error::config(format!(
-                    "modelpool: model `{name}` needs `pretrained_model_name_or_path`"
-                ))
-            }),
-        other => Err(Error::config(format!(
-            "modelpool: model `{name}` must be a path or hub id, got {other}"
-        ))),
-    }
-}
-
 impl FromConfig for ClipVisionModelPool {
     fn from_config(config: &Config) -> Result<Self> {
         let models = match config.value().get("models") {
             Some(Value::Object(m)) if !m.is_empty() => m
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), entry_source(k, v)?)))
+                .map(|(k, v)| Ok((k.clone(), fusion_checkpoint::model_source(k, v)?)))
                 .collect::<Result<Vec<_>>>()?,
             _ => {
                 return Err(Error::config(format!(

@@ -15,39 +15,22 @@ pub struct BaseModelPool {
     models: Vec<(String, String)>,
 }
 
-fn entry_source(name: &str, value: &Value) -> Result<String> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Object(m) => [
-            "pretrained_model_name_or_path",
-            "path",
-            "model_name_or_path",
-        ]
-        .iter()
-        .find_map(|k| m.get(*k).and_then(Value::as_str))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            Error::config(format!(
-                "modelpool: model `{name}` must give `pretrained_model_name_or_path` (or `path`)"
-            ))
-        }),
-        other => Err(Error::config(format!(
-            "modelpool: model `{name}` must be a path or hub id, got {other}"
-        ))),
-    }
-}
-
 impl FromConfig for BaseModelPool {
     fn from_config(config: &Config) -> Result<Self> {
         let models = match config.value().get("models") {
             Some(Value::Object(m)) => m
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), entry_source(k, v)?)))
+                .map(|(k, v)| Ok((k.clone(), fusion_checkpoint::model_source(k, v)?)))
                 .collect::<Result<Vec<_>>>()?,
             Some(Value::Array(list)) => list
                 .iter()
                 .enumerate()
-                .map(|(i, v)| Ok((i.to_string(), entry_source(&i.to_string(), v)?)))
+                .map(|(i, v)| {
+                    Ok((
+                        i.to_string(),
+                        fusion_checkpoint::model_source(&i.to_string(), v)?,
+                    ))
+                })
                 .collect::<Result<Vec<_>>>()?,
             Some(Value::Null) | None => {
                 return Err(Error::config(format!(
