@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use fusion_clip::gpu::ops::{
-    self, GpuBuffer, Matmul, Operand, PatchGeometry, RowLayout, SoftmaxMask,
+    self, GpuBuffer, Matmul, MatmulKernel, Operand, PatchGeometry, RowLayout, SoftmaxMask,
 };
 use fusion_clip::Activation;
 use fusion_gpu::{DeviceChoice, LimitClamp, Runtime, RuntimeOptions};
@@ -113,7 +113,13 @@ fn matmul_ref(a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32], mm: &Ma
     }
 }
 
-fn run_matmul(c: &dyn Compute, mm: &Matmul, with_bias: bool, seed: u64) -> (Vec<f32>, Vec<f32>) {
+fn run_matmul(
+    kernel: MatmulKernel,
+    c: &dyn Compute,
+    mm: &Matmul,
+    with_bias: bool,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let (brows, bcols) = if mm.b_transposed {
         (mm.n, mm.k)
@@ -138,7 +144,8 @@ fn run_matmul(c: &dyn Compute, mm: &Matmul, with_bias: bool, seed: u64) -> (Vec<
         .as_ref()
         .map(|v| GpuBuffer::from_f32(c, &[v.len()], v).unwrap());
     let gc = GpuBuffer::from_f32(c, &[expected.len()], &expected).unwrap();
-    ops::matmul(
+    ops::matmul_with(
+        kernel,
         c,
         ga.id(),
         gb.id(),
@@ -150,6 +157,9 @@ fn run_matmul(c: &dyn Compute, mm: &Matmul, with_bias: bool, seed: u64) -> (Vec<
     matmul_ref(&a, &b, bias.as_deref(), &mut expected, mm);
     (gc.to_vec().unwrap(), expected)
 }
+
+/// Both matmul kernels are checked on every shape, whichever the device would pick.
+const KERNELS: [MatmulKernel; 2] = [MatmulKernel::Tiled, MatmulKernel::Registers];
 
 #[test]
 fn matmul_matches_cpu_over_edge_shapes() {
@@ -179,15 +189,18 @@ fn matmul_matches_cpu_over_edge_shapes() {
                         b_transposed: transposed,
                         c: Operand::rows(n),
                     };
-                    let (got, want) = run_matmul(c, &mm, with_bias, i as u64);
-                    assert_close(
-                        &format!(
-                            "{name} matmul {m}x{n}x{k} transposed={transposed} bias={with_bias}"
-                        ),
-                        &got,
-                        &want,
-                        MATMUL_TOL,
-                    );
+                    for kernel in KERNELS {
+                        let (got, want) = run_matmul(kernel, c, &mm, with_bias, i as u64);
+                        assert_close(
+                            &format!(
+                                "{name} {kernel:?} matmul {m}x{n}x{k} transposed={transposed} \
+                                 bias={with_bias}"
+                            ),
+                            &got,
+                            &want,
+                            MATMUL_TOL,
+                        );
+                    }
                 }
             }
         }
@@ -226,8 +239,15 @@ fn batched_strided_matmul_matches_cpu() {
     };
     for (name, c) in runtimes() {
         for (what, mm) in [("qk", &qk), ("pv", &pv)] {
-            let (got, want) = run_matmul(c, mm, false, 7);
-            assert_close(&format!("{name} batched {what}"), &got, &want, MATMUL_TOL);
+            for kernel in KERNELS {
+                let (got, want) = run_matmul(kernel, c, mm, false, 7);
+                assert_close(
+                    &format!("{name} {kernel:?} batched {what}"),
+                    &got,
+                    &want,
+                    MATMUL_TOL,
+                );
+            }
         }
     }
 }

@@ -14,6 +14,8 @@ use crate::error::{ClipError, Result};
 
 /// `nn_matmul.wgsl`: strided batched matrix product with optional bias.
 pub const MATMUL_WGSL: &str = include_str!("../../../../shaders/nn_matmul.wgsl");
+/// `nn_matmul_reg.wgsl`: the same product, register-blocked for software adapters.
+pub const MATMUL_REG_WGSL: &str = include_str!("../../../../shaders/nn_matmul_reg.wgsl");
 /// `nn_layer_norm.wgsl`: row-wise layer norm.
 pub const LAYER_NORM_WGSL: &str = include_str!("../../../../shaders/nn_layer_norm.wgsl");
 /// `nn_softmax.wgsl`: row-wise softmax with causal and key-padding masks.
@@ -30,6 +32,7 @@ pub const PATCH_WGSL: &str = include_str!("../../../../shaders/nn_patch.wgsl");
 /// Every nn kernel source by file name, for validation tests and tools.
 pub const ALL_WGSL: &[(&str, &str)] = &[
     ("nn_matmul.wgsl", MATMUL_WGSL),
+    ("nn_matmul_reg.wgsl", MATMUL_REG_WGSL),
     ("nn_layer_norm.wgsl", LAYER_NORM_WGSL),
     ("nn_softmax.wgsl", SOFTMAX_WGSL),
     ("nn_activation.wgsl", ACTIVATION_WGSL),
@@ -335,8 +338,62 @@ impl Matmul {
     }
 }
 
-/// Runs `out = alpha * a b (+ bias)` as described by `mm`; `bias` has `mm.n` values.
+/// Which matmul kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// `nn_matmul.wgsl`: 64 x 64 tiles staged in workgroup memory; for hardware GPUs.
+    Tiled,
+    /// `nn_matmul_reg.wgsl`: 8 x 8 register blocks, no workgroup memory or barriers; for
+    /// software adapters (llvmpipe), where it runs about 4 times faster than the tiled one.
+    Registers,
+}
+
+impl MatmulKernel {
+    /// `FUSION_MATMUL=tiled|registers` when set, else [`MatmulKernel::Registers`] on a
+    /// software adapter (its name says llvmpipe, lavapipe, SwiftShader or WARP) and
+    /// [`MatmulKernel::Tiled`] on anything else.
+    pub fn for_device(c: &dyn Compute) -> Result<Self> {
+        if let Ok(v) = std::env::var("FUSION_MATMUL") {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "tiled" => return Ok(Self::Tiled),
+                "registers" | "reg" => return Ok(Self::Registers),
+                "" | "auto" => {}
+                other => {
+                    return Err(ClipError::input(
+                        "FUSION_MATMUL",
+                        format!("`{other}` is not one of tiled, registers, auto"),
+                    ))
+                }
+            }
+        }
+        let name = c.device_name().to_ascii_lowercase();
+        let software = ["llvmpipe", "lavapipe", "swiftshader", "warp", "basic render"]
+            .iter()
+            .any(|s| name.contains(s));
+        Ok(if software {
+            Self::Registers
+        } else {
+            Self::Tiled
+        })
+    }
+}
+
+/// Runs `out = alpha * a b (+ bias)` as described by `mm`; `bias` has `mm.n` values. The kernel
+/// is [`MatmulKernel::for_device`].
 pub fn matmul(
+    c: &dyn Compute,
+    a: GpuTensor,
+    b: GpuTensor,
+    bias: Option<GpuTensor>,
+    out: GpuTensor,
+    mm: &Matmul,
+) -> Result<()> {
+    matmul_with(MatmulKernel::for_device(c)?, c, a, b, bias, out, mm)
+}
+
+/// [`matmul`] with the kernel chosen by the caller.
+pub fn matmul_with(
+    kernel: MatmulKernel,
     c: &dyn Compute,
     a: GpuTensor,
     b: GpuTensor,
@@ -374,6 +431,9 @@ pub fn matmul(
     }
 
     let limits = c.limits();
+    if kernel == MatmulKernel::Registers {
+        return matmul_registers(c, a, b, bias, out, mm, &limits);
+    }
     // 16 x 16 invocations with 4 x 4 outputs each (64 x 64 tiles) where the device runs 256
     // invocations per workgroup (WebGPU guarantees it), else 8 x 8 (32 x 32 tiles).
     let t: u32 = match limits.max_invocations_per_workgroup {
@@ -399,28 +459,7 @@ pub fn matmul(
     let (tiles_m, tiles_n) = (mm.m.div_ceil(tile), mm.n.div_ceil(tile));
     let total = (tiles_m * tiles_n) as u64 * (mm.batch0 * mm.batch1) as u64;
     fits_u32(OP, "workgroups", total)?;
-    let uniforms = Params::default()
-        .u(mm.m)
-        .u(mm.n)
-        .u(mm.k)
-        .u(mm.batch1)
-        .u(tiles_m)
-        .u(tiles_n)
-        .u(total as usize)
-        .f(mm.alpha)
-        .u(mm.a.offset)
-        .u(mm.a.ld)
-        .u(mm.a.stride0)
-        .u(mm.a.stride1)
-        .u(mm.b.offset)
-        .u(mm.b.ld)
-        .u(mm.b.stride0)
-        .u(mm.b.stride1)
-        .u(mm.c.offset)
-        .u(mm.c.ld)
-        .u(mm.c.stride0)
-        .u(mm.c.stride1)
-        .0;
+    let uniforms = matmul_params(mm, tiles_m, tiles_n, total);
     let mut bindings = vec![Binding::read(a), Binding::read(b), Binding::write(out)];
     if let Some(bias) = bias {
         bindings.push(Binding::read(bias));
@@ -444,6 +483,82 @@ pub fn matmul(
             bindings: &bindings,
             uniforms: &uniforms,
             workgroups: grid(&limits, OP, total, 1)?,
+        },
+        || format!("{mm:?}"),
+    )
+}
+
+/// The uniform block both matmul kernels read (`Params` in `nn_matmul*.wgsl`); `tiles_*` count
+/// the kernel's output tiles or blocks.
+fn matmul_params(mm: &Matmul, tiles_m: usize, tiles_n: usize, total: u64) -> Vec<u8> {
+    Params::default()
+        .u(mm.m)
+        .u(mm.n)
+        .u(mm.k)
+        .u(mm.batch1)
+        .u(tiles_m)
+        .u(tiles_n)
+        .u(total as usize)
+        .f(mm.alpha)
+        .u(mm.a.offset)
+        .u(mm.a.ld)
+        .u(mm.a.stride0)
+        .u(mm.a.stride1)
+        .u(mm.b.offset)
+        .u(mm.b.ld)
+        .u(mm.b.stride0)
+        .u(mm.b.stride1)
+        .u(mm.c.offset)
+        .u(mm.c.ld)
+        .u(mm.c.stride0)
+        .u(mm.c.stride1)
+        .0
+}
+
+/// [`MatmulKernel::Registers`]: one invocation per 8 x 8 block of C, 64 per workgroup.
+fn matmul_registers(
+    c: &dyn Compute,
+    a: GpuTensor,
+    b: GpuTensor,
+    bias: Option<GpuTensor>,
+    out: GpuTensor,
+    mm: &Matmul,
+    limits: &ComputeLimits,
+) -> Result<()> {
+    const OP: &str = "matmul";
+    if limits.max_invocations_per_workgroup < 64 {
+        return Err(ClipError::DeviceLimit {
+            op: OP.into(),
+            message: format!(
+                "needs 64 invocations per workgroup, the device allows {}",
+                limits.max_invocations_per_workgroup
+            ),
+        });
+    }
+    let (blocks_m, blocks_n) = (mm.m.div_ceil(8), mm.n.div_ceil(8));
+    let total = (blocks_m * blocks_n) as u64 * (mm.batch0 * mm.batch1) as u64;
+    fits_u32(OP, "blocks", total)?;
+    let uniforms = matmul_params(mm, blocks_m, blocks_n, total);
+    let mut bindings = vec![Binding::read(a), Binding::read(b), Binding::write(out)];
+    if let Some(bias) = bias {
+        bindings.push(Binding::read(bias));
+    }
+    let constants = [("B_TRANS", if mm.b_transposed { 1.0 } else { 0.0 })];
+    dispatch(
+        c,
+        OP,
+        KernelCall {
+            label: "nn_matmul_reg",
+            source: MATMUL_REG_WGSL,
+            entry_point: if bias.is_some() {
+                "matmul_reg_bias"
+            } else {
+                "matmul_reg"
+            },
+            constants: &constants,
+            bindings: &bindings,
+            uniforms: &uniforms,
+            workgroups: grid(limits, OP, total, 64)?,
         },
         || format!("{mm:?}"),
     )
