@@ -46,9 +46,18 @@ fn peak_device_tensors_do_not_grow_with_the_number_of_models() {
         ("della", json!({"density": 0.5})),
     ];
     for (target, cfg) in cases {
-        let (p3, p9) = (peak(target, cfg.clone(), 3), peak(target, cfg, 9));
+        let (p3, p9) = (peak(target, cfg.clone(), 3), peak(target, cfg.clone(), 9));
         eprintln!("{target}: peak live device tensors {p3} with 3 models, {p9} with 9");
-        assert_eq!(p3, p9, "{target}");
+        if target == "task_arithmetic" {
+            // Plain task arithmetic uploads models in groups of up to MAX_ARITY (8): the peak
+            // grows up to one full group, then stays.
+            let p17 = peak(target, cfg, 17);
+            eprintln!("{target}: peak live device tensors {p17} with 17 models");
+            assert_eq!(p9, p17, "{target}");
+            assert!(p9 - p3 <= 5, "{target}: {p3} -> {p9}");
+        } else {
+            assert_eq!(p3, p9, "{target}");
+        }
     }
     // Model Stock's pairwise angles hold the task vectors of one key: k of them.
     let (p3, p9) = (
