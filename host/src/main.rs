@@ -5,6 +5,7 @@ mod cli;
 mod device;
 mod embed;
 mod error;
+mod hub;
 mod logging;
 mod paths;
 mod plugins;

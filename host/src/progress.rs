@@ -36,6 +36,20 @@ pub fn bar(label: &str, total: u64) -> ProgressBar {
     bar
 }
 
+/// A download bar in bytes.
+pub fn bytes_bar(label: &str, total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template(
+            "{msg:>24} [{bar:32}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let bar = multi().add(bar);
+    bar.set_message(label.to_string());
+    bar
+}
+
 /// Plugins' progress bars, by id.
 #[derive(Default)]
 pub struct Services {

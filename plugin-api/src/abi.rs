@@ -2,15 +2,19 @@
 //!
 //! Plugin authors never use this module directly: [`export_plugin!`](crate::export_plugin) builds
 //! the root module, and the types in [`crate::host`] wrap what the host loads. Each plain trait
-//! ([`StateDict`], [`ModelPool`], [`Algorithm`], [`TaskPool`], [`Compute`], [`HostServices`]) has
+//! ([`StateDict`], [`ModelPool`], [`Algorithm`], [`TaskPool`], [`Compute`], [`HostServices`],
+//! [`Hub`]) has
 //! an ABI twin here (`*Abi`, a `#[sabi_trait]`), an adapter that implements the twin over the
 //! plain trait (catching panics), and a proxy that implements the plain trait over the twin.
 //!
 //! # Evolving the ABI
 //! Prefix types ([`PluginModule`], [`RunContext`]) and `#[sabi_trait]` vtables may only gain
 //! fields or methods *after* their `#[sabi(last_prefix_field)]` marker; fields are never removed,
-//! renamed or reordered (names are part of the layout). The host reads fields added later as
-//! `Option`s, so an older plugin keeps loading in a newer host of the same major version.
+//! renamed or reordered (names are part of the layout). Mind the direction abi_stable checks:
+//! a loaded library's root module may have *more* fields than the host's, never fewer, so a
+//! field appended to [`PluginModule`] locks every older plugin out of a newer host. What the
+//! host hands to libraries later goes through separate, versioned symbols instead
+//! ([`HubExport`]), which older libraries simply lack.
 
 #![allow(non_camel_case_types, missing_docs, non_local_definitions)]
 
@@ -34,6 +38,7 @@ use abi_stable::{
 
 use crate::component::{Algorithm, Context, HostServices, ModelPool, TaskPool};
 use crate::compute::{Binding, Compute, ComputeLimits, GpuTensor, KernelCall};
+use crate::hub::{Hub, RepoKind};
 use crate::model::{Model, StateDict};
 use crate::{DType, Error, ErrorKind, Result, TensorInfo};
 
@@ -130,6 +135,25 @@ pub trait HostServicesAbi: Clone + Send + Sync {
     fn progress_finish(&self, id: u64);
 }
 
+/// [`Hub`] across the boundary; `kind` is [`RepoKind`]'s code, paths are UTF-8.
+#[sabi_trait]
+pub trait HubAbi: Clone + Send + Sync {
+    fn file(
+        &self,
+        kind: u8,
+        repo: RStr<'_>,
+        revision: ROption<RStr<'_>>,
+        filename: RStr<'_>,
+    ) -> RResult<RString, Error>;
+    #[sabi(last_prefix_field)]
+    fn list(
+        &self,
+        kind: u8,
+        repo: RStr<'_>,
+        revision: ROption<RStr<'_>>,
+    ) -> RResult<RVec<RString>, Error>;
+}
+
 #[sabi_trait]
 pub trait ComputeAbi: Clone + Send + Sync {
     fn device_name(&self) -> RString;
@@ -155,6 +179,7 @@ pub type AlgorithmObj = AlgorithmAbi_TO<'static, RBox<()>>;
 pub type TaskPoolObj = TaskPoolAbi_TO<'static, RBox<()>>;
 pub type HostServicesObj = HostServicesAbi_TO<'static, RArc<()>>;
 pub type ComputeObj = ComputeAbi_TO<'static, RArc<()>>;
+pub type HubObj = HubAbi_TO<'static, RArc<()>>;
 
 // ---------------------------------------------------------------------------------------------
 // Prefix types: the run context and the root module
@@ -242,6 +267,54 @@ pub fn build_module(
         components,
     }
     .leak_into_prefix()
+}
+
+/// The symbol under which every library exports its [`HubExport`] (versioned: a change to
+/// `HubExport` itself takes a new name).
+pub const HUB_EXPORT_SYMBOL: &str = "fusion_plugin_hub_v1";
+
+/// How the host hands a library its Hugging Face hub: a static exported beside the root module
+/// under [`HUB_EXPORT_SYMBOL`] by `export_plugin!`.
+///
+/// It is not a field of [`PluginModule`] because abi_stable refuses a library whose root module
+/// has *fewer* fields than the host's (only newer libraries may have more), so a new field there
+/// would lock every plugin built before it out of a newer host. A separate symbol is simply
+/// absent from older libraries, and the host then skips the call.
+#[repr(C)]
+pub struct HubExport {
+    /// The layout of [`HubObj`] the library was built with; the host checks it against its own
+    /// before the first call.
+    pub layout: &'static abi_stable::type_layout::TypeLayout,
+    /// Gives the library the host's hub (called once, right after `init`).
+    pub set_hub: extern "C" fn(HubObj),
+}
+
+// SAFETY: a reference to an immutable, 'static type layout and a function pointer.
+unsafe impl Sync for HubExport {}
+
+/// The library's [`HubExport`] (used by `export_plugin!`).
+pub const fn hub_export() -> HubExport {
+    HubExport {
+        layout: <HubObj as StableAbi>::LAYOUT,
+        set_hub: plugin_set_hub,
+    }
+}
+
+/// The library's side of `set_hub`: this copy of plugin-api's [`crate::hub`] serves the host's
+/// hub from now on.
+extern "C" fn plugin_set_hub(hub: HubObj) {
+    crate::hub::install(Arc::new(HubProxy(hub)));
+}
+
+/// The host's hub as the object handed to libraries.
+pub(crate) fn hub_to_obj(hub: Arc<dyn Hub>) -> HubObj {
+    HubAbi_TO::from_ptr(RArc::new(HubAdapter(hub)), TD_Opaque)
+}
+
+/// `hub` wrapped into its ABI twin and back, as a plugin sees the host's hub.
+#[cfg(test)]
+pub(crate) fn hub_through_abi(hub: Arc<dyn Hub>) -> Arc<dyn Hub> {
+    Arc::new(HubProxy(hub_to_obj(hub)))
 }
 
 /// Called by the generated `init`: remember the plugin's name, route its logs and panics to the
@@ -437,6 +510,59 @@ impl HostServicesAbi for ServicesAdapter {
 }
 
 #[derive(Clone)]
+struct HubAdapter(Arc<dyn Hub>);
+
+const HUB_ORIGIN: &str = "the host's Hugging Face hub";
+
+fn path_to_r(path: std::path::PathBuf) -> Result<RString> {
+    path.into_os_string()
+        .into_string()
+        .map(RString::from)
+        .map_err(|p| {
+            Error::io(format!(
+                "{}: the path is not UTF-8, which plugins cannot receive",
+                std::path::Path::new(&p).display()
+            ))
+        })
+}
+
+impl HubAbi for HubAdapter {
+    fn file(
+        &self,
+        kind: u8,
+        repo: RStr<'_>,
+        revision: ROption<RStr<'_>>,
+        filename: RStr<'_>,
+    ) -> RResult<RString, Error> {
+        guard(HUB_ORIGIN, || {
+            let path = self.0.file(
+                RepoKind::from_code(kind)?,
+                repo.as_str(),
+                revision.into_option().map(|r| r.as_str()),
+                filename.as_str(),
+            )?;
+            path_to_r(path)
+        })
+    }
+    fn list(
+        &self,
+        kind: u8,
+        repo: RStr<'_>,
+        revision: ROption<RStr<'_>>,
+    ) -> RResult<RVec<RString>, Error> {
+        guard(HUB_ORIGIN, || {
+            self.0
+                .list(
+                    RepoKind::from_code(kind)?,
+                    repo.as_str(),
+                    revision.into_option().map(|r| r.as_str()),
+                )
+                .map(names_to_r)
+        })
+    }
+}
+
+#[derive(Clone)]
 struct ComputeAdapter(Arc<dyn Compute>);
 
 const COMPUTE_ORIGIN: &str = "the host's compute runtime";
@@ -523,6 +649,39 @@ impl ModelPool for ModelPoolProxy {
     }
     fn load_model(&self, name: &str) -> Result<Model> {
         self.0.load_model(name.into()).into_result()
+    }
+}
+
+/// The host's hub, as a plugin library sees it.
+struct HubProxy(HubObj);
+
+impl Hub for HubProxy {
+    fn file(
+        &self,
+        kind: RepoKind,
+        repo: &str,
+        revision: Option<&str>,
+        filename: &str,
+    ) -> Result<std::path::PathBuf> {
+        self.0
+            .file(
+                kind.code(),
+                repo.into(),
+                revision.map(RStr::from_str).into(),
+                filename.into(),
+            )
+            .into_result()
+            .map(|p| std::path::PathBuf::from(p.into_string()))
+    }
+    fn list(&self, kind: RepoKind, repo: &str, revision: Option<&str>) -> Result<Vec<String>> {
+        self.0
+            .list(
+                kind.code(),
+                repo.into(),
+                revision.map(RStr::from_str).into(),
+            )
+            .into_result()
+            .map(|v| v.into_iter().map(Into::into).collect())
     }
 }
 

@@ -47,6 +47,12 @@ macro_rules! export_plugin {
             }
         };
 
+        // The host's Hugging Face hub comes in through this (see `abi::HubExport`).
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        #[unsafe(no_mangle)]
+        pub static fusion_plugin_hub_v1: $crate::abi::HubExport = $crate::abi::hub_export();
+
         fn __fusion_root_module() -> $crate::abi::PluginModule_Ref {
             $crate::abi::build_module(
                 env!("CARGO_PKG_NAME"),
@@ -71,6 +77,11 @@ macro_rules! export_plugin {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hub_export_symbol_matches_the_macro() {
+        assert_eq!(crate::abi::HUB_EXPORT_SYMBOL, "fusion_plugin_hub_v1");
+    }
+
     #[test]
     fn root_module_symbol_matches_abi_stable() {
         assert_eq!(

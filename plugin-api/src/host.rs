@@ -7,13 +7,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+use abi_stable::library::{lib_header_from_path, LibraryError, RawLibrary, RootModule};
 use abi_stable::std_types::{RStr, RString};
+use abi_stable::StableAbi;
 
 use crate::abi::{
-    self, AlgorithmObj, Constructor, HostLink, ModelPoolObj, ModelPoolProxy, PluginModule_Ref,
-    TaskPoolObj,
+    self, AlgorithmObj, Constructor, HostLink, HubExport, HubObj, ModelPoolObj, ModelPoolProxy,
+    PluginModule_Ref, TaskPoolObj,
 };
+use crate::hub::Hub;
 use crate::{Context, Error, Model, ModelPool, Result};
 
 /// The version of plugin-api this host was built with.
@@ -122,6 +125,49 @@ pub struct Library {
     pub api_version: String,
     /// Its components.
     pub components: Vec<Component>,
+    hub_export: Option<&'static HubExport>,
+}
+
+impl Library {
+    /// Give the library the host's Hugging Face hub (what [`crate::hub::current`] returns inside
+    /// it). Returns false, and does nothing, for a library built before plugin-api had hub
+    /// support (or with a hub interface this host cannot serve).
+    pub fn connect_hub(&self, hub: &Arc<dyn Hub>) -> bool {
+        match self.hub_export {
+            Some(export) => {
+                (export.set_hub)(abi::hub_to_obj(hub.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The library's [`HubExport`], when it has one whose hub interface this host implements.
+fn find_hub_export(path: &Path) -> Option<&'static HubExport> {
+    let raw = RawLibrary::load_at(path).ok()?;
+    let symbol = format!("{}\0", abi::HUB_EXPORT_SYMBOL);
+    // SAFETY: the symbol is the `HubExport` static `export_plugin!` writes (its name is
+    // versioned with its type); the library stays loaded for good (leaked below, and abi_stable
+    // already leaked it).
+    let export: &'static HubExport =
+        unsafe { *raw.get::<&'static HubExport>(symbol.as_bytes()).ok()? };
+    std::mem::forget(raw);
+    // The library calls the hub's methods: its view of the vtable must be one the host's
+    // implementation satisfies.
+    match check_layout_compatibility(export.layout, <HubObj as StableAbi>::LAYOUT) {
+        Ok(()) => Some(export),
+        Err(e) => {
+            let detail = e.to_string();
+            tracing::warn!(
+                "plugin {}: its Hugging Face hub interface does not match this host's, so its \
+                 components cannot reach the hub; rebuild it. Layout check: {}",
+                path.display(),
+                detail.lines().take(6).collect::<Vec<_>>().join(" | ")
+            );
+            None
+        }
+    }
 }
 
 /// One component of a loaded library.
@@ -216,6 +262,7 @@ pub fn load_library(path: &Path) -> std::result::Result<Library, LoadError> {
         log: host_log,
         max_level: current_max_level(),
     });
+    let hub_export = find_hub_export(path);
     let name = module.name().to_string();
     let components = (module.components())()
         .into_iter()
@@ -238,6 +285,7 @@ pub fn load_library(path: &Path) -> std::result::Result<Library, LoadError> {
         version: module.version().to_string(),
         api_version: plugin_api,
         components,
+        hub_export,
     })
 }
 

@@ -93,6 +93,8 @@
 //! - `tracing` events from your plugin appear in the host's log, tagged with the plugin's name.
 //! - [`Context::compute`] lends you the host's GPU ([`Compute`]): create tensors and dispatch
 //!   WGSL kernels, your own or those of the `fusion-kernels` crate.
+//! - [`hub::current`] reaches Hugging Face hub repositories through the host: files come from the
+//!   local cache, or are downloaded into it (unless the run is offline).
 //! - A plugin built against a plugin-api with a different version or ABI is refused at load time
 //!   with a message naming both versions; rebuild it against the host's plugin-api.
 
@@ -104,6 +106,7 @@ pub mod compute;
 pub mod error;
 mod export;
 pub mod host;
+pub mod hub;
 mod logging;
 mod model;
 pub mod tensor;

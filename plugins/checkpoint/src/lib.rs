@@ -1,6 +1,6 @@
 //! Reading checkpoints for fusion-host plugins: single `.safetensors` files and Hugging Face
 //! checkpoint folders (one file or shards with an index), memory-mapped and read lazily, and
-//! hub ids found in the local Hugging Face cache.
+//! Hugging Face hub ids (from the cache, downloaded into it when missing, through the host's hub).
 //!
 //! A plain library (not a plugin), so several plugins and their tests can share it.
 
@@ -13,8 +13,8 @@ use std::path::Path;
 
 use fusion_plugin_api::{Model, Result};
 
-/// Open a checkpoint (a `.safetensors` file, a checkpoint folder, or a hub id in the local cache)
-/// as a lazy [`Model`].
+/// Open a checkpoint (a `.safetensors` file, a checkpoint folder, or a hub id) as a lazy
+/// [`Model`].
 pub fn open_model(source: &str) -> Result<Model> {
     let path = resolve(source)?;
     Ok(Model::new(Checkpoint::open(&path, source)?))
@@ -46,8 +46,8 @@ pub fn model_source(name: &str, value: &serde_json::Value) -> Result<String> {
     }
 }
 
-/// The local path of a checkpoint source: the path itself when it exists, else the snapshot of
-/// a hub id in the local cache.
+/// The local path of a checkpoint source: the path itself when it exists, else the snapshot
+/// folder of a hub id (`org/name[@revision]`), fetched through the host's hub.
 pub fn resolve(source: &str) -> Result<std::path::PathBuf> {
     let path = Path::new(source);
     if path.exists() {
@@ -58,5 +58,6 @@ pub fn resolve(source: &str) -> Result<std::path::PathBuf> {
             "checkpoint not found: {source}"
         )));
     }
-    hub::resolve_cached(source)
+    tracing::debug!(source, "not a local path: a Hugging Face hub id");
+    hub::snapshot(source)
 }

@@ -25,38 +25,15 @@ pub enum DatasetError {
         source: std::io::Error,
     },
 
-    /// The source is neither an existing local path nor a dataset in the Hugging Face cache.
-    #[error(
-        "dataset '{source_name}' not found: it is not a local path, and the Hugging Face cache \
-         {cache} has no '{repo_folder}' folder"
-    )]
-    SourceNotFound {
+    /// A hub dataset could not be listed or fetched (not in the cache while offline, not on
+    /// the hub, a revision the cache does not have, a failed download). The message, from the
+    /// hub, names the repository, the revision and the file.
+    #[error("{message}")]
+    Hub {
         /// The source as given.
         source_name: String,
-        /// The hub cache folder that was searched.
-        cache: PathBuf,
-        /// The repository folder name that was looked for (`datasets--org--name`).
-        repo_folder: String,
-    },
-
-    /// The revision of a cached hub dataset has no snapshot.
-    #[error(
-        "dataset '{repo}': revision '{revision}' is not in the Hugging Face cache at {repo_dir} \
-         (refs found: {}; snapshots found: {})",
-        list(refs),
-        list(snapshots)
-    )]
-    RevisionNotFound {
-        /// The hub id.
-        repo: String,
-        /// The revision asked for.
-        revision: String,
-        /// The `datasets--org--name` folder.
-        repo_dir: PathBuf,
-        /// The refs present in `refs/`.
-        refs: Vec<String>,
-        /// The commit folders present in `snapshots/`.
-        snapshots: Vec<String>,
+        /// What the hub said.
+        message: String,
     },
 
     /// No file of the dataset belongs to the requested split.

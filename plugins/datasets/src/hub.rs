@@ -1,32 +1,13 @@
-//! Finding datasets in the local Hugging Face hub cache (the layout `huggingface_hub` writes):
-//!
-//! ```text
-//! <cache>/datasets--<org>--<name>/refs/<revision>          holds a commit hash
-//! <cache>/datasets--<org>--<name>/snapshots/<commit>/...  the repository's files (often symlinks into blobs/)
-//! ```
-//!
-//! Nothing here touches the network: a dataset must already be in the cache.
+//! Datasets named by Hugging Face hub id, fetched through the host's hub
+//! ([`fusion_plugin_api::hub`]): the repository is listed, the files of the requested split are
+//! taken from the Hugging Face cache or downloaded into it (unless the run is offline), then read
+//! from the cache's snapshot folder. The cache itself belongs to the host's `fusion-hub`.
 
 use std::path::{Path, PathBuf};
 
-use crate::DatasetError;
+use fusion_plugin_api::hub::{Hub, RepoKind};
 
-/// The hub cache folder, resolved from the environment as `huggingface_hub` does:
-/// `$HF_HUB_CACHE`, else `$HUGGINGFACE_HUB_CACHE` (legacy), else `$HF_HOME/hub`, else
-/// `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
-/// `None` only when none of these variables is set (not even `HOME`).
-pub fn hub_cache_dir() -> Option<PathBuf> {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    var("HF_HUB_CACHE")
-        .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
-        .or_else(|| var("HF_HOME").map(|home| home.join("hub")))
-        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("huggingface").join("hub")))
-        .or_else(|| var("HOME").map(|h| h.join(".cache").join("huggingface").join("hub")))
-}
+use crate::{layout, DatasetError, DatasetSpec, ImageDataset, ParquetDataset};
 
 /// A dataset id on the hub, with an optional revision: `org/name`, `org/name@revision`,
 /// `hf://datasets/org/name@revision`, or a legacy id without an organisation (`mnist`).
@@ -64,11 +45,6 @@ impl HubId {
         })
     }
 
-    /// The folder name the cache uses for this repository: `datasets--org--name`.
-    pub fn cache_folder(&self) -> String {
-        format!("datasets--{}", self.repo.replace('/', "--"))
-    }
-
     /// The revision, `main` when none was given.
     pub fn revision_or_main(&self) -> &str {
         self.revision.as_deref().unwrap_or("main")
@@ -84,89 +60,76 @@ impl std::fmt::Display for HubId {
     }
 }
 
-/// Resolves a hub id to its snapshot folder in the cache `cache`.
-///
-/// The revision is looked up as a ref (`refs/<revision>`, which holds a commit hash), then as a
-/// snapshot folder name (a full commit hash), then as an unambiguous prefix of one (at least 7
-/// characters). `refs/convert/parquet` works as a revision because the cache stores it as
-/// `refs/refs/convert/parquet`; `convert/parquet` is accepted as a short form of it.
-pub fn resolve_snapshot(id: &HubId, cache: &Path) -> Result<PathBuf, DatasetError> {
-    let repo_dir = cache.join(id.cache_folder());
-    if !repo_dir.is_dir() {
-        return Err(DatasetError::SourceNotFound {
-            source_name: id.to_string(),
-            cache: cache.to_path_buf(),
-            repo_folder: id.cache_folder(),
-        });
+fn hub_error(id: &HubId, e: fusion_plugin_api::Error) -> DatasetError {
+    DatasetError::Hub {
+        source_name: id.to_string(),
+        message: e.message().to_string(),
     }
-    let revision = id.revision_or_main();
-    let snapshots_dir = repo_dir.join("snapshots");
-    let mut ref_candidates = vec![repo_dir.join("refs").join(revision)];
-    if !revision.starts_with("refs/") {
-        ref_candidates.push(repo_dir.join("refs").join("refs").join(revision));
-    }
-    for ref_file in &ref_candidates {
-        if ref_file.is_file() {
-            let hash = std::fs::read_to_string(ref_file)
-                .map_err(|e| DatasetError::io(ref_file, e))?
-                .trim()
-                .to_string();
-            let snapshot = snapshots_dir.join(&hash);
-            if !hash.is_empty() && snapshot.is_dir() {
-                return Ok(snapshot);
-            }
-        }
-    }
-    let valid_name = !revision.is_empty() && !revision.contains(['/', '\\']) && revision != "..";
-    if valid_name && snapshots_dir.join(revision).is_dir() {
-        return Ok(snapshots_dir.join(revision));
-    }
-    let snapshots = list_dir_names(&snapshots_dir);
-    if valid_name && revision.len() >= 7 {
-        let matching: Vec<&String> = snapshots
-            .iter()
-            .filter(|s| s.starts_with(revision))
-            .collect();
-        if let [only] = matching.as_slice() {
-            return Ok(snapshots_dir.join(only));
-        }
-    }
-    let mut refs = Vec::new();
-    collect_refs(&repo_dir.join("refs"), "", &mut refs);
-    refs.sort();
-    Err(DatasetError::RevisionNotFound {
-        repo: id.repo.clone(),
-        revision: revision.to_string(),
-        repo_dir,
-        refs,
-        snapshots,
-    })
 }
 
-/// Sorted names of the sub-folders of `dir` (empty when it cannot be read).
-fn list_dir_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+/// The snapshot folder holding `path`, which is repository file `name` in it.
+fn snapshot_root(path: &Path, name: &str) -> PathBuf {
+    path.ancestors()
+        .nth(name.split('/').count())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// Opens `split` of hub dataset `id` through `hub`: only the parquet files of the split are
+/// fetched. A repository without parquet files (image folders, IDX files) is fetched whole and
+/// read as a local folder.
+pub(crate) fn open(
+    id: &HubId,
+    hub: &dyn Hub,
+    split: &str,
+    spec: &DatasetSpec,
+) -> Result<Box<dyn ImageDataset>, DatasetError> {
+    let revision = id.revision.as_deref();
+    let files = hub
+        .list(RepoKind::Dataset, &id.repo, revision)
+        .map_err(|e| hub_error(id, e))?;
+    let fetch = |name: &str| {
+        hub.file(RepoKind::Dataset, &id.repo, revision, name)
+            .map_err(|e| hub_error(id, e))
+    };
+    let label = id.to_string();
+    let parquet: Vec<layout::SplitFile> = files
+        .iter()
+        .filter_map(|f| layout::classify_repo_path(f))
         .collect();
-    names.sort();
-    names
-}
-
-/// Collects the ref names under `refs/` (nested refs such as `refs/convert/parquet` included).
-fn collect_refs(dir: &Path, prefix: &str, out: &mut Vec<String>) {
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
-        let path = entry.path();
-        if path.is_dir() {
-            collect_refs(&path, &format!("{name}/"), out);
-        } else {
-            out.push(name);
+    if parquet.is_empty() {
+        let mut root = None;
+        for name in files.iter().filter(|f| !f.starts_with('.')) {
+            let path = fetch(name)?;
+            root.get_or_insert_with(|| snapshot_root(&path, name));
         }
+        let root = root.ok_or_else(|| DatasetError::Hub {
+            source_name: label.clone(),
+            message: format!(
+                "dataset `{}` (revision `{}`) has no files",
+                id.repo,
+                id.revision_or_main()
+            ),
+        })?;
+        return crate::open_local(&root, &label, split, spec);
     }
+    let dataset = format!("{label} (on the hub)");
+    let picked = layout::select_split(&parquet, &dataset, split)?;
+    let mut paths = Vec::with_capacity(picked.len());
+    for file in &picked {
+        let rel = file.path.to_string_lossy().into_owned();
+        paths.push((fetch(&rel)?, rel));
+    }
+    let root = snapshot_root(&paths[0].0, &paths[0].1);
+    tracing::debug!(dataset = %label, split, files = paths.len(), root = %root.display(), "hub dataset");
+    let paths: Vec<PathBuf> = paths.into_iter().map(|(p, _)| p).collect();
+    Ok(Box::new(ParquetDataset::open(
+        format!("'{label}' split '{split}'"),
+        Some(&root),
+        &paths,
+        spec.image_column.as_deref(),
+        spec.label_column.as_deref(),
+    )?))
 }
 
 #[cfg(test)]
@@ -178,17 +141,25 @@ mod tests {
         let id = HubId::parse("tanganke/eurosat@abc123").unwrap();
         assert_eq!(id.repo, "tanganke/eurosat");
         assert_eq!(id.revision.as_deref(), Some("abc123"));
-        assert_eq!(id.cache_folder(), "datasets--tanganke--eurosat");
         let id = HubId::parse("hf://datasets/ylecun/mnist@refs/convert/parquet").unwrap();
         assert_eq!(id.repo, "ylecun/mnist");
         assert_eq!(id.revision.as_deref(), Some("refs/convert/parquet"));
-        assert_eq!(
-            HubId::parse("mnist").unwrap().cache_folder(),
-            "datasets--mnist"
-        );
+        assert_eq!(HubId::parse("mnist").unwrap().repo, "mnist");
         assert!(HubId::parse("/abs/path").is_none());
         assert!(HubId::parse("a/b/c").is_none());
         assert!(HubId::parse("../x").is_none());
         assert!(HubId::parse("org/name@").is_none());
+    }
+
+    #[test]
+    fn snapshot_roots() {
+        assert_eq!(
+            snapshot_root(Path::new("/c/snap/data/x.parquet"), "data/x.parquet"),
+            PathBuf::from("/c/snap")
+        );
+        assert_eq!(
+            snapshot_root(Path::new("/c/snap/x.parquet"), "x.parquet"),
+            PathBuf::from("/c/snap")
+        );
     }
 }

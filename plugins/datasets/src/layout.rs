@@ -87,6 +87,18 @@ fn walk(
     Ok(())
 }
 
+/// Classifies a repository path such as `data/test-00000-of-00001.parquet` (from a hub listing);
+/// `None` for files that are not parquet or lie in hidden folders. `path` is the repository path
+/// until the file is fetched.
+pub(crate) fn classify_repo_path(rel: &str) -> Option<SplitFile> {
+    if !rel.ends_with(".parquet") || rel.split('/').any(|p| p.starts_with('.')) {
+        return None;
+    }
+    let mut dirs: Vec<String> = rel.split('/').map(str::to_string).collect();
+    let name = dirs.pop()?;
+    Some(classify(PathBuf::from(rel), dirs, name))
+}
+
 /// Parses `<split>-00003-of-00010` (optionally followed by `-<hash>`) into the split and the
 /// shard number.
 fn parse_shard(stem: &str) -> Option<(String, u64)> {

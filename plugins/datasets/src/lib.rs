@@ -9,7 +9,8 @@
 //! [`open`] takes a [`DatasetSpec`] whose `source` is any of:
 //!
 //! * a **Hugging Face dataset id** (`tanganke/eurosat`, `org/name@revision`,
-//!   `hf://datasets/org/name`) found in the local hub cache ([`hub::hub_cache_dir`]);
+//!   `hf://datasets/org/name`), fetched through the host's hub ([`fusion_plugin_api::hub`]): from
+//!   the Hugging Face cache, downloaded into it when missing (only the split's files);
 //! * a **local folder** holding a parquet dataset repository in any of the layouts Hugging Face
 //!   uses (`data/<split>-0000N-of-0000M.parquet`,
 //!   `<config>/<split>/0000.parquet`, `<split>/*.parquet`, ...), an **image folder**
@@ -32,6 +33,8 @@
 
 use std::path::{Path, PathBuf};
 
+use fusion_plugin_api::hub::Hub;
+
 mod error;
 pub mod folder;
 pub mod hub;
@@ -41,7 +44,7 @@ pub mod parquet_ds;
 
 pub use error::DatasetError;
 pub use folder::ImageFolderDataset;
-pub use hub::{hub_cache_dir, resolve_snapshot, HubId};
+pub use hub::HubId;
 pub use idx::IdxDataset;
 pub use parquet_ds::ParquetDataset;
 
@@ -127,19 +130,25 @@ impl Default for DatasetSpec {
     }
 }
 
-/// Opens a dataset split, looking hub ids up in the hub cache that the environment names
-/// ([`hub_cache_dir`]).
+/// Opens a dataset split; hub ids go through the installed hub
+/// ([`fusion_plugin_api::hub::current`], which the host provides to every plugin).
 pub fn open(spec: &DatasetSpec) -> Result<Box<dyn ImageDataset>, DatasetError> {
-    let cache = hub_cache_dir().unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
-    open_with_hub_cache(spec, &cache)
+    let hub = fusion_plugin_api::hub::installed();
+    open_inner(spec, hub.as_deref())
 }
 
-/// Opens a dataset split, looking hub ids up in the hub cache folder `hub_cache`
-/// (the folder that holds `datasets--org--name`). A source that exists as a local path is
-/// always read as one, even when it also looks like a hub id.
-pub fn open_with_hub_cache(
+/// Opens a dataset split, fetching hub ids through `hub`. A source that exists as a local path
+/// is always read as one, even when it also looks like a hub id.
+pub fn open_with_hub(
     spec: &DatasetSpec,
-    hub_cache: &Path,
+    hub: &dyn Hub,
+) -> Result<Box<dyn ImageDataset>, DatasetError> {
+    open_inner(spec, Some(hub))
+}
+
+fn open_inner(
+    spec: &DatasetSpec,
+    hub: Option<&dyn Hub>,
 ) -> Result<Box<dyn ImageDataset>, DatasetError> {
     let source = spec.source.trim();
     if source.is_empty() {
@@ -157,8 +166,19 @@ pub fn open_with_hub_cache(
     }
     match HubId::parse(source) {
         Some(id) => {
-            let snapshot = resolve_snapshot(&id, hub_cache)?;
-            open_local(&snapshot, &id.to_string(), split, spec)
+            let hub = match hub {
+                Some(hub) => hub,
+                None => {
+                    return Err(DatasetError::Hub {
+                        source_name: id.to_string(),
+                        message: fusion_plugin_api::hub::current()
+                            .err()
+                            .map(|e| e.message().to_string())
+                            .unwrap_or_default(),
+                    })
+                }
+            };
+            hub::open(&id, hub, split, spec)
         }
         None => Err(DatasetError::io(
             local,
@@ -171,7 +191,7 @@ pub fn open_with_hub_cache(
 }
 
 /// Opens a local file or folder; `label` names the source in messages.
-fn open_local(
+pub(crate) fn open_local(
     path: &Path,
     label: &str,
     split: &str,

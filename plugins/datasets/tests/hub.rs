@@ -1,12 +1,16 @@
-//! Hub ids resolved in a fake Hugging Face cache, laid out as `huggingface_hub` writes it:
-//! `datasets--org--name/{blobs,refs,snapshots}`, with snapshot files symlinked to blobs.
+//! Hub ids resolved through the host's hub (fusion-hub, in-process): offline in a fake Hugging
+//! Face cache laid out as `huggingface_hub` writes it (`datasets--org--name/{blobs,refs,snapshots}`,
+//! snapshot files symlinked to blobs), and online against the fake hub server.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use common::{data, marker};
-use fusion_datasets::{open_with_hub_cache, resolve_snapshot, DatasetError, DatasetSpec, HubId};
+use fusion_datasets::{open_with_hub, DatasetError, DatasetSpec, ImageDataset};
+use fusion_hub::testing::FakeHub;
+use fusion_hub::{HubClient, HubSettings};
+use fusion_plugin_api::hub::RepoKind;
 
 const MAIN: &str = "1111111111111111111111111111111111111111";
 const OLD: &str = "2222222222222222222222222222222222222222";
@@ -105,6 +109,16 @@ fn fake_cache() -> tempfile::TempDir {
     cache
 }
 
+/// Opens `spec` offline in the cache folder `cache`.
+fn open_with_hub_cache(
+    spec: &DatasetSpec,
+    cache: &Path,
+) -> Result<Box<dyn ImageDataset>, DatasetError> {
+    // Offline: the endpoint is never asked.
+    let settings = HubSettings::new(cache, "http://127.0.0.1:9").with_offline(true);
+    open_with_hub(spec, &HubClient::new(settings))
+}
+
 fn markers(cache: &Path, source: &str, split: &str) -> Vec<u8> {
     let spec = DatasetSpec::new(source).with_split(split);
     let ds = open_with_hub_cache(&spec, cache).unwrap();
@@ -186,15 +200,14 @@ fn pinned_revisions() {
 #[test]
 fn unknown_revision_lists_refs_and_snapshots() {
     let cache = fake_cache();
-    let id = HubId::parse("tanganke/fixture_corrupted@v9").unwrap();
-    let err = resolve_snapshot(&id, cache.path()).unwrap_err();
+    let spec = DatasetSpec::new("tanganke/fixture_corrupted@v9");
+    let err = open_with_hub_cache(&spec, cache.path())
+        .err()
+        .expect("no such revision");
     let msg = err.to_string();
-    assert!(
-        matches!(err, DatasetError::RevisionNotFound { .. }),
-        "{msg}"
-    );
+    assert!(matches!(err, DatasetError::Hub { .. }), "{msg}");
     for needle in [
-        "'v9'",
+        "`v9`",
         "main",
         "v1.0",
         "refs/convert/parquet",
@@ -213,7 +226,7 @@ fn unknown_dataset_names_cache_and_folder() {
         .err()
         .expect("not cached");
     let msg = err.to_string();
-    assert!(matches!(err, DatasetError::SourceNotFound { .. }), "{msg}");
+    assert!(matches!(err, DatasetError::Hub { .. }), "{msg}");
     assert!(
         msg.contains("tanganke/not_downloaded")
             && msg.contains("datasets--tanganke--not_downloaded")
@@ -231,5 +244,53 @@ fn dangling_ref_is_reported() {
     let err = open_with_hub_cache(&spec, cache.path())
         .err()
         .expect("dangling");
-    assert!(err.to_string().contains("'broken'"), "{err}");
+    assert!(err.to_string().contains("`broken`"), "{err}");
+}
+
+/// Online: only the files of the requested split are downloaded; a second open asks nothing
+/// but the listing, and an offline one reads the same files.
+#[test]
+fn online_fetches_only_the_split_then_reads_the_cache() {
+    let server = FakeHub::start();
+    let commit = server.add_folder(
+        RepoKind::Dataset,
+        "tanganke/fixture_corrupted",
+        &["main"],
+        &data("hf_parquet"),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("hub");
+    let settings = HubSettings::new(&cache, server.endpoint());
+    let spec = DatasetSpec::new("tanganke/fixture_corrupted").with_split("train");
+    let ds = open_with_hub(&spec, &HubClient::new(settings.clone())).unwrap();
+    assert_eq!(ds.len(), 7);
+    assert!(ds.describe().contains(&commit), "{}", ds.describe());
+    let snapshot = cache
+        .join("datasets--tanganke--fixture_corrupted/snapshots")
+        .join(&commit);
+    let mut fetched = fusion_hub::list_files(&snapshot).unwrap();
+    fetched.sort();
+    assert_eq!(
+        fetched,
+        vec![
+            "data/train-00000-of-00002.parquet",
+            "data/train-00001-of-00002.parquet"
+        ]
+    );
+    let requests = server.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|r| !r.contains("test-") && !r.contains("gaussian")),
+        "{requests:?}"
+    );
+    let offline = HubClient::new(settings.with_offline(true));
+    assert_eq!(open_with_hub(&spec, &offline).unwrap().len(), 7);
+    let err = open_with_hub(&spec.clone().with_split("test"), &offline)
+        .err()
+        .expect("the test split was never downloaded");
+    assert!(
+        matches!(err, DatasetError::SplitNotFound { .. }),
+        "offline, the cached snapshot lists only the train split: {err}"
+    );
 }

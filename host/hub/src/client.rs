@@ -1,0 +1,566 @@
+//! The hub client: cache first, then the network through hf-hub, every download verified before
+//! it enters the cache.
+//!
+//! What hf-hub 0.5 (sync, ureq) does and does not do, and so what is wrapped here:
+//!
+//! * `Api::metadata(url)` asks `GET <url>` with `Range: bytes=0-0` without following redirects
+//!   to other hosts, and reads the commit (`x-repo-commit`), the etag (`x-linked-etag`, else
+//!   `etag`) and the size (the total of `Content-Range`, after one redirect to the storage host
+//!   for LFS files). It is used as is.
+//! * `ApiRepo::download_with_progress` fetches into `blobs/<etag>.part`, *appending* to a `.part`
+//!   left by an earlier attempt (`Range: bytes=<len>-`, without checking that the server honoured
+//!   the range), renames it to `blobs/<etag>` without checking its size or hash, links it into
+//!   `snapshots/` and writes the ref. So it is pointed at a fresh staging cache inside the
+//!   repository's `blobs/` folder (same file system, removed afterwards); the staged file is
+//!   checked against the size and, for LFS files, the sha256 the hub announced, and only then
+//!   renamed into the real `blobs/` and linked into `snapshots/`.
+//! * `ApiRepo::info()` (`GET /api/{models,datasets}/<repo>/revision/<rev>`) lists a
+//!   repository's files and gives the revision's commit; offline, the snapshot folder is read.
+//! * hf-hub reads no environment variable: [`HubSettings`] are resolved by the host.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use fusion_plugin_api::hub::{Hub, RepoKind};
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
+use hf_hub::{Cache, Repo, RepoType};
+use indicatif::ProgressBar;
+use sha2::{Digest, Sha256};
+
+use crate::cache::{
+    check_filename, check_repo_id, check_revision, is_commit_hash, is_plain_name, is_sha256,
+    list_files, HubCache, Lookup,
+};
+use crate::{HubError, HubSettings};
+
+/// Makes a progress bar for one download: (label, total bytes).
+pub type ProgressFactory = Arc<dyn Fn(&str, u64) -> ProgressBar + Send + Sync>;
+
+/// The revision used when none is given.
+const MAIN: &str = "main";
+
+/// Hub access with the standard cache: see the [crate documentation](crate).
+pub struct HubClient {
+    settings: HubSettings,
+    cache: HubCache,
+    api: OnceLock<Result<Api, String>>,
+    /// The commit each (kind, repo, revision) resolved to in this process, so that one run
+    /// reads one commit even when a branch moves meanwhile.
+    commits: Mutex<HashMap<(RepoKind, String, String), String>>,
+    /// The hub's listings, asked once per (kind, repo, revision) in this process.
+    listings: Mutex<HashMap<(RepoKind, String, String), Vec<String>>>,
+    /// Set when a listing found the hub unreachable: later listings read the cache without
+    /// asking (and without warning again).
+    unreachable: AtomicBool,
+    progress: Option<ProgressFactory>,
+}
+
+impl HubClient {
+    /// A client with these settings, without progress bars.
+    pub fn new(settings: HubSettings) -> Self {
+        Self {
+            cache: HubCache::new(&settings.cache_dir),
+            settings,
+            api: OnceLock::new(),
+            commits: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            unreachable: AtomicBool::new(false),
+            progress: None,
+        }
+    }
+
+    /// The same client, drawing a progress bar per download with `factory`.
+    pub fn with_progress(mut self, factory: ProgressFactory) -> Self {
+        self.progress = Some(factory);
+        self
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    /// Its cache.
+    pub fn cache(&self) -> &HubCache {
+        &self.cache
+    }
+
+    /// The local path of `filename` in `repo` at `revision` (default `main`): see [`Hub::file`].
+    pub fn fetch(
+        &self,
+        kind: RepoKind,
+        repo: &str,
+        revision: Option<&str>,
+        filename: &str,
+    ) -> Result<PathBuf, HubError> {
+        let revision = revision.unwrap_or(MAIN);
+        let what = format!("{kind} `{repo}` file `{filename}` (revision `{revision}`)");
+        let invalid = |reason: String| HubError::Invalid {
+            what: what.clone(),
+            reason,
+        };
+        check_repo_id(repo).map_err(invalid)?;
+        check_revision(revision).map_err(invalid)?;
+        check_filename(filename).map_err(invalid)?;
+
+        let known = self.known_commit(kind, repo, revision);
+        let cached = match &known {
+            Some(commit) => self.cache.find_in_commit(kind, repo, commit, filename),
+            None => self.cache.find(kind, repo, revision, filename),
+        };
+        if let Some(path) = cached {
+            tracing::debug!(path = %path.display(), "{what}: in the cache");
+            return Ok(path);
+        }
+        if self.settings.offline {
+            return Err(HubError::Offline {
+                what,
+                path: self.cache.repo_dir(kind, repo),
+            });
+        }
+        self.download(kind, repo, revision, known.as_deref(), filename, &what)
+    }
+
+    /// The files of `repo` at `revision` (default `main`): see [`Hub::list`].
+    pub fn files(
+        &self,
+        kind: RepoKind,
+        repo: &str,
+        revision: Option<&str>,
+    ) -> Result<Vec<String>, HubError> {
+        let revision = revision.unwrap_or(MAIN);
+        let what = format!("{kind} `{repo}` (revision `{revision}`)");
+        let invalid = |reason: String| HubError::Invalid {
+            what: what.clone(),
+            reason,
+        };
+        check_repo_id(repo).map_err(invalid)?;
+        check_revision(revision).map_err(invalid)?;
+        if self.settings.offline {
+            return self.cached_files(kind, repo, revision, &what);
+        }
+        let key = (kind, repo.to_string(), revision.to_string());
+        if let Some(files) = self
+            .listings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(files.clone());
+        }
+        if self.unreachable.load(Ordering::Relaxed) {
+            if let Ok(files) = self.cached_files(kind, repo, revision, &what) {
+                tracing::debug!("{what}: listed from the cached snapshot (the hub is unreachable)");
+                return Ok(files);
+            }
+        }
+        let api = self.api(&what)?;
+        let info = guarded(&what, &self.settings.endpoint, || {
+            api.repo(hf_repo(kind, repo, revision)).info()
+        });
+        match info {
+            Ok(info) => {
+                if !is_plain_name(&info.sha) {
+                    return Err(self.protocol(&what, format!("bad commit `{}`", info.sha)));
+                }
+                self.remember(kind, repo, revision, &info.sha);
+                let mut files: Vec<String> =
+                    info.siblings.into_iter().map(|s| s.rfilename).collect();
+                files.sort();
+                tracing::debug!(commit = %info.sha, files = files.len(), "{what}: listed on the hub");
+                self.listings
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, files.clone());
+                Ok(files)
+            }
+            Err(e) => {
+                let e = self.http_error(e, &what);
+                // Unreachable hub, cached snapshot: go on with what the cache has, as Python
+                // does when its HEAD request fails.
+                if let HubError::Network { message, .. } = &e {
+                    if let Ok(files) = self.cached_files(kind, repo, revision, &what) {
+                        if !self.unreachable.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                "{what}: cannot reach the Hugging Face hub at {} ({message}); \
+                                 using the cached snapshots for the rest of the run",
+                                self.settings.endpoint
+                            );
+                        }
+                        return Ok(files);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn cached_files(
+        &self,
+        kind: RepoKind,
+        repo: &str,
+        revision: &str,
+        what: &str,
+    ) -> Result<Vec<String>, HubError> {
+        let repo_dir = self.cache.repo_dir(kind, repo);
+        match self.cache.lookup(kind, repo, revision) {
+            Lookup::Snapshot { dir, .. } => list_files(&dir).map_err(|source| HubError::Io {
+                what: what.to_string(),
+                path: dir,
+                source,
+            }),
+            Lookup::NoRepo => Err(HubError::Offline {
+                what: what.to_string(),
+                path: repo_dir,
+            }),
+            Lookup::NoRevision { refs, snapshots } => Err(HubError::RevisionNotCached {
+                what: format!("{kind} `{repo}`"),
+                revision: revision.to_string(),
+                repo_dir,
+                refs,
+                snapshots,
+            }),
+        }
+    }
+
+    /// The commit `revision` stands for, when known without asking: a full hash, or what it
+    /// resolved to earlier in this process.
+    fn known_commit(&self, kind: RepoKind, repo: &str, revision: &str) -> Option<String> {
+        if is_commit_hash(revision) {
+            return Some(revision.to_ascii_lowercase());
+        }
+        self.commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(kind, repo.to_string(), revision.to_string()))
+            .cloned()
+    }
+
+    fn remember(&self, kind: RepoKind, repo: &str, revision: &str, commit: &str) {
+        self.commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (kind, repo.to_string(), revision.to_string()),
+                commit.to_string(),
+            );
+    }
+
+    fn api(&self, what: &str) -> Result<&Api, HubError> {
+        let api = self.api.get_or_init(|| {
+            self.builder(Cache::new(self.settings.cache_dir.clone()))
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        api.as_ref()
+            .map_err(|message| self.protocol(what, format!("cannot set up the client: {message}")))
+    }
+
+    fn builder(&self, cache: Cache) -> ApiBuilder {
+        ApiBuilder::from_cache(cache)
+            .with_endpoint(self.settings.endpoint.clone())
+            .with_token(self.settings.token.clone())
+            .with_progress(false)
+            .with_retries(0)
+            .with_user_agent("fusion-host", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn download(
+        &self,
+        kind: RepoKind,
+        repo: &str,
+        revision: &str,
+        known: Option<&str>,
+        filename: &str,
+        what: &str,
+    ) -> Result<PathBuf, HubError> {
+        let endpoint = &self.settings.endpoint;
+        let api = self.api(what)?;
+        let url = api
+            .repo(hf_repo(kind, repo, known.unwrap_or(revision)))
+            .url(filename);
+        let meta =
+            guarded(what, endpoint, || api.metadata(&url)).map_err(|e| self.http_error(e, what))?;
+        let commit = meta.commit_hash().trim().to_string();
+        // hf-hub strips the quotes; Python also strips a weak-etag `W/`.
+        let etag = meta.etag().trim_start_matches("W/").to_string();
+        if !is_plain_name(&commit) || !is_plain_name(&etag) {
+            return Err(self.protocol(
+                what,
+                format!("unusable commit `{commit}` or etag `{etag}` for {url}"),
+            ));
+        }
+        let size = meta.size() as u64;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| HubError::Io {
+                what: what.to_string(),
+                path,
+                source,
+            }
+        };
+
+        let blob = self.cache.blob_path(kind, repo, &etag);
+        // Another revision (or Python) may have stored these bytes already.
+        let have_blob = std::fs::metadata(&blob).is_ok_and(|m| m.is_file() && m.len() == size);
+        if have_blob {
+            tracing::debug!(blob = %blob.display(), "{what}: contents already in the cache");
+        } else {
+            let blobs_dir = blob.parent().expect("a blob has a parent");
+            std::fs::create_dir_all(blobs_dir).map_err(io(blobs_dir))?;
+            // Removed when dropped, whatever happens below: a failed download leaves nothing.
+            let staging = tempfile::Builder::new()
+                .prefix(".fusion-incomplete-")
+                .tempdir_in(blobs_dir)
+                .map_err(io(blobs_dir))?;
+            tracing::debug!(bytes = size, "{what}: downloading from {endpoint}");
+            let bar = self
+                .progress
+                .as_ref()
+                .map(|f| f(&short_label(repo, filename), size));
+            let staged_api = self
+                .builder(Cache::new(staging.path().to_path_buf()))
+                .build()
+                .map_err(|e| self.protocol(what, e.to_string()))?;
+            let result = guarded(what, endpoint, || {
+                staged_api
+                    .repo(hf_repo(kind, repo, &commit))
+                    .download_with_progress(filename, BarProgress(bar.clone()))
+            });
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let pointer = result.map_err(|e| self.http_error(e, what))?;
+            // hf-hub links the snapshot file to its blob (it renames the blob there where
+            // symlinks are unavailable).
+            let is_link =
+                std::fs::symlink_metadata(&pointer).is_ok_and(|m| m.file_type().is_symlink());
+            let staged = std::fs::canonicalize(&pointer).map_err(io(&pointer))?;
+            // hf-hub asked for the metadata again: it must have fetched the same file.
+            let staged_etag = staged
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if is_link && staged_etag != etag {
+                return Err(HubError::Corrupt {
+                    what: what.to_string(),
+                    detail: format!(
+                        "the file changed on the hub during the download (etag `{etag}`, then \
+                         `{staged_etag}`); try again"
+                    ),
+                });
+            }
+            if let Some(detail) = verify(&staged, size, &etag).map_err(io(&staged))? {
+                return Err(HubError::Corrupt {
+                    what: what.to_string(),
+                    detail,
+                });
+            }
+            std::fs::rename(&staged, &blob).map_err(io(&blob))?;
+            tracing::info!(
+                bytes = size,
+                checked = if is_sha256(&etag) {
+                    "size, sha256"
+                } else {
+                    "size"
+                },
+                "{what}: downloaded from {endpoint}"
+            );
+        }
+        let path = self
+            .cache
+            .link(kind, repo, &commit, filename, &etag)
+            .map_err(io(&self.cache.repo_dir(kind, repo)))?;
+        self.cache
+            .write_ref(kind, repo, revision, &commit)
+            .map_err(io(&self.cache.repo_dir(kind, repo)))?;
+        self.remember(kind, repo, revision, &commit);
+        Ok(path)
+    }
+
+    fn protocol(&self, what: &str, message: String) -> HubError {
+        HubError::Protocol {
+            what: what.to_string(),
+            endpoint: self.settings.endpoint.clone(),
+            message,
+        }
+    }
+
+    /// An hf-hub error as one of ours, naming what was asked for and where.
+    fn http_error(&self, e: ApiError, what: &str) -> HubError {
+        let endpoint = self.settings.endpoint.clone();
+        let what = what.to_string();
+        match e {
+            ApiError::RequestError(inner) => match *inner {
+                ureq::Error::StatusCode(404) => HubError::NotFound { what, endpoint },
+                ureq::Error::StatusCode(status @ (401 | 403)) => HubError::Denied {
+                    what,
+                    endpoint,
+                    status,
+                },
+                ureq::Error::StatusCode(status) => HubError::Status {
+                    what,
+                    endpoint,
+                    status,
+                },
+                transport @ (ureq::Error::Io(_)
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::HostNotFound
+                | ureq::Error::Timeout(_)
+                | ureq::Error::Tls(_)
+                | ureq::Error::ConnectProxyFailed(_)) => HubError::Network {
+                    what,
+                    endpoint,
+                    message: transport.to_string(),
+                },
+                other => HubError::Protocol {
+                    what,
+                    endpoint,
+                    message: other.to_string(),
+                },
+            },
+            ApiError::TooManyRetries(inner) => self.http_error(*inner, &what),
+            // hf-hub's only I/O after the request is copying the body into the staging file.
+            ApiError::IoError(e) => HubError::Transfer {
+                what,
+                endpoint,
+                message: e.to_string(),
+            },
+            ApiError::LockAcquisition(path) => HubError::Io {
+                what,
+                source: std::io::Error::other("another process holds its lock"),
+                path,
+            },
+            other => HubError::Protocol {
+                what,
+                endpoint,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl Hub for HubClient {
+    fn file(
+        &self,
+        kind: RepoKind,
+        repo: &str,
+        revision: Option<&str>,
+        filename: &str,
+    ) -> fusion_plugin_api::Result<PathBuf> {
+        Ok(self.fetch(kind, repo, revision, filename)?)
+    }
+
+    fn list(
+        &self,
+        kind: RepoKind,
+        repo: &str,
+        revision: Option<&str>,
+    ) -> fusion_plugin_api::Result<Vec<String>> {
+        Ok(self.files(kind, repo, revision)?)
+    }
+}
+
+fn hf_repo(kind: RepoKind, repo: &str, revision: &str) -> Repo {
+    let kind = match kind {
+        RepoKind::Dataset => RepoType::Dataset,
+        _ => RepoType::Model,
+    };
+    Repo::with_revision(repo.to_string(), kind, revision.to_string())
+}
+
+/// Runs an hf-hub call, turning a panic inside it (it has a few `expect`s on server replies)
+/// into an error.
+fn guarded<T>(
+    what: &str,
+    endpoint: &str,
+    f: impl FnOnce() -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!("{what}: hf-hub panicked on the reply of {endpoint}: {msg}");
+        Err(ApiError::MissingHeader("a usable reply (hf-hub panicked)"))
+    })
+}
+
+/// Checks a downloaded file against the size and, for LFS files (whose etag is their sha256),
+/// the hash the hub announced. `Some(detail)` says what differs.
+fn verify(path: &Path, size: u64, etag: &str) -> std::io::Result<Option<String>> {
+    let len = std::fs::metadata(path)?.len();
+    if len != size {
+        return Ok(Some(format!(
+            "{len} bytes received, the hub announced {size}"
+        )));
+    }
+    if is_sha256(etag) {
+        let got = sha256_file(path)?;
+        if !got.eq_ignore_ascii_case(etag) {
+            return Ok(Some(format!("sha256 {got}, the hub announced {etag}")));
+        }
+    }
+    Ok(None)
+}
+
+/// The sha256 of a file, as lowercase hex.
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Lowercase hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `org/name: file`, shortened for a progress bar.
+fn short_label(repo: &str, filename: &str) -> String {
+    let label = format!("{repo}: {filename}");
+    if label.chars().count() > 48 {
+        let tail: String = label
+            .chars()
+            .rev()
+            .take(45)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("...{tail}")
+    } else {
+        label
+    }
+}
+
+/// hf-hub's progress callbacks onto an indicatif bar.
+struct BarProgress(Option<ProgressBar>);
+
+impl hf_hub::api::Progress for BarProgress {
+    fn init(&mut self, size: usize, _filename: &str) {
+        if let Some(bar) = &self.0 {
+            bar.set_length(size as u64);
+            bar.set_position(0);
+        }
+    }
+    fn update(&mut self, size: usize) {
+        if let Some(bar) = &self.0 {
+            bar.inc(size as u64);
+        }
+    }
+    fn finish(&mut self) {}
+}
