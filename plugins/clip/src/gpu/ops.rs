@@ -367,9 +367,15 @@ impl MatmulKernel {
             }
         }
         let name = c.device_name().to_ascii_lowercase();
-        let software = ["llvmpipe", "lavapipe", "swiftshader", "warp", "basic render"]
-            .iter()
-            .any(|s| name.contains(s));
+        let software = [
+            "llvmpipe",
+            "lavapipe",
+            "swiftshader",
+            "warp",
+            "basic render",
+        ]
+        .iter()
+        .any(|s| name.contains(s));
         Ok(if software {
             Self::Registers
         } else {
