@@ -33,6 +33,11 @@ struct Cli {
     #[arg(long = "config-path", value_name = "DIR")]
     config_path: Vec<PathBuf>,
 
+    /// An extra folder of configs, searched after the --config-path folders and the built-in
+    /// ones (it adds configs, it does not shadow them); repeatable. Hydra's `-cd`.
+    #[arg(long = "config-dir", value_name = "DIR")]
+    config_dir: Vec<PathBuf>,
+
     /// The primary config (in a config folder, `.yaml` optional). Hydra's `-cn`.
     #[arg(
         long = "config-name",
@@ -41,9 +46,14 @@ struct Cli {
     )]
     config_name: String,
 
-    /// Print the composed config (`job`: without `hydra`; `all`: with it) and exit.
-    #[arg(long = "cfg", short = 'c', value_name = "WHAT", value_parser = ["job", "all"])]
+    /// Print the composed config (`job`: without `hydra`; `hydra`: only `hydra`; `all`: both)
+    /// and exit.
+    #[arg(long = "cfg", short = 'c', value_name = "WHAT", value_parser = ["job", "hydra", "all"])]
     cfg: Option<String>,
+
+    /// With --cfg: print only this package (dotted key), e.g. `-p method`.
+    #[arg(long, short = 'p', value_name = "PACKAGE", requires = "cfg")]
+    package: Option<String>,
 
     /// With --cfg: resolve `${...}` interpolations before printing.
     #[arg(long)]
@@ -73,6 +83,11 @@ struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+
+    /// Never touch the network: Hugging Face hub files must already be in the cache (as
+    /// HF_HUB_OFFLINE=1 does).
+    #[arg(long, global = true)]
+    offline: bool,
 
     /// Config overrides, Hydra style: `group=option`, `a.b=value`, `+a.b=value`, `++a.b=value`,
     /// `~a.b`.
@@ -114,7 +129,8 @@ enum Command {
 fn hydra_short_options(args: impl Iterator<Item = String>) -> Vec<String> {
     args.map(|a| match a.as_str() {
         "-cn" => "--config-name".to_string(),
-        "-cp" | "-cd" | "--config-dir" => "--config-path".to_string(),
+        "-cp" => "--config-path".to_string(),
+        "-cd" => "--config-dir".to_string(),
         _ => a,
     })
     .collect()
@@ -156,12 +172,16 @@ pub fn run() -> anyhow::Result<ExitCode> {
         None => {
             let req = RunRequest {
                 config_paths: cli.config_path,
+                config_dirs: cli.config_dir,
                 config_name: cli.config_name.trim_end_matches(".yaml").to_string(),
                 overrides: cli.overrides,
                 print_cfg: cli.cfg,
+                package: cli.package,
                 resolve: cli.resolve,
                 plugin_dirs: cli.plugin_dir,
                 device: crate::device::parse_choice(&cli.device)?,
+                offline: cli.offline,
+                quiet: cli.quiet,
             };
             program::run(&req)?;
             Ok(ExitCode::SUCCESS)

@@ -2,8 +2,10 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fusion_plugin_api::host::{self, Component, ComponentKind, Library, LoadError};
+use fusion_plugin_api::hub::Hub;
 
 /// Every plugin library found, and those that were refused.
 pub struct Registry {
@@ -62,6 +64,20 @@ impl Registry {
         Registry { libraries, refused }
     }
 
+    /// Give every library the host's Hugging Face hub. A library built before plugin-api had
+    /// hub support still works; only its components cannot reach the hub.
+    pub fn connect_hub(&self, hub: &Arc<dyn Hub>) {
+        for lib in &self.libraries {
+            if !lib.connect_hub(hub) {
+                tracing::debug!(
+                    plugin = %lib.name,
+                    file = %lib.path.display(),
+                    "built before hub support: its components cannot reach the Hugging Face hub"
+                );
+            }
+        }
+    }
+
     /// Every component, in load order.
     pub fn components(&self) -> impl Iterator<Item = &Component> {
         self.libraries.iter().flat_map(|l| l.components.iter())
@@ -82,23 +98,39 @@ impl Registry {
 
     /// Known target names of `kind` closest to `name`, best first.
     pub fn closest(&self, kind: ComponentKind, name: &str, n: usize) -> Vec<String> {
-        let lower = name.to_ascii_lowercase();
-        let mut scored: Vec<(f64, String)> = self
-            .components()
-            .filter(|c| c.kind == kind)
-            .flat_map(|c| c.names.iter())
-            .map(|known| {
-                let k = known.to_ascii_lowercase();
-                let mut score = strsim::jaro_winkler(&lower, &k);
-                // `ties` should find `ties_merging`; a class name its full path.
-                if k.contains(&lower) || lower.contains(&k) {
-                    score += 0.5;
-                }
-                (score, known.clone())
-            })
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        scored.dedup_by(|a, b| a.1 == b.1);
-        scored.into_iter().take(n).map(|(_, s)| s).collect()
+        rank(
+            name,
+            self.components()
+                .filter(|c| c.kind == kind)
+                .flat_map(|c| c.names.iter().map(String::as_str)),
+            n,
+        )
     }
+
+    /// The first (short) name of every component of `kind`, in load order.
+    pub fn primary_names(&self, kind: ComponentKind) -> Vec<String> {
+        self.components()
+            .filter(|c| c.kind == kind)
+            .filter_map(|c| c.names.first().cloned())
+            .collect()
+    }
+}
+
+/// The `n` candidates closest to `name`, best first.
+pub fn rank<'a>(name: &str, candidates: impl Iterator<Item = &'a str>, n: usize) -> Vec<String> {
+    let lower = name.to_ascii_lowercase();
+    let mut scored: Vec<(f64, String)> = candidates
+        .map(|known| {
+            let k = known.to_ascii_lowercase();
+            let mut score = strsim::jaro_winkler(&lower, &k);
+            // `ties` should find `ties_merging`; a class name its full path.
+            if k.contains(&lower) || lower.contains(&k) {
+                score += 0.5;
+            }
+            (score, known.to_string())
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored.into_iter().take(n).map(|(_, s)| s).collect()
 }

@@ -17,21 +17,30 @@ use crate::error::{plugin, usage};
 use crate::plugins::Registry;
 use crate::profile::Profiler;
 use crate::save::{save_model, SaveOptions};
-use crate::targets;
+use crate::{hub, targets};
 use crate::{logging, paths, progress};
 
 /// What to run.
 pub struct RunRequest {
+    /// `--config-path`: searched first (they shadow the built-in configs).
     pub config_paths: Vec<PathBuf>,
+    /// `--config-dir`: searched last (they add configs).
+    pub config_dirs: Vec<PathBuf>,
     pub config_name: String,
     pub overrides: Vec<String>,
-    /// `--cfg job|all`: print the composed config and stop.
+    /// `--cfg job|hydra|all`: print the composed config and stop.
     pub print_cfg: Option<String>,
+    /// `--package` with `--cfg`: print only this subtree.
+    pub package: Option<String>,
     /// `--resolve` with `--cfg`: resolve interpolations before printing.
     pub resolve: bool,
     pub plugin_dirs: Vec<PathBuf>,
     /// The compute device to lend the components (created on first use).
     pub device: fusion_gpu::DeviceChoice,
+    /// `--offline`: never touch the network; hub files must already be in the cache.
+    pub offline: bool,
+    /// `--quiet`: no download progress bars either.
+    pub quiet: bool,
 }
 
 /// Convert the composed YAML tree into JSON for the components (YAML keys that are not strings,
@@ -111,8 +120,19 @@ fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 
 /// Compose the config from the request.
 fn compose(req: &RunRequest) -> anyhow::Result<fusion_config::Composed> {
-    let mut search_path = paths::builtin_config_roots();
-    // Later roots take precedence: the user's --config-path shadows the built-in configs.
+    // Later roots take precedence: --config-dir folders only add configs (as Hydra's do), the
+    // user's --config-path shadows the built-in configs.
+    let mut search_path = Vec::new();
+    for dir in &req.config_dirs {
+        if !dir.is_dir() {
+            return Err(usage(format!(
+                "--config-dir {}: no such folder",
+                dir.display()
+            )));
+        }
+        search_path.push(dir.clone());
+    }
+    search_path.extend(paths::builtin_config_roots());
     search_path.extend(req.config_paths.iter().cloned());
     if search_path.is_empty() {
         return Err(usage(
@@ -156,6 +176,63 @@ fn task_table(report: &Json) -> Option<String> {
     Some(out)
 }
 
+/// `--cfg job|hydra|all [-p PACKAGE] [--resolve]`, printed as Hydra prints it.
+fn print_cfg(
+    composed: &fusion_config::Composed,
+    what: &str,
+    package: Option<&str>,
+    resolve: bool,
+    rctx: &ResolveContext,
+) -> anyhow::Result<()> {
+    let hydra = composed
+        .hydra
+        .clone()
+        .unwrap_or(Yaml::Mapping(Default::default()));
+    let mut cfg = match what {
+        "hydra" => {
+            let mut m = serde_yaml::Mapping::new();
+            m.insert(Yaml::String("hydra".into()), hydra);
+            Yaml::Mapping(m)
+        }
+        "all" => {
+            // Hydra's composed config starts with its `hydra` node.
+            let mut m = serde_yaml::Mapping::new();
+            m.insert(Yaml::String("hydra".into()), hydra);
+            if let Yaml::Mapping(job) = &composed.config {
+                m.extend(job.clone());
+            }
+            Yaml::Mapping(m)
+        }
+        _ => composed.config.clone(),
+    };
+    if resolve {
+        cfg = fusion_config::resolve(&cfg, rctx)?;
+    }
+    let package = package.filter(|p| !p.is_empty() && *p != "_global_");
+    let Some(package) = package else {
+        print!("{}", fusion_config::to_yaml(&cfg));
+        return Ok(());
+    };
+    let mut node = &cfg;
+    for key in package.split('.') {
+        node = match node {
+            Yaml::Mapping(m) => m.get(key),
+            Yaml::Sequence(s) => key.parse::<usize>().ok().and_then(|i| s.get(i)),
+            _ => None,
+        }
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| usage(format!("package '{package}' not found in config")))?;
+    }
+    match node {
+        Yaml::Mapping(_) | Yaml::Sequence(_) => {
+            println!("# @package {package}");
+            print!("{}", fusion_config::to_yaml(node));
+        }
+        scalar => println!("{}", fusion_config::value::scalar_to_string(scalar)),
+    }
+    Ok(())
+}
+
 /// Run the program; returns the report, or None for `--cfg` / `dry_run`.
 pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     let mut profiler = Profiler::default();
@@ -174,16 +251,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     rctx.output_dir = Some(default_log_dir.to_string_lossy().to_string());
 
     if let Some(what) = &req.print_cfg {
-        let mut cfg = composed.config.clone();
-        if what == "all" {
-            if let (Yaml::Mapping(m), Some(h)) = (&mut cfg, &composed.hydra) {
-                m.insert(Yaml::String("hydra".into()), h.clone());
-            }
-        }
-        if req.resolve {
-            cfg = fusion_config::resolve(&cfg, &rctx)?;
-        }
-        print!("{}", fusion_config::to_yaml(&cfg));
+        print_cfg(&composed, what, req.package.as_deref(), req.resolve, &rctx)?;
         logging::no_file();
         return Ok(None);
     }
@@ -258,6 +326,9 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     let task = task_cfg
         .map(|c| pick(ComponentKind::TaskPool, c))
         .transpose()?;
+    // The hub settings (HF_* variables) are configuration too: checked before any work. Nothing
+    // is downloaded before the components are built, so their config errors come first as well.
+    hub::connect(&registry, req.offline, req.quiet)?;
 
     if dry_run {
         tracing::info!(

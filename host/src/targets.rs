@@ -57,6 +57,26 @@ const ALIASES: &[(ComponentKind, &str, &str)] = &[
     ),
 ];
 
+/// Every component name FusionBench itself has (its classes, v0.1 names and config targets), one
+/// `<kind> <name>` per line: written from the fusion-bench wheel by
+/// `tools/fusionbench/components.py`. A target in this list that no plugin provides is a
+/// FusionBench component fusion-host does not implement, not a misspelling.
+const FUSIONBENCH_COMPONENTS: &str = include_str!("fusionbench_components.txt");
+
+fn fusionbench_components(kind: ComponentKind) -> impl Iterator<Item = &'static str> {
+    FUSIONBENCH_COMPONENTS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .filter(move |(k, _)| *k == kind.config_key())
+        .map(|(_, n)| n)
+}
+
+/// True when `name` is one of FusionBench's components of `kind`.
+pub fn is_fusionbench_component(kind: ComponentKind, name: &str) -> bool {
+    fusionbench_components(kind).any(|n| n == name)
+}
+
 /// How a config subtree names its component.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selector {
@@ -118,21 +138,24 @@ pub fn resolve<'r>(
             kind.config_key()
         )));
     }
-    let closest = registry.closest(kind, &sel.target, 5);
-    let mut msg = format!(
-        "unknown {kind} target `{}` (from {})",
-        sel.target, sel.given_as
-    );
-    if sel.target.starts_with("fusion_bench.") {
-        msg.push_str("; this FusionBench component is not supported by any loaded plugin");
-    }
-    if closest.is_empty() {
-        msg.push_str(&format!(
-            "; no {kind} components are loaded at all (see `fusion-host plugins`)"
-        ));
+    let mut msg = if is_fusionbench_component(kind, &sel.target) {
+        let supported = registry.primary_names(kind);
+        format!(
+            "the FusionBench {} `{}` (from {}) is not supported by fusion-host: no loaded plugin \
+             provides it. Supported {}s: {} (`fusion-host plugins` lists every name they answer to)",
+            kind.config_key(),
+            sel.target,
+            sel.given_as,
+            kind.config_key(),
+            if supported.is_empty() {
+                "none".to_string()
+            } else {
+                supported.join(", ")
+            }
+        )
     } else {
-        msg.push_str(&format!("; closest known targets: {}", closest.join(", ")));
-    }
+        unknown_target_message(registry, kind, sel)
+    };
     if !registry.refused.is_empty() {
         let files: Vec<String> = registry.refused.iter().map(|e| e.to_string()).collect();
         msg.push_str(&format!(
@@ -141,4 +164,65 @@ pub fn resolve<'r>(
         ));
     }
     Err(usage(msg))
+}
+
+/// A target neither a plugin nor FusionBench knows: most likely misspelt.
+fn unknown_target_message(registry: &Registry, kind: ComponentKind, sel: &Selector) -> String {
+    let closest = registry.closest(kind, &sel.target, 5);
+    let mut msg = format!(
+        "unknown {kind} target `{}` (from {})",
+        sel.target, sel.given_as
+    );
+    if closest.is_empty() {
+        msg.push_str(&format!(
+            "; no {kind} components are loaded at all (see `fusion-host plugins`)"
+        ));
+    } else {
+        msg.push_str(&format!("; closest known targets: {}", closest.join(", ")));
+    }
+    // A FusionBench-looking name: when the nearest FusionBench name is not one fusion-host has,
+    // the user may be after a component that is not supported; say so.
+    let fb = crate::plugins::rank(&sel.target, fusionbench_components(kind), 3);
+    if sel.target.starts_with("fusion_bench.") && fb.first().is_some_and(|f| !closest.contains(f)) {
+        msg.push_str(&format!(
+            "; FusionBench has no {} of that name either (closest FusionBench names, not \
+             necessarily supported by fusion-host: {})",
+            kind.config_key(),
+            fb.join(", ")
+        ));
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fusionbench_component_list_holds_classes_v01_names_and_config_targets() {
+        use ComponentKind::*;
+        for (kind, name) in [
+            (Algorithm, "fusion_bench.method.TaskArithmeticAlgorithm"),
+            (
+                Algorithm,
+                "fusion_bench.method.CLIPLayerWiseAdaMergingAlgorithm",
+            ),
+            (Algorithm, "clip_layer_wise_adamerging"),
+            (Algorithm, "fusion_bench.method.RegMeanAlgorithmForCLIP"),
+            (ModelPool, "fusion_bench.modelpool.CausalLMPool"),
+            (ModelPool, "huggingface_clip_vision"),
+            (TaskPool, "fusion_bench.taskpool.LMEvalHarnessTaskPool"),
+        ] {
+            assert!(is_fusionbench_component(kind, name), "{kind} {name}");
+        }
+        assert!(!is_fusionbench_component(
+            Algorithm,
+            "fusion_bench.method.TaskArithmeticAlgorith"
+        ));
+        // Kinds are kept apart.
+        assert!(!is_fusionbench_component(
+            Algorithm,
+            "fusion_bench.modelpool.CausalLMPool"
+        ));
+    }
 }

@@ -78,6 +78,9 @@ FUSIONBENCH = {
         report_save_path: "{log_dir}/program_report.json"
     """),
     "hydra/default.yaml": y("""
+        defaults:
+          - override help: fusion_bench_help
+          - override job_logging: rich_logging
         run:
           dir: ${path.log_dir}
         sweep:
@@ -86,6 +89,15 @@ FUSIONBENCH = {
         job:
           env_set:
             HYDRA_FULL_ERROR: ${oc.env:HYDRA_FULL_ERROR,1}
+    """),
+    "hydra/help/fusion_bench_help.yaml": y("""
+        app_name: fusion_bench
+        header: == ${hydra.help.app_name} ==
+    """),
+    "hydra/job_logging/rich_logging.yaml": y("""
+        version: 1
+        root:
+          level: INFO
     """),
     "fabric/auto.yaml": y("""
         defaults:
@@ -470,6 +482,10 @@ RUNS = {
           "taskpool.test_datasets.mnist.split=val", "+taskpool.extra=[a, b]",
           "taskpool.extra.1=c"], {}, [], "ok"),
         ("hydra_override", "fabric_model_fusion", ["hydra.run.dir=somewhere"], {}, [], "ok"),
+        ("hydra_builtin_group", "fabric_model_fusion",
+         ["hydra/job_logging=disabled", "hydra/hydra_logging=none"], {}, [], "ok"),
+        ("err_hydra_builtin_option", "fabric_model_fusion", ["hydra/help=nope"], {},
+         ["hydra/help", "nope"], "compose_error"),
         ("err_unknown_option", "fabric_model_fusion", ["method=task_arithmetc"], {},
          ["method/task_arithmetc", "task_arithmetic", "ties_merging"], "compose_error"),
         ("err_unknown_nested_option", "fabric_model_fusion",
@@ -629,8 +645,7 @@ def run_one(config_dir, case, run):
             del job["hydra"]
         record["composed"] = OmegaConf.to_container(job, resolve=False)
         record["yaml"] = OmegaConf.to_yaml(job)  # what `--cfg job` prints
-        record["choices"] = {k: v for k, v in cfg.hydra.runtime.choices.items()
-                             if not k.startswith("hydra/")}
+        record["choices"] = dict(cfg.hydra.runtime.choices.items())
         try:
             record["resolved"] = OmegaConf.to_container(job, resolve=True)
         except Exception as e:  # noqa: BLE001

@@ -39,6 +39,9 @@ pub(crate) fn compose(opts: &ComposeOptions) -> Result<Composed, ConfigError> {
         let Some(loaded) = repo.load(&d.config_path)? else {
             continue;
         };
+        if loaded.builtin {
+            continue;
+        }
         let content = embed(&d.package, Value::Mapping(loaded.config.clone()));
         merge_into(&mut cfg, content);
         loaded_files.push(LoadedConfig {

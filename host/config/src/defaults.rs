@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::overrides::{Override, OverrideKind};
-use crate::repo::{Repo, EMPTY_PRIMARY};
+use crate::repo::{Repo, EMPTY_PRIMARY, HYDRA_CONFIG};
 use crate::ConfigError;
 
 /// The option(s) chosen for a group default.
@@ -840,8 +840,20 @@ impl Builder<'_> {
             None,
         );
         primary.primary = true;
+        // Hydra's virtual root is `[hydra/config, primary]`, expanded last to first: the primary's
+        // `override` directives (e.g. `override help: ...` in a `hydra/default.yaml`) are known
+        // before Hydra's own defaults are expanded; the flattened list puts Hydra's first.
         let tree = self.create_tree(primary, None, true, false)?;
+        let mut hydra = InputDefault::new(
+            Kind::Config {
+                path: HYDRA_CONFIG.into(),
+            },
+            None,
+        );
+        hydra.update_parent("", "");
+        let hydra_tree = self.create_tree(hydra, None, false, false)?;
         let mut out = Vec::new();
+        dfs(&hydra_tree, None, &mut out);
         dfs(&tree, None, &mut out);
         let mut seen = BTreeSet::new();
         for r in &out {

@@ -27,10 +27,14 @@
 //! group are the union over all roots.
 //!
 //! # Departures from Hydra
-//! - Hydra's own `hydra/config` (launcher, sweeper, logging schema) is not composed; a
-//!   `hydra` group in the user's tree is composed like any group, and overrides under `hydra.`
-//!   may add keys (Hydra accepts them because its schema declares them). The `hydra` node is
-//!   removed from [`Composed::config`] and returned in [`Composed::hydra`].
+//! - Hydra's own `hydra/config` takes part in the defaults tree as in Hydra (its groups
+//!   `hydra/help`, `hydra/job_logging`, `hydra/launcher`, ... can be chosen or overridden, e.g. by
+//!   FusionBench's `hydra/default.yaml` with `override help: fusion_bench_help`), but the content
+//!   of Hydra's built-in options (logging schema, help text, launcher) is not composed; an
+//!   option a config root provides is. A `hydra` group in the user's tree is composed like any
+//!   group, and overrides under `hydra.` may add keys (Hydra accepts them because its schema
+//!   declares them). The `hydra` node is removed from [`Composed::config`] and returned in
+//!   [`Composed::hydra`].
 //! - Sweeps (`a=1,2`, `choice(...)`, `range(...)`) and cast functions are rejected.
 //! - Structured-config schemas / ConfigStore are not supported (YAML files only).
 //! - YAML is parsed as YAML 1.2 (serde_yaml): `yes`/`no`/`on`/`off` stay strings, where

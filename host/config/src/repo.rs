@@ -14,6 +14,57 @@ use crate::ConfigError;
 /// Name of the implicit empty primary config (used when no config name is given).
 pub(crate) const EMPTY_PRIMARY: &str = "_dummy_empty_config_";
 
+/// Hydra's own config (`HydraConf`), composed beside the primary config as Hydra's virtual root
+/// does, so that `override help: ...` in a user's `hydra/default.yaml` and `hydra/job_logging=...`
+/// on the command line find the groups they override.
+pub(crate) const HYDRA_CONFIG: &str = "hydra/config";
+
+/// `HydraConf.defaults` of hydra-core 1.3 (`hydra/conf/__init__.py`).
+const HYDRA_CONFIG_DEFAULTS: &str = "[{output: default}, {launcher: basic}, {sweeper: basic}, \
+    {help: default}, {hydra_help: default}, {hydra_logging: default}, {job_logging: default}, \
+    {callbacks: null}, {env: default}]";
+
+/// Hydra's built-in config groups and their options (hydra-core 1.3's `hydra/conf/hydra/` and the
+/// basic launcher and sweeper). They configure Hydra itself (logging, help text, launchers), which
+/// fusion-host does not use: choosing them is accepted and recorded, their content is not composed.
+/// An option that a config root provides (e.g. FusionBench's `hydra/help/fusion_bench_help.yaml`)
+/// is composed like any config.
+const HYDRA_BUILTIN_GROUPS: &[(&str, &[&str])] = &[
+    ("hydra/output", &["default"]),
+    ("hydra/launcher", &["basic"]),
+    ("hydra/sweeper", &["basic"]),
+    ("hydra/help", &["default"]),
+    ("hydra/hydra_help", &["default"]),
+    (
+        "hydra/hydra_logging",
+        &["default", "disabled", "hydra_debug", "none"],
+    ),
+    (
+        "hydra/job_logging",
+        &["default", "disabled", "none", "stdout"],
+    ),
+    ("hydra/callbacks", &[]),
+    ("hydra/env", &["default"]),
+];
+
+/// True for one of Hydra's own configs (content not composed; see [`HYDRA_BUILTIN_GROUPS`]).
+fn is_hydra_builtin(config_path: &str) -> bool {
+    let Some((group, option)) = config_path.rsplit_once('/') else {
+        return false;
+    };
+    HYDRA_BUILTIN_GROUPS
+        .iter()
+        .any(|(g, opts)| *g == group && opts.contains(&option))
+}
+
+fn hydra_builtin_options(group: &str) -> &'static [&'static str] {
+    HYDRA_BUILTIN_GROUPS
+        .iter()
+        .find(|(g, _)| *g == group)
+        .map(|(_, o)| *o)
+        .unwrap_or(&[])
+}
+
 /// One loaded config file.
 #[derive(Debug)]
 pub(crate) struct Loaded {
@@ -25,6 +76,8 @@ pub(crate) struct Loaded {
     pub defaults: Option<Vec<InputDefault>>,
     /// The `# @package` header, when present.
     pub header_package: Option<String>,
+    /// True for Hydra's own configs, whose content is not composed.
+    pub builtin: bool,
 }
 
 /// The config search path. Roots later in the list take precedence: a config path is looked
@@ -54,7 +107,8 @@ impl Repo {
     /// The file for a config path (`method/dummy` → `<root>/method/dummy.yaml`).
     pub fn find_file(&self, config_path: &str) -> Option<PathBuf> {
         let p = Self::norm(config_path);
-        if p.is_empty() {
+        // Hydra's search path starts with its own configs: they shadow the user's.
+        if p.is_empty() || p == HYDRA_CONFIG || is_hydra_builtin(p) {
             return None;
         }
         self.roots.iter().rev().find_map(|root| {
@@ -65,19 +119,29 @@ impl Repo {
 
     /// True when a config exists at the config path.
     pub fn config_exists(&self, config_path: &str) -> bool {
-        config_path == EMPTY_PRIMARY || self.find_file(config_path).is_some()
+        let p = Self::norm(config_path);
+        p == EMPTY_PRIMARY
+            || p == HYDRA_CONFIG
+            || is_hydra_builtin(p)
+            || self.find_file(config_path).is_some()
     }
 
-    /// True when some root has a folder for this group.
+    /// True when some root has a folder for this group (or it is one of Hydra's own groups).
     pub fn group_exists(&self, group: &str) -> bool {
         let g = Self::norm(group);
-        !g.is_empty() && self.roots.iter().any(|r| r.join(g).is_dir())
+        !g.is_empty()
+            && (g == "hydra"
+                || HYDRA_BUILTIN_GROUPS.iter().any(|(h, _)| *h == g)
+                || self.roots.iter().any(|r| r.join(g).is_dir()))
     }
 
     /// The options (config names, without `.yaml`) of a group, sorted.
     pub fn group_options(&self, group: &str) -> Vec<String> {
         let g = Self::norm(group);
-        let mut out = BTreeSet::new();
+        let mut out: BTreeSet<String> = hydra_builtin_options(g)
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
         for root in &self.roots {
             let Ok(rd) = std::fs::read_dir(root.join(g)) else {
                 continue;
@@ -114,7 +178,10 @@ impl Repo {
             }
         }
         let g = Self::norm(group);
-        let mut out = BTreeSet::new();
+        let mut out: BTreeSet<String> = hydra_builtin_options(g)
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
         for root in &self.roots {
             walk(&root.join(g), "", &mut out, 0);
         }
@@ -155,6 +222,25 @@ impl Repo {
                 config: Mapping::new(),
                 defaults: None,
                 header_package: None,
+                builtin: false,
+            }))
+        } else if key == HYDRA_CONFIG {
+            let items: Vec<Value> =
+                serde_yaml::from_str(HYDRA_CONFIG_DEFAULTS).expect("valid built-in defaults");
+            Some(Rc::new(Loaded {
+                file: None,
+                config: Mapping::new(),
+                defaults: Some(parse_defaults(Path::new(HYDRA_CONFIG), &items)?),
+                header_package: Some("hydra".into()),
+                builtin: true,
+            }))
+        } else if is_hydra_builtin(&key) {
+            Some(Rc::new(Loaded {
+                file: None,
+                config: Mapping::new(),
+                defaults: None,
+                header_package: None,
+                builtin: true,
             }))
         } else {
             match self.find_file(&key) {
@@ -234,6 +320,7 @@ fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
         config,
         defaults,
         header_package: header_package(&text),
+        builtin: false,
     })
 }
 

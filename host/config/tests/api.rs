@@ -98,14 +98,22 @@ fn provenance_choices_and_hydra_node() {
         .as_ref()
         .unwrap()
         .ends_with("modelpool/CLIPVisionModelPool/x.yaml"));
+    // In Hydra's order: the primary's choices, then those of Hydra's own config (expanded last).
+    let choice = |k: &str, v: Option<&str>| (k.to_string(), v.map(str::to_string));
     assert_eq!(
         c.choices,
         [
-            (
-                "modelpool".to_string(),
-                Some("CLIPVisionModelPool/x".to_string())
-            ),
-            ("hydra".to_string(), Some("default".to_string())),
+            choice("modelpool", Some("CLIPVisionModelPool/x")),
+            choice("hydra", Some("default")),
+            choice("hydra/env", Some("default")),
+            choice("hydra/callbacks", None),
+            choice("hydra/job_logging", Some("default")),
+            choice("hydra/hydra_logging", Some("default")),
+            choice("hydra/hydra_help", Some("default")),
+            choice("hydra/help", Some("default")),
+            choice("hydra/sweeper", Some("basic")),
+            choice("hydra/launcher", Some("basic")),
+            choice("hydra/output", Some("default")),
         ]
     );
     // ${hydra:...} sees the composed hydra node, resolved against the job config.

@@ -230,6 +230,8 @@ fixture_tests! {
         env_root,
         taskpool_list_index,
         hydra_override,
+        hydra_builtin_group,
+        err_hydra_builtin_option,
         err_unknown_option,
         err_unknown_nested_option,
         err_key_missing,

@@ -5,6 +5,7 @@
 //! - `CLIPVisionModelTaskPool` (`fusion_bench.taskpool.CLIPVisionModelTaskPool`, v0.1
 //!   `type: clip_vit_classification`): zero-shot classification on the GPU, FusionBench's report.
 
+pub mod classification;
 pub mod pool;
 pub mod taskpool;
 

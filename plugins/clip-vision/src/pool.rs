@@ -10,8 +10,9 @@ use serde_json::Value;
 /// is served through this filter, so every model of the pool has the same tensor names.
 pub const VISION_PREFIX: &str = "vision_model.";
 
-/// `models:` maps names to checkpoint folders (or hub ids in the local cache); `_pretrained_` is
-/// the base. `processor` and `platform` are accepted as in FusionBench.
+/// `models:` maps names to checkpoint folders or hub ids (`org/name[@revision]`, fetched through
+/// the host's Hugging Face hub); `_pretrained_` is the base. `processor` and `platform` are
+/// accepted as in FusionBench.
 pub struct ClipVisionModelPool {
     models: Vec<(String, String)>,
 }

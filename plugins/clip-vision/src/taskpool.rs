@@ -118,18 +118,40 @@ impl FromConfig for ClipVisionModelTaskPool {
             let (source, split, image_column, label_column) = match &spec {
                 Value::String(s) => (s.clone(), "test".to_string(), None, None),
                 Value::Object(m) => {
-                    let source = ["path", "name", "pretrained_model_name_or_path"]
-                        .iter()
-                        .find_map(|k| m.get(*k).and_then(Value::as_str))
-                        .ok_or_else(|| {
-                            Error::config(format!(
-                                "taskpool: dataset of task `{name}` needs a `path`"
-                            ))
-                        })?;
                     let get = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+                    // `datasets.load_dataset(path, name, split=...)` as FusionBench writes it:
+                    // `path:` (+ `name:` the dataset config), or `_args_: [path, name]`; v0.1's
+                    // `dataset: {name: <repo>, split}` names the repository with `name:`.
+                    let args: Vec<String> = m
+                        .get("_args_")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let (source, subset) = if let Some(p) =
+                        get("path").or_else(|| get("pretrained_model_name_or_path"))
+                    {
+                        (p, get("name"))
+                    } else if let Some(p) = args.first() {
+                        (p.clone(), args.get(1).cloned().or_else(|| get("name")))
+                    } else if let Some(n) = get("name") {
+                        (n, None)
+                    } else {
+                        return Err(Error::config(format!(
+                            "taskpool: dataset of task `{name}` needs a `path`"
+                        )));
+                    };
+                    let split = get("split").unwrap_or_else(|| "test".into());
                     (
-                        source.to_string(),
-                        get("split").unwrap_or_else(|| "test".into()),
+                        source,
+                        match subset {
+                            Some(config) => format!("{config}/{split}"),
+                            None => split,
+                        },
                         get("image_column"),
                         get("label_column"),
                     )
@@ -140,12 +162,23 @@ impl FromConfig for ClipVisionModelTaskPool {
                 )))
                 }
             };
+            // Class names and templates: the task's own entry, then `classification.<task>` of
+            // this config, then the ones fusion-host ships (configs/clip_classification/).
             let meta = classification.and_then(|c| c.get(&name));
-            let lookup = |key: &str| spec.get(key).or_else(|| meta.and_then(|m| m.get(key)));
+            let builtin = crate::classification::lookup(&name);
+            let lookup = |key: &str| {
+                spec.get(key)
+                    .or_else(|| meta.and_then(|m| m.get(key)))
+                    .or_else(|| builtin.and_then(|m| m.get(key)))
+            };
             let classnames = lookup("classnames").ok_or_else(|| {
                 Error::config(format!(
-                    "taskpool: no class names for task `{name}`: give `classnames` in its entry or add \
-                     `classification.{name}` (configs/clip_classification/{name}.yaml)"
+                    "taskpool: no class names for task `{name}`: it is none of the tasks fusion-host \
+                     knows ({}), so give `classnames` (and `templates`) in its entry or add \
+                     `classification.{name}` to the task pool config (e.g. a \
+                     configs/clip_classification/{name}.yaml included with \
+                     `/clip_classification@classification: [{name}]`)",
+                    crate::classification::known_tasks().join(", ")
                 ))
             })?;
             let classnames = string_list(classnames, "classnames", &name)?;
@@ -343,6 +376,83 @@ fn model_info(model: &Model) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pool(value: Value) -> Result<ClipVisionModelTaskPool> {
+        ClipVisionModelTaskPool::from_config(&Config::new(
+            "fusion_bench.taskpool.CLIPVisionModelTaskPool",
+            value,
+        )?)
+    }
+
+    /// FusionBench's own TA8 task pool config (composed): tasks by name, no class names.
+    #[test]
+    fn fusionbench_ta8_config_finds_the_shipped_class_names() {
+        let p = pool(json!({
+            "_target_": "fusion_bench.taskpool.CLIPVisionModelTaskPool",
+            "base_model": "openai/clip-vit-base-patch32",
+            "clip_model": {"_target_": "transformers.CLIPModel.from_pretrained",
+                           "pretrained_model_name_or_path": "openai/clip-vit-base-patch32"},
+            "dataloader_kwargs": {"batch_size": 64},
+            "test_datasets": {
+                "stanford-cars": {"_target_": "datasets.load_dataset",
+                                  "path": "tanganke/stanford_cars", "split": "test"},
+                "svhn": {"_target_": "datasets.load_dataset",
+                         "_args_": ["svhn", "cropped_digits"], "split": "test"},
+                "mnist": {"_target_": "datasets.load_dataset", "path": "mnist", "split": "test"},
+            }
+        }))
+        .unwrap();
+        assert_eq!(p.batch_size, 64);
+        let cars = &p.tasks[0];
+        assert_eq!(cars.classnames.len(), 196);
+        assert_eq!(cars.templates.len(), 8);
+        assert_eq!(cars.dataset.source, "tanganke/stanford_cars");
+        // `_args_: [path, config]` becomes the `<config>/<split>` split.
+        assert_eq!(p.tasks[1].dataset.source, "svhn");
+        assert_eq!(p.tasks[1].dataset.split, "cropped_digits/test");
+        assert_eq!(p.tasks[2].templates, ["a photo of the number: \"{}\"."]);
+    }
+
+    /// The v0.1 robustness task pool names tasks `stanford_cars` (an alias) and datasets by `name`.
+    #[test]
+    fn v01_tasks_find_class_names_by_alias() {
+        let p = pool(json!({
+            "type": "clip_vit_classification",
+            "clip_model": "openai/clip-vit-base-patch32",
+            "batch_size": 32,
+            "tasks": [{"name": "stanford_cars",
+                       "dataset": {"name": "tanganke/stanford_cars", "split": "contrast"}}]
+        }))
+        .unwrap();
+        assert_eq!(p.tasks[0].classnames.len(), 196);
+        assert_eq!(p.tasks[0].dataset.source, "tanganke/stanford_cars");
+        assert_eq!(p.tasks[0].dataset.split, "contrast");
+        assert_eq!(p.batch_size, 32);
+    }
+
+    /// `classification.<task>` in the config wins over the shipped table; an unknown task with
+    /// neither is an error listing what exists.
+    #[test]
+    fn config_class_names_come_first_and_unknown_tasks_are_named() {
+        let p = pool(json!({
+            "base_model": "m",
+            "test_datasets": {"mnist": {"path": "d"}},
+            "classification": {"mnist": {"classnames": ["zero", "one"],
+                                         "templates": ["{} digit"]}}
+        }))
+        .unwrap();
+        assert_eq!(p.tasks[0].classnames, ["zero", "one"]);
+        assert_eq!(p.tasks[0].templates, ["{} digit"]);
+        let err = pool(json!({"base_model": "m", "test_datasets": {"imagenet": {"path": "d"}}}))
+            .err()
+            .expect("unknown task")
+            .to_string();
+        assert!(err.contains("`imagenet`"), "{err}");
+        assert!(
+            err.contains("sun397") && err.contains("stanford-cars"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn score_matches_a_hand_computation() {

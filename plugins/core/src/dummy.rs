@@ -22,7 +22,18 @@ impl Algorithm for DummyAlgorithm {
 pub struct DummyTaskPool;
 
 impl FromConfig for DummyTaskPool {
-    fn from_config(_config: &Config) -> Result<Self> {
+    fn from_config(config: &Config) -> Result<Self> {
+        // FusionBench's DummyTaskPool saves the model it is given when `model_save_path` is set
+        // (its config has `model_save_path: null`); here the program saves the merged model.
+        if let Some(path) = config.get::<serde_json::Value>("model_save_path")? {
+            if !path.is_null() {
+                return Err(Error::config(format!(
+                    "`{}`: model_save_path ({path}) is not supported by fusion-host's dummy task \
+                     pool; set the program's `merged_model_save_path` instead",
+                    config.target()
+                )));
+            }
+        }
         Ok(DummyTaskPool)
     }
 }
@@ -45,4 +56,27 @@ pub fn model_info(model: &Model) -> Result<serde_json::Value> {
         "num_bytes": s.bytes,
         "dtypes": s.dtypes,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dummy_task_pool_refuses_model_save_path_rather_than_ignore_it() {
+        let target = "fusion_bench.taskpool.DummyTaskPool";
+        let ok = |v| DummyTaskPool::from_config(&Config::new(target, v).unwrap()).is_ok();
+        assert!(ok(json!({"_target_": target})));
+        assert!(ok(json!({"_target_": target, "model_save_path": null})));
+        let err = DummyTaskPool::from_config(
+            &Config::new(target, json!({"model_save_path": "out/model"})).unwrap(),
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            err.contains("model_save_path") && err.contains("merged_model_save_path"),
+            "{err}"
+        );
+    }
 }

@@ -8,9 +8,9 @@ use fusion_checkpoint::Checkpoint;
 /// `fusion_bench.modelpool.BaseModelPool`: `models:` maps names to checkpoints.
 ///
 /// A model entry is a path to a `.safetensors` file, a path to a Hugging Face checkpoint folder,
-/// a hub id found in the local Hugging Face cache, or a mapping with
-/// `pretrained_model_name_or_path` (or `path`) holding one of those, as FusionBench's
-/// `_target_: ...from_pretrained` entries do. A list of entries is named `"0"`, `"1"`, ...
+/// a hub id (`org/name[@revision]`, from the Hugging Face cache or downloaded into it through the
+/// host's hub), or a mapping with `pretrained_model_name_or_path` (or `path`) holding one of
+/// those, as FusionBench's `_target_: ...from_pretrained` entries do. A list of entries is named `"0"`, `"1"`, ...
 pub struct BaseModelPool {
     models: Vec<(String, String)>,
 }
