@@ -17,11 +17,11 @@ methods=(
   "ties_merging (λ=0.3, top 20%)|method=ties_merging"
   "dare/task_arithmetic (p=0.5)|method=dare/task_arithmetic seed=0"
   "dare/simple_average (p=0.5)|method=dare/simple_average seed=0"
-  "dare/ties_merging (p=0.5)|method=dare/ties_merging seed=0"
+  "dare/ties_merging (p=0.2)|method=dare/ties_merging method.sparsity_ratio=0.2 seed=0"
   "model_stock|method=model_stock/model_stock"
   "mergekit/breadcrumbs (density 0.9)|method=mergekit/breadcrumbs method.weights=0.3"
-  "mergekit/breadcrumbs_ties (density 0.9)|method=mergekit/breadcrumbs_ties method.weights=0.3"
-  "mergekit/della (density 0.5)|method=mergekit/della method.weights=0.3 seed=0"
+  "mergekit/breadcrumbs_ties (density 0.9, weights 0.2)|method=mergekit/breadcrumbs_ties method.weights=0.2"
+  "mergekit/della (density 0.7, λ=0.6)|method=mergekit/della method.density=0.7 method.lambda=0.6 seed=0"
   "mergekit/della_linear (density 0.5)|method=mergekit/della_linear method.weights=0.3 seed=0"
 )
 printf '| method |'; for t in "${tasks[@]}"; do printf ' %s |' "$t"; done; printf ' **average** |\n'
