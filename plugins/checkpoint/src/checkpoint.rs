@@ -19,6 +19,9 @@ struct Shard {
     tensors: HashMap<String, (TensorInfo, (usize, usize))>,
     /// Names in file (offset) order.
     order: Vec<String>,
+    /// The byte range (in the map) of the tensor read last; its pages are handed back to the
+    /// page cache when another tensor of this shard is read (see [`Shard::bytes`]).
+    last: std::sync::Mutex<Option<(usize, usize)>>,
 }
 
 fn dtype_from_safetensors(d: safetensors::Dtype, path: &Path, name: &str) -> Result<DType> {
@@ -84,13 +87,54 @@ impl Shard {
             data_start: 8 + header_len,
             tensors,
             order,
+            last: std::sync::Mutex::new(None),
         })
     }
 
+    /// The bytes of tensor `name`, borrowed from the map.
+    ///
+    /// Algorithms stream: they read one tensor of a model, use it, then read the next. Pages of
+    /// a mapped file stay in the process's resident set once touched, so a pass over nine 350 MB
+    /// checkpoints would end with 3 GB resident although only a few tensors are in use. Reading
+    /// a tensor therefore releases the pages of the one read before it from this mapping
+    /// (`MADV_DONTNEED`): they stay in the page cache, and touching them again (a slice still
+    /// held, a second pass) maps them back from it, with the same bytes.
     fn bytes(&self, name: &str) -> Option<&[u8]> {
         let (_, (start, end)) = self.tensors.get(name)?;
-        Some(&self.map[self.data_start + start..self.data_start + end])
+        let range = (self.data_start + start, self.data_start + end);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(prev) = last.replace(range) {
+            if prev != range {
+                self.release(prev);
+            }
+        }
+        Some(&self.map[range.0..range.1])
     }
+
+    /// Drop the whole pages inside `[start, end)` from this process's mapping.
+    #[cfg(unix)]
+    fn release(&self, (start, end): (usize, usize)) {
+        // Whole 64 KiB blocks: a multiple of every common page size (4, 16, 64 KiB).
+        const PAGE: usize = 65536;
+        let (lo, hi) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+        if hi <= lo {
+            return;
+        }
+        // SAFETY: the map is a read-only, shared mapping of a file that is only read (see
+        // `Shard::open`). MADV_DONTNEED on such pages only unmaps them from this process: a
+        // later access, through a slice handed out before or a new one, faults them back in
+        // from the page cache with the file's (unchanged) contents. Nothing is written.
+        let r = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+        };
+        if let Err(e) = r {
+            tracing::debug!(path = %self.path.display(), "madvise(DONTNEED) failed: {e}");
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn release(&self, _range: (usize, usize)) {}
 }
 
 /// A checkpoint opened lazily from disk.
@@ -242,5 +286,49 @@ impl StateDict for Checkpoint {
             .get(name)
             .ok_or_else(|| Error::model(format!("model `{}` has no file `{name}`", self.source)))?;
         std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    fn values(n: usize, seed: u32) -> Vec<u8> {
+        (0..n as u32)
+            .flat_map(|i| (i.wrapping_mul(2_654_435_761) ^ seed).to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn bytes_stay_right_after_the_pages_behind_the_cursor_are_released() {
+        // Three tensors of 1 MiB: reading one releases the whole 64 KiB blocks of the previous.
+        let n = 1 << 18;
+        let raw: Vec<(String, Vec<u8>)> = (0..3)
+            .map(|i| (format!("t{i}"), values(n, i as u32)))
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = raw
+            .iter()
+            .map(|(name, b)| {
+                (
+                    name.clone(),
+                    TensorView::new(safetensors::Dtype::F32, vec![n], b).unwrap(),
+                )
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let ck = Checkpoint::open(&path, "test").unwrap();
+
+        let held = ck.data("t0").unwrap();
+        assert_eq!(&*held, &raw[0].1[..]);
+        // Reading t1 releases t0's pages; the slice still held reads the file's bytes again.
+        assert_eq!(&*ck.data("t1").unwrap(), &raw[1].1[..]);
+        assert_eq!(&*held, &raw[0].1[..]);
+        // A second pass, out of order.
+        for i in [2, 0, 1, 1, 2, 0] {
+            assert_eq!(&*ck.data(&format!("t{i}")).unwrap(), &raw[i].1[..], "t{i}");
+        }
     }
 }
