@@ -6,7 +6,9 @@
 // exact f32 bit pattern; the host only scans the 256 bins between passes.
 //
 // For non-NaN floats the order of abs_bits is the order of |x|, so bins need no float compares.
-// Each workgroup counts into workgroup memory first, then adds its non-zero bins to the global
+// Invocations loop over the elements with a grid stride (launch at most
+// HISTOGRAM_MAX_WORKGROUPS workgroups, see shaders/src/select.rs). Each workgroup counts into
+// workgroup memory first, then adds its non-zero bins to the global
 // 64-bit (lo, hi) counters, so global atomics are few and a model of more than 2^32 parameters
 // still counts exactly.
 //
@@ -45,9 +47,12 @@ fn radix_histogram(
         atomicStore(&local_hist[b], 0u);
     }
     workgroupBarrier();
-    let t = flat_index(gid, nwg);
+    // Grid-stride: a dispatch may have fewer invocations than pairs (the launchers cap it), so
+    // each workgroup's bin clearing and flushing is paid once per many elements.
     let n = p.n;
-    if (t < pair_count(n)) {
+    let pairs = pair_count(n);
+    let stride = nwg.x * nwg.y * nwg.z * WG;
+    for (var t = flat_index(gid, nwg); t < pairs; t += stride) {
         let v = decode_pair(x[word_lo(t, X_DTYPE)], x[word_hi(t, X_DTYPE, n)], X_DTYPE);
         count(v.x);
         if (2u * t + 1u < n) {

@@ -1,12 +1,24 @@
 //! The k-th largest magnitude over many tensors, on the GPU: a radix select over the bits of
 //! |x| (4 passes of 8 bits), for TIES trimming.
 
-use fusion_plugin_api::{Compute, DType, Error, GpuTensor, KernelCall, Result};
+use fusion_plugin_api::{Compute, ComputeLimits, DType, Error, GpuTensor, KernelCall, Result};
 
 use crate::launch::{
     chunks, constants, dispatch_1d, dtype_code, info, workgroup_size, Scratch, Uniforms,
 };
 use crate::wgsl;
+
+/// Most workgroups one `radix_histogram` launch uses: its invocations loop over the elements
+/// (grid stride), so each workgroup clears and flushes its 256 bins once per many elements
+/// instead of once per 2 x WG. 1024 workgroups still fill a large GPU.
+pub const HISTOGRAM_MAX_WORKGROUPS: u64 = 1024;
+
+/// The dispatch size for `radix_histogram` over `n` elements with workgroups of `wg`.
+pub fn histogram_workgroups(limits: &ComputeLimits, n: u64, wg: u32) -> [u32; 3] {
+    let pairs = n.div_ceil(2);
+    let invocations = pairs.min(HISTOGRAM_MAX_WORKGROUPS * u64::from(wg.max(1)));
+    dispatch_1d(limits, invocations, wg)
+}
 
 /// The k-th largest of `|x|` over all elements of all `tensors` together (k = 1 is the maximum;
 /// duplicates count, as in a sort). Tensors may be f32, f16 or bf16 and of any shapes.
@@ -57,7 +69,7 @@ pub fn kth_largest_magnitude(c: &dyn Compute, tensors: &[GpuTensor], k: u64) -> 
                         .u32(prefix)
                         .u32(mask)
                         .bytes(),
-                    workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+                    workgroups: histogram_workgroups(&l, ch.len, wg),
                 })?;
             }
         }

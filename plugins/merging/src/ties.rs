@@ -320,7 +320,7 @@ fn radix_histogram(
                 ch.binding(x.id(), dtype, true),
             ],
             uniforms: &words(&[ch.len as u32, shift, prefix, mask]),
-            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            workgroups: fusion_kernels::histogram_workgroups(&l, ch.len, wg),
         })?;
     }
     Ok(())
