@@ -437,58 +437,75 @@ pub fn matmul_with(
     }
 
     let limits = c.limits();
-    if kernel == MatmulKernel::Registers {
-        return matmul_registers(c, a, b, bias, out, mm, &limits);
-    }
-    // 16 x 16 invocations with 4 x 4 outputs each (64 x 64 tiles) where the device runs 256
-    // invocations per workgroup (WebGPU guarantees it), else 8 x 8 (32 x 32 tiles).
-    let t: u32 = match limits.max_invocations_per_workgroup {
-        n if n >= 256 => 16,
-        n if n >= 64 => 8,
-        n => {
-            return Err(ClipError::DeviceLimit {
-                op: OP.into(),
-                message: format!("needs 64 invocations per workgroup, the device allows {n}"),
-            })
-        }
-    };
-    if limits.max_workgroup_storage_size < MATMUL_WORKGROUP_BYTES {
+    if limits.max_invocations_per_workgroup < 64 {
         return Err(ClipError::DeviceLimit {
             op: OP.into(),
             message: format!(
-                "needs {MATMUL_WORKGROUP_BYTES} bytes of workgroup memory, the device has {}",
-                limits.max_workgroup_storage_size
+                "needs 64 invocations per workgroup, the device allows {}",
+                limits.max_invocations_per_workgroup
             ),
         });
     }
-    let tile = 4 * t as usize;
-    let (tiles_m, tiles_n) = (mm.m.div_ceil(tile), mm.n.div_ceil(tile));
+    let b_trans = ("B_TRANS", if mm.b_transposed { 1.0 } else { 0.0 });
+    // Per kernel: the side of the square of C one workgroup (tiled) or one invocation
+    // (registers) computes, the invocations one dispatched workgroup count covers, and the
+    // kernel's source, entry points and constants.
+    let (block, per_group, label, source, entries, constants) = match kernel {
+        MatmulKernel::Tiled => {
+            // 16 x 16 invocations with 4 x 4 outputs each (64 x 64 tiles) where the device
+            // runs 256 invocations per workgroup (WebGPU guarantees it), else 8 x 8 (32 x 32).
+            let t: u32 = if limits.max_invocations_per_workgroup >= 256 {
+                16
+            } else {
+                8
+            };
+            if limits.max_workgroup_storage_size < MATMUL_WORKGROUP_BYTES {
+                return Err(ClipError::DeviceLimit {
+                    op: OP.into(),
+                    message: format!(
+                        "needs {MATMUL_WORKGROUP_BYTES} bytes of workgroup memory, the device has {}",
+                        limits.max_workgroup_storage_size
+                    ),
+                });
+            }
+            (
+                4 * t as usize,
+                1,
+                "nn_matmul",
+                MATMUL_WGSL,
+                ["matmul", "matmul_bias"],
+                vec![("T", f64::from(t)), b_trans],
+            )
+        }
+        // One invocation per 8 x 8 block of C, 64 per workgroup.
+        MatmulKernel::Registers => (
+            8,
+            64,
+            "nn_matmul_reg",
+            MATMUL_REG_WGSL,
+            ["matmul_reg", "matmul_reg_bias"],
+            vec![b_trans],
+        ),
+    };
+    let (tiles_m, tiles_n) = (mm.m.div_ceil(block), mm.n.div_ceil(block));
     let total = (tiles_m * tiles_n) as u64 * (mm.batch0 * mm.batch1) as u64;
-    fits_u32(OP, "workgroups", total)?;
+    fits_u32(OP, "tiles", total)?;
     let uniforms = matmul_params(mm, tiles_m, tiles_n, total);
     let mut bindings = vec![Binding::read(a), Binding::read(b), Binding::write(out)];
     if let Some(bias) = bias {
         bindings.push(Binding::read(bias));
     }
-    let constants = [
-        ("T", f64::from(t)),
-        ("B_TRANS", if mm.b_transposed { 1.0 } else { 0.0 }),
-    ];
     dispatch(
         c,
         OP,
         KernelCall {
-            label: "nn_matmul",
-            source: MATMUL_WGSL,
-            entry_point: if bias.is_some() {
-                "matmul_bias"
-            } else {
-                "matmul"
-            },
+            label,
+            source,
+            entry_point: entries[usize::from(bias.is_some())],
             constants: &constants,
             bindings: &bindings,
             uniforms: &uniforms,
-            workgroups: grid(&limits, OP, total, 1)?,
+            workgroups: grid(&limits, OP, total, per_group)?,
         },
         || format!("{mm:?}"),
     )
@@ -519,55 +536,6 @@ fn matmul_params(mm: &Matmul, tiles_m: usize, tiles_n: usize, total: u64) -> Vec
         .u(mm.c.stride0)
         .u(mm.c.stride1)
         .0
-}
-
-/// [`MatmulKernel::Registers`]: one invocation per 8 x 8 block of C, 64 per workgroup.
-fn matmul_registers(
-    c: &dyn Compute,
-    a: GpuTensor,
-    b: GpuTensor,
-    bias: Option<GpuTensor>,
-    out: GpuTensor,
-    mm: &Matmul,
-    limits: &ComputeLimits,
-) -> Result<()> {
-    const OP: &str = "matmul";
-    if limits.max_invocations_per_workgroup < 64 {
-        return Err(ClipError::DeviceLimit {
-            op: OP.into(),
-            message: format!(
-                "needs 64 invocations per workgroup, the device allows {}",
-                limits.max_invocations_per_workgroup
-            ),
-        });
-    }
-    let (blocks_m, blocks_n) = (mm.m.div_ceil(8), mm.n.div_ceil(8));
-    let total = (blocks_m * blocks_n) as u64 * (mm.batch0 * mm.batch1) as u64;
-    fits_u32(OP, "blocks", total)?;
-    let uniforms = matmul_params(mm, blocks_m, blocks_n, total);
-    let mut bindings = vec![Binding::read(a), Binding::read(b), Binding::write(out)];
-    if let Some(bias) = bias {
-        bindings.push(Binding::read(bias));
-    }
-    let constants = [("B_TRANS", if mm.b_transposed { 1.0 } else { 0.0 })];
-    dispatch(
-        c,
-        OP,
-        KernelCall {
-            label: "nn_matmul_reg",
-            source: MATMUL_REG_WGSL,
-            entry_point: if bias.is_some() {
-                "matmul_reg_bias"
-            } else {
-                "matmul_reg"
-            },
-            constants: &constants,
-            bindings: &bindings,
-            uniforms: &uniforms,
-            workgroups: grid(limits, OP, total, 64)?,
-        },
-        || format!("{mm:?}"),
-    )
 }
 
 /// nn.Linear on `rows` rows: `out[rows, out_dim] = x[rows, in_dim] W^T (+ bias)`, with the
