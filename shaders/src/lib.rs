@@ -38,8 +38,8 @@ pub use elementwise::{
 pub use launch::{chunk_elements, chunks, dispatch_1d, dtype_code, workgroup_size, Chunk};
 pub use reduce::{dot, l2_norm, sum, sum_squares};
 pub use select::{
-    histogram_workgroups, kth_largest_magnitude, ties_threshold, topk_rank_from_top,
-    HISTOGRAM_MAX_WORKGROUPS,
+    histogram_workgroups, kth_largest_magnitude, pick_bin, radix_histogram, ties_threshold,
+    topk_rank_from_top, HISTOGRAM_MAX_WORKGROUPS, RADIX_HISTOGRAM_BYTES,
 };
 pub use slerp::{slerp, slerp_weights, SLERP_DOT_THRESHOLD, SLERP_EPS};
 pub use ties::{ties_elected_sum, ties_merge, SignVotes, TiesMerge};

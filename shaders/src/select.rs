@@ -33,45 +33,27 @@ pub fn kth_largest_magnitude(c: &dyn Compute, tensors: &[GpuTensor], k: u64) -> 
         let (dtype, _, n) = info(c, t)?;
         dtype_code("kth_largest_magnitude", dtype)?;
         total += n;
-        parts.push((t, dtype, n));
+        parts.push(t);
     }
     if k == 0 || k > total {
         return Err(Error::config(format!(
             "kth_largest_magnitude: k = {k} is outside 1..={total} (the number of elements)"
         )));
     }
-    let l = c.limits();
-    let wg = workgroup_size(&l);
     let mut prefix = 0u32;
     let mut mask = 0u32;
     let mut remaining = k;
     for shift in [24u32, 16, 8, 0] {
         let hist = Scratch::new(c, DType::U32, &[512])?;
-        for &(t, dtype, n) in &parts {
-            let consts = constants(
-                &l,
-                &[("X_DTYPE", dtype_code("kth_largest_magnitude", dtype)?)],
-            );
-            for ch in chunks(&l, n) {
-                let bindings = [
-                    fusion_plugin_api::Binding::write(hist.id()),
-                    ch.binding(t, dtype, true),
-                ];
-                c.dispatch(&KernelCall {
-                    label: "radix_select",
-                    source: wgsl::SELECT,
-                    entry_point: "radix_histogram",
-                    constants: &consts,
-                    bindings: &bindings,
-                    uniforms: &Uniforms::default()
-                        .u32(ch.len as u32)
-                        .u32(shift)
-                        .u32(prefix)
-                        .u32(mask)
-                        .bytes(),
-                    workgroups: histogram_workgroups(&l, ch.len, wg),
-                })?;
-            }
+        for &t in &parts {
+            radix_histogram(
+                c,
+                fusion_plugin_api::Binding::write(hist.id()),
+                t,
+                shift,
+                prefix,
+                mask,
+            )?;
         }
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(hist.id())?);
         let (bin, rest) = pick_bin(&words, remaining).ok_or_else(|| {
@@ -86,9 +68,48 @@ pub fn kth_largest_magnitude(c: &dyn Compute, tensors: &[GpuTensor], k: u64) -> 
     Ok(f32::from_bits(prefix))
 }
 
+/// Bytes of one radix histogram: 256 bins of 64-bit (lo, hi) counts.
+pub const RADIX_HISTOGRAM_BYTES: u64 = 2048;
+
+/// One radix-select pass over tensor `x` (f32, f16 or bf16): adds to `hist` (a read-write
+/// binding of [`RADIX_HISTOGRAM_BYTES`]) the 256-bin histogram of byte `shift / 8` of `|x|`'s
+/// f32 bits, counting only elements whose bits under `mask` equal `prefix` (see
+/// `shaders/select.wgsl`). `hist` may be a range of a larger tensor, so that several
+/// histograms share one read-back.
+pub fn radix_histogram(
+    c: &dyn Compute,
+    hist: fusion_plugin_api::Binding,
+    x: GpuTensor,
+    shift: u32,
+    prefix: u32,
+    mask: u32,
+) -> Result<()> {
+    let (dtype, _, n) = info(c, x)?;
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let consts = constants(&l, &[("X_DTYPE", dtype_code("radix_histogram", dtype)?)]);
+    for ch in chunks(&l, n) {
+        c.dispatch(&KernelCall {
+            label: "radix_select",
+            source: wgsl::SELECT,
+            entry_point: "radix_histogram",
+            constants: &consts,
+            bindings: &[hist, ch.binding(x, dtype, true)],
+            uniforms: &Uniforms::default()
+                .u32(ch.len as u32)
+                .u32(shift)
+                .u32(prefix)
+                .u32(mask)
+                .bytes(),
+            workgroups: histogram_workgroups(&l, ch.len, wg),
+        })?;
+    }
+    Ok(())
+}
+
 /// From 256 (lo, hi) counters, the bin holding the `k`-th largest, scanning from the top, and
 /// the rank of the target within that bin.
-fn pick_bin(words: &[u32], mut k: u64) -> Option<(u32, u64)> {
+pub fn pick_bin(words: &[u32], mut k: u64) -> Option<(u32, u64)> {
     for bin in (0..256usize).rev() {
         let count = u64::from(words[2 * bin]) | (u64::from(words[2 * bin + 1]) << 32);
         if k <= count {

@@ -21,7 +21,7 @@
 
 use std::collections::HashSet;
 
-use fusion_kernels::{dispatch_1d, dtype_code, workgroup_size, Chunk, SignVotes, TiesMerge};
+use fusion_kernels::{dispatch_1d, workgroup_size, Chunk, SignVotes, TiesMerge};
 use fusion_plugin_api::prelude::*;
 use fusion_plugin_api::{Binding, TensorInfo};
 
@@ -201,7 +201,18 @@ impl Sweep<'_> {
             let stride = hist_stride(self.c);
             let hists = Gpu::zeros(self.c, DType::U32, &[n * stride as usize / 4])?;
             self.each(
-                |i, _, tv| radix_histogram(self.c, &hists, i, tv, shift, prefix[i], mask[i]),
+                |i, _, tv| {
+                    let slot = Binding::write(hists.id())
+                        .range(i as u64 * stride, fusion_kernels::RADIX_HISTOGRAM_BYTES);
+                    fusion_kernels::radix_histogram(
+                        self.c,
+                        slot,
+                        tv.id(),
+                        shift,
+                        prefix[i],
+                        mask[i],
+                    )
+                },
                 |_| {
                     progress.advance(1);
                     Ok(())
@@ -210,12 +221,12 @@ impl Sweep<'_> {
             let all = self.c.read(hists.id())?;
             for i in 0..n {
                 let at = i * stride as usize;
-                let bytes = &all[at..at + HIST_BYTES as usize];
+                let bytes = &all[at..at + fusion_kernels::RADIX_HISTOGRAM_BYTES as usize];
                 let words: Vec<u32> = bytes
                     .chunks_exact(4)
                     .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
                     .collect();
-                let (bin, rest) = pick_bin(&words, remaining[i]).ok_or_else(|| {
+                let (bin, rest) = fusion_kernels::pick_bin(&words, remaining[i]).ok_or_else(|| {
                     Error::compute(format!(
                         "TIES threshold of `{}`: the histogram at shift {shift} counts fewer than {} entries",
                         self.inputs.models[i].name, remaining[i]
@@ -280,63 +291,10 @@ fn words(values: &[u32]) -> Vec<u8> {
     out
 }
 
-/// Bytes of one model's histogram: 256 bins of 64-bit counts.
-const HIST_BYTES: u64 = 2048;
-
 /// The distance between two models' histograms in the shared tensor: a multiple of the
 /// device's storage offset alignment (WebGPU caps it at 256, so normally 2048).
 fn hist_stride(c: &dyn Compute) -> u64 {
-    HIST_BYTES.max(u64::from(c.limits().min_storage_offset_alignment))
-}
-
-/// One pass of the library's radix select over one f32 tensor, into histogram `slot` of
-/// `hist` (512 words each: 256 64-bit bins). Bindings and parameters as documented in
-/// `shaders/select.wgsl`.
-fn radix_histogram(
-    c: &dyn Compute,
-    hist: &Gpu<'_>,
-    slot: usize,
-    x: &Gpu<'_>,
-    shift: u32,
-    prefix: u32,
-    mask: u32,
-) -> Result<()> {
-    let (dtype, shape) = c.describe(x.id())?;
-    let n: u64 = shape.iter().map(|&d| d as u64).product();
-    let l = c.limits();
-    let wg = workgroup_size(&l);
-    let constants = [
-        ("WG", f64::from(wg)),
-        ("X_DTYPE", dtype_code("radix_histogram", dtype)?),
-    ];
-    for ch in fusion_kernels::chunks(&l, n) {
-        c.dispatch(&KernelCall {
-            label: "radix_select",
-            source: fusion_kernels::wgsl::SELECT,
-            entry_point: "radix_histogram",
-            constants: &constants,
-            bindings: &[
-                Binding::write(hist.id()).range(slot as u64 * hist_stride(c), HIST_BYTES),
-                ch.binding(x.id(), dtype, true),
-            ],
-            uniforms: &words(&[ch.len as u32, shift, prefix, mask]),
-            workgroups: fusion_kernels::histogram_workgroups(&l, ch.len, wg),
-        })?;
-    }
-    Ok(())
-}
-
-/// From 256 (lo, hi) bin counters, the bin holding the `k`-th largest (scanning from the top)
-/// and the rank of the target within it.
-fn pick_bin(words: &[u32], mut k: u64) -> Option<(u32, u64)> {
-    for bin in (0..256usize).rev() {
-        let count = u64::from(words[2 * bin]) | (u64::from(words[2 * bin + 1]) << 32);
-        if k <= count {
-            return Some((bin as u32, k));
-        }
-        k -= count;
-    }
-    None
+    fusion_kernels::RADIX_HISTOGRAM_BYTES.max(u64::from(c.limits().min_storage_offset_alignment))
 }
 
 /// The merge of one tensor with precomputed thresholds and majority sign.
@@ -466,21 +424,5 @@ impl TensorMerge for TiesTensor {
             kernel_dtype(info.dtype),
         )?;
         Ok(Gpu::adopt(c, out))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pick_bin;
-
-    #[test]
-    fn picks_bins_from_the_top() {
-        let mut w = vec![0u32; 512];
-        w[2 * 255] = 2;
-        w[2 * 7] = 5;
-        w[2 * 7 + 1] = 1;
-        assert_eq!(pick_bin(&w, 1), Some((255, 1)));
-        assert_eq!(pick_bin(&w, 3), Some((7, 1)));
-        assert_eq!(pick_bin(&w, 3 + (1 << 32) + 5), None);
     }
 }
