@@ -451,7 +451,7 @@ def fusion_host_status(binary: Path, env: dict, plugin_dir: str | None = None) -
     st["has_task_arithmetic"] = bool(re.search(r"\btask_arithmetic\b", st["plugins"]))
     st["has_ties_merging"] = bool(re.search(r"\bties_merging\b", st["plugins"]))
     st["version"] = sh([str(binary), "--version"], env=env)
-    st["devices"] = sh([str(binary), "--device", "cpu", "devices"], env=env)
+    st["devices"] = sh([str(binary), "devices"], env=env)
     return st
 
 
@@ -531,12 +531,17 @@ def run_all(args, small: bool, cfgs: dict, results: dict) -> None:
                 cmd = [str(exe), str(yml), str(out), "--device", "cpu", "--lazy-unpickle",
                        "--no-copy-tokenizer", *args.mergekit_flags.split()]
                 rec = run_tool(f"{tool}-{method}", cmd, cwd, env, args.timeout, runs / "logs", inputs)
-            elif tool == "mergekit-pytorch":
+            elif tool in ("mergekit-pytorch", "mergekit-pytorch-cuda"):
+                # -cuda: the same tool with its tensors on the GPU (`--device cuda`)
+                cuda = tool.endswith("-cuda")
                 exe = venv_bin / "mergekit-pytorch"
                 yml = cfgs["mergekit"] / ("task_arithmetic-raw.yml" if method == "ta" else "ties-raw.yml")
-                cmd = [str(exe), str(yml), str(out), "--device", "cpu", "--lazy-unpickle",
+                cmd = [str(exe), str(yml), str(out), "--device", "cuda" if cuda else "cpu", "--lazy-unpickle",
                        "--no-copy-tokenizer", *args.mergekit_flags.split()]
-                rec = run_tool(f"{tool}-{method}", cmd, cwd, env, args.timeout, runs / "logs", inputs)
+                e = dict(env)
+                if cuda:
+                    e.pop("CUDA_VISIBLE_DEVICES", None)
+                rec = run_tool(f"{tool}-{method}", cmd, cwd, e, args.timeout, runs / "logs", inputs)
             else:
                 raise SystemExit(f"unknown tool {tool}")
             rec["output"] = str(out)
@@ -794,7 +799,8 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "ram": mem, "os": osname, "kernel": platform.release(),
-            "disk": sh(["bash", "-c", "df -h /tmp | tail -1"])}
+            "disk": sh(["bash", "-c", "df -h /tmp | tail -1"]),
+            "gpu": sh(["bash", "-c", "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null"])}
 
 
 def fmt_s(x) -> str:
@@ -880,11 +886,11 @@ def write_report(args, small: bool, results: dict) -> None:
     A("")
     A("## Machine")
     A("")
-    A(f"- CPU: {m.get('cpu')} — {m.get('cores')} cores visible; RAM {m.get('ram')}; no GPU")
+    A(f"- CPU: {m.get('cpu')} — {m.get('cores')} cores visible; RAM {m.get('ram')}; GPU: {m.get('gpu') or 'none'}")
     A(f"- OS: {m.get('os')}, kernel {m.get('kernel')}")
-    A(f"- wgpu adapter for fusion-host `--device {args.fh_device}`: see `fusion-host devices` below (Mesa lavapipe, software Vulkan)")
+    A(f"- wgpu adapter for fusion-host `--device {args.fh_device}`: see `fusion-host devices` below")
     A(f"- load average (1/5/15 min) at start: {results.get('load_start')}; at end: {results.get('load_end')}. "
-      "The machine was shared with other engineers' builds and a training job: timings are noisy.")
+      + ("" if not args.shared_machine else "The machine was shared with other engineers' builds: timings are noisy."))
     A("- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()))
     A(f"- fusion-host: `{fh.get('binary')}` {fh.get('version', '')} (release profile, built {fh.get('built', '?')}, "
       f"sha256 {fh.get('sha256', '?')}…, from the working tree of {REPO} at commit {sh(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'])} "
@@ -1044,7 +1050,10 @@ def targets_text(results: dict) -> str:
         for peer in ("fusionbench", "mergekit"):
             theirs = t(peer, method)
             if peer == "mergekit" and theirs is None:
-                peer, theirs = "mergekit-pytorch", t("mergekit-pytorch", method)
+                # the fastest of mergekit's raw state-dict mode on CPU and on CUDA
+                timed = [(t(p, method), p) for p in ("mergekit-pytorch", "mergekit-pytorch-cuda") if t(p, method)]
+                if timed:
+                    theirs, peer = min(timed)
             label = f"{'task arithmetic' if method == 'ta' else 'TIES'}: fusion-host ≥{factor}× faster than {peer}"
             if ours is None or theirs is None:
                 lines.append(f"- {label}: **not measurable** ({'fusion-host' if ours is None else peer} has no successful run)")
@@ -1125,6 +1134,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite --out from <work>/results-*.json, run nothing")
     ap.add_argument("--max-load", type=float, default=None, help="wait until the 1-min load average is below this ...")
     ap.add_argument("--not-after", default=None, help="... or until this UTC time (HH:MM), whichever comes first")
+    ap.add_argument("--shared-machine", action="store_true", help="say in the report that other work shared the machine")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's notes")
     args = ap.parse_args()
     if args.setup:

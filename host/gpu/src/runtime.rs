@@ -522,15 +522,7 @@ impl Runtime {
         )?;
         self.scoped(
             || match data {
-                Some(d) => {
-                    if d.len() % 4 == 0 {
-                        self.queue.write_buffer(&buffer, 0, d);
-                    } else {
-                        let mut p = d.to_vec();
-                        p.resize(padded as usize, 0);
-                        self.queue.write_buffer(&buffer, 0, &p);
-                    }
-                }
+                Some(d) => self.upload(&buffer, d, padded),
                 // New buffers are zeroed by wgpu; reused ones hold an old tensor.
                 None if reused => {
                     let mut encoder =
@@ -562,6 +554,22 @@ impl Runtime {
         );
         tracing::trace!(id, %dtype, ?shape, class, reused, "created tensor");
         Ok(GpuTensor(id))
+    }
+
+    /// Queue the copy of `data` into the first `padded` bytes of `buffer` (zeros after `data`).
+    /// The bytes go straight into wgpu's staging memory, copied by several threads when large:
+    /// checkpoint tensors come from memory-mapped files, and one thread copying (and faulting
+    /// in) the pages is what bounds a merge on a real GPU.
+    fn upload(&self, buffer: &wgpu::Buffer, data: &[u8], padded: u64) {
+        let Some(size) = wgpu::BufferSize::new(padded) else {
+            return;
+        };
+        // None means wgpu rejected the write; the error scope around this call reports it.
+        if let Some(mut view) = self.queue.write_buffer_with(buffer, 0, size) {
+            let (body, mut tail) = view.slice(..).split_at(data.len());
+            tail.fill(0);
+            copy_parallel(body, data);
+        }
     }
 
     /// Copy `size` bytes at `offset` (both multiples of 4) of a buffer back to the host.
@@ -630,6 +638,48 @@ impl Drop for Runtime {
         tracing::debug!(stats = ?s.pool.stats(), pipelines = s.pipelines.len(), live = s.tensors.len(), "GPU runtime closing");
     }
 }
+
+/// Bytes below which one thread copies an upload (thread start-up would cost more).
+const PARALLEL_COPY_MIN: usize = 1 << 20;
+
+/// `dst.copy_from_slice(src)`, split over up to 8 threads for large copies.
+fn copy_parallel(dst: wgpu::WriteOnly<'_, [u8]>, src: &[u8]) {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(src.len() / PARALLEL_COPY_MIN)
+        .max(1);
+    let mut dst = dst;
+    if threads == 1 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    // Page-aligned pieces, so that no two threads fault in the same page of the source.
+    let piece = src.len().div_ceil(threads).next_multiple_of(4096);
+    std::thread::scope(|scope| {
+        let mut rest = src;
+        while !rest.is_empty() {
+            let n = piece.min(rest.len());
+            let (head, tail) = dst.split_at(n);
+            dst = tail;
+            let (from, after) = rest.split_at(n);
+            rest = after;
+            let head = SendWriteOnly(head);
+            scope.spawn(move || {
+                let mut head = head;
+                head.0.copy_from_slice(from);
+            });
+        }
+    });
+}
+
+/// A disjoint piece of a write-only staging mapping handed to one copying thread.
+struct SendWriteOnly<'a>(wgpu::WriteOnly<'a, [u8]>);
+
+// SAFETY: wgpu implements `Send` for `WriteOnly<T>` with sized `T` only; a `[u8]` piece is a
+// pointer and length into mapped memory like any `&mut [u8]`, and `split_at` makes the pieces
+// disjoint, so moving one to another thread is as sound as moving a `&mut [u8]`.
+unsafe impl Send for SendWriteOnly<'_> {}
 
 fn hash_of(s: &str) -> u64 {
     let mut h = DefaultHasher::new();
