@@ -806,39 +806,64 @@ fn embed_matches_the_transformers_golden_outputs() {
     assert_eq!(logits.1, vec![6, 2]);
 }
 
+/// TIES through the host, streamed and with task vectors kept on the device between passes
+/// (`FUSION_DEVICE_CACHE`; off by default on lavapipe): all of them, and a budget that holds
+/// only some, must give the same tensors as fusion-bench.
 #[test]
 fn ties_merging_through_the_host_matches_fusion_bench() {
     let cfg = configs(&[]);
-    let work = tempfile::tempdir().unwrap();
-    let run = run_host(
-        work.path(),
-        &[
-            "--device",
-            "cpu",
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method=ties_merging",
-            "merged_model_save_path=ties.safetensors",
-        ],
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let got = read_f32(&work.path().join("ties.safetensors"));
     let want = read_f32(&data().join("merge-tiny/expected/ties_merging_sum.safetensors"));
-    assert_eq!(got.len(), want.len());
-    for ((n1, s1, v1), (n2, s2, v2)) in got.iter().zip(&want) {
-        assert_eq!((n1, s1), (n2, s2));
-        let scale = v2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let worst = v1
-            .iter()
-            .zip(v2)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst / scale <= 1e-5,
-            "{n1}: relative error {}",
-            worst / scale
+    // (budget, tensors cached after the passes: 10 keys x (4 task vectors + the base); "" for
+    // some but not all). `auto` is none on lavapipe.
+    for (budget, cached) in [("auto", "0"), ("64M", "50"), ("60K", "")] {
+        let work = tempfile::tempdir().unwrap();
+        let env = [("FUSION_DEVICE_CACHE", budget)];
+        let run = run_host_env(
+            work.path(),
+            &[
+                "--device",
+                "cpu",
+                "--config-path",
+                cfg.path().to_str().unwrap(),
+                "modelpool=tiny",
+                "method=ties_merging",
+                "merged_model_save_path=ties.safetensors",
+            ],
+            &env,
         );
+        assert_eq!(run.code, 0, "{budget}: {}", run.stderr);
+        let got_cached = run
+            .stderr
+            .split("cached_tensors=")
+            .nth(1)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .unwrap_or_else(|| panic!("{budget}: no cached_tensors in the log:\n{}", run.stderr))
+            .to_string();
+        if cached.is_empty() {
+            let k: usize = got_cached.parse().unwrap();
+            assert!(
+                (1..50).contains(&k),
+                "{budget}: {k} tensors cached, expected some"
+            );
+        } else {
+            assert_eq!(got_cached, cached, "{budget}");
+        }
+        let got = read_f32(&work.path().join("ties.safetensors"));
+        assert_eq!(got.len(), want.len());
+        for ((n1, s1, v1), (n2, s2, v2)) in got.iter().zip(&want) {
+            assert_eq!((n1, s1), (n2, s2));
+            let scale = v2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let worst = v1
+                .iter()
+                .zip(v2)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst / scale <= 1e-5,
+                "{budget} {n1}: relative error {}",
+                worst / scale
+            );
+        }
     }
 }
 

@@ -289,3 +289,20 @@ mod tests {
         assert_eq!(&u[20..24], &2u32.to_le_bytes());
     }
 }
+
+/// Whether `device_name` (from [`Compute::device_name`](fusion_plugin_api::Compute::device_name))
+/// is a software rasterizer on the CPU (Mesa llvmpipe/lavapipe, SwiftShader, Microsoft WARP):
+/// its "device memory" is host memory and its kernels run on the CPU cores, so launch shapes
+/// and caching choices differ from a real GPU's.
+pub fn is_software_adapter(device_name: &str) -> bool {
+    let name = device_name.to_ascii_lowercase();
+    [
+        "llvmpipe",
+        "lavapipe",
+        "swiftshader",
+        "warp",
+        "basic render",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}

@@ -35,7 +35,9 @@ pub use dare::{dare, dare_delta, dare_keep, philox4x32_10, tensor_key, Dare};
 pub use elementwise::{
     accumulate, convert, convert_into, scale_add, task_vector, weighted_sum, weighted_sum_into,
 };
-pub use launch::{chunk_elements, chunks, dispatch_1d, dtype_code, workgroup_size, Chunk};
+pub use launch::{
+    chunk_elements, chunks, dispatch_1d, dtype_code, is_software_adapter, workgroup_size, Chunk,
+};
 pub use reduce::{dot, l2_norm, sum, sum_squares};
 pub use select::{
     histogram_workgroups, kth_largest_magnitude, pick_bin, radix_histogram, ties_threshold,

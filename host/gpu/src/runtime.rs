@@ -44,6 +44,8 @@ pub struct RuntimeOptions {
     pub clamp: LimitClamp,
     /// Most bytes of released buffers kept for reuse; beyond it released buffers are freed.
     pub pool_capacity: u64,
+    /// How tensor data goes up to the device.
+    pub staging: Staging,
 }
 
 impl Default for RuntimeOptions {
@@ -51,9 +53,31 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             clamp: LimitClamp::default(),
             pool_capacity: 4 << 30,
+            staging: Staging::Auto,
         }
     }
 }
+
+/// How [`Compute::create`] with data moves the bytes to the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Staging {
+    /// [`Staging::Belt`] on a hardware adapter, [`Staging::Queue`] on a software one.
+    #[default]
+    Auto,
+    /// Through a ring of reused, mapped staging buffers (wgpu's `StagingBelt`), the copy
+    /// recorded with the launches. A real GPU's driver pins fresh host-visible memory for every
+    /// queue write, which costs more than the copy; the ring pays that once.
+    Belt,
+    /// Through `Queue::write_buffer_with` (wgpu allocates staging memory per write). On a
+    /// software adapter that memory is plain host memory, and the ring would only keep more of
+    /// it resident.
+    Queue,
+}
+
+/// Bytes of one staging-ring buffer.
+const BELT_CHUNK_BYTES: u64 = 64 << 20;
+/// Staged bytes after which the recorded work is submitted, so the ring's chunks come back.
+const BELT_FLUSH_BYTES: u64 = 256 << 20;
 
 struct TensorEntry {
     buffer: wgpu::Buffer,
@@ -100,7 +124,25 @@ pub struct Runtime {
     lost: Arc<Mutex<Option<String>>>,
     lost_flag: Arc<AtomicBool>,
     state: Mutex<State>,
+    pending: Mutex<Pending>,
 }
+
+/// Launches recorded but not yet submitted. Submitting every launch on its own costs more than
+/// a small kernel on a real GPU (a merge makes tens of thousands), so launches are recorded in
+/// one encoder and submitted together: before anything that goes through the queue's own
+/// write path (whose copies run at the start of the *next* submission, so they would overtake
+/// recorded launches), before a read-back or a wait, and every [`MAX_PENDING_LAUNCHES`].
+#[derive(Default)]
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    launches: u32,
+    /// The staging ring ([`Staging::Belt`]); uploads through it are recorded in `encoder`.
+    belt: Option<wgpu::util::StagingBelt>,
+    staged_bytes: u64,
+}
+
+/// Most launches recorded before a submission.
+const MAX_PENDING_LAUNCHES: u32 = 256;
 
 impl Runtime {
     /// Open the adapter that `choice` selects, with the adapter's own limits (capped by
@@ -153,7 +195,16 @@ impl Runtime {
             min_storage_offset_alignment: l.min_storage_buffer_offset_alignment,
             shader_f16: device.features().contains(wgpu::Features::SHADER_F16),
         };
-        tracing::debug!(adapter = %report.name, ?limits, "GPU runtime ready");
+        let belt = match options.staging {
+            Staging::Belt => true,
+            Staging::Queue => false,
+            Staging::Auto => report.device_type != "Cpu",
+        };
+        let pending = Pending {
+            belt: belt.then(|| wgpu::util::StagingBelt::new(device.clone(), BELT_CHUNK_BYTES)),
+            ..Pending::default()
+        };
+        tracing::debug!(adapter = %report.name, ?limits, staging_ring = belt, "GPU runtime ready");
         Ok(Runtime {
             device,
             queue,
@@ -161,6 +212,7 @@ impl Runtime {
             limits,
             lost,
             lost_flag,
+            pending: Mutex::new(pending),
             state: Mutex::new(State {
                 tensors: HashMap::new(),
                 next_id: 1,
@@ -205,6 +257,67 @@ impl Runtime {
         // A panic while holding the lock leaves maps that are still consistent (every mutation
         // is a single insert/remove), so poisoning is ignored.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record commands into the pending encoder (submitted by [`Runtime::flush`]); with the
+    /// staging ring, `f` may stage uploads through it and returns the bytes it staged.
+    fn record_with(
+        &self,
+        f: impl FnOnce(&mut wgpu::CommandEncoder, Option<&mut wgpu::util::StagingBelt>) -> u64,
+    ) {
+        let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let p = &mut *guard;
+        let encoder = p.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("fusion launches"),
+                })
+        });
+        p.staged_bytes += f(encoder, p.belt.as_mut());
+        p.launches += 1;
+        if p.launches >= MAX_PENDING_LAUNCHES || p.staged_bytes >= BELT_FLUSH_BYTES {
+            self.submit(p);
+        }
+    }
+
+    /// Record commands into the pending encoder (submitted by [`Runtime::flush`]).
+    fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        self.record_with(|encoder, _| {
+            f(encoder);
+            0
+        });
+    }
+
+    /// Submit the recorded commands.
+    fn flush(&self) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.submit(&mut p);
+    }
+
+    fn submit(&self, p: &mut Pending) {
+        let Some(encoder) = p.encoder.take() else {
+            return;
+        };
+        if let Some(belt) = p.belt.as_mut() {
+            belt.finish();
+        }
+        self.queue.submit([encoder.finish()]);
+        if let Some(belt) = p.belt.as_mut() {
+            belt.recall();
+            // Hand finished chunks back to the ring without waiting.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
+        p.launches = 0;
+        p.staged_bytes = 0;
+    }
+
+    /// Whether uploads go through the staging ring.
+    fn belt(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .belt
+            .is_some()
     }
 
     fn check_alive(&self) -> Result<(), GpuError> {
@@ -464,12 +577,9 @@ impl Runtime {
                     layout: &cached.layout,
                     entries: &entries,
                 });
-                let mut encoder =
-                    self.device
-                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                            label: Some(call.label),
-                        });
-                {
+                // Recorded in call order; `flush` submits before any queue write, so writes
+                // never overtake the launches recorded before them.
+                self.record(|encoder| {
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some(call.label),
                         timestamp_writes: None,
@@ -478,10 +588,7 @@ impl Runtime {
                     pass.set_bind_group(0, &bind_group, &[]);
                     let [x, y, z] = call.workgroups;
                     pass.dispatch_workgroups(x, y, z);
-                }
-                // One submission per launch keeps queue order equal to call order, which makes
-                // `write` (queue.write_buffer) safe to interleave with kernels.
-                self.queue.submit([encoder.finish()]);
+                });
             },
             |m| kernel_err(format!("launch failed: {m}")),
         )
@@ -525,13 +632,7 @@ impl Runtime {
                 Some(d) => self.upload(&buffer, d, padded),
                 // New buffers are zeroed by wgpu; reused ones hold an old tensor.
                 None if reused => {
-                    let mut encoder =
-                        self.device
-                            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                                label: Some("clear"),
-                            });
-                    encoder.clear_buffer(&buffer, 0, Some(padded));
-                    self.queue.submit([encoder.finish()]);
+                    self.record(|encoder| encoder.clear_buffer(&buffer, 0, Some(padded)));
                 }
                 None => {}
             },
@@ -564,11 +665,27 @@ impl Runtime {
         let Some(size) = wgpu::BufferSize::new(padded) else {
             return;
         };
-        // None means wgpu rejected the write; the error scope around this call reports it.
-        if let Some(mut view) = self.queue.write_buffer_with(buffer, 0, size) {
+        let fill = |mut view: wgpu::WriteOnly<'_, [u8]>| {
             let (body, mut tail) = view.slice(..).split_at(data.len());
             tail.fill(0);
             copy_parallel(body, data);
+        };
+        if self.belt() {
+            // Recorded in call order with the launches: no flush needed.
+            self.record_with(|encoder, belt| {
+                let belt = belt.expect("staging ring present");
+                let mut view = belt.write_buffer(encoder, buffer, 0, size);
+                fill(view.slice(..));
+                padded
+            });
+            return;
+        }
+        // The queue's write runs at the start of the next submission: submit the launches
+        // recorded so far first, so that it cannot overtake them.
+        self.flush();
+        // None means wgpu rejected the write; the error scope around this call reports it.
+        if let Some(mut view) = self.queue.write_buffer_with(buffer, 0, size) {
+            fill(view.slice(..));
         }
     }
 
@@ -589,13 +706,10 @@ impl Runtime {
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
-                let mut encoder =
-                    self.device
-                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                            label: Some("readback"),
-                        });
-                encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
-                self.queue.submit([encoder.finish()]);
+                self.record(|encoder| {
+                    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size)
+                });
+                self.flush();
                 staging
             },
             read_err,
@@ -634,6 +748,7 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        self.flush();
         let s = self.lock();
         tracing::debug!(stats = ?s.pool.stats(), pipelines = s.pipelines.len(), live = s.tensors.len(), "GPU runtime closing");
     }
@@ -773,7 +888,10 @@ impl Compute for Runtime {
             around
         };
         self.scoped(
-            || self.queue.write_buffer(&t.buffer, start, &bytes),
+            || {
+                self.flush();
+                self.queue.write_buffer(&t.buffer, start, &bytes)
+            },
             |m| GpuError::Wgpu {
                 op: format!("writing tensor {}", tensor.0),
                 message: m,
@@ -819,6 +937,7 @@ impl Compute for Runtime {
 
     fn synchronize(&self) -> Result<()> {
         self.check_alive()?;
+        self.flush();
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| GpuError::Wgpu {

@@ -10,20 +10,32 @@ use fusion_plugin_api::{
 pub(crate) struct Gpu<'c> {
     c: &'c dyn Compute,
     t: GpuTensor,
+    /// False for a view of a tensor someone else releases (a [`DeviceCache`] entry).
+    ///
+    /// [`DeviceCache`]: crate::cache::DeviceCache
+    owned: bool,
 }
 
 impl<'c> Gpu<'c> {
     /// Own a tensor returned by a kernel function.
     pub(crate) fn adopt(c: &'c dyn Compute, t: GpuTensor) -> Self {
-        Gpu { c, t }
+        Gpu { c, t, owned: true }
+    }
+
+    /// A view of a tensor that stays alive after this handle is dropped.
+    pub(crate) fn borrowed(c: &'c dyn Compute, t: GpuTensor) -> Self {
+        Gpu { c, t, owned: false }
+    }
+
+    /// Give up ownership: the caller now releases the tensor.
+    pub(crate) fn into_raw(mut self) -> GpuTensor {
+        self.owned = false;
+        self.t
     }
 
     /// A zero-filled tensor.
     pub(crate) fn zeros(c: &'c dyn Compute, dtype: DType, shape: &[usize]) -> Result<Self> {
-        Ok(Gpu {
-            c,
-            t: c.create(dtype, shape, None)?,
-        })
+        Ok(Gpu::adopt(c, c.create(dtype, shape, None)?))
     }
 
     /// The device id.
@@ -34,7 +46,9 @@ impl<'c> Gpu<'c> {
 
 impl Drop for Gpu<'_> {
     fn drop(&mut self) {
-        self.c.release(self.t);
+        if self.owned {
+            self.c.release(self.t);
+        }
     }
 }
 

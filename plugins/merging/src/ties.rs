@@ -25,6 +25,7 @@ use fusion_kernels::{dispatch_1d, workgroup_size, Chunk, SignVotes, TiesMerge};
 use fusion_plugin_api::prelude::*;
 use fusion_plugin_api::{Binding, TensorInfo};
 
+use crate::cache::{DeviceCache, Slot};
 use crate::delta::Delta;
 use crate::device::{kernel_dtype, upload, Gpu};
 use crate::inputs::Inputs;
@@ -132,15 +133,21 @@ fn run(
             keys.push((name, info));
         }
     }
+    let cache = DeviceCache::new(ctx, c, algorithm)?;
+    let source = Source {
+        inputs: &inputs,
+        delta,
+        cache: &cache,
+    };
     let sweep = Sweep {
         c,
-        inputs: &inputs,
+        source: &source,
         keys: &keys,
-        delta,
     };
     let thresholds = sweep.thresholds(ctx, s.threshold)?;
     let majority = sweep.majority(ctx, &thresholds)?;
-    tracing::info!(?thresholds, majority, merge_func = ?s.merge_func, "{algorithm}: trimmed and elected");
+    let (entries, bytes, _) = cache.usage();
+    tracing::info!(?thresholds, majority, merge_func = ?s.merge_func, cached_tensors = entries, cached_mib = bytes >> 20, "{algorithm}: trimmed and elected");
     let merge = TiesTensor {
         inputs: inputs.clone(),
         thresholds,
@@ -149,16 +156,53 @@ fn run(
         lambda: s.scaling_factor as f32,
         delta,
         removed: s.remove_keys.clone(),
+        cache,
     };
     Ok(Merged::model(ctx, inputs, merge))
+}
+
+/// Where a pass gets a key's tensors: the device cache, else the checkpoints (uploaded, and the
+/// task vector computed).
+struct Source<'a> {
+    inputs: &'a Inputs,
+    delta: Delta,
+    cache: &'a DeviceCache,
+}
+
+impl Source<'_> {
+    /// The base model's tensor `name`.
+    fn base<'c>(&self, c: &'c dyn Compute, name: &str) -> Result<Gpu<'c>> {
+        let b = self.inputs.base();
+        self.cache
+            .get_or_make(c, name, Slot::Base, || upload(c, &b.model, &b.name, name))
+    }
+
+    /// Model `i`'s task vector of `name`; `base` holds the base tensor once one was needed.
+    fn task_vector<'c>(
+        &self,
+        c: &'c dyn Compute,
+        base: &mut Option<Gpu<'c>>,
+        i: usize,
+        name: &str,
+        info: &TensorInfo,
+    ) -> Result<Gpu<'c>> {
+        self.cache.get_or_make(c, name, Slot::TaskVector(i), || {
+            let base = match base {
+                Some(b) => b,
+                None => base.insert(self.base(c, name)?),
+            };
+            let m = &self.inputs.models[i];
+            let x = upload(c, &m.model, &m.name, name)?;
+            self.delta.compute(c, &x, base, &m.name, name, info)
+        })
+    }
 }
 
 /// One pass over every kept tensor of every model.
 struct Sweep<'a> {
     c: &'a dyn Compute,
-    inputs: &'a Inputs,
+    source: &'a Source<'a>,
     keys: &'a [(String, TensorInfo)],
-    delta: Delta,
 }
 
 impl Sweep<'_> {
@@ -169,13 +213,10 @@ impl Sweep<'_> {
         mut after_key: impl FnMut(&str) -> Result<()>,
     ) -> Result<()> {
         let c = self.c;
-        let b = self.inputs.base();
         for (name, info) in self.keys {
-            let base = upload(c, &b.model, &b.name, name)?;
-            for (i, m) in self.inputs.models.iter().enumerate() {
-                let x = upload(c, &m.model, &m.name, name)?;
-                let tv = self.delta.compute(c, &x, &base, &m.name, name, info)?;
-                drop(x);
+            let mut base = None;
+            for (i, m) in self.source.inputs.models.iter().enumerate() {
+                let tv = self.source.task_vector(c, &mut base, i, name, info)?;
                 f(i, name, &tv)
                     .map_err(|e| e.context(format!("tensor `{name}` of `{}`", m.name)))?;
             }
@@ -187,7 +228,7 @@ impl Sweep<'_> {
     /// Each model's trim threshold: its task vector keeps `|τ| >= threshold`, the k-th largest
     /// magnitude over all kept tensors with FusionBench's k (see `topk_rank_from_top`).
     fn thresholds(&self, ctx: &Context, k_param: f64) -> Result<Vec<f32>> {
-        let n = self.inputs.models.len();
+        let n = self.source.inputs.models.len();
         let d: u64 = self.keys.iter().map(|(_, i)| i.numel() as u64).sum();
         let Some(rank) = fusion_kernels::topk_rank_from_top(d, k_param) else {
             return Ok(vec![0.0; n]);
@@ -229,7 +270,7 @@ impl Sweep<'_> {
                 let (bin, rest) = fusion_kernels::pick_bin(&words, remaining[i]).ok_or_else(|| {
                     Error::compute(format!(
                         "TIES threshold of `{}`: the histogram at shift {shift} counts fewer than {} entries",
-                        self.inputs.models[i].name, remaining[i]
+                        self.source.inputs.models[i].name, remaining[i]
                     ))
                 })?;
                 prefix[i] |= bin << shift;
@@ -306,6 +347,7 @@ struct TiesTensor {
     lambda: f32,
     delta: Delta,
     removed: HashSet<String>,
+    cache: DeviceCache,
 }
 
 impl TiesTensor {
@@ -317,19 +359,26 @@ impl TiesTensor {
         }
     }
 
+    fn source(&self) -> Source<'_> {
+        Source {
+            inputs: &self.inputs,
+            delta: self.delta,
+            cache: &self.cache,
+        }
+    }
+
     /// The per-model task vectors of `name`, one at a time.
     fn each_tv<'c>(
         &self,
         c: &'c dyn Compute,
-        base: &Gpu<'_>,
+        base: &mut Option<Gpu<'c>>,
         name: &str,
         info: &TensorInfo,
         mut f: impl FnMut(usize, &Gpu<'c>) -> Result<()>,
     ) -> Result<()> {
-        for (i, m) in self.inputs.models.iter().enumerate() {
-            let x = upload(c, &m.model, &m.name, name)?;
-            let tv = self.delta.compute(c, &x, base, &m.name, name, info)?;
-            drop(x);
+        let source = self.source();
+        for i in 0..self.inputs.models.len() {
+            let tv = source.task_vector(c, base, i, name, info)?;
             f(i, &tv)?;
         }
         Ok(())
@@ -342,10 +391,23 @@ impl TensorMerge for TiesTensor {
     }
 
     fn merge<'c>(&self, c: &'c dyn Compute, name: &str, info: &TensorInfo) -> Result<Gpu<'c>> {
-        let b = self.inputs.base();
-        let base = upload(c, &b.model, &b.name, name)?;
+        let out = self.merge_uncached(c, name, info);
+        // The merged tensor was the last use of this key's entries.
+        self.cache.evict(c, name);
+        out
+    }
+}
+
+impl TiesTensor {
+    fn merge_uncached<'c>(
+        &self,
+        c: &'c dyn Compute,
+        name: &str,
+        info: &TensorInfo,
+    ) -> Result<Gpu<'c>> {
+        let mut base = None;
         let s = Gpu::zeros(c, DType::F32, &info.shape)?;
-        self.each_tv(c, &base, name, info, |i, tv| {
+        self.each_tv(c, &mut base, name, info, |i, tv| {
             add_trimmed(c, &s, tv, self.thresholds[i])
         })?;
 
@@ -366,7 +428,7 @@ impl TensorMerge for TiesTensor {
                 Binding::write(acc_c.id())
             }
         };
-        self.each_tv(c, &base, name, info, |i, tv| {
+        self.each_tv(c, &mut base, name, info, |i, tv| {
             let thr = self.thresholds[i];
             let thr_bits = if thr <= 0.0 { 0 } else { thr.to_bits() };
             let constants = [
@@ -418,6 +480,10 @@ impl TensorMerge for TiesTensor {
             })?;
         }
         drop((acc_a, acc_c, s));
+        let base = match base {
+            Some(b) => b,
+            None => self.source().base(c, name)?,
+        };
         let out = fusion_kernels::weighted_sum(
             c,
             &[(base.id(), 1.0), (merged.id(), self.lambda)],

@@ -366,16 +366,7 @@ impl MatmulKernel {
                 }
             }
         }
-        let name = c.device_name().to_ascii_lowercase();
-        let software = [
-            "llvmpipe",
-            "lavapipe",
-            "swiftshader",
-            "warp",
-            "basic render",
-        ]
-        .iter()
-        .any(|s| name.contains(s));
+        let software = fusion_kernels::is_software_adapter(&c.device_name());
         Ok(if software {
             Self::Registers
         } else {

@@ -1,0 +1,186 @@
+//! Task vectors kept on the device between the passes of a multi-pass merge.
+//!
+//! TIES visits every task vector seven times (four radix passes for the thresholds, the sign
+//! election, two in the merge of each tensor). Streaming re-reads and re-uploads the checkpoints
+//! each time, which on a real GPU costs far more than the kernels: the bytes cross the bus
+//! seven times. On a GPU with memory to spare the cache keeps each tensor's task vectors (and
+//! the base tensor) after their first upload, up to a byte budget; what does not fit streams as
+//! before. A key's entries are released as soon as its merged tensor has been computed, and all
+//! of them when the merged model is dropped.
+//!
+//! Budget: `FUSION_DEVICE_CACHE` (bytes, or with a K/M/G suffix; `0` turns the cache off), else
+//! [`DEFAULT_BUDGET`] on a hardware adapter and nothing on a software one (lavapipe and
+//! friends keep "device" buffers in host memory, where the cache would only raise the RSS that
+//! streaming keeps low).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use fusion_plugin_api::{Compute, Context, Error, GpuTensor, Result};
+
+use crate::device::Gpu;
+
+/// Device bytes the cache may hold on a hardware adapter when `FUSION_DEVICE_CACHE` is unset:
+/// nine CLIP ViT-B/32 task vectors (3.2 GB) fit, and a 6 GB card keeps room to work.
+pub(crate) const DEFAULT_BUDGET: u64 = 4 << 30;
+
+/// Which tensor of a key an entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Slot {
+    /// The base model's tensor, as uploaded.
+    Base,
+    /// Model `i`'s task vector (f32).
+    TaskVector(usize),
+}
+
+/// Device tensors kept across passes, under a byte budget (see the module docs).
+pub(crate) struct DeviceCache {
+    ctx: Context,
+    budget: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    used: u64,
+    peak: u64,
+    entries: HashMap<(String, Slot), (GpuTensor, u64)>,
+}
+
+impl DeviceCache {
+    /// A cache for one merge on `c` (the device of `ctx`), with the budget of the environment.
+    pub(crate) fn new(ctx: &Context, c: &dyn Compute, algorithm: &str) -> Result<Self> {
+        let budget = match std::env::var("FUSION_DEVICE_CACHE") {
+            Ok(v) if !v.trim().is_empty() && v.trim() != "auto" => {
+                parse_bytes(&v).map_err(|e| Error::config(format!("FUSION_DEVICE_CACHE: {e}")))?
+            }
+            _ if fusion_kernels::is_software_adapter(&c.device_name()) => 0,
+            _ => DEFAULT_BUDGET,
+        };
+        if budget > 0 {
+            tracing::info!(
+                budget_mib = budget >> 20,
+                device = %c.device_name(),
+                "{algorithm}: keeping task vectors on the device between passes (FUSION_DEVICE_CACHE)"
+            );
+        }
+        Ok(DeviceCache {
+            ctx: ctx.clone(),
+            budget,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached tensor of (`name`, `slot`), or `make()`'s, which the cache keeps when the
+    /// budget allows. Either way the caller gets a view that does not release a cached tensor.
+    pub(crate) fn get_or_make<'c>(
+        &self,
+        c: &'c dyn Compute,
+        name: &str,
+        slot: Slot,
+        make: impl FnOnce() -> Result<Gpu<'c>>,
+    ) -> Result<Gpu<'c>> {
+        if let Some(&(t, _)) = self.lock().entries.get(&(name.to_string(), slot)) {
+            return Ok(Gpu::borrowed(c, t));
+        }
+        let t = make()?;
+        if self.budget == 0 {
+            return Ok(t);
+        }
+        let (dtype, shape) = c.describe(t.id())?;
+        let bytes = dtype.size() as u64 * shape.iter().map(|&d| d as u64).product::<u64>();
+        let mut s = self.lock();
+        if s.used + bytes > self.budget {
+            return Ok(t);
+        }
+        s.used += bytes;
+        s.peak = s.peak.max(s.used);
+        let id = t.into_raw();
+        s.entries.insert((name.to_string(), slot), (id, bytes));
+        Ok(Gpu::borrowed(c, id))
+    }
+
+    /// Release every entry of tensor `name` (its merge is done).
+    pub(crate) fn evict(&self, c: &dyn Compute, name: &str) {
+        let mut s = self.lock();
+        let keys: Vec<_> = s
+            .entries
+            .keys()
+            .filter(|(n, _)| n == name)
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some((t, bytes)) = s.entries.remove(&k) {
+                s.used -= bytes;
+                c.release(t);
+            }
+        }
+    }
+
+    /// (entries, bytes held, most bytes held at once).
+    pub(crate) fn usage(&self) -> (usize, u64, u64) {
+        let s = self.lock();
+        (s.entries.len(), s.used, s.peak)
+    }
+}
+
+impl Drop for DeviceCache {
+    fn drop(&mut self) {
+        let s = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if s.entries.is_empty() {
+            return;
+        }
+        if let Ok(c) = self.ctx.compute() {
+            for (_, (t, _)) in s.entries.drain() {
+                c.release(t);
+            }
+        }
+    }
+}
+
+/// `"4G"`, `"512M"`, `"1.5GiB"`, `"0"`, `"123456"` → bytes (K/M/G/T are powers of 1024).
+pub(crate) fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    let lower = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (num, shift) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 10),
+        Some('m') => (&lower[..lower.len() - 1], 20),
+        Some('g') => (&lower[..lower.len() - 1], 30),
+        Some('t') => (&lower[..lower.len() - 1], 40),
+        _ => (lower, 0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{t}` is not a size (bytes, or a number with K, M, G or T)"))?;
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(format!(
+            "`{t}` is not a size (bytes, or a number with K, M, G or T)"
+        ));
+    }
+    Ok((v * (1u64 << shift) as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("123456"), Ok(123_456));
+        assert_eq!(parse_bytes("4G"), Ok(4 << 30));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_bytes(" 2 kb "), Ok(2048));
+        assert!(parse_bytes("lots")
+            .unwrap_err()
+            .contains("`lots` is not a size"));
+        assert!(parse_bytes("-1G").is_err());
+    }
+}
