@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use fusion_gpu::{DeviceChoice, LimitClamp, Runtime, RuntimeOptions, Staging};
+use fusion_gpu::{DeviceChoice, LimitClamp, Runtime, RuntimeOptions};
 use fusion_kernels as k;
 use fusion_plugin_api::{Compute, DType, GpuTensor};
 use half::{bf16, f16};
@@ -40,8 +40,6 @@ fn full() -> &'static Runtime {
 
 /// The device clamped so that 1024 f32 elements fill a binding, 4 workgroups of 32 fill a
 /// dimension (a 1024-element chunk needs a 4x4 grid) and 4 storage buffers fill a stage.
-/// Its uploads go through the staging ring (a hardware GPU's path), the full device's through
-/// the queue (the software adapter's default), so both paths run every kernel.
 fn clamped() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
@@ -54,7 +52,6 @@ fn clamped() -> &'static Runtime {
                 min_storage_offset_alignment: Some(256),
                 ..Default::default()
             },
-            staging: Staging::Belt,
             ..Default::default()
         })
     })

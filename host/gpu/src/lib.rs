@@ -26,4 +26,4 @@ mod runtime;
 pub use adapter::{list_adapters, AdapterReport, DeviceChoice};
 pub use error::GpuError;
 pub use pool::PoolStats;
-pub use runtime::{LimitClamp, Runtime, RuntimeOptions, Staging};
+pub use runtime::{LimitClamp, Runtime, RuntimeOptions};

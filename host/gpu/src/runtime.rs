@@ -44,8 +44,6 @@ pub struct RuntimeOptions {
     pub clamp: LimitClamp,
     /// Most bytes of released buffers kept for reuse; beyond it released buffers are freed.
     pub pool_capacity: u64,
-    /// How tensor data goes up to the device.
-    pub staging: Staging,
 }
 
 impl Default for RuntimeOptions {
@@ -53,31 +51,9 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             clamp: LimitClamp::default(),
             pool_capacity: 4 << 30,
-            staging: Staging::Auto,
         }
     }
 }
-
-/// How [`Compute::create`] with data moves the bytes to the device.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Staging {
-    /// [`Staging::Belt`] on a hardware adapter, [`Staging::Queue`] on a software one.
-    #[default]
-    Auto,
-    /// Through a ring of reused, mapped staging buffers (wgpu's `StagingBelt`), the copy
-    /// recorded with the launches. A real GPU's driver pins fresh host-visible memory for every
-    /// queue write, which costs more than the copy; the ring pays that once.
-    Belt,
-    /// Through `Queue::write_buffer_with` (wgpu allocates staging memory per write). On a
-    /// software adapter that memory is plain host memory, and the ring would only keep more of
-    /// it resident.
-    Queue,
-}
-
-/// Bytes of one staging-ring buffer.
-const BELT_CHUNK_BYTES: u64 = 64 << 20;
-/// Staged bytes after which the recorded work is submitted, so the ring's chunks come back.
-const BELT_FLUSH_BYTES: u64 = 256 << 20;
 
 struct TensorEntry {
     buffer: wgpu::Buffer,
@@ -136,9 +112,6 @@ pub struct Runtime {
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
     launches: u32,
-    /// The staging ring ([`Staging::Belt`]); uploads through it are recorded in `encoder`.
-    belt: Option<wgpu::util::StagingBelt>,
-    staged_bytes: u64,
 }
 
 /// Most launches recorded before a submission.
@@ -195,16 +168,7 @@ impl Runtime {
             min_storage_offset_alignment: l.min_storage_buffer_offset_alignment,
             shader_f16: device.features().contains(wgpu::Features::SHADER_F16),
         };
-        let belt = match options.staging {
-            Staging::Belt => true,
-            Staging::Queue => false,
-            Staging::Auto => report.device_type != "Cpu",
-        };
-        let pending = Pending {
-            belt: belt.then(|| wgpu::util::StagingBelt::new(device.clone(), BELT_CHUNK_BYTES)),
-            ..Pending::default()
-        };
-        tracing::debug!(adapter = %report.name, ?limits, staging_ring = belt, "GPU runtime ready");
+        tracing::debug!(adapter = %report.name, ?limits, "GPU runtime ready");
         Ok(Runtime {
             device,
             queue,
@@ -212,7 +176,7 @@ impl Runtime {
             limits,
             lost,
             lost_flag,
-            pending: Mutex::new(pending),
+            pending: Mutex::new(Pending::default()),
             state: Mutex::new(State {
                 tensors: HashMap::new(),
                 next_id: 1,
@@ -259,33 +223,20 @@ impl Runtime {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Record commands into the pending encoder (submitted by [`Runtime::flush`]); with the
-    /// staging ring, `f` may stage uploads through it and returns the bytes it staged.
-    fn record_with(
-        &self,
-        f: impl FnOnce(&mut wgpu::CommandEncoder, Option<&mut wgpu::util::StagingBelt>) -> u64,
-    ) {
-        let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let p = &mut *guard;
+    /// Record commands into the pending encoder (submitted by [`Runtime::flush`]).
+    fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let encoder = p.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("fusion launches"),
                 })
         });
-        p.staged_bytes += f(encoder, p.belt.as_mut());
+        f(encoder);
         p.launches += 1;
-        if p.launches >= MAX_PENDING_LAUNCHES || p.staged_bytes >= BELT_FLUSH_BYTES {
-            self.submit(p);
+        if p.launches >= MAX_PENDING_LAUNCHES {
+            self.submit(&mut p);
         }
-    }
-
-    /// Record commands into the pending encoder (submitted by [`Runtime::flush`]).
-    fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
-        self.record_with(|encoder, _| {
-            f(encoder);
-            0
-        });
     }
 
     /// Submit the recorded commands.
@@ -295,29 +246,10 @@ impl Runtime {
     }
 
     fn submit(&self, p: &mut Pending) {
-        let Some(encoder) = p.encoder.take() else {
-            return;
-        };
-        if let Some(belt) = p.belt.as_mut() {
-            belt.finish();
-        }
-        self.queue.submit([encoder.finish()]);
-        if let Some(belt) = p.belt.as_mut() {
-            belt.recall();
-            // Hand finished chunks back to the ring without waiting.
-            let _ = self.device.poll(wgpu::PollType::Poll);
+        if let Some(encoder) = p.encoder.take() {
+            self.queue.submit([encoder.finish()]);
         }
         p.launches = 0;
-        p.staged_bytes = 0;
-    }
-
-    /// Whether uploads go through the staging ring.
-    fn belt(&self) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .belt
-            .is_some()
     }
 
     fn check_alive(&self) -> Result<(), GpuError> {
@@ -665,27 +597,14 @@ impl Runtime {
         let Some(size) = wgpu::BufferSize::new(padded) else {
             return;
         };
-        let fill = |mut view: wgpu::WriteOnly<'_, [u8]>| {
-            let (body, mut tail) = view.slice(..).split_at(data.len());
-            tail.fill(0);
-            copy_parallel(body, data);
-        };
-        if self.belt() {
-            // Recorded in call order with the launches: no flush needed.
-            self.record_with(|encoder, belt| {
-                let belt = belt.expect("staging ring present");
-                let mut view = belt.write_buffer(encoder, buffer, 0, size);
-                fill(view.slice(..));
-                padded
-            });
-            return;
-        }
         // The queue's write runs at the start of the next submission: submit the launches
         // recorded so far first, so that it cannot overtake them.
         self.flush();
         // None means wgpu rejected the write; the error scope around this call reports it.
         if let Some(mut view) = self.queue.write_buffer_with(buffer, 0, size) {
-            fill(view.slice(..));
+            let (body, mut tail) = view.slice(..).split_at(data.len());
+            tail.fill(0);
+            copy_parallel(body, data);
         }
     }
 

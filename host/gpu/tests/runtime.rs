@@ -2,9 +2,7 @@
 
 use std::sync::OnceLock;
 
-use fusion_gpu::{
-    list_adapters, DeviceChoice, GpuError, LimitClamp, Runtime, RuntimeOptions, Staging,
-};
+use fusion_gpu::{list_adapters, DeviceChoice, GpuError, LimitClamp, Runtime, RuntimeOptions};
 use fusion_plugin_api::{Binding, Compute, DType, ErrorKind, KernelCall};
 
 fn choice() -> DeviceChoice {
@@ -66,14 +64,9 @@ fn round_trips_bytes_of_every_size() {
         assert_eq!(c.describe(t).unwrap(), (dtype, shape.clone()));
         c.release(t);
     }
-    // Large uploads are copied by several threads in page-aligned pieces, through the queue or
-    // the staging ring: an odd number of f16 elements (not a whole number of words or pages)
-    // must come back byte for byte, also when uploads outgrow one ring buffer (64 MiB).
-    for staging in [Staging::Queue, Staging::Belt] {
-        let c = open(RuntimeOptions {
-            staging,
-            ..RuntimeOptions::default()
-        });
+    // Large uploads are copied by several threads in page-aligned pieces: an odd number of f16
+    // elements (not a whole number of words or pages) must come back byte for byte.
+    {
         let mut held = Vec::new();
         for k in 0..8u64 {
             let n = (9 << 20) / 2 + 3 + k as usize;
@@ -85,7 +78,7 @@ fn round_trips_bytes_of_every_size() {
         for (t, data) in held {
             assert!(
                 c.read(t).unwrap() == data,
-                "{staging:?}: a 9 MiB upload came back changed"
+                "a 9 MiB upload came back changed"
             );
             c.release(t);
         }
@@ -185,15 +178,7 @@ fn runs_kernels_with_uniforms_and_constants_and_caches_pipelines() {
 /// still see them in call order.
 #[test]
 fn batched_launches_keep_call_order() {
-    for staging in [Staging::Queue, Staging::Belt] {
-        launches_keep_call_order(&open(RuntimeOptions {
-            staging,
-            ..RuntimeOptions::default()
-        }));
-    }
-}
-
-fn launches_keep_call_order(c: &Runtime) {
+    let c = &open(RuntimeOptions::default());
     let n = 1000usize;
     let ones = vec![1.0f32; n];
     let twos = vec![2.0f32; n];
