@@ -807,15 +807,30 @@ fn embed_matches_the_transformers_golden_outputs() {
 }
 
 /// TIES through the host, streamed and with task vectors kept on the device between passes
-/// (`FUSION_DEVICE_CACHE`; off by default on lavapipe): all of them, and a budget that holds
-/// only some, must give the same tensors as fusion-bench.
+/// (`FUSION_DEVICE_CACHE`; off by default on lavapipe): all of them (merged by the multi-input
+/// kernels), and a budget that holds only some (both paths in one run), must give the same
+/// tensors as fusion-bench, for each `merge_func`.
 #[test]
 fn ties_merging_through_the_host_matches_fusion_bench() {
     let cfg = configs(&[]);
-    let want = read_f32(&data().join("merge-tiny/expected/ties_merging_sum.safetensors"));
-    // (budget, tensors cached after the passes: 10 keys x (4 task vectors + the base); "" for
-    // some but not all). `auto` is none on lavapipe.
-    for (budget, cached) in [("auto", "0"), ("64M", "50"), ("60K", "")] {
+    // (budget, merge_func with its golden case's scaling factor and threshold, tensors cached
+    // after the passes: 10 keys x (4 task vectors + the base); "" for some but not all). `auto`
+    // is none on lavapipe.
+    for (budget, (merge, lambda, threshold), cached) in [
+        ("auto", ("sum", "0.3", "20"), "0"),
+        ("64M", ("sum", "0.3", "20"), "50"),
+        ("60K", ("sum", "0.3", "20"), ""),
+        ("64M", ("mean", "0.7", "30"), "50"),
+        ("60K", ("max", "0.5", "10"), ""),
+    ] {
+        let want = read_f32(&data().join(format!(
+            "merge-tiny/expected/ties_merging_{merge}.safetensors"
+        )));
+        let merge_args = [
+            format!("method.merge_func={merge}"),
+            format!("method.scaling_factor={lambda}"),
+            format!("method.threshold={threshold}"),
+        ];
         let work = tempfile::tempdir().unwrap();
         let env = [("FUSION_DEVICE_CACHE", budget)];
         let run = run_host_env(
@@ -827,6 +842,9 @@ fn ties_merging_through_the_host_matches_fusion_bench() {
                 cfg.path().to_str().unwrap(),
                 "modelpool=tiny",
                 "method=ties_merging",
+                &merge_args[0],
+                &merge_args[1],
+                &merge_args[2],
                 "merged_model_save_path=ties.safetensors",
             ],
             &env,

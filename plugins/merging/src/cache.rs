@@ -84,7 +84,7 @@ impl DeviceCache {
         slot: Slot,
         make: impl FnOnce() -> Result<Gpu<'c>>,
     ) -> Result<Gpu<'c>> {
-        if let Some(&(t, _)) = self.lock().entries.get(&(name.to_string(), slot)) {
+        if let Some(t) = self.get(name, slot) {
             return Ok(Gpu::borrowed(c, t));
         }
         let t = make()?;
@@ -102,6 +102,14 @@ impl DeviceCache {
         let id = t.into_raw();
         s.entries.insert((name.to_string(), slot), (id, bytes));
         Ok(Gpu::borrowed(c, id))
+    }
+
+    /// The cached tensor of (`name`, `slot`), if any (owned by the cache).
+    pub(crate) fn get(&self, name: &str, slot: Slot) -> Option<GpuTensor> {
+        self.lock()
+            .entries
+            .get(&(name.to_string(), slot))
+            .map(|&(t, _)| t)
     }
 
     /// Release every entry of tensor `name` (its merge is done).

@@ -23,7 +23,7 @@ use std::collections::HashSet;
 
 use fusion_kernels::{dispatch_1d, workgroup_size, Chunk, SignVotes, TiesMerge};
 use fusion_plugin_api::prelude::*;
-use fusion_plugin_api::{Binding, TensorInfo};
+use fusion_plugin_api::{Binding, GpuTensor, TensorInfo};
 
 use crate::cache::{DeviceCache, Slot};
 use crate::delta::Delta;
@@ -196,6 +196,42 @@ impl Source<'_> {
             self.delta.compute(c, &x, base, &m.name, name, info)
         })
     }
+
+    /// Every model's task vector of `name` when the cache holds them all (views), so that one
+    /// multi-input launch can take them together instead of one launch per model.
+    fn all_cached<'c>(&self, c: &'c dyn Compute, name: &str) -> Option<Vec<Gpu<'c>>> {
+        (0..self.inputs.models.len())
+            .map(|i| {
+                self.cache
+                    .get(name, Slot::TaskVector(i))
+                    .map(|t| Gpu::borrowed(c, t))
+            })
+            .collect()
+    }
+
+    /// The elected sum `S = Σᵢ trim(τᵢ)` of `name` (f32), summed in model order either way.
+    fn elected_sum<'c>(
+        &self,
+        c: &'c dyn Compute,
+        base: &mut Option<Gpu<'c>>,
+        name: &str,
+        info: &TensorInfo,
+        thresholds: &[f32],
+    ) -> Result<Gpu<'c>> {
+        if let Some(tvs) = self.all_cached(c, name) {
+            let ids: Vec<GpuTensor> = tvs.iter().map(Gpu::id).collect();
+            let s = fusion_kernels::ties_elected_sum(c, &ids, thresholds)
+                .map_err(|e| e.context(format!("tensor `{name}`")))?;
+            return Ok(Gpu::adopt(c, s));
+        }
+        let s = Gpu::zeros(c, DType::F32, &info.shape)?;
+        for (i, m) in self.inputs.models.iter().enumerate() {
+            let tv = self.task_vector(c, base, i, name, info)?;
+            add_trimmed(c, &s, &tv, thresholds[i])
+                .map_err(|e| e.context(format!("tensor `{name}` of `{}`", m.name)))?;
+        }
+        Ok(s)
+    }
 }
 
 /// One pass over every kept tensor of every model.
@@ -286,32 +322,14 @@ impl Sweep<'_> {
         let c = self.c;
         let progress = ctx.progress("TIES sign election", self.keys.len() as u64);
         let votes = SignVotes::new(c)?;
-        // The elected sum of the current key; both callbacks need it.
-        let s: std::cell::RefCell<Option<Gpu<'_>>> = std::cell::RefCell::new(None);
-        let infos: std::collections::HashMap<&str, &TensorInfo> =
-            self.keys.iter().map(|(n, i)| (n.as_str(), i)).collect();
-        self.each(
-            |i, name, tv| {
-                let mut s = s.borrow_mut();
-                if i == 0 {
-                    *s = Some(Gpu::zeros(c, DType::F32, &infos[name].shape)?);
-                }
-                add_trimmed(
-                    c,
-                    s.as_ref().expect("created for the first model"),
-                    tv,
-                    thresholds[i],
-                )
-            },
-            |_| {
-                // S is counted as it is: a threshold of 0 trims nothing.
-                if let Some(s) = s.borrow_mut().take() {
-                    votes.add(&[s.id()], &[0.0])?;
-                }
-                progress.advance(1);
-                Ok(())
-            },
-        )?;
+        for (name, info) in self.keys {
+            let s = self
+                .source
+                .elected_sum(c, &mut None, name, info, thresholds)?;
+            // S is counted as it is: a threshold of 0 trims nothing.
+            votes.add(&[s.id()], &[0.0])?;
+            progress.advance(1);
+        }
         votes.majority_sign()
     }
 }
@@ -405,11 +423,32 @@ impl TiesTensor {
         name: &str,
         info: &TensorInfo,
     ) -> Result<Gpu<'c>> {
+        let source = self.source();
+        if let Some(tvs) = source.all_cached(c, name) {
+            // Everything on the device: the library's multi-input merge, a few launches.
+            let ids: Vec<GpuTensor> = tvs.iter().map(Gpu::id).collect();
+            let merged = Gpu::adopt(
+                c,
+                fusion_kernels::ties_merge(
+                    c,
+                    &ids,
+                    &self.thresholds,
+                    self.majority,
+                    self.merge,
+                    DType::F32,
+                )?,
+            );
+            drop(tvs);
+            let base = source.base(c, name)?;
+            let out = fusion_kernels::weighted_sum(
+                c,
+                &[(base.id(), 1.0), (merged.id(), self.lambda)],
+                kernel_dtype(info.dtype),
+            )?;
+            return Ok(Gpu::adopt(c, out));
+        }
         let mut base = None;
-        let s = Gpu::zeros(c, DType::F32, &info.shape)?;
-        self.each_tv(c, &mut base, name, info, |i, tv| {
-            add_trimmed(c, &s, tv, self.thresholds[i])
-        })?;
+        let s = source.elected_sum(c, &mut base, name, info, &self.thresholds)?;
 
         // Disjoint merge, one model per launch (`ties_merge_1`, accumulating after the first).
         let n: u64 = info.numel() as u64;
