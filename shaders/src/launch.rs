@@ -219,9 +219,40 @@ pub(crate) const X_DTYPE_NAMES: [&str; 8] = [
     "X0_DTYPE", "X1_DTYPE", "X2_DTYPE", "X3_DTYPE", "X4_DTYPE", "X5_DTYPE", "X6_DTYPE", "X7_DTYPE",
 ];
 
+/// Whether `device_name` (from [`Compute::device_name`](fusion_plugin_api::Compute::device_name))
+/// is a software rasterizer on the CPU (Mesa llvmpipe/lavapipe, SwiftShader, Microsoft WARP):
+/// its "device memory" is host memory and its kernels run on the CPU cores, so launch shapes
+/// and caching choices differ from a real GPU's.
+pub fn is_software_adapter(device_name: &str) -> bool {
+    let name = device_name.to_ascii_lowercase();
+    [
+        "llvmpipe",
+        "lavapipe",
+        "swiftshader",
+        "warp",
+        "basic render",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn software_adapters_are_recognised_by_name() {
+        for name in [
+            "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)",
+            "SwiftShader Device (Subzero) (Vulkan)",
+            "Microsoft Basic Render Driver (Dx12)",
+        ] {
+            assert!(is_software_adapter(name), "{name}");
+        }
+        for name in ["NVIDIA H100 80GB HBM3 (Vulkan)", "Apple M2 (Metal)"] {
+            assert!(!is_software_adapter(name), "{name}");
+        }
+    }
 
     fn limits(max_wg: u32, binding: u64, align: u32) -> ComputeLimits {
         ComputeLimits {
@@ -288,21 +319,4 @@ mod tests {
         assert_eq!(&u[16..20], &1u32.to_le_bytes());
         assert_eq!(&u[20..24], &2u32.to_le_bytes());
     }
-}
-
-/// Whether `device_name` (from [`Compute::device_name`](fusion_plugin_api::Compute::device_name))
-/// is a software rasterizer on the CPU (Mesa llvmpipe/lavapipe, SwiftShader, Microsoft WARP):
-/// its "device memory" is host memory and its kernels run on the CPU cores, so launch shapes
-/// and caching choices differ from a real GPU's.
-pub fn is_software_adapter(device_name: &str) -> bool {
-    let name = device_name.to_ascii_lowercase();
-    [
-        "llvmpipe",
-        "lavapipe",
-        "swiftshader",
-        "warp",
-        "basic render",
-    ]
-    .iter()
-    .any(|s| name.contains(s))
 }
