@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Merge benchmark: fusion-host vs FusionBench vs mergekit on CLIP ViT-B/32 vision checkpoints.
 
-    python3 tools/bench_merge.py --out BENCHMARKS.md            # the full-size benchmark
+    python3 tools/bench_merge.py --out /tmp/merge.md            # the full-size benchmark
     python3 tools/bench_merge.py --small --out /tmp/small.md    # smoke test (2-layer ViT)
     python3 tools/bench_merge.py --setup                        # create the peers' virtualenv
 
@@ -1111,7 +1111,8 @@ def wait_for_quiet(args) -> None:
 def main() -> None:
     global MEM_LIMIT_GIB
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="the report (markdown)")
+    ap.add_argument("--out", default="/tmp/bench_merge.md",
+                    help="the report (markdown); BENCHMARKS.md holds one such report per machine, spliced in by hand")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fusion-bench-data"), help="checkpoints, configs, outputs")
     ap.add_argument("--small", action="store_true", help="a 2-layer ViT pool: smoke test of the whole pipeline")
     ap.add_argument("--venv", default=str(DEFAULT_VENV), help="virtualenv with fusion-bench and mergekit")
