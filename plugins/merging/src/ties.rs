@@ -18,6 +18,12 @@
 //! key, whatever the number of models. The price is re-reading the inputs: 4 + 1 passes in
 //! `run`, 2 per tensor in the merge. DARE task vectors are counter-based random draws, so every
 //! pass sees the same ones.
+//!
+//! On a hardware GPU the task vectors stay on the device between passes instead, up to a budget
+//! (`crate::cache`, `FUSION_DEVICE_CACHE`): the first pass uploads them, later passes read them
+//! there, and a key whose task vectors are all cached is elected and merged by the library's
+//! multi-input launches (`ties_elected_sum`, `ties_merge`) in model order, which gives the same
+//! f32 sums as the streamed path.
 
 use std::collections::HashSet;
 
