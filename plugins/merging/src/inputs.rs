@@ -13,9 +13,14 @@ pub(crate) struct Member {
 
 impl Member {
     fn open(pool: &dyn ModelPool, name: &str) -> Result<Self> {
-        let model = pool
-            .load_model(name)
-            .map_err(|e| e.context(format!("loading model `{name}`")))?;
+        // Pools name the model in their errors already; say it once.
+        let model = pool.load_model(name).map_err(|e| {
+            if e.message().contains(&format!("`{name}`")) {
+                e
+            } else {
+                e.context(format!("loading model `{name}`"))
+            }
+        })?;
         Ok(Member {
             name: name.to_string(),
             model,
