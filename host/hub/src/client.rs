@@ -312,6 +312,7 @@ impl HubClient {
         } else {
             let blobs_dir = blob.parent().expect("a blob has a parent");
             std::fs::create_dir_all(blobs_dir).map_err(io(blobs_dir))?;
+            remove_stale_staging(blobs_dir, STALE_STAGING);
             // Removed when dropped, whatever happens below: a failed download leaves nothing.
             let staging = tempfile::Builder::new()
                 .prefix(".fusion-incomplete-")
@@ -563,4 +564,73 @@ impl hf_hub::api::Progress for BarProgress {
         }
     }
     fn finish(&mut self) {}
+}
+
+/// Age after which a download's staging folder is taken for the leftover of a killed run.
+const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Remove `.fusion-incomplete-*` folders in `blobs_dir` untouched for longer than `age`: a run
+/// killed mid-download cannot remove its own (a failed one does). Nothing in them was ever
+/// linked into a snapshot; a live download writes into its folder, so it stays younger than
+/// `age`. Best effort: a folder that cannot be read or removed is left alone.
+fn remove_stale_staging(blobs_dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(blobs_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(".fusion-incomplete-"))
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|e| e > age);
+        if stale {
+            let path = entry.path();
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "removed a stale download folder")
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "could not remove a stale download folder")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod staging_tests {
+    use super::*;
+
+    #[test]
+    fn only_old_staging_folders_are_removed() {
+        let blobs = tempfile::tempdir().unwrap();
+        let old = blobs.path().join(".fusion-incomplete-old");
+        let fresh = blobs.path().join(".fusion-incomplete-fresh");
+        let other = blobs.path().join("0123abcd");
+        for d in [&old, &fresh] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("part"), b"x").unwrap();
+        }
+        std::fs::write(&other, b"blob").unwrap();
+        let then = std::time::SystemTime::now() - 2 * STALE_STAGING;
+        std::fs::File::open(&old)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&other)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+        remove_stale_staging(blobs.path(), STALE_STAGING);
+        assert!(!old.exists(), "a day-old staging folder stays");
+        assert!(fresh.exists(), "a live download's folder was removed");
+        assert!(other.exists(), "a blob was removed");
+    }
 }
