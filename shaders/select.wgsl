@@ -14,8 +14,13 @@
 //
 // Bindings: 0 = histogram (read_write, 512 words: bin b at 2b, 2b+1), 1 = x (read, X_DTYPE),
 // 2 = uniform Params.
+//
+// radix_histogram_delta counts |x - base| instead (a task vector that is never written out):
+// 0 = histogram, 1 = x (X_DTYPE), 2 = base (B_DTYPE), 3 = uniform Params. The difference is
+// taken in f32 after decoding both, exactly as the task_vector kernel computes it.
 
 override X_DTYPE: u32 = 0u;
+override B_DTYPE: u32 = 0u;
 
 struct Params {
     n: u32,
@@ -27,38 +32,26 @@ struct Params {
 @group(0) @binding(0) var<storage, read_write> hist: array<atomic<u32>>;
 @group(0) @binding(1) var<storage, read> x: array<u32>;
 @group(0) @binding(2) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> base: array<u32>;
+@group(0) @binding(3) var<uniform> pd: Params;
 
 var<workgroup> local_hist: array<atomic<u32>, 256>;
 
-fn count(v: f32) {
+fn count(v: f32, q: Params) {
     let bits = abs_bits(v);
-    if ((bits & p.prefix_mask) == p.prefix) {
-        atomicAdd(&local_hist[(bits >> p.shift) & 0xffu], 1u);
+    if ((bits & q.prefix_mask) == q.prefix) {
+        atomicAdd(&local_hist[(bits >> q.shift) & 0xffu], 1u);
     }
 }
 
-@compute @workgroup_size(WG)
-fn radix_histogram(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+fn clear_local(lid: u32) {
     for (var b = lid; b < 256u; b += WG) {
         atomicStore(&local_hist[b], 0u);
     }
     workgroupBarrier();
-    // Grid-stride: a dispatch may have fewer invocations than pairs (the launchers cap it), so
-    // each workgroup's bin clearing and flushing is paid once per many elements.
-    let n = p.n;
-    let pairs = pair_count(n);
-    let stride = nwg.x * nwg.y * nwg.z * WG;
-    for (var t = flat_index(gid, nwg); t < pairs; t += stride) {
-        let v = decode_pair(x[word_lo(t, X_DTYPE)], x[word_hi(t, X_DTYPE, n)], X_DTYPE);
-        count(v.x);
-        if (2u * t + 1u < n) {
-            count(v.y);
-        }
-    }
+}
+
+fn flush_local(lid: u32) {
     workgroupBarrier();
     for (var b = lid; b < 256u; b += WG) {
         let c = atomicLoad(&local_hist[b]);
@@ -69,4 +62,50 @@ fn radix_histogram(
             }
         }
     }
+}
+
+@compute @workgroup_size(WG)
+fn radix_histogram(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    clear_local(lid);
+    // Grid-stride: a dispatch may have fewer invocations than pairs (the launchers cap it), so
+    // each workgroup's bin clearing and flushing is paid once per many elements.
+    let q = p;
+    let n = q.n;
+    let pairs = pair_count(n);
+    let stride = nwg.x * nwg.y * nwg.z * WG;
+    for (var t = flat_index(gid, nwg); t < pairs; t += stride) {
+        let v = decode_pair(x[word_lo(t, X_DTYPE)], x[word_hi(t, X_DTYPE, n)], X_DTYPE);
+        count(v.x, q);
+        if (2u * t + 1u < n) {
+            count(v.y, q);
+        }
+    }
+    flush_local(lid);
+}
+
+@compute @workgroup_size(WG)
+fn radix_histogram_delta(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    clear_local(lid);
+    let q = pd;
+    let n = q.n;
+    let pairs = pair_count(n);
+    let stride = nwg.x * nwg.y * nwg.z * WG;
+    for (var t = flat_index(gid, nwg); t < pairs; t += stride) {
+        let xv = decode_pair(x[word_lo(t, X_DTYPE)], x[word_hi(t, X_DTYPE, n)], X_DTYPE);
+        let bv = decode_pair(base[word_lo(t, B_DTYPE)], base[word_hi(t, B_DTYPE, n)], B_DTYPE);
+        let v = xv - bv;
+        count(v.x, q);
+        if (2u * t + 1u < n) {
+            count(v.y, q);
+        }
+    }
+    flush_local(lid);
 }

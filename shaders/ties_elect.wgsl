@@ -10,8 +10,12 @@
 //
 // One entry point per input count (see weighted_sum.wgsl for why):
 // ties_elect_N binds 0 = S (read_write f32), 1..N = x0..x{N-1}, N+1 = uniform Params.
+// ties_elect_delta takes one fine-tuned tensor and the base instead of a task vector:
+// S [+]= trim(x - base), the difference in f32 after decoding (as task_vector computes it);
+// 0 = S, 1 = x (X0_DTYPE), 2 = base (B_DTYPE), 3 = uniform Params.
 
 override ACCUMULATE: bool = false;
+override B_DTYPE: u32 = 0u;
 
 override X0_DTYPE: u32 = 0u;
 override X1_DTYPE: u32 = 0u;
@@ -40,6 +44,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read> x6: array<u32>;
 @group(0) @binding(8) var<storage, read> x7: array<u32>;
 @group(0) @binding(2) var<uniform> p1: Params;
+@group(0) @binding(2) var<storage, read> delta_base: array<u32>;
 @group(0) @binding(3) var<uniform> p2: Params;
 @group(0) @binding(4) var<uniform> p3: Params;
 @group(0) @binding(5) var<uniform> p4: Params;
@@ -196,5 +201,19 @@ fn ties_elect_8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     acc += trim(ld5(t, n), p8.thr[1].y);
     acc += trim(ld6(t, n), p8.thr[1].z);
     acc += trim(ld7(t, n), p8.thr[1].w);
+    store(t, acc, n);
+}
+
+fn ld_base(t: u32, n: u32) -> vec2<f32> { return decode_pair(delta_base[word_lo(t, B_DTYPE)], delta_base[word_hi(t, B_DTYPE, n)], B_DTYPE); }
+
+@compute @workgroup_size(WG)
+fn ties_elect_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    let n = p2.n;
+    if (t >= pair_count(n)) {
+        return;
+    }
+    var acc = start(t, n);
+    acc += trim(ld0(t, n) - ld_base(t, n), p2.thr[0].x);
     store(t, acc, n);
 }

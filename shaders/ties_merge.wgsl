@@ -12,12 +12,15 @@
 // accumulators A (sum or max) and C (count), then ties_finalize writes the result in OUT_DTYPE.
 //
 // ties_merge_N binds 0 = A (read_write), 1 = C (read_write), 2 = S (read), 3..N+2 = x0..x{N-1},
-// N+3 = uniform Params. ties_finalize binds 0 = out (read_write), 1 = A, 2 = C, 3 = S,
+// N+3 = uniform Params. ties_merge_delta takes one fine-tuned tensor and the base instead of a
+// task vector (v = x - base in f32 after decoding, as task_vector computes it): 0 = A, 1 = C,
+// 2 = S, 3 = x (X0_DTYPE), 4 = base (B_DTYPE), 5 = uniform Params. ties_finalize binds 0 = out (read_write), 1 = A, 2 = C, 3 = S,
 // 4 = uniform FinalParams.
 
 override MERGE: u32 = 0u;
 override ACCUMULATE: bool = false;
 override OUT_DTYPE: u32 = 0u;
+override B_DTYPE: u32 = 0u;
 
 override X0_DTYPE: u32 = 0u;
 override X1_DTYPE: u32 = 0u;
@@ -55,6 +58,7 @@ struct FinalParams {
 @group(0) @binding(9) var<storage, read> x6: array<u32>;
 @group(0) @binding(10) var<storage, read> x7: array<u32>;
 @group(0) @binding(4) var<uniform> p1: Params;
+@group(0) @binding(4) var<storage, read> delta_base: array<u32>;
 @group(0) @binding(5) var<uniform> p2: Params;
 @group(0) @binding(6) var<uniform> p3: Params;
 @group(0) @binding(7) var<uniform> p4: Params;
@@ -146,6 +150,22 @@ fn finish(t: u32, st: Acc, n: u32) {
             acc_c[2u * t + 1u] = bitcast<u32>(st.c.y);
         }
     }
+}
+
+fn ld_base(t: u32, n: u32) -> vec2<f32> { return decode_pair(delta_base[word_lo(t, B_DTYPE)], delta_base[word_hi(t, B_DTYPE, n)], B_DTYPE); }
+
+@compute @workgroup_size(WG)
+fn ties_merge_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    let n = p2.n;
+    if (t >= pair_count(n)) {
+        return;
+    }
+    let sv = load_f32(t, n, 2u);
+    let s = vec2<f32>(elected(sv.x, p2.majority), elected(sv.y, p2.majority));
+    var st = begin(t, n);
+    st = add(st, ld0(t, n) - ld_base(t, n), p2.thr[0].x, s);
+    finish(t, st, n);
 }
 
 @compute @workgroup_size(WG)

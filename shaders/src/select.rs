@@ -84,17 +84,70 @@ pub fn radix_histogram(
     prefix: u32,
     mask: u32,
 ) -> Result<()> {
+    histogram_pass(c, hist, x, None, shift, prefix, mask)
+}
+
+/// [`radix_histogram`] of `|x - base|` (f32 after decoding each; bit for bit the values
+/// [`task_vector`](crate::task_vector) would hold) without writing the difference out: a
+/// TIES threshold pass reads a fine-tuned tensor and the base tensor instead of a task vector.
+/// `x` and `base` have the same number of elements, each f32, f16 or bf16.
+pub fn radix_histogram_delta(
+    c: &dyn Compute,
+    hist: fusion_plugin_api::Binding,
+    x: GpuTensor,
+    base: GpuTensor,
+    shift: u32,
+    prefix: u32,
+    mask: u32,
+) -> Result<()> {
+    histogram_pass(c, hist, x, Some(base), shift, prefix, mask)
+}
+
+fn histogram_pass(
+    c: &dyn Compute,
+    hist: fusion_plugin_api::Binding,
+    x: GpuTensor,
+    base: Option<GpuTensor>,
+    shift: u32,
+    prefix: u32,
+    mask: u32,
+) -> Result<()> {
+    const OP: &str = "radix_histogram";
     let (dtype, _, n) = info(c, x)?;
+    let base = match base {
+        Some(b) => {
+            let (bt, _, bn) = info(c, b)?;
+            if bn != n {
+                return Err(Error::config(format!(
+                    "{OP}: the tensor has {n} elements, the base {bn}"
+                )));
+            }
+            Some((b, bt))
+        }
+        None => None,
+    };
     let l = c.limits();
     let wg = workgroup_size(&l);
-    let consts = constants(&l, &[("X_DTYPE", dtype_code("radix_histogram", dtype)?)]);
+    let mut extra = vec![("X_DTYPE", dtype_code(OP, dtype)?)];
+    if let Some((_, bt)) = base {
+        extra.push(("B_DTYPE", dtype_code(OP, bt)?));
+    }
+    let consts = constants(&l, &extra);
     for ch in chunks(&l, n) {
+        let mut bindings = vec![hist, ch.binding(x, dtype, true)];
+        if let Some((b, bt)) = base {
+            bindings.push(ch.binding(b, bt, true));
+        }
         c.dispatch(&KernelCall {
             label: "radix_select",
             source: wgsl::SELECT,
-            entry_point: "radix_histogram",
+            entry_point: if base.is_some() {
+                "radix_histogram_delta"
+            } else {
+                "radix_histogram"
+            },
             constants: &consts,
-            bindings: &[hist, ch.binding(x, dtype, true)],
+            bindings: &bindings,
             uniforms: &Uniforms::default()
                 .u32(ch.len as u32)
                 .u32(shift)

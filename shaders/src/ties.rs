@@ -261,12 +261,10 @@ pub fn ties_merge(
             &[1]
         },
     )?;
-    let out = Scratch::new(c, dtype, &shape)?;
     let l = c.limits();
     let batch = arity(&l, "ties_merge", 3)?;
     let wg = workgroup_size(&l);
     let bits = threshold_bits(thresholds);
-    let out_code = dtype_code("ties_merge", dtype)?;
     for (b, ((group, group_dtypes), group_bits)) in task_vectors
         .chunks(batch)
         .zip(dtypes.chunks(batch))
@@ -309,13 +307,33 @@ pub fn ties_merge(
             })?;
         }
     }
+    finalize(c, &acc_a, &acc_c, s.id(), &shape, merge, majority, dtype)
+}
+
+/// `ties_finalize`: the merged task vector in `dtype` from the accumulators and `s`.
+#[allow(clippy::too_many_arguments)]
+fn finalize(
+    c: &dyn Compute,
+    acc_a: &Scratch<'_>,
+    acc_c: &Scratch<'_>,
+    s: GpuTensor,
+    shape: &[usize],
+    merge: TiesMerge,
+    majority: f32,
+    dtype: DType,
+) -> Result<GpuTensor> {
+    let n: u64 = shape.iter().map(|&d| d as u64).product();
+    let out = Scratch::new(c, dtype, shape)?;
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let out_code = dtype_code("ties_merge", dtype)?;
     let consts = constants(&l, &[("MERGE", merge.code()), ("OUT_DTYPE", out_code)]);
     for ch in chunks(&l, n) {
         let bindings = [
             ch.binding(out.id(), dtype, false),
             ch.binding(acc_a.id(), DType::F32, true),
-            count_binding(&acc_c, merge, ch, true),
-            ch.binding(s.id(), DType::F32, true),
+            count_binding(acc_c, merge, ch, true),
+            ch.binding(s, DType::F32, true),
         ];
         c.dispatch(&KernelCall {
             label: "ties_finalize",
@@ -328,6 +346,189 @@ pub fn ties_merge(
         })?;
     }
     Ok(out.keep())
+}
+
+/// `S = [S +] trim(x - base)` for one model of one key (`accumulate` after the first model):
+/// the elected sum built model by model from the fine-tuned and base tensors, without a task
+/// vector tensor. The difference is taken in f32 after decoding (bit for bit what
+/// [`task_vector`](crate::task_vector) holds), so the sum equals [`ties_elected_sum`] over the
+/// task vectors. `s` is f32; `x` and `base` f32, f16 or bf16, all of one size.
+pub fn ties_elect_delta(
+    c: &dyn Compute,
+    s: GpuTensor,
+    x: GpuTensor,
+    base: GpuTensor,
+    threshold: f32,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "ties_elect_delta";
+    let (st, shape, n) = info(c, s)?;
+    if st != DType::F32 {
+        return Err(Error::config(format!("{OP}: S must be f32, got {st}")));
+    }
+    let dtypes = same_shape(c, OP, &[x, base], &shape)?;
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let consts = constants(
+        &l,
+        &[
+            ("ACCUMULATE", if accumulate { 1.0 } else { 0.0 }),
+            ("X0_DTYPE", dtype_code(OP, dtypes[0])?),
+            ("B_DTYPE", dtype_code(OP, dtypes[1])?),
+        ],
+    );
+    let bits = threshold_bits(&[threshold]);
+    for ch in chunks(&l, n) {
+        c.dispatch(&KernelCall {
+            label: OP,
+            source: wgsl::TIES_ELECT,
+            entry_point: OP,
+            constants: &consts,
+            bindings: &[
+                ch.binding(s, DType::F32, false),
+                ch.binding(x, dtypes[0], true),
+                ch.binding(base, dtypes[1], true),
+            ],
+            uniforms: &Uniforms::default().u32(ch.len as u32).words8(&bits).bytes(),
+            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+        })?;
+    }
+    Ok(())
+}
+
+/// The disjoint merge of one key accumulated one model at a time, for plugins that stream task
+/// vectors instead of holding them all ([`ties_merge`] takes them together). [`Self::add`] takes
+/// a task vector, [`Self::add_delta`] a fine-tuned tensor and the base; [`Self::finish`] gives
+/// the merged task vector. Results equal [`ties_merge`]'s over the same models in the same order.
+pub struct TiesAccumulator<'c> {
+    c: &'c dyn Compute,
+    acc_a: Scratch<'c>,
+    acc_c: Scratch<'c>,
+    shape: Vec<usize>,
+    merge: TiesMerge,
+    majority: f32,
+    steps: usize,
+}
+
+impl<'c> TiesAccumulator<'c> {
+    /// Accumulators for a key of `shape` (f32 on the device: one tensor, two for `mean`).
+    pub fn new(
+        c: &'c dyn Compute,
+        shape: &[usize],
+        merge: TiesMerge,
+        majority: f32,
+    ) -> Result<Self> {
+        Ok(TiesAccumulator {
+            c,
+            acc_a: Scratch::new(c, DType::F32, shape)?,
+            // The count is only read for `mean`; other modes bind a one-element placeholder.
+            acc_c: Scratch::new(
+                c,
+                DType::F32,
+                if merge == TiesMerge::Mean {
+                    shape
+                } else {
+                    &[1]
+                },
+            )?,
+            shape: shape.to_vec(),
+            merge,
+            majority,
+            steps: 0,
+        })
+    }
+
+    /// Add one model's task vector `tv` (trimmed at `threshold`) given the elected sum `s`.
+    pub fn add(&mut self, s: GpuTensor, tv: GpuTensor, threshold: f32) -> Result<()> {
+        self.step(s, tv, None, threshold)
+    }
+
+    /// Add one model's task vector `x - base` (not formed, where the device binds the five
+    /// storage buffers this takes) given the elected sum `s`.
+    pub fn add_delta(
+        &mut self,
+        s: GpuTensor,
+        x: GpuTensor,
+        base: GpuTensor,
+        threshold: f32,
+    ) -> Result<()> {
+        if self.c.limits().max_storage_buffers_per_stage < 5 {
+            let tv = Scratch::adopt(self.c, crate::task_vector(self.c, x, base, DType::F32)?);
+            return self.step(s, tv.id(), None, threshold);
+        }
+        self.step(s, x, Some(base), threshold)
+    }
+
+    fn step(
+        &mut self,
+        s: GpuTensor,
+        x: GpuTensor,
+        base: Option<GpuTensor>,
+        threshold: f32,
+    ) -> Result<()> {
+        const OP: &str = "ties_merge";
+        let c = self.c;
+        let mut inputs = vec![s, x];
+        inputs.extend(base);
+        let dtypes = same_shape(c, OP, &inputs, &self.shape)?;
+        let n: u64 = self.shape.iter().map(|&d| d as u64).product();
+        let l = c.limits();
+        let wg = workgroup_size(&l);
+        let mut extra = vec![
+            ("ACCUMULATE", if self.steps > 0 { 1.0 } else { 0.0 }),
+            ("MERGE", self.merge.code()),
+            ("X0_DTYPE", dtype_code(OP, dtypes[1])?),
+        ];
+        if base.is_some() {
+            extra.push(("B_DTYPE", dtype_code(OP, dtypes[2])?));
+        }
+        let consts = constants(&l, &extra);
+        let bits = threshold_bits(&[threshold]);
+        for ch in chunks(&l, n) {
+            let mut bindings = vec![
+                ch.binding(self.acc_a.id(), DType::F32, false),
+                count_binding(&self.acc_c, self.merge, ch, false),
+                ch.binding(s, DType::F32, true),
+                ch.binding(x, dtypes[1], true),
+            ];
+            if let Some(b) = base {
+                bindings.push(ch.binding(b, dtypes[2], true));
+            }
+            c.dispatch(&KernelCall {
+                label: OP,
+                source: wgsl::TIES_MERGE,
+                entry_point: if base.is_some() {
+                    "ties_merge_delta"
+                } else {
+                    "ties_merge_1"
+                },
+                constants: &consts,
+                bindings: &bindings,
+                uniforms: &Uniforms::default()
+                    .u32(ch.len as u32)
+                    .f32(self.majority)
+                    .words8(&bits)
+                    .bytes(),
+                workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            })?;
+        }
+        self.steps += 1;
+        Ok(())
+    }
+
+    /// The merged task vector of the key in `dtype`, given the elected sum `s`.
+    pub fn finish(self, s: GpuTensor, dtype: DType) -> Result<GpuTensor> {
+        finalize(
+            self.c,
+            &self.acc_a,
+            &self.acc_c,
+            s,
+            &self.shape,
+            self.merge,
+            self.majority,
+            dtype,
+        )
+    }
 }
 
 fn count_binding(

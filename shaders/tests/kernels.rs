@@ -378,6 +378,97 @@ fn past_the_real_dispatch_limit() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// radix histogram of |x - base| (TIES thresholds without a task-vector tensor)
+
+/// 256 bins of byte `shift / 8` of abs_bits(x - base), counting elements whose bits under `mask`
+/// equal `prefix`; the difference in f32 after decoding, like the kernel.
+fn cpu_delta_histogram(x: &[f32], base: &[f32], shift: u32, prefix: u32, mask: u32) -> Vec<u64> {
+    let mut h = vec![0u64; 256];
+    for (a, b) in x.iter().zip(base) {
+        let bits = (a - b).to_bits() & 0x7fff_ffff;
+        if bits & mask == prefix {
+            h[((bits >> shift) & 0xff) as usize] += 1;
+        }
+    }
+    h
+}
+
+#[test]
+fn radix_histogram_delta_counts_the_task_vector_it_never_writes() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for (name, c) in runtimes() {
+        let sizes: &[usize] = if name == "full" {
+            &[1, 255, 256, 257, 3000, 600_000]
+        } else {
+            &[1, 257, 5003]
+        };
+        for &n in sizes {
+            for (xt, bt) in [
+                (DType::F32, DType::F32),
+                (DType::F16, DType::F32),
+                (DType::BF16, DType::BF16),
+            ] {
+                let base: Vec<f32> = (0..n)
+                    .map(|_| quantize(bt, rng.random_range(-1.0f32..1.0)))
+                    .collect();
+                // Fine-tuned = base + small noise, some entries unchanged (task vector 0).
+                let x: Vec<f32> = base
+                    .iter()
+                    .map(|&b| match rng.random_range(0..5) {
+                        0 => quantize(xt, b),
+                        _ => quantize(xt, b + rng.random_range(-0.01f32..0.01)),
+                    })
+                    .collect();
+                let (xg, bg) = (upload(c, xt, &x), upload(c, bt, &base));
+                // Pass 1 over all elements, then pass 2 restricted to the fullest top byte.
+                let top = cpu_delta_histogram(&x, &base, 24, 0, 0);
+                let fullest = (0..256).max_by_key(|&b| top[b]).unwrap() as u32;
+                for (shift, prefix, mask) in [(24, 0, 0), (16, fullest << 24, 0xff00_0000)] {
+                    let hist = c.create(DType::U32, &[512], None).unwrap();
+                    k::radix_histogram_delta(
+                        c,
+                        fusion_plugin_api::Binding::write(hist),
+                        xg,
+                        bg,
+                        shift,
+                        prefix,
+                        mask,
+                    )
+                    .unwrap();
+                    let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(hist).unwrap());
+                    let got: Vec<u64> = (0..256)
+                        .map(|b| u64::from(words[2 * b]) | (u64::from(words[2 * b + 1]) << 32))
+                        .collect();
+                    assert_eq!(
+                        got,
+                        cpu_delta_histogram(&x, &base, shift, prefix, mask),
+                        "{name}: n = {n}, {xt} - {bt}, shift {shift}"
+                    );
+                    c.release(hist);
+                }
+                let short = upload(c, bt, &base[..n.saturating_sub(1).max(1)]);
+                if n > 1 {
+                    let hist = c.create(DType::U32, &[512], None).unwrap();
+                    let e = k::radix_histogram_delta(
+                        c,
+                        fusion_plugin_api::Binding::write(hist),
+                        xg,
+                        short,
+                        24,
+                        0,
+                        0,
+                    )
+                    .unwrap_err();
+                    assert!(e.message().contains("elements, the base"), "{e}");
+                    c.release(hist);
+                }
+                release(c, &[xg, bg, short]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // k-th largest magnitude
 
 fn cpu_kth_largest(values: &[f32], k: usize) -> f32 {
@@ -652,6 +743,81 @@ fn ties_matches_fusionbench_for_every_merge_function() {
                 for m in &models {
                     release(c, m);
                 }
+            }
+        }
+    }
+}
+
+/// The streamed flow a plugin uses when it holds one model at a time: the elected sum built by
+/// `ties_elect_delta` from fine-tuned and base tensors, and the disjoint merge accumulated by
+/// `TiesAccumulator` (task vectors and fine-tuned/base pairs mixed), must equal the batched
+/// kernels over task vectors bit for bit (same f32 additions in the same order).
+#[test]
+fn streamed_ties_from_fine_tuned_tensors_equals_the_batched_merge() {
+    let mut rng = StdRng::seed_from_u64(12);
+    for (name, c) in runtimes() {
+        let sizes: &[usize] = if name == "full" {
+            &[1, 255, 257, 3001]
+        } else {
+            &[1, 257, 2100]
+        };
+        for &n in sizes {
+            for (xt, bt, models) in [
+                (DType::F32, DType::F32, 3),
+                (DType::F16, DType::F16, 10),
+                (DType::BF16, DType::F32, 4),
+            ] {
+                let base_v = random(&mut rng, bt, n);
+                let base = upload(c, bt, &base_v);
+                let xs: Vec<GpuTensor> = (0..models)
+                    .map(|_| {
+                        let v: Vec<f32> = base_v
+                            .iter()
+                            .map(|&b| quantize(xt, b + rng.random_range(-0.5f32..0.5)))
+                            .collect();
+                        upload(c, xt, &v)
+                    })
+                    .collect();
+                let tvs: Vec<GpuTensor> = xs
+                    .iter()
+                    .map(|&x| k::task_vector(c, x, base, DType::F32).unwrap())
+                    .collect();
+                let thresholds: Vec<f32> = (0..models).map(|i| 0.05 * i as f32).collect();
+                let s_batched = k::ties_elected_sum(c, &tvs, &thresholds).unwrap();
+                let s = c.create(DType::F32, &[n], None).unwrap();
+                for (i, &x) in xs.iter().enumerate() {
+                    k::ties_elect_delta(c, s, x, base, thresholds[i], i > 0).unwrap();
+                }
+                let label = format!("{name}: n = {n}, {models} x {xt} - {bt}");
+                assert_eq!(
+                    c.read(s).unwrap(),
+                    c.read(s_batched).unwrap(),
+                    "{label}: elected sum"
+                );
+                for merge in [k::TiesMerge::Sum, k::TiesMerge::Mean, k::TiesMerge::Max] {
+                    for majority in [1.0f32, -1.0] {
+                        let want = k::ties_merge(c, &tvs, &thresholds, majority, merge, DType::F32)
+                            .unwrap();
+                        let mut acc = k::TiesAccumulator::new(c, &[n], merge, majority).unwrap();
+                        for i in 0..models {
+                            if i % 2 == 0 {
+                                acc.add(s, tvs[i], thresholds[i]).unwrap();
+                            } else {
+                                acc.add_delta(s, xs[i], base, thresholds[i]).unwrap();
+                            }
+                        }
+                        let got = acc.finish(s, DType::F32).unwrap();
+                        assert_eq!(
+                            c.read(got).unwrap(),
+                            c.read(want).unwrap(),
+                            "{label}: {merge:?}, majority {majority}"
+                        );
+                        release(c, &[got, want]);
+                    }
+                }
+                release(c, &[s, s_batched, base]);
+                release(c, &xs);
+                release(c, &tvs);
             }
         }
     }

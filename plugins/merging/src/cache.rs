@@ -104,6 +104,11 @@ impl DeviceCache {
         Ok(Gpu::borrowed(c, id))
     }
 
+    /// Whether anything may be kept (a budget above 0).
+    pub(crate) fn enabled(&self) -> bool {
+        self.budget > 0
+    }
+
     /// The cached tensor of (`name`, `slot`), if any (owned by the cache).
     pub(crate) fn get(&self, name: &str, slot: Slot) -> Option<GpuTensor> {
         self.lock()

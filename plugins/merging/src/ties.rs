@@ -12,12 +12,15 @@
 //!    but a tensor and the histograms is on the device;
 //! 2. majority sign: the elected signs counted over every tensor (`fusion_kernels::SignVotes`).
 //!
-//! The merge of a tensor then recomputes its task vectors, one model at a time: the elected sum
-//! `S = Σ trim(τᵢ)`, then the disjoint merge accumulated model by model with the library's
-//! `ties_merge_1` / `ties_finalize` entry points. The device holds at most six tensors of one
-//! key, whatever the number of models. The price is re-reading the inputs: 4 + 1 passes in
-//! `run`, 2 per tensor in the merge. DARE task vectors are counter-based random draws, so every
-//! pass sees the same ones.
+//! The merge of a tensor then revisits its task vectors, one model at a time: the elected sum
+//! `S = Σ trim(τᵢ)`, then the disjoint merge accumulated model by model
+//! (`fusion_kernels::TiesAccumulator`). The device holds at most six tensors of one key,
+//! whatever the number of models. The price is re-reading the inputs: 4 + 1 passes in `run`, 2
+//! per tensor in the merge. A plain task vector is never written out in these passes: the
+//! kernels read the fine-tuned and base tensors and subtract themselves
+//! (`radix_histogram_delta`, `ties_elect_delta`, `TiesAccumulator::add_delta`), with the same
+//! f32 difference as `task_vector`. DARE task vectors are formed (counter-based random draws,
+//! so every pass sees the same ones).
 //!
 //! On a hardware GPU the task vectors stay on the device between passes instead, up to a budget
 //! (`crate::cache`, `FUSION_DEVICE_CACHE`): the first pass uploads them, later passes read them
@@ -27,7 +30,7 @@
 
 use std::collections::HashSet;
 
-use fusion_kernels::{dispatch_1d, workgroup_size, Chunk, SignVotes, TiesMerge};
+use fusion_kernels::{SignVotes, TiesAccumulator, TiesMerge};
 use fusion_plugin_api::prelude::*;
 use fusion_plugin_api::{Binding, GpuTensor, TensorInfo};
 
@@ -203,6 +206,51 @@ impl Source<'_> {
         })
     }
 
+    /// Add model `i`'s task vector of `name` to the radix histogram `hist`. A plain task vector
+    /// that is not (and will not be) cached is never formed: the kernel reads the fine-tuned and
+    /// base tensors and takes the difference itself, saving a tensor written and read per model.
+    #[allow(clippy::too_many_arguments)]
+    fn histogram<'c>(
+        &self,
+        c: &'c dyn Compute,
+        base: &mut Option<Gpu<'c>>,
+        i: usize,
+        name: &str,
+        info: &TensorInfo,
+        hist: Binding,
+        pass: RadixPass,
+    ) -> Result<()> {
+        let RadixPass {
+            shift,
+            prefix,
+            mask,
+            first,
+        } = pass;
+        if let Some(tv) = self.cache.get(name, Slot::TaskVector(i)) {
+            return fusion_kernels::radix_histogram(c, hist, tv, shift, prefix, mask);
+        }
+        // The first pass fills the cache (what does not fit then never will).
+        let fill_cache = first && self.cache.enabled();
+        if let Some(x) = (!fill_cache)
+            .then(|| self.fine_tuned_for_delta(c, i, name))
+            .transpose()?
+            .flatten()
+        {
+            let base = self.base_of(c, base, name)?;
+            return fusion_kernels::radix_histogram_delta(
+                c,
+                hist,
+                x.id(),
+                base.id(),
+                shift,
+                prefix,
+                mask,
+            );
+        }
+        let tv = self.task_vector(c, base, i, name, info)?;
+        fusion_kernels::radix_histogram(c, hist, tv.id(), shift, prefix, mask)
+    }
+
     /// Every model's task vector of `name` when the cache holds them all (views), so that one
     /// multi-input launch can take them together instead of one launch per model.
     fn all_cached<'c>(&self, c: &'c dyn Compute, name: &str) -> Option<Vec<Gpu<'c>>> {
@@ -232,12 +280,86 @@ impl Source<'_> {
         }
         let s = Gpu::zeros(c, DType::F32, &info.shape)?;
         for (i, m) in self.inputs.models.iter().enumerate() {
-            let tv = self.task_vector(c, base, i, name, info)?;
-            add_trimmed(c, &s, &tv, thresholds[i])
-                .map_err(|e| e.context(format!("tensor `{name}` of `{}`", m.name)))?;
+            let ctx = |e: Error| e.context(format!("tensor `{name}` of `{}`", m.name));
+            if let Some(x) = self.fine_tuned_for_delta(c, i, name)? {
+                let base = self.base_of(c, base, name)?;
+                fusion_kernels::ties_elect_delta(
+                    c,
+                    s.id(),
+                    x.id(),
+                    base.id(),
+                    thresholds[i],
+                    i > 0,
+                )
+                .map_err(ctx)?;
+            } else {
+                let tv = self.task_vector(c, base, i, name, info)?;
+                add_trimmed(c, &s, &tv, thresholds[i]).map_err(ctx)?;
+            }
         }
         Ok(s)
     }
+
+    /// Model `i`'s tensor `name` uploaded as it is, when its task vector is plain and not
+    /// cached: the kernels then take the difference with the base themselves.
+    fn fine_tuned_for_delta<'c>(
+        &self,
+        c: &'c dyn Compute,
+        i: usize,
+        name: &str,
+    ) -> Result<Option<Gpu<'c>>> {
+        if !matches!(self.delta, Delta::Plain)
+            || self.cache.get(name, Slot::TaskVector(i)).is_some()
+        {
+            return Ok(None);
+        }
+        let m = &self.inputs.models[i];
+        upload(c, &m.model, &m.name, name).map(Some)
+    }
+
+    /// The base tensor, fetched into `base` the first time.
+    fn base_of<'b, 'c>(
+        &self,
+        c: &'c dyn Compute,
+        base: &'b mut Option<Gpu<'c>>,
+        name: &str,
+    ) -> Result<&'b Gpu<'c>> {
+        Ok(match base {
+            Some(b) => b,
+            None => base.insert(self.base(c, name)?),
+        })
+    }
+
+    /// Model `i`'s step of the streamed disjoint merge of `name`.
+    #[allow(clippy::too_many_arguments)]
+    fn merge_step<'c>(
+        &self,
+        c: &'c dyn Compute,
+        base: &mut Option<Gpu<'c>>,
+        acc: &mut TiesAccumulator<'_>,
+        s: &Gpu<'_>,
+        i: usize,
+        name: &str,
+        info: &TensorInfo,
+        threshold: f32,
+    ) -> Result<()> {
+        if let Some(x) = self.fine_tuned_for_delta(c, i, name)? {
+            let base = self.base_of(c, base, name)?;
+            return acc.add_delta(s.id(), x.id(), base.id(), threshold);
+        }
+        let tv = self.task_vector(c, base, i, name, info)?;
+        acc.add(s.id(), tv.id(), threshold)
+    }
+}
+
+/// One radix-select pass: the byte at `shift`, among entries matching `prefix` under `mask`;
+/// `first` for the pass that may fill the device cache.
+#[derive(Clone, Copy)]
+struct RadixPass {
+    shift: u32,
+    prefix: u32,
+    mask: u32,
+    first: bool,
 }
 
 /// One pass over every kept tensor of every model.
@@ -248,25 +370,6 @@ struct Sweep<'a> {
 }
 
 impl Sweep<'_> {
-    /// Visit each key, then each model's task vector of it (model index, task vector).
-    fn each(
-        &self,
-        mut f: impl FnMut(usize, &str, &Gpu<'_>) -> Result<()>,
-        mut after_key: impl FnMut(&str) -> Result<()>,
-    ) -> Result<()> {
-        let c = self.c;
-        for (name, info) in self.keys {
-            let mut base = None;
-            for (i, m) in self.source.inputs.models.iter().enumerate() {
-                let tv = self.source.task_vector(c, &mut base, i, name, info)?;
-                f(i, name, &tv)
-                    .map_err(|e| e.context(format!("tensor `{name}` of `{}`", m.name)))?;
-            }
-            after_key(name)?;
-        }
-        Ok(())
-    }
-
     /// Each model's trim threshold: its task vector keeps `|τ| >= threshold`, the k-th largest
     /// magnitude over all kept tensors with FusionBench's k (see `topk_rank_from_top`).
     fn thresholds(&self, ctx: &Context, k_param: f64) -> Result<Vec<f32>> {
@@ -283,24 +386,23 @@ impl Sweep<'_> {
             // One tensor holds every model's histogram (2 KiB each, at aligned offsets).
             let stride = hist_stride(self.c);
             let hists = Gpu::zeros(self.c, DType::U32, &[n * stride as usize / 4])?;
-            self.each(
-                |i, _, tv| {
+            for (name, info) in self.keys {
+                let mut base = None;
+                for (i, m) in self.source.inputs.models.iter().enumerate() {
                     let slot = Binding::write(hists.id())
                         .range(i as u64 * stride, fusion_kernels::RADIX_HISTOGRAM_BYTES);
-                    fusion_kernels::radix_histogram(
-                        self.c,
-                        slot,
-                        tv.id(),
+                    let pass = RadixPass {
                         shift,
-                        prefix[i],
-                        mask[i],
-                    )
-                },
-                |_| {
-                    progress.advance(1);
-                    Ok(())
-                },
-            )?;
+                        prefix: prefix[i],
+                        mask: mask[i],
+                        first: shift == 24,
+                    };
+                    self.source
+                        .histogram(self.c, &mut base, i, name, info, slot, pass)
+                        .map_err(|e| e.context(format!("tensor `{name}` of `{}`", m.name)))?;
+                }
+                progress.advance(1);
+            }
             let all = self.c.read(hists.id())?;
             for i in 0..n {
                 let at = i * stride as usize;
@@ -349,13 +451,6 @@ fn add_trimmed(c: &dyn Compute, s: &Gpu<'_>, tv: &Gpu<'_>, threshold: f32) -> Re
     fusion_kernels::accumulate(c, s.id(), &[(t.id(), 1.0)])
 }
 
-/// Uniform words padded to 16 bytes.
-fn words(values: &[u32]) -> Vec<u8> {
-    let mut out: Vec<u8> = values.iter().flat_map(|w| w.to_le_bytes()).collect();
-    out.resize(out.len().div_ceil(16) * 16, 0);
-    out
-}
-
 /// The distance between two models' histograms in the shared tensor: a multiple of the
 /// device's storage offset alignment (WebGPU caps it at 256, so normally 2048).
 fn hist_stride(c: &dyn Compute) -> u64 {
@@ -375,37 +470,12 @@ struct TiesTensor {
 }
 
 impl TiesTensor {
-    fn merge_code(&self) -> f64 {
-        match self.merge {
-            TiesMerge::Sum => 0.0,
-            TiesMerge::Mean => 1.0,
-            TiesMerge::Max => 2.0,
-        }
-    }
-
     fn source(&self) -> Source<'_> {
         Source {
             inputs: &self.inputs,
             delta: self.delta,
             cache: &self.cache,
         }
-    }
-
-    /// The per-model task vectors of `name`, one at a time.
-    fn each_tv<'c>(
-        &self,
-        c: &'c dyn Compute,
-        base: &mut Option<Gpu<'c>>,
-        name: &str,
-        info: &TensorInfo,
-        mut f: impl FnMut(usize, &Gpu<'c>) -> Result<()>,
-    ) -> Result<()> {
-        let source = self.source();
-        for i in 0..self.inputs.models.len() {
-            let tv = source.task_vector(c, base, i, name, info)?;
-            f(i, &tv)?;
-        }
-        Ok(())
     }
 }
 
@@ -430,105 +500,32 @@ impl TiesTensor {
         info: &TensorInfo,
     ) -> Result<Gpu<'c>> {
         let source = self.source();
-        if let Some(tvs) = source.all_cached(c, name) {
+        let mut base = None;
+        let merged = if let Some(tvs) = source.all_cached(c, name) {
             // Everything on the device: the library's multi-input merge, a few launches.
             let ids: Vec<GpuTensor> = tvs.iter().map(Gpu::id).collect();
-            let merged = Gpu::adopt(
+            let merged = fusion_kernels::ties_merge(
                 c,
-                fusion_kernels::ties_merge(
-                    c,
-                    &ids,
-                    &self.thresholds,
-                    self.majority,
-                    self.merge,
-                    DType::F32,
-                )?,
-            );
-            drop(tvs);
-            let base = source.base(c, name)?;
-            let out = fusion_kernels::weighted_sum(
-                c,
-                &[(base.id(), 1.0), (merged.id(), self.lambda)],
-                kernel_dtype(info.dtype),
+                &ids,
+                &self.thresholds,
+                self.majority,
+                self.merge,
+                DType::F32,
             )?;
-            return Ok(Gpu::adopt(c, out));
-        }
-        let mut base = None;
-        let s = source.elected_sum(c, &mut base, name, info, &self.thresholds)?;
-
-        // Disjoint merge, one model per launch (`ties_merge_1`, accumulating after the first).
-        let n: u64 = info.numel() as u64;
-        let mean = self.merge == TiesMerge::Mean;
-        let acc_a = Gpu::zeros(c, DType::F32, &info.shape)?;
-        // The count is only read for `mean`; other modes bind a one-element placeholder.
-        let acc_c = Gpu::zeros(c, DType::F32, if mean { &info.shape } else { &[1] })?;
-        let l = c.limits();
-        let wg = workgroup_size(&l);
-        let count = |ch: &Chunk, read_only: bool| {
-            if mean {
-                ch.binding(acc_c.id(), DType::F32, read_only)
-            } else if read_only {
-                Binding::read(acc_c.id())
-            } else {
-                Binding::write(acc_c.id())
+            Gpu::adopt(c, merged)
+        } else {
+            let s = source.elected_sum(c, &mut base, name, info, &self.thresholds)?;
+            // Disjoint merge, one model at a time.
+            let mut acc = TiesAccumulator::new(c, &info.shape, self.merge, self.majority)?;
+            for (i, m) in self.inputs.models.iter().enumerate() {
+                let threshold = self.thresholds[i];
+                source
+                    .merge_step(c, &mut base, &mut acc, &s, i, name, info, threshold)
+                    .map_err(|e| e.context(format!("tensor `{name}` of `{}`", m.name)))?;
             }
+            Gpu::adopt(c, acc.finish(s.id(), DType::F32)?)
         };
-        self.each_tv(c, &mut base, name, info, |i, tv| {
-            let thr = self.thresholds[i];
-            let thr_bits = if thr <= 0.0 { 0 } else { thr.to_bits() };
-            let constants = [
-                ("WG", f64::from(wg)),
-                ("ACCUMULATE", if i > 0 { 1.0 } else { 0.0 }),
-                ("MERGE", self.merge_code()),
-                ("X0_DTYPE", 0.0),
-            ];
-            for ch in fusion_kernels::chunks(&l, n) {
-                let mut uniforms = vec![ch.len as u32, self.majority.to_bits(), 0, 0, thr_bits];
-                uniforms.resize(12, 0);
-                c.dispatch(&KernelCall {
-                    label: "ties_merge",
-                    source: fusion_kernels::wgsl::TIES_MERGE,
-                    entry_point: "ties_merge_1",
-                    constants: &constants,
-                    bindings: &[
-                        ch.binding(acc_a.id(), DType::F32, false),
-                        count(&ch, false),
-                        ch.binding(s.id(), DType::F32, true),
-                        ch.binding(tv.id(), DType::F32, true),
-                    ],
-                    uniforms: &words(&uniforms),
-                    workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
-                })?;
-            }
-            Ok(())
-        })?;
-        let merged = Gpu::zeros(c, DType::F32, &info.shape)?;
-        let constants = [
-            ("WG", f64::from(wg)),
-            ("MERGE", self.merge_code()),
-            ("OUT_DTYPE", 0.0),
-        ];
-        for ch in fusion_kernels::chunks(&l, n) {
-            c.dispatch(&KernelCall {
-                label: "ties_finalize",
-                source: fusion_kernels::wgsl::TIES_MERGE,
-                entry_point: "ties_finalize",
-                constants: &constants,
-                bindings: &[
-                    ch.binding(merged.id(), DType::F32, false),
-                    ch.binding(acc_a.id(), DType::F32, true),
-                    count(&ch, true),
-                    ch.binding(s.id(), DType::F32, true),
-                ],
-                uniforms: &words(&[ch.len as u32, self.majority.to_bits()]),
-                workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
-            })?;
-        }
-        drop((acc_a, acc_c, s));
-        let base = match base {
-            Some(b) => b,
-            None => self.source().base(c, name)?,
-        };
+        let base = source.base_of(c, &mut base, name)?;
         let out = fusion_kernels::weighted_sum(
             c,
             &[(base.id(), 1.0), (merged.id(), self.lambda)],
