@@ -196,10 +196,7 @@ impl Source<'_> {
         info: &TensorInfo,
     ) -> Result<Gpu<'c>> {
         self.cache.get_or_make(c, name, Slot::TaskVector(i), || {
-            let base = match base {
-                Some(b) => b,
-                None => base.insert(self.base(c, name)?),
-            };
+            let base = self.base_of(c, base, name)?;
             let m = &self.inputs.models[i];
             let x = upload(c, &m.model, &m.name, name)?;
             self.delta.compute(c, &x, base, &m.name, name, info)
