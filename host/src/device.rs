@@ -20,6 +20,13 @@ impl LazyCompute {
         }
     }
 
+    /// Log (debug) where the device's host time went, if a device was started.
+    pub fn log_timing(&self) {
+        if let Some(Ok(rt)) = self.runtime.get() {
+            rt.log_timing();
+        }
+    }
+
     fn get(&self) -> Result<&Arc<Runtime>> {
         self.runtime
             .get_or_init(|| {

@@ -347,8 +347,8 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         .with_context(|| format!("opening the log file in {}", log_dir.display()))?;
     tracing::info!(log_dir = %log_dir.display(), "run started");
 
-    let compute: Arc<dyn fusion_plugin_api::Compute> =
-        Arc::new(LazyCompute::new(req.device.clone()));
+    let lazy = Arc::new(LazyCompute::new(req.device.clone()));
+    let compute: Arc<dyn fusion_plugin_api::Compute> = lazy.clone();
     let ctx = Context::with_services(
         seed,
         fast_dev_run,
@@ -420,5 +420,6 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         progress::suspend(|| eprint!("{table}"));
     }
     progress::suspend(|| eprint!("{}", profiler.summary()));
+    lazy.log_timing();
     Ok(Some(report))
 }

@@ -5,7 +5,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fusion_plugin_api::{Compute, ComputeLimits, DType, GpuTensor, KernelCall, Result};
@@ -101,6 +101,48 @@ pub struct Runtime {
     lost_flag: Arc<AtomicBool>,
     state: Mutex<State>,
     pending: Mutex<Pending>,
+    timing: Timing,
+}
+
+/// Where a runtime's host time went, summed over its life and logged (debug) when it closes:
+/// the numbers to look at before tuning a merge on a real GPU, where no profiler may be at hand.
+#[derive(Default)]
+struct Timing {
+    /// Launches, and nanoseconds spent recording them (bind group, uniform, pipeline look-up).
+    launches: AtomicU64,
+    launch_ns: AtomicU64,
+    /// Uploads, their bytes, and nanoseconds copying them into staging memory.
+    uploads: AtomicU64,
+    upload_bytes: AtomicU64,
+    upload_ns: AtomicU64,
+    /// Read-backs, their bytes, and nanoseconds from submitting to having the bytes (the
+    /// device finishing earlier work included).
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    read_ns: AtomicU64,
+}
+
+impl Timing {
+    fn add(counter: &AtomicU64, count: &AtomicU64, since: std::time::Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn log(&self) {
+        let ms = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e6;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        tracing::debug!(
+            launches = n(&self.launches),
+            launch_ms = ms(&self.launch_ns),
+            uploads = n(&self.uploads),
+            upload_mib = n(&self.upload_bytes) >> 20,
+            upload_ms = ms(&self.upload_ns),
+            reads = n(&self.reads),
+            read_mib = n(&self.read_bytes) >> 20,
+            read_ms = ms(&self.read_ns),
+            "GPU runtime host time"
+        );
+    }
 }
 
 /// Launches recorded but not yet submitted. Submitting every launch on its own costs more than
@@ -177,6 +219,7 @@ impl Runtime {
             lost,
             lost_flag,
             pending: Mutex::new(Pending::default()),
+            timing: Timing::default(),
             state: Mutex::new(State {
                 tensors: HashMap::new(),
                 next_id: 1,
@@ -185,6 +228,12 @@ impl Runtime {
                 pipelines: HashMap::new(),
             }),
         })
+    }
+
+    /// Log (at debug level) the host time spent launching, uploading and reading back so far,
+    /// with counts and bytes. Also logged when the runtime closes.
+    pub fn log_timing(&self) {
+        self.timing.log();
     }
 
     /// The adapter this runtime runs on.
@@ -401,6 +450,13 @@ impl Runtime {
     }
 
     fn dispatch_inner(&self, call: &KernelCall<'_>) -> Result<(), GpuError> {
+        let started = std::time::Instant::now();
+        let out = self.launch(call);
+        Timing::add(&self.timing.launch_ns, &self.timing.launches, started);
+        out
+    }
+
+    fn launch(&self, call: &KernelCall<'_>) -> Result<(), GpuError> {
         let kernel_err = |message: String| GpuError::Kernel {
             label: call.label.to_string(),
             entry_point: call.entry_point.to_string(),
@@ -594,6 +650,15 @@ impl Runtime {
     /// checkpoint tensors come from memory-mapped files, and one thread copying (and faulting
     /// in) the pages is what bounds a merge on a real GPU.
     fn upload(&self, buffer: &wgpu::Buffer, data: &[u8], padded: u64) {
+        let started = std::time::Instant::now();
+        self.upload_untimed(buffer, data, padded);
+        self.timing
+            .upload_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Timing::add(&self.timing.upload_ns, &self.timing.uploads, started);
+    }
+
+    fn upload_untimed(&self, buffer: &wgpu::Buffer, data: &[u8], padded: u64) {
         let Some(size) = wgpu::BufferSize::new(padded) else {
             return;
         };
@@ -610,6 +675,20 @@ impl Runtime {
 
     /// Copy `size` bytes at `offset` (both multiples of 4) of a buffer back to the host.
     fn read_range(
+        &self,
+        id: u64,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>, GpuError> {
+        let started = std::time::Instant::now();
+        let out = self.read_range_untimed(id, buffer, offset, size);
+        self.timing.read_bytes.fetch_add(size, Ordering::Relaxed);
+        Timing::add(&self.timing.read_ns, &self.timing.reads, started);
+        out
+    }
+
+    fn read_range_untimed(
         &self,
         id: u64,
         buffer: &wgpu::Buffer,
@@ -668,6 +747,7 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.flush();
+        self.timing.log();
         let s = self.lock();
         tracing::debug!(stats = ?s.pool.stats(), pipelines = s.pipelines.len(), live = s.tensors.len(), "GPU runtime closing");
     }
