@@ -43,7 +43,6 @@ pub(crate) struct DeviceCache {
 #[derive(Default)]
 struct State {
     used: u64,
-    peak: u64,
     entries: HashMap<(String, Slot), (GpuTensor, u64)>,
 }
 
@@ -88,7 +87,7 @@ impl DeviceCache {
             return Ok(Gpu::borrowed(c, t));
         }
         let t = make()?;
-        if self.budget == 0 {
+        if !self.enabled() {
             return Ok(t);
         }
         let (dtype, shape) = c.describe(t.id())?;
@@ -98,7 +97,6 @@ impl DeviceCache {
             return Ok(t);
         }
         s.used += bytes;
-        s.peak = s.peak.max(s.used);
         let id = t.into_raw();
         s.entries.insert((name.to_string(), slot), (id, bytes));
         Ok(Gpu::borrowed(c, id))
@@ -134,10 +132,10 @@ impl DeviceCache {
         }
     }
 
-    /// (entries, bytes held, most bytes held at once).
-    pub(crate) fn usage(&self) -> (usize, u64, u64) {
+    /// (entries, bytes held).
+    pub(crate) fn usage(&self) -> (usize, u64) {
         let s = self.lock();
-        (s.entries.len(), s.used, s.peak)
+        (s.entries.len(), s.used)
     }
 }
 

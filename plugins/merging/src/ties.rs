@@ -155,7 +155,7 @@ fn run(
     };
     let thresholds = sweep.thresholds(ctx, s.threshold)?;
     let majority = sweep.majority(ctx, &thresholds)?;
-    let (entries, bytes, _) = cache.usage();
+    let (entries, bytes) = cache.usage();
     tracing::info!(?thresholds, majority, merge_func = ?s.merge_func, cached_tensors = entries, cached_mib = bytes >> 20, "{algorithm}: trimmed and elected");
     let merge = TiesTensor {
         inputs: inputs.clone(),
@@ -203,9 +203,37 @@ impl Source<'_> {
         })
     }
 
-    /// Add model `i`'s task vector of `name` to the radix histogram `hist`. A plain task vector
-    /// that is not (and will not be) cached is never formed: the kernel reads the fine-tuned and
-    /// base tensors and takes the difference itself, saving a tensor written and read per model.
+    /// Model `i`'s task vector of `name` as a kernel takes it: formed (from the cache, or
+    /// computed and offered to it), or, for a plain task vector that is not cached and when
+    /// `may_defer` allows, as the fine-tuned tensor beside the base, for kernels that subtract
+    /// themselves (saving a tensor written and read per model). `base` holds the base tensor
+    /// once one was needed.
+    fn operand<'c, 'b>(
+        &self,
+        c: &'c dyn Compute,
+        base: &'b mut Option<Gpu<'c>>,
+        i: usize,
+        name: &str,
+        info: &TensorInfo,
+        may_defer: bool,
+    ) -> Result<Operand<'c, 'b>> {
+        let deferred = may_defer
+            && matches!(self.delta, Delta::Plain)
+            && self.cache.get(name, Slot::TaskVector(i)).is_none();
+        if !deferred {
+            return self
+                .task_vector(c, base, i, name, info)
+                .map(Operand::Formed);
+        }
+        let m = &self.inputs.models[i];
+        let x = upload(c, &m.model, &m.name, name)?;
+        Ok(Operand::Delta {
+            x,
+            base: self.base_of(c, base, name)?,
+        })
+    }
+
+    /// Add model `i`'s task vector of `name` to the radix histogram `hist`.
     #[allow(clippy::too_many_arguments)]
     fn histogram<'c>(
         &self,
@@ -223,18 +251,14 @@ impl Source<'_> {
             mask,
             first,
         } = pass;
-        if let Some(tv) = self.cache.get(name, Slot::TaskVector(i)) {
-            return fusion_kernels::radix_histogram(c, hist, tv, shift, prefix, mask);
-        }
-        // The first pass fills the cache (what does not fit then never will).
+        // The first pass fills the cache (what does not fit then never will), so it forms the
+        // task vectors.
         let fill_cache = first && self.cache.enabled();
-        if let Some(x) = (!fill_cache)
-            .then(|| self.fine_tuned_for_delta(c, i, name))
-            .transpose()?
-            .flatten()
-        {
-            let base = self.base_of(c, base, name)?;
-            return fusion_kernels::radix_histogram_delta(
+        match self.operand(c, base, i, name, info, !fill_cache)? {
+            Operand::Formed(tv) => {
+                fusion_kernels::radix_histogram(c, hist, tv.id(), shift, prefix, mask)
+            }
+            Operand::Delta { x, base } => fusion_kernels::radix_histogram_delta(
                 c,
                 hist,
                 x.id(),
@@ -242,10 +266,8 @@ impl Source<'_> {
                 shift,
                 prefix,
                 mask,
-            );
+            ),
         }
-        let tv = self.task_vector(c, base, i, name, info)?;
-        fusion_kernels::radix_histogram(c, hist, tv.id(), shift, prefix, mask)
     }
 
     /// Every model's task vector of `name` when the cache holds them all (views), so that one
@@ -278,40 +300,20 @@ impl Source<'_> {
         let s = Gpu::zeros(c, DType::F32, &info.shape)?;
         for (i, m) in self.inputs.models.iter().enumerate() {
             let ctx = |e: Error| e.context(format!("tensor `{name}` of `{}`", m.name));
-            if let Some(x) = self.fine_tuned_for_delta(c, i, name)? {
-                let base = self.base_of(c, base, name)?;
-                fusion_kernels::ties_elect_delta(
+            match self.operand(c, base, i, name, info, true)? {
+                Operand::Formed(tv) => add_trimmed(c, &s, &tv, thresholds[i]),
+                Operand::Delta { x, base } => fusion_kernels::ties_elect_delta(
                     c,
                     s.id(),
                     x.id(),
                     base.id(),
                     thresholds[i],
                     i > 0,
-                )
-                .map_err(ctx)?;
-            } else {
-                let tv = self.task_vector(c, base, i, name, info)?;
-                add_trimmed(c, &s, &tv, thresholds[i]).map_err(ctx)?;
+                ),
             }
+            .map_err(ctx)?;
         }
         Ok(s)
-    }
-
-    /// Model `i`'s tensor `name` uploaded as it is, when its task vector is plain and not
-    /// cached: the kernels then take the difference with the base themselves.
-    fn fine_tuned_for_delta<'c>(
-        &self,
-        c: &'c dyn Compute,
-        i: usize,
-        name: &str,
-    ) -> Result<Option<Gpu<'c>>> {
-        if !matches!(self.delta, Delta::Plain)
-            || self.cache.get(name, Slot::TaskVector(i)).is_some()
-        {
-            return Ok(None);
-        }
-        let m = &self.inputs.models[i];
-        upload(c, &m.model, &m.name, name).map(Some)
     }
 
     /// The base tensor, fetched into `base` the first time.
@@ -340,13 +342,19 @@ impl Source<'_> {
         info: &TensorInfo,
         threshold: f32,
     ) -> Result<()> {
-        if let Some(x) = self.fine_tuned_for_delta(c, i, name)? {
-            let base = self.base_of(c, base, name)?;
-            return acc.add_delta(s.id(), x.id(), base.id(), threshold);
+        match self.operand(c, base, i, name, info, true)? {
+            Operand::Formed(tv) => acc.add(s.id(), tv.id(), threshold),
+            Operand::Delta { x, base } => acc.add_delta(s.id(), x.id(), base.id(), threshold),
         }
-        let tv = self.task_vector(c, base, i, name, info)?;
-        acc.add(s.id(), tv.id(), threshold)
     }
+}
+
+/// A task vector as a kernel takes it (see [`Source::operand`]).
+enum Operand<'c, 'b> {
+    /// τ itself (a cache view or a fresh tensor).
+    Formed(Gpu<'c>),
+    /// θ and θ₀, for a kernel that computes τ = θ − θ₀ itself.
+    Delta { x: Gpu<'c>, base: &'b Gpu<'c> },
 }
 
 /// One radix-select pass: the byte at `shift`, among entries matching `prefix` under `mask`;
