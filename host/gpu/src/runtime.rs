@@ -104,42 +104,63 @@ pub struct Runtime {
     timing: Timing,
 }
 
-/// Where a runtime's host time went, summed over its life and logged (debug) when it closes:
-/// the numbers to look at before tuning a merge on a real GPU, where no profiler may be at hand.
+/// Where a runtime's host time went, summed over its life and logged (debug) at the end of a
+/// run and when it closes: the numbers to look at before tuning a merge on a real GPU, where no
+/// profiler may be at hand.
 #[derive(Default)]
 struct Timing {
-    /// Launches, and nanoseconds spent recording them (bind group, uniform, pipeline look-up).
-    launches: AtomicU64,
-    launch_ns: AtomicU64,
-    /// Uploads, their bytes, and nanoseconds copying them into staging memory.
-    uploads: AtomicU64,
-    upload_bytes: AtomicU64,
-    upload_ns: AtomicU64,
-    /// Read-backs, their bytes, and nanoseconds from submitting to having the bytes (the
-    /// device finishing earlier work included).
-    reads: AtomicU64,
-    read_bytes: AtomicU64,
-    read_ns: AtomicU64,
+    /// Recording launches (bind group, uniform, pipeline look-up).
+    launches: Tally,
+    /// Copying uploads into staging memory.
+    uploads: Tally,
+    /// Read-backs, from submitting to having the bytes (the device finishing earlier work
+    /// included).
+    reads: Tally,
+}
+
+/// How many, how many bytes, how many nanoseconds.
+#[derive(Default)]
+struct Tally {
+    count: AtomicU64,
+    bytes: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl Tally {
+    /// Run `f`, counting it with `bytes` and its time.
+    fn time<T>(&self, bytes: u64, f: impl FnOnce() -> T) -> T {
+        let started = std::time::Instant::now();
+        let out = f();
+        self.ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        out
+    }
+
+    fn get(&self) -> (u64, u64, f64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed) >> 20,
+            self.ns.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
 }
 
 impl Timing {
-    fn add(counter: &AtomicU64, count: &AtomicU64, since: std::time::Instant) {
-        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        count.fetch_add(1, Ordering::Relaxed);
-    }
-
     fn log(&self) {
-        let ms = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e6;
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (launches, _, launch_ms) = self.launches.get();
+        let (uploads, upload_mib, upload_ms) = self.uploads.get();
+        let (reads, read_mib, read_ms) = self.reads.get();
         tracing::debug!(
-            launches = n(&self.launches),
-            launch_ms = ms(&self.launch_ns),
-            uploads = n(&self.uploads),
-            upload_mib = n(&self.upload_bytes) >> 20,
-            upload_ms = ms(&self.upload_ns),
-            reads = n(&self.reads),
-            read_mib = n(&self.read_bytes) >> 20,
-            read_ms = ms(&self.read_ns),
+            launches,
+            launch_ms,
+            uploads,
+            upload_mib,
+            upload_ms,
+            reads,
+            read_mib,
+            read_ms,
             "GPU runtime host time"
         );
     }
@@ -450,10 +471,7 @@ impl Runtime {
     }
 
     fn dispatch_inner(&self, call: &KernelCall<'_>) -> Result<(), GpuError> {
-        let started = std::time::Instant::now();
-        let out = self.launch(call);
-        Timing::add(&self.timing.launch_ns, &self.timing.launches, started);
-        out
+        self.timing.launches.time(0, || self.launch(call))
     }
 
     fn launch(&self, call: &KernelCall<'_>) -> Result<(), GpuError> {
@@ -646,16 +664,12 @@ impl Runtime {
     }
 
     /// Queue the copy of `data` into the first `padded` bytes of `buffer` (zeros after `data`).
-    /// The bytes go straight into wgpu's staging memory, copied by several threads when large:
-    /// checkpoint tensors come from memory-mapped files, and one thread copying (and faulting
-    /// in) the pages is what bounds a merge on a real GPU.
+    /// The bytes go straight into wgpu's staging memory, copied by several threads when large
+    /// (checkpoint tensors come from memory-mapped files, whose pages the copy faults in).
     fn upload(&self, buffer: &wgpu::Buffer, data: &[u8], padded: u64) {
-        let started = std::time::Instant::now();
-        self.upload_untimed(buffer, data, padded);
-        self.timing
-            .upload_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Timing::add(&self.timing.upload_ns, &self.timing.uploads, started);
+        self.timing.uploads.time(data.len() as u64, || {
+            self.upload_untimed(buffer, data, padded)
+        })
     }
 
     fn upload_untimed(&self, buffer: &wgpu::Buffer, data: &[u8], padded: u64) {
@@ -681,11 +695,9 @@ impl Runtime {
         offset: u64,
         size: u64,
     ) -> Result<Vec<u8>, GpuError> {
-        let started = std::time::Instant::now();
-        let out = self.read_range_untimed(id, buffer, offset, size);
-        self.timing.read_bytes.fetch_add(size, Ordering::Relaxed);
-        Timing::add(&self.timing.read_ns, &self.timing.reads, started);
-        out
+        self.timing
+            .reads
+            .time(size, || self.read_range_untimed(id, buffer, offset, size))
     }
 
     fn read_range_untimed(
