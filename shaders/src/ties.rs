@@ -248,104 +248,18 @@ pub fn ties_merge(
     dtype: DType,
 ) -> Result<GpuTensor> {
     let (shape, dtypes) = check(c, "ties_merge", task_vectors, thresholds)?;
-    let n: u64 = shape.iter().map(|&d| d as u64).product();
     let s = Scratch::adopt(c, ties_elected_sum(c, task_vectors, thresholds)?);
-    let acc_a = Scratch::new(c, DType::F32, &shape)?;
-    // The count is only read for `mean`; other modes bind a one-element placeholder.
-    let acc_c = Scratch::new(
-        c,
-        DType::F32,
-        if merge == TiesMerge::Mean {
-            &shape
-        } else {
-            &[1]
-        },
-    )?;
-    let l = c.limits();
-    let batch = arity(&l, "ties_merge", 3)?;
-    let wg = workgroup_size(&l);
+    let batch = arity(&c.limits(), "ties_merge", 3)?;
     let bits = threshold_bits(thresholds);
-    for (b, ((group, group_dtypes), group_bits)) in task_vectors
+    let mut acc = TiesAccumulator::new(c, &shape, merge, majority)?;
+    for ((group, group_dtypes), group_bits) in task_vectors
         .chunks(batch)
         .zip(dtypes.chunks(batch))
         .zip(bits.chunks(batch))
-        .enumerate()
     {
-        let mut extra = vec![
-            ("ACCUMULATE", if b > 0 { 1.0 } else { 0.0 }),
-            ("MERGE", merge.code()),
-        ];
-        for (k, &dt) in group_dtypes.iter().enumerate() {
-            extra.push((X_DTYPE_NAMES[k], dtype_code("ties_merge", dt)?));
-        }
-        let consts = constants(&l, &extra);
-        let entry = format!("ties_merge_{}", group.len());
-        for ch in chunks(&l, n) {
-            let mut bindings = vec![
-                ch.binding(acc_a.id(), DType::F32, false),
-                count_binding(&acc_c, merge, ch, false),
-                ch.binding(s.id(), DType::F32, true),
-            ];
-            bindings.extend(
-                group
-                    .iter()
-                    .zip(group_dtypes)
-                    .map(|(&t, &dt)| ch.binding(t, dt, true)),
-            );
-            c.dispatch(&KernelCall {
-                label: "ties_merge",
-                source: wgsl::TIES_MERGE,
-                entry_point: &entry,
-                constants: &consts,
-                bindings: &bindings,
-                uniforms: &Uniforms::default()
-                    .u32(ch.len as u32)
-                    .f32(majority)
-                    .words8(group_bits)
-                    .bytes(),
-                workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
-            })?;
-        }
+        acc.launch(s.id(), group, group_dtypes, None, group_bits)?;
     }
-    finalize(c, &acc_a, &acc_c, s.id(), &shape, merge, majority, dtype)
-}
-
-/// `ties_finalize`: the merged task vector in `dtype` from the accumulators and `s`.
-#[allow(clippy::too_many_arguments)]
-fn finalize(
-    c: &dyn Compute,
-    acc_a: &Scratch<'_>,
-    acc_c: &Scratch<'_>,
-    s: GpuTensor,
-    shape: &[usize],
-    merge: TiesMerge,
-    majority: f32,
-    dtype: DType,
-) -> Result<GpuTensor> {
-    let n: u64 = shape.iter().map(|&d| d as u64).product();
-    let out = Scratch::new(c, dtype, shape)?;
-    let l = c.limits();
-    let wg = workgroup_size(&l);
-    let out_code = dtype_code("ties_merge", dtype)?;
-    let consts = constants(&l, &[("MERGE", merge.code()), ("OUT_DTYPE", out_code)]);
-    for ch in chunks(&l, n) {
-        let bindings = [
-            ch.binding(out.id(), dtype, false),
-            ch.binding(acc_a.id(), DType::F32, true),
-            count_binding(acc_c, merge, ch, true),
-            ch.binding(s, DType::F32, true),
-        ];
-        c.dispatch(&KernelCall {
-            label: "ties_finalize",
-            source: wgsl::TIES_MERGE,
-            entry_point: "ties_finalize",
-            constants: &consts,
-            bindings: &bindings,
-            uniforms: &Uniforms::default().u32(ch.len as u32).f32(majority).bytes(),
-            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
-        })?;
-    }
-    Ok(out.keep())
+    acc.finish(s.id(), dtype)
 }
 
 /// `S = [S +] trim(x - base)` for one model of one key (`accumulate` after the first model):
@@ -466,48 +380,68 @@ impl<'c> TiesAccumulator<'c> {
         base: Option<GpuTensor>,
         threshold: f32,
     ) -> Result<()> {
-        const OP: &str = "ties_merge";
-        let c = self.c;
         let mut inputs = vec![s, x];
         inputs.extend(base);
-        let dtypes = same_shape(c, OP, &inputs, &self.shape)?;
+        let dtypes = same_shape(self.c, "ties_merge", &inputs, &self.shape)?;
+        let base = base.map(|b| (b, dtypes[2]));
+        self.launch(s, &[x], &dtypes[1..2], base, &threshold_bits(&[threshold]))
+    }
+
+    /// One accumulation launch over `group` (`ties_merge_N`), or over one fine-tuned tensor
+    /// and `base` (`ties_merge_delta`); the first launch starts the accumulators.
+    fn launch(
+        &mut self,
+        s: GpuTensor,
+        group: &[GpuTensor],
+        group_dtypes: &[DType],
+        base: Option<(GpuTensor, DType)>,
+        bits: &[u32],
+    ) -> Result<()> {
+        const OP: &str = "ties_merge";
+        let c = self.c;
         let n: u64 = self.shape.iter().map(|&d| d as u64).product();
         let l = c.limits();
         let wg = workgroup_size(&l);
         let mut extra = vec![
             ("ACCUMULATE", if self.steps > 0 { 1.0 } else { 0.0 }),
             ("MERGE", self.merge.code()),
-            ("X0_DTYPE", dtype_code(OP, dtypes[1])?),
         ];
-        if base.is_some() {
-            extra.push(("B_DTYPE", dtype_code(OP, dtypes[2])?));
+        for (k, &dt) in group_dtypes.iter().enumerate() {
+            extra.push((X_DTYPE_NAMES[k], dtype_code(OP, dt)?));
+        }
+        if let Some((_, bt)) = base {
+            extra.push(("B_DTYPE", dtype_code(OP, bt)?));
         }
         let consts = constants(&l, &extra);
-        let bits = threshold_bits(&[threshold]);
+        let entry = match base {
+            Some(_) => "ties_merge_delta".to_string(),
+            None => format!("ties_merge_{}", group.len()),
+        };
         for ch in chunks(&l, n) {
             let mut bindings = vec![
                 ch.binding(self.acc_a.id(), DType::F32, false),
                 count_binding(&self.acc_c, self.merge, ch, false),
                 ch.binding(s, DType::F32, true),
-                ch.binding(x, dtypes[1], true),
             ];
-            if let Some(b) = base {
-                bindings.push(ch.binding(b, dtypes[2], true));
+            bindings.extend(
+                group
+                    .iter()
+                    .zip(group_dtypes)
+                    .map(|(&t, &dt)| ch.binding(t, dt, true)),
+            );
+            if let Some((b, bt)) = base {
+                bindings.push(ch.binding(b, bt, true));
             }
             c.dispatch(&KernelCall {
                 label: OP,
                 source: wgsl::TIES_MERGE,
-                entry_point: if base.is_some() {
-                    "ties_merge_delta"
-                } else {
-                    "ties_merge_1"
-                },
+                entry_point: &entry,
                 constants: &consts,
                 bindings: &bindings,
                 uniforms: &Uniforms::default()
                     .u32(ch.len as u32)
                     .f32(self.majority)
-                    .words8(&bits)
+                    .words8(bits)
                     .bytes(),
                 workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
             })?;
@@ -518,16 +452,33 @@ impl<'c> TiesAccumulator<'c> {
 
     /// The merged task vector of the key in `dtype`, given the elected sum `s`.
     pub fn finish(self, s: GpuTensor, dtype: DType) -> Result<GpuTensor> {
-        finalize(
-            self.c,
-            &self.acc_a,
-            &self.acc_c,
-            s,
-            &self.shape,
-            self.merge,
-            self.majority,
-            dtype,
-        )
+        let n: u64 = self.shape.iter().map(|&d| d as u64).product();
+        let out = Scratch::new(self.c, dtype, &self.shape)?;
+        let l = self.c.limits();
+        let wg = workgroup_size(&l);
+        let out_code = dtype_code("ties_merge", dtype)?;
+        let consts = constants(&l, &[("MERGE", self.merge.code()), ("OUT_DTYPE", out_code)]);
+        for ch in chunks(&l, n) {
+            let bindings = [
+                ch.binding(out.id(), dtype, false),
+                ch.binding(self.acc_a.id(), DType::F32, true),
+                count_binding(&self.acc_c, self.merge, ch, true),
+                ch.binding(s, DType::F32, true),
+            ];
+            self.c.dispatch(&KernelCall {
+                label: "ties_finalize",
+                source: wgsl::TIES_MERGE,
+                entry_point: "ties_finalize",
+                constants: &consts,
+                bindings: &bindings,
+                uniforms: &Uniforms::default()
+                    .u32(ch.len as u32)
+                    .f32(self.majority)
+                    .bytes(),
+                workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            })?;
+        }
+        Ok(out.keep())
     }
 }
 
