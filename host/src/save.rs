@@ -154,6 +154,14 @@ fn tensor_bytes(
     f32_to_bytes(&values, target).map_err(plugin)
 }
 
+/// Bytes written between two requests to start writing back (see [`Flusher`]).
+const WRITEBACK_STEP: u64 = 64 << 20;
+
+/// Write one safetensors shard. The tensors are produced here (a merged model computes each
+/// on the device as it is asked for) and written by a second thread, so that computing tensor
+/// k + 1 overlaps writing tensor k; the hand-over is a rendezvous, so at most two tensors are
+/// in memory. The file is flushed to disk before this returns (the caller renames it into
+/// place only then), with write-back started as the bytes go rather than all at the end.
 fn write_shard(
     model: &Model,
     path: &Path,
@@ -169,16 +177,104 @@ fn write_shard(
     }
     let header = header_bytes(&entries);
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    w.write_all(&(header.len() as u64).to_le_bytes())?;
-    w.write_all(&header)?;
-    for ((name, info), src) in tensors.iter().zip(source) {
-        let bytes = tensor_bytes(model, name, src, info.dtype)?;
-        w.write_all(&bytes)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(0);
+    std::thread::scope(|scope| {
+        let expected = tensors.len();
+        let writer = scope.spawn(move || -> anyhow::Result<()> {
+            let mut flusher = Flusher::new(&file);
+            let mut w = BufWriter::with_capacity(1 << 20, &file);
+            w.write_all(&(header.len() as u64).to_le_bytes())?;
+            w.write_all(&header)?;
+            flusher.wrote(8 + header.len() as u64);
+            let mut received = 0;
+            for bytes in rx {
+                w.write_all(&bytes)?;
+                flusher.wrote(bytes.len() as u64);
+                received += 1;
+            }
+            if received < expected {
+                // The producer failed (its error is reported); the file is deleted unsynced.
+                return Ok(());
+            }
+            w.flush()?;
+            drop(w);
+            file.sync_all()?;
+            Ok(())
+        });
+        let produced =
+            tensors
+                .iter()
+                .zip(source)
+                .try_for_each(|((name, info), src)| -> anyhow::Result<()> {
+                    let bytes = tensor_bytes(model, name, src, info.dtype)?;
+                    // A closed channel means the writer failed: stop computing; its error is
+                    // the one reported below.
+                    tx.send(bytes)
+                        .map_err(|_| anyhow::anyhow!("the writer thread stopped"))
+                });
+        drop(tx);
+        let written = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+        written.with_context(|| format!("writing {}", path.display()))?;
+        produced
+    })?;
     Ok(offset)
+}
+
+/// Starts the kernel's write-back of a file every [`WRITEBACK_STEP`] bytes written
+/// (`sync_file_range` on Linux), so that the final `fsync` waits for the tail only; elsewhere
+/// it does nothing and `fsync` does all the work.
+struct Flusher<'f> {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    file: &'f File,
+    written: u64,
+    started: u64,
+}
+
+impl<'f> Flusher<'f> {
+    fn new(file: &'f File) -> Self {
+        Flusher {
+            file,
+            written: 0,
+            started: 0,
+        }
+    }
+
+    /// `n` more bytes were handed to the file (some may still sit in a `BufWriter`: write-back
+    /// of a range not yet written is a no-op, and a later request covers it).
+    fn wrote(&mut self, n: u64) {
+        self.written += n;
+        if self.written - self.started >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on an open descriptor; it only schedules I/O.
+        let r = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                self.started as libc::off64_t,
+                (self.written - self.started) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(
+                "sync_file_range: {} (fsync will do the work)",
+                std::io::Error::last_os_error()
+            );
+        }
+        self.started = self.written;
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn start_writeback(&mut self) {
+        self.started = self.written;
+    }
 }
 
 /// A sibling path for work in progress.

@@ -40,8 +40,9 @@ pub use launch::{
 };
 pub use reduce::{dot, l2_norm, sum, sum_squares};
 pub use select::{
-    histogram_workgroups, kth_largest_magnitude, pick_bin, radix_histogram, radix_histogram_delta,
-    ties_threshold, topk_rank_from_top, HISTOGRAM_MAX_WORKGROUPS, RADIX_HISTOGRAM_BYTES,
+    histogram_max_workgroups, histogram_workgroups, kth_largest_magnitude, pick_bin,
+    radix_histogram, radix_histogram_delta, ties_threshold, topk_rank_from_top,
+    HISTOGRAM_MAX_WORKGROUPS, RADIX_HISTOGRAM_BYTES, SOFTWARE_HISTOGRAM_WORKGROUPS,
 };
 pub use slerp::{slerp, slerp_weights, SLERP_DOT_THRESHOLD, SLERP_EPS};
 pub use ties::{

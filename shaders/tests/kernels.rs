@@ -39,7 +39,9 @@ fn full() -> &'static Runtime {
 }
 
 /// The device clamped so that 1024 f32 elements fill a binding, 4 workgroups of 32 fill a
-/// dimension (a 1024-element chunk needs a 4x4 grid) and 4 storage buffers fill a stage.
+/// dimension (a 1024-element chunk needs a 4x4 grid) and 4 storage buffers fill a stage; its
+/// tensors are reached through staging copies, as on a discrete GPU, even where the full
+/// runtime maps them directly (lavapipe).
 fn clamped() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
@@ -52,6 +54,7 @@ fn clamped() -> &'static Runtime {
                 min_storage_offset_alignment: Some(256),
                 ..Default::default()
             },
+            unified_memory: Some(false),
             ..Default::default()
         })
     })

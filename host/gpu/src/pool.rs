@@ -41,20 +41,30 @@ pub struct PoolStats {
 pub(crate) struct BufferPool {
     free: HashMap<u64, Vec<wgpu::Buffer>>,
     capacity: u64,
+    /// Buffers the host maps directly (see `Runtime`'s unified memory); else storage buffers
+    /// reached through copies.
+    mappable: bool,
     stats: PoolStats,
 }
 
 impl BufferPool {
-    pub(crate) fn new(capacity: u64) -> Self {
+    pub(crate) fn new(capacity: u64, mappable: bool) -> Self {
         BufferPool {
             free: HashMap::new(),
             capacity,
+            mappable,
             stats: PoolStats::default(),
         }
     }
 
-    /// A buffer of exactly `class` bytes: a pooled one, or a new one.
-    pub(crate) fn take(&mut self, device: &wgpu::Device, class: u64) -> (wgpu::Buffer, bool) {
+    /// A buffer of exactly `class` bytes: a pooled one (`true`), or a new one, mapped for
+    /// writing when `mapped` and the pool's buffers are mappable.
+    pub(crate) fn take(
+        &mut self,
+        device: &wgpu::Device,
+        class: u64,
+        mapped: bool,
+    ) -> (wgpu::Buffer, bool) {
         if let Some(buffer) = self.free.get_mut(&class).and_then(Vec::pop) {
             self.stats.hits += 1;
             self.stats.idle_buffers -= 1;
@@ -67,13 +77,17 @@ impl BufferPool {
             misses = self.stats.misses,
             "allocating a new GPU buffer"
         );
+        let mut usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        if self.mappable {
+            usage |= wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE;
+        }
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("fusion tensor"),
             size: class,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+            usage,
+            mapped_at_creation: mapped && self.mappable,
         });
         (buffer, false)
     }

@@ -44,6 +44,10 @@ pub struct RuntimeOptions {
     pub clamp: LimitClamp,
     /// Most bytes of released buffers kept for reuse; beyond it released buffers are freed.
     pub pool_capacity: u64,
+    /// Whether the host maps tensor buffers directly (no staging copies): `None` decides by the
+    /// adapter (see [`Runtime::unified_memory`]); `Some(true)` where the adapter cannot is
+    /// ignored.
+    pub unified_memory: Option<bool>,
 }
 
 impl Default for RuntimeOptions {
@@ -51,6 +55,7 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             clamp: LimitClamp::default(),
             pool_capacity: 4 << 30,
+            unified_memory: None,
         }
     }
 }
@@ -102,6 +107,7 @@ pub struct Runtime {
     state: Mutex<State>,
     pending: Mutex<Pending>,
     timing: Timing,
+    unified: bool,
 }
 
 /// Where a runtime's host time went, summed over its life and logged (debug) at the end of a
@@ -188,7 +194,18 @@ impl Runtime {
         let adapter = adapter::select(&instance, choice)?;
         let report = AdapterReport::of(&adapter);
         let required_limits = clamp_limits(adapter.limits(), &options.clamp);
-        let required_features = adapter.features() & wgpu::Features::SHADER_F16;
+        // A CPU adapter's "device memory" is host memory: mapping its buffers directly saves
+        // the staging copy of every upload and read-back.
+        let unified = adapter
+            .features()
+            .contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS)
+            && options
+                .unified_memory
+                .unwrap_or(adapter.get_info().device_type == wgpu::DeviceType::Cpu);
+        let mut required_features = adapter.features() & wgpu::Features::SHADER_F16;
+        if unified {
+            required_features |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("fusion-host"),
             required_features,
@@ -231,7 +248,7 @@ impl Runtime {
             min_storage_offset_alignment: l.min_storage_buffer_offset_alignment,
             shader_f16: device.features().contains(wgpu::Features::SHADER_F16),
         };
-        tracing::debug!(adapter = %report.name, ?limits, "GPU runtime ready");
+        tracing::debug!(adapter = %report.name, ?limits, unified, "GPU runtime ready");
         Ok(Runtime {
             device,
             queue,
@@ -241,10 +258,11 @@ impl Runtime {
             lost_flag,
             pending: Mutex::new(Pending::default()),
             timing: Timing::default(),
+            unified,
             state: Mutex::new(State {
                 tensors: HashMap::new(),
                 next_id: 1,
-                pool: BufferPool::new(options.pool_capacity),
+                pool: BufferPool::new(options.pool_capacity, unified),
                 modules: HashMap::new(),
                 pipelines: HashMap::new(),
             }),
@@ -255,6 +273,14 @@ impl Runtime {
     /// with counts and bytes. Also logged when the runtime closes.
     pub fn log_timing(&self) {
         self.timing.log();
+    }
+
+    /// Whether tensor buffers are mapped by the host directly instead of through staging
+    /// copies: on CPU adapters (lavapipe, llvmpipe, WARP) that offer `MAPPABLE_PRIMARY_BUFFERS`,
+    /// unless [`RuntimeOptions::unified_memory`] says otherwise. Uploads then copy once, into
+    /// the tensor's own memory, and read-backs copy once, out of it.
+    pub fn unified_memory(&self) -> bool {
+        self.unified
     }
 
     /// The adapter this runtime runs on.
@@ -627,7 +653,7 @@ impl Runtime {
         let mut state = self.lock();
         let class = size_class(padded, self.limits.max_buffer_size);
         let (buffer, reused) = self.scoped(
-            || state.pool.take(&self.device, class),
+            || state.pool.take(&self.device, class, data.is_some()),
             |m| GpuError::Wgpu {
                 op: format!("allocating a {class}-byte buffer"),
                 message: m,
@@ -635,18 +661,19 @@ impl Runtime {
         )?;
         self.scoped(
             || match data {
-                Some(d) => self.upload(&buffer, d, padded),
+                Some(d) => self.upload(&buffer, d, padded, reused),
                 // New buffers are zeroed by wgpu; reused ones hold an old tensor.
                 None if reused => {
                     self.record(|encoder| encoder.clear_buffer(&buffer, 0, Some(padded)));
+                    Ok(())
                 }
-                None => {}
+                None => Ok(()),
             },
             |m| GpuError::Wgpu {
                 op: "initializing a tensor".into(),
                 message: m,
             },
-        )?;
+        )??;
         let id = state.next_id;
         state.next_id += 1;
         state.tensors.insert(
@@ -664,15 +691,81 @@ impl Runtime {
     }
 
     /// Queue the copy of `data` into the first `padded` bytes of `buffer` (zeros after `data`).
-    /// The bytes go straight into wgpu's staging memory, copied by several threads when large
-    /// (checkpoint tensors come from memory-mapped files, whose pages the copy faults in).
-    fn upload(&self, buffer: &wgpu::Buffer, data: &[u8], padded: u64) {
+    /// The bytes go straight into wgpu's staging memory, or with unified memory into the
+    /// buffer itself (a new buffer comes mapped; a `reused` one is mapped once the device is
+    /// done with it), copied by several threads when large (checkpoint tensors come from
+    /// memory-mapped files, whose pages the copy faults in).
+    fn upload(
+        &self,
+        buffer: &wgpu::Buffer,
+        data: &[u8],
+        padded: u64,
+        reused: bool,
+    ) -> Result<(), GpuError> {
         self.timing.uploads.time(data.len() as u64, || {
-            self.upload_untimed(buffer, data, padded)
+            if self.unified {
+                self.upload_mapped(buffer, data, padded, reused)
+            } else {
+                self.upload_staged(buffer, data, padded);
+                Ok(())
+            }
         })
     }
 
-    fn upload_untimed(&self, buffer: &wgpu::Buffer, data: &[u8], padded: u64) {
+    fn upload_mapped(
+        &self,
+        buffer: &wgpu::Buffer,
+        data: &[u8],
+        padded: u64,
+        reused: bool,
+    ) -> Result<(), GpuError> {
+        let map_err = |message: String| GpuError::Wgpu {
+            op: "mapping a buffer for an upload".into(),
+            message,
+        };
+        if reused {
+            self.map(buffer, 0, padded, wgpu::MapMode::Write, map_err)?;
+        }
+        {
+            let mut view = buffer
+                .get_mapped_range_mut(..padded)
+                .map_err(|e| map_err(e.to_string()))?;
+            let (body, mut tail) = view.slice(..).split_at(data.len());
+            tail.fill(0);
+            copy_parallel(body, data);
+        }
+        buffer.unmap();
+        Ok(())
+    }
+
+    /// Map `size` bytes of `buffer` at `offset` (a multiple of [`wgpu::MAP_ALIGNMENT`]) once
+    /// the work recorded so far is done with it. A lost device is reported as such; other
+    /// failures go through `wrap`.
+    fn map(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+        mode: wgpu::MapMode,
+        wrap: impl Fn(String) -> GpuError,
+    ) -> Result<(), GpuError> {
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        buffer
+            .slice(offset..offset + size)
+            .map_async(mode, move |r| {
+                let _ = tx.send(r);
+            });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| wrap(format!("waiting for the device: {e}")))?;
+        self.check_alive()?;
+        rx.recv()
+            .map_err(|_| wrap("the map callback never ran".into()))?
+            .map_err(|e| wrap(e.to_string()))
+    }
+
+    fn upload_staged(&self, buffer: &wgpu::Buffer, data: &[u8], padded: u64) {
         let Some(size) = wgpu::BufferSize::new(padded) else {
             return;
         };
@@ -708,6 +801,24 @@ impl Runtime {
         size: u64,
     ) -> Result<Vec<u8>, GpuError> {
         let read_err = |message: String| GpuError::Read { id, message };
+        if self.unified {
+            // Straight out of the tensor's buffer, mapped from an aligned start.
+            let start = offset / wgpu::MAP_ALIGNMENT * wgpu::MAP_ALIGNMENT;
+            let skip = (offset - start) as usize;
+            self.map(
+                buffer,
+                start,
+                size + skip as u64,
+                wgpu::MapMode::Read,
+                read_err,
+            )?;
+            let bytes = buffer
+                .get_mapped_range(start..offset + size)
+                .map(|view| view[skip..].to_vec())
+                .map_err(|e| read_err(e.to_string()));
+            buffer.unmap();
+            return bytes;
+        }
         let staging = self.scoped(
             || {
                 let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -724,32 +835,10 @@ impl Runtime {
             },
             read_err,
         )?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Read {
-                id,
-                message: format!("waiting for the device: {e}"),
-            })?;
-        self.check_alive()?;
-        rx.recv()
-            .map_err(|_| GpuError::Read {
-                id,
-                message: "the map callback never ran".into(),
-            })?
-            .map_err(|e| GpuError::Read {
-                id,
-                message: e.to_string(),
-            })?;
+        self.map(&staging, 0, size, wgpu::MapMode::Read, read_err)?;
         let bytes = staging
             .get_mapped_range(..)
-            .map_err(|e| GpuError::Read {
-                id,
-                message: e.to_string(),
-            })?
+            .map_err(|e| read_err(e.to_string()))?
             .to_vec();
         staging.unmap();
         Ok(bytes)

@@ -28,6 +28,37 @@ fn rt() -> &'static Runtime {
     RT.get_or_init(|| open(RuntimeOptions::default()))
 }
 
+/// Options for both ways the host reaches tensor memory: through staging copies (real GPUs) and
+/// mapped directly (CPU adapters; requested here, and reported by `unified_memory` where the
+/// adapter can do it).
+fn memory_modes() -> [(&'static str, RuntimeOptions); 2] {
+    let with = |unified| RuntimeOptions {
+        unified_memory: Some(unified),
+        ..Default::default()
+    };
+    [("staged", with(false)), ("unified", with(true))]
+}
+
+/// A private runtime per memory mode, checked to be in that mode (unified only where the
+/// adapter offers it: lavapipe does).
+fn runtimes_by_memory() -> Vec<(&'static str, Runtime)> {
+    memory_modes()
+        .into_iter()
+        .map(|(mode, options)| {
+            let c = open(options);
+            if mode == "staged" {
+                assert!(!c.unified_memory());
+            } else if c.adapter().device_type == "Cpu" {
+                assert!(
+                    c.unified_memory(),
+                    "a CPU adapter maps its buffers directly"
+                );
+            }
+            (mode, c)
+        })
+        .collect()
+}
+
 const ADD: &str = r#"
 override BIAS: f32 = 0.0;
 struct P { n: u32, scale: f32 }
@@ -50,7 +81,12 @@ fn uniforms(n: u32, scale: f32) -> Vec<u8> {
 
 #[test]
 fn round_trips_bytes_of_every_size() {
-    let c = rt();
+    for (mode, c) in runtimes_by_memory() {
+        round_trips_in(&c, mode);
+    }
+}
+
+fn round_trips_in(c: &Runtime, mode: &str) {
     for (dtype, shape) in [
         (DType::F16, vec![3]),
         (DType::U8, vec![5]),
@@ -60,7 +96,7 @@ fn round_trips_bytes_of_every_size() {
         let n: usize = shape.iter().product::<usize>() * dtype.size();
         let data: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37)).collect();
         let t = c.create(dtype, &shape, Some(&data)).unwrap();
-        assert_eq!(c.read(t).unwrap(), data);
+        assert_eq!(c.read(t).unwrap(), data, "{mode}");
         assert_eq!(c.describe(t).unwrap(), (dtype, shape.clone()));
         c.release(t);
     }
@@ -78,7 +114,18 @@ fn round_trips_bytes_of_every_size() {
         for (t, data) in held {
             assert!(
                 c.read(t).unwrap() == data,
-                "a 9 MiB upload came back changed"
+                "{mode}: a 9 MiB upload came back changed"
+            );
+            c.release(t);
+        }
+        // Again into the released (pooled) buffers, which a unified runtime maps anew.
+        for k in 0..2u64 {
+            let n = (9 << 20) / 2 + 3 + k as usize;
+            let data: Vec<u8> = (0..2 * n as u64).map(|i| (i % 251) as u8).collect();
+            let t = c.create(DType::F16, &[n], Some(&data)).unwrap();
+            assert!(
+                c.read(t).unwrap() == data,
+                "{mode}: a re-used buffer's upload"
             );
             c.release(t);
         }
@@ -92,24 +139,34 @@ fn round_trips_bytes_of_every_size() {
 
 #[test]
 fn unaligned_writes_keep_neighbours() {
-    let c = rt();
-    let t = c
-        .create(DType::F16, &[5], Some(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]))
-        .unwrap();
-    c.write(t, 2, &[0xAA, 0xBB]).unwrap();
-    c.write(t, 8, &[0xCC, 0xDD]).unwrap();
-    assert_eq!(
-        c.read(t).unwrap(),
-        vec![1, 2, 0xAA, 0xBB, 5, 6, 7, 8, 0xCC, 0xDD]
-    );
-    assert!(c.write(t, 9, &[0, 0]).is_err());
-    c.release(t);
+    for (mode, c) in runtimes_by_memory() {
+        let t = c
+            .create(DType::F16, &[5], Some(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]))
+            .unwrap();
+        c.write(t, 2, &[0xAA, 0xBB]).unwrap();
+        c.write(t, 8, &[0xCC, 0xDD]).unwrap();
+        // Element 3 sits in the word at byte 4: a read-back that does not start on an 8-byte
+        // boundary.
+        c.write(t, 6, &[0xEE, 0xFF]).unwrap();
+        assert_eq!(
+            c.read(t).unwrap(),
+            vec![1, 2, 0xAA, 0xBB, 5, 6, 0xEE, 0xFF, 0xCC, 0xDD],
+            "{mode}"
+        );
+        assert!(c.write(t, 9, &[0, 0]).is_err());
+        c.release(t);
+    }
 }
 
 #[test]
 fn released_buffers_are_reused_and_cleared() {
-    // A private runtime, so other tests' allocations do not disturb the counts.
-    let c = open(RuntimeOptions::default());
+    // Private runtimes, so other tests' allocations do not disturb the counts.
+    for (_, c) in runtimes_by_memory() {
+        reuses_and_clears(&c);
+    }
+}
+
+fn reuses_and_clears(c: &Runtime) {
     let a = c
         .create(DType::F32, &[1000], Some(&vec![0xFFu8; 4000]))
         .unwrap();
@@ -178,7 +235,12 @@ fn runs_kernels_with_uniforms_and_constants_and_caches_pipelines() {
 /// still see them in call order.
 #[test]
 fn batched_launches_keep_call_order() {
-    let c = &open(RuntimeOptions::default());
+    for (mode, c) in runtimes_by_memory() {
+        keeps_call_order(&c, mode);
+    }
+}
+
+fn keeps_call_order(c: &Runtime, mode: &str) {
     let n = 1000usize;
     let ones = vec![1.0f32; n];
     let twos = vec![2.0f32; n];
@@ -201,22 +263,34 @@ fn batched_launches_keep_call_order() {
     // y = 3x, then x is overwritten: the launch recorded before the write sees the old x.
     add(y, x, 3.0);
     c.write(x, 0, bytemuck::cast_slice(&twos)).unwrap();
-    assert!(f32s(&c.read(y).unwrap()).iter().all(|&v| v == 3.0));
+    assert!(
+        f32s(&c.read(y).unwrap()).iter().all(|&v| v == 3.0),
+        "{mode}: y"
+    );
     // y = 5x (x = 2), x released and its buffer re-used for new data: the launch still read 2s.
     add(y, x, 5.0);
     c.release(x);
     let z = c
         .create(DType::F32, &[n], Some(bytemuck::cast_slice(&ones)))
         .unwrap();
-    assert!(f32s(&c.read(y).unwrap()).iter().all(|&v| v == 10.0));
+    assert!(
+        f32s(&c.read(y).unwrap()).iter().all(|&v| v == 10.0),
+        "{mode}: y"
+    );
     // A zeroed tensor on a re-used buffer is cleared after the launches before it, not before:
     // w = 7z is recorded, z released and re-created zeroed, then w is read.
     let w = c.create(DType::F32, &[n], None).unwrap();
     add(w, z, 7.0);
     c.release(z);
     let zeros = c.create(DType::F32, &[n], None).unwrap();
-    assert!(f32s(&c.read(w).unwrap()).iter().all(|&v| v == 7.0));
-    assert!(f32s(&c.read(zeros).unwrap()).iter().all(|&v| v == 0.0));
+    assert!(
+        f32s(&c.read(w).unwrap()).iter().all(|&v| v == 7.0),
+        "{mode}: w"
+    );
+    assert!(
+        f32s(&c.read(zeros).unwrap()).iter().all(|&v| v == 0.0),
+        "{mode}: zeros"
+    );
     // Many launches in a row (past one batch) chain correctly: y = 2^k via y = 2y.
     let mut a = c
         .create(DType::F32, &[n], Some(bytemuck::cast_slice(&ones)))
@@ -227,7 +301,10 @@ fn batched_launches_keep_call_order() {
         std::mem::swap(&mut a, &mut b);
     }
     add(b, a, 2.0);
-    assert!(f32s(&c.read(b).unwrap()).iter().all(|&v| v == 2.0));
+    assert!(
+        f32s(&c.read(b).unwrap()).iter().all(|&v| v == 2.0),
+        "{mode}: b"
+    );
 }
 
 #[test]

@@ -1,17 +1,20 @@
-//! Task vectors kept on the device between the passes of a multi-pass merge.
+//! Tensors kept on the device between the passes of a multi-pass merge.
 //!
 //! TIES visits every task vector seven times (four radix passes for the thresholds, the sign
 //! election, two in the merge of each tensor). Streaming re-reads and re-uploads the checkpoints
 //! each time, which on a real GPU costs far more than the kernels: the bytes cross the bus
 //! seven times. On a GPU with memory to spare the cache keeps each tensor's task vectors (and
 //! the base tensor) after their first upload, up to a byte budget; what does not fit streams as
-//! before. A key's entries are released as soon as its merged tensor has been computed, and all
-//! of them when the merged model is dropped.
+//! before. It also keeps each key's elected sum `S` from the sign-election pass for the merge,
+//! which then needs one pass over the models instead of two: one tensor kept saves reading
+//! every model's tensor of that key once more. A key's entries are released as soon as its
+//! merged tensor has been computed, and all of them when the merged model is dropped.
 //!
 //! Budget: `FUSION_DEVICE_CACHE` (bytes, or with a K/M/G suffix; `0` turns the cache off), else
-//! [`DEFAULT_BUDGET`] on a hardware adapter and nothing on a software one (lavapipe and
-//! friends keep "device" buffers in host memory, where the cache would only raise the RSS that
-//! streaming keeps low).
+//! [`DEFAULT_BUDGET`] on a hardware adapter, and on a software one [`SOFTWARE_SUMS_BUDGET`] for
+//! elected sums only (lavapipe and friends keep "device" buffers in host memory, where keeping
+//! task vectors would raise the RSS that streaming keeps low for the price of a memcpy saved;
+//! an elected sum saves a pass over all the models).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,6 +27,10 @@ use crate::device::Gpu;
 /// nine CLIP ViT-B/32 task vectors (3.2 GB) fit, and a 6 GB card keeps room to work.
 pub(crate) const DEFAULT_BUDGET: u64 = 4 << 30;
 
+/// Bytes of elected sums kept on a software adapter when `FUSION_DEVICE_CACHE` is unset: the
+/// sums of a CLIP ViT-B/32 (350 MB in f32) fit, and the process stays well under 1.5 GB.
+pub(crate) const SOFTWARE_SUMS_BUDGET: u64 = 512 << 20;
+
 /// Which tensor of a key an entry holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Slot {
@@ -31,12 +38,16 @@ pub(crate) enum Slot {
     Base,
     /// Model `i`'s task vector (f32).
     TaskVector(usize),
+    /// The TIES elected sum `S` of the key (f32).
+    ElectedSum,
 }
 
 /// Device tensors kept across passes, under a byte budget (see the module docs).
 pub(crate) struct DeviceCache {
     ctx: Context,
     budget: u64,
+    /// Whether base tensors and task vectors are kept (elected sums always are, within budget).
+    inputs: bool,
     state: Mutex<State>,
 }
 
@@ -49,14 +60,17 @@ struct State {
 impl DeviceCache {
     /// A cache for one merge on `c` (the device of `ctx`), with the budget of the environment.
     pub(crate) fn new(ctx: &Context, c: &dyn Compute, algorithm: &str) -> Result<Self> {
-        let budget = match std::env::var("FUSION_DEVICE_CACHE") {
+        let software = fusion_kernels::is_software_adapter(&c.device_name());
+        let (budget, inputs) = match std::env::var("FUSION_DEVICE_CACHE") {
             Ok(v) if !v.trim().is_empty() && v.trim() != "auto" => {
-                parse_bytes(&v).map_err(|e| Error::config(format!("FUSION_DEVICE_CACHE: {e}")))?
+                let b = parse_bytes(&v)
+                    .map_err(|e| Error::config(format!("FUSION_DEVICE_CACHE: {e}")))?;
+                (b, b > 0)
             }
-            _ if fusion_kernels::is_software_adapter(&c.device_name()) => 0,
-            _ => DEFAULT_BUDGET,
+            _ if software => (SOFTWARE_SUMS_BUDGET, false),
+            _ => (DEFAULT_BUDGET, true),
         };
-        if budget > 0 {
+        if inputs {
             tracing::info!(
                 budget_mib = budget >> 20,
                 device = %c.device_name(),
@@ -66,6 +80,7 @@ impl DeviceCache {
         Ok(DeviceCache {
             ctx: ctx.clone(),
             budget,
+            inputs,
             state: Mutex::new(State::default()),
         })
     }
@@ -87,7 +102,7 @@ impl DeviceCache {
             return Ok(Gpu::borrowed(c, t));
         }
         let t = make()?;
-        if !self.enabled() {
+        if !self.keeps(slot) {
             return Ok(t);
         }
         let (dtype, shape) = c.describe(t.id())?;
@@ -102,9 +117,14 @@ impl DeviceCache {
         Ok(Gpu::borrowed(c, id))
     }
 
-    /// Whether anything may be kept (a budget above 0).
-    pub(crate) fn enabled(&self) -> bool {
-        self.budget > 0
+    /// Whether base tensors and task vectors may be kept (see the module docs).
+    pub(crate) fn keeps_inputs(&self) -> bool {
+        self.inputs
+    }
+
+    /// Whether entries of `slot`'s kind may be kept.
+    fn keeps(&self, slot: Slot) -> bool {
+        self.budget > 0 && (self.inputs || slot == Slot::ElectedSum)
     }
 
     /// The cached tensor of (`name`, `slot`), if any (owned by the cache).

@@ -13,10 +13,11 @@
 //! 2. majority sign: the elected signs counted over every tensor (`fusion_kernels::SignVotes`).
 //!
 //! The merge of a tensor then revisits its task vectors, one model at a time: the elected sum
-//! `S = Σ trim(τᵢ)`, then the disjoint merge accumulated model by model
-//! (`fusion_kernels::TiesAccumulator`). The device holds at most six tensors of one key,
-//! whatever the number of models. The price is re-reading the inputs: 4 + 1 passes in `run`, 2
-//! per tensor in the merge. A plain task vector is never written out in these passes: the
+//! `S = Σ trim(τᵢ)` (kept from step 2 when the cache's budget allows, else recomputed), then
+//! the disjoint merge accumulated model by model (`fusion_kernels::TiesAccumulator`). The
+//! device holds at most six tensors of one key, whatever the number of models, besides the
+//! kept sums. The price is re-reading the inputs: 4 + 1 passes in `run`, 1 or 2 per tensor in
+//! the merge. A plain task vector is never written out in these passes: the
 //! kernels read the fine-tuned and base tensors and subtract themselves
 //! (`radix_histogram_delta`, `ties_elect_delta`, `TiesAccumulator::add_delta`), with the same
 //! f32 difference as `task_vector`. DARE task vectors are formed (counter-based random draws,
@@ -253,7 +254,7 @@ impl Source<'_> {
         } = pass;
         // The first pass fills the cache (what does not fit then never will), so it forms the
         // task vectors.
-        let fill_cache = first && self.cache.enabled();
+        let fill_cache = first && self.cache.keeps_inputs();
         match self.operand(c, base, i, name, info, !fill_cache)? {
             Operand::Formed(tv) => {
                 fusion_kernels::radix_histogram(c, hist, tv.id(), shift, prefix, mask)
@@ -282,8 +283,23 @@ impl Source<'_> {
             .collect()
     }
 
-    /// The elected sum `S = Σᵢ trim(τᵢ)` of `name` (f32), summed in model order either way.
+    /// The elected sum `S = Σᵢ trim(τᵢ)` of `name` (f32): kept in the cache by the
+    /// sign-election pass when the budget allows, so that the merge finds it there.
     fn elected_sum<'c>(
+        &self,
+        c: &'c dyn Compute,
+        base: &mut Option<Gpu<'c>>,
+        name: &str,
+        info: &TensorInfo,
+        thresholds: &[f32],
+    ) -> Result<Gpu<'c>> {
+        self.cache.get_or_make(c, name, Slot::ElectedSum, || {
+            self.compute_elected_sum(c, base, name, info, thresholds)
+        })
+    }
+
+    /// [`Self::elected_sum`] computed, summed in model order either way.
+    fn compute_elected_sum<'c>(
         &self,
         c: &'c dyn Compute,
         base: &mut Option<Gpu<'c>>,

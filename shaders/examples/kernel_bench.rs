@@ -1,0 +1,112 @@
+//! Throughput of the merge kernels on one adapter, per launch size: the figures behind launch
+//! shapes such as the histogram's workgroup cap (BENCHMARKS.md, "Kernel throughput").
+//!
+//! ```sh
+//! cargo run --release -p fusion-kernels --example kernel_bench -- [--device cpu|gpu|NAME] [N ...]
+//! ```
+//!
+//! For each N (elements per tensor; default 589824, 2359296 and 8388608, the sizes of a
+//! ViT-B/32's MLP bias-free matrices and more), with eight fine-tuned-like f32 tensors and a base
+//! on the device: the eight-input weighted sum of task arithmetic, the first radix-histogram
+//! pass of TIES on `|x - base|`, one elected-sum step, and an upload with a histogram after it.
+//! Each is run twice after one warm-up and the faster time is printed, with elements per second.
+
+use std::time::Instant;
+
+use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
+use fusion_plugin_api::{Binding, Compute, DType};
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut device = DeviceChoice::Cpu;
+    if let Some(i) = args.iter().position(|a| a == "--device") {
+        device = args
+            .get(i + 1)
+            .expect("--device needs a value")
+            .parse()
+            .expect("--device: auto, gpu, cpu or part of an adapter name");
+        args.drain(i..i + 2);
+    }
+    let sizes: Vec<usize> = if args.is_empty() {
+        vec![589_824, 2_359_296, 8_388_608]
+    } else {
+        args.iter()
+            .map(|a| a.parse().expect("sizes are element counts"))
+            .collect()
+    };
+    let rt = Runtime::new(&device, RuntimeOptions::default()).expect("opening the adapter");
+    let c: &dyn Compute = &rt;
+    println!(
+        "{} (unified memory: {}); {} workgroups per histogram launch at most",
+        c.device_name(),
+        rt.unified_memory(),
+        fusion_kernels::histogram_max_workgroups(c)
+    );
+    for n in sizes {
+        bench_size(c, n);
+    }
+}
+
+/// A reproducible value in [-0.5, 0.5) for element `i` of stream `s`.
+fn noise(i: usize, s: u64) -> f32 {
+    let h = (i as u64 ^ s).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    h as f32 / (1u64 << 24) as f32 - 0.5
+}
+
+fn bench_size(c: &dyn Compute, n: usize) {
+    let base: Vec<f32> = (0..n).map(|i| noise(i, 0) * 0.04).collect();
+    let fine: Vec<f32> = base
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b + noise(i, 0x5555) * 0.01)
+        .collect();
+    let fine_bytes: &[u8] = bytemuck::cast_slice(&fine);
+    let b = c
+        .create(DType::F32, &[n], Some(bytemuck::cast_slice(&base)))
+        .unwrap();
+    let xs: Vec<_> = (0..8)
+        .map(|_| c.create(DType::F32, &[n], Some(fine_bytes)).unwrap())
+        .collect();
+    let hist = c
+        .create(
+            DType::U32,
+            &[fusion_kernels::RADIX_HISTOGRAM_BYTES as usize / 4],
+            None,
+        )
+        .unwrap();
+    let s = c.create(DType::F32, &[n], None).unwrap();
+    let out = c.create(DType::F32, &[n], None).unwrap();
+    let inputs: Vec<_> = xs.iter().map(|&x| (x, 0.3f32)).collect();
+    let time = |what: &str, elements: usize, f: &dyn Fn()| {
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t = Instant::now();
+            f();
+            c.synchronize().unwrap();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "  {what:<34} {:>8.2} ms  {:>6.3} G elements/s",
+            best * 1e3,
+            elements as f64 / best / 1e9
+        );
+    };
+    println!("n = {n}");
+    time("weighted sum of 8", 8 * n, &|| {
+        fusion_kernels::weighted_sum_into(c, &inputs, out).unwrap()
+    });
+    time("radix histogram of |x - base|", n, &|| {
+        fusion_kernels::radix_histogram_delta(c, Binding::write(hist), xs[0], b, 24, 0, 0).unwrap()
+    });
+    time("elected-sum step (x - base)", n, &|| {
+        fusion_kernels::ties_elect_delta(c, s, xs[0], b, 0.001, true).unwrap()
+    });
+    time("upload, then histogram", n, &|| {
+        let t = c.create(DType::F32, &[n], Some(fine_bytes)).unwrap();
+        fusion_kernels::radix_histogram_delta(c, Binding::write(hist), t, b, 24, 0, 0).unwrap();
+        c.release(t);
+    });
+    for t in xs.into_iter().chain([b, hist, s, out]) {
+        c.release(t);
+    }
+}
