@@ -68,3 +68,56 @@ fn ties_votes(
         add64(2u, atomicLoad(&local_neg));
     }
 }
+
+// ties_undecided: after a disjoint merge accumulated with majority +1 (ties_merge.wgsl), count
+// the entries whose merged value another majority sign would change: S == 0 (the majority
+// decides their sign) with a kept entry (A != 0: under +1 the positive ones, and S == 0 means
+// negative ones cancel them), or, with ANY_ZERO (merge `max`, whose result is multiplied by the
+// sign), every S == 0. A merge streamed before the majority is known stands when the count is
+// 0 or the majority turns out +1.
+//
+// Bindings: 0 = counters (read_write: 64-bit (lo, hi) per slot), 1 = S (read f32), 2 = A (read
+// f32), 3 = uniform UndecidedParams.
+
+override ANY_ZERO: bool = false;
+
+struct UndecidedParams {
+    n: u32,
+    slot: u32,
+}
+
+@group(0) @binding(2) var<storage, read> und_a: array<u32>;
+@group(0) @binding(3) var<uniform> pu: UndecidedParams;
+
+var<workgroup> local_undecided: atomic<u32>;
+
+fn undecided(s: f32, a: f32) -> u32 {
+    return select(0u, 1u, s == 0.0 && (ANY_ZERO || a != 0.0));
+}
+
+@compute @workgroup_size(WG)
+fn ties_undecided(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (lid == 0u) {
+        atomicStore(&local_undecided, 0u);
+    }
+    workgroupBarrier();
+    let t = flat_index(gid, nwg);
+    let n = pu.n;
+    if (t < pair_count(n)) {
+        var c = undecided(bitcast<f32>(s_in[2u * t]), bitcast<f32>(und_a[2u * t]));
+        if (2u * t + 1u < n) {
+            c += undecided(bitcast<f32>(s_in[2u * t + 1u]), bitcast<f32>(und_a[2u * t + 1u]));
+        }
+        if (c != 0u) {
+            atomicAdd(&local_undecided, c);
+        }
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        add64(2u * pu.slot, atomicLoad(&local_undecided));
+    }
+}

@@ -807,7 +807,8 @@ fn embed_matches_the_transformers_golden_outputs() {
 }
 
 /// TIES through the host, streamed and with task vectors kept on the device between passes
-/// (`FUSION_DEVICE_CACHE`; on lavapipe only the elected sums are kept by default): all of them
+/// (`FUSION_DEVICE_CACHE`; on lavapipe only merged tensors and elected sums are kept by
+/// default): all of them
 /// (merged by the multi-input kernels), and a budget that holds only some (both paths in one
 /// run), must give the same tensors as fusion-bench, for each `merge_func`.
 #[test]
@@ -815,7 +816,8 @@ fn ties_merging_through_the_host_matches_fusion_bench() {
     let cfg = configs(&[]);
     // (budget, merge_func with its golden case's scaling factor and threshold, tensors cached
     // after the passes: 10 keys x (4 task vectors + the base + the elected sum); "" for some
-    // but not all). `auto` keeps only the 10 elected sums on lavapipe; `0` nothing.
+    // but not all). `auto` keeps only the 10 merged tensors on lavapipe (each key is merged in
+    // the sign-election pass); `0` nothing.
     for (budget, (merge, lambda, threshold), cached) in [
         ("auto", ("sum", "0.3", "20"), "10"),
         ("0", ("sum", "0.3", "20"), "0"),
@@ -882,6 +884,148 @@ fn ties_merging_through_the_host_matches_fusion_bench() {
                 "{budget} {n1}: relative error {}",
                 worst / scale
             );
+        }
+    }
+}
+
+/// TIES merges each tensor in its sign-election pass, before the majority sign is known, with
+/// majority +1; a tensor with entries whose elected sum is 0 and where the majority decides is
+/// merged again once it is known. Two tensors: `a` votes the majority (negative, or positive
+/// with `flip`), `b` has entries where two models cancel exactly. Every `merge_func` must match
+/// FusionBench's formulas computed here and the merge with nothing kept between passes.
+#[test]
+fn ties_early_merges_are_redone_where_the_majority_sign_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let zeros = vec![0.0f32; 8];
+    let b_rows = [
+        [1.0, -1.0, 0.5, 0.25, 0.0, 2.0, -0.75, 0.0],
+        [-1.0, 1.0, -0.5, 0.0, 0.0, -2.0, 0.75, 0.0],
+        [0.0, 0.0, 0.0, -0.25, 0.0, 0.0, 0.0, 0.125],
+    ];
+    for flip in [1.0f32, -1.0] {
+        let a_rows: Vec<Vec<f32>> = (0..3)
+            .map(|i| {
+                (0..8)
+                    .map(|j| flip * -(1.0 + (i + j) as f32 * 0.125))
+                    .collect()
+            })
+            .collect();
+        let mut pool = String::from("_target_: fusion_bench.modelpool.BaseModelPool\nmodels:\n");
+        let base = dir.path().join("base.safetensors");
+        write_f32(
+            &base,
+            &[
+                ("a", vec![8], zeros.clone()),
+                ("b", vec![2, 4], zeros.clone()),
+            ],
+        );
+        pool.push_str(&format!("  _pretrained_: {}\n", base.display()));
+        for i in 0..3 {
+            let path = dir.path().join(format!("m{i}_{flip}.safetensors"));
+            write_f32(
+                &path,
+                &[
+                    ("a", vec![8], a_rows[i].clone()),
+                    ("b", vec![2, 4], b_rows[i].to_vec()),
+                ],
+            );
+            pool.push_str(&format!("  m{i}: {}\n", path.display()));
+        }
+        let cfg = tempfile::tempdir().unwrap();
+        write_configs(cfg.path(), &[("modelpool/cancel.yaml", &pool)]);
+        for merge in ["sum", "mean", "max"] {
+            // FusionBench's formulas; threshold 100 keeps every entry.
+            let rows: Vec<Vec<f32>> = (0..3)
+                .map(|i| a_rows[i].iter().chain(&b_rows[i]).copied().collect())
+                .collect();
+            let sums: Vec<f32> = (0..16).map(|j| rows.iter().map(|r| r[j]).sum()).collect();
+            let signs: f32 = sums
+                .iter()
+                .map(|&s| {
+                    if s > 0.0 {
+                        1.0
+                    } else if s < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .sum();
+            let majority = if signs > 0.0 {
+                1.0
+            } else if signs < 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
+            assert_eq!(majority, -flip);
+            let want: Vec<f32> = (0..16)
+                .map(|j| {
+                    let s = if sums[j] > 0.0 {
+                        1.0
+                    } else if sums[j] < 0.0 {
+                        -1.0
+                    } else {
+                        majority
+                    };
+                    let kept: Vec<f32> = rows
+                        .iter()
+                        .map(|r| r[j])
+                        .filter(|&v| if s > 0.0 { v > 0.0 } else { v < 0.0 })
+                        .collect();
+                    let m = match merge {
+                        "sum" => kept.iter().sum(),
+                        "mean" => kept.iter().sum::<f32>() / kept.len().max(1) as f32,
+                        _ => kept.iter().fold(0.0f32, |m, v| m.max(v.abs())) * s,
+                    };
+                    0.0 + 0.5 * m
+                })
+                .collect();
+            for budget in ["auto", "0"] {
+                let work = tempfile::tempdir().unwrap();
+                let merge_arg = format!("method.merge_func={merge}");
+                let run = run_host_env(
+                    work.path(),
+                    &[
+                        "--device",
+                        "cpu",
+                        "--config-path",
+                        cfg.path().to_str().unwrap(),
+                        "modelpool=cancel",
+                        "method=ties_merging",
+                        &merge_arg,
+                        "method.scaling_factor=0.5",
+                        "method.threshold=100",
+                        "merged_model_save_path=out.safetensors",
+                    ],
+                    &[("FUSION_DEVICE_CACHE", budget)],
+                );
+                assert_eq!(run.code, 0, "{merge} {budget}: {}", run.stderr);
+                let early = run
+                    .stderr
+                    .split("merged_early=")
+                    .nth(1)
+                    .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+                    .unwrap_or_else(|| panic!("no merged_early in the log:\n{}", run.stderr))
+                    .to_string();
+                let redone = run.stderr.contains("they are merged again");
+                // With the majority +1 both early merges stand; otherwise `b`, which has
+                // entries with a zero sum, is merged again (`a` has none).
+                let (want_early, want_redone) = match (budget, flip > 0.0) {
+                    ("0", _) => ("0", false),
+                    (_, true) => ("1", true),
+                    (_, false) => ("2", false),
+                };
+                assert_eq!(
+                    (early.as_str(), redone),
+                    (want_early, want_redone),
+                    "{merge} {budget} flip {flip}:\n{}",
+                    run.stderr
+                );
+                let got = read_f32(&work.path().join("out.safetensors"));
+                let flat: Vec<f32> = got.iter().flat_map(|t| t.2.clone()).collect();
+                assert_eq!(flat, want, "{merge} {budget} flip {flip}");
+            }
         }
     }
 }

@@ -255,6 +255,25 @@ pub fn read_f32(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     out
 }
 
+/// Write f32 tensors (name, shape, values) as a safetensors file.
+pub fn write_f32(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .expect("tensor view");
+            (name.to_string(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).expect("write safetensors");
+}
+
 /// Write a config tree: `files` are (relative path, contents).
 pub fn write_configs(dir: &Path, files: &[(&str, &str)]) {
     for (rel, contents) in files {

@@ -7,8 +7,9 @@
 //!
 //! For each N (elements per tensor; default 589824, 2359296 and 8388608, the sizes of a
 //! ViT-B/32's MLP bias-free matrices and more), with eight fine-tuned-like f32 tensors and a base
-//! on the device: the eight-input weighted sum of task arithmetic, the first radix-histogram
-//! pass of TIES on `|x - base|`, one elected-sum step, and an upload with a histogram after it.
+//! on the device: the eight-input weighted sum of task arithmetic, radix-histogram passes on
+//! `|x - base|` (one byte; TIES's two digits, the second over the fullest bin of the first), one
+//! elected-sum step, and an upload with a histogram after it.
 //! Each is run twice after one warm-up and the faster time is printed, with elements per second.
 
 use std::time::Instant;
@@ -67,13 +68,34 @@ fn bench_size(c: &dyn Compute, n: usize) {
     let xs: Vec<_> = (0..8)
         .map(|_| c.create(DType::F32, &[n], Some(fine_bytes)).unwrap())
         .collect();
+    // Big enough for the widest digit (2^19 bins of two words).
+    let [first, second] = [
+        fusion_kernels::RADIX_TWO_PASS[0],
+        fusion_kernels::RADIX_TWO_PASS[1],
+    ];
     let hist = c
-        .create(
-            DType::U32,
-            &[fusion_kernels::RADIX_HISTOGRAM_BYTES as usize / 4],
-            None,
-        )
+        .create(DType::U32, &[2 * second.bins() as usize], None)
         .unwrap();
+    // The second pass counts the elements of the fullest bin of the first, as in TIES, where
+    // the chosen bin is one near the 80th percentile of |x - base|.
+    let fullest = {
+        let h = c
+            .create(DType::U32, &[2 * first.bins() as usize], None)
+            .unwrap();
+        let start = fusion_kernels::RadixState::new(1);
+        fusion_kernels::radix_histogram_delta(c, Binding::write(h), xs[0], b, first, start)
+            .unwrap();
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(h).unwrap());
+        c.release(h);
+        let bin = (0..first.bins() as usize)
+            .max_by_key(|&i| words[2 * i])
+            .unwrap() as u32;
+        fusion_kernels::RadixState {
+            prefix: bin << first.shift,
+            mask: first.mask(),
+            rank: 1,
+        }
+    };
     let s = c.create(DType::F32, &[n], None).unwrap();
     let out = c.create(DType::F32, &[n], None).unwrap();
     let inputs: Vec<_> = xs.iter().map(|&x| (x, 0.3f32)).collect();
@@ -95,15 +117,26 @@ fn bench_size(c: &dyn Compute, n: usize) {
     time("weighted sum of 8", 8 * n, &|| {
         fusion_kernels::weighted_sum_into(c, &inputs, out).unwrap()
     });
-    time("radix histogram of |x - base|", n, &|| {
-        fusion_kernels::radix_histogram_delta(c, Binding::write(hist), xs[0], b, 24, 0, 0).unwrap()
+    let bytes = fusion_kernels::RADIX_BYTES[0];
+    let start = fusion_kernels::RadixState::new(1);
+    time("radix histogram, 8 bits of |x - base|", n, &|| {
+        fusion_kernels::radix_histogram_delta(c, Binding::write(hist), xs[0], b, bytes, start)
+            .unwrap()
+    });
+    time("radix histogram, top 12 bits", n, &|| {
+        fusion_kernels::radix_histogram_delta(c, Binding::write(hist), xs[0], b, first, start)
+            .unwrap()
+    });
+    time("radix histogram, low 19 bits of a bin", n, &|| {
+        fusion_kernels::radix_histogram_delta(c, Binding::write(hist), xs[0], b, second, fullest)
+            .unwrap()
     });
     time("elected-sum step (x - base)", n, &|| {
         fusion_kernels::ties_elect_delta(c, s, xs[0], b, 0.001, true).unwrap()
     });
     time("upload, then histogram", n, &|| {
         let t = c.create(DType::F32, &[n], Some(fine_bytes)).unwrap();
-        fusion_kernels::radix_histogram_delta(c, Binding::write(hist), t, b, 24, 0, 0).unwrap();
+        fusion_kernels::radix_histogram_delta(c, Binding::write(hist), t, b, first, start).unwrap();
         c.release(t);
     });
     for t in xs.into_iter().chain([b, hist, s, out]) {

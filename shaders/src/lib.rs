@@ -40,9 +40,11 @@ pub use launch::{
 };
 pub use reduce::{dot, l2_norm, sum, sum_squares};
 pub use select::{
-    histogram_max_workgroups, histogram_workgroups, kth_largest_magnitude, pick_bin,
-    radix_histogram, radix_histogram_delta, ties_threshold, topk_rank_from_top,
-    HISTOGRAM_MAX_WORKGROUPS, RADIX_HISTOGRAM_BYTES, SOFTWARE_HISTOGRAM_WORKGROUPS,
+    histogram_max_workgroups, histogram_workgroups, kth_largest_magnitude,
+    kth_largest_magnitude_with, pick_bin, radix_histogram, radix_histogram_delta, radix_plan,
+    radix_plan_fits, ties_threshold, topk_rank_from_top, RadixDigit, RadixState,
+    HISTOGRAM_MAX_WORKGROUPS, LOCAL_DIGIT_BITS, RADIX_BYTES, RADIX_TWO_PASS,
+    SOFTWARE_HISTOGRAM_WORKGROUPS, TWO_PASS_MIN_ELEMENTS,
 };
 pub use slerp::{slerp, slerp_weights, SLERP_DOT_THRESHOLD, SLERP_EPS};
 pub use ties::{

@@ -1,5 +1,5 @@
 //! The k-th largest magnitude over many tensors, on the GPU: a radix select over the bits of
-//! |x| (4 passes of 8 bits), for TIES trimming.
+//! |x| (four passes of 8 bits, or two of 12 and 19 bits over large inputs), for TIES trimming.
 
 use fusion_plugin_api::{Compute, ComputeLimits, DType, Error, GpuTensor, KernelCall, Result};
 
@@ -42,71 +42,188 @@ pub fn histogram_workgroups(
     dispatch_1d(limits, invocations, wg)
 }
 
+/// One digit of a radix select over `|x|`'s f32 bit pattern (31 bits; the sign bit is 0):
+/// `bits` bits at `shift`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RadixDigit {
+    /// Position of the digit's lowest bit.
+    pub shift: u32,
+    /// Width; digits of up to [`LOCAL_DIGIT_BITS`] count in workgroup memory first.
+    pub bits: u32,
+}
+
+/// The widest digit `radix_histogram` counts in workgroup memory (4096 bins, 16 KiB, the
+/// least every WebGPU device offers); wider digits count straight into the global bins.
+pub const LOCAL_DIGIT_BITS: u32 = 12;
+
+/// Four passes of one byte: histograms of 256 bins (2 KiB), for selects over small tensors,
+/// where reading the data four times costs less than a wide histogram.
+pub const RADIX_BYTES: &[RadixDigit] = &[
+    RadixDigit { shift: 24, bits: 8 },
+    RadixDigit { shift: 16, bits: 8 },
+    RadixDigit { shift: 8, bits: 8 },
+    RadixDigit { shift: 0, bits: 8 },
+];
+
+/// Two passes: the top 12 bits (sign excluded), counted in workgroup memory, then the low 19
+/// bits of the elements left in the chosen bin (a few percent of them), counted straight into
+/// 2^19 global bins (4 MiB). For whole-model selects (TIES thresholds), where every pass
+/// reads every tensor of every model.
+pub const RADIX_TWO_PASS: &[RadixDigit] = &[
+    RadixDigit {
+        shift: 19,
+        bits: 12,
+    },
+    RadixDigit { shift: 0, bits: 19 },
+];
+
+/// Elements from which [`kth_largest_magnitude`] takes [`RADIX_TWO_PASS`] instead of
+/// [`RADIX_BYTES`]: past it two passes over the data cost more than the 4 MiB histogram.
+pub const TWO_PASS_MIN_ELEMENTS: u64 = 1 << 22;
+
+impl RadixDigit {
+    /// Number of bins.
+    pub fn bins(self) -> u64 {
+        1 << self.bits
+    }
+
+    /// Bytes of this digit's histogram: 64-bit (lo, hi) counts.
+    pub fn histogram_bytes(self) -> u64 {
+        8 * self.bins()
+    }
+
+    /// The digit's bits in place.
+    pub fn mask(self) -> u32 {
+        (((1u64 << self.bits) - 1) << self.shift) as u32
+    }
+}
+
+/// Whether every histogram of `digits` fits in one binding of a device with `limits` (any
+/// WebGPU device binds 128 MiB; a 4 MiB histogram only fails on artificially clamped limits).
+pub fn radix_plan_fits(limits: &ComputeLimits, digits: &[RadixDigit]) -> bool {
+    digits
+        .iter()
+        .all(|d| d.histogram_bytes() <= limits.max_storage_binding_size)
+}
+
+/// The state of a radix select between passes: the bits fixed so far and the rank of the
+/// target among the elements that share them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RadixState {
+    /// Bits of `|x|` fixed by the passes so far.
+    pub prefix: u32,
+    /// Which bits those are.
+    pub mask: u32,
+    /// Rank (1 = largest) of the target among the elements matching `prefix` under `mask`.
+    pub rank: u64,
+}
+
+impl RadixState {
+    /// The start of a select of the `rank`-th largest.
+    pub fn new(rank: u64) -> Self {
+        RadixState {
+            prefix: 0,
+            mask: 0,
+            rank,
+        }
+    }
+
+    /// Fix `digit` from its histogram (as read back: 2 words per bin); `None` when the
+    /// histogram counts fewer than `rank` elements.
+    pub fn advance(self, digit: RadixDigit, words: &[u32]) -> Option<Self> {
+        let (bin, rank) = pick_bin(&words[..2 * digit.bins() as usize], self.rank)?;
+        Some(RadixState {
+            prefix: self.prefix | (bin << digit.shift),
+            mask: self.mask | digit.mask(),
+            rank,
+        })
+    }
+
+    /// The selected value, once the digits have covered all 31 bits.
+    pub fn value(self) -> f32 {
+        f32::from_bits(self.prefix)
+    }
+}
+
+/// The digits [`kth_largest_magnitude`] uses for `total` elements on a device with `limits`.
+pub fn radix_plan(limits: &ComputeLimits, total: u64) -> &'static [RadixDigit] {
+    if total >= TWO_PASS_MIN_ELEMENTS && radix_plan_fits(limits, RADIX_TWO_PASS) {
+        RADIX_TWO_PASS
+    } else {
+        RADIX_BYTES
+    }
+}
+
 /// The k-th largest of `|x|` over all elements of all `tensors` together (k = 1 is the maximum;
 /// duplicates count, as in a sort). Tensors may be f32, f16 or bf16 and of any shapes.
 ///
-/// Each of the four passes histograms one byte of the f32 bit pattern of `|x|` among the
-/// elements that match the bytes already fixed; only the 256 bin counts come back to the host.
-/// NaNs rank above infinity.
+/// Each pass histograms one digit of the f32 bit pattern of `|x|` among the elements that match
+/// the digits already fixed ([`radix_plan`]: four bytes, or 12 + 19 bits for large inputs);
+/// only the bin counts come back to the host. NaNs rank above infinity.
 pub fn kth_largest_magnitude(c: &dyn Compute, tensors: &[GpuTensor], k: u64) -> Result<f32> {
-    let mut parts = Vec::with_capacity(tensors.len());
+    let mut total = 0u64;
+    for &t in tensors {
+        total += info(c, t)?.2;
+    }
+    kth_largest_magnitude_with(c, tensors, k, radix_plan(&c.limits(), total))
+}
+
+/// [`kth_largest_magnitude`] with the given digits (which must cover bits 30..0 from the top).
+pub fn kth_largest_magnitude_with(
+    c: &dyn Compute,
+    tensors: &[GpuTensor],
+    k: u64,
+    digits: &[RadixDigit],
+) -> Result<f32> {
     let mut total = 0u64;
     for &t in tensors {
         let (dtype, _, n) = info(c, t)?;
         dtype_code("kth_largest_magnitude", dtype)?;
         total += n;
-        parts.push(t);
     }
     if k == 0 || k > total {
         return Err(Error::config(format!(
             "kth_largest_magnitude: k = {k} is outside 1..={total} (the number of elements)"
         )));
     }
-    let mut prefix = 0u32;
-    let mut mask = 0u32;
-    let mut remaining = k;
-    for shift in [24u32, 16, 8, 0] {
-        let hist = Scratch::new(c, DType::U32, &[512])?;
-        for &t in &parts {
+    let mut state = RadixState::new(k);
+    for &digit in digits {
+        let hist = Scratch::new(c, DType::U32, &[2 * digit.bins() as usize])?;
+        for &t in tensors {
             radix_histogram(
                 c,
                 fusion_plugin_api::Binding::write(hist.id()),
                 t,
-                shift,
-                prefix,
-                mask,
+                digit,
+                state,
             )?;
         }
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(hist.id())?);
-        let (bin, rest) = pick_bin(&words, remaining).ok_or_else(|| {
+        state = state.advance(digit, &words).ok_or_else(|| {
             Error::compute(format!(
-                "kth_largest_magnitude: histogram at shift {shift} counts fewer than {remaining} elements"
+                "kth_largest_magnitude: histogram of bits {}..{} counts fewer than {} elements",
+                digit.shift + digit.bits - 1,
+                digit.shift,
+                state.rank
             ))
         })?;
-        prefix |= bin << shift;
-        mask |= 0xff << shift;
-        remaining = rest;
     }
-    Ok(f32::from_bits(prefix))
+    Ok(state.value())
 }
 
-/// Bytes of one radix histogram: 256 bins of 64-bit (lo, hi) counts.
-pub const RADIX_HISTOGRAM_BYTES: u64 = 2048;
-
 /// One radix-select pass over tensor `x` (f32, f16 or bf16): adds to `hist` (a read-write
-/// binding of [`RADIX_HISTOGRAM_BYTES`]) the 256-bin histogram of byte `shift / 8` of `|x|`'s
-/// f32 bits, counting only elements whose bits under `mask` equal `prefix` (see
+/// binding of `digit.histogram_bytes()`) the histogram of `digit` of `|x|`'s f32 bits,
+/// counting only elements whose bits under `state.mask` equal `state.prefix` (see
 /// `shaders/select.wgsl`). `hist` may be a range of a larger tensor, so that several
 /// histograms share one read-back.
 pub fn radix_histogram(
     c: &dyn Compute,
     hist: fusion_plugin_api::Binding,
     x: GpuTensor,
-    shift: u32,
-    prefix: u32,
-    mask: u32,
+    digit: RadixDigit,
+    state: RadixState,
 ) -> Result<()> {
-    histogram_pass(c, hist, x, None, shift, prefix, mask)
+    histogram_pass(c, hist, x, None, digit, state)
 }
 
 /// [`radix_histogram`] of `|x - base|` (f32 after decoding each; bit for bit the values
@@ -118,11 +235,10 @@ pub fn radix_histogram_delta(
     hist: fusion_plugin_api::Binding,
     x: GpuTensor,
     base: GpuTensor,
-    shift: u32,
-    prefix: u32,
-    mask: u32,
+    digit: RadixDigit,
+    state: RadixState,
 ) -> Result<()> {
-    histogram_pass(c, hist, x, Some(base), shift, prefix, mask)
+    histogram_pass(c, hist, x, Some(base), digit, state)
 }
 
 fn histogram_pass(
@@ -130,11 +246,16 @@ fn histogram_pass(
     hist: fusion_plugin_api::Binding,
     x: GpuTensor,
     base: Option<GpuTensor>,
-    shift: u32,
-    prefix: u32,
-    mask: u32,
+    digit: RadixDigit,
+    state: RadixState,
 ) -> Result<()> {
     const OP: &str = "radix_histogram";
+    if digit.bits == 0 || digit.bits > 31 || digit.shift + digit.bits > 32 {
+        return Err(Error::config(format!(
+            "{OP}: a digit of {} bits at bit {} is not within the 32 bits of |x|",
+            digit.bits, digit.shift
+        )));
+    }
     let (dtype, _, n) = info(c, x)?;
     let base = match base {
         Some(b) => {
@@ -155,6 +276,13 @@ fn histogram_pass(
         extra.push(("B_DTYPE", dtype_code(OP, bt)?));
     }
     let consts = constants(&l, &extra);
+    let local = digit.bits <= LOCAL_DIGIT_BITS;
+    let entry_point = match (local, base.is_some()) {
+        (true, false) => "radix_histogram",
+        (true, true) => "radix_histogram_delta",
+        (false, false) => "radix_histogram_direct",
+        (false, true) => "radix_histogram_direct_delta",
+    };
     let max_workgroups = histogram_max_workgroups(c);
     for ch in chunks(&l, n) {
         let mut bindings = vec![hist, ch.binding(x, dtype, true)];
@@ -164,18 +292,15 @@ fn histogram_pass(
         c.dispatch(&KernelCall {
             label: "radix_select",
             source: wgsl::SELECT,
-            entry_point: if base.is_some() {
-                "radix_histogram_delta"
-            } else {
-                "radix_histogram"
-            },
+            entry_point,
             constants: &consts,
             bindings: &bindings,
             uniforms: &Uniforms::default()
                 .u32(ch.len as u32)
-                .u32(shift)
-                .u32(prefix)
-                .u32(mask)
+                .u32(digit.shift)
+                .u32(state.prefix)
+                .u32(state.mask)
+                .u32(((1u64 << digit.bits) - 1) as u32)
                 .bytes(),
             workgroups: histogram_workgroups(&l, ch.len, wg, max_workgroups),
         })?;
@@ -183,10 +308,10 @@ fn histogram_pass(
     Ok(())
 }
 
-/// From 256 (lo, hi) counters, the bin holding the `k`-th largest, scanning from the top, and
-/// the rank of the target within that bin.
+/// From (lo, hi) counters (2 words per bin), the bin holding the `k`-th largest, scanning from
+/// the top, and the rank of the target within that bin.
 pub fn pick_bin(words: &[u32], mut k: u64) -> Option<(u32, u64)> {
-    for bin in (0..256usize).rev() {
+    for bin in (0..words.len() / 2).rev() {
         let count = u64::from(words[2 * bin]) | (u64::from(words[2 * bin + 1]) << 32);
         if k <= count {
             return Some((bin as u32, k));

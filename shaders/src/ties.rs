@@ -450,6 +450,50 @@ impl<'c> TiesAccumulator<'c> {
         Ok(())
     }
 
+    /// Add to slot `slot` of `counters` (a u32 tensor of 64-bit (lo, hi) counts, slot `i` at
+    /// words `2i`, `2i + 1`) the number of entries whose merged value a majority sign other than
+    /// this accumulator's would change, given the elected sum `s`: `S = 0` with an entry kept
+    /// (for `max`, every `S = 0`). Lets a merge accumulated with majority +1 before the
+    /// majority sign is known stand when the count is 0 or the majority turns out +1 (see
+    /// `shaders/ties_votes.wgsl`).
+    pub fn count_undecided(&self, s: GpuTensor, counters: GpuTensor, slot: u32) -> Result<()> {
+        const OP: &str = "ties_undecided";
+        let c = self.c;
+        let (ct, _, words) = info(c, counters)?;
+        if ct != DType::U32 || words < 2 * (u64::from(slot) + 1) {
+            return Err(Error::config(format!(
+                "{OP}: counters must be u32 with at least {} words for slot {slot}; got {ct} with {words}",
+                2 * (u64::from(slot) + 1)
+            )));
+        }
+        same_shape(c, OP, &[s], &self.shape)?;
+        let n: u64 = self.shape.iter().map(|&d| d as u64).product();
+        let l = c.limits();
+        let wg = workgroup_size(&l);
+        let any_zero = if self.merge == TiesMerge::Max {
+            1.0
+        } else {
+            0.0
+        };
+        let consts = constants(&l, &[("ANY_ZERO", any_zero)]);
+        for ch in chunks(&l, n) {
+            c.dispatch(&KernelCall {
+                label: OP,
+                source: wgsl::TIES_VOTES,
+                entry_point: OP,
+                constants: &consts,
+                bindings: &[
+                    Binding::write(counters),
+                    ch.binding(s, DType::F32, true),
+                    ch.binding(self.acc_a.id(), DType::F32, true),
+                ],
+                uniforms: &Uniforms::default().u32(ch.len as u32).u32(slot).bytes(),
+                workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            })?;
+        }
+        Ok(())
+    }
+
     /// The merged task vector of the key in `dtype`, given the elected sum `s`.
     pub fn finish(self, s: GpuTensor, dtype: DType) -> Result<GpuTensor> {
         let n: u64 = self.shape.iter().map(|&d| d as u64).product();

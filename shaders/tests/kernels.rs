@@ -383,14 +383,19 @@ fn past_the_real_dispatch_limit() {
 // ---------------------------------------------------------------------------------------------
 // radix histogram of |x - base| (TIES thresholds without a task-vector tensor)
 
-/// 256 bins of byte `shift / 8` of abs_bits(x - base), counting elements whose bits under `mask`
-/// equal `prefix`; the difference in f32 after decoding, like the kernel.
-fn cpu_delta_histogram(x: &[f32], base: &[f32], shift: u32, prefix: u32, mask: u32) -> Vec<u64> {
-    let mut h = vec![0u64; 256];
+/// The histogram of `digit` of abs_bits(x - base), counting elements whose bits under
+/// `state.mask` equal `state.prefix`; the difference in f32 after decoding, like the kernel.
+fn cpu_delta_histogram(
+    x: &[f32],
+    base: &[f32],
+    digit: k::RadixDigit,
+    state: k::RadixState,
+) -> Vec<u64> {
+    let mut h = vec![0u64; digit.bins() as usize];
     for (a, b) in x.iter().zip(base) {
         let bits = (a - b).to_bits() & 0x7fff_ffff;
-        if bits & mask == prefix {
-            h[((bits >> shift) & 0xff) as usize] += 1;
+        if bits & state.mask == state.prefix {
+            h[((bits >> digit.shift) & ((1 << digit.bits) - 1)) as usize] += 1;
         }
     }
     h
@@ -423,48 +428,70 @@ fn radix_histogram_delta_counts_the_task_vector_it_never_writes() {
                     })
                     .collect();
                 let (xg, bg) = (upload(c, xt, &x), upload(c, bt, &base));
-                // Pass 1 over all elements, then pass 2 restricted to the fullest top byte.
-                let top = cpu_delta_histogram(&x, &base, 24, 0, 0);
-                let fullest = (0..256).max_by_key(|&b| top[b]).unwrap() as u32;
-                for (shift, prefix, mask) in [(24, 0, 0), (16, fullest << 24, 0xff00_0000)] {
-                    let hist = c.create(DType::U32, &[512], None).unwrap();
-                    k::radix_histogram_delta(
-                        c,
-                        fusion_plugin_api::Binding::write(hist),
-                        xg,
-                        bg,
-                        shift,
-                        prefix,
-                        mask,
-                    )
-                    .unwrap();
-                    let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(hist).unwrap());
-                    let got: Vec<u64> = (0..256)
-                        .map(|b| u64::from(words[2 * b]) | (u64::from(words[2 * b + 1]) << 32))
-                        .collect();
-                    assert_eq!(
-                        got,
-                        cpu_delta_histogram(&x, &base, shift, prefix, mask),
-                        "{name}: n = {n}, {xt} - {bt}, shift {shift}"
-                    );
-                    c.release(hist);
+                // Each plan: the first digit over all elements, then the next restricted to the
+                // fullest bin of the first (counted in workgroup memory for bytes and 12 bits,
+                // straight into global bins for the 19-bit digit).
+                for plan in [k::RADIX_BYTES, k::RADIX_TWO_PASS] {
+                    if !k::radix_plan_fits(&c.limits(), plan) {
+                        continue;
+                    }
+                    let start = k::RadixState::new(1);
+                    let top = cpu_delta_histogram(&x, &base, plan[0], start);
+                    let fullest = (0..top.len()).max_by_key(|&b| top[b]).unwrap() as u32;
+                    let narrowed = k::RadixState {
+                        prefix: fullest << plan[0].shift,
+                        mask: plan[0].mask(),
+                        rank: 1,
+                    };
+                    for (digit, state) in [(plan[0], start), (plan[1], narrowed)] {
+                        let hist = c
+                            .create(DType::U32, &[2 * digit.bins() as usize], None)
+                            .unwrap();
+                        k::radix_histogram_delta(
+                            c,
+                            fusion_plugin_api::Binding::write(hist),
+                            xg,
+                            bg,
+                            digit,
+                            state,
+                        )
+                        .unwrap();
+                        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(hist).unwrap());
+                        let got: Vec<u64> = (0..digit.bins() as usize)
+                            .map(|b| u64::from(words[2 * b]) | (u64::from(words[2 * b + 1]) << 32))
+                            .collect();
+                        assert!(
+                            got == cpu_delta_histogram(&x, &base, digit, state),
+                            "{name}: n = {n}, {xt} - {bt}, {digit:?} under {state:?}"
+                        );
+                        c.release(hist);
+                    }
                 }
                 let short = upload(c, bt, &base[..n.saturating_sub(1).max(1)]);
+                let hist = c.create(DType::U32, &[512], None).unwrap();
                 if n > 1 {
-                    let hist = c.create(DType::U32, &[512], None).unwrap();
                     let e = k::radix_histogram_delta(
                         c,
                         fusion_plugin_api::Binding::write(hist),
                         xg,
                         short,
-                        24,
-                        0,
-                        0,
+                        k::RADIX_BYTES[0],
+                        k::RadixState::new(1),
                     )
                     .unwrap_err();
                     assert!(e.message().contains("elements, the base"), "{e}");
-                    c.release(hist);
                 }
+                let e = k::radix_histogram_delta(
+                    c,
+                    fusion_plugin_api::Binding::write(hist),
+                    xg,
+                    bg,
+                    k::RadixDigit { shift: 24, bits: 9 },
+                    k::RadixState::new(1),
+                )
+                .unwrap_err();
+                assert!(e.message().contains("not within the 32 bits"), "{e}");
+                c.release(hist);
                 release(c, &[xg, bg, short]);
             }
         }
@@ -517,12 +544,18 @@ fn kth_largest_magnitude_matches_a_sort_across_tensors() {
                 .into_iter()
                 .filter(|&x| x >= 1)
             {
+                let want = cpu_kth_largest(&all, kk).to_bits();
                 let got = k::kth_largest_magnitude(c, &tensors, kk as u64).unwrap();
-                assert_eq!(
-                    got.to_bits(),
-                    cpu_kth_largest(&all, kk).to_bits(),
-                    "{name}: n = {n}, k = {kk}"
-                );
+                assert_eq!(got.to_bits(), want, "{name}: n = {n}, k = {kk}");
+                // Both digit plans, whatever the size picks.
+                for plan in [k::RADIX_BYTES, k::RADIX_TWO_PASS] {
+                    if !k::radix_plan_fits(&c.limits(), plan) {
+                        assert_eq!(name, "clamped");
+                        continue;
+                    }
+                    let got = k::kth_largest_magnitude_with(c, &tensors, kk as u64, plan).unwrap();
+                    assert_eq!(got.to_bits(), want, "{name}: n = {n}, k = {kk}, {plan:?}");
+                }
             }
             assert!(k::kth_largest_magnitude(c, &tensors, 0).is_err());
             assert!(k::kth_largest_magnitude(c, &tensors, total as u64 + 1).is_err());
@@ -876,6 +909,110 @@ fn ties_zero_sums_take_the_majority_sign() {
     assert_eq!(k::ties_threshold(c, &models[0], 100.0).unwrap(), 0.0);
     for m in &models {
         release(c, m);
+    }
+}
+
+/// The disjoint merge of already trimmed rows with a given majority sign (FusionBench's, as in
+/// `cpu_ties`), and the elected sums.
+fn cpu_disjoint(trimmed: &[Vec<f32>], majority: f32, merge: k::TiesMerge) -> (Vec<f32>, Vec<f32>) {
+    let d = trimmed[0].len();
+    let sums: Vec<f32> = (0..d)
+        .map(|i| trimmed.iter().map(|r| r[i]).sum::<f32>())
+        .collect();
+    let merged = sums
+        .iter()
+        .enumerate()
+        .map(|(i, &sum)| {
+            let s = if sum > 0.0 {
+                1.0f32
+            } else if sum < 0.0 {
+                -1.0
+            } else {
+                majority
+            };
+            let kept: Vec<f32> = trimmed
+                .iter()
+                .map(|r| r[i])
+                .filter(|&v| if s > 0.0 { v > 0.0 } else { v < 0.0 })
+                .collect();
+            match merge {
+                k::TiesMerge::Sum => kept.iter().sum(),
+                k::TiesMerge::Mean => kept.iter().sum::<f32>() / (kept.len().max(1) as f32),
+                k::TiesMerge::Max => kept.iter().fold(0.0f32, |m, v| m.max(v.abs())) * s,
+            }
+        })
+        .collect();
+    (merged, sums)
+}
+
+#[test]
+fn ties_undecided_counts_what_another_majority_would_change() {
+    let mut rng = StdRng::seed_from_u64(21);
+    for (name, c) in runtimes() {
+        for &n in &SIZES {
+            // Values from a small set, so that elected sums cancel to exactly 0 often.
+            let rows: Vec<Vec<f32>> = (0..3)
+                .map(|_| {
+                    (0..n)
+                        .map(|_| [-1.0f32, -0.5, 0.0, 0.5, 1.0][rng.random_range(0..5)])
+                        .collect()
+                })
+                .collect();
+            let tvs: Vec<GpuTensor> = rows.iter().map(|r| upload(c, DType::F32, r)).collect();
+            let thresholds: Vec<f32> = tvs
+                .iter()
+                .map(|&t| k::ties_threshold(c, &[t], 60.0).unwrap())
+                .collect();
+            let trimmed: Vec<Vec<f32>> = rows
+                .iter()
+                .zip(&thresholds)
+                .map(|(r, &thr)| {
+                    r.iter()
+                        .map(|&v| if v.abs() >= thr { v } else { 0.0 })
+                        .collect()
+                })
+                .collect();
+            for merge in [k::TiesMerge::Sum, k::TiesMerge::Mean, k::TiesMerge::Max] {
+                let (plus, sums) = cpu_disjoint(&trimmed, 1.0, merge);
+                let want = (0..n)
+                    .filter(|&i| {
+                        sums[i] == 0.0
+                            && (merge == k::TiesMerge::Max || trimmed.iter().any(|r| r[i] > 0.0))
+                    })
+                    .count() as u64;
+                // Cancellations are common with these values: the count is not trivially 0.
+                assert!(n < 255 || want > 0, "{name}: n = {n}, {merge:?}");
+                // What the count promises: outside the counted entries, any other majority
+                // gives the same merged values, bit for bit.
+                for majority in [-1.0, 0.0] {
+                    let (other, _) = cpu_disjoint(&trimmed, majority, merge);
+                    let differ = (0..n)
+                        .filter(|&i| plus[i].to_bits() != other[i].to_bits())
+                        .count();
+                    assert!(differ as u64 <= want, "{name}: n = {n}, {merge:?}");
+                }
+                let s = k::ties_elected_sum(c, &tvs, &thresholds).unwrap();
+                let mut acc = k::TiesAccumulator::new(c, &[n], merge, 1.0).unwrap();
+                for (&tv, &thr) in tvs.iter().zip(&thresholds) {
+                    acc.add(s, tv, thr).unwrap();
+                }
+                let counters = c.create(DType::U32, &[6], None).unwrap();
+                acc.count_undecided(s, counters, 1).unwrap();
+                let e = acc.count_undecided(s, counters, 3).unwrap_err();
+                assert!(e.message().contains("for slot 3"), "{e}");
+                let merged = acc.finish(s, DType::F32).unwrap();
+                assert_eq!(download(c, merged), plus, "{name}: n = {n}, {merge:?}");
+                let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(counters).unwrap());
+                assert_eq!(
+                    words[2] as u64 | (words[3] as u64) << 32,
+                    want,
+                    "{name}: n = {n}, {merge:?}"
+                );
+                assert_eq!([words[0], words[1], words[4], words[5]], [0; 4]);
+                release(c, &[s, counters, merged]);
+            }
+            release(c, &tvs);
+        }
     }
 }
 

@@ -7,14 +7,15 @@
 //! the base tensor) after their first upload, up to a byte budget; what does not fit streams as
 //! before. It also keeps each key's elected sum `S` from the sign-election pass for the merge,
 //! which then needs one pass over the models instead of two: one tensor kept saves reading
-//! every model's tensor of that key once more. A key's entries are released as soon as its
+//! every model's tensor of that key once more; or, better, the key's merged tensor, computed
+//! in the sign-election pass itself, which then saves the whole merge pass. A key's entries are released as soon as its
 //! merged tensor has been computed, and all of them when the merged model is dropped.
 //!
 //! Budget: `FUSION_DEVICE_CACHE` (bytes, or with a K/M/G suffix; `0` turns the cache off), else
 //! [`DEFAULT_BUDGET`] on a hardware adapter, and on a software one [`SOFTWARE_SUMS_BUDGET`] for
-//! elected sums only (lavapipe and friends keep "device" buffers in host memory, where keeping
-//! task vectors would raise the RSS that streaming keeps low for the price of a memcpy saved;
-//! an elected sum saves a pass over all the models).
+//! elected sums and merged tensors only (lavapipe and friends keep "device" buffers in host
+//! memory, where keeping task vectors would raise the RSS that streaming keeps low for the
+//! price of a memcpy saved; an elected sum or a merged tensor saves a pass over all the models).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,8 +28,9 @@ use crate::device::Gpu;
 /// nine CLIP ViT-B/32 task vectors (3.2 GB) fit, and a 6 GB card keeps room to work.
 pub(crate) const DEFAULT_BUDGET: u64 = 4 << 30;
 
-/// Bytes of elected sums kept on a software adapter when `FUSION_DEVICE_CACHE` is unset: the
-/// sums of a CLIP ViT-B/32 (350 MB in f32) fit, and the process stays well under 1.5 GB.
+/// Bytes of elected sums and merged tensors kept on a software adapter when
+/// `FUSION_DEVICE_CACHE` is unset: those of a CLIP ViT-B/32 (350 MB in f32) fit, and the process
+/// stays well under 1.5 GB.
 pub(crate) const SOFTWARE_SUMS_BUDGET: u64 = 512 << 20;
 
 /// Which tensor of a key an entry holds.
@@ -40,6 +42,9 @@ pub(crate) enum Slot {
     TaskVector(usize),
     /// The TIES elected sum `S` of the key (f32).
     ElectedSum,
+    /// The key's merged tensor, computed before the merge asked for it (TIES merges a key in
+    /// its sign-election pass, where it has every model's tensor at hand).
+    Merged,
 }
 
 /// Device tensors kept across passes, under a byte budget (see the module docs).
@@ -124,7 +129,25 @@ impl DeviceCache {
 
     /// Whether entries of `slot`'s kind may be kept.
     fn keeps(&self, slot: Slot) -> bool {
-        self.budget > 0 && (self.inputs || slot == Slot::ElectedSum)
+        self.budget > 0 && (self.inputs || matches!(slot, Slot::ElectedSum | Slot::Merged))
+    }
+
+    /// Whether an entry of `slot`'s kind and `bytes` would be kept now.
+    pub(crate) fn has_room(&self, slot: Slot, bytes: u64) -> bool {
+        self.keeps(slot) && self.lock().used + bytes <= self.budget
+    }
+
+    /// Keep `t` as (`name`, `slot`) if the budget allows; else it is released.
+    pub(crate) fn put(&self, c: &dyn Compute, name: &str, slot: Slot, t: Gpu<'_>) -> Result<()> {
+        self.get_or_make(c, name, slot, || Ok(t)).map(drop)
+    }
+
+    /// Remove (`name`, `slot`) from the cache and hand it over (the caller releases it).
+    pub(crate) fn take(&self, name: &str, slot: Slot) -> Option<GpuTensor> {
+        let mut s = self.lock();
+        let (t, bytes) = s.entries.remove(&(name.to_string(), slot))?;
+        s.used -= bytes;
+        Some(t)
     }
 
     /// The cached tensor of (`name`, `slot`), if any (owned by the cache).

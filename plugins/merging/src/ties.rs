@@ -7,21 +7,30 @@
 //! passes over the models before the lazy merge:
 //!
 //! 1. thresholds: a radix select over the bits of `|τ|` (the kernel library's
-//!    `radix_histogram`, four passes of one byte each), fed one tensor of one model at a time
-//!    into one 256-bin histogram per model (2 KiB each, all in one device tensor), so nothing
-//!    but a tensor and the histograms is on the device;
-//! 2. majority sign: the elected signs counted over every tensor (`fusion_kernels::SignVotes`).
+//!    `radix_histogram`, two passes: the top 12 bits, then the low 19 of the entries in the
+//!    chosen bin), fed one tensor of one model at a time into one histogram per model (32 KiB,
+//!    then 4 MiB, all in one device tensor), so nothing but a tensor and the histograms is on
+//!    the device;
+//! 2. sign election: the elected signs counted over every tensor (`fusion_kernels::SignVotes`)
+//!    for the majority sign.
 //!
-//! The merge of a tensor then revisits its task vectors, one model at a time: the elected sum
-//! `S = Σ trim(τᵢ)` (kept from step 2 when the cache's budget allows, else recomputed), then
-//! the disjoint merge accumulated model by model (`fusion_kernels::TiesAccumulator`). The
-//! device holds at most six tensors of one key, whatever the number of models, besides the
-//! kept sums. The price is re-reading the inputs: 4 + 1 passes in `run`, 1 or 2 per tensor in
-//! the merge. A plain task vector is never written out in these passes: the
-//! kernels read the fine-tuned and base tensors and subtract themselves
-//! (`radix_histogram_delta`, `ties_elect_delta`, `TiesAccumulator::add_delta`), with the same
-//! f32 difference as `task_vector`. DARE task vectors are formed (counter-based random draws,
-//! so every pass sees the same ones).
+//! The sign-election pass reads each key's tensors of every model anyway, so it merges the key
+//! there too, from the same uploads: the elected sum `S = Σ trim(τᵢ)`, then the disjoint merge
+//! (`fusion_kernels::TiesAccumulator`) with majority sign +1, kept in the device cache until the
+//! merged model asks for the tensor. The majority only matters where `S = 0`; the accumulator
+//! counts the entries another majority would change (`count_undecided`), and a key with any is
+//! merged again later if the majority turns out not to be +1. With two threshold passes that
+//! makes three reads of the models in all.
+//!
+//! A key whose merged tensor does not fit the cache, or whose tensors together are too large to
+//! hold at once, is merged later instead, revisiting its task vectors one model at a time: the
+//! elected sum (kept from step 2 when the cache's budget allows, else recomputed), then the
+//! disjoint merge accumulated model by model. The device then holds at most six tensors of one
+//! key, whatever the number of models, besides the kept sums. A plain task vector is never
+//! written out in these passes: the kernels read the fine-tuned and base tensors and subtract
+//! themselves (`radix_histogram_delta`, `ties_elect_delta`, `TiesAccumulator::add_delta`),
+//! with the same f32 difference as `task_vector`. DARE task vectors are formed (counter-based
+//! random draws, so every pass sees the same ones).
 //!
 //! On a hardware GPU the task vectors stay on the device between passes instead, up to a budget
 //! (`crate::cache`, `FUSION_DEVICE_CACHE`): the first pass uploads them, later passes read them
@@ -31,7 +40,7 @@
 
 use std::collections::HashSet;
 
-use fusion_kernels::{SignVotes, TiesAccumulator, TiesMerge};
+use fusion_kernels::{RadixDigit, RadixState, SignVotes, TiesAccumulator, TiesMerge};
 use fusion_plugin_api::prelude::*;
 use fusion_plugin_api::{Binding, GpuTensor, TensorInfo};
 
@@ -155,9 +164,13 @@ fn run(
         keys: &keys,
     };
     let thresholds = sweep.thresholds(ctx, s.threshold)?;
-    let majority = sweep.majority(ctx, &thresholds)?;
+    let early = EarlyMerge {
+        merge: s.merge_func,
+        lambda: s.scaling_factor as f32,
+    };
+    let (majority, merged_early) = sweep.elect(ctx, &thresholds, early)?;
     let (entries, bytes) = cache.usage();
-    tracing::info!(?thresholds, majority, merge_func = ?s.merge_func, cached_tensors = entries, cached_mib = bytes >> 20, "{algorithm}: trimmed and elected");
+    tracing::info!(?thresholds, majority, merge_func = ?s.merge_func, merged_early, cached_tensors = entries, cached_mib = bytes >> 20, "{algorithm}: trimmed and elected");
     let merge = TiesTensor {
         inputs: inputs.clone(),
         thresholds,
@@ -247,27 +260,18 @@ impl Source<'_> {
         pass: RadixPass,
     ) -> Result<()> {
         let RadixPass {
-            shift,
-            prefix,
-            mask,
+            digit,
+            state,
             first,
         } = pass;
         // The first pass fills the cache (what does not fit then never will), so it forms the
         // task vectors.
         let fill_cache = first && self.cache.keeps_inputs();
         match self.operand(c, base, i, name, info, !fill_cache)? {
-            Operand::Formed(tv) => {
-                fusion_kernels::radix_histogram(c, hist, tv.id(), shift, prefix, mask)
+            Operand::Formed(tv) => fusion_kernels::radix_histogram(c, hist, tv.id(), digit, state),
+            Operand::Delta { x, base } => {
+                fusion_kernels::radix_histogram_delta(c, hist, x.id(), base.id(), digit, state)
             }
-            Operand::Delta { x, base } => fusion_kernels::radix_histogram_delta(
-                c,
-                hist,
-                x.id(),
-                base.id(),
-                shift,
-                prefix,
-                mask,
-            ),
         }
     }
 
@@ -332,6 +336,87 @@ impl Source<'_> {
         Ok(s)
     }
 
+    /// Whether the sign-election pass merges `name` too (see [`Self::elect_and_merge`]): when
+    /// its task vectors are not all on the device already (then the merge reads nothing from
+    /// the host anyway), the cache has room for the merged tensor, and the key's working set
+    /// (every model's tensor, the base, four f32 tensors) is at most [`EARLY_MERGE_WORKING_SET`].
+    fn merges_early(&self, c: &dyn Compute, name: &str, info: &TensorInfo) -> bool {
+        let numel = info.numel() as u64;
+        let models = self.inputs.models.len() as u64;
+        let out_bytes = numel * kernel_dtype(info.dtype).size() as u64;
+        let working_set = numel * (4 * models + 8 + 16);
+        working_set <= EARLY_MERGE_WORKING_SET
+            && self.cache.has_room(Slot::Merged, out_bytes)
+            && self.all_cached(c, name).is_none()
+    }
+
+    /// The sign-election step of `name` with its merge, reading each model's tensor once: the
+    /// elected sum `S` (counted in `votes`), then the disjoint merge accumulated with majority
+    /// sign +1 from the same uploads, scaled onto the base and kept in the cache as the key's
+    /// [`Slot::Merged`]. The majority sign is not known yet; the number of entries another
+    /// majority would change goes to slot `slot` of `undecided`, so that the caller can drop
+    /// the merge where the majority turns out otherwise and entries depend on it.
+    #[allow(clippy::too_many_arguments)]
+    fn elect_and_merge(
+        &self,
+        c: &dyn Compute,
+        name: &str,
+        info: &TensorInfo,
+        thresholds: &[f32],
+        early: EarlyMerge,
+        votes: &SignVotes<'_>,
+        undecided: GpuTensor,
+        slot: u32,
+    ) -> Result<()> {
+        let mut base = None;
+        let mut held = Vec::with_capacity(self.inputs.models.len());
+        for (i, m) in self.inputs.models.iter().enumerate() {
+            let operand = self
+                .operand(c, &mut base, i, name, info, true)
+                .map_err(|e| e.context(format!("tensor `{name}` of `{}`", m.name)))?;
+            held.push(match operand {
+                Operand::Formed(tv) => Held::Formed(tv),
+                Operand::Delta { x, .. } => Held::Fine(x),
+            });
+        }
+        let base = self.base_of(c, &mut base, name)?;
+        // The same launches, in the same order, as `compute_elected_sum` and the streamed
+        // merge, so the result is the one the merge pass would compute.
+        let s = Gpu::zeros(c, DType::F32, &info.shape)?;
+        for (i, h) in held.iter().enumerate() {
+            match h {
+                Held::Formed(tv) => add_trimmed(c, &s, tv, thresholds[i]),
+                Held::Fine(x) => fusion_kernels::ties_elect_delta(
+                    c,
+                    s.id(),
+                    x.id(),
+                    base.id(),
+                    thresholds[i],
+                    i > 0,
+                ),
+            }
+            .map_err(|e| e.context(format!("tensor `{name}`")))?;
+        }
+        votes.add(&[s.id()], &[0.0])?;
+        let mut acc = TiesAccumulator::new(c, &info.shape, early.merge, 1.0)?;
+        for (i, h) in held.iter().enumerate() {
+            match h {
+                Held::Formed(tv) => acc.add(s.id(), tv.id(), thresholds[i]),
+                Held::Fine(x) => acc.add_delta(s.id(), x.id(), base.id(), thresholds[i]),
+            }
+            .map_err(|e| e.context(format!("tensor `{name}`")))?;
+        }
+        drop(held);
+        acc.count_undecided(s.id(), undecided, slot)?;
+        let merged = Gpu::adopt(c, acc.finish(s.id(), DType::F32)?);
+        let out = fusion_kernels::weighted_sum(
+            c,
+            &[(base.id(), 1.0), (merged.id(), early.lambda)],
+            kernel_dtype(info.dtype),
+        )?;
+        self.cache.put(c, name, Slot::Merged, Gpu::adopt(c, out))
+    }
+
     /// The base tensor, fetched into `base` the first time.
     fn base_of<'b, 'c>(
         &self,
@@ -373,13 +458,31 @@ enum Operand<'c, 'b> {
     Delta { x: Gpu<'c>, base: &'b Gpu<'c> },
 }
 
-/// One radix-select pass: the byte at `shift`, among entries matching `prefix` under `mask`;
+/// A model's tensor of a key held for both steps of [`Source::elect_and_merge`].
+enum Held<'c> {
+    /// The task vector, formed (DARE's, or a cached one).
+    Formed(Gpu<'c>),
+    /// The fine-tuned tensor, for kernels that subtract the base themselves.
+    Fine(Gpu<'c>),
+}
+
+/// Most bytes of one key's tensors [`Source::elect_and_merge`] holds on the device at once;
+/// larger keys are elected and merged in separate passes, a tensor or two at a time.
+const EARLY_MERGE_WORKING_SET: u64 = 1 << 30;
+
+/// What the sign-election pass needs to merge keys early.
+#[derive(Clone, Copy)]
+struct EarlyMerge {
+    merge: TiesMerge,
+    lambda: f32,
+}
+
+/// One radix-select pass: `digit`, among the entries matching the digits `state` fixed;
 /// `first` for the pass that may fill the device cache.
 #[derive(Clone, Copy)]
 struct RadixPass {
-    shift: u32,
-    prefix: u32,
-    mask: u32,
+    digit: RadixDigit,
+    state: RadixState,
     first: bool,
 }
 
@@ -399,24 +502,27 @@ impl Sweep<'_> {
         let Some(rank) = fusion_kernels::topk_rank_from_top(d, k_param) else {
             return Ok(vec![0.0; n]);
         };
-        let progress = ctx.progress("TIES thresholds", 4 * self.keys.len() as u64);
-        let mut prefix = vec![0u32; n];
-        let mut mask = vec![0u32; n];
-        let mut remaining = vec![rank; n];
-        for shift in [24u32, 16, 8, 0] {
-            // One tensor holds every model's histogram (2 KiB each, at aligned offsets).
-            let stride = hist_stride(self.c);
+        let digits =
+            if fusion_kernels::radix_plan_fits(&self.c.limits(), fusion_kernels::RADIX_TWO_PASS) {
+                fusion_kernels::RADIX_TWO_PASS
+            } else {
+                fusion_kernels::RADIX_BYTES
+            };
+        let progress = ctx.progress("TIES thresholds", (digits.len() * self.keys.len()) as u64);
+        let mut states = vec![RadixState::new(rank); n];
+        for (pass, &digit) in digits.iter().enumerate() {
+            // One tensor holds every model's histogram, at aligned offsets.
+            let stride = hist_stride(self.c, digit);
             let hists = Gpu::zeros(self.c, DType::U32, &[n * stride as usize / 4])?;
             for (name, info) in self.keys {
                 let mut base = None;
                 for (i, m) in self.source.inputs.models.iter().enumerate() {
                     let slot = Binding::write(hists.id())
-                        .range(i as u64 * stride, fusion_kernels::RADIX_HISTOGRAM_BYTES);
+                        .range(i as u64 * stride, digit.histogram_bytes());
                     let pass = RadixPass {
-                        shift,
-                        prefix: prefix[i],
-                        mask: mask[i],
-                        first: shift == 24,
+                        digit,
+                        state: states[i],
+                        first: pass == 0,
                     };
                     self.source
                         .histogram(self.c, &mut base, i, name, info, slot, pass)
@@ -424,42 +530,77 @@ impl Sweep<'_> {
                 }
                 progress.advance(1);
             }
-            let all = self.c.read(hists.id())?;
-            for i in 0..n {
-                let at = i * stride as usize;
-                let bytes = &all[at..at + fusion_kernels::RADIX_HISTOGRAM_BYTES as usize];
-                let words: Vec<u32> = bytes
-                    .chunks_exact(4)
-                    .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-                    .collect();
-                let (bin, rest) = fusion_kernels::pick_bin(&words, remaining[i]).ok_or_else(|| {
+            let all: Vec<u32> = bytemuck::pod_collect_to_vec(&self.c.read(hists.id())?);
+            for (i, state) in states.iter_mut().enumerate() {
+                let at = i * stride as usize / 4;
+                let words = &all[at..at + 2 * digit.bins() as usize];
+                *state = state.advance(digit, words).ok_or_else(|| {
                     Error::compute(format!(
-                        "TIES threshold of `{}`: the histogram at shift {shift} counts fewer than {} entries",
-                        self.source.inputs.models[i].name, remaining[i]
+                        "TIES threshold of `{}`: the histogram of bits {}..{} counts fewer than {} entries",
+                        self.source.inputs.models[i].name,
+                        digit.shift + digit.bits - 1,
+                        digit.shift,
+                        state.rank
                     ))
                 })?;
-                prefix[i] |= bin << shift;
-                mask[i] |= 0xff << shift;
-                remaining[i] = rest;
             }
         }
-        Ok(prefix.into_iter().map(f32::from_bits).collect())
+        Ok(states.into_iter().map(RadixState::value).collect())
     }
 
-    /// The majority sign: `sign(Σ elected signs)` over every entry of the model.
-    fn majority(&self, ctx: &Context, thresholds: &[f32]) -> Result<f32> {
+    /// The majority sign, `sign(Σ elected signs)` over every entry of the model, and the number
+    /// of keys merged in the same pass ([`Source::elect_and_merge`]; their merges are kept
+    /// unless the majority is not +1 and some of their entries depend on it).
+    fn elect(&self, ctx: &Context, thresholds: &[f32], early: EarlyMerge) -> Result<(f32, usize)> {
         let c = self.c;
         let progress = ctx.progress("TIES sign election", self.keys.len() as u64);
         let votes = SignVotes::new(c)?;
-        for (name, info) in self.keys {
-            let s = self
-                .source
-                .elected_sum(c, &mut None, name, info, thresholds)?;
-            // S is counted as it is: a threshold of 0 trims nothing.
-            votes.add(&[s.id()], &[0.0])?;
+        let undecided = Gpu::zeros(c, DType::U32, &[2 * self.keys.len().max(1)])?;
+        let mut merged = Vec::new();
+        for (k, (name, info)) in self.keys.iter().enumerate() {
+            if self.source.merges_early(c, name, info) {
+                self.source.elect_and_merge(
+                    c,
+                    name,
+                    info,
+                    thresholds,
+                    early,
+                    &votes,
+                    undecided.id(),
+                    k as u32,
+                )?;
+                merged.push(k);
+            } else {
+                let s = self
+                    .source
+                    .elected_sum(c, &mut None, name, info, thresholds)?;
+                // S is counted as it is: a threshold of 0 trims nothing.
+                votes.add(&[s.id()], &[0.0])?;
+            }
             progress.advance(1);
         }
-        votes.majority_sign()
+        let majority = votes.majority_sign()?;
+        if majority != 1.0 && !merged.is_empty() {
+            let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(undecided.id())?);
+            let before = merged.len();
+            merged.retain(|&k| {
+                let count = u64::from(words[2 * k]) | u64::from(words[2 * k + 1]) << 32;
+                if count > 0 {
+                    if let Some(t) = self.source.cache.take(&self.keys[k].0, Slot::Merged) {
+                        c.release(t);
+                    }
+                }
+                count == 0
+            });
+            if merged.len() < before {
+                tracing::info!(
+                    keys = before - merged.len(),
+                    majority,
+                    "TIES: keys merged before the majority sign was known depend on it; they are merged again"
+                );
+            }
+        }
+        Ok((majority, merged.len()))
     }
 }
 
@@ -472,10 +613,12 @@ fn add_trimmed(c: &dyn Compute, s: &Gpu<'_>, tv: &Gpu<'_>, threshold: f32) -> Re
     fusion_kernels::accumulate(c, s.id(), &[(t.id(), 1.0)])
 }
 
-/// The distance between two models' histograms in the shared tensor: a multiple of the
-/// device's storage offset alignment (WebGPU caps it at 256, so normally 2048).
-fn hist_stride(c: &dyn Compute) -> u64 {
-    fusion_kernels::RADIX_HISTOGRAM_BYTES.max(u64::from(c.limits().min_storage_offset_alignment))
+/// The distance between two models' histograms of `digit` in the shared tensor: a multiple of
+/// the device's storage offset alignment (WebGPU caps that at 256, which every histogram size
+/// is a multiple of).
+fn hist_stride(c: &dyn Compute, digit: RadixDigit) -> u64 {
+    let align = u64::from(c.limits().min_storage_offset_alignment).max(4);
+    digit.histogram_bytes().div_ceil(align) * align
 }
 
 /// The merge of one tensor with precomputed thresholds and majority sign.
@@ -506,7 +649,10 @@ impl TensorMerge for TiesTensor {
     }
 
     fn merge<'c>(&self, c: &'c dyn Compute, name: &str, info: &TensorInfo) -> Result<Gpu<'c>> {
-        let out = self.merge_uncached(c, name, info);
+        let out = match self.cache.take(name, Slot::Merged) {
+            Some(t) => Ok(Gpu::adopt(c, t)),
+            None => self.merge_uncached(c, name, info),
+        };
         // The merged tensor was the last use of this key's entries.
         self.cache.evict(c, name);
         out
