@@ -217,3 +217,36 @@ fn ties_elect_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     acc += trim(ld0(t, n) - ld_base(t, n), p2.thr[0].x);
     store(t, acc, n);
 }
+
+// ties_elect_delta_n: S = trim(x0 - base) + ... + trim(x{INPUTS-1} - base) over up to eight
+// fine-tuned tensors in one launch, in model order (the same f32 sums as INPUTS launches of
+// ties_elect_delta): each model's tensor and the base are read once instead of S being read and
+// written once per model. Binds 0 = S (read_write f32), 1..8 = x0..x7 (slots past INPUTS are
+// bound to x0 and never read), 9 = base (B_DTYPE), 10 = uniform Params.
+
+override INPUTS: u32 = 8u;
+
+@group(0) @binding(9) var<storage, read> n_base: array<u32>;
+@group(0) @binding(10) var<uniform> pn: Params;
+
+fn ld_n_base(t: u32, n: u32) -> vec2<f32> { return decode_pair(n_base[word_lo(t, B_DTYPE)], n_base[word_hi(t, B_DTYPE, n)], B_DTYPE); }
+
+@compute @workgroup_size(WG)
+fn ties_elect_delta_n(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    let n = pn.n;
+    if (t >= pair_count(n)) {
+        return;
+    }
+    let b = ld_n_base(t, n);
+    var acc = start(t, n);
+    acc += trim(ld0(t, n) - b, pn.thr[0].x);
+    if (INPUTS > 1u) { acc += trim(ld1(t, n) - b, pn.thr[0].y); }
+    if (INPUTS > 2u) { acc += trim(ld2(t, n) - b, pn.thr[0].z); }
+    if (INPUTS > 3u) { acc += trim(ld3(t, n) - b, pn.thr[0].w); }
+    if (INPUTS > 4u) { acc += trim(ld4(t, n) - b, pn.thr[1].x); }
+    if (INPUTS > 5u) { acc += trim(ld5(t, n) - b, pn.thr[1].y); }
+    if (INPUTS > 6u) { acc += trim(ld6(t, n) - b, pn.thr[1].z); }
+    if (INPUTS > 7u) { acc += trim(ld7(t, n) - b, pn.thr[1].w); }
+    store(t, acc, n);
+}

@@ -335,3 +335,106 @@ fn ties_finalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         fin_out[t] = encode_pair16(v, OUT_DTYPE);
     }
 }
+
+// ties_merge_delta_n: the whole merge of one key from up to eight fine-tuned tensors and the
+// base in one launch, written as the merged *model* tensor: out = base * W_BASE + v * LAMBDA
+// (the two-input weighted sum's arithmetic, in OUT_DTYPE), where v is what INPUTS launches of
+// ties_merge_delta and ties_finalize give. Nothing but S and the inputs is read, and only out
+// is written (no accumulators). It also adds to slot `slot` of a 64-bit counter the entries
+// that ties_undecided would count (S == 0 with a kept entry, or every S == 0 for `max`),
+// so that a merge done before the majority sign is known can be checked against it.
+//
+// Binds 0 = out (read_write, OUT_DTYPE), 1 = base (B_DTYPE), 2 = S (read f32), 3..10 = x0..x7
+// (slots past INPUTS are bound to x0 and never read), 11 = counters (read_write, (lo, hi) per
+// slot), 12 = uniform MergeNParams.
+
+override INPUTS: u32 = 8u;
+override ANY_ZERO: bool = false;
+
+struct MergeNParams {
+    n: u32,
+    majority: f32,
+    w_base: f32,
+    lambda: f32,
+    thr: array<vec4<u32>, 2>,
+    slot: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(1) var<storage, read> n_base: array<u32>;
+@group(0) @binding(11) var<storage, read_write> n_counters: array<atomic<u32>>;
+@group(0) @binding(12) var<uniform> pn: MergeNParams;
+
+var<workgroup> n_undecided: atomic<u32>;
+
+fn ld_n_base(t: u32, n: u32) -> vec2<f32> { return decode_pair(n_base[word_lo(t, B_DTYPE)], n_base[word_hi(t, B_DTYPE, n)], B_DTYPE); }
+
+fn n_undecided_at(s: f32, a: f32) -> u32 {
+    return select(0u, 1u, s == 0.0 && (ANY_ZERO || a != 0.0));
+}
+
+@compute @workgroup_size(WG)
+fn ties_merge_delta_n(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (lid == 0u) {
+        atomicStore(&n_undecided, 0u);
+    }
+    workgroupBarrier();
+    let t = flat_index(gid, nwg);
+    let n = pn.n;
+    if (t < pair_count(n)) {
+        let b = ld_n_base(t, n);
+        let sv = vec2<f32>(bitcast<f32>(s_in[2u * t]), bitcast<f32>(s_in[min(2u * t + 1u, n - 1u)]));
+        let s = vec2<f32>(elected(sv.x, pn.majority), elected(sv.y, pn.majority));
+        var st = Acc(vec2<f32>(0.0), vec2<f32>(0.0));
+        st = add(st, ld0(t, n) - b, pn.thr[0].x, s);
+        if (INPUTS > 1u) { st = add(st, ld1(t, n) - b, pn.thr[0].y, s); }
+        if (INPUTS > 2u) { st = add(st, ld2(t, n) - b, pn.thr[0].z, s); }
+        if (INPUTS > 3u) { st = add(st, ld3(t, n) - b, pn.thr[0].w, s); }
+        if (INPUTS > 4u) { st = add(st, ld4(t, n) - b, pn.thr[1].x, s); }
+        if (INPUTS > 5u) { st = add(st, ld5(t, n) - b, pn.thr[1].y, s); }
+        if (INPUTS > 6u) { st = add(st, ld6(t, n) - b, pn.thr[1].z, s); }
+        if (INPUTS > 7u) { st = add(st, ld7(t, n) - b, pn.thr[1].w, s); }
+        var c = n_undecided_at(sv.x, st.a.x);
+        if (2u * t + 1u < n) {
+            c += n_undecided_at(sv.y, st.a.y);
+        }
+        if (c != 0u) {
+            atomicAdd(&n_undecided, c);
+        }
+        // ties_finalize's arithmetic, then the weighted sum's (out = 0 + base * w + v * lambda).
+        var v = st.a;
+        if (MERGE == 1u) {
+            v = st.a / max(st.c, vec2<f32>(1.0));
+        } else if (MERGE == 2u) {
+            v = st.a * s;
+        }
+        var r = vec2<f32>(0.0);
+        r += pn.w_base * b;
+        r += pn.lambda * v;
+        if (OUT_DTYPE == DT_F32) {
+            fin_out[2u * t] = bitcast<u32>(r.x);
+            if (2u * t + 1u < n) {
+                fin_out[2u * t + 1u] = bitcast<u32>(r.y);
+            }
+        } else {
+            fin_out[t] = encode_pair16(r, OUT_DTYPE);
+        }
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let v = atomicLoad(&n_undecided);
+        if (v != 0u) {
+            let i = 2u * pn.slot;
+            let old = atomicAdd(&n_counters[i], v);
+            if (old > 0xffffffffu - v) {
+                atomicAdd(&n_counters[i + 1u], 1u);
+            }
+        }
+    }
+}

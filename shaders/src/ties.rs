@@ -310,6 +310,195 @@ pub fn ties_elect_delta(
     Ok(())
 }
 
+/// Models one fused launch ([`ties_elected_sum_delta`], [`ties_merge_delta_scaled`]) takes.
+pub const TIES_FUSED_MAX_MODELS: usize = 8;
+
+/// Storage buffers `ties_merge_delta_n` binds: out, base, S, eight inputs, the counters.
+const FUSED_STORAGE_BUFFERS: u32 = 12;
+
+/// Whether the fused one-key launches can take `models` fine-tuned tensors on this device: at
+/// most [`TIES_FUSED_MAX_MODELS`], and twelve storage buffers per shader stage (WebGPU's
+/// default limit is 8; Vulkan drivers, lavapipe included, allow far more).
+pub fn ties_fused_fits(c: &dyn Compute, models: usize) -> bool {
+    (1..=TIES_FUSED_MAX_MODELS).contains(&models)
+        && c.limits().max_storage_buffers_per_stage >= FUSED_STORAGE_BUFFERS
+}
+
+/// The checks of the fused launches: `xs` (1 to 8) and `base` of one shape, one threshold per
+/// model; returns the shape, the element count and the dtypes of `xs` then `base`.
+fn fused_inputs(
+    c: &dyn Compute,
+    op: &str,
+    xs: &[GpuTensor],
+    base: GpuTensor,
+    thresholds: &[f32],
+) -> Result<(Vec<usize>, u64, Vec<DType>)> {
+    if !ties_fused_fits(c, xs.len()) {
+        return Err(Error::unsupported(format!(
+            "{op}: takes 1 to {TIES_FUSED_MAX_MODELS} models with {FUSED_STORAGE_BUFFERS} storage buffers per shader stage; got {} models, the device allows {}",
+            xs.len(),
+            c.limits().max_storage_buffers_per_stage
+        )));
+    }
+    if thresholds.len() != xs.len() {
+        return Err(Error::config(format!(
+            "{op}: {} thresholds for {} models",
+            thresholds.len(),
+            xs.len()
+        )));
+    }
+    let (_, shape, n) = info(c, base)?;
+    let mut all = xs.to_vec();
+    all.push(base);
+    let dtypes = same_shape(c, op, &all, &shape)?;
+    Ok((shape, n, dtypes))
+}
+
+/// The storage bindings of eight input slots over chunk `ch`: `xs`, then `xs[0]` again for
+/// the slots a launch with fewer models leaves unread (WGSL binds every slot an entry point
+/// declares).
+fn input_slots(ch: crate::Chunk, xs: &[GpuTensor], dtypes: &[DType]) -> Vec<Binding> {
+    (0..TIES_FUSED_MAX_MODELS)
+        .map(|k| {
+            let k = if k < xs.len() { k } else { 0 };
+            ch.binding(xs[k], dtypes[k], true)
+        })
+        .collect()
+}
+
+/// The dtype overrides of the fused launches: `X<k>_DTYPE` of each model, `B_DTYPE`, `INPUTS`.
+fn fused_constants(op: &str, dtypes: &[DType]) -> Result<Vec<(&'static str, f64)>> {
+    let (xs, base) = dtypes.split_at(dtypes.len() - 1);
+    let mut extra = vec![
+        ("INPUTS", xs.len() as f64),
+        ("B_DTYPE", dtype_code(op, base[0])?),
+    ];
+    for (k, &dt) in xs.iter().enumerate() {
+        extra.push((X_DTYPE_NAMES[k], dtype_code(op, dt)?));
+    }
+    Ok(extra)
+}
+
+/// `S = Σᵢ trim(xᵢ − base)` (f32) of one key from up to eight fine-tuned tensors in one
+/// launch: each tensor is read once, where [`ties_elect_delta`] per model reads and writes `S`
+/// each time. Sums in model order, so `S` is bit for bit the per-model result. Needs
+/// [`ties_fused_fits`].
+pub fn ties_elected_sum_delta(
+    c: &dyn Compute,
+    xs: &[GpuTensor],
+    base: GpuTensor,
+    thresholds: &[f32],
+) -> Result<GpuTensor> {
+    const OP: &str = "ties_elect_delta_n";
+    let (shape, n, dtypes) = fused_inputs(c, OP, xs, base, thresholds)?;
+    let s = Scratch::new(c, DType::F32, &shape)?;
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let consts = constants(&l, &fused_constants(OP, &dtypes)?);
+    let bits = threshold_bits(thresholds);
+    for ch in chunks(&l, n) {
+        let mut bindings = vec![ch.binding(s.id(), DType::F32, false)];
+        bindings.extend(input_slots(ch, xs, &dtypes));
+        bindings.push(ch.binding(base, dtypes[xs.len()], true));
+        c.dispatch(&KernelCall {
+            label: OP,
+            source: wgsl::TIES_ELECT,
+            entry_point: OP,
+            constants: &consts,
+            bindings: &bindings,
+            uniforms: &Uniforms::default().u32(ch.len as u32).words8(&bits).bytes(),
+            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+        })?;
+    }
+    Ok(s.keep())
+}
+
+/// What [`ties_merge_delta_scaled`] does with one key.
+#[derive(Clone, Copy, Debug)]
+pub struct ScaledTiesMerge<'a> {
+    /// Each model's trim threshold.
+    pub thresholds: &'a [f32],
+    /// The sign taken where `S = 0`.
+    pub majority: f32,
+    /// How kept entries combine.
+    pub merge: TiesMerge,
+    /// λ in `base + λ·τ`.
+    pub lambda: f32,
+    /// The output dtype.
+    pub dtype: DType,
+}
+
+/// The merged model tensor of one key, `base + λ·ties_merge(xs − base)` in `m.dtype`, from up
+/// to eight fine-tuned tensors, the base and the elected sum `s` in one launch: the same values
+/// as [`TiesAccumulator::add_delta`] per model, [`TiesAccumulator::finish`] in f32 and a
+/// two-input [`weighted_sum`](crate::weighted_sum) `(base, 1), (merged, λ)`, without the
+/// accumulators and the f32 merged task vector between them. Adds to slot `undecided.1` of the
+/// counters `undecided.0` what [`TiesAccumulator::count_undecided`] would count for this
+/// majority. Needs [`ties_fused_fits`].
+pub fn ties_merge_delta_scaled(
+    c: &dyn Compute,
+    s: GpuTensor,
+    xs: &[GpuTensor],
+    base: GpuTensor,
+    m: ScaledTiesMerge<'_>,
+    undecided: (GpuTensor, u32),
+) -> Result<GpuTensor> {
+    const OP: &str = "ties_merge_delta_n";
+    let (shape, n, dtypes) = fused_inputs(c, OP, xs, base, m.thresholds)?;
+    let (st, s_shape, _) = info(c, s)?;
+    if st != DType::F32 || s_shape != shape {
+        return Err(Error::config(format!(
+            "{OP}: S must be f32 of shape {shape:?}, got {st} {s_shape:?}"
+        )));
+    }
+    let (counters, slot) = undecided;
+    let (ct, _, words) = info(c, counters)?;
+    if ct != DType::U32 || words < 2 * (u64::from(slot) + 1) {
+        return Err(Error::config(format!(
+            "{OP}: counters must be u32 with at least {} words for slot {slot}; got {ct} with {words}",
+            2 * (u64::from(slot) + 1)
+        )));
+    }
+    let out = Scratch::new(c, m.dtype, &shape)?;
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let mut extra = fused_constants(OP, &dtypes)?;
+    extra.push(("MERGE", m.merge.code()));
+    extra.push(("OUT_DTYPE", dtype_code(OP, m.dtype)?));
+    extra.push((
+        "ANY_ZERO",
+        if m.merge == TiesMerge::Max { 1.0 } else { 0.0 },
+    ));
+    let consts = constants(&l, &extra);
+    let bits = threshold_bits(m.thresholds);
+    for ch in chunks(&l, n) {
+        let mut bindings = vec![
+            ch.binding(out.id(), m.dtype, false),
+            ch.binding(base, dtypes[xs.len()], true),
+            ch.binding(s, DType::F32, true),
+        ];
+        bindings.extend(input_slots(ch, xs, &dtypes));
+        bindings.push(Binding::write(counters));
+        c.dispatch(&KernelCall {
+            label: OP,
+            source: wgsl::TIES_MERGE,
+            entry_point: OP,
+            constants: &consts,
+            bindings: &bindings,
+            uniforms: &Uniforms::default()
+                .u32(ch.len as u32)
+                .f32(m.majority)
+                .f32(1.0)
+                .f32(m.lambda)
+                .words8(&bits)
+                .u32(slot)
+                .bytes(),
+            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+        })?;
+    }
+    Ok(out.keep())
+}
+
 /// The disjoint merge of one key accumulated one model at a time, for plugins that stream task
 /// vectors instead of holding them all ([`ties_merge`] takes them together). [`Self::add`] takes
 /// a task vector, [`Self::add_delta`] a fine-tuned tensor and the base; [`Self::finish`] gives

@@ -60,6 +60,26 @@ fn clamped() -> &'static Runtime {
     })
 }
 
+/// [`clamped`] with the twelve storage buffers the fused TIES launches bind, so that they run
+/// in chunks and over a 2-D grid.
+fn clamped_wide() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        open(RuntimeOptions {
+            clamp: LimitClamp {
+                max_storage_binding_size: Some(4096),
+                max_workgroups_per_dimension: Some(4),
+                max_storage_buffers_per_stage: Some(12),
+                max_invocations_per_workgroup: Some(32),
+                min_storage_offset_alignment: Some(256),
+                ..Default::default()
+            },
+            unified_memory: Some(false),
+            ..Default::default()
+        })
+    })
+}
+
 fn runtimes() -> [(&'static str, &'static Runtime); 2] {
     [("full", full()), ("clamped", clamped())]
 }
@@ -1014,6 +1034,140 @@ fn ties_undecided_counts_what_another_majority_would_change() {
             release(c, &tvs);
         }
     }
+}
+
+#[test]
+fn fused_ties_launches_equal_the_per_model_merge_and_the_cpu() {
+    let mut rng = StdRng::seed_from_u64(33);
+    let lambda = 0.3f32;
+    for (name, c, sizes) in [
+        ("full", full(), &[1usize, 255, 256, 257, 3001][..]),
+        ("clamped to 12 buffers", clamped_wide(), &[1, 257, 5003][..]),
+    ] {
+        for &n in sizes {
+            for (xt, bt, models) in [
+                (DType::F32, DType::F32, 8),
+                (DType::F16, DType::F16, 3),
+                (DType::BF16, DType::F32, 1),
+                (DType::F32, DType::BF16, 5),
+            ] {
+                let label = format!("{name}: n = {n}, {models} x {xt} - {bt}");
+                let base_v = random(&mut rng, bt, n);
+                // Values on a coarse grid, so that elected sums cancel to exactly 0 at times.
+                let rows: Vec<Vec<f32>> = (0..models)
+                    .map(|_| {
+                        base_v
+                            .iter()
+                            .map(|&b| quantize(xt, b + 0.25 * rng.random_range(-2i32..=2) as f32))
+                            .collect()
+                    })
+                    .collect();
+                let base = upload(c, bt, &base_v);
+                let xs: Vec<GpuTensor> = rows.iter().map(|r| upload(c, xt, r)).collect();
+                let thresholds: Vec<f32> = (0..models).map(|i| 0.2 * (i % 3) as f32).collect();
+                // CPU: task vectors in f32 after decoding, trimmed at |v| >= threshold.
+                let trimmed: Vec<Vec<f32>> = rows
+                    .iter()
+                    .zip(&thresholds)
+                    .map(|(r, &thr)| {
+                        r.iter()
+                            .zip(&base_v)
+                            .map(|(&x, &b)| x - b)
+                            .map(|v| if v.abs() >= thr { v } else { 0.0 })
+                            .collect()
+                    })
+                    .collect();
+
+                let s = k::ties_elected_sum_delta(c, &xs, base, &thresholds).unwrap();
+                let s_ref = c.create(DType::F32, &[n], None).unwrap();
+                for (i, &x) in xs.iter().enumerate() {
+                    k::ties_elect_delta(c, s_ref, x, base, thresholds[i], i > 0).unwrap();
+                }
+                assert_eq!(c.read(s).unwrap(), c.read(s_ref).unwrap(), "{label}: S");
+                let (_, cpu_sums) = cpu_disjoint(&trimmed, 1.0, k::TiesMerge::Sum);
+                assert_close(&label, &download(c, s), &cpu_sums, F32_REL);
+
+                for merge in [k::TiesMerge::Sum, k::TiesMerge::Mean, k::TiesMerge::Max] {
+                    for majority in [1.0f32, -1.0] {
+                        for out_dtype in [DType::F32, bt] {
+                            let what =
+                                format!("{label}: {merge:?}, majority {majority}, {out_dtype}");
+                            let counters = c.create(DType::U32, &[4], None).unwrap();
+                            let m = k::ScaledTiesMerge {
+                                thresholds: &thresholds,
+                                majority,
+                                merge,
+                                lambda,
+                                dtype: out_dtype,
+                            };
+                            let got = k::ties_merge_delta_scaled(c, s, &xs, base, m, (counters, 1))
+                                .unwrap();
+                            // The per-model launches it replaces, bit for bit.
+                            let ref_counters = c.create(DType::U32, &[4], None).unwrap();
+                            let mut acc =
+                                k::TiesAccumulator::new(c, &[n], merge, majority).unwrap();
+                            for (i, &x) in xs.iter().enumerate() {
+                                acc.add_delta(s, x, base, thresholds[i]).unwrap();
+                            }
+                            acc.count_undecided(s, ref_counters, 1).unwrap();
+                            let merged = acc.finish(s, DType::F32).unwrap();
+                            let want =
+                                k::weighted_sum(c, &[(base, 1.0), (merged, lambda)], out_dtype)
+                                    .unwrap();
+                            assert_eq!(c.read(got).unwrap(), c.read(want).unwrap(), "{what}");
+                            assert_eq!(
+                                c.read(counters).unwrap(),
+                                c.read(ref_counters).unwrap(),
+                                "{what}: undecided"
+                            );
+                            // And the CPU's formula.
+                            let (cpu_merged, sums) = cpu_disjoint(&trimmed, majority, merge);
+                            let cpu_out: Vec<f32> = base_v
+                                .iter()
+                                .zip(&cpu_merged)
+                                .map(|(&b, &v)| quantize(out_dtype, b + lambda * v))
+                                .collect();
+                            assert_close(&what, &download(c, got), &cpu_out, rel_tol(out_dtype));
+                            let undecided = (0..n)
+                                .filter(|&i| {
+                                    sums[i] == 0.0
+                                        && (merge == k::TiesMerge::Max
+                                            || trimmed.iter().any(|r| {
+                                                if majority > 0.0 {
+                                                    r[i] > 0.0
+                                                } else {
+                                                    r[i] < 0.0
+                                                }
+                                            }))
+                                })
+                                .count() as u32;
+                            if n >= 255 && models > 1 {
+                                assert!(undecided > 0, "{what}: no cancellations to count");
+                            }
+                            let words: Vec<u32> =
+                                bytemuck::pod_collect_to_vec(&c.read(counters).unwrap());
+                            assert_eq!(words, [0, 0, undecided, 0], "{what}: undecided");
+                            release(c, &[got, want, merged, counters, ref_counters]);
+                        }
+                    }
+                }
+                release(c, &[s, s_ref, base]);
+                release(c, &xs);
+            }
+        }
+    }
+    // Nine models, or a device with fewer storage buffers, are errors that say so.
+    let c = full();
+    let xs: Vec<GpuTensor> = (0..9).map(|_| upload(c, DType::F32, &[1.0])).collect();
+    let e = k::ties_elected_sum_delta(c, &xs, xs[0], &[0.0; 9]).unwrap_err();
+    assert!(e.message().contains("1 to 8 models"), "{e}");
+    release(c, &xs);
+    let c = clamped();
+    assert!(!k::ties_fused_fits(c, 2));
+    let x = upload(c, DType::F32, &[1.0]);
+    let e = k::ties_elected_sum_delta(c, &[x], x, &[0.0]).unwrap_err();
+    assert!(e.message().contains("the device allows 4"), "{e}");
+    release(c, &[x]);
 }
 
 // ---------------------------------------------------------------------------------------------

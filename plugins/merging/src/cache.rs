@@ -1,9 +1,9 @@
 //! Tensors kept on the device between the passes of a multi-pass merge.
 //!
-//! TIES visits every task vector seven times (four radix passes for the thresholds, the sign
-//! election, two in the merge of each tensor). Streaming re-reads and re-uploads the checkpoints
-//! each time, which on a real GPU costs far more than the kernels: the bytes cross the bus
-//! seven times. On a GPU with memory to spare the cache keeps each tensor's task vectors (and
+//! TIES visits every task vector several times (two or four radix passes for the thresholds,
+//! the sign election, the merge of each tensor). Streaming re-reads and re-uploads the
+//! checkpoints each time, which on a real GPU costs far more than the kernels: the bytes cross
+//! the bus each time. On a GPU with memory to spare the cache keeps each tensor's task vectors (and
 //! the base tensor) after their first upload, up to a byte budget; what does not fit streams as
 //! before. It also keeps each key's elected sum `S` from the sign-election pass for the merge,
 //! which then needs one pass over the models instead of two: one tensor kept saves reading
@@ -120,6 +120,12 @@ impl DeviceCache {
         let id = t.into_raw();
         s.entries.insert((name.to_string(), slot), (id, bytes));
         Ok(Gpu::borrowed(c, id))
+    }
+
+    /// Whether the cache is off (`FUSION_DEVICE_CACHE=0`): the merge then streams strictly, a
+    /// tensor or two of one key at a time, however many models there are.
+    pub(crate) fn off(&self) -> bool {
+        self.budget == 0
     }
 
     /// Whether base tensors and task vectors may be kept (see the module docs).

@@ -20,7 +20,11 @@
 //! merged model asks for the tensor. The majority only matters where `S = 0`; the accumulator
 //! counts the entries another majority would change (`count_undecided`), and a key with any is
 //! merged again later if the majority turns out not to be +1. With two threshold passes that
-//! makes three reads of the models in all.
+//! makes three reads of the models in all. Where the task vectors are plain and the device
+//! binds twelve storage buffers (up to eight models), a key takes two fused launches there
+//! (`fusion_kernels::ties_elected_sum_delta`, then `ties_merge_delta_scaled`, which writes the
+//! merged model tensor `base + λ·τ` and the undecided count at once), so each model's tensor
+//! is read twice and nothing else is written; otherwise a launch or two per model.
 //!
 //! A key whose merged tensor does not fit the cache, or whose tensors together are too large to
 //! hold at once, is merged later instead, revisiting its task vectors one model at a time: the
@@ -302,6 +306,34 @@ impl Source<'_> {
         })
     }
 
+    /// Every model's fine-tuned tensor of `name`, uploaded, for the fused launches
+    /// (`fusion_kernels::ties_elected_sum_delta`, `ties_merge_delta_scaled`): where the task
+    /// vectors are plain, none of them is on the device already, the device binds the launches
+    /// and the key's tensors fit at once (see [`held_at_once`]); `None` where not, and with the
+    /// device cache off, which asks for strict streaming (a tensor or two per model at a time).
+    fn fused_inputs<'c>(
+        &self,
+        c: &'c dyn Compute,
+        name: &str,
+        info: &TensorInfo,
+    ) -> Result<Option<Vec<Gpu<'c>>>> {
+        let models = self.inputs.models.len();
+        if !matches!(self.delta, Delta::Plain)
+            || self.cache.off()
+            || !fusion_kernels::ties_fused_fits(c, models)
+            || !held_at_once(info, models)
+            || (0..models).any(|i| self.cache.get(name, Slot::TaskVector(i)).is_some())
+        {
+            return Ok(None);
+        }
+        self.inputs
+            .models
+            .iter()
+            .map(|m| upload(c, &m.model, &m.name, name))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// [`Self::elected_sum`] computed, summed in model order either way.
     fn compute_elected_sum<'c>(
         &self,
@@ -311,10 +343,17 @@ impl Source<'_> {
         info: &TensorInfo,
         thresholds: &[f32],
     ) -> Result<Gpu<'c>> {
+        let ctx = |e: Error| e.context(format!("tensor `{name}`"));
         if let Some(tvs) = self.all_cached(c, name) {
             let ids: Vec<GpuTensor> = tvs.iter().map(Gpu::id).collect();
-            let s = fusion_kernels::ties_elected_sum(c, &ids, thresholds)
-                .map_err(|e| e.context(format!("tensor `{name}`")))?;
+            let s = fusion_kernels::ties_elected_sum(c, &ids, thresholds).map_err(ctx)?;
+            return Ok(Gpu::adopt(c, s));
+        }
+        if let Some(xs) = self.fused_inputs(c, name, info)? {
+            let ids: Vec<GpuTensor> = xs.iter().map(Gpu::id).collect();
+            let b = self.base_of(c, base, name)?;
+            let s =
+                fusion_kernels::ties_elected_sum_delta(c, &ids, b.id(), thresholds).map_err(ctx)?;
             return Ok(Gpu::adopt(c, s));
         }
         let s = Gpu::zeros(c, DType::F32, &info.shape)?;
@@ -341,11 +380,8 @@ impl Source<'_> {
     /// the host anyway), the cache has room for the merged tensor, and the key's working set
     /// (every model's tensor, the base, four f32 tensors) is at most [`EARLY_MERGE_WORKING_SET`].
     fn merges_early(&self, c: &dyn Compute, name: &str, info: &TensorInfo) -> bool {
-        let numel = info.numel() as u64;
-        let models = self.inputs.models.len() as u64;
-        let out_bytes = numel * kernel_dtype(info.dtype).size() as u64;
-        let working_set = numel * (4 * models + 8 + 16);
-        working_set <= EARLY_MERGE_WORKING_SET
+        let out_bytes = info.numel() as u64 * kernel_dtype(info.dtype).size() as u64;
+        held_at_once(info, self.inputs.models.len())
             && self.cache.has_room(Slot::Merged, out_bytes)
             && self.all_cached(c, name).is_none()
     }
@@ -380,6 +416,34 @@ impl Source<'_> {
             });
         }
         let base = self.base_of(c, &mut base, name)?;
+        let fine: Vec<GpuTensor> = held
+            .iter()
+            .filter_map(|h| match h {
+                Held::Fine(x) => Some(x.id()),
+                Held::Formed(_) => None,
+            })
+            .collect();
+        if fine.len() == held.len() && fusion_kernels::ties_fused_fits(c, fine.len()) {
+            // Two launches for the key (and the vote count): each tensor is read twice.
+            let ctx = |e: Error| e.context(format!("tensor `{name}`"));
+            let s = Gpu::adopt(
+                c,
+                fusion_kernels::ties_elected_sum_delta(c, &fine, base.id(), thresholds)
+                    .map_err(ctx)?,
+            );
+            votes.add(&[s.id()], &[0.0])?;
+            let m = early.scaled(thresholds, 1.0, info);
+            let out = fusion_kernels::ties_merge_delta_scaled(
+                c,
+                s.id(),
+                &fine,
+                base.id(),
+                m,
+                (undecided, slot),
+            )
+            .map_err(ctx)?;
+            return self.cache.put(c, name, Slot::Merged, Gpu::adopt(c, out));
+        }
         // The same launches, in the same order, as `compute_elected_sum` and the streamed
         // merge, so the result is the one the merge pass would compute.
         let s = Gpu::zeros(c, DType::F32, &info.shape)?;
@@ -466,15 +530,41 @@ enum Held<'c> {
     Fine(Gpu<'c>),
 }
 
-/// Most bytes of one key's tensors [`Source::elect_and_merge`] holds on the device at once;
-/// larger keys are elected and merged in separate passes, a tensor or two at a time.
+/// Most bytes of one key's tensors [`Source::elect_and_merge`] and the fused merge hold on the
+/// device at once; larger keys are elected and merged in separate passes, a tensor or two at a
+/// time.
 const EARLY_MERGE_WORKING_SET: u64 = 1 << 30;
+
+/// Whether a key of `info` may have every model's tensor on the device at once: its working
+/// set (each model's tensor, the base, four f32 tensors, counted at four bytes an element) is
+/// at most [`EARLY_MERGE_WORKING_SET`].
+fn held_at_once(info: &TensorInfo, models: usize) -> bool {
+    info.numel() as u64 * (4 * models as u64 + 8 + 16) <= EARLY_MERGE_WORKING_SET
+}
 
 /// What the sign-election pass needs to merge keys early.
 #[derive(Clone, Copy)]
 struct EarlyMerge {
     merge: TiesMerge,
     lambda: f32,
+}
+
+impl EarlyMerge {
+    /// The fused merge of a key of `info` with `thresholds` and `majority`.
+    fn scaled<'a>(
+        &self,
+        thresholds: &'a [f32],
+        majority: f32,
+        info: &TensorInfo,
+    ) -> fusion_kernels::ScaledTiesMerge<'a> {
+        fusion_kernels::ScaledTiesMerge {
+            thresholds,
+            majority,
+            merge: self.merge,
+            lambda: self.lambda,
+            dtype: kernel_dtype(info.dtype),
+        }
+    }
 }
 
 /// One radix-select pass: `digit`, among the entries matching the digits `state` fixed;
@@ -511,6 +601,7 @@ impl Sweep<'_> {
         let progress = ctx.progress("TIES thresholds", (digits.len() * self.keys.len()) as u64);
         let mut states = vec![RadixState::new(rank); n];
         for (pass, &digit) in digits.iter().enumerate() {
+            let started = std::time::Instant::now();
             // One tensor holds every model's histogram, at aligned offsets.
             let stride = hist_stride(self.c, digit);
             let hists = Gpu::zeros(self.c, DType::U32, &[n * stride as usize / 4])?;
@@ -531,6 +622,12 @@ impl Sweep<'_> {
                 progress.advance(1);
             }
             let all: Vec<u32> = bytemuck::pod_collect_to_vec(&self.c.read(hists.id())?);
+            tracing::debug!(
+                pass,
+                bits = digit.bits,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "TIES threshold pass"
+            );
             for (i, state) in states.iter_mut().enumerate() {
                 let at = i * stride as usize / 4;
                 let words = &all[at..at + 2 * digit.bins() as usize];
@@ -553,6 +650,7 @@ impl Sweep<'_> {
     /// unless the majority is not +1 and some of their entries depend on it).
     fn elect(&self, ctx: &Context, thresholds: &[f32], early: EarlyMerge) -> Result<(f32, usize)> {
         let c = self.c;
+        let started = std::time::Instant::now();
         let progress = ctx.progress("TIES sign election", self.keys.len() as u64);
         let votes = SignVotes::new(c)?;
         let undecided = Gpu::zeros(c, DType::U32, &[2 * self.keys.len().max(1)])?;
@@ -580,6 +678,11 @@ impl Sweep<'_> {
             progress.advance(1);
         }
         let majority = votes.majority_sign()?;
+        tracing::debug!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            merged_early = merged.len(),
+            "TIES sign election"
+        );
         if majority != 1.0 && !merged.is_empty() {
             let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(undecided.id())?);
             let before = merged.len();
@@ -660,12 +763,60 @@ impl TensorMerge for TiesTensor {
 }
 
 impl TiesTensor {
+    /// The merge of `name` in two fused launches ([`fusion_kernels::ties_merge_delta_scaled`],
+    /// after the elected sum unless the cache kept it) from every model's fine-tuned tensor,
+    /// where the task vectors are plain, none is on the device, the device binds the launch and
+    /// the key's tensors fit at once (see [`held_at_once`]); `None` where not.
+    fn merge_fused<'c>(
+        &self,
+        c: &'c dyn Compute,
+        name: &str,
+        info: &TensorInfo,
+    ) -> Result<Option<Gpu<'c>>> {
+        let source = self.source();
+        let Some(xs) = source.fused_inputs(c, name, info)? else {
+            return Ok(None);
+        };
+        let ids: Vec<GpuTensor> = xs.iter().map(Gpu::id).collect();
+        let mut base = None;
+        let base = source.base_of(c, &mut base, name)?;
+        let ctx = |e: Error| e.context(format!("tensor `{name}`"));
+        let s = match self.cache.get(name, Slot::ElectedSum) {
+            Some(s) => Gpu::borrowed(c, s),
+            None => Gpu::adopt(
+                c,
+                fusion_kernels::ties_elected_sum_delta(c, &ids, base.id(), &self.thresholds)
+                    .map_err(ctx)?,
+            ),
+        };
+        // The majority is known here: the count of entries it decided is not needed.
+        let counters = Gpu::zeros(c, DType::U32, &[2])?;
+        let m = EarlyMerge {
+            merge: self.merge,
+            lambda: self.lambda,
+        }
+        .scaled(&self.thresholds, self.majority, info);
+        let out = fusion_kernels::ties_merge_delta_scaled(
+            c,
+            s.id(),
+            &ids,
+            base.id(),
+            m,
+            (counters.id(), 0),
+        )
+        .map_err(ctx)?;
+        Ok(Some(Gpu::adopt(c, out)))
+    }
+
     fn merge_uncached<'c>(
         &self,
         c: &'c dyn Compute,
         name: &str,
         info: &TensorInfo,
     ) -> Result<Gpu<'c>> {
+        if let Some(out) = self.merge_fused(c, name, info)? {
+            return Ok(out);
+        }
         let source = self.source();
         let mut base = None;
         let merged = if let Some(tvs) = source.all_cached(c, name) {
