@@ -250,3 +250,71 @@ fn ties_elect_delta_n(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     if (INPUTS > 7u) { acc += trim(ld7(t, n) - b, pn.thr[1].w); }
     store(t, acc, n);
 }
+
+// ties_elect_delta_q: ties_elect_delta_n where every tensor is f32, four elements per
+// invocation through vec4 loads, counting the elected signs too (what ties_votes.wgsl adds for
+// S, into the same 64-bit counters). Invocations loop with a grid stride (launch few
+// workgroups): on software adapters vec4 loads run about twice as fast as pairs of scalar
+// loads, and per-invocation sign counts need one atomic per invocation, not per element.
+// Tensors are padded to 16 bytes by the runtime, so the last quad reads zeros past n and
+// writes into the padding; those lanes are not counted.
+//
+// Binds 0 = S (read_write f32), 1..8 = x0..x7, 9 = base, 10 = vote counters (read_write:
+// pos_lo, pos_hi, neg_lo, neg_hi), 11 = uniform Params.
+
+@group(0) @binding(0) var<storage, read_write> q_s: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> q_x0: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> q_x1: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> q_x2: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> q_x3: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> q_x4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> q_x5: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> q_x6: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> q_x7: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> q_base: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> q_votes: array<atomic<u32>>;
+@group(0) @binding(11) var<uniform> pq: Params;
+
+
+fn trim4(v: vec4<f32>, thr: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), v, (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) >= vec4<u32>(thr));
+}
+
+fn vote64(i: u32, v: u32) {
+    if (v != 0u) {
+        let old = atomicAdd(&q_votes[i], v);
+        if (old > 0xffffffffu - v) {
+            atomicAdd(&q_votes[i + 1u], 1u);
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn ties_elect_delta_q(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let n = pq.n;
+    let quads = (n + 3u) / 4u;
+    let stride = nwg.x * nwg.y * nwg.z * WG;
+    var pos = vec4<u32>(0u);
+    var neg = vec4<u32>(0u);
+    for (var t = flat_index(gid, nwg); t < quads; t += stride) {
+        let b = q_base[t];
+        var acc = vec4<f32>(0.0);
+        acc += trim4(q_x0[t] - b, pq.thr[0].x);
+        if (INPUTS > 1u) { acc += trim4(q_x1[t] - b, pq.thr[0].y); }
+        if (INPUTS > 2u) { acc += trim4(q_x2[t] - b, pq.thr[0].z); }
+        if (INPUTS > 3u) { acc += trim4(q_x3[t] - b, pq.thr[0].w); }
+        if (INPUTS > 4u) { acc += trim4(q_x4[t] - b, pq.thr[1].x); }
+        if (INPUTS > 5u) { acc += trim4(q_x5[t] - b, pq.thr[1].y); }
+        if (INPUTS > 6u) { acc += trim4(q_x6[t] - b, pq.thr[1].z); }
+        if (INPUTS > 7u) { acc += trim4(q_x7[t] - b, pq.thr[1].w); }
+        q_s[t] = acc;
+        let lanes = (vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(n);
+        pos += select(vec4<u32>(0u), vec4<u32>(1u), lanes & (acc > vec4<f32>(0.0)));
+        neg += select(vec4<u32>(0u), vec4<u32>(1u), lanes & (acc < vec4<f32>(0.0)));
+    }
+    vote64(0u, pos.x + pos.y + pos.z + pos.w);
+    vote64(2u, neg.x + neg.y + neg.z + neg.w);
+}

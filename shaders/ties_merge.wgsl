@@ -438,3 +438,85 @@ fn ties_merge_delta_n(
         }
     }
 }
+
+// ties_merge_delta_q: ties_merge_delta_n where every tensor (inputs, base and out) is f32, four
+// elements per invocation through vec4 loads. Same bindings and arithmetic; elements past n
+// (the padding of the last quad, zeros in the inputs) are written but not counted.
+
+@group(0) @binding(0) var<storage, read_write> q_out: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> q_base: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> q_s: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> q_x0: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> q_x1: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> q_x2: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> q_x3: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> q_x4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> q_x5: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> q_x6: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read> q_x7: array<vec4<f32>>;
+
+fn trim4(v: vec4<f32>, thr: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), v, (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) >= vec4<u32>(thr));
+}
+
+// add1 over four lanes: a (sum or max |v|) and c (count) of the entries kept under signs s.
+struct Acc4 {
+    a: vec4<f32>,
+    c: vec4<f32>,
+}
+
+fn add4(st: Acc4, v: vec4<f32>, s: vec4<f32>) -> Acc4 {
+    let keep = select((v < vec4<f32>(0.0)), (v > vec4<f32>(0.0)), (s > vec4<f32>(0.0)));
+    if (MERGE == 2u) {
+        return Acc4(select(st.a, max(st.a, abs(v)), keep), st.c);
+    }
+    return Acc4(select(st.a, st.a + v, keep), select(st.c, st.c + 1.0, keep));
+}
+
+@compute @workgroup_size(WG)
+fn ties_merge_delta_q(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let n = pn.n;
+    let quads = (n + 3u) / 4u;
+    let stride = nwg.x * nwg.y * nwg.z * WG;
+    var undecided = vec4<u32>(0u);
+    for (var t = flat_index(gid, nwg); t < quads; t += stride) {
+        let b = q_base[t];
+        let sv = q_s[t];
+        let s = select(sign(sv), vec4<f32>(pn.majority), (sv == vec4<f32>(0.0)));
+        var st = Acc4(vec4<f32>(0.0), vec4<f32>(0.0));
+        st = add4(st, trim4(q_x0[t] - b, pn.thr[0].x), s);
+        if (INPUTS > 1u) { st = add4(st, trim4(q_x1[t] - b, pn.thr[0].y), s); }
+        if (INPUTS > 2u) { st = add4(st, trim4(q_x2[t] - b, pn.thr[0].z), s); }
+        if (INPUTS > 3u) { st = add4(st, trim4(q_x3[t] - b, pn.thr[0].w), s); }
+        if (INPUTS > 4u) { st = add4(st, trim4(q_x4[t] - b, pn.thr[1].x), s); }
+        if (INPUTS > 5u) { st = add4(st, trim4(q_x5[t] - b, pn.thr[1].y), s); }
+        if (INPUTS > 6u) { st = add4(st, trim4(q_x6[t] - b, pn.thr[1].z), s); }
+        if (INPUTS > 7u) { st = add4(st, trim4(q_x7[t] - b, pn.thr[1].w), s); }
+        let lanes = (vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(n);
+        let und = lanes & (sv == vec4<f32>(0.0)) & (vec4<bool>(ANY_ZERO) | (st.a != vec4<f32>(0.0)));
+        undecided += select(vec4<u32>(0u), vec4<u32>(1u), und);
+        var v = st.a;
+        if (MERGE == 1u) {
+            v = st.a / max(st.c, vec4<f32>(1.0));
+        } else if (MERGE == 2u) {
+            v = st.a * s;
+        }
+        var r = vec4<f32>(0.0);
+        r += pn.w_base * b;
+        r += pn.lambda * v;
+        q_out[t] = r;
+    }
+    // Few invocations loop over the chunk: each adds its count itself (no barrier, which
+    // software adapters pay dearly for).
+    let v = undecided.x + undecided.y + undecided.z + undecided.w;
+    if (v != 0u) {
+        let i = 2u * pn.slot;
+        let old = atomicAdd(&n_counters[i], v);
+        if (old > 0xffffffffu - v) {
+            atomicAdd(&n_counters[i + 1u], 1u);
+        }
+    }
+}

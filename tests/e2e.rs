@@ -1030,6 +1030,83 @@ fn ties_early_merges_are_redone_where_the_majority_sign_decides() {
     }
 }
 
+/// TIES thresholds from one pass over a range guessed from a sample (every other entry here,
+/// the models having 2^21 + 11 entries) equal the radix select's, bit for bit in the merged
+/// model, also where the sample misleads: model `m0` of the "adversarial" pool has large
+/// values exactly at the sampled positions, so its guess misses and it takes the radix passes.
+#[test]
+fn ties_thresholds_from_a_sampled_range_equal_the_radix_select() {
+    let n = (1usize << 21) + 6;
+    // A reproducible value in [-1, 1) for entry `j` of stream `s`.
+    let noise = |j: usize, s: u64| {
+        let h = (j as u64 ^ (s << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+        h as f32 / (1u64 << 23) as f32 - 1.0
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (case, settled) in [("random", "2 of 2"), ("adversarial", "1 of 2")] {
+        let mut pool = String::from("_target_: fusion_bench.modelpool.BaseModelPool\nmodels:\n");
+        let base = dir.path().join(format!("{case}_base.safetensors"));
+        let base_w: Vec<f32> = (0..n).map(|j| 0.01 * noise(j, 7)).collect();
+        write_f32(
+            &base,
+            &[("v", vec![5], vec![0.0; 5]), ("w", vec![n], base_w.clone())],
+        );
+        pool.push_str(&format!("  _pretrained_: {}\n", base.display()));
+        for m in 0..2u64 {
+            // `v` comes first in the flattened row: entry j of `w` is at position j + 5, and
+            // the sample takes the even positions.
+            let w: Vec<f32> = (0..n)
+                .map(|j| {
+                    let d = if case == "adversarial" && m == 0 {
+                        if (j + 5) % 2 == 0 {
+                            1.0 + 0.5 * noise(j, m)
+                        } else {
+                            0.001 * noise(j, m)
+                        }
+                    } else {
+                        noise(j, m)
+                    };
+                    base_w[j] + d
+                })
+                .collect();
+            let v: Vec<f32> = (0..5).map(|j| noise(j, 10 + m)).collect();
+            let path = dir.path().join(format!("{case}_m{m}.safetensors"));
+            write_f32(&path, &[("v", vec![5], v), ("w", vec![n], w)]);
+            pool.push_str(&format!("  m{m}: {}\n", path.display()));
+        }
+        let cfg = tempfile::tempdir().unwrap();
+        write_configs(cfg.path(), &[("modelpool/big.yaml", &pool)]);
+        let mut outputs = Vec::new();
+        // FUSION_DEVICE_CACHE=0 streams strictly: radix passes, no guess.
+        for budget in ["auto", "0"] {
+            let work = tempfile::tempdir().unwrap();
+            let run = run_host_env(
+                work.path(),
+                &[
+                    "--device",
+                    "cpu",
+                    "--config-path",
+                    cfg.path().to_str().unwrap(),
+                    "modelpool=big",
+                    "method=ties_merging",
+                    "merged_model_save_path=out.safetensors",
+                ],
+                &[("FUSION_DEVICE_CACHE", budget)],
+            );
+            assert_eq!(run.code, 0, "{case} {budget}: {}", run.stderr);
+            let line = format!("TIES thresholds: {settled} models settled in one pass");
+            assert_eq!(
+                run.stderr.contains(&line),
+                budget == "auto",
+                "{case} {budget}: expected `{line}` only with the cache on:\n{}",
+                run.stderr
+            );
+            outputs.push(std::fs::read(work.path().join("out.safetensors")).unwrap());
+        }
+        assert!(outputs[0] == outputs[1], "{case}: the merged models differ");
+    }
+}
+
 /// The demo, as the README runs it: the shipped tiny CLIP pool merged by TIES and scored
 /// zero-shot on the shipped test sets, against the same evaluation done in Python with
 /// transformers (`demo/expected_results.json`, made by tools/make_demo.py).

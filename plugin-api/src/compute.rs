@@ -6,7 +6,8 @@
 //! kernel is WGSL source plus an entry point, the tensors it binds (in binding order, group 0), an
 //! optional uniform block (bound after the tensors) and a workgroup count.
 //!
-//! Storage layout on the device: every tensor is a byte buffer padded to a multiple of 4 bytes.
+//! Storage layout on the device: every tensor is a byte buffer padded to a multiple of 16 bytes
+//! (zeros past the data of an uploaded tensor), so that a kernel may handle whole `vec4`s.
 //! `f32`/`i32`/`u32` tensors are `array<f32>`/`array<i32>`/`array<u32>` in WGSL; `f16` and `bf16`
 //! tensors are packed two to a `u32` (little-endian, element `2i` in the low half), so kernels can
 //! read them without the `shader-f16` feature.

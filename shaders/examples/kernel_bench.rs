@@ -10,7 +10,7 @@
 //! on the device: the eight-input weighted sum of task arithmetic, radix-histogram passes on
 //! `|x - base|` (one byte; TIES's two digits, the second over the fullest bin of the first), one
 //! elected-sum step, and an upload with a histogram after it.
-//! Each is run twice after one warm-up and the faster time is printed, with elements per second.
+//! Each is run seven times and the fastest time is printed, with elements per second.
 
 use std::time::Instant;
 
@@ -101,7 +101,7 @@ fn bench_size(c: &dyn Compute, n: usize) {
     let inputs: Vec<_> = xs.iter().map(|&x| (x, 0.3f32)).collect();
     let time = |what: &str, elements: usize, f: &dyn Fn()| {
         let mut best = f64::INFINITY;
-        for _ in 0..3 {
+        for _ in 0..7 {
             let t = Instant::now();
             f();
             c.synchronize().unwrap();
@@ -134,6 +134,50 @@ fn bench_size(c: &dyn Compute, n: usize) {
     time("elected-sum step (x - base)", n, &|| {
         fusion_kernels::ties_elect_delta(c, s, xs[0], b, 0.001, true).unwrap()
     });
+    let ids: Vec<_> = xs.to_vec();
+    let thr = [0.001f32; 8];
+    let votes = fusion_kernels::SignVotes::new(c).unwrap();
+    time("fused elected sum of 8, votes (f32)", 8 * n, &|| {
+        let s = fusion_kernels::ties_elected_sum_delta(c, &ids, b, &thr, Some(&votes)).unwrap();
+        c.release(s);
+    });
+    let s8 = fusion_kernels::ties_elected_sum_delta(c, &ids, b, &thr, None).unwrap();
+    let counters = c.create(DType::U32, &[2], None).unwrap();
+    time("fused merge of 8 (f32)", 8 * n, &|| {
+        let m = fusion_kernels::ScaledTiesMerge {
+            thresholds: &thr,
+            majority: 1.0,
+            merge: fusion_kernels::TiesMerge::Sum,
+            lambda: 0.3,
+            dtype: DType::F32,
+        };
+        let o = fusion_kernels::ties_merge_delta_scaled(c, s8, &ids, b, m, (counters, 0)).unwrap();
+        c.release(o);
+    });
+    time("sign votes of S (separate launch)", n, &|| {
+        votes.add(&[s8], &[0.0]).unwrap()
+    });
+    let bracket_words = 2 + 2 * 4096u64;
+    let counts = c
+        .create(DType::U32, &[8 * bracket_words as usize], None)
+        .unwrap();
+    let brackets: Vec<_> = (0..8)
+        .map(|i| fusion_kernels::RadixBracket {
+            lo: 0.004f32.to_bits(),
+            hi: 0.004f32.to_bits() + 4096,
+            offset: i * bracket_words,
+        })
+        .collect();
+    time("bracket pass of 8 (f32)", 8 * n, &|| {
+        fusion_kernels::radix_bracket_delta(c, counts, &ids, b, &brackets).unwrap()
+    });
+    time("zeroed tensor", n, &|| {
+        let t = c.create(DType::F32, &[n], None).unwrap();
+        c.release(t);
+    });
+    for t in [s8, counters, counts] {
+        c.release(t);
+    }
     time("upload, then histogram", n, &|| {
         let t = c.create(DType::F32, &[n], Some(fine_bytes)).unwrap();
         fusion_kernels::radix_histogram_delta(c, Binding::write(hist), t, b, first, start).unwrap();

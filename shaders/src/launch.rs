@@ -46,8 +46,9 @@ pub struct Chunk {
 
 impl Chunk {
     /// The binding of this chunk of `tensor` (elements of `dtype`): byte offset
-    /// `start * size`, length rounded up to 4 bytes (the last chunk ends at the tensor's padded
-    /// end).
+    /// `start * size`, length rounded up to 16 bytes (chunks start on 16 bytes, and the last
+    /// one ends within the tensor's padding, see plugin-api's `compute` docs), so that
+    /// [`quads`] kernels see whole `vec4`s.
     pub fn binding(&self, tensor: GpuTensor, dtype: DType, read_only: bool) -> Binding {
         let size = dtype.size() as u64;
         let b = if read_only {
@@ -55,7 +56,7 @@ impl Chunk {
         } else {
             Binding::write(tensor)
         };
-        b.range(self.start * size, (self.len * size).div_ceil(4) * 4)
+        b.range(self.start * size, (self.len * size).div_ceil(16) * 16)
     }
 }
 
@@ -67,6 +68,13 @@ pub fn chunk_elements(limits: &ComputeLimits) -> u64 {
     let unit = u64::from(limits.min_storage_offset_alignment / 2).max(2);
     let fit = (limits.max_storage_binding_size / 4).min(1 << 30);
     (fit / unit * unit).max(unit)
+}
+
+/// Whether a kernel with a four-elements-per-invocation (`vec4`) entry point may take it for
+/// tensors of `dtypes`: all f32, and chunks of a multiple of four elements (every device whose
+/// storage offset alignment is at least 8 bytes; WebGPU's is at least 32).
+pub fn quads(limits: &ComputeLimits, dtypes: &[DType]) -> bool {
+    dtypes.iter().all(|&d| d == DType::F32) && chunk_elements(limits) % 4 == 0
 }
 
 /// The chunks covering `n` elements (none for `n == 0`).

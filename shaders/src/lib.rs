@@ -36,14 +36,16 @@ pub use elementwise::{
     accumulate, convert, convert_into, scale_add, task_vector, weighted_sum, weighted_sum_into,
 };
 pub use launch::{
-    chunk_elements, chunks, dispatch_1d, dtype_code, is_software_adapter, workgroup_size, Chunk,
+    chunk_elements, chunks, dispatch_1d, dtype_code, is_software_adapter, quads, workgroup_size,
+    Chunk,
 };
 pub use reduce::{dot, l2_norm, sum, sum_squares};
 pub use select::{
     histogram_max_workgroups, histogram_workgroups, kth_largest_magnitude,
-    kth_largest_magnitude_with, pick_bin, radix_histogram, radix_histogram_delta, radix_plan,
-    radix_plan_fits, ties_threshold, topk_rank_from_top, RadixDigit, RadixState,
-    HISTOGRAM_MAX_WORKGROUPS, LOCAL_DIGIT_BITS, RADIX_BYTES, RADIX_TWO_PASS,
+    kth_largest_magnitude_with, pick_bin, radix_bracket_delta, radix_bracket_fits, radix_histogram,
+    radix_histogram_delta, radix_plan, radix_plan_fits, ties_threshold, topk_rank_from_top,
+    RadixBracket, RadixDigit, RadixState, BRACKET_MAX_MODELS, HISTOGRAM_MAX_WORKGROUPS,
+    LOCAL_DIGIT_BITS, LOOP_MAX_WORKGROUPS, MAX_BRACKET_BINS, RADIX_BYTES, RADIX_TWO_PASS,
     SOFTWARE_HISTOGRAM_WORKGROUPS, TWO_PASS_MIN_ELEMENTS,
 };
 pub use slerp::{slerp, slerp_weights, SLERP_DOT_THRESHOLD, SLERP_EPS};

@@ -29,6 +29,14 @@ pub fn histogram_max_workgroups(c: &dyn Compute) -> u64 {
     }
 }
 
+/// Most workgroups a launch of a counting kernel without workgroup memory uses
+/// (`radix_bracket_delta_q`, `ties_elect_delta_q`, `ties_merge_delta_q`): their invocations
+/// loop over the elements with a grid stride and add what they counted to the global counters
+/// once, without a barrier. 4096 workgroups of 256 take a key of up to four million elements
+/// in one step per invocation; on lavapipe fewer (16, as for the histograms) ran the TIES
+/// passes about 25% slower, end to end.
+pub const LOOP_MAX_WORKGROUPS: u64 = 4096;
+
 /// The dispatch size for `radix_histogram` over `n` elements with workgroups of `wg`, at most
 /// `max_workgroups` of them.
 pub fn histogram_workgroups(
@@ -382,4 +390,159 @@ mod tests {
         assert_eq!(pick_bin(&w, 2 + (1 << 32) + 5), Some((7, (1 << 32) + 5)));
         assert_eq!(pick_bin(&w, 3 + (1 << 32) + 5), None);
     }
+}
+
+/// Most bins of one [`RadixBracket`] (8 MiB of counters): wider brackets are not counted.
+pub const MAX_BRACKET_BINS: u64 = 1 << 20;
+
+/// Storage buffers `radix_bracket_delta_n` binds: counts, eight inputs, the base.
+const BRACKET_STORAGE_BUFFERS: u32 = 10;
+
+/// Models one [`radix_bracket_delta`] launch takes.
+pub const BRACKET_MAX_MODELS: usize = 8;
+
+/// A guessed range `[lo, hi)` of `|x|`'s f32 bits that should hold one task vector's k-th
+/// largest magnitude, and where its counters start in a counts tensor (see
+/// [`radix_bracket_delta`]). One pass over the data then settles the select when the guess
+/// holds ([`RadixBracket::resolve`]), where a radix select without a guess takes two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RadixBracket {
+    /// Lowest bits inside the bracket.
+    pub lo: u32,
+    /// First bits above the bracket (`lo <= hi`; `lo == hi` is an empty bracket).
+    pub hi: u32,
+    /// Word offset of the counters in the counts tensor: above (2 words), then one 64-bit
+    /// counter per bin.
+    pub offset: u64,
+}
+
+impl RadixBracket {
+    /// Bins: one per bit pattern in `[lo, hi)`.
+    pub fn bins(&self) -> u64 {
+        u64::from(self.hi.saturating_sub(self.lo))
+    }
+
+    /// Words of counters: the count above, then the bins (64-bit each).
+    pub fn words(&self) -> u64 {
+        2 + 2 * self.bins()
+    }
+
+    /// The bits of the `rank`-th largest (1 = largest) from this bracket's counters as read
+    /// back (`words`, starting at [`Self::offset`]'s word): `None` when the guess was wrong (as
+    /// many or more than `rank` elements above it, or too few in and above it).
+    pub fn resolve(&self, words: &[u32], rank: u64) -> Option<u32> {
+        let at = |i: usize| u64::from(words[2 * i]) | u64::from(words[2 * i + 1]) << 32;
+        let mut seen = at(0);
+        if seen >= rank {
+            return None;
+        }
+        for b in (0..self.bins() as usize).rev() {
+            seen += at(1 + b);
+            if seen >= rank {
+                return Some(self.lo + b as u32);
+            }
+        }
+        None
+    }
+}
+
+/// Whether [`radix_bracket_delta`] can take `models` models on the device of `c` (at most
+/// [`BRACKET_MAX_MODELS`], and ten storage buffers per shader stage).
+pub fn radix_bracket_fits(c: &dyn Compute, models: usize) -> bool {
+    (1..=BRACKET_MAX_MODELS).contains(&models)
+        && c.limits().max_storage_buffers_per_stage >= BRACKET_STORAGE_BUFFERS
+}
+
+/// Count, for each model `k`, the elements of `|xs[k] - base|` (f32 after decoding, as
+/// [`radix_histogram_delta`]) above `brackets[k]` and in each of its bins, adding to the
+/// 64-bit counters of `counts` (u32 words; model `k`'s at `brackets[k].offset`): one pass
+/// over up to eight fine-tuned tensors that share the base, reading it once. Only elements
+/// inside a bracket are counted atomically.
+pub fn radix_bracket_delta(
+    c: &dyn Compute,
+    counts: GpuTensor,
+    xs: &[GpuTensor],
+    base: GpuTensor,
+    brackets: &[RadixBracket],
+) -> Result<()> {
+    const OP: &str = "radix_bracket_delta";
+    if !radix_bracket_fits(c, xs.len()) {
+        return Err(Error::unsupported(format!(
+            "{OP}: takes 1 to {BRACKET_MAX_MODELS} models with {BRACKET_STORAGE_BUFFERS} storage buffers per shader stage; got {} models, the device allows {}",
+            xs.len(),
+            c.limits().max_storage_buffers_per_stage
+        )));
+    }
+    if brackets.len() != xs.len() {
+        return Err(Error::config(format!(
+            "{OP}: {} brackets for {} models",
+            brackets.len(),
+            xs.len()
+        )));
+    }
+    let (ct, _, words) = info(c, counts)?;
+    if ct != DType::U32 {
+        return Err(Error::config(format!("{OP}: counts must be u32, got {ct}")));
+    }
+    for (k, b) in brackets.iter().enumerate() {
+        if b.lo > b.hi || b.bins() > MAX_BRACKET_BINS || b.offset + b.words() > words {
+            return Err(Error::config(format!(
+                "{OP}: bracket {k} ({b:?}) is inverted, wider than {MAX_BRACKET_BINS} bins or past the {words} words of the counts"
+            )));
+        }
+    }
+    let (_, shape, n) = info(c, base)?;
+    let mut all = xs.to_vec();
+    all.push(base);
+    let dtypes = crate::launch::same_shape(c, OP, &all, &shape)?;
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let mut extra = vec![
+        ("INPUTS", xs.len() as f64),
+        ("B_DTYPE", dtype_code(OP, dtypes[xs.len()])?),
+        ("X_DTYPE", dtype_code(OP, dtypes[0])?),
+    ];
+    const NAMES: [&str; 7] = [
+        "X1_DTYPE", "X2_DTYPE", "X3_DTYPE", "X4_DTYPE", "X5_DTYPE", "X6_DTYPE", "X7_DTYPE",
+    ];
+    for (k, &dt) in dtypes[1..xs.len()].iter().enumerate() {
+        extra.push((NAMES[k], dtype_code(OP, dt)?));
+    }
+    let consts = constants(&l, &extra);
+    let lo: Vec<u32> = brackets.iter().map(|b| b.lo).collect();
+    let hi: Vec<u32> = brackets.iter().map(|b| b.hi).collect();
+    let off: Vec<u32> = brackets.iter().map(|b| b.offset as u32).collect();
+    let uniforms = |len: u64| {
+        Uniforms::default()
+            .u32(len as u32)
+            .words8(&lo)
+            .words8(&hi)
+            .words8(&off)
+            .bytes()
+    };
+    let max_workgroups = LOOP_MAX_WORKGROUPS;
+    // All f32: four elements per invocation (counted like pairs for the launch size).
+    let (entry, per) = if crate::launch::quads(&l, &dtypes) {
+        ("radix_bracket_delta_q", 4)
+    } else {
+        ("radix_bracket_delta_n", 2)
+    };
+    for ch in chunks(&l, n) {
+        let mut bindings = vec![fusion_plugin_api::Binding::write(counts)];
+        for k in 0..BRACKET_MAX_MODELS {
+            let k = if k < xs.len() { k } else { 0 };
+            bindings.push(ch.binding(xs[k], dtypes[k], true));
+        }
+        bindings.push(ch.binding(base, dtypes[xs.len()], true));
+        c.dispatch(&KernelCall {
+            label: OP,
+            source: wgsl::SELECT,
+            entry_point: entry,
+            constants: &consts,
+            bindings: &bindings,
+            uniforms: &uniforms(ch.len),
+            workgroups: histogram_workgroups(&l, ch.len.div_ceil(per) * 2, wg, max_workgroups),
+        })?;
+    }
+    Ok(())
 }

@@ -381,13 +381,15 @@ fn fused_constants(op: &str, dtypes: &[DType]) -> Result<Vec<(&'static str, f64)
 
 /// `S = Σᵢ trim(xᵢ − base)` (f32) of one key from up to eight fine-tuned tensors in one
 /// launch: each tensor is read once, where [`ties_elect_delta`] per model reads and writes `S`
-/// each time. Sums in model order, so `S` is bit for bit the per-model result. Needs
-/// [`ties_fused_fits`].
+/// each time. Sums in model order, so `S` is bit for bit the per-model result. With `votes`,
+/// the elected signs of `S` are counted too ([`SignVotes::add`]; in the same launch where every
+/// tensor is f32). Needs [`ties_fused_fits`].
 pub fn ties_elected_sum_delta(
     c: &dyn Compute,
     xs: &[GpuTensor],
     base: GpuTensor,
     thresholds: &[f32],
+    votes: Option<&SignVotes<'_>>,
 ) -> Result<GpuTensor> {
     const OP: &str = "ties_elect_delta_n";
     let (shape, n, dtypes) = fused_inputs(c, OP, xs, base, thresholds)?;
@@ -396,19 +398,43 @@ pub fn ties_elected_sum_delta(
     let wg = workgroup_size(&l);
     let consts = constants(&l, &fused_constants(OP, &dtypes)?);
     let bits = threshold_bits(thresholds);
+    let quads = crate::launch::quads(&l, &dtypes);
+    // The quad entry point counts votes itself, into `votes` or a scratch it drops.
+    let scratch_votes;
+    let vote_counters = match (quads, votes) {
+        (false, _) => None,
+        (true, Some(v)) => Some(v.counters.id()),
+        (true, None) => {
+            scratch_votes = Scratch::new(c, DType::U32, &[4])?;
+            Some(scratch_votes.id())
+        }
+    };
+    let max_workgroups = crate::LOOP_MAX_WORKGROUPS;
     for ch in chunks(&l, n) {
         let mut bindings = vec![ch.binding(s.id(), DType::F32, false)];
         bindings.extend(input_slots(ch, xs, &dtypes));
         bindings.push(ch.binding(base, dtypes[xs.len()], true));
+        let (entry, workgroups) = match vote_counters {
+            Some(v) => {
+                bindings.push(Binding::write(v));
+                let invocations = ch.len.div_ceil(4) * 2;
+                let wgs = crate::histogram_workgroups(&l, invocations, wg, max_workgroups);
+                ("ties_elect_delta_q", wgs)
+            }
+            None => (OP, dispatch_1d(&l, ch.len.div_ceil(2), wg)),
+        };
         c.dispatch(&KernelCall {
             label: OP,
             source: wgsl::TIES_ELECT,
-            entry_point: OP,
+            entry_point: entry,
             constants: &consts,
             bindings: &bindings,
             uniforms: &Uniforms::default().u32(ch.len as u32).words8(&bits).bytes(),
-            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            workgroups,
         })?;
+    }
+    if let (None, Some(v)) = (vote_counters, votes) {
+        v.add(&[s.id()], &[0.0])?;
     }
     Ok(s.keep())
 }
@@ -471,7 +497,19 @@ pub fn ties_merge_delta_scaled(
     ));
     let consts = constants(&l, &extra);
     let bits = threshold_bits(m.thresholds);
+    let mut all = dtypes.clone();
+    all.push(m.dtype);
+    let quads = crate::launch::quads(&l, &all);
+    let max_workgroups = crate::LOOP_MAX_WORKGROUPS;
     for ch in chunks(&l, n) {
+        // All f32: four elements per invocation, few invocations looping over the chunk.
+        let (entry, workgroups) = if quads {
+            let invocations = ch.len.div_ceil(4) * 2;
+            let wgs = crate::histogram_workgroups(&l, invocations, wg, max_workgroups);
+            ("ties_merge_delta_q", wgs)
+        } else {
+            (OP, dispatch_1d(&l, ch.len.div_ceil(2), wg))
+        };
         let mut bindings = vec![
             ch.binding(out.id(), m.dtype, false),
             ch.binding(base, dtypes[xs.len()], true),
@@ -482,7 +520,7 @@ pub fn ties_merge_delta_scaled(
         c.dispatch(&KernelCall {
             label: OP,
             source: wgsl::TIES_MERGE,
-            entry_point: OP,
+            entry_point: entry,
             constants: &consts,
             bindings: &bindings,
             uniforms: &Uniforms::default()
@@ -493,7 +531,7 @@ pub fn ties_merge_delta_scaled(
                 .words8(&bits)
                 .u32(slot)
                 .bytes(),
-            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            workgroups,
         })?;
     }
     Ok(out.keep())

@@ -521,6 +521,124 @@ fn radix_histogram_delta_counts_the_task_vector_it_never_writes() {
 // ---------------------------------------------------------------------------------------------
 // k-th largest magnitude
 
+#[test]
+fn radix_bracket_counts_above_and_inside_each_models_range() {
+    let mut rng = StdRng::seed_from_u64(44);
+    for (name, c, sizes) in [
+        ("full", full(), &[1usize, 255, 256, 257, 3001][..]),
+        ("clamped to 12 buffers", clamped_wide(), &[1, 257, 5003][..]),
+    ] {
+        for &n in sizes {
+            for (xt, bt, models) in [
+                (DType::F32, DType::F32, 8),
+                (DType::F16, DType::F32, 3),
+                (DType::BF16, DType::BF16, 1),
+                (DType::F32, DType::F16, 6),
+            ] {
+                let label = format!("{name}: n = {n}, {models} x {xt} - {bt}");
+                let base_v = random(&mut rng, bt, n);
+                let rows: Vec<Vec<f32>> = (0..models).map(|_| random(&mut rng, xt, n)).collect();
+                let base = upload(c, bt, &base_v);
+                let xs: Vec<GpuTensor> = rows.iter().map(|r| upload(c, xt, r)).collect();
+                // |x - base| bits on the CPU, sorted from the top.
+                let bits: Vec<Vec<u32>> = rows
+                    .iter()
+                    .map(|r| {
+                        let mut b: Vec<u32> = r
+                            .iter()
+                            .zip(&base_v)
+                            .map(|(&x, &b)| (x - b).abs().to_bits())
+                            .collect();
+                        b.sort_unstable_by(|a, b| b.cmp(a));
+                        b
+                    })
+                    .collect();
+                // Brackets around a rank (model k's at rank k·n/8), of a few values, one
+                // empty; with a gap of unused words between models.
+                let rank = |k: usize| (k * n / 8).max(1) as u64;
+                let mut offset = 5u64;
+                let brackets: Vec<k::RadixBracket> = (0..models)
+                    .map(|m| {
+                        let r = rank(m) as usize;
+                        let hi_at = r.saturating_sub(3).max(1);
+                        let lo_at = (r + 2).min(n);
+                        let (lo, hi) = if m == 2 {
+                            (bits[m][r - 1], bits[m][r - 1])
+                        } else {
+                            // Narrow enough for the counts to fit one binding (the
+                            // clamped one holds 1024 words), still around the rank's value.
+                            let v = bits[m][r - 1];
+                            let half = if name == "full" { 50_000 } else { 25 };
+                            (
+                                bits[m][lo_at - 1].max(v.saturating_sub(half)),
+                                (bits[m][hi_at - 1] + 1).min(v + half),
+                            )
+                        };
+                        let b = k::RadixBracket { lo, hi, offset };
+                        offset += b.words() + 3;
+                        b
+                    })
+                    .collect();
+                let counts = c.create(DType::U32, &[offset as usize], None).unwrap();
+                k::radix_bracket_delta(c, counts, &xs, base, &brackets).unwrap();
+                let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(counts).unwrap());
+                let mut want = vec![0u32; offset as usize];
+                for (m, b) in brackets.iter().enumerate() {
+                    let at = b.offset as usize;
+                    for &v in &bits[m] {
+                        if v >= b.hi {
+                            want[at] += 1;
+                        } else if v >= b.lo {
+                            want[at + 2 + 2 * (v - b.lo) as usize] += 1;
+                        }
+                    }
+                }
+                assert_eq!(words, want, "{label}: counts");
+                for (m, b) in brackets.iter().enumerate() {
+                    let w = &words[b.offset as usize..(b.offset + b.words()) as usize];
+                    let r = rank(m);
+                    let got = b.resolve(w, r);
+                    if m == 2 {
+                        assert_eq!(got, None, "{label}: an empty bracket settles nothing");
+                    } else {
+                        assert_eq!(got, Some(bits[m][r as usize - 1]), "{label}: model {m}");
+                    }
+                    // Ranks outside the bracket are not settled by it.
+                    let above = u64::from(w[0]);
+                    if above > 0 {
+                        assert_eq!(b.resolve(w, above), None, "{label}: model {m}");
+                    }
+                    let inside: u64 = w[2..].iter().step_by(2).map(|&c| u64::from(c)).sum();
+                    assert_eq!(b.resolve(w, above + inside + 1), None, "{label}: model {m}");
+                }
+                release(c, &[counts, base]);
+                release(c, &xs);
+            }
+        }
+    }
+    // A bracket wider than the limit, one past the counts, nine models: errors that say so.
+    let c = full();
+    let x = upload(c, DType::F32, &[1.0]);
+    let counts = c.create(DType::U32, &[4], None).unwrap();
+    let wide = k::RadixBracket {
+        lo: 0,
+        hi: 1 << 21,
+        offset: 0,
+    };
+    let e = k::radix_bracket_delta(c, counts, &[x], x, &[wide]).unwrap_err();
+    assert!(e.message().contains("wider than"), "{e}");
+    let past = k::RadixBracket {
+        lo: 0,
+        hi: 2,
+        offset: 0,
+    };
+    let e = k::radix_bracket_delta(c, counts, &[x], x, &[past]).unwrap_err();
+    assert!(e.message().contains("past the 4 words"), "{e}");
+    let e = k::radix_bracket_delta(c, counts, &[x; 9], x, &[past; 9]).unwrap_err();
+    assert!(e.message().contains("1 to 8 models"), "{e}");
+    release(c, &[x, counts]);
+}
+
 fn cpu_kth_largest(values: &[f32], k: usize) -> f32 {
     let mut m: Vec<f32> = values.iter().map(|v| v.abs()).collect();
     m.sort_by(|a, b| b.total_cmp(a));
@@ -1078,7 +1196,8 @@ fn fused_ties_launches_equal_the_per_model_merge_and_the_cpu() {
                     })
                     .collect();
 
-                let s = k::ties_elected_sum_delta(c, &xs, base, &thresholds).unwrap();
+                let votes = k::SignVotes::new(c).unwrap();
+                let s = k::ties_elected_sum_delta(c, &xs, base, &thresholds, Some(&votes)).unwrap();
                 let s_ref = c.create(DType::F32, &[n], None).unwrap();
                 for (i, &x) in xs.iter().enumerate() {
                     k::ties_elect_delta(c, s_ref, x, base, thresholds[i], i > 0).unwrap();
@@ -1086,6 +1205,11 @@ fn fused_ties_launches_equal_the_per_model_merge_and_the_cpu() {
                 assert_eq!(c.read(s).unwrap(), c.read(s_ref).unwrap(), "{label}: S");
                 let (_, cpu_sums) = cpu_disjoint(&trimmed, 1.0, k::TiesMerge::Sum);
                 assert_close(&label, &download(c, s), &cpu_sums, F32_REL);
+                // The signs of S, counted with it (the padding past n is not).
+                let s_exact = download(c, s_ref);
+                let pos = s_exact.iter().filter(|&&v| v > 0.0).count() as u64;
+                let neg = s_exact.iter().filter(|&&v| v < 0.0).count() as u64;
+                assert_eq!(votes.counts().unwrap(), (pos, neg), "{label}: votes");
 
                 for merge in [k::TiesMerge::Sum, k::TiesMerge::Mean, k::TiesMerge::Max] {
                     for majority in [1.0f32, -1.0] {
@@ -1159,13 +1283,13 @@ fn fused_ties_launches_equal_the_per_model_merge_and_the_cpu() {
     // Nine models, or a device with fewer storage buffers, are errors that say so.
     let c = full();
     let xs: Vec<GpuTensor> = (0..9).map(|_| upload(c, DType::F32, &[1.0])).collect();
-    let e = k::ties_elected_sum_delta(c, &xs, xs[0], &[0.0; 9]).unwrap_err();
+    let e = k::ties_elected_sum_delta(c, &xs, xs[0], &[0.0; 9], None).unwrap_err();
     assert!(e.message().contains("1 to 8 models"), "{e}");
     release(c, &xs);
     let c = clamped();
     assert!(!k::ties_fused_fits(c, 2));
     let x = upload(c, DType::F32, &[1.0]);
-    let e = k::ties_elected_sum_delta(c, &[x], x, &[0.0]).unwrap_err();
+    let e = k::ties_elected_sum_delta(c, &[x], x, &[0.0], None).unwrap_err();
     assert!(e.message().contains("the device allows 4"), "{e}");
     release(c, &[x]);
 }

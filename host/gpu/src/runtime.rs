@@ -634,7 +634,8 @@ impl Runtime {
     ) -> Result<GpuTensor, GpuError> {
         let numel: u64 = shape.iter().map(|&d| d as u64).product();
         let nbytes = numel * dtype.size() as u64;
-        let padded = nbytes.div_ceil(4).max(1) * 4;
+        // 16 bytes, so that kernels may read and write whole vec4s up to the end.
+        let padded = nbytes.div_ceil(16).max(1) * 16;
         if padded > self.limits.max_buffer_size {
             return Err(GpuError::TooLarge {
                 requested: padded,

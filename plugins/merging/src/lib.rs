@@ -39,6 +39,7 @@
 //! first model for averages and SLERP).
 
 mod average;
+mod bracket;
 mod cache;
 mod delta;
 mod device;

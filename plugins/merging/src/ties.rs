@@ -6,25 +6,29 @@
 //! take the majority sign of the whole model. Both are whole-model statistics, so `run` makes
 //! passes over the models before the lazy merge:
 //!
-//! 1. thresholds: a radix select over the bits of `|τ|` (the kernel library's
-//!    `radix_histogram`, two passes: the top 12 bits, then the low 19 of the entries in the
-//!    chosen bin), fed one tensor of one model at a time into one histogram per model (32 KiB,
-//!    then 4 MiB, all in one device tensor), so nothing but a tensor and the histograms is on
-//!    the device;
+//! 1. thresholds: where the task vectors are plain and up to eight models share the device
+//!    (the usual case on a software adapter), one pass over a range of `|τ|`'s bits guessed
+//!    from a host-side sample of each task vector (`crate::bracket`), which settles each
+//!    model's k-th value exactly when the guess holds; otherwise, and for any model whose guess
+//!    missed, a radix select over the bits of `|τ|` (the kernel library's `radix_histogram`,
+//!    two passes: the top 12 bits, then the low 19 of the entries in the chosen bin), fed one
+//!    tensor of one model at a time into one histogram per model (32 KiB, then 4 MiB, all in
+//!    one device tensor);
 //! 2. sign election: the elected signs counted over every tensor (`fusion_kernels::SignVotes`)
 //!    for the majority sign.
 //!
 //! The sign-election pass reads each key's tensors of every model anyway, so it merges the key
 //! there too, from the same uploads: the elected sum `S = Σ trim(τᵢ)`, then the disjoint merge
-//! (`fusion_kernels::TiesAccumulator`) with majority sign +1, kept in the device cache until the
-//! merged model asks for the tensor. The majority only matters where `S = 0`; the accumulator
-//! counts the entries another majority would change (`count_undecided`), and a key with any is
-//! merged again later if the majority turns out not to be +1. With two threshold passes that
-//! makes three reads of the models in all. Where the task vectors are plain and the device
-//! binds twelve storage buffers (up to eight models), a key takes two fused launches there
-//! (`fusion_kernels::ties_elected_sum_delta`, then `ties_merge_delta_scaled`, which writes the
-//! merged model tensor `base + λ·τ` and the undecided count at once), so each model's tensor
-//! is read twice and nothing else is written; otherwise a launch or two per model.
+//! with majority sign +1, kept in the device cache until the merged model asks for the tensor.
+//! The majority only matters where `S = 0`; the merge counts the entries another majority
+//! would change (`count_undecided`), and a key with any is merged again later if the majority
+//! turns out not to be +1. That makes two reads of the models in all (three where the guessed
+//! ranges do not apply). Where the task vectors are plain and the device binds twelve storage
+//! buffers (up to eight models), a key takes two fused launches there
+//! (`fusion_kernels::ties_elected_sum_delta`, which counts the votes too where every tensor is
+//! f32, then `ties_merge_delta_scaled`, which writes the merged model tensor `base + λ·τ` and
+//! the undecided count at once), so nothing but `S` and the output is written; otherwise a
+//! launch or two per model.
 //!
 //! A key whose merged tensor does not fit the cache, or whose tensors together are too large to
 //! hold at once, is merged later instead, revisiting its task vectors one model at a time: the
@@ -279,6 +283,17 @@ impl Source<'_> {
         }
     }
 
+    /// Whether the thresholds may take one pass over a range guessed from a sample
+    /// (`crate::bracket`): plain task vectors, up to eight models, a device that binds the
+    /// launch, and a cache that neither is off (strict streaming) nor keeps task vectors (then
+    /// the first radix pass fills it, and later passes read the device).
+    fn brackets_apply(&self, c: &dyn Compute) -> bool {
+        matches!(self.delta, Delta::Plain)
+            && !self.cache.off()
+            && !self.cache.keeps_inputs()
+            && fusion_kernels::radix_bracket_fits(c, self.inputs.models.len())
+    }
+
     /// Every model's task vector of `name` when the cache holds them all (views), so that one
     /// multi-input launch can take them together instead of one launch per model.
     fn all_cached<'c>(&self, c: &'c dyn Compute, name: &str) -> Option<Vec<Gpu<'c>>> {
@@ -352,8 +367,8 @@ impl Source<'_> {
         if let Some(xs) = self.fused_inputs(c, name, info)? {
             let ids: Vec<GpuTensor> = xs.iter().map(Gpu::id).collect();
             let b = self.base_of(c, base, name)?;
-            let s =
-                fusion_kernels::ties_elected_sum_delta(c, &ids, b.id(), thresholds).map_err(ctx)?;
+            let s = fusion_kernels::ties_elected_sum_delta(c, &ids, b.id(), thresholds, None)
+                .map_err(ctx)?;
             return Ok(Gpu::adopt(c, s));
         }
         let s = Gpu::zeros(c, DType::F32, &info.shape)?;
@@ -428,10 +443,15 @@ impl Source<'_> {
             let ctx = |e: Error| e.context(format!("tensor `{name}`"));
             let s = Gpu::adopt(
                 c,
-                fusion_kernels::ties_elected_sum_delta(c, &fine, base.id(), thresholds)
-                    .map_err(ctx)?,
+                fusion_kernels::ties_elected_sum_delta(
+                    c,
+                    &fine,
+                    base.id(),
+                    thresholds,
+                    Some(votes),
+                )
+                .map_err(ctx)?,
             );
-            votes.add(&[s.id()], &[0.0])?;
             let m = early.scaled(thresholds, 1.0, info);
             let out = fusion_kernels::ties_merge_delta_scaled(
                 c,
@@ -592,6 +612,45 @@ impl Sweep<'_> {
         let Some(rank) = fusion_kernels::topk_rank_from_top(d, k_param) else {
             return Ok(vec![0.0; n]);
         };
+        let mut found = vec![None; n];
+        if self.source.brackets_apply(self.c) {
+            let started = std::time::Instant::now();
+            found = crate::bracket::thresholds(
+                self.c,
+                ctx,
+                self.source.inputs,
+                self.keys,
+                rank,
+                d,
+                held_at_once,
+            )?;
+            let settled = found.iter().filter(|t| t.is_some()).count();
+            tracing::info!(
+                settled,
+                models = n,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "TIES thresholds: {settled} of {n} models settled in one pass over a range guessed from a sample"
+            );
+        }
+        let pending: Vec<usize> = (0..n).filter(|&i| found[i].is_none()).collect();
+        if !pending.is_empty() {
+            for (&i, t) in pending
+                .iter()
+                .zip(self.radix_thresholds(ctx, rank, &pending)?)
+            {
+                found[i] = Some(t);
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|t| t.expect("every model settled"))
+            .collect())
+    }
+
+    /// The thresholds of the models `pending` by radix select (two passes, or four on devices
+    /// whose bindings cannot hold the wide histogram).
+    fn radix_thresholds(&self, ctx: &Context, rank: u64, pending: &[usize]) -> Result<Vec<f32>> {
+        let n = pending.len();
         let digits =
             if fusion_kernels::radix_plan_fits(&self.c.limits(), fusion_kernels::RADIX_TWO_PASS) {
                 fusion_kernels::RADIX_TWO_PASS
@@ -607,12 +666,13 @@ impl Sweep<'_> {
             let hists = Gpu::zeros(self.c, DType::U32, &[n * stride as usize / 4])?;
             for (name, info) in self.keys {
                 let mut base = None;
-                for (i, m) in self.source.inputs.models.iter().enumerate() {
+                for (p, &i) in pending.iter().enumerate() {
+                    let m = &self.source.inputs.models[i];
                     let slot = Binding::write(hists.id())
-                        .range(i as u64 * stride, digit.histogram_bytes());
+                        .range(p as u64 * stride, digit.histogram_bytes());
                     let pass = RadixPass {
                         digit,
-                        state: states[i],
+                        state: states[p],
                         first: pass == 0,
                     };
                     self.source
@@ -628,13 +688,13 @@ impl Sweep<'_> {
                 ms = started.elapsed().as_secs_f64() * 1e3,
                 "TIES threshold pass"
             );
-            for (i, state) in states.iter_mut().enumerate() {
-                let at = i * stride as usize / 4;
+            for (p, state) in states.iter_mut().enumerate() {
+                let at = p * stride as usize / 4;
                 let words = &all[at..at + 2 * digit.bins() as usize];
                 *state = state.advance(digit, words).ok_or_else(|| {
                     Error::compute(format!(
                         "TIES threshold of `{}`: the histogram of bits {}..{} counts fewer than {} entries",
-                        self.source.inputs.models[i].name,
+                        self.source.inputs.models[pending[p]].name,
                         digit.shift + digit.bits - 1,
                         digit.shift,
                         state.rank
@@ -785,7 +845,7 @@ impl TiesTensor {
             Some(s) => Gpu::borrowed(c, s),
             None => Gpu::adopt(
                 c,
-                fusion_kernels::ties_elected_sum_delta(c, &ids, base.id(), &self.thresholds)
+                fusion_kernels::ties_elected_sum_delta(c, &ids, base.id(), &self.thresholds, None)
                     .map_err(ctx)?,
             ),
         };
