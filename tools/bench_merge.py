@@ -893,8 +893,9 @@ def write_report(args, small: bool, results: dict) -> None:
       + ("" if not args.shared_machine else "The machine was shared with other engineers' builds: timings are noisy."))
     A("- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()))
     A(f"- fusion-host: `{fh.get('binary')}` {fh.get('version', '')} (release profile, built {fh.get('built', '?')}, "
-      f"sha256 {fh.get('sha256', '?')}…, from the working tree of {REPO} at commit {sh(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'])} "
-      "plus uncommitted work, the merging plugin included)")
+      f"sha256 {fh.get('sha256', '?')}…, from the working tree of {REPO} at commit {sh(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'])}"
+      + (" plus uncommitted work" if sh(['git', '-C', str(REPO), 'status', '--porcelain', '--untracked-files=no']).strip() else "")
+      + ", the merging plugin included)")
     if fh.get("devices"):
         A("")
         A("```")
