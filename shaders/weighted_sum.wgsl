@@ -199,3 +199,42 @@ fn weighted_sum_8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     acc += p8.w[1].w * ld7(t, n);
     store(t, acc, n);
 }
+
+// weighted_sum_q: weighted_sum_N for INPUTS (1 to 8) f32 inputs into an f32 out, four elements
+// per invocation through vec4 loads (software adapters run it about twice as fast as pairs of
+// scalar loads). Same arithmetic in the same order; binds 0 = out, 1..8 = x0..x7 (slots past
+// INPUTS are bound to x0 and never read), 9 = uniform Params. Tensors are padded to 16 bytes
+// by the runtime, so the last quad reads zeros past n and writes into the padding.
+
+override INPUTS: u32 = 8u;
+
+@group(0) @binding(0) var<storage, read_write> q_out: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> q_x0: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> q_x1: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> q_x2: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> q_x3: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> q_x4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> q_x5: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> q_x6: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> q_x7: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn weighted_sum_q(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat_index(gid, nwg);
+    if (t >= (p8.n + 3u) / 4u) {
+        return;
+    }
+    var acc = vec4<f32>(0.0);
+    if (ACCUMULATE) {
+        acc = q_out[t];
+    }
+    acc += p8.w[0].x * q_x0[t];
+    if (INPUTS > 1u) { acc += p8.w[0].y * q_x1[t]; }
+    if (INPUTS > 2u) { acc += p8.w[0].z * q_x2[t]; }
+    if (INPUTS > 3u) { acc += p8.w[0].w * q_x3[t]; }
+    if (INPUTS > 4u) { acc += p8.w[1].x * q_x4[t]; }
+    if (INPUTS > 5u) { acc += p8.w[1].y * q_x5[t]; }
+    if (INPUTS > 6u) { acc += p8.w[1].z * q_x6[t]; }
+    if (INPUTS > 7u) { acc += p8.w[1].w * q_x7[t]; }
+    q_out[t] = acc;
+}

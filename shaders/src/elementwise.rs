@@ -147,8 +147,19 @@ fn sum_batches(
         for (k, &dt) in group_dtypes.iter().enumerate() {
             extra.push((X_DTYPE_NAMES[k], dtype_code("weighted_sum", dt)?));
         }
+        // All f32 with eight slots to bind: four elements per invocation (`weighted_sum_q`).
+        let mut all = group_dtypes.to_vec();
+        all.push(out_dtype);
+        let quad = batch == wgsl::MAX_ARITY && crate::launch::quads(&l, &all);
+        if quad {
+            extra.push(("INPUTS", group.len() as f64));
+        }
         let consts = constants(&l, &extra);
-        let entry = format!("weighted_sum_{}", group.len());
+        let entry = if quad {
+            "weighted_sum_q".to_string()
+        } else {
+            format!("weighted_sum_{}", group.len())
+        };
         let weights: Vec<u32> = group.iter().map(|&(_, w)| w.to_bits()).collect();
         for ch in chunks(&l, n) {
             let mut bindings = vec![ch.binding(out, out_dtype, false)];
@@ -158,6 +169,11 @@ fn sum_batches(
                     .zip(group_dtypes)
                     .map(|(&(t, _), &dt)| ch.binding(t, dt, true)),
             );
+            if quad {
+                // Unread slots take the first input again.
+                let first = bindings[1];
+                bindings.resize(1 + wgsl::MAX_ARITY, first);
+            }
             c.dispatch(&KernelCall {
                 label: "weighted_sum",
                 source: wgsl::WEIGHTED_SUM,
@@ -168,7 +184,7 @@ fn sum_batches(
                     .u32(ch.len as u32)
                     .words8(&weights)
                     .bytes(),
-                workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+                workgroups: dispatch_1d(&l, ch.len.div_ceil(if quad { 4 } else { 2 }), wg),
             })?;
         }
     }

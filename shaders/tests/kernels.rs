@@ -39,45 +39,35 @@ fn full() -> &'static Runtime {
 }
 
 /// The device clamped so that 1024 f32 elements fill a binding, 4 workgroups of 32 fill a
-/// dimension (a 1024-element chunk needs a 4x4 grid) and 4 storage buffers fill a stage; its
+/// dimension (a 1024-element chunk needs a 4x4 grid) and `storage_buffers` fill a stage; its
 /// tensors are reached through staging copies, as on a discrete GPU, even where the full
 /// runtime maps them directly (lavapipe).
-fn clamped() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        open(RuntimeOptions {
-            clamp: LimitClamp {
-                max_storage_binding_size: Some(4096),
-                max_workgroups_per_dimension: Some(4),
-                max_storage_buffers_per_stage: Some(4),
-                max_invocations_per_workgroup: Some(32),
-                min_storage_offset_alignment: Some(256),
-                ..Default::default()
-            },
-            unified_memory: Some(false),
+fn open_clamped(storage_buffers: u32) -> Runtime {
+    open(RuntimeOptions {
+        clamp: LimitClamp {
+            max_storage_binding_size: Some(4096),
+            max_workgroups_per_dimension: Some(4),
+            max_storage_buffers_per_stage: Some(storage_buffers),
+            max_invocations_per_workgroup: Some(32),
+            min_storage_offset_alignment: Some(256),
             ..Default::default()
-        })
+        },
+        unified_memory: Some(false),
+        ..Default::default()
     })
 }
 
-/// [`clamped`] with the twelve storage buffers the fused TIES launches bind, so that they run
-/// in chunks and over a 2-D grid.
+/// [`open_clamped`] with 4 storage buffers: the multi-input kernels run in batches.
+fn clamped() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| open_clamped(4))
+}
+
+/// [`open_clamped`] with the twelve storage buffers the fused TIES launches bind, so that
+/// they run in chunks and over a 2-D grid.
 fn clamped_wide() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        open(RuntimeOptions {
-            clamp: LimitClamp {
-                max_storage_binding_size: Some(4096),
-                max_workgroups_per_dimension: Some(4),
-                max_storage_buffers_per_stage: Some(12),
-                max_invocations_per_workgroup: Some(32),
-                min_storage_offset_alignment: Some(256),
-                ..Default::default()
-            },
-            unified_memory: Some(false),
-            ..Default::default()
-        })
-    })
+    RT.get_or_init(|| open_clamped(12))
 }
 
 fn runtimes() -> [(&'static str, &'static Runtime); 2] {
@@ -267,9 +257,23 @@ fn weighted_sum_matches_cpu_for_any_count_and_dtype_mix() {
             &CLAMPED_SIZES
         };
         for &n in sizes {
-            for count in [1usize, 2, 3, 8, 11] {
-                for out_dtype in DTYPES {
-                    let dtypes: Vec<DType> = (0..count).map(|i| DTYPES[(i + n) % 3]).collect();
+            // Mixed dtypes, then all f32 (eight slots or more take the vec4 `weighted_sum_q`).
+            let cases = [1usize, 2, 3, 8, 11]
+                .map(|count| (count, false))
+                .into_iter()
+                .chain([(8, true), (11, true), (16, true)]);
+            for (count, all_f32) in cases {
+                let out_dtypes: &[DType] = if all_f32 { &[DType::F32] } else { &DTYPES };
+                for &out_dtype in out_dtypes {
+                    let dtypes: Vec<DType> = (0..count)
+                        .map(|i| {
+                            if all_f32 {
+                                DType::F32
+                            } else {
+                                DTYPES[(i + n) % 3]
+                            }
+                        })
+                        .collect();
                     let data: Vec<(Vec<f32>, f32)> = dtypes
                         .iter()
                         .map(|&dt| (random(&mut rng, dt, n), rng.random_range(-1.0f32..1.0)))
