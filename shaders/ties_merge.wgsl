@@ -520,3 +520,106 @@ fn ties_merge_delta_q(
         }
     }
 }
+
+// ties_elect_merge_delta_q: ties_elect_delta_q and ties_merge_delta_q of one chunk in one
+// launch, for when the majority sign is assumed (or known): each quad of every input is read
+// once, the elected sum stays in registers (S is never written), and the same arithmetic in the
+// same order gives the same bits as the two launches. The elected signs of S are counted as
+// ties_elect_delta_q counts them, the undecided entries as ties_merge_delta_q does.
+//
+// Binds 0 = out (read_write f32), 1 = base, 2 = vote counters (read_write: pos_lo, pos_hi,
+// neg_lo, neg_hi), 3..10 = x0..x7, 11 = counters (read_write, (lo, hi) per slot),
+// 12 = uniform MergeNParams.
+
+@group(0) @binding(2) var<storage, read_write> q_votes: array<atomic<u32>>;
+
+@compute @workgroup_size(WG)
+fn ties_elect_merge_delta_q(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let n = pn.n;
+    let quads = (n + 3u) / 4u;
+    let stride = nwg.x * nwg.y * nwg.z * WG;
+    var undecided = vec4<u32>(0u);
+    var pos = vec4<u32>(0u);
+    var neg = vec4<u32>(0u);
+    for (var t = flat_index(gid, nwg); t < quads; t += stride) {
+        let b = q_base[t];
+        // Trimmed task vectors; slots past INPUTS stay zero and are neither summed nor merged.
+        let v0 = trim4(q_x0[t] - b, pn.thr[0].x);
+        var v1 = vec4<f32>(0.0);
+        var v2 = vec4<f32>(0.0);
+        var v3 = vec4<f32>(0.0);
+        var v4 = vec4<f32>(0.0);
+        var v5 = vec4<f32>(0.0);
+        var v6 = vec4<f32>(0.0);
+        var v7 = vec4<f32>(0.0);
+        if (INPUTS > 1u) { v1 = trim4(q_x1[t] - b, pn.thr[0].y); }
+        if (INPUTS > 2u) { v2 = trim4(q_x2[t] - b, pn.thr[0].z); }
+        if (INPUTS > 3u) { v3 = trim4(q_x3[t] - b, pn.thr[0].w); }
+        if (INPUTS > 4u) { v4 = trim4(q_x4[t] - b, pn.thr[1].x); }
+        if (INPUTS > 5u) { v5 = trim4(q_x5[t] - b, pn.thr[1].y); }
+        if (INPUTS > 6u) { v6 = trim4(q_x6[t] - b, pn.thr[1].z); }
+        if (INPUTS > 7u) { v7 = trim4(q_x7[t] - b, pn.thr[1].w); }
+        // ties_elect_delta_q's sum.
+        var sv = vec4<f32>(0.0);
+        sv += v0;
+        if (INPUTS > 1u) { sv += v1; }
+        if (INPUTS > 2u) { sv += v2; }
+        if (INPUTS > 3u) { sv += v3; }
+        if (INPUTS > 4u) { sv += v4; }
+        if (INPUTS > 5u) { sv += v5; }
+        if (INPUTS > 6u) { sv += v6; }
+        if (INPUTS > 7u) { sv += v7; }
+        let lanes = (vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(n);
+        pos += select(vec4<u32>(0u), vec4<u32>(1u), lanes & (sv > vec4<f32>(0.0)));
+        neg += select(vec4<u32>(0u), vec4<u32>(1u), lanes & (sv < vec4<f32>(0.0)));
+        // ties_merge_delta_q's merge.
+        let s = select(sign(sv), vec4<f32>(pn.majority), (sv == vec4<f32>(0.0)));
+        var st = Acc4(vec4<f32>(0.0), vec4<f32>(0.0));
+        st = add4(st, v0, s);
+        if (INPUTS > 1u) { st = add4(st, v1, s); }
+        if (INPUTS > 2u) { st = add4(st, v2, s); }
+        if (INPUTS > 3u) { st = add4(st, v3, s); }
+        if (INPUTS > 4u) { st = add4(st, v4, s); }
+        if (INPUTS > 5u) { st = add4(st, v5, s); }
+        if (INPUTS > 6u) { st = add4(st, v6, s); }
+        if (INPUTS > 7u) { st = add4(st, v7, s); }
+        let und = lanes & (sv == vec4<f32>(0.0)) & (vec4<bool>(ANY_ZERO) | (st.a != vec4<f32>(0.0)));
+        undecided += select(vec4<u32>(0u), vec4<u32>(1u), und);
+        var v = st.a;
+        if (MERGE == 1u) {
+            v = st.a / max(st.c, vec4<f32>(1.0));
+        } else if (MERGE == 2u) {
+            v = st.a * s;
+        }
+        var r = vec4<f32>(0.0);
+        r += pn.w_base * b;
+        r += pn.lambda * v;
+        q_out[t] = r;
+    }
+    // One atomic per invocation and counter (64-bit: lo, then hi on carry).
+    let p = pos.x + pos.y + pos.z + pos.w;
+    if (p != 0u) {
+        let old = atomicAdd(&q_votes[0u], p);
+        if (old > 0xffffffffu - p) {
+            atomicAdd(&q_votes[1u], 1u);
+        }
+    }
+    let m = neg.x + neg.y + neg.z + neg.w;
+    if (m != 0u) {
+        let old = atomicAdd(&q_votes[2u], m);
+        if (old > 0xffffffffu - m) {
+            atomicAdd(&q_votes[3u], 1u);
+        }
+    }
+    let u = undecided.x + undecided.y + undecided.z + undecided.w;
+    if (u != 0u) {
+        let i = 2u * pn.slot;
+        let old = atomicAdd(&n_counters[i], u);
+        if (old > 0xffffffffu - u) {
+            atomicAdd(&n_counters[i + 1u], 1u);
+        }
+    }
+}

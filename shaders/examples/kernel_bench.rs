@@ -154,6 +154,18 @@ fn bench_size(c: &dyn Compute, n: usize) {
         let o = fusion_kernels::ties_merge_delta_scaled(c, s8, &ids, b, m, (counters, 0)).unwrap();
         c.release(o);
     });
+    time("elect and merge of 8, one launch (f32)", 8 * n, &|| {
+        let m = fusion_kernels::ScaledTiesMerge {
+            thresholds: &thr,
+            majority: 1.0,
+            merge: fusion_kernels::TiesMerge::Sum,
+            lambda: 0.3,
+            dtype: DType::F32,
+        };
+        let o = fusion_kernels::ties_elect_merge_delta(c, &ids, b, m, Some(&votes), (counters, 0))
+            .unwrap();
+        c.release(o);
+    });
     time("sign votes of S (separate launch)", n, &|| {
         votes.add(&[s8], &[0.0]).unwrap()
     });

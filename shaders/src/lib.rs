@@ -50,7 +50,7 @@ pub use select::{
 };
 pub use slerp::{slerp, slerp_weights, SLERP_DOT_THRESHOLD, SLERP_EPS};
 pub use ties::{
-    ties_elect_delta, ties_elected_sum, ties_elected_sum_delta, ties_fused_fits, ties_merge,
-    ties_merge_delta_scaled, ScaledTiesMerge, SignVotes, TiesAccumulator, TiesMerge,
-    TIES_FUSED_MAX_MODELS,
+    ties_elect_delta, ties_elect_merge_delta, ties_elected_sum, ties_elected_sum_delta,
+    ties_fused_fits, ties_merge, ties_merge_delta_scaled, ScaledTiesMerge, SignVotes,
+    TiesAccumulator, TiesMerge, TIES_FUSED_MAX_MODELS,
 };

@@ -478,24 +478,11 @@ pub fn ties_merge_delta_scaled(
         )));
     }
     let (counters, slot) = undecided;
-    let (ct, _, words) = info(c, counters)?;
-    if ct != DType::U32 || words < 2 * (u64::from(slot) + 1) {
-        return Err(Error::config(format!(
-            "{OP}: counters must be u32 with at least {} words for slot {slot}; got {ct} with {words}",
-            2 * (u64::from(slot) + 1)
-        )));
-    }
+    check_counters(c, OP, counters, slot)?;
     let out = Scratch::new(c, m.dtype, &shape)?;
     let l = c.limits();
     let wg = workgroup_size(&l);
-    let mut extra = fused_constants(OP, &dtypes)?;
-    extra.push(("MERGE", m.merge.code()));
-    extra.push(("OUT_DTYPE", dtype_code(OP, m.dtype)?));
-    extra.push((
-        "ANY_ZERO",
-        if m.merge == TiesMerge::Max { 1.0 } else { 0.0 },
-    ));
-    let consts = constants(&l, &extra);
+    let consts = constants(&l, &merge_constants(OP, &dtypes, &m)?);
     let bits = threshold_bits(m.thresholds);
     let mut all = dtypes.clone();
     all.push(m.dtype);
@@ -535,6 +522,102 @@ pub fn ties_merge_delta_scaled(
         })?;
     }
     Ok(out.keep())
+}
+
+/// [`ties_elected_sum_delta`] then [`ties_merge_delta_scaled`] for one key, from the fine-tuned
+/// tensors and the base alone: the merged model tensor `base + λ·ties_merge(xs − base)` with
+/// majority sign `m.majority`, the elected signs counted in `votes` (where given) and the
+/// entries another majority would change added to slot `undecided.1` of `undecided.0`. Where
+/// every tensor, the output included, is f32, one launch does it all (`S` stays in registers);
+/// else the two launches. Same bits either way. Needs [`ties_fused_fits`].
+pub fn ties_elect_merge_delta(
+    c: &dyn Compute,
+    xs: &[GpuTensor],
+    base: GpuTensor,
+    m: ScaledTiesMerge<'_>,
+    votes: Option<&SignVotes<'_>>,
+    undecided: (GpuTensor, u32),
+) -> Result<GpuTensor> {
+    const OP: &str = "ties_elect_merge_delta_q";
+    let (shape, n, dtypes) = fused_inputs(c, OP, xs, base, m.thresholds)?;
+    let l = c.limits();
+    let mut all = dtypes.clone();
+    all.push(m.dtype);
+    if !crate::launch::quads(&l, &all) {
+        let s = Scratch::adopt(c, ties_elected_sum_delta(c, xs, base, m.thresholds, votes)?);
+        return ties_merge_delta_scaled(c, s.id(), xs, base, m, undecided);
+    }
+    let (counters, slot) = undecided;
+    check_counters(c, OP, counters, slot)?;
+    let scratch_votes;
+    let vote_counters = match votes {
+        Some(v) => v.counters.id(),
+        None => {
+            scratch_votes = Scratch::new(c, DType::U32, &[4])?;
+            scratch_votes.id()
+        }
+    };
+    let out = Scratch::new(c, m.dtype, &shape)?;
+    let wg = workgroup_size(&l);
+    let consts = constants(&l, &merge_constants(OP, &dtypes, &m)?);
+    let bits = threshold_bits(m.thresholds);
+    for ch in chunks(&l, n) {
+        let invocations = ch.len.div_ceil(4) * 2;
+        let workgroups =
+            crate::histogram_workgroups(&l, invocations, wg, crate::LOOP_MAX_WORKGROUPS);
+        let mut bindings = vec![
+            ch.binding(out.id(), m.dtype, false),
+            ch.binding(base, dtypes[xs.len()], true),
+            Binding::write(vote_counters),
+        ];
+        bindings.extend(input_slots(ch, xs, &dtypes));
+        bindings.push(Binding::write(counters));
+        c.dispatch(&KernelCall {
+            label: OP,
+            source: wgsl::TIES_MERGE,
+            entry_point: OP,
+            constants: &consts,
+            bindings: &bindings,
+            uniforms: &Uniforms::default()
+                .u32(ch.len as u32)
+                .f32(m.majority)
+                .f32(1.0)
+                .f32(m.lambda)
+                .words8(&bits)
+                .u32(slot)
+                .bytes(),
+            workgroups,
+        })?;
+    }
+    Ok(out.keep())
+}
+
+/// The overrides of the fused merges: [`fused_constants`], `MERGE`, `OUT_DTYPE`, `ANY_ZERO`.
+fn merge_constants(
+    op: &str,
+    dtypes: &[DType],
+    m: &ScaledTiesMerge<'_>,
+) -> Result<Vec<(&'static str, f64)>> {
+    let mut extra = fused_constants(op, dtypes)?;
+    extra.push(("MERGE", m.merge.code()));
+    extra.push(("OUT_DTYPE", dtype_code(op, m.dtype)?));
+    extra.push((
+        "ANY_ZERO",
+        if m.merge == TiesMerge::Max { 1.0 } else { 0.0 },
+    ));
+    Ok(extra)
+}
+
+/// The undecided counters of the fused merges: u32 with a (lo, hi) pair for `slot`.
+fn check_counters(c: &dyn Compute, op: &str, counters: GpuTensor, slot: u32) -> Result<()> {
+    let (ct, _, words) = info(c, counters)?;
+    if ct != DType::U32 || words < 2 * (u64::from(slot) + 1) {
+        return Err(Error::config(format!(
+            "{op}: counters must be u32 with at least {} words for slot {slot}; got {ct} with {words}",
+            2 * (u64::from(slot) + 1)
+        )));
+    }
+    Ok(())
 }
 
 /// The disjoint merge of one key accumulated one model at a time, for plugins that stream task

@@ -1275,7 +1275,28 @@ fn fused_ties_launches_equal_the_per_model_merge_and_the_cpu() {
                             let words: Vec<u32> =
                                 bytemuck::pod_collect_to_vec(&c.read(counters).unwrap());
                             assert_eq!(words, [0, 0, undecided, 0], "{what}: undecided");
+                            // Election and merge from the inputs alone (one launch where all
+                            // is f32): the same bits, votes and count.
+                            let one_votes = k::SignVotes::new(c).unwrap();
+                            let one_counters = c.create(DType::U32, &[4], None).unwrap();
+                            let one = k::ties_elect_merge_delta(
+                                c,
+                                &xs,
+                                base,
+                                m,
+                                Some(&one_votes),
+                                (one_counters, 1),
+                            )
+                            .unwrap();
+                            assert_eq!(c.read(one).unwrap(), c.read(got).unwrap(), "{what}: one");
+                            assert_eq!(one_votes.counts().unwrap(), (pos, neg), "{what}: votes");
+                            assert_eq!(
+                                c.read(one_counters).unwrap(),
+                                c.read(counters).unwrap(),
+                                "{what}: one, undecided"
+                            );
                             release(c, &[got, want, merged, counters, ref_counters]);
+                            release(c, &[one, one_counters]);
                         }
                     }
                 }

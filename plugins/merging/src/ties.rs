@@ -24,11 +24,12 @@
 //! would change (`count_undecided`), and a key with any is merged again later if the majority
 //! turns out not to be +1. That makes two reads of the models in all (three where the guessed
 //! ranges do not apply). Where the task vectors are plain and the device binds twelve storage
-//! buffers (up to eight models), a key takes two fused launches there
-//! (`fusion_kernels::ties_elected_sum_delta`, which counts the votes too where every tensor is
-//! f32, then `ties_merge_delta_scaled`, which writes the merged model tensor `base + λ·τ` and
-//! the undecided count at once), so nothing but `S` and the output is written; otherwise a
-//! launch or two per model.
+//! buffers (up to eight models), a key takes fused launches there
+//! (`fusion_kernels::ties_elect_merge_delta`: where every tensor is f32, one launch reads each
+//! tensor once and writes the merged model tensor `base + λ·τ`, the votes and the undecided
+//! count, with `S` kept in registers; else `ties_elected_sum_delta` then
+//! `ties_merge_delta_scaled`, which write nothing but `S` and the output); otherwise a launch
+//! or two per model.
 //!
 //! A key whose merged tensor does not fit the cache, or whose tensors together are too large to
 //! hold at once, is merged later instead, revisiting its task vectors one model at a time: the
@@ -439,29 +440,17 @@ impl Source<'_> {
             })
             .collect();
         if fine.len() == held.len() && fusion_kernels::ties_fused_fits(c, fine.len()) {
-            // Two launches for the key (and the vote count): each tensor is read twice.
-            let ctx = |e: Error| e.context(format!("tensor `{name}`"));
-            let s = Gpu::adopt(
-                c,
-                fusion_kernels::ties_elected_sum_delta(
-                    c,
-                    &fine,
-                    base.id(),
-                    thresholds,
-                    Some(votes),
-                )
-                .map_err(ctx)?,
-            );
+            // One launch for the key where all is f32 (each tensor read once), else two.
             let m = early.scaled(thresholds, 1.0, info);
-            let out = fusion_kernels::ties_merge_delta_scaled(
+            let out = fusion_kernels::ties_elect_merge_delta(
                 c,
-                s.id(),
                 &fine,
                 base.id(),
                 m,
+                Some(votes),
                 (undecided, slot),
             )
-            .map_err(ctx)?;
+            .map_err(|e| e.context(format!("tensor `{name}`")))?;
             return self.cache.put(c, name, Slot::Merged, Gpu::adopt(c, out));
         }
         // The same launches, in the same order, as `compute_elected_sum` and the streamed
@@ -823,8 +812,9 @@ impl TensorMerge for TiesTensor {
 }
 
 impl TiesTensor {
-    /// The merge of `name` in two fused launches ([`fusion_kernels::ties_merge_delta_scaled`],
-    /// after the elected sum unless the cache kept it) from every model's fine-tuned tensor,
+    /// The merge of `name` in fused launches ([`fusion_kernels::ties_elect_merge_delta`], or
+    /// [`fusion_kernels::ties_merge_delta_scaled`] where the cache kept the elected sum) from
+    /// every model's fine-tuned tensor,
     /// where the task vectors are plain, none is on the device, the device binds the launch and
     /// the key's tensors fit at once (see [`held_at_once`]); `None` where not.
     fn merge_fused<'c>(
@@ -841,14 +831,6 @@ impl TiesTensor {
         let mut base = None;
         let base = source.base_of(c, &mut base, name)?;
         let ctx = |e: Error| e.context(format!("tensor `{name}`"));
-        let s = match self.cache.get(name, Slot::ElectedSum) {
-            Some(s) => Gpu::borrowed(c, s),
-            None => Gpu::adopt(
-                c,
-                fusion_kernels::ties_elected_sum_delta(c, &ids, base.id(), &self.thresholds, None)
-                    .map_err(ctx)?,
-            ),
-        };
         // The majority is known here: the count of entries it decided is not needed.
         let counters = Gpu::zeros(c, DType::U32, &[2])?;
         let m = EarlyMerge {
@@ -856,14 +838,24 @@ impl TiesTensor {
             lambda: self.lambda,
         }
         .scaled(&self.thresholds, self.majority, info);
-        let out = fusion_kernels::ties_merge_delta_scaled(
-            c,
-            s.id(),
-            &ids,
-            base.id(),
-            m,
-            (counters.id(), 0),
-        )
+        let out = match self.cache.get(name, Slot::ElectedSum) {
+            Some(s) => fusion_kernels::ties_merge_delta_scaled(
+                c,
+                s,
+                &ids,
+                base.id(),
+                m,
+                (counters.id(), 0),
+            ),
+            None => fusion_kernels::ties_elect_merge_delta(
+                c,
+                &ids,
+                base.id(),
+                m,
+                None,
+                (counters.id(), 0),
+            ),
+        }
         .map_err(ctx)?;
         Ok(Some(Gpu::adopt(c, out)))
     }
