@@ -32,3 +32,27 @@ fn convert(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         out[t] = encode_pair16(v, OUT_DTYPE);
     }
 }
+
+// scatter32: out[idx[i]] = values[i] for i < n, for 32-bit elements; indices at or past `len`
+// (out's element count) are skipped. Binds 0 = out (read_write), 1 = values, 2 = idx,
+// 3 = uniform ScatterParams.
+
+struct ScatterParams {
+    n: u32,
+    len: u32,
+}
+
+@group(0) @binding(2) var<storage, read> sc_idx: array<u32>;
+@group(0) @binding(3) var<uniform> psc: ScatterParams;
+
+@compute @workgroup_size(WG)
+fn scatter32(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= psc.n) {
+        return;
+    }
+    let at = sc_idx[i];
+    if (at < psc.len) {
+        out[at] = x[i];
+    }
+}

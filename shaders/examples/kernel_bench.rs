@@ -183,6 +183,28 @@ fn bench_size(c: &dyn Compute, n: usize) {
     time("bracket pass of 8 (f32)", 8 * n, &|| {
         fusion_kernels::radix_bracket_delta(c, counts, &ids, b, &brackets).unwrap()
     });
+    let dirty = c.create(DType::U32, &[n.div_ceil(32)], None).unwrap();
+    let tops: Vec<f32> = brackets.iter().map(|b| f32::from_bits(b.hi)).collect();
+    time("bracket pass, elect and merge of 8 (f32)", 8 * n, &|| {
+        let m = fusion_kernels::ScaledTiesMerge {
+            thresholds: &tops,
+            majority: 1.0,
+            merge: fusion_kernels::TiesMerge::Sum,
+            lambda: 0.3,
+            dtype: DType::F32,
+        };
+        let pass = fusion_kernels::TiesBracketPass {
+            brackets: &brackets,
+            counts,
+            dirty,
+            dirty_at: 0,
+        };
+        let o =
+            fusion_kernels::ties_bracket_merge_delta(c, &ids, b, m, pass, &votes, (counters, 0))
+                .unwrap();
+        c.release(o);
+    });
+    c.release(dirty);
     time("zeroed tensor", n, &|| {
         let t = c.create(DType::F32, &[n], None).unwrap();
         c.release(t);

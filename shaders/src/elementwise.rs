@@ -190,3 +190,46 @@ fn sum_batches(
     }
     Ok(())
 }
+
+/// `dst[indices[i]] = values[i]` for every `i`, for 32-bit tensors (`values` of `dst`'s dtype,
+/// `indices` u32, as many as `values`); indices past `dst`'s element count are skipped. `dst`
+/// must fit one binding of the device.
+pub fn scatter32(
+    c: &dyn Compute,
+    dst: GpuTensor,
+    indices: GpuTensor,
+    values: GpuTensor,
+) -> Result<()> {
+    const OP: &str = "scatter32";
+    let (dt, _, len) = info(c, dst)?;
+    let (vt, _, n) = info(c, values)?;
+    let (it, _, ni) = info(c, indices)?;
+    if dt.size() != 4 || vt != dt || it != DType::U32 || ni != n {
+        return Err(Error::config(format!(
+            "{OP}: takes a 32-bit tensor, values of its dtype and as many u32 indices; got {dt}, {n} {vt} values and {ni} {it} indices"
+        )));
+    }
+    let l = c.limits();
+    if len > crate::launch::chunk_elements(&l) || n > crate::launch::chunk_elements(&l) {
+        return Err(Error::unsupported(format!(
+            "{OP}: {len} elements, {n} values: past one binding of the device"
+        )));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let wg = workgroup_size(&l);
+    c.dispatch(&KernelCall {
+        label: OP,
+        source: wgsl::CONVERT,
+        entry_point: OP,
+        constants: &constants(&l, &[]),
+        bindings: &[
+            fusion_plugin_api::Binding::write(dst),
+            fusion_plugin_api::Binding::read(values),
+            fusion_plugin_api::Binding::read(indices),
+        ],
+        uniforms: &Uniforms::default().u32(n as u32).u32(len as u32).bytes(),
+        workgroups: dispatch_1d(&l, n, wg),
+    })
+}

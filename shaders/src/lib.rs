@@ -33,7 +33,8 @@ pub mod wgsl;
 pub use band::{breadcrumbs, breadcrumbs_counts, magnitude_band};
 pub use dare::{dare, dare_delta, dare_keep, philox4x32_10, tensor_key, Dare};
 pub use elementwise::{
-    accumulate, convert, convert_into, scale_add, task_vector, weighted_sum, weighted_sum_into,
+    accumulate, convert, convert_into, scale_add, scatter32, task_vector, weighted_sum,
+    weighted_sum_into,
 };
 pub use launch::{
     chunk_elements, chunks, dispatch_1d, dtype_code, is_software_adapter, quads, workgroup_size,
@@ -50,7 +51,7 @@ pub use select::{
 };
 pub use slerp::{slerp, slerp_weights, SLERP_DOT_THRESHOLD, SLERP_EPS};
 pub use ties::{
-    ties_elect_delta, ties_elect_merge_delta, ties_elected_sum, ties_elected_sum_delta,
-    ties_fused_fits, ties_merge, ties_merge_delta_scaled, ScaledTiesMerge, SignVotes,
-    TiesAccumulator, TiesMerge, TIES_FUSED_MAX_MODELS,
+    ties_bracket_merge_delta, ties_bracket_merge_fits, ties_elect_delta, ties_elect_merge_delta,
+    ties_elected_sum, ties_elected_sum_delta, ties_fused_fits, ties_merge, ties_merge_delta_scaled,
+    ScaledTiesMerge, SignVotes, TiesAccumulator, TiesBracketPass, TiesMerge, TIES_FUSED_MAX_MODELS,
 };

@@ -608,6 +608,139 @@ fn merge_constants(
     Ok(extra)
 }
 
+/// Storage buffers `ties_bracket_merge_delta_q` binds: those of the fused merge, the bracket
+/// counts and the dirty bits.
+const BRACKET_MERGE_STORAGE_BUFFERS: u32 = 14;
+
+/// Whether [`ties_bracket_merge_delta`] can take `models` fine-tuned tensors on this device:
+/// 1 to [`TIES_FUSED_MAX_MODELS`], fourteen storage buffers per shader stage, and chunks of a
+/// multiple of 32 elements (the dirty bits of a chunk start a word).
+pub fn ties_bracket_merge_fits(c: &dyn Compute, models: usize) -> bool {
+    let l = c.limits();
+    (1..=TIES_FUSED_MAX_MODELS).contains(&models)
+        && l.max_storage_buffers_per_stage >= BRACKET_MERGE_STORAGE_BUFFERS
+        && crate::launch::chunk_elements(&l) % 32 == 0
+}
+
+/// What [`ties_bracket_merge_delta`] does besides the merge.
+#[derive(Clone, Copy, Debug)]
+pub struct TiesBracketPass<'a> {
+    /// Each model's bracket of `|τ|` bits, known to hold its threshold if the guess is right,
+    /// with its counters' offset in `counts` (as [`radix_bracket_delta`](crate::radix_bracket_delta)).
+    pub brackets: &'a [crate::RadixBracket],
+    /// The bracket counters (u32 words).
+    pub counts: GpuTensor,
+    /// The dirty bits (u32 words): element `i` of the key is bit `i % 32` of word
+    /// `dirty_at + i / 32`.
+    pub dirty: GpuTensor,
+    /// The key's first word in `dirty`.
+    pub dirty_at: u64,
+}
+
+/// One pass over a key's f32 tensors before the thresholds are known: what
+/// [`radix_bracket_delta`](crate::radix_bracket_delta) counts for `pass.brackets`, and the merged
+/// model tensor (f32) of [`ties_elect_merge_delta`] with each threshold at its bracket's top,
+/// which is the exact result wherever no model's `|τ|` lies inside its bracket. Positions where
+/// one does are set in `pass.dirty` and left out of `votes` and the undecided count (slot
+/// `undecided.1` of `undecided.0`): merge them again once the counts settle the thresholds.
+/// `m.thresholds` is ignored (pass the brackets' tops or anything of the same length); `m.dtype`
+/// must be f32. Needs [`ties_bracket_merge_fits`].
+pub fn ties_bracket_merge_delta(
+    c: &dyn Compute,
+    xs: &[GpuTensor],
+    base: GpuTensor,
+    m: ScaledTiesMerge<'_>,
+    pass: TiesBracketPass<'_>,
+    votes: &SignVotes<'_>,
+    undecided: (GpuTensor, u32),
+) -> Result<GpuTensor> {
+    const OP: &str = "ties_bracket_merge_delta_q";
+    if !ties_bracket_merge_fits(c, xs.len()) {
+        return Err(Error::unsupported(format!(
+            "{OP}: takes 1 to {TIES_FUSED_MAX_MODELS} models with {BRACKET_MERGE_STORAGE_BUFFERS} storage buffers per shader stage; got {} models, the device allows {}",
+            xs.len(),
+            c.limits().max_storage_buffers_per_stage
+        )));
+    }
+    let (shape, n, dtypes) = fused_inputs(c, OP, xs, base, m.thresholds)?;
+    if dtypes.iter().chain([&m.dtype]).any(|&d| d != DType::F32) {
+        return Err(Error::unsupported(format!(
+            "{OP}: takes f32 tensors only; got {dtypes:?} into {}",
+            m.dtype
+        )));
+    }
+    if pass.brackets.len() != xs.len() {
+        return Err(Error::config(format!(
+            "{OP}: {} brackets for {} models",
+            pass.brackets.len(),
+            xs.len()
+        )));
+    }
+    let (ct, _, count_words) = info(c, pass.counts)?;
+    for (k, b) in pass.brackets.iter().enumerate() {
+        if ct != DType::U32
+            || b.lo > b.hi
+            || b.bins() > crate::MAX_BRACKET_BINS
+            || b.offset + b.words() > count_words
+        {
+            return Err(Error::config(format!(
+                "{OP}: bracket {k} ({b:?}) is inverted, wider than {} bins or past the {count_words} {ct} words of the counts",
+                crate::MAX_BRACKET_BINS
+            )));
+        }
+    }
+    let (dt, _, dirty_words) = info(c, pass.dirty)?;
+    if dt != DType::U32 || pass.dirty_at + n.div_ceil(32) > dirty_words {
+        return Err(Error::config(format!(
+            "{OP}: the dirty bits of {n} elements from word {} do not fit {dirty_words} {dt} words",
+            pass.dirty_at
+        )));
+    }
+    let (counters, slot) = undecided;
+    check_counters(c, OP, counters, slot)?;
+    let out = Scratch::new(c, DType::F32, &shape)?;
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let consts = constants(&l, &merge_constants(OP, &dtypes, &m)?);
+    let lo: Vec<u32> = pass.brackets.iter().map(|b| b.lo).collect();
+    let hi: Vec<u32> = pass.brackets.iter().map(|b| b.hi).collect();
+    let off: Vec<u32> = pass.brackets.iter().map(|b| b.offset as u32).collect();
+    for ch in chunks(&l, n) {
+        let invocations = ch.len.div_ceil(4) * 2;
+        let workgroups =
+            crate::histogram_workgroups(&l, invocations, wg, crate::LOOP_MAX_WORKGROUPS);
+        let mut bindings = vec![
+            ch.binding(out.id(), DType::F32, false),
+            ch.binding(base, DType::F32, true),
+            Binding::write(votes.counters.id()),
+        ];
+        bindings.extend(input_slots(ch, xs, &dtypes));
+        bindings.push(Binding::write(counters));
+        bindings.push(Binding::write(pass.counts));
+        bindings.push(Binding::write(pass.dirty));
+        c.dispatch(&KernelCall {
+            label: OP,
+            source: wgsl::TIES_MERGE,
+            entry_point: OP,
+            constants: &consts,
+            bindings: &bindings,
+            uniforms: &Uniforms::default()
+                .u32(ch.len as u32)
+                .f32(m.majority)
+                .f32(1.0)
+                .f32(m.lambda)
+                .words8(&lo)
+                .words8(&hi)
+                .words8(&off)
+                .u32(slot)
+                .u32((pass.dirty_at + ch.start / 32) as u32)
+                .bytes(),
+            workgroups,
+        })?;
+    }
+    Ok(out.keep())
+}
+
 /// The undecided counters of the fused merges: u32 with a (lo, hi) pair for `slot`.
 fn check_counters(c: &dyn Compute, op: &str, counters: GpuTensor, slot: u32) -> Result<()> {
     let (ct, _, words) = info(c, counters)?;

@@ -1319,6 +1319,229 @@ fn fused_ties_launches_equal_the_per_model_merge_and_the_cpu() {
     release(c, &[x]);
 }
 
+/// [`open_clamped`] with the fourteen storage buffers of the bracketed TIES pass.
+fn clamped_bracket() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| open_clamped(14))
+}
+
+#[test]
+fn bracketed_ties_pass_counts_merges_and_marks_what_its_brackets_leave_open() {
+    let mut rng = StdRng::seed_from_u64(35);
+    let lambda = 0.3f32;
+    let bracket_around = |v: f32, offset: u64| k::RadixBracket {
+        lo: v.to_bits() - 2,
+        hi: v.to_bits() + 3,
+        offset,
+    };
+    for (name, c, sizes) in [
+        ("full", full(), &[1usize, 255, 257, 3001][..]),
+        (
+            "clamped to 14 buffers",
+            clamped_bracket(),
+            &[1, 257, 5003][..],
+        ),
+    ] {
+        assert!(k::ties_bracket_merge_fits(c, 8));
+        for &n in sizes {
+            for models in [8usize, 3, 1] {
+                let label = format!("{name}: n = {n}, {models} models");
+                let base_v = random(&mut rng, DType::F32, n);
+                // Task vectors on a grid: 0 is below every bracket, 0.25 inside the brackets of
+                // even models and below those of odd ones, 0.5 above the former and inside the
+                // latter; sums cancel to exactly 0 at times.
+                let taus: Vec<Vec<f32>> = (0..models)
+                    .map(|_| {
+                        (0..n)
+                            .map(|_| 0.25 * rng.random_range(-2i32..=2) as f32)
+                            .collect()
+                    })
+                    .collect();
+                let rows: Vec<Vec<f32>> = taus
+                    .iter()
+                    .map(|t| t.iter().zip(&base_v).map(|(&t, &b)| b + t).collect())
+                    .collect();
+                // What the kernels see: x - base in f32.
+                let taus: Vec<Vec<f32>> = rows
+                    .iter()
+                    .map(|r| r.iter().zip(&base_v).map(|(&x, &b)| x - b).collect())
+                    .collect();
+                let mut brackets = Vec::new();
+                let mut words = 0u64;
+                for m in 0..models {
+                    let b = bracket_around(if m % 2 == 0 { 0.25 } else { 0.5 }, words);
+                    words += b.words();
+                    brackets.push(b);
+                }
+                let tops: Vec<f32> = brackets.iter().map(|b| f32::from_bits(b.hi)).collect();
+                let base = upload(c, DType::F32, &base_v);
+                let xs: Vec<GpuTensor> = rows.iter().map(|r| upload(c, DType::F32, r)).collect();
+                // The CPU: dirty positions, and the merge trimmed at the brackets' tops.
+                let inside = |m: usize, v: f32| {
+                    let bits = v.abs().to_bits();
+                    brackets[m].lo <= bits && bits < brackets[m].hi
+                };
+                let dirty: Vec<bool> = (0..n)
+                    .map(|i| (0..models).any(|m| inside(m, taus[m][i])))
+                    .collect();
+                let trimmed: Vec<Vec<f32>> = taus
+                    .iter()
+                    .zip(&tops)
+                    .map(|(t, &top)| {
+                        t.iter()
+                            .map(|&v| if v.abs() >= top { v } else { 0.0 })
+                            .collect()
+                    })
+                    .collect();
+                if n > 255 {
+                    assert!(dirty.iter().any(|&d| d) && dirty.iter().any(|&d| !d));
+                }
+                let ref_counts = c.create(DType::U32, &[words as usize], None).unwrap();
+                k::radix_bracket_delta(c, ref_counts, &xs, base, &brackets).unwrap();
+                for merge in [k::TiesMerge::Sum, k::TiesMerge::Mean, k::TiesMerge::Max] {
+                    for majority in [1.0f32, -1.0] {
+                        let what = format!("{label}: {merge:?}, majority {majority}");
+                        let m = k::ScaledTiesMerge {
+                            thresholds: &tops,
+                            majority,
+                            merge,
+                            lambda,
+                            dtype: DType::F32,
+                        };
+                        let counts = c.create(DType::U32, &[words as usize], None).unwrap();
+                        let dirty_at = 3u64;
+                        let dirty_words = dirty_at as usize + n.div_ceil(32) + 1;
+                        let dirty_t = c.create(DType::U32, &[dirty_words], None).unwrap();
+                        let votes = k::SignVotes::new(c).unwrap();
+                        let counters = c.create(DType::U32, &[4], None).unwrap();
+                        let pass = k::TiesBracketPass {
+                            brackets: &brackets,
+                            counts,
+                            dirty: dirty_t,
+                            dirty_at,
+                        };
+                        let out = k::ties_bracket_merge_delta(
+                            c,
+                            &xs,
+                            base,
+                            m,
+                            pass,
+                            &votes,
+                            (counters, 1),
+                        )
+                        .unwrap();
+                        // The bracket pass's counts, and the merge at the tops, bit for bit.
+                        assert_eq!(
+                            c.read(counts).unwrap(),
+                            c.read(ref_counts).unwrap(),
+                            "{what}: counts"
+                        );
+                        let ref_counters = c.create(DType::U32, &[4], None).unwrap();
+                        let want =
+                            k::ties_elect_merge_delta(c, &xs, base, m, None, (ref_counters, 1))
+                                .unwrap();
+                        assert_eq!(c.read(out).unwrap(), c.read(want).unwrap(), "{what}: out");
+                        // Dirty bits where a model's |τ| is inside its bracket, none elsewhere.
+                        let bits: Vec<u32> =
+                            bytemuck::pod_collect_to_vec(&c.read(dirty_t).unwrap());
+                        let mut expect = vec![0u32; dirty_words];
+                        for (i, _) in dirty.iter().enumerate().filter(|(_, &d)| d) {
+                            expect[dirty_at as usize + i / 32] |= 1 << (i % 32);
+                        }
+                        assert_eq!(bits, expect, "{what}: dirty bits");
+                        // Votes and the undecided count over the clean positions only.
+                        let (_, sums) = cpu_disjoint(&trimmed, majority, merge);
+                        let clean = |i: &usize| !dirty[*i];
+                        let pos = (0..n).filter(clean).filter(|&i| sums[i] > 0.0).count();
+                        let neg = (0..n).filter(clean).filter(|&i| sums[i] < 0.0).count();
+                        assert_eq!(
+                            votes.counts().unwrap(),
+                            (pos as u64, neg as u64),
+                            "{what}: votes"
+                        );
+                        let undecided = (0..n)
+                            .filter(clean)
+                            .filter(|&i| {
+                                sums[i] == 0.0
+                                    && (merge == k::TiesMerge::Max
+                                        || trimmed.iter().any(|r| {
+                                            if majority > 0.0 {
+                                                r[i] > 0.0
+                                            } else {
+                                                r[i] < 0.0
+                                            }
+                                        }))
+                            })
+                            .count() as u32;
+                        let words: Vec<u32> =
+                            bytemuck::pod_collect_to_vec(&c.read(counters).unwrap());
+                        assert_eq!(words, [0, 0, undecided, 0], "{what}: undecided");
+                        release(c, &[out, want, counts, dirty_t, counters, ref_counters]);
+                    }
+                }
+                release(c, &[base, ref_counts]);
+                release(c, &xs);
+            }
+        }
+    }
+    // Fewer storage buffers, or other dtypes, are errors that say so.
+    let c = clamped_wide();
+    assert!(!k::ties_bracket_merge_fits(c, 2));
+    let c = full();
+    let x = upload(c, DType::F16, &[1.0]);
+    let counts = c.create(DType::U32, &[4], None).unwrap();
+    let pass = k::TiesBracketPass {
+        brackets: &[bracket_around(0.25, 0)],
+        counts,
+        dirty: counts,
+        dirty_at: 0,
+    };
+    let m = k::ScaledTiesMerge {
+        thresholds: &[0.0],
+        majority: 1.0,
+        merge: k::TiesMerge::Sum,
+        lambda: 1.0,
+        dtype: DType::F32,
+    };
+    let votes = k::SignVotes::new(c).unwrap();
+    let e = k::ties_bracket_merge_delta(c, &[x], x, m, pass, &votes, (counts, 0)).unwrap_err();
+    assert!(e.message().contains("f32 tensors only"), "{e}");
+    release(c, &[x, counts]);
+}
+
+#[test]
+fn scatter_writes_the_values_at_their_indices() {
+    let mut rng = StdRng::seed_from_u64(36);
+    for (name, c) in runtimes() {
+        for &n in &[1usize, 257, 1024] {
+            let mut dst: Vec<f32> = random(&mut rng, DType::F32, n);
+            let t = upload(c, DType::F32, &dst);
+            let picks: Vec<u32> = (0..n as u32).filter(|_| rng.random_bool(0.3)).collect();
+            let values: Vec<f32> = picks.iter().map(|&i| i as f32 + 0.5).collect();
+            // One index past the end: skipped.
+            let mut idx = picks.clone();
+            idx.push(n as u32);
+            let mut vals = values.clone();
+            vals.push(-1.0);
+            let it = c
+                .create(DType::U32, &[idx.len()], Some(bytemuck::cast_slice(&idx)))
+                .unwrap();
+            let vt = upload(c, DType::F32, &vals);
+            k::scatter32(c, t, it, vt).unwrap();
+            for (&i, &v) in picks.iter().zip(&values) {
+                dst[i as usize] = v;
+            }
+            assert_eq!(download(c, t), dst, "{name}: n = {n}");
+            release(c, &[t, it, vt]);
+        }
+    }
+    let c = full();
+    let t = upload(c, DType::F16, &[1.0]);
+    let e = k::scatter32(c, t, t, t).unwrap_err();
+    assert!(e.message().contains("32-bit"), "{e}");
+    release(c, &[t]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // DARE
 

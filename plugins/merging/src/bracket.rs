@@ -108,6 +108,49 @@ fn guess(
         .collect()
 }
 
+/// Each model's guessed range `(lo, hi)` of the `rank`-th largest `|τ|` over the `d` entries
+/// of `keys`, from a strided sample read on the host; `None` where it would be too wide.
+pub(crate) fn guesses(
+    c: &dyn Compute,
+    inputs: &Inputs,
+    keys: &[(String, TensorInfo)],
+    rank: u64,
+    d: u64,
+) -> Result<Vec<Option<(u32, u32)>>> {
+    let stride = sample_stride(d);
+    let started = std::time::Instant::now();
+    let samples = sample(inputs, keys, stride)?;
+    let sampled = started.elapsed();
+    let guesses = guess(c, &samples, rank, d)?;
+    tracing::debug!(
+        stride,
+        sample_ms = sampled.as_secs_f64() * 1e3,
+        guess_ms = (started.elapsed() - sampled).as_secs_f64() * 1e3,
+        ?guesses,
+        "TIES thresholds: ranges guessed"
+    );
+    Ok(guesses)
+}
+
+/// The brackets of `ranges`, their counters one after another in one tensor of the returned
+/// number of words.
+pub(crate) fn layout(ranges: &[(u32, u32)]) -> (Vec<RadixBracket>, u64) {
+    let mut words = 0u64;
+    let brackets = ranges
+        .iter()
+        .map(|&(lo, hi)| {
+            let b = RadixBracket {
+                lo,
+                hi,
+                offset: words,
+            };
+            words += b.words();
+            b
+        })
+        .collect();
+    (brackets, words)
+}
+
 /// Each model's threshold (`rank`-th largest `|τ|` over the `d` entries of `keys`) where one
 /// bracket pass settles it, `None` for the models that need the radix passes. `at_once` says
 /// whether a key may have `n` models' tensors on the device together; where not, the pass
@@ -122,32 +165,10 @@ pub(crate) fn thresholds(
     at_once: impl Fn(&TensorInfo, usize) -> bool,
 ) -> Result<Vec<Option<f32>>> {
     let n = inputs.models.len();
-    let stride = sample_stride(d);
-    let started = std::time::Instant::now();
-    let samples = sample(inputs, keys, stride)?;
-    let sampled = started.elapsed();
-    let guesses = guess(c, &samples, rank, d)?;
-    drop(samples);
-    tracing::debug!(
-        stride,
-        sample_ms = sampled.as_secs_f64() * 1e3,
-        guess_ms = (started.elapsed() - sampled).as_secs_f64() * 1e3,
-        ?guesses,
-        "TIES thresholds: ranges guessed"
-    );
+    let guesses = guesses(c, inputs, keys, rank, d)?;
     let chosen: Vec<usize> = (0..n).filter(|&i| guesses[i].is_some()).collect();
-    let mut brackets = Vec::with_capacity(chosen.len());
-    let mut words = 0u64;
-    for &i in &chosen {
-        let (lo, hi) = guesses[i].expect("chosen");
-        let b = RadixBracket {
-            lo,
-            hi,
-            offset: words,
-        };
-        words += b.words();
-        brackets.push(b);
-    }
+    let ranges: Vec<(u32, u32)> = chosen.iter().filter_map(|&i| guesses[i]).collect();
+    let (brackets, words) = layout(&ranges);
     if chosen.is_empty() || 4 * words > c.limits().max_storage_binding_size {
         return Ok(vec![None; n]);
     }

@@ -47,6 +47,8 @@
 //! multi-input launches (`ties_elected_sum`, `ties_merge`) in model order, which gives the same
 //! f32 sums as the streamed path.
 
+mod one_pass;
+
 use std::collections::HashSet;
 
 use fusion_kernels::{RadixDigit, RadixState, SignVotes, TiesAccumulator, TiesMerge};
@@ -172,12 +174,18 @@ fn run(
         source: &source,
         keys: &keys,
     };
-    let thresholds = sweep.thresholds(ctx, s.threshold)?;
     let early = EarlyMerge {
         merge: s.merge_func,
         lambda: s.scaling_factor as f32,
     };
-    let (majority, merged_early) = sweep.elect(ctx, &thresholds, early)?;
+    let (thresholds, majority, merged_early) = match sweep.one_pass(ctx, s.threshold, early)? {
+        Some(done) => done,
+        None => {
+            let thresholds = sweep.thresholds(ctx, s.threshold)?;
+            let (majority, merged_early) = sweep.elect(ctx, &thresholds, early)?;
+            (thresholds, majority, merged_early)
+        }
+    };
     let (entries, bytes) = cache.usage();
     tracing::info!(?thresholds, majority, merge_func = ?s.merge_func, merged_early, cached_tensors = entries, cached_mib = bytes >> 20, "{algorithm}: trimmed and elected");
     let merge = TiesTensor {
@@ -732,27 +740,42 @@ impl Sweep<'_> {
             merged_early = merged.len(),
             "TIES sign election"
         );
-        if majority != 1.0 && !merged.is_empty() {
-            let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(undecided.id())?);
-            let before = merged.len();
-            merged.retain(|&k| {
-                let count = u64::from(words[2 * k]) | u64::from(words[2 * k + 1]) << 32;
-                if count > 0 {
-                    if let Some(t) = self.source.cache.take(&self.keys[k].0, Slot::Merged) {
-                        c.release(t);
-                    }
-                }
-                count == 0
-            });
-            if merged.len() < before {
-                tracing::info!(
-                    keys = before - merged.len(),
-                    majority,
-                    "TIES: keys merged before the majority sign was known depend on it; they are merged again"
-                );
-            }
-        }
+        self.keep_decided(majority, undecided.id(), &mut merged)?;
         Ok((majority, merged.len()))
+    }
+
+    /// Drop from the cache the early merges of the keys `merged` (indices into the keys) that
+    /// assumed majority +1 where `majority` is not and some of their entries depend on it
+    /// (slot `k` of `undecided` counts them), so that they are merged again.
+    fn keep_decided(
+        &self,
+        majority: f32,
+        undecided: GpuTensor,
+        merged: &mut Vec<usize>,
+    ) -> Result<()> {
+        if majority == 1.0 || merged.is_empty() {
+            return Ok(());
+        }
+        let c = self.c;
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(undecided)?);
+        let before = merged.len();
+        merged.retain(|&k| {
+            let count = u64::from(words[2 * k]) | u64::from(words[2 * k + 1]) << 32;
+            if count > 0 {
+                if let Some(t) = self.source.cache.take(&self.keys[k].0, Slot::Merged) {
+                    c.release(t);
+                }
+            }
+            count == 0
+        });
+        if merged.len() < before {
+            tracing::info!(
+                keys = before - merged.len(),
+                majority,
+                "TIES: keys merged before the majority sign was known depend on it; they are merged again"
+            );
+        }
+        Ok(())
     }
 }
 
