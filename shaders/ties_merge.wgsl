@@ -473,6 +473,39 @@ fn add4(st: Acc4, v: vec4<f32>, s: vec4<f32>) -> Acc4 {
     return Acc4(select(st.a, st.a + v, keep), select(st.c, st.c + 1.0, keep));
 }
 
+// ties_finalize's arithmetic, then the weighted sum's: base * w_base + v * lambda.
+fn finish4(st: Acc4, s: vec4<f32>, b: vec4<f32>, w_base: f32, lambda: f32) -> vec4<f32> {
+    var v = st.a;
+    if (MERGE == 1u) {
+        v = st.a / max(st.c, vec4<f32>(1.0));
+    } else if (MERGE == 2u) {
+        v = st.a * s;
+    }
+    var r = vec4<f32>(0.0);
+    r += w_base * b;
+    r += lambda * v;
+    return r;
+}
+
+// Add v to the 64-bit counter (lo, hi) at word i of the counters, or of the votes.
+fn counter_add(i: u32, v: u32) {
+    if (v != 0u) {
+        let old = atomicAdd(&n_counters[i], v);
+        if (old > 0xffffffffu - v) {
+            atomicAdd(&n_counters[i + 1u], 1u);
+        }
+    }
+}
+
+fn vote_add(i: u32, v: u32) {
+    if (v != 0u) {
+        let old = atomicAdd(&q_votes[i], v);
+        if (old > 0xffffffffu - v) {
+            atomicAdd(&q_votes[i + 1u], 1u);
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn ties_merge_delta_q(
     @builtin(global_invocation_id) gid: vec3<u32>,
@@ -498,27 +531,11 @@ fn ties_merge_delta_q(
         let lanes = (vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(n);
         let und = lanes & (sv == vec4<f32>(0.0)) & (vec4<bool>(ANY_ZERO) | (st.a != vec4<f32>(0.0)));
         undecided += select(vec4<u32>(0u), vec4<u32>(1u), und);
-        var v = st.a;
-        if (MERGE == 1u) {
-            v = st.a / max(st.c, vec4<f32>(1.0));
-        } else if (MERGE == 2u) {
-            v = st.a * s;
-        }
-        var r = vec4<f32>(0.0);
-        r += pn.w_base * b;
-        r += pn.lambda * v;
-        q_out[t] = r;
+        q_out[t] = finish4(st, s, b, pn.w_base, pn.lambda);
     }
     // Few invocations loop over the chunk: each adds its count itself (no barrier, which
     // software adapters pay dearly for).
-    let v = undecided.x + undecided.y + undecided.z + undecided.w;
-    if (v != 0u) {
-        let i = 2u * pn.slot;
-        let old = atomicAdd(&n_counters[i], v);
-        if (old > 0xffffffffu - v) {
-            atomicAdd(&n_counters[i + 1u], 1u);
-        }
-    }
+    counter_add(2u * pn.slot, undecided.x + undecided.y + undecided.z + undecided.w);
 }
 
 // ties_elect_merge_delta_q: ties_elect_delta_q and ties_merge_delta_q of one chunk in one
@@ -588,40 +605,12 @@ fn ties_elect_merge_delta_q(
         if (INPUTS > 7u) { st = add4(st, v7, s); }
         let und = lanes & (sv == vec4<f32>(0.0)) & (vec4<bool>(ANY_ZERO) | (st.a != vec4<f32>(0.0)));
         undecided += select(vec4<u32>(0u), vec4<u32>(1u), und);
-        var v = st.a;
-        if (MERGE == 1u) {
-            v = st.a / max(st.c, vec4<f32>(1.0));
-        } else if (MERGE == 2u) {
-            v = st.a * s;
-        }
-        var r = vec4<f32>(0.0);
-        r += pn.w_base * b;
-        r += pn.lambda * v;
-        q_out[t] = r;
+        q_out[t] = finish4(st, s, b, pn.w_base, pn.lambda);
     }
     // One atomic per invocation and counter (64-bit: lo, then hi on carry).
-    let p = pos.x + pos.y + pos.z + pos.w;
-    if (p != 0u) {
-        let old = atomicAdd(&q_votes[0u], p);
-        if (old > 0xffffffffu - p) {
-            atomicAdd(&q_votes[1u], 1u);
-        }
-    }
-    let m = neg.x + neg.y + neg.z + neg.w;
-    if (m != 0u) {
-        let old = atomicAdd(&q_votes[2u], m);
-        if (old > 0xffffffffu - m) {
-            atomicAdd(&q_votes[3u], 1u);
-        }
-    }
-    let u = undecided.x + undecided.y + undecided.z + undecided.w;
-    if (u != 0u) {
-        let i = 2u * pn.slot;
-        let old = atomicAdd(&n_counters[i], u);
-        if (old > 0xffffffffu - u) {
-            atomicAdd(&n_counters[i + 1u], 1u);
-        }
-    }
+    vote_add(0u, pos.x + pos.y + pos.z + pos.w);
+    vote_add(2u, neg.x + neg.y + neg.z + neg.w);
+    counter_add(2u * pn.slot, undecided.x + undecided.y + undecided.z + undecided.w);
 }
 
 // ties_bracket_merge_delta_q: the thresholds' bracket pass (radix_bracket_delta_q in
@@ -758,16 +747,7 @@ fn ties_bracket_merge_delta_q(
         if (INPUTS > 7u) { st = add4(st, c7.kept, s); }
         let und = clean & (sv == vec4<f32>(0.0)) & (vec4<bool>(ANY_ZERO) | (st.a != vec4<f32>(0.0)));
         undecided += select(vec4<u32>(0u), vec4<u32>(1u), und);
-        var v = st.a;
-        if (MERGE == 1u) {
-            v = st.a / max(st.c, vec4<f32>(1.0));
-        } else if (MERGE == 2u) {
-            v = st.a * s;
-        }
-        var r = vec4<f32>(0.0);
-        r += pbm.w_base * b;
-        r += pbm.lambda * v;
-        q_out[t] = r;
+        q_out[t] = finish4(st, s, b, pbm.w_base, pbm.lambda);
         if (any(inside != vec4<u32>(0u))) {
             let shift = 4u * (t % 8u);
             let bits = (inside.x | (inside.y << 1u) | (inside.z << 2u) | (inside.w << 3u)) << shift;
@@ -782,26 +762,7 @@ fn ties_bracket_merge_delta_q(
     if (INPUTS > 5u) { bm_add64(pbm.off[1].y, above_b.y); }
     if (INPUTS > 6u) { bm_add64(pbm.off[1].z, above_b.z); }
     if (INPUTS > 7u) { bm_add64(pbm.off[1].w, above_b.w); }
-    let p = pos.x + pos.y + pos.z + pos.w;
-    if (p != 0u) {
-        let old = atomicAdd(&q_votes[0u], p);
-        if (old > 0xffffffffu - p) {
-            atomicAdd(&q_votes[1u], 1u);
-        }
-    }
-    let m = neg.x + neg.y + neg.z + neg.w;
-    if (m != 0u) {
-        let old = atomicAdd(&q_votes[2u], m);
-        if (old > 0xffffffffu - m) {
-            atomicAdd(&q_votes[3u], 1u);
-        }
-    }
-    let u = undecided.x + undecided.y + undecided.z + undecided.w;
-    if (u != 0u) {
-        let i = 2u * pbm.slot;
-        let old = atomicAdd(&n_counters[i], u);
-        if (old > 0xffffffffu - u) {
-            atomicAdd(&n_counters[i + 1u], 1u);
-        }
-    }
+    vote_add(0u, pos.x + pos.y + pos.z + pos.w);
+    vote_add(2u, neg.x + neg.y + neg.z + neg.w);
+    counter_add(2u * pbm.slot, undecided.x + undecided.y + undecided.z + undecided.w);
 }
