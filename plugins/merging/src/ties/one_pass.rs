@@ -123,6 +123,7 @@ impl Sweep<'_> {
         // The positions a range left open, merged again with the exact thresholds.
         let bits: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(dirty.id())?);
         let mut redone = 0usize;
+        let mut gather_time = std::time::Duration::ZERO;
         for (k, (name, info)) in self.keys.iter().enumerate() {
             let from = dirty_at[k] as usize;
             let positions = set_bits(&bits[from..dirty_at[k + 1] as usize], info.numel());
@@ -138,6 +139,7 @@ impl Sweep<'_> {
                 m,
                 &votes,
                 (undecided.id(), k as u32),
+                &mut gather_time,
             )
             .map_err(|e| e.context(format!("tensor `{name}`")))?;
         }
@@ -147,6 +149,7 @@ impl Sweep<'_> {
             pass_ms,
             ms = started.elapsed().as_secs_f64() * 1e3,
             positions_redone = redone,
+            gather_ms = gather_time.as_secs_f64() * 1e3,
             of = d,
             "TIES: thresholds, election and merge in one read of the models"
         );
@@ -188,9 +191,11 @@ impl Sweep<'_> {
         Ok(Some(at))
     }
 
-    /// Merge the entries at `positions` of `name` again with `m` (gathered from the
-    /// checkpoints on the host), counting their votes and undecided entries, and write them
-    /// into the key's merged tensor where the cache holds one.
+    /// Merge the entries at `positions` of `name` (`numel` entries) again with `m`, gathered
+    /// from the checkpoints on the host (the time spent added to `gather_time`), counting their
+    /// votes and undecided entries, and write them into the key's merged tensor where the cache
+    /// holds one.
+    #[allow(clippy::too_many_arguments)]
     fn merge_again(
         &self,
         name: &str,
@@ -199,24 +204,30 @@ impl Sweep<'_> {
         m: ScaledTiesMerge<'_>,
         votes: &SignVotes<'_>,
         undecided: (GpuTensor, u32),
+        gather_time: &mut std::time::Duration,
     ) -> Result<()> {
         let c = self.c;
         let inputs = self.source.inputs;
-        let gathered = |model: &Model, model_name: &str| -> Result<Gpu<'_>> {
-            let v = gather_f32(model, name, positions)
-                .map_err(|e| e.context(format!("model `{model_name}`")))?;
-            Ok(Gpu::adopt(
-                c,
-                c.create(DType::F32, &[v.len()], Some(bytemuck::cast_slice(&v)))?,
-            ))
-        };
+        // The base, then every model: the bytes of `name` (memory-mapped), gathered in parallel.
         let base = inputs.base();
-        let b = gathered(&base.model, &base.name)?;
-        let xs = inputs
-            .models
+        let sources: Vec<(&Model, &str)> = [(&base.model, base.name.as_str())]
+            .into_iter()
+            .chain(inputs.models.iter().map(|x| (&x.model, x.name.as_str())))
+            .collect();
+        let started = std::time::Instant::now();
+        let values = gather_all(&sources, name, positions)?;
+        *gather_time += started.elapsed();
+        let mut tensors = values
             .iter()
-            .map(|x| gathered(&x.model, &x.name))
+            .map(|v| {
+                Ok(Gpu::adopt(
+                    c,
+                    c.create(DType::F32, &[v.len()], Some(bytemuck::cast_slice(v)))?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
+        let xs = tensors.split_off(1);
+        let b = tensors.pop().expect("the base");
         let ids: Vec<GpuTensor> = xs.iter().map(Gpu::id).collect();
         let out = Gpu::adopt(
             c,
@@ -262,9 +273,45 @@ fn set_bits(words: &[u32], len: usize) -> Vec<u32> {
     out
 }
 
-/// The f32 entries of tensor `name` of `model` at `positions`.
-fn gather_f32(model: &Model, name: &str, positions: &[u32]) -> Result<Vec<f32>> {
-    let data = model.data(name)?;
+/// The f32 entries at `positions` of tensor `name` of each model in `sources` (model, name
+/// for errors), read from the checkpoints by up to as many threads as cores.
+fn gather_all(sources: &[(&Model, &str)], name: &str, positions: &[u32]) -> Result<Vec<Vec<f32>>> {
+    let data = sources
+        .iter()
+        .map(|(m, model_name)| {
+            m.data(name)
+                .map_err(|e| e.context(format!("model `{model_name}`")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let names: Vec<&str> = sources.iter().map(|&(_, n)| n).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = data.len().div_ceil(threads.max(1));
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = data
+            .chunks(per)
+            .zip(names.chunks(per))
+            .map(|(data, names)| {
+                scope.spawn(move || {
+                    data.iter()
+                        .zip(names)
+                        .map(|(d, model_name)| {
+                            gather_f32(d, name, positions)
+                                .map_err(|e| e.context(format!("model `{model_name}`")))
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(data.len());
+        for w in workers {
+            out.extend(w.join().expect("a gathering thread panicked")?);
+        }
+        Ok(out)
+    })
+}
+
+/// The f32 entries of `data` (tensor `name`, little-endian) at `positions`.
+fn gather_f32(data: &[u8], name: &str, positions: &[u32]) -> Result<Vec<f32>> {
     positions
         .iter()
         .map(|&i| {
