@@ -5,7 +5,7 @@
 //! above its model's range is kept whatever the exact threshold, one below it is dropped. So a
 //! single pass (`fusion_kernels::ties_bracket_merge_delta`) counts the brackets, and elects and
 //! merges every key with each threshold at its range's top, marking the positions where some
-//! model's `|τ|` falls inside its range (about 12σ of a sample quantile each, a few percent of
+//! model's `|τ|` falls inside its range (about 10σ of a sample quantile each, a few percent of
 //! the positions with eight models). Once the counts settle the exact thresholds, only those
 //! positions are merged again: their entries are gathered from the memory-mapped checkpoints
 //! on the host, merged by `fusion_kernels::ties_elect_merge_delta` (the same arithmetic, so the
