@@ -3,7 +3,7 @@
 //! Merging streams the same tensor shapes model after model, so exact reuse is common; size
 //! classes (four per power of two, so at most 25% slack) let near sizes share buffers too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// Smallest buffer handed out: binding a zero-sized buffer is invalid, and tiny buffers are not
 /// worth tracking separately.
@@ -39,7 +39,9 @@ pub struct PoolStats {
 }
 
 pub(crate) struct BufferPool {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Idle buffers by size class, oldest release first, each with the batch of launches it
+    /// was released in (work recorded until then may still use it).
+    free: HashMap<u64, VecDeque<(wgpu::Buffer, u64)>>,
     capacity: u64,
     /// Buffers the host maps directly (see `Runtime`'s unified memory); else storage buffers
     /// reached through copies.
@@ -57,19 +59,30 @@ impl BufferPool {
         }
     }
 
-    /// A buffer of exactly `class` bytes: a pooled one (`true`), or a new one, mapped for
-    /// writing when `mapped` and the pool's buffers are mappable.
+    /// A buffer of exactly `class` bytes: a pooled one (with the batch it was released in), or
+    /// a new one, mapped for writing when `mapped` and the pool's buffers are mappable. Pooled
+    /// buffers go oldest first. With `done`, the batches before it have finished on the device:
+    /// a mapped request then takes a new buffer rather than one still in use, so that the host
+    /// fills it while the device works.
     pub(crate) fn take(
         &mut self,
         device: &wgpu::Device,
         class: u64,
         mapped: bool,
-    ) -> (wgpu::Buffer, bool) {
-        if let Some(buffer) = self.free.get_mut(&class).and_then(Vec::pop) {
-            self.stats.hits += 1;
-            self.stats.idle_buffers -= 1;
-            self.stats.idle_bytes -= class;
-            return (buffer, true);
+        done: Option<u64>,
+    ) -> (wgpu::Buffer, Option<u64>) {
+        let queue = self.free.entry(class).or_default();
+        let busy = match (queue.front(), done) {
+            (Some(&(_, batch)), Some(done)) => mapped && self.mappable && batch >= done,
+            _ => false,
+        };
+        if !busy {
+            if let Some((buffer, batch)) = queue.pop_front() {
+                self.stats.hits += 1;
+                self.stats.idle_buffers -= 1;
+                self.stats.idle_bytes -= class;
+                return (buffer, Some(batch));
+            }
         }
         self.stats.misses += 1;
         tracing::trace!(
@@ -89,12 +102,12 @@ impl BufferPool {
             usage,
             mapped_at_creation: mapped && self.mappable,
         });
-        (buffer, false)
+        (buffer, None)
     }
 
     /// Return a buffer. Beyond the capacity it is dropped instead (wgpu frees it once queued work
     /// that uses it has finished).
-    pub(crate) fn give(&mut self, buffer: wgpu::Buffer) {
+    pub(crate) fn give(&mut self, buffer: wgpu::Buffer, batch: u64) {
         let class = buffer.size();
         if self.stats.idle_bytes + class > self.capacity {
             self.stats.evicted += 1;
@@ -103,7 +116,10 @@ impl BufferPool {
         }
         self.stats.idle_buffers += 1;
         self.stats.idle_bytes += class;
-        self.free.entry(class).or_default().push(buffer);
+        self.free
+            .entry(class)
+            .or_default()
+            .push_back((buffer, batch));
     }
 
     pub(crate) fn stats(&self) -> PoolStats {

@@ -108,6 +108,8 @@ pub struct Runtime {
     pending: Mutex<Pending>,
     timing: Timing,
     unified: bool,
+    /// Every batch below this one has finished on the device (set by the queue's callbacks).
+    done_batches: Arc<AtomicU64>,
 }
 
 /// Where a runtime's host time went, summed over its life and logged (debug) at the end of a
@@ -122,6 +124,9 @@ struct Timing {
     /// Read-backs, from submitting to having the bytes (the device finishing earlier work
     /// included).
     reads: Tally,
+    /// Queue submissions (on a software adapter that runs the work inside the submit, its
+    /// execution time).
+    submits: Tally,
 }
 
 /// How many, how many bytes, how many nanoseconds.
@@ -158,7 +163,10 @@ impl Timing {
         let (launches, _, launch_ms) = self.launches.get();
         let (uploads, upload_mib, upload_ms) = self.uploads.get();
         let (reads, read_mib, read_ms) = self.reads.get();
+        let (submits, _, submit_ms) = self.submits.get();
         tracing::debug!(
+            submits,
+            submit_ms,
             launches,
             launch_ms,
             uploads,
@@ -177,10 +185,24 @@ impl Timing {
 /// one encoder and submitted together: before anything that goes through the queue's own
 /// write path (whose copies run at the start of the *next* submission, so they would overtake
 /// recorded launches), before a read-back or a wait, and every [`MAX_PENDING_LAUNCHES`].
-#[derive(Default)]
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
     launches: u32,
+    /// The number of the batch being recorded (the next submission); batches count from 1.
+    batch: u64,
+    /// Recent submissions: batch number and index.
+    submitted: std::collections::VecDeque<(u64, wgpu::SubmissionIndex)>,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            encoder: None,
+            launches: 0,
+            batch: 1,
+            submitted: Default::default(),
+        }
+    }
 }
 
 /// Most launches recorded before a submission.
@@ -259,6 +281,7 @@ impl Runtime {
             pending: Mutex::new(Pending::default()),
             timing: Timing::default(),
             unified,
+            done_batches: Arc::new(AtomicU64::new(1)),
             state: Mutex::new(State {
                 tensors: HashMap::new(),
                 next_id: 1,
@@ -343,9 +366,46 @@ impl Runtime {
 
     fn submit(&self, p: &mut Pending) {
         if let Some(encoder) = p.encoder.take() {
-            self.queue.submit([encoder.finish()]);
+            let commands = encoder.finish();
+            let index = self
+                .timing
+                .submits
+                .time(0, || self.queue.submit([commands]));
+            let batch = p.batch;
+            let done = Arc::clone(&self.done_batches);
+            self.queue.on_submitted_work_done(move || {
+                done.fetch_max(batch + 1, Ordering::AcqRel);
+            });
+            p.submitted.push_back((batch, index));
+            while p.submitted.len() > 4 {
+                p.submitted.pop_front();
+            }
+            p.batch += 1;
+            // With unified memory the host fills buffers while the device works (see
+            // `BufferPool::take`); it stays at most one batch ahead, which bounds the buffers
+            // in flight.
+            if self.unified && p.submitted.len() >= 2 {
+                let (before, index) = p.submitted[p.submitted.len() - 2].clone();
+                if self.done_batches.load(Ordering::Acquire) <= before {
+                    let _ = self.device.poll(wgpu::PollType::Wait {
+                        submission_index: Some(index),
+                        timeout: None,
+                    });
+                }
+            }
         }
         p.launches = 0;
+    }
+
+    /// The last batch whose work may use a buffer released now: the batch being recorded if it
+    /// holds launches, else the one before.
+    fn release_batch(&self) -> u64 {
+        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.launches > 0 {
+            p.batch
+        } else {
+            p.batch - 1
+        }
     }
 
     fn check_alive(&self) -> Result<(), GpuError> {
@@ -651,10 +711,19 @@ impl Runtime {
                 });
             }
         }
+        // With unified memory an upload may take a new buffer rather than wait for one the
+        // device still uses: submit what is recorded, and learn what has finished.
+        let done = if self.unified && data.is_some() {
+            self.flush();
+            let _ = self.device.poll(wgpu::PollType::Poll);
+            Some(self.done_batches.load(Ordering::Acquire))
+        } else {
+            None
+        };
         let mut state = self.lock();
         let class = size_class(padded, self.limits.max_buffer_size);
         let (buffer, reused) = self.scoped(
-            || state.pool.take(&self.device, class, data.is_some()),
+            || state.pool.take(&self.device, class, data.is_some(), done),
             |m| GpuError::Wgpu {
                 op: format!("allocating a {class}-byte buffer"),
                 message: m,
@@ -664,7 +733,7 @@ impl Runtime {
             || match data {
                 Some(d) => self.upload(&buffer, d, padded, reused),
                 // New buffers are zeroed by wgpu; reused ones hold an old tensor.
-                None if reused => {
+                None if reused.is_some() => {
                     self.record(|encoder| encoder.clear_buffer(&buffer, 0, Some(padded)));
                     Ok(())
                 }
@@ -687,7 +756,7 @@ impl Runtime {
                 padded,
             },
         );
-        tracing::trace!(id, %dtype, ?shape, class, reused, "created tensor");
+        tracing::trace!(id, %dtype, ?shape, class, ?reused, "created tensor");
         Ok(GpuTensor(id))
     }
 
@@ -701,7 +770,7 @@ impl Runtime {
         buffer: &wgpu::Buffer,
         data: &[u8],
         padded: u64,
-        reused: bool,
+        reused: Option<u64>,
     ) -> Result<(), GpuError> {
         self.timing.uploads.time(data.len() as u64, || {
             if self.unified {
@@ -718,14 +787,18 @@ impl Runtime {
         buffer: &wgpu::Buffer,
         data: &[u8],
         padded: u64,
-        reused: bool,
+        reused: Option<u64>,
     ) -> Result<(), GpuError> {
         let map_err = |message: String| GpuError::Wgpu {
             op: "mapping a buffer for an upload".into(),
             message,
         };
-        if reused {
-            self.map(buffer, 0, padded, wgpu::MapMode::Write, map_err)?;
+        if let Some(batch) = reused {
+            if self.done_batches.load(Ordering::Acquire) > batch {
+                self.map_idle(buffer, padded, map_err)?;
+            } else {
+                self.map(buffer, 0, padded, wgpu::MapMode::Write, map_err)?;
+            }
         }
         {
             let mut view = buffer
@@ -737,6 +810,38 @@ impl Runtime {
         }
         buffer.unmap();
         Ok(())
+    }
+
+    /// Map the first `size` bytes of `buffer` for writing when no unfinished work uses it,
+    /// without waiting for the device: the map resolves at a non-blocking poll (or, should it
+    /// not, after a full wait as [`Self::map`] does).
+    fn map_idle(
+        &self,
+        buffer: &wgpu::Buffer,
+        size: u64,
+        wrap: impl Fn(String) -> GpuError,
+    ) -> Result<(), GpuError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        buffer
+            .slice(0..size)
+            .map_async(wgpu::MapMode::Write, move |r| {
+                let _ = tx.send(r);
+            });
+        self.device
+            .poll(wgpu::PollType::Poll)
+            .map_err(|e| wrap(format!("polling the device: {e}")))?;
+        let result = match rx.try_recv() {
+            Ok(r) => r,
+            Err(_) => {
+                self.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| wrap(format!("waiting for the device: {e}")))?;
+                self.check_alive()?;
+                rx.recv()
+                    .map_err(|_| wrap("the map callback never ran".into()))?
+            }
+        };
+        result.map_err(|e| wrap(e.to_string()))
     }
 
     /// Map `size` bytes of `buffer` at `offset` (a multiple of [`wgpu::MAP_ALIGNMENT`]) once
@@ -1025,7 +1130,8 @@ impl Compute for Runtime {
         let mut state = self.lock();
         match state.tensors.remove(&tensor.0) {
             Some(t) => {
-                state.pool.give(t.buffer);
+                let batch = self.release_batch();
+                state.pool.give(t.buffer, batch);
                 tracing::trace!(id = tensor.0, stats = ?state.pool.stats(), "released tensor");
             }
             None => tracing::debug!(id = tensor.0, "release of an unknown tensor id ignored"),

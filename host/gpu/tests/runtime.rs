@@ -231,6 +231,46 @@ fn runs_kernels_with_uniforms_and_constants_and_caches_pipelines() {
     c.synchronize().unwrap();
 }
 
+/// An upload right after a release may not land in a buffer that a launch still reads: with
+/// unified memory the pool hands out another buffer (or waits) while the device works.
+#[test]
+fn uploads_never_overwrite_a_buffer_a_pending_launch_reads() {
+    for (mode, c) in runtimes_by_memory() {
+        let n = 1usize << 21;
+        let mut outs = Vec::new();
+        for round in 0..6u32 {
+            let x = c
+                .create(
+                    DType::F32,
+                    &[n],
+                    Some(bytemuck::cast_slice(&vec![round as f32; n])),
+                )
+                .unwrap();
+            let out = c.create(DType::F32, &[n], None).unwrap();
+            c.dispatch(&KernelCall {
+                label: "add",
+                source: ADD,
+                entry_point: "main",
+                constants: &[],
+                bindings: &[Binding::write(out), Binding::read(x)],
+                uniforms: &uniforms(n as u32, 1.0),
+                workgroups: [(n as u32).div_ceil(64), 1, 1],
+            })
+            .unwrap();
+            c.release(x);
+            outs.push(out);
+        }
+        for (round, out) in outs.into_iter().enumerate() {
+            let got = f32s(&c.read(out).unwrap());
+            assert!(
+                got.iter().all(|&v| v == round as f32),
+                "{mode}: round {round} read another round's input"
+            );
+            c.release(out);
+        }
+    }
+}
+
 /// Launches are recorded and submitted in batches; writes, re-used buffers and read-backs must
 /// still see them in call order.
 #[test]
