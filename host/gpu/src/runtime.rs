@@ -862,6 +862,25 @@ impl Runtime {
             .map_async(mode, move |r| {
                 let _ = tx.send(r);
             });
+        // The map resolves once the submissions that use the buffer are done: wait for the
+        // recent ones in order and stop at the first after which it has, so that later work
+        // (launches recorded ahead of this read) keeps running meanwhile.
+        let recent: Vec<wgpu::SubmissionIndex> = {
+            let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.submitted.iter().map(|(_, i)| i.clone()).collect()
+        };
+        for index in recent {
+            self.device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(index),
+                    timeout: None,
+                })
+                .map_err(|e| wrap(format!("waiting for the device: {e}")))?;
+            if let Ok(r) = rx.try_recv() {
+                self.check_alive()?;
+                return r.map_err(|e| wrap(e.to_string()));
+            }
+        }
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| wrap(format!("waiting for the device: {e}")))?;

@@ -3,8 +3,9 @@
 //! number of the models.
 
 use std::borrow::Cow;
+use std::sync::{Mutex, OnceLock};
 
-use fusion_plugin_api::{Compute, Context, Model, Result, StateDict, TensorInfo};
+use fusion_plugin_api::{Compute, Context, GpuTensor, Model, Result, StateDict, TensorInfo};
 
 use crate::device::{download, Gpu};
 use crate::inputs::Inputs;
@@ -28,6 +29,11 @@ pub(crate) struct Merged<M> {
     ctx: Context,
     inputs: Inputs,
     merge: M,
+    /// The tensor names, in order (for the look-ahead).
+    names: OnceLock<Vec<String>>,
+    /// The next tensor's merge, started before the current one is read back (see
+    /// [`StateDict::data`]).
+    ahead: Mutex<Option<(String, GpuTensor)>>,
 }
 
 impl<M: TensorMerge> Merged<M> {
@@ -38,7 +44,66 @@ impl<M: TensorMerge> Merged<M> {
             ctx: ctx.clone(),
             inputs,
             merge,
+            names: OnceLock::new(),
+            ahead: Mutex::new(None),
         })
+    }
+
+    /// Whether `name` (of `info`) is merged on the device rather than copied.
+    fn merges(&self, name: &str, info: &TensorInfo) -> bool {
+        info.dtype.is_float() && info.numel() > 0 && !self.merge.copies(name)
+    }
+
+    /// The merge of `name`: the one started ahead if it is this tensor, else a new one.
+    fn merged<'c>(&self, c: &'c dyn Compute, name: &str, info: &TensorInfo) -> Result<Gpu<'c>> {
+        let ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match ahead {
+            Some((n, t)) if n == name => return Ok(Gpu::adopt(c, t)),
+            Some((_, t)) => c.release(t),
+            None => {}
+        }
+        self.merge
+            .merge(c, name, info)
+            .map_err(|e| e.context(format!("merging tensor `{name}`")))
+    }
+
+    /// Start the merge of the tensor after `name`, so that the device computes it while the
+    /// host reads `name` back and saves it. A failure is left for when that tensor is asked
+    /// for.
+    fn start_next(&self, c: &dyn Compute, name: &str) {
+        let names = self
+            .names
+            .get_or_init(|| self.inputs.names().unwrap_or_default());
+        let Some(next) = names
+            .iter()
+            .position(|n| n == name)
+            .and_then(|i| names.get(i + 1))
+        else {
+            return;
+        };
+        let Ok(info) = self.inputs.info(next) else {
+            return;
+        };
+        if !self.merges(next, &info) {
+            return;
+        }
+        if let Ok(t) = self.merge.merge(c, next, &info) {
+            *self.ahead.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((next.clone(), t.into_raw()));
+        }
+    }
+}
+
+impl<M> Drop for Merged<M> {
+    fn drop(&mut self) {
+        let ahead = self
+            .ahead
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (Some((_, t)), Ok(c)) = (ahead, self.ctx.compute()) {
+            c.release(t);
+        }
     }
 }
 
@@ -53,16 +118,14 @@ impl<M: TensorMerge> StateDict for Merged<M> {
 
     fn data(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         let info = self.inputs.info(name)?;
-        if !info.dtype.is_float() || info.numel() == 0 || self.merge.copies(name) {
+        if !self.merges(name, &info) {
             return Ok(Cow::Owned(
                 self.inputs.reference.model.data(name)?.into_owned(),
             ));
         }
         let c = self.ctx.compute()?;
-        let out = self
-            .merge
-            .merge(c, name, &info)
-            .map_err(|e| e.context(format!("merging tensor `{name}`")))?;
+        let out = self.merged(c, name, &info)?;
+        self.start_next(c, name);
         Ok(Cow::Owned(download(c, &out, info.dtype)?))
     }
 
