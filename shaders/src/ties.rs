@@ -409,7 +409,6 @@ pub fn ties_elected_sum_delta(
             Some(scratch_votes.id())
         }
     };
-    let max_workgroups = crate::LOOP_MAX_WORKGROUPS;
     for ch in chunks(&l, n) {
         let mut bindings = vec![ch.binding(s.id(), DType::F32, false)];
         bindings.extend(input_slots(ch, xs, &dtypes));
@@ -417,9 +416,7 @@ pub fn ties_elected_sum_delta(
         let (entry, workgroups) = match vote_counters {
             Some(v) => {
                 bindings.push(Binding::write(v));
-                let invocations = ch.len.div_ceil(4) * 2;
-                let wgs = crate::histogram_workgroups(&l, invocations, wg, max_workgroups);
-                ("ties_elect_delta_q", wgs)
+                ("ties_elect_delta_q", quad_workgroups(&l, ch, wg))
             }
             None => (OP, dispatch_1d(&l, ch.len.div_ceil(2), wg)),
         };
@@ -487,37 +484,21 @@ pub fn ties_merge_delta_scaled(
     let mut all = dtypes.clone();
     all.push(m.dtype);
     let quads = crate::launch::quads(&l, &all);
-    let max_workgroups = crate::LOOP_MAX_WORKGROUPS;
     for ch in chunks(&l, n) {
         // All f32: four elements per invocation, few invocations looping over the chunk.
         let (entry, workgroups) = if quads {
-            let invocations = ch.len.div_ceil(4) * 2;
-            let wgs = crate::histogram_workgroups(&l, invocations, wg, max_workgroups);
-            ("ties_merge_delta_q", wgs)
+            ("ties_merge_delta_q", quad_workgroups(&l, ch, wg))
         } else {
             (OP, dispatch_1d(&l, ch.len.div_ceil(2), wg))
         };
-        let mut bindings = vec![
-            ch.binding(out.id(), m.dtype, false),
-            ch.binding(base, dtypes[xs.len()], true),
-            ch.binding(s, DType::F32, true),
-        ];
-        bindings.extend(input_slots(ch, xs, &dtypes));
-        bindings.push(Binding::write(counters));
+        let third = ch.binding(s, DType::F32, true);
         c.dispatch(&KernelCall {
             label: OP,
             source: wgsl::TIES_MERGE,
             entry_point: entry,
             constants: &consts,
-            bindings: &bindings,
-            uniforms: &Uniforms::default()
-                .u32(ch.len as u32)
-                .f32(m.majority)
-                .f32(1.0)
-                .f32(m.lambda)
-                .words8(&bits)
-                .u32(slot)
-                .bytes(),
+            bindings: &merge_bindings(ch, out.id(), base, third, xs, &dtypes, m.dtype, counters),
+            uniforms: &merge_uniforms(ch, &m, &bits, slot),
             workgroups,
         })?;
     }
@@ -562,34 +543,60 @@ pub fn ties_elect_merge_delta(
     let consts = constants(&l, &merge_constants(OP, &dtypes, &m)?);
     let bits = threshold_bits(m.thresholds);
     for ch in chunks(&l, n) {
-        let invocations = ch.len.div_ceil(4) * 2;
-        let workgroups =
-            crate::histogram_workgroups(&l, invocations, wg, crate::LOOP_MAX_WORKGROUPS);
-        let mut bindings = vec![
-            ch.binding(out.id(), m.dtype, false),
-            ch.binding(base, dtypes[xs.len()], true),
-            Binding::write(vote_counters),
-        ];
-        bindings.extend(input_slots(ch, xs, &dtypes));
-        bindings.push(Binding::write(counters));
+        let workgroups = quad_workgroups(&l, ch, wg);
+        let third = Binding::write(vote_counters);
         c.dispatch(&KernelCall {
             label: OP,
             source: wgsl::TIES_MERGE,
             entry_point: OP,
             constants: &consts,
-            bindings: &bindings,
-            uniforms: &Uniforms::default()
-                .u32(ch.len as u32)
-                .f32(m.majority)
-                .f32(1.0)
-                .f32(m.lambda)
-                .words8(&bits)
-                .u32(slot)
-                .bytes(),
+            bindings: &merge_bindings(ch, out.id(), base, third, xs, &dtypes, m.dtype, counters),
+            uniforms: &merge_uniforms(ch, &m, &bits, slot),
             workgroups,
         })?;
     }
     Ok(out.keep())
+}
+
+/// The workgroups of a vec4 entry point over chunk `ch`: few, each invocation looping with a
+/// grid stride (software adapters pay dearly for many).
+fn quad_workgroups(l: &fusion_plugin_api::ComputeLimits, ch: crate::Chunk, wg: u32) -> [u32; 3] {
+    crate::histogram_workgroups(l, ch.len.div_ceil(4) * 2, wg, crate::LOOP_MAX_WORKGROUPS)
+}
+
+/// The bindings of the fused merges over chunk `ch`: 0 = out (`out_dtype`), 1 = base, 2 =
+/// `third` (S or the vote counters), 3..10 = the inputs, 11 = the undecided counters.
+#[allow(clippy::too_many_arguments)]
+fn merge_bindings(
+    ch: crate::Chunk,
+    out: GpuTensor,
+    base: GpuTensor,
+    third: Binding,
+    xs: &[GpuTensor],
+    dtypes: &[DType],
+    out_dtype: DType,
+    counters: GpuTensor,
+) -> Vec<Binding> {
+    let mut bindings = vec![
+        ch.binding(out, out_dtype, false),
+        ch.binding(base, dtypes[xs.len()], true),
+        third,
+    ];
+    bindings.extend(input_slots(ch, xs, dtypes));
+    bindings.push(Binding::write(counters));
+    bindings
+}
+
+/// The uniform `MergeNParams` of the fused merges over chunk `ch`.
+fn merge_uniforms(ch: crate::Chunk, m: &ScaledTiesMerge<'_>, bits: &[u32], slot: u32) -> Vec<u8> {
+    Uniforms::default()
+        .u32(ch.len as u32)
+        .f32(m.majority)
+        .f32(1.0)
+        .f32(m.lambda)
+        .words8(bits)
+        .u32(slot)
+        .bytes()
 }
 
 /// The overrides of the fused merges: [`fused_constants`], `MERGE`, `OUT_DTYPE`, `ANY_ZERO`.
@@ -706,16 +713,10 @@ pub fn ties_bracket_merge_delta(
     let hi: Vec<u32> = pass.brackets.iter().map(|b| b.hi).collect();
     let off: Vec<u32> = pass.brackets.iter().map(|b| b.offset as u32).collect();
     for ch in chunks(&l, n) {
-        let invocations = ch.len.div_ceil(4) * 2;
-        let workgroups =
-            crate::histogram_workgroups(&l, invocations, wg, crate::LOOP_MAX_WORKGROUPS);
-        let mut bindings = vec![
-            ch.binding(out.id(), DType::F32, false),
-            ch.binding(base, DType::F32, true),
-            Binding::write(votes.counters.id()),
-        ];
-        bindings.extend(input_slots(ch, xs, &dtypes));
-        bindings.push(Binding::write(counters));
+        let workgroups = quad_workgroups(&l, ch, wg);
+        let third = Binding::write(votes.counters.id());
+        let mut bindings =
+            merge_bindings(ch, out.id(), base, third, xs, &dtypes, DType::F32, counters);
         bindings.push(Binding::write(pass.counts));
         bindings.push(Binding::write(pass.dirty));
         c.dispatch(&KernelCall {

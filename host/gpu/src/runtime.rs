@@ -793,12 +793,8 @@ impl Runtime {
             op: "mapping a buffer for an upload".into(),
             message,
         };
-        if let Some(batch) = reused {
-            if self.done_batches.load(Ordering::Acquire) > batch {
-                self.map_idle(buffer, padded, map_err)?;
-            } else {
-                self.map(buffer, 0, padded, wgpu::MapMode::Write, map_err)?;
-            }
+        if reused.is_some() {
+            self.map(buffer, 0, padded, wgpu::MapMode::Write, map_err)?;
         }
         {
             let mut view = buffer
@@ -810,38 +806,6 @@ impl Runtime {
         }
         buffer.unmap();
         Ok(())
-    }
-
-    /// Map the first `size` bytes of `buffer` for writing when no unfinished work uses it,
-    /// without waiting for the device: the map resolves at a non-blocking poll (or, should it
-    /// not, after a full wait as [`Self::map`] does).
-    fn map_idle(
-        &self,
-        buffer: &wgpu::Buffer,
-        size: u64,
-        wrap: impl Fn(String) -> GpuError,
-    ) -> Result<(), GpuError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        buffer
-            .slice(0..size)
-            .map_async(wgpu::MapMode::Write, move |r| {
-                let _ = tx.send(r);
-            });
-        self.device
-            .poll(wgpu::PollType::Poll)
-            .map_err(|e| wrap(format!("polling the device: {e}")))?;
-        let result = match rx.try_recv() {
-            Ok(r) => r,
-            Err(_) => {
-                self.device
-                    .poll(wgpu::PollType::wait_indefinitely())
-                    .map_err(|e| wrap(format!("waiting for the device: {e}")))?;
-                self.check_alive()?;
-                rx.recv()
-                    .map_err(|_| wrap("the map callback never ran".into()))?
-            }
-        };
-        result.map_err(|e| wrap(e.to_string()))
     }
 
     /// Map `size` bytes of `buffer` at `offset` (a multiple of [`wgpu::MAP_ALIGNMENT`]) once
@@ -862,19 +826,21 @@ impl Runtime {
             .map_async(mode, move |r| {
                 let _ = tx.send(r);
             });
-        // The map resolves once the submissions that use the buffer are done: wait for the
-        // recent ones in order and stop at the first after which it has, so that later work
+        // The map resolves once the submissions that use the buffer are done: poll without
+        // waiting (a buffer no unfinished work uses maps at once), then wait for the recent
+        // submissions in order and stop at the first after which it has, so that later work
         // (launches recorded ahead of this read) keeps running meanwhile.
-        let recent: Vec<wgpu::SubmissionIndex> = {
+        let polls: Vec<wgpu::PollType> = {
             let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            p.submitted.iter().map(|(_, i)| i.clone()).collect()
+            let waits = p.submitted.iter().map(|(_, i)| wgpu::PollType::Wait {
+                submission_index: Some(i.clone()),
+                timeout: None,
+            });
+            std::iter::once(wgpu::PollType::Poll).chain(waits).collect()
         };
-        for index in recent {
+        for poll in polls {
             self.device
-                .poll(wgpu::PollType::Wait {
-                    submission_index: Some(index),
-                    timeout: None,
-                })
+                .poll(poll)
                 .map_err(|e| wrap(format!("waiting for the device: {e}")))?;
             if let Ok(r) = rx.try_recv() {
                 self.check_alive()?;
