@@ -1087,6 +1087,19 @@ fn cpu_disjoint(trimmed: &[Vec<f32>], majority: f32, merge: k::TiesMerge) -> (Ve
     (merged, sums)
 }
 
+/// Whether entry `i` is one another majority sign would change (what `ties_undecided`
+/// counts): its elected sum is 0 and, but for `max`, some trimmed entry agrees with `majority`.
+fn cpu_undecided(
+    trimmed: &[Vec<f32>],
+    sums: &[f32],
+    i: usize,
+    majority: f32,
+    merge: k::TiesMerge,
+) -> bool {
+    let agrees = |v: f32| if majority > 0.0 { v > 0.0 } else { v < 0.0 };
+    sums[i] == 0.0 && (merge == k::TiesMerge::Max || trimmed.iter().any(|r| agrees(r[i])))
+}
+
 #[test]
 fn ties_undecided_counts_what_another_majority_would_change() {
     let mut rng = StdRng::seed_from_u64(21);
@@ -1257,17 +1270,7 @@ fn fused_ties_launches_equal_the_per_model_merge_and_the_cpu() {
                                 .collect();
                             assert_close(&what, &download(c, got), &cpu_out, rel_tol(out_dtype));
                             let undecided = (0..n)
-                                .filter(|&i| {
-                                    sums[i] == 0.0
-                                        && (merge == k::TiesMerge::Max
-                                            || trimmed.iter().any(|r| {
-                                                if majority > 0.0 {
-                                                    r[i] > 0.0
-                                                } else {
-                                                    r[i] < 0.0
-                                                }
-                                            }))
-                                })
+                                .filter(|&i| cpu_undecided(&trimmed, &sums, i, majority, merge))
                                 .count() as u32;
                             if n >= 255 && models > 1 {
                                 assert!(undecided > 0, "{what}: no cancellations to count");
@@ -1461,17 +1464,7 @@ fn bracketed_ties_pass_counts_merges_and_marks_what_its_brackets_leave_open() {
                         );
                         let undecided = (0..n)
                             .filter(clean)
-                            .filter(|&i| {
-                                sums[i] == 0.0
-                                    && (merge == k::TiesMerge::Max
-                                        || trimmed.iter().any(|r| {
-                                            if majority > 0.0 {
-                                                r[i] > 0.0
-                                            } else {
-                                                r[i] < 0.0
-                                            }
-                                        }))
-                            })
+                            .filter(|&i| cpu_undecided(&trimmed, &sums, i, majority, merge))
                             .count() as u32;
                         let words: Vec<u32> =
                             bytemuck::pod_collect_to_vec(&c.read(counters).unwrap());
