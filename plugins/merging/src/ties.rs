@@ -49,6 +49,8 @@
 
 mod one_pass;
 
+use one_pass::OnePass;
+
 use std::collections::HashSet;
 
 use fusion_kernels::{RadixDigit, RadixState, SignVotes, TiesAccumulator, TiesMerge};
@@ -179,9 +181,17 @@ fn run(
         lambda: s.scaling_factor as f32,
     };
     let (thresholds, majority, merged_early) = match sweep.one_pass(ctx, s.threshold, early)? {
-        Some(done) => done,
-        None => {
-            let thresholds = sweep.thresholds(ctx, s.threshold)?;
+        OnePass::Done {
+            thresholds,
+            majority,
+            merged_early,
+        } => (thresholds, majority, merged_early),
+        rest => {
+            let thresholds = match rest {
+                // The pass settled the thresholds whose ranges held; the rest take radix passes.
+                OnePass::Missed { rank, found } => sweep.settle(ctx, rank, found)?,
+                _ => sweep.thresholds(ctx, s.threshold)?,
+            };
             let (majority, merged_early) = sweep.elect(ctx, &thresholds, early)?;
             (thresholds, majority, merged_early)
         }
@@ -559,6 +569,18 @@ fn held_at_once(info: &TensorInfo, models: usize) -> bool {
     info.numel() as u64 * (4 * models as u64 + 8 + 16) <= EARLY_MERGE_WORKING_SET
 }
 
+/// Log how many of the models' thresholds (`found`) one pass over guessed ranges settled.
+fn log_settled(found: &[Option<f32>], started: std::time::Instant) {
+    let n = found.len();
+    let settled = found.iter().filter(|t| t.is_some()).count();
+    tracing::info!(
+        settled,
+        models = n,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "TIES thresholds: {settled} of {n} models settled in one pass over a range guessed from a sample"
+    );
+}
+
 /// What the sign-election pass needs to merge keys early.
 #[derive(Clone, Copy)]
 struct EarlyMerge {
@@ -621,14 +643,15 @@ impl Sweep<'_> {
                 d,
                 held_at_once,
             )?;
-            let settled = found.iter().filter(|t| t.is_some()).count();
-            tracing::info!(
-                settled,
-                models = n,
-                ms = started.elapsed().as_secs_f64() * 1e3,
-                "TIES thresholds: {settled} of {n} models settled in one pass over a range guessed from a sample"
-            );
+            log_settled(&found, started);
         }
+        self.settle(ctx, rank, found)
+    }
+
+    /// Every model's threshold: those of `found`, and the radix select's (of the `rank`-th
+    /// largest) for the models it lacks.
+    fn settle(&self, ctx: &Context, rank: u64, mut found: Vec<Option<f32>>) -> Result<Vec<f32>> {
+        let n = found.len();
         let pending: Vec<usize> = (0..n).filter(|&i| found[i].is_none()).collect();
         if !pending.is_empty() {
             for (&i, t) in pending

@@ -13,7 +13,8 @@
 //! and undecided counts take the clean positions in the pass and the gathered ones after, so
 //! the majority sign is the one the two reads would find.
 //!
-//! Where a guessed range missed its threshold, the pass is thrown away and the two reads run.
+//! Where a guessed range missed its threshold, the pass is thrown away: the thresholds its
+//! counts settled stand, the rest take the radix passes, and the election runs as in the two reads.
 
 use fusion_kernels::{ScaledTiesMerge, SignVotes, TiesBracketPass};
 use fusion_plugin_api::prelude::*;
@@ -21,26 +22,38 @@ use fusion_plugin_api::{GpuTensor, Model};
 
 use super::{held_at_once, EarlyMerge, Sweep};
 use crate::cache::Slot;
-use crate::delta::Delta;
 use crate::device::{upload, Gpu};
 
+/// What [`Sweep::one_pass`] came to.
+pub(super) enum OnePass {
+    /// The thresholds, the majority sign and the number of keys merged in the pass.
+    Done {
+        thresholds: Vec<f32>,
+        majority: f32,
+        merged_early: usize,
+    },
+    /// A guessed range missed: each model's threshold where its range held (the `rank`-th
+    /// largest |τ|), nothing left behind in the cache.
+    Missed { rank: u64, found: Vec<Option<f32>> },
+    /// The schedule does not apply (see [`Sweep::one_pass_applies`]).
+    NotApplicable,
+}
+
 impl Sweep<'_> {
-    /// The thresholds, the majority sign and the number of keys merged in the pass, from one
-    /// read of the models; `None` where this schedule does not apply (see
-    /// [`Self::one_pass_applies`]) or a guessed range missed, having left nothing behind.
+    /// The thresholds, the election and the merge of every key from one read of the models.
     pub(super) fn one_pass(
         &self,
         ctx: &Context,
         k_param: f64,
         early: EarlyMerge,
-    ) -> Result<Option<(Vec<f32>, f32, usize)>> {
+    ) -> Result<OnePass> {
         let c = self.c;
         let d: u64 = self.keys.iter().map(|(_, i)| i.numel() as u64).sum();
         let Some(rank) = fusion_kernels::topk_rank_from_top(d, k_param) else {
-            return Ok(None);
+            return Ok(OnePass::NotApplicable);
         };
         let Some(dirty_at) = self.one_pass_applies()? else {
-            return Ok(None);
+            return Ok(OnePass::NotApplicable);
         };
         let started = std::time::Instant::now();
         let inputs = self.source.inputs;
@@ -48,13 +61,13 @@ impl Sweep<'_> {
             .into_iter()
             .collect::<Option<Vec<_>>>()
         else {
-            return Ok(None);
+            return Ok(OnePass::NotApplicable);
         };
         let (brackets, words) = crate::bracket::layout(&ranges);
         let dirty_words = *dirty_at.last().expect("keys");
         let max_words = c.limits().max_storage_binding_size / 4;
         if words > max_words || dirty_words > max_words {
-            return Ok(None);
+            return Ok(OnePass::NotApplicable);
         }
         let counts = Gpu::zeros(c, DType::U32, &[words as usize])?;
         let dirty = Gpu::zeros(c, DType::U32, &[dirty_words.max(1) as usize])?;
@@ -100,14 +113,14 @@ impl Sweep<'_> {
             progress.advance(1);
         }
         let all: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(counts.id())?);
-        let exact: Option<Vec<f32>> = brackets
+        let found: Vec<Option<f32>> = brackets
             .iter()
             .map(|b| {
                 let w = &all[b.offset as usize..(b.offset + b.words()) as usize];
                 b.resolve(w, rank).map(f32::from_bits)
             })
             .collect();
-        let Some(thresholds) = exact else {
+        let Some(thresholds) = found.iter().copied().collect::<Option<Vec<f32>>>() else {
             for &k in &merged {
                 if let Some(t) = self.source.cache.take(&self.keys[k].0, Slot::Merged) {
                     c.release(t);
@@ -117,7 +130,8 @@ impl Sweep<'_> {
                 ms = started.elapsed().as_secs_f64() * 1e3,
                 "TIES: a threshold lies outside the range its sample gave; electing again with the exact thresholds"
             );
-            return Ok(None);
+            super::log_settled(&found, started);
+            return Ok(OnePass::Missed { rank, found });
         };
         let pass_ms = started.elapsed().as_secs_f64() * 1e3;
         // The positions a range left open, merged again with the exact thresholds.
@@ -153,20 +167,23 @@ impl Sweep<'_> {
             of = d,
             "TIES: thresholds, election and merge in one read of the models"
         );
-        Ok(Some((thresholds, majority, merged.len())))
+        Ok(OnePass::Done {
+            thresholds,
+            majority,
+            merged_early: merged.len(),
+        })
     }
 
     /// Where the one-pass schedule applies, each key's first word of dirty bits (and the total
-    /// after the last): plain task vectors of f32 checkpoints, a cache that the brackets may use
-    /// ([`super::Source::brackets_apply`]), a device that binds the launch, and every key's
-    /// tensors held at once.
+    /// after the last): f32 checkpoints where the brackets apply
+    /// ([`super::Source::brackets_apply`]: plain task vectors, a cache that allows them), a
+    /// device that binds the launch, and every key's tensors held at once.
     fn one_pass_applies(&self) -> Result<Option<Vec<u64>>> {
         let c = self.c;
         let source = self.source;
         let inputs = source.inputs;
         let n = inputs.models.len();
-        if !matches!(source.delta, Delta::Plain)
-            || !source.brackets_apply(c)
+        if !source.brackets_apply(c)
             || !fusion_kernels::ties_bracket_merge_fits(c, n)
             || self.keys.is_empty()
         {
