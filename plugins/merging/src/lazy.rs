@@ -34,6 +34,8 @@ pub(crate) struct Merged<M> {
     /// The next tensor's merge, started before the current one is read back (see
     /// [`StateDict::data`]).
     ahead: Mutex<Option<(String, GpuTensor)>>,
+    /// Where in `names` the last merged tensor asked for stands (`None` outside), once one was.
+    previous: Mutex<Option<Option<usize>>>,
 }
 
 impl<M: TensorMerge> Merged<M> {
@@ -46,6 +48,7 @@ impl<M: TensorMerge> Merged<M> {
             merge,
             names: OnceLock::new(),
             ahead: Mutex::new(None),
+            previous: Mutex::new(None),
         })
     }
 
@@ -67,18 +70,22 @@ impl<M: TensorMerge> Merged<M> {
             .map_err(|e| e.context(format!("merging tensor `{name}`")))
     }
 
-    /// Start the merge of the tensor after `name`, so that the device computes it while the
-    /// host reads `name` back and saves it. A failure is left for when that tensor is asked
-    /// for.
+    /// Start the merge of the tensor after `name` when the tensors are asked for in order (as a
+    /// save asks for them), so that the device computes it while the host reads `name` back and
+    /// saves it; a reader that asks in another order (an evaluation) gets no merge twice. A
+    /// failure is left for when that tensor is asked for.
     fn start_next(&self, c: &dyn Compute, name: &str) {
         let names = self
             .names
             .get_or_init(|| self.inputs.names().unwrap_or_default());
-        let Some(next) = names
-            .iter()
-            .position(|n| n == name)
-            .and_then(|i| names.get(i + 1))
-        else {
+        let at = names.iter().position(|n| n == name);
+        let previous = self
+            .previous
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(at);
+        let in_order = matches!((previous, at), (Some(Some(p)), Some(i)) if p + 1 == i);
+        let Some(next) = at.and_then(|i| names.get(i + 1)).filter(|_| in_order) else {
             return;
         };
         let Ok(info) = self.inputs.info(next) else {
