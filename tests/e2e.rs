@@ -853,13 +853,7 @@ fn ties_merging_through_the_host_matches_fusion_bench() {
             &env,
         );
         assert_eq!(run.code, 0, "{budget}: {}", run.stderr);
-        let got_cached = run
-            .stderr
-            .split("cached_tensors=")
-            .nth(1)
-            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-            .unwrap_or_else(|| panic!("{budget}: no cached_tensors in the log:\n{}", run.stderr))
-            .to_string();
+        let got_cached = run.log_field("cached_tensors").to_string();
         if cached.is_empty() {
             let k: usize = got_cached.parse().unwrap();
             assert!(
@@ -1001,13 +995,7 @@ fn ties_early_merges_are_redone_where_the_majority_sign_decides() {
                     &[("FUSION_DEVICE_CACHE", budget)],
                 );
                 assert_eq!(run.code, 0, "{merge} {budget}: {}", run.stderr);
-                let early = run
-                    .stderr
-                    .split("merged_early=")
-                    .nth(1)
-                    .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-                    .unwrap_or_else(|| panic!("no merged_early in the log:\n{}", run.stderr))
-                    .to_string();
+                let early = run.log_field("merged_early").to_string();
                 let redone = run.stderr.contains("they are merged again");
                 // With the majority +1 both early merges stand; otherwise `b`, which has
                 // entries with a zero sum, is merged again (`a` has none).
@@ -1114,13 +1102,7 @@ fn ties_thresholds_from_a_sampled_range_equal_the_radix_select() {
             }
             if lines.contains(&one_read) && budget == "auto" {
                 // Some positions were left open by the ranges, and merged again.
-                let redone: u64 = run
-                    .stderr
-                    .split("positions_redone=")
-                    .nth(1)
-                    .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| panic!("{case}: no positions_redone in\n{}", run.stderr));
+                let redone: u64 = run.log_field("positions_redone").parse().unwrap();
                 assert!(
                     redone > 0 && redone < n as u64 / 10,
                     "{case}: {redone} redone"

@@ -77,6 +77,15 @@ impl Run {
     pub fn error(&self) -> &str {
         self.stderr.split("error: ").nth(1).unwrap_or("")
     }
+
+    /// The digits of the first `field=` in the log; panics, with the log, where there is none.
+    pub fn log_field(&self, field: &str) -> &str {
+        self.stderr
+            .split(&format!("{field}="))
+            .nth(1)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .unwrap_or_else(|| panic!("no {field} in the log:\n{}", self.stderr))
+    }
 }
 
 /// Run the host with `args` in `cwd`; logs without colour, at the default level.
