@@ -506,6 +506,73 @@ fn vote_add(i: u32, v: u32) {
     }
 }
 
+// The trimmed task vectors of up to eight models at one quad; slots past INPUTS stay zero and
+// are neither summed nor merged.
+struct Quads8 {
+    v0: vec4<f32>,
+    v1: vec4<f32>,
+    v2: vec4<f32>,
+    v3: vec4<f32>,
+    v4: vec4<f32>,
+    v5: vec4<f32>,
+    v6: vec4<f32>,
+    v7: vec4<f32>,
+}
+
+// Quad t of every input less the base quad b, trimmed at each model's threshold bits.
+fn trimmed8(t: u32, b: vec4<f32>, thr: array<vec4<u32>, 2>) -> Quads8 {
+    let z = vec4<f32>(0.0);
+    var q = Quads8(z, z, z, z, z, z, z, z);
+    q.v0 = trim4(q_x0[t] - b, thr[0].x);
+    if (INPUTS > 1u) { q.v1 = trim4(q_x1[t] - b, thr[0].y); }
+    if (INPUTS > 2u) { q.v2 = trim4(q_x2[t] - b, thr[0].z); }
+    if (INPUTS > 3u) { q.v3 = trim4(q_x3[t] - b, thr[0].w); }
+    if (INPUTS > 4u) { q.v4 = trim4(q_x4[t] - b, thr[1].x); }
+    if (INPUTS > 5u) { q.v5 = trim4(q_x5[t] - b, thr[1].y); }
+    if (INPUTS > 6u) { q.v6 = trim4(q_x6[t] - b, thr[1].z); }
+    if (INPUTS > 7u) { q.v7 = trim4(q_x7[t] - b, thr[1].w); }
+    return q;
+}
+
+// The elected sum S, in model order (ties_elect_delta_q's arithmetic).
+fn elected8(q: Quads8) -> vec4<f32> {
+    var sv = vec4<f32>(0.0);
+    sv += q.v0;
+    if (INPUTS > 1u) { sv += q.v1; }
+    if (INPUTS > 2u) { sv += q.v2; }
+    if (INPUTS > 3u) { sv += q.v3; }
+    if (INPUTS > 4u) { sv += q.v4; }
+    if (INPUTS > 5u) { sv += q.v5; }
+    if (INPUTS > 6u) { sv += q.v6; }
+    if (INPUTS > 7u) { sv += q.v7; }
+    return sv;
+}
+
+// The elected sign of S: sign(S), the majority where S = 0.
+fn sign4(sv: vec4<f32>, majority: f32) -> vec4<f32> {
+    return select(sign(sv), vec4<f32>(majority), (sv == vec4<f32>(0.0)));
+}
+
+// The kept entries under signs s, in model order.
+fn kept8(q: Quads8, s: vec4<f32>) -> Acc4 {
+    var st = Acc4(vec4<f32>(0.0), vec4<f32>(0.0));
+    st = add4(st, q.v0, s);
+    if (INPUTS > 1u) { st = add4(st, q.v1, s); }
+    if (INPUTS > 2u) { st = add4(st, q.v2, s); }
+    if (INPUTS > 3u) { st = add4(st, q.v3, s); }
+    if (INPUTS > 4u) { st = add4(st, q.v4, s); }
+    if (INPUTS > 5u) { st = add4(st, q.v5, s); }
+    if (INPUTS > 6u) { st = add4(st, q.v6, s); }
+    if (INPUTS > 7u) { st = add4(st, q.v7, s); }
+    return st;
+}
+
+// 1 for each of the `lanes` another majority would change (what ties_undecided counts).
+fn undecided4(lanes: vec4<bool>, sv: vec4<f32>, st: Acc4) -> vec4<u32> {
+    let und = lanes & (sv == vec4<f32>(0.0)) & (vec4<bool>(ANY_ZERO) | (st.a != vec4<f32>(0.0)));
+    return select(vec4<u32>(0u), vec4<u32>(1u), und);
+}
+
 @compute @workgroup_size(WG)
 fn ties_merge_delta_q(
     @builtin(global_invocation_id) gid: vec3<u32>,
@@ -518,19 +585,10 @@ fn ties_merge_delta_q(
     for (var t = flat_index(gid, nwg); t < quads; t += stride) {
         let b = q_base[t];
         let sv = q_s[t];
-        let s = select(sign(sv), vec4<f32>(pn.majority), (sv == vec4<f32>(0.0)));
-        var st = Acc4(vec4<f32>(0.0), vec4<f32>(0.0));
-        st = add4(st, trim4(q_x0[t] - b, pn.thr[0].x), s);
-        if (INPUTS > 1u) { st = add4(st, trim4(q_x1[t] - b, pn.thr[0].y), s); }
-        if (INPUTS > 2u) { st = add4(st, trim4(q_x2[t] - b, pn.thr[0].z), s); }
-        if (INPUTS > 3u) { st = add4(st, trim4(q_x3[t] - b, pn.thr[0].w), s); }
-        if (INPUTS > 4u) { st = add4(st, trim4(q_x4[t] - b, pn.thr[1].x), s); }
-        if (INPUTS > 5u) { st = add4(st, trim4(q_x5[t] - b, pn.thr[1].y), s); }
-        if (INPUTS > 6u) { st = add4(st, trim4(q_x6[t] - b, pn.thr[1].z), s); }
-        if (INPUTS > 7u) { st = add4(st, trim4(q_x7[t] - b, pn.thr[1].w), s); }
+        let s = sign4(sv, pn.majority);
+        let st = kept8(trimmed8(t, b, pn.thr), s);
         let lanes = (vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(n);
-        let und = lanes & (sv == vec4<f32>(0.0)) & (vec4<bool>(ANY_ZERO) | (st.a != vec4<f32>(0.0)));
-        undecided += select(vec4<u32>(0u), vec4<u32>(1u), und);
+        undecided += undecided4(lanes, sv, st);
         q_out[t] = finish4(st, s, b, pn.w_base, pn.lambda);
     }
     // Few invocations loop over the chunk: each adds its count itself (no barrier, which
@@ -563,48 +621,14 @@ fn ties_elect_merge_delta_q(
     var neg = vec4<u32>(0u);
     for (var t = flat_index(gid, nwg); t < quads; t += stride) {
         let b = q_base[t];
-        // Trimmed task vectors; slots past INPUTS stay zero and are neither summed nor merged.
-        let v0 = trim4(q_x0[t] - b, pn.thr[0].x);
-        var v1 = vec4<f32>(0.0);
-        var v2 = vec4<f32>(0.0);
-        var v3 = vec4<f32>(0.0);
-        var v4 = vec4<f32>(0.0);
-        var v5 = vec4<f32>(0.0);
-        var v6 = vec4<f32>(0.0);
-        var v7 = vec4<f32>(0.0);
-        if (INPUTS > 1u) { v1 = trim4(q_x1[t] - b, pn.thr[0].y); }
-        if (INPUTS > 2u) { v2 = trim4(q_x2[t] - b, pn.thr[0].z); }
-        if (INPUTS > 3u) { v3 = trim4(q_x3[t] - b, pn.thr[0].w); }
-        if (INPUTS > 4u) { v4 = trim4(q_x4[t] - b, pn.thr[1].x); }
-        if (INPUTS > 5u) { v5 = trim4(q_x5[t] - b, pn.thr[1].y); }
-        if (INPUTS > 6u) { v6 = trim4(q_x6[t] - b, pn.thr[1].z); }
-        if (INPUTS > 7u) { v7 = trim4(q_x7[t] - b, pn.thr[1].w); }
-        // ties_elect_delta_q's sum.
-        var sv = vec4<f32>(0.0);
-        sv += v0;
-        if (INPUTS > 1u) { sv += v1; }
-        if (INPUTS > 2u) { sv += v2; }
-        if (INPUTS > 3u) { sv += v3; }
-        if (INPUTS > 4u) { sv += v4; }
-        if (INPUTS > 5u) { sv += v5; }
-        if (INPUTS > 6u) { sv += v6; }
-        if (INPUTS > 7u) { sv += v7; }
+        let q = trimmed8(t, b, pn.thr);
+        let sv = elected8(q);
         let lanes = (vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(n);
         pos += select(vec4<u32>(0u), vec4<u32>(1u), lanes & (sv > vec4<f32>(0.0)));
         neg += select(vec4<u32>(0u), vec4<u32>(1u), lanes & (sv < vec4<f32>(0.0)));
-        // ties_merge_delta_q's merge.
-        let s = select(sign(sv), vec4<f32>(pn.majority), (sv == vec4<f32>(0.0)));
-        var st = Acc4(vec4<f32>(0.0), vec4<f32>(0.0));
-        st = add4(st, v0, s);
-        if (INPUTS > 1u) { st = add4(st, v1, s); }
-        if (INPUTS > 2u) { st = add4(st, v2, s); }
-        if (INPUTS > 3u) { st = add4(st, v3, s); }
-        if (INPUTS > 4u) { st = add4(st, v4, s); }
-        if (INPUTS > 5u) { st = add4(st, v5, s); }
-        if (INPUTS > 6u) { st = add4(st, v6, s); }
-        if (INPUTS > 7u) { st = add4(st, v7, s); }
-        let und = lanes & (sv == vec4<f32>(0.0)) & (vec4<bool>(ANY_ZERO) | (st.a != vec4<f32>(0.0)));
-        undecided += select(vec4<u32>(0u), vec4<u32>(1u), und);
+        let s = sign4(sv, pn.majority);
+        let st = kept8(q, s);
+        undecided += undecided4(lanes, sv, st);
         q_out[t] = finish4(st, s, b, pn.w_base, pn.lambda);
     }
     // One atomic per invocation and counter (64-bit: lo, then hi on carry).
@@ -723,30 +747,14 @@ fn ties_bracket_merge_delta_q(
         if (INPUTS > 6u) { c6 = bm_classify(6u, q_x6[t] - b, lanes); above_b.z += c6.above; inside |= c6.inside; }
         if (INPUTS > 7u) { c7 = bm_classify(7u, q_x7[t] - b, lanes); above_b.w += c7.above; inside |= c7.inside; }
         // ties_elect_merge_delta_q with every threshold at its bracket's top.
-        var sv = vec4<f32>(0.0);
-        sv += c0.kept;
-        if (INPUTS > 1u) { sv += c1.kept; }
-        if (INPUTS > 2u) { sv += c2.kept; }
-        if (INPUTS > 3u) { sv += c3.kept; }
-        if (INPUTS > 4u) { sv += c4.kept; }
-        if (INPUTS > 5u) { sv += c5.kept; }
-        if (INPUTS > 6u) { sv += c6.kept; }
-        if (INPUTS > 7u) { sv += c7.kept; }
+        let q = Quads8(c0.kept, c1.kept, c2.kept, c3.kept, c4.kept, c5.kept, c6.kept, c7.kept);
+        let sv = elected8(q);
         let clean = lanes & (inside == vec4<u32>(0u));
         pos += select(vec4<u32>(0u), vec4<u32>(1u), clean & (sv > vec4<f32>(0.0)));
         neg += select(vec4<u32>(0u), vec4<u32>(1u), clean & (sv < vec4<f32>(0.0)));
-        let s = select(sign(sv), vec4<f32>(pbm.majority), (sv == vec4<f32>(0.0)));
-        var st = Acc4(vec4<f32>(0.0), vec4<f32>(0.0));
-        st = add4(st, c0.kept, s);
-        if (INPUTS > 1u) { st = add4(st, c1.kept, s); }
-        if (INPUTS > 2u) { st = add4(st, c2.kept, s); }
-        if (INPUTS > 3u) { st = add4(st, c3.kept, s); }
-        if (INPUTS > 4u) { st = add4(st, c4.kept, s); }
-        if (INPUTS > 5u) { st = add4(st, c5.kept, s); }
-        if (INPUTS > 6u) { st = add4(st, c6.kept, s); }
-        if (INPUTS > 7u) { st = add4(st, c7.kept, s); }
-        let und = clean & (sv == vec4<f32>(0.0)) & (vec4<bool>(ANY_ZERO) | (st.a != vec4<f32>(0.0)));
-        undecided += select(vec4<u32>(0u), vec4<u32>(1u), und);
+        let s = sign4(sv, pbm.majority);
+        let st = kept8(q, s);
+        undecided += undecided4(clean, sv, st);
         q_out[t] = finish4(st, s, b, pbm.w_base, pbm.lambda);
         if (any(inside != vec4<u32>(0u))) {
             let shift = 4u * (t % 8u);
