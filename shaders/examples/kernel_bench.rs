@@ -144,24 +144,12 @@ fn bench_size(c: &dyn Compute, n: usize) {
     let s8 = fusion_kernels::ties_elected_sum_delta(c, &ids, b, &thr, None).unwrap();
     let counters = c.create(DType::U32, &[2], None).unwrap();
     time("fused merge of 8 (f32)", 8 * n, &|| {
-        let m = fusion_kernels::ScaledTiesMerge {
-            thresholds: &thr,
-            majority: 1.0,
-            merge: fusion_kernels::TiesMerge::Sum,
-            lambda: 0.3,
-            dtype: DType::F32,
-        };
+        let m = sum_merge(&thr);
         let o = fusion_kernels::ties_merge_delta_scaled(c, s8, &ids, b, m, (counters, 0)).unwrap();
         c.release(o);
     });
     time("elect and merge of 8, one launch (f32)", 8 * n, &|| {
-        let m = fusion_kernels::ScaledTiesMerge {
-            thresholds: &thr,
-            majority: 1.0,
-            merge: fusion_kernels::TiesMerge::Sum,
-            lambda: 0.3,
-            dtype: DType::F32,
-        };
+        let m = sum_merge(&thr);
         let o = fusion_kernels::ties_elect_merge_delta(c, &ids, b, m, Some(&votes), (counters, 0))
             .unwrap();
         c.release(o);
@@ -186,13 +174,7 @@ fn bench_size(c: &dyn Compute, n: usize) {
     let dirty = c.create(DType::U32, &[n.div_ceil(32)], None).unwrap();
     let tops: Vec<f32> = brackets.iter().map(|b| f32::from_bits(b.hi)).collect();
     time("bracket pass, elect and merge of 8 (f32)", 8 * n, &|| {
-        let m = fusion_kernels::ScaledTiesMerge {
-            thresholds: &tops,
-            majority: 1.0,
-            merge: fusion_kernels::TiesMerge::Sum,
-            lambda: 0.3,
-            dtype: DType::F32,
-        };
+        let m = sum_merge(&tops);
         let pass = fusion_kernels::TiesBracketPass {
             brackets: &brackets,
             counts,
@@ -219,5 +201,16 @@ fn bench_size(c: &dyn Compute, n: usize) {
     });
     for t in xs.into_iter().chain([b, hist, s, out]) {
         c.release(t);
+    }
+}
+
+/// TIES with `merge_func` sum, λ 0.3, majority +1, into f32, at `thresholds`.
+fn sum_merge(thresholds: &[f32]) -> fusion_kernels::ScaledTiesMerge<'_> {
+    fusion_kernels::ScaledTiesMerge {
+        thresholds,
+        majority: 1.0,
+        merge: fusion_kernels::TiesMerge::Sum,
+        lambda: 0.3,
+        dtype: DType::F32,
     }
 }
