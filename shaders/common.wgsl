@@ -17,6 +17,11 @@ const DT_BF16: u32 = 2u;
 // Invocations per workgroup (1-D). Set from the device limits by the host side.
 override WG: u32 = 256u;
 
+// Items (quads) per invocation in the row-blocked loops of `row_item`. Set by the host side
+// (fusion_kernels::loop_rows): many on software adapters, where an invocation's closing atomic
+// adds cost more than the loads of one quad, one on GPUs.
+override ROWS: u32 = 1u;
+
 fn f16_to_f32(h: u32) -> f32 {
     let s = (h & 0x8000u) << 16u;
     let e = (h >> 10u) & 0x1fu;
@@ -114,6 +119,16 @@ fn encode_pair16(v: vec2<f32>, dt: u32) -> u32 {
 // past the end of the job must bounds-check it.
 fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + nwg.x * WG * (gid.y + nwg.y * gid.z);
+}
+
+// Item `i` of invocation `f` (its flat index) in a row-blocked grid-stride loop over a grid of
+// `grid` invocations: each workgroup takes a block of ROWS rows of WG consecutive items, lane
+// `f % WG` of every row (so neighbouring invocations read neighbouring items, as in a plain grid
+// stride, and the rows run through memory in order), then the block `grid * ROWS` items on.
+// Increasing in `i`: loop while it is below the item count. With ROWS = 1 it is `f + i * grid`.
+fn row_item(f: u32, i: u32, grid: u32) -> u32 {
+    let lane = f % WG;
+    return (f - lane) * ROWS + lane + (i / ROWS) * grid * ROWS + (i % ROWS) * WG;
 }
 
 // |x| as ordered bits: for non-NaN floats, a >= b exactly when bits(a) >= bits(b). Selection and

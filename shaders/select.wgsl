@@ -348,11 +348,13 @@ fn radix_bracket_delta_q(
 ) {
     let n = pb.n;
     let quads = (n + 3u) / 4u;
-    let stride = nwg.x * nwg.y * nwg.z * WG;
+    let grid = nwg.x * nwg.y * nwg.z * WG;
     // Counts above, models 0..3 and 4..7 (vectors, not an array: nothing dynamic to spill).
     var above_a = vec4<u32>(0u);
     var above_b = vec4<u32>(0u);
-    for (var t = flat_index(gid, nwg); t < quads; t += stride) {
+    let f = flat_index(gid, nwg);
+    for (var i = 0u; row_item(f, i, grid) < quads; i++) {
+        let t = row_item(f, i, grid);
         let b = q_base[t];
         let valid = min(n - 4u * t, 4u);
         above_a.x += bracket_quad(0u, q_x0[t] - b, valid);

@@ -253,8 +253,8 @@ fn ties_elect_delta_n(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
 
 // ties_elect_delta_q: ties_elect_delta_n where every tensor is f32, four elements per
 // invocation through vec4 loads, counting the elected signs too (what ties_votes.wgsl adds for
-// S, into the same 64-bit counters). Invocations loop with a grid stride (launch few
-// workgroups): on software adapters vec4 loads run about twice as fast as pairs of scalar
+// S, into the same 64-bit counters). Invocations loop over rows of quads (row_item, ROWS per
+// invocation): on software adapters vec4 loads run about twice as fast as pairs of scalar
 // loads, and per-invocation sign counts need one atomic per invocation, not per element.
 // Tensors are padded to 16 bytes by the runtime, so the last quad reads zeros past n and
 // writes into the padding; those lanes are not counted.
@@ -296,10 +296,12 @@ fn ties_elect_delta_q(
 ) {
     let n = pq.n;
     let quads = (n + 3u) / 4u;
-    let stride = nwg.x * nwg.y * nwg.z * WG;
+    let grid = nwg.x * nwg.y * nwg.z * WG;
     var pos = vec4<u32>(0u);
     var neg = vec4<u32>(0u);
-    for (var t = flat_index(gid, nwg); t < quads; t += stride) {
+    let f = flat_index(gid, nwg);
+    for (var i = 0u; row_item(f, i, grid) < quads; i++) {
+        let t = row_item(f, i, grid);
         let b = q_base[t];
         var acc = vec4<f32>(0.0);
         acc += trim4(q_x0[t] - b, pq.thr[0].x);

@@ -580,9 +580,11 @@ fn ties_merge_delta_q(
 ) {
     let n = pn.n;
     let quads = (n + 3u) / 4u;
-    let stride = nwg.x * nwg.y * nwg.z * WG;
+    let grid = nwg.x * nwg.y * nwg.z * WG;
     var undecided = vec4<u32>(0u);
-    for (var t = flat_index(gid, nwg); t < quads; t += stride) {
+    let f = flat_index(gid, nwg);
+    for (var i = 0u; row_item(f, i, grid) < quads; i++) {
+        let t = row_item(f, i, grid);
         let b = q_base[t];
         let sv = q_s[t];
         let s = sign4(sv, pn.majority);
@@ -615,11 +617,13 @@ fn ties_elect_merge_delta_q(
 ) {
     let n = pn.n;
     let quads = (n + 3u) / 4u;
-    let stride = nwg.x * nwg.y * nwg.z * WG;
+    let grid = nwg.x * nwg.y * nwg.z * WG;
     var undecided = vec4<u32>(0u);
     var pos = vec4<u32>(0u);
     var neg = vec4<u32>(0u);
-    for (var t = flat_index(gid, nwg); t < quads; t += stride) {
+    let f = flat_index(gid, nwg);
+    for (var i = 0u; row_item(f, i, grid) < quads; i++) {
+        let t = row_item(f, i, grid);
         let b = q_base[t];
         let q = trimmed8(t, b, pn.thr);
         let sv = elected8(q);
@@ -718,14 +722,16 @@ fn ties_bracket_merge_delta_q(
 ) {
     let n = pbm.n;
     let quads = (n + 3u) / 4u;
-    let stride = nwg.x * nwg.y * nwg.z * WG;
+    let grid = nwg.x * nwg.y * nwg.z * WG;
     var undecided = vec4<u32>(0u);
     var pos = vec4<u32>(0u);
     var neg = vec4<u32>(0u);
     // Counts above each bracket, models 0..3 and 4..7.
     var above_a = vec4<u32>(0u);
     var above_b = vec4<u32>(0u);
-    for (var t = flat_index(gid, nwg); t < quads; t += stride) {
+    let f = flat_index(gid, nwg);
+    for (var i = 0u; row_item(f, i, grid) < quads; i++) {
+        let t = row_item(f, i, grid);
         let b = q_base[t];
         let lanes = (vec4<u32>(4u * t) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(n);
         var inside = vec4<u32>(0u);

@@ -244,6 +244,44 @@ pub fn is_software_adapter(device_name: &str) -> bool {
     .any(|s| name.contains(s))
 }
 
+/// Quads per invocation in the row-blocked loops of the vec4 TIES and bracket kernels (`ROWS`
+/// in common.wgsl; see [`quad_workgroups`]): [`SOFTWARE_LOOP_ROWS`] on software adapters, 1
+/// elsewhere. `FUSION_LOOP_ROWS` (1 to 256) overrides it, for tests and measurements.
+pub fn loop_rows(c: &dyn Compute) -> u32 {
+    if let Some(rows) = std::env::var("FUSION_LOOP_ROWS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|r| (1..=256).contains(r))
+    {
+        return rows;
+    }
+    if is_software_adapter(&c.device_name()) {
+        SOFTWARE_LOOP_ROWS
+    } else {
+        1
+    }
+}
+
+/// [`loop_rows`] on software adapters. There each invocation of a counting kernel ends with a
+/// few global atomic adds (votes, undecided entries, bracket counts), run lane by lane and
+/// contended by the cores: with one quad per invocation they cost more than its loads. With 16
+/// rows the one-read TIES launch took 89–92 ms (median of 12, three processes) against
+/// 107–150 ms for 8 × 2,359,296 entries on lavapipe; 64 and 256 rows were no better. A GPU
+/// keeps one quad per invocation, which keeps it busy.
+pub const SOFTWARE_LOOP_ROWS: u32 = 16;
+
+/// The dispatch of a row-blocked quad loop over chunk `ch` (`len` elements, four per quad) with
+/// workgroups of `wg` and `rows` quads per invocation: enough invocations for one step each, at
+/// most [`LOOP_MAX_WORKGROUPS`](crate::LOOP_MAX_WORKGROUPS) workgroups (more quads loop).
+pub(crate) fn quad_workgroups(limits: &ComputeLimits, ch: Chunk, wg: u32, rows: u32) -> [u32; 3] {
+    let invocations = ch
+        .len
+        .div_ceil(4)
+        .div_ceil(u64::from(rows.max(1)))
+        .clamp(1, crate::LOOP_MAX_WORKGROUPS * u64::from(wg.max(1)));
+    dispatch_1d(limits, invocations, wg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,8 +37,8 @@ pub use elementwise::{
     weighted_sum_into,
 };
 pub use launch::{
-    chunk_elements, chunks, dispatch_1d, dtype_code, is_software_adapter, quads, workgroup_size,
-    Chunk,
+    chunk_elements, chunks, dispatch_1d, dtype_code, is_software_adapter, loop_rows, quads,
+    workgroup_size, Chunk, SOFTWARE_LOOP_ROWS,
 };
 pub use reduce::{dot, l2_norm, sum, sum_squares};
 pub use select::{

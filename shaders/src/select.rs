@@ -508,6 +508,8 @@ pub fn radix_bracket_delta(
     for (k, &dt) in dtypes[1..xs.len()].iter().enumerate() {
         extra.push((NAMES[k], dtype_code(OP, dt)?));
     }
+    let rows = crate::launch::loop_rows(c);
+    extra.push(("ROWS", f64::from(rows)));
     let consts = constants(&l, &extra);
     let lo: Vec<u32> = brackets.iter().map(|b| b.lo).collect();
     let hi: Vec<u32> = brackets.iter().map(|b| b.hi).collect();
@@ -520,12 +522,12 @@ pub fn radix_bracket_delta(
             .words8(&off)
             .bytes()
     };
-    let max_workgroups = LOOP_MAX_WORKGROUPS;
-    // All f32: four elements per invocation (counted like pairs for the launch size).
-    let (entry, per) = if crate::launch::quads(&l, &dtypes) {
-        ("radix_bracket_delta_q", 4)
+    // All f32: four elements per invocation, `rows` quads each.
+    let quads = crate::launch::quads(&l, &dtypes);
+    let entry = if quads {
+        "radix_bracket_delta_q"
     } else {
-        ("radix_bracket_delta_n", 2)
+        "radix_bracket_delta_n"
     };
     for ch in chunks(&l, n) {
         let mut bindings = vec![fusion_plugin_api::Binding::write(counts)];
@@ -541,7 +543,11 @@ pub fn radix_bracket_delta(
             constants: &consts,
             bindings: &bindings,
             uniforms: &uniforms(ch.len),
-            workgroups: histogram_workgroups(&l, ch.len.div_ceil(per) * 2, wg, max_workgroups),
+            workgroups: if quads {
+                crate::launch::quad_workgroups(&l, ch, wg, rows)
+            } else {
+                histogram_workgroups(&l, ch.len, wg, LOOP_MAX_WORKGROUPS)
+            },
         })?;
     }
     Ok(())

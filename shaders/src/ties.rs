@@ -42,8 +42,8 @@ use std::str::FromStr;
 use fusion_plugin_api::{Binding, Compute, DType, Error, GpuTensor, KernelCall, Result};
 
 use crate::launch::{
-    arity, chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Scratch,
-    Uniforms, X_DTYPE_NAMES,
+    arity, chunks, constants, dispatch_1d, dtype_code, info, quad_workgroups, same_shape,
+    workgroup_size, Scratch, Uniforms, X_DTYPE_NAMES,
 };
 use crate::wgsl;
 
@@ -396,7 +396,10 @@ pub fn ties_elected_sum_delta(
     let s = Scratch::new(c, DType::F32, &shape)?;
     let l = c.limits();
     let wg = workgroup_size(&l);
-    let consts = constants(&l, &fused_constants(OP, &dtypes)?);
+    let rows = crate::launch::loop_rows(c);
+    let mut extra = fused_constants(OP, &dtypes)?;
+    extra.push(("ROWS", f64::from(rows)));
+    let consts = constants(&l, &extra);
     let bits = threshold_bits(thresholds);
     let quads = crate::launch::quads(&l, &dtypes);
     // The quad entry point counts votes itself, into `votes` or a scratch it drops.
@@ -416,7 +419,7 @@ pub fn ties_elected_sum_delta(
         let (entry, workgroups) = match vote_counters {
             Some(v) => {
                 bindings.push(Binding::write(v));
-                ("ties_elect_delta_q", quad_workgroups(&l, ch, wg))
+                ("ties_elect_delta_q", quad_workgroups(&l, ch, wg, rows))
             }
             None => (OP, dispatch_1d(&l, ch.len.div_ceil(2), wg)),
         };
@@ -479,7 +482,10 @@ pub fn ties_merge_delta_scaled(
     let out = Scratch::new(c, m.dtype, &shape)?;
     let l = c.limits();
     let wg = workgroup_size(&l);
-    let consts = constants(&l, &merge_constants(OP, &dtypes, &m)?);
+    let rows = crate::launch::loop_rows(c);
+    let mut extra = merge_constants(OP, &dtypes, &m)?;
+    extra.push(("ROWS", f64::from(rows)));
+    let consts = constants(&l, &extra);
     let bits = threshold_bits(m.thresholds);
     let mut all = dtypes.clone();
     all.push(m.dtype);
@@ -487,7 +493,7 @@ pub fn ties_merge_delta_scaled(
     for ch in chunks(&l, n) {
         // All f32: four elements per invocation, few invocations looping over the chunk.
         let (entry, workgroups) = if quads {
-            ("ties_merge_delta_q", quad_workgroups(&l, ch, wg))
+            ("ties_merge_delta_q", quad_workgroups(&l, ch, wg, rows))
         } else {
             (OP, dispatch_1d(&l, ch.len.div_ceil(2), wg))
         };
@@ -540,10 +546,13 @@ pub fn ties_elect_merge_delta(
     };
     let out = Scratch::new(c, m.dtype, &shape)?;
     let wg = workgroup_size(&l);
-    let consts = constants(&l, &merge_constants(OP, &dtypes, &m)?);
+    let rows = crate::launch::loop_rows(c);
+    let mut extra = merge_constants(OP, &dtypes, &m)?;
+    extra.push(("ROWS", f64::from(rows)));
+    let consts = constants(&l, &extra);
     let bits = threshold_bits(m.thresholds);
     for ch in chunks(&l, n) {
-        let workgroups = quad_workgroups(&l, ch, wg);
+        let workgroups = quad_workgroups(&l, ch, wg, rows);
         let third = Binding::write(vote_counters);
         c.dispatch(&KernelCall {
             label: OP,
@@ -556,12 +565,6 @@ pub fn ties_elect_merge_delta(
         })?;
     }
     Ok(out.keep())
-}
-
-/// The workgroups of a vec4 entry point over chunk `ch`: few, each invocation looping with a
-/// grid stride (software adapters pay dearly for many).
-fn quad_workgroups(l: &fusion_plugin_api::ComputeLimits, ch: crate::Chunk, wg: u32) -> [u32; 3] {
-    crate::histogram_workgroups(l, ch.len.div_ceil(4) * 2, wg, crate::LOOP_MAX_WORKGROUPS)
 }
 
 /// The bindings of the fused merges over chunk `ch`: 0 = out (`out_dtype`), 1 = base, 2 =
@@ -708,12 +711,15 @@ pub fn ties_bracket_merge_delta(
     let out = Scratch::new(c, DType::F32, &shape)?;
     let l = c.limits();
     let wg = workgroup_size(&l);
-    let consts = constants(&l, &merge_constants(OP, &dtypes, &m)?);
+    let rows = crate::launch::loop_rows(c);
+    let mut extra = merge_constants(OP, &dtypes, &m)?;
+    extra.push(("ROWS", f64::from(rows)));
+    let consts = constants(&l, &extra);
     let lo: Vec<u32> = pass.brackets.iter().map(|b| b.lo).collect();
     let hi: Vec<u32> = pass.brackets.iter().map(|b| b.hi).collect();
     let off: Vec<u32> = pass.brackets.iter().map(|b| b.offset as u32).collect();
     for ch in chunks(&l, n) {
-        let workgroups = quad_workgroups(&l, ch, wg);
+        let workgroups = quad_workgroups(&l, ch, wg, rows);
         let third = Binding::write(votes.counters.id());
         let mut bindings =
             merge_bindings(ch, out.id(), base, third, xs, &dtypes, DType::F32, counters);

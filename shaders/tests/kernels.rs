@@ -1536,6 +1536,104 @@ fn scatter_writes_the_values_at_their_indices() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Row-blocked loops (common.wgsl `row_item`)
+
+/// Counts, for each of `p.items` items, how many invocations visited it in a row-blocked loop.
+const ROW_ITEM_PROBE: &str = r#"
+struct ProbeParams { items: u32 }
+@group(0) @binding(0) var<storage, read_write> hits: array<atomic<u32>>;
+@group(0) @binding(1) var<uniform> probe: ProbeParams;
+
+@compute @workgroup_size(WG)
+fn probe_rows(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let grid = nwg.x * nwg.y * nwg.z * WG;
+    let f = flat_index(gid, nwg);
+    for (var i = 0u; row_item(f, i, grid) < probe.items; i++) {
+        atomicAdd(&hits[row_item(f, i, grid)], 1u);
+    }
+}
+"#;
+
+/// Every item is visited exactly once and nothing past the end, whatever the rows per
+/// invocation and however few invocations loop (outer steps), on a 1-D grid and on the clamped
+/// runtime's 2-D and 3-D grids.
+#[test]
+fn row_blocked_loops_visit_every_item_once() {
+    let source = format!("{}\n{ROW_ITEM_PROBE}", k::wgsl::COMMON);
+    for (name, c) in runtimes() {
+        let l = c.limits();
+        let wg = k::workgroup_size(&l);
+        // The clamped runtime binds 1024 words: its counts fit one binding up to 960 items.
+        let fits = |&&items: &&u32| u64::from(items) + 64 <= l.max_storage_binding_size / 4;
+        for &items in [1u32, 255, 256, 257, 960, 5003].iter().filter(fits) {
+            for &rows in &[1u32, 3, 16] {
+                // One invocation per `rows` items, then a grid too small for one step.
+                let full_grid = u64::from(items.div_ceil(rows));
+                for invocations in [full_grid, full_grid.div_ceil(7)] {
+                    let hits = c.create(DType::U32, &[items as usize + 64], None).unwrap();
+                    let workgroups = k::dispatch_1d(&l, invocations.max(1), wg);
+                    c.dispatch(&fusion_plugin_api::KernelCall {
+                        label: "probe_rows",
+                        source: &source,
+                        entry_point: "probe_rows",
+                        constants: &[("WG", f64::from(wg)), ("ROWS", f64::from(rows))],
+                        bindings: &[fusion_plugin_api::Binding::write(hits)],
+                        uniforms: &items.to_le_bytes(),
+                        workgroups,
+                    })
+                    .unwrap();
+                    let got: Vec<u32> = bytemuck::pod_collect_to_vec(&c.read(hits).unwrap());
+                    let what = format!(
+                        "{name}: {items} items, {rows} rows, {invocations} invocations ({workgroups:?})"
+                    );
+                    assert!(
+                        got[..items as usize].iter().all(|&h| h == 1),
+                        "{what}: {got:?}"
+                    );
+                    assert!(
+                        got[items as usize..].iter().all(|&h| h == 0),
+                        "{what}: past the end"
+                    );
+                    release(c, &[hits]);
+                }
+            }
+        }
+    }
+}
+
+/// The vec4 TIES and bracket launches take `FUSION_LOOP_ROWS` quads per invocation (16 on
+/// software adapters, 1 on GPUs): run their tests again in a child process with one, as a GPU
+/// would, so that both settings are checked on whichever adapter runs the tests.
+#[test]
+fn fused_ties_tests_pass_with_one_quad_per_invocation() {
+    if std::env::var_os("FUSION_LOOP_ROWS").is_some() {
+        return; // the child process itself
+    }
+    let tests = [
+        "fused_ties_launches_equal_the_per_model_merge_and_the_cpu",
+        "bracketed_ties_pass_counts_merges_and_marks_what_its_brackets_leave_open",
+        "radix_bracket_counts_above_and_inside_each_models_range",
+        "streamed_ties_from_fine_tuned_tensors_equals_the_batched_merge",
+    ];
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(tests)
+        .args(["--exact", "--test-threads", "1"])
+        .env("FUSION_LOOP_ROWS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "with FUSION_LOOP_ROWS=1:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("4 passed"), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // DARE
 
 #[test]
