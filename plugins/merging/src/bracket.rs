@@ -35,24 +35,37 @@ pub(crate) fn sample_stride(d: u64) -> u64 {
 
 /// Each model's sample: the entries of its task vector (`x - base` in f32 after decoding, as
 /// the kernels compute it) at the flattened positions that are multiples of `stride`, keys in
-/// order.
+/// order. The checkpoints are read on as many threads as cores (each read faults in every page
+/// of the mapped files).
 fn sample(inputs: &Inputs, keys: &[(String, TensorInfo)], stride: u64) -> Result<Vec<Vec<f32>>> {
-    let mut out = vec![Vec::new(); inputs.models.len()];
+    // Each key's first sampled entry.
+    let mut firsts = Vec::with_capacity(keys.len());
     let mut pos = 0u64;
-    let base = inputs.base();
-    for (name, info) in keys {
-        let numel = info.numel() as u64;
-        let first = (stride - pos % stride) % stride;
-        let b = gather(&base.model, name, first, stride, numel)
-            .map_err(|e| e.context(format!("model `{}`", base.name)))?;
-        for (m, samples) in inputs.models.iter().zip(out.iter_mut()) {
-            let x = gather(&m.model, name, first, stride, numel)
-                .map_err(|e| e.context(format!("model `{}`", m.name)))?;
-            samples.extend(x.iter().zip(&b).map(|(x, b)| x - b));
-        }
-        pos += numel;
+    for (_, info) in keys {
+        firsts.push((stride - pos % stride) % stride);
+        pos += info.numel() as u64;
     }
-    Ok(out)
+    let base = inputs.base();
+    let sources: Vec<(&Model, &str)> = std::iter::once(base)
+        .chain(&inputs.models)
+        .map(|m| (&m.model, m.name.as_str()))
+        .collect();
+    let mut samples = crate::parallel::map_parallel(&sources, |&(model, model_name)| {
+        let mut out = Vec::new();
+        for ((name, info), &first) in keys.iter().zip(&firsts) {
+            let x = gather(model, name, first, stride, info.numel() as u64)
+                .map_err(|e| e.context(format!("model `{model_name}`")))?;
+            out.extend(x);
+        }
+        Ok(out)
+    })?;
+    let b = samples.remove(0);
+    for x in &mut samples {
+        for (x, b) in x.iter_mut().zip(&b) {
+            *x -= b;
+        }
+    }
+    Ok(samples)
 }
 
 /// Entries `first, first + stride, ...` (below `numel`) of tensor `name`, as f32.

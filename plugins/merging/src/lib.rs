@@ -48,6 +48,7 @@ mod kernels;
 mod lazy;
 mod mergekit;
 mod model_stock;
+mod parallel;
 mod params;
 mod slerp;
 mod task_arithmetic;

@@ -295,35 +295,15 @@ fn set_bits(words: &[u32], len: usize) -> Vec<u32> {
 fn gather_all(sources: &[(&Model, &str)], name: &str, positions: &[u32]) -> Result<Vec<Vec<f32>>> {
     let data = sources
         .iter()
-        .map(|(m, model_name)| {
-            m.data(name)
-                .map_err(|e| e.context(format!("model `{model_name}`")))
+        .map(|&(m, model_name)| {
+            let d = m
+                .data(name)
+                .map_err(|e| e.context(format!("model `{model_name}`")))?;
+            Ok((d, model_name))
         })
         .collect::<Result<Vec<_>>>()?;
-    let names: Vec<&str> = sources.iter().map(|&(_, n)| n).collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per = data.len().div_ceil(threads.max(1));
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = data
-            .chunks(per)
-            .zip(names.chunks(per))
-            .map(|(data, names)| {
-                scope.spawn(move || {
-                    data.iter()
-                        .zip(names)
-                        .map(|(d, model_name)| {
-                            gather_f32(d, name, positions)
-                                .map_err(|e| e.context(format!("model `{model_name}`")))
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-            })
-            .collect();
-        let mut out = Vec::with_capacity(data.len());
-        for w in workers {
-            out.extend(w.join().expect("a gathering thread panicked")?);
-        }
-        Ok(out)
+    crate::parallel::map_parallel(&data, |(d, model_name)| {
+        gather_f32(d, name, positions).map_err(|e| e.context(format!("model `{model_name}`")))
     })
 }
 
