@@ -270,16 +270,43 @@ pub fn loop_rows(c: &dyn Compute) -> u32 {
 /// keeps one quad per invocation, which keeps it busy.
 pub const SOFTWARE_LOOP_ROWS: u32 = 16;
 
-/// The dispatch of a row-blocked quad loop over chunk `ch` (`len` elements, four per quad) with
-/// workgroups of `wg` and `rows` quads per invocation: enough invocations for one step each, at
-/// most [`LOOP_MAX_WORKGROUPS`](crate::LOOP_MAX_WORKGROUPS) workgroups (more quads loop).
-pub(crate) fn quad_workgroups(limits: &ComputeLimits, ch: Chunk, wg: u32, rows: u32) -> [u32; 3] {
-    let invocations = ch
-        .len
-        .div_ceil(4)
-        .div_ceil(u64::from(rows.max(1)))
-        .clamp(1, crate::LOOP_MAX_WORKGROUPS * u64::from(wg.max(1)));
-    dispatch_1d(limits, invocations, wg)
+/// The launch shape of the row-blocked quad loops (`row_item` in common.wgsl) on one device:
+/// its workgroup size and [`loop_rows`] quads per invocation.
+pub(crate) struct QuadLoop {
+    limits: ComputeLimits,
+    /// Invocations per workgroup ([`workgroup_size`]), for the launches beside the loop too.
+    pub(crate) wg: u32,
+    rows: u32,
+}
+
+impl QuadLoop {
+    pub(crate) fn new(c: &dyn Compute) -> Self {
+        let limits = c.limits();
+        QuadLoop {
+            limits,
+            wg: workgroup_size(&limits),
+            rows: loop_rows(c),
+        }
+    }
+
+    /// The pipeline overrides: `WG`, `extra`, then `ROWS`.
+    pub(crate) fn constants<'a>(&self, extra: &[(&'a str, f64)]) -> Vec<(&'a str, f64)> {
+        let mut v = constants(&self.limits, extra);
+        v.push(("ROWS", f64::from(self.rows)));
+        v
+    }
+
+    /// The dispatch over chunk `ch` (`len` elements, four per quad): enough invocations for one
+    /// step each, at most [`LOOP_MAX_WORKGROUPS`](crate::LOOP_MAX_WORKGROUPS) workgroups (more
+    /// quads loop).
+    pub(crate) fn workgroups(&self, ch: Chunk) -> [u32; 3] {
+        let invocations = ch
+            .len
+            .div_ceil(4)
+            .div_ceil(u64::from(self.rows))
+            .clamp(1, crate::LOOP_MAX_WORKGROUPS * u64::from(self.wg.max(1)));
+        dispatch_1d(&self.limits, invocations, self.wg)
+    }
 }
 
 #[cfg(test)]

@@ -508,9 +508,8 @@ pub fn radix_bracket_delta(
     for (k, &dt) in dtypes[1..xs.len()].iter().enumerate() {
         extra.push((NAMES[k], dtype_code(OP, dt)?));
     }
-    let rows = crate::launch::loop_rows(c);
-    extra.push(("ROWS", f64::from(rows)));
-    let consts = constants(&l, &extra);
+    let lp = crate::launch::QuadLoop::new(c);
+    let consts = lp.constants(&extra);
     let lo: Vec<u32> = brackets.iter().map(|b| b.lo).collect();
     let hi: Vec<u32> = brackets.iter().map(|b| b.hi).collect();
     let off: Vec<u32> = brackets.iter().map(|b| b.offset as u32).collect();
@@ -522,7 +521,7 @@ pub fn radix_bracket_delta(
             .words8(&off)
             .bytes()
     };
-    // All f32: four elements per invocation, `rows` quads each.
+    // All f32: four elements per invocation, `ROWS` quads each.
     let quads = crate::launch::quads(&l, &dtypes);
     let entry = if quads {
         "radix_bracket_delta_q"
@@ -544,7 +543,7 @@ pub fn radix_bracket_delta(
             bindings: &bindings,
             uniforms: &uniforms(ch.len),
             workgroups: if quads {
-                crate::launch::quad_workgroups(&l, ch, wg, rows)
+                lp.workgroups(ch)
             } else {
                 histogram_workgroups(&l, ch.len, wg, LOOP_MAX_WORKGROUPS)
             },

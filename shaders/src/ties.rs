@@ -42,8 +42,8 @@ use std::str::FromStr;
 use fusion_plugin_api::{Binding, Compute, DType, Error, GpuTensor, KernelCall, Result};
 
 use crate::launch::{
-    arity, chunks, constants, dispatch_1d, dtype_code, info, quad_workgroups, same_shape,
-    workgroup_size, Scratch, Uniforms, X_DTYPE_NAMES,
+    arity, chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, QuadLoop,
+    Scratch, Uniforms, X_DTYPE_NAMES,
 };
 use crate::wgsl;
 
@@ -395,11 +395,8 @@ pub fn ties_elected_sum_delta(
     let (shape, n, dtypes) = fused_inputs(c, OP, xs, base, thresholds)?;
     let s = Scratch::new(c, DType::F32, &shape)?;
     let l = c.limits();
-    let wg = workgroup_size(&l);
-    let rows = crate::launch::loop_rows(c);
-    let mut extra = fused_constants(OP, &dtypes)?;
-    extra.push(("ROWS", f64::from(rows)));
-    let consts = constants(&l, &extra);
+    let lp = QuadLoop::new(c);
+    let consts = lp.constants(&fused_constants(OP, &dtypes)?);
     let bits = threshold_bits(thresholds);
     let quads = crate::launch::quads(&l, &dtypes);
     // The quad entry point counts votes itself, into `votes` or a scratch it drops.
@@ -419,9 +416,9 @@ pub fn ties_elected_sum_delta(
         let (entry, workgroups) = match vote_counters {
             Some(v) => {
                 bindings.push(Binding::write(v));
-                ("ties_elect_delta_q", quad_workgroups(&l, ch, wg, rows))
+                ("ties_elect_delta_q", lp.workgroups(ch))
             }
-            None => (OP, dispatch_1d(&l, ch.len.div_ceil(2), wg)),
+            None => (OP, dispatch_1d(&l, ch.len.div_ceil(2), lp.wg)),
         };
         c.dispatch(&KernelCall {
             label: OP,
@@ -481,11 +478,8 @@ pub fn ties_merge_delta_scaled(
     check_counters(c, OP, counters, slot)?;
     let out = Scratch::new(c, m.dtype, &shape)?;
     let l = c.limits();
-    let wg = workgroup_size(&l);
-    let rows = crate::launch::loop_rows(c);
-    let mut extra = merge_constants(OP, &dtypes, &m)?;
-    extra.push(("ROWS", f64::from(rows)));
-    let consts = constants(&l, &extra);
+    let lp = QuadLoop::new(c);
+    let consts = lp.constants(&merge_constants(OP, &dtypes, &m)?);
     let bits = threshold_bits(m.thresholds);
     let mut all = dtypes.clone();
     all.push(m.dtype);
@@ -493,9 +487,9 @@ pub fn ties_merge_delta_scaled(
     for ch in chunks(&l, n) {
         // All f32: four elements per invocation, few invocations looping over the chunk.
         let (entry, workgroups) = if quads {
-            ("ties_merge_delta_q", quad_workgroups(&l, ch, wg, rows))
+            ("ties_merge_delta_q", lp.workgroups(ch))
         } else {
-            (OP, dispatch_1d(&l, ch.len.div_ceil(2), wg))
+            (OP, dispatch_1d(&l, ch.len.div_ceil(2), lp.wg))
         };
         let third = ch.binding(s, DType::F32, true);
         c.dispatch(&KernelCall {
@@ -545,14 +539,11 @@ pub fn ties_elect_merge_delta(
         }
     };
     let out = Scratch::new(c, m.dtype, &shape)?;
-    let wg = workgroup_size(&l);
-    let rows = crate::launch::loop_rows(c);
-    let mut extra = merge_constants(OP, &dtypes, &m)?;
-    extra.push(("ROWS", f64::from(rows)));
-    let consts = constants(&l, &extra);
+    let lp = QuadLoop::new(c);
+    let consts = lp.constants(&merge_constants(OP, &dtypes, &m)?);
     let bits = threshold_bits(m.thresholds);
     for ch in chunks(&l, n) {
-        let workgroups = quad_workgroups(&l, ch, wg, rows);
+        let workgroups = lp.workgroups(ch);
         let third = Binding::write(vote_counters);
         c.dispatch(&KernelCall {
             label: OP,
@@ -710,16 +701,13 @@ pub fn ties_bracket_merge_delta(
     check_counters(c, OP, counters, slot)?;
     let out = Scratch::new(c, DType::F32, &shape)?;
     let l = c.limits();
-    let wg = workgroup_size(&l);
-    let rows = crate::launch::loop_rows(c);
-    let mut extra = merge_constants(OP, &dtypes, &m)?;
-    extra.push(("ROWS", f64::from(rows)));
-    let consts = constants(&l, &extra);
+    let lp = QuadLoop::new(c);
+    let consts = lp.constants(&merge_constants(OP, &dtypes, &m)?);
     let lo: Vec<u32> = pass.brackets.iter().map(|b| b.lo).collect();
     let hi: Vec<u32> = pass.brackets.iter().map(|b| b.hi).collect();
     let off: Vec<u32> = pass.brackets.iter().map(|b| b.offset as u32).collect();
     for ch in chunks(&l, n) {
-        let workgroups = quad_workgroups(&l, ch, wg, rows);
+        let workgroups = lp.workgroups(ch);
         let third = Binding::write(votes.counters.id());
         let mut bindings =
             merge_bindings(ch, out.id(), base, third, xs, &dtypes, DType::F32, counters);
