@@ -1054,6 +1054,18 @@ fn ties_zero_sums_take_the_majority_sign() {
     }
 }
 
+/// Each row with the entries below its threshold in magnitude set to zero (TIES's trim).
+fn cpu_trimmed(rows: &[Vec<f32>], thresholds: &[f32]) -> Vec<Vec<f32>> {
+    rows.iter()
+        .zip(thresholds)
+        .map(|(r, &thr)| {
+            r.iter()
+                .map(|&v| if v.abs() >= thr { v } else { 0.0 })
+                .collect()
+        })
+        .collect()
+}
+
 /// The disjoint merge of already trimmed rows with a given majority sign (FusionBench's, as in
 /// `cpu_ties`), and the elected sums.
 fn cpu_disjoint(trimmed: &[Vec<f32>], majority: f32, merge: k::TiesMerge) -> (Vec<f32>, Vec<f32>) {
@@ -1118,15 +1130,7 @@ fn ties_undecided_counts_what_another_majority_would_change() {
                 .iter()
                 .map(|&t| k::ties_threshold(c, &[t], 60.0).unwrap())
                 .collect();
-            let trimmed: Vec<Vec<f32>> = rows
-                .iter()
-                .zip(&thresholds)
-                .map(|(r, &thr)| {
-                    r.iter()
-                        .map(|&v| if v.abs() >= thr { v } else { 0.0 })
-                        .collect()
-                })
-                .collect();
+            let trimmed = cpu_trimmed(&rows, &thresholds);
             for merge in [k::TiesMerge::Sum, k::TiesMerge::Mean, k::TiesMerge::Max] {
                 let (plus, sums) = cpu_disjoint(&trimmed, 1.0, merge);
                 let want = (0..n)
@@ -1201,17 +1205,11 @@ fn fused_ties_launches_equal_the_per_model_merge_and_the_cpu() {
                 let xs: Vec<GpuTensor> = rows.iter().map(|r| upload(c, xt, r)).collect();
                 let thresholds: Vec<f32> = (0..models).map(|i| 0.2 * (i % 3) as f32).collect();
                 // CPU: task vectors in f32 after decoding, trimmed at |v| >= threshold.
-                let trimmed: Vec<Vec<f32>> = rows
+                let taus: Vec<Vec<f32>> = rows
                     .iter()
-                    .zip(&thresholds)
-                    .map(|(r, &thr)| {
-                        r.iter()
-                            .zip(&base_v)
-                            .map(|(&x, &b)| x - b)
-                            .map(|v| if v.abs() >= thr { v } else { 0.0 })
-                            .collect()
-                    })
+                    .map(|r| r.iter().zip(&base_v).map(|(&x, &b)| x - b).collect())
                     .collect();
+                let trimmed = cpu_trimmed(&taus, &thresholds);
 
                 let votes = k::SignVotes::new(c).unwrap();
                 let s = k::ties_elected_sum_delta(c, &xs, base, &thresholds, Some(&votes)).unwrap();
@@ -1387,15 +1385,7 @@ fn bracketed_ties_pass_counts_merges_and_marks_what_its_brackets_leave_open() {
                 let dirty: Vec<bool> = (0..n)
                     .map(|i| (0..models).any(|m| inside(m, taus[m][i])))
                     .collect();
-                let trimmed: Vec<Vec<f32>> = taus
-                    .iter()
-                    .zip(&tops)
-                    .map(|(t, &top)| {
-                        t.iter()
-                            .map(|&v| if v.abs() >= top { v } else { 0.0 })
-                            .collect()
-                    })
-                    .collect();
+                let trimmed = cpu_trimmed(&taus, &tops);
                 if n > 255 {
                     assert!(dirty.iter().any(|&d| d) && dirty.iter().any(|&d| !d));
                 }
