@@ -19,7 +19,7 @@ use fusion_plugin_api::prelude::*;
 use fusion_plugin_api::{bytes_to_f32, Model, TensorInfo};
 
 use crate::device::{upload, Gpu};
-use crate::inputs::Inputs;
+use crate::inputs::{Inputs, Member};
 
 /// About how many entries of each model's task vector are sampled.
 pub(crate) const SAMPLE_TARGET: u64 = 1 << 20;
@@ -45,16 +45,13 @@ fn sample(inputs: &Inputs, keys: &[(String, TensorInfo)], stride: u64) -> Result
         firsts.push((stride - pos % stride) % stride);
         pos += info.numel() as u64;
     }
-    let base = inputs.base();
-    let sources: Vec<(&Model, &str)> = std::iter::once(base)
-        .chain(&inputs.models)
-        .map(|m| (&m.model, m.name.as_str()))
-        .collect();
-    let mut samples = crate::parallel::map_parallel(&sources, |&(model, model_name)| {
+    // The base, then every model.
+    let sources: Vec<&Member> = inputs.all().collect();
+    let mut samples = crate::parallel::map_parallel(&sources, |m| {
         let mut out = Vec::new();
         for ((name, info), &first) in keys.iter().zip(&firsts) {
-            let x = gather(model, name, first, stride, info.numel() as u64)
-                .map_err(|e| e.context(format!("model `{model_name}`")))?;
+            let x = gather(&m.model, name, first, stride, info.numel() as u64)
+                .map_err(|e| e.context(format!("model `{}`", m.name)))?;
             out.extend(x);
         }
         Ok(out)

@@ -18,11 +18,12 @@
 
 use fusion_kernels::{ScaledTiesMerge, SignVotes, TiesBracketPass};
 use fusion_plugin_api::prelude::*;
-use fusion_plugin_api::{GpuTensor, Model};
+use fusion_plugin_api::GpuTensor;
 
 use super::{held_at_once, EarlyMerge, Sweep};
 use crate::cache::Slot;
 use crate::device::{upload, Gpu};
+use crate::inputs::Member;
 
 /// What [`Sweep::one_pass`] came to.
 pub(super) enum OnePass {
@@ -226,11 +227,7 @@ impl Sweep<'_> {
         let c = self.c;
         let inputs = self.source.inputs;
         // The base, then every model: the bytes of `name` (memory-mapped), gathered in parallel.
-        let base = inputs.base();
-        let sources: Vec<(&Model, &str)> = [(&base.model, base.name.as_str())]
-            .into_iter()
-            .chain(inputs.models.iter().map(|x| (&x.model, x.name.as_str())))
-            .collect();
+        let sources: Vec<&Member> = inputs.all().collect();
         let started = std::time::Instant::now();
         let values = gather_all(&sources, name, positions)?;
         *gather_time += started.elapsed();
@@ -290,16 +287,17 @@ fn set_bits(words: &[u32], len: usize) -> Vec<u32> {
     out
 }
 
-/// The f32 entries at `positions` of tensor `name` of each model in `sources` (model, name
-/// for errors), read from the checkpoints by up to as many threads as cores.
-fn gather_all(sources: &[(&Model, &str)], name: &str, positions: &[u32]) -> Result<Vec<Vec<f32>>> {
+/// The f32 entries at `positions` of tensor `name` of each model in `sources`, read from the
+/// checkpoints by up to as many threads as cores.
+fn gather_all(sources: &[&Member], name: &str, positions: &[u32]) -> Result<Vec<Vec<f32>>> {
     let data = sources
         .iter()
-        .map(|&(m, model_name)| {
+        .map(|m| {
             let d = m
+                .model
                 .data(name)
-                .map_err(|e| e.context(format!("model `{model_name}`")))?;
-            Ok((d, model_name))
+                .map_err(|e| e.context(format!("model `{}`", m.name)))?;
+            Ok((d, m.name.as_str()))
         })
         .collect::<Result<Vec<_>>>()?;
     crate::parallel::map_parallel(&data, |(d, model_name)| {
