@@ -59,8 +59,8 @@ impl BufferPool {
         }
     }
 
-    /// A buffer of exactly `class` bytes: a pooled one (with the batch it was released in), or
-    /// a new one, mapped for writing when `mapped` and the pool's buffers are mappable. Pooled
+    /// A buffer of exactly `class` bytes: a pooled one (`true`), or a new one, mapped for
+    /// writing when `mapped` and the pool's buffers are mappable. Pooled
     /// buffers go oldest first. With `done`, the batches before it have finished on the device:
     /// a mapped request then takes a new buffer rather than one still in use, so that the host
     /// fills it while the device works.
@@ -70,18 +70,18 @@ impl BufferPool {
         class: u64,
         mapped: bool,
         done: Option<u64>,
-    ) -> (wgpu::Buffer, Option<u64>) {
+    ) -> (wgpu::Buffer, bool) {
         let queue = self.free.entry(class).or_default();
         let busy = match (queue.front(), done) {
             (Some(&(_, batch)), Some(done)) => mapped && self.mappable && batch >= done,
             _ => false,
         };
         if !busy {
-            if let Some((buffer, batch)) = queue.pop_front() {
+            if let Some((buffer, _)) = queue.pop_front() {
                 self.stats.hits += 1;
                 self.stats.idle_buffers -= 1;
                 self.stats.idle_bytes -= class;
-                return (buffer, Some(batch));
+                return (buffer, true);
             }
         }
         self.stats.misses += 1;
@@ -102,7 +102,7 @@ impl BufferPool {
             usage,
             mapped_at_creation: mapped && self.mappable,
         });
-        (buffer, None)
+        (buffer, false)
     }
 
     /// Return a buffer. Beyond the capacity it is dropped instead (wgpu frees it once queued work

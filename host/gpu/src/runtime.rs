@@ -733,7 +733,7 @@ impl Runtime {
             || match data {
                 Some(d) => self.upload(&buffer, d, padded, reused),
                 // New buffers are zeroed by wgpu; reused ones hold an old tensor.
-                None if reused.is_some() => {
+                None if reused => {
                     self.record(|encoder| encoder.clear_buffer(&buffer, 0, Some(padded)));
                     Ok(())
                 }
@@ -756,7 +756,7 @@ impl Runtime {
                 padded,
             },
         );
-        tracing::trace!(id, %dtype, ?shape, class, ?reused, "created tensor");
+        tracing::trace!(id, %dtype, ?shape, class, reused, "created tensor");
         Ok(GpuTensor(id))
     }
 
@@ -770,7 +770,7 @@ impl Runtime {
         buffer: &wgpu::Buffer,
         data: &[u8],
         padded: u64,
-        reused: Option<u64>,
+        reused: bool,
     ) -> Result<(), GpuError> {
         self.timing.uploads.time(data.len() as u64, || {
             if self.unified {
@@ -787,13 +787,13 @@ impl Runtime {
         buffer: &wgpu::Buffer,
         data: &[u8],
         padded: u64,
-        reused: Option<u64>,
+        reused: bool,
     ) -> Result<(), GpuError> {
         let map_err = |message: String| GpuError::Wgpu {
             op: "mapping a buffer for an upload".into(),
             message,
         };
-        if reused.is_some() {
+        if reused {
             self.map(buffer, 0, padded, wgpu::MapMode::Write, map_err)?;
         }
         {
