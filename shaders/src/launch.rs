@@ -245,9 +245,14 @@ pub fn is_software_adapter(device_name: &str) -> bool {
 }
 
 /// Quads per invocation in the row-blocked loops of the vec4 TIES and bracket kernels (`ROWS`
-/// in common.wgsl; see [`quad_workgroups`]): [`SOFTWARE_LOOP_ROWS`] on software adapters, 1
-/// elsewhere. `FUSION_LOOP_ROWS` (1 to 256) overrides it, for tests and measurements.
+/// and `row_item` in common.wgsl): [`SOFTWARE_LOOP_ROWS`] on software adapters, 1
+/// elsewhere. [`set_loop_rows`], then `FUSION_LOOP_ROWS` (1 to 256), override it, for tests and
+/// measurements.
 pub fn loop_rows(c: &dyn Compute) -> u32 {
+    let set = LOOP_ROWS_SET.load(std::sync::atomic::Ordering::Relaxed);
+    if set != 0 {
+        return set;
+    }
     if let Some(rows) = std::env::var("FUSION_LOOP_ROWS")
         .ok()
         .and_then(|v| v.trim().parse::<u32>().ok())
@@ -269,6 +274,17 @@ pub fn loop_rows(c: &dyn Compute) -> u32 {
 /// 107–150 ms for 8 × 2,359,296 entries on lavapipe; 64 and 256 rows were no better. A GPU
 /// keeps one quad per invocation, which keeps it busy.
 pub const SOFTWARE_LOOP_ROWS: u32 = 16;
+
+/// [`set_loop_rows`]'s value, 0 for none.
+static LOOP_ROWS_SET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Make [`loop_rows`] answer `rows` (clamped to 1..=256) in this process from now on, or its
+/// default again with `None`: for benchmarks that compare settings in one process (changing
+/// the environment while the driver's threads read it is not safe).
+pub fn set_loop_rows(rows: Option<u32>) {
+    let v = rows.map_or(0, |r| r.clamp(1, 256));
+    LOOP_ROWS_SET.store(v, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// The launch shape of the row-blocked quad loops (`row_item` in common.wgsl) on one device:
 /// its workgroup size and [`loop_rows`] quads per invocation.

@@ -38,7 +38,7 @@ pub use elementwise::{
 };
 pub use launch::{
     chunk_elements, chunks, dispatch_1d, dtype_code, is_software_adapter, loop_rows, quads,
-    workgroup_size, Chunk, SOFTWARE_LOOP_ROWS,
+    set_loop_rows, workgroup_size, Chunk, SOFTWARE_LOOP_ROWS,
 };
 pub use reduce::{dot, l2_norm, sum, sum_squares};
 pub use select::{
