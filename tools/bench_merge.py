@@ -529,7 +529,9 @@ def run_all(args, small: bool, cfgs: dict, results: dict) -> None:
                 for r in range(max(1, args.fh_repeats)):
                     if r:
                         shutil.rmtree(out, ignore_errors=True)
-                    recs.append(run_tool(f"{tool}-{method}", cmd, cwd, e, args.timeout, runs / "logs", inputs))
+                    # each run its own log, so that the run shown keeps its log
+                    name = f"{tool}-{method}" + (f"-{r + 1}" if r else "")
+                    recs.append(run_tool(name, cmd, cwd, e, args.timeout, runs / "logs", inputs))
                     if not recs[-1]["ok"]:
                         break
                 rec = sorted(recs, key=lambda x: x["wall_s"])[len(recs) // 2] if all(x["ok"] for x in recs) else recs[-1]
