@@ -84,6 +84,45 @@ struct PipelineKey {
 struct CachedPipeline {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
+    /// Where the uniform block sits; storage binding `i` of a call goes to `slots[i]`.
+    uniform_slot: u32,
+    slots: Vec<u32>,
+}
+
+/// The `@binding` of the uniform block that `entry_point` uses in group 0, read from the WGSL;
+/// `None` when it uses none or the source does not parse (the compiler reports that later).
+///
+/// This is what lets a kernel keep its uniforms at a fixed binding (say 0) whatever the number of
+/// storage tensors it binds: the storage bindings of a call fill the remaining slots in order.
+/// Kernels that declare the uniform block after their storage bindings, as the ABI documents,
+/// get the same layout as before.
+fn declared_uniform_binding(source: &str, entry_point: &str) -> Option<u32> {
+    let module = naga::front::wgsl::parse_str(source).ok()?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .ok()?;
+    let index = module
+        .entry_points
+        .iter()
+        .position(|e| e.name == entry_point)?;
+    let uses = info.get_entry_point(index);
+    let found = module.global_variables.iter().find_map(|(handle, var)| {
+        let binding = var.binding.as_ref()?;
+        (var.space == naga::AddressSpace::Uniform && binding.group == 0 && !uses[handle].is_empty())
+            .then_some(binding.binding)
+    });
+    found
+}
+
+/// Binding slots for `storage` storage tensors around a uniform block at `uniform`.
+fn storage_slots(storage: usize, uniform: Option<u32>) -> Vec<u32> {
+    (0u32..)
+        .filter(|&slot| Some(slot) != uniform)
+        .take(storage)
+        .collect()
 }
 
 struct State {
@@ -92,6 +131,9 @@ struct State {
     pool: BufferPool,
     modules: HashMap<u64, wgpu::ShaderModule>,
     pipelines: HashMap<PipelineKey, Arc<CachedPipeline>>,
+    /// The declared uniform binding per (source hash, entry point): pipelines that differ only in
+    /// their constants or storage layout reflect the WGSL once.
+    uniform_bindings: HashMap<(u64, String), Option<u32>>,
 }
 
 /// The host's GPU: a device and queue on one adapter, with the tensors that live there.
@@ -288,6 +330,7 @@ impl Runtime {
                 pool: BufferPool::new(options.pool_capacity, unified),
                 modules: HashMap::new(),
                 pipelines: HashMap::new(),
+                uniform_bindings: HashMap::new(),
             }),
         })
     }
@@ -482,12 +525,23 @@ impl Runtime {
                 |m| kernel_err(format!("WGSL does not compile: {m}")),
             )?),
         };
+        let has_uniform = !call.uniforms.is_empty();
+        let declared = if has_uniform {
+            *state
+                .uniform_bindings
+                .entry((source, call.entry_point.to_string()))
+                .or_insert_with(|| declared_uniform_binding(call.source, call.entry_point))
+        } else {
+            None
+        };
+        let uniform_slot = declared.unwrap_or(call.bindings.len() as u32);
+        let slots = storage_slots(call.bindings.len(), has_uniform.then_some(uniform_slot));
         let mut entries: Vec<wgpu::BindGroupLayoutEntry> = call
             .bindings
             .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
-                binding: i as u32,
+            .zip(&slots)
+            .map(|(b, &slot)| wgpu::BindGroupLayoutEntry {
+                binding: slot,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Storage {
@@ -499,9 +553,9 @@ impl Runtime {
                 count: None,
             })
             .collect();
-        if !call.uniforms.is_empty() {
+        if has_uniform {
             entries.push(wgpu::BindGroupLayoutEntry {
-                binding: call.bindings.len() as u32,
+                binding: uniform_slot,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Uniform,
@@ -539,7 +593,12 @@ impl Runtime {
                             },
                             cache: None,
                         });
-                CachedPipeline { pipeline, layout }
+                CachedPipeline {
+                    pipeline,
+                    layout,
+                    uniform_slot,
+                    slots,
+                }
             },
             |m| kernel_err(format!("pipeline creation failed: {m}")),
         )?;
@@ -648,9 +707,9 @@ impl Runtime {
                 });
                 let mut entries: Vec<wgpu::BindGroupEntry<'_>> = ranges
                     .iter()
-                    .enumerate()
-                    .map(|(i, &(id, offset, size))| wgpu::BindGroupEntry {
-                        binding: i as u32,
+                    .zip(&cached.slots)
+                    .map(|(&(id, offset, size), &slot)| wgpu::BindGroupEntry {
+                        binding: slot,
                         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                             buffer: &state.tensors[&id].buffer,
                             offset,
@@ -660,7 +719,7 @@ impl Runtime {
                     .collect();
                 if let Some(u) = &uniform {
                     entries.push(wgpu::BindGroupEntry {
-                        binding: ranges.len() as u32,
+                        binding: cached.uniform_slot,
                         resource: u.as_entire_binding(),
                     });
                 }

@@ -231,6 +231,72 @@ fn runs_kernels_with_uniforms_and_constants_and_caches_pipelines() {
     c.synchronize().unwrap();
 }
 
+/// A kernel may keep its uniform block at a fixed binding (here 0) and bind a varying number of
+/// storage tensors after it: the host reads where the entry point's uniform block is declared and
+/// puts the call's storage bindings in the other slots, in order. Two entry points of one source
+/// use different storage counts around the same uniform block.
+const UNIFORM_FIRST: &str = r#"
+struct P { n: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> y: array<f32>;
+@compute @workgroup_size(64)
+fn scale(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x < p.n) { out[gid.x] = x[gid.x] * p.scale; }
+}
+@compute @workgroup_size(64)
+fn scale_add(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x < p.n) { out[gid.x] = x[gid.x] * p.scale + y[gid.x]; }
+}
+"#;
+
+#[test]
+fn a_uniform_block_declared_first_binds_where_the_kernel_declares_it() {
+    let c = open(RuntimeOptions::default());
+    let x: Vec<f32> = (0..100).map(|i| i as f32).collect();
+    let y: Vec<f32> = (0..100).map(|i| 1000.0 - i as f32).collect();
+    let xt = c
+        .create(DType::F32, &[100], Some(bytemuck::cast_slice(&x)))
+        .unwrap();
+    let yt = c
+        .create(DType::F32, &[100], Some(bytemuck::cast_slice(&y)))
+        .unwrap();
+    let out = c.create(DType::F32, &[100], None).unwrap();
+    let u = uniforms(100, 3.0);
+    c.dispatch(&KernelCall {
+        label: "scale",
+        source: UNIFORM_FIRST,
+        entry_point: "scale",
+        constants: &[],
+        bindings: &[Binding::write(out), Binding::read(xt)],
+        uniforms: &u,
+        workgroups: [2, 1, 1],
+    })
+    .unwrap();
+    assert_eq!(
+        f32s(&c.read(out).unwrap()),
+        x.iter().map(|v| v * 3.0).collect::<Vec<_>>()
+    );
+    c.dispatch(&KernelCall {
+        label: "scale_add",
+        source: UNIFORM_FIRST,
+        entry_point: "scale_add",
+        constants: &[],
+        bindings: &[Binding::write(out), Binding::read(xt), Binding::read(yt)],
+        uniforms: &u,
+        workgroups: [2, 1, 1],
+    })
+    .unwrap();
+    assert_eq!(
+        f32s(&c.read(out).unwrap()),
+        x.iter()
+            .zip(&y)
+            .map(|(a, b)| a * 3.0 + b)
+            .collect::<Vec<_>>()
+    );
+}
+
 /// An upload right after a release may not land in a buffer that a launch still reads: with
 /// unified memory the pool hands out another buffer (or waits) while the device works.
 #[test]
