@@ -92,7 +92,9 @@
 //!   your plugin and component; it never takes the host down, but it is still a bug.
 //! - `tracing` events from your plugin appear in the host's log, tagged with the plugin's name.
 //! - [`Context::compute`] lends you the host's GPU ([`Compute`]): create tensors and dispatch
-//!   WGSL kernels, your own or those of the `fusion-kernels` crate.
+//!   WGSL kernels, your own or those of the `fusion-kernels` crate. The [`kernel`] module is the
+//!   convenient layer: a prepared [`Kernel`], owned [`DeviceTensor`]s freed on drop, uniforms as
+//!   a `#[repr(C)]` struct, grids and chunks that fit the device (`plugins/example` uses it).
 //! - [`hub::current`] reaches Hugging Face hub repositories through the host: files come from the
 //!   local cache, or are downloaded into it (unless the run is offline).
 //! - A plugin built against a plugin-api with a different version or ABI is refused at load time
@@ -107,6 +109,7 @@ pub mod error;
 mod export;
 pub mod host;
 pub mod hub;
+pub mod kernel;
 mod logging;
 mod model;
 pub mod tensor;
@@ -117,15 +120,18 @@ pub use component::{
 };
 pub use compute::{Binding, Compute, ComputeLimits, GpuTensor, KernelCall};
 pub use error::{Error, ErrorKind, Result};
+pub use kernel::{DeviceTensor, Kernel};
 pub use model::{bytes_to_f32, f32_to_bytes, MemoryStateDict, Model, ModelSummary, StateDict};
 pub use tensor::{DType, TensorInfo};
 
 /// Everything a plugin usually needs: `use fusion_plugin_api::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Algorithm, Binding, Compute, Config, Context, DType, Error, FromConfig, GpuTensor,
-        KernelCall, MemoryStateDict, Model, ModelPool, Result, StateDict, TaskPool, TensorInfo,
+        Algorithm, Binding, Compute, Config, Context, DType, DeviceTensor, Error, FromConfig,
+        GpuTensor, Kernel, KernelCall, MemoryStateDict, Model, ModelPool, Result, StateDict,
+        TaskPool, TensorInfo,
     };
+    pub use bytemuck;
     pub use serde_json;
     pub use tracing;
 }
@@ -136,5 +142,7 @@ pub mod __private {
     pub use abi_stable::std_types::RVec;
 }
 
+/// Uniform blocks are `bytemuck::Pod` structs (see [`kernel`]).
+pub use bytemuck;
 pub use serde_json;
 pub use tracing;

@@ -2,11 +2,9 @@
 //! `magnitude_outliers` (`mergekit/sparsify.py`): per tensor, drop the `gamma` fraction of
 //! largest magnitudes and enough of the smallest to keep `density` of the entries.
 
-use fusion_plugin_api::{Compute, DType, GpuTensor, KernelCall, Result};
+use fusion_plugin_api::{Compute, DType, DeviceTensor, GpuTensor, KernelCall, Result};
 
-use crate::launch::{
-    chunks, constants, dispatch_1d, dtype_code, info, workgroup_size, Scratch, Uniforms,
-};
+use crate::launch::{chunks, constants, dispatch_1d, dtype_code, info, workgroup_size, Uniforms};
 use crate::select::kth_largest_magnitude;
 use crate::wgsl;
 
@@ -20,7 +18,7 @@ pub fn magnitude_band(
     dtype: DType,
 ) -> Result<GpuTensor> {
     let (x_dtype, shape, n) = info(c, x)?;
-    let out = Scratch::new(c, dtype, &shape)?;
+    let out = DeviceTensor::zeros(c, dtype, &shape)?;
     let l = c.limits();
     let wg = workgroup_size(&l);
     let consts = constants(
@@ -52,7 +50,7 @@ pub fn magnitude_band(
             workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
         })?;
     }
-    Ok(out.keep())
+    Ok(out.into_raw())
 }
 
 /// How many of `n` entries mergekit's `magnitude_outliers` drops: `(n_bottom, n_top)`, the

@@ -11,10 +11,10 @@
 //! Rescaling multiplies by the f32 `1 / (1 - p)` (one correctly rounded product) where torch
 //! divides by `1 - p`; results may differ from torch's in the last bit.
 
-use fusion_plugin_api::{Compute, DType, Error, GpuTensor, KernelCall, Result};
+use fusion_plugin_api::{Compute, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result};
 
 use crate::launch::{
-    chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Scratch, Uniforms,
+    chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Uniforms,
 };
 use crate::wgsl;
 
@@ -142,7 +142,7 @@ fn launch(
         Some(b) => Some(same_shape(c, "dare", &[b], &shape)?[0]),
         None => None,
     };
-    let out = Scratch::new(c, dtype, &shape)?;
+    let out = DeviceTensor::zeros(c, dtype, &shape)?;
     let l = c.limits();
     let wg = workgroup_size(&l);
     let mut extra = vec![
@@ -182,7 +182,7 @@ fn launch(
             workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
         })?;
     }
-    Ok(out.keep())
+    Ok(out.into_raw())
 }
 
 #[cfg(test)]

@@ -1,20 +1,20 @@
 //! Elementwise kernels: dtype conversion, weighted sums of any number of tensors, task vectors
 //! and the task-arithmetic step.
 
-use fusion_plugin_api::{Compute, DType, Error, GpuTensor, KernelCall, Result};
+use fusion_plugin_api::{Compute, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result};
 
 use crate::launch::{
-    arity, chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Scratch,
-    Uniforms, X_DTYPE_NAMES,
+    arity, chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Uniforms,
+    X_DTYPE_NAMES,
 };
 use crate::wgsl;
 
 /// Convert `x` to `dtype` (f32, f16 or bf16; round to nearest even) into a new tensor.
 pub fn convert(c: &dyn Compute, x: GpuTensor, dtype: DType) -> Result<GpuTensor> {
     let (_, shape, _) = info(c, x)?;
-    let out = Scratch::new(c, dtype, &shape)?;
+    let out = DeviceTensor::zeros(c, dtype, &shape)?;
     convert_into(c, x, out.id())?;
-    Ok(out.keep())
+    Ok(out.into_raw())
 }
 
 /// Convert `x` into the existing tensor `out` (same shape, any of f32/f16/bf16).
@@ -59,9 +59,9 @@ pub fn weighted_sum(
         .first()
         .ok_or_else(|| Error::config("weighted_sum: no inputs"))?;
     let (_, shape, _) = info(c, first.0)?;
-    let out = Scratch::new(c, dtype, &shape)?;
+    let out = DeviceTensor::zeros(c, dtype, &shape)?;
     weighted_sum_into(c, inputs, out.id())?;
-    Ok(out.keep())
+    Ok(out.into_raw())
 }
 
 /// `out = Σ w_i x_i`, overwriting `out` (which must not be one of the inputs).
@@ -82,7 +82,7 @@ pub fn weighted_sum_into(
     if inputs.len() <= batch || out_dtype == DType::F32 {
         return sum_batches(c, inputs, out, &shape, false);
     }
-    let acc = Scratch::new(c, DType::F32, &shape)?;
+    let acc = DeviceTensor::zeros(c, DType::F32, &shape)?;
     sum_batches(c, inputs, acc.id(), &shape, false)?;
     convert_into(c, acc.id(), out)
 }

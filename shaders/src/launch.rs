@@ -1,73 +1,18 @@
 //! Fitting a job to the device: workgroup size, 1-D dispatch spread over x/y/z, chunks of
 //! tensors larger than one storage binding, uniform blocks, and scratch tensors.
 
-use fusion_plugin_api::{Binding, Compute, ComputeLimits, DType, Error, GpuTensor, Result};
+use fusion_plugin_api::{Compute, ComputeLimits, DType, Error, GpuTensor, Result};
 
-/// Invocations per workgroup used by every kernel here: the largest power of two no larger than
-/// 256 and the device's limit (reductions need a power of two; 256 bounds workgroup memory).
-pub fn workgroup_size(limits: &ComputeLimits) -> u32 {
-    let cap = limits.max_invocations_per_workgroup.clamp(1, 256);
-    1 << (31 - cap.leading_zeros())
-}
+pub use fusion_plugin_api::kernel::{chunk_elements, chunks, workgroup_size, Chunk};
 
-/// Workgroup counts `[x, y, z]` covering `n_items` invocations of `workgroup_size` each,
-/// spread over y (and z) when x alone would exceed the device's
-/// `max_workgroups_per_dimension`. Kernels rebuild the flat index as
-/// `gid.x + nwg.x * wg * (gid.y + nwg.y * gid.z)` and must bounds-check it: up to one row of
-/// workgroups may be idle.
+/// [`fusion_plugin_api::kernel::dispatch_1d`] for jobs known to fit: the kernels here take
+/// tensors that already fit one buffer, far below `max³ · workgroup_size` items.
 ///
 /// # Panics
-/// If even three dimensions cannot hold the job (more than `max³ · workgroup_size` items).
+/// If even three dimensions cannot hold the job.
 pub fn dispatch_1d(limits: &ComputeLimits, n_items: u64, workgroup_size: u32) -> [u32; 3] {
-    let groups = n_items.div_ceil(u64::from(workgroup_size.max(1)));
-    let max = u64::from(limits.max_workgroups_per_dimension.max(1));
-    if groups <= max {
-        return [groups as u32, 1, 1];
-    }
-    let z = groups.div_ceil(max * max);
-    assert!(
-        z <= max,
-        "{n_items} items do not fit in one dispatch of {max}^3 workgroups"
-    );
-    let per_z = groups.div_ceil(z);
-    let y = per_z.div_ceil(max);
-    let x = per_z.div_ceil(y);
-    [x as u32, y as u32, z as u32]
-}
-
-/// A range of elements `[start, start + len)` of a tensor, processed by one launch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Chunk {
-    /// First element.
-    pub start: u64,
-    /// Number of elements.
-    pub len: u64,
-}
-
-impl Chunk {
-    /// The binding of this chunk of `tensor` (elements of `dtype`): byte offset
-    /// `start * size`, length rounded up to 16 bytes (chunks start on 16 bytes, and the last
-    /// one ends within the tensor's padding, see plugin-api's `compute` docs), so that
-    /// [`quads`] kernels see whole `vec4`s.
-    pub fn binding(&self, tensor: GpuTensor, dtype: DType, read_only: bool) -> Binding {
-        let size = dtype.size() as u64;
-        let b = if read_only {
-            Binding::read(tensor)
-        } else {
-            Binding::write(tensor)
-        };
-        b.range(self.start * size, (self.len * size).div_ceil(16) * 16)
-    }
-}
-
-/// Elements per chunk: the most that fit one storage binding at 4 bytes each, a multiple of the
-/// offset alignment in 2-byte elements (so chunk offsets are aligned for f32, f16 and bf16
-/// alike, and 16-bit chunks start on a word), and at most 2^30 so element indices stay far
-/// from u32 overflow inside kernels.
-pub fn chunk_elements(limits: &ComputeLimits) -> u64 {
-    let unit = u64::from(limits.min_storage_offset_alignment / 2).max(2);
-    let fit = (limits.max_storage_binding_size / 4).min(1 << 30);
-    (fit / unit * unit).max(unit)
+    fusion_plugin_api::kernel::dispatch_1d(limits, n_items, workgroup_size)
+        .unwrap_or_else(|e| panic!("{}", e.message()))
 }
 
 /// Whether a kernel with a four-elements-per-invocation (`vec4`) entry point may take it for
@@ -75,18 +20,6 @@ pub fn chunk_elements(limits: &ComputeLimits) -> u64 {
 /// storage offset alignment is at least 8 bytes; WebGPU's is at least 32).
 pub fn quads(limits: &ComputeLimits, dtypes: &[DType]) -> bool {
     dtypes.iter().all(|&d| d == DType::F32) && chunk_elements(limits) % 4 == 0
-}
-
-/// The chunks covering `n` elements (none for `n == 0`).
-pub fn chunks(limits: &ComputeLimits, n: u64) -> impl Iterator<Item = Chunk> {
-    let step = chunk_elements(limits);
-    (0..n.div_ceil(step)).map(move |i| {
-        let start = i * step;
-        Chunk {
-            start,
-            len: step.min(n - start),
-        }
-    })
 }
 
 /// The dtype code kernels use (`DT_F32`, `DT_F16`, `DT_BF16` in common.wgsl).
@@ -129,43 +62,6 @@ impl Uniforms {
     }
     pub(crate) fn bytes(&self) -> Vec<u8> {
         self.clone().align16().0
-    }
-}
-
-/// A tensor owned by a kernel function and released when dropped (also on errors).
-pub(crate) struct Scratch<'c> {
-    c: &'c dyn Compute,
-    tensor: Option<GpuTensor>,
-}
-
-impl<'c> Scratch<'c> {
-    pub(crate) fn new(c: &'c dyn Compute, dtype: DType, shape: &[usize]) -> Result<Self> {
-        Ok(Scratch {
-            c,
-            tensor: Some(c.create(dtype, shape, None)?),
-        })
-    }
-    /// Own an existing tensor (released on drop).
-    pub(crate) fn adopt(c: &'c dyn Compute, tensor: GpuTensor) -> Self {
-        Scratch {
-            c,
-            tensor: Some(tensor),
-        }
-    }
-    pub(crate) fn id(&self) -> GpuTensor {
-        self.tensor.expect("scratch tensor taken")
-    }
-    /// Keep the tensor: the caller owns it now.
-    pub(crate) fn keep(mut self) -> GpuTensor {
-        self.tensor.take().expect("scratch tensor taken")
-    }
-}
-
-impl Drop for Scratch<'_> {
-    fn drop(&mut self) {
-        if let Some(t) = self.tensor.take() {
-            self.c.release(t);
-        }
     }
 }
 

@@ -1,10 +1,12 @@
 //! Reductions for SLERP and Model Stock: sums, sums of squares, L2 norms and dot products,
 //! over any size (chunked bindings, then a tree of partial-sum launches).
 
-use fusion_plugin_api::{Binding, Compute, DType, Error, GpuTensor, KernelCall, Result};
+use fusion_plugin_api::{
+    Binding, Compute, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result,
+};
 
 use crate::launch::{
-    chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Scratch, Uniforms,
+    chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Uniforms,
 };
 use crate::wgsl;
 
@@ -55,7 +57,7 @@ fn partials(
             l.max_storage_binding_size
         )));
     }
-    let out = Scratch::new(c, DType::F32, &[count.max(1) as usize])?;
+    let out = DeviceTensor::zeros(c, DType::F32, &[count.max(1) as usize])?;
     let mut extra = vec![("MODE", mode), ("A_DTYPE", dtype_code("reduce", a_dtype)?)];
     if let Some(bd) = b_dtype {
         extra.push(("B_DTYPE", dtype_code("reduce", bd)?));
@@ -85,7 +87,7 @@ fn partials(
         })?;
         offset += workgroups.iter().map(|&d| u64::from(d)).product::<u64>();
     }
-    Ok((out.keep(), count))
+    Ok((out.into_raw(), count))
 }
 
 fn reduce(c: &dyn Compute, a: GpuTensor, b: Option<GpuTensor>, mode: f64) -> Result<f32> {
@@ -93,10 +95,10 @@ fn reduce(c: &dyn Compute, a: GpuTensor, b: Option<GpuTensor>, mode: f64) -> Res
         return Ok(0.0);
     }
     let (first, mut count) = partials(c, a, b, mode)?;
-    let mut level = Scratch::adopt(c, first);
+    let mut level = DeviceTensor::adopt(c, first);
     while count > 1 {
         let (next, next_count) = partials(c, level.id(), None, 0.0)?;
-        level = Scratch::adopt(c, next);
+        level = DeviceTensor::adopt(c, next);
         count = next_count;
     }
     let bytes = c.read(level.id())?;

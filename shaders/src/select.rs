@@ -1,11 +1,11 @@
 //! The k-th largest magnitude over many tensors, on the GPU: a radix select over the bits of
 //! |x| (four passes of 8 bits, or two of 12 and 19 bits over large inputs), for TIES trimming.
 
-use fusion_plugin_api::{Compute, ComputeLimits, DType, Error, GpuTensor, KernelCall, Result};
-
-use crate::launch::{
-    chunks, constants, dispatch_1d, dtype_code, info, workgroup_size, Scratch, Uniforms,
+use fusion_plugin_api::{
+    Compute, ComputeLimits, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result,
 };
+
+use crate::launch::{chunks, constants, dispatch_1d, dtype_code, info, workgroup_size, Uniforms};
 use crate::wgsl;
 
 /// Most workgroups one `radix_histogram` launch uses on a GPU: its invocations loop over the
@@ -196,7 +196,7 @@ pub fn kth_largest_magnitude_with(
     }
     let mut state = RadixState::new(k);
     for &digit in digits {
-        let hist = Scratch::new(c, DType::U32, &[2 * digit.bins() as usize])?;
+        let hist = DeviceTensor::zeros(c, DType::U32, &[2 * digit.bins() as usize])?;
         for &t in tensors {
             radix_histogram(
                 c,

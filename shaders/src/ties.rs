@@ -39,11 +39,13 @@
 
 use std::str::FromStr;
 
-use fusion_plugin_api::{Binding, Compute, DType, Error, GpuTensor, KernelCall, Result};
+use fusion_plugin_api::{
+    Binding, Compute, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result,
+};
 
 use crate::launch::{
     arity, chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, QuadLoop,
-    Scratch, Uniforms, X_DTYPE_NAMES,
+    Uniforms, X_DTYPE_NAMES,
 };
 use crate::wgsl;
 
@@ -129,7 +131,7 @@ pub fn ties_elected_sum(
     thresholds: &[f32],
 ) -> Result<GpuTensor> {
     let (shape, dtypes) = check(c, "ties_elect", task_vectors, thresholds)?;
-    let s = Scratch::new(c, DType::F32, &shape)?;
+    let s = DeviceTensor::zeros(c, DType::F32, &shape)?;
     let n = shape.iter().map(|&d| d as u64).product();
     let l = c.limits();
     let batch = arity(&l, "ties_elect", 1)?;
@@ -169,7 +171,7 @@ pub fn ties_elected_sum(
             })?;
         }
     }
-    Ok(s.keep())
+    Ok(s.into_raw())
 }
 
 /// Running counts of elected signs over a whole model, for the majority sign that replaces
@@ -177,7 +179,7 @@ pub fn ties_elected_sum(
 /// only [`SignVotes::counts`] reads them back.
 pub struct SignVotes<'c> {
     c: &'c dyn Compute,
-    counters: Scratch<'c>,
+    counters: DeviceTensor<'c>,
 }
 
 impl<'c> SignVotes<'c> {
@@ -185,7 +187,7 @@ impl<'c> SignVotes<'c> {
     pub fn new(c: &'c dyn Compute) -> Result<Self> {
         Ok(SignVotes {
             c,
-            counters: Scratch::new(c, DType::U32, &[4])?,
+            counters: DeviceTensor::zeros(c, DType::U32, &[4])?,
         })
     }
 
@@ -193,7 +195,7 @@ impl<'c> SignVotes<'c> {
     /// each model's trim threshold).
     pub fn add(&self, task_vectors: &[GpuTensor], thresholds: &[f32]) -> Result<()> {
         let c = self.c;
-        let s = Scratch::adopt(c, ties_elected_sum(c, task_vectors, thresholds)?);
+        let s = DeviceTensor::adopt(c, ties_elected_sum(c, task_vectors, thresholds)?);
         let (_, _, n) = info(c, s.id())?;
         let l = c.limits();
         let consts = constants(&l, &[]);
@@ -248,7 +250,7 @@ pub fn ties_merge(
     dtype: DType,
 ) -> Result<GpuTensor> {
     let (shape, dtypes) = check(c, "ties_merge", task_vectors, thresholds)?;
-    let s = Scratch::adopt(c, ties_elected_sum(c, task_vectors, thresholds)?);
+    let s = DeviceTensor::adopt(c, ties_elected_sum(c, task_vectors, thresholds)?);
     let batch = arity(&c.limits(), "ties_merge", 3)?;
     let bits = threshold_bits(thresholds);
     let mut acc = TiesAccumulator::new(c, &shape, merge, majority)?;
@@ -393,7 +395,7 @@ pub fn ties_elected_sum_delta(
 ) -> Result<GpuTensor> {
     const OP: &str = "ties_elect_delta_n";
     let (shape, n, dtypes) = fused_inputs(c, OP, xs, base, thresholds)?;
-    let s = Scratch::new(c, DType::F32, &shape)?;
+    let s = DeviceTensor::zeros(c, DType::F32, &shape)?;
     let l = c.limits();
     let lp = QuadLoop::new(c);
     let consts = lp.constants(&fused_constants(OP, &dtypes)?);
@@ -405,7 +407,7 @@ pub fn ties_elected_sum_delta(
         (false, _) => None,
         (true, Some(v)) => Some(v.counters.id()),
         (true, None) => {
-            scratch_votes = Scratch::new(c, DType::U32, &[4])?;
+            scratch_votes = DeviceTensor::zeros(c, DType::U32, &[4])?;
             Some(scratch_votes.id())
         }
     };
@@ -433,7 +435,7 @@ pub fn ties_elected_sum_delta(
     if let (None, Some(v)) = (vote_counters, votes) {
         v.add(&[s.id()], &[0.0])?;
     }
-    Ok(s.keep())
+    Ok(s.into_raw())
 }
 
 /// What [`ties_merge_delta_scaled`] does with one key.
@@ -476,7 +478,7 @@ pub fn ties_merge_delta_scaled(
     }
     let (counters, slot) = undecided;
     check_counters(c, OP, counters, slot)?;
-    let out = Scratch::new(c, m.dtype, &shape)?;
+    let out = DeviceTensor::zeros(c, m.dtype, &shape)?;
     let l = c.limits();
     let lp = QuadLoop::new(c);
     let consts = lp.constants(&merge_constants(OP, &dtypes, &m)?);
@@ -502,7 +504,7 @@ pub fn ties_merge_delta_scaled(
             workgroups,
         })?;
     }
-    Ok(out.keep())
+    Ok(out.into_raw())
 }
 
 /// [`ties_elected_sum_delta`] then [`ties_merge_delta_scaled`] for one key, from the fine-tuned
@@ -525,7 +527,7 @@ pub fn ties_elect_merge_delta(
     let mut all = dtypes.clone();
     all.push(m.dtype);
     if !crate::launch::quads(&l, &all) {
-        let s = Scratch::adopt(c, ties_elected_sum_delta(c, xs, base, m.thresholds, votes)?);
+        let s = DeviceTensor::adopt(c, ties_elected_sum_delta(c, xs, base, m.thresholds, votes)?);
         return ties_merge_delta_scaled(c, s.id(), xs, base, m, undecided);
     }
     let (counters, slot) = undecided;
@@ -534,11 +536,11 @@ pub fn ties_elect_merge_delta(
     let vote_counters = match votes {
         Some(v) => v.counters.id(),
         None => {
-            scratch_votes = Scratch::new(c, DType::U32, &[4])?;
+            scratch_votes = DeviceTensor::zeros(c, DType::U32, &[4])?;
             scratch_votes.id()
         }
     };
-    let out = Scratch::new(c, m.dtype, &shape)?;
+    let out = DeviceTensor::zeros(c, m.dtype, &shape)?;
     let lp = QuadLoop::new(c);
     let consts = lp.constants(&merge_constants(OP, &dtypes, &m)?);
     let bits = threshold_bits(m.thresholds);
@@ -555,7 +557,7 @@ pub fn ties_elect_merge_delta(
             workgroups,
         })?;
     }
-    Ok(out.keep())
+    Ok(out.into_raw())
 }
 
 /// The bindings of the fused merges over chunk `ch`: 0 = out (`out_dtype`), 1 = base, 2 =
@@ -699,7 +701,7 @@ pub fn ties_bracket_merge_delta(
     }
     let (counters, slot) = undecided;
     check_counters(c, OP, counters, slot)?;
-    let out = Scratch::new(c, DType::F32, &shape)?;
+    let out = DeviceTensor::zeros(c, DType::F32, &shape)?;
     let l = c.limits();
     let lp = QuadLoop::new(c);
     let consts = lp.constants(&merge_constants(OP, &dtypes, &m)?);
@@ -733,7 +735,7 @@ pub fn ties_bracket_merge_delta(
             workgroups,
         })?;
     }
-    Ok(out.keep())
+    Ok(out.into_raw())
 }
 
 /// The undecided counters of the fused merges: u32 with a (lo, hi) pair for `slot`.
@@ -754,8 +756,8 @@ fn check_counters(c: &dyn Compute, op: &str, counters: GpuTensor, slot: u32) -> 
 /// the merged task vector. Results equal [`ties_merge`]'s over the same models in the same order.
 pub struct TiesAccumulator<'c> {
     c: &'c dyn Compute,
-    acc_a: Scratch<'c>,
-    acc_c: Scratch<'c>,
+    acc_a: DeviceTensor<'c>,
+    acc_c: DeviceTensor<'c>,
     shape: Vec<usize>,
     merge: TiesMerge,
     majority: f32,
@@ -772,9 +774,9 @@ impl<'c> TiesAccumulator<'c> {
     ) -> Result<Self> {
         Ok(TiesAccumulator {
             c,
-            acc_a: Scratch::new(c, DType::F32, shape)?,
+            acc_a: DeviceTensor::zeros(c, DType::F32, shape)?,
             // The count is only read for `mean`; other modes bind a one-element placeholder.
-            acc_c: Scratch::new(
+            acc_c: DeviceTensor::zeros(
                 c,
                 DType::F32,
                 if merge == TiesMerge::Mean {
@@ -805,7 +807,7 @@ impl<'c> TiesAccumulator<'c> {
         threshold: f32,
     ) -> Result<()> {
         if self.c.limits().max_storage_buffers_per_stage < 5 {
-            let tv = Scratch::adopt(self.c, crate::task_vector(self.c, x, base, DType::F32)?);
+            let tv = DeviceTensor::adopt(self.c, crate::task_vector(self.c, x, base, DType::F32)?);
             return self.step(s, tv.id(), None, threshold);
         }
         self.step(s, x, Some(base), threshold)
@@ -935,7 +937,7 @@ impl<'c> TiesAccumulator<'c> {
     /// The merged task vector of the key in `dtype`, given the elected sum `s`.
     pub fn finish(self, s: GpuTensor, dtype: DType) -> Result<GpuTensor> {
         let n: u64 = self.shape.iter().map(|&d| d as u64).product();
-        let out = Scratch::new(self.c, dtype, &self.shape)?;
+        let out = DeviceTensor::zeros(self.c, dtype, &self.shape)?;
         let l = self.c.limits();
         let wg = workgroup_size(&l);
         let out_code = dtype_code("ties_merge", dtype)?;
@@ -960,12 +962,12 @@ impl<'c> TiesAccumulator<'c> {
                 workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
             })?;
         }
-        Ok(out.keep())
+        Ok(out.into_raw())
     }
 }
 
 fn count_binding(
-    acc_c: &Scratch<'_>,
+    acc_c: &DeviceTensor<'_>,
     merge: TiesMerge,
     ch: crate::Chunk,
     read_only: bool,
