@@ -8,11 +8,39 @@
 //! from the pretrained model unchanged. The merged model is *lazy*: each tensor is computed when
 //! the host asks for it (to save or evaluate it), so memory stays at a few tensors whatever the
 //! model size.
+//!
+//! The arithmetic runs on the host's GPU through the template's own WGSL kernel
+//! (`src/interpolate.wgsl`, `y = a·y + b·x`), launched with plugin-api's [`kernel`] layer: tensors
+//! owned by [`DeviceTensor`] (freed on drop, f16/bf16 converted to f32 at the edges), the uniform
+//! block a `#[repr(C)]` struct, the grid and the chunks fitted to the device.
+//!
+//! [`kernel`]: fusion_plugin_api::kernel
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 
+use fusion_plugin_api::kernel::chunks;
 use fusion_plugin_api::prelude::*;
+
+/// The uniform block of `interpolate.wgsl`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[bytemuck(crate = "fusion_plugin_api::bytemuck")]
+struct Axpby {
+    len: u32,
+    a: f32,
+    b: f32,
+}
+
+/// `y = a·y + b·x`, one invocation per element.
+fn axpby_kernel() -> Kernel {
+    Kernel::with_prelude(
+        "interpolate_axpby",
+        include_str!("interpolate.wgsl"),
+        "axpby",
+    )
+    .workgroup_size(256)
+}
 
 /// The algorithm and its parameters.
 pub struct Interpolate {
@@ -37,7 +65,9 @@ impl FromConfig for Interpolate {
 }
 
 impl Algorithm for Interpolate {
-    fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
+    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
+        // Fail now, not at the first tensor, when the run has no device.
+        ctx.compute()?;
         let base = pool.load_pretrained()?;
         let names = pool.model_names()?;
         if names.is_empty() {
@@ -70,6 +100,8 @@ impl Algorithm for Interpolate {
             others,
             alpha: self.alpha,
             keep: self.keep_pretrained.clone(),
+            ctx: ctx.clone(),
+            kernel: axpby_kernel(),
         }))
     }
 }
@@ -80,6 +112,9 @@ struct Lazy {
     others: Vec<Model>,
     alpha: f32,
     keep: HashSet<String>,
+    /// Holds the host's compute handle for as long as the model lives.
+    ctx: Context,
+    kernel: Kernel,
 }
 
 impl StateDict for Lazy {
@@ -96,17 +131,29 @@ impl StateDict for Lazy {
         if self.keep.contains(name) || !info.dtype.is_float() {
             return Ok(Cow::Owned(self.base.data(name)?.into_owned()));
         }
-        let (mut out, _) = self.base.to_f32(name)?;
+        let c = self.ctx.compute()?;
+        // The running result starts as θ₀ on the device; each model then adds its share:
+        // y = (1 − α)·θ₀ + w·θ₁ for the first, y = y + w·θᵢ for the rest, w = α / n.
+        let acc = DeviceTensor::from_model_f32(c, &self.base, name)?;
         let weight = self.alpha / self.others.len() as f32;
-        for v in out.iter_mut() {
-            *v *= 1.0 - self.alpha;
-        }
-        for model in &self.others {
-            let (x, _) = model.to_f32(name)?;
-            for (o, x) in out.iter_mut().zip(x) {
-                *o += weight * x;
+        for (i, model) in self.others.iter().enumerate() {
+            let x = DeviceTensor::from_model_f32(c, model, name)?;
+            let a = if i == 0 { 1.0 - self.alpha } else { 1.0 };
+            // A tensor larger than one storage binding is done in chunks.
+            for chunk in chunks(&c.limits(), info.numel() as u64) {
+                let params = Axpby {
+                    len: chunk.len as u32,
+                    a,
+                    b: weight,
+                };
+                let bindings = [
+                    chunk.binding(acc.id(), DType::F32, false),
+                    chunk.binding(x.id(), DType::F32, true),
+                ];
+                self.kernel.launch_1d(c, &bindings, &params, chunk.len)?;
             }
         }
+        let out = acc.to_f32()?;
         // Written back in the input dtype (f32, f16 or bf16).
         Ok(Cow::Owned(fusion_plugin_api::f32_to_bytes(
             &out, info.dtype,
