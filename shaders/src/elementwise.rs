@@ -147,18 +147,15 @@ fn sum_batches(
         for (k, &dt) in group_dtypes.iter().enumerate() {
             extra.push((X_DTYPE_NAMES[k], dtype_code("weighted_sum", dt)?));
         }
-        // All f32 with eight slots to bind: four elements per invocation (`weighted_sum_q`).
+        // All f32: four elements per invocation (`weighted_sum_q`).
         let mut all = group_dtypes.to_vec();
         all.push(out_dtype);
-        let quad = batch == wgsl::MAX_ARITY && crate::launch::quads(&l, &all);
-        if quad {
-            extra.push(("INPUTS", group.len() as f64));
-        }
+        let quad = crate::launch::quads(&l, &all);
         let consts = constants(&l, &extra);
         let entry = if quad {
-            "weighted_sum_q".to_string()
+            "weighted_sum_q"
         } else {
-            format!("weighted_sum_{}", group.len())
+            "weighted_sum"
         };
         let weights: Vec<u32> = group.iter().map(|&(_, w)| w.to_bits()).collect();
         for ch in chunks(&l, n) {
@@ -169,15 +166,10 @@ fn sum_batches(
                     .zip(group_dtypes)
                     .map(|(&(t, _), &dt)| ch.binding(t, dt, true)),
             );
-            if quad {
-                // Unread slots take the first input again.
-                let first = bindings[1];
-                bindings.resize(1 + wgsl::MAX_ARITY, first);
-            }
             c.dispatch(&KernelCall {
                 label: "weighted_sum",
-                source: wgsl::WEIGHTED_SUM,
-                entry_point: &entry,
+                source: wgsl::weighted_sum(group.len()),
+                entry_point: entry,
                 constants: &consts,
                 bindings: &bindings,
                 uniforms: &Uniforms::default()

@@ -18,7 +18,8 @@ macro_rules! with_common {
 pub const COMMON: &str = include_str!("../common.wgsl");
 /// `convert`: dtype conversion.
 pub const CONVERT: &str = with_common!("convert.wgsl");
-/// `weighted_sum_1` .. `weighted_sum_8`: `out = [out +] Σ w_k x_k`.
+/// The template of `weighted_sum` and `weighted_sum_q`, `out = [out +] Σ w_k x_k`, as written
+/// (no inputs); [`weighted_sum`] gives the source for N inputs.
 pub const WEIGHTED_SUM: &str = with_common!("weighted_sum.wgsl");
 /// `radix_histogram`: one pass of the k-th largest magnitude select.
 pub const SELECT: &str = with_common!("select.wgsl");
@@ -49,6 +50,59 @@ pub const ALL: &[(&str, &str)] = &[
     ("reduce.wgsl", REDUCE),
 ];
 
-/// The most inputs one multi-input entry point (`weighted_sum_N`, `ties_elect_N`,
-/// `ties_merge_N`) binds; more are processed in batches.
+/// The most inputs one multi-input kernel (`weighted_sum`, `ties_elect_N`, `ties_merge_N`)
+/// binds; more are processed in batches.
 pub const MAX_ARITY: usize = 8;
+
+/// The marker of a template line written once per input.
+const EACH: &str = "//@each ";
+
+/// Expand a kernel template for `inputs` inputs: every line that starts with `//@each ` is
+/// written once per input `k` (0 ..= inputs − 1), the marker dropped, with `{k}`, `{k+1}`,
+/// `{k+2}`, `{k/4}` and `{k%4}` replaced by those values; other lines stay as they are.
+///
+/// This is how one WGSL entry point serves any input count: WGSL cannot vary the number of
+/// bindings with an `override`, and binding unused slots would need more storage buffers than
+/// the device may allow.
+pub fn expand_inputs(template: &str, inputs: usize) -> String {
+    let mut out = String::with_capacity(template.len() + inputs * 256);
+    for line in template.lines() {
+        match line.strip_prefix(EACH) {
+            Some(each) => {
+                for k in 0..inputs {
+                    let line = each
+                        .replace("{k}", &k.to_string())
+                        .replace("{k+1}", &(k + 1).to_string())
+                        .replace("{k+2}", &(k + 2).to_string())
+                        .replace("{k/4}", &(k / 4).to_string())
+                        .replace("{k%4}", &(k % 4).to_string());
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// The `weighted_sum` / `weighted_sum_q` source for `inputs` inputs (1 ..= [`MAX_ARITY`]),
+/// expanded once and kept.
+///
+/// # Panics
+/// If `inputs` is 0 or past [`MAX_ARITY`].
+pub fn weighted_sum(inputs: usize) -> &'static str {
+    static SOURCES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    assert!(
+        (1..=MAX_ARITY).contains(&inputs),
+        "weighted_sum takes 1 to {MAX_ARITY} inputs per launch, not {inputs}"
+    );
+    &SOURCES.get_or_init(|| {
+        (1..=MAX_ARITY)
+            .map(|n| expand_inputs(WEIGHTED_SUM, n))
+            .collect()
+    })[inputs - 1]
+}

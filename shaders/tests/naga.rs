@@ -86,7 +86,6 @@ fn every_wgsl_file_validates() {
 #[test]
 fn multi_input_entry_points_exist_for_every_arity() {
     for (source, prefix) in [
-        (fusion_kernels::wgsl::WEIGHTED_SUM, "weighted_sum_"),
         (fusion_kernels::wgsl::TIES_ELECT, "ties_elect_"),
         (fusion_kernels::wgsl::TIES_MERGE, "ties_merge_"),
     ] {
@@ -99,4 +98,48 @@ fn multi_input_entry_points_exist_for_every_arity() {
             );
         }
     }
+    // The weighted sum is one template expanded per input count: each expansion validates, has
+    // both entry points, and declares exactly its inputs (two views of each: pairs and quads)
+    // around the uniform block at binding 0.
+    for n in 1..=fusion_kernels::wgsl::MAX_ARITY {
+        let source = fusion_kernels::wgsl::weighted_sum(n);
+        let name = format!("weighted_sum for {n} inputs");
+        let module = validate(&name, source).unwrap_or_else(|e| panic!("{e}"));
+        for entry in ["weighted_sum", "weighted_sum_q"] {
+            assert!(
+                module.entry_points.iter().any(|e| e.name == entry),
+                "{name}: missing {entry}"
+            );
+        }
+        let mut bindings: Vec<(u32, naga::AddressSpace)> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, v)| Some((v.binding.as_ref()?.binding, v.space)))
+            .collect();
+        bindings.sort_by_key(|b| b.0);
+        let uniform: Vec<u32> = bindings
+            .iter()
+            .filter(|b| b.1 == naga::AddressSpace::Uniform)
+            .map(|b| b.0)
+            .collect();
+        assert_eq!(uniform, [0], "{name}");
+        let storage: Vec<u32> = bindings
+            .iter()
+            .filter(|b| b.1 != naga::AddressSpace::Uniform)
+            .map(|b| b.0)
+            .collect();
+        let want: Vec<u32> = (1..=n as u32 + 1).flat_map(|b| [b, b]).collect();
+        assert_eq!(storage, want, "{name}");
+    }
+}
+
+#[test]
+fn templates_expand_each_line_per_input() {
+    let template = "a\n//@each x{k} at {k+2}, w[{k/4}][{k%4}], y{k+1}\nb\n";
+    assert_eq!(fusion_kernels::wgsl::expand_inputs(template, 0), "a\nb\n");
+    assert_eq!(
+        fusion_kernels::wgsl::expand_inputs(template, 6),
+        "a\nx0 at 2, w[0][0], y1\nx1 at 3, w[0][1], y2\nx2 at 4, w[0][2], y3\n\
+         x3 at 5, w[0][3], y4\nx4 at 6, w[1][0], y5\nx5 at 7, w[1][1], y6\nb\n"
+    );
 }
