@@ -8,8 +8,7 @@
 // Thresholds come as f32 bit patterns and are compared as ordered bits (abs_bits), the same
 // order the radix select used to find them.
 //
-// One entry point per input count (see weighted_sum.wgsl for why):
-// ties_elect_N binds 0 = S (read_write f32), 1..N = x0..x{N-1}, N+1 = uniform Params.
+// The sum over task vectors is ties_elect_sum.wgsl (one template for any input count). Here:
 // ties_elect_delta takes one fine-tuned tensor and the base instead of a task vector:
 // S [+]= trim(x - base), the difference in f32 after decoding (as task_vector computes it);
 // 0 = S, 1 = x (X0_DTYPE), 2 = base (B_DTYPE), 3 = uniform Params.
@@ -43,15 +42,8 @@ struct Params {
 @group(0) @binding(6) var<storage, read> x5: array<u32>;
 @group(0) @binding(7) var<storage, read> x6: array<u32>;
 @group(0) @binding(8) var<storage, read> x7: array<u32>;
-@group(0) @binding(2) var<uniform> p1: Params;
 @group(0) @binding(2) var<storage, read> delta_base: array<u32>;
 @group(0) @binding(3) var<uniform> p2: Params;
-@group(0) @binding(4) var<uniform> p3: Params;
-@group(0) @binding(5) var<uniform> p4: Params;
-@group(0) @binding(6) var<uniform> p5: Params;
-@group(0) @binding(7) var<uniform> p6: Params;
-@group(0) @binding(8) var<uniform> p7: Params;
-@group(0) @binding(9) var<uniform> p8: Params;
 
 fn ld0(t: u32, n: u32) -> vec2<f32> { return decode_pair(x0[word_lo(t, X0_DTYPE)], x0[word_hi(t, X0_DTYPE, n)], X0_DTYPE); }
 fn ld1(t: u32, n: u32) -> vec2<f32> { return decode_pair(x1[word_lo(t, X1_DTYPE)], x1[word_hi(t, X1_DTYPE, n)], X1_DTYPE); }
@@ -78,130 +70,6 @@ fn store(t: u32, v: vec2<f32>, n: u32) {
     if (2u * t + 1u < n) {
         s_out[2u * t + 1u] = bitcast<u32>(v.y);
     }
-}
-
-@compute @workgroup_size(WG)
-fn ties_elect_1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p1.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    var acc = start(t, n);
-    acc += trim(ld0(t, n), p1.thr[0].x);
-    store(t, acc, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_elect_2(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p2.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    var acc = start(t, n);
-    acc += trim(ld0(t, n), p2.thr[0].x);
-    acc += trim(ld1(t, n), p2.thr[0].y);
-    store(t, acc, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_elect_3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p3.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    var acc = start(t, n);
-    acc += trim(ld0(t, n), p3.thr[0].x);
-    acc += trim(ld1(t, n), p3.thr[0].y);
-    acc += trim(ld2(t, n), p3.thr[0].z);
-    store(t, acc, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_elect_4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p4.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    var acc = start(t, n);
-    acc += trim(ld0(t, n), p4.thr[0].x);
-    acc += trim(ld1(t, n), p4.thr[0].y);
-    acc += trim(ld2(t, n), p4.thr[0].z);
-    acc += trim(ld3(t, n), p4.thr[0].w);
-    store(t, acc, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_elect_5(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p5.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    var acc = start(t, n);
-    acc += trim(ld0(t, n), p5.thr[0].x);
-    acc += trim(ld1(t, n), p5.thr[0].y);
-    acc += trim(ld2(t, n), p5.thr[0].z);
-    acc += trim(ld3(t, n), p5.thr[0].w);
-    acc += trim(ld4(t, n), p5.thr[1].x);
-    store(t, acc, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_elect_6(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p6.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    var acc = start(t, n);
-    acc += trim(ld0(t, n), p6.thr[0].x);
-    acc += trim(ld1(t, n), p6.thr[0].y);
-    acc += trim(ld2(t, n), p6.thr[0].z);
-    acc += trim(ld3(t, n), p6.thr[0].w);
-    acc += trim(ld4(t, n), p6.thr[1].x);
-    acc += trim(ld5(t, n), p6.thr[1].y);
-    store(t, acc, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_elect_7(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p7.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    var acc = start(t, n);
-    acc += trim(ld0(t, n), p7.thr[0].x);
-    acc += trim(ld1(t, n), p7.thr[0].y);
-    acc += trim(ld2(t, n), p7.thr[0].z);
-    acc += trim(ld3(t, n), p7.thr[0].w);
-    acc += trim(ld4(t, n), p7.thr[1].x);
-    acc += trim(ld5(t, n), p7.thr[1].y);
-    acc += trim(ld6(t, n), p7.thr[1].z);
-    store(t, acc, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_elect_8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p8.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    var acc = start(t, n);
-    acc += trim(ld0(t, n), p8.thr[0].x);
-    acc += trim(ld1(t, n), p8.thr[0].y);
-    acc += trim(ld2(t, n), p8.thr[0].z);
-    acc += trim(ld3(t, n), p8.thr[0].w);
-    acc += trim(ld4(t, n), p8.thr[1].x);
-    acc += trim(ld5(t, n), p8.thr[1].y);
-    acc += trim(ld6(t, n), p8.thr[1].z);
-    acc += trim(ld7(t, n), p8.thr[1].w);
-    store(t, acc, n);
 }
 
 fn ld_base(t: u32, n: u32) -> vec2<f32> { return decode_pair(delta_base[word_lo(t, B_DTYPE)], delta_base[word_hi(t, B_DTYPE, n)], B_DTYPE); }

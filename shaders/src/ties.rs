@@ -148,7 +148,6 @@ pub fn ties_elected_sum(
             extra.push((X_DTYPE_NAMES[k], dtype_code("ties_elect", dt)?));
         }
         let consts = constants(&l, &extra);
-        let entry = format!("ties_elect_{}", group.len());
         for ch in chunks(&l, n) {
             let mut bindings = vec![ch.binding(s.id(), DType::F32, false)];
             bindings.extend(
@@ -158,9 +157,9 @@ pub fn ties_elected_sum(
                     .map(|(&t, &dt)| ch.binding(t, dt, true)),
             );
             c.dispatch(&KernelCall {
-                label: "ties_elect",
-                source: wgsl::TIES_ELECT,
-                entry_point: &entry,
+                label: "ties_elect_sum",
+                source: wgsl::ties_elect_sum(group.len()),
+                entry_point: "ties_elect_sum",
                 constants: &consts,
                 bindings: &bindings,
                 uniforms: &Uniforms::default()

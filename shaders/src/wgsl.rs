@@ -23,8 +23,12 @@ pub const CONVERT: &str = with_common!("convert.wgsl");
 pub const WEIGHTED_SUM: &str = with_common!("weighted_sum.wgsl");
 /// `radix_histogram`: one pass of the k-th largest magnitude select.
 pub const SELECT: &str = with_common!("select.wgsl");
-/// `ties_elect_1` .. `ties_elect_8`: sum of trimmed task vectors.
+/// `ties_elect_delta`, `ties_elect_delta_n`, `ties_elect_delta_q`: sums of trimmed differences
+/// of fine-tuned tensors and the base.
 pub const TIES_ELECT: &str = with_common!("ties_elect.wgsl");
+/// The template of `ties_elect_sum`, the sum of trimmed task vectors, as written (no inputs);
+/// [`ties_elect_sum`] gives the source for N inputs.
+pub const TIES_ELECT_SUM: &str = with_common!("ties_elect_sum.wgsl");
 /// `ties_votes`: global counts of elected signs.
 pub const TIES_VOTES: &str = with_common!("ties_votes.wgsl");
 /// `ties_merge_1` .. `ties_merge_8`, `ties_finalize`: disjoint merge.
@@ -43,6 +47,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("weighted_sum.wgsl", WEIGHTED_SUM),
     ("select.wgsl", SELECT),
     ("ties_elect.wgsl", TIES_ELECT),
+    ("ties_elect_sum.wgsl", TIES_ELECT_SUM),
     ("ties_votes.wgsl", TIES_VOTES),
     ("ties_merge.wgsl", TIES_MERGE),
     ("dare.wgsl", DARE),
@@ -50,7 +55,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("reduce.wgsl", REDUCE),
 ];
 
-/// The most inputs one multi-input kernel (`weighted_sum`, `ties_elect_N`, `ties_merge_N`)
+/// The most inputs one multi-input kernel (`weighted_sum`, `ties_elect_sum`, `ties_merge_N`)
 /// binds; more are processed in batches.
 pub const MAX_ARITY: usize = 8;
 
@@ -89,20 +94,50 @@ pub fn expand_inputs(template: &str, inputs: usize) -> String {
     out
 }
 
-/// The `weighted_sum` / `weighted_sum_q` source for `inputs` inputs (1 ..= [`MAX_ARITY`]),
-/// expanded once and kept.
+/// One expansion of `template` per input count 1 ..= [`MAX_ARITY`], made on first use and kept.
+struct Expanded {
+    name: &'static str,
+    template: &'static str,
+    sources: std::sync::OnceLock<Vec<String>>,
+}
+
+impl Expanded {
+    const fn new(name: &'static str, template: &'static str) -> Self {
+        Expanded {
+            name,
+            template,
+            sources: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&'static self, inputs: usize) -> &'static str {
+        assert!(
+            (1..=MAX_ARITY).contains(&inputs),
+            "{} takes 1 to {MAX_ARITY} inputs per launch, not {inputs}",
+            self.name
+        );
+        &self.sources.get_or_init(|| {
+            (1..=MAX_ARITY)
+                .map(|n| expand_inputs(self.template, n))
+                .collect()
+        })[inputs - 1]
+    }
+}
+
+/// The `weighted_sum` / `weighted_sum_q` source for `inputs` inputs (1 ..= [`MAX_ARITY`]).
 ///
 /// # Panics
 /// If `inputs` is 0 or past [`MAX_ARITY`].
 pub fn weighted_sum(inputs: usize) -> &'static str {
-    static SOURCES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    assert!(
-        (1..=MAX_ARITY).contains(&inputs),
-        "weighted_sum takes 1 to {MAX_ARITY} inputs per launch, not {inputs}"
-    );
-    &SOURCES.get_or_init(|| {
-        (1..=MAX_ARITY)
-            .map(|n| expand_inputs(WEIGHTED_SUM, n))
-            .collect()
-    })[inputs - 1]
+    static SOURCES: Expanded = Expanded::new("weighted_sum", WEIGHTED_SUM);
+    SOURCES.get(inputs)
+}
+
+/// The `ties_elect_sum` source for `inputs` task vectors (1 ..= [`MAX_ARITY`]).
+///
+/// # Panics
+/// If `inputs` is 0 or past [`MAX_ARITY`].
+pub fn ties_elect_sum(inputs: usize) -> &'static str {
+    static SOURCES: Expanded = Expanded::new("ties_elect_sum", TIES_ELECT_SUM);
+    SOURCES.get(inputs)
 }

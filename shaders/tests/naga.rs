@@ -85,10 +85,7 @@ fn every_wgsl_file_validates() {
 
 #[test]
 fn multi_input_entry_points_exist_for_every_arity() {
-    for (source, prefix) in [
-        (fusion_kernels::wgsl::TIES_ELECT, "ties_elect_"),
-        (fusion_kernels::wgsl::TIES_MERGE, "ties_merge_"),
-    ] {
+    for (source, prefix) in [(fusion_kernels::wgsl::TIES_MERGE, "ties_merge_")] {
         let module = naga::front::wgsl::parse_str(source).unwrap();
         for n in 1..=fusion_kernels::wgsl::MAX_ARITY {
             let name = format!("{prefix}{n}");
@@ -98,38 +95,57 @@ fn multi_input_entry_points_exist_for_every_arity() {
             );
         }
     }
-    // The weighted sum is one template expanded per input count: each expansion validates, has
-    // both entry points, and declares exactly its inputs (two views of each: pairs and quads)
-    // around the uniform block at binding 0.
-    for n in 1..=fusion_kernels::wgsl::MAX_ARITY {
-        let source = fusion_kernels::wgsl::weighted_sum(n);
-        let name = format!("weighted_sum for {n} inputs");
-        let module = validate(&name, source).unwrap_or_else(|e| panic!("{e}"));
-        for entry in ["weighted_sum", "weighted_sum_q"] {
-            assert!(
-                module.entry_points.iter().any(|e| e.name == entry),
-                "{name}: missing {entry}"
-            );
+    // The weighted sum and the TIES elected sum are templates expanded per input count: each
+    // expansion validates, has its entry points, and declares exactly its inputs (for the
+    // weighted sum, two views of each: pairs and quads) after the output, around the uniform
+    // block at binding 0.
+    type Expand = fn(usize) -> &'static str;
+    let templates: [(&str, Expand, &[&str], u32); 2] = [
+        (
+            "weighted_sum",
+            fusion_kernels::wgsl::weighted_sum,
+            &["weighted_sum", "weighted_sum_q"],
+            2,
+        ),
+        (
+            "ties_elect_sum",
+            fusion_kernels::wgsl::ties_elect_sum,
+            &["ties_elect_sum"],
+            1,
+        ),
+    ];
+    for (template, expand, entries, views) in templates {
+        for n in 1..=fusion_kernels::wgsl::MAX_ARITY {
+            let name = format!("{template} for {n} inputs");
+            let module = validate(&name, expand(n)).unwrap_or_else(|e| panic!("{e}"));
+            for entry in entries {
+                assert!(
+                    module.entry_points.iter().any(|e| e.name == *entry),
+                    "{name}: missing {entry}"
+                );
+            }
+            let mut bindings: Vec<(u32, naga::AddressSpace)> = module
+                .global_variables
+                .iter()
+                .filter_map(|(_, v)| Some((v.binding.as_ref()?.binding, v.space)))
+                .collect();
+            bindings.sort_by_key(|b| b.0);
+            let uniform: Vec<u32> = bindings
+                .iter()
+                .filter(|b| b.1 == naga::AddressSpace::Uniform)
+                .map(|b| b.0)
+                .collect();
+            assert_eq!(uniform, [0], "{name}");
+            let storage: Vec<u32> = bindings
+                .iter()
+                .filter(|b| b.1 != naga::AddressSpace::Uniform)
+                .map(|b| b.0)
+                .collect();
+            let want: Vec<u32> = (1..=n as u32 + 1)
+                .flat_map(|b| std::iter::repeat_n(b, views as usize))
+                .collect();
+            assert_eq!(storage, want, "{name}");
         }
-        let mut bindings: Vec<(u32, naga::AddressSpace)> = module
-            .global_variables
-            .iter()
-            .filter_map(|(_, v)| Some((v.binding.as_ref()?.binding, v.space)))
-            .collect();
-        bindings.sort_by_key(|b| b.0);
-        let uniform: Vec<u32> = bindings
-            .iter()
-            .filter(|b| b.1 == naga::AddressSpace::Uniform)
-            .map(|b| b.0)
-            .collect();
-        assert_eq!(uniform, [0], "{name}");
-        let storage: Vec<u32> = bindings
-            .iter()
-            .filter(|b| b.1 != naga::AddressSpace::Uniform)
-            .map(|b| b.0)
-            .collect();
-        let want: Vec<u32> = (1..=n as u32 + 1).flat_map(|b| [b, b]).collect();
-        assert_eq!(storage, want, "{name}");
     }
 }
 
