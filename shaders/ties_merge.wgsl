@@ -8,11 +8,11 @@
 //   MERGE 1 (mean): sum of kept entries / max(count of kept entries, 1)
 //   MERGE 2 (max):  max of |kept entries| times s
 //
-// Models are visited in batches (ties_merge_N, with ACCUMULATE after the first) into f32
+// Models are visited in batches (ties_merge_sum, with ACCUMULATE after the first) into f32
 // accumulators A (sum or max) and C (count), then ties_finalize writes the result in OUT_DTYPE.
 //
-// ties_merge_N binds 0 = A (read_write), 1 = C (read_write), 2 = S (read), 3..N+2 = x0..x{N-1},
-// N+3 = uniform Params. ties_merge_delta takes one fine-tuned tensor and the base instead of a
+// ties_merge_sum binds 0 = A (read_write), 1 = C (read_write), 2 = S (read), 3..N+2 = x0..x{N-1},
+// 11 = uniform Params. ties_merge_delta takes one fine-tuned tensor and the base instead of a
 // task vector (v = x - base in f32 after decoding, as task_vector computes it): 0 = A, 1 = C,
 // 2 = S, 3 = x (X0_DTYPE), 4 = base (B_DTYPE), 5 = uniform Params. ties_finalize binds 0 = out (read_write), 1 = A, 2 = C, 3 = S,
 // 4 = uniform FinalParams.
@@ -57,15 +57,8 @@ struct FinalParams {
 @group(0) @binding(8) var<storage, read> x5: array<u32>;
 @group(0) @binding(9) var<storage, read> x6: array<u32>;
 @group(0) @binding(10) var<storage, read> x7: array<u32>;
-@group(0) @binding(4) var<uniform> p1: Params;
 @group(0) @binding(4) var<storage, read> delta_base: array<u32>;
 @group(0) @binding(5) var<uniform> p2: Params;
-@group(0) @binding(6) var<uniform> p3: Params;
-@group(0) @binding(7) var<uniform> p4: Params;
-@group(0) @binding(8) var<uniform> p5: Params;
-@group(0) @binding(9) var<uniform> p6: Params;
-@group(0) @binding(10) var<uniform> p7: Params;
-@group(0) @binding(11) var<uniform> p8: Params;
 
 @group(0) @binding(0) var<storage, read_write> fin_out: array<u32>;
 @group(0) @binding(1) var<storage, read> fin_a: array<u32>;
@@ -168,143 +161,24 @@ fn ties_merge_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     finish(t, st, n);
 }
 
-@compute @workgroup_size(WG)
-fn ties_merge_1(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p1.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    let sv = load_f32(t, n, 2u);
-    let s = vec2<f32>(elected(sv.x, p1.majority), elected(sv.y, p1.majority));
-    var st = begin(t, n);
-    st = add(st, ld0(t, n), p1.thr[0].x, s);
-    finish(t, st, n);
-}
+// ties_merge_sum: one batch of N task vectors into the accumulators. A template line
+// (`//@each`, see weighted_sum.wgsl) writes one step per input; fusion_kernels::wgsl::
+// ties_merge_sum(N) expands it. Binds 0 = A, 1 = C, 2 = S, 3 + k = x_k, 11 = uniform Params
+// (a fixed binding after the eight input slots, whatever N).
+
+@group(0) @binding(11) var<uniform> pm: Params;
 
 @compute @workgroup_size(WG)
-fn ties_merge_2(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn ties_merge_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = flat_index(gid, nwg);
-    let n = p2.n;
+    let n = pm.n;
     if (t >= pair_count(n)) {
         return;
     }
     let sv = load_f32(t, n, 2u);
-    let s = vec2<f32>(elected(sv.x, p2.majority), elected(sv.y, p2.majority));
+    let s = vec2<f32>(elected(sv.x, pm.majority), elected(sv.y, pm.majority));
     var st = begin(t, n);
-    st = add(st, ld0(t, n), p2.thr[0].x, s);
-    st = add(st, ld1(t, n), p2.thr[0].y, s);
-    finish(t, st, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_merge_3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p3.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    let sv = load_f32(t, n, 2u);
-    let s = vec2<f32>(elected(sv.x, p3.majority), elected(sv.y, p3.majority));
-    var st = begin(t, n);
-    st = add(st, ld0(t, n), p3.thr[0].x, s);
-    st = add(st, ld1(t, n), p3.thr[0].y, s);
-    st = add(st, ld2(t, n), p3.thr[0].z, s);
-    finish(t, st, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_merge_4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p4.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    let sv = load_f32(t, n, 2u);
-    let s = vec2<f32>(elected(sv.x, p4.majority), elected(sv.y, p4.majority));
-    var st = begin(t, n);
-    st = add(st, ld0(t, n), p4.thr[0].x, s);
-    st = add(st, ld1(t, n), p4.thr[0].y, s);
-    st = add(st, ld2(t, n), p4.thr[0].z, s);
-    st = add(st, ld3(t, n), p4.thr[0].w, s);
-    finish(t, st, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_merge_5(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p5.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    let sv = load_f32(t, n, 2u);
-    let s = vec2<f32>(elected(sv.x, p5.majority), elected(sv.y, p5.majority));
-    var st = begin(t, n);
-    st = add(st, ld0(t, n), p5.thr[0].x, s);
-    st = add(st, ld1(t, n), p5.thr[0].y, s);
-    st = add(st, ld2(t, n), p5.thr[0].z, s);
-    st = add(st, ld3(t, n), p5.thr[0].w, s);
-    st = add(st, ld4(t, n), p5.thr[1].x, s);
-    finish(t, st, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_merge_6(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p6.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    let sv = load_f32(t, n, 2u);
-    let s = vec2<f32>(elected(sv.x, p6.majority), elected(sv.y, p6.majority));
-    var st = begin(t, n);
-    st = add(st, ld0(t, n), p6.thr[0].x, s);
-    st = add(st, ld1(t, n), p6.thr[0].y, s);
-    st = add(st, ld2(t, n), p6.thr[0].z, s);
-    st = add(st, ld3(t, n), p6.thr[0].w, s);
-    st = add(st, ld4(t, n), p6.thr[1].x, s);
-    st = add(st, ld5(t, n), p6.thr[1].y, s);
-    finish(t, st, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_merge_7(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p7.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    let sv = load_f32(t, n, 2u);
-    let s = vec2<f32>(elected(sv.x, p7.majority), elected(sv.y, p7.majority));
-    var st = begin(t, n);
-    st = add(st, ld0(t, n), p7.thr[0].x, s);
-    st = add(st, ld1(t, n), p7.thr[0].y, s);
-    st = add(st, ld2(t, n), p7.thr[0].z, s);
-    st = add(st, ld3(t, n), p7.thr[0].w, s);
-    st = add(st, ld4(t, n), p7.thr[1].x, s);
-    st = add(st, ld5(t, n), p7.thr[1].y, s);
-    st = add(st, ld6(t, n), p7.thr[1].z, s);
-    finish(t, st, n);
-}
-
-@compute @workgroup_size(WG)
-fn ties_merge_8(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = flat_index(gid, nwg);
-    let n = p8.n;
-    if (t >= pair_count(n)) {
-        return;
-    }
-    let sv = load_f32(t, n, 2u);
-    let s = vec2<f32>(elected(sv.x, p8.majority), elected(sv.y, p8.majority));
-    var st = begin(t, n);
-    st = add(st, ld0(t, n), p8.thr[0].x, s);
-    st = add(st, ld1(t, n), p8.thr[0].y, s);
-    st = add(st, ld2(t, n), p8.thr[0].z, s);
-    st = add(st, ld3(t, n), p8.thr[0].w, s);
-    st = add(st, ld4(t, n), p8.thr[1].x, s);
-    st = add(st, ld5(t, n), p8.thr[1].y, s);
-    st = add(st, ld6(t, n), p8.thr[1].z, s);
-    st = add(st, ld7(t, n), p8.thr[1].w, s);
+//@each     st = add(st, ld{k}(t, n), pm.thr[{k/4}][{k%4}], s);
     finish(t, st, n);
 }
 

@@ -826,7 +826,7 @@ impl<'c> TiesAccumulator<'c> {
         self.launch(s, &[x], &dtypes[1..2], base, &threshold_bits(&[threshold]))
     }
 
-    /// One accumulation launch over `group` (`ties_merge_N`), or over one fine-tuned tensor
+    /// One accumulation launch over `group` (`ties_merge_sum`), or over one fine-tuned tensor
     /// and `base` (`ties_merge_delta`); the first launch starts the accumulators.
     fn launch(
         &mut self,
@@ -852,9 +852,9 @@ impl<'c> TiesAccumulator<'c> {
             extra.push(("B_DTYPE", dtype_code(OP, bt)?));
         }
         let consts = constants(&l, &extra);
-        let entry = match base {
-            Some(_) => "ties_merge_delta".to_string(),
-            None => format!("ties_merge_{}", group.len()),
+        let (source, entry) = match base {
+            Some(_) => (wgsl::TIES_MERGE, "ties_merge_delta"),
+            None => (wgsl::ties_merge_sum(group.len()), "ties_merge_sum"),
         };
         for ch in chunks(&l, n) {
             let mut bindings = vec![
@@ -873,8 +873,8 @@ impl<'c> TiesAccumulator<'c> {
             }
             c.dispatch(&KernelCall {
                 label: OP,
-                source: wgsl::TIES_MERGE,
-                entry_point: &entry,
+                source,
+                entry_point: entry,
                 constants: &consts,
                 bindings: &bindings,
                 uniforms: &Uniforms::default()

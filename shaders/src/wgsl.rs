@@ -31,7 +31,8 @@ pub const TIES_ELECT: &str = with_common!("ties_elect.wgsl");
 pub const TIES_ELECT_SUM: &str = with_common!("ties_elect_sum.wgsl");
 /// `ties_votes`: global counts of elected signs.
 pub const TIES_VOTES: &str = with_common!("ties_votes.wgsl");
-/// `ties_merge_1` .. `ties_merge_8`, `ties_finalize`: disjoint merge.
+/// `ties_merge_sum` (a template, see [`ties_merge_sum`]), `ties_merge_delta`, `ties_finalize`
+/// and the fused one-key merges: disjoint merge.
 pub const TIES_MERGE: &str = with_common!("ties_merge.wgsl");
 /// `dare`, `dare_delta`: random drop and rescale.
 pub const DARE: &str = with_common!("dare.wgsl");
@@ -55,7 +56,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("reduce.wgsl", REDUCE),
 ];
 
-/// The most inputs one multi-input kernel (`weighted_sum`, `ties_elect_sum`, `ties_merge_N`)
+/// The most inputs one multi-input kernel (`weighted_sum`, `ties_elect_sum`, `ties_merge_sum`)
 /// binds; more are processed in batches.
 pub const MAX_ARITY: usize = 8;
 
@@ -139,5 +140,15 @@ pub fn weighted_sum(inputs: usize) -> &'static str {
 /// If `inputs` is 0 or past [`MAX_ARITY`].
 pub fn ties_elect_sum(inputs: usize) -> &'static str {
     static SOURCES: Expanded = Expanded::new("ties_elect_sum", TIES_ELECT_SUM);
+    SOURCES.get(inputs)
+}
+
+/// The TIES merge source with `ties_merge_sum` expanded for `inputs` task vectors
+/// (1 ..= [`MAX_ARITY`]); its other entry points are those of [`TIES_MERGE`].
+///
+/// # Panics
+/// If `inputs` is 0 or past [`MAX_ARITY`].
+pub fn ties_merge_sum(inputs: usize) -> &'static str {
+    static SOURCES: Expanded = Expanded::new("ties_merge_sum", TIES_MERGE);
     SOURCES.get(inputs)
 }

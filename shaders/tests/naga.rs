@@ -85,20 +85,10 @@ fn every_wgsl_file_validates() {
 
 #[test]
 fn multi_input_entry_points_exist_for_every_arity() {
-    for (source, prefix) in [(fusion_kernels::wgsl::TIES_MERGE, "ties_merge_")] {
-        let module = naga::front::wgsl::parse_str(source).unwrap();
-        for n in 1..=fusion_kernels::wgsl::MAX_ARITY {
-            let name = format!("{prefix}{n}");
-            assert!(
-                module.entry_points.iter().any(|e| e.name == name),
-                "missing {name}"
-            );
-        }
-    }
     // The weighted sum and the TIES elected sum are templates expanded per input count: each
     // expansion validates, has its entry points, and declares exactly its inputs (for the
     // weighted sum, two views of each: pairs and quads) after the output, around the uniform
-    // block at binding 0.
+    // block at binding 0. The TIES merge's batch entry point is expanded inside its file.
     type Expand = fn(usize) -> &'static str;
     let templates: [(&str, Expand, &[&str], u32); 2] = [
         (
@@ -146,6 +136,30 @@ fn multi_input_entry_points_exist_for_every_arity() {
                 .collect();
             assert_eq!(storage, want, "{name}");
         }
+    }
+}
+
+#[test]
+fn the_ties_merge_batch_is_expanded_for_every_arity() {
+    let template = fusion_kernels::wgsl::TIES_MERGE;
+    let steps = |src: &str| src.matches("st = add(st, ld").count();
+    for n in 1..=fusion_kernels::wgsl::MAX_ARITY {
+        let source = fusion_kernels::wgsl::ties_merge_sum(n);
+        let name = format!("ties_merge_sum for {n} inputs");
+        let module = validate(&name, source).unwrap_or_else(|e| panic!("{e}"));
+        for entry in ["ties_merge_sum", "ties_merge_delta", "ties_finalize"] {
+            assert!(
+                module.entry_points.iter().any(|e| e.name == entry),
+                "{name}: missing {entry}"
+            );
+        }
+        // The template's one marked step became one step per input, the last reading input n - 1.
+        assert_eq!(steps(source), steps(template) - 1 + n, "{name}");
+        assert!(
+            source.contains(&format!("ld{}(t, n), pm.thr", n - 1)),
+            "{name}"
+        );
+        assert!(!source.contains(&format!("ld{n}(t, n), pm.thr")), "{name}");
     }
 }
 
