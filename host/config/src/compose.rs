@@ -81,10 +81,7 @@ fn embed(package: &str, content: Value) -> Result<Value, ConfigError> {
     }
     if package.split('.').count() > MAX_DEPTH {
         return Err(ConfigError::TooDeep {
-            what: format!(
-                "package '{}'",
-                crate::overrides::abbreviate(package)
-            ),
+            what: format!("package '{}'", crate::overrides::abbreviate(package)),
             limit: MAX_DEPTH,
             at: None,
         });

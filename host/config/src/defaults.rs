@@ -647,10 +647,7 @@ impl Builder<'_> {
         if self.expanding.len() >= crate::value::MAX_DEPTH {
             // Distinct paths that still nest without end (`a/../a/x` spellings of one file).
             return Err(ConfigError::TooDeep {
-                what: format!(
-                    "the defaults lists starting at '{}'",
-                    self.expanding[0]
-                ),
+                what: format!("the defaults lists starting at '{}'", self.expanding[0]),
                 limit: crate::value::MAX_DEPTH,
                 at: Some(crate::overrides::abbreviate(&path)),
             });

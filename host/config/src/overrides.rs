@@ -241,7 +241,11 @@ impl Parser<'_> {
                     return Err(ValueError::TooDeep);
                 }
                 self.depth += 1;
-                let v = if open == '[' { self.list() } else { self.dict() };
+                let v = if open == '[' {
+                    self.list()
+                } else {
+                    self.dict()
+                };
                 self.depth -= 1;
                 v
             }

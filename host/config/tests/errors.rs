@@ -371,7 +371,10 @@ fn defaults_list_cycle_names_the_files() {
         panic!("{e:?}")
     };
     assert_eq!(chain.len(), 3, "{chain:?}");
-    assert!(chain[0].ends_with("a.yaml") && chain[1].ends_with("b.yaml"), "{chain:?}");
+    assert!(
+        chain[0].ends_with("a.yaml") && chain[1].ends_with("b.yaml"),
+        "{chain:?}"
+    );
     assert_eq!(chain[0], chain[2]);
     assert_mentions(&m, &["group/a.yaml", "other/b.yaml"]);
 }
@@ -382,7 +385,11 @@ fn deeply_nested_override_value_is_refused() {
     let (e, m) = compose_err(BASE, Some("config"), &[&deep]);
     assert!(matches!(e, ConfigError::TooDeep { .. }), "{e:?}");
     assert_mentions(&m, &["+junk=[[[", "128 levels"]);
-    assert!(m.len() < 400, "the message repeats the whole override: {} bytes", m.len());
+    assert!(
+        m.len() < 400,
+        "the message repeats the whole override: {} bytes",
+        m.len()
+    );
     // Nesting within the limit still composes, dicts as lists.
     let ok = format!("+junk={}1{}", "{a: ".repeat(100), "}".repeat(100));
     let dir = tree(BASE);
@@ -410,7 +417,10 @@ fn long_interpolation_chain_is_refused() {
     let c = compose(&opts(dir.path(), Some("chain"), &[])).unwrap();
     let e = resolve(&c.config, &ResolveContext::new("chain")).unwrap_err();
     assert!(matches!(e, ConfigError::TooDeep { .. }), "{e:?}");
-    assert_mentions(&e.to_string(), &["chain of interpolations", "'a0'", "128 levels"]);
+    assert_mentions(
+        &e.to_string(),
+        &["chain of interpolations", "'a0'", "128 levels"],
+    );
 
     // Nested `${${${...}}}` in one string.
     let nested = format!("x: {}a{}\na: 1\n", "${".repeat(10_000), "}".repeat(10_000));
