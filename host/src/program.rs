@@ -123,6 +123,12 @@ fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 /// log, such as an empty one made for the run, is taken as it is).
 fn claim_log_dir(base: &Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
     const TRIES: usize = 1000;
+    // `.` or `..` has no name to number: number the folder it stands for.
+    let base = match base.file_name() {
+        Some(_) => base.to_path_buf(),
+        None => base.canonicalize().unwrap_or_else(|_| base.to_path_buf()),
+    };
+    let base = base.as_path();
     let name = base
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
