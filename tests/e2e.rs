@@ -1179,3 +1179,430 @@ fn demo_matches_the_python_reference_and_merging_beats_pretrained() {
     // The runs wrote only under their own outputs: the report went where it was told.
     assert!(out.path().join("ties_merging.json").is_file());
 }
+
+// ---- reliability (issue 16): no abort, no panic, the culprit named, every run's records ------
+
+/// The issue's setting: `--config-path cfg method=task_arithmetic modelpool=tiny taskpool=dummy`.
+fn ta_args(cfg: &Path) -> Vec<String> {
+    [
+        "--config-path",
+        cfg.to_str().unwrap(),
+        "method=task_arithmetic",
+        "modelpool=tiny",
+        "taskpool=dummy",
+        "print_config=false",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn run_args(cwd: &Path, args: &[String]) -> Run {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_host(cwd, &args)
+}
+
+/// The run folders under `outputs/fabric_model_fusion`.
+fn run_dirs(work: &Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(work.join("outputs/fabric_model_fusion"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn unbounded_input_is_refused_with_an_error_not_a_stack_overflow() {
+    let mut chain = String::new();
+    for i in 0..10_000 {
+        chain.push_str(&format!("a{i}: ${{.a{}}}\n", i + 1));
+    }
+    chain.push_str("a10000: 1\n");
+    let cfg = configs(&[
+        ("loop.yaml", "defaults:\n  - loop\n  - _self_\n"),
+        ("chain/long.yaml", &chain),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let cp = cfg.path().to_str().unwrap();
+    let run = run_host(work.path(), &["--config-path", cp, "--config-name", "loop"]);
+    run.assert_clean_failure(2);
+    assert!(
+        run.error().contains("cycle") && run.error().contains("loop.yaml -> "),
+        "{}",
+        run.stderr
+    );
+
+    let deep_value = format!("+junk={}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let deep_key = format!("+{}=1", vec!["k"; 20_000].join("."));
+    for (what, args) in [
+        ("value", vec!["modelpool=tiny", deep_value.as_str()]),
+        ("key", vec!["modelpool=tiny", deep_key.as_str()]),
+        ("interpolation chain", vec!["modelpool=tiny", "+chain=long"]),
+    ] {
+        let mut all = vec!["--config-path", cp, "dry_run=true"];
+        all.extend(args);
+        let run = run_host(work.path(), &all);
+        run.assert_clean_failure(2);
+        assert!(
+            run.error().contains("more than 128 levels deep"),
+            "{what}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.len() < 2000,
+            "{what}: a short error: {}",
+            run.stderr
+        );
+    }
+    assert!(!work.path().join("outputs").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn an_argument_that_is_not_utf8_is_named() {
+    use std::os::unix::ffi::OsStrExt;
+    let work = tempfile::tempdir().unwrap();
+    let out = host_command(work.path())
+        .arg("--cfg")
+        .arg("job")
+        .arg(std::ffi::OsStr::from_bytes(b"+x=caf\xe9"))
+        .output()
+        .unwrap();
+    let run = Run::of(out);
+    run.assert_clean_failure(2);
+    assert!(
+        run.error().contains("not valid UTF-8") && run.error().contains("+x=caf\u{fffd}"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `> /dev/full`: the outputs are still written, then a clean error about stdout.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_write_to_stdout_is_an_error_after_the_outputs_are_written() {
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let out = host_command(work.path())
+        .args(ta_args(cfg.path()))
+        .arg("merged_model_save_path=merged")
+        .stdout(full())
+        .output()
+        .unwrap();
+    let run = Run::of(out);
+    run.assert_clean_failure(1);
+    assert!(run.error().contains("standard output"), "{}", run.stderr);
+    let dirs = run_dirs(work.path());
+    assert_eq!(dirs.len(), 1);
+    let report = json(&std::fs::read_to_string(dirs[0].join("program_report.json")).unwrap());
+    assert_eq!(report["model_info"]["num_tensors"], 10);
+    assert_eq!(
+        read_f32(&work.path().join("merged/model.safetensors")).len(),
+        10
+    );
+    let log = std::fs::read_to_string(dirs[0].join("fusion-host.log")).unwrap();
+    assert!(
+        log.contains("ERROR") && log.contains("standard output"),
+        "{log}"
+    );
+
+    for args in [vec!["plugins"], vec!["--cfg", "job"], vec!["devices"]] {
+        let out = host_command(work.path())
+            .args(&args)
+            .stdout(full())
+            .output()
+            .unwrap();
+        let run = Run::of(out);
+        run.assert_clean_failure(1);
+        assert!(
+            run.error().contains("standard output"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_path_or_plugin_dir_is_named() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let missing = work.path().join("no-such-configs");
+    let file = cfg.path().join("modelpool/tiny.yaml");
+    for (dir, why) in [(&missing, "no such folder"), (&file, "not a folder")] {
+        let run = run_host(
+            work.path(),
+            &["--config-path", dir.to_str().unwrap(), "--cfg", "job"],
+        );
+        run.assert_clean_failure(2);
+        assert!(
+            run.error()
+                .contains(&format!("--config-path {}: {why}", dir.display())),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty());
+    }
+    for args in [
+        vec!["--plugin-dir", missing.to_str().unwrap(), "plugins"],
+        vec!["plugins", "--plugin-dir", file.to_str().unwrap()],
+    ] {
+        let run = run_host(work.path(), &args);
+        run.assert_clean_failure(2);
+        assert!(run.error().contains("--plugin-dir"), "{}", run.stderr);
+    }
+    let mut args = ta_args(cfg.path());
+    args.extend(["--plugin-dir".to_string(), missing.display().to_string()]);
+    run_args(work.path(), &args).assert_clean_failure(2);
+}
+
+#[test]
+fn a_device_that_cannot_be_created_is_named_with_where_it_came_from() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let no_device = "no-such-adapter-anywhere";
+    // The merge needs the device: the error says it could not be created, and why.
+    let mut args = ta_args(cfg.path());
+    args.extend([
+        "merged_model_save_path=merged".into(),
+        "--device".into(),
+        no_device.into(),
+    ]);
+    let run = run_args(work.path(), &args);
+    run.assert_clean_failure(1);
+    assert!(
+        run.error().contains(&format!(
+            "could not create the compute device (--device {no_device})"
+        )),
+        "{}",
+        run.stderr
+    );
+    // The same value from FUSION_DEVICE names the variable.
+    let mut args = ta_args(cfg.path());
+    args.push("merged_model_save_path=merged2".into());
+    let run = Run::of(
+        host_command(work.path())
+            .args(&args)
+            .env("FUSION_DEVICE", no_device)
+            .output()
+            .unwrap(),
+    );
+    run.assert_clean_failure(1);
+    assert!(
+        run.error()
+            .contains(&format!("FUSION_DEVICE = \"{no_device}\"")),
+        "{}",
+        run.stderr
+    );
+    let run = Run::of(
+        host_command(work.path())
+            .args([
+                "--config-path",
+                cfg.path().to_str().unwrap(),
+                "--cfg",
+                "job",
+            ])
+            .env("FUSION_DEVICE", " ")
+            .output()
+            .unwrap(),
+    );
+    run.assert_clean_failure(2);
+    assert!(
+        run.error().contains("FUSION_DEVICE") && !run.error().contains("--device"),
+        "{}",
+        run.stderr
+    );
+
+    // `embed` and the CLIP task pool say the device could not be created, not that a tensor
+    // exceeds a binding size of 0 bytes.
+    let clip = root().join("plugins/clip/tests/data/clip-tiny");
+    let run = run_host(
+        work.path(),
+        &[
+            "--device",
+            no_device,
+            "embed",
+            "--model",
+            clip.join("model").to_str().unwrap(),
+            "--inputs",
+            clip.join("golden.safetensors").to_str().unwrap(),
+            "--out",
+            work.path().join("emb.safetensors").to_str().unwrap(),
+        ],
+    );
+    run.assert_clean_failure(1);
+    assert!(
+        run.error().contains("could not create the compute device")
+            && !run.error().contains("0 bytes"),
+        "{}",
+        run.stderr
+    );
+    assert!(!work.path().join("emb.safetensors").exists());
+    let run = run_host(
+        &root(),
+        &[
+            "--device",
+            no_device,
+            "modelpool=CLIPVisionModelPool/demo",
+            "taskpool=CLIPVisionModelTaskPool/demo",
+            "method=dummy",
+            "print_config=false",
+            &format!("path.log_dir={}", work.path().join("clip-log").display()),
+        ],
+    );
+    run.assert_clean_failure(1);
+    assert!(
+        run.error().contains("could not create the compute device")
+            && !run.error().contains("0 bytes"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_failed_run_records_its_error_in_a_log_without_colour() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    // Colour allowed on stderr (no NO_COLOR): the log file must still be plain text.
+    let mut ok = host_command(work.path());
+    ok.args(ta_args(cfg.path())).env_remove("NO_COLOR");
+    let run = Run::of(ok.output().unwrap());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut args = ta_args(cfg.path());
+    args.push("+method.scaling_factr=0.5".into());
+    let run = run_args(work.path(), &args);
+    run.assert_clean_failure(2);
+    let dirs = run_dirs(work.path());
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    let logs: Vec<String> = dirs
+        .iter()
+        .map(|d| std::fs::read_to_string(d.join("fusion-host.log")).unwrap())
+        .collect();
+    for log in &logs {
+        assert!(
+            !log.contains('\x1b'),
+            "colour codes in the log file:\n{log}"
+        );
+        assert!(
+            log.contains("run method") || log.contains("scaling_factr"),
+            "{log}"
+        );
+    }
+    let failed = logs.iter().find(|l| l.contains("scaling_factr")).unwrap();
+    let last = failed.lines().last().unwrap();
+    assert!(
+        last.contains("ERROR") && last.contains("unknown parameter `scaling_factr`"),
+        "the fatal error is the log's last line:\n{failed}"
+    );
+}
+
+#[test]
+fn every_run_gets_its_own_output_folder() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    // A fixed folder, as runs started in the same second get; four at once.
+    let fixed = work.path().join("runs/same");
+    let mut args = ta_args(cfg.path());
+    args.push(format!("path.log_dir={}", fixed.display()));
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            host_command(work.path())
+                .args(&args)
+                .arg(format!("method.scaling_factor=0.{}", i + 1))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let run = Run::of(c.wait_with_output().unwrap());
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let mut dirs: Vec<_> = std::fs::read_dir(work.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, ["same", "same_1", "same_2", "same_3"]);
+    let mut factors: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            let dir = work.path().join("runs").join(d);
+            assert!(dir.join("program_report.json").is_file(), "{d}");
+            let cfg: serde_yaml::Value =
+                serde_yaml::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap())
+                    .unwrap();
+            // Each folder's config names that folder: `path.log_dir` was resolved again.
+            assert_eq!(
+                cfg["path"]["log_dir"].as_str().unwrap(),
+                dir.to_str().unwrap(),
+                "{d}"
+            );
+            let log = std::fs::read_to_string(dir.join("fusion-host.log")).unwrap();
+            assert_eq!(log.matches("run started").count(), 1, "{d}: one run's log");
+            format!("{:?}", cfg["method"]["scaling_factor"])
+        })
+        .collect();
+    factors.sort();
+    factors.dedup();
+    assert_eq!(
+        factors.len(),
+        4,
+        "every run kept its own config: {factors:?}"
+    );
+    // An empty folder made for the run is used as it is.
+    let empty = work.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let mut args = ta_args(cfg.path());
+    args.push(format!("path.log_dir={}", empty.display()));
+    assert_eq!(run_args(work.path(), &args).code, 0);
+    assert!(empty.join("program_report.json").is_file());
+}
+
+#[test]
+fn a_misspelt_method_parameter_is_an_error_listing_the_parameters() {
+    let cfg = configs(&[(
+        "method/v01.yaml",
+        "name: task_arithmetic\nscaling_factor: 0.5\nlegacy_knob: 1\n",
+    )]);
+    let work = tempfile::tempdir().unwrap();
+    let cp = cfg.path().to_str().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=tiny",
+            "method=ties_merging",
+            "+method.treshold=90",
+        ],
+    );
+    run.assert_clean_failure(2);
+    let err = run.error();
+    for part in [
+        "unknown parameter `treshold` (did you mean `threshold`?)",
+        "`scaling_factor`",
+        "`merge_func`",
+    ] {
+        assert!(err.contains(part), "{part:?} in {err}");
+    }
+    assert!(!work.path().join("merged").exists());
+    // A v0.1 config (selected by `name:`) gets a warning: FusionBench v0.1 hands the whole
+    // config to the algorithm, which ignores what it does not read.
+    let run = run_host(
+        work.path(),
+        &["--config-path", cp, "modelpool=tiny", "method=v01"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown parameter `legacy_knob`"),
+        "{}",
+        run.stderr
+    );
+}

@@ -46,7 +46,8 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(out: Output) -> Run {
+    /// What a finished [`host_command`] did.
+    pub fn of(out: Output) -> Run {
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -95,18 +96,25 @@ pub fn run_host(cwd: &Path, args: &[&str]) -> Run {
 
 /// Like [`run_host`] with extra environment variables.
 pub fn run_host_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = host_command(cwd);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Run::of(cmd.output().expect("fusion-host runs"))
+}
+
+/// The host as [`run_host`] starts it (in `cwd`, logs without colour, at the default level),
+/// for a test that needs more control: arguments that are not UTF-8, where stdout goes.
+pub fn host_command(cwd: &Path) -> Command {
     let mut cmd = Command::new(host_bin());
-    cmd.args(args)
-        .current_dir(cwd)
+    cmd.current_dir(cwd)
         .env("NO_COLOR", "1")
         .env_remove("FUSION_LOG")
         .env_remove("RUST_LOG");
     cmd.env_remove("FUSION_PLUGIN_PATH")
         .env_remove("FUSION_CONFIG_PATH");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Run::from(cmd.output().expect("fusion-host runs"))
+    cmd
 }
 
 static BUILD_LOCK: Mutex<()> = Mutex::new(());

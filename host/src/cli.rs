@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fusion_plugin_api::host::API_VERSION;
 
@@ -125,52 +126,107 @@ enum Command {
 }
 
 /// Hydra's two-letter short options (`-cn`, `-cp`, `-cd`) are not expressible in clap; map them
-/// to their long forms first.
-fn hydra_short_options(args: impl Iterator<Item = String>) -> Vec<String> {
-    args.map(|a| match a.as_str() {
-        "-cn" => "--config-name".to_string(),
-        "-cp" => "--config-path".to_string(),
-        "-cd" => "--config-dir".to_string(),
-        _ => a,
-    })
-    .collect()
+/// to their long forms first. Every argument must be UTF-8 (config text, overrides, paths that
+/// end up in the config): one that is not is refused, named in its lossy form.
+fn hydra_short_options(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> anyhow::Result<Vec<String>> {
+    args.enumerate()
+        .map(|(i, a)| {
+            let a = a.into_string().map_err(|bad| {
+                crate::error::usage(format!(
+                    "argument {i} ({:?}) is not valid UTF-8; fusion-host takes UTF-8 arguments only",
+                    bad.to_string_lossy()
+                ))
+            })?;
+            Ok(match a.as_str() {
+                "-cn" => "--config-name".to_string(),
+                "-cp" => "--config-path".to_string(),
+                "-cd" => "--config-dir".to_string(),
+                _ => a,
+            })
+        })
+        .collect()
+}
+
+/// Where the `--device` value came from, for error messages.
+fn device_origin(matches: &clap::ArgMatches) -> &'static str {
+    match matches.value_source("device") {
+        Some(clap::parser::ValueSource::EnvVariable) => "FUSION_DEVICE",
+        _ => "--device",
+    }
+}
+
+/// Every `--plugin-dir` must be a folder: a misspelt one would otherwise just find no plugins.
+fn check_plugin_dirs(dirs: &[PathBuf]) -> anyhow::Result<()> {
+    for dir in dirs {
+        if !dir.is_dir() {
+            return Err(crate::error::usage(format!(
+                "--plugin-dir {}: {}",
+                dir.display(),
+                if dir.exists() {
+                    "not a folder"
+                } else {
+                    "no such folder"
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Write `text` to standard output, reporting a failed write (a full disk, a closed pipe) as an
+/// error instead of panicking as `print!` does.
+pub fn stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to standard output")
 }
 
 /// Parse the command line and run.
 pub fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse_from(hydra_short_options(std::env::args()));
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let args = hydra_short_options(std::env::args_os())?;
+    let matches = Cli::command().get_matches_from(args);
+    let origin = device_origin(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     logging::init(cli.verbose, cli.quiet);
+    check_plugin_dirs(&cli.plugin_dir)?;
+    let device = || crate::device::parse_choice(&cli.device, origin);
     match cli.command {
         Some(Command::Plugins) => {
             logging::no_file();
-            list_plugins(&cli.plugin_dir);
+            list_plugins(&cli.plugin_dir)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Devices) => {
             logging::no_file();
-            crate::device::list();
+            crate::device::list()?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Embed {
-            model,
-            images,
-            texts,
-            inputs,
-            out,
+            ref model,
+            ref images,
+            ref texts,
+            ref inputs,
+            ref out,
         }) => {
             logging::no_file();
             crate::embed::run(&crate::embed::EmbedRequest {
-                model,
-                images,
-                texts,
-                inputs,
-                out,
-                device: crate::device::parse_choice(&cli.device)?,
+                model: model.clone(),
+                images: images.clone(),
+                texts: texts.clone(),
+                inputs: inputs.clone(),
+                out: out.clone(),
+                device: device()?,
             })?;
             Ok(ExitCode::SUCCESS)
         }
         None => {
             let req = RunRequest {
+                device: device()?,
                 config_paths: cli.config_path,
                 config_dirs: cli.config_dir,
                 config_name: cli.config_name.trim_end_matches(".yaml").to_string(),
@@ -179,7 +235,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 package: cli.package,
                 resolve: cli.resolve,
                 plugin_dirs: cli.plugin_dir,
-                device: crate::device::parse_choice(&cli.device)?,
                 offline: cli.offline,
                 quiet: cli.quiet,
             };
@@ -189,34 +244,40 @@ pub fn run() -> anyhow::Result<ExitCode> {
     }
 }
 
-fn list_plugins(cli_dirs: &[PathBuf]) {
+fn list_plugins(cli_dirs: &[PathBuf]) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     let dirs = paths::plugin_dirs(cli_dirs);
     let registry = Registry::load(&dirs);
-    println!(
+    // Built whole, written once: a failed write is one error, not a panic halfway.
+    let mut out = String::new();
+    writeln!(
+        out,
         "plugin-api {API_VERSION}; searched: {}",
         dirs.iter()
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    )?;
     for lib in &registry.libraries {
-        println!();
-        println!(
+        writeln!(out)?;
+        writeln!(
+            out,
             "{} {} ({}; plugin-api {})",
             lib.name,
             lib.version,
             lib.path.display(),
             lib.api_version
-        );
+        )?;
         let mut comps: Vec<_> = lib.components.iter().collect();
         comps.sort_by_key(|c| c.kind);
         for c in comps {
-            println!("  {:<10} {}", c.kind.to_string(), c.names.join(" | "));
-            println!("  {:<10} {}", "", c.description);
+            writeln!(out, "  {:<10} {}", c.kind.to_string(), c.names.join(" | "))?;
+            writeln!(out, "  {:<10} {}", "", c.description)?;
         }
     }
     for e in &registry.refused {
-        println!();
-        println!("refused: {e}");
+        writeln!(out)?;
+        writeln!(out, "refused: {e}")?;
     }
+    stdout(&out)
 }

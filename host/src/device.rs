@@ -9,13 +9,16 @@ use fusion_plugin_api::{Compute, ComputeLimits, DType, Error, GpuTensor, KernelC
 /// A [`Compute`] that creates the wgpu runtime the first time it is used.
 pub struct LazyCompute {
     choice: DeviceChoice,
+    /// Where the choice came from (`--device` or `FUSION_DEVICE`), for the error.
+    origin: &'static str,
     runtime: OnceLock<std::result::Result<Arc<Runtime>, String>>,
 }
 
 impl LazyCompute {
-    pub fn new(choice: DeviceChoice) -> Self {
+    pub fn new(choice: DeviceChoice, origin: &'static str) -> Self {
         Self {
             choice,
+            origin,
             runtime: OnceLock::new(),
         }
     }
@@ -42,8 +45,12 @@ impl LazyCompute {
                         Ok(Arc::new(rt))
                     }
                     Err(e) => Err(format!(
-                        "no compute device for --device {}: {e}",
-                        self.choice
+                        "could not create the compute device ({} {}): {e}",
+                        self.origin,
+                        match self.origin {
+                            "FUSION_DEVICE" => format!("= {:?}", self.choice.to_string()),
+                            _ => self.choice.to_string(),
+                        }
                     )),
                 }
             })
@@ -100,37 +107,64 @@ impl Compute for LazyCompute {
     }
 }
 
-/// Parse `--device`.
-pub fn parse_choice(text: &str) -> anyhow::Result<DeviceChoice> {
-    text.parse::<DeviceChoice>()
-        .map_err(|e| crate::error::usage(format!("--device {text:?}: {e}")))
+/// Parse `--device` (or `FUSION_DEVICE`, `origin` says which) into the choice, with where it
+/// came from for later errors.
+pub fn parse_choice(text: &str, origin: &'static str) -> anyhow::Result<Device> {
+    let choice = text.parse::<DeviceChoice>().map_err(|e| {
+        crate::error::usage(match origin {
+            "FUSION_DEVICE" => format!("the environment variable FUSION_DEVICE={text:?}: {e}"),
+            _ => format!("{origin} {text:?}: {e}"),
+        })
+    })?;
+    Ok(Device { choice, origin })
+}
+
+/// A parsed device choice and where it came from.
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub choice: DeviceChoice,
+    /// `--device` or `FUSION_DEVICE`.
+    pub origin: &'static str,
+}
+
+impl Device {
+    /// The lazily created compute for this choice.
+    pub fn lazy(&self) -> LazyCompute {
+        LazyCompute::new(self.choice.clone(), self.origin)
+    }
 }
 
 /// `fusion-host devices`: every adapter with its backend, type, driver and limits.
-pub fn list() {
+pub fn list() -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let adapters = fusion_gpu::list_adapters();
     if adapters.is_empty() {
-        println!("no GPU adapters found (install a Vulkan driver, e.g. Mesa's lavapipe: apt-get install mesa-vulkan-drivers)");
-        return;
+        writeln!(out, "no GPU adapters found (install a Vulkan driver, e.g. Mesa's lavapipe: apt-get install mesa-vulkan-drivers)")?;
+        return crate::cli::stdout(&out);
     }
     for a in adapters {
-        println!("{}", a.name);
-        println!(
+        writeln!(out, "{}", a.name)?;
+        writeln!(
+            out,
             "  backend {}, type {}, driver {} {}",
             a.backend, a.device_type, a.driver, a.driver_info
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "  max storage binding {} B, max buffer {} B, {} workgroups per dimension, {} invocations per workgroup, {} storage buffers per stage",
             a.max_storage_binding_size,
             a.max_buffer_size,
             a.max_workgroups_per_dimension,
             a.max_invocations_per_workgroup,
             a.max_storage_buffers_per_stage
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "  f16: {}, compute shaders: {}",
             if a.shader_f16 { "yes" } else { "no" },
             if a.compute { "yes" } else { "no" }
-        );
+        )?;
     }
+    crate::cli::stdout(&out)
 }

@@ -13,7 +13,6 @@ use fusion_clip::{
 use fusion_plugin_api::Compute;
 use safetensors::{Dtype, View};
 
-use crate::device::LazyCompute;
 use crate::error::usage;
 
 /// What to embed.
@@ -23,7 +22,7 @@ pub struct EmbedRequest {
     pub texts: Vec<String>,
     pub inputs: Option<PathBuf>,
     pub out: PathBuf,
-    pub device: fusion_gpu::DeviceChoice,
+    pub device: crate::device::Device,
 }
 
 /// A tensor to write.
@@ -192,7 +191,7 @@ pub fn run(req: &EmbedRequest) -> anyhow::Result<()> {
         ));
     }
 
-    let compute: Arc<dyn Compute> = Arc::new(LazyCompute::new(req.device.clone()));
+    let compute: Arc<dyn Compute> = Arc::new(req.device.lazy());
     let store = WeightStore::open_dir(dir)?;
     let model = GpuClipModel::load(compute.as_ref(), &store, &config)?;
     let mut out: HashMap<String, Out> = HashMap::new();

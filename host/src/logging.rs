@@ -3,10 +3,11 @@
 //! first).
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -45,6 +46,7 @@ pub fn init(verbosity: u8, quiet: bool) {
         .without_time();
     let file = tracing_subscriber::fmt::layer()
         .with_writer(FileWriter)
+        .fmt_fields(FileFields::default())
         .with_ansi(false);
     let _ = tracing_subscriber::registry()
         .with(filter)
@@ -53,9 +55,8 @@ pub fn init(verbosity: u8, quiet: bool) {
         .try_init();
 }
 
-/// Write the log to `path` from now on, preceded by everything logged so far.
-pub fn open_file(path: &Path) -> std::io::Result<()> {
-    let mut file = std::fs::File::create(path)?;
+/// Write the log to `file` from now on, preceded by everything logged so far.
+pub fn open_file(mut file: std::fs::File) -> std::io::Result<()> {
     let mut state = file_state().lock().expect("log file lock");
     if let FileState::Buffering(buf) = &*state {
         file.write_all(buf)?;
@@ -64,9 +65,34 @@ pub fn open_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Record the error that ends the run in the log file, if one is open (stderr gets it from
+/// `main`).
+pub fn record_fatal(message: &str) {
+    if let FileState::Open(f) = &mut *file_state().lock().unwrap_or_else(|e| e.into_inner()) {
+        let _ = writeln!(
+            f,
+            "{} ERROR fusion_host: {message}",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        );
+        let _ = f.flush();
+    }
+}
+
 /// Stop buffering for a log file (commands that write none).
 pub fn no_file() {
     *file_state().lock().expect("log file lock") = FileState::Off;
+}
+
+/// The file layer's field formatter. A span's fields are formatted once per formatter *type* and
+/// cached in the span: with the stderr layer's `DefaultFields`, the file got the stderr's
+/// colour codes (`stage{\x1b[3mname\x1b[0m=...}`). A type of its own keeps the file plain.
+#[derive(Default)]
+struct FileFields(DefaultFields);
+
+impl<'w> FormatFields<'w> for FileFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
+        self.0.format_fields(writer, fields)
+    }
 }
 
 #[derive(Clone, Copy)]

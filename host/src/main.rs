@@ -15,6 +15,7 @@ mod progress;
 mod save;
 mod targets;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -24,7 +25,10 @@ fn main() -> ExitCode {
         Err(err) => {
             let code = error::exit_code(&err);
             // The whole chain, once, on one paragraph: `{:#}` joins causes with ": ".
-            eprintln!("error: {err:#}");
+            let message = format!("{err:#}");
+            logging::record_fatal(&message);
+            // Ignoring a failed write: there is nowhere left to report it.
+            let _ = writeln!(std::io::stderr(), "error: {message}");
             code
         }
     }

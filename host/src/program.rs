@@ -12,7 +12,6 @@ use fusion_plugin_api::Context;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
-use crate::device::LazyCompute;
 use crate::error::{plugin, usage};
 use crate::plugins::Registry;
 use crate::profile::Profiler;
@@ -36,7 +35,7 @@ pub struct RunRequest {
     pub resolve: bool,
     pub plugin_dirs: Vec<PathBuf>,
     /// The compute device to lend the components (created on first use).
-    pub device: fusion_gpu::DeviceChoice,
+    pub device: crate::device::Device,
     /// `--offline`: never touch the network; hub files must already be in the cache.
     pub offline: bool,
     /// `--quiet`: no download progress bars either.
@@ -118,6 +117,51 @@ fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The run's log folder: `base` when no other run has it, else `base_1`, `base_2`, ... A run owns
+/// the folder whose `fusion-host.log` it created; creating that file with `create_new` is atomic,
+/// so two runs started in the same second never share a folder (a folder that exists without a
+/// log, such as an empty one made for the run, is taken as it is).
+fn claim_log_dir(base: &Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    const TRIES: usize = 1000;
+    // `.` or `..` has no name to number: number the folder it stands for.
+    let base = match base.file_name() {
+        Some(_) => base.to_path_buf(),
+        None => base.canonicalize().unwrap_or_else(|_| base.to_path_buf()),
+    };
+    let base = base.as_path();
+    let name = base
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    for i in 0..TRIES {
+        let dir = match i {
+            0 => base.to_path_buf(),
+            _ => base.with_file_name(format!("{name}_{i}")),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(LOG_FILE))
+        {
+            Ok(file) => return Ok((dir, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("creating the log file {}", dir.join(LOG_FILE).display())
+                })
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "{} and {TRIES} numbered folders next to it all hold another run's {LOG_FILE}",
+        base.display()
+    ))
+}
+
+/// The run's log, in its output folder.
+const LOG_FILE: &str = "fusion-host.log";
+
 /// Compose the config from the request.
 fn compose(req: &RunRequest) -> anyhow::Result<fusion_config::Composed> {
     // Later roots take precedence: --config-dir folders only add configs (as Hydra's do), the
@@ -133,7 +177,21 @@ fn compose(req: &RunRequest) -> anyhow::Result<fusion_config::Composed> {
         search_path.push(dir.clone());
     }
     search_path.extend(paths::builtin_config_roots());
-    search_path.extend(req.config_paths.iter().cloned());
+    for dir in &req.config_paths {
+        // Hydra refuses a config folder that is not there, rather than composing without it.
+        if !dir.is_dir() {
+            return Err(usage(format!(
+                "--config-path {}: {}",
+                dir.display(),
+                if dir.exists() {
+                    "not a folder"
+                } else {
+                    "no such folder"
+                }
+            )));
+        }
+        search_path.push(dir.clone());
+    }
     if search_path.is_empty() {
         return Err(usage(
             "no config folder found: pass --config-path DIR or set FUSION_CONFIG_PATH".to_string(),
@@ -210,8 +268,7 @@ fn print_cfg(
     }
     let package = package.filter(|p| !p.is_empty() && *p != "_global_");
     let Some(package) = package else {
-        print!("{}", fusion_config::to_yaml(&cfg));
-        return Ok(());
+        return crate::cli::stdout(&fusion_config::to_yaml(&cfg));
     };
     let mut node = &cfg;
     for key in package.split('.') {
@@ -223,14 +280,12 @@ fn print_cfg(
         .filter(|v| !v.is_null())
         .ok_or_else(|| usage(format!("package '{package}' not found in config")))?;
     }
-    match node {
+    crate::cli::stdout(&match node {
         Yaml::Mapping(_) | Yaml::Sequence(_) => {
-            println!("# @package {package}");
-            print!("{}", fusion_config::to_yaml(node));
+            format!("# @package {package}\n{}", fusion_config::to_yaml(node))
         }
-        scalar => println!("{}", fusion_config::value::scalar_to_string(scalar)),
-    }
-    Ok(())
+        scalar => format!("{}\n", fusion_config::value::scalar_to_string(scalar)),
+    })
 }
 
 /// Run the program; returns the report, or None for `--cfg` / `dry_run`.
@@ -267,12 +322,43 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
             missing[0]
         )));
     }
-    let cfg = yaml_to_json(&resolved);
-    let log_dir = cfg
+    let mut cfg = yaml_to_json(&resolved);
+    let mut log_dir = cfg
         .pointer("/path/log_dir")
         .and_then(Json::as_str)
         .map(PathBuf::from)
-        .unwrap_or(default_log_dir);
+        .unwrap_or_else(|| default_log_dir.clone());
+    let mut resolved = resolved;
+    let dry_run = root_bool(&cfg, "dry_run", false)?;
+
+    // The run's own folder, claimed before anything else is written, so that its log records
+    // every later error. Another run's folder (one started in the same second) is never shared.
+    if !dry_run {
+        let (dir, log_file) = claim_log_dir(&log_dir)?;
+        if dir != log_dir {
+            // Resolve again with the folder this run got: `${path.log_dir}` may be used elsewhere.
+            let mut composed_cfg = composed.config.clone();
+            let dir_text = dir.to_string_lossy().to_string();
+            if let Some(Yaml::Mapping(path)) = composed_cfg.get_mut("path") {
+                if path.contains_key("log_dir") {
+                    path.insert(Yaml::from("log_dir"), Yaml::from(dir_text.clone()));
+                }
+            }
+            if log_dir == default_log_dir {
+                rctx.output_dir = Some(dir_text);
+            }
+            resolved = fusion_config::resolve(&composed_cfg, &rctx)?;
+            cfg = yaml_to_json(&resolved);
+            log_dir = dir;
+        }
+        logging::open_file(log_file)
+            .with_context(|| format!("writing the log file in {}", log_dir.display()))?;
+        tracing::info!(log_dir = %log_dir.display(), "run started");
+        write_atomic(
+            &log_dir.join("config.yaml"),
+            fusion_config::to_yaml(&resolved).as_bytes(),
+        )?;
+    }
 
     let seed = match cfg.get("seed") {
         None | Some(Json::Null) => None,
@@ -282,7 +368,6 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         ),
     };
     let fast_dev_run = root_bool(&cfg, "fast_dev_run", false)?;
-    let dry_run = root_bool(&cfg, "dry_run", false)?;
     let print_config = root_bool(&cfg, "print_config", false)?;
     let save_path = root_path(&cfg, "merged_model_save_path", &log_dir)?;
     let save_opts = SaveOptions::from_kwargs(cfg.get("merged_model_save_kwargs"))?;
@@ -293,7 +378,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     };
 
     if print_config {
-        progress::suspend(|| eprint!("{}", fusion_config::to_yaml(&resolved)));
+        progress::eprint(&fusion_config::to_yaml(&resolved));
     }
 
     // Which components: find every target before any work (and before dry_run returns).
@@ -338,16 +423,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         return Ok(None);
     }
 
-    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-    write_atomic(
-        &log_dir.join("config.yaml"),
-        fusion_config::to_yaml(&resolved).as_bytes(),
-    )?;
-    logging::open_file(&log_dir.join("fusion-host.log"))
-        .with_context(|| format!("opening the log file in {}", log_dir.display()))?;
-    tracing::info!(log_dir = %log_dir.display(), "run started");
-
-    let lazy = Arc::new(LazyCompute::new(req.device.clone()));
+    let lazy = Arc::new(req.device.lazy());
     let compute: Arc<dyn fusion_plugin_api::Compute> = lazy.clone();
     let ctx = Context::with_services(
         seed,
@@ -411,15 +487,26 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     };
 
     let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
+    // A failed write to stdout (a full disk, a closed pipe) still leaves the report file and the
+    // rest of the outputs written; the run then fails with that error.
+    let printed = crate::cli::stdout(&format!("{text}\n"));
     if let Some(path) = &report_path {
         write_atomic(path, text.as_bytes())?;
         tracing::info!(path = %path.display(), "report saved");
     }
     if let Some(table) = task_table(&report) {
-        progress::suspend(|| eprint!("{table}"));
+        progress::eprint(&table);
     }
-    progress::suspend(|| eprint!("{}", profiler.summary()));
+    progress::eprint(&profiler.summary());
     lazy.log_timing();
+    if let Err(e) = printed {
+        return Err(anyhow::anyhow!(
+            "{e:#} ({})",
+            match &report_path {
+                Some(p) => format!("the report is saved in {}", p.display()),
+                None => "the report is not saved: report_save_path is null".to_string(),
+            }
+        ));
+    }
     Ok(Some(report))
 }

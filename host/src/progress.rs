@@ -18,6 +18,15 @@ pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
     multi().suspend(f)
 }
 
+/// Print `text` to stderr above the bars. A failed write is ignored: stderr is where errors
+/// would go, so there is nowhere to report it (and `eprint!` would panic).
+pub fn eprint(text: &str) {
+    use std::io::Write as _;
+    suspend(|| {
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    });
+}
+
 /// Start a bar (a spinner when `total` is 0).
 pub fn bar(label: &str, total: u64) -> ProgressBar {
     let bar = if total > 0 {

@@ -763,6 +763,20 @@ fn parse_config(json: RStr<'_>, target: RStr<'_>) -> Result<crate::Config> {
     crate::Config::new(target.as_str(), value)
 }
 
+/// An algorithm selected by `_target_` gets what FusionBench's `instantiate` gives a constructor,
+/// which raises for an unexpected keyword: a parameter the algorithm never read is an error. A
+/// v0.1 config (selected by `name:`) hands FusionBench's algorithm the whole config, which reads
+/// what it needs and ignores the rest: a warning then.
+fn check_algorithm_parameters(config: &crate::Config) -> Result<()> {
+    match config.check_parameters() {
+        Err(e) if config.value().get("_target_").is_none() => {
+            tracing::warn!("{}", e.message());
+            Ok(())
+        }
+        r => r,
+    }
+}
+
 fn origin_for(target: RStr<'_>) -> Arc<str> {
     format!(
         "plugin `{}` component `{}`",
@@ -778,7 +792,9 @@ extern "C" fn construct_algorithm<T: Algorithm + crate::FromConfig>(
 ) -> RResult<AlgorithmObj, Error> {
     let origin = origin_for(target);
     guard(&origin.clone(), || {
-        let inner = T::from_config(&parse_config(config, target)?)?;
+        let config = parse_config(config, target)?;
+        let inner = T::from_config(&config)?;
+        check_algorithm_parameters(&config)?;
         Ok(AlgorithmAbi_TO::from_value(
             AlgorithmAdapter { inner, origin },
             TD_Opaque,

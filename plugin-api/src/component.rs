@@ -1,6 +1,7 @@
 //! The three component kinds a plugin can provide, and what they are given.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -83,11 +84,23 @@ pub trait FromConfig: Sized {
 
 /// A component's config subtree (the YAML under `method:`, `modelpool:` or `taskpool:`, with
 /// interpolations resolved), plus the `_target_` it was selected by.
+///
+/// The config remembers which parameters the component read ([`get`](Config::get) and the
+/// like): the host refuses an algorithm config that holds a parameter its algorithm never read,
+/// as FusionBench's `instantiate` refuses an unexpected keyword, so a misspelt
+/// `treshold` is an error instead of a silent default.
 #[derive(Clone, Debug)]
 pub struct Config {
     target: String,
     value: Value,
+    /// The parameters read so far (shared by clones).
+    read: Arc<Mutex<BTreeSet<String>>>,
 }
+
+/// Keys a FusionBench method config may hold that no algorithm reads: v0.1 configs select the
+/// algorithm with `name:` (the host resolves it), and FusionBench's Hydra `instantiate` consumes
+/// the underscore keys (`_target_`, `_recursive_`, `_convert_`, `_partial_`, ...) itself.
+const PASSED_THROUGH: &[&str] = &["name"];
 
 impl Config {
     /// A config for `target` from a JSON value (an object, or null for an empty config).
@@ -102,7 +115,83 @@ impl Config {
                 )))
             }
         };
-        Ok(Self { target, value })
+        Ok(Self {
+            target,
+            value,
+            read: Arc::default(),
+        })
+    }
+
+    fn mark_read(&self, key: &str) {
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string());
+    }
+
+    /// Declare a parameter the component takes and ignores (FusionBench passes it, fusion-host
+    /// does the job elsewhere), so that it is not reported as unknown.
+    pub fn accept(&self, key: &str) {
+        self.mark_read(key);
+    }
+
+    /// The parameters read so far, sorted: the ones the component takes.
+    pub fn read_parameters(&self) -> Vec<String> {
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The keys of the config that the component never read, in config order, leaving out
+    /// underscore keys (`_target_`, ...) and what FusionBench passes through (`name`).
+    pub fn unread_parameters(&self) -> Vec<String> {
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let Value::Object(m) = &self.value else {
+            return Vec::new();
+        };
+        m.keys()
+            .filter(|k| !(k.len() >= 2 && k.starts_with('_') && k.ends_with('_')))
+            .filter(|k| !PASSED_THROUGH.contains(&k.as_str()))
+            .filter(|k| !read.contains(*k))
+            .cloned()
+            .collect()
+    }
+
+    /// An error naming every parameter the component did not read, with the closest parameter
+    /// it takes and the list of all it takes; Ok when every key was read. The host calls this
+    /// after building an algorithm.
+    pub fn check_parameters(&self) -> Result<()> {
+        let unknown = self.unread_parameters();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let takes = self.read_parameters();
+        let hint = |k: &String| {
+            closest(k, &takes)
+                .map(|c| format!("`{k}` (did you mean `{c}`?)"))
+                .unwrap_or_else(|| format!("`{k}`"))
+        };
+        let takes = if takes.is_empty() {
+            "it takes no parameters".to_string()
+        } else {
+            format!(
+                "it takes: {}",
+                takes
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        Err(Error::config(format!(
+            "`{}`: unknown parameter{} {}; {takes}",
+            self.target,
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.iter().map(hint).collect::<Vec<_>>().join(", ")
+        )))
     }
 
     /// The `_target_` (or v0.1 `name`/`type`) the component was selected by.
@@ -117,6 +206,7 @@ impl Config {
 
     /// A parameter, or `None` when it is absent or null.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.mark_read(key);
         match self.value.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
@@ -142,7 +232,13 @@ impl Config {
 
     /// Deserialize the whole subtree into `T`, leaving out Hydra's underscore keys (`_target_`,
     /// `_recursive_`, ...).
+    /// Every key counts as read: give `T` `#[serde(deny_unknown_fields)]` to refuse unknown ones.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        if let Value::Object(m) = &self.value {
+            for k in m.keys() {
+                self.mark_read(k);
+            }
+        }
         let mut v = self.value.clone();
         if let Value::Object(m) = &mut v {
             m.retain(|k, _| !(k.starts_with('_') && k.ends_with('_')));
@@ -244,4 +340,30 @@ impl Drop for Progress {
     fn drop(&mut self) {
         self.services.progress_finish(self.id);
     }
+}
+
+/// The candidate closest to `name` by edit distance, when it is close (a typo, not another
+/// word).
+fn closest(name: &str, candidates: &[String]) -> Option<String> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    let lower = name.to_lowercase();
+    candidates
+        .iter()
+        .map(|c| (distance(&lower, &c.to_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.clone())
 }

@@ -116,7 +116,9 @@ pub struct KernelCall<'a> {
 pub trait Compute: Send + Sync {
     /// The adapter's name and backend, for reports (e.g. `"llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)"`).
     fn device_name(&self) -> String;
-    /// The device's limits.
+    /// The device's limits. A host whose device could not be created answers all zeros (this
+    /// method cannot fail); use [`checked_limits`](trait.Compute.html#method.checked_limits)
+    /// where limits are checked before any other call, so the user sees why.
     fn limits(&self) -> ComputeLimits;
     /// Create a tensor of `dtype` and `shape`, filled from `data` (its raw little-endian bytes,
     /// exactly `dtype.size() * numel` long) or zeroed when `data` is `None`.
@@ -133,4 +135,21 @@ pub trait Compute: Send + Sync {
     fn dispatch(&self, call: &KernelCall<'_>) -> Result<()>;
     /// Wait until all queued work has finished.
     fn synchronize(&self) -> Result<()>;
+}
+
+impl dyn Compute + '_ {
+    /// The device's limits, or the error that kept the device from being created (a host that
+    /// creates its device on first use reports all-zero limits for a device it could not
+    /// create; every call that can fail then says why).
+    pub fn checked_limits(&self) -> Result<ComputeLimits> {
+        let limits = self.limits();
+        if limits.max_storage_binding_size > 0 {
+            return Ok(limits);
+        }
+        self.synchronize()?;
+        Err(crate::Error::compute(format!(
+            "the compute device `{}` could not be created (it reports no storage buffers)",
+            self.device_name()
+        )))
+    }
 }

@@ -34,6 +34,8 @@
 //! impl FromConfig for Interpolate {
 //!     fn from_config(config: &Config) -> Result<Self> {
 //!         // `alpha: 0.5` in the YAML; 0.5 when absent. A wrong type is an error naming it.
+//!         // Read every parameter here: the host refuses a key an algorithm never read (a
+//!         // misspelt `alhpa`), listing the ones it did; `config.accept` takes one to ignore.
 //!         Ok(Self { alpha: config.get_or("alpha", 0.5)? })
 //!     }
 //! }

@@ -6,7 +6,7 @@ use crate::defaults::{closest, Builder, Overrides};
 use crate::overrides::{parse_overrides, Override, OverrideKind};
 use crate::repo::Repo;
 use crate::value::{
-    child, child_mut, flow, get_path, is_container, is_missing, merge_into, split_key,
+    child, child_mut, flow, get_path, is_container, is_missing, merge_into, split_key, MAX_DEPTH,
 };
 use crate::{ComposeOptions, Composed, ConfigError, LoadedConfig};
 
@@ -30,6 +30,7 @@ pub(crate) fn compose(opts: &ComposeOptions) -> Result<Composed, ConfigError> {
     let builder = Builder {
         repo: &mut repo,
         overrides: Overrides::new(&group_ovs)?,
+        expanding: Vec::new(),
     };
     let (defaults, ovr) = builder.build(config_name.as_deref())?;
 
@@ -42,7 +43,7 @@ pub(crate) fn compose(opts: &ComposeOptions) -> Result<Composed, ConfigError> {
         if loaded.builtin {
             continue;
         }
-        let content = embed(&d.package, Value::Mapping(loaded.config.clone()));
+        let content = embed(&d.package, Value::Mapping(loaded.config.clone()))?;
         merge_into(&mut cfg, content);
         loaded_files.push(LoadedConfig {
             config_path: d.config_path.clone(),
@@ -74,9 +75,16 @@ pub(crate) fn compose(opts: &ComposeOptions) -> Result<Composed, ConfigError> {
 }
 
 /// Places `content` at a dotted package (`a.b` → `{a: {b: content}}`).
-fn embed(package: &str, content: Value) -> Value {
+fn embed(package: &str, content: Value) -> Result<Value, ConfigError> {
     if package.is_empty() {
-        return content;
+        return Ok(content);
+    }
+    if package.split('.').count() > MAX_DEPTH {
+        return Err(ConfigError::TooDeep {
+            what: format!("package '{}'", crate::overrides::abbreviate(package)),
+            limit: MAX_DEPTH,
+            at: None,
+        });
     }
     let mut v = content;
     for part in package.rsplit('.') {
@@ -84,7 +92,7 @@ fn embed(package: &str, content: Value) -> Value {
         m.insert(Value::String(part.to_string()), v);
         v = Value::Mapping(m);
     }
-    v
+    Ok(v)
 }
 
 /// True when merging `src` into `dest` would add a key that `dest` does not have

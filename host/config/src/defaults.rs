@@ -534,6 +534,9 @@ impl Overrides {
 pub(crate) struct Builder<'a> {
     pub repo: &'a mut Repo,
     pub overrides: Overrides,
+    /// The config paths being expanded, outermost first: a config that lists one of them again
+    /// would expand forever.
+    pub expanding: Vec<String>,
 }
 
 impl Builder<'_> {
@@ -629,6 +632,42 @@ impl Builder<'_> {
             }
             return Err(self.config_not_found(&node, parent_path));
         };
+        let same = |a: &str, b: &str| a.trim_start_matches('/') == b.trim_start_matches('/');
+        if let Some(start) = self.expanding.iter().position(|p| same(p, &path)) {
+            let chain = self.expanding[start..]
+                .iter()
+                .chain(std::iter::once(&path))
+                .map(|p| match self.repo.find_file(p) {
+                    Some(f) => f.display().to_string(),
+                    None => p.clone(),
+                })
+                .collect();
+            return Err(ConfigError::DefaultsCycle { chain });
+        }
+        if self.expanding.len() >= crate::value::MAX_DEPTH {
+            // Distinct paths that still nest without end (`a/../a/x` spellings of one file).
+            return Err(ConfigError::TooDeep {
+                what: format!("the defaults lists starting at '{}'", self.expanding[0]),
+                limit: crate::value::MAX_DEPTH,
+                at: Some(crate::overrides::abbreviate(&path)),
+            });
+        }
+        self.expanding.push(path.clone());
+        let tree = self.expand(node, loaded, &path, is_root, interpolated);
+        self.expanding.pop();
+        tree
+    }
+
+    /// The rest of `create_tree`: the node's own defaults list, expanded.
+    fn expand(
+        &mut self,
+        node: InputDefault,
+        loaded: std::rc::Rc<crate::repo::Loaded>,
+        path: &str,
+        is_root: bool,
+        interpolated: bool,
+    ) -> Result<Tree, ConfigError> {
+        let path = path.to_string();
         let mut defaults = loaded.defaults.clone().unwrap_or_default();
         if !defaults.is_empty() || (is_root && !self.overrides.appends.is_empty()) {
             validate_self(&path, &mut defaults)?;

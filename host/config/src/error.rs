@@ -183,6 +183,26 @@ pub enum ConfigError {
         message: String,
     },
 
+    /// A defaults list that includes, directly or through other configs, the config it is in.
+    #[error("defaults-list cycle: {} (each config's defaults list includes the next, so composing would never end)", .chain.join(" -> "))]
+    DefaultsCycle {
+        /// The files (or config paths, when not from a file) along the cycle, first and last
+        /// the same.
+        chain: Vec<String>,
+    },
+
+    /// Input nested deeper than fusion-host follows (an override value, a dotted key, a chain of
+    /// interpolations): refused with an error instead of exhausting the stack.
+    #[error("{what} is nested more than {limit} levels deep{}", fmt_at(.at))]
+    TooDeep {
+        /// What is too deep, naming the culprit (the override as typed, the key).
+        what: String,
+        /// The limit.
+        limit: usize,
+        /// Where it was found, when known (a key path).
+        at: Option<String>,
+    },
+
     /// `${a.b}` where `a.b` does not exist.
     #[error("interpolation key '{target}' not found (while resolving '{key}')")]
     InterpolationKeyNotFound {
@@ -261,6 +281,13 @@ fn fmt_search_path(p: &[PathBuf]) -> String {
 fn fmt_in(parent: &Option<String>) -> String {
     match parent {
         Some(p) => format!("in '{p}': "),
+        None => String::new(),
+    }
+}
+
+fn fmt_at(at: &Option<String>) -> String {
+    match at {
+        Some(a) => format!(" (at '{a}')"),
         None => String::new(),
     }
 }

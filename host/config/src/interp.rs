@@ -5,7 +5,7 @@
 use serde_yaml::{Mapping, Value};
 
 use crate::overrides::type_primitive;
-use crate::value::{get_path, is_missing, merge_into, scalar_to_string};
+use crate::value::{get_path, is_missing, merge_into, scalar_to_string, MAX_DEPTH};
 use crate::{ConfigError, ResolveContext};
 
 /// A piece of text: literal characters or an interpolation.
@@ -43,6 +43,8 @@ pub(crate) fn has_interpolation(s: &str) -> bool {
 struct P<'a> {
     c: &'a [char],
     i: usize,
+    /// Interpolations and argument lists open around the current position.
+    depth: usize,
 }
 
 impl P<'_> {
@@ -103,8 +105,23 @@ impl P<'_> {
         Ok(out)
     }
 
+    /// Runs a nested parse one level deeper, refusing input nested past [`MAX_DEPTH`].
+    fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, String>) -> Result<T, String> {
+        if self.depth >= MAX_DEPTH {
+            return self.err(&format!("nested more than {MAX_DEPTH} levels deep"));
+        }
+        self.depth += 1;
+        let r = f(self);
+        self.depth -= 1;
+        r
+    }
+
     /// `${...}` starting at the current position.
     fn interp(&mut self) -> Result<Interp, String> {
+        self.nested(Self::interp_here)
+    }
+
+    fn interp_here(&mut self) -> Result<Interp, String> {
         self.i += 2;
         self.ws();
         // Read a key-like run (may contain nested interpolations).
@@ -176,6 +193,10 @@ impl P<'_> {
     }
 
     fn element(&mut self, stops: &[char]) -> Result<Arg, String> {
+        self.nested(|p| p.element_here(stops))
+    }
+
+    fn element_here(&mut self, stops: &[char]) -> Result<Arg, String> {
         self.ws();
         match self.peek() {
             Some('[') => {
@@ -339,7 +360,11 @@ impl P<'_> {
 
 fn parse_template(s: &str) -> Result<Vec<Piece>, String> {
     let chars: Vec<char> = s.chars().collect();
-    let mut p = P { c: &chars, i: 0 };
+    let mut p = P {
+        c: &chars,
+        i: 0,
+        depth: 0,
+    };
     p.top()
 }
 
@@ -395,9 +420,19 @@ impl<'a> Resolver<'a> {
                 chain,
             });
         }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(ConfigError::TooDeep {
+                what: format!(
+                    "a chain of interpolations starting at '{}'",
+                    crate::overrides::abbreviate(&dotted(&self.stack[0]))
+                ),
+                limit: MAX_DEPTH,
+                at: Some(crate::overrides::abbreviate(&dotted(path))),
+            });
+        }
         let pieces = parse_template(s).map_err(|message| ConfigError::InterpolationSyntax {
             key: dotted(path),
-            text: s.to_string(),
+            text: crate::overrides::abbreviate(s),
             message,
         })?;
         self.stack.push(path.to_vec());

@@ -11,6 +11,7 @@
 
 use serde_yaml::{Mapping, Value};
 
+use crate::value::MAX_DEPTH;
 use crate::ConfigError;
 
 /// What an override does.
@@ -89,6 +90,19 @@ pub fn parse_override(text: &str) -> Result<Override, ConfigError> {
     {
         return Err(syntax(format!("unexpected character {c:?} in key '{key}'")));
     }
+    let segments = key.split(['.', '/']).count();
+    let package_segments = package.as_deref().map_or(0, |p| p.split('.').count());
+    if segments.max(package_segments) > MAX_DEPTH {
+        return Err(ConfigError::TooDeep {
+            what: format!(
+                "the key of override '{}' ({} parts)",
+                abbreviate(text),
+                segments.max(package_segments)
+            ),
+            limit: MAX_DEPTH,
+            at: None,
+        });
+    }
     if let Some(p) = &package {
         if let Some(c) = p
             .chars()
@@ -117,6 +131,11 @@ pub fn parse_override(text: &str) -> Result<Override, ConfigError> {
                 text: text.to_string(),
                 message: m,
             },
+            ValueError::TooDeep => ConfigError::TooDeep {
+                what: format!("the value of override '{}'", abbreviate(text)),
+                limit: MAX_DEPTH,
+                at: None,
+            },
         })?),
     };
     Ok(Override {
@@ -137,12 +156,29 @@ pub fn parse_overrides(texts: &[String]) -> Result<Vec<Override>, ConfigError> {
 enum ValueError {
     Syntax(String),
     Unsupported(String),
+    /// Lists and dicts nested more than [`MAX_DEPTH`] deep.
+    TooDeep,
+}
+
+/// The text of an override short enough for an error message: hostile input can be megabytes.
+pub(crate) fn abbreviate(text: &str) -> String {
+    const KEEP: usize = 60;
+    let n = text.chars().count();
+    if n <= KEEP + 20 {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(KEEP).collect();
+    format!("{head}... ({n} characters)")
 }
 
 /// Parses an override value (the part after `=`) into a typed YAML value.
 fn parse_value(s: &str) -> Result<Value, ValueError> {
     let chars: Vec<char> = s.chars().collect();
-    let mut p = Parser { c: &chars, i: 0 };
+    let mut p = Parser {
+        c: &chars,
+        i: 0,
+        depth: 0,
+    };
     p.ws();
     if p.eof() {
         return Ok(Value::String(String::new()));
@@ -177,6 +213,8 @@ enum Ctx {
 struct Parser<'a> {
     c: &'a [char],
     i: usize,
+    /// Lists and dicts open around the current position.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -198,8 +236,19 @@ impl Parser<'_> {
     fn element(&mut self, ctx: Ctx) -> Result<Value, ValueError> {
         self.ws();
         match self.peek() {
-            Some('[') => self.list(),
-            Some('{') => self.dict(),
+            Some(open @ ('[' | '{')) => {
+                if self.depth >= MAX_DEPTH {
+                    return Err(ValueError::TooDeep);
+                }
+                self.depth += 1;
+                let v = if open == '[' {
+                    self.list()
+                } else {
+                    self.dict()
+                };
+                self.depth -= 1;
+                v
+            }
             Some('\'') | Some('"') => {
                 let start = self.i;
                 let s = self.quoted()?;

@@ -35,6 +35,13 @@ fn merge_mappings(d: &mut Mapping, s: Mapping) {
     }
 }
 
+/// How deep fusion-host follows nested input: override values (`[[[...]]]`), the segments of a
+/// dotted key, nested `${...}`, and chains of interpolations that point at interpolations. YAML
+/// files are held to serde_yaml's own limit (128) already. Far beyond any real config, far below
+/// what exhausts a 2 MiB thread stack in a debug build; OmegaConf stops such input at Python's
+/// recursion limit (1000) with a `RecursionError`.
+pub const MAX_DEPTH: usize = 128;
+
 /// Splits a dotted key (`a.b.0.c`) into its parts.
 pub fn split_key(key: &str) -> Vec<String> {
     if key.is_empty() {

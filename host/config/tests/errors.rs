@@ -344,3 +344,99 @@ fn missing_values_are_left_in_place() {
         vec!["req".to_string(), "p.q".to_string()]
     );
 }
+
+// Input that would recurse without end, or deeper than the stack holds: each is refused with
+// an error that names the culprit, never a stack overflow (SIGABRT, no message).
+
+#[test]
+fn defaults_list_cycle_names_the_files() {
+    let (e, m) = compose_err(
+        &[("loop.yaml", "defaults:\n  - loop\n  - _self_\nx: 1\n")],
+        Some("loop"),
+        &[],
+    );
+    assert!(matches!(e, ConfigError::DefaultsCycle { .. }), "{e:?}");
+    assert_mentions(&m, &["cycle", "loop.yaml -> "]);
+
+    let (e, m) = compose_err(
+        &[
+            ("config.yaml", "defaults:\n  - group: a\n  - _self_\n"),
+            ("group/a.yaml", "defaults:\n  - /other/b\n"),
+            ("other/b.yaml", "defaults:\n  - /group/a\n"),
+        ],
+        Some("config"),
+        &[],
+    );
+    let ConfigError::DefaultsCycle { chain } = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(chain.len(), 3, "{chain:?}");
+    assert!(
+        chain[0].ends_with("a.yaml") && chain[1].ends_with("b.yaml"),
+        "{chain:?}"
+    );
+    assert_eq!(chain[0], chain[2]);
+    assert_mentions(&m, &["group/a.yaml", "other/b.yaml"]);
+}
+
+#[test]
+fn deeply_nested_override_value_is_refused() {
+    let deep = format!("+junk={}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let (e, m) = compose_err(BASE, Some("config"), &[&deep]);
+    assert!(matches!(e, ConfigError::TooDeep { .. }), "{e:?}");
+    assert_mentions(&m, &["+junk=[[[", "128 levels"]);
+    assert!(
+        m.len() < 400,
+        "the message repeats the whole override: {} bytes",
+        m.len()
+    );
+    // Nesting within the limit still composes, dicts as lists.
+    let ok = format!("+junk={}1{}", "{a: ".repeat(100), "}".repeat(100));
+    let dir = tree(BASE);
+    compose(&opts(dir.path(), Some("config"), &[&ok])).expect("100 levels compose");
+}
+
+#[test]
+fn dotted_key_with_too_many_parts_is_refused() {
+    let key = vec!["a"; 20_000].join(".");
+    let (e, m) = compose_err(BASE, Some("config"), &[&format!("+{key}=1")]);
+    assert!(matches!(e, ConfigError::TooDeep { .. }), "{e:?}");
+    assert_mentions(&m, &["+a.a.a", "20000 parts", "128 levels"]);
+    let (e, _) = compose_err(BASE, Some("config"), &[&format!("+method@{key}=dummy")]);
+    assert!(matches!(e, ConfigError::TooDeep { .. }), "{e:?}");
+}
+
+#[test]
+fn long_interpolation_chain_is_refused() {
+    let mut yaml = String::new();
+    for i in 0..10_000 {
+        yaml.push_str(&format!("a{i}: ${{a{}}}\n", i + 1));
+    }
+    yaml.push_str("a10000: 1\n");
+    let dir = tree(&[("chain.yaml", &yaml)]);
+    let c = compose(&opts(dir.path(), Some("chain"), &[])).unwrap();
+    let e = resolve(&c.config, &ResolveContext::new("chain")).unwrap_err();
+    assert!(matches!(e, ConfigError::TooDeep { .. }), "{e:?}");
+    assert_mentions(
+        &e.to_string(),
+        &["chain of interpolations", "'a0'", "128 levels"],
+    );
+
+    // Nested `${${${...}}}` in one string.
+    let nested = format!("x: {}a{}\na: 1\n", "${".repeat(10_000), "}".repeat(10_000));
+    let dir = tree(&[("nest.yaml", &nested)]);
+    let c = compose(&opts(dir.path(), Some("nest"), &[])).unwrap();
+    let e = resolve(&c.config, &ResolveContext::new("nest")).unwrap_err();
+    assert_mentions(&e.to_string(), &["'x'", "nested more than 128 levels deep"]);
+
+    // A chain within the limit resolves.
+    let mut yaml = String::new();
+    for i in 0..100 {
+        yaml.push_str(&format!("a{i}: ${{a{}}}\n", i + 1));
+    }
+    yaml.push_str("a100: 7\n");
+    let dir = tree(&[("short.yaml", &yaml)]);
+    let c = compose(&opts(dir.path(), Some("short"), &[])).unwrap();
+    let r = resolve(&c.config, &ResolveContext::new("short")).unwrap();
+    assert_eq!(r["a0"], Value::from(7));
+}

@@ -137,25 +137,24 @@ pub enum ClipError {
         message: String,
     },
     /// A tensor of a [`fusion_plugin_api::Model`] could not be read.
-    #[error("cannot read tensor `{name}` of model {}: {source}", model.display())]
+    #[error("cannot read tensor `{name}` of model {}: {cause}", model.display())]
     StateDict {
         /// The tensor name.
         name: String,
         /// The description of the model (e.g. `merged model`).
         model: PathBuf,
-        /// What the state dict reported.
-        #[source]
-        source: fusion_plugin_api::Error,
+        /// What the state dict reported. Part of the message, not a `source()`: an error chain
+        /// printed with `{:#}` would repeat it.
+        cause: fusion_plugin_api::Error,
     },
 
     /// A GPU call (tensor creation, kernel launch, read-back) failed.
-    #[error("GPU {op}: {source}")]
+    #[error("GPU {op}: {cause}")]
     Compute {
         /// The operation, with the shapes involved.
         op: String,
-        /// What the compute handle reported.
-        #[source]
-        source: fusion_plugin_api::Error,
+        /// What the compute handle reported (in the message, not a `source()`, as above).
+        cause: fusion_plugin_api::Error,
     },
 
     /// A job does not fit the compute device's limits (binding size, workgroups, invocations).
@@ -180,7 +179,7 @@ impl ClipError {
     /// Wraps a compute-handle error with the operation that raised it.
     pub(crate) fn compute(op: impl Into<String>) -> impl FnOnce(fusion_plugin_api::Error) -> Self {
         let op = op.into();
-        move |source| ClipError::Compute { op, source }
+        move |cause| ClipError::Compute { op, cause }
     }
 
     /// Shorthand for an [`ClipError::Input`] error.

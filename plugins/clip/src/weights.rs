@@ -155,10 +155,10 @@ impl WeightStore {
         let err = |name: &str| {
             let checkpoint = checkpoint.clone();
             let name = name.to_string();
-            move |source| ClipError::StateDict {
+            move |cause| ClipError::StateDict {
                 name,
                 model: checkpoint,
-                source,
+                cause,
             }
         };
         let mut entries = BTreeMap::new();
@@ -293,10 +293,10 @@ impl WeightStore {
                     .model
                     .as_ref()
                     .expect("Model entries come with their model");
-                let (data, _) = model.to_f32(name).map_err(|source| ClipError::StateDict {
+                let (data, _) = model.to_f32(name).map_err(|cause| ClipError::StateDict {
                     name: name.to_string(),
                     model: self.checkpoint.clone(),
-                    source,
+                    cause,
                 })?;
                 Tensor::new(entry.shape.clone(), data)?
             }

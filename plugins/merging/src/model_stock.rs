@@ -28,6 +28,7 @@ impl FromConfig for ModelStock {
         if config.get::<String>("model_save_path")?.is_some() {
             tracing::info!("model_stock: `model_save_path` is ignored; save with the program's `merged_model_save_path`");
         }
+        config.accept("model_save_kwargs");
         Ok(ModelStock {
             ignore_keys: ignore.into_iter().collect(),
         })

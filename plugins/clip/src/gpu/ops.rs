@@ -146,7 +146,10 @@ pub(crate) fn check_binding(
 ) -> Result<()> {
     let n: u64 = shape.iter().map(|&d| d as u64).product();
     let bytes = n * elem_bytes;
-    let max = c.limits().max_storage_binding_size;
+    let max = c
+        .checked_limits()
+        .map_err(ClipError::compute(op))?
+        .max_storage_binding_size;
     if bytes > max || n > u64::from(u32::MAX) {
         return Err(ClipError::DeviceLimit {
             op: op.to_string(),
@@ -230,9 +233,9 @@ fn dispatch(
     call: KernelCall<'_>,
     shapes: impl FnOnce() -> String,
 ) -> Result<()> {
-    c.dispatch(&call).map_err(|source| ClipError::Compute {
+    c.dispatch(&call).map_err(|cause| ClipError::Compute {
         op: format!("{op} ({})", shapes()),
-        source,
+        cause,
     })
 }
 

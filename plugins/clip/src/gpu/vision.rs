@@ -301,7 +301,7 @@ pub(crate) fn passes(total: usize, max: usize) -> impl Iterator<Item = (usize, u
 /// How many items of `per_item` f32 elements fit one storage binding; an error when not even
 /// one does.
 pub(crate) fn max_items(c: &dyn Compute, op: &str, per_item: u64, what: &str) -> Result<usize> {
-    let limits = c.limits();
+    let limits = c.checked_limits().map_err(ClipError::compute(op))?;
     let by_binding = limits.max_storage_binding_size / (4 * per_item.max(1));
     let by_index = u64::from(u32::MAX) / per_item.max(1);
     let n = by_binding.min(by_index);

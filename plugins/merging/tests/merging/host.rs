@@ -67,3 +67,74 @@ fn loaded_plugin_lists_its_algorithms_and_merges_through_the_abi() {
     let err = find("ties_merging").algorithm("ties_merging", &json!({"merge_func": "median"}));
     assert!(err.is_err());
 }
+
+/// Every shipped method config (`configs/method/**.yaml`) this library answers builds through the
+/// ABI, where a parameter the algorithm never reads is an error: each key of each shipped config
+/// is one the algorithm takes. A misspelt one names itself, the closest parameter and the list.
+#[test]
+fn shipped_method_configs_build_and_unknown_parameters_are_refused() {
+    let lib = load_library(&library_path()).unwrap();
+    let find = |target: &str| {
+        lib.components
+            .iter()
+            .find(|c| c.kind == ComponentKind::Algorithm && c.names.iter().any(|n| n == target))
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/method");
+    let mut files = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut built = Vec::new();
+    for file in &files {
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let config: fusion_plugin_api::serde_json::Value =
+            fusion_plugin_api::serde_json::to_value(&yaml).unwrap();
+        let target = config["_target_"].as_str().unwrap().to_string();
+        let Some(component) = find(&target) else {
+            continue; // another library's (the dummy algorithm)
+        };
+        if let Err(e) = component.algorithm(&target, &config) {
+            panic!("{}: {e}", file.display());
+        }
+        built.push(target);
+    }
+    assert!(built.len() >= 12, "{built:?}");
+
+    let ties = "fusion_bench.method.TiesMergingAlgorithm";
+    let err = find(ties)
+        .unwrap()
+        .algorithm(
+            ties,
+            &json!({"_target_": ties, "scaling_factor": 0.3, "treshold": 90, "bogus": 1}),
+        )
+        .err()
+        .expect("unknown parameters are refused");
+    let msg = err.to_string();
+    for part in [
+        "unknown parameters `treshold` (did you mean `threshold`?), `bogus`",
+        "it takes: ",
+        "`remove_keys`",
+        "`scaling_factor`",
+        "`threshold`",
+    ] {
+        assert!(msg.contains(part), "{part:?} in {msg}");
+    }
+    // Hydra's own keys and v0.1's `name` are not parameters.
+    find(ties)
+        .unwrap()
+        .algorithm(
+            ties,
+            &json!({"_target_": ties, "_recursive_": false, "name": "ties_merging"}),
+        )
+        .unwrap();
+}
