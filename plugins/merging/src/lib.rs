@@ -16,8 +16,17 @@
 //! | `model_stock` | `model_stock.ModelStock` | `ignore_keys` [] |
 //! | `breadcrumbs`, `breadcrumbs_ties` | mergekit | `weights` 1, `density` 1, `gamma` 0.01, `lambda` 1, `normalize` false, `rescale` false |
 //! | `della`, `della_linear` | mergekit | `weights` 1, `density` 1, `epsilon` 0.15, `lambda` 1, `normalize` true/false, `rescale` true, `seed` |
+//! | `magmax` | `MagMaxAlgorithm` | `scaling_factor` 0.5, `inplace` true |
+//! | `expo` | `ExPOAlgorithm` | `extrapolation_factor` (required) |
+//! | `linear_interpolation` | `LinearInterpolationAlgorithm` | `t` (required) |
+//! | `magnitude_diff_pruning` | `MagnitudeDiffPruningAlgorithm` | `prune_ratio` (required), `rescale` null, `extract_names` null, `prune_type` minor |
+//! | `task_singular_vector` | `TaskSingularVectorMerging` | `alpha` null (1), `exclude_keys` null, `return_single_task_models` false |
+//! | `iso_c` | `ISO_C_Merge` | `scaling_factor` (required), `exclude_keys` null |
+//! | `iso_cts` | `ISO_CTS_Merge` | `scaling_factor`, `common_space_fraction` (required), `exclude_keys` null |
 //!
-//! Every algorithm runs its arithmetic on the host's compute device (`ctx.compute()`; an error
+//! The last seven run on the CPU in f32 (the SVDs in f64, [`linalg`]), tensor by tensor when
+//! the host asks for one; they need no compute device. The others run their arithmetic on the
+//! host's compute device (`ctx.compute()`; an error
 //! when there is none) with the `fusion-kernels` library, plus three small kernels of its own
 //! (`kernels/sparsify.wgsl`) for the mergekit methods. f32, f16, bf16 (and f64, computed in
 //! f32) checkpoints are merged into the input dtype, with f32 arithmetic.
@@ -41,24 +50,30 @@
 mod average;
 mod bracket;
 mod cache;
+mod cpu;
 mod delta;
 mod device;
+mod elementwise;
 mod inputs;
 mod kernels;
 mod lazy;
+pub mod linalg;
 mod mergekit;
 mod model_stock;
 mod parallel;
 mod params;
 mod slerp;
+mod subspace;
 mod task_arithmetic;
 mod ties;
 
 pub use average::{SimpleAverage, WeightedAverage};
+pub use elementwise::{ExPO, LinearInterpolation, MagMax, MagnitudeDiffPruning};
 pub use kernels::wgsl_source;
 pub use mergekit::{breadcrumbs_band, Breadcrumbs, BreadcrumbsTies, Della, DellaLinear};
 pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
 pub use slerp::{slerp_coefficients, Slerp};
+pub use subspace::{IsoC, IsoCts, TaskSingularVector};
 pub use task_arithmetic::{DareSimpleAverage, DareTaskArithmetic, TaskArithmetic};
 pub use ties::{DareTiesMerging, TiesMerging};
 
@@ -132,5 +147,53 @@ fusion_plugin_api::export_plugin! {
     algorithm DellaLinear {
         names: ["della_linear", "mergekit.della_linear"],
         description: "mergekit DELLA without sign consensus.",
+    }
+    algorithm MagMax {
+        names: ["magmax", "fusion_bench.method.MagMaxAlgorithm", "fusion_bench.method.magmax.MagMaxAlgorithm"],
+        description: "MagMax: per entry, the task-vector value of largest magnitude, θ = θ₀ + λτ* (CPU).",
+    }
+    algorithm ExPO {
+        names: ["expo", "fusion_bench.method.ExPOAlgorithm", "fusion_bench.method.linear.ExPOAlgorithm"],
+        description: "ExPO: extrapolate past the fine-tuned model, θ = θ₁ + α(θ₁ − θ₀) (CPU).",
+    }
+    algorithm LinearInterpolation {
+        names: [
+            "linear_interpolation",
+            "fusion_bench.method.LinearInterpolationAlgorithm",
+            "fusion_bench.method.linear.LinearInterpolationAlgorithm",
+        ],
+        description: "Linear interpolation of two models, θ = (1 − t)θ₁ + tθ₂ (CPU).",
+    }
+    algorithm MagnitudeDiffPruning {
+        names: [
+            "magnitude_diff_pruning",
+            "fusion_bench.method.MagnitudeDiffPruningAlgorithm",
+            "fusion_bench.method.pruning.MagnitudeDiffPruningAlgorithm",
+        ],
+        description: "Row-wise magnitude pruning of a fine-tuned model's difference from the pretrained one (CPU).",
+    }
+    algorithm TaskSingularVector {
+        names: [
+            "task_singular_vector",
+            "fusion_bench.method.TaskSingularVectorMerging",
+            "fusion_bench.method.task_singular_vector.TaskSingularVectorMerging",
+        ],
+        description: "TSV-M: per 2-D weight, each task's leading singular vectors, orthogonalized and recombined (CPU SVD).",
+    }
+    algorithm IsoC {
+        names: [
+            "iso_c",
+            "fusion_bench.method.ISO_C_Merge",
+            "fusion_bench.method.isotropic_merging.ISO_C_Merge",
+        ],
+        description: "ISO-C: per 2-D weight, the summed task vectors with a flat (isotropic) spectrum (CPU SVD).",
+    }
+    algorithm IsoCts {
+        names: [
+            "iso_cts",
+            "fusion_bench.method.ISO_CTS_Merge",
+            "fusion_bench.method.isotropic_merging.ISO_CTS_Merge",
+        ],
+        description: "ISO-CTS: ISO-C over a common subspace plus task-specific subspaces (CPU SVD).",
     }
 }
