@@ -23,9 +23,12 @@
 //! | `task_singular_vector` | `TaskSingularVectorMerging` | `alpha` null (1), `exclude_keys` null, `return_single_task_models` false |
 //! | `iso_c` | `ISO_C_Merge` | `scaling_factor` (required), `exclude_keys` null |
 //! | `iso_cts` | `ISO_CTS_Merge` | `scaling_factor`, `common_space_fraction` (required), `exclude_keys` null |
+//! | `wudi` | `WUDIMerging` | `iter_num` (required), `exclude_keys` null |
+//! | `singular_value_calibration` | `SingularValueCalibrationWithBaseMethod` | `alpha`, `base_method` (required), `accelerator` |
+//! | `singular_value_calibration_task_arithmetic` | `SingularValueCalibrationArithmeticTask` | `alpha`, `scaling_factor` (required), `accelerator` |
 //!
-//! The last seven run on the CPU in f32 (the SVDs in f64, [`linalg`]), tensor by tensor when
-//! the host asks for one; they need no compute device. The others run their arithmetic on the
+//! The last ten run on the CPU in f32 (the SVDs in f64, [`linalg`]), tensor by tensor when
+//! the host asks for one; they need no compute device (SVC's base method may). The others run their arithmetic on the
 //! host's compute device (`ctx.compute()`; an error
 //! when there is none) with the `fusion-kernels` library, plus three small kernels of its own
 //! (`kernels/sparsify.wgsl`) for the mergekit methods. f32, f16, bf16 (and f64, computed in
@@ -64,8 +67,10 @@ mod parallel;
 mod params;
 mod slerp;
 mod subspace;
+mod svc;
 mod task_arithmetic;
 mod ties;
+mod wudi;
 
 pub use average::{SimpleAverage, WeightedAverage};
 pub use elementwise::{ExPO, LinearInterpolation, MagMax, MagnitudeDiffPruning};
@@ -74,8 +79,10 @@ pub use mergekit::{breadcrumbs_band, Breadcrumbs, BreadcrumbsTies, Della, DellaL
 pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
 pub use slerp::{slerp_coefficients, Slerp};
 pub use subspace::{IsoC, IsoCts, TaskSingularVector};
+pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
 pub use task_arithmetic::{DareSimpleAverage, DareTaskArithmetic, TaskArithmetic};
 pub use ties::{DareTiesMerging, TiesMerging};
+pub use wudi::Wudi;
 
 /// The key of DARE's and DELLA's random draws for one model's tensor (model and tensor name):
 /// masks differ between models and depend on nothing else, so they can be reproduced.
@@ -195,5 +202,25 @@ fusion_plugin_api::export_plugin! {
             "fusion_bench.method.isotropic_merging.ISO_CTS_Merge",
         ],
         description: "ISO-CTS: ISO-C over a common subspace plus task-specific subspaces (CPU SVD).",
+    }
+    algorithm Wudi {
+        names: ["wudi", "fusion_bench.method.WUDIMerging", "fusion_bench.method.wudi.WUDIMerging"],
+        description: "WUDI: per 2-D weight, Adam on the task vectors' interference loss from their sum (CPU).",
+    }
+    algorithm SvcWithBaseMethod {
+        names: [
+            "singular_value_calibration",
+            "fusion_bench.method.singular_value_calibration.generic.SingularValueCalibrationWithBaseMethod",
+            "fusion_bench.method.singular_value_calibration.SingularValueCalibrationWithBaseMethod",
+        ],
+        description: "SVC: run a nested base_method, then rescale each 2-D weight's merged singular values by the tasks' agreement (CPU).",
+    }
+    algorithm SvcTaskArithmetic {
+        names: [
+            "singular_value_calibration_task_arithmetic",
+            "fusion_bench.method.singular_value_calibration.task_arithmetic.SingularValueCalibrationArithmeticTask",
+            "fusion_bench.method.singular_value_calibration.SingularValueCalibrationArithmeticTask",
+        ],
+        description: "SVC after task arithmetic (CPU).",
     }
 }

@@ -219,6 +219,15 @@ pub fn build(
         }
         "iso_c" | "fusion_bench.method.ISO_C_Merge" => Box::new(IsoC::from_config(&cfg)?),
         "iso_cts" | "fusion_bench.method.ISO_CTS_Merge" => Box::new(IsoCts::from_config(&cfg)?),
+        "wudi" | "fusion_bench.method.WUDIMerging" => Box::new(Wudi::from_config(&cfg)?),
+        "singular_value_calibration"
+        | "fusion_bench.method.singular_value_calibration.generic.SingularValueCalibrationWithBaseMethod" => {
+            Box::new(SvcWithBaseMethod::from_config(&cfg)?)
+        }
+        "singular_value_calibration_task_arithmetic"
+        | "fusion_bench.method.singular_value_calibration.task_arithmetic.SingularValueCalibrationArithmeticTask" => {
+            Box::new(SvcTaskArithmetic::from_config(&cfg)?)
+        }
         other => {
             return Err(Error::config(format!(
                 "no such algorithm in this test: {other}"

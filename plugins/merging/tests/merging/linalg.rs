@@ -58,7 +58,13 @@ fn case_in(dir: &std::path::Path, name: &str, tolerance: f64) -> f64 {
             })
             .collect(),
     );
-    let merged = merge(&target, method, &pool, &cpu_ctx()).unwrap();
+    // SVC runs its base method first, which may need the compute device.
+    let run_ctx = if target.contains("singular_value_calibration") {
+        ctx(Some(0))
+    } else {
+        cpu_ctx()
+    };
+    let merged = merge(&target, method, &pool, &run_ctx).unwrap();
     let expected = fusion_checkpoint::open_model(
         dir.join(case["expected"].as_str().unwrap())
             .to_str()
@@ -94,6 +100,10 @@ golden! {
     golden_task_singular_vector_0_7 => "task_singular_vector_0.7", SVD;
     golden_iso_c => "iso_c", SVD;
     golden_iso_cts => "iso_cts", SVD;
+    golden_wudi => "wudi", SVD;
+    golden_svc_task_arithmetic => "svc_task_arithmetic", SVD;
+    golden_svc_ties_merging => "svc_ties_merging", SVD;
+    golden_svc_task_arithmetic_class => "svc_task_arithmetic_class", SVD;
 }
 
 /// merge-tiny's SVD cases (another pool, FusionBench's default ISO parameters).
@@ -271,6 +281,41 @@ fn exclude_keys_average_the_tensor() {
             assert!((vals[0][i] + mean_tv - m[i]).abs() < 1e-6, "{target} {i}");
         }
     }
+}
+
+/// SVC's task-arithmetic class equals the generic class around task arithmetic; an unknown
+/// base method is refused by name.
+#[test]
+fn svc_task_arithmetic_class_and_unknown_base() {
+    let pool = linalg_pool(&["_pretrained_", "task_a", "task_b", "task_c", "task_d"]);
+    let a = merge(
+        "singular_value_calibration_task_arithmetic",
+        json!({"scaling_factor": 0.3, "alpha": 0.1, "accelerator": null}),
+        &pool,
+        &ctx(Some(0)),
+    )
+    .unwrap();
+    let b = merge(
+        "singular_value_calibration",
+        json!({"alpha": 0.1, "base_method": {"_target_": "fusion_bench.method.TaskArithmeticAlgorithm", "scaling_factor": 0.3}}),
+        &pool,
+        &ctx(Some(0)),
+    )
+    .unwrap();
+    assert_eq!(max_rel_error(&a, &b), 0.0);
+    let msg = build(
+        "singular_value_calibration",
+        json!({"alpha": 0.1, "base_method": {"_target_": "fusion_bench.method.AdaMergingAlgorithm"}}),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(msg.contains("`base_method._target_: fusion_bench.method.AdaMergingAlgorithm` is not a merging method"), "{msg}");
+    let msg = build("singular_value_calibration", json!({"alpha": 0.1}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("required parameter `base_method`"), "{msg}");
 }
 
 #[test]
