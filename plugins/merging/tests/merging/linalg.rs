@@ -446,3 +446,31 @@ fn bad_input_errors() {
         "{msg}"
     );
 }
+
+/// Half-precision checkpoints are merged in f32 and written back in their dtype, as
+/// FusionBench converts them for the SVD.
+#[test]
+fn bf16_models_keep_their_dtype() {
+    let names = ["_pretrained_", "task_a", "task_b", "task_c", "task_d"];
+    let f32_pool = linalg_pool(&names);
+    let bf16_pool = Pool(
+        f32_pool
+            .0
+            .iter()
+            .map(|(n, m)| (n.clone(), as_dtype(m, fusion_plugin_api::DType::BF16)))
+            .collect(),
+    );
+    // (Not MagMax: its per-entry choice of task flips where bf16 rounding reorders magnitudes.)
+    for target in ["task_singular_vector", "iso_cts"] {
+        let config = json!({"scaling_factor": 1.0, "common_space_fraction": 0.8});
+        let half = merge(target, config.clone(), &bf16_pool, &cpu_ctx()).unwrap();
+        let full = merge(target, config, &f32_pool, &cpu_ctx()).unwrap();
+        assert_eq!(
+            half.info("fc1.weight").unwrap().dtype,
+            fusion_plugin_api::DType::BF16
+        );
+        // bf16 keeps 8 bits of mantissa: inputs and output rounded.
+        let err = max_rel_error(&half, &full);
+        assert!(err < 3e-2, "{target}: {err}");
+    }
+}
