@@ -1606,3 +1606,71 @@ fn a_misspelt_method_parameter_is_an_error_listing_the_parameters() {
         run.stderr
     );
 }
+
+/// FusionBench's own method files for the CPU linear-algebra family run through the host:
+/// TSV-M (`task_singular_vector/TaskSingularVectorMerging`) saves what fusion-bench produced
+/// on merge-tiny, and magnitude-difference pruning with FusionBench's default `rescale: false`
+/// returns the pretrained model unchanged, with a warning saying why.
+#[test]
+fn linalg_methods_from_fusionbench_config_files() {
+    let cfg = configs(&[]);
+    let max_rel = |got: &[(String, Vec<usize>, Vec<f32>)],
+                   want: &[(String, Vec<usize>, Vec<f32>)]| {
+        assert_eq!(got.len(), want.len());
+        let mut worst = 0f32;
+        for ((n1, s1, v1), (n2, s2, v2)) in got.iter().zip(want) {
+            assert_eq!((n1, s1), (n2, s2));
+            let scale = v2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let err = v1
+                .iter()
+                .zip(v2)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            worst = worst.max(err / scale);
+        }
+        worst
+    };
+    let work = tempfile::tempdir().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method=task_singular_vector/TaskSingularVectorMerging",
+            "merged_model_save_path=tsvm.safetensors",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = read_f32(&work.path().join("tsvm.safetensors"));
+    let want = read_f32(&data().join("merge-tiny/expected/task_singular_vector.safetensors"));
+    let err = max_rel(&got, &want);
+    assert!(err <= 1e-4, "TSV-M through the host: relative error {err}");
+
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "~modelpool.models.task_b",
+            "~modelpool.models.task_c",
+            "~modelpool.models.task_d",
+            "method=pruning/magnitude_diff_pruning",
+            "merged_model_save_path=pruned.safetensors",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("returns the pretrained model unchanged")
+            || run
+                .stderr
+                .contains("the result is the pretrained model unchanged"),
+        "{}",
+        run.stderr
+    );
+    let got = read_f32(&work.path().join("pruned.safetensors"));
+    let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
+    assert_eq!(max_rel(&got, &base), 0.0);
+}

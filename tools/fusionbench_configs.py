@@ -37,7 +37,11 @@ import wheel  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 # Components that merge exactly two models (FusionBench's configs give two weights / one t),
 # by class name.
-TWO_MODELS = {"SlerpMergeAlgorithm", "WeightedAverageAlgorithm"}
+TWO_MODELS = {"SlerpMergeAlgorithm", "WeightedAverageAlgorithm", "LinearInterpolationAlgorithm"}
+# Components that take `_pretrained_` and exactly one fine-tuned model (task_a).
+ONE_MODEL = {"MagnitudeDiffPruningAlgorithm"}
+ONE_MODEL_POOL = ["~modelpool.models.task_b", "~modelpool.models.task_c",
+                  "~modelpool.models.task_d"]
 TWO_MODEL_POOL = ["~modelpool.models._pretrained_", "~modelpool.models.task_c",
                   "~modelpool.models.task_d"]
 # Configs that leave their component `???` for the command line, and what FusionBench's own
@@ -107,11 +111,14 @@ def method_row(host, fb, name, tmp):
         return row
     m = re.search(r"method: (\S+) \(plugin `([^`]+)`", err)
     comp, plugin = (m.group(1), m.group(2)) if m else ("?", "?")
-    extra = TWO_MODEL_POOL if comp.rsplit(".", 1)[-1] in TWO_MODELS else []
+    cls = comp.rsplit(".", 1)[-1]
+    extra = (TWO_MODEL_POOL if cls in TWO_MODELS else
+             ONE_MODEL_POOL if cls in ONE_MODEL else [])
     log_dir = Path(tmp) / name.replace("/", "_")
     code, out, err = run(host, [*common, *pool, *extra, f"path.log_dir={log_dir}",
                                 "report_save_path=null"], ROOT)
-    pool_note = " (task_a + task_b)" if extra else ""
+    pool_note = (" (task_a + task_b)" if extra is TWO_MODEL_POOL else
+                 " (_pretrained_ + task_a)" if extra else "")
     if code == 0:
         try:
             info = json.loads(out)["model_info"]

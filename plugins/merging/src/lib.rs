@@ -16,8 +16,20 @@
 //! | `model_stock` | `model_stock.ModelStock` | `ignore_keys` [] |
 //! | `breadcrumbs`, `breadcrumbs_ties` | mergekit | `weights` 1, `density` 1, `gamma` 0.01, `lambda` 1, `normalize` false, `rescale` false |
 //! | `della`, `della_linear` | mergekit | `weights` 1, `density` 1, `epsilon` 0.15, `lambda` 1, `normalize` true/false, `rescale` true, `seed` |
+//! | `magmax` | `MagMaxAlgorithm` | `scaling_factor` 0.5, `inplace` true |
+//! | `expo` | `ExPOAlgorithm` | `extrapolation_factor` (required) |
+//! | `linear_interpolation` | `LinearInterpolationAlgorithm` | `t` (required) |
+//! | `magnitude_diff_pruning` | `MagnitudeDiffPruningAlgorithm` | `prune_ratio` (required), `rescale` null, `extract_names` null, `prune_type` minor |
+//! | `task_singular_vector` | `TaskSingularVectorMerging` | `alpha` null (1), `exclude_keys` null, `return_single_task_models` false |
+//! | `iso_c` | `ISO_C_Merge` | `scaling_factor` (required), `exclude_keys` null |
+//! | `iso_cts` | `ISO_CTS_Merge` | `scaling_factor`, `common_space_fraction` (required), `exclude_keys` null |
+//! | `wudi` | `WUDIMerging` | `iter_num` (required), `exclude_keys` null |
+//! | `singular_value_calibration` | `SingularValueCalibrationWithBaseMethod` | `alpha`, `base_method` (required), `accelerator` |
+//! | `singular_value_calibration_task_arithmetic` | `SingularValueCalibrationArithmeticTask` | `alpha`, `scaling_factor` (required), `accelerator` |
 //!
-//! Every algorithm runs its arithmetic on the host's compute device (`ctx.compute()`; an error
+//! The last ten run on the CPU in f32 (the SVDs in f64, [`linalg`]), tensor by tensor when
+//! the host asks for one; they need no compute device (SVC's base method may). The others run their arithmetic on the
+//! host's compute device (`ctx.compute()`; an error
 //! when there is none) with the `fusion-kernels` library, plus three small kernels of its own
 //! (`kernels/sparsify.wgsl`) for the mergekit methods. f32, f16, bf16 (and f64, computed in
 //! f32) checkpoints are merged into the input dtype, with f32 arithmetic.
@@ -41,26 +53,36 @@
 mod average;
 mod bracket;
 mod cache;
+mod cpu;
 mod delta;
 mod device;
+mod elementwise;
 mod inputs;
 mod kernels;
 mod lazy;
+pub mod linalg;
 mod mergekit;
 mod model_stock;
 mod parallel;
 mod params;
 mod slerp;
+mod subspace;
+mod svc;
 mod task_arithmetic;
 mod ties;
+mod wudi;
 
 pub use average::{SimpleAverage, WeightedAverage};
+pub use elementwise::{ExPO, LinearInterpolation, MagMax, MagnitudeDiffPruning};
 pub use kernels::wgsl_source;
 pub use mergekit::{breadcrumbs_band, Breadcrumbs, BreadcrumbsTies, Della, DellaLinear};
 pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
 pub use slerp::{slerp_coefficients, Slerp};
+pub use subspace::{IsoC, IsoCts, TaskSingularVector};
+pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
 pub use task_arithmetic::{DareSimpleAverage, DareTaskArithmetic, TaskArithmetic};
 pub use ties::{DareTiesMerging, TiesMerging};
+pub use wudi::Wudi;
 
 /// The key of DARE's and DELLA's random draws for one model's tensor (model and tensor name):
 /// masks differ between models and depend on nothing else, so they can be reproduced.
@@ -132,5 +154,73 @@ fusion_plugin_api::export_plugin! {
     algorithm DellaLinear {
         names: ["della_linear", "mergekit.della_linear"],
         description: "mergekit DELLA without sign consensus.",
+    }
+    algorithm MagMax {
+        names: ["magmax", "fusion_bench.method.MagMaxAlgorithm", "fusion_bench.method.magmax.MagMaxAlgorithm"],
+        description: "MagMax: per entry, the task-vector value of largest magnitude, θ = θ₀ + λτ* (CPU).",
+    }
+    algorithm ExPO {
+        names: ["expo", "fusion_bench.method.ExPOAlgorithm", "fusion_bench.method.linear.ExPOAlgorithm"],
+        description: "ExPO: extrapolate past the fine-tuned model, θ = θ₁ + α(θ₁ − θ₀) (CPU).",
+    }
+    algorithm LinearInterpolation {
+        names: [
+            "linear_interpolation",
+            "fusion_bench.method.LinearInterpolationAlgorithm",
+            "fusion_bench.method.linear.LinearInterpolationAlgorithm",
+        ],
+        description: "Linear interpolation of two models, θ = (1 − t)θ₁ + tθ₂ (CPU).",
+    }
+    algorithm MagnitudeDiffPruning {
+        names: [
+            "magnitude_diff_pruning",
+            "fusion_bench.method.MagnitudeDiffPruningAlgorithm",
+            "fusion_bench.method.pruning.MagnitudeDiffPruningAlgorithm",
+        ],
+        description: "Row-wise magnitude pruning of a fine-tuned model's difference from the pretrained one (CPU).",
+    }
+    algorithm TaskSingularVector {
+        names: [
+            "task_singular_vector",
+            "fusion_bench.method.TaskSingularVectorMerging",
+            "fusion_bench.method.task_singular_vector.TaskSingularVectorMerging",
+        ],
+        description: "TSV-M: per 2-D weight, each task's leading singular vectors, orthogonalized and recombined (CPU SVD).",
+    }
+    algorithm IsoC {
+        names: [
+            "iso_c",
+            "fusion_bench.method.ISO_C_Merge",
+            "fusion_bench.method.isotropic_merging.ISO_C_Merge",
+        ],
+        description: "ISO-C: per 2-D weight, the summed task vectors with a flat (isotropic) spectrum (CPU SVD).",
+    }
+    algorithm IsoCts {
+        names: [
+            "iso_cts",
+            "fusion_bench.method.ISO_CTS_Merge",
+            "fusion_bench.method.isotropic_merging.ISO_CTS_Merge",
+        ],
+        description: "ISO-CTS: ISO-C over a common subspace plus task-specific subspaces (CPU SVD).",
+    }
+    algorithm Wudi {
+        names: ["wudi", "fusion_bench.method.WUDIMerging", "fusion_bench.method.wudi.WUDIMerging"],
+        description: "WUDI: per 2-D weight, Adam on the task vectors' interference loss from their sum (CPU).",
+    }
+    algorithm SvcWithBaseMethod {
+        names: [
+            "singular_value_calibration",
+            "fusion_bench.method.singular_value_calibration.generic.SingularValueCalibrationWithBaseMethod",
+            "fusion_bench.method.singular_value_calibration.SingularValueCalibrationWithBaseMethod",
+        ],
+        description: "SVC: run a nested base_method, then rescale each 2-D weight's merged singular values by the tasks' agreement (CPU).",
+    }
+    algorithm SvcTaskArithmetic {
+        names: [
+            "singular_value_calibration_task_arithmetic",
+            "fusion_bench.method.singular_value_calibration.task_arithmetic.SingularValueCalibrationArithmeticTask",
+            "fusion_bench.method.singular_value_calibration.SingularValueCalibrationArithmeticTask",
+        ],
+        description: "SVC after task arithmetic (CPU).",
     }
 }

@@ -206,6 +206,28 @@ pub fn build(
         "breadcrumbs_ties" => Box::new(BreadcrumbsTies::from_config(&cfg)?),
         "della" => Box::new(Della::from_config(&cfg)?),
         "della_linear" => Box::new(DellaLinear::from_config(&cfg)?),
+        "magmax" | "fusion_bench.method.MagMaxAlgorithm" => Box::new(MagMax::from_config(&cfg)?),
+        "expo" | "fusion_bench.method.ExPOAlgorithm" => Box::new(ExPO::from_config(&cfg)?),
+        "linear_interpolation" | "fusion_bench.method.LinearInterpolationAlgorithm" => {
+            Box::new(LinearInterpolation::from_config(&cfg)?)
+        }
+        "magnitude_diff_pruning" | "fusion_bench.method.MagnitudeDiffPruningAlgorithm" => {
+            Box::new(MagnitudeDiffPruning::from_config(&cfg)?)
+        }
+        "task_singular_vector" | "fusion_bench.method.TaskSingularVectorMerging" => {
+            Box::new(TaskSingularVector::from_config(&cfg)?)
+        }
+        "iso_c" | "fusion_bench.method.ISO_C_Merge" => Box::new(IsoC::from_config(&cfg)?),
+        "iso_cts" | "fusion_bench.method.ISO_CTS_Merge" => Box::new(IsoCts::from_config(&cfg)?),
+        "wudi" | "fusion_bench.method.WUDIMerging" => Box::new(Wudi::from_config(&cfg)?),
+        "singular_value_calibration"
+        | "fusion_bench.method.singular_value_calibration.generic.SingularValueCalibrationWithBaseMethod" => {
+            Box::new(SvcWithBaseMethod::from_config(&cfg)?)
+        }
+        "singular_value_calibration_task_arithmetic"
+        | "fusion_bench.method.singular_value_calibration.task_arithmetic.SingularValueCalibrationArithmeticTask" => {
+            Box::new(SvcTaskArithmetic::from_config(&cfg)?)
+        }
         other => {
             return Err(Error::config(format!(
                 "no such algorithm in this test: {other}"

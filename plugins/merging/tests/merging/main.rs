@@ -8,6 +8,7 @@ mod dtypes;
 mod errors;
 mod golden;
 mod host;
+mod linalg;
 mod mergekit;
 mod streaming;
 mod wgsl;

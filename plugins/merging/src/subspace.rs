@@ -1,0 +1,417 @@
+//! Merges in the singular-vector subspaces of task matrices, on the CPU (see `linalg.rs`):
+//! Task Singular Vector Merging (TSV-M, FusionBench `TaskSingularVectorMerging`) and isotropic
+//! merging in the common subspace (ISO-C, `ISO_C_Merge`) and in the common and task-specific
+//! subspaces (ISO-CTS, `ISO_CTS_Merge`).
+//!
+//! Each acts on every 2-D float tensor not named in `exclude_keys`; other tensors (vectors, layer
+//! norms, excluded keys) get the mean of the task vectors, as FusionBench does. Task vectors
+//! are formed in f32 as torch does; the SVDs and products run in f64, and the merged task
+//! vector is rounded to f32 before it is scaled and added to `_pretrained_` in f32.
+
+use fusion_plugin_api::prelude::*;
+use fusion_plugin_api::serde_json::Value;
+use fusion_plugin_api::TensorInfo;
+
+use crate::cpu::{is_matrix, load, task_vectors, CpuMerge, CpuMerged};
+use crate::inputs::Inputs;
+use crate::linalg::{orthogonalize, svd, truncated_svd, Matrix};
+
+/// `exclude_keys`: tensor names (exact) left out of the SVD and averaged instead.
+fn exclude_keys(config: &Config) -> Result<Vec<String>> {
+    Ok(config.get("exclude_keys")?.unwrap_or_default())
+}
+
+/// The 2-D tensors the method acts on; none is an error (the method would be a plain average).
+fn matrices(
+    inputs: &Inputs,
+    exclude: &[String],
+    algorithm: &str,
+) -> Result<Vec<(String, TensorInfo)>> {
+    let mut out = Vec::new();
+    for name in inputs.names()? {
+        let info = inputs.info(&name)?;
+        if is_matrix(&info) && !exclude.contains(&name) {
+            out.push((name, info));
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::config(format!(
+            "{algorithm} works on the singular vectors of 2-D weights, and the models have none{}",
+            if exclude.is_empty() {
+                String::new()
+            } else {
+                " outside `exclude_keys`".to_string()
+            }
+        )));
+    }
+    Ok(out)
+}
+
+/// The running mean of FusionBench's TSV-M and ISO-CTS, in f32: m ← v₀, m ← m + (vᵢ − m)/(i+1).
+fn running_mean(tvs: &[Vec<f32>]) -> Vec<f32> {
+    let mut mean = tvs[0].clone();
+    for (i, tv) in tvs.iter().enumerate().skip(1) {
+        let d = (i + 1) as f32;
+        mean.iter_mut()
+            .zip(tv)
+            .for_each(|(m, v)| *m += (v - *m) / d);
+    }
+    mean
+}
+
+/// θ₀ + λ·τ in f32.
+fn add_scaled(inputs: &Inputs, name: &str, tv: &[f32], scale: f32) -> Result<Vec<f32>> {
+    let mut base = load(inputs.base(), name)?;
+    base.iter_mut().zip(tv).for_each(|(b, t)| *b += t * scale);
+    Ok(base)
+}
+
+fn matrix(info: &TensorInfo, v: &[f32]) -> Matrix {
+    Matrix::from_f32(info.shape[0], info.shape[1], v)
+}
+
+/// TSV-M's `alpha`: none (1), one factor for the merged task vector, or one per model applied
+/// to the task vectors before the SVDs.
+#[derive(Clone, Debug)]
+enum Alpha {
+    Merged(f64),
+    PerModel(Vec<f64>),
+}
+
+/// Task Singular Vector Merging (Gargiulo et al., 2025). For each 2-D weight, with T task
+/// vectors and k = min(rows, cols): keep the leading ⌊k/T⌋ singular triplets of each, stack the
+/// left and the right singular vectors, replace each stack by its nearest orthonormal matrix
+/// (the polar factor), and recombine them with the kept singular values. Other tensors get the
+/// mean task vector. θ = θ₀ + α·τ.
+///
+/// Parameters (FusionBench's): `alpha` (a number scales the merged task vector; a list, one
+/// per model, scales the task vectors first; null is 1; its config file sets 1), `exclude_keys`
+/// (null), `return_single_task_models` (false; true is not supported yet, since an algorithm
+/// returns one model).
+pub struct TaskSingularVector {
+    alpha: Alpha,
+    exclude_keys: Vec<String>,
+}
+
+impl FromConfig for TaskSingularVector {
+    fn from_config(config: &Config) -> Result<Self> {
+        let alpha = match config.value().get("alpha") {
+            None | Some(Value::Null) => Alpha::Merged(1.0),
+            Some(Value::Array(_)) => Alpha::PerModel(config.require("alpha")?),
+            Some(_) => Alpha::Merged(config.require("alpha")?),
+        };
+        if config.get_or("return_single_task_models", false)? {
+            return Err(Error::config(
+                "task_singular_vector: `return_single_task_models: true` is not supported yet: \
+                 an algorithm returns one model in this version of fusion-host; set it to false \
+                 to get the merged model",
+            ));
+        }
+        Ok(TaskSingularVector {
+            alpha,
+            exclude_keys: exclude_keys(config)?,
+        })
+    }
+}
+
+impl Algorithm for TaskSingularVector {
+    fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
+        const NAME: &str = "task_singular_vector";
+        let inputs = Inputs::open(pool, NAME, true, 1)?;
+        let t = inputs.models.len();
+        let pre = match &self.alpha {
+            Alpha::PerModel(a) if a.len() != t => {
+                return Err(Error::config(format!(
+                    "{NAME}: `alpha` has {} values for {t} models",
+                    a.len()
+                )))
+            }
+            Alpha::PerModel(a) => Some(a.iter().map(|&x| x as f32).collect()),
+            Alpha::Merged(_) => None,
+        };
+        for (name, info) in matrices(&inputs, &self.exclude_keys, NAME)? {
+            let k = info.shape[0].min(info.shape[1]);
+            if k < t {
+                return Err(Error::config(format!(
+                    "{NAME}: tensor `{name}` ({}x{}) has rank at most {k}, too small to give each \
+                     of the {t} task vectors one singular direction; name it in `exclude_keys` to \
+                     average it instead",
+                    info.shape[0], info.shape[1]
+                )));
+            }
+        }
+        let post = match self.alpha {
+            Alpha::Merged(a) => a as f32,
+            Alpha::PerModel(_) => 1.0,
+        };
+        tracing::info!(models = t, alpha = ?self.alpha, "task singular vector merging (CPU)");
+        Ok(CpuMerged::model(
+            inputs,
+            Tsvm {
+                pre,
+                post,
+                exclude_keys: self.exclude_keys.clone(),
+            },
+        ))
+    }
+}
+
+struct Tsvm {
+    pre: Option<Vec<f32>>,
+    post: f32,
+    exclude_keys: Vec<String>,
+}
+
+impl CpuMerge for Tsvm {
+    fn merge(&self, inputs: &Inputs, name: &str, info: &TensorInfo) -> Result<Vec<f32>> {
+        let mut tvs = task_vectors(inputs, name)?;
+        if let Some(a) = &self.pre {
+            for (tv, &a) in tvs.iter_mut().zip(a) {
+                tv.iter_mut().for_each(|x| *x *= a);
+            }
+        }
+        let merged = if is_matrix(info) && !self.exclude_keys.iter().any(|k| k == name) {
+            tsvm_matrix(info, &tvs)?
+        } else {
+            running_mean(&tvs)
+        };
+        add_scaled(inputs, name, &merged, self.post)
+    }
+}
+
+/// TSV-M's merged task vector of one 2-D weight.
+fn tsvm_matrix(info: &TensorInfo, tvs: &[Vec<f32>]) -> Result<Vec<f32>> {
+    let t = tvs.len();
+    let k = info.shape[0].min(info.shape[1]);
+    // int(k * (1 / T)) in Python's float arithmetic.
+    let r = (k as f64 * (1.0 / t as f64)).floor() as usize;
+    let mut us = Vec::with_capacity(t);
+    let mut s = Vec::with_capacity(t * r);
+    let mut vts = Vec::with_capacity(t);
+    for tv in tvs {
+        let d = truncated_svd(&matrix(info, tv), r).map_err(|e| Error::config(e.to_string()))?;
+        us.push(d.u);
+        s.extend_from_slice(&d.s);
+        vts.push(d.vt);
+    }
+    // FusionBench pads the stacks with zero columns up to k, whose polar-factor columns meet
+    // zero singular values; the product is the same without them.
+    let u = orthogonalize(&Matrix::hcat(&us).map_err(|e| Error::model(e.to_string()))?);
+    let vt = orthogonalize(&Matrix::vcat(&vts).map_err(|e| Error::model(e.to_string()))?);
+    let out = u
+        .scale_columns(&s)
+        .matmul(&vt)
+        .map_err(|e| Error::model(e.to_string()))?;
+    Ok(out.to_f32())
+}
+
+/// ISO-C (Marczak et al., 2025): for each 2-D weight, the sum of the task vectors with every
+/// singular value replaced by their mean (its spectrum made isotropic); other tensors get the
+/// mean task vector. θ = θ₀ + λ·τ. Parameters: `scaling_factor` λ (required; FusionBench's config
+/// file sets 1.0), `exclude_keys` (null).
+pub struct IsoC {
+    scaling_factor: f32,
+    exclude_keys: Vec<String>,
+}
+
+impl FromConfig for IsoC {
+    fn from_config(config: &Config) -> Result<Self> {
+        let s: f64 = config.require("scaling_factor")?;
+        Ok(IsoC {
+            scaling_factor: s as f32,
+            exclude_keys: exclude_keys(config)?,
+        })
+    }
+}
+
+impl Algorithm for IsoC {
+    fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
+        const NAME: &str = "iso_c";
+        let inputs = Inputs::open(pool, NAME, true, 1)?;
+        matrices(&inputs, &self.exclude_keys, NAME)?;
+        tracing::info!(
+            models = inputs.models.len(),
+            scaling_factor = self.scaling_factor,
+            "ISO-C (CPU)"
+        );
+        Ok(CpuMerged::model(
+            inputs,
+            Iso {
+                scaling_factor: self.scaling_factor,
+                exclude_keys: self.exclude_keys.clone(),
+                common_space_fraction: None,
+            },
+        ))
+    }
+}
+
+/// ISO-CTS (Marczak et al., 2025): for each 2-D weight with k = min(rows, cols), the leading
+/// singular vectors of the summed task vectors span a common subspace (a `common_space_fraction`
+/// of k, adjusted so the rest divides evenly among the tasks); each task vector, its common part
+/// removed, gives its leading singular vectors for the rest. The left and right stacks are
+/// orthogonalized (polar factor) and recombined with every singular value set to the mean of
+/// the kept ones. Other tensors get the mean task vector. θ = θ₀ + λ·τ. Parameters:
+/// `scaling_factor` λ and `common_space_fraction` (both required; FusionBench's config file
+/// sets 1.0 and 0.8), `exclude_keys` (null).
+pub struct IsoCts {
+    scaling_factor: f32,
+    common_space_fraction: f64,
+    exclude_keys: Vec<String>,
+}
+
+impl FromConfig for IsoCts {
+    fn from_config(config: &Config) -> Result<Self> {
+        let s: f64 = config.require("scaling_factor")?;
+        let f: f64 = config.require("common_space_fraction")?;
+        let f = crate::params::unit_interval(f, "common_space_fraction", "iso_cts")?;
+        Ok(IsoCts {
+            scaling_factor: s as f32,
+            common_space_fraction: f,
+            exclude_keys: exclude_keys(config)?,
+        })
+    }
+}
+
+impl Algorithm for IsoCts {
+    fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
+        const NAME: &str = "iso_cts";
+        let inputs = Inputs::open(pool, NAME, true, 1)?;
+        matrices(&inputs, &self.exclude_keys, NAME)?;
+        tracing::info!(
+            models = inputs.models.len(),
+            scaling_factor = self.scaling_factor,
+            common_space_fraction = self.common_space_fraction,
+            "ISO-CTS (CPU)"
+        );
+        Ok(CpuMerged::model(
+            inputs,
+            Iso {
+                scaling_factor: self.scaling_factor,
+                exclude_keys: self.exclude_keys.clone(),
+                common_space_fraction: Some(self.common_space_fraction),
+            },
+        ))
+    }
+}
+
+/// ISO-C (`common_space_fraction` none) or ISO-CTS.
+struct Iso {
+    scaling_factor: f32,
+    exclude_keys: Vec<String>,
+    common_space_fraction: Option<f64>,
+}
+
+impl CpuMerge for Iso {
+    fn merge(&self, inputs: &Inputs, name: &str, info: &TensorInfo) -> Result<Vec<f32>> {
+        let tvs = task_vectors(inputs, name)?;
+        let n = tvs.len() as f32;
+        let svd_key = is_matrix(info) && !self.exclude_keys.iter().any(|k| k == name);
+        let merged = match (svd_key, self.common_space_fraction) {
+            (false, None) => {
+                // sum(tvs) / n
+                let mut sum = tvs[0].clone();
+                for tv in &tvs[1..] {
+                    sum.iter_mut().zip(tv).for_each(|(a, x)| *a += x);
+                }
+                sum.iter_mut().for_each(|a| *a /= n);
+                sum
+            }
+            (false, Some(_)) => running_mean(&tvs),
+            (true, None) => iso_c_matrix(info, &tvs)?,
+            (true, Some(f)) => iso_cts_matrix(info, &tvs, f)?,
+        };
+        add_scaled(inputs, name, &merged, self.scaling_factor)
+    }
+}
+
+fn sum_matrix(info: &TensorInfo, tvs: &[Vec<f32>]) -> Matrix {
+    let mut sum = vec![0.0f64; tvs[0].len()];
+    for tv in tvs {
+        sum.iter_mut()
+            .zip(tv)
+            .for_each(|(a, &x)| *a += f64::from(x));
+    }
+    Matrix::from_rows(info.shape[0], info.shape[1], sum)
+}
+
+fn mean(s: &[f64]) -> f64 {
+    s.iter().sum::<f64>() / s.len() as f64
+}
+
+/// ISO-C's task matrix: mean(s)·U·Vᵀ of the summed task vectors.
+fn iso_c_matrix(info: &TensorInfo, tvs: &[Vec<f32>]) -> Result<Vec<f32>> {
+    let d = svd(&sum_matrix(info, tvs));
+    let s = vec![mean(&d.s); d.s.len()];
+    let out =
+        d.u.scale_columns(&s)
+            .matmul(&d.vt)
+            .map_err(|e| Error::model(e.to_string()))?;
+    Ok(out.to_f32())
+}
+
+/// Python's `round`: to the nearest integer, halves to even.
+fn round_half_even(x: f64) -> f64 {
+    x.round_ties_even()
+}
+
+/// ISO-CTS's task matrix (see [`IsoCts`]).
+fn iso_cts_matrix(info: &TensorInfo, tvs: &[Vec<f32>], fraction: f64) -> Result<Vec<f32>> {
+    let map = |e: crate::linalg::LinalgError| Error::model(e.to_string());
+    let t = tvs.len();
+    let k = info.shape[0].min(info.shape[1]);
+    // FusionBench's sizes, in its float arithmetic: the common space, then the task-specific
+    // total rounded to a multiple of T, and the common space again as what is left.
+    let common0 = (k as f64 * fraction).floor() as usize;
+    let specific_total = round_half_even((k - common0) as f64 / t as f64) as usize * t;
+    let common = k - specific_total;
+    let per_task = specific_total / t;
+
+    let common_svd = truncated_svd(&sum_matrix(info, tvs), common).map_err(map)?;
+    let uc = common_svd.u;
+    let uct = uc.t();
+    let mut us = Vec::with_capacity(t + 1);
+    let mut s = Vec::with_capacity(k);
+    let mut vts = Vec::with_capacity(t + 1);
+    for tv in tvs {
+        let w = matrix(info, tv);
+        // w − Uc·Ucᵀ·w: the part outside the common space.
+        let w_ts = w
+            .sub(&uc.matmul(&uct.matmul(&w).map_err(map)?).map_err(map)?)
+            .map_err(map)?;
+        let d = truncated_svd(&w_ts, per_task).map_err(map)?;
+        us.push(d.u);
+        s.extend_from_slice(&d.s);
+        vts.push(d.vt);
+    }
+    us.push(uc);
+    s.extend_from_slice(&common_svd.s);
+    vts.push(common_svd.vt);
+    let u = orthogonalize(&Matrix::hcat(&us).map_err(map)?);
+    let vt = orthogonalize(&Matrix::vcat(&vts).map_err(map)?);
+    let m = mean(&s);
+    let out = u
+        .scale_columns(&vec![m; u.cols()])
+        .matmul(&vt)
+        .map_err(map)?;
+    Ok(out.to_f32())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_half_even;
+
+    #[test]
+    fn python_round() {
+        for (x, want) in [
+            (0.5, 0.0),
+            (1.5, 2.0),
+            (2.5, 2.0),
+            (3.5, 4.0),
+            (2.4, 2.0),
+            (2.6, 3.0),
+            (7.0, 7.0),
+        ] {
+            assert_eq!(round_half_even(x), want, "round({x})");
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The CPU methods (MagMax, ExPO, linear interpolation, magnitude-difference pruning, TSV-M,
+//! ISO-C, ISO-CTS) against the tensors fusion-bench produced for `tests/data/linalg-tiny`, and
+//! their errors on bad input. They run without a compute device.
+
+use std::path::PathBuf;
+
+use fusion_plugin_api::serde_json::{self, json};
+use fusion_plugin_api::{Context, Model};
+
+use crate::common::*;
+
+/// The linalg-tiny fixture folder.
+fn linalg_fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/linalg-tiny")
+}
+
+fn linalg_model(name: &str) -> Model {
+    let path = linalg_fixtures()
+        .join("models")
+        .join(format!("{name}.safetensors"));
+    fusion_checkpoint::open_model(path.to_str().unwrap()).expect("fixture model")
+}
+
+fn linalg_pool(names: &[&str]) -> Pool {
+    Pool(
+        names
+            .iter()
+            .map(|n| (n.to_string(), linalg_model(n)))
+            .collect(),
+    )
+}
+
+/// A context without a compute device: these methods must not need one.
+fn cpu_ctx() -> Context {
+    Context::local(Some(0), false, None)
+}
+
+/// Run case `name` of linalg-tiny's `cases.yaml` and return its max relative error.
+fn case(name: &str, tolerance: f64) -> f64 {
+    case_in(&linalg_fixtures(), name, tolerance)
+}
+
+/// Run case `name` of the `cases.yaml` in `dir` (its models under `dir/models`).
+fn case_in(dir: &std::path::Path, name: &str, tolerance: f64) -> f64 {
+    let text = std::fs::read_to_string(dir.join("cases.yaml")).unwrap();
+    let cases: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let case = &cases["cases"][name];
+    let method: serde_json::Value = serde_json::to_value(&case["method"]).unwrap();
+    let target = method["_target_"].as_str().unwrap().to_string();
+    let models: Vec<String> = serde_yaml::from_value(case["models"].clone()).unwrap();
+    let pool = Pool(
+        models
+            .iter()
+            .map(|n| {
+                let path = dir.join("models").join(format!("{n}.safetensors"));
+                let model = fusion_checkpoint::open_model(path.to_str().unwrap()).unwrap();
+                (n.clone(), model)
+            })
+            .collect(),
+    );
+    // SVC runs its base method first, which may need the compute device.
+    let run_ctx = if target.contains("singular_value_calibration") {
+        ctx(Some(0))
+    } else {
+        cpu_ctx()
+    };
+    let merged = merge(&target, method, &pool, &run_ctx).unwrap();
+    let expected = fusion_checkpoint::open_model(
+        dir.join(case["expected"].as_str().unwrap())
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let err = max_rel_error(&merged, &expected);
+    eprintln!("golden {name}: max relative error {err:.3e}");
+    assert!(
+        err <= tolerance,
+        "{name}: max relative error {err:.3e} > {tolerance:e}"
+    );
+    err
+}
+
+/// Elementwise methods: f32 arithmetic in FusionBench's order.
+const ELEMENTWISE: f64 = 1e-5;
+/// SVD-based methods: the reconstruction is unique, the f32 rounding of torch's SVD is not.
+const SVD: f64 = 1e-4;
+
+macro_rules! golden {
+    ($($test:ident => $case:literal, $tol:expr;)*) => {
+        $(#[test] fn $test() { case($case, $tol); })*
+    };
+}
+
+golden! {
+    golden_magmax => "magmax", ELEMENTWISE;
+    golden_expo => "expo", ELEMENTWISE;
+    golden_magnitude_diff_pruning => "magnitude_diff_pruning", ELEMENTWISE;
+    golden_magnitude_diff_pruning_rescaled => "magnitude_diff_pruning_rescaled", ELEMENTWISE;
+    golden_task_singular_vector => "task_singular_vector", SVD;
+    golden_task_singular_vector_0_7 => "task_singular_vector_0.7", SVD;
+    golden_iso_c => "iso_c", SVD;
+    golden_iso_cts => "iso_cts", SVD;
+    golden_wudi => "wudi", SVD;
+    golden_svc_task_arithmetic => "svc_task_arithmetic", SVD;
+    golden_svc_ties_merging => "svc_ties_merging", SVD;
+    golden_svc_task_arithmetic_class => "svc_task_arithmetic_class", SVD;
+}
+
+/// merge-tiny's SVD cases (another pool, FusionBench's default ISO parameters).
+#[test]
+fn golden_merge_tiny_svd_cases() {
+    for name in ["task_singular_vector", "iso_c", "iso_cts"] {
+        case_in(&fixtures(), name, SVD);
+    }
+}
+
+/// FusionBench's default `rescale: false` multiplies the kept difference by 0: the result is
+/// the pretrained model, bit for bit.
+#[test]
+fn magnitude_diff_pruning_rescale_false_returns_the_pretrained_model() {
+    let pool = linalg_pool(&["_pretrained_", "task_a"]);
+    let config =
+        json!({"prune_ratio": 0.5, "rescale": false, "extract_names": null, "prune_type": "minor"});
+    let merged = merge("magnitude_diff_pruning", config, &pool, &cpu_ctx()).unwrap();
+    let base = linalg_model("_pretrained_");
+    assert_eq!(max_rel_error(&merged, &base), 0.0);
+    // ...whereas `rescale: null` changes the linear weights.
+    let config = json!({"prune_ratio": 0.5, "rescale": null});
+    let merged = merge("magnitude_diff_pruning", config, &pool, &cpu_ctx()).unwrap();
+    assert!(max_rel_error(&merged, &base) > 1e-3);
+}
+
+/// `extract_names` selects by regular expression at the start of the name; others stay θ₀.
+#[test]
+fn magnitude_diff_pruning_extract_names() {
+    let pool = linalg_pool(&["_pretrained_", "task_a"]);
+    let config = json!({"prune_ratio": 0.25, "extract_names": ["fc.\\.weight"]});
+    let merged = merge("magnitude_diff_pruning", config, &pool, &cpu_ctx()).unwrap();
+    let base = linalg_model("_pretrained_");
+    let ft = linalg_model("task_a");
+    for name in ["q_proj.weight", "head.weight", "fc1.bias", "norm.weight"] {
+        assert_eq!(
+            merged.to_f32(name).unwrap(),
+            base.to_f32(name).unwrap(),
+            "{name}"
+        );
+    }
+    // fc1.weight is 64×24: 6 entries per row pruned (the smallest differences), 18 kept.
+    let (m, _) = merged.to_f32("fc1.weight").unwrap();
+    let (b, _) = base.to_f32("fc1.weight").unwrap();
+    let (f, _) = ft.to_f32("fc1.weight").unwrap();
+    for row in 0..64 {
+        let r = row * 24..(row + 1) * 24;
+        let kept = r.clone().filter(|&i| m[i] == f[i] - b[i] + b[i]).count();
+        let pruned = r.clone().filter(|&i| m[i] == b[i]).count();
+        assert_eq!((kept, pruned), (18, 6), "row {row}");
+        let smallest_kept = r
+            .clone()
+            .filter(|&i| m[i] != b[i])
+            .map(|i| (f[i] - b[i]).abs())
+            .fold(f32::MAX, f32::min);
+        let largest_pruned = r
+            .filter(|&i| m[i] == b[i])
+            .map(|i| (f[i] - b[i]).abs())
+            .fold(0.0, f32::max);
+        assert!(largest_pruned <= smallest_kept, "row {row}");
+    }
+}
+
+/// Linear interpolation of the pool's two models (`_pretrained_` counts as one).
+#[test]
+fn linear_interpolation() {
+    let pool = linalg_pool(&["_pretrained_", "task_b"]);
+    let merged = merge(
+        "linear_interpolation",
+        json!({"t": 0.25}),
+        &pool,
+        &cpu_ctx(),
+    )
+    .unwrap();
+    let a = linalg_model("_pretrained_");
+    let b = linalg_model("task_b");
+    for name in a.names().unwrap() {
+        let (x, _) = a.to_f32(&name).unwrap();
+        let (y, _) = b.to_f32(&name).unwrap();
+        let (m, _) = merged.to_f32(&name).unwrap();
+        for ((x, y), m) in x.iter().zip(&y).zip(&m) {
+            assert!(
+                (0.75 * x + 0.25 * y - m).abs() <= 1e-6 * (x.abs() + y.abs()),
+                "{name}"
+            );
+        }
+    }
+    let three = linalg_pool(&["_pretrained_", "task_a", "task_b"]);
+    let msg = merge(
+        "linear_interpolation",
+        json!({"t": 0.5}),
+        &three,
+        &cpu_ctx(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("exactly 2 models") && msg.contains("has 3"),
+        "{msg}"
+    );
+    let msg = merge("linear_interpolation", json!({"t": 1.5}), &pool, &cpu_ctx())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("`t` must be in [0, 1]"), "{msg}");
+}
+
+/// ExPO with several fine-tuned models extrapolates from their average.
+#[test]
+fn expo_averages_several_models() {
+    let pool = linalg_pool(&["_pretrained_", "task_a", "task_c"]);
+    let merged = merge(
+        "expo",
+        json!({"extrapolation_factor": 0.5}),
+        &pool,
+        &cpu_ctx(),
+    )
+    .unwrap();
+    let (p, _) = linalg_model("_pretrained_").to_f32("fc2.weight").unwrap();
+    let (a, _) = linalg_model("task_a").to_f32("fc2.weight").unwrap();
+    let (c, _) = linalg_model("task_c").to_f32("fc2.weight").unwrap();
+    let (m, _) = merged.to_f32("fc2.weight").unwrap();
+    for i in 0..m.len() {
+        let avg = (a[i] + c[i]) / 2.0;
+        assert!((avg + 0.5 * (avg - p[i]) - m[i]).abs() < 1e-6, "{i}");
+    }
+}
+
+/// TSV-M's alpha as a list scales each task vector before the SVDs; a uniform list equals
+/// the same number applied after (TSV-M is homogeneous in the task vectors).
+#[test]
+fn task_singular_vector_alpha_list() {
+    let pool = linalg_pool(&["_pretrained_", "task_a", "task_b", "task_c", "task_d"]);
+    let list = merge(
+        "task_singular_vector",
+        json!({"alpha": [0.7, 0.7, 0.7, 0.7]}),
+        &pool,
+        &cpu_ctx(),
+    )
+    .unwrap();
+    let number = merge(
+        "task_singular_vector",
+        json!({"alpha": 0.7}),
+        &pool,
+        &cpu_ctx(),
+    )
+    .unwrap();
+    assert!(max_rel_error(&list, &number) < 1e-5);
+    let msg = merge(
+        "task_singular_vector",
+        json!({"alpha": [1.0, 1.0]}),
+        &pool,
+        &cpu_ctx(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("`alpha` has 2 values for 4 models"), "{msg}");
+}
+
+/// `exclude_keys` leaves a 2-D weight out of the SVD: it gets the mean task vector.
+#[test]
+fn exclude_keys_average_the_tensor() {
+    let names = ["_pretrained_", "task_a", "task_b", "task_c", "task_d"];
+    let pool = linalg_pool(&names);
+    let models: Vec<Model> = names.iter().map(|n| linalg_model(n)).collect();
+    for target in ["task_singular_vector", "iso_c", "iso_cts"] {
+        let config = json!({"scaling_factor": 1.0, "common_space_fraction": 0.5, "exclude_keys": ["head.weight"]});
+        let merged = merge(target, config, &pool, &cpu_ctx()).unwrap();
+        let (m, _) = merged.to_f32("head.weight").unwrap();
+        let vals: Vec<Vec<f32>> = models
+            .iter()
+            .map(|x| x.to_f32("head.weight").unwrap().0)
+            .collect();
+        for i in 0..m.len() {
+            let mean_tv = (1..5).map(|k| vals[k][i] - vals[0][i]).sum::<f32>() / 4.0;
+            assert!((vals[0][i] + mean_tv - m[i]).abs() < 1e-6, "{target} {i}");
+        }
+    }
+}
+
+/// SVC's task-arithmetic class equals the generic class around task arithmetic; an unknown
+/// base method is refused by name.
+#[test]
+fn svc_task_arithmetic_class_and_unknown_base() {
+    let pool = linalg_pool(&["_pretrained_", "task_a", "task_b", "task_c", "task_d"]);
+    let a = merge(
+        "singular_value_calibration_task_arithmetic",
+        json!({"scaling_factor": 0.3, "alpha": 0.1, "accelerator": null}),
+        &pool,
+        &ctx(Some(0)),
+    )
+    .unwrap();
+    let b = merge(
+        "singular_value_calibration",
+        json!({"alpha": 0.1, "base_method": {"_target_": "fusion_bench.method.TaskArithmeticAlgorithm", "scaling_factor": 0.3}}),
+        &pool,
+        &ctx(Some(0)),
+    )
+    .unwrap();
+    assert_eq!(max_rel_error(&a, &b), 0.0);
+    let msg = build(
+        "singular_value_calibration",
+        json!({"alpha": 0.1, "base_method": {"_target_": "fusion_bench.method.AdaMergingAlgorithm"}}),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(msg.contains("`base_method._target_: fusion_bench.method.AdaMergingAlgorithm` is not a merging method"), "{msg}");
+    let msg = build("singular_value_calibration", json!({"alpha": 0.1}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("required parameter `base_method`"), "{msg}");
+}
+
+#[test]
+fn bad_input_errors() {
+    let ctx = cpu_ctx();
+    // No 2-D weights at all.
+    let vectors = |v: f32| {
+        model_from(&[
+            ("b", vec![4], vec![v; 4]),
+            ("n.weight", vec![4], vec![v; 4]),
+        ])
+    };
+    let pool = Pool(vec![
+        ("_pretrained_".into(), vectors(0.0)),
+        ("a".into(), vectors(1.0)),
+        ("b".into(), vectors(2.0)),
+    ]);
+    for target in ["task_singular_vector", "iso_c", "iso_cts"] {
+        let config = json!({"scaling_factor": 1.0, "common_space_fraction": 0.5});
+        let msg = merge(target, config, &pool, &ctx).unwrap_err().to_string();
+        assert!(
+            msg.contains("2-D weights, and the models have none"),
+            "{target}: {msg}"
+        );
+    }
+    let msg = merge(
+        "magnitude_diff_pruning",
+        json!({"prune_ratio": 0.5}),
+        &Pool(pool.0[..2].to_vec()),
+        &ctx,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("no 2-D weight is selected"), "{msg}");
+
+    // A matrix whose rank cannot give every task one direction (3×4 has rank ≤ 3, 4 tasks).
+    let small = |v: f32| {
+        model_from(&[(
+            "w.weight",
+            vec![3, 4],
+            (0..12).map(|i| v * i as f32).collect(),
+        )])
+    };
+    let mut models = vec![("_pretrained_".to_string(), small(0.0))];
+    for i in 1..=4 {
+        models.push((format!("t{i}"), small(i as f32)));
+    }
+    let msg = merge("task_singular_vector", json!({}), &Pool(models), &ctx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("`w.weight` (3x4) has rank at most 3") && msg.contains("4 task vectors"),
+        "{msg}"
+    );
+
+    // Too few or too many models.
+    let only_base = linalg_pool(&["_pretrained_"]);
+    for target in ["magmax", "expo", "task_singular_vector", "iso_c"] {
+        let config = json!({"scaling_factor": 1.0, "extrapolation_factor": 0.1});
+        let msg = merge(target, config, &only_base, &ctx)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("needs at least 1 model(s)"), "{target}: {msg}");
+    }
+    let no_base = linalg_pool(&["task_a", "task_b"]);
+    let msg = merge("iso_c", json!({"scaling_factor": 1.0}), &no_base, &ctx)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("needs a `_pretrained_` model"), "{msg}");
+    let msg = merge(
+        "magnitude_diff_pruning",
+        json!({"prune_ratio": 0.5}),
+        &linalg_pool(&["_pretrained_", "task_a", "task_b"]),
+        &ctx,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("prunes one fine-tuned model") && msg.contains("task_a, task_b"),
+        "{msg}"
+    );
+
+    // Parameters.
+    let msg = build(
+        "task_singular_vector",
+        json!({"return_single_task_models": true}),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        msg.contains("return_single_task_models: true` is not supported yet"),
+        "{msg}"
+    );
+    let msg = build(
+        "iso_cts",
+        json!({"scaling_factor": 1.0, "common_space_fraction": 1.5}),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        msg.contains("`common_space_fraction` must be in [0, 1]"),
+        "{msg}"
+    );
+    let msg = build("iso_c", json!({})).err().unwrap().to_string();
+    assert!(msg.contains("required parameter `scaling_factor`"), "{msg}");
+    let msg = build(
+        "magnitude_diff_pruning",
+        json!({"prune_ratio": 0.5, "prune_type": "middle"}),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        msg.contains("`prune_type` must be `minor` or `major`"),
+        "{msg}"
+    );
+    let msg = build(
+        "magnitude_diff_pruning",
+        json!({"prune_ratio": 0.5, "extract_names": ["(unclosed"]}),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        msg.contains("`(unclosed` is not a regular expression"),
+        "{msg}"
+    );
+}
+
+/// Half-precision checkpoints are merged in f32 and written back in their dtype, as
+/// FusionBench converts them for the SVD.
+#[test]
+fn bf16_models_keep_their_dtype() {
+    let names = ["_pretrained_", "task_a", "task_b", "task_c", "task_d"];
+    let f32_pool = linalg_pool(&names);
+    let bf16_pool = Pool(
+        f32_pool
+            .0
+            .iter()
+            .map(|(n, m)| (n.clone(), as_dtype(m, fusion_plugin_api::DType::BF16)))
+            .collect(),
+    );
+    // (Not MagMax: its per-entry choice of task flips where bf16 rounding reorders magnitudes.)
+    for target in ["task_singular_vector", "iso_cts"] {
+        let config = json!({"scaling_factor": 1.0, "common_space_fraction": 0.8});
+        let half = merge(target, config.clone(), &bf16_pool, &cpu_ctx()).unwrap();
+        let full = merge(target, config, &f32_pool, &cpu_ctx()).unwrap();
+        assert_eq!(
+            half.info("fc1.weight").unwrap().dtype,
+            fusion_plugin_api::DType::BF16
+        );
+        // bf16 keeps 8 bits of mantissa: inputs and output rounded.
+        let err = max_rel_error(&half, &full);
+        assert!(err < 3e-2, "{target}: {err}");
+    }
+}
