@@ -16,7 +16,7 @@ use crate::device::LazyCompute;
 use crate::error::{plugin, usage};
 use crate::plugins::Registry;
 use crate::profile::Profiler;
-use crate::save::{save_model, SaveOptions};
+use crate::save::{check_destination, save_model, SaveOptions};
 use crate::{hub, targets};
 use crate::{logging, paths, progress};
 
@@ -104,18 +104,7 @@ fn root_path(cfg: &Json, key: &str, log_dir: &Path) -> anyhow::Result<Option<Pat
 }
 
 fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    crate::save::write_file_atomic(path, contents)
 }
 
 /// Compose the config from the request.
@@ -291,6 +280,18 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         None => Some(log_dir.join("program_report.json")),
         Some(_) => root_path(&cfg, "report_save_path", &log_dir)?,
     };
+
+    // Paths that cannot be written are found before any work.
+    if let Some(dest) = &save_path {
+        check_destination(dest)?;
+    }
+    if let Some(path) = report_path.as_ref().filter(|p| p.is_dir()) {
+        return Err(usage(format!(
+            "report_save_path {} is a folder; give the path of the JSON file to write, e.g. {}",
+            path.display(),
+            path.join("program_report.json").display()
+        )));
+    }
 
     if print_config {
         progress::suspend(|| eprint!("{}", fusion_config::to_yaml(&resolved)));
