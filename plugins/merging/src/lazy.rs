@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::{Mutex, OnceLock};
 
-use fusion_plugin_api::{Compute, Context, GpuTensor, Model, Result, StateDict, TensorInfo};
+use fusion_plugin_api::{Compute, Context, Error, GpuTensor, Model, Result, StateDict, TensorInfo};
 
 use crate::device::{download, Gpu};
 use crate::inputs::Inputs;
@@ -40,16 +40,45 @@ pub(crate) struct Merged<M> {
 
 impl<M: TensorMerge> Merged<M> {
     /// Wrap `merge` as a [`Model`]. `ctx` must have a compute device (checked by the caller
-    /// before any work).
-    pub(crate) fn model(ctx: &Context, inputs: Inputs, merge: M) -> Model {
-        Model::new(Merged {
+    /// before any work). A pool with no tensor to merge (every tensor an integer one, empty or
+    /// excluded) is an error: the result would be a copy of the reference model, which no one
+    /// asking for a merge wants to get without a word. (FusionBench merges parameters, which are
+    /// float; integer buffers stay the pretrained model's, as here.)
+    pub(crate) fn model(ctx: &Context, inputs: Inputs, merge: M) -> Result<Model> {
+        let names = inputs.names()?;
+        let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+        let mut any = false;
+        for name in &names {
+            let info = inputs.info(name)?;
+            if info.dtype.is_float() && info.numel() > 0 && !merge.copies(name) {
+                any = true;
+                break;
+            }
+            *kinds.entry(info.dtype.to_string()).or_default() += 1;
+        }
+        if !any {
+            let kinds: Vec<String> = kinds.iter().map(|(d, n)| format!("{n} {d}")).collect();
+            return Err(Error::model(format!(
+                "nothing to merge: none of the {} tensors of `{}` is a non-empty float tensor the \
+                 method merges ({}); the result would only be a copy of `{}`",
+                names.len(),
+                inputs.reference.name,
+                if kinds.is_empty() {
+                    "no tensors".to_string()
+                } else {
+                    kinds.join(", ")
+                },
+                inputs.reference.name
+            )));
+        }
+        Ok(Model::new(Merged {
             ctx: ctx.clone(),
             inputs,
             merge,
             names: OnceLock::new(),
             ahead: Mutex::new(None),
             previous: Mutex::new(None),
-        })
+        }))
     }
 
     /// Whether `name` (of `info`) is merged on the device rather than copied.
