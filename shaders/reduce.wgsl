@@ -90,3 +90,60 @@ fn reduce_dot(
     }
     workgroup_sum(value, lid, wid, nwg, pd.offset);
 }
+
+// The number of NaN and ±Inf values of `a`, added into counts[p.offset] (the chunk's slot).
+// Tested on the bits (exponent all ones), since WGSL lets an implementation assume that float
+// values are finite. Each workgroup adds its total once, and only when it is not zero, so a
+// finite tensor costs one read of it and no atomic traffic.
+//
+// Entry point:
+//   count_nonfinite: 0 = counts (read_write u32), 1 = a (read, A_DTYPE), 2 = uniform Params
+
+@group(0) @binding(0) var<storage, read_write> counts: array<atomic<u32>>;
+
+var<workgroup> group_count: atomic<u32>;
+
+// Whether the 16-bit float `h` (f16 or bf16, per A_DTYPE) is NaN or infinite.
+fn half_nonfinite(h: u32) -> u32 {
+    let exponent = select(0x7f80u, 0x7c00u, A_DTYPE == DT_F16);
+    return select(0u, 1u, (h & exponent) == exponent);
+}
+
+@compute @workgroup_size(WG)
+fn count_nonfinite(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (lid == 0u) {
+        atomicStore(&group_count, 0u);
+    }
+    workgroupBarrier();
+    let t = flat_index(gid, nwg);
+    if (t < pair_count(p.n)) {
+        let second = 2u * t + 1u < p.n;
+        var k = 0u;
+        if (A_DTYPE == DT_F32) {
+            k = select(0u, 1u, (a[2u * t] & 0x7f800000u) == 0x7f800000u);
+            if (second) {
+                k = k + select(0u, 1u, (a[2u * t + 1u] & 0x7f800000u) == 0x7f800000u);
+            }
+        } else {
+            let w = a[t];
+            k = half_nonfinite(w & 0xffffu);
+            if (second) {
+                k = k + half_nonfinite(w >> 16u);
+            }
+        }
+        if (k > 0u) {
+            atomicAdd(&group_count, k);
+        }
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let total = atomicLoad(&group_count);
+        if (total > 0u) {
+            atomicAdd(&counts[p.offset], total);
+        }
+    }
+}

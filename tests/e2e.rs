@@ -402,6 +402,130 @@ fn a_malformed_base_config_json_is_named_before_anything_is_written() {
     assert!(!work.path().join("merged").exists());
 }
 
+/// Non-finite merged values are reported (a warning naming the tensor and the count, counted
+/// on the device), and fail the run with `FUSION_NONFINITE=error` before anything is saved; so
+/// do values that overflow float16 when the save converts them.
+#[test]
+fn non_finite_merged_values_are_reported_and_can_fail_the_run() {
+    let models = data().join("merge-tiny/models");
+    let work = tempfile::tempdir().unwrap();
+    // task_a with a NaN in one tensor and an infinity in another.
+    let mut task_a = read_f32(&models.join("task_a.safetensors"));
+    task_a[0].2[3] = f32::NAN;
+    task_a[1].2[0] = f32::INFINITY;
+    let (nan_tensor, inf_tensor) = (task_a[0].0.clone(), task_a[1].0.clone());
+    let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = task_a
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
+    let bad = work.path().join("task_a_bad.safetensors");
+    write_f32(&bad, &tensors);
+    let cfg = configs(&[(
+        "modelpool/p.yaml",
+        &format!(
+            "_target_: fusion_bench.modelpool.BaseModelPool\nmodels:\n  _pretrained_: {}\n  task_a: {}\n  task_b: {}\n",
+            models.join("_pretrained_.safetensors").display(),
+            bad.display(),
+            models.join("task_b.safetensors").display()
+        ),
+    )]);
+    let cp = cfg.path().to_str().unwrap();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            "--config-path",
+            cp,
+            "method=task_arithmetic",
+            "modelpool=p",
+            "taskpool=dummy",
+            "print_config=false",
+        ];
+        args.extend_from_slice(extra);
+        run_host_env(work.path(), &args, env)
+    };
+
+    let warned = run(&["merged_model_save_path=merged"], &[]);
+    assert_eq!(warned.code, 0, "{}", warned.stderr);
+    assert!(
+        warned.stderr.contains(&format!(
+            "merged tensor `{nan_tensor}`: 1 of {} values are NaN or infinite",
+            task_a[0].2.len()
+        )) && warned
+            .stderr
+            .contains(&format!("merged tensor `{inf_tensor}`: 1 of")),
+        "{}",
+        warned.stderr
+    );
+    let saved = read_f32(&work.path().join("merged/model.safetensors"));
+    assert!(saved[0].2[3].is_nan() && saved[1].2[0].is_infinite());
+    assert_eq!(
+        saved
+            .iter()
+            .flat_map(|t| &t.2)
+            .filter(|v| !v.is_finite())
+            .count(),
+        2
+    );
+
+    let failed = run(
+        &["merged_model_save_path=strict"],
+        &[("FUSION_NONFINITE", "error")],
+    );
+    failed.assert_clean_failure(1);
+    assert!(
+        failed
+            .error()
+            .contains(&format!("merged tensor `{nan_tensor}`: 1 of"))
+            && failed.error().contains("FUSION_NONFINITE=error"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!work.path().join("strict").exists());
+    assert_eq!(hidden_under(work.path()), Vec::<String>::new());
+
+    // A scaling factor of 1e300 (infinite in f32) makes every merged tensor non-finite: named
+    // one by one up to a limit, then summed up.
+    let huge = run(
+        &["method.scaling_factor=1e300", "merged_model_save_path=huge"],
+        &[],
+    );
+    assert_eq!(huge.code, 0, "{}", huge.stderr);
+    assert!(
+        huge.stderr.contains("merged tensors in all hold"),
+        "{}",
+        huge.stderr
+    );
+    let bad_policy = run(&[], &[("FUSION_NONFINITE", "maybe")]);
+    bad_policy.assert_clean_failure(2);
+    assert!(
+        bad_policy.error().contains("FUSION_NONFINITE=`maybe`"),
+        "{}",
+        bad_policy.stderr
+    );
+
+    // Finite merged values that overflow float16 on the save.
+    let f16 = [
+        "merged_model_save_path=half",
+        "merged_model_save_kwargs={dtype: float16}",
+    ];
+    let pool = ["modelpool=tiny", "method.scaling_factor=1e6"];
+    let args: Vec<&str> = f16.iter().chain(&pool).copied().collect();
+    let overflow = run(&args, &[]);
+    assert_eq!(overflow.code, 0, "{}", overflow.stderr);
+    assert!(
+        overflow.stderr.contains("are too large for F16"),
+        "{}",
+        overflow.stderr
+    );
+    let overflow = run(&args, &[("FUSION_NONFINITE", "error")]);
+    overflow.assert_clean_failure(1);
+    assert!(
+        overflow.error().contains("are too large for F16"),
+        "{}",
+        overflow.stderr
+    );
+    assert_eq!(hidden_under(work.path()), Vec::<String>::new());
+}
+
 /// Start the host saving slowly (the testkit's `slow` method) into `work/merged`, and wait
 /// until a temporary file of the save is there.
 fn start_slow_save(work: &Path, plugin: &Path, cp: &str) -> std::process::Child {

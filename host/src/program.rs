@@ -274,7 +274,8 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     let dry_run = root_bool(&cfg, "dry_run", false)?;
     let print_config = root_bool(&cfg, "print_config", false)?;
     let save_path = root_path(&cfg, "merged_model_save_path", &log_dir)?;
-    let save_opts = SaveOptions::from_kwargs(cfg.get("merged_model_save_kwargs"))?;
+    let mut save_opts = SaveOptions::from_kwargs(cfg.get("merged_model_save_kwargs"))?;
+    save_opts.overflow_is_error = crate::save::nonfinite_is_error()?;
     let report_path = match cfg.get("report_save_path") {
         // FusionBench's default when the key is absent.
         None => Some(log_dir.join("program_report.json")),

@@ -24,6 +24,9 @@ pub struct SaveOptions {
     pub dtype: Option<DType>,
     /// Start a new shard before a shard would exceed this many bytes.
     pub max_shard_size: u64,
+    /// Fail, rather than warn, when a value overflows the dtype it is converted to
+    /// (`FUSION_NONFINITE=error`).
+    pub overflow_is_error: bool,
 }
 
 impl Default for SaveOptions {
@@ -32,6 +35,7 @@ impl Default for SaveOptions {
         Self {
             dtype: None,
             max_shard_size: 5_000_000_000,
+            overflow_is_error: false,
         }
     }
 }
@@ -56,6 +60,26 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     Some((num * mult) as u64)
+}
+
+/// The environment variable that says what a non-finite value does: `warn` (the default),
+/// `error` or `off`. The merging plugin counts NaN and ±Inf in every merged tensor on the
+/// device; the save checks the values that overflow a narrower dtype they are converted to.
+pub const NONFINITE_VAR: &str = "FUSION_NONFINITE";
+
+/// Whether `FUSION_NONFINITE` asks for an error (a value other than `warn`, `error`, `off` or
+/// empty is a usage error).
+pub fn nonfinite_is_error() -> anyhow::Result<bool> {
+    let Ok(v) = std::env::var(NONFINITE_VAR) else {
+        return Ok(false);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "warn" | "off" => Ok(false),
+        "error" => Ok(true),
+        other => Err(usage(format!(
+            "{NONFINITE_VAR}=`{other}`: expected warn, error or off"
+        ))),
+    }
 }
 
 impl SaveOptions {
@@ -137,6 +161,7 @@ fn tensor_bytes(
     name: &str,
     info: &TensorInfo,
     target: DType,
+    overflow_is_error: bool,
 ) -> anyhow::Result<Vec<u8>> {
     let data = model
         .data(name)
@@ -153,7 +178,41 @@ fn tensor_bytes(
         return Ok(data.into_owned());
     }
     let values = bytes_to_f32(&data, info.dtype).map_err(plugin)?;
-    f32_to_bytes(&values, target).map_err(plugin)
+    let bytes = f32_to_bytes(&values, target).map_err(plugin)?;
+    let (overflow, largest) = overflows(&values, &bytes, target);
+    if overflow > 0 {
+        let message = format!(
+            "tensor `{name}`: {overflow} of {} values are too large for {} (largest magnitude \
+             {largest:e}) and become infinite when converted",
+            values.len(),
+            target.name()
+        );
+        if overflow_is_error {
+            bail!("{message} ({NONFINITE_VAR}=error stops here; save in a wider dtype)");
+        }
+        tracing::warn!("{message} (set {NONFINITE_VAR}=error to fail instead)");
+    }
+    Ok(bytes)
+}
+
+/// How many finite `values` became infinite in `converted` (their `target` encoding), and the
+/// largest magnitude among them.
+fn overflows(values: &[f32], converted: &[u8], target: DType) -> (usize, f32) {
+    let exponent: u16 = match target {
+        DType::F16 => 0x7c00,
+        DType::BF16 => 0x7f80,
+        _ => return (0, 0.0),
+    };
+    let mut count = 0;
+    let mut largest = 0f32;
+    for (v, h) in values.iter().zip(converted.chunks_exact(2)) {
+        let h = u16::from_le_bytes([h[0], h[1]]);
+        if v.is_finite() && h & exponent == exponent {
+            count += 1;
+            largest = largest.max(v.abs());
+        }
+    }
+    (count, largest)
 }
 
 /// Bytes written between two requests to start writing back (see [`Flusher`]).
@@ -169,6 +228,7 @@ fn write_shard(
     path: &Path,
     tensors: &[(String, TensorInfo)],
     source: &[TensorInfo],
+    overflow_is_error: bool,
 ) -> anyhow::Result<u64> {
     let mut entries = Vec::with_capacity(tensors.len());
     let mut offset = 0u64;
@@ -208,7 +268,7 @@ fn write_shard(
                 .iter()
                 .zip(source)
                 .try_for_each(|((name, info), src)| -> anyhow::Result<()> {
-                    let bytes = tensor_bytes(model, name, src, info.dtype)?;
+                    let bytes = tensor_bytes(model, name, src, info.dtype, overflow_is_error)?;
                     // A closed channel means the writer failed: stop computing; its error is
                     // the one reported below.
                     tx.send(bytes)
@@ -541,7 +601,13 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
             Some(stem) == file_name.as_deref()
         });
         let staged = Staged::new(dest);
-        let bytes = write_shard(model, &staged.tmp, &planned, &source)?;
+        let bytes = write_shard(
+            model,
+            &staged.tmp,
+            &planned,
+            &source,
+            opts.overflow_is_error,
+        )?;
         commit(&mut [staged])?;
         return Ok(SaveSummary {
             path: dest.to_owned(),
@@ -581,7 +647,32 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
         current += n;
     }
 
+    // A folder made here and left empty by a failed save is removed again.
+    let created = !dest.exists();
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let saved = save_into(model, dest, opts, &planned, &source, &groups, &carried);
+    if saved.is_err() && created {
+        let _ = std::fs::remove_dir(dest);
+    }
+    let total = saved?;
+    Ok(SaveSummary {
+        path: dest.to_owned(),
+        shards: groups.len(),
+        tensors: names.len(),
+        bytes: total,
+    })
+}
+
+/// The folder part of [`save_model`]: stage every file in `dest`, then commit them.
+fn save_into(
+    model: &Model,
+    dest: &Path,
+    opts: &SaveOptions,
+    planned: &[(String, TensorInfo)],
+    source: &[TensorInfo],
+    groups: &[Vec<usize>],
+    carried: &[(String, Vec<u8>)],
+) -> anyhow::Result<u64> {
     remove_stale_temps(dest, |_| true);
     let count = groups.len();
     let mut staged = Vec::new();
@@ -598,7 +689,7 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
             group.iter().map(|&i| planned[i].clone()).collect();
         let src: Vec<TensorInfo> = group.iter().map(|&i| source[i].clone()).collect();
         let shard = Staged::new(&dest.join(&file));
-        total += write_shard(model, &shard.tmp, &tensors, &src)?;
+        total += write_shard(model, &shard.tmp, &tensors, &src, opts.overflow_is_error)?;
         staged.push(shard);
         for (name, _) in &tensors {
             weight_map.insert(name.clone(), file.clone());
@@ -613,17 +704,12 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
         )?);
         written.push(INDEX.to_string());
     }
-    for (file, contents) in &carried {
+    for (file, contents) in carried {
         staged.push(Staged::bytes(&dest.join(file), contents)?);
     }
     commit(&mut staged)?;
     remove_other_weights(dest, &written);
-    Ok(SaveSummary {
-        path: dest.to_owned(),
-        shards: count,
-        tensors: names.len(),
-        bytes: total,
-    })
+    Ok(total)
 }
 
 /// Remove the weight files in `dir` that the save just done did not write (see
@@ -698,6 +784,20 @@ mod tests {
         assert_eq!(parse_size("2GiB"), Some(2 * 1024 * 1024 * 1024));
         assert_eq!(parse_size("1234"), Some(1234));
         assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn overflow_on_conversion_is_counted() {
+        let values = [1.0f32, 70000.0, -1e6, f32::INFINITY, 65504.0, 3e38];
+        let f16 = f32_to_bytes(&values, DType::F16).unwrap();
+        // 70000, -1e6 and 3e38 overflow; an input infinity is not an overflow; 65504 is f16's
+        // largest value.
+        assert_eq!(overflows(&values, &f16, DType::F16), (3, 3e38));
+        let bf16 = f32_to_bytes(&values, DType::BF16).unwrap();
+        assert_eq!(overflows(&values, &bf16, DType::BF16), (0, 0.0));
+        let big = [3.4e38f32];
+        let bf16 = f32_to_bytes(&big, DType::BF16).unwrap();
+        assert_eq!(overflows(&big, &bf16, DType::BF16).0, 1);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Reductions for SLERP and Model Stock: sums, sums of squares, L2 norms and dot products,
-//! over any size (chunked bindings, then a tree of partial-sum launches).
+//! over any size (chunked bindings, then a tree of partial-sum launches); and the count of
+//! non-finite values that checks every merged tensor.
 
 use fusion_plugin_api::{Binding, Compute, DType, Error, GpuTensor, KernelCall, Result};
 
@@ -26,6 +27,54 @@ pub fn l2_norm(c: &dyn Compute, x: GpuTensor) -> Result<f32> {
 /// Σ a·b over two tensors of one shape.
 pub fn dot(c: &dyn Compute, a: GpuTensor, b: GpuTensor) -> Result<f32> {
     reduce(c, a, Some(b), 0.0)
+}
+
+/// The number of NaN and ±Inf values in `x` (f32, f16 or bf16), counted on the device: one
+/// read of the tensor, one small read back.
+pub fn count_nonfinite(c: &dyn Compute, x: GpuTensor) -> Result<u64> {
+    match count_nonfinite_start(c, x)? {
+        Some(counts) => count_nonfinite_finish(c, counts),
+        None => Ok(0),
+    }
+}
+
+/// The first half of [`count_nonfinite`]: queue the count of `x` and return the tensor that
+/// receives it (`None` for an empty `x`), to pass to [`count_nonfinite_finish`] later, so that
+/// the read back can wait until other work (reading the tensor itself) is done anyway.
+pub fn count_nonfinite_start(c: &dyn Compute, x: GpuTensor) -> Result<Option<GpuTensor>> {
+    let (dtype, _, n) = info(c, x)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let plan: Vec<_> = chunks(&l, n).collect();
+    // One counter per chunk (at most 2^30 elements each), so no counter can overflow.
+    let counts = Scratch::new(c, DType::U32, &[plan.len()])?;
+    let consts = constants(&l, &[("A_DTYPE", dtype_code("count_nonfinite", dtype)?)]);
+    for (i, ch) in plan.iter().enumerate() {
+        c.dispatch(&KernelCall {
+            label: "count_nonfinite",
+            source: wgsl::REDUCE,
+            entry_point: "count_nonfinite",
+            constants: &consts,
+            bindings: &[Binding::write(counts.id()), ch.binding(x, dtype, true)],
+            uniforms: &Uniforms::default().u32(ch.len as u32).u32(i as u32).bytes(),
+            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+        })?;
+    }
+    Ok(Some(counts.keep()))
+}
+
+/// The second half of [`count_nonfinite`]: read the count queued by [`count_nonfinite_start`]
+/// and release its tensor.
+pub fn count_nonfinite_finish(c: &dyn Compute, counts: GpuTensor) -> Result<u64> {
+    let counts = Scratch::adopt(c, counts);
+    let bytes = c.read(counts.id())?;
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|w| u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+        .sum())
 }
 
 /// One level: partial sums of `a` (or of `a·b`), one per workgroup, into a new f32 tensor.

@@ -3,6 +3,7 @@
 //! number of the models.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
 use fusion_plugin_api::{Compute, Context, Error, GpuTensor, Model, Result, StateDict, TensorInfo};
@@ -36,7 +37,45 @@ pub(crate) struct Merged<M> {
     ahead: Mutex<Option<(String, GpuTensor)>>,
     /// Where in `names` the last merged tensor asked for stands (`None` outside), once one was.
     previous: Mutex<Option<Option<usize>>>,
+    /// What to do about NaN and ±Inf in a merged tensor.
+    nonfinite: NonFinite,
+    /// The merged tensors found holding non-finite values: (count, size).
+    found: Mutex<BTreeMap<String, (u64, usize)>>,
 }
+
+/// The environment variable that sets what a non-finite merged value does.
+pub(crate) const NONFINITE_VAR: &str = "FUSION_NONFINITE";
+
+/// What to do about NaN and ±Inf values in a merged tensor (`FUSION_NONFINITE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NonFinite {
+    /// Log a warning naming the tensor and the count (the default).
+    Warn,
+    /// Fail: the tensor is not returned, so nothing is saved or evaluated.
+    Error,
+    /// Do not count.
+    Off,
+}
+
+impl NonFinite {
+    /// From `FUSION_NONFINITE` (`warn`, `error`, `off`; unset means `warn`).
+    pub(crate) fn from_env() -> Result<NonFinite> {
+        match std::env::var(NONFINITE_VAR) {
+            Err(_) => Ok(NonFinite::Warn),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "" | "warn" => Ok(NonFinite::Warn),
+                "error" => Ok(NonFinite::Error),
+                "off" => Ok(NonFinite::Off),
+                other => Err(Error::config(format!(
+                    "{NONFINITE_VAR}=`{other}`: expected warn, error or off"
+                ))),
+            },
+        }
+    }
+}
+
+/// How many tensors are named one by one in warnings; the rest are summed up at the end.
+const NAMED_WARNINGS: usize = 8;
 
 impl<M: TensorMerge> Merged<M> {
     /// Wrap `merge` as a [`Model`]. `ctx` must have a compute device (checked by the caller
@@ -45,6 +84,7 @@ impl<M: TensorMerge> Merged<M> {
     /// asking for a merge wants to get without a word. (FusionBench merges parameters, which are
     /// float; integer buffers stay the pretrained model's, as here.)
     pub(crate) fn model(ctx: &Context, inputs: Inputs, merge: M) -> Result<Model> {
+        let nonfinite = NonFinite::from_env()?;
         let names = inputs.names()?;
         let mut kinds = std::collections::BTreeMap::<String, usize>::new();
         let mut any = false;
@@ -78,7 +118,52 @@ impl<M: TensorMerge> Merged<M> {
             names: OnceLock::new(),
             ahead: Mutex::new(None),
             previous: Mutex::new(None),
+            nonfinite,
+            found: Mutex::new(BTreeMap::new()),
         }))
+    }
+
+    /// Queue the count of NaN and ±Inf values of the merged tensor on the device (one more
+    /// read of it there), unless `FUSION_NONFINITE=off`; [`Merged::finish_check`] reads it.
+    fn start_check<'c>(&self, c: &'c dyn Compute, out: &Gpu<'_>) -> Result<Option<Gpu<'c>>> {
+        if self.nonfinite == NonFinite::Off {
+            return Ok(None);
+        }
+        Ok(fusion_kernels::count_nonfinite_start(c, out.id())?.map(|t| Gpu::adopt(c, t)))
+    }
+
+    /// Read the count queued by [`Merged::start_check`] (4 bytes, after the tensor itself was
+    /// read back, so it waits for nothing more) and warn or fail as `FUSION_NONFINITE` says.
+    fn finish_check(
+        &self,
+        c: &dyn Compute,
+        counts: Option<Gpu<'_>>,
+        name: &str,
+        numel: usize,
+    ) -> Result<()> {
+        let Some(counts) = counts else {
+            return Ok(());
+        };
+        let count = fusion_kernels::count_nonfinite_finish(c, counts.into_raw())?;
+        if count == 0 {
+            return Ok(());
+        }
+        if self.nonfinite == NonFinite::Error {
+            return Err(Error::model(format!(
+                "merged tensor `{name}`: {count} of {numel} values are NaN or infinite \
+                 ({NONFINITE_VAR}=error stops here; check the inputs and the method's \
+                 parameters, e.g. a scaling factor)"
+            )));
+        }
+        let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        if found.insert(name.to_string(), (count, numel)).is_none() && found.len() <= NAMED_WARNINGS
+        {
+            tracing::warn!(
+                "merged tensor `{name}`: {count} of {numel} values are NaN or infinite \
+                 (set {NONFINITE_VAR}=error to fail instead)"
+            );
+        }
+        Ok(())
     }
 
     /// Whether `name` (of `info`) is merged on the device rather than copied.
@@ -132,6 +217,27 @@ impl<M: TensorMerge> Merged<M> {
 
 impl<M> Drop for Merged<M> {
     fn drop(&mut self) {
+        let found = self.found.get_mut().unwrap_or_else(|e| e.into_inner());
+        if found.len() > NAMED_WARNINGS {
+            let values: u64 = found.values().map(|(n, _)| n).sum();
+            let rest: Vec<&str> = found
+                .keys()
+                .skip(NAMED_WARNINGS)
+                .take(20)
+                .map(String::as_str)
+                .collect();
+            tracing::warn!(
+                "{} merged tensors in all hold {values} NaN or infinite values; besides those \
+                 named above: {}{}",
+                found.len(),
+                rest.join(", "),
+                if found.len() > NAMED_WARNINGS + rest.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
         let ahead = self
             .ahead
             .get_mut()
@@ -161,8 +267,11 @@ impl<M: TensorMerge> StateDict for Merged<M> {
         }
         let c = self.ctx.compute()?;
         let out = self.merged(c, name, &info)?;
+        let counts = self.start_check(c, &out)?;
         self.start_next(c, name);
-        Ok(Cow::Owned(download(c, &out, info.dtype)?))
+        let bytes = download(c, &out, info.dtype)?;
+        self.finish_check(c, counts, name, info.numel())?;
+        Ok(Cow::Owned(bytes))
     }
 
     fn file_names(&self) -> Result<Vec<String>> {
