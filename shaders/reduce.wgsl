@@ -93,15 +93,15 @@ fn reduce_dot(
 
 // The number of NaN and ±Inf values of `a`, added into counts[p.offset] (the chunk's slot).
 // Tested on the bits (exponent all ones), since WGSL lets an implementation assume that float
-// values are finite. Each workgroup adds its total once, and only when it is not zero, so a
-// finite tensor costs one read of it and no atomic traffic.
+// values are finite. Each invocation counts the words t, t + grid, t + 2 grid, ... (neighbouring
+// invocations read neighbouring words) and adds its count once, only when it is not zero: a
+// finite tensor costs one read of it, with no atomics, barriers or workgroup memory (barriers
+// are costly on software adapters).
 //
 // Entry point:
 //   count_nonfinite: 0 = counts (read_write u32), 1 = a (read, A_DTYPE), 2 = uniform Params
 
 @group(0) @binding(0) var<storage, read_write> counts: array<atomic<u32>>;
-
-var<workgroup> group_count: atomic<u32>;
 
 // Whether the 16-bit float `h` (f16 or bf16, per A_DTYPE) is NaN or infinite.
 fn half_nonfinite(h: u32) -> u32 {
@@ -113,37 +113,24 @@ fn half_nonfinite(h: u32) -> u32 {
 fn count_nonfinite(
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
 ) {
-    if (lid == 0u) {
-        atomicStore(&group_count, 0u);
-    }
-    workgroupBarrier();
+    let grid = nwg.x * nwg.y * nwg.z * WG;
     let t = flat_index(gid, nwg);
-    if (t < pair_count(p.n)) {
-        let second = 2u * t + 1u < p.n;
-        var k = 0u;
+    let words = select(pair_count(p.n), p.n, A_DTYPE == DT_F32);
+    var k = 0u;
+    for (var w = t; w < words; w = w + grid) {
+        let x = a[w];
         if (A_DTYPE == DT_F32) {
-            k = select(0u, 1u, (a[2u * t] & 0x7f800000u) == 0x7f800000u);
-            if (second) {
-                k = k + select(0u, 1u, (a[2u * t + 1u] & 0x7f800000u) == 0x7f800000u);
-            }
+            k = k + select(0u, 1u, (x & 0x7f800000u) == 0x7f800000u);
         } else {
-            let w = a[t];
-            k = half_nonfinite(w & 0xffffu);
-            if (second) {
-                k = k + half_nonfinite(w >> 16u);
+            k = k + half_nonfinite(x & 0xffffu);
+            // The upper half of the last word of an odd count is padding.
+            if (2u * w + 1u < p.n) {
+                k = k + half_nonfinite(x >> 16u);
             }
-        }
-        if (k > 0u) {
-            atomicAdd(&group_count, k);
         }
     }
-    workgroupBarrier();
-    if (lid == 0u) {
-        let total = atomicLoad(&group_count);
-        if (total > 0u) {
-            atomicAdd(&counts[p.offset], total);
-        }
+    if (k > 0u) {
+        atomicAdd(&counts[p.offset], k);
     }
 }

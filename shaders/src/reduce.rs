@@ -60,10 +60,25 @@ pub fn count_nonfinite_start(c: &dyn Compute, x: GpuTensor) -> Result<Option<Gpu
             constants: &consts,
             bindings: &[Binding::write(counts.id()), ch.binding(x, dtype, true)],
             uniforms: &Uniforms::default().u32(ch.len as u32).u32(i as u32).bytes(),
-            workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
+            workgroups: dispatch_1d(&l, count_invocations(ch.len, dtype), wg),
         })?;
     }
     Ok(Some(counts.keep()))
+}
+
+/// Words each invocation of `count_nonfinite` reads, about: enough that a tensor takes few
+/// invocations (little per-invocation overhead on software adapters), few enough that a GPU
+/// still has thousands in flight for a tensor of a million elements.
+const COUNT_WORDS_PER_INVOCATION: u64 = 64;
+
+/// Invocations for a chunk of `len` elements of `dtype` (the kernel loops over the rest).
+fn count_invocations(len: u64, dtype: DType) -> u64 {
+    let words = if dtype == DType::F32 {
+        len
+    } else {
+        len.div_ceil(2)
+    };
+    words.div_ceil(COUNT_WORDS_PER_INVOCATION).max(1)
 }
 
 /// The second half of [`count_nonfinite`]: read the count queued by [`count_nonfinite_start`]

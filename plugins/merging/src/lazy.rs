@@ -267,10 +267,14 @@ impl<M: TensorMerge> StateDict for Merged<M> {
         }
         let c = self.ctx.compute()?;
         let out = self.merged(c, name, &info)?;
+        // The count is queued behind the merge and read right after the tensor (by then it is
+        // done), before the next tensor's merge is queued: read later, it would wait for that
+        // merge too and lose the overlap of the host writing this tensor with the device
+        // computing the next.
         let counts = self.start_check(c, &out)?;
-        self.start_next(c, name);
         let bytes = download(c, &out, info.dtype)?;
         self.finish_check(c, counts, name, info.numel())?;
+        self.start_next(c, name);
         Ok(Cow::Owned(bytes))
     }
 
