@@ -41,7 +41,8 @@ pub use launch::{
     set_loop_rows, workgroup_size, Chunk, SOFTWARE_LOOP_ROWS,
 };
 pub use reduce::{
-    count_nonfinite, count_nonfinite_finish, count_nonfinite_start, dot, l2_norm, sum, sum_squares,
+    count_nonfinite, count_nonfinite_into, count_nonfinite_slots, dot, l2_norm, sum, sum_counts,
+    sum_squares,
 };
 pub use select::{
     histogram_max_workgroups, histogram_workgroups, kth_largest_magnitude,

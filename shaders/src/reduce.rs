@@ -32,38 +32,60 @@ pub fn dot(c: &dyn Compute, a: GpuTensor, b: GpuTensor) -> Result<f32> {
 /// The number of NaN and ±Inf values in `x` (f32, f16 or bf16), counted on the device: one
 /// read of the tensor, one small read back.
 pub fn count_nonfinite(c: &dyn Compute, x: GpuTensor) -> Result<u64> {
-    match count_nonfinite_start(c, x)? {
-        Some(counts) => count_nonfinite_finish(c, counts),
-        None => Ok(0),
+    let slots = count_nonfinite_slots(c, x)?;
+    if slots == 0 {
+        return Ok(0);
     }
+    let counts = Scratch::new(c, DType::U32, &[slots])?;
+    count_nonfinite_into(c, x, counts.id(), 0)?;
+    let bytes = c.read(counts.id())?;
+    Ok(sum_counts(&bytes))
 }
 
-/// The first half of [`count_nonfinite`]: queue the count of `x` and return the tensor that
-/// receives it (`None` for an empty `x`), to pass to [`count_nonfinite_finish`] later, so that
-/// the read back can wait until other work (reading the tensor itself) is done anyway.
-pub fn count_nonfinite_start(c: &dyn Compute, x: GpuTensor) -> Result<Option<GpuTensor>> {
+/// How many u32 slots [`count_nonfinite_into`] adds into for `x` (one per chunk; 0 when `x`
+/// is empty).
+pub fn count_nonfinite_slots(c: &dyn Compute, x: GpuTensor) -> Result<usize> {
+    let (_, _, n) = info(c, x)?;
+    Ok(chunks(&c.limits(), n).count())
+}
+
+/// Queue the count of NaN and ±Inf values of `x`, added into the u32 slots
+/// `counts[first_slot..first_slot + count_nonfinite_slots(x)]` (zero them first). Many tensors
+/// can share one `counts` tensor and one read back ([`sum_counts`] of a range of it).
+pub fn count_nonfinite_into(
+    c: &dyn Compute,
+    x: GpuTensor,
+    counts: GpuTensor,
+    first_slot: usize,
+) -> Result<()> {
     let (dtype, _, n) = info(c, x)?;
-    if n == 0 {
-        return Ok(None);
-    }
     let l = c.limits();
     let wg = workgroup_size(&l);
-    let plan: Vec<_> = chunks(&l, n).collect();
-    // One counter per chunk (at most 2^30 elements each), so no counter can overflow.
-    let counts = Scratch::new(c, DType::U32, &[plan.len()])?;
     let consts = constants(&l, &[("A_DTYPE", dtype_code("count_nonfinite", dtype)?)]);
-    for (i, ch) in plan.iter().enumerate() {
+    // One counter per chunk (at most 2^30 elements each), so no counter can overflow.
+    for (i, ch) in chunks(&l, n).enumerate() {
         c.dispatch(&KernelCall {
             label: "count_nonfinite",
             source: wgsl::REDUCE,
             entry_point: "count_nonfinite",
             constants: &consts,
-            bindings: &[Binding::write(counts.id()), ch.binding(x, dtype, true)],
-            uniforms: &Uniforms::default().u32(ch.len as u32).u32(i as u32).bytes(),
+            bindings: &[Binding::write(counts), ch.binding(x, dtype, true)],
+            uniforms: &Uniforms::default()
+                .u32(ch.len as u32)
+                .u32((first_slot + i) as u32)
+                .bytes(),
             workgroups: dispatch_1d(&l, count_invocations(ch.len, dtype), wg),
         })?;
     }
-    Ok(Some(counts.keep()))
+    Ok(())
+}
+
+/// The sum of u32 counts read back (little-endian bytes).
+pub fn sum_counts(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks_exact(4)
+        .map(|w| u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+        .sum()
 }
 
 /// Words each invocation of `count_nonfinite` reads, about: enough that a tensor takes few
@@ -79,17 +101,6 @@ fn count_invocations(len: u64, dtype: DType) -> u64 {
         len.div_ceil(2)
     };
     words.div_ceil(COUNT_WORDS_PER_INVOCATION).max(1)
-}
-
-/// The second half of [`count_nonfinite`]: read the count queued by [`count_nonfinite_start`]
-/// and release its tensor.
-pub fn count_nonfinite_finish(c: &dyn Compute, counts: GpuTensor) -> Result<u64> {
-    let counts = Scratch::adopt(c, counts);
-    let bytes = c.read(counts.id())?;
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|w| u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
-        .sum())
 }
 
 /// One level: partial sums of `a` (or of `a·b`), one per workgroup, into a new f32 tensor.

@@ -6,7 +6,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
-use fusion_plugin_api::{Compute, Context, Error, GpuTensor, Model, Result, StateDict, TensorInfo};
+use fusion_plugin_api::{
+    Compute, Context, DType, Error, GpuTensor, Model, Result, StateDict, TensorInfo,
+};
 
 use crate::device::{download, Gpu};
 use crate::inputs::Inputs;
@@ -41,7 +43,27 @@ pub(crate) struct Merged<M> {
     nonfinite: NonFinite,
     /// The merged tensors found holding non-finite values: (count, size).
     found: Mutex<BTreeMap<String, (u64, usize)>>,
+    /// Counts queued on the device and not read back yet.
+    pending: Mutex<Pending>,
+    /// Where in `names` the last tensor asked for stands, for [`Merged::data`]'s read-backs.
+    checked_at: Mutex<Option<Option<usize>>>,
 }
+
+/// Non-finite counts of merged tensors queued on the device, read back together: a save asks
+/// for the tensors in order, and one read back at the end (or every [`COUNT_SLOTS`] chunks)
+/// costs far less than one per tensor.
+#[derive(Default)]
+struct Pending {
+    /// [`COUNT_SLOTS`] u32 counters, zeroed when made.
+    counts: Option<GpuTensor>,
+    used: usize,
+    /// (name, size, first slot, slots) per tensor counted into `counts`.
+    tensors: Vec<(String, usize, usize, usize)>,
+}
+
+/// Counters per read back (one per chunk of a tensor; a tensor is one chunk up to 2^25
+/// elements or more).
+const COUNT_SLOTS: usize = 4096;
 
 /// The environment variable that sets what a non-finite merged value does.
 pub(crate) const NONFINITE_VAR: &str = "FUSION_NONFINITE";
@@ -120,50 +142,113 @@ impl<M: TensorMerge> Merged<M> {
             previous: Mutex::new(None),
             nonfinite,
             found: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(Pending::default()),
+            checked_at: Mutex::new(None),
         }))
     }
 
-    /// Queue the count of NaN and ±Inf values of the merged tensor on the device (one more
-    /// read of it there), unless `FUSION_NONFINITE=off`; [`Merged::finish_check`] reads it.
-    fn start_check<'c>(&self, c: &'c dyn Compute, out: &Gpu<'_>) -> Result<Option<Gpu<'c>>> {
+    /// Queue the count of NaN and ±Inf values of the merged `name` on the device (one more
+    /// read of it there), unless `FUSION_NONFINITE=off`; [`Merged::read_counts`] reads it.
+    fn queue_count(&self, c: &dyn Compute, name: &str, out: &Gpu<'_>, numel: usize) -> Result<()> {
         if self.nonfinite == NonFinite::Off {
-            return Ok(None);
+            return Ok(());
         }
-        Ok(fusion_kernels::count_nonfinite_start(c, out.id())?.map(|t| Gpu::adopt(c, t)))
+        let slots = fusion_kernels::count_nonfinite_slots(c, out.id())?;
+        if slots == 0 {
+            return Ok(());
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.used + slots > COUNT_SLOTS {
+            self.read_pending(c, &mut pending)?;
+        }
+        let counts = match pending.counts {
+            Some(t) => t,
+            None => {
+                let t = c.create(DType::U32, &[COUNT_SLOTS.max(slots)], None)?;
+                pending.counts = Some(t);
+                pending.used = 0;
+                t
+            }
+        };
+        fusion_kernels::count_nonfinite_into(c, out.id(), counts, pending.used)?;
+        let first = pending.used;
+        pending
+            .tensors
+            .push((name.to_string(), numel, first, slots));
+        pending.used += slots;
+        Ok(())
     }
 
-    /// Read the count queued by [`Merged::start_check`] (4 bytes, after the tensor itself was
-    /// read back, so it waits for nothing more) and warn or fail as `FUSION_NONFINITE` says.
-    fn finish_check(
-        &self,
-        c: &dyn Compute,
-        counts: Option<Gpu<'_>>,
-        name: &str,
-        numel: usize,
-    ) -> Result<()> {
-        let Some(counts) = counts else {
+    /// Read back the queued counts and warn or fail as `FUSION_NONFINITE` says.
+    fn read_counts(&self, c: &dyn Compute) -> Result<()> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.read_pending(c, &mut pending)
+    }
+
+    fn read_pending(&self, c: &dyn Compute, pending: &mut Pending) -> Result<()> {
+        let Some(counts) = pending.counts.take() else {
             return Ok(());
         };
-        let count = fusion_kernels::count_nonfinite_finish(c, counts.into_raw())?;
-        if count == 0 {
+        let tensors = std::mem::take(&mut pending.tensors);
+        pending.used = 0;
+        let bytes = c.read(counts);
+        c.release(counts);
+        let bytes = bytes?;
+        let bad: Vec<(String, u64, usize)> = tensors
+            .into_iter()
+            .filter_map(|(name, numel, first, slots)| {
+                let n = fusion_kernels::sum_counts(&bytes[first * 4..(first + slots) * 4]);
+                (n > 0).then_some((name, n, numel))
+            })
+            .collect();
+        let Some((name, count, numel)) = bad.first() else {
             return Ok(());
-        }
+        };
         if self.nonfinite == NonFinite::Error {
+            let others = if bad.len() > 1 {
+                format!("; {} more merged tensors hold some too", bad.len() - 1)
+            } else {
+                String::new()
+            };
             return Err(Error::model(format!(
-                "merged tensor `{name}`: {count} of {numel} values are NaN or infinite \
+                "merged tensor `{name}`: {count} of {numel} values are NaN or infinite{others} \
                  ({NONFINITE_VAR}=error stops here; check the inputs and the method's \
                  parameters, e.g. a scaling factor)"
             )));
         }
         let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
-        if found.insert(name.to_string(), (count, numel)).is_none() && found.len() <= NAMED_WARNINGS
-        {
-            tracing::warn!(
-                "merged tensor `{name}`: {count} of {numel} values are NaN or infinite \
-                 (set {NONFINITE_VAR}=error to fail instead)"
-            );
+        for (name, count, numel) in bad {
+            if found.insert(name.clone(), (count, numel)).is_none() && found.len() <= NAMED_WARNINGS
+            {
+                tracing::warn!(
+                    "merged tensor `{name}`: {count} of {numel} values are NaN or infinite \
+                     (set {NONFINITE_VAR}=error to fail instead)"
+                );
+            }
         }
         Ok(())
+    }
+
+    /// Whether the counts queued so far must be read now, after `name` was asked for: at the
+    /// last tensor, and whenever tensors are not asked for in order (an evaluation), so that
+    /// every tensor a reader got was checked before it asks for the next one out of order or
+    /// finishes.
+    fn must_read_counts(&self, name: &str) -> bool {
+        let names = self
+            .names
+            .get_or_init(|| self.inputs.names().unwrap_or_default());
+        let at = names.iter().position(|n| n == name);
+        let previous = self
+            .checked_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(at);
+        let in_order = match (previous, at) {
+            (None, Some(0)) => true,
+            (Some(Some(p)), Some(i)) => p + 1 == i,
+            _ => false,
+        };
+        !in_order || at.is_none_or(|i| i + 1 == names.len())
     }
 
     /// Whether `name` (of `info`) is merged on the device rather than copied.
@@ -217,6 +302,12 @@ impl<M: TensorMerge> Merged<M> {
 
 impl<M> Drop for Merged<M> {
     fn drop(&mut self) {
+        if let Ok(c) = self.ctx.compute() {
+            let pending = std::mem::take(self.pending.get_mut().unwrap_or_else(|e| e.into_inner()));
+            if let Some(t) = pending.counts {
+                c.release(t);
+            }
+        }
         let found = self.found.get_mut().unwrap_or_else(|e| e.into_inner());
         if found.len() > NAMED_WARNINGS {
             let values: u64 = found.values().map(|(n, _)| n).sum();
@@ -261,20 +352,21 @@ impl<M: TensorMerge> StateDict for Merged<M> {
     fn data(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         let info = self.inputs.info(name)?;
         if !self.merges(name, &info) {
-            return Ok(Cow::Owned(
-                self.inputs.reference.model.data(name)?.into_owned(),
-            ));
+            let bytes = self.inputs.reference.model.data(name)?.into_owned();
+            // A copied tensor may be the last one a save asks for.
+            if self.must_read_counts(name) && self.nonfinite != NonFinite::Off {
+                self.read_counts(self.ctx.compute()?)?;
+            }
+            return Ok(Cow::Owned(bytes));
         }
         let c = self.ctx.compute()?;
         let out = self.merged(c, name, &info)?;
-        // The count is queued behind the merge and read right after the tensor (by then it is
-        // done), before the next tensor's merge is queued: read later, it would wait for that
-        // merge too and lose the overlap of the host writing this tensor with the device
-        // computing the next.
-        let counts = self.start_check(c, &out)?;
-        let bytes = download(c, &out, info.dtype)?;
-        self.finish_check(c, counts, name, info.numel())?;
+        self.queue_count(c, name, &out, info.numel())?;
         self.start_next(c, name);
+        let bytes = download(c, &out, info.dtype)?;
+        if self.must_read_counts(name) {
+            self.read_counts(c)?;
+        }
         Ok(Cow::Owned(bytes))
     }
 
