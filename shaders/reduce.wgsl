@@ -90,3 +90,47 @@ fn reduce_dot(
     }
     workgroup_sum(value, lid, wid, nwg, pd.offset);
 }
+
+// The number of NaN and ±Inf values of `a`, added into counts[p.offset] (the chunk's slot).
+// Tested on the bits (exponent all ones), since WGSL lets an implementation assume that float
+// values are finite. Each invocation counts the words t, t + grid, t + 2 grid, ... (neighbouring
+// invocations read neighbouring words) and adds its count once, only when it is not zero: a
+// finite tensor costs one read of it, with no atomics, barriers or workgroup memory (barriers
+// are costly on software adapters).
+//
+// Entry point:
+//   count_nonfinite: 0 = counts (read_write u32), 1 = a (read, A_DTYPE), 2 = uniform Params
+
+@group(0) @binding(0) var<storage, read_write> counts: array<atomic<u32>>;
+
+// Whether the 16-bit float `h` (f16 or bf16, per A_DTYPE) is NaN or infinite.
+fn half_nonfinite(h: u32) -> u32 {
+    let exponent = select(0x7f80u, 0x7c00u, A_DTYPE == DT_F16);
+    return select(0u, 1u, (h & exponent) == exponent);
+}
+
+@compute @workgroup_size(WG)
+fn count_nonfinite(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let grid = nwg.x * nwg.y * nwg.z * WG;
+    let t = flat_index(gid, nwg);
+    let words = select(pair_count(p.n), p.n, A_DTYPE == DT_F32);
+    var k = 0u;
+    for (var w = t; w < words; w = w + grid) {
+        let x = a[w];
+        if (A_DTYPE == DT_F32) {
+            k = k + select(0u, 1u, (x & 0x7f800000u) == 0x7f800000u);
+        } else {
+            k = k + half_nonfinite(x & 0xffffu);
+            // The upper half of the last word of an odd count is padding.
+            if (2u * w + 1u < p.n) {
+                k = k + half_nonfinite(x >> 16u);
+            }
+        }
+    }
+    if (k > 0u) {
+        atomicAdd(&counts[p.offset], k);
+    }
+}

@@ -225,6 +225,391 @@ fn saves_the_merged_model_whole_sharded_and_converted() {
     assert!(!out.iter().any(|f| f.contains(".partial")), "{out:?}");
 }
 
+/// Hidden files (temporary files) anywhere under `dir`.
+fn hidden_under(dir: &Path) -> Vec<String> {
+    files_under(dir)
+        .into_iter()
+        .filter(|f| {
+            Path::new(f)
+                .strip_prefix(dir)
+                .unwrap()
+                .components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+        })
+        .collect()
+}
+
+#[test]
+fn saving_into_a_folder_replaces_only_the_model_files() {
+    let cfg = configs(&[]);
+    let cp = cfg.path().to_str().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
+    let victim = work.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("notes.txt"), "x").unwrap();
+    std::fs::write(victim.join("pytorch_model.bin"), "not ours").unwrap();
+    // Weights of an earlier sharded save, and the temporary file of a save killed long ago
+    // (no process has this id); the one of a live process (1) stays.
+    for f in [
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        std::fs::write(victim.join(f), "old").unwrap();
+    }
+    std::fs::write(victim.join(".model.safetensors.partial-999999999"), "dead").unwrap();
+    std::fs::write(victim.join(".notes.txt.partial-1"), "live").unwrap();
+    let save = |path: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--config-path",
+            cp,
+            "modelpool=tiny",
+            "method=task_arithmetic",
+            "taskpool=dummy",
+            "print_config=false",
+        ];
+        let arg = format!("merged_model_save_path={path}");
+        args.push(&arg);
+        args.extend_from_slice(extra);
+        run_host(work.path(), &args)
+    };
+
+    let run = save("victim", &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut left: Vec<String> = std::fs::read_dir(&victim)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            ".notes.txt.partial-1",
+            "model.safetensors",
+            "notes.txt",
+            "pytorch_model.bin"
+        ],
+        "the stale shards, index and dead temporary file go; the rest stays"
+    );
+    assert_eq!(
+        std::fs::read_to_string(victim.join("notes.txt")).unwrap(),
+        "x"
+    );
+    let merged = read_f32(&victim.join("model.safetensors"));
+    assert_eq!(merged.len(), base.len());
+
+    // Sharded into the same folder: the single file goes, the notes stay.
+    let run = save(
+        "victim",
+        &["merged_model_save_kwargs={max_shard_size: 4KB}"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!victim.join("model.safetensors").exists());
+    assert!(victim.join("model.safetensors.index.json").is_file());
+    assert_eq!(
+        std::fs::read_to_string(victim.join("notes.txt")).unwrap(),
+        "x"
+    );
+    assert!(victim.join("pytorch_model.bin").is_file());
+
+    // Into the working folder itself: the model lands beside what is there.
+    std::fs::write(work.path().join("keep.txt"), "k").unwrap();
+    let run = save(".", &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(read_f32(&work.path().join("model.safetensors")), merged);
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("keep.txt")).unwrap(),
+        "k"
+    );
+
+    // A file where a folder is wanted, a folder where a file is wanted: errors naming them,
+    // before any work, and nothing touched.
+    std::fs::write(work.path().join("file"), "mine").unwrap();
+    let run = save("file", &[]);
+    run.assert_clean_failure(2);
+    assert!(
+        run.error().contains("file is a file, not a folder"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("file")).unwrap(),
+        "mine"
+    );
+    std::fs::create_dir(work.path().join("dir.safetensors")).unwrap();
+    let run = save("dir.safetensors", &[]);
+    run.assert_clean_failure(2);
+    assert!(
+        run.error().contains("dir.safetensors is a folder"),
+        "{}",
+        run.stderr
+    );
+    let run = save("out.safetensors", &["report_save_path=victim"]);
+    run.assert_clean_failure(2);
+    assert!(
+        run.error().contains("report_save_path victim is a folder"),
+        "{}",
+        run.stderr
+    );
+    assert!(!work.path().join("out.safetensors").exists());
+    assert_eq!(
+        hidden_under(work.path()),
+        [victim.join(".notes.txt.partial-1").display().to_string()]
+    );
+}
+
+#[test]
+fn a_malformed_base_config_json_is_named_before_anything_is_written() {
+    let work = tempfile::tempdir().unwrap();
+    let models = data().join("merge-tiny/models");
+    let base = work.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    std::fs::copy(
+        models.join("_pretrained_.safetensors"),
+        base.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(base.join("config.json"), "{\"model_type\": \"clip\",").unwrap();
+    let cfg = configs(&[(
+        "modelpool/p.yaml",
+        &format!(
+            "_target_: fusion_bench.modelpool.BaseModelPool\nmodels:\n  _pretrained_: {}\n  task_a: {}\n  task_b: {}\n",
+            base.display(),
+            models.join("task_a.safetensors").display(),
+            models.join("task_b.safetensors").display()
+        ),
+    )]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "method=task_arithmetic",
+            "modelpool=p",
+            "taskpool=dummy",
+            "merged_model_save_path=merged",
+        ],
+    );
+    run.assert_clean_failure(1);
+    let err = run.error();
+    assert!(
+        err.contains(&base.join("config.json").display().to_string())
+            && err.contains("not valid JSON"),
+        "{}",
+        run.stderr
+    );
+    assert!(!work.path().join("merged").exists());
+}
+
+/// Non-finite merged values are reported (a warning naming the tensor and the count, counted
+/// on the device), and fail the run with `FUSION_NONFINITE=error` before anything is saved; so
+/// do values that overflow float16 when the save converts them.
+#[test]
+fn non_finite_merged_values_are_reported_and_can_fail_the_run() {
+    let models = data().join("merge-tiny/models");
+    let work = tempfile::tempdir().unwrap();
+    // task_a with a NaN in one tensor and an infinity in another.
+    let mut task_a = read_f32(&models.join("task_a.safetensors"));
+    task_a[0].2[3] = f32::NAN;
+    task_a[1].2[0] = f32::INFINITY;
+    let (nan_tensor, inf_tensor) = (task_a[0].0.clone(), task_a[1].0.clone());
+    let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = task_a
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
+    let bad = work.path().join("task_a_bad.safetensors");
+    write_f32(&bad, &tensors);
+    let cfg = configs(&[(
+        "modelpool/p.yaml",
+        &format!(
+            "_target_: fusion_bench.modelpool.BaseModelPool\nmodels:\n  _pretrained_: {}\n  task_a: {}\n  task_b: {}\n",
+            models.join("_pretrained_.safetensors").display(),
+            bad.display(),
+            models.join("task_b.safetensors").display()
+        ),
+    )]);
+    let cp = cfg.path().to_str().unwrap();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            "--config-path",
+            cp,
+            "method=task_arithmetic",
+            "modelpool=p",
+            "taskpool=dummy",
+            "print_config=false",
+        ];
+        args.extend_from_slice(extra);
+        run_host_env(work.path(), &args, env)
+    };
+
+    let warned = run(&["merged_model_save_path=merged"], &[]);
+    assert_eq!(warned.code, 0, "{}", warned.stderr);
+    assert!(
+        warned.stderr.contains(&format!(
+            "merged tensor `{nan_tensor}`: 1 of {} values are NaN or infinite",
+            task_a[0].2.len()
+        )) && warned
+            .stderr
+            .contains(&format!("merged tensor `{inf_tensor}`: 1 of")),
+        "{}",
+        warned.stderr
+    );
+    let saved = read_f32(&work.path().join("merged/model.safetensors"));
+    assert!(saved[0].2[3].is_nan() && saved[1].2[0].is_infinite());
+    assert_eq!(
+        saved
+            .iter()
+            .flat_map(|t| &t.2)
+            .filter(|v| !v.is_finite())
+            .count(),
+        2
+    );
+
+    let failed = run(
+        &["merged_model_save_path=strict"],
+        &[("FUSION_NONFINITE", "error")],
+    );
+    failed.assert_clean_failure(1);
+    assert!(
+        failed
+            .error()
+            .contains(&format!("merged tensor `{nan_tensor}`: 1 of"))
+            && failed.error().contains("FUSION_NONFINITE=error"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!work.path().join("strict").exists());
+    assert_eq!(hidden_under(work.path()), Vec::<String>::new());
+
+    // A scaling factor of 1e300 (infinite in f32) makes every merged tensor non-finite: named
+    // one by one up to a limit, then summed up.
+    let huge = run(
+        &["method.scaling_factor=1e300", "merged_model_save_path=huge"],
+        &[],
+    );
+    assert_eq!(huge.code, 0, "{}", huge.stderr);
+    assert!(
+        huge.stderr.contains("merged tensors in all hold"),
+        "{}",
+        huge.stderr
+    );
+    let bad_policy = run(&[], &[("FUSION_NONFINITE", "maybe")]);
+    bad_policy.assert_clean_failure(2);
+    assert!(
+        bad_policy.error().contains("FUSION_NONFINITE=`maybe`"),
+        "{}",
+        bad_policy.stderr
+    );
+
+    // Finite merged values that overflow float16 on the save.
+    let f16 = [
+        "merged_model_save_path=half",
+        "merged_model_save_kwargs={dtype: float16}",
+    ];
+    let pool = ["modelpool=tiny", "method.scaling_factor=1e6"];
+    let args: Vec<&str> = f16.iter().chain(&pool).copied().collect();
+    let overflow = run(&args, &[]);
+    assert_eq!(overflow.code, 0, "{}", overflow.stderr);
+    assert!(
+        overflow.stderr.contains("are too large for F16"),
+        "{}",
+        overflow.stderr
+    );
+    let overflow = run(&args, &[("FUSION_NONFINITE", "error")]);
+    overflow.assert_clean_failure(1);
+    assert!(
+        overflow.error().contains("are too large for F16"),
+        "{}",
+        overflow.stderr
+    );
+    assert_eq!(hidden_under(work.path()), Vec::<String>::new());
+}
+
+/// Start the host saving slowly (the testkit's `slow` method) into `work/merged`, and wait
+/// until a temporary file of the save is there.
+fn start_slow_save(work: &Path, plugin: &Path, cp: &str) -> std::process::Child {
+    let child = std::process::Command::new(host_bin())
+        .args([
+            "--plugin-dir",
+            plugin.to_str().unwrap(),
+            "--config-path",
+            cp,
+            "modelpool=tiny",
+            "method._target_=slow",
+            "+method.delay_ms=400",
+            "merged_model_save_path=merged",
+        ])
+        .current_dir(work)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !files_under(&work.join("merged"))
+        .iter()
+        .any(|f| f.contains(".model.safetensors.partial-"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the save never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn an_interrupted_save_leaves_nothing_behind_and_a_killed_one_is_collected_later() {
+    let plugin = build_external_plugin(
+        &root().join("tests/plugins/testkit"),
+        "fusion-testkit",
+        &root().join("plugin-api"),
+    );
+    let cfg = configs(&[]);
+    let cp = cfg.path().to_str().unwrap();
+    for signal in ["TERM", "INT"] {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::create_dir(work.path().join("merged")).unwrap();
+        std::fs::write(work.path().join("merged/notes.txt"), "x").unwrap();
+        let mut child = start_slow_save(work.path(), plugin.path(), cp);
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "SIG{signal}: {status:?}");
+        let mut left = files_under(&work.path().join("merged"));
+        left.retain(|f| !f.ends_with("notes.txt"));
+        assert!(left.is_empty(), "SIG{signal} left {left:?}");
+        assert_eq!(
+            std::fs::read_to_string(work.path().join("merged/notes.txt")).unwrap(),
+            "x"
+        );
+    }
+
+    // SIGKILL cannot be caught: its temporary file stays until the next save into the folder.
+    let work = tempfile::tempdir().unwrap();
+    let mut child = start_slow_save(work.path(), plugin.path(), cp);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!hidden_under(work.path()).is_empty());
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=tiny",
+            "merged_model_save_path=merged",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(work.path().join("merged/model.safetensors").is_file());
+    assert_eq!(hidden_under(work.path()), Vec::<String>::new());
+}
+
 #[test]
 fn template_plugin_built_outside_the_workspace_runs_in_the_prebuilt_host() {
     let plugin = build_external_plugin(
@@ -1112,6 +1497,56 @@ fn ties_thresholds_from_a_sampled_range_equal_the_radix_select() {
         }
         assert!(outputs[0] == outputs[1], "{case}: the merged models differ");
     }
+}
+
+/// A test set without samples is an error naming the task, not an accuracy of 0 that enters
+/// the average.
+#[test]
+fn an_empty_test_set_is_an_error_naming_the_task() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // IDX files (the MNIST format) holding no images.
+    let mut images = vec![0u8, 0, 0x08, 3];
+    for d in [0u32, 28, 28] {
+        images.extend(d.to_be_bytes());
+    }
+    std::fs::write(data_dir.path().join("t10k-images-idx3-ubyte"), images).unwrap();
+    let mut labels = vec![0u8, 0, 0x08, 1];
+    labels.extend(0u32.to_be_bytes());
+    std::fs::write(data_dir.path().join("t10k-labels-idx1-ubyte"), labels).unwrap();
+    let demo =
+        std::fs::read_to_string(root().join("configs/taskpool/CLIPVisionModelTaskPool/demo.yaml"))
+            .unwrap();
+    let empty = demo.replace(
+        "path: demo/data/digits_high",
+        &format!("path: {}", data_dir.path().display()),
+    );
+    assert_ne!(empty, demo);
+    let cfg = configs(&[("taskpool/CLIPVisionModelTaskPool/empty.yaml", &empty)]);
+    let run = run_host(
+        &root(),
+        &[
+            "--device",
+            "cpu",
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=CLIPVisionModelPool/demo",
+            "taskpool=CLIPVisionModelTaskPool/empty",
+            "method=dummy",
+            "print_config=false",
+            "report_save_path=false",
+        ],
+    );
+    run.assert_clean_failure(2);
+    assert!(
+        run.error().contains("task `digits_high`") && run.error().contains("has no samples"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.is_empty(),
+        "a report was printed: {}",
+        run.stdout
+    );
 }
 
 /// The demo, as the README runs it: the shipped tiny CLIP pool merged by TIES and scored

@@ -520,3 +520,57 @@ fn a_plugin_built_before_hub_support_still_loads_and_runs() {
         run.stderr
     );
 }
+
+/// An `HF_ENDPOINT` that accepts connections and never answers: the run gives up after the
+/// timeout (`HF_HUB_ETAG_TIMEOUT`, here 0.2 s) and its retries, with an error naming the URL,
+/// instead of hanging for ever.
+#[test]
+fn a_hub_that_never_answers_times_out_with_the_url_named() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = hub_configs(DIGITS, false);
+    let mut env = hub_env(home.path().to_str().unwrap(), &endpoint, "");
+    env.push(("HF_HUB_ETAG_TIMEOUT", "0.2"));
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(host_bin())
+        .args([
+            "--device",
+            "cpu",
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=hub",
+            "taskpool=hub",
+            "method=task_arithmetic",
+            "fast_dev_run=true",
+            "print_config=false",
+        ])
+        .current_dir(work.path())
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A hang fails the test rather than blocking it.
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("fusion-host hung on a hub that never answers");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no answer from {endpoint}/"))
+            && stderr.contains("within 0.2 s (HF_HUB_ETAG_TIMEOUT)"),
+        "{stderr}"
+    );
+}

@@ -6,6 +6,7 @@ mod device;
 mod embed;
 mod error;
 mod hub;
+mod interrupt;
 mod logging;
 mod paths;
 mod plugins;

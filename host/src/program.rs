@@ -15,7 +15,7 @@ use serde_yaml::Value as Yaml;
 use crate::error::{plugin, usage};
 use crate::plugins::Registry;
 use crate::profile::Profiler;
-use crate::save::{save_model, SaveOptions};
+use crate::save::{check_destination, save_model, SaveOptions};
 use crate::{hub, targets};
 use crate::{logging, paths, progress};
 
@@ -103,18 +103,7 @@ fn root_path(cfg: &Json, key: &str, log_dir: &Path) -> anyhow::Result<Option<Pat
 }
 
 fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    crate::save::write_file_atomic(path, contents)
 }
 
 /// The run's log folder: `base` when no other run has it, else `base_1`, `base_2`, ... A run owns
@@ -370,12 +359,25 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     let fast_dev_run = root_bool(&cfg, "fast_dev_run", false)?;
     let print_config = root_bool(&cfg, "print_config", false)?;
     let save_path = root_path(&cfg, "merged_model_save_path", &log_dir)?;
-    let save_opts = SaveOptions::from_kwargs(cfg.get("merged_model_save_kwargs"))?;
+    let mut save_opts = SaveOptions::from_kwargs(cfg.get("merged_model_save_kwargs"))?;
+    save_opts.overflow_is_error = crate::save::nonfinite_is_error()?;
     let report_path = match cfg.get("report_save_path") {
         // FusionBench's default when the key is absent.
         None => Some(log_dir.join("program_report.json")),
         Some(_) => root_path(&cfg, "report_save_path", &log_dir)?,
     };
+
+    // Paths that cannot be written are found before any work.
+    if let Some(dest) = &save_path {
+        check_destination(dest)?;
+    }
+    if let Some(path) = report_path.as_ref().filter(|p| p.is_dir()) {
+        return Err(usage(format!(
+            "report_save_path {} is a folder; give the path of the JSON file to write, e.g. {}",
+            path.display(),
+            path.join("program_report.json").display()
+        )));
+    }
 
     if print_config {
         progress::eprint(&fusion_config::to_yaml(&resolved));

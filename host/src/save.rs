@@ -1,8 +1,9 @@
 //! Writing a merged model as a Hugging Face checkpoint: `config.json` and the other files the
 //! model carries, safetensors weights sharded past a size limit with
 //! `model.safetensors.index.json`. Tensors are streamed one at a time (a lazily merged model is
-//! computed while it is written), and everything goes to a temporary name that is renamed into
-//! place at the end, so an interrupted run never leaves something that looks complete.
+//! computed while it is written). The model is written *into* the target folder, as
+//! `save_pretrained` does: each file under a temporary name beside its final one, renamed into
+//! place once all are written, replacing only the files of those names (see [`save_model`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,6 +15,7 @@ use fusion_plugin_api::{bytes_to_f32, f32_to_bytes, DType, Model, TensorInfo};
 use serde_json::{json, Value};
 
 use crate::error::{plugin, usage};
+use crate::interrupt::{self, TempPath};
 
 /// How to write the checkpoint (`merged_model_save_kwargs`).
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +24,9 @@ pub struct SaveOptions {
     pub dtype: Option<DType>,
     /// Start a new shard before a shard would exceed this many bytes.
     pub max_shard_size: u64,
+    /// Fail, rather than warn, when a value overflows the dtype it is converted to
+    /// (`FUSION_NONFINITE=error`).
+    pub overflow_is_error: bool,
 }
 
 impl Default for SaveOptions {
@@ -30,6 +35,7 @@ impl Default for SaveOptions {
         Self {
             dtype: None,
             max_shard_size: 5_000_000_000,
+            overflow_is_error: false,
         }
     }
 }
@@ -54,6 +60,26 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     Some((num * mult) as u64)
+}
+
+/// The environment variable that says what a non-finite value does: `warn` (the default),
+/// `error` or `off`. The merging plugin counts NaN and ±Inf in every merged tensor on the
+/// device; the save checks the values that overflow a narrower dtype they are converted to.
+pub const NONFINITE_VAR: &str = "FUSION_NONFINITE";
+
+/// Whether `FUSION_NONFINITE` asks for an error (a value other than `warn`, `error`, `off` or
+/// empty is a usage error).
+pub fn nonfinite_is_error() -> anyhow::Result<bool> {
+    let Ok(v) = std::env::var(NONFINITE_VAR) else {
+        return Ok(false);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "warn" | "off" => Ok(false),
+        "error" => Ok(true),
+        other => Err(usage(format!(
+            "{NONFINITE_VAR}=`{other}`: expected warn, error or off"
+        ))),
+    }
 }
 
 impl SaveOptions {
@@ -135,6 +161,7 @@ fn tensor_bytes(
     name: &str,
     info: &TensorInfo,
     target: DType,
+    overflow_is_error: bool,
 ) -> anyhow::Result<Vec<u8>> {
     let data = model
         .data(name)
@@ -151,7 +178,41 @@ fn tensor_bytes(
         return Ok(data.into_owned());
     }
     let values = bytes_to_f32(&data, info.dtype).map_err(plugin)?;
-    f32_to_bytes(&values, target).map_err(plugin)
+    let bytes = f32_to_bytes(&values, target).map_err(plugin)?;
+    let (overflow, largest) = overflows(&values, &bytes, target);
+    if overflow > 0 {
+        let message = format!(
+            "tensor `{name}`: {overflow} of {} values are too large for {} (largest magnitude \
+             {largest:e}) and become infinite when converted",
+            values.len(),
+            target.name()
+        );
+        if overflow_is_error {
+            bail!("{message} ({NONFINITE_VAR}=error stops here; save in a wider dtype)");
+        }
+        tracing::warn!("{message} (set {NONFINITE_VAR}=error to fail instead)");
+    }
+    Ok(bytes)
+}
+
+/// How many finite `values` became infinite in `converted` (their `target` encoding), and the
+/// largest magnitude among them.
+fn overflows(values: &[f32], converted: &[u8], target: DType) -> (usize, f32) {
+    let exponent: u16 = match target {
+        DType::F16 => 0x7c00,
+        DType::BF16 => 0x7f80,
+        _ => return (0, 0.0),
+    };
+    let mut count = 0;
+    let mut largest = 0f32;
+    for (v, h) in values.iter().zip(converted.chunks_exact(2)) {
+        let h = u16::from_le_bytes([h[0], h[1]]);
+        if v.is_finite() && h & exponent == exponent {
+            count += 1;
+            largest = largest.max(v.abs());
+        }
+    }
+    (count, largest)
 }
 
 /// Bytes written between two requests to start writing back (see [`Flusher`]).
@@ -167,6 +228,7 @@ fn write_shard(
     path: &Path,
     tensors: &[(String, TensorInfo)],
     source: &[TensorInfo],
+    overflow_is_error: bool,
 ) -> anyhow::Result<u64> {
     let mut entries = Vec::with_capacity(tensors.len());
     let mut offset = 0u64;
@@ -206,7 +268,7 @@ fn write_shard(
                 .iter()
                 .zip(source)
                 .try_for_each(|((name, info), src)| -> anyhow::Result<()> {
-                    let bytes = tensor_bytes(model, name, src, info.dtype)?;
+                    let bytes = tensor_bytes(model, name, src, info.dtype, overflow_is_error)?;
                     // A closed channel means the writer failed: stop computing; its error is
                     // the one reported below.
                     tx.send(bytes)
@@ -277,35 +339,233 @@ impl<'f> Flusher<'f> {
     }
 }
 
-/// A sibling path for work in progress.
-fn temp_sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path
+/// The temporary name of `dest` while it is written: `.NAME.partial-PID`, in the same folder
+/// (so that the final rename stays on one file system).
+fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
+    dest.with_file_name(format!(".{name}.{TEMP_TAG}{}", std::process::id()))
 }
 
-/// Move `tmp` to `dest`, replacing what is there.
-fn replace(tmp: &Path, dest: &Path) -> anyhow::Result<()> {
-    if dest.exists() {
-        let old = temp_sibling(dest, "old");
-        std::fs::rename(dest, &old)
-            .with_context(|| format!("moving the old {} aside", dest.display()))?;
-        std::fs::rename(tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
-        let _ = if old.is_dir() {
-            std::fs::remove_dir_all(&old)
-        } else {
-            std::fs::remove_file(&old)
+const TEMP_TAG: &str = "partial-";
+
+/// The process id in a temporary name of ours (`.NAME.partial-PID`), if `name` is one.
+fn temp_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (stem, pid) = rest.rsplit_once(&format!(".{TEMP_TAG}"))?;
+    if stem.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether a process with this id runs (on this machine).
+fn alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
         };
-    } else {
-        std::fs::rename(tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
+        // SAFETY: signal 0 only checks that the process exists and may be signalled.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        true
+    }
+}
+
+/// Remove temporary files of ours in `dir` (for the final names `wanted` accepts) whose
+/// process is gone: what a run killed mid-save (SIGKILL, a power cut) left. Files only; a
+/// folder of that name (an older fusion-host wrote whole models under such names) is left
+/// alone, as are files of live processes. Best effort.
+pub(crate) fn remove_stale_temps(dir: &Path, wanted: impl Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = temp_owner(name) else {
+            continue;
+        };
+        let stem = &name[1..name.len() - TEMP_TAG.len() - pid.to_string().len() - 1];
+        if !wanted(stem) || alive(pid) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => tracing::info!(
+                path = %entry.path().display(),
+                "removed the temporary file of an interrupted save (process {pid} is gone)"
+            ),
+            Err(e) => {
+                tracing::debug!(path = %entry.path().display(), error = %e, "could not remove a stale temporary file")
+            }
+        }
+    }
+}
+
+/// One file written under its temporary name, renamed into place by [`commit`]; removed when
+/// dropped uncommitted (an error, a panic), and by the signal handler meanwhile.
+pub(crate) struct Staged {
+    tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+    _registered: TempPath,
+}
+
+impl Staged {
+    fn new(dest: &Path) -> Staged {
+        let tmp = temp_path(dest);
+        Staged {
+            _registered: TempPath::register(&tmp),
+            tmp,
+            dest: dest.to_owned(),
+            committed: false,
+        }
+    }
+
+    /// Stage `contents` for `dest`, flushed to disk.
+    pub(crate) fn bytes(dest: &Path, contents: &[u8]) -> anyhow::Result<Staged> {
+        let staged = Staged::new(dest);
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&staged.tmp)?;
+            f.write_all(contents)?;
+            f.sync_all()
+        };
+        write().with_context(|| format!("writing {}", staged.tmp.display()))?;
+        Ok(staged)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Rename every staged file into place (each replaces the file of its name, nothing else is
+/// touched), with SIGINT and SIGTERM held back until all are in place, then flush the folders'
+/// entries to disk.
+pub(crate) fn commit(staged: &mut [Staged]) -> anyhow::Result<()> {
+    interrupt::commit(|| -> anyhow::Result<()> {
+        for s in staged.iter_mut() {
+            std::fs::rename(&s.tmp, &s.dest)
+                .with_context(|| format!("renaming into {}", s.dest.display()))?;
+            s.committed = true;
+        }
+        Ok(())
+    })?;
+    let mut dirs: Vec<&Path> = staged.iter().filter_map(|s| s.dest.parent()).collect();
+    dirs.dedup();
+    for dir in dirs {
+        sync_dir(dir);
     }
     Ok(())
 }
 
-/// Save `model` to `dest`: a checkpoint folder, or a single file when `dest` ends in
-/// `.safetensors`.
+/// Flush a folder's entries (the renames) to disk; best effort (not every system allows it).
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::debug!(dir = %dir.display(), error = %e, "could not flush the folder");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// Write `contents` to the file `path` atomically (temporary name in the same folder, flushed,
+/// renamed), creating its folder. A `path` that is a folder is an error naming it.
+pub fn write_file_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!(
+            "{} is a folder; give the path of a file to write",
+            path.display()
+        );
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+    remove_stale_temps(parent.unwrap_or(Path::new(".")), |stem| {
+        Some(stem) == name.as_deref()
+    });
+    commit(&mut [Staged::bytes(path, contents)?])
+}
+
+/// Whether `name` is one of the weight files a save writes: `model.safetensors`,
+/// `model.safetensors.index.json` or a shard `model-NNNNN-of-NNNNN.safetensors`.
+fn is_weight_name(name: &str) -> bool {
+    if name == SINGLE || name == INDEX {
+        return true;
+    }
+    let Some(rest) = name
+        .strip_prefix("model-")
+        .and_then(|r| r.strip_suffix(".safetensors"))
+    else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    b.len() == 14 && &rest[5..9] == "-of-" && b[..5].iter().chain(&b[9..]).all(u8::is_ascii_digit)
+}
+
+const SINGLE: &str = "model.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
+
+fn is_single_file(dest: &Path) -> bool {
+    dest.extension().is_some_and(|e| e == "safetensors")
+}
+
+/// Check that the model can be saved at `dest` (`merged_model_save_path`) without replacing
+/// something else: a folder path must not be a file, a `.safetensors` path must not be a
+/// folder. Called before the merge, so that a wrong path costs no work, and again by
+/// [`save_model`].
+pub fn check_destination(dest: &Path) -> anyhow::Result<()> {
+    if is_single_file(dest) {
+        if dest.is_dir() {
+            return Err(usage(format!(
+                "merged_model_save_path {} is a folder, but a path ending in .safetensors names a \
+                 single file; give the folder's path without the extension to save into it",
+                dest.display()
+            )));
+        }
+    } else if dest.exists() && !dest.is_dir() {
+        return Err(usage(format!(
+            "merged_model_save_path {} is a file, not a folder: the merged model is saved into a \
+             folder (or into a single file when the path ends in .safetensors); choose another path",
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Save `model` to `dest`: into a checkpoint folder (created when missing), or a single file
+/// when `dest` ends in `.safetensors`.
+///
+/// Into a folder, as `save_pretrained` does: the files the model consists of replace the files
+/// of the same names, each written under a temporary name in the folder, flushed and renamed
+/// into place only once every file is written (so an interrupted save leaves the folder as it
+/// was). Weight files of an earlier save that this one does not write (shards of another
+/// count, `model.safetensors` beside a new index or the reverse) are removed, since a loader
+/// would read them; every other file in the folder is left as it is. A `dest` that is a file
+/// (or, for `.safetensors`, a folder) is an error naming it.
 pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Result<SaveSummary> {
     let names = model.names().map_err(plugin)?;
     let mut source = Vec::with_capacity(names.len());
@@ -328,28 +588,50 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
         ));
         source.push(info);
     }
-    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
 
-    if dest.extension().is_some_and(|e| e == "safetensors") {
-        let tmp = temp_sibling(dest, "partial");
-        let result = write_shard(model, &tmp, &planned, &source);
-        let bytes = match result {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        replace(&tmp, dest)?;
+    check_destination(dest)?;
+    if is_single_file(dest) {
+        let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let file_name = dest.file_name().map(|n| n.to_string_lossy().to_string());
+        remove_stale_temps(parent.unwrap_or(Path::new(".")), |stem| {
+            Some(stem) == file_name.as_deref()
+        });
+        let staged = Staged::new(dest);
+        let bytes = write_shard(
+            model,
+            &staged.tmp,
+            &planned,
+            &source,
+            opts.overflow_is_error,
+        )?;
+        commit(&mut [staged])?;
         return Ok(SaveSummary {
             path: dest.to_owned(),
             shards: 1,
             tensors: names.len(),
             bytes,
         });
+    }
+
+    // The carried files first, so that a bad one fails the save before anything is written.
+    let mut carried = Vec::new();
+    for file in model.file_names().map_err(plugin)? {
+        if is_weight_name(&file) || file.contains(['/', '\\']) || file.starts_with('.') {
+            tracing::warn!("the merged model carries a file named `{file}`; it is not saved");
+            continue;
+        }
+        let contents = model.file(&file).map_err(plugin)?;
+        let contents = if file == "config.json" {
+            with_dtype(&contents, &planned)
+                .context("the merged model's `config.json` (carried from its reference model)")?
+        } else {
+            contents
+        };
+        carried.push((file, contents));
     }
 
     // Group tensors into shards in checkpoint order.
@@ -365,69 +647,110 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
         current += n;
     }
 
-    let tmp = temp_sibling(dest, "partial");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let write_all = || -> anyhow::Result<u64> {
-        let count = groups.len();
-        let mut weight_map = BTreeMap::new();
-        let mut total = 0u64;
-        for (k, group) in groups.iter().enumerate() {
-            let file = if count == 1 {
-                "model.safetensors".to_string()
-            } else {
-                format!("model-{:05}-of-{:05}.safetensors", k + 1, count)
-            };
-            let tensors: Vec<(String, TensorInfo)> =
-                group.iter().map(|&i| planned[i].clone()).collect();
-            let src: Vec<TensorInfo> = group.iter().map(|&i| source[i].clone()).collect();
-            total += write_shard(model, &tmp.join(&file), &tensors, &src)?;
-            for (name, _) in &tensors {
-                weight_map.insert(name.clone(), file.clone());
-            }
+    // A folder made here and left empty by a failed save is removed again.
+    let created = !dest.exists();
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let saved = save_into(model, dest, opts, &planned, &source, &groups, &carried);
+    if saved.is_err() && created {
+        let _ = std::fs::remove_dir(dest);
+    }
+    let total = saved?;
+    Ok(SaveSummary {
+        path: dest.to_owned(),
+        shards: groups.len(),
+        tensors: names.len(),
+        bytes: total,
+    })
+}
+
+/// The folder part of [`save_model`]: stage every file in `dest`, then commit them.
+fn save_into(
+    model: &Model,
+    dest: &Path,
+    opts: &SaveOptions,
+    planned: &[(String, TensorInfo)],
+    source: &[TensorInfo],
+    groups: &[Vec<usize>],
+    carried: &[(String, Vec<u8>)],
+) -> anyhow::Result<u64> {
+    remove_stale_temps(dest, |_| true);
+    let count = groups.len();
+    let mut staged = Vec::new();
+    let mut weight_map = BTreeMap::new();
+    let mut total = 0u64;
+    let mut written = Vec::new();
+    for (k, group) in groups.iter().enumerate() {
+        let file = if count == 1 {
+            SINGLE.to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", k + 1, count)
+        };
+        let tensors: Vec<(String, TensorInfo)> =
+            group.iter().map(|&i| planned[i].clone()).collect();
+        let src: Vec<TensorInfo> = group.iter().map(|&i| source[i].clone()).collect();
+        let shard = Staged::new(&dest.join(&file));
+        total += write_shard(model, &shard.tmp, &tensors, &src, opts.overflow_is_error)?;
+        staged.push(shard);
+        for (name, _) in &tensors {
+            weight_map.insert(name.clone(), file.clone());
         }
-        if count > 1 {
-            let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-            std::fs::write(
-                tmp.join("model.safetensors.index.json"),
-                serde_json::to_vec_pretty(&index)?,
-            )?;
-        }
-        for file in model.file_names().map_err(plugin)? {
-            let contents = model.file(&file).map_err(plugin)?;
-            let contents = if file == "config.json" {
-                with_dtype(&contents, &planned)
-            } else {
-                contents
-            };
-            std::fs::write(tmp.join(&file), contents).with_context(|| format!("writing {file}"))?;
-        }
-        Ok(total)
+        written.push(file);
+    }
+    if count > 1 {
+        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        staged.push(Staged::bytes(
+            &dest.join(INDEX),
+            &serde_json::to_vec_pretty(&index)?,
+        )?);
+        written.push(INDEX.to_string());
+    }
+    for (file, contents) in carried {
+        staged.push(Staged::bytes(&dest.join(file), contents)?);
+    }
+    commit(&mut staged)?;
+    remove_other_weights(dest, &written);
+    Ok(total)
+}
+
+/// Remove the weight files in `dir` that the save just done did not write (see
+/// [`is_weight_name`]): shards of an earlier save with another count, or the single file
+/// beside a new index and the reverse. Nothing else is touched.
+fn remove_other_weights(dir: &Path, written: &[String]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
     };
-    match write_all() {
-        Ok(bytes) => {
-            replace(&tmp, dest)?;
-            Ok(SaveSummary {
-                path: dest.to_owned(),
-                shards: groups.len(),
-                tensors: names.len(),
-                bytes,
-            })
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !is_weight_name(&name)
+            || written.contains(&name)
+            || !entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            continue;
         }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => tracing::info!(
+                path = %entry.path().display(),
+                "removed a weight file of an earlier save that this save replaces"
+            ),
+            Err(e) => tracing::warn!(
+                path = %entry.path().display(),
+                "could not remove a weight file of an earlier save: {e}"
+            ),
         }
     }
 }
 
-/// Update `torch_dtype` in a carried `config.json` to what was written, as `save_pretrained` does.
-fn with_dtype(config: &[u8], planned: &[(String, TensorInfo)]) -> Vec<u8> {
-    let Some(dtype) = planned.iter().map(|(_, i)| i.dtype).find(|d| d.is_float()) else {
-        return config.to_vec();
+/// Update `torch_dtype` in a carried `config.json` to what was written, as `save_pretrained`
+/// does. A `config.json` that is not a JSON object is an error: copied as it is, it would make a
+/// folder that looks complete but that no loader reads.
+fn with_dtype(config: &[u8], planned: &[(String, TensorInfo)]) -> anyhow::Result<Vec<u8>> {
+    let mut map = match serde_json::from_slice::<Value>(config) {
+        Ok(Value::Object(map)) => map,
+        Ok(other) => bail!("not a JSON object but {}", json_kind(&other)),
+        Err(e) => bail!("not valid JSON: {e}"),
     };
-    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(config) else {
-        return config.to_vec();
+    let Some(dtype) = planned.iter().map(|(_, i)| i.dtype).find(|d| d.is_float()) else {
+        return Ok(config.to_vec());
     };
     let torch = match dtype {
         DType::F16 => "float16",
@@ -436,7 +759,18 @@ fn with_dtype(config: &[u8], planned: &[(String, TensorInfo)]) -> Vec<u8> {
         _ => "float32",
     };
     map.insert("torch_dtype".into(), Value::String(torch.into()));
-    serde_json::to_vec_pretty(&Value::Object(map)).unwrap_or_else(|_| config.to_vec())
+    Ok(serde_json::to_vec_pretty(&Value::Object(map))?)
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 #[cfg(test)]
@@ -450,6 +784,20 @@ mod tests {
         assert_eq!(parse_size("2GiB"), Some(2 * 1024 * 1024 * 1024));
         assert_eq!(parse_size("1234"), Some(1234));
         assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn overflow_on_conversion_is_counted() {
+        let values = [1.0f32, 70000.0, -1e6, f32::INFINITY, 65504.0, 3e38];
+        let f16 = f32_to_bytes(&values, DType::F16).unwrap();
+        // 70000, -1e6 and 3e38 overflow; an input infinity is not an overflow; 65504 is f16's
+        // largest value.
+        assert_eq!(overflows(&values, &f16, DType::F16), (3, 3e38));
+        let bf16 = f32_to_bytes(&values, DType::BF16).unwrap();
+        assert_eq!(overflows(&values, &bf16, DType::BF16), (0, 0.0));
+        let big = [3.4e38f32];
+        let bf16 = f32_to_bytes(&big, DType::BF16).unwrap();
+        assert_eq!(overflows(&big, &bf16, DType::BF16).0, 1);
     }
 
     #[test]

@@ -40,7 +40,10 @@ pub use launch::{
     chunk_elements, chunks, dispatch_1d, dtype_code, is_software_adapter, loop_rows, quads,
     set_loop_rows, workgroup_size, Chunk, SOFTWARE_LOOP_ROWS,
 };
-pub use reduce::{dot, l2_norm, sum, sum_squares};
+pub use reduce::{
+    count_nonfinite, count_nonfinite_into, count_nonfinite_slots, dot, l2_norm, sum, sum_counts,
+    sum_squares,
+};
 pub use select::{
     histogram_max_workgroups, histogram_workgroups, kth_largest_magnitude,
     kth_largest_magnitude_with, pick_bin, radix_bracket_delta, radix_bracket_fits, radix_histogram,

@@ -1,5 +1,6 @@
 //! Reductions for SLERP and Model Stock: sums, sums of squares, L2 norms and dot products,
-//! over any size (chunked bindings, then a tree of partial-sum launches).
+//! over any size (chunked bindings, then a tree of partial-sum launches); and the count of
+//! non-finite values that checks every merged tensor.
 
 use fusion_plugin_api::{
     Binding, Compute, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result,
@@ -28,6 +29,80 @@ pub fn l2_norm(c: &dyn Compute, x: GpuTensor) -> Result<f32> {
 /// Σ a·b over two tensors of one shape.
 pub fn dot(c: &dyn Compute, a: GpuTensor, b: GpuTensor) -> Result<f32> {
     reduce(c, a, Some(b), 0.0)
+}
+
+/// The number of NaN and ±Inf values in `x` (f32, f16 or bf16), counted on the device: one
+/// read of the tensor, one small read back.
+pub fn count_nonfinite(c: &dyn Compute, x: GpuTensor) -> Result<u64> {
+    let slots = count_nonfinite_slots(c, x)?;
+    if slots == 0 {
+        return Ok(0);
+    }
+    let counts = DeviceTensor::zeros(c, DType::U32, &[slots])?;
+    count_nonfinite_into(c, x, counts.id(), 0)?;
+    let bytes = c.read(counts.id())?;
+    Ok(sum_counts(&bytes))
+}
+
+/// How many u32 slots [`count_nonfinite_into`] adds into for `x` (one per chunk; 0 when `x`
+/// is empty).
+pub fn count_nonfinite_slots(c: &dyn Compute, x: GpuTensor) -> Result<usize> {
+    let (_, _, n) = info(c, x)?;
+    Ok(chunks(&c.limits(), n).count())
+}
+
+/// Queue the count of NaN and ±Inf values of `x`, added into the u32 slots
+/// `counts[first_slot..first_slot + count_nonfinite_slots(x)]` (zero them first). Many tensors
+/// can share one `counts` tensor and one read back ([`sum_counts`] of a range of it).
+pub fn count_nonfinite_into(
+    c: &dyn Compute,
+    x: GpuTensor,
+    counts: GpuTensor,
+    first_slot: usize,
+) -> Result<()> {
+    let (dtype, _, n) = info(c, x)?;
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let consts = constants(&l, &[("A_DTYPE", dtype_code("count_nonfinite", dtype)?)]);
+    // One counter per chunk (at most 2^30 elements each), so no counter can overflow.
+    for (i, ch) in chunks(&l, n).enumerate() {
+        c.dispatch(&KernelCall {
+            label: "count_nonfinite",
+            source: wgsl::REDUCE,
+            entry_point: "count_nonfinite",
+            constants: &consts,
+            bindings: &[Binding::write(counts), ch.binding(x, dtype, true)],
+            uniforms: &Uniforms::default()
+                .u32(ch.len as u32)
+                .u32((first_slot + i) as u32)
+                .bytes(),
+            workgroups: dispatch_1d(&l, count_invocations(ch.len, dtype), wg),
+        })?;
+    }
+    Ok(())
+}
+
+/// The sum of u32 counts read back (little-endian bytes).
+pub fn sum_counts(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks_exact(4)
+        .map(|w| u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+        .sum()
+}
+
+/// Words each invocation of `count_nonfinite` reads, about: enough that a tensor takes few
+/// invocations (little per-invocation overhead on software adapters), few enough that a GPU
+/// still has thousands in flight for a tensor of a million elements.
+const COUNT_WORDS_PER_INVOCATION: u64 = 64;
+
+/// Invocations for a chunk of `len` elements of `dtype` (the kernel loops over the rest).
+fn count_invocations(len: u64, dtype: DType) -> u64 {
+    let words = if dtype == DType::F32 {
+        len
+    } else {
+        len.div_ceil(2)
+    };
+    words.div_ceil(COUNT_WORDS_PER_INVOCATION).max(1)
 }
 
 /// One level: partial sums of `a` (or of `a·b`), one per workgroup, into a new f32 tensor.

@@ -1799,6 +1799,47 @@ fn slerp_matches_cpu_and_falls_back_to_lerp() {
 // ---------------------------------------------------------------------------------------------
 // Reductions
 
+/// The non-finite count on the device equals a CPU count, for NaN, +Inf and -Inf scattered
+/// anywhere (first, last, odd tails of 16-bit pairs), large finite values (f16's 65504) and
+/// chunked tensors.
+#[test]
+fn nonfinite_counts_match_cpu() {
+    let mut rng = StdRng::seed_from_u64(16);
+    for (name, c) in runtimes() {
+        let sizes: &[usize] = if name == "full" {
+            &[1, 255, 256, 257, 1001, 300_001]
+        } else {
+            &[1, 257, 5003, 40_001]
+        };
+        for &n in sizes {
+            for dt in DTYPES {
+                let mut a = random(&mut rng, dt, n);
+                let big = if dt == DType::F16 { 65504.0 } else { 3.0e38 };
+                for (i, v) in a.iter_mut().enumerate() {
+                    let roll = rng.random_range(0..100u32);
+                    *v = match roll {
+                        0 => f32::NAN,
+                        1 => f32::INFINITY,
+                        2 => f32::NEG_INFINITY,
+                        3 => -big,
+                        _ if i == n - 1 && n % 2 == 1 => f32::NAN,
+                        _ => *v,
+                    };
+                }
+                let want = a.iter().filter(|v| !v.is_finite()).count() as u64;
+                let t = upload(c, dt, &a);
+                let got = k::count_nonfinite(c, t).unwrap();
+                assert_eq!(got, want, "{name}: {dt} n = {n}");
+                release(c, &[t]);
+            }
+        }
+        // A finite tensor counts zero.
+        let t = upload(c, DType::F32, &[1.0, -0.0, f32::MAX, f32::MIN_POSITIVE]);
+        assert_eq!(k::count_nonfinite(c, t).unwrap(), 0, "{name}");
+        release(c, &[t]);
+    }
+}
+
 #[test]
 fn reductions_match_cpu_over_levels_and_chunks() {
     let mut rng = StdRng::seed_from_u64(8);

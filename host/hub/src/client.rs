@@ -1,33 +1,18 @@
-//! The hub client: cache first, then the network through hf-hub, every download verified before
+//! The hub client: cache first, then the network (see [`crate::http`]), every download verified before
 //! it enters the cache.
 //!
-//! What hf-hub 0.5 (sync, ureq) does and does not do, and so what is wrapped here:
-//!
-//! * `Api::metadata(url)` asks `GET <url>` with `Range: bytes=0-0` without following redirects
-//!   to other hosts, and reads the commit (`x-repo-commit`), the etag (`x-linked-etag`, else
-//!   `etag`) and the size (the total of `Content-Range`, after one redirect to the storage host
-//!   for LFS files). It is used as is.
-//! * `ApiRepo::download_with_progress` fetches into `blobs/<etag>.part`, *appending* to a `.part`
-//!   left by an earlier attempt (`Range: bytes=<len>-`, without checking that the server honoured
-//!   the range), renames it to `blobs/<etag>` without checking its size or hash, links it into
-//!   `snapshots/` and writes the ref. So it is pointed at a fresh staging cache inside the
-//!   repository's `blobs/` folder (same file system, removed afterwards); the staged file is
-//!   checked against the size and, for LFS files, the sha256 the hub announced, and only then
-//!   renamed into the real `blobs/` and linked into `snapshots/`.
-//! * `ApiRepo::info()` (`GET /api/{models,datasets}/<repo>/revision/<rev>`) lists a
-//!   repository's files and gives the revision's commit; offline, the snapshot folder is read.
-//! * hf-hub reads no environment variable: [`HubSettings`] are resolved by the host.
+//! Downloads go into a fresh staging folder inside the repository's `blobs/` folder (same file
+//! system, removed afterwards); the staged file is checked against the size and, for LFS files,
+//! the sha256 the hub announced, and only then renamed into the real `blobs/` and linked into
+//! `snapshots/`. The requests themselves (with timeouts and retries) are in [`crate::http`].
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use fusion_plugin_api::hub::{Hub, RepoKind};
-use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
-use hf_hub::{Cache, Repo, RepoType};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
@@ -35,6 +20,7 @@ use crate::cache::{
     check_filename, check_repo_id, check_revision, is_commit_hash, is_plain_name, is_sha256,
     list_files, HubCache, Lookup,
 };
+use crate::http::{Http, HttpError};
 use crate::{HubError, HubSettings};
 
 /// Makes a progress bar for one download: (label, total bytes).
@@ -47,7 +33,7 @@ const MAIN: &str = "main";
 pub struct HubClient {
     settings: HubSettings,
     cache: HubCache,
-    api: OnceLock<Result<Api, String>>,
+    http: Http,
     /// The commit each (kind, repo, revision) resolved to in this process, so that one run
     /// reads one commit even when a branch moves meanwhile.
     commits: Mutex<HashMap<(RepoKind, String, String), String>>,
@@ -64,8 +50,8 @@ impl HubClient {
     pub fn new(settings: HubSettings) -> Self {
         Self {
             cache: HubCache::new(&settings.cache_dir),
+            http: Http::new(&settings),
             settings,
-            api: OnceLock::new(),
             commits: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             unreachable: AtomicBool::new(false),
@@ -158,20 +144,14 @@ impl HubClient {
                 return Ok(files);
             }
         }
-        let api = self.api(&what)?;
-        let info = guarded(&what, &self.settings.endpoint, || {
-            api.repo(hf_repo(kind, repo, revision)).info()
-        });
-        match info {
-            Ok(info) => {
-                if !is_plain_name(&info.sha) {
-                    return Err(self.protocol(&what, format!("bad commit `{}`", info.sha)));
+        match self.http.listing(kind, repo, revision) {
+            Ok((sha, mut files)) => {
+                if !is_plain_name(&sha) {
+                    return Err(self.protocol(&what, format!("bad commit `{sha}`")));
                 }
-                self.remember(kind, repo, revision, &info.sha);
-                let mut files: Vec<String> =
-                    info.siblings.into_iter().map(|s| s.rfilename).collect();
+                self.remember(kind, repo, revision, &sha);
                 files.sort();
-                tracing::debug!(commit = %info.sha, files = files.len(), "{what}: listed on the hub");
+                tracing::debug!(commit = %sha, files = files.len(), "{what}: listed on the hub");
                 self.listings
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -250,25 +230,6 @@ impl HubClient {
             );
     }
 
-    fn api(&self, what: &str) -> Result<&Api, HubError> {
-        let api = self.api.get_or_init(|| {
-            self.builder(Cache::new(self.settings.cache_dir.clone()))
-                .build()
-                .map_err(|e| e.to_string())
-        });
-        api.as_ref()
-            .map_err(|message| self.protocol(what, format!("cannot set up the client: {message}")))
-    }
-
-    fn builder(&self, cache: Cache) -> ApiBuilder {
-        ApiBuilder::from_cache(cache)
-            .with_endpoint(self.settings.endpoint.clone())
-            .with_token(self.settings.token.clone())
-            .with_progress(false)
-            .with_retries(0)
-            .with_user_agent("fusion-host", env!("CARGO_PKG_VERSION"))
-    }
-
     fn download(
         &self,
         kind: RepoKind,
@@ -279,22 +240,23 @@ impl HubClient {
         what: &str,
     ) -> Result<PathBuf, HubError> {
         let endpoint = &self.settings.endpoint;
-        let api = self.api(what)?;
-        let url = api
-            .repo(hf_repo(kind, repo, known.unwrap_or(revision)))
-            .url(filename);
-        let meta =
-            guarded(what, endpoint, || api.metadata(&url)).map_err(|e| self.http_error(e, what))?;
-        let commit = meta.commit_hash().trim().to_string();
-        // hf-hub strips the quotes; Python also strips a weak-etag `W/`.
-        let etag = meta.etag().trim_start_matches("W/").to_string();
+        let url = self
+            .http
+            .file_url(kind, repo, known.unwrap_or(revision), filename);
+        let meta = self
+            .http
+            .metadata(&url)
+            .map_err(|e| self.http_error(e, what))?;
+        let commit = meta.commit.trim().to_string();
+        // Python also strips a weak-etag `W/`.
+        let etag = meta.etag.trim().trim_start_matches("W/").to_string();
         if !is_plain_name(&commit) || !is_plain_name(&etag) {
             return Err(self.protocol(
                 what,
                 format!("unusable commit `{commit}` or etag `{etag}` for {url}"),
             ));
         }
-        let size = meta.size() as u64;
+        let size = meta.size;
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| HubError::Io {
@@ -323,38 +285,28 @@ impl HubClient {
                 .progress
                 .as_ref()
                 .map(|f| f(&short_label(repo, filename), size));
-            let staged_api = self
-                .builder(Cache::new(staging.path().to_path_buf()))
-                .build()
-                .map_err(|e| self.protocol(what, e.to_string()))?;
-            let result = guarded(what, endpoint, || {
-                staged_api
-                    .repo(hf_repo(kind, repo, &commit))
-                    .download_with_progress(filename, BarProgress(bar.clone()))
+            let staged = staging.path().join(&etag);
+            let mut file = std::fs::File::create(&staged).map_err(io(&staged))?;
+            // The contents of the commit the metadata named, so that a branch moving meanwhile
+            // cannot mix two versions.
+            let at_commit = self.http.file_url(kind, repo, &commit, filename);
+            let result = self.http.download(&at_commit, &mut file, &mut |n| {
+                if let Some(bar) = &bar {
+                    bar.set_position(n);
+                }
             });
+            drop(file);
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
-            let pointer = result.map_err(|e| self.http_error(e, what))?;
-            // hf-hub links the snapshot file to its blob (it renames the blob there where
-            // symlinks are unavailable).
-            let is_link =
-                std::fs::symlink_metadata(&pointer).is_ok_and(|m| m.file_type().is_symlink());
-            let staged = std::fs::canonicalize(&pointer).map_err(io(&pointer))?;
-            // hf-hub asked for the metadata again: it must have fetched the same file.
-            let staged_etag = staged
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if is_link && staged_etag != etag {
-                return Err(HubError::Corrupt {
+            result.map_err(|e| match e {
+                HttpError::Local(source) => HubError::Io {
                     what: what.to_string(),
-                    detail: format!(
-                        "the file changed on the hub during the download (etag `{etag}`, then \
-                         `{staged_etag}`); try again"
-                    ),
-                });
-            }
+                    path: staged.clone(),
+                    source,
+                },
+                other => self.http_error(other, what),
+            })?;
             if let Some(detail) = verify(&staged, size, &etag).map_err(io(&staged))? {
                 return Err(HubError::Corrupt {
                     what: what.to_string(),
@@ -391,55 +343,43 @@ impl HubClient {
         }
     }
 
-    /// An hf-hub error as one of ours, naming what was asked for and where.
-    fn http_error(&self, e: ApiError, what: &str) -> HubError {
+    /// A request's error as one of ours, naming what was asked for and where.
+    fn http_error(&self, e: HttpError, what: &str) -> HubError {
         let endpoint = self.settings.endpoint.clone();
         let what = what.to_string();
         match e {
-            ApiError::RequestError(inner) => match *inner {
-                ureq::Error::StatusCode(404) => HubError::NotFound { what, endpoint },
-                ureq::Error::StatusCode(status @ (401 | 403)) => HubError::Denied {
-                    what,
-                    endpoint,
-                    status,
-                },
-                ureq::Error::StatusCode(status) => HubError::Status {
-                    what,
-                    endpoint,
-                    status,
-                },
-                transport @ (ureq::Error::Io(_)
-                | ureq::Error::ConnectionFailed
-                | ureq::Error::HostNotFound
-                | ureq::Error::Timeout(_)
-                | ureq::Error::Tls(_)
-                | ureq::Error::ConnectProxyFailed(_)) => HubError::Network {
-                    what,
-                    endpoint,
-                    message: transport.to_string(),
-                },
-                other => HubError::Protocol {
-                    what,
-                    endpoint,
-                    message: other.to_string(),
-                },
-            },
-            ApiError::TooManyRetries(inner) => self.http_error(*inner, &what),
-            // hf-hub's only I/O after the request is copying the body into the staging file.
-            ApiError::IoError(e) => HubError::Transfer {
+            HttpError::Status { status: 404 } => HubError::NotFound { what, endpoint },
+            HttpError::Status {
+                status: status @ (401 | 403),
+            } => HubError::Denied {
                 what,
                 endpoint,
-                message: e.to_string(),
+                status,
             },
-            ApiError::LockAcquisition(path) => HubError::Io {
-                what,
-                source: std::io::Error::other("another process holds its lock"),
-                path,
-            },
-            other => HubError::Protocol {
+            HttpError::Status { status } => HubError::Status {
                 what,
                 endpoint,
-                message: other.to_string(),
+                status,
+            },
+            HttpError::Unreachable { message } => HubError::Network {
+                what,
+                endpoint,
+                message,
+            },
+            HttpError::BrokeOff { message } => HubError::Transfer {
+                what,
+                endpoint,
+                message,
+            },
+            HttpError::Protocol { message } => HubError::Protocol {
+                what,
+                endpoint,
+                message,
+            },
+            HttpError::Local(e) => HubError::Transfer {
+                what,
+                endpoint,
+                message: format!("writing the download: {e}"),
             },
         }
     }
@@ -464,32 +404,6 @@ impl Hub for HubClient {
     ) -> fusion_plugin_api::Result<Vec<String>> {
         Ok(self.files(kind, repo, revision)?)
     }
-}
-
-fn hf_repo(kind: RepoKind, repo: &str, revision: &str) -> Repo {
-    let kind = match kind {
-        RepoKind::Dataset => RepoType::Dataset,
-        _ => RepoType::Model,
-    };
-    Repo::with_revision(repo.to_string(), kind, revision.to_string())
-}
-
-/// Runs an hf-hub call, turning a panic inside it (it has a few `expect`s on server replies)
-/// into an error.
-fn guarded<T>(
-    what: &str,
-    endpoint: &str,
-    f: impl FnOnce() -> Result<T, ApiError>,
-) -> Result<T, ApiError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let msg = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        tracing::error!("{what}: hf-hub panicked on the reply of {endpoint}: {msg}");
-        Err(ApiError::MissingHeader("a usable reply (hf-hub panicked)"))
-    })
 }
 
 /// Checks a downloaded file against the size and, for LFS files (whose etag is their sha256),
@@ -546,24 +460,6 @@ fn short_label(repo: &str, filename: &str) -> String {
     } else {
         label
     }
-}
-
-/// hf-hub's progress callbacks onto an indicatif bar.
-struct BarProgress(Option<ProgressBar>);
-
-impl hf_hub::api::Progress for BarProgress {
-    fn init(&mut self, size: usize, _filename: &str) {
-        if let Some(bar) = &self.0 {
-            bar.set_length(size as u64);
-            bar.set_position(0);
-        }
-    }
-    fn update(&mut self, size: usize) {
-        if let Some(bar) = &self.0 {
-            bar.inc(size as u64);
-        }
-    }
-    fn finish(&mut self) {}
 }
 
 /// Age after which a download's staging folder is taken for the leftover of a killed run.

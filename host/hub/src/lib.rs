@@ -1,11 +1,11 @@
 //! Hugging Face hub access for fusion-host: files of model and dataset repositories through the
 //! standard cache (`$HF_HOME/hub`, in the layout Python's `huggingface_hub` writes, so an existing
-//! cache is reused and Python reuses ours), downloaded with the
-//! [hf-hub](https://crates.io/crates/hf-hub) crate when missing.
+//! cache is reused and Python reuses ours), downloaded over HTTP (ureq) when missing, every
+//! request with a connect and a read timeout and retries.
 //!
 //! * [`HubSettings`]: the cache folder, endpoint, token and offline mode, resolved from
-//!   `HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE` (hf-hub reads none
-//!   of them) plus the host's `--offline`.
+//!   `HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`,
+//!   `HF_HUB_ETAG_TIMEOUT` and `HF_HUB_DOWNLOAD_TIMEOUT`, plus the host's `--offline`.
 //! * [`HubClient`]: cache first; otherwise (unless offline) a download that is checked against
 //!   the size and, for LFS files, the sha256 the hub announced before it enters the cache, so a
 //!   failed, partial or corrupted download never leaves a file that later passes for complete.
@@ -24,6 +24,7 @@
 mod cache;
 mod client;
 mod error;
+mod http;
 mod settings;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -37,4 +38,4 @@ pub use cache::{
 pub use client::{HubClient, ProgressFactory};
 pub use error::HubError;
 pub use fusion_plugin_api::hub::{Hub, RepoKind};
-pub use settings::{HubSettings, DEFAULT_ENDPOINT};
+pub use settings::{HubSettings, DEFAULT_ENDPOINT, DEFAULT_TIMEOUT};

@@ -4,11 +4,15 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::HubError;
 
 /// The hub's default endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// `huggingface_hub`'s default for `HF_HUB_ETAG_TIMEOUT` and `HF_HUB_DOWNLOAD_TIMEOUT`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the hub client needs to know about its environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +25,12 @@ pub struct HubSettings {
     pub token: Option<String>,
     /// Never touch the network: files must already be in the cache.
     pub offline: bool,
+    /// How long to wait for a connection or an answer to a metadata request or a listing
+    /// (`HF_HUB_ETAG_TIMEOUT`).
+    pub etag_timeout: Duration,
+    /// How long to wait for a connection or the next bytes of a file's contents
+    /// (`HF_HUB_DOWNLOAD_TIMEOUT`).
+    pub download_timeout: Duration,
 }
 
 impl HubSettings {
@@ -31,7 +41,16 @@ impl HubSettings {
             endpoint: endpoint.into().trim_end_matches('/').to_string(),
             token: None,
             offline: false,
+            etag_timeout: DEFAULT_TIMEOUT,
+            download_timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// The same settings with these timeouts (metadata and listings, file contents).
+    pub fn with_timeouts(mut self, etag: Duration, download: Duration) -> Self {
+        self.etag_timeout = etag;
+        self.download_timeout = download;
+        self
     }
 
     /// The same settings, offline or not.
@@ -59,7 +78,9 @@ impl HubSettings {
     /// * `HF_ENDPOINT`: default `https://huggingface.co`;
     /// * the token: `HF_TOKEN`, else the legacy `HUGGING_FACE_HUB_TOKEN`, else the file
     ///   `HF_TOKEN_PATH` (default `$HF_HOME/token`, where `huggingface-cli login` writes it);
-    /// * offline: `HF_HUB_OFFLINE` set to `1`, `true`, `yes` or `on` (any case), or `offline_flag`.
+    /// * offline: `HF_HUB_OFFLINE` set to `1`, `true`, `yes` or `on` (any case), or `offline_flag`;
+    /// * timeouts in seconds: `HF_HUB_ETAG_TIMEOUT` (metadata, listings) and
+    ///   `HF_HUB_DOWNLOAD_TIMEOUT` (file contents), 10 each by default.
     pub fn from_vars(
         var: impl Fn(&str) -> Option<OsString>,
         offline_flag: bool,
@@ -128,11 +149,30 @@ impl HubSettings {
             )
         });
 
+        let timeout = |name: &str| -> Result<Duration, HubError> {
+            let Some(v) = get(name) else {
+                return Ok(DEFAULT_TIMEOUT);
+            };
+            let text = v.to_string_lossy().trim().to_string();
+            text.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    HubError::Settings(format!(
+                        "{name} `{text}` is not a positive number of seconds (default {})",
+                        DEFAULT_TIMEOUT.as_secs()
+                    ))
+                })
+        };
+
         Ok(Self {
             cache_dir,
             endpoint,
             token,
             offline: offline_flag || offline_env,
+            etag_timeout: timeout("HF_HUB_ETAG_TIMEOUT")?,
+            download_timeout: timeout("HF_HUB_DOWNLOAD_TIMEOUT")?,
         })
     }
 }
@@ -241,6 +281,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.token.as_deref(), Some("hf_other"));
+    }
+
+    #[test]
+    fn timeouts_from_variables() {
+        let s = settings(&[("HF_HOME", "/hf")], false).unwrap();
+        assert_eq!(s.etag_timeout, Duration::from_secs(10));
+        assert_eq!(s.download_timeout, Duration::from_secs(10));
+        let s = settings(
+            &[
+                ("HF_HOME", "/hf"),
+                ("HF_HUB_ETAG_TIMEOUT", "0.25"),
+                ("HF_HUB_DOWNLOAD_TIMEOUT", "60"),
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.etag_timeout, Duration::from_millis(250));
+        assert_eq!(s.download_timeout, Duration::from_secs(60));
+        for bad in ["0", "-1", "ten", "inf"] {
+            let err = settings(
+                &[("HF_HOME", "/hf"), ("HF_HUB_DOWNLOAD_TIMEOUT", bad)],
+                false,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("HF_HUB_DOWNLOAD_TIMEOUT") && err.contains(bad),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -507,3 +507,150 @@ fn bad_ids_are_config_errors_through_the_plugin_trait() {
     }
     assert_eq!(s.hub.hits(), 0);
 }
+
+/// A server on 127.0.0.1 that accepts connections and then answers as `answer` says, holding
+/// each connection open afterwards (never closing it). Returns its endpoint.
+fn stalling_server(
+    answer: impl Fn(&str) -> Option<Vec<u8>> + Send + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let mut stream = stream;
+            if let Some(bytes) = answer(&head) {
+                let _ = stream.write_all(&bytes);
+                let _ = stream.flush();
+            }
+            held.push(stream);
+        }
+    });
+    (endpoint, count)
+}
+
+#[test]
+fn a_server_that_never_answers_times_out_naming_the_url() {
+    let (endpoint, connections) = stalling_server(|_| None);
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().to_str().unwrap().to_string();
+    let settings = HubSettings::from_vars(
+        |name| {
+            match name {
+                "HF_HOME" => Some(home.clone()),
+                "HF_ENDPOINT" => Some(endpoint.clone()),
+                "HF_HUB_ETAG_TIMEOUT" => Some("0.2".into()),
+                _ => None,
+            }
+            .map(Into::into)
+        },
+        false,
+    )
+    .unwrap();
+    let client = HubClient::new(settings);
+    // On a thread, so that a hang fails the test instead of blocking it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let fetched = client.fetch(MODEL, "org/model", None, "config.json");
+        let listed = client.files(DATASET, "org/data", None);
+        let _ = tx.send((fetched, listed));
+    });
+    let (fetched, listed) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the hub client hung on a server that never answers");
+    let err = fetched.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, HubError::Network { .. }), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "no answer from {endpoint}/org/model/resolve/main/config.json within 0.2 s (HF_HUB_ETAG_TIMEOUT)"
+        )) && msg.contains("tried 3 times"),
+        "{msg}"
+    );
+    let msg = listed.unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("{endpoint}/api/datasets/org/data/revision/main")),
+        "{msg}"
+    );
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 6);
+}
+
+#[test]
+fn a_download_that_stalls_resumes_then_fails_naming_the_url() {
+    let body: Vec<u8> = (0..100u8).collect();
+    let answer = move |head: &str| -> Option<Vec<u8>> {
+        let head = head.to_ascii_lowercase();
+        let start: usize = head
+            .split("range: bytes=")
+            .nth(1)
+            .and_then(|r| r.split('-').next())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        if head.contains("range: bytes=0-0") {
+            out.extend_from_slice(
+                b"HTTP/1.1 206 Partial Content\r\nx-repo-commit: 0123abcd\r\netag: \"e1\"\r\n\
+                  content-range: bytes 0-0/100\r\ncontent-length: 1\r\n\r\n",
+            );
+            out.push(body[0]);
+            return Some(out);
+        }
+        // 10 bytes of what is asked for, then nothing.
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes {start}-99/100\r\n\
+                 content-length: {}\r\n\r\n",
+                100 - start
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(&body[start..(start + 10).min(100)]);
+        Some(out)
+    };
+    let (endpoint, connections) = stalling_server(answer);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = HubSettings::new(dir.path().join("hub"), endpoint.clone()).with_timeouts(
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_millis(200),
+    );
+    let client = HubClient::new(settings);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.fetch(MODEL, "org/model", None, "weights.bin"));
+    });
+    let err = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the hub client hung on a download that stalls")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, HubError::Transfer { .. }), "{msg}");
+    // Three tries, each resuming where the last one stopped.
+    assert!(
+        msg.contains(&format!(
+            "no data from {endpoint}/org/model/resolve/0123abcd/weights.bin for 0.2 s (HF_HUB_DOWNLOAD_TIMEOUT) after 30 bytes"
+        )),
+        "{msg}"
+    );
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 4);
+    // Nothing half-downloaded stays in the cache.
+    assert!(
+        !tree(&dir.path().join("hub"))
+            .iter()
+            .any(|f| f.contains("blobs/e1") || f.contains("snapshots")),
+        "{:?}",
+        tree(&dir.path().join("hub"))
+    );
+}

@@ -159,6 +159,24 @@ fn is_weight_file(name: &str) -> bool {
         || name.starts_with('.')
 }
 
+/// A checkpoint's `config.json` must be a JSON object: the merged model carries it, and a broken
+/// one would make a saved folder that looks complete but that no loader reads.
+fn check_config(path: &Path, source: &str) -> Result<()> {
+    let text = std::fs::read(path)
+        .map_err(|e| Error::io(format!("cannot read {}: {e}", path.display())))?;
+    match serde_json::from_slice::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err(Error::model(format!(
+            "{} (of `{source}`) is not a JSON object",
+            path.display()
+        ))),
+        Err(e) => Err(Error::model(format!(
+            "{} (of `{source}`) is not valid JSON: {e}",
+            path.display()
+        ))),
+    }
+}
+
 impl Checkpoint {
     /// Open a `.safetensors` file or a Hugging Face checkpoint folder.
     pub fn open(path: &Path, source: &str) -> Result<Checkpoint> {
@@ -228,6 +246,9 @@ impl Checkpoint {
             if entry.path().is_file() && !is_weight_file(&name) {
                 files.insert(name, entry.path());
             }
+        }
+        if let Some(config) = files.get("config.json") {
+            check_config(config, source)?;
         }
         Self::from_shards(source, shards, files)
     }

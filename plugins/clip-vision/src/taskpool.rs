@@ -249,6 +249,23 @@ fn score(logits: &Tensor, labels: &[i64]) -> Result<(f64, usize)> {
 impl TaskPool for ClipVisionModelTaskPool {
     fn evaluate(&self, model: &Model, ctx: &Context) -> Result<Value> {
         let c = ctx.compute()?;
+        // Every test set first, so that a missing or empty one fails before any work.
+        let datasets = self
+            .tasks
+            .iter()
+            .map(|task| {
+                let dataset = fusion_datasets::open(&task.dataset)
+                    .map_err(|e| Error::io(format!("task `{}`: {e}", task.name)))?;
+                if dataset.is_empty() {
+                    // Scored, it would read accuracy 0 and loss 0 and pull the average down.
+                    return Err(Error::config(format!(
+                        "task `{}`: the test set `{}` (split `{}`) has no samples; nothing to evaluate",
+                        task.name, task.dataset.source, task.dataset.split
+                    )));
+                }
+                Ok(dataset)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let base_dir: PathBuf = fusion_checkpoint::resolve(&self.base_model)
             .map_err(|e| e.context("taskpool: base_model"))?;
         let processor_dir: PathBuf = fusion_checkpoint::resolve(&self.processor)
@@ -276,9 +293,7 @@ impl TaskPool for ClipVisionModelTaskPool {
         let mut report = Map::new();
         report.insert("model_info".into(), model_info(model)?);
         let (mut sum_acc, mut sum_loss) = (0.0, 0.0);
-        for task in &self.tasks {
-            let dataset = fusion_datasets::open(&task.dataset)
-                .map_err(|e| Error::io(format!("task `{}`: {e}", task.name)))?;
+        for (task, dataset) in self.tasks.iter().zip(datasets) {
             // The zero-shot head: mean of normalized template embeddings per class, normalized.
             let prompts: Vec<String> = task
                 .classnames

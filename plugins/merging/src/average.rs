@@ -35,7 +35,7 @@ impl Algorithm for SimpleAverage {
             weights: vec![1.0; n],
             scale: 1.0 / n as f32,
         };
-        Ok(Merged::model(ctx, inputs, merge))
+        Merged::model(ctx, inputs, merge)
     }
 }
 
@@ -90,7 +90,7 @@ impl Algorithm for WeightedAverage {
             weights,
             scale: 1.0,
         };
-        Ok(Merged::model(ctx, inputs, merge))
+        Merged::model(ctx, inputs, merge)
     }
 }
 

@@ -3,9 +3,12 @@
 //! number of the models.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
-use fusion_plugin_api::{Compute, Context, GpuTensor, Model, Result, StateDict, TensorInfo};
+use fusion_plugin_api::{
+    Compute, Context, DType, Error, GpuTensor, Model, Result, StateDict, TensorInfo,
+};
 
 use crate::device::{download, Gpu};
 use crate::inputs::Inputs;
@@ -36,20 +39,216 @@ pub(crate) struct Merged<M> {
     ahead: Mutex<Option<(String, GpuTensor)>>,
     /// Where in `names` the last merged tensor asked for stands (`None` outside), once one was.
     previous: Mutex<Option<Option<usize>>>,
+    /// What to do about NaN and ±Inf in a merged tensor.
+    nonfinite: NonFinite,
+    /// The merged tensors found holding non-finite values: (count, size).
+    found: Mutex<BTreeMap<String, (u64, usize)>>,
+    /// Counts queued on the device and not read back yet.
+    pending: Mutex<Pending>,
+    /// Where in `names` the last tensor asked for stands, for [`Merged::data`]'s read-backs.
+    checked_at: Mutex<Option<Option<usize>>>,
 }
+
+/// Non-finite counts of merged tensors queued on the device, read back together: a save asks
+/// for the tensors in order, and one read back at the end (or every [`COUNT_SLOTS`] chunks)
+/// costs far less than one per tensor.
+#[derive(Default)]
+struct Pending {
+    /// [`COUNT_SLOTS`] u32 counters, zeroed when made.
+    counts: Option<GpuTensor>,
+    used: usize,
+    /// (name, size, first slot, slots) per tensor counted into `counts`.
+    tensors: Vec<(String, usize, usize, usize)>,
+}
+
+/// Counters per read back (one per chunk of a tensor; a tensor is one chunk up to 2^25
+/// elements or more).
+const COUNT_SLOTS: usize = 4096;
+
+/// The environment variable that sets what a non-finite merged value does.
+pub(crate) const NONFINITE_VAR: &str = "FUSION_NONFINITE";
+
+/// What to do about NaN and ±Inf values in a merged tensor (`FUSION_NONFINITE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NonFinite {
+    /// Log a warning naming the tensor and the count (the default).
+    Warn,
+    /// Fail: the tensor is not returned, so nothing is saved or evaluated.
+    Error,
+    /// Do not count.
+    Off,
+}
+
+impl NonFinite {
+    /// From `FUSION_NONFINITE` (`warn`, `error`, `off`; unset means `warn`).
+    pub(crate) fn from_env() -> Result<NonFinite> {
+        match std::env::var(NONFINITE_VAR) {
+            Err(_) => Ok(NonFinite::Warn),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "" | "warn" => Ok(NonFinite::Warn),
+                "error" => Ok(NonFinite::Error),
+                "off" => Ok(NonFinite::Off),
+                other => Err(Error::config(format!(
+                    "{NONFINITE_VAR}=`{other}`: expected warn, error or off"
+                ))),
+            },
+        }
+    }
+}
+
+/// How many tensors are named one by one in warnings; the rest are summed up at the end.
+const NAMED_WARNINGS: usize = 8;
 
 impl<M: TensorMerge> Merged<M> {
     /// Wrap `merge` as a [`Model`]. `ctx` must have a compute device (checked by the caller
-    /// before any work).
-    pub(crate) fn model(ctx: &Context, inputs: Inputs, merge: M) -> Model {
-        Model::new(Merged {
+    /// before any work). A pool with no tensor to merge (every tensor an integer one, empty or
+    /// excluded) is an error: the result would be a copy of the reference model, which no one
+    /// asking for a merge wants to get without a word. (FusionBench merges parameters, which are
+    /// float; integer buffers stay the pretrained model's, as here.)
+    pub(crate) fn model(ctx: &Context, inputs: Inputs, merge: M) -> Result<Model> {
+        let nonfinite = NonFinite::from_env()?;
+        let names = inputs.names()?;
+        let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+        let mut any = false;
+        for name in &names {
+            let info = inputs.info(name)?;
+            if info.dtype.is_float() && info.numel() > 0 && !merge.copies(name) {
+                any = true;
+                break;
+            }
+            *kinds.entry(info.dtype.to_string()).or_default() += 1;
+        }
+        if !any {
+            let kinds: Vec<String> = kinds.iter().map(|(d, n)| format!("{n} {d}")).collect();
+            return Err(Error::model(format!(
+                "nothing to merge: none of the {} tensors of `{}` is a non-empty float tensor the \
+                 method merges ({}); the result would only be a copy of `{}`",
+                names.len(),
+                inputs.reference.name,
+                if kinds.is_empty() {
+                    "no tensors".to_string()
+                } else {
+                    kinds.join(", ")
+                },
+                inputs.reference.name
+            )));
+        }
+        Ok(Model::new(Merged {
             ctx: ctx.clone(),
             inputs,
             merge,
             names: OnceLock::new(),
             ahead: Mutex::new(None),
             previous: Mutex::new(None),
-        })
+            nonfinite,
+            found: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(Pending::default()),
+            checked_at: Mutex::new(None),
+        }))
+    }
+
+    /// Queue the count of NaN and ±Inf values of the merged `name` on the device (one more
+    /// read of it there), unless `FUSION_NONFINITE=off`; [`Merged::read_counts`] reads it.
+    fn queue_count(&self, c: &dyn Compute, name: &str, out: &Gpu<'_>, numel: usize) -> Result<()> {
+        if self.nonfinite == NonFinite::Off {
+            return Ok(());
+        }
+        let slots = fusion_kernels::count_nonfinite_slots(c, out.id())?;
+        if slots == 0 {
+            return Ok(());
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.used + slots > COUNT_SLOTS {
+            self.read_pending(c, &mut pending)?;
+        }
+        let counts = match pending.counts {
+            Some(t) => t,
+            None => {
+                let t = c.create(DType::U32, &[COUNT_SLOTS.max(slots)], None)?;
+                pending.counts = Some(t);
+                pending.used = 0;
+                t
+            }
+        };
+        fusion_kernels::count_nonfinite_into(c, out.id(), counts, pending.used)?;
+        let first = pending.used;
+        pending
+            .tensors
+            .push((name.to_string(), numel, first, slots));
+        pending.used += slots;
+        Ok(())
+    }
+
+    /// Read back the queued counts and warn or fail as `FUSION_NONFINITE` says.
+    fn read_counts(&self, c: &dyn Compute) -> Result<()> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.read_pending(c, &mut pending)
+    }
+
+    fn read_pending(&self, c: &dyn Compute, pending: &mut Pending) -> Result<()> {
+        let Some(counts) = pending.counts.take() else {
+            return Ok(());
+        };
+        let tensors = std::mem::take(&mut pending.tensors);
+        pending.used = 0;
+        let bytes = c.read(counts);
+        c.release(counts);
+        let bytes = bytes?;
+        let bad: Vec<(String, u64, usize)> = tensors
+            .into_iter()
+            .filter_map(|(name, numel, first, slots)| {
+                let n = fusion_kernels::sum_counts(&bytes[first * 4..(first + slots) * 4]);
+                (n > 0).then_some((name, n, numel))
+            })
+            .collect();
+        let Some((name, count, numel)) = bad.first() else {
+            return Ok(());
+        };
+        if self.nonfinite == NonFinite::Error {
+            let others = if bad.len() > 1 {
+                format!("; {} more merged tensors hold some too", bad.len() - 1)
+            } else {
+                String::new()
+            };
+            return Err(Error::model(format!(
+                "merged tensor `{name}`: {count} of {numel} values are NaN or infinite{others} \
+                 ({NONFINITE_VAR}=error stops here; check the inputs and the method's \
+                 parameters, e.g. a scaling factor)"
+            )));
+        }
+        let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, count, numel) in bad {
+            if found.insert(name.clone(), (count, numel)).is_none() && found.len() <= NAMED_WARNINGS
+            {
+                tracing::warn!(
+                    "merged tensor `{name}`: {count} of {numel} values are NaN or infinite \
+                     (set {NONFINITE_VAR}=error to fail instead)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the counts queued so far must be read now, after `name` was asked for: at the
+    /// last tensor, and whenever tensors are not asked for in order (an evaluation), so that
+    /// every tensor a reader got was checked before it asks for the next one out of order or
+    /// finishes.
+    fn must_read_counts(&self, name: &str) -> bool {
+        let names = self
+            .names
+            .get_or_init(|| self.inputs.names().unwrap_or_default());
+        let at = names.iter().position(|n| n == name);
+        let previous = self
+            .checked_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(at);
+        let in_order = match (previous, at) {
+            (None, Some(0)) => true,
+            (Some(Some(p)), Some(i)) => p + 1 == i,
+            _ => false,
+        };
+        !in_order || at.is_none_or(|i| i + 1 == names.len())
     }
 
     /// Whether `name` (of `info`) is merged on the device rather than copied.
@@ -103,6 +302,33 @@ impl<M: TensorMerge> Merged<M> {
 
 impl<M> Drop for Merged<M> {
     fn drop(&mut self) {
+        if let Ok(c) = self.ctx.compute() {
+            let pending = std::mem::take(self.pending.get_mut().unwrap_or_else(|e| e.into_inner()));
+            if let Some(t) = pending.counts {
+                c.release(t);
+            }
+        }
+        let found = self.found.get_mut().unwrap_or_else(|e| e.into_inner());
+        if found.len() > NAMED_WARNINGS {
+            let values: u64 = found.values().map(|(n, _)| n).sum();
+            let rest: Vec<&str> = found
+                .keys()
+                .skip(NAMED_WARNINGS)
+                .take(20)
+                .map(String::as_str)
+                .collect();
+            tracing::warn!(
+                "{} merged tensors in all hold {values} NaN or infinite values; besides those \
+                 named above: {}{}",
+                found.len(),
+                rest.join(", "),
+                if found.len() > NAMED_WARNINGS + rest.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
         let ahead = self
             .ahead
             .get_mut()
@@ -126,14 +352,22 @@ impl<M: TensorMerge> StateDict for Merged<M> {
     fn data(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         let info = self.inputs.info(name)?;
         if !self.merges(name, &info) {
-            return Ok(Cow::Owned(
-                self.inputs.reference.model.data(name)?.into_owned(),
-            ));
+            let bytes = self.inputs.reference.model.data(name)?.into_owned();
+            // A copied tensor may be the last one a save asks for.
+            if self.must_read_counts(name) && self.nonfinite != NonFinite::Off {
+                self.read_counts(self.ctx.compute()?)?;
+            }
+            return Ok(Cow::Owned(bytes));
         }
         let c = self.ctx.compute()?;
         let out = self.merged(c, name, &info)?;
+        self.queue_count(c, name, &out, info.numel())?;
         self.start_next(c, name);
-        Ok(Cow::Owned(download(c, &out, info.dtype)?))
+        let bytes = download(c, &out, info.dtype)?;
+        if self.must_read_counts(name) {
+            self.read_counts(c)?;
+        }
+        Ok(Cow::Owned(bytes))
     }
 
     fn file_names(&self) -> Result<Vec<String>> {

@@ -131,7 +131,7 @@ impl GtaConfig {
             rescale: self.rescale,
             seed,
         };
-        Ok(Merged::model(ctx, inputs, merge))
+        Merged::model(ctx, inputs, merge)
     }
 }
 

@@ -44,7 +44,7 @@ impl Algorithm for ModelStock {
             inputs: inputs.clone(),
             ignore: self.ignore_keys.clone(),
         };
-        Ok(Merged::model(ctx, inputs, merge))
+        Merged::model(ctx, inputs, merge)
     }
 }
 

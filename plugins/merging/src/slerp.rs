@@ -47,7 +47,7 @@ impl Algorithm for Slerp {
             dot_threshold: self.dot_threshold,
             epsilon: self.epsilon,
         };
-        Ok(Merged::model(ctx, inputs, merge))
+        Merged::model(ctx, inputs, merge)
     }
 }
 

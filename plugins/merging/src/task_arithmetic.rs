@@ -164,7 +164,7 @@ fn run(
         lambda,
         delta,
     };
-    Ok(Merged::model(ctx, inputs, merge))
+    Merged::model(ctx, inputs, merge)
 }
 
 /// θ₀ + λ Σᵢ τᵢ. Plain task vectors go in weighted sums over groups of models; DARE ones are summed model by model in f32 (FusionBench's order), with the base, the

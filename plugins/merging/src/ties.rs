@@ -208,7 +208,7 @@ fn run(
         removed: s.remove_keys.clone(),
         cache,
     };
-    Ok(Merged::model(ctx, inputs, merge))
+    Merged::model(ctx, inputs, merge)
 }
 
 /// Where a pass gets a key's tensors: the device cache, else the checkpoints (uploaded, and the

@@ -162,3 +162,31 @@ fn integer_tensors_are_copied_from_the_reference() {
     assert_eq!(avg.to_f32("w").unwrap().0, vec![2.0; 3]);
     assert_eq!(&avg.data("position_ids").unwrap()[..8], &5i64.to_le_bytes());
 }
+
+#[test]
+fn a_pool_with_nothing_to_merge_is_an_error_not_a_copy() {
+    let ids = |v: i64| {
+        let mut sd = MemoryStateDict::new();
+        let bytes = [v; 4].iter().flat_map(|i| i.to_le_bytes()).collect();
+        sd.insert_bytes("position_ids", DType::I64, vec![4], bytes)
+            .unwrap();
+        sd.insert_bytes("mask", DType::U8, vec![2], vec![1, 0])
+            .unwrap();
+        Model::new(sd)
+    };
+    let pool = Pool(vec![
+        ("_pretrained_".into(), ids(0)),
+        ("a".into(), ids(1)),
+        ("b".into(), ids(2)),
+    ]);
+    for target in ["task_arithmetic", "ties_merging", "simple_average"] {
+        let msg = merge(target, json!({"scaling_factor": 0.3}), &pool, &ctx(None))
+            .err()
+            .unwrap_or_else(|| panic!("{target} merged a pool of integer tensors"))
+            .to_string();
+        assert!(
+            msg.contains("nothing to merge") && msg.contains("1 I64") && msg.contains("1 U8"),
+            "{target}: {msg}"
+        );
+    }
+}

@@ -45,6 +45,47 @@ impl StateDict for PanickyModel {
     }
 }
 
+/// Returns the pool's base model, each tensor read taking `delay_ms` (default 500): a save that
+/// lasts long enough to be interrupted.
+pub struct Slow {
+    delay_ms: u64,
+}
+
+impl FromConfig for Slow {
+    fn from_config(config: &Config) -> Result<Self> {
+        Ok(Self {
+            delay_ms: config.get_or("delay_ms", 500u64)?,
+        })
+    }
+}
+
+impl Algorithm for Slow {
+    fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
+        Ok(Model::new(SlowModel {
+            model: pool.load_pretrained_or_first()?,
+            delay: std::time::Duration::from_millis(self.delay_ms),
+        }))
+    }
+}
+
+struct SlowModel {
+    model: Model,
+    delay: std::time::Duration,
+}
+
+impl StateDict for SlowModel {
+    fn names(&self) -> Result<Vec<String>> {
+        self.model.names()
+    }
+    fn info(&self, name: &str) -> Result<TensorInfo> {
+        self.model.info(name)
+    }
+    fn data(&self, name: &str) -> Result<Cow<'_, [u8]>> {
+        std::thread::sleep(self.delay);
+        Ok(Cow::Owned(self.model.data(name)?.into_owned()))
+    }
+}
+
 /// Reports the context and config it was given, and logs at every level.
 pub struct Probe {
     config: serde_json::Value,
@@ -79,6 +120,10 @@ fusion_plugin_api::export_plugin! {
     algorithm Panicky {
         names: ["panicky"],
         description: "Test plugin: panics on purpose.",
+    }
+    algorithm Slow {
+        names: ["slow"],
+        description: "Test plugin: the base model, read slowly.",
     }
     taskpool Probe {
         names: ["probe"],
