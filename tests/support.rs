@@ -207,7 +207,11 @@ pub fn modified_plugin_api(version: Option<&str>, break_layout: bool) -> tempfil
             "serde_json = { version = \"1\", features = [\"preserve_order\"] }",
         )
         .replace("tracing.workspace = true", "tracing = \"0.1\"")
-        .replace("half.workspace = true", "half = \"2\"");
+        .replace("half.workspace = true", "half = \"2\"")
+        .replace(
+            "bytemuck.workspace = true",
+            "bytemuck = { version = \"1\", features = [\"derive\"] }",
+        );
     std::fs::write(&manifest, text).expect("write manifest");
     if break_layout {
         let abi = api.join("src/abi.rs");

@@ -214,7 +214,9 @@ impl FromConfig for MagnitudeDiffPruning {
         const NAME: &str = "magnitude_diff_pruning";
         let prune_ratio: f64 = config.require("prune_ratio")?;
         let prune_ratio = crate::params::unit_interval(prune_ratio, "prune_ratio", NAME)?;
-        let factor = match config.value().get("rescale") {
+        // Read as a JSON value: null, a bool and a number mean different things here.
+        let rescale: Option<Value> = config.get("rescale")?;
+        let factor = match &rescale {
             None | Some(Value::Null) => 1.0,
             Some(Value::Bool(true)) => 1.0 / prune_ratio,
             Some(Value::Bool(false)) => 0.0,
@@ -242,7 +244,7 @@ impl FromConfig for MagnitudeDiffPruning {
                 "{NAME}: `rescale` is {} and FusionBench multiplies the kept difference by it, so \
                  the result is the pretrained model unchanged; set `rescale: null` to keep the \
                  pruned difference as is, or `rescale: true` to scale it by 1/prune_ratio",
-                config.value()["rescale"]
+                rescale.unwrap_or(Value::Null)
             );
         }
         let extract_names = config

@@ -17,8 +17,8 @@ pub(crate) enum PerModel {
 impl PerModel {
     /// Read `key` from `config` (a number or a list of numbers), `default` when absent.
     pub(crate) fn read(config: &Config, key: &str, default: f64) -> Result<Self> {
-        match config.value().get(key) {
-            None | Some(Value::Null) => Ok(PerModel::All(default)),
+        match config.get::<Value>(key)? {
+            None => Ok(PerModel::All(default)),
             Some(Value::Array(_)) => Ok(PerModel::Each(config.require(key)?)),
             Some(_) => Ok(PerModel::All(config.require(key)?)),
         }

@@ -95,8 +95,8 @@ pub struct TaskSingularVector {
 
 impl FromConfig for TaskSingularVector {
     fn from_config(config: &Config) -> Result<Self> {
-        let alpha = match config.value().get("alpha") {
-            None | Some(Value::Null) => Alpha::Merged(1.0),
+        let alpha = match config.get::<Value>("alpha")? {
+            None => Alpha::Merged(1.0),
             Some(Value::Array(_)) => Alpha::PerModel(config.require("alpha")?),
             Some(_) => Alpha::Merged(config.require("alpha")?),
         };
