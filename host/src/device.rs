@@ -101,7 +101,8 @@ impl Compute for LazyCompute {
         self.get()?.synchronize()
     }
     fn device_type(&self) -> DeviceType {
-        self.get().map_or(DeviceType::Unknown, |rt| rt.device_type())
+        self.get()
+            .map_or(DeviceType::Unknown, |rt| rt.device_type())
     }
 }
 

@@ -8,9 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fusion_plugin_api::{
-    Compute, ComputeLimits, DType, DeviceType, GpuTensor, KernelCall, Result,
-};
+use fusion_plugin_api::{Compute, ComputeLimits, DType, DeviceType, GpuTensor, KernelCall, Result};
 use wgpu::util::DeviceExt;
 
 use crate::adapter::{self, AdapterReport, DeviceChoice};

@@ -347,10 +347,18 @@ fn auto_backend_follows_the_reported_device_type() {
         _ => BackendKind::Wgsl,
     };
     if std::env::var_os("FUSION_CLIP_BACKEND").is_none() {
-        assert_eq!(BackendChoice::Auto.resolve(c).unwrap(), want, "{}", c.device_name());
+        assert_eq!(
+            BackendChoice::Auto.resolve(c).unwrap(),
+            want,
+            "{}",
+            c.device_name()
+        );
     }
     assert_eq!(BackendChoice::Wgsl.resolve(c).unwrap(), BackendKind::Wgsl);
-    assert_eq!(BackendChoice::Native.resolve(c).unwrap(), BackendKind::Native);
+    assert_eq!(
+        BackendChoice::Native.resolve(c).unwrap(),
+        BackendKind::Native
+    );
     let err = BackendChoice::parse("cuda").unwrap_err().to_string();
     assert!(err.contains("`cuda`") && err.contains("native"), "{err}");
 }

@@ -166,8 +166,13 @@ pub trait Backend: Sized {
         seq: usize,
     ) -> Result<()>;
     /// `out[i] = x[idx[i]]` for rows of width `dim`.
-    fn gather_rows(&self, x: &Self::Buf, idx: &[u32], out: &mut Self::Buf, dim: usize)
-        -> Result<()>;
+    fn gather_rows(
+        &self,
+        x: &Self::Buf,
+        idx: &[u32],
+        out: &mut Self::Buf,
+        dim: usize,
+    ) -> Result<()>;
 }
 
 /// Uploads nn.Linear `l`; `name` is its checkpoint prefix.
@@ -442,15 +447,7 @@ impl<'c> Backend for Wgsl<'c> {
         };
         ops::matmul(c, patches.id(), w.weight.id(), None, out.id(), &conv)?;
         drop(patches);
-        ops::class_position(
-            c,
-            out.id(),
-            w.class.id(),
-            w.position.id(),
-            g.batch,
-            seq,
-            d,
-        )
+        ops::class_position(c, out.id(), w.class.id(), w.position.id(), g.batch, seq, d)
     }
 
     fn token_embed(

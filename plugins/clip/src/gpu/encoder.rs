@@ -51,7 +51,12 @@ pub(crate) fn dense_norm<B: Backend>(
 impl<B: Backend> Encoder<B> {
     /// Uploads every layer of `enc`; `prefix` (e.g. `vision_model.encoder`) names weights in
     /// errors.
-    pub(crate) fn upload(b: &B, prefix: &str, enc: &ClipEncoder, dims: &EncoderDims) -> Result<Self> {
+    pub(crate) fn upload(
+        b: &B,
+        prefix: &str,
+        enc: &ClipEncoder,
+        dims: &EncoderDims,
+    ) -> Result<Self> {
         let layers = enc
             .layers()
             .iter()

@@ -149,7 +149,10 @@ impl Backend for Native {
         if n != data.len() {
             return Err(ClipError::input(
                 "native upload",
-                format!("`{name}`: shape {shape:?} needs {n} values, got {}", data.len()),
+                format!(
+                    "`{name}`: shape {shape:?} needs {n} values, got {}",
+                    data.len()
+                ),
             ));
         }
         Ok(data.to_vec())
@@ -208,7 +211,11 @@ impl Backend for Native {
         if n.weight.len() < cols || n.bias.len() < cols {
             return Err(input(
                 OP,
-                format!("weight/bias hold {}/{} values, rows have {cols}", n.weight.len(), n.bias.len()),
+                format!(
+                    "weight/bias hold {}/{} values, rows have {cols}",
+                    n.weight.len(),
+                    n.bias.len()
+                ),
             ));
         }
         let (w, b, eps) = (&n.weight[..cols], &n.bias[..cols], n.eps);
@@ -217,7 +224,11 @@ impl Backend for Native {
             // Mean and variance in f64, as the reference: rows are short and this is cheap.
             let len = cols as f64;
             let mean = xr.iter().map(|&v| f64::from(v)).sum::<f64>() / len;
-            let var = xr.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / len;
+            let var = xr
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / len;
             let inv = 1.0 / (var + eps).sqrt();
             for (((o, &v), wi), bi) in out[..cols].iter_mut().zip(xr).zip(w).zip(b) {
                 *o = ((f64::from(v) - mean) * inv) as f32 * wi + bi;
@@ -256,7 +267,10 @@ impl Backend for Native {
         check_rows(OP, "weight", l.weight.len(), 0, n, k, k)?;
         if let Some(bias) = &l.bias {
             if bias.len() < n {
-                return Err(input(OP, format!("bias holds {} values, expected {n}", bias.len())));
+                return Err(input(
+                    OP,
+                    format!("bias holds {} values, expected {n}", bias.len()),
+                ));
             }
         }
         let out = &mut out[..rows * n];
@@ -334,7 +348,10 @@ impl Backend for Native {
             if m.len() < batch * seq {
                 return Err(input(
                     OP,
-                    format!("key mask holds {} values, expected {batch} x {seq}", m.len()),
+                    format!(
+                        "key mask holds {} values, expected {batch} x {seq}",
+                        m.len()
+                    ),
                 ));
             }
         }
@@ -428,7 +445,10 @@ impl Backend for Native {
         check_rows(OP, "position", w.position.len(), 0, seq, d, d)?;
         check_rows(OP, "out", out.len(), 0, g.batch * seq, d, d)?;
         if w.class.len() < d {
-            return Err(input(OP, format!("class embedding holds {} values", w.class.len())));
+            return Err(input(
+                OP,
+                format!("class embedding holds {} values", w.class.len()),
+            ));
         }
         if g.batch == 0 || d == 0 {
             return Ok(());
@@ -494,12 +514,20 @@ impl Backend for Native {
         if d == 0 || table.len() < d || position.len() < seq.min(rows) * d {
             return Err(input(
                 OP,
-                format!("{rows} tokens into {} values; table {} values, positions {}", out.len(), table.len(), position.len()),
+                format!(
+                    "{rows} tokens into {} values; table {} values, positions {}",
+                    out.len(),
+                    table.len(),
+                    position.len()
+                ),
             ));
         }
         let vocab = table.len() / d;
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(input(OP, format!("token id {bad} is past the table's {vocab} rows")));
+            return Err(input(
+                OP,
+                format!("token id {bad} is past the table's {vocab} rows"),
+            ));
         }
         out[..rows * d]
             .par_chunks_mut(d)
@@ -622,7 +650,9 @@ mod tests {
                 let what = format!("{rows}x{k}x{n}, bias {bias}");
 
                 let mut out = vec![f32::NAN; rows * n];
-                Native.linear(&x, &l, &mut out, rows, Epilogue::None).unwrap();
+                Native
+                    .linear(&x, &l, &mut out, rows, Epilogue::None)
+                    .unwrap();
                 assert_close(&format!("linear {what}"), &out, &want, tol);
 
                 for act in [Activation::QuickGelu, Activation::Gelu] {
@@ -653,7 +683,10 @@ mod tests {
             .linear(&vec![0.0; 7], &l, &mut out, 2, Epilogue::None)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("x holds 7 values") && err.contains('8'), "{err}");
+        assert!(
+            err.contains("x holds 7 values") && err.contains('8'),
+            "{err}"
+        );
     }
 
     #[test]
@@ -681,8 +714,11 @@ mod tests {
             for r in 0..rows {
                 let xr = &x[3 + r * in_stride..][..cols];
                 let mean = xr.iter().map(|&v| f64::from(v)).sum::<f64>() / cols as f64;
-                let var =
-                    xr.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / cols as f64;
+                let var = xr
+                    .iter()
+                    .map(|&v| (f64::from(v) - mean).powi(2))
+                    .sum::<f64>()
+                    / cols as f64;
                 for c in 0..cols {
                     let v = (f64::from(xr[c]) - mean) / (var + 1e-5).sqrt();
                     want[r * cols + c] = v as f32 * n.weight[c] + n.bias[c];
@@ -703,10 +739,13 @@ mod tests {
                     let mut scores: Vec<f64> = (0..seq)
                         .map(|j| {
                             let k = &qkv[(s * seq + j) * 3 * d + d + h * hd..][..hd];
-                            let dot: f64 =
-                                q.iter().zip(k).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
-                            let masked = (a.causal && j > i)
-                                || mask.is_some_and(|m| m[s * seq + j] == 0);
+                            let dot: f64 = q
+                                .iter()
+                                .zip(k)
+                                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                                .sum();
+                            let masked =
+                                (a.causal && j > i) || mask.is_some_and(|m| m[s * seq + j] == 0);
                             if masked {
                                 f64::NEG_INFINITY
                             } else {
@@ -720,7 +759,8 @@ mod tests {
                     for c in 0..hd {
                         let mut acc = 0.0;
                         for (j, p) in scores.iter().enumerate() {
-                            acc += p / sum * f64::from(qkv[(s * seq + j) * 3 * d + 2 * d + h * hd + c]);
+                            acc += p / sum
+                                * f64::from(qkv[(s * seq + j) * 3 * d + 2 * d + h * hd + c]);
                         }
                         out[(s * seq + i) * d + h * hd + c] = acc as f32;
                     }
@@ -732,7 +772,8 @@ mod tests {
 
     #[test]
     fn attention_matches_plain_loops_with_and_without_masks() {
-        for &(batch, seq, heads, hd) in &[(1, 1, 1, 1), (2, 5, 3, 4), (3, 17, 2, 8), (1, 257, 1, 3)] {
+        for &(batch, seq, heads, hd) in &[(1, 1, 1, 1), (2, 5, 3, 4), (3, 17, 2, 8), (1, 257, 1, 3)]
+        {
             let a = AttentionShape {
                 batch,
                 seq,
@@ -769,7 +810,9 @@ mod tests {
 
     #[test]
     fn patch_embedding_matches_a_plain_convolution() {
-        for &(batch, channels, image, patch, d) in &[(1, 1, 1, 1, 1), (2, 3, 6, 3, 5), (1, 3, 64, 32, 257)] {
+        for &(batch, channels, image, patch, d) in
+            &[(1, 1, 1, 1, 1), (2, 3, 6, 3, 5), (1, 3, 64, 32, 257)]
+        {
             let g = PatchGeometry {
                 batch,
                 channels,
@@ -799,7 +842,8 @@ mod tests {
                         for c in 0..channels {
                             for y in 0..patch {
                                 for x in 0..patch {
-                                    let pix = pixels[((b * channels + c) * image + py * patch + y) * image
+                                    let pix = pixels[((b * channels + c) * image + py * patch + y)
+                                        * image
                                         + px * patch
                                         + x];
                                     let wt = w.weight[((o * channels + c) * patch + y) * patch + x];
@@ -839,10 +883,15 @@ mod tests {
         let pos = values(seq * d, 32);
         let ids = [6u32, 0, 3, 3];
         let mut out = vec![0.0; ids.len() * d];
-        Native.token_embed(&ids, &table, &pos, &mut out, seq).unwrap();
+        Native
+            .token_embed(&ids, &table, &pos, &mut out, seq)
+            .unwrap();
         for (r, &id) in ids.iter().enumerate() {
             for c in 0..d {
-                assert_eq!(out[r * d + c], table[id as usize * d + c] + pos[(r % seq) * d + c]);
+                assert_eq!(
+                    out[r * d + c],
+                    table[id as usize * d + c] + pos[(r % seq) * d + c]
+                );
             }
         }
         let err = Native

@@ -125,7 +125,9 @@ impl<B: Backend> TextTower<B> {
 
         let positions: Vec<u32> = (start..start + len)
             .enumerate()
-            .map(|(i, s)| (i * seq + pooling_position(self.config.eos_token_id, tokens.ids(s))) as u32)
+            .map(|(i, s)| {
+                (i * seq + pooling_position(self.config.eos_token_id, tokens.ids(s))) as u32
+            })
             .collect();
         let mut pooled = b.zeros(&[len, d])?;
         if full {

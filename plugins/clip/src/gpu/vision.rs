@@ -76,7 +76,11 @@ impl<B: Backend> VisionTower<B> {
                 &[d, cpp],
                 e.patch_embedding().data(),
             )?,
-            class: upload_tensor(b, "vision_model.embeddings.class_embedding", e.class_embedding())?,
+            class: upload_tensor(
+                b,
+                "vision_model.embeddings.class_embedding",
+                e.class_embedding(),
+            )?,
             position: upload_tensor(
                 b,
                 "vision_model.embeddings.position_embedding.weight",
@@ -228,7 +232,9 @@ impl<'c> GpuClipVision<'c> {
                 let b = Wgsl { c };
                 VisionEngine::Wgsl(b, VisionTower::upload(&b, tower)?)
             }
-            BackendKind::Native => VisionEngine::Native(Native, VisionTower::upload(&Native, tower)?),
+            BackendKind::Native => {
+                VisionEngine::Native(Native, VisionTower::upload(&Native, tower)?)
+            }
         };
         Ok(Self {
             c,
@@ -320,7 +326,13 @@ impl<'c> GpuClipVision<'c> {
         pixel_values: &Tensor,
         pass: (usize, usize),
     ) -> Result<Vec<f32>> {
-        let out = with_tower!(&self.engine, |b, t| t.run(b, pixel_values, pass, None, false))?;
+        let out = with_tower!(&self.engine, |b, t| t.run(
+            b,
+            pixel_values,
+            pass,
+            None,
+            false
+        ))?;
         Ok(out.pooled)
     }
 
