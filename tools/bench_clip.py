@@ -73,20 +73,23 @@ def loadavg() -> str:
         return "?"
 
 
-def run_wgpu(args, cmds: list[str]) -> tuple[dict | None, list[dict], str]:
+def run_wgpu(args, cmds: list[str], backend: str = "auto", batches=None, iters=None) -> tuple[dict | None, list[dict], str]:
+    batches = batches or args.batches
+    iters = iters or args.iters
     build = [
         "cargo", "build", "--release", "-p", "fusion-clip", "--example", "bench_clip",
     ]
     env = dict(os.environ, CARGO_TARGET_DIR=TARGET_DIR)
     binary = Path(args.bin) if args.bin else Path(TARGET_DIR) / "release" / "examples" / "bench_clip"
-    if not args.skip_build:
+    if not args.skip_build and not getattr(args, "_built", False):
+        args._built = True
         cmds.append(f"CARGO_TARGET_DIR={TARGET_DIR} {shlex.join(build)}")
         print("+", cmds[-1], flush=True)
         subprocess.run(build, cwd=REPO, env=env, check=True)
     cmd = [
-        str(binary), "--device", args.device,
-        "--batches", ",".join(map(str, args.batches)),
-        "--iters", ",".join(map(str, args.iters)),
+        str(binary), "--device", args.device, "--backend", backend,
+        "--batches", ",".join(map(str, batches)),
+        "--iters", ",".join(map(str, iters)),
         "--warmup", str(args.warmup),
     ]
     cmds.append(shlex.join(cmd))
@@ -218,6 +221,95 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
+
+GFLOP_PER_IMAGE = None  # from the bench_clip setup line
+
+
+def alternate(args) -> int:
+    """`--rounds N`: fusion-clip (each of `--backends`) and PyTorch in turn, N rounds, so drift
+    of a shared machine hits both; the table gives the mean over rounds and every round."""
+    started = dt.datetime.now(dt.timezone.utc)
+    cmds: list[str] = []
+    mach = machine_info()
+    la_start = loadavg()
+    backends = [b for b in args.backends.split(",") if b]
+    runs: dict[tuple[str, int], list[dict]] = {}
+    setup = None
+    tinfo = {}
+    for rnd in range(args.rounds):
+        for backend in backends:
+            batches = args.wgsl_batches if backend == "wgsl" and args.wgsl_batches else args.batches
+            iters = args.wgsl_iters if backend == "wgsl" and args.wgsl_iters else args.iters
+            if backend == "wgsl" and rnd >= args.wgsl_rounds:
+                continue
+            st, res, _ = run_wgpu(args, cmds, backend, batches, iters)
+            setup = setup or st
+            for r in res:
+                r["round"] = rnd
+                runs.setdefault((r["backend"], r["batch"]), []).append(r)
+        if not args.skip_torch:
+            tinfo, tres = run_torch(args, cmds)
+            for r in tres:
+                r["round"] = rnd
+                runs.setdefault(("pytorch", r["batch"]), []).append(r)
+    la_end = loadavg()
+    gf = setup["gflop_per_image"] if setup else None
+
+    def cell(key):
+        rs = runs.get(key)
+        if not rs:
+            return "not run", None
+        ips = [r["images_per_s"] for r in rs]
+        mean = sum(ips) / len(ips)
+        per = ", ".join(f"{v:.2f}" for v in ips)
+        g = f"; {mean * gf:.1f} GFLOP/s" if gf else ""
+        return f"{mean:.3f} ({per}{g})", mean
+
+    names = {"native": "fusion-clip native", "wgsl": "fusion-clip WGSL on lavapipe", "pytorch": "PyTorch eager"}
+    cols = backends + (["pytorch"] if not args.skip_torch else [])
+    head = "| batch | " + " | ".join(f"{names.get(c, c)} images/s (each round; GFLOP/s)" for c in cols)
+    ratios = [c for c in backends] if not args.skip_torch else []
+    head += "".join(f" | {names.get(c, c)} / PyTorch" for c in ratios) + " |"
+    rows = [head, "|---:" * (1 + len(cols) + len(ratios)) + "|"]
+    for b in args.batches:
+        cells = {c: cell((c, b)) for c in cols}
+        line = f"| {b} | " + " | ".join(cells[c][0] for c in cols)
+        for c in ratios:
+            x, t = cells[c][1], cells["pytorch"][1]
+            line += f" | {x / t:.3f}×" if x and t else " | —"
+        rows.append(line + " |")
+    tab = "\n".join(rows)
+    print()
+    print(tab)
+    run_cmd = shlex.join([sys.executable, "tools/bench_clip.py"] + sys.argv[1:])
+    lines = [
+        f"Run {started:%Y-%m-%d %H:%M} UTC, {args.rounds} alternating round(s): in each, the `bench_clip` "
+        f"example once per backend ({', '.join(backends)}), then PyTorch, at batch sizes "
+        f"{', '.join(map(str, args.batches))} (iterations per batch {','.join(map(str, args.iters))}, "
+        f"{args.warmup} warm-up pass(es)). GFLOP/s count the matrix products' multiply-adds as 2 FLOPs "
+        f"({gf:.2f} GFLOP per image)." if gf else "",
+        "",
+        tab,
+        "",
+        f"- Machine: {mach['cores']} cores ({mach['cpu']}), {mach['ram_gib']} GiB RAM, {mach['os']}; "
+        f"wgpu adapter `{setup['device'] if setup else '?'}`; torch {tinfo.get('torch', '—')}, transformers "
+        f"{tinfo.get('transformers', '—')} ({tinfo.get('device', '—')}, attention `{tinfo.get('attn', '—')}`).",
+        f"- Load average (1/5/15 min): {la_start} at start, {la_end} at end.",
+        *[f"- {n}" for n in args.note],
+        "",
+        "```sh",
+        run_cmd,
+        *[f"# ran: {c}" for c in cmds],
+        "```",
+    ]
+    section = "\n".join(lines) + "\n"
+    print("\n" + section)
+    if args.section_out:
+        Path(args.section_out).write_text(section)
+    Path(args.section_out or "/tmp/bench_clip_runs.json").with_suffix(".json").write_text(
+        json.dumps({f"{k[0]}@{k[1]}": v for k, v in runs.items()}, indent=1))
+    return 0
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=parse_counts, default=[1, 32, 128])
@@ -234,7 +326,16 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--benchmarks", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--note", action="append", default=[], help="extra note line for the section")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="alternate fusion-clip backends and PyTorch this many rounds (prints a section)")
+    ap.add_argument("--backends", default="native,wgsl", help="with --rounds: bench_clip --backend values")
+    ap.add_argument("--wgsl-batches", type=parse_counts, default=None, help="with --rounds: batch sizes of the wgsl runs")
+    ap.add_argument("--wgsl-iters", type=parse_counts, default=None, help="with --rounds: iterations of the wgsl runs")
+    ap.add_argument("--wgsl-rounds", type=int, default=1, help="with --rounds: rounds that include the (slow) wgsl run")
+    ap.add_argument("--section-out", default=None, help="with --rounds: write the section here")
     args = ap.parse_args()
+    if args.rounds:
+        return alternate(args)
     if len(args.iters) not in (1, len(args.batches)):
         ap.error("--iters takes one count or one per batch size")
 

@@ -4,7 +4,9 @@
 use std::sync::{Arc, OnceLock};
 
 use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
-use fusion_plugin_api::{Compute, ComputeLimits, DType, Error, GpuTensor, KernelCall, Result};
+use fusion_plugin_api::{
+    Compute, ComputeLimits, DType, DeviceType, Error, GpuTensor, KernelCall, Result,
+};
 
 /// A [`Compute`] that creates the wgpu runtime the first time it is used.
 pub struct LazyCompute {
@@ -104,6 +106,10 @@ impl Compute for LazyCompute {
     }
     fn synchronize(&self) -> Result<()> {
         self.get()?.synchronize()
+    }
+    fn device_type(&self) -> DeviceType {
+        self.get()
+            .map_or(DeviceType::Unknown, |rt| rt.device_type())
     }
 }
 

@@ -31,9 +31,11 @@ pub fn eprint(text: &str) {
 pub fn bar(label: &str, total: u64) -> ProgressBar {
     let bar = if total > 0 {
         ProgressBar::new(total).with_style(
-            ProgressStyle::with_template("{msg:>24} [{bar:32}] {pos}/{len} ({elapsed}, eta {eta})")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>24} [{bar:32}] {pos}/{len} ({per_sec}, {elapsed}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         )
     } else {
         ProgressBar::new_spinner().with_style(

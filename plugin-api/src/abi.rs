@@ -37,7 +37,7 @@ use abi_stable::{
 };
 
 use crate::component::{Algorithm, Context, HostServices, ModelPool, TaskPool};
-use crate::compute::{Binding, Compute, ComputeLimits, GpuTensor, KernelCall};
+use crate::compute::{Binding, Compute, ComputeLimits, DeviceType, GpuTensor, KernelCall};
 use crate::hub::{Hub, RepoKind};
 use crate::model::{Model, StateDict};
 use crate::{DType, Error, ErrorKind, Result, TensorInfo};
@@ -171,6 +171,11 @@ pub trait ComputeAbi: Clone + Send + Sync {
     fn dispatch(&self, call: KernelCallAbi<'_>) -> RResult<(), Error>;
     #[sabi(last_prefix_field)]
     fn synchronize(&self) -> RResult<(), Error>;
+    /// Appended after the prefix: a host built before it lacks the method, and abi_stable then
+    /// calls this default body instead ([`DeviceType::Unknown`]).
+    fn device_type(&self) -> u8 {
+        DeviceType::Unknown.code()
+    }
 }
 
 pub type StateDictObj = StateDictAbi_TO<'static, RArc<()>>;
@@ -631,6 +636,11 @@ impl ComputeAbi for ComputeAdapter {
     fn synchronize(&self) -> RResult<(), Error> {
         guard(COMPUTE_ORIGIN, || self.0.synchronize())
     }
+    fn device_type(&self) -> u8 {
+        catch_unwind(AssertUnwindSafe(|| self.0.device_type()))
+            .unwrap_or_default()
+            .code()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -751,6 +761,9 @@ impl Compute for ComputeProxy {
     }
     fn synchronize(&self) -> Result<()> {
         self.0.synchronize().into_result()
+    }
+    fn device_type(&self) -> DeviceType {
+        DeviceType::from_code(self.0.device_type())
     }
 }
 

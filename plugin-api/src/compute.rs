@@ -46,6 +46,48 @@ pub struct ComputeLimits {
     pub shader_f16: bool,
 }
 
+/// What kind of device runs the kernels, as the adapter reports it (wgpu's `DeviceType`).
+///
+/// A plugin may pick a different implementation per kind: on a [`DeviceType::Cpu`] adapter
+/// (Mesa lavapipe/llvmpipe, WARP) the "GPU" is a software rasterizer on the same cores the
+/// plugin runs on, and native code for dense math can beat WGSL compiled for it by a wide margin.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum DeviceType {
+    /// Not reported (a host that predates [`Compute::device_type`]).
+    #[default]
+    Unknown = 0,
+    /// A discrete GPU.
+    DiscreteGpu = 1,
+    /// A GPU integrated with the CPU.
+    IntegratedGpu = 2,
+    /// A virtualized GPU.
+    VirtualGpu = 3,
+    /// A software adapter running on the CPU cores.
+    Cpu = 4,
+    /// Anything else.
+    Other = 5,
+}
+
+impl DeviceType {
+    /// The code that crosses the ABI.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The kind for `code`; an unknown code (from a newer host) is [`DeviceType::Unknown`].
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::DiscreteGpu,
+            2 => Self::IntegratedGpu,
+            3 => Self::VirtualGpu,
+            4 => Self::Cpu,
+            5 => Self::Other,
+            _ => Self::Unknown,
+        }
+    }
+}
+
 /// One tensor bound to a kernel, with an optional byte range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Binding {
@@ -135,6 +177,11 @@ pub trait Compute: Send + Sync {
     fn dispatch(&self, call: &KernelCall<'_>) -> Result<()>;
     /// Wait until all queued work has finished.
     fn synchronize(&self) -> Result<()>;
+    /// The kind of device the adapter reports. The default, [`DeviceType::Unknown`], is what a
+    /// plugin sees from a host that predates this method.
+    fn device_type(&self) -> DeviceType {
+        DeviceType::Unknown
+    }
 }
 
 impl dyn Compute + '_ {

@@ -120,7 +120,7 @@ pub use component::{
     is_special_model_name, Algorithm, Config, Context, FromConfig, HostServices, ModelPool,
     NoHostServices, Progress, TaskPool, PRETRAINED,
 };
-pub use compute::{Binding, Compute, ComputeLimits, GpuTensor, KernelCall};
+pub use compute::{Binding, Compute, ComputeLimits, DeviceType, GpuTensor, KernelCall};
 pub use error::{Error, ErrorKind, Result};
 pub use kernel::{DeviceTensor, Kernel};
 pub use model::{bytes_to_f32, f32_to_bytes, MemoryStateDict, Model, ModelSummary, StateDict};

@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fusion_plugin_api::{Compute, ComputeLimits, DType, GpuTensor, KernelCall, Result};
+use fusion_plugin_api::{Compute, ComputeLimits, DType, DeviceType, GpuTensor, KernelCall, Result};
 use wgpu::util::DeviceExt;
 
 use crate::adapter::{self, AdapterReport, DeviceChoice};
@@ -143,6 +143,7 @@ pub struct Runtime {
     device: wgpu::Device,
     queue: wgpu::Queue,
     report: AdapterReport,
+    device_type: DeviceType,
     limits: ComputeLimits,
     lost: Arc<Mutex<Option<String>>>,
     lost_flag: Arc<AtomicBool>,
@@ -257,6 +258,13 @@ impl Runtime {
         let instance = adapter::instance();
         let adapter = adapter::select(&instance, choice)?;
         let report = AdapterReport::of(&adapter);
+        let device_type = match adapter.get_info().device_type {
+            wgpu::DeviceType::DiscreteGpu => DeviceType::DiscreteGpu,
+            wgpu::DeviceType::IntegratedGpu => DeviceType::IntegratedGpu,
+            wgpu::DeviceType::VirtualGpu => DeviceType::VirtualGpu,
+            wgpu::DeviceType::Cpu => DeviceType::Cpu,
+            wgpu::DeviceType::Other => DeviceType::Other,
+        };
         let required_limits = clamp_limits(adapter.limits(), &options.clamp);
         // A CPU adapter's "device memory" is host memory: mapping its buffers directly saves
         // the staging copy of every upload and read-back.
@@ -317,6 +325,7 @@ impl Runtime {
             device,
             queue,
             report,
+            device_type,
             limits,
             lost,
             lost_flag,
@@ -1102,6 +1111,10 @@ impl Compute for Runtime {
 
     fn limits(&self) -> ComputeLimits {
         self.limits
+    }
+
+    fn device_type(&self) -> DeviceType {
+        self.device_type
     }
 
     fn create(&self, dtype: DType, shape: &[usize], data: Option<&[u8]>) -> Result<GpuTensor> {

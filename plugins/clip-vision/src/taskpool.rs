@@ -8,11 +8,15 @@
 //! The report has `accuracy` and mean cross-entropy `loss` per task, their `average`, and
 //! `model_info`, in FusionBench's shape.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use fusion_clip::gpu::{GpuClipModel, GpuClipVision};
 use fusion_clip::{CheckpointConfig, ClipTokenizer, ImageProcessor, Padding, Tensor, WeightStore};
-use fusion_datasets::DatasetSpec;
+use fusion_datasets::{DatasetSpec, ImageDataset};
 use fusion_plugin_api::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -31,7 +35,17 @@ pub struct ClipVisionModelTaskPool {
     base_model: String,
     processor: String,
     batch_size: usize,
+    /// `dataloader_kwargs.num_workers`: 0 decodes each batch on the evaluating thread, as
+    /// PyTorch's DataLoader does; `n > 0` decodes on `n` threads of a loader that prepares the
+    /// next batches while the model runs the current one.
+    num_workers: usize,
+    /// Zero-shot heads by task name, built once per task pool (the text tower runs once per
+    /// task, however many models are evaluated).
+    heads: Mutex<HashMap<String, Tensor>>,
 }
+
+/// Batches the loader may prepare ahead of the model.
+const PREFETCH_BATCHES: usize = 2;
 
 /// A path or hub id given as a string or as `{pretrained_model_name_or_path: ...}`.
 fn model_ref(v: Option<&Value>) -> Option<String> {
@@ -80,6 +94,22 @@ impl FromConfig for ClipVisionModelTaskPool {
             })
             .transpose()?
             .unwrap_or(128) as usize;
+        let num_workers = cfg
+            .pointer("/dataloader_kwargs/num_workers")
+            .or_else(|| cfg.get("num_workers"))
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                v.as_u64().ok_or_else(|| {
+                    Error::config(format!(
+                        "taskpool: num_workers must be a non-negative integer, got {v}"
+                    ))
+                })
+            })
+            .transpose()?
+            .map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |n| n as usize,
+            );
 
         let classification = cfg.get("classification").and_then(Value::as_object);
         let mut entries: Vec<(String, Value)> = Vec::new();
@@ -208,6 +238,8 @@ impl FromConfig for ClipVisionModelTaskPool {
             base_model,
             processor,
             batch_size,
+            num_workers,
+            heads: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -288,37 +320,20 @@ impl TaskPool for ClipVisionModelTaskPool {
                 "the merged model is not a CLIP vision tower matching the base model: {e}"
             ))
         })?;
-        tracing::info!(device = %c.device_name(), tasks = self.tasks.len(), "evaluating");
+        tracing::info!(
+            device = %c.device_name(),
+            backend = vision.backend(),
+            tasks = self.tasks.len(),
+            batch_size = self.batch_size,
+            num_workers = self.num_workers,
+            "evaluating"
+        );
 
         let mut report = Map::new();
         report.insert("model_info".into(), model_info(model)?);
         let (mut sum_acc, mut sum_loss) = (0.0, 0.0);
         for (task, dataset) in self.tasks.iter().zip(datasets) {
-            // The zero-shot head: mean of normalized template embeddings per class, normalized.
-            let prompts: Vec<String> = task
-                .classnames
-                .iter()
-                .flat_map(|c| task.templates.iter().map(move |t| t.replace("{}", c)))
-                .collect();
-            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-            let tokens = tokenizer
-                .encode_batch(&refs, Padding::MaxLength, 77)
-                .map_err(clip_err)?;
-            let text = clip.encode_texts(&tokens).map_err(clip_err)?;
-            let dim = text.shape()[1];
-            let per = task.templates.len();
-            let mut head = Vec::with_capacity(task.classnames.len() * dim);
-            for class in text.data().chunks_exact(per * dim) {
-                let mut mean = vec![0f32; dim];
-                for row in class.chunks_exact(dim) {
-                    mean.iter_mut()
-                        .zip(row)
-                        .for_each(|(m, r)| *m += r / per as f32);
-                }
-                let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-                head.extend(mean.iter().map(|v| v / norm));
-            }
-            let head = Tensor::new(vec![task.classnames.len(), dim], head).map_err(clip_err)?;
+            let head = self.head(task, &clip, &tokenizer)?;
 
             let n = dataset.len();
             let batches = n.div_ceil(self.batch_size);
@@ -327,27 +342,18 @@ impl TaskPool for ClipVisionModelTaskPool {
             } else {
                 batches
             };
-            let progress = ctx.progress(&task.name, batches as u64);
+            let images = n.min(batches * self.batch_size);
+            let progress = ctx.progress(&task.name, images as u64);
             let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-            for b in 0..batches {
-                let range = b * self.batch_size..((b + 1) * self.batch_size).min(n);
-                let mut pixels = Vec::new();
-                let mut labels = Vec::with_capacity(range.len());
-                let mut shape = Vec::new();
-                for i in range.clone() {
-                    let sample = dataset
-                        .get(i)
-                        .map_err(|e| Error::io(format!("task `{}`: {e}", task.name)))?;
-                    let x = processor.preprocess_bytes(&sample.image).map_err(|e| {
-                        Error::model(format!("task `{}` image {i}: {e}", task.name))
-                    })?;
-                    shape = x.shape().to_vec();
-                    pixels.extend_from_slice(x.data());
-                    labels.push(sample.label);
-                }
-                let mut full = vec![range.len()];
-                full.extend(shape);
-                let pixels = Tensor::new(full, pixels).map_err(clip_err)?;
+            let started = Instant::now();
+            let loader = Loader {
+                task,
+                dataset: dataset.as_ref(),
+                processor: &processor,
+                batch_size: self.batch_size,
+                workers: self.num_workers,
+            };
+            let mut run_batch = |pixels: Tensor, labels: Vec<i64>| -> Result<()> {
                 let image = clip
                     .encode_images_with(&vision, &pixels)
                     .map_err(clip_err)?;
@@ -357,11 +363,52 @@ impl TaskPool for ClipVisionModelTaskPool {
                 loss += l;
                 correct += k;
                 seen += labels.len();
-                progress.advance(1);
+                progress.advance(labels.len() as u64);
+                Ok(())
+            };
+            if self.num_workers == 0 {
+                for b in 0..batches {
+                    let (pixels, labels) = loader.batch(b)?;
+                    run_batch(pixels, labels)?;
+                }
+            } else {
+                // The loader thread prepares batch b + 1 (and one more) while the model runs
+                // batch b; a bounded queue keeps memory at a few batches. On an error either
+                // side stops: the model side by returning (dropping the receiver), the loader
+                // by sending its error, which the model side reports.
+                std::thread::scope(|scope| -> Result<()> {
+                    let (tx, rx) = sync_channel(PREFETCH_BATCHES);
+                    let loader = &loader;
+                    scope.spawn(move || {
+                        for b in 0..batches {
+                            let batch = loader.batch(b);
+                            let failed = batch.is_err();
+                            if tx.send(batch).is_err() || failed {
+                                break;
+                            }
+                        }
+                    });
+                    for _ in 0..batches {
+                        let (pixels, labels) = rx.recv().map_err(|_| {
+                            Error::model(format!("task `{}`: the image loader stopped", task.name))
+                        })??;
+                        run_batch(pixels, labels)?;
+                    }
+                    Ok(())
+                })?;
             }
+            let secs = started.elapsed().as_secs_f64();
             let accuracy = correct as f64 / seen.max(1) as f64;
             let mean_loss = loss / seen.max(1) as f64;
-            tracing::info!(task = %task.name, accuracy, loss = mean_loss, images = seen, "task done");
+            tracing::info!(
+                task = %task.name,
+                accuracy,
+                loss = mean_loss,
+                images = seen,
+                seconds = secs,
+                images_per_s = seen as f64 / secs.max(1e-9),
+                "task done"
+            );
             report.insert(
                 task.name.clone(),
                 json!({"accuracy": accuracy, "loss": mean_loss}),
@@ -378,6 +425,126 @@ impl TaskPool for ClipVisionModelTaskPool {
     }
 }
 
+impl ClipVisionModelTaskPool {
+    /// The zero-shot head of `task`: for each class, the mean of its normalized template
+    /// embeddings, normalized again. Built on first use and kept for the task pool's life.
+    fn head(
+        &self,
+        task: &Task,
+        clip: &GpuClipModel<'_>,
+        tokenizer: &ClipTokenizer,
+    ) -> Result<Tensor> {
+        let mut heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = heads.get(&task.name) {
+            return Ok(h.clone());
+        }
+        let prompts: Vec<String> = task
+            .classnames
+            .iter()
+            .flat_map(|c| task.templates.iter().map(move |t| t.replace("{}", c)))
+            .collect();
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let tokens = tokenizer
+            .encode_batch(&refs, Padding::MaxLength, 77)
+            .map_err(clip_err)?;
+        let text = clip.encode_texts(&tokens).map_err(clip_err)?;
+        let dim = text.shape()[1];
+        let per = task.templates.len();
+        let mut head = Vec::with_capacity(task.classnames.len() * dim);
+        for class in text.data().chunks_exact(per * dim) {
+            let mut mean = vec![0f32; dim];
+            for row in class.chunks_exact(dim) {
+                mean.iter_mut()
+                    .zip(row)
+                    .for_each(|(m, r)| *m += r / per as f32);
+            }
+            let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            head.extend(mean.iter().map(|v| v / norm));
+        }
+        let head = Tensor::new(vec![task.classnames.len(), dim], head).map_err(clip_err)?;
+        heads.insert(task.name.clone(), head.clone());
+        Ok(head)
+    }
+}
+
+/// Decodes and preprocesses the images of one task's batches.
+struct Loader<'a> {
+    task: &'a Task,
+    dataset: &'a dyn ImageDataset,
+    processor: &'a ImageProcessor,
+    batch_size: usize,
+    /// Threads that decode one batch's images (at least 1).
+    workers: usize,
+}
+
+impl Loader<'_> {
+    /// Pixels `[n, C, H, W]` and labels of batch `b`.
+    fn batch(&self, b: usize) -> Result<(Tensor, Vec<i64>)> {
+        let n = self.dataset.len();
+        let range = b * self.batch_size..((b + 1) * self.batch_size).min(n);
+        let len = range.len();
+        let workers = self.workers.clamp(1, len.max(1));
+        let per = len.div_ceil(workers.max(1)).max(1);
+        let chunks: Vec<std::ops::Range<usize>> = range
+            .clone()
+            .step_by(per)
+            .map(|s| s..(s + per).min(range.end))
+            .collect();
+        let decoded: Vec<Result<Vec<(Tensor, i64)>>> = if chunks.len() <= 1 {
+            chunks.into_iter().map(|r| self.decode(r)).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = chunks
+                    .into_iter()
+                    .map(|r| scope.spawn(move || self.decode(r)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::model(format!(
+                                "task `{}`: an image decoding thread panicked",
+                                self.task.name
+                            )))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut pixels = Vec::new();
+        let mut labels = Vec::with_capacity(len);
+        let mut shape = Vec::new();
+        for part in decoded {
+            for (x, label) in part? {
+                shape = x.shape().to_vec();
+                pixels.extend_from_slice(x.data());
+                labels.push(label);
+            }
+        }
+        let mut full = vec![len];
+        full.extend(shape);
+        Ok((Tensor::new(full, pixels).map_err(clip_err)?, labels))
+    }
+
+    fn decode(&self, range: std::ops::Range<usize>) -> Result<Vec<(Tensor, i64)>> {
+        range
+            .map(|i| {
+                let sample = self
+                    .dataset
+                    .get(i)
+                    .map_err(|e| Error::io(format!("task `{}`: {e}", self.task.name)))?;
+                let x = self
+                    .processor
+                    .preprocess_bytes(&sample.image)
+                    .map_err(|e| {
+                        Error::model(format!("task `{}` image {i}: {e}", self.task.name))
+                    })?;
+                Ok((x, sample.label))
+            })
+            .collect()
+    }
+}
+
 /// FusionBench's `model_info`: every parameter of the merged vision tower counts as trainable.
 fn model_info(model: &Model) -> Result<Value> {
     let s = model.summary()?;
@@ -391,6 +558,7 @@ fn model_info(model: &Model) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fusion_datasets::Sample;
 
     fn pool(value: Value) -> Result<ClipVisionModelTaskPool> {
         ClipVisionModelTaskPool::from_config(&Config::new(
@@ -467,6 +635,104 @@ mod tests {
             err.contains("sun397") && err.contains("stanford-cars"),
             "{err}"
         );
+    }
+
+    /// In-memory samples: the golden CLIP test images, labelled 0..6, then an undecodable one.
+    struct Images(Vec<Sample>);
+
+    impl ImageDataset for Images {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn get(&self, index: usize) -> std::result::Result<Sample, fusion_datasets::DatasetError> {
+            self.0.get(index).cloned().ok_or_else(|| {
+                fusion_datasets::DatasetError::IndexOutOfRange {
+                    dataset: "test images".into(),
+                    index,
+                    len: self.0.len(),
+                }
+            })
+        }
+        fn describe(&self) -> String {
+            "test images".into()
+        }
+    }
+
+    /// Batches decoded on worker threads hold the same pixels and labels, in the same order,
+    /// as batches decoded on the evaluating thread; a bad image is an error naming it.
+    #[test]
+    fn loader_workers_keep_batches_identical_and_in_order() {
+        let data =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clip/tests/data/clip-tiny");
+        let mut samples: Vec<Sample> = (0..6)
+            .map(|i| Sample {
+                image: std::fs::read(data.join(format!("images/{i}.png"))).unwrap(),
+                label: i,
+            })
+            .collect();
+        samples.push(Sample {
+            image: b"not an image".to_vec(),
+            label: 0,
+        });
+        let dataset = Images(samples);
+        let processor = ImageProcessor::from_dir(data.join("model")).unwrap();
+        let task = Task {
+            name: "digits".into(),
+            dataset: DatasetSpec {
+                source: "memory".into(),
+                split: "test".into(),
+                image_column: None,
+                label_column: None,
+            },
+            classnames: vec!["a".into()],
+            templates: vec!["{}".into()],
+        };
+        let loader = |batch_size, workers| Loader {
+            task: &task,
+            dataset: &dataset,
+            processor: &processor,
+            batch_size,
+            workers,
+        };
+        let (want, want_labels) = loader(4, 0).batch(0).unwrap();
+        assert_eq!(want.shape()[0], 4);
+        assert_eq!(want_labels, [0, 1, 2, 3]);
+        for workers in [1, 2, 3, 8] {
+            let (got, labels) = loader(4, workers).batch(0).unwrap();
+            assert_eq!(labels, want_labels, "{workers} workers");
+            assert_eq!(got.shape(), want.shape());
+            assert_eq!(got.data(), want.data(), "{workers} workers");
+        }
+        // The last, short batch holds images 4, 5 and the bad one.
+        let err = loader(4, 3).batch(1).unwrap_err().to_string();
+        assert!(err.contains("task `digits` image 6"), "{err}");
+        let (_, labels) = loader(3, 2).batch(1).unwrap();
+        assert_eq!(labels, [3, 4, 5]);
+    }
+
+    #[test]
+    fn num_workers_comes_from_dataloader_kwargs() {
+        let p = pool(json!({
+            "base_model": "m",
+            "test_datasets": {"mnist": {"path": "d"}},
+            "dataloader_kwargs": {"batch_size": 16, "num_workers": 3}
+        }))
+        .unwrap();
+        assert_eq!((p.batch_size, p.num_workers), (16, 3));
+        let p = pool(
+            json!({"base_model": "m", "test_datasets": {"mnist": {"path": "d"}},
+                            "dataloader_kwargs": {"num_workers": 0}}),
+        )
+        .unwrap();
+        assert_eq!(p.num_workers, 0);
+        let err = pool(
+            json!({"base_model": "m", "test_datasets": {"mnist": {"path": "d"}},
+                              "dataloader_kwargs": {"num_workers": -1}}),
+        )
+        .err()
+        .expect("negative workers")
+        .to_string();
+        assert!(err.contains("num_workers") && err.contains("-1"), "{err}");
     }
 
     #[test]

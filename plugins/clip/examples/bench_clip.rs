@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p fusion-clip --example bench_clip -- \
-//!     [--device auto|cpu|gpu|NAME] [--batches 1,32,128] [--iters N | --iters 3,2,1] [--warmup N] \
-//!     [--warmup-each]
+//!     [--device auto|cpu|gpu|NAME] [--backend auto|wgsl|native] [--batches 1,32,128] \
+//!     [--iters N | --iters 3,2,1] [--warmup N] [--warmup-each]
 //! ```
 //!
 //! The tower is `CLIPVisionModel`-shaped (hidden 768, 12 layers, 12 heads, MLP 3072, image 224,
@@ -15,21 +15,27 @@
 //! depend on the batch size), or before each with `--warmup-each`; then come the timed passes
 //! of `GpuClipVision::pooled` on random pixels;
 //! `pooled` reads the `[batch, 768]` result back, so the timed work is complete.
+//!
+//! `--backend` picks the implementation of the op API ([`BackendChoice`]): `auto` (the
+//! default) is the native CPU path on a CPU adapter such as lavapipe and the WGSL kernels
+//! elsewhere; `wgsl` forces the kernels. Each result line gives images/s and the achieved
+//! GFLOP/s (multiply-adds of the matrix products counted as 2 FLOPs).
 
 use std::time::Instant;
 
-use fusion_clip::gpu::GpuClipVision;
+use fusion_clip::gpu::{BackendChoice, GpuClipVision};
 use fusion_clip::{CheckpointConfig, ClipVisionConfig, Tensor, WeightStore};
 use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
 use fusion_plugin_api::Compute;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
 
-const USAGE: &str = "usage: bench_clip [--device auto|cpu|gpu|NAME] [--batches 1,32,128] \
+const USAGE: &str = "usage: bench_clip [--device auto|cpu|gpu|NAME] [--backend auto|wgsl|native] [--batches 1,32,128] \
                      [--iters N | --iters N1,N2,...] [--warmup N] [--warmup-each]";
 
 struct Args {
     device: DeviceChoice,
+    backend: BackendChoice,
     batches: Vec<usize>,
     /// One count for every batch size, or one per batch size.
     iters: Vec<usize>,
@@ -57,6 +63,7 @@ fn fail(msg: &str) -> ! {
 fn parse_args() -> Args {
     let mut args = Args {
         device: DeviceChoice::Auto,
+        backend: BackendChoice::Auto,
         batches: vec![1, 32, 128],
         iters: vec![3],
         warmup: 1,
@@ -84,6 +91,10 @@ fn parse_args() -> Args {
                 args.device = value
                     .parse()
                     .unwrap_or_else(|e| fail(&format!("--device: {e}")))
+            }
+            "--backend" => {
+                args.backend = BackendChoice::parse(&value)
+                    .unwrap_or_else(|e| fail(&format!("--backend: {e}")))
             }
             "--batches" => args.batches = parse_list("--batches", &value),
             "--iters" => args.iters = parse_list("--iters", &value),
@@ -184,6 +195,20 @@ fn random_vision_store(cfg: &ClipVisionConfig, seed: u64) -> WeightStore {
     WeightStore::from_tensors("random CLIP ViT-B/32 vision tower", tensors)
 }
 
+/// FLOPs of one image through the tower: every matrix product (patch embedding, q/k/v, scores,
+/// scores x values, output projection, MLP), a multiply-add counted as 2.
+fn flops_per_image(cfg: &ClipVisionConfig) -> f64 {
+    let (d, i, s) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        cfg.num_positions() as f64,
+    );
+    let patches = s - 1.0;
+    let patch_len = (cfg.num_channels * cfg.patch_size * cfg.patch_size) as f64;
+    let per_layer = 2.0 * s * d * 3.0 * d + 4.0 * s * s * d + 2.0 * s * d * d + 4.0 * s * d * i;
+    2.0 * patches * patch_len * d + cfg.num_hidden_layers as f64 * per_layer
+}
+
 fn main() {
     let args = parse_args();
     let cfg = ClipVisionConfig::default(); // ViT-B/32: 768 wide, 12 layers, 12 heads, 224 px, patch 32.
@@ -210,8 +235,13 @@ fn main() {
     let store = random_vision_store(&cfg, 0);
     let build_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
-    let vision = GpuClipVision::load(c, &store, &CheckpointConfig::Vision(cfg.clone()))
-        .unwrap_or_else(|e| fail(&format!("loading the tower: {e}")));
+    let vision = GpuClipVision::load_with(
+        c,
+        &store,
+        &CheckpointConfig::Vision(cfg.clone()),
+        args.backend,
+    )
+    .unwrap_or_else(|e| fail(&format!("loading the tower: {e}")));
     drop(store);
     c.synchronize().expect("synchronize after upload");
     let upload_s = t2.elapsed().as_secs_f64();
@@ -222,6 +252,8 @@ fn main() {
             "event": "setup",
             "device": c.device_name(),
             "device_choice": args.device.to_string(),
+            "backend": vision.backend(),
+            "gflop_per_image": flops_per_image(&cfg) / 1e9,
             "model": "CLIP ViT-B/32 vision tower (random weights, f32)",
             "hidden_size": cfg.hidden_size,
             "num_hidden_layers": cfg.num_hidden_layers,
@@ -279,7 +311,7 @@ fn main() {
             "{}",
             json!({
                 "event": "result",
-                "backend": "fusion-clip GpuClipVision (wgpu)",
+                "backend": vision.backend(),
                 "device": c.device_name(),
                 "batch": batch,
                 "warmup": warmups,
@@ -289,6 +321,7 @@ fn main() {
                 "min_seconds_per_iter": min,
                 "times_s": times,
                 "images_per_s": batch as f64 / mean,
+                "gflop_per_s": flops_per_image(&cfg) * batch as f64 / mean / 1e9,
                 "pooled_checksum": checksum,
             })
         );

@@ -2,16 +2,17 @@
 //! `tests/data/clip-tiny` (the same data `golden.rs` checks the CPU forward with), on Mesa
 //! lavapipe by default (`FUSION_DEVICE` picks another adapter). Also: loading a merged vision
 //! tower from a plugin-api `Model` with strict name and shape checks, and batches split into
-//! passes when a device's storage bindings are small.
+//! passes when a device's storage bindings are small. The model tests run twice: on the WGSL
+//! kernels and on the native CPU path ([`BackendChoice`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use fusion_clip::gpu::{GpuClipModel, GpuClipVision};
+use fusion_clip::gpu::{BackendChoice, BackendKind, GpuClipModel, GpuClipVision};
 use fusion_clip::{CheckpointConfig, ClipConfig, ClipError, Tensor, TokenBatch, WeightStore};
 use fusion_gpu::{DeviceChoice, LimitClamp, Runtime, RuntimeOptions};
-use fusion_plugin_api::{Compute, DType, MemoryStateDict, Model};
+use fusion_plugin_api::{Compute, DType, DeviceType, MemoryStateDict, Model};
 use safetensors::{Dtype, SafeTensors};
 
 /// Model outputs computed from the golden inputs (the bound the CPU forward is held to).
@@ -135,12 +136,12 @@ fn vision_state_dict(dtype: DType) -> MemoryStateDict {
     sd
 }
 
-#[test]
-fn gpu_vision_tower_matches_every_hidden_state() {
+fn gpu_vision_tower_matches_every_hidden_state(choice: BackendChoice) {
     let golden = Golden::get();
     let config = CheckpointConfig::from_file(model_dir().join("config.json")).unwrap();
     let store = WeightStore::open_dir(model_dir()).unwrap();
-    let vision = GpuClipVision::load(device(), &store, &config).unwrap();
+    let vision = GpuClipVision::load_with(device(), &store, &config, choice).unwrap();
+    assert_eq!(vision.backend(), label(choice));
     let out = vision.forward(golden.f("pixel_values"), true).unwrap();
     let states = out.hidden_states.unwrap();
     assert_eq!(states.len(), 4);
@@ -175,11 +176,11 @@ fn gpu_vision_tower_matches_every_hidden_state() {
     );
 }
 
-#[test]
-fn gpu_full_model_matches_text_outputs_embeddings_and_logits() {
+fn gpu_full_model_matches_text_outputs_embeddings_and_logits(choice: BackendChoice) {
     let golden = Golden::get();
     let store = WeightStore::open_dir(model_dir()).unwrap();
-    let model = GpuClipModel::load(device(), &store, &clip_config()).unwrap();
+    let model = GpuClipModel::load_with(device(), &store, &clip_config(), choice).unwrap();
+    assert_eq!(model.text_model().backend(), label(choice));
     let tokens = golden.tokens();
     let out = model.forward(golden.f("pixel_values"), &tokens).unwrap();
     assert_close(
@@ -243,14 +244,13 @@ fn gpu_full_model_matches_text_outputs_embeddings_and_logits() {
     );
 }
 
-#[test]
-fn merged_vision_model_scores_through_the_text_only_model() {
+fn merged_vision_model_scores_through_the_text_only_model(choice: BackendChoice) {
     // FusionBench's evaluation: a merged CLIPVisionModel arrives as a lazy state dict and is
     // scored with the pretrained CLIPModel's text side and projections.
     let golden = Golden::get();
     let config = clip_config();
     let store = WeightStore::open_dir(model_dir()).unwrap();
-    let clip = GpuClipModel::load_text_only(device(), &store, &config).unwrap();
+    let clip = GpuClipModel::load_text_only_with(device(), &store, &config, choice).unwrap();
     assert!(clip.vision_model().is_none());
     let head = clip.encode_texts(&golden.tokens()).unwrap();
     assert_close(
@@ -266,7 +266,8 @@ fn merged_vision_model_scores_through_the_text_only_model() {
     assert!(err.contains("without its vision tower"), "{err}");
 
     let model = Model::new(vision_state_dict(DType::F32));
-    let vision = GpuClipVision::from_model(device(), &model, &config.vision_config).unwrap();
+    let vision =
+        GpuClipVision::from_model_with(device(), &model, &config.vision_config, choice).unwrap();
     let images = clip
         .encode_images_with(&vision, golden.f("pixel_values"))
         .unwrap();
@@ -286,7 +287,8 @@ fn merged_vision_model_scores_through_the_text_only_model() {
 
     // bf16 storage converts on load: close to the f32 result, not equal.
     let model = Model::new(vision_state_dict(DType::BF16));
-    let vision = GpuClipVision::from_model(device(), &model, &config.vision_config).unwrap();
+    let vision =
+        GpuClipVision::from_model_with(device(), &model, &config.vision_config, choice).unwrap();
     let images_bf16 = clip
         .encode_images_with(&vision, golden.f("pixel_values"))
         .unwrap();
@@ -295,6 +297,70 @@ fn merged_vision_model_scores_through_the_text_only_model() {
         diff > 0.0 && diff < 0.05,
         "bf16 vs f32 image embeds: {diff}"
     );
+}
+
+#[test]
+fn gpu_vision_tower_matches_every_hidden_state_wgsl() {
+    gpu_vision_tower_matches_every_hidden_state(BackendChoice::Wgsl);
+}
+
+#[test]
+fn gpu_vision_tower_matches_every_hidden_state_native() {
+    gpu_vision_tower_matches_every_hidden_state(BackendChoice::Native);
+}
+
+#[test]
+fn gpu_full_model_matches_text_outputs_embeddings_and_logits_wgsl() {
+    gpu_full_model_matches_text_outputs_embeddings_and_logits(BackendChoice::Wgsl);
+}
+
+#[test]
+fn gpu_full_model_matches_text_outputs_embeddings_and_logits_native() {
+    gpu_full_model_matches_text_outputs_embeddings_and_logits(BackendChoice::Native);
+}
+
+#[test]
+fn merged_vision_model_scores_through_the_text_only_model_wgsl() {
+    merged_vision_model_scores_through_the_text_only_model(BackendChoice::Wgsl);
+}
+
+#[test]
+fn merged_vision_model_scores_through_the_text_only_model_native() {
+    merged_vision_model_scores_through_the_text_only_model(BackendChoice::Native);
+}
+
+fn label(choice: BackendChoice) -> &'static str {
+    match choice {
+        BackendChoice::Native => "native",
+        _ => "wgsl",
+    }
+}
+
+/// The host reports lavapipe as a CPU adapter, and models on it take the native path unless
+/// asked otherwise; on a hardware adapter they take the WGSL one.
+#[test]
+fn auto_backend_follows_the_reported_device_type() {
+    let c: &dyn Compute = device();
+    let want = match c.device_type() {
+        DeviceType::Cpu => BackendKind::Native,
+        DeviceType::Unknown => panic!("the runtime reports its device type"),
+        _ => BackendKind::Wgsl,
+    };
+    if std::env::var_os("FUSION_CLIP_BACKEND").is_none() {
+        assert_eq!(
+            BackendChoice::Auto.resolve(c).unwrap(),
+            want,
+            "{}",
+            c.device_name()
+        );
+    }
+    assert_eq!(BackendChoice::Wgsl.resolve(c).unwrap(), BackendKind::Wgsl);
+    assert_eq!(
+        BackendChoice::Native.resolve(c).unwrap(),
+        BackendKind::Native
+    );
+    let err = BackendChoice::parse("cuda").unwrap_err().to_string();
+    assert!(err.contains("`cuda`") && err.contains("native"), "{err}");
 }
 
 #[test]
@@ -386,7 +452,8 @@ fn small_bindings_split_the_batch_into_passes() {
     let config = CheckpointConfig::from_file(model_dir().join("config.json")).unwrap();
     let store = WeightStore::open_dir(model_dir()).unwrap();
     let c: &dyn Compute = &small;
-    let vision = GpuClipVision::load(c, &store, &config).unwrap();
+    // Bindings limit the WGSL path only.
+    let vision = GpuClipVision::load_with(c, &store, &config, BackendChoice::Wgsl).unwrap();
     assert_eq!(vision.max_batch().unwrap(), 3);
     let out = vision.forward(golden.f("pixel_values"), true).unwrap();
     assert_close(
@@ -416,7 +483,7 @@ fn small_bindings_split_the_batch_into_passes() {
         },
         ..Default::default()
     });
-    let err = match GpuClipVision::load(&tiny, &store, &config) {
+    let err = match GpuClipVision::load_with(&tiny, &store, &config, BackendChoice::Wgsl) {
         Ok(_) => panic!("a 48 KiB weight cannot fit 32 KiB bindings"),
         Err(e) => e.to_string(),
     };

@@ -244,7 +244,7 @@ impl FromConfig for MagnitudeDiffPruning {
                 "{NAME}: `rescale` is {} and FusionBench multiplies the kept difference by it, so \
                  the result is the pretrained model unchanged; set `rescale: null` to keep the \
                  pruned difference as is, or `rescale: true` to scale it by 1/prune_ratio",
-                rescale.unwrap_or(Value::Null)
+                rescale.unwrap_or(serde_json::Value::Null)
             );
         }
         let extract_names = config

@@ -1,6 +1,9 @@
-//! CLIP on the GPU: the vision and text towers as WGSL kernels (`shaders/nn_*.wgsl`) launched
-//! through the host's [`Compute`](fusion_plugin_api::Compute) handle, so a plugin that only
-//! sees `&dyn Compute` can run them.
+//! CLIP on the compute device: the vision and text towers written once over an op API
+//! ([`Backend`]), run as WGSL kernels (`shaders/nn_*.wgsl`) launched through the host's
+//! [`Compute`](fusion_plugin_api::Compute) handle, so a plugin that only sees `&dyn Compute` can
+//! run them, or, when that handle's adapter is the CPU itself (lavapipe), as native code
+//! ([`native`]) on every core ([`BackendChoice`]; `FUSION_CLIP_BACKEND=wgsl` forces the
+//! kernels).
 //!
 //! Weights are uploaded once as f32 tensors (from a [`WeightStore`](crate::WeightStore), a
 //! plugin-api [`Model`](fusion_plugin_api::Model), or a CPU model); activations stay on the
@@ -31,12 +34,15 @@
 //! # let _ = logits; Ok(()) }
 //! ```
 
+pub mod backend;
 mod encoder;
 mod model;
+pub mod native;
 pub mod ops;
 mod text;
 mod vision;
 
+pub use backend::{Backend, BackendChoice, BackendKind};
 pub use model::GpuClipModel;
 pub use text::GpuClipText;
 pub use vision::GpuClipVision;

@@ -5,8 +5,8 @@ use fusion_plugin_api::Compute;
 
 use crate::config::ClipConfig;
 use crate::error::{ClipError, Result};
-use crate::gpu::encoder::{GpuLinear, Uploaded};
-use crate::gpu::ops::GpuBuffer;
+use crate::gpu::backend::{upload_linear, Backend, BackendChoice, Epilogue, LinearW};
+use crate::gpu::native::Native;
 use crate::gpu::text::GpuClipText;
 use crate::gpu::vision::{passes, GpuClipVision};
 use crate::model::{ClipModel, ClipOutput};
@@ -19,18 +19,15 @@ use crate::weights::WeightStore;
 /// pool can keep the text side (zero-shot heads, projections, logit scale) and score any number
 /// of merged vision towers ([`GpuClipVision`]) with [`GpuClipModel::encode_images_with`].
 ///
-/// Embeddings are projected on the device; only the `[batch, projection_dim]` features are read
-/// back, and their L2 normalization and the logits (a few thousand values) are computed on the
-/// host with the CPU reference's own functions.
+/// The towers' pooled outputs (`[batch, hidden]`, a few KiB per image) are read back and
+/// projected on the host with the native op API ([`Native`]); their L2 normalization and the
+/// logits (a few thousand values) are computed with the CPU reference's own functions.
 pub struct GpuClipModel<'c> {
-    c: &'c dyn Compute,
     config: ClipConfig,
     text: GpuClipText<'c>,
     vision: Option<GpuClipVision<'c>>,
-    /// Owns (and on drop releases) the projections.
-    _weights: Uploaded<'c>,
-    visual_projection: GpuLinear,
-    text_projection: GpuLinear,
+    visual_projection: LinearW<Native>,
+    text_projection: LinearW<Native>,
     logit_scale: f32,
 }
 
@@ -38,7 +35,17 @@ impl<'c> GpuClipModel<'c> {
     /// Loads a full `CLIPModel` from a checkpoint's weights; every tensor must be used (as
     /// [`ClipModel::load`]).
     pub fn load(c: &'c dyn Compute, store: &WeightStore, config: &ClipConfig) -> Result<Self> {
-        Self::from_cpu(c, &ClipModel::load(store, config)?)
+        Self::load_with(c, store, config, BackendChoice::Auto)
+    }
+
+    /// [`GpuClipModel::load`] on the backend `choice` names.
+    pub fn load_with(
+        c: &'c dyn Compute,
+        store: &WeightStore,
+        config: &ClipConfig,
+        choice: BackendChoice,
+    ) -> Result<Self> {
+        Self::from_cpu_with(c, &ClipModel::load(store, config)?, choice)
     }
 
     /// Loads the text tower, both projections and `logit_scale` of a `CLIPModel` checkpoint,
@@ -48,6 +55,16 @@ impl<'c> GpuClipModel<'c> {
         c: &'c dyn Compute,
         store: &WeightStore,
         config: &ClipConfig,
+    ) -> Result<Self> {
+        Self::load_text_only_with(c, store, config, BackendChoice::Auto)
+    }
+
+    /// [`GpuClipModel::load_text_only`] on the backend `choice` names.
+    pub fn load_text_only_with(
+        c: &'c dyn Compute,
+        store: &WeightStore,
+        config: &ClipConfig,
+        choice: BackendChoice,
     ) -> Result<Self> {
         let root = store.root();
         let text = ClipTextTransformer::load(&root.pp("text_model"), &config.text_config)?;
@@ -64,16 +81,26 @@ impl<'c> GpuClipModel<'c> {
         )?;
         let logit_scale = store.get("logit_scale", &[])?.data()[0];
         store.check_all_used(|name| !name.starts_with("vision_model."))?;
-        Self::build(c, config, &text, None, &visual, &textp, logit_scale)
+        let text = GpuClipText::from_cpu_with(c, &text, choice)?;
+        Self::build(config, text, None, &visual, &textp, logit_scale)
     }
 
     /// Uploads a CPU model (both towers).
     pub fn from_cpu(c: &'c dyn Compute, model: &ClipModel) -> Result<Self> {
-        let vision = GpuClipVision::from_cpu(c, model.vision_model())?;
+        Self::from_cpu_with(c, model, BackendChoice::Auto)
+    }
+
+    /// [`GpuClipModel::from_cpu`] on the backend `choice` names.
+    pub fn from_cpu_with(
+        c: &'c dyn Compute,
+        model: &ClipModel,
+        choice: BackendChoice,
+    ) -> Result<Self> {
+        let vision = GpuClipVision::from_cpu_with(c, model.vision_model(), choice)?;
+        let text = GpuClipText::from_cpu_with(c, model.text_model(), choice)?;
         Self::build(
-            c,
             model.config(),
-            model.text_model(),
+            text,
             Some(vision),
             model.visual_projection(),
             model.text_projection(),
@@ -82,23 +109,19 @@ impl<'c> GpuClipModel<'c> {
     }
 
     fn build(
-        c: &'c dyn Compute,
         config: &ClipConfig,
-        text: &ClipTextTransformer,
+        text: GpuClipText<'c>,
         vision: Option<GpuClipVision<'c>>,
         visual_projection: &Linear,
         text_projection: &Linear,
         logit_scale: f32,
     ) -> Result<Self> {
-        let mut up = Uploaded::new(c);
-        let visual_projection = up.linear("visual_projection", visual_projection)?;
-        let text_projection = up.linear("text_projection", text_projection)?;
+        let visual_projection = upload_linear(&Native, "visual_projection", visual_projection)?;
+        let text_projection = upload_linear(&Native, "text_projection", text_projection)?;
         Ok(Self {
-            c,
             config: config.clone(),
-            text: GpuClipText::from_cpu(c, text)?,
+            text,
             vision,
-            _weights: up,
             visual_projection,
             text_projection,
             logit_scale,
@@ -132,9 +155,9 @@ impl<'c> GpuClipModel<'c> {
         let (batch, seq) = (tokens.batch_size, tokens.seq_len);
         let proj = self.config.projection_dim;
         let mut out = Vec::with_capacity(batch * proj);
-        for (start, len) in passes(batch, self.text.max_batch(seq)?) {
-            let pass = self.text.run(tokens, start, len, false)?;
-            out.extend(self.project(&self.text_projection, &pass.pooled, len)?);
+        for pass in passes(batch, self.text.max_batch(seq)?) {
+            let pooled = self.text.run(tokens, pass, false)?.pooled;
+            out.extend(project(&self.text_projection, &pooled, pass.1)?);
         }
         Ok(l2_normalize_rows(&Tensor::new(vec![batch, proj], out)?))
     }
@@ -170,9 +193,9 @@ impl<'c> GpuClipModel<'c> {
         let batch = vision.check_pixels(pixel_values)?;
         let proj = self.config.projection_dim;
         let mut out = Vec::with_capacity(batch * proj);
-        for (start, len) in passes(batch, vision.max_batch()?) {
-            let pass = vision.run(pixel_values, start, len, None)?;
-            out.extend(self.project(&self.visual_projection, &pass.pooled, len)?);
+        for pass in passes(batch, vision.max_batch()?) {
+            let pooled = vision.run_pooled(pixel_values, pass)?;
+            out.extend(project(&self.visual_projection, &pooled, pass.1)?);
         }
         Ok(l2_normalize_rows(&Tensor::new(vec![batch, proj], out)?))
     }
@@ -209,24 +232,19 @@ impl<'c> GpuClipModel<'c> {
         })
     }
 
-    /// `projection(pooled)` on the device, read back.
-    fn project(
-        &self,
-        projection: &GpuLinear,
-        pooled: &GpuBuffer<'_>,
-        rows: usize,
-    ) -> Result<Vec<f32>> {
-        let out = GpuBuffer::zeros(self.c, &[rows, projection.out_dim])?;
-        projection.forward(self.c, pooled.id(), out.id(), rows)?;
-        out.to_vec()
-    }
-
     /// `projection(pooled)` for pooled outputs already on the host (the full forward pass
     /// reads them back anyway).
-    fn project_host(&self, projection: &GpuLinear, pooled: &Tensor) -> Result<Tensor> {
+    fn project_host(&self, projection: &LinearW<Native>, pooled: &Tensor) -> Result<Tensor> {
         let rows = pooled.shape().first().copied().unwrap_or(0);
-        let input = GpuBuffer::from_f32(self.c, pooled.shape(), pooled.data())?;
-        let values = self.project(projection, &input, rows)?;
+        let values = project(projection, pooled.data(), rows)?;
         Tensor::new(vec![rows, projection.out_dim], values)
     }
+}
+
+/// `projection(pooled)` on the host for `rows` pooled outputs.
+fn project(projection: &LinearW<Native>, pooled: &[f32], rows: usize) -> Result<Vec<f32>> {
+    let pooled = pooled.to_vec();
+    let mut out = Native.zeros(&[rows, projection.out_dim])?;
+    Native.linear(&pooled, projection, &mut out, rows, Epilogue::None)?;
+    Ok(out)
 }

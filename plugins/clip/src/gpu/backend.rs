@@ -1,0 +1,483 @@
+//! The op API both towers are written over, once: layer norm, nn.Linear with fused epilogues,
+//! attention over a fused `[rows, 3D]` q/k/v projection, the patch and token embeddings and row
+//! gathers. Two implementations:
+//!
+//! - [`Wgsl`]: the WGSL kernels of [`ops`](crate::gpu::ops) through the host's
+//!   [`Compute`] handle; tensors stay on the device.
+//! - [`Native`](crate::gpu::native::Native): host memory, the `gemm` crate on every core for
+//!   the matrix products, rayon for the row ops. For adapters that *are* the CPU (lavapipe,
+//!   llvmpipe, WARP): there WGSL compiled for a software rasterizer runs at a few percent of
+//!   a CPU GEMM (BENCHMARKS.md, "CLIP vision tower throughput").
+//!
+//! [`BackendChoice`] picks one per compute handle: `FUSION_CLIP_BACKEND=wgsl|native|auto`, else
+//! native on an adapter whose device type is [`DeviceType::Cpu`] (or, from a host that does not
+//! report the type, whose name says it is a software rasterizer), WGSL anywhere else.
+//!
+//! The plain f32 CPU model of this crate (`ClipVisionModel`, `ClipModel`) is the test oracle of
+//! both.
+
+use fusion_plugin_api::{Compute, DeviceType};
+
+use crate::config::Activation;
+use crate::error::{ClipError, Result};
+use crate::gpu::ops::{self, GpuBuffer, Matmul, Operand, PatchGeometry, RowLayout, SoftmaxMask};
+use crate::nn::{LayerNorm, Linear};
+use crate::tensor::Tensor;
+
+/// What runs after the product of a [`Backend::linear`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `out = x W^T + b`.
+    None,
+    /// `out = act(x W^T + b)`.
+    Activation(Activation),
+    /// `out += x W^T + b`: the residual connection, `out` holding the residual stream.
+    Residual,
+}
+
+/// Shape of one attention call over `qkv: [batch * seq, 3 * heads * head_dim]` (q, then k, then
+/// v, each `[.., heads * head_dim]`), writing `context: [batch * seq, heads * head_dim]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Scale of `q k^T` (transformers scales q by `head_dim^-0.5`).
+    pub scale: f32,
+    /// Hide keys after the query.
+    pub causal: bool,
+}
+
+impl AttentionShape {
+    /// The hidden width, `heads * head_dim`.
+    pub fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// nn.Linear's weights on a backend.
+pub struct LinearW<B: Backend> {
+    /// `[out_dim, in_dim]`.
+    pub weight: B::Buf,
+    /// `[out_dim]`.
+    pub bias: Option<B::Buf>,
+    /// Input width.
+    pub in_dim: usize,
+    /// Output width.
+    pub out_dim: usize,
+}
+
+/// nn.LayerNorm's weights on a backend.
+pub struct NormW<B: Backend> {
+    /// Scale, `[dim]`.
+    pub weight: B::Buf,
+    /// Shift, `[dim]`.
+    pub bias: B::Buf,
+    /// Normalized width.
+    pub dim: usize,
+    /// Epsilon.
+    pub eps: f64,
+}
+
+/// The vision embeddings' weights on a backend.
+pub struct PatchW<B: Backend> {
+    /// The conv weight `[D, C, P, P]`, used as `[D, C * P * P]`.
+    pub weight: B::Buf,
+    /// The class token, `[D]`.
+    pub class: B::Buf,
+    /// Position embeddings, `[G * G + 1, D]`.
+    pub position: B::Buf,
+    /// `D`.
+    pub dim: usize,
+}
+
+/// The dense ops a CLIP tower needs, on one kind of memory. See the module docs.
+///
+/// Every op checks that the tensors it is given hold what it will touch and fails with an
+/// error naming the op and the shapes otherwise.
+pub trait Backend: Sized {
+    /// An f32 tensor.
+    type Buf;
+    /// A u32 key-padding mask `[batch, seq]` (zero at padding).
+    type Mask;
+
+    /// A short name for logs and reports (`"wgsl"`, `"native"`).
+    fn label(&self) -> &'static str;
+    /// A zeroed tensor.
+    fn zeros(&self, shape: &[usize]) -> Result<Self::Buf>;
+    /// A tensor holding `data`; `name` (a checkpoint name) appears in errors.
+    fn upload(&self, name: &str, shape: &[usize], data: &[f32]) -> Result<Self::Buf>;
+    /// A key-padding mask holding `data`.
+    fn upload_mask(&self, shape: &[usize], data: &[u32]) -> Result<Self::Mask>;
+    /// The values of `x`, on the host.
+    fn read(&self, x: &Self::Buf) -> Result<Vec<f32>>;
+    /// How many items of `per_item` f32 activations one pass may hold.
+    fn max_items(&self, op: &str, per_item: u64, what: &str) -> Result<usize>;
+
+    /// `y = layer_norm(x) * weight + bias` over the rows `layout` describes.
+    fn layer_norm(
+        &self,
+        x: &Self::Buf,
+        n: &NormW<Self>,
+        y: &mut Self::Buf,
+        layout: RowLayout,
+    ) -> Result<()>;
+    /// nn.Linear on `rows` dense rows, then `epilogue`.
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        l: &LinearW<Self>,
+        out: &mut Self::Buf,
+        rows: usize,
+        epilogue: Epilogue,
+    ) -> Result<()>;
+    /// The scratch tensor [`Backend::attention`] needs for `a` (may be empty).
+    fn attention_scratch(&self, a: &AttentionShape) -> Result<Self::Buf>;
+    /// Multi-head attention: per sequence and head, `softmax(scale q k^T + mask) v`.
+    fn attention(
+        &self,
+        qkv: &Self::Buf,
+        scratch: &mut Self::Buf,
+        context: &mut Self::Buf,
+        a: &AttentionShape,
+        key_padding: Option<&Self::Mask>,
+    ) -> Result<()>;
+    /// `pixels [B, C, S, S]` (host) to `out [B, G * G + 1, D]`: class token then patch
+    /// embeddings, plus position embeddings.
+    fn patch_embed(
+        &self,
+        pixels: &[f32],
+        w: &PatchW<Self>,
+        out: &mut Self::Buf,
+        g: PatchGeometry,
+    ) -> Result<()>;
+    /// `out[r] = table[ids[r]] + position[r % seq]` for `rows` token ids (host).
+    fn token_embed(
+        &self,
+        ids: &[u32],
+        table: &Self::Buf,
+        position: &Self::Buf,
+        out: &mut Self::Buf,
+        seq: usize,
+    ) -> Result<()>;
+    /// `out[i] = x[idx[i]]` for rows of width `dim`.
+    fn gather_rows(
+        &self,
+        x: &Self::Buf,
+        idx: &[u32],
+        out: &mut Self::Buf,
+        dim: usize,
+    ) -> Result<()>;
+}
+
+/// Uploads nn.Linear `l`; `name` is its checkpoint prefix.
+pub fn upload_linear<B: Backend>(b: &B, name: &str, l: &Linear) -> Result<LinearW<B>> {
+    Ok(LinearW {
+        weight: upload_tensor(b, &format!("{name}.weight"), l.weight())?,
+        bias: l
+            .bias()
+            .map(|t| upload_tensor(b, &format!("{name}.bias"), t))
+            .transpose()?,
+        in_dim: l.in_dim(),
+        out_dim: l.out_dim(),
+    })
+}
+
+/// Uploads nn.LayerNorm `ln`; `name` is its checkpoint prefix.
+pub fn upload_norm<B: Backend>(b: &B, name: &str, ln: &LayerNorm) -> Result<NormW<B>> {
+    Ok(NormW {
+        weight: upload_tensor(b, &format!("{name}.weight"), ln.weight())?,
+        bias: upload_tensor(b, &format!("{name}.bias"), ln.bias())?,
+        dim: ln.weight().elem_count(),
+        eps: ln.eps(),
+    })
+}
+
+/// Uploads a CPU tensor with its shape.
+pub fn upload_tensor<B: Backend>(b: &B, name: &str, t: &Tensor) -> Result<B::Buf> {
+    b.upload(name, t.shape(), t.data())
+}
+
+/// Which implementation of the op API a model uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// `FUSION_CLIP_BACKEND` when set, else by the adapter's device type (module docs).
+    #[default]
+    Auto,
+    /// The WGSL kernels, whatever the adapter.
+    Wgsl,
+    /// Native CPU code, whatever the adapter.
+    Native,
+}
+
+/// A resolved [`BackendChoice`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// [`Wgsl`].
+    Wgsl,
+    /// [`Native`](crate::gpu::native::Native).
+    Native,
+}
+
+impl BackendChoice {
+    /// Parses `auto`, `wgsl` (or `gpu`), `native` (or `cpu`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Self::Auto),
+            "wgsl" | "gpu" => Ok(Self::Wgsl),
+            "native" | "cpu" => Ok(Self::Native),
+            other => Err(ClipError::input(
+                "FUSION_CLIP_BACKEND",
+                format!("`{other}` is not one of auto, wgsl, native"),
+            )),
+        }
+    }
+
+    /// The implementation for models on `c`.
+    pub fn resolve(self, c: &dyn Compute) -> Result<BackendKind> {
+        let choice = match self {
+            Self::Auto => match std::env::var("FUSION_CLIP_BACKEND") {
+                Ok(v) => Self::parse(&v)?,
+                Err(_) => Self::Auto,
+            },
+            other => other,
+        };
+        Ok(match choice {
+            Self::Wgsl => BackendKind::Wgsl,
+            Self::Native => BackendKind::Native,
+            Self::Auto => {
+                let cpu = match c.device_type() {
+                    DeviceType::Cpu => true,
+                    DeviceType::Unknown => fusion_kernels::is_software_adapter(&c.device_name()),
+                    _ => false,
+                };
+                if cpu {
+                    BackendKind::Native
+                } else {
+                    BackendKind::Wgsl
+                }
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WGSL
+
+/// The WGSL kernels through a compute handle.
+#[derive(Clone, Copy)]
+pub struct Wgsl<'c> {
+    /// The handle the tensors live on.
+    pub c: &'c dyn Compute,
+}
+
+impl<'c> Backend for Wgsl<'c> {
+    type Buf = GpuBuffer<'c>;
+    type Mask = GpuBuffer<'c>;
+
+    fn label(&self) -> &'static str {
+        "wgsl"
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<Self::Buf> {
+        GpuBuffer::zeros(self.c, shape)
+    }
+
+    fn upload(&self, name: &str, shape: &[usize], data: &[f32]) -> Result<Self::Buf> {
+        ops::check_binding(self.c, &format!("uploading weight `{name}`"), shape, 4)?;
+        GpuBuffer::from_f32(self.c, shape, data)
+    }
+
+    fn upload_mask(&self, shape: &[usize], data: &[u32]) -> Result<Self::Mask> {
+        GpuBuffer::from_u32(self.c, shape, data)
+    }
+
+    fn read(&self, x: &Self::Buf) -> Result<Vec<f32>> {
+        x.to_vec()
+    }
+
+    fn max_items(&self, op: &str, per_item: u64, what: &str) -> Result<usize> {
+        let limits = self.c.checked_limits().map_err(ClipError::compute(op))?;
+        let by_binding = limits.max_storage_binding_size / (4 * per_item.max(1));
+        let by_index = u64::from(u32::MAX) / per_item.max(1);
+        let n = by_binding.min(by_index);
+        if n == 0 {
+            return Err(ClipError::DeviceLimit {
+                op: op.to_string(),
+                message: format!(
+                    "one {what} needs activations of {} bytes, more than the device's max storage binding size of {} bytes",
+                    4 * per_item,
+                    limits.max_storage_binding_size
+                ),
+            });
+        }
+        Ok(n as usize)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Self::Buf,
+        n: &NormW<Self>,
+        y: &mut Self::Buf,
+        layout: RowLayout,
+    ) -> Result<()> {
+        ops::layer_norm(
+            self.c,
+            x.id(),
+            n.weight.id(),
+            n.bias.id(),
+            y.id(),
+            layout,
+            n.eps,
+        )
+    }
+
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        l: &LinearW<Self>,
+        out: &mut Self::Buf,
+        rows: usize,
+        epilogue: Epilogue,
+    ) -> Result<()> {
+        let (c, bias) = (self.c, l.bias.as_ref().map(GpuBuffer::id));
+        match epilogue {
+            Epilogue::None => ops::linear(c, x.id(), l.weight.id(), bias, out.id(), rows),
+            Epilogue::Activation(act) => {
+                ops::linear(c, x.id(), l.weight.id(), bias, out.id(), rows)?;
+                ops::activation(c, out.id(), rows * l.out_dim, act)
+            }
+            Epilogue::Residual => {
+                let branch = GpuBuffer::zeros(c, &[rows, l.out_dim])?;
+                ops::linear(c, x.id(), l.weight.id(), bias, branch.id(), rows)?;
+                ops::add_inplace(c, out.id(), branch.id(), rows * l.out_dim)
+            }
+        }
+    }
+
+    fn attention_scratch(&self, a: &AttentionShape) -> Result<Self::Buf> {
+        GpuBuffer::zeros(self.c, &[a.batch, a.heads, a.seq, a.seq])
+    }
+
+    fn attention(
+        &self,
+        qkv: &Self::Buf,
+        scratch: &mut Self::Buf,
+        context: &mut Self::Buf,
+        a: &AttentionShape,
+        key_padding: Option<&Self::Mask>,
+    ) -> Result<()> {
+        let AttentionShape {
+            batch,
+            seq,
+            heads: h,
+            head_dim: hd,
+            scale,
+            causal,
+        } = *a;
+        let d = a.hidden();
+        // Batch z0 = sequence, z1 = head: Q_z = qkv[z0 * seq.., z1 * hd..], K_z the same at
+        // column D, V_z at 2D; scores_z = scratch[z0, z1]; context_z = context[z0 * seq.., z1 * hd..].
+        let qk = Matmul {
+            m: seq,
+            n: seq,
+            k: hd,
+            batch0: batch,
+            batch1: h,
+            alpha: scale,
+            a: Operand::batched(0, 3 * d, seq * 3 * d, hd),
+            b: Operand::batched(d, 3 * d, seq * 3 * d, hd),
+            b_transposed: true,
+            c: Operand::batched(0, seq, h * seq * seq, seq * seq),
+        };
+        let pv = Matmul {
+            m: seq,
+            n: hd,
+            k: seq,
+            batch0: batch,
+            batch1: h,
+            alpha: 1.0,
+            a: Operand::batched(0, seq, h * seq * seq, seq * seq),
+            b: Operand::batched(2 * d, 3 * d, seq * 3 * d, hd),
+            b_transposed: false,
+            c: Operand::batched(0, d, seq * d, hd),
+        };
+        let mask = SoftmaxMask {
+            causal,
+            key_mask: key_padding.map(GpuBuffer::id),
+        };
+        let c = self.c;
+        ops::matmul(c, qkv.id(), qkv.id(), None, scratch.id(), &qk)?;
+        ops::softmax_rows(c, scratch.id(), batch * h * seq, seq, seq, h, mask)?;
+        ops::matmul(c, scratch.id(), qkv.id(), None, context.id(), &pv)
+    }
+
+    fn patch_embed(
+        &self,
+        pixels: &[f32],
+        w: &PatchW<Self>,
+        out: &mut Self::Buf,
+        g: PatchGeometry,
+    ) -> Result<()> {
+        let c = self.c;
+        let (d, grid2) = (w.dim, g.grid() * g.grid());
+        let seq = grid2 + 1;
+        let pixels = GpuBuffer::from_f32(c, &[g.batch, g.channels, g.image, g.image], pixels)?;
+        let patches = GpuBuffer::zeros(c, &[g.patches(), g.patch_len()])?;
+        ops::im2col(c, pixels.id(), patches.id(), g)?;
+        drop(pixels);
+        // The patch embeddings go straight into rows 1.. of each image's block; class_position
+        // then fills row 0 and adds the position embeddings.
+        let conv = Matmul {
+            m: grid2,
+            n: d,
+            k: g.patch_len(),
+            batch0: g.batch,
+            batch1: 1,
+            alpha: 1.0,
+            a: Operand::batched(0, g.patch_len(), grid2 * g.patch_len(), 0),
+            b: Operand::rows(g.patch_len()),
+            b_transposed: true,
+            c: Operand::batched(d, d, seq * d, 0),
+        };
+        ops::matmul(c, patches.id(), w.weight.id(), None, out.id(), &conv)?;
+        drop(patches);
+        ops::class_position(c, out.id(), w.class.id(), w.position.id(), g.batch, seq, d)
+    }
+
+    fn token_embed(
+        &self,
+        ids: &[u32],
+        table: &Self::Buf,
+        position: &Self::Buf,
+        out: &mut Self::Buf,
+        seq: usize,
+    ) -> Result<()> {
+        let ids_t = GpuBuffer::from_u32(self.c, &[ids.len()], ids)?;
+        ops::token_position_embed(
+            self.c,
+            table.id(),
+            ids_t.id(),
+            position.id(),
+            out.id(),
+            ids.len(),
+            seq,
+        )
+    }
+
+    fn gather_rows(
+        &self,
+        x: &Self::Buf,
+        idx: &[u32],
+        out: &mut Self::Buf,
+        _dim: usize,
+    ) -> Result<()> {
+        let idx_t = GpuBuffer::from_u32(self.c, &[idx.len()], idx)?;
+        ops::gather_rows(self.c, x.id(), idx_t.id(), out.id(), idx.len())
+    }
+}
