@@ -7,12 +7,15 @@ mod embed;
 mod error;
 mod hub;
 mod logging;
+mod multirun;
 mod paths;
 mod plugins;
 mod profile;
 mod program;
 mod progress;
+mod report;
 mod save;
+mod summary;
 mod targets;
 
 use std::io::Write as _;

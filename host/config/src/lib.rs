@@ -172,6 +172,12 @@ pub fn resolve(config: &Value, ctx: &ResolveContext) -> Result<Value, ConfigErro
     interp::resolve(config, ctx)
 }
 
+/// Resolves the value of one top-level key of `config`, with the rest of the config (and
+/// `hydra`, from `ctx`) visible to its interpolations but not itself resolved.
+pub fn resolve_key(config: &Value, key: &str, ctx: &ResolveContext) -> Result<Value, ConfigError> {
+    interp::resolve_key(config, key, ctx)
+}
+
 /// Dotted key paths (`method.scaling_factor`, `models.0.path`) of the values that are still
 /// `???`, in document order.
 pub fn find_missing(config: &Value) -> Vec<String> {
