@@ -265,12 +265,17 @@ fn split_top_level(s: &str, sep: char) -> Vec<&str> {
     out
 }
 
-/// A plain element (no sweep) in Hydra's string form.
+/// A plain element (no sweep) in Hydra's string form: a quoted string stays quoted in a comma
+/// list, and is written unquoted (escaped) from `choice(...)`, as Hydra does.
 fn element(text: &str, piece: &str) -> Result<Elem, ConfigError> {
+    element_as(text, piece, true)
+}
+
+fn element_as(text: &str, piece: &str, keep_quotes: bool) -> Result<Elem, ConfigError> {
     let raw = piece.trim();
     let value = parse_value_text(text, raw)?;
     let quoted = raw.starts_with('\'') || raw.starts_with('"');
-    let text = if quoted || raw.contains("${") {
+    let text = if (quoted && keep_quotes) || raw.contains("${") {
         raw.to_string()
     } else {
         render(&value)
@@ -455,7 +460,10 @@ fn call(
             if args.positional.is_empty() {
                 return Err(sweep_error(text, "choice() needs at least one value"));
             }
-            args.positional.iter().map(|p| element(text, p)).collect()
+            args.positional
+                .iter()
+                .map(|p| element_as(text, p, false))
+                .collect()
         }
         "range" => {
             only(&["start", "stop", "step"])?;
