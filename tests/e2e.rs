@@ -1960,3 +1960,124 @@ fn report_collects_runs_and_sweeps_into_one_table_and_plot() {
         assert!(run.error().contains(bad), "{}", run.error());
     }
 }
+
+/// A fake Slurm on PATH: `sbatch` logs its arguments, runs every task of the array one after
+/// another (as Slurm would, with SLURM_ARRAY_TASK_ID set) and prints a job id; `squeue` logs its
+/// arguments and lists nothing (the array is done).
+fn fake_slurm(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let log = dir.join("calls.log");
+    let sbatch = format!(
+        r#"#!/bin/bash
+echo "sbatch $*" >> '{log}'
+script="${{@: -1}}"
+cp "$script" '{dir}/submitted.sh'
+read first last <<< "$(sed -n 's/^#SBATCH --array=\([0-9]*\)-\([0-9]*\)%.*/\1 \2/p' "$script")"
+for i in $(seq "$first" "$last"); do SLURM_ARRAY_TASK_ID=$i bash "$script"; done
+echo "4242;cluster"
+"#,
+        log = log.display(),
+        dir = dir.display()
+    );
+    let squeue = format!("#!/bin/bash\necho \"squeue $*\" >> '{}'\n", log.display());
+    for (name, text) in [("sbatch", sbatch), ("squeue", squeue)] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn the_slurm_launcher_submits_one_job_array_and_collects_the_reports() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    fake_slurm(bin.path());
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = run_host_env(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "-m",
+            "hydra/launcher=submitit_slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.gpus_per_node=1",
+            "hydra.launcher.cpus_per_task=4",
+            "hydra.launcher.mem_gb=16",
+            "hydra.launcher.timeout_min=30",
+            "hydra.launcher.array_parallelism=2",
+            "hydra.launcher.additional_parameters={mail_type: END}",
+            "method=task_arithmetic",
+            "method.scaling_factor=0.1,bad,0.5",
+            "modelpool=tiny",
+            "taskpool=dummy",
+            "print_config=false",
+        ],
+        &[("PATH", &path)],
+    );
+    run.assert_clean_failure(1);
+    assert!(
+        run.error().contains("1 of 3 jobs failed") && run.error().contains("scaling_factor=bad"),
+        "{}",
+        run.error()
+    );
+    let sweep = sweep_dir(work.path());
+    let script = std::fs::read_to_string(bin.path().join("submitted.sh")).unwrap();
+    for line in [
+        "#SBATCH --job-name=fusion_host",
+        "#SBATCH --array=0-2%2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=16GB",
+        "#SBATCH --time=30",
+        "#SBATCH --mail-type=END",
+    ] {
+        assert!(
+            script.lines().any(|l| l == line),
+            "{line} not in:\n{script}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(sweep.join("slurm_array.sh")).unwrap(),
+        script,
+        "the script is kept in the sweep folder"
+    );
+    let calls = std::fs::read_to_string(bin.path().join("calls.log")).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].starts_with("sbatch --parsable ") && calls[0].ends_with("slurm_array.sh"));
+    assert!(calls[1].contains("--jobs 4242"), "{calls:?}");
+    let rows = csv_rows(&std::fs::read_to_string(sweep.join("summary.csv")).unwrap());
+    let status: Vec<&str> = rows.iter().map(|r| r["status"].as_str()).collect();
+    assert_eq!(status, ["ok", "failed (exit 2)", "ok"]);
+    assert_eq!(rows[2]["method.scaling_factor"], "0.5");
+    assert_eq!(
+        rows[2]["model_info.all_params"],
+        tiny_param_count().to_string()
+    );
+
+    // Without Slurm's commands: the culprit named, exit 2.
+    let empty = tempfile::tempdir().unwrap();
+    let run = run_host_env(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "-m",
+            "hydra/launcher=submitit_slurm",
+            "method=task_arithmetic",
+            "method.scaling_factor=0.1,0.2",
+            "modelpool=tiny",
+        ],
+        &[("PATH", empty.path().to_str().unwrap())],
+    );
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("sbatch"), "{}", run.error());
+}

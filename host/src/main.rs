@@ -15,6 +15,7 @@ mod program;
 mod progress;
 mod report;
 mod save;
+mod slurm;
 mod summary;
 mod targets;
 

@@ -93,26 +93,49 @@ pub fn run(req: &RunRequest, child_args: &[String]) -> anyhow::Result<()> {
     let now = chrono::Local::now().naive_local();
     let mut rctx = ResolveContext::new(&composed.config_name);
     rctx.now = now;
-    let sweep_dir = claim_sweep_dir(&sweep_path(&composed.config, &hydra, &rctx, None, "dir")?)?;
-    let jobs: Vec<Job> = overrides
+    // Everything that can be wrong with the settings is found before a folder is made.
+    let planned_dir = sweep_path(&composed.config, &hydra, &rctx, None, "dir")?;
+    let subdirs: Vec<PathBuf> = overrides
         .iter()
         .enumerate()
-        .map(|(num, ov)| {
-            let sub = sweep_path(&composed.config, &hydra, &rctx, Some((num, ov)), "subdir")?;
-            Ok(Job {
-                num,
-                overrides: ov.clone(),
-                dir: sweep_dir.join(sub),
-            })
-        })
+        .map(|(num, ov)| sweep_path(&composed.config, &hydra, &rctx, Some((num, ov)), "subdir"))
         .collect::<anyhow::Result<_>>()?;
-    let n_jobs = parallelism(&hydra)?;
+    let launcher = resolve_value(
+        &composed.config,
+        &hydra,
+        &rctx,
+        None,
+        hydra.get("launcher").cloned().unwrap_or(Yaml::Null),
+    )
+    .context("resolving hydra.launcher")?;
+    let slurm = crate::slurm::selected(Some(&launcher));
+    let n_jobs = if slurm {
+        let here = Path::new(".");
+        crate::slurm::script(&launcher, &[], here, &[], here, here)?;
+        1
+    } else {
+        parallelism(&hydra)?
+    };
+
+    let sweep_dir = claim_sweep_dir(&planned_dir)?;
+    let jobs: Vec<Job> = overrides
+        .iter()
+        .zip(subdirs)
+        .enumerate()
+        .map(|(num, (ov, sub))| Job {
+            num,
+            overrides: ov.clone(),
+            dir: sweep_dir.join(sub),
+        })
+        .collect();
     tracing::info!(
         "multirun: {} job{} in {} ({})",
         jobs.len(),
         if jobs.len() == 1 { "" } else { "s" },
         sweep_dir.display(),
-        if n_jobs > 1 {
+        if slurm {
+            "as one Slurm job array".to_string()
+        } else if n_jobs > 1 {
             format!("{n_jobs} at a time")
         } else {
             "one after another".to_string()
@@ -120,7 +143,19 @@ pub fn run(req: &RunRequest, child_args: &[String]) -> anyhow::Result<()> {
     );
     write_sweep_file(&sweep_dir, &composed.config_name, &jobs)?;
 
-    let outcomes = launch_local(&jobs, child_args, n_jobs)?;
+    let outcomes = if slurm {
+        crate::slurm::launch(&launcher, &jobs, child_args, &sweep_dir)?;
+        jobs.iter()
+            .map(|j| {
+                let code = std::fs::read_to_string(j.dir.join(crate::slurm::EXIT_CODE_FILE))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i32>().ok());
+                outcome(j, code)
+            })
+            .collect()
+    } else {
+        launch_local(&jobs, child_args, n_jobs)?
+    };
 
     // The summary.
     let rows: Vec<Row> = jobs
@@ -141,7 +176,7 @@ pub fn run(req: &RunRequest, child_args: &[String]) -> anyhow::Result<()> {
             status: match (out.code, &out.error) {
                 (Some(0), _) => "ok".to_string(),
                 (Some(c), _) => format!("failed (exit {c})"),
-                (None, _) => "failed (killed)".to_string(),
+                (None, _) => "failed (no exit status)".to_string(),
             },
             report: read_report(&job.dir),
         })
@@ -225,6 +260,35 @@ fn sweep_path(
     job: Option<(usize, &[String])>,
     which: &str,
 ) -> anyhow::Result<PathBuf> {
+    let default = match which {
+        "dir" => "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}",
+        _ => "${hydra.job.num}",
+    };
+    let text = hydra
+        .get("sweep")
+        .and_then(|s| s.get(which))
+        .filter(|v| !v.is_null())
+        .cloned()
+        .unwrap_or_else(|| Yaml::from(default));
+    let resolved = resolve_value(config, hydra, rctx, job, text)
+        .with_context(|| format!("resolving hydra.sweep.{which}"))?;
+    let value = fusion_config::value::scalar_to_string(&resolved);
+    if value.is_empty() {
+        return Err(usage(format!("hydra.sweep.{which} is empty")));
+    }
+    Ok(PathBuf::from(value))
+}
+
+/// A value from the `hydra` node, resolved against the job config (a sweep folder may use
+/// `${path.output_dir}`) and the `hydra` node (for a job: with its `hydra.job.num` and
+/// `hydra.job.override_dirname`); only this value is resolved.
+fn resolve_value(
+    config: &Yaml,
+    hydra: &Yaml,
+    rctx: &ResolveContext,
+    job: Option<(usize, &[String])>,
+    value: Yaml,
+) -> anyhow::Result<Yaml> {
     let mut hydra = hydra.clone();
     if let Yaml::Mapping(h) = &mut hydra {
         let job_node = h
@@ -237,36 +301,18 @@ fn sweep_path(
             j.insert(Yaml::from("override_dirname"), Yaml::from(sorted.join(",")));
         }
     }
-    let default = match which {
-        "dir" => "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}",
-        _ => "${hydra.job.num}",
-    };
-    let text = hydra
-        .get("sweep")
-        .and_then(|s| s.get(which))
-        .filter(|v| !v.is_null())
-        .cloned()
-        .unwrap_or_else(|| Yaml::from(default));
-    // Resolved against the job config (a sweep folder may use `${path.output_dir}`) and the
-    // `hydra` node; only this value is resolved.
     let mut root = match config {
         Yaml::Mapping(m) => m.clone(),
         _ => Default::default(),
     };
-    root.insert(Yaml::from(SWEEP_VALUE), text);
+    root.insert(Yaml::from(SWEEP_VALUE), value);
     let mut rctx = rctx.clone();
     rctx.hydra = Some(hydra);
-    let resolved = fusion_config::resolve_key(&Yaml::Mapping(root), SWEEP_VALUE, &rctx)
-        .with_context(|| format!("resolving hydra.sweep.{which}"))?;
-    let resolved = Yaml::Mapping([(Yaml::from("value"), resolved)].into_iter().collect());
-    let value = resolved
-        .get("value")
-        .map(fusion_config::value::scalar_to_string)
-        .unwrap_or_default();
-    if value.is_empty() {
-        return Err(usage(format!("hydra.sweep.{which} is empty")));
-    }
-    Ok(PathBuf::from(value))
+    Ok(fusion_config::resolve_key(
+        &Yaml::Mapping(root),
+        SWEEP_VALUE,
+        &rctx,
+    )?)
 }
 
 /// The sweep folder: `dir`, or `dir_1`, `dir_2`... when another sweep (started in the same
@@ -415,7 +461,12 @@ fn run_job(exe: &Path, child_args: &[String], job: &Job) -> anyhow::Result<Outco
         .stderr(file("stderr.log")?)
         .status()
         .context("starting the job's fusion-host")?;
-    let error = (!status.success()).then(|| {
+    Ok(outcome(job, status.code()))
+}
+
+/// How a job ended, from its exit status and its `stderr.log` (the `error:` paragraph).
+fn outcome(job: &Job, code: Option<i32>) -> Outcome {
+    let error = (code != Some(0)).then(|| {
         let text = std::fs::read_to_string(job.dir.join("stderr.log")).unwrap_or_default();
         // The child's one `error:` paragraph (it may run over several lines).
         text.match_indices("error: ")
@@ -428,12 +479,12 @@ fn run_job(exe: &Path, child_args: &[String], job: &Job) -> anyhow::Result<Outco
                     .collect::<Vec<_>>()
                     .join(" ")
             })
-            .unwrap_or_else(|| format!("exit status {status}"))
+            .unwrap_or_else(|| match code {
+                Some(c) => format!("exit status {c}"),
+                None => "it did not finish (no exit status)".to_string(),
+            })
     });
-    Ok(Outcome {
-        code: status.code(),
-        error,
-    })
+    Outcome { code, error }
 }
 
 /// A run folder's `program_report.json`, when it holds a readable one.
