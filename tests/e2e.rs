@@ -1813,6 +1813,39 @@ fn multirun_expands_ranges_globs_and_products_and_honours_cfg() {
 }
 
 #[test]
+fn the_sweep_folder_and_job_folders_follow_hydra_sweep_settings() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "-m",
+            "hydra.sweep.dir=sweeps/ta",
+            "hydra.sweep.subdir=${hydra.job.override_dirname}",
+            "method=task_arithmetic",
+            "method.scaling_factor=0.1,0.2",
+            "modelpool=tiny",
+            "taskpool=dummy",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Hydra's override_dirname: the job's overrides but `hydra.*`, sorted, joined with ','.
+    for f in ["0.1", "0.2"] {
+        let dir = work.path().join(format!(
+            "sweeps/ta/method.scaling_factor={f},method=task_arithmetic,modelpool=tiny,taskpool=dummy"
+        ));
+        assert!(
+            dir.join("program_report.json").is_file(),
+            "{}",
+            dir.display()
+        );
+    }
+    assert!(work.path().join("sweeps/ta/summary.csv").is_file());
+}
+
+#[test]
 fn a_bad_sweep_is_named_with_exit_2() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
@@ -1825,6 +1858,7 @@ fn a_bad_sweep_is_named_with_exit_2() {
         ),
         ("method=glob(nothing*)", "empty"),
         ("method.scaling_factor=interval(0,1)", "interval"),
+        ("hydra.launcher.n_jobs=1,2", "'hydra.launcher.n_jobs'"),
     ] {
         let run = run_host(
             work.path(),
@@ -1951,6 +1985,14 @@ fn report_collects_runs_and_sweeps_into_one_table_and_plot() {
         2,
         "the two runs with an accuracy"
     );
+    // The runs with an accuracy side by side, named by their method and settings.
+    let bars = std::fs::read_to_string(plots.join("average_accuracy.svg")).unwrap();
+    assert_eq!(bars.matches("<rect x=").count(), 2, "{bars}");
+    assert!(
+        bars.contains(">ties_merging method.scaling_factor=0.4"),
+        "{bars}"
+    );
+    assert!(bars.contains(">0.65<"), "{bars}");
 
     // A folder with no report, or none at all, is named.
     std::fs::create_dir(work.path().join("empty")).unwrap();

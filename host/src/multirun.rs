@@ -72,6 +72,20 @@ pub fn run(req: &RunRequest, child_args: &[String]) -> anyhow::Result<()> {
         .filter(|k| k.is_sweep)
         .map(|k| k.key.clone())
         .collect();
+    if let Some(k) = swept.iter().find(|k| {
+        let bare = k.trim_start_matches(['+', '~']);
+        bare == "hydra" || bare.starts_with("hydra.") || bare.starts_with("hydra/")
+    }) {
+        // As Hydra: the sweep's own settings are one for all jobs.
+        let typed = all
+            .iter()
+            .rev()
+            .find(|o| o.trim().starts_with(&format!("{k}=")))
+            .map_or(k.as_str(), |o| o.trim());
+        return Err(usage(format!(
+            "'{typed}': sweeping over Hydra's configuration ('{k}') is not supported: the launcher and the sweep folder are the same for every job"
+        )));
+    }
 
     if req.print_cfg.is_some() {
         // `--cfg` per job: each job prints its config; nothing is written.
@@ -296,7 +310,32 @@ fn resolve_value(
             .or_insert_with(|| Yaml::Mapping(Default::default()));
         if let (Yaml::Mapping(j), Some((num, ov))) = (job_node, job) {
             j.insert(Yaml::from("num"), Yaml::from(num as u64));
-            let mut sorted = ov.to_vec();
+            // Hydra's `hydra.job.override_dirname`: the job's own overrides (not `hydra.*`), sorted,
+            // less `hydra.job.config.override_dirname.exclude_keys`.
+            let exclude: Vec<String> = j
+                .get("config")
+                .and_then(|c| c.get("override_dirname"))
+                .and_then(|o| o.get("exclude_keys"))
+                .and_then(Yaml::as_sequence)
+                .map(|s| {
+                    s.iter()
+                        .map(fusion_config::value::scalar_to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut sorted: Vec<String> = ov
+                .iter()
+                .filter(|o| {
+                    let key = o
+                        .split('=')
+                        .next()
+                        .unwrap_or(o)
+                        .trim_start_matches(['+', '~']);
+                    !(key == "hydra" || key.starts_with("hydra.") || key.starts_with("hydra/"))
+                        && !exclude.iter().any(|e| e == key)
+                })
+                .cloned()
+                .collect();
             sorted.sort();
             j.insert(Yaml::from("override_dirname"), Yaml::from(sorted.join(",")));
         }

@@ -67,11 +67,37 @@ pub fn run(dirs: &[PathBuf], csv: Option<&Path>, plot_dir: Option<&Path>) -> any
     if let Some(dir) = plot_dir {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-        let plots = summary::write_plots(dir, &keys, &rows)?;
+        let mut plots = summary::write_plots(dir, &keys, &rows)?;
+        // Every run's average accuracy side by side, for comparing methods.
+        let bars: Vec<(String, f64)> = rows
+            .iter()
+            .filter_map(|r| {
+                let acc = summary::average_accuracy(r.report.as_ref()?)?;
+                let label = if r.values.is_empty() {
+                    r.label.clone()
+                } else {
+                    r.values
+                        .iter()
+                        .map(|(k, v)| {
+                            if k == "method" {
+                                v.clone()
+                            } else {
+                                format!("{k}={v}")
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                Some((label, acc))
+            })
+            .collect();
+        if !bars.is_empty() {
+            let path = dir.join("average_accuracy.svg");
+            summary::write_bars(&path, &bars)?;
+            plots.push(path);
+        }
         if plots.is_empty() {
-            tracing::warn!(
-                "no plot: no numeric override varies between runs that report an average accuracy"
-            );
+            tracing::warn!("no plot: no run reports an average accuracy");
         }
         for p in plots {
             tracing::info!("plot: {}", p.display());

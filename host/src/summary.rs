@@ -382,6 +382,66 @@ fn svg_plot(key: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     s
 }
 
+/// A horizontal bar chart of the average accuracy of each run (`bars`: label, accuracy), for
+/// comparing methods. Written to `path`.
+pub fn write_bars(path: &Path, bars: &[(String, f64)]) -> anyhow::Result<()> {
+    const LABEL_W: f64 = 380.0;
+    const BAR_W: f64 = 360.0;
+    const ROW: f64 = 24.0;
+    const TOP: f64 = 44.0;
+    let w = LABEL_W + BAR_W + 80.0;
+    let h = TOP + ROW * bars.len() as f64 + 30.0;
+    let hi = bars.iter().map(|b| b.1).fold(0.0f64, f64::max).max(1e-12);
+    // Accuracies are fractions: the axis runs to 1 unless a value is larger.
+    let top = if hi <= 1.0 { 1.0 } else { hi };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">average accuracy</text>"#,
+        w / 2.0
+    );
+    for t in ticks(0.0, top) {
+        let x = LABEL_W + t / top * BAR_W;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{:.1}" stroke="#dddddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            TOP - 6.0,
+            h - 24.0,
+            h - 10.0,
+            fmt_tick(t)
+        );
+    }
+    for (i, (label, v)) in bars.iter().enumerate() {
+        let y = TOP + ROW * i as f64;
+        let len = (v / top).clamp(0.0, 1.0) * BAR_W;
+        let short: String = if label.chars().count() > 60 {
+            format!("{}...", label.chars().take(57).collect::<String>())
+        } else {
+            label.clone()
+        };
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end">{}<title>{}</title></text><rect x="{LABEL_W}" y="{:.1}" width="{len:.1}" height="{:.1}" fill="#1f77b4"/><text x="{:.1}" y="{:.1}">{}</text>"##,
+            LABEL_W - 8.0,
+            y + 15.0,
+            esc(&short),
+            esc(label),
+            y + 3.0,
+            ROW - 6.0,
+            LABEL_W + len + 6.0,
+            y + 15.0,
+            fmt_tick((v * 10_000.0).round() / 10_000.0)
+        );
+    }
+    s.push_str("</svg>\n");
+    crate::program::write_atomic(path, s.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
