@@ -72,10 +72,10 @@ pub fn run(req: &RunRequest, child_args: &[String]) -> anyhow::Result<()> {
         .filter(|k| k.is_sweep)
         .map(|k| k.key.clone())
         .collect();
-    if let Some(k) = swept.iter().find(|k| {
-        let bare = k.trim_start_matches(['+', '~']);
-        bare == "hydra" || bare.starts_with("hydra.") || bare.starts_with("hydra/")
-    }) {
+    if let Some(k) = swept
+        .iter()
+        .find(|k| is_hydra_key(k.trim_start_matches(['+', '~'])))
+    {
         // As Hydra: the sweep's own settings are one for all jobs.
         let typed = all
             .iter()
@@ -228,6 +228,11 @@ pub fn run(req: &RunRequest, child_args: &[String]) -> anyhow::Result<()> {
     finish_failed(&failed, jobs.len(), Some(&sweep_dir))
 }
 
+/// A key of Hydra's own config (`hydra.launcher.n_jobs`, `hydra/launcher`).
+fn is_hydra_key(key: &str) -> bool {
+    key == "hydra" || key.starts_with("hydra.") || key.starts_with("hydra/")
+}
+
 fn finish_failed(failed: &[String], total: usize, dir: Option<&Path>) -> anyhow::Result<()> {
     if failed.is_empty() {
         return Ok(());
@@ -331,8 +336,7 @@ fn resolve_value(
                         .next()
                         .unwrap_or(o)
                         .trim_start_matches(['+', '~']);
-                    !(key == "hydra" || key.starts_with("hydra.") || key.starts_with("hydra/"))
-                        && !exclude.iter().any(|e| e == key)
+                    !is_hydra_key(key) && !exclude.iter().any(|e| e == key)
                 })
                 .cloned()
                 .collect();
