@@ -2006,6 +2006,7 @@ fn report_collects_runs_and_sweeps_into_one_table_and_plot() {
 /// A fake Slurm on PATH: `sbatch` logs its arguments, runs every task of the array one after
 /// another (as Slurm would, with SLURM_ARRAY_TASK_ID set) and prints a job id; `squeue` logs its
 /// arguments and lists nothing (the array is done).
+#[cfg(unix)]
 fn fake_slurm(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let log = dir.join("calls.log");
