@@ -2109,3 +2109,521 @@ fn linalg_methods_from_fusionbench_config_files() {
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
     assert_eq!(max_rel(&got, &base), 0.0);
 }
+
+// ---- the researcher's workflow (issue 19): multirun sweeps and `report` ---------------------
+
+/// The one sweep folder under `outputs/multirun/fabric_model_fusion`.
+fn sweep_dir(work: &Path) -> std::path::PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(work.join("outputs/multirun/fabric_model_fusion"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one sweep folder: {dirs:?}");
+    dirs[0].clone()
+}
+
+/// CSV rows as maps from the header's names.
+fn csv_rows(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .map(|h| h.to_string())
+                .zip(l.split(',').map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn multirun_sweeps_leave_a_folder_per_job_and_a_summary() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "-m",
+            "method=task_arithmetic",
+            "method.scaling_factor=0.1,0.3,0.5",
+            "modelpool=tiny",
+            "taskpool=dummy",
+            "print_config=false",
+            "merged_model_save_path=\"{log_dir}/merged.safetensors\"",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let sweep = sweep_dir(work.path());
+    // Hydra's layout as FusionBench sets it: <sweep.dir>/<job.num>.
+    let name = sweep.file_name().unwrap().to_str().unwrap();
+    assert_eq!(name.len(), "2024-05-17_13-45-09".len(), "{name}");
+    let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
+    let tasks: Vec<_> = ["task_a", "task_b", "task_c", "task_d"]
+        .iter()
+        .map(|t| read_f32(&data().join(format!("merge-tiny/models/{t}.safetensors"))))
+        .collect();
+    for (num, factor) in [(0, 0.1f32), (1, 0.3), (2, 0.5)] {
+        let dir = sweep.join(num.to_string());
+        assert!(dir.join("program_report.json").is_file(), "job {num}");
+        let overrides: Vec<String> =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("overrides.yaml")).unwrap())
+                .unwrap();
+        assert!(
+            overrides.contains(&format!("method.scaling_factor={factor}")),
+            "{overrides:?}"
+        );
+        // Each job merged with its own factor: pretrained + factor * sum of task vectors.
+        let merged = read_f32(&dir.join("merged.safetensors"));
+        for (i, (name, _, values)) in merged.iter().enumerate() {
+            for (j, v) in values.iter().enumerate() {
+                let p = base[i].2[j];
+                let want = p + factor * tasks.iter().map(|t| t[i].2[j] - p).sum::<f32>();
+                assert!(
+                    (v - want).abs() < 1e-5,
+                    "job {num} {name}[{j}]: {v} vs {want}"
+                );
+            }
+        }
+    }
+    let rows = csv_rows(&std::fs::read_to_string(sweep.join("summary.csv")).unwrap());
+    assert_eq!(rows.len(), 3);
+    let params = tiny_param_count().to_string();
+    for (row, (num, factor)) in rows.iter().zip([("0", "0.1"), ("1", "0.3"), ("2", "0.5")]) {
+        assert_eq!(row["job"], num);
+        assert_eq!(row["method.scaling_factor"], factor);
+        assert_eq!(row["status"], "ok");
+        assert_eq!(row["model_info.all_params"], params);
+    }
+    let md = std::fs::read_to_string(sweep.join("summary.md")).unwrap();
+    assert!(
+        md.starts_with("| job | method.scaling_factor | status |"),
+        "{md}"
+    );
+    assert_eq!(run.stdout, md, "the summary is printed");
+}
+
+#[test]
+fn a_failing_job_is_reported_and_the_others_run_in_parallel() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "--multirun",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "method=task_arithmetic",
+            "method.scaling_factor=0.2,oops,0.4",
+            "modelpool=tiny",
+            "taskpool=dummy",
+            "print_config=false",
+        ],
+    );
+    run.assert_clean_failure(1);
+    let err = run.error();
+    assert!(
+        err.contains("1 of 3 jobs failed")
+            && err.contains("#1 (")
+            && err.contains("method.scaling_factor=oops")
+            && err.contains("scaling_factor"),
+        "{err}"
+    );
+    assert!(run.stderr.contains("2 at a time"), "{}", run.stderr);
+    let sweep = sweep_dir(work.path());
+    let rows = csv_rows(&std::fs::read_to_string(sweep.join("summary.csv")).unwrap());
+    let status: Vec<&str> = rows.iter().map(|r| r["status"].as_str()).collect();
+    assert_eq!(status, ["ok", "failed (exit 2)", "ok"]);
+    assert_eq!(rows[1]["model_info.all_params"], "");
+    assert_eq!(
+        rows[2]["model_info.all_params"],
+        tiny_param_count().to_string()
+    );
+    // The failed job's folder keeps its error.
+    let stderr = std::fs::read_to_string(sweep.join("1/stderr.log")).unwrap();
+    assert!(
+        stderr.contains("error: ") && stderr.contains("oops"),
+        "{stderr}"
+    );
+    assert!(!sweep.join("1/program_report.json").exists());
+    assert!(sweep.join("2/program_report.json").is_file());
+}
+
+#[test]
+fn multirun_expands_ranges_globs_and_products_and_honours_cfg() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    // --cfg job: each job prints its config, nothing is written. range x glob: 2 x 2 jobs, the
+    // first key outermost.
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "-m",
+            "--cfg",
+            "job",
+            "-p",
+            "method",
+            "method=glob([t*_*],exclude=*_x)",
+            "method.scaling_factor=range(0.1,0.5,0.2)",
+            "modelpool=tiny",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let headers: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("# job"))
+        .collect();
+    assert_eq!(headers.len(), 4, "{}", run.stdout);
+    assert!(headers[0].contains("method=task_arithmetic method.scaling_factor=0.1"));
+    assert!(headers[1].contains("method=task_arithmetic method.scaling_factor=0.30000000000000004"));
+    assert!(headers[2].contains("method=ties_merging method.scaling_factor=0.1"));
+    assert_eq!(
+        run.stdout.matches("scaling_factor: 0.1\n").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    assert!(!work.path().join("outputs").exists());
+
+    // dry_run per job: every job resolves, none runs.
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "-m",
+            "method=task_arithmetic",
+            "method.scaling_factor=0.1,0.2",
+            "modelpool=tiny",
+            "dry_run=true",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let sweep = sweep_dir(work.path());
+    for job in ["0", "1"] {
+        assert!(!sweep.join(job).join("program_report.json").exists());
+        let log = std::fs::read_to_string(sweep.join(job).join("stderr.log")).unwrap();
+        assert!(log.contains("dry_run"), "{log}");
+    }
+}
+
+#[test]
+fn the_sweep_folder_and_job_folders_follow_hydra_sweep_settings() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "-m",
+            "hydra.sweep.dir=sweeps/ta",
+            "hydra.sweep.subdir=${hydra.job.override_dirname}",
+            "method=task_arithmetic",
+            "method.scaling_factor=0.1,0.2",
+            "modelpool=tiny",
+            "taskpool=dummy",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Hydra's override_dirname: the job's overrides but `hydra.*`, sorted, joined with ','.
+    for f in ["0.1", "0.2"] {
+        let dir = work.path().join(format!(
+            "sweeps/ta/method.scaling_factor={f},method=task_arithmetic,modelpool=tiny,taskpool=dummy"
+        ));
+        assert!(
+            dir.join("program_report.json").is_file(),
+            "{}",
+            dir.display()
+        );
+    }
+    assert!(work.path().join("sweeps/ta/summary.csv").is_file());
+}
+
+#[test]
+fn a_bad_sweep_is_named_with_exit_2() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    for (sweep, want) in [
+        ("method.scaling_factor=range(5,1)", "empty"),
+        ("method.scaling_factor=range(0.1,x)", "number"),
+        (
+            "method.scaling_factor=choice(1,[2)",
+            "method.scaling_factor=choice(1,[2)",
+        ),
+        ("method=glob(nothing*)", "empty"),
+        ("method.scaling_factor=interval(0,1)", "interval"),
+        ("hydra.launcher.n_jobs=1,2", "'hydra.launcher.n_jobs'"),
+    ] {
+        let run = run_host(
+            work.path(),
+            &[
+                "--config-path",
+                cfg.path().to_str().unwrap(),
+                "-m",
+                "method=task_arithmetic",
+                sweep,
+                "modelpool=tiny",
+            ],
+        );
+        run.assert_clean_failure(2);
+        assert!(
+            run.error().contains(sweep) && run.error().contains(want),
+            "{sweep}: {}",
+            run.error()
+        );
+    }
+    assert!(!work.path().join("outputs").exists(), "nothing written");
+    // Without -m, a sweep says how to run it.
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "method=task_arithmetic",
+            "method.scaling_factor=0.1,0.2",
+            "modelpool=tiny",
+        ],
+    );
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("--multirun"), "{}", run.error());
+}
+
+#[test]
+fn report_collects_runs_and_sweeps_into_one_table_and_plot() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let cp = cfg.path().to_str().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=tiny",
+            "taskpool=dummy",
+            "print_config=false",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "-m",
+            "method=task_arithmetic",
+            "method.scaling_factor=0.3,0.7",
+            "modelpool=tiny",
+            "taskpool=dummy",
+            "print_config=false",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Reports as FusionBench's CLIP task pools write them, from another machine.
+    for (name, factor, acc) in [("a", "0.2", 0.61), ("b", "0.4", 0.65)] {
+        let dir = work.path().join("outputs/clip").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("program_report.json"),
+            format!(
+                r#"{{"mnist": {{"accuracy": {acc}, "loss": 1.5}}, "average": {{"accuracy": {acc}, "loss": 1.5}}}}"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("overrides.yaml"),
+            format!("- method=ties_merging\n- method.scaling_factor={factor}\n"),
+        )
+        .unwrap();
+    }
+    let csv = work.path().join("all.csv");
+    let plots = work.path().join("plots");
+    let run = run_host(
+        work.path(),
+        &[
+            "report",
+            "outputs",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--plot-dir",
+            plots.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows = csv_rows(&std::fs::read_to_string(&csv).unwrap());
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    let by_method = |m: &str| rows.iter().filter(|r| r["method"] == m).count();
+    assert_eq!(by_method("DummyAlgorithm"), 1);
+    assert_eq!(by_method("task_arithmetic"), 2);
+    assert_eq!(by_method("ties_merging"), 2);
+    let factors: Vec<&str> = rows
+        .iter()
+        .map(|r| r["method.scaling_factor"].as_str())
+        .collect();
+    assert_eq!(factors, ["0.2", "0.4", "", "0.3", "0.7"]);
+    assert_eq!(rows[1]["average.accuracy"], "0.65");
+    assert_eq!(
+        rows[3]["model_info.all_params"],
+        tiny_param_count().to_string()
+    );
+    // The overrides that differ between runs are columns; the runs from elsewhere lack some.
+    assert!(
+        run.stdout
+            .starts_with("| run | method | method.scaling_factor | modelpool | taskpool | print_config | status |"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.stdout.lines().count(), 7);
+    let svg = std::fs::read_to_string(plots.join("accuracy_vs_method.scaling_factor.svg")).unwrap();
+    assert_eq!(
+        svg.matches("<circle").count(),
+        2,
+        "the two runs with an accuracy"
+    );
+    // The runs with an accuracy side by side, named by their method and settings.
+    let bars = std::fs::read_to_string(plots.join("average_accuracy.svg")).unwrap();
+    assert_eq!(bars.matches("<rect x=").count(), 2, "{bars}");
+    assert!(
+        bars.contains(">ties_merging method.scaling_factor=0.4"),
+        "{bars}"
+    );
+    assert!(bars.contains(">0.65<"), "{bars}");
+
+    // A folder with no report, or none at all, is named.
+    std::fs::create_dir(work.path().join("empty")).unwrap();
+    for bad in ["empty", "missing"] {
+        let run = run_host(work.path(), &["report", bad]);
+        run.assert_clean_failure(2);
+        assert!(run.error().contains(bad), "{}", run.error());
+    }
+}
+
+/// A fake Slurm on PATH: `sbatch` logs its arguments, runs every task of the array one after
+/// another (as Slurm would, with SLURM_ARRAY_TASK_ID set) and prints a job id; `squeue` logs its
+/// arguments and lists nothing (the array is done).
+#[cfg(unix)]
+fn fake_slurm(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let log = dir.join("calls.log");
+    let sbatch = format!(
+        r#"#!/bin/bash
+echo "sbatch $*" >> '{log}'
+script="${{@: -1}}"
+cp "$script" '{dir}/submitted.sh'
+read first last <<< "$(sed -n 's/^#SBATCH --array=\([0-9]*\)-\([0-9]*\)%.*/\1 \2/p' "$script")"
+for i in $(seq "$first" "$last"); do SLURM_ARRAY_TASK_ID=$i bash "$script"; done
+echo "4242;cluster"
+"#,
+        log = log.display(),
+        dir = dir.display()
+    );
+    let squeue = format!("#!/bin/bash\necho \"squeue $*\" >> '{}'\n", log.display());
+    for (name, text) in [("sbatch", sbatch), ("squeue", squeue)] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn the_slurm_launcher_submits_one_job_array_and_collects_the_reports() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    fake_slurm(bin.path());
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = run_host_env(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "-m",
+            "hydra/launcher=submitit_slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.gpus_per_node=1",
+            "hydra.launcher.cpus_per_task=4",
+            "hydra.launcher.mem_gb=16",
+            "hydra.launcher.timeout_min=30",
+            "hydra.launcher.array_parallelism=2",
+            "hydra.launcher.additional_parameters={mail_type: END}",
+            "method=task_arithmetic",
+            "method.scaling_factor=0.1,bad,0.5",
+            "modelpool=tiny",
+            "taskpool=dummy",
+            "print_config=false",
+        ],
+        &[("PATH", &path)],
+    );
+    run.assert_clean_failure(1);
+    assert!(
+        run.error().contains("1 of 3 jobs failed") && run.error().contains("scaling_factor=bad"),
+        "{}",
+        run.error()
+    );
+    let sweep = sweep_dir(work.path());
+    let script = std::fs::read_to_string(bin.path().join("submitted.sh")).unwrap();
+    for line in [
+        "#SBATCH --job-name=fusion_host",
+        "#SBATCH --array=0-2%2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=16GB",
+        "#SBATCH --time=30",
+        "#SBATCH --mail-type=END",
+    ] {
+        assert!(
+            script.lines().any(|l| l == line),
+            "{line} not in:\n{script}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(sweep.join("slurm_array.sh")).unwrap(),
+        script,
+        "the script is kept in the sweep folder"
+    );
+    let calls = std::fs::read_to_string(bin.path().join("calls.log")).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].starts_with("sbatch --parsable ") && calls[0].ends_with("slurm_array.sh"));
+    assert!(calls[1].contains("--jobs 4242"), "{calls:?}");
+    let rows = csv_rows(&std::fs::read_to_string(sweep.join("summary.csv")).unwrap());
+    let status: Vec<&str> = rows.iter().map(|r| r["status"].as_str()).collect();
+    assert_eq!(status, ["ok", "failed (exit 2)", "ok"]);
+    assert_eq!(rows[2]["method.scaling_factor"], "0.5");
+    assert_eq!(
+        rows[2]["model_info.all_params"],
+        tiny_param_count().to_string()
+    );
+
+    // Without Slurm's commands: the culprit named, exit 2.
+    let empty = tempfile::tempdir().unwrap();
+    let run = run_host_env(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "-m",
+            "hydra/launcher=submitit_slurm",
+            "method=task_arithmetic",
+            "method.scaling_factor=0.1,0.2",
+            "modelpool=tiny",
+        ],
+        &[("PATH", empty.path().to_str().unwrap())],
+    );
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("sbatch"), "{}", run.error());
+}

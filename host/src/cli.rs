@@ -17,6 +17,8 @@ use crate::{logging, paths};
 /// Examples:
 ///   fusion-host method=task_arithmetic method.scaling_factor=0.3 modelpool=... taskpool=...
 ///   fusion-host --cfg job method=ties_merging
+///   fusion-host -m method=task_arithmetic method.scaling_factor=0.1,0.3,0.5 modelpool=... taskpool=...
+///   fusion-host report outputs/
 ///   fusion-host plugins
 #[derive(Parser, Debug)]
 #[command(
@@ -90,6 +92,26 @@ struct Cli {
     #[arg(long, global = true)]
     offline: bool,
 
+    /// Run a sweep (Hydra's multirun): `key=a,b,c`, `key=range(start,stop[,step])`,
+    /// `key=choice(...)`, `group=glob(pattern)`; one job per combination, in
+    /// `hydra.sweep.dir/hydra.sweep.subdir`, then a summary there. `hydra/launcher=joblib
+    /// hydra.launcher.n_jobs=N` runs N jobs at a time.
+    #[arg(short = 'm', long)]
+    multirun: bool,
+
+    /// (Set by a sweep's launcher) the job's output folder.
+    #[arg(
+        long = "job-dir",
+        value_name = "DIR",
+        hide = true,
+        requires = "job_num"
+    )]
+    job_dir: Option<PathBuf>,
+
+    /// (Set by a sweep's launcher) the job's number, `hydra.job.num`.
+    #[arg(long = "job-num", value_name = "N", hide = true, requires = "job_dir")]
+    job_num: Option<usize>,
+
     /// Config overrides, Hydra style: `group=option`, `a.b=value`, `+a.b=value`, `++a.b=value`,
     /// `~a.b`.
     #[arg(value_name = "OVERRIDE")]
@@ -98,6 +120,20 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Collect the `program_report.json` of runs and sweeps (found under each folder) into one
+    /// table: markdown on stdout, CSV with --csv, and SVG plots of the average accuracy against
+    /// each numeric override that varies between the runs.
+    Report {
+        /// Run folders, sweep folders, or any folder above them.
+        #[arg(value_name = "DIR", required = true)]
+        dirs: Vec<PathBuf>,
+        /// Also write the table as CSV to this file.
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+        /// Write the plots (`accuracy_vs_<key>.svg`) into this folder.
+        #[arg(long = "plot-dir", value_name = "DIR")]
+        plot_dir: Option<PathBuf>,
+    },
     /// List every plugin component found: target names, kind, library file, description.
     Plugins,
     /// List the GPU adapters: backend, type, driver and the limits that matter.
@@ -224,7 +260,25 @@ pub fn run() -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Report {
+            ref dirs,
+            ref csv,
+            ref plot_dir,
+        }) => {
+            logging::no_file();
+            crate::report::run(dirs, csv.as_deref(), plot_dir.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
         None => {
+            let child_args = if cli.multirun {
+                job_args(&cli, &matches)
+            } else {
+                Vec::new()
+            };
+            let job = match (cli.job_dir, cli.job_num) {
+                (Some(dir), Some(num)) => Some(program::JobSpec { dir, num }),
+                _ => None,
+            };
             let req = RunRequest {
                 device: device()?,
                 config_paths: cli.config_path,
@@ -237,11 +291,61 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 plugin_dirs: cli.plugin_dir,
                 offline: cli.offline,
                 quiet: cli.quiet,
+                job,
             };
-            program::run(&req)?;
+            if cli.multirun {
+                logging::no_file();
+                crate::multirun::run(&req, &child_args)?;
+            } else {
+                program::run(&req)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The options every job of a sweep gets from the sweep's command line (all but the overrides).
+fn job_args(cli: &Cli, matches: &clap::ArgMatches) -> Vec<String> {
+    let mut args = Vec::new();
+    for p in &cli.config_path {
+        args.push("--config-path".to_string());
+        args.push(p.to_string_lossy().to_string());
+    }
+    for p in &cli.config_dir {
+        args.push("--config-dir".to_string());
+        args.push(p.to_string_lossy().to_string());
+    }
+    args.push("--config-name".to_string());
+    args.push(cli.config_name.clone());
+    for p in &cli.plugin_dir {
+        args.push("--plugin-dir".to_string());
+        args.push(p.to_string_lossy().to_string());
+    }
+    if matches.value_source("device") == Some(clap::parser::ValueSource::CommandLine) {
+        args.push("--device".to_string());
+        args.push(cli.device.clone());
+    }
+    if cli.verbose > 0 {
+        args.push(format!("-{}", "v".repeat(cli.verbose as usize)));
+    }
+    if cli.quiet {
+        args.push("--quiet".to_string());
+    }
+    if cli.offline {
+        args.push("--offline".to_string());
+    }
+    if let Some(cfg) = &cli.cfg {
+        args.push("--cfg".to_string());
+        args.push(cfg.clone());
+        if let Some(p) = &cli.package {
+            args.push("--package".to_string());
+            args.push(p.clone());
+        }
+        if cli.resolve {
+            args.push("--resolve".to_string());
+        }
+    }
+    args
 }
 
 fn list_plugins(cli_dirs: &[PathBuf]) -> anyhow::Result<()> {

@@ -8,12 +8,16 @@ mod error;
 mod hub;
 mod interrupt;
 mod logging;
+mod multirun;
 mod paths;
 mod plugins;
 mod profile;
 mod program;
 mod progress;
+mod report;
 mod save;
+mod slurm;
+mod summary;
 mod targets;
 
 use std::io::Write as _;

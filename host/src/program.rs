@@ -20,6 +20,7 @@ use crate::{hub, targets};
 use crate::{logging, paths, progress};
 
 /// What to run.
+#[derive(Clone)]
 pub struct RunRequest {
     /// `--config-path`: searched first (they shadow the built-in configs).
     pub config_paths: Vec<PathBuf>,
@@ -40,6 +41,16 @@ pub struct RunRequest {
     pub offline: bool,
     /// `--quiet`: no download progress bars either.
     pub quiet: bool,
+    /// Set when this run is one job of a `--multirun` sweep.
+    pub job: Option<JobSpec>,
+}
+
+/// One job of a sweep, as its launcher gives it: the job's output folder (Hydra's
+/// `hydra.sweep.dir/hydra.sweep.subdir`, which is also its `path.log_dir`) and its number.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub dir: PathBuf,
+    pub num: usize,
 }
 
 /// Convert the composed YAML tree into JSON for the components (YAML keys that are not strings,
@@ -102,7 +113,7 @@ fn root_path(cfg: &Json, key: &str, log_dir: &Path) -> anyhow::Result<Option<Pat
     }
 }
 
-fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     crate::save::write_file_atomic(path, contents)
 }
 
@@ -152,7 +163,7 @@ fn claim_log_dir(base: &Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
 const LOG_FILE: &str = "fusion-host.log";
 
 /// Compose the config from the request.
-fn compose(req: &RunRequest) -> anyhow::Result<fusion_config::Composed> {
+pub(crate) fn compose(req: &RunRequest) -> anyhow::Result<fusion_config::Composed> {
     // Later roots take precedence: --config-dir folders only add configs (as Hydra's do), the
     // user's --config-path shadows the built-in configs.
     let mut search_path = Vec::new();
@@ -292,6 +303,34 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     let mut rctx = ResolveContext::new(&composed.config_name);
     rctx.now = now;
     rctx.hydra = composed.hydra.clone();
+    let mut composed = composed;
+    let default_log_dir = match &req.job {
+        None => default_log_dir,
+        Some(job) => {
+            // A sweep's job writes into the folder its launcher gave it (Hydra's job output
+            // folder), whatever `path.log_dir` says, and knows its `hydra.job.num`.
+            let dir_text = job.dir.to_string_lossy().to_string();
+            if let Some(Yaml::Mapping(path)) = composed.config.get_mut("path") {
+                if path.contains_key("log_dir") {
+                    path.insert(Yaml::from("log_dir"), Yaml::from(dir_text));
+                }
+            }
+            let mut hydra = rctx
+                .hydra
+                .take()
+                .unwrap_or(Yaml::Mapping(Default::default()));
+            if let Yaml::Mapping(h) = &mut hydra {
+                let job_node = h
+                    .entry(Yaml::from("job"))
+                    .or_insert_with(|| Yaml::Mapping(Default::default()));
+                if let Yaml::Mapping(j) = job_node {
+                    j.insert(Yaml::from("num"), Yaml::from(job.num as u64));
+                }
+            }
+            rctx.hydra = Some(hydra);
+            job.dir.clone()
+        }
+    };
     rctx.output_dir = Some(default_log_dir.to_string_lossy().to_string());
 
     if let Some(what) = &req.print_cfg {
@@ -346,6 +385,12 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         write_atomic(
             &log_dir.join("config.yaml"),
             fusion_config::to_yaml(&resolved).as_bytes(),
+        )?;
+        // The command-line overrides, as Hydra's `overrides.yaml` keeps them: `fusion-host
+        // report` reads them to tell runs apart.
+        write_atomic(
+            &log_dir.join("overrides.yaml"),
+            serde_yaml::to_string(&req.overrides)?.as_bytes(),
         )?;
     }
 

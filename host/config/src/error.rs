@@ -102,6 +102,15 @@ pub enum ConfigError {
         message: String,
     },
 
+    /// A `--multirun` sweep that cannot be expanded (bad arguments, an empty range, ...).
+    #[error("invalid sweep '{text}': {message}")]
+    Sweep {
+        /// The override exactly as typed.
+        text: String,
+        /// What is wrong.
+        message: String,
+    },
+
     /// `group=option` for a group that is not in the defaults list.
     #[error("{}could not override '{key}': {}{}", fmt_in(.containing_config), fmt_group_choices(.choices), fmt_append(.text))]
     GroupNotInDefaults {

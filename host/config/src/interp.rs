@@ -739,3 +739,26 @@ pub(crate) fn resolve(config: &Value, ctx: &ResolveContext) -> Result<Value, Con
     }
     Ok(Value::Mapping(out))
 }
+
+/// Resolves one top-level key of `config` (the rest is resolved only where that key refers to
+/// it).
+pub(crate) fn resolve_key(
+    config: &Value,
+    key: &str,
+    ctx: &ResolveContext,
+) -> Result<Value, ConfigError> {
+    let mut root = match config {
+        Value::Mapping(m) => m.clone(),
+        _ => Mapping::new(),
+    };
+    if !root.contains_key("hydra") {
+        root.insert("hydra".into(), hydra_node(ctx));
+    }
+    let root = Value::Mapping(root);
+    let mut r = Resolver {
+        root: &root,
+        ctx,
+        stack: Vec::new(),
+    };
+    r.resolve_all(&mut vec![key.to_string()])
+}

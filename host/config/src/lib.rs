@@ -35,7 +35,8 @@
 //!   group, and overrides under `hydra.` may add keys (Hydra accepts them because its schema
 //!   declares them). The `hydra` node is removed from [`Composed::config`] and returned in
 //!   [`Composed::hydra`].
-//! - Sweeps (`a=1,2`, `choice(...)`, `range(...)`) and cast functions are rejected.
+//! - Sweeps (`a=1,2`, `choice(...)`, `range(...)`) are rejected by [`compose`]; [`sweep::expand`]
+//!   expands them into the jobs of a multirun. Cast functions are rejected.
 //! - Structured-config schemas / ConfigStore are not supported (YAML files only).
 //! - YAML is parsed as YAML 1.2 (serde_yaml): `yes`/`no`/`on`/`off` stay strings, where
 //!   OmegaConf's YAML 1.1 loader reads them as booleans.
@@ -53,6 +54,7 @@ mod error;
 mod interp;
 pub mod overrides;
 mod repo;
+pub mod sweep;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -157,11 +159,23 @@ pub fn compose(opts: &ComposeOptions) -> Result<Composed, ConfigError> {
     compose::compose(opts)
 }
 
+/// The options of a config group over a search path (config names without `.yaml`, sorted), as
+/// Hydra lists them for `glob(...)` sweeps; empty when `group` is not a group.
+pub fn group_options(search_path: &[PathBuf], group: &str) -> Vec<String> {
+    repo::Repo::new(search_path.to_vec()).group_options(group)
+}
+
 /// Resolves every interpolation in `config` (as `OmegaConf.resolve` does) and returns the
 /// resolved copy. `???` values are left in place; an interpolation that points at one is an
 /// error.
 pub fn resolve(config: &Value, ctx: &ResolveContext) -> Result<Value, ConfigError> {
     interp::resolve(config, ctx)
+}
+
+/// Resolves the value of one top-level key of `config`, with the rest of the config (and
+/// `hydra`, from `ctx`) visible to its interpolations but not itself resolved.
+pub fn resolve_key(config: &Value, key: &str, ctx: &ResolveContext) -> Result<Value, ConfigError> {
+    interp::resolve_key(config, key, ctx)
 }
 
 /// Dotted key paths (`method.scaling_factor`, `models.0.path`) of the values that are still

@@ -147,6 +147,26 @@ pub fn parse_override(text: &str) -> Result<Override, ConfigError> {
     })
 }
 
+/// Parses an override value (the part after `=`) on its own; errors name `text`, the whole
+/// override.
+pub(crate) fn parse_value_text(text: &str, value: &str) -> Result<Value, ConfigError> {
+    parse_value(value).map_err(|e| match e {
+        ValueError::Syntax(message) => ConfigError::OverrideSyntax {
+            text: text.to_string(),
+            message,
+        },
+        ValueError::Unsupported(message) => ConfigError::UnsupportedOverride {
+            text: text.to_string(),
+            message,
+        },
+        ValueError::TooDeep => ConfigError::TooDeep {
+            what: format!("the value of override '{}'", abbreviate(text)),
+            limit: MAX_DEPTH,
+            at: None,
+        },
+    })
+}
+
 /// Parses many overrides, stopping at the first error.
 pub fn parse_overrides(texts: &[String]) -> Result<Vec<Override>, ConfigError> {
     texts.iter().map(|t| parse_override(t)).collect()
@@ -188,7 +208,7 @@ fn parse_value(s: &str) -> Result<Value, ValueError> {
     if !p.eof() {
         if p.peek() == Some(',') {
             return Err(ValueError::Unsupported(
-                "sweeps (comma-separated values) need multirun, which is not supported; \
+                "sweeps (comma-separated values) need --multirun (-m); \
                  quote the value ('a,b') or escape the comma (a\\,b) for a plain string"
                     .into(),
             ));
@@ -407,7 +427,7 @@ impl Parser<'_> {
                     let name = out.trim();
                     if !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_') {
                         return Err(ValueError::Unsupported(format!(
-                            "function '{name}(...)' (sweeps and casts) is not supported"
+                            "function '{name}(...)': sweeps need --multirun (-m); casts are not supported"
                         )));
                     }
                     return self.err("unexpected '(' (escape it as \\()");

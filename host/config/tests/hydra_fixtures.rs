@@ -346,3 +346,56 @@ fn omegaconf_to_yaml_text() {
             .join("\n")
     );
 }
+
+/// Sweep expansion against Hydra's BasicSweeper (`tools/hydra/make_sweep_fixtures.py`): the
+/// jobs and each job's overrides, in launch order. One known departure: Hydra writes a swept
+/// command line's `~key` as `~key=null`; fusion-config keeps `~key` as typed.
+#[test]
+fn sweep_expansion_matches_hydra_basic_sweeper() {
+    let text = std::fs::read_to_string(fixtures().join("sweeps/expected.json")).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let options = |g: &str| -> Vec<String> {
+        match g {
+            "method" => ["dummy", "simple_average", "task_arithmetic", "ties_merging"]
+                .map(String::from)
+                .to_vec(),
+            _ => Vec::new(),
+        }
+    };
+    let mut failures = Vec::new();
+    let runs = expected["runs"].as_array().unwrap();
+    for run in runs {
+        let overrides: Vec<String> = serde_json::from_value(run["overrides"].clone()).unwrap();
+        let got = fusion_config::sweep::expand(&overrides, &options);
+        if run["error"].as_bool().unwrap() {
+            if let Ok((jobs, _)) = got {
+                failures.push(format!("{overrides:?}: Hydra refuses it, we gave {jobs:?}"));
+            }
+            continue;
+        }
+        let want: Vec<Vec<String>> = serde_json::from_value(run["jobs"].clone()).unwrap();
+        let want: Vec<Vec<String>> = want
+            .into_iter()
+            .map(|j| {
+                j.into_iter()
+                    .map(|o| match o.strip_suffix("=null") {
+                        Some(k) if k.starts_with('~') => k.to_string(),
+                        _ => o,
+                    })
+                    .collect()
+            })
+            .collect();
+        match got {
+            Ok((jobs, _)) if jobs == want => {}
+            Ok((jobs, _)) => failures.push(format!("{overrides:?}: ours {jobs:?}, Hydra {want:?}")),
+            Err(e) => failures.push(format!("{overrides:?}: ours failed ({e}), Hydra {want:?}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} sweeps differ:\n{}",
+        failures.len(),
+        runs.len(),
+        failures.join("\n")
+    );
+}
