@@ -75,8 +75,8 @@ fn dummy_flow_writes_report_config_and_log() {
         json(&std::fs::read_to_string(dir.join("program_report.json")).unwrap()),
         report
     );
-    let composed: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap()).unwrap();
+    let composed: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap()).unwrap();
     assert_eq!(
         composed["method"]["_target_"].as_str(),
         Some("fusion_bench.method.DummyAlgorithm")
@@ -120,7 +120,7 @@ fn cfg_job_prints_the_composed_yaml_and_runs_nothing() {
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let composed: serde_yaml::Value = serde_yaml::from_str(&run.stdout).unwrap();
+    let composed: serde_norway::Value = serde_norway::from_str(&run.stdout).unwrap();
     assert_eq!(composed["seed"].as_i64(), Some(7));
     assert_eq!(
         composed["taskpool"]["_target_"].as_str(),
@@ -149,7 +149,7 @@ fn cfg_job_prints_the_composed_yaml_and_runs_nothing() {
         ],
     );
     assert_eq!(resolved.code, 0, "{}", resolved.stderr);
-    let composed: serde_yaml::Value = serde_yaml::from_str(&resolved.stdout).unwrap();
+    let composed: serde_norway::Value = serde_norway::from_str(&resolved.stdout).unwrap();
     assert!(composed["path"]["log_dir"]
         .as_str()
         .unwrap()
@@ -1970,8 +1970,8 @@ fn every_run_gets_its_own_output_folder() {
         .map(|d| {
             let dir = work.path().join("runs").join(d);
             assert!(dir.join("program_report.json").is_file(), "{d}");
-            let cfg: serde_yaml::Value =
-                serde_yaml::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap())
+            let cfg: serde_norway::Value =
+                serde_norway::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap())
                     .unwrap();
             // Each folder's config names that folder: `path.log_dir` was resolved again.
             assert_eq!(
@@ -2170,7 +2170,7 @@ fn multirun_sweeps_leave_a_folder_per_job_and_a_summary() {
         let dir = sweep.join(num.to_string());
         assert!(dir.join("program_report.json").is_file(), "job {num}");
         let overrides: Vec<String> =
-            serde_yaml::from_str(&std::fs::read_to_string(dir.join("overrides.yaml")).unwrap())
+            serde_norway::from_str(&std::fs::read_to_string(dir.join("overrides.yaml")).unwrap())
                 .unwrap();
         assert!(
             overrides.contains(&format!("method.scaling_factor={factor}")),

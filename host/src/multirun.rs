@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use fusion_config::sweep;
 use fusion_config::ResolveContext;
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 
 use crate::error::usage;
 use crate::program::{self, RunRequest};
@@ -428,7 +428,7 @@ fn write_sweep_file(dir: &Path, config_name: &str, jobs: &[Job]) -> anyhow::Resu
     let doc = serde_json::json!({"config_name": config_name, "jobs": list});
     program::write_atomic(
         &dir.join("sweep.yaml"),
-        serde_yaml::to_string(&doc)?.as_bytes(),
+        serde_norway::to_string(&doc)?.as_bytes(),
     )
 }
 

@@ -10,7 +10,7 @@ use fusion_config::{ComposeOptions, ResolveContext};
 use fusion_plugin_api::host::ComponentKind;
 use fusion_plugin_api::Context;
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 
 use crate::error::{plugin, usage};
 use crate::plugins::Registry;
@@ -78,7 +78,7 @@ pub fn yaml_to_json(v: &Yaml) -> Json {
                 .map(|(k, v)| {
                     let key = match k {
                         Yaml::String(s) => s.clone(),
-                        other => serde_yaml::to_string(other)
+                        other => serde_norway::to_string(other)
                             .unwrap_or_default()
                             .trim()
                             .to_string(),
@@ -248,13 +248,13 @@ fn print_cfg(
         .unwrap_or(Yaml::Mapping(Default::default()));
     let mut cfg = match what {
         "hydra" => {
-            let mut m = serde_yaml::Mapping::new();
+            let mut m = serde_norway::Mapping::new();
             m.insert(Yaml::String("hydra".into()), hydra);
             Yaml::Mapping(m)
         }
         "all" => {
             // Hydra's composed config starts with its `hydra` node.
-            let mut m = serde_yaml::Mapping::new();
+            let mut m = serde_norway::Mapping::new();
             m.insert(Yaml::String("hydra".into()), hydra);
             if let Yaml::Mapping(job) = &composed.config {
                 m.extend(job.clone());
@@ -390,7 +390,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         // report` reads them to tell runs apart.
         write_atomic(
             &log_dir.join("overrides.yaml"),
-            serde_yaml::to_string(&req.overrides)?.as_bytes(),
+            serde_norway::to_string(&req.overrides)?.as_bytes(),
         )?;
     }
 

@@ -133,7 +133,7 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
 fn row(dir: &Path) -> Row {
     let overrides: Vec<String> = std::fs::read_to_string(dir.join("overrides.yaml"))
         .ok()
-        .and_then(|t| serde_yaml::from_str(&t).ok())
+        .and_then(|t| serde_norway::from_str(&t).ok())
         .unwrap_or_default();
     let mut values: Vec<(String, String)> = overrides
         .iter()
@@ -146,7 +146,7 @@ fn row(dir: &Path) -> Row {
         // The method from the run's composed config, by its target's short name.
         let method = std::fs::read_to_string(dir.join("config.yaml"))
             .ok()
-            .and_then(|t| serde_yaml::from_str::<serde_yaml::Value>(&t).ok())
+            .and_then(|t| serde_norway::from_str::<serde_norway::Value>(&t).ok())
             .and_then(|c| {
                 let m = c.get("method")?;
                 m.get("_target_")

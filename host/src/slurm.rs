@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 
 use crate::error::usage;
 use crate::multirun::{Job, JOB_DIR_ARG, JOB_NUM_ARG};

@@ -41,7 +41,7 @@ fn run() -> Result<(), String> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| format!("reading {}: {e}", file.display()))?;
         let doc: Value =
-            serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
         let task = file
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

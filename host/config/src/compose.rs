@@ -1,6 +1,6 @@
 //! Composition: defaults list → merged config → command-line value overrides.
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use crate::defaults::{closest, Builder, Overrides};
 use crate::overrides::{parse_overrides, Override, OverrideKind};

@@ -304,7 +304,7 @@ pub(crate) struct Overrides {
 }
 
 fn group_value_of(o: &Override) -> Result<GroupValue, ConfigError> {
-    use serde_yaml::Value;
+    use serde_norway::Value;
     match &o.value {
         Some(Value::String(s)) => Ok(GroupValue::Name(s.clone())),
         Some(Value::Sequence(items)) => {
@@ -359,7 +359,7 @@ impl Overrides {
                 OverrideKind::Delete => {
                     let name = match &o.value {
                         None => None,
-                        Some(serde_yaml::Value::String(s)) => Some(s.clone()),
+                        Some(serde_norway::Value::String(s)) => Some(s.clone()),
                         Some(other) => {
                             return Err(ConfigError::OverrideSyntax {
                                 text: o.text.clone(),

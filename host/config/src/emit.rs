@@ -6,7 +6,7 @@
 //! quotes to strings that look like booleans, ints or floats. Long plain and quoted scalars are
 //! folded at spaces past column 80, as PyYAML does.
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::value::py_float;
 
@@ -71,7 +71,7 @@ impl W {
         self.column = indent;
     }
 
-    fn mapping(&mut self, m: &serde_yaml::Mapping, indent: usize, first_inline: bool) {
+    fn mapping(&mut self, m: &serde_norway::Mapping, indent: usize, first_inline: bool) {
         for (i, (k, v)) in m.iter().enumerate() {
             if !(i == 0 && first_inline) {
                 self.start_line(indent);
@@ -754,7 +754,7 @@ mod tests {
     use super::*;
 
     fn y(s: &str) -> String {
-        to_yaml(&serde_yaml::from_str(s).unwrap())
+        to_yaml(&serde_norway::from_str(s).unwrap())
     }
 
     #[test]
@@ -788,7 +788,7 @@ mod tests {
 
     #[test]
     fn long_words_and_lists_fold_like_pyyaml() {
-        let v: Value = serde_yaml::from_str(&format!(
+        let v: Value = serde_norway::from_str(&format!(
             "{{x: {} {}, d: '\"{}', l: ['{}end']}}",
             "a".repeat(90),
             "b".repeat(10),
@@ -804,7 +804,7 @@ mod tests {
     #[test]
     fn long_strings_fold_like_pyyaml() {
         let words = "word ".repeat(30);
-        let v: Value = serde_yaml::from_str(&format!(
+        let v: Value = serde_norway::from_str(&format!(
             "{{a: '{words}', b: {{c: '{}'}}}}",
             words.trim_end()
         ))

@@ -2,7 +2,7 @@
 //! interpolation, escapes (`\${`), and the resolvers `oc.env`, `oc.select`, `oc.decode`, `now`
 //! and `hydra`.
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use crate::overrides::type_primitive;
 use crate::value::{get_path, is_missing, merge_into, scalar_to_string, MAX_DEPTH};
@@ -636,7 +636,7 @@ impl<'a> Resolver<'a> {
                             return Ok(v);
                         }
                         if t.starts_with('[') || t.starts_with('{') {
-                            return serde_yaml::from_str(t)
+                            return serde_norway::from_str(t)
                                 .map_err(|e| fail(format!("cannot decode {t:?}: {e}")));
                         }
                         Ok(Value::String(s.clone()))

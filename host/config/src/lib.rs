@@ -38,7 +38,7 @@
 //! - Sweeps (`a=1,2`, `choice(...)`, `range(...)`) are rejected by [`compose`]; [`sweep::expand`]
 //!   expands them into the jobs of a multirun. Cast functions are rejected.
 //! - Structured-config schemas / ConfigStore are not supported (YAML files only).
-//! - YAML is parsed as YAML 1.2 (serde_yaml): `yes`/`no`/`on`/`off` stay strings, where
+//! - YAML is parsed as YAML 1.2 (serde_norway): `yes`/`no`/`on`/`off` stay strings, where
 //!   OmegaConf's YAML 1.1 loader reads them as booleans.
 //! - Deleting a list item (`~a.list.0`) works here; Hydra 1.3 fails with a `TypeError`.
 //! - Merging a mapping onto a node that is an interpolation to a mapping replaces the
@@ -60,7 +60,7 @@ pub mod value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 pub use error::ConfigError;
 pub use overrides::{parse_override, Override, OverrideKind};

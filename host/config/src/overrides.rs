@@ -9,7 +9,7 @@
 //! Sweeps (`a=1,2`) and sweep/cast functions (`choice(…)`, `range(…)`, `int(…)`) are rejected
 //! with [`ConfigError::UnsupportedOverride`].
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use crate::value::MAX_DEPTH;
 use crate::ConfigError;

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use crate::defaults::{GroupValue, InputDefault, Kind};
 use crate::value::flow;
@@ -226,7 +226,7 @@ impl Repo {
             }))
         } else if key == HYDRA_CONFIG {
             let items: Vec<Value> =
-                serde_yaml::from_str(HYDRA_CONFIG_DEFAULTS).expect("valid built-in defaults");
+                serde_norway::from_str(HYDRA_CONFIG_DEFAULTS).expect("valid built-in defaults");
             Some(Rc::new(Loaded {
                 file: None,
                 config: Mapping::new(),
@@ -273,7 +273,7 @@ fn header_package(text: &str) -> Option<String> {
 
 /// Parses a YAML file into a config mapping, reporting syntax errors with file and line.
 pub(crate) fn parse_yaml_file(path: &Path, text: &str) -> Result<Value, ConfigError> {
-    serde_yaml::from_str::<Value>(text).map_err(|e| {
+    serde_norway::from_str::<Value>(text).map_err(|e| {
         let (line, column) = e
             .location()
             .map(|l| (l.line(), l.column()))

@@ -17,7 +17,7 @@
 //! quoted). Not supported: `interval(...)` (Hydra's basic sweeper refuses it too), `shuffle(...)`,
 //! `tag(...)` and cast functions.
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::overrides::{parse_override, parse_value_text, type_primitive, OverrideKind};
 use crate::ConfigError;

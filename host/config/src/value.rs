@@ -1,6 +1,6 @@
-//! Helpers over `serde_yaml::Value`: OmegaConf merge, key paths, Python-style rendering.
+//! Helpers over `serde_norway::Value`: OmegaConf merge, key paths, Python-style rendering.
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 /// OmegaConf's marker for a required value that has not been given.
 pub const MISSING: &str = "???";
@@ -37,7 +37,7 @@ fn merge_mappings(d: &mut Mapping, s: Mapping) {
 
 /// How deep fusion-host follows nested input: override values (`[[[...]]]`), the segments of a
 /// dotted key, nested `${...}`, and chains of interpolations that point at interpolations. YAML
-/// files are held to serde_yaml's own limit (128) already. Far beyond any real config, far below
+/// files are held to serde_norway's own limit (128) already. Far beyond any real config, far below
 /// what exhausts a 2 MiB thread stack in a debug build; OmegaConf stops such input at Python's
 /// recursion limit (1000) with a `RecursionError`.
 pub const MAX_DEPTH: usize = 128;
@@ -229,11 +229,11 @@ mod tests {
     #[test]
     fn merge_semantics() {
         let mut d: Value =
-            serde_yaml::from_str("{a: 1, b: {x: 1, y: 2}, c: [1, 2], d: 4}").unwrap();
-        let s: Value = serde_yaml::from_str("{b: {y: 3, z: 4}, c: [9], a: '???', e: 5}").unwrap();
+            serde_norway::from_str("{a: 1, b: {x: 1, y: 2}, c: [1, 2], d: 4}").unwrap();
+        let s: Value = serde_norway::from_str("{b: {y: 3, z: 4}, c: [9], a: '???', e: 5}").unwrap();
         merge_into(&mut d, s);
         let want: Value =
-            serde_yaml::from_str("{a: 1, b: {x: 1, y: 3, z: 4}, c: [9], d: 4, e: 5}").unwrap();
+            serde_norway::from_str("{a: 1, b: {x: 1, y: 3, z: 4}, c: [9], d: 4, e: 5}").unwrap();
         assert_eq!(d, want);
         let keys: Vec<_> = d.as_mapping().unwrap().keys().cloned().collect();
         assert_eq!(

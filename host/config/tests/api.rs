@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use fusion_config::{compose, find_missing, resolve, to_yaml, ComposeOptions, ResolveContext};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn write(dir: &Path, rel: &str, text: &str) {
     let p = dir.join(rel);
@@ -14,7 +14,7 @@ fn write(dir: &Path, rel: &str, text: &str) {
 }
 
 fn yaml(s: &str) -> Value {
-    serde_yaml::from_str(s).unwrap()
+    serde_norway::from_str(s).unwrap()
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use fusion_config::{compose, resolve, ComposeOptions, Composed, ConfigError, ResolveContext};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -302,12 +302,12 @@ fn interpolation_errors_name_the_key() {
     assert!(matches!(e, ConfigError::MissingMandatoryValue { .. }));
     assert_mentions(&m, &["'req'", "'mm'"]);
 
-    let bad: Value = serde_yaml::from_str("{x: {bad: '${a'}}").unwrap();
+    let bad: Value = serde_norway::from_str("{x: {bad: '${a'}}").unwrap();
     let e = resolve(&bad, &ResolveContext::new("c")).unwrap_err();
     let m = e.to_string();
     assert!(matches!(e, ConfigError::InterpolationSyntax { .. }));
     assert_mentions(&m, &["'x.bad'", "${a"]);
-    let bad: Value = serde_yaml::from_str("{bad: '${a b}'}").unwrap();
+    let bad: Value = serde_norway::from_str("{bad: '${a b}'}").unwrap();
     let e = resolve(&bad, &ResolveContext::new("c")).unwrap_err();
     let m = e.to_string();
     assert!(matches!(e, ConfigError::InterpolationSyntax { .. }));

@@ -14,7 +14,7 @@ use fusion_config::{
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fuzz/config")
@@ -70,7 +70,7 @@ fn exercise(search_path: &[PathBuf], name: Option<&str>, overrides: &[String]) {
 /// `to_yaml` output parses back to the value (floats compared by their bits' meaning, NaN too).
 fn round_trips(v: &Value) {
     let text = to_yaml(v);
-    let back: Value = serde_yaml::from_str(&text)
+    let back: Value = serde_norway::from_str(&text)
         .unwrap_or_else(|e| panic!("to_yaml printed invalid YAML ({e}):\n{text}"));
     let same = |a: &Value, b: &Value| same_value(a, b);
     assert!(
@@ -175,7 +175,7 @@ fn corpus_interpolations_resolve_or_fail_cleanly() {
     let lines = corpus_lines("interpolations.txt");
     assert!(lines.len() >= 60);
     for line in &lines {
-        let mut m = serde_yaml::Mapping::new();
+        let mut m = serde_norway::Mapping::new();
         for (k, v) in [
             ("a", Value::from(1)),
             ("b", Value::from("${a}")),
@@ -322,9 +322,9 @@ proptest! {
     fn any_interpolation_resolves_or_fails_cleanly(
         values in prop::collection::vec(grammar_text(40), 1..5),
     ) {
-        let mut m = serde_yaml::Mapping::new();
+        let mut m = serde_norway::Mapping::new();
         m.insert(Value::from("a"), Value::from(1));
-        let mut inner = serde_yaml::Mapping::new();
+        let mut inner = serde_norway::Mapping::new();
         for (i, v) in values.iter().enumerate() {
             m.insert(Value::from(format!("v{i}")), Value::from(format!("${{{v}}}")));
             inner.insert(Value::from(format!("w{i}")), Value::from(v.as_str()));

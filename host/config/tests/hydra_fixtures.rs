@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use fusion_config::{compose, resolve, ComposeOptions, ResolveContext};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -130,7 +130,7 @@ fn check_run(case: &str, dir: &Path, run: &serde_json::Value) -> Result<(), Stri
             fusion_config::to_yaml(&composed.config)
         ));
     }
-    let want: Value = serde_yaml::to_value(&run["composed"]).unwrap();
+    let want: Value = serde_norway::to_value(&run["composed"]).unwrap();
     ordered_eq(&composed.config, &want, "")
         .map_err(|e| format!("{case}/{name} (composed): {e}"))?;
     if let Some(yaml) = run["yaml"].as_str() {
@@ -175,7 +175,7 @@ fn check_run(case: &str, dir: &Path, run: &serde_json::Value) -> Result<(), Stri
     };
     match (resolve(&composed.config, &ctx), expect) {
         (Ok(r), "ok") => {
-            let want: Value = serde_yaml::to_value(&run["resolved"]).unwrap();
+            let want: Value = serde_norway::to_value(&run["resolved"]).unwrap();
             ordered_eq(&r, &want, "").map_err(|e| format!("{case}/{name} (resolved): {e}"))
         }
         (Err(e), "resolve_error") => check_culprits(case, name, &e.to_string(), run),
@@ -321,7 +321,7 @@ fn omegaconf_to_yaml_text() {
     let cases = expected["cases"].as_array().unwrap();
     let mut failures = Vec::new();
     for case in cases {
-        let v: Value = serde_yaml::to_value(&case["value"]).unwrap();
+        let v: Value = serde_norway::to_value(&case["value"]).unwrap();
         let want = case["yaml"].as_str().unwrap();
         let got = fusion_config::to_yaml(&v);
         if got != want {

@@ -2,14 +2,14 @@
 //! `OverridesParser` returns for the same text.
 
 use fusion_config::{parse_override, ConfigError, OverrideKind};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn v(text: &str) -> Value {
     parse_override(text).unwrap().value.unwrap()
 }
 
 fn yaml(s: &str) -> Value {
-    serde_yaml::from_str(s).unwrap()
+    serde_norway::from_str(s).unwrap()
 }
 
 #[test]

@@ -10,11 +10,11 @@ const TOLERANCE: f64 = 1e-5;
 
 fn case(name: &str) -> f64 {
     let text = std::fs::read_to_string(fixtures().join("cases.yaml")).unwrap();
-    let cases: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let cases: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     let case = &cases["cases"][name];
     let method: serde_json::Value = serde_json::to_value(&case["method"]).unwrap();
     let target = method["_target_"].as_str().unwrap().to_string();
-    let models: Vec<String> = serde_yaml::from_value(case["models"].clone()).unwrap();
+    let models: Vec<String> = serde_norway::from_value(case["models"].clone()).unwrap();
     let pool = fixture_pool(&models.iter().map(String::as_str).collect::<Vec<_>>());
     let merged = merge(&target, method, &pool, &ctx(Some(0))).unwrap();
     let expected = fusion_checkpoint::open_model(

@@ -95,8 +95,8 @@ fn shipped_method_configs_build_and_unknown_parameters_are_refused() {
     files.sort();
     let mut built = Vec::new();
     for file in &files {
-        let yaml: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let yaml: serde_norway::Value =
+            serde_norway::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
         let config: fusion_plugin_api::serde_json::Value =
             fusion_plugin_api::serde_json::to_value(&yaml).unwrap();
         let target = config["_target_"].as_str().unwrap().to_string();

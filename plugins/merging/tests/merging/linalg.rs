@@ -43,11 +43,11 @@ fn case(name: &str, tolerance: f64) -> f64 {
 /// Run case `name` of the `cases.yaml` in `dir` (its models under `dir/models`).
 fn case_in(dir: &std::path::Path, name: &str, tolerance: f64) -> f64 {
     let text = std::fs::read_to_string(dir.join("cases.yaml")).unwrap();
-    let cases: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let cases: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     let case = &cases["cases"][name];
     let method: serde_json::Value = serde_json::to_value(&case["method"]).unwrap();
     let target = method["_target_"].as_str().unwrap().to_string();
-    let models: Vec<String> = serde_yaml::from_value(case["models"].clone()).unwrap();
+    let models: Vec<String> = serde_norway::from_value(case["models"].clone()).unwrap();
     let pool = Pool(
         models
             .iter()
