@@ -251,6 +251,10 @@ impl BackendChoice {
             Self::Wgsl => BackendKind::Wgsl,
             Self::Native => BackendKind::Native,
             Self::Auto => {
+                // A device that could not be created is an error naming why, not a silent
+                // fall-back to the CPU path (the run asked for that device).
+                c.checked_limits()
+                    .map_err(crate::ClipError::compute("choosing the CLIP backend"))?;
                 let cpu = match c.device_type() {
                     DeviceType::Cpu => true,
                     DeviceType::Unknown => fusion_kernels::is_software_adapter(&c.device_name()),
