@@ -356,7 +356,7 @@ mod tests {
     fn limits(max_wg: u32, binding: u64, align: u32) -> ComputeLimits {
         ComputeLimits {
             max_storage_binding_size: binding,
-            max_buffer_size: binding * 4,
+            max_buffer_size: 1 << 40,
             max_workgroups_per_dimension: max_wg,
             max_invocations_per_workgroup: 256,
             max_storage_buffers_per_stage: 8,
@@ -367,7 +367,25 @@ mod tests {
     }
 
     #[test]
-    fn grids_cover_every_item_within_the_device_limit() {
+    fn dispatch_spreads_over_dimensions_and_covers_the_job() {
+        let l = limits(65535, 1 << 27, 256);
+        let grid = |l: &ComputeLimits, n: u64, wg: u32| dispatch_1d(l, n, wg).unwrap();
+        assert_eq!(grid(&l, 0, 256), [0, 1, 1]);
+        assert_eq!(grid(&l, 1, 256), [1, 1, 1]);
+        assert_eq!(grid(&l, 257, 256), [2, 1, 1]);
+        assert_eq!(grid(&l, 65535 * 256, 256), [65535, 1, 1]);
+        let [x, y, z] = grid(&l, 65535 * 256 + 1, 256);
+        assert_eq!((y, z), (2, 1));
+        assert!(x <= 65535 && u64::from(x) * 2 * 256 > 65535 * 256);
+        let small = limits(4, 1 << 27, 256);
+        for n in [1u64, 5, 16, 17, 33, 47, 63, 64] {
+            let [x, y, z] = grid(&small, n, 1);
+            assert!(x <= 4 && y <= 4 && z <= 4, "{n}: {x} {y} {z}");
+            let total = u64::from(x) * u64::from(y) * u64::from(z);
+            assert!(total >= n, "{n}: {total}");
+            // Less than one y-column of slack per z layer keeps idle workgroups few.
+            assert!(total - n < u64::from((y + 1) * z), "{n}: {total}");
+        }
         let l = limits(100, 1 << 20, 256);
         for n in [
             1u64,
@@ -380,7 +398,7 @@ mod tests {
             2_560_001,
             100 * 100 * 100 * 64,
         ] {
-            let [x, y, z] = dispatch_1d(&l, n, 64).unwrap();
+            let [x, y, z] = grid(&l, n, 64);
             assert!(x <= 100 && y <= 100 && z <= 100, "{n}: {x} {y} {z}");
             let covered = u64::from(x) * u64::from(y) * u64::from(z) * 64;
             assert!(covered >= n, "{n}: {covered}");
@@ -392,7 +410,27 @@ mod tests {
     }
 
     #[test]
-    fn chunks_tile_the_tensor_on_aligned_offsets() {
+    fn chunks_are_aligned_and_cover_everything() {
+        let l = limits(65535, 1000, 16);
+        let e = chunk_elements(&l);
+        assert_eq!(e, 248);
+        let all: Vec<Chunk> = chunks(&l, 1000).collect();
+        assert_eq!(all.len(), 5);
+        assert_eq!(all.iter().map(|c| c.len).sum::<u64>(), 1000);
+        for c in &all {
+            for dt in [DType::F32, DType::F16, DType::BF16] {
+                let b = c.binding(GpuTensor(1), dt, true);
+                assert_eq!(b.offset % 16, 0);
+                assert!(b.size.unwrap() <= 1000);
+                assert_eq!(b.size.unwrap() % 4, 0);
+            }
+        }
+        assert_eq!(chunks(&l, 0).count(), 0);
+        assert_eq!(workgroup_size(&limits(1, 1, 4)), 256);
+        let mut odd = limits(1, 1, 4);
+        odd.max_invocations_per_workgroup = 100;
+        assert_eq!(workgroup_size(&odd), 64);
+        // With a 256-byte offset alignment, chunks start on 256 bytes for 2-byte elements too.
         let l = limits(65535, 1000, 256);
         let step = chunk_elements(&l);
         assert_eq!(

@@ -239,63 +239,6 @@ mod tests {
         }
     }
 
-    fn limits(max_wg: u32, binding: u64, align: u32) -> ComputeLimits {
-        ComputeLimits {
-            max_storage_binding_size: binding,
-            max_buffer_size: 1 << 40,
-            max_workgroups_per_dimension: max_wg,
-            max_invocations_per_workgroup: 256,
-            max_storage_buffers_per_stage: 8,
-            max_workgroup_storage_size: 16384,
-            min_storage_offset_alignment: align,
-            shader_f16: false,
-        }
-    }
-
-    #[test]
-    fn dispatch_spreads_over_dimensions_and_covers_the_job() {
-        let l = limits(65535, 1 << 27, 256);
-        assert_eq!(dispatch_1d(&l, 0, 256), [0, 1, 1]);
-        assert_eq!(dispatch_1d(&l, 1, 256), [1, 1, 1]);
-        assert_eq!(dispatch_1d(&l, 257, 256), [2, 1, 1]);
-        assert_eq!(dispatch_1d(&l, 65535 * 256, 256), [65535, 1, 1]);
-        let [x, y, z] = dispatch_1d(&l, 65535 * 256 + 1, 256);
-        assert_eq!((y, z), (2, 1));
-        assert!(x <= 65535 && u64::from(x) * 2 * 256 > 65535 * 256);
-        let small = limits(4, 1 << 27, 256);
-        for n in [1u64, 5, 16, 17, 33, 47, 63, 64] {
-            let [x, y, z] = dispatch_1d(&small, n, 1);
-            assert!(x <= 4 && y <= 4 && z <= 4, "{n}: {x} {y} {z}");
-            let total = u64::from(x) * u64::from(y) * u64::from(z);
-            assert!(total >= n, "{n}: {total}");
-            // Less than one y-column of slack per z layer keeps idle workgroups few.
-            assert!(total - n < u64::from((y + 1) * z), "{n}: {total}");
-        }
-    }
-
-    #[test]
-    fn chunks_are_aligned_and_cover_everything() {
-        let l = limits(65535, 1000, 16);
-        let e = chunk_elements(&l);
-        assert_eq!(e, 248);
-        let all: Vec<Chunk> = chunks(&l, 1000).collect();
-        assert_eq!(all.len(), 5);
-        assert_eq!(all.iter().map(|c| c.len).sum::<u64>(), 1000);
-        for c in &all {
-            for dt in [DType::F32, DType::F16, DType::BF16] {
-                let b = c.binding(GpuTensor(1), dt, true);
-                assert_eq!(b.offset % 16, 0);
-                assert!(b.size.unwrap() <= 1000);
-                assert_eq!(b.size.unwrap() % 4, 0);
-            }
-        }
-        assert_eq!(chunks(&l, 0).count(), 0);
-        assert_eq!(workgroup_size(&limits(1, 1, 4)), 256);
-        let mut odd = limits(1, 1, 4);
-        odd.max_invocations_per_workgroup = 100;
-        assert_eq!(workgroup_size(&odd), 64);
-    }
-
     #[test]
     fn uniforms_layout() {
         let u = Uniforms::default().u32(7).f32(1.5).words8(&[1, 2]).bytes();
