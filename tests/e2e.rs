@@ -1109,7 +1109,7 @@ fn missing_and_truncated_checkpoints_are_named() {
 
 #[test]
 fn embed_matches_the_transformers_golden_outputs() {
-    let golden_dir = root().join("plugins/clip/tests/data/clip-tiny");
+    let golden_dir = root().join("plugins/lib/clip/tests/data/clip-tiny");
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("emb.safetensors");
     let run = run_host(
@@ -1854,7 +1854,7 @@ fn a_device_that_cannot_be_created_is_named_with_where_it_came_from() {
 
     // `embed` and the CLIP task pool say the device could not be created, not that a tensor
     // exceeds a binding size of 0 bytes.
-    let clip = root().join("plugins/clip/tests/data/clip-tiny");
+    let clip = root().join("plugins/lib/clip/tests/data/clip-tiny");
     let run = run_host(
         work.path(),
         &[

@@ -21,7 +21,7 @@ export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 "$D/fusion-host" devices | tee "$out/devices.txt"
 # Test binaries look for their data under the path they were built at (CARGO_MANIFEST_DIR):
 # put the checkout there, or link it (the H100 runs did `ln -s "$PWD" /work/main`).
-for t in kernels:shaders runtime:host/gpu merging:plugins/merging gpu_golden:plugins/clip gpu_kernels:plugins/clip; do
+for t in kernels:shaders runtime:host/gpu merging:plugins/merging gpu_golden:plugins/lib/clip gpu_kernels:plugins/lib/clip; do
     echo "== ${t%%:*}"
     (cd "$repo/${t#*:}" && FUSION_DEVICE=gpu "$D/tests/${t%%:*}" 2>&1 | grep -E "test result|FAILED|panicked")
 done | tee "$out/gpu-tests.txt"

@@ -5,7 +5,7 @@ use std::path::Path;
 
 #[test]
 fn every_nn_kernel_validates_and_is_embedded() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shaders");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shaders");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
 fn corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fuzz/safetensors")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../tests/data/fuzz/safetensors")
 }
 
 /// Open `path` and read everything; on success, check every tensor's byte length against its

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the small test fixtures of `fusion-datasets`.
 
-Run from anywhere: `python3 plugins/datasets/tests/data/make_fixtures.py`
+Run from anywhere: `python3 plugins/lib/datasets/tests/data/make_fixtures.py`
 (needs `pip install pyarrow pillow`; `datasets` is optional and only adds
 `hf_datasets_lib/`). The output is deterministic apart from the parquet
 `created_by` string, and it stays well under 200 KB.

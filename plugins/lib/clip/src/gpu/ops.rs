@@ -13,21 +13,21 @@ use crate::config::Activation;
 use crate::error::{ClipError, Result};
 
 /// `nn_matmul.wgsl`: strided batched matrix product with optional bias.
-pub const MATMUL_WGSL: &str = include_str!("../../../../shaders/nn_matmul.wgsl");
+pub const MATMUL_WGSL: &str = include_str!("../../../../../shaders/nn_matmul.wgsl");
 /// `nn_matmul_reg.wgsl`: the same product, register-blocked for software adapters.
-pub const MATMUL_REG_WGSL: &str = include_str!("../../../../shaders/nn_matmul_reg.wgsl");
+pub const MATMUL_REG_WGSL: &str = include_str!("../../../../../shaders/nn_matmul_reg.wgsl");
 /// `nn_layer_norm.wgsl`: row-wise layer norm.
-pub const LAYER_NORM_WGSL: &str = include_str!("../../../../shaders/nn_layer_norm.wgsl");
+pub const LAYER_NORM_WGSL: &str = include_str!("../../../../../shaders/nn_layer_norm.wgsl");
 /// `nn_softmax.wgsl`: row-wise softmax with causal and key-padding masks.
-pub const SOFTMAX_WGSL: &str = include_str!("../../../../shaders/nn_softmax.wgsl");
+pub const SOFTMAX_WGSL: &str = include_str!("../../../../../shaders/nn_softmax.wgsl");
 /// `nn_activation.wgsl`: quick_gelu and exact gelu.
-pub const ACTIVATION_WGSL: &str = include_str!("../../../../shaders/nn_activation.wgsl");
+pub const ACTIVATION_WGSL: &str = include_str!("../../../../../shaders/nn_activation.wgsl");
 /// `nn_add.wgsl`: in-place residual addition.
-pub const ADD_WGSL: &str = include_str!("../../../../shaders/nn_add.wgsl");
+pub const ADD_WGSL: &str = include_str!("../../../../../shaders/nn_add.wgsl");
 /// `nn_embedding.wgsl`: row gathers and token + position embeddings.
-pub const EMBEDDING_WGSL: &str = include_str!("../../../../shaders/nn_embedding.wgsl");
+pub const EMBEDDING_WGSL: &str = include_str!("../../../../../shaders/nn_embedding.wgsl");
 /// `nn_patch.wgsl`: im2col for the patch embedding, class token and position embeddings.
-pub const PATCH_WGSL: &str = include_str!("../../../../shaders/nn_patch.wgsl");
+pub const PATCH_WGSL: &str = include_str!("../../../../../shaders/nn_patch.wgsl");
 
 /// Every nn kernel source by file name, for validation tests and tools.
 pub const ALL_WGSL: &[(&str, &str)] = &[
