@@ -222,7 +222,7 @@ pub fn kth_largest_magnitude_with(
 /// One radix-select pass over tensor `x` (f32, f16 or bf16): adds to `hist` (a read-write
 /// binding of `digit.histogram_bytes()`) the histogram of `digit` of `|x|`'s f32 bits,
 /// counting only elements whose bits under `state.mask` equal `state.prefix` (see
-/// `shaders/select.wgsl`). `hist` may be a range of a larger tensor, so that several
+/// `shaders/src/select.wgsl`). `hist` may be a range of a larger tensor, so that several
 /// histograms share one read-back.
 pub fn radix_histogram(
     c: &dyn Compute,

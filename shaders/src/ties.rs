@@ -894,7 +894,7 @@ impl<'c> TiesAccumulator<'c> {
     /// this accumulator's would change, given the elected sum `s`: `S = 0` with an entry kept
     /// (for `max`, every `S = 0`). Lets a merge accumulated with majority +1 before the
     /// majority sign is known stand when the count is 0 or the majority turns out +1 (see
-    /// `shaders/ties_votes.wgsl`).
+    /// `shaders/src/ties_votes.wgsl`).
     pub fn count_undecided(&self, s: GpuTensor, counters: GpuTensor, slot: u32) -> Result<()> {
         const OP: &str = "ties_undecided";
         let c = self.c;

@@ -6,16 +6,12 @@
 
 macro_rules! with_common {
     ($file:literal) => {
-        concat!(
-            include_str!("../common.wgsl"),
-            "\n",
-            include_str!(concat!("../", $file))
-        )
+        concat!(include_str!("common.wgsl"), "\n", include_str!($file))
     };
 }
 
 /// Shared codecs and indexing (no entry points); a prefix of every other source here.
-pub const COMMON: &str = include_str!("../common.wgsl");
+pub const COMMON: &str = include_str!("common.wgsl");
 /// `convert`: dtype conversion.
 pub const CONVERT: &str = with_common!("convert.wgsl");
 /// The template of `weighted_sum` and `weighted_sum_q`, `out = [out +] Σ w_k x_k`, as written
@@ -151,4 +147,37 @@ pub fn ties_elect_sum(inputs: usize) -> &'static str {
 pub fn ties_merge_sum(inputs: usize) -> &'static str {
     static SOURCES: Expanded = Expanded::new("ties_merge_sum", TIES_MERGE);
     SOURCES.get(inputs)
+}
+
+/// The dense (neural-network) kernels under `src/nn/`, launched by the CLIP model's op layer.
+/// Each is a complete source (they do not use `common.wgsl`).
+pub mod nn {
+    /// `nn/matmul.wgsl`: strided batched matrix product with optional bias.
+    pub const MATMUL: &str = include_str!("nn/matmul.wgsl");
+    /// `nn/matmul_reg.wgsl`: the same product, register-blocked for software adapters.
+    pub const MATMUL_REG: &str = include_str!("nn/matmul_reg.wgsl");
+    /// `nn/layer_norm.wgsl`: row-wise layer norm.
+    pub const LAYER_NORM: &str = include_str!("nn/layer_norm.wgsl");
+    /// `nn/softmax.wgsl`: row-wise softmax with causal and key-padding masks.
+    pub const SOFTMAX: &str = include_str!("nn/softmax.wgsl");
+    /// `nn/activation.wgsl`: quick_gelu and exact gelu.
+    pub const ACTIVATION: &str = include_str!("nn/activation.wgsl");
+    /// `nn/add.wgsl`: in-place residual addition.
+    pub const ADD: &str = include_str!("nn/add.wgsl");
+    /// `nn/embedding.wgsl`: row gathers and token + position embeddings.
+    pub const EMBEDDING: &str = include_str!("nn/embedding.wgsl");
+    /// `nn/patch.wgsl`: im2col for the patch embedding, class token and position embeddings.
+    pub const PATCH: &str = include_str!("nn/patch.wgsl");
+
+    /// Every nn kernel source by its file name under `src/nn/`, for validation tests and tools.
+    pub const ALL: &[(&str, &str)] = &[
+        ("matmul.wgsl", MATMUL),
+        ("matmul_reg.wgsl", MATMUL_REG),
+        ("layer_norm.wgsl", LAYER_NORM),
+        ("softmax.wgsl", SOFTMAX),
+        ("activation.wgsl", ACTIVATION),
+        ("add.wgsl", ADD),
+        ("embedding.wgsl", EMBEDDING),
+        ("patch.wgsl", PATCH),
+    ];
 }

@@ -1,4 +1,4 @@
-//! Every `shaders/*.wgsl` parses and validates with naga; needs no GPU.
+//! Every `shaders/src/*.wgsl` parses and validates with naga; needs no GPU.
 
 use std::path::Path;
 
@@ -36,8 +36,8 @@ fn validate(name: &str, source: &str) -> Result<naga::Module, String> {
 
 #[test]
 fn every_wgsl_file_validates() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<String> = std::fs::read_dir(dir)
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.ends_with(".wgsl"))
@@ -50,7 +50,7 @@ fn every_wgsl_file_validates() {
     // Check every file before failing, so one report names every broken kernel.
     let mut failures = Vec::new();
     for file in &files {
-        if let Err(e) = validate(file, &composed(dir, file)) {
+        if let Err(e) = validate(file, &composed(&dir, file)) {
             failures.push(e);
         }
     }
@@ -61,7 +61,7 @@ fn every_wgsl_file_validates() {
             files.iter().any(|f| f == file),
             "{file} is embedded but missing from shaders/"
         );
-        let source = composed(dir, file);
+        let source = composed(&dir, file);
         assert_eq!(
             embedded.replace("\r\n", "\n"),
             source.replace("\r\n", "\n"),

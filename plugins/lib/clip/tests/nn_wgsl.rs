@@ -1,15 +1,15 @@
-//! Every `shaders/nn_*.wgsl` file parses and validates with naga (no GPU needed), and every one
+//! Every `shaders/src/nn/*.wgsl` file parses and validates with naga (no GPU needed), and every one
 //! is embedded by `fusion_clip::gpu::ops`, so what ships is what was validated.
 
 use std::path::Path;
 
 #[test]
 fn every_nn_kernel_validates_and_is_embedded() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shaders");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shaders/src/nn");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("nn_") && n.ends_with(".wgsl"))
+        .filter(|n| n.ends_with(".wgsl"))
         .collect();
     files.sort();
     let mut embedded: Vec<&str> = fusion_clip::gpu::ops::ALL_WGSL
@@ -17,7 +17,7 @@ fn every_nn_kernel_validates_and_is_embedded() {
         .map(|(n, _)| *n)
         .collect();
     embedded.sort();
-    assert_eq!(files, embedded, "shaders/nn_*.wgsl vs ops::ALL_WGSL");
+    assert_eq!(files, embedded, "shaders/src/nn/*.wgsl vs ops::ALL_WGSL");
 
     for (name, source) in fusion_clip::gpu::ops::ALL_WGSL {
         let on_disk = std::fs::read_to_string(dir.join(name)).unwrap();

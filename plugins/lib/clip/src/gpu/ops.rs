@@ -1,4 +1,4 @@
-//! The neural-network kernels (`shaders/nn_*.wgsl`) and the Rust functions that launch them
+//! The neural-network kernels (the kernel library's `shaders/src/nn/*.wgsl`) and the Rust functions that launch them
 //! through a [`Compute`] handle: matrix products, layer norm, softmax with attention masks,
 //! activations, residual addition, embedding lookups and the patch embedding.
 //!
@@ -12,34 +12,28 @@ use fusion_plugin_api::{Binding, Compute, ComputeLimits, DType, GpuTensor, Kerne
 use crate::config::Activation;
 use crate::error::{ClipError, Result};
 
-/// `nn_matmul.wgsl`: strided batched matrix product with optional bias.
-pub const MATMUL_WGSL: &str = include_str!("../../../../../shaders/nn_matmul.wgsl");
-/// `nn_matmul_reg.wgsl`: the same product, register-blocked for software adapters.
-pub const MATMUL_REG_WGSL: &str = include_str!("../../../../../shaders/nn_matmul_reg.wgsl");
-/// `nn_layer_norm.wgsl`: row-wise layer norm.
-pub const LAYER_NORM_WGSL: &str = include_str!("../../../../../shaders/nn_layer_norm.wgsl");
-/// `nn_softmax.wgsl`: row-wise softmax with causal and key-padding masks.
-pub const SOFTMAX_WGSL: &str = include_str!("../../../../../shaders/nn_softmax.wgsl");
-/// `nn_activation.wgsl`: quick_gelu and exact gelu.
-pub const ACTIVATION_WGSL: &str = include_str!("../../../../../shaders/nn_activation.wgsl");
-/// `nn_add.wgsl`: in-place residual addition.
-pub const ADD_WGSL: &str = include_str!("../../../../../shaders/nn_add.wgsl");
-/// `nn_embedding.wgsl`: row gathers and token + position embeddings.
-pub const EMBEDDING_WGSL: &str = include_str!("../../../../../shaders/nn_embedding.wgsl");
-/// `nn_patch.wgsl`: im2col for the patch embedding, class token and position embeddings.
-pub const PATCH_WGSL: &str = include_str!("../../../../../shaders/nn_patch.wgsl");
+use fusion_kernels::wgsl::nn;
 
-/// Every nn kernel source by file name, for validation tests and tools.
-pub const ALL_WGSL: &[(&str, &str)] = &[
-    ("nn_matmul.wgsl", MATMUL_WGSL),
-    ("nn_matmul_reg.wgsl", MATMUL_REG_WGSL),
-    ("nn_layer_norm.wgsl", LAYER_NORM_WGSL),
-    ("nn_softmax.wgsl", SOFTMAX_WGSL),
-    ("nn_activation.wgsl", ACTIVATION_WGSL),
-    ("nn_add.wgsl", ADD_WGSL),
-    ("nn_embedding.wgsl", EMBEDDING_WGSL),
-    ("nn_patch.wgsl", PATCH_WGSL),
-];
+/// The kernel library's `nn/matmul.wgsl`: strided batched matrix product with optional bias.
+pub const MATMUL_WGSL: &str = nn::MATMUL;
+/// `nn/matmul_reg.wgsl`: the same product, register-blocked for software adapters.
+pub const MATMUL_REG_WGSL: &str = nn::MATMUL_REG;
+/// `nn/layer_norm.wgsl`: row-wise layer norm.
+pub const LAYER_NORM_WGSL: &str = nn::LAYER_NORM;
+/// `nn/softmax.wgsl`: row-wise softmax with causal and key-padding masks.
+pub const SOFTMAX_WGSL: &str = nn::SOFTMAX;
+/// `nn/activation.wgsl`: quick_gelu and exact gelu.
+pub const ACTIVATION_WGSL: &str = nn::ACTIVATION;
+/// `nn/add.wgsl`: in-place residual addition.
+pub const ADD_WGSL: &str = nn::ADD;
+/// `nn/embedding.wgsl`: row gathers and token + position embeddings.
+pub const EMBEDDING_WGSL: &str = nn::EMBEDDING;
+/// `nn/patch.wgsl`: im2col for the patch embedding, class token and position embeddings.
+pub const PATCH_WGSL: &str = nn::PATCH;
+
+/// Every nn kernel source by file name (under the kernel library's `src/nn/`), for validation
+/// tests and tools.
+pub const ALL_WGSL: &[(&str, &str)] = nn::ALL;
 
 /// Bytes of workgroup memory the matmul kernel stages its tiles in (2 x 256 vec4<f32>).
 const MATMUL_WORKGROUP_BYTES: u32 = 8192;
@@ -298,7 +292,7 @@ impl Operand {
 }
 
 /// A batched matrix product `C[z] = alpha * A[z] B[z] (+ bias)` for `z` in
-/// `batch0 x batch1` (see `nn_matmul.wgsl`).
+/// `batch0 x batch1` (see `nn/matmul.wgsl`).
 #[derive(Clone, Copy, Debug)]
 pub struct Matmul {
     /// Rows of A and C.
@@ -344,9 +338,9 @@ impl Matmul {
 /// Which matmul kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulKernel {
-    /// `nn_matmul.wgsl`: 64 x 64 tiles staged in workgroup memory; for hardware GPUs.
+    /// `nn/matmul.wgsl`: 64 x 64 tiles staged in workgroup memory; for hardware GPUs.
     Tiled,
-    /// `nn_matmul_reg.wgsl`: 8 x 8 register blocks, no workgroup memory or barriers; for
+    /// `nn/matmul_reg.wgsl`: 8 x 8 register blocks, no workgroup memory or barriers; for
     /// software adapters (llvmpipe), where it runs about 4 times faster than the tiled one.
     Registers,
 }
@@ -792,7 +786,7 @@ struct Lookup {
     pos: Option<GpuTensor>,
 }
 
-/// Runs an `nn_embedding.wgsl` entry over `rows` indices; the row width is the table's last
+/// Runs an `nn/embedding.wgsl` entry over `rows` indices; the row width is the table's last
 /// dimension.
 fn embedding_call(
     c: &dyn Compute,
