@@ -662,8 +662,8 @@ mod tests {
     /// as batches decoded on the evaluating thread; a bad image is an error naming it.
     #[test]
     fn loader_workers_keep_batches_identical_and_in_order() {
-        let data =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clip/tests/data/clip-tiny");
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../lib/clip/tests/data/clip-tiny");
         let mut samples: Vec<Sample> = (0..6)
             .map(|i| Sample {
                 image: std::fs::read(data.join(format!("images/{i}.png"))).unwrap(),
