@@ -1,5 +1,6 @@
 //! Every `shaders/src/nn/*.wgsl` file parses and validates with naga (no GPU needed), and every one
-//! is embedded by `fusion_clip::gpu::ops`, so what ships is what was validated.
+//! is embedded in `fusion_kernels::wgsl::nn` (the sources the CLIP op layer launches), so what
+//! ships is what was validated.
 
 use std::path::Path;
 
@@ -12,14 +13,17 @@ fn every_nn_kernel_validates_and_is_embedded() {
         .filter(|n| n.ends_with(".wgsl"))
         .collect();
     files.sort();
-    let mut embedded: Vec<&str> = fusion_clip::gpu::ops::ALL_WGSL
+    let mut embedded: Vec<&str> = fusion_kernels::wgsl::nn::ALL
         .iter()
         .map(|(n, _)| *n)
         .collect();
     embedded.sort();
-    assert_eq!(files, embedded, "shaders/src/nn/*.wgsl vs ops::ALL_WGSL");
+    assert_eq!(
+        files, embedded,
+        "shaders/src/nn/*.wgsl vs fusion_kernels::wgsl::nn::ALL"
+    );
 
-    for (name, source) in fusion_clip::gpu::ops::ALL_WGSL {
+    for (name, source) in fusion_kernels::wgsl::nn::ALL {
         let on_disk = std::fs::read_to_string(dir.join(name)).unwrap();
         assert_eq!(
             on_disk.replace("\r\n", "\n"),

@@ -1,4 +1,5 @@
-//! The neural-network kernels (the kernel library's `shaders/src/nn/*.wgsl`) and the Rust functions that launch them
+//! The Rust functions that launch the neural-network kernels (the kernel library's
+//! `shaders/src/nn/*.wgsl`, `fusion_kernels::wgsl::nn`)
 //! through a [`Compute`] handle: matrix products, layer norm, softmax with attention masks,
 //! activations, residual addition, embedding lookups and the patch embedding.
 //!
@@ -7,33 +8,11 @@
 //! and the shapes), that no tensor exceeds one storage binding, and spreads its workgroups over
 //! x/y/z within the device's `max_workgroups_per_dimension`.
 
+use fusion_kernels::wgsl::nn;
 use fusion_plugin_api::{Binding, Compute, ComputeLimits, DType, GpuTensor, KernelCall};
 
 use crate::config::Activation;
 use crate::error::{ClipError, Result};
-
-use fusion_kernels::wgsl::nn;
-
-/// The kernel library's `nn/matmul.wgsl`: strided batched matrix product with optional bias.
-pub const MATMUL_WGSL: &str = nn::MATMUL;
-/// `nn/matmul_reg.wgsl`: the same product, register-blocked for software adapters.
-pub const MATMUL_REG_WGSL: &str = nn::MATMUL_REG;
-/// `nn/layer_norm.wgsl`: row-wise layer norm.
-pub const LAYER_NORM_WGSL: &str = nn::LAYER_NORM;
-/// `nn/softmax.wgsl`: row-wise softmax with causal and key-padding masks.
-pub const SOFTMAX_WGSL: &str = nn::SOFTMAX;
-/// `nn/activation.wgsl`: quick_gelu and exact gelu.
-pub const ACTIVATION_WGSL: &str = nn::ACTIVATION;
-/// `nn/add.wgsl`: in-place residual addition.
-pub const ADD_WGSL: &str = nn::ADD;
-/// `nn/embedding.wgsl`: row gathers and token + position embeddings.
-pub const EMBEDDING_WGSL: &str = nn::EMBEDDING;
-/// `nn/patch.wgsl`: im2col for the patch embedding, class token and position embeddings.
-pub const PATCH_WGSL: &str = nn::PATCH;
-
-/// Every nn kernel source by file name (under the kernel library's `src/nn/`), for validation
-/// tests and tools.
-pub const ALL_WGSL: &[(&str, &str)] = nn::ALL;
 
 /// Bytes of workgroup memory the matmul kernel stages its tiles in (2 x 256 vec4<f32>).
 const MATMUL_WORKGROUP_BYTES: u32 = 8192;
@@ -460,7 +439,7 @@ pub fn matmul_with(
                 4 * t as usize,
                 1,
                 "nn_matmul",
-                MATMUL_WGSL,
+                nn::MATMUL,
                 ["matmul", "matmul_bias"],
                 vec![("T", f64::from(t)), b_trans],
             )
@@ -470,7 +449,7 @@ pub fn matmul_with(
             8,
             64,
             "nn_matmul_reg",
-            MATMUL_REG_WGSL,
+            nn::MATMUL_REG,
             ["matmul_reg", "matmul_reg_bias"],
             vec![b_trans],
         ),
@@ -628,7 +607,7 @@ pub fn layer_norm(
         OP,
         KernelCall {
             label: "nn_layer_norm",
-            source: LAYER_NORM_WGSL,
+            source: nn::LAYER_NORM,
             entry_point: "layer_norm",
             constants: &[("WG", f64::from(wg))],
             bindings: &[
@@ -700,7 +679,7 @@ pub fn softmax_rows(
         OP,
         KernelCall {
             label: "nn_softmax",
-            source: SOFTMAX_WGSL,
+            source: nn::SOFTMAX,
             entry_point: if mask.key_mask.is_some() {
                 "softmax_rows_masked"
             } else {
@@ -757,7 +736,7 @@ pub fn activation(c: &dyn Compute, x: GpuTensor, n: usize, act: Activation) -> R
         Activation::Gelu => ("nn_gelu", "gelu"),
     };
     check_extent(c, op, "x", x, n as u64)?;
-    elementwise(c, op, ACTIVATION_WGSL, entry, &[Binding::write(x)], n)
+    elementwise(c, op, nn::ACTIVATION, entry, &[Binding::write(x)], n)
 }
 
 /// `x[i] += y[i]` for the first `n` values.
@@ -768,7 +747,7 @@ pub fn add_inplace(c: &dyn Compute, x: GpuTensor, y: GpuTensor, n: usize) -> Res
     elementwise(
         c,
         OP,
-        ADD_WGSL,
+        nn::ADD,
         "add_inplace",
         &[Binding::write(x), Binding::read(y)],
         n,
@@ -836,7 +815,7 @@ fn embedding_call(
         op,
         KernelCall {
             label: op,
-            source: EMBEDDING_WGSL,
+            source: nn::EMBEDDING,
             entry_point: entry,
             constants: &[("WG", f64::from(wg))],
             bindings: &bindings,
@@ -966,7 +945,7 @@ pub fn im2col(
         OP,
         KernelCall {
             label: OP,
-            source: PATCH_WGSL,
+            source: nn::PATCH,
             entry_point: "im2col",
             constants: &[("WG", f64::from(wg))],
             bindings: &[Binding::read(pixels), Binding::write(patches)],
@@ -1013,7 +992,7 @@ pub fn class_position(
         OP,
         KernelCall {
             label: OP,
-            source: PATCH_WGSL,
+            source: nn::PATCH,
             entry_point: "class_position",
             constants: &[("WG", f64::from(wg))],
             bindings: &[
