@@ -49,7 +49,7 @@ pub fn run(req: &MergekitRequest) -> anyhow::Result<()> {
     };
     let merge = fusion_mergekit::Merge::from_yaml(&text, &options)
         .map_err(plugin)
-        .with_context(|| format!("mergekit config {}", req.config.display()))?;
+        .with_context(|| req.config.display().to_string())?;
     let (method, layers) = (merge.method(), merge.layers);
     let summary = save::save_model(&merge.model(), &req.out, &opts)
         .with_context(|| format!("writing the merged model to {}", req.out.display()))?;
