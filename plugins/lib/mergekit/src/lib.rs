@@ -169,6 +169,7 @@ pub struct Merge {
     models: Vec<Input>,
     tensors: Vec<Planned>,
     files: BTreeMap<String, Vec<u8>>,
+    by_name: std::collections::HashMap<String, usize>,
     /// The number of layers of the output.
     pub layers: usize,
 }
@@ -302,10 +303,15 @@ impl Merge {
         let last = &slices[slices.len() - 1];
         plan.tensor(EMBED, first, 0.0, &|_| EMBED.to_string(), true, false)?;
         let mut out_layer = 0usize;
+        let all_names: Vec<Vec<String>> = models
+            .iter()
+            .map(|m| m.checkpoint.names())
+            .collect::<Result<_>>()?;
         for s in &slices {
             let (a, b) = s.sources[0].layer_range.expect("set");
             let n = b - a;
             let lead = &models[index(&s.sources[0].model)];
+            let lead_names = &all_names[index(&s.sources[0].model)];
             for offset in 0..n {
                 let t = if n > 1 {
                     offset as f64 / (n - 1) as f64
@@ -313,10 +319,8 @@ impl Merge {
                     1.0
                 };
                 let prefix = format!("{LAYERS}{}.", a + offset);
-                let suffixes: Vec<String> = lead
-                    .checkpoint
-                    .names()?
-                    .into_iter()
+                let suffixes: Vec<String> = lead_names
+                    .iter()
                     .filter_map(|nm| nm.strip_prefix(&prefix).map(str::to_string))
                     .collect();
                 if suffixes.is_empty() {
@@ -445,12 +449,18 @@ impl Merge {
             layers = out_layer,
             "mergekit plan"
         );
+        let by_name = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(Merge {
             spec,
             compute_dtype: config.dtype,
             models,
             tensors,
             files,
+            by_name,
             layers: out_layer,
         })
     }
@@ -704,9 +714,9 @@ impl StateDict for Lazy {
 impl Lazy {
     fn planned(&self, name: &str) -> Result<&Planned> {
         self.0
-            .tensors
-            .iter()
-            .find(|t| t.name == name)
+            .by_name
+            .get(name)
+            .map(|&i| &self.0.tensors[i])
             .ok_or_else(|| Error::model(format!("the merged model has no tensor `{name}`")))
     }
 }

@@ -505,7 +505,8 @@ fn nuslerp(job: &Job<'_>) -> Result<Vec<f32>> {
 }
 
 /// `multislerp.py`: barycentric interpolation on the hypersphere (of the task vectors when
-/// there is a base model), rescaled by the weighted mean norm.
+/// there is a base model), rescaled by the weighted mean norm. The unit vectors are never
+/// stored: each is its input over its norm, so the method holds two vectors besides the inputs.
 fn multislerp(job: &Job<'_>) -> Result<Vec<f32>> {
     let others = job.others();
     if others.len() == 1 {
@@ -530,16 +531,21 @@ fn multislerp(job: &Job<'_>) -> Result<Vec<f32>> {
     let eps = job.g("eps");
     let n = xs[0].len();
     let norms: Vec<f64> = xs.iter().map(|x| norm(x)).collect();
-    let units: Vec<Vec<f64>> = xs
+    // Σ wᵢ uᵢ with uᵢ = xᵢ / (‖xᵢ‖ + eps).
+    let coef: Vec<f64> = norms
         .iter()
-        .zip(&norms)
-        .map(|(x, &nn)| x.iter().map(|&v| v as f64 / (nn + eps)).collect())
+        .zip(&w)
+        .map(|(nn, wi)| wi / (nn + eps))
         .collect();
-    let mut mean = vec![0f64; n];
-    for (u, &wi) in units.iter().zip(&w) {
-        mean.iter_mut().zip(u).for_each(|(m, &v)| *m += v * wi);
-    }
-    let mean_norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let mut mean: Vec<f32> = (0..n)
+        .map(|j| {
+            xs.iter()
+                .zip(&coef)
+                .map(|(x, c)| x[j] as f64 * c)
+                .sum::<f64>() as f32
+        })
+        .collect();
+    let mean_norm = norm(&mean);
     if mean_norm < eps {
         if xs.len() == 2 {
             let out: Vec<f32> = (0..n)
@@ -555,20 +561,26 @@ fn multislerp(job: &Job<'_>) -> Result<Vec<f32>> {
             job.name
         )));
     }
-    mean.iter_mut().for_each(|m| *m /= mean_norm);
-    let mut tangent = vec![0f64; n];
-    for (u, &wi) in units.iter().zip(&w) {
-        let d: f64 = u.iter().zip(&mean).map(|(a, b)| a * b).sum();
-        tangent
-            .iter_mut()
-            .zip(u.iter().zip(&mean))
-            .for_each(|(t, (&uv, &mv))| *t += (uv - d * mv) * wi);
-    }
-    let tn = tangent.iter().map(|v| v * v).sum::<f64>().sqrt() + eps;
+    mean.iter_mut()
+        .for_each(|m| *m = (*m as f64 / mean_norm) as f32);
+    // Tangent vectors uᵢ − (uᵢ·m) m, weighted and summed.
+    let dots: Vec<f64> = xs
+        .iter()
+        .zip(&norms)
+        .map(|(x, nn)| dot(x, &mean) / (nn + eps))
+        .collect();
+    let dsum: f64 = dots.iter().zip(&w).map(|(d, wi)| d * wi).sum();
+    let tangent: Vec<f32> = (0..n)
+        .map(|j| {
+            let u: f64 = xs.iter().zip(&coef).map(|(x, c)| x[j] as f64 * c).sum();
+            (u - dsum * mean[j] as f64) as f32
+        })
+        .collect();
+    let tn = norm(&tangent) + eps;
     let avg_norm: f64 = norms.iter().zip(&w).map(|(a, b)| a * b).sum();
     let (c, s) = (tn.cos(), tn.sin() / tn);
     let out: Vec<f32> = (0..n)
-        .map(|j| ((mean[j] * c + tangent[j] * s) * avg_norm) as f32)
+        .map(|j| ((mean[j] as f64 * c + tangent[j] as f64 * s) * avg_norm) as f32)
         .collect();
     Ok(match base {
         Some(b) => add(&out, b),
@@ -577,7 +589,8 @@ fn multislerp(job: &Job<'_>) -> Result<Vec<f32>> {
 }
 
 /// `karcher.py`: the Riemannian mean of the unit directions with equal weights (per-model
-/// weights are not read), scaled by the mean norm.
+/// weights are not read), scaled by the mean norm. The unit vectors are the inputs over their
+/// norms, computed where used; the iterate is float32 as in mergekit.
 fn karcher(job: &Job<'_>) -> Result<Vec<f32>> {
     let k = job.tensors.len();
     if k == 1 {
@@ -592,61 +605,63 @@ fn karcher(job: &Job<'_>) -> Result<Vec<f32>> {
     if valid.is_empty() {
         return Ok(vec![0.0; n]);
     }
-    let units: Vec<Vec<f64>> = valid
-        .iter()
-        .map(|&i| {
-            job.tensors[i]
-                .iter()
-                .map(|&v| v as f64 / norms[i])
-                .collect()
-        })
-        .collect();
+    let xs: Vec<&[f32]> = valid.iter().map(|&i| job.tensors[i].as_slice()).collect();
+    let inv: Vec<f64> = valid.iter().map(|&i| 1.0 / norms[i]).collect();
     let asum: f64 = valid.iter().map(|&i| alphas[i]).sum();
     let a: Vec<f64> = valid.iter().map(|&i| alphas[i] / asum).collect();
-    let nrm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let mut u = vec![0f64; n];
-    for (ui, &ai) in units.iter().zip(&a) {
-        u.iter_mut().zip(ui).for_each(|(x, &y)| *x += ai * y);
-    }
-    let nu = nrm(&u);
+    let mut u: Vec<f32> = (0..n)
+        .map(|j| {
+            xs.iter()
+                .zip(&inv)
+                .zip(&a)
+                .map(|((x, s), ai)| ai * x[j] as f64 * s)
+                .sum::<f64>() as f32
+        })
+        .collect();
+    let nu = norm(&u);
     if nu < tol {
-        u = units[0].clone();
+        u = xs[0].iter().map(|&v| (v as f64 * inv[0]) as f32).collect();
     } else {
-        u.iter_mut().for_each(|x| *x /= nu);
+        u.iter_mut().for_each(|x| *x = (*x as f64 / nu) as f32);
     }
     for _ in 0..max_iter {
-        let mut tv = vec![0f64; n];
-        for (ui, &ai) in units.iter().zip(&a) {
-            let d = u
-                .iter()
-                .zip(ui)
-                .map(|(x, y)| x * y)
-                .sum::<f64>()
-                .clamp(-1.0, 1.0);
+        // T = Σ aᵢ θᵢ/sin θᵢ (uᵢ − cos θᵢ u), as coefficients of xᵢ and of u.
+        let mut cx = vec![0f64; xs.len()];
+        let mut cu = 0f64;
+        for (i, x) in xs.iter().enumerate() {
+            let d = (dot(&u, x) * inv[i]).clamp(-1.0, 1.0);
             let theta = d.acos();
             if theta < tol {
                 continue;
             }
-            let f = ai * theta / theta.sin();
-            tv.iter_mut()
-                .zip(ui.iter().zip(&u))
-                .for_each(|(t, (&y, &x))| *t += f * (y - d * x));
+            let f = a[i] * theta / theta.sin();
+            cx[i] = f * inv[i];
+            cu -= f * d;
         }
-        let nt = nrm(&tv);
+        let tv: Vec<f32> = (0..n)
+            .map(|j| {
+                (xs.iter()
+                    .zip(&cx)
+                    .map(|(x, c)| x[j] as f64 * c)
+                    .sum::<f64>()
+                    + cu * u[j] as f64) as f32
+            })
+            .collect();
+        let nt = norm(&tv);
         if nt < tol {
             break;
         }
         let (c, s) = (nt.cos(), nt.sin() / nt);
         u.iter_mut()
             .zip(&tv)
-            .for_each(|(x, &t)| *x = c * *x + s * t);
-        let un = nrm(&u);
+            .for_each(|(x, &t)| *x = (c * *x as f64 + s * t as f64) as f32);
+        let un = norm(&u);
         if un > tol {
-            u.iter_mut().for_each(|x| *x /= un);
+            u.iter_mut().for_each(|x| *x = (*x as f64 / un) as f32);
         }
     }
     let scale: f64 = alphas.iter().zip(&norms).map(|(a, n)| a * n).sum();
-    Ok(u.iter().map(|&x| (scale * x) as f32).collect())
+    Ok(u.iter().map(|&x| (scale * x as f64) as f32).collect())
 }
 
 /// A deterministic stream of uniform draws (splitmix64) for one input's tensor.

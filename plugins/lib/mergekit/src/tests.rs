@@ -277,3 +277,118 @@ fn della_favours_large_changes() {
         "kept {low} of the small changes and {high} of the large"
     );
 }
+
+/// A copy of the tiny models in a temp folder, with `edit` applied to each model's config.json
+/// and tensors (name → (shape, values)).
+fn edited_models(
+    edit: impl Fn(
+        &str,
+        &mut serde_json::Map<String, Value>,
+        &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    ),
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for m in ["base", "math", "code", "chat"] {
+        let src = data().join("models").join(m);
+        let dst = dir.path().join("models").join(m);
+        std::fs::create_dir_all(&dst).unwrap();
+        let mut config: serde_json::Map<String, Value> =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        let mut tensors = read_safetensors(&src.join("model.safetensors"));
+        edit(m, &mut config, &mut tensors);
+        std::fs::write(
+            dst.join("config.json"),
+            serde_json::to_vec(&config).unwrap(),
+        )
+        .unwrap();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .into_iter()
+            .map(|(n, (s, v))| (n, s, f32_to_bytes(&v, DType::F32).unwrap()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
+    }
+    dir
+}
+
+fn merge_in(dir: &std::path::Path, yaml: &str) -> Result<Merge> {
+    Merge::from_yaml(
+        &yaml.replace("models/", &format!("{}/models/", dir.display())),
+        &Options::default(),
+    )
+}
+
+const HALF: &str = "merge_method: linear\nmodels:\n- model: models/math\n  parameters: {weight: 0.5}\n- model: models/code\n  parameters: {weight: 0.5}\n";
+
+#[test]
+fn architectures_must_be_known_and_agree() {
+    let dir = edited_models(|m, config, _| {
+        if m == "code" {
+            config.insert(
+                "architectures".into(),
+                serde_json::json!(["MistralForCausalLM"]),
+            );
+        }
+        if m == "chat" {
+            config.insert("architectures".into(), serde_json::json!(["BertModel"]));
+        }
+    });
+    let e = merge_in(dir.path(), HALF).err().unwrap().to_string();
+    assert!(
+        e.contains("different architectures") && e.contains("MistralForCausalLM"),
+        "{e}"
+    );
+    let ok = Merge::from_yaml(
+        &HALF.replace("models/", &format!("{}/models/", dir.path().display())),
+        &Options {
+            allow_crimes: true,
+            ..Default::default()
+        },
+    );
+    assert!(ok.is_ok());
+    let e = merge_in(dir.path(), &HALF.replace("models/code", "models/chat"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("`BertModel`"), "{e}");
+}
+
+/// A model with tied embeddings (no `lm_head.weight`) gives its `embed_tokens` to the merged
+/// head; embeddings of different vocabulary sizes merge over their common rows.
+#[test]
+fn tied_heads_and_vocabulary_sizes_follow_mergekit() {
+    let dir = edited_models(|m, config, tensors| {
+        if m == "math" {
+            tensors.remove(HEAD);
+            config.insert("tie_word_embeddings".into(), Value::Bool(true));
+        }
+        if m == "code" {
+            for name in [EMBED, HEAD] {
+                let (shape, values) = tensors.get_mut(name).unwrap();
+                shape[0] = 90;
+                values.truncate(90 * shape[1]);
+            }
+        }
+    });
+    let model = merge_in(dir.path(), HALF).unwrap().model();
+    let math = read_safetensors(&dir.path().join("models/math/model.safetensors"));
+    let code = read_safetensors(&dir.path().join("models/code/model.safetensors"));
+    for (name, from_math) in [(EMBED, EMBED), (HEAD, EMBED)] {
+        let info = model.info(name).unwrap();
+        assert_eq!(info.shape, vec![90, 32], "{name}");
+        let got = bytes_to_f32(&model.data(name).unwrap(), DType::F32).unwrap();
+        for (j, g) in got.iter().enumerate() {
+            let want = (0.5 * math[from_math].1[j] + 0.5 * code[name].1[j]) / 1.0;
+            assert!((g - want).abs() <= 1e-7, "{name}[{j}]: {g} vs {want}");
+        }
+    }
+}
