@@ -505,6 +505,9 @@ impl Merge {
             global: &t.global,
             per_model: &t.per_model,
             random_keys: &t.random_keys,
+            work: self
+                .compute_dtype
+                .filter(|d| matches!(d, DType::F16 | DType::BF16)),
         };
         methods::merge(self.spec.method, &job).map_err(|e| e.context(format!("{}", self.spec.name)))
     }

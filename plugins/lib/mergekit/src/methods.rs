@@ -278,6 +278,34 @@ pub struct Job<'a> {
     pub per_model: &'a [Values],
     /// Per input: the key of its random draws (DARE, DELLA).
     pub random_keys: &'a [u64],
+    /// The config's `dtype` when it is float16 or bfloat16: the methods mergekit computes in
+    /// the input dtype (task arithmetic and its relatives) round every step to it.
+    pub work: Option<fusion_plugin_api::DType>,
+}
+
+/// Round to the working precision (`Job::work`), as a tensor operation in that dtype does.
+fn rounder(work: Option<fusion_plugin_api::DType>) -> fn(f32) -> f32 {
+    use fusion_plugin_api::DType;
+    match work {
+        Some(DType::BF16) => |x| half_bf16(x),
+        Some(DType::F16) => |x| half_f16(x),
+        _ => |x| x,
+    }
+}
+
+fn half_bf16(x: f32) -> f32 {
+    // Round to nearest even on the upper 16 bits (NaN kept quiet).
+    if x.is_nan() {
+        return x;
+    }
+    let b = x.to_bits();
+    let r = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
+    f32::from_bits(r)
+}
+
+fn half_f16(x: f32) -> f32 {
+    let bytes = fusion_plugin_api::f32_to_bytes(&[x], fusion_plugin_api::DType::F16).expect("f16");
+    fusion_plugin_api::bytes_to_f32(&bytes, fusion_plugin_api::DType::F16).expect("f16")[0]
 }
 
 impl Job<'_> {
@@ -376,7 +404,10 @@ fn linear(job: &Job<'_>) -> Result<Vec<f32>> {
         .collect::<Result<_>>()?;
     let mut acc = vec![0f32; job.tensors[0].len()];
     for (x, &wi) in job.tensors.iter().zip(&w) {
-        acc.iter_mut().zip(x).for_each(|(a, &v)| *a += wi * v);
+        // torch's addcmul_ is a fused multiply-add on the CPU.
+        acc.iter_mut()
+            .zip(x)
+            .for_each(|(a, &v)| *a = v.mul_add(wi, *a));
     }
     if job.gflag("normalize") {
         let total: f32 = w.iter().sum();
@@ -482,9 +513,11 @@ fn nuslerp(job: &Job<'_>) -> Result<Vec<f32>> {
         let nx = norm(&x).max(1e-7);
         let ny = norm(&y).max(1e-7);
         let cos = (dot(&x, &y) / (nx * ny)).clamp(-1.0, 1.0);
+        // Colinear (mergekit 0.1.5: 1 − cos² ≤ eps², eps 1e-8): linear interpolation.
+        let colinear = 1.0 - cos * cos <= 1e-16;
         let theta = cos.acos();
         let sin = theta.sin();
-        let r: Vec<f32> = if sin.abs() < 1e-8 {
+        let r: Vec<f32> = if colinear {
             let (p, q) = ((1.0 - t) as f32, t as f32);
             x.iter().zip(&y).map(|(&u, &v)| p * u + q * v).collect()
         } else {
@@ -716,14 +749,14 @@ fn sparsify(
     match method {
         Sparsify::None => unreachable!("returned above"),
         Sparsify::Magnitude => {
-            let k = (density * n as f64) as usize;
-            if k == 0 {
-                return Err(Error::config(format!(
-                    "density {density} keeps no entry of tensor `{}` ({n} entries)",
-                    job.name
-                )));
+            // mergekit 0.1.5: a positive density keeps at least one entry.
+            if density <= 0.0 || n == 0 {
+                return Ok(vec![0.0; n]);
             }
-            for &i in by_magnitude(&delta).iter().rev().take(k) {
+            let k = ((density * n as f64) as usize).max(1);
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| delta[b].abs().total_cmp(&delta[a].abs()).then(a.cmp(&b)));
+            for &i in order.iter().take(k) {
                 mask[i] = true;
             }
         }
@@ -735,9 +768,9 @@ fn sparsify(
                 n_top += n_bot;
                 n_bot = 0;
             }
-            // The ascending ranks [n_bot, n − n_top). mergekit's source slices `[n_bot:-n_top]`,
-            // which is empty when n_top is 0; the mergekit-yaml that made the golden fixtures
-            // keeps everything above n_bot then (a tensor of 32 entries at gamma 0.02), as here.
+            // The ascending ranks [n_bot, n − n_top), as mergekit 0.1.5 keeps them (its
+            // `[n_bot : n_bot + target]`; older sources sliced `[n_bot:-n_top]`, which is
+            // empty when n_top is 0).
             let order = by_magnitude(&delta);
             let end = (n as i64 - n_top).max(n_bot) as usize;
             for &i in &order[n_bot as usize..end] {
@@ -815,8 +848,10 @@ fn sign_mask(deltas: &[Vec<f32>]) -> Vec<Vec<bool>> {
         .collect()
 }
 
-/// `generalized_task_arithmetic.py`.
+/// `generalized_task_arithmetic.py`. Every step is rounded to the working dtype (`q`), as
+/// mergekit's tensors in that dtype are; in float32 `q` does nothing.
 fn gta(job: &Job<'_>, consensus: bool, method: Sparsify) -> Result<Vec<f32>> {
+    let q = rounder(job.work);
     let base = job.base_tensor("task arithmetic")?;
     let others = job.others();
     if others.is_empty() {
@@ -826,7 +861,11 @@ fn gta(job: &Job<'_>, consensus: bool, method: Sparsify) -> Result<Vec<f32>> {
     let mut weighted = Vec::new();
     let mut weights = Vec::new();
     for &i in &others {
-        let delta = sub(&job.tensors[i], base);
+        let delta: Vec<f32> = job.tensors[i]
+            .iter()
+            .zip(base)
+            .map(|(x, b)| q(x - b))
+            .collect();
         let density = job.m(i, "density").unwrap_or(1.0);
         let gamma = job.m(i, "gamma").unwrap_or(0.0);
         let epsilon = job.m(i, "epsilon").unwrap_or(0.0);
@@ -840,8 +879,8 @@ fn gta(job: &Job<'_>, consensus: bool, method: Sparsify) -> Result<Vec<f32>> {
             rescale,
             job.random_keys[i],
         )?;
-        let w = job.weight(i)? as f32;
-        weighted.push(d.iter().map(|&v| v * w).collect::<Vec<f32>>());
+        let w = q(job.weight(i)? as f32);
+        weighted.push(d.iter().map(|&v| q(v * w)).collect::<Vec<f32>>());
         weights.push(w);
     }
     let n = base.len();
@@ -859,23 +898,26 @@ fn gta(job: &Job<'_>, consensus: bool, method: Sparsify) -> Result<Vec<f32>> {
         }
         divisor
             .iter_mut()
-            .filter(|d| **d == 0.0)
-            .for_each(|d| *d = 1.0);
+            .for_each(|d| *d = if *d == 0.0 { 1.0 } else { q(*d) });
     } else {
         for wd in &weighted {
             mixed.iter_mut().zip(wd).for_each(|(m, &v)| *m += v);
         }
-        let total: f32 = weights.iter().sum();
+        let total = q(weights.iter().sum());
         divisor.fill(if total.abs() < 1e-8 { 1.0 } else { total });
     }
+    mixed.iter_mut().for_each(|m| *m = q(*m));
     if job.gflag("normalize") {
-        mixed.iter_mut().zip(&divisor).for_each(|(m, &d)| *m /= d);
+        mixed
+            .iter_mut()
+            .zip(&divisor)
+            .for_each(|(m, &d)| *m = q(*m / d));
     }
     let lambda = job.g("lambda") as f32;
     if lambda != 1.0 {
-        mixed.iter_mut().for_each(|m| *m *= lambda);
+        mixed.iter_mut().for_each(|m| *m = q(*m * lambda));
     }
-    Ok(add(base, &mixed))
+    Ok(base.iter().zip(&mixed).map(|(b, m)| q(b + m)).collect())
 }
 
 /// `sce.py`: select the top `select_topk` positions by variance across task vectors, elect
@@ -979,7 +1021,13 @@ fn model_stock(job: &Job<'_>) -> Result<Vec<f32>> {
             }
         }
         let cos = cos_sum / pairs as f64;
-        let t = (k as f64 * cos) / (1.0 + (k as f64 - 1.0) * cos);
+        // mergekit 0.1.5: t = 0 where the denominator vanishes.
+        let den = 1.0 + (k as f64 - 1.0) * cos;
+        let t = if den.abs() < 1e-6 {
+            0.0
+        } else {
+            (k as f64 * cos) / den
+        };
         let t32 = t as f32;
         for j in span {
             let avg = others.iter().map(|&i| job.tensors[i][j]).sum::<f32>() / k as f32;
