@@ -47,6 +47,9 @@ fn scalar(v: &Value) -> Option<Scalar> {
     match v {
         Value::Bool(b) => Some(Scalar::Bool(*b)),
         Value::Number(n) => n.as_f64().map(Scalar::Num),
+        // PyYAML reads `1e-6` (no dot) as a string, which mergekit converts for a numeric
+        // parameter; a quoted number is read the same way here.
+        Value::String(s) => s.trim().parse::<f64>().ok().map(Scalar::Num),
         _ => None,
     }
 }
@@ -64,10 +67,18 @@ impl Setting {
             ))
         };
         match v {
+            // One `{filter, value}` mapping is a list of one.
+            Value::Object(_) => Setting::parse(&Value::Array(vec![v.clone()]), what),
             Value::Array(items) if items.is_empty() => Err(bad()),
-            Value::Array(items) if items.iter().all(Value::is_number) => Ok(Setting::Gradient(
-                items.iter().filter_map(Value::as_f64).collect(),
-            )),
+            Value::Array(items)
+                if items
+                    .iter()
+                    .all(|i| matches!(scalar(i), Some(Scalar::Num(_)))) =>
+            {
+                Ok(Setting::Gradient(
+                    items.iter().filter_map(scalar).map(Scalar::num).collect(),
+                ))
+            }
             Value::Array(items) if items.iter().all(|i| scalar(i).is_some()) => {
                 Ok(Setting::Steps(items.iter().filter_map(scalar).collect()))
             }
@@ -157,6 +168,18 @@ mod tests {
         );
         assert_eq!(f.evaluate("model.norm.weight", 0.5), None);
         assert!(Setting::parse(&json!("x"), "t").is_err());
+        assert_eq!(
+            Setting::parse(&json!(["1e-6", 1]), "t")
+                .unwrap()
+                .evaluate("x", 0.0),
+            Some(Scalar::Num(1e-6))
+        );
+        let one = Setting::parse(&json!({"filter": "mlp", "value": 2}), "t").unwrap();
+        assert_eq!(
+            one.evaluate("model.layers.0.mlp.up_proj.weight", 0.0),
+            Some(Scalar::Num(2.0))
+        );
+        assert_eq!(one.evaluate("model.norm.weight", 0.0), None);
         assert!(Setting::parse(&json!([{"filter": "a", "valu": 1}]), "t").is_err());
     }
 }
