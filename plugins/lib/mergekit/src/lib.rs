@@ -509,7 +509,7 @@ impl Merge {
                 .compute_dtype
                 .filter(|d| matches!(d, DType::F16 | DType::BF16)),
         };
-        methods::merge(self.spec.method, &job).map_err(|e| e.context(format!("{}", self.spec.name)))
+        methods::merge(self.spec.method, &job).map_err(|e| e.context(self.spec.name))
     }
 }
 

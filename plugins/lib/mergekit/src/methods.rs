@@ -1000,7 +1000,7 @@ fn model_stock(job: &Job<'_>) -> Result<Vec<f32>> {
         )));
     }
     let n = base.len();
-    let row = if job.gflag("filter_wise") && job.shape.len() >= 1 {
+    let row = if job.gflag("filter_wise") && !job.shape.is_empty() {
         *job.shape.last().expect("shape")
     } else {
         n
