@@ -263,6 +263,19 @@ impl Merge {
             }
         }
         for (k, s) in slices.iter().enumerate() {
+            let first = &s.sources[0];
+            if let Some(src) = s.sources.iter().find(|src| {
+                let len = |r: Option<(usize, usize)>| r.map(|(a, b)| b - a);
+                len(src.layer_range) != len(first.layer_range)
+            }) {
+                return Err(err(format!(
+                    "models of different depths cannot be merged layer by layer: `{}` has {} layers but `{}` has {} (use `slices:` with equal layer ranges)",
+                    first.model,
+                    first.layer_range.map_or(0, |(a, b)| b - a),
+                    src.model,
+                    src.layer_range.map_or(0, |(a, b)| b - a)
+                )));
+            }
             for src in &s.sources {
                 let (a, b) = src.layer_range.expect("set above");
                 let m = &models[index(&src.model)];
@@ -301,7 +314,7 @@ impl Merge {
         };
         let first = &slices[0];
         let last = &slices[slices.len() - 1];
-        plan.tensor(EMBED, first, 0.0, &|_| EMBED.to_string(), true, false)?;
+        plan.tensor(EMBED, first, 0.0, &|_| EMBED.to_string(), true)?;
         let mut out_layer = 0usize;
         let all_names: Vec<Vec<String>> = models
             .iter()
@@ -336,12 +349,12 @@ impl Merge {
                         let (start, _) = s.sources[k].layer_range.expect("set");
                         format!("{LAYERS}{}.{suffix}", start + offset)
                     };
-                    plan.tensor(&out_name, s, t, &input_name, false, false)?;
+                    plan.tensor(&out_name, s, t, &input_name, false)?;
                 }
                 out_layer += 1;
             }
         }
-        plan.tensor(NORM, last, 0.0, &|_| NORM.to_string(), false, false)?;
+        plan.tensor(NORM, last, 0.0, &|_| NORM.to_string(), false)?;
         // lm_head is optional (tied embeddings); a model without it gives its embeddings.
         if last
             .sources
@@ -355,7 +368,7 @@ impl Merge {
                     EMBED.to_string()
                 }
             };
-            plan.tensor(HEAD, last, 0.0, &input, true, false)?;
+            plan.tensor(HEAD, last, 0.0, &input, true)?;
         }
         let mut tensors = plan.out;
         let out_dtype = config.out_dtype.or(config.dtype);
@@ -532,7 +545,6 @@ impl Planner<'_> {
         t: f64,
         input: &dyn Fn(usize) -> String,
         is_embed: bool,
-        _optional: bool,
     ) -> Result<()> {
         let reader = Reader {
             config: self.config,

@@ -411,6 +411,16 @@ fn architectures_must_be_known_and_agree() {
         .unwrap()
         .to_string();
     assert!(e.contains("`BertModel`"), "{e}");
+    let shallow = edited_models(|m, config, _| {
+        if m == "code" {
+            config.insert("num_hidden_layers".into(), serde_json::json!(3));
+        }
+    });
+    let e = merge_in(shallow.path(), HALF).err().unwrap().to_string();
+    assert!(
+        e.contains("different depths") && e.contains("models/code"),
+        "{e}"
+    );
 }
 
 /// A model with tied embeddings (no `lm_head.weight`) gives its `embed_tokens` to the merged
