@@ -453,3 +453,31 @@ fn tied_heads_and_vocabulary_sizes_follow_mergekit() {
         }
     }
 }
+
+/// `tokenizer_source` copies that model's tokenizer files; a source without them is an error.
+#[test]
+fn tokenizer_files_come_from_the_tokenizer_source() {
+    let dir = edited_models(|_, _, _| {});
+    let code = dir.path().join("models/code");
+    std::fs::write(code.join("tokenizer_config.json"), b"{\"from\": \"code\"}").unwrap();
+    std::fs::write(code.join("tokenizer.json"), b"{}").unwrap();
+    let yaml = format!("{HALF}tokenizer_source: models/code\n");
+    let model = merge_in(dir.path(), &yaml).unwrap().model();
+    assert_eq!(
+        model.file("tokenizer_config.json").unwrap(),
+        b"{\"from\": \"code\"}"
+    );
+    assert!(model
+        .file_names()
+        .unwrap()
+        .contains(&"tokenizer.json".to_string()));
+    let yaml = format!("{HALF}tokenizer_source: models/math\n");
+    let e = merge_in(dir.path(), &yaml).err().unwrap().to_string();
+    assert!(
+        e.contains("models/math") && e.contains("no tokenizer files"),
+        "{e}"
+    );
+    let yaml = format!("{HALF}tokenizer_source: base\n");
+    let e = merge_in(dir.path(), &yaml).err().unwrap().to_string();
+    assert!(e.contains("base_model"), "{e}");
+}
