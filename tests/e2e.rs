@@ -2656,11 +2656,21 @@ fn mergekit_runs_a_frankenmerge_config_into_a_sharded_folder_like_mergekit_yaml(
     let work = mergekit_work();
     // A tokenizer on the first model, which gives the output its config and tokenizer.
     let math = work.path().join("models/math");
-    std::fs::write(math.join("tokenizer_config.json"), r#"{"model_max_length": 64}"#).unwrap();
+    std::fs::write(
+        math.join("tokenizer_config.json"),
+        r#"{"model_max_length": 64}"#,
+    )
+    .unwrap();
     std::fs::write(math.join("tokenizer.json"), r#"{"version": "1.0"}"#).unwrap();
     let run = run_host(
         work.path(),
-        &["mergekit", "configs/passthrough_frankenmerge.yaml", "out", "--out-shard-size", "50K"],
+        &[
+            "mergekit",
+            "configs/passthrough_frankenmerge.yaml",
+            "out",
+            "--out-shard-size",
+            "50K",
+        ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = work.path().join("out");
@@ -2706,7 +2716,10 @@ fn mergekit_writes_out_dtype_and_refuses_bad_configs_before_writing() {
     for ((name, _, g), (_, _, w)) in got.iter().zip(&want) {
         for (a, b) in g.iter().zip(w) {
             // bfloat16 keeps 8 significant bits: half a unit in the last place is 2⁻⁹ relative.
-            assert!((a - b).abs() <= b.abs() * 2f32.powi(-8), "{name}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= b.abs() * 2f32.powi(-8),
+                "{name}: {a} vs {b}"
+            );
         }
     }
     let config = json(&std::fs::read_to_string(work.path().join("out/config.json")).unwrap());
