@@ -481,3 +481,36 @@ fn tokenizer_files_come_from_the_tokenizer_source() {
     let e = merge_in(dir.path(), &yaml).err().unwrap().to_string();
     assert!(e.contains("base_model"), "{e}");
 }
+
+/// Every random method gives the same merge for the same seed and another for another seed,
+/// through the whole model.
+#[test]
+fn random_methods_are_reproducible_per_seed() {
+    for method in ["dare_ties", "dare_linear", "della", "della_linear"] {
+        let yaml = format!(
+            "merge_method: {method}\nbase_model: models/base\nmodels:\n\
+             - model: models/math\n  parameters: {{weight: 0.6, density: 0.5}}\n\
+             - model: models/code\n  parameters: {{weight: 0.4, density: 0.5}}\n"
+        );
+        let text = yaml.replace("models/", &format!("{}/models/", data().display()));
+        let run = |seed| -> Vec<Vec<u8>> {
+            let m = Merge::from_yaml(
+                &text,
+                &Options {
+                    random_seed: seed,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .model();
+            m.names()
+                .unwrap()
+                .iter()
+                .map(|n| m.data(n).unwrap().into_owned())
+                .collect()
+        };
+        let (a, b, c) = (run(7), run(7), run(8));
+        assert_eq!(a, b, "{method}");
+        assert_ne!(a, c, "{method}");
+    }
+}
