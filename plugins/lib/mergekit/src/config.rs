@@ -51,6 +51,8 @@ pub struct MergeConfig {
     /// Whether the config used `models:` (then the base model joins the sources).
     pub models_form: bool,
     pub tokenizer_source: Option<TokenizerSource>,
+    /// `chat_template`: `auto` or the template text.
+    pub chat_template: Option<String>,
 }
 
 fn err(msg: impl std::fmt::Display) -> Error {
@@ -170,9 +172,10 @@ impl MergeConfig {
                 "parameters",
                 "tokenizer_source",
                 "tokenizer",
+                "chat_template",
                 "name",
             ],
-            &["modules", "chat_template"],
+            &["modules"],
         )?;
         let merge_method = match top.get("merge_method") {
             Some(Value::String(s)) => s.clone(),
@@ -326,6 +329,15 @@ impl MergeConfig {
             dtype: dtype(top.get("dtype"), "dtype")?,
             out_dtype: dtype(top.get("out_dtype"), "out_dtype")?,
             parameters: params(top.get("parameters"), "parameters")?,
+            chat_template: match top.get("chat_template") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(t)) => Some(chat_template(t)?),
+                Some(other) => {
+                    return Err(err(format!(
+                        "`chat_template` must be a string, got {other}"
+                    )))
+                }
+            },
             models_form: models.is_some(),
             slices,
             tokenizer_source,
@@ -365,4 +377,22 @@ fn tokenizer_source(v: &Value, what: &str) -> Result<TokenizerSource> {
         ))),
         other => Ok(TokenizerSource::Model(model_ref(other, what)?)),
     }
+}
+
+/// mergekit's named templates (its own files) are not shipped; `auto` and inline text are.
+fn chat_template(t: &str) -> Result<String> {
+    if t == "auto" {
+        return Ok(t.to_string());
+    }
+    if ["alpaca", "chatml", "llama3", "mistral", "exaone"].contains(&t) {
+        return Err(err(format!(
+            "`chat_template: {t}` names one of mergekit's bundled templates, which fusion-host does not ship; give the template text (Jinja) or `auto`"
+        )));
+    }
+    if t.len() < 20 || !t.contains('{') {
+        return Err(err(format!(
+            "`chat_template: {t}` is neither `auto` nor a Jinja template"
+        )));
+    }
+    Ok(t.to_string())
 }

@@ -453,6 +453,9 @@ impl Merge {
                 files.insert(f.to_string(), tokenizer_donor.checkpoint.file(f)?);
             }
         }
+        if let Some(template) = &config.chat_template {
+            set_chat_template(&mut files, template, &models, has_tokenizer)?;
+        }
         files.insert("mergekit_config.yml".to_string(), text.as_bytes().to_vec());
 
         tracing::info!(
@@ -645,6 +648,79 @@ impl Planner<'_> {
         });
         Ok(())
     }
+}
+
+/// A model's chat template: `chat_template.jinja`, else `chat_template` in
+/// `tokenizer_config.json` (a string, or the `default` of a list of named templates).
+fn model_chat_template(m: &Input) -> Option<String> {
+    if let Ok(t) = m.checkpoint.file("chat_template.jinja") {
+        return String::from_utf8(t).ok();
+    }
+    let config: Value =
+        serde_json::from_slice(&m.checkpoint.file("tokenizer_config.json").ok()?).ok()?;
+    match config.get("chat_template")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    }
+}
+
+/// `chat_template` (mergekit's `_set_chat_template`): `auto` takes the template most of the
+/// models have; the template goes into the output's `tokenizer_config.json`, and template files
+/// copied from the donor are dropped so they do not shadow it. Without a tokenizer there is
+/// nothing to put it in (mergekit warns and goes on; so does this).
+fn set_chat_template(
+    files: &mut BTreeMap<String, Vec<u8>>,
+    template: &str,
+    models: &[Input],
+    has_tokenizer: bool,
+) -> Result<()> {
+    let template = if template == "auto" {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for t in models.iter().filter_map(model_chat_template) {
+            let t = t.trim().to_string();
+            match counts.iter_mut().find(|(c, _)| *c == t) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((t, 1)),
+            }
+        }
+        // The first of the most common, as Counter.most_common does.
+        let best = counts.iter().map(|(_, n)| *n).max();
+        match counts.into_iter().find(|(_, n)| Some(*n) == best) {
+            Some((t, _)) => t,
+            None => {
+                tracing::warn!("chat_template: auto, but no model has a chat template");
+                return Ok(());
+            }
+        }
+    } else {
+        template.to_string()
+    };
+    let Some(config) = files.get("tokenizer_config.json") else {
+        if !has_tokenizer {
+            tracing::warn!(
+                "a chat template is given but the models have no tokenizer: it is not saved"
+            );
+        }
+        return Ok(());
+    };
+    let mut config: serde_json::Map<String, Value> =
+        serde_json::from_slice(config).map_err(|e| {
+            Error::model(format!(
+                "the tokenizer's tokenizer_config.json is not a JSON object: {e}"
+            ))
+        })?;
+    config.insert("chat_template".into(), Value::String(template));
+    files.insert(
+        "tokenizer_config.json".into(),
+        serde_json::to_vec_pretty(&Value::Object(config)).expect("JSON"),
+    );
+    files.remove("chat_template.jinja");
+    files.remove("chat_template.json");
+    Ok(())
 }
 
 /// Every parameter the config sets must be one the method reads: global ones at the top level

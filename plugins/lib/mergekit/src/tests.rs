@@ -224,8 +224,12 @@ fn bad_configs_are_refused_with_the_culprit_named() {
         "{e}"
     );
     let e = error_of("merge_method: linear\nchat_template: chatml\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n");
+    assert!(e.contains("chatml") && e.contains("template text"), "{e}");
+    let e = error_of(
+        "merge_method: linear\nmodules: {}\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n",
+    );
     assert!(
-        e.contains("`chat_template`") && e.contains("does not support"),
+        e.contains("`modules`") && e.contains("does not support"),
         "{e}"
     );
     let e = error_of("merge_method: linear\nmodel:\n- model: models/math\n");
@@ -513,4 +517,47 @@ fn random_methods_are_reproducible_per_seed() {
         assert_eq!(a, b, "{method}");
         assert_ne!(a, c, "{method}");
     }
+}
+
+/// `chat_template`: inline text, or `auto` (the template most models have), written into the
+/// output's tokenizer_config.json.
+#[test]
+fn chat_templates_are_set_in_the_tokenizer_config() {
+    let dir = edited_models(|_, _, _| {});
+    let tpl = |m: &str, t: &str| {
+        let d = dir.path().join("models").join(m);
+        let c = serde_json::json!({"model_max_length": 64, "chat_template": t});
+        std::fs::write(
+            d.join("tokenizer_config.json"),
+            serde_json::to_vec(&c).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(d.join("tokenizer.json"), b"{}").unwrap();
+    };
+    tpl("math", "{{ messages[0]['content'] }} from math");
+    tpl("code", "{{ messages[0]['content'] }} from code");
+    tpl("chat", "{{ messages[0]['content'] }} from code");
+    let three = "merge_method: linear\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n- model: models/code\n  parameters: {weight: 1}\n- model: models/chat\n  parameters: {weight: 1}\n";
+    let read = |yaml: &str| -> Value {
+        let m = merge_in(dir.path(), yaml).unwrap().model();
+        serde_json::from_slice(&m.file("tokenizer_config.json").unwrap()).unwrap()
+    };
+    let auto = read(&format!("{three}chat_template: auto\n"));
+    assert_eq!(
+        auto["chat_template"],
+        "{{ messages[0]['content'] }} from code"
+    );
+    assert_eq!(auto["model_max_length"], 64);
+    let inline = read(&format!(
+        "{three}chat_template: \"{{{{ bos_token }}}}{{{{ messages }}}} inline\"\n"
+    ));
+    assert_eq!(
+        inline["chat_template"],
+        "{{ bos_token }}{{ messages }} inline"
+    );
+    let plain = read(three);
+    assert_eq!(
+        plain["chat_template"],
+        "{{ messages[0]['content'] }} from math"
+    );
 }
