@@ -2627,3 +2627,122 @@ fn the_slurm_launcher_submits_one_job_array_and_collects_the_reports() {
     run.assert_clean_failure(2);
     assert!(run.error().contains("sbatch"), "{}", run.error());
 }
+
+/// A work folder with the mergekit-tiny models and configs (run from there, as mergekit-yaml's
+/// configs name the models by relative path).
+fn mergekit_work() -> tempfile::TempDir {
+    let work = tempfile::tempdir().unwrap();
+    let src = data().join("mergekit-tiny");
+    copy_dir(&src.join("models"), &work.path().join("models"));
+    copy_dir(&src.join("configs"), &work.path().join("configs"));
+    work
+}
+
+/// All tensors of a written checkpoint folder (one file or shards), by name.
+fn checkpoint_tensors(dir: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            out.extend(read_f32(&path));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn mergekit_runs_a_frankenmerge_config_into_a_sharded_folder_like_mergekit_yaml() {
+    let work = mergekit_work();
+    // A tokenizer on the first model, which gives the output its config and tokenizer.
+    let math = work.path().join("models/math");
+    std::fs::write(
+        math.join("tokenizer_config.json"),
+        r#"{"model_max_length": 64}"#,
+    )
+    .unwrap();
+    std::fs::write(math.join("tokenizer.json"), r#"{"version": "1.0"}"#).unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "mergekit",
+            "configs/passthrough_frankenmerge.yaml",
+            "out",
+            "--out-shard-size",
+            "50K",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = work.path().join("out");
+    let index = json(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap());
+    let shards: std::collections::BTreeSet<&str> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(shards.len() > 1, "{shards:?}");
+    let expected = data().join("mergekit-tiny/expected/passthrough_frankenmerge");
+    let got = checkpoint_tensors(&out);
+    let want = read_f32(&expected.join("model.safetensors"));
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w, "tensor {}", w.0);
+    }
+    let config = json(&std::fs::read_to_string(out.join("config.json")).unwrap());
+    assert_eq!(config["num_hidden_layers"], 6);
+    assert_eq!(
+        std::fs::read_to_string(out.join("mergekit_config.yml")).unwrap(),
+        std::fs::read_to_string(work.path().join("configs/passthrough_frankenmerge.yaml")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("tokenizer.json")).unwrap(),
+        r#"{"version": "1.0"}"#
+    );
+}
+
+#[test]
+fn mergekit_writes_out_dtype_and_refuses_bad_configs_before_writing() {
+    let work = mergekit_work();
+    let linear = std::fs::read_to_string(work.path().join("configs/linear.yaml")).unwrap();
+    write_configs(
+        work.path(),
+        &[("bf16.yaml", &format!("{linear}out_dtype: bfloat16\n"))],
+    );
+    let run = run_host(work.path(), &["mergekit", "bf16.yaml", "out"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = read_f32(&work.path().join("out/model.safetensors"));
+    let want = read_f32(&data().join("mergekit-tiny/expected/linear/model.safetensors"));
+    for ((name, _, g), (_, _, w)) in got.iter().zip(&want) {
+        for (a, b) in g.iter().zip(w) {
+            // bfloat16 keeps 8 significant bits: half a unit in the last place is 2⁻⁹ relative.
+            assert!(
+                (a - b).abs() <= b.abs() * 2f32.powi(-8),
+                "{name}: {a} vs {b}"
+            );
+        }
+    }
+    let config = json(&std::fs::read_to_string(work.path().join("out/config.json")).unwrap());
+    assert_eq!(config["dtype"], "bfloat16");
+
+    let cases = [
+        ("merge_method: lineer\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n", "lineer"),
+        (
+            "merge_method: passthrough\nslices:\n- sources:\n  - model: models/code\n    layer_range: [0, 9]\n",
+            "past its 4 layers",
+        ),
+        ("merge_method: ties\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n", "base_model"),
+        ("merge_method: linear\nmodels:\n- model: models/math\n  parameters: {weihgt: 1}\n", "weihgt"),
+    ];
+    for (i, (yaml, culprit)) in cases.iter().enumerate() {
+        let name = format!("bad{i}.yaml");
+        write_configs(work.path(), &[(&name, yaml)]);
+        let run = run_host(work.path(), &["mergekit", &name, "bad_out"]);
+        run.assert_clean_failure(2);
+        assert!(run.error().contains(culprit), "{}", run.error());
+        assert!(!work.path().join("bad_out").exists(), "nothing is written");
+    }
+    let run = run_host(work.path(), &["mergekit", "missing.yaml", "bad_out"]);
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("missing.yaml"), "{}", run.error());
+}

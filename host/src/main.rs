@@ -8,6 +8,7 @@ mod error;
 mod hub;
 mod interrupt;
 mod logging;
+mod mergekit;
 mod multirun;
 mod paths;
 mod plugins;
