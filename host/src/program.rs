@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use fusion_checkpoint::save::{check_destination, save_model, SaveOptions};
 use fusion_config::{ComposeOptions, ResolveContext};
 use fusion_plugin_api::host::ComponentKind;
 use fusion_plugin_api::Context;
@@ -15,7 +16,6 @@ use serde_norway::Value as Yaml;
 use crate::error::{plugin, usage};
 use crate::plugins::Registry;
 use crate::profile::Profiler;
-use crate::save::{check_destination, save_model, SaveOptions};
 use crate::{hub, targets};
 use crate::{logging, paths, progress};
 
@@ -114,7 +114,7 @@ fn root_path(cfg: &Json, key: &str, log_dir: &Path) -> anyhow::Result<Option<Pat
 }
 
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    crate::save::write_file_atomic(path, contents)
+    fusion_checkpoint::save::write_file_atomic(path, contents)
 }
 
 /// The run's log folder: `base` when no other run has it, else `base_1`, `base_2`, ... A run owns
@@ -405,7 +405,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     let print_config = root_bool(&cfg, "print_config", false)?;
     let save_path = root_path(&cfg, "merged_model_save_path", &log_dir)?;
     let mut save_opts = SaveOptions::from_kwargs(cfg.get("merged_model_save_kwargs"))?;
-    save_opts.overflow_is_error = crate::save::nonfinite_is_error()?;
+    save_opts.overflow_is_error = fusion_checkpoint::save::nonfinite_is_error()?;
     let report_path = match cfg.get("report_save_path") {
         // FusionBench's default when the key is absent.
         None => Some(log_dir.join("program_report.json")),

@@ -1,4 +1,4 @@
-//! Writing a merged model as a Hugging Face checkpoint: `config.json` and the other files the
+//! Writing a model as a Hugging Face checkpoint: `config.json` and the other files the
 //! model carries, safetensors weights sharded past a size limit with
 //! `model.safetensors.index.json`. Tensors are streamed one at a time (a lazily merged model is
 //! computed while it is written). The model is written *into* the target folder, as
@@ -14,8 +14,18 @@ use anyhow::{bail, Context as _};
 use fusion_plugin_api::{bytes_to_f32, f32_to_bytes, DType, Model, TensorInfo};
 use serde_json::{json, Value};
 
-use crate::error::{plugin, usage};
 use crate::interrupt::{self, TempPath};
+
+/// A mistake in what the caller asked for (a path, a save option): a configuration error, which
+/// the host answers with exit code 2.
+fn usage(message: String) -> anyhow::Error {
+    anyhow::Error::new(fusion_plugin_api::Error::config(message))
+}
+
+/// An error from the model being saved, kept downcastable as the plugin-api error it is.
+fn plugin(err: fusion_plugin_api::Error) -> anyhow::Error {
+    anyhow::Error::new(err)
+}
 
 /// How to write the checkpoint (`merged_model_save_kwargs`).
 #[derive(Debug, Clone, PartialEq)]
@@ -385,7 +395,7 @@ fn alive(pid: u32) -> bool {
 /// process is gone: what a run killed mid-save (SIGKILL, a power cut) left. Files only; a
 /// folder of that name (an older fusion-host wrote whole models under such names) is left
 /// alone, as are files of live processes. Best effort.
-pub(crate) fn remove_stale_temps(dir: &Path, wanted: impl Fn(&str) -> bool) {
+pub fn remove_stale_temps(dir: &Path, wanted: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
