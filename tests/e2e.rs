@@ -785,6 +785,62 @@ fn the_context_carries_seed_fast_dev_run_and_the_config() {
     );
 }
 
+/// A run that saves and evaluates computes each merged tensor once (issue 15): the evaluation
+/// reads the checkpoint just written. The testkit's `once` method fails on a second read of a
+/// tensor; the probe task pool reads the first tensor after the save.
+#[test]
+fn a_run_that_saves_and_evaluates_computes_each_tensor_once() {
+    let plugin = build_external_plugin(
+        &root().join("tests/plugins/testkit"),
+        "fusion-testkit",
+        &root().join("plugin-api"),
+    );
+    let cfg = configs(&[("taskpool/probe.yaml", "_target_: probe\n")]);
+    let work = tempfile::tempdir().unwrap();
+    let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
+    for dest in ["merged", "single/merged.safetensors"] {
+        let run = run_host(
+            work.path(),
+            &[
+                "--plugin-dir",
+                plugin.path().to_str().unwrap(),
+                "--config-path",
+                cfg.path().to_str().unwrap(),
+                "modelpool=tiny",
+                "method._target_=once",
+                "taskpool=probe",
+                &format!("merged_model_save_path={dest}"),
+            ],
+        );
+        assert_eq!(run.code, 0, "{dest}: {}", run.stderr);
+        let report = json(&run.stdout);
+        let first = report["first_tensor"].as_str().unwrap();
+        let sum: f64 = base
+            .iter()
+            .find(|t| t.0 == first)
+            .unwrap()
+            .2
+            .iter()
+            .map(|v| *v as f64)
+            .sum();
+        assert!((report["first_sum"].as_f64().unwrap() - sum).abs() < 1e-3);
+    }
+    // Without a save, the merged model itself is evaluated (and computed once as well).
+    let run = run_host(
+        work.path(),
+        &[
+            "--plugin-dir",
+            plugin.path().to_str().unwrap(),
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method._target_=once",
+            "taskpool=probe",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
 #[test]
 fn a_plugin_built_against_another_plugin_api_version_is_refused() {
     let api = modified_plugin_api(Some("0.0.9"), false);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use fusion_checkpoint::save::{check_destination, save_model, SaveOptions};
+use fusion_checkpoint::save::{check_destination, reopen_saved, save_model, SaveOptions};
 use fusion_config::{ComposeOptions, ResolveContext};
 use fusion_plugin_api::host::ComponentKind;
 use fusion_plugin_api::Context;
@@ -503,6 +503,9 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         .stage("run method", || method.run(&pool, &ctx).map_err(plugin))
         .with_context(|| format!("running method `{}`", method_sel.target))?;
 
+    // What the task pool evaluates: the merged model, or after a save the checkpoint just
+    // written (a lazily merged model would otherwise compute every tensor a second time).
+    let mut evaluated = merged.clone();
     if let Some(dest) = &save_path {
         let summary = profiler
             .stage("save merged model", || {
@@ -516,11 +519,24 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
             bytes = summary.bytes,
             "merged model saved"
         );
+        if taskpool.is_some() {
+            match reopen_saved(&merged, &summary)? {
+                Some(saved) => {
+                    tracing::info!("the evaluation reads the saved checkpoint (memory-mapped)");
+                    evaluated = saved;
+                }
+                None => tracing::info!(
+                    "the save converted {} tensors to another dtype; the evaluation computes the \
+                     merged model again in its own dtype",
+                    summary.converted
+                ),
+            }
+        }
     }
 
     let report = match &taskpool {
         Some(tp) => profiler
-            .stage("evaluate", || tp.evaluate(&merged, &ctx).map_err(plugin))
+            .stage("evaluate", || tp.evaluate(&evaluated, &ctx).map_err(plugin))
             .with_context(|| {
                 format!(
                     "evaluating with taskpool `{}`",
