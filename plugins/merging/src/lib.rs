@@ -20,7 +20,7 @@
 //! | `expo` | `ExPOAlgorithm` | `extrapolation_factor` (required) |
 //! | `linear_interpolation` | `LinearInterpolationAlgorithm` | `t` (required) |
 //! | `magnitude_diff_pruning` | `MagnitudeDiffPruningAlgorithm` | `prune_ratio` (required), `rescale` null, `extract_names` null, `prune_type` minor |
-//! | `task_singular_vector` | `TaskSingularVectorMerging` | `alpha` null (1), `exclude_keys` null, `return_single_task_models` false |
+//! | `task_singular_vector` | `TaskSingularVectorMerging` | `alpha` null (1), `exclude_keys` null, `return_single_task_models` false (true: each model's share and `merged`) |
 //! | `iso_c` | `ISO_C_Merge` | `scaling_factor` (required), `exclude_keys` null |
 //! | `iso_cts` | `ISO_CTS_Merge` | `scaling_factor`, `common_space_fraction` (required), `exclude_keys` null |
 //! | `wudi` | `WUDIMerging` | `iter_num` (required), `exclude_keys` null |
