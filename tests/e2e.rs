@@ -969,6 +969,81 @@ fn a_method_that_returns_several_models_gets_each_evaluated_and_saved() {
     );
 }
 
+/// Ensembles on the demo, from FusionBench's `ensemble/*` configs: nothing is merged, and the
+/// CLIP task pool combines the members' pooled outputs before the projection. A weighted
+/// ensemble with weights [1, 0] ([0, 1]) scores as its first (second) member alone; the mean
+/// and the maximum of two members score as neither, and count both members' parameters.
+#[test]
+fn ensembles_combine_their_members_outputs_in_the_clip_task_pool() {
+    let out = tempfile::tempdir().unwrap();
+    let run = |keep: &[&str], method: &[&str], tag: &str| -> Value {
+        let mut args: Vec<String> = [
+            "--device",
+            "cpu",
+            "modelpool=CLIPVisionModelPool/demo",
+            "taskpool=CLIPVisionModelTaskPool/demo",
+            "print_config=false",
+        ]
+        .map(String::from)
+        .to_vec();
+        for m in [
+            "_pretrained_",
+            "fashion_tops",
+            "fashion_other",
+            "fashion_negative",
+            "digits_low",
+            "digits_high",
+            "digits_negative",
+        ] {
+            if !keep.contains(&m) {
+                args.push(format!("~modelpool.models.{m}"));
+            }
+        }
+        args.extend(method.iter().map(|m| m.to_string()));
+        args.push(format!("path.log_dir={}", out.path().join(tag).display()));
+        let r = run_args(&root(), &args);
+        assert_eq!(r.code, 0, "{tag}: {}", r.stderr);
+        json(&r.stdout)
+    };
+    let tasks = ["fashion_tops", "digits_low", "fashion_other", "average"];
+    let same = |a: &Value, b: &Value, what: &str| {
+        for t in tasks {
+            assert_eq!(a[t]["accuracy"], b[t]["accuracy"], "{what}: {t}");
+            let (la, lb) = (
+                a[t]["loss"].as_f64().unwrap(),
+                b[t]["loss"].as_f64().unwrap(),
+            );
+            assert!((la - lb).abs() < 1e-4, "{what}: {t} loss {la} vs {lb}");
+        }
+    };
+    let a = run(&["fashion_tops"], &["method=dummy"], "a");
+    let b = run(&["digits_low"], &["method=dummy"], "b");
+    let both = ["fashion_tops", "digits_low"];
+    let first = run(
+        &both,
+        &["method=ensemble/weighted_ensemble", "method.weights=[1,0]"],
+        "first",
+    );
+    same(&first, &a, "weights [1, 0]");
+    let second = run(
+        &both,
+        &["method=ensemble/weighted_ensemble", "method.weights=[0,1]"],
+        "second",
+    );
+    same(&second, &b, "weights [0, 1]");
+    let params = a["model_info"]["all_params"].as_u64().unwrap();
+    for method in ["ensemble/simple_ensemble", "ensemble/max_model_predictor"] {
+        let r = run(&both, &[&format!("method={method}")], method);
+        assert_eq!(r["model_info"]["all_params"].as_u64(), Some(2 * params));
+        for single in [&a, &b] {
+            assert_ne!(
+                r["average"]["loss"], single["average"]["loss"],
+                "{method} scores as one of its members"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_plugin_built_against_another_plugin_api_version_is_refused() {
     let api = modified_plugin_api(Some("0.0.9"), false);
