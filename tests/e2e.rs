@@ -1031,6 +1031,27 @@ fn ensembles_combine_their_members_outputs_in_the_clip_task_pool() {
         "second",
     );
     same(&second, &b, "weights [0, 1]");
+    // One weight per model, or a clear error before any work.
+    let mut bad: Vec<String> = [
+        "--device",
+        "cpu",
+        "modelpool=CLIPVisionModelPool/demo",
+        "taskpool=CLIPVisionModelTaskPool/demo",
+        "method=ensemble/weighted_ensemble",
+        "method.weights=[1,2,3]",
+    ]
+    .map(String::from)
+    .to_vec();
+    bad.push(format!("path.log_dir={}", out.path().join("bad").display()));
+    let failed = run_args(&root(), &bad);
+    assert_eq!(failed.code, 2, "{}", failed.stderr);
+    assert!(
+        failed
+            .error()
+            .contains("`weights` has 3 values for the 6 models"),
+        "{}",
+        failed.stderr
+    );
     let params = a["model_info"]["all_params"].as_u64().unwrap();
     for method in ["ensemble/simple_ensemble", "ensemble/max_model_predictor"] {
         let r = run(&both, &[&format!("method={method}")], method);
