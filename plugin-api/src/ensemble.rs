@@ -19,7 +19,7 @@
 //!     Model::new(sd)
 //! };
 //! let ensemble = Ensemble::new(
-//!     Aggregate::Weighted(vec![3.0, 1.0]),
+//!     Aggregate::Weighted(vec![0.75, 0.25]),
 //!     vec![("a".into(), member(1.0)), ("b".into(), member(2.0))],
 //! )
 //! .unwrap();
