@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use crate::error::{plugin, usage};
-use crate::save::{self, SaveOptions};
+use fusion_checkpoint::save::{self, SaveOptions};
 
 /// What to run.
 pub struct MergekitRequest {
