@@ -2,8 +2,8 @@
 //! attention over a fused `[rows, 3D]` q/k/v projection, the patch and token embeddings and row
 //! gathers. Two implementations:
 //!
-//! - [`Wgsl`]: the WGSL kernels of [`ops`](crate::gpu::ops) through the host's
-//!   [`Compute`] handle; tensors stay on the device.
+//! - [`Wgsl`]: the kernel library's dense operations ([`fusion_kernels::nn`]) through the
+//!   host's [`Compute`] handle; tensors ([`DeviceTensor`]s) stay on the device.
 //! - [`Native`](crate::gpu::native::Native): host memory, the `gemm` crate on every core for
 //!   the matrix products, rayon for the row ops. For adapters that *are* the CPU (lavapipe,
 //!   llvmpipe, WARP): there WGSL compiled for a software rasterizer runs at a few percent of
@@ -16,11 +16,11 @@
 //! The plain f32 CPU model of this crate (`ClipVisionModel`, `ClipModel`) is the test oracle of
 //! both.
 
-use fusion_plugin_api::{Compute, DeviceType};
+use fusion_kernels::nn::{self as ops, Matmul, Operand, PatchGeometry, RowLayout, SoftmaxMask};
+use fusion_plugin_api::{Compute, DeviceTensor, DeviceType};
 
 use crate::config::Activation;
 use crate::error::{ClipError, Result};
-use crate::gpu::ops::{self, GpuBuffer, Matmul, Operand, PatchGeometry, RowLayout, SoftmaxMask};
 use crate::nn::{LayerNorm, Linear};
 use crate::tensor::Tensor;
 
@@ -281,28 +281,28 @@ pub struct Wgsl<'c> {
 }
 
 impl<'c> Backend for Wgsl<'c> {
-    type Buf = GpuBuffer<'c>;
-    type Mask = GpuBuffer<'c>;
+    type Buf = DeviceTensor<'c>;
+    type Mask = DeviceTensor<'c>;
 
     fn label(&self) -> &'static str {
         "wgsl"
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Self::Buf> {
-        GpuBuffer::zeros(self.c, shape)
+        Ok(ops::zeros(self.c, shape)?)
     }
 
     fn upload(&self, name: &str, shape: &[usize], data: &[f32]) -> Result<Self::Buf> {
         ops::check_binding(self.c, &format!("uploading weight `{name}`"), shape, 4)?;
-        GpuBuffer::from_f32(self.c, shape, data)
+        Ok(ops::from_f32(self.c, shape, data)?)
     }
 
     fn upload_mask(&self, shape: &[usize], data: &[u32]) -> Result<Self::Mask> {
-        GpuBuffer::from_u32(self.c, shape, data)
+        Ok(ops::from_u32(self.c, shape, data)?)
     }
 
     fn read(&self, x: &Self::Buf) -> Result<Vec<f32>> {
-        x.to_vec()
+        Ok(ops::read_f32(self.c, x.id())?)
     }
 
     fn max_items(&self, op: &str, per_item: u64, what: &str) -> Result<usize> {
@@ -330,7 +330,7 @@ impl<'c> Backend for Wgsl<'c> {
         y: &mut Self::Buf,
         layout: RowLayout,
     ) -> Result<()> {
-        ops::layer_norm(
+        Ok(ops::layer_norm(
             self.c,
             x.id(),
             n.weight.id(),
@@ -338,7 +338,7 @@ impl<'c> Backend for Wgsl<'c> {
             y.id(),
             layout,
             n.eps,
-        )
+        )?)
     }
 
     fn linear(
@@ -349,23 +349,24 @@ impl<'c> Backend for Wgsl<'c> {
         rows: usize,
         epilogue: Epilogue,
     ) -> Result<()> {
-        let (c, bias) = (self.c, l.bias.as_ref().map(GpuBuffer::id));
+        let (c, bias) = (self.c, l.bias.as_ref().map(DeviceTensor::id));
         match epilogue {
-            Epilogue::None => ops::linear(c, x.id(), l.weight.id(), bias, out.id(), rows),
+            Epilogue::None => ops::linear(c, x.id(), l.weight.id(), bias, out.id(), rows)?,
             Epilogue::Activation(act) => {
                 ops::linear(c, x.id(), l.weight.id(), bias, out.id(), rows)?;
-                ops::activation(c, out.id(), rows * l.out_dim, act)
+                ops::activation(c, out.id(), rows * l.out_dim, act.into())?
             }
             Epilogue::Residual => {
-                let branch = GpuBuffer::zeros(c, &[rows, l.out_dim])?;
+                let branch = ops::zeros(c, &[rows, l.out_dim])?;
                 ops::linear(c, x.id(), l.weight.id(), bias, branch.id(), rows)?;
-                ops::add_inplace(c, out.id(), branch.id(), rows * l.out_dim)
+                ops::add_inplace(c, out.id(), branch.id(), rows * l.out_dim)?
             }
         }
+        Ok(())
     }
 
     fn attention_scratch(&self, a: &AttentionShape) -> Result<Self::Buf> {
-        GpuBuffer::zeros(self.c, &[a.batch, a.heads, a.seq, a.seq])
+        Ok(ops::zeros(self.c, &[a.batch, a.heads, a.seq, a.seq])?)
     }
 
     fn attention(
@@ -413,12 +414,13 @@ impl<'c> Backend for Wgsl<'c> {
         };
         let mask = SoftmaxMask {
             causal,
-            key_mask: key_padding.map(GpuBuffer::id),
+            key_mask: key_padding.map(DeviceTensor::id),
         };
         let c = self.c;
         ops::matmul(c, qkv.id(), qkv.id(), None, scratch.id(), &qk)?;
         ops::softmax_rows(c, scratch.id(), batch * h * seq, seq, seq, h, mask)?;
-        ops::matmul(c, scratch.id(), qkv.id(), None, context.id(), &pv)
+        ops::matmul(c, scratch.id(), qkv.id(), None, context.id(), &pv)?;
+        Ok(())
     }
 
     fn patch_embed(
@@ -431,8 +433,8 @@ impl<'c> Backend for Wgsl<'c> {
         let c = self.c;
         let (d, grid2) = (w.dim, g.grid() * g.grid());
         let seq = grid2 + 1;
-        let pixels = GpuBuffer::from_f32(c, &[g.batch, g.channels, g.image, g.image], pixels)?;
-        let patches = GpuBuffer::zeros(c, &[g.patches(), g.patch_len()])?;
+        let pixels = ops::from_f32(c, &[g.batch, g.channels, g.image, g.image], pixels)?;
+        let patches = ops::zeros(c, &[g.patches(), g.patch_len()])?;
         ops::im2col(c, pixels.id(), patches.id(), g)?;
         drop(pixels);
         // The patch embeddings go straight into rows 1.. of each image's block; class_position
@@ -451,7 +453,8 @@ impl<'c> Backend for Wgsl<'c> {
         };
         ops::matmul(c, patches.id(), w.weight.id(), None, out.id(), &conv)?;
         drop(patches);
-        ops::class_position(c, out.id(), w.class.id(), w.position.id(), g.batch, seq, d)
+        ops::class_position(c, out.id(), w.class.id(), w.position.id(), g.batch, seq, d)?;
+        Ok(())
     }
 
     fn token_embed(
@@ -462,7 +465,7 @@ impl<'c> Backend for Wgsl<'c> {
         out: &mut Self::Buf,
         seq: usize,
     ) -> Result<()> {
-        let ids_t = GpuBuffer::from_u32(self.c, &[ids.len()], ids)?;
+        let ids_t = ops::from_u32(self.c, &[ids.len()], ids)?;
         ops::token_position_embed(
             self.c,
             table.id(),
@@ -471,7 +474,8 @@ impl<'c> Backend for Wgsl<'c> {
             out.id(),
             ids.len(),
             seq,
-        )
+        )?;
+        Ok(())
     }
 
     fn gather_rows(
@@ -481,7 +485,8 @@ impl<'c> Backend for Wgsl<'c> {
         out: &mut Self::Buf,
         _dim: usize,
     ) -> Result<()> {
-        let idx_t = GpuBuffer::from_u32(self.c, &[idx.len()], idx)?;
-        ops::gather_rows(self.c, x.id(), idx_t.id(), out.id(), idx.len())
+        let idx_t = ops::from_u32(self.c, &[idx.len()], idx)?;
+        ops::gather_rows(self.c, x.id(), idx_t.id(), out.id(), idx.len())?;
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::gpu::backend::{
     upload_linear, upload_norm, AttentionShape, Backend, Epilogue, LinearW, NormW,
 };
-use crate::gpu::ops::RowLayout;
+use fusion_kernels::nn::RowLayout;
 
 struct EncoderLayer<B: Backend> {
     layer_norm1: NormW<B>,

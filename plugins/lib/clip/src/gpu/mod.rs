@@ -1,6 +1,6 @@
 //! CLIP on the compute device: the vision and text towers written once over an op API
-//! ([`Backend`]), run as WGSL kernels (`shaders/nn_*.wgsl`) launched through the host's
-//! [`Compute`](fusion_plugin_api::Compute) handle, so a plugin that only sees `&dyn Compute` can
+//! ([`Backend`]), run as the kernel library's dense operations ([`fusion_kernels::nn`]) launched through the
+//! host's [`Compute`](fusion_plugin_api::Compute) handle, so a plugin that only sees `&dyn Compute` can
 //! run them, or, when that handle's adapter is the CPU itself (lavapipe), as native code
 //! ([`native`]) on every core ([`BackendChoice`]; `FUSION_CLIP_BACKEND=wgsl` forces the
 //! kernels).
@@ -38,7 +38,6 @@ pub mod backend;
 mod encoder;
 mod model;
 pub mod native;
-pub mod ops;
 mod text;
 mod vision;
 

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::config::Activation;
 use crate::error::{ClipError, Result};
 use crate::gpu::backend::{AttentionShape, Backend, Epilogue, LinearW, NormW, PatchW};
-use crate::gpu::ops::{PatchGeometry, RowLayout};
+use fusion_kernels::nn::{PatchGeometry, RowLayout};
 use crate::tensor::softmax_in_place;
 
 /// Host-memory implementation of [`Backend`]; see the module docs.

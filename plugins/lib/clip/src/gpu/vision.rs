@@ -11,7 +11,7 @@ use crate::gpu::backend::{
 };
 use crate::gpu::encoder::{dense_norm, Encoder, EncoderMask};
 use crate::gpu::native::Native;
-use crate::gpu::ops::{PatchGeometry, RowLayout};
+use fusion_kernels::nn::{PatchGeometry, RowLayout};
 use crate::model::ClipVisionModel;
 use crate::tensor::Tensor;
 use crate::vision::{ClipVisionTransformer, VisionOutput};
