@@ -2,7 +2,7 @@
 //! `src/nn/*.wgsl` ([`crate::wgsl::nn`]) through a [`Compute`] handle, each beside its WGSL
 //! file: matrix products ([`matmul`]), layer norm ([`layer_norm`]), softmax with attention
 //! masks ([`softmax_rows`]), activations ([`activation`]), residual addition ([`add_inplace`]),
-//! embedding lookups ([`gather_rows`], [`token_position_embed`]) and the patch embedding
+//! stacking ([`copy_into`]), embedding lookups ([`gather_rows`], [`token_position_embed`]) and the patch embedding
 //! ([`im2col`], [`class_position`]). The CLIP towers (`fusion-clip`) are written over them.
 //!
 //! Every tensor here is f32 (or u32 for indices and masks), row-major, owned as a plugin-api
@@ -36,7 +36,7 @@ mod patch;
 mod softmax;
 
 pub use activation::{activation, Activation};
-pub use add::add_inplace;
+pub use add::{add_inplace, copy_into};
 pub use embedding::{gather_rows, token_position_embed};
 pub use layer_norm::{layer_norm, RowLayout};
 pub use matmul::{linear, matmul, matmul_with, Matmul, MatmulKernel, Operand};

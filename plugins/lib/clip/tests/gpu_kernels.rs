@@ -264,6 +264,37 @@ fn matmul_rejects_out_of_range_operands() {
     assert!(err.contains("matmul") && err.contains("[3, 4]"), "{err}");
 }
 
+#[test]
+fn copy_into_stacks_tensors_at_offsets() {
+    let mut rng = StdRng::seed_from_u64(15);
+    for (name, c) in runtimes() {
+        for n in [1usize, 255, 256, 257, 3000] {
+            let parts: Vec<Vec<f32>> = (0..3).map(|_| random(&mut rng, n, 1.0)).collect();
+            // One spare value at each end: the copies touch exactly their ranges.
+            let mut want = vec![7.0f32; 3 * n + 2];
+            let dst = ops::from_f32(c, &[want.len()], &want).unwrap();
+            for (i, p) in parts.iter().enumerate() {
+                let src = ops::from_f32(c, &[n], p).unwrap();
+                ops::copy_into(c, src.id(), dst.id(), 1 + i * n, n).unwrap();
+                want[1 + i * n..][..n].copy_from_slice(p);
+            }
+            assert_close(
+                &format!("{name} copy_into n = {n}"),
+                &dst.to_f32().unwrap(),
+                &want,
+                0.0,
+            );
+        }
+    }
+    let c = full();
+    let src = ops::zeros(c, &[4]).unwrap();
+    let dst = ops::zeros(c, &[6]).unwrap();
+    let err = ops::copy_into(c, src.id(), dst.id(), 3, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dst") && err.contains("[6]"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Row kernels
 

@@ -17,12 +17,15 @@
 //! both.
 
 use fusion_kernels::nn::{self as ops, Matmul, Operand, PatchGeometry, RowLayout, SoftmaxMask};
-use fusion_plugin_api::{Compute, DeviceTensor, DeviceType};
+use std::cell::Cell;
+
+use fusion_plugin_api::{Compute, DType, DeviceTensor, DeviceType};
 
 use crate::config::Activation;
 use crate::error::{ClipError, Result};
 use crate::nn::{LayerNorm, Linear};
 use crate::tensor::Tensor;
+use crate::weights::WeightStore;
 
 /// What runs after the product of a [`Backend::linear`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,6 +206,47 @@ pub fn upload_tensor<B: Backend>(b: &B, name: &str, t: &Tensor) -> Result<B::Buf
     b.upload(name, t.shape(), t.data())
 }
 
+/// Where a tower built straight on a backend (rather than uploaded from a CPU model) takes its
+/// weights: each by checkpoint name with the shape its config implies. Towers ask in the order
+/// the CPU loaders read, so a missing or mis-shaped tensor is the same error.
+pub(crate) trait WeightSource<B: Backend> {
+    /// Weight `name` of `shape`.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<B::Buf>;
+    /// Equal-sized `parts` stacked along their first dimension into one tensor of `shape`;
+    /// `name` names it in errors.
+    fn stack(&self, name: &str, parts: Vec<B::Buf>, shape: &[usize]) -> Result<B::Buf>;
+}
+
+/// nn.Linear `name` (`{name}.weight`, `{name}.bias`) from `src`.
+pub(crate) fn load_linear<B: Backend>(
+    src: &impl WeightSource<B>,
+    name: &str,
+    in_dim: usize,
+    out_dim: usize,
+) -> Result<LinearW<B>> {
+    Ok(LinearW {
+        weight: src.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
+        bias: Some(src.get(&format!("{name}.bias"), &[out_dim])?),
+        in_dim,
+        out_dim,
+    })
+}
+
+/// nn.LayerNorm `name` from `src`.
+pub(crate) fn load_norm<B: Backend>(
+    src: &impl WeightSource<B>,
+    name: &str,
+    dim: usize,
+    eps: f64,
+) -> Result<NormW<B>> {
+    Ok(NormW {
+        weight: src.get(&format!("{name}.weight"), &[dim])?,
+        bias: src.get(&format!("{name}.bias"), &[dim])?,
+        dim,
+        eps,
+    })
+}
+
 /// Which implementation of the op API a model uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -272,6 +316,98 @@ impl BackendChoice {
 
 // ---------------------------------------------------------------------------------------------
 // WGSL
+
+/// The weights of a [`WeightStore`] for the [`Wgsl`] backend, each taken where it lives: on the
+/// device when the store's model hands it out there ([`fusion_plugin_api::Model::device_tensor`],
+/// a merge computed on the device; f16 and bf16 are converted to f32 there), else read to host
+/// memory as f32 and uploaded.
+pub(crate) struct StoreOnDevice<'s, 'c> {
+    b: Wgsl<'c>,
+    store: &'s WeightStore,
+    on_device: Cell<usize>,
+}
+
+impl<'s, 'c> StoreOnDevice<'s, 'c> {
+    pub(crate) fn new(b: Wgsl<'c>, store: &'s WeightStore) -> Self {
+        Self {
+            b,
+            store,
+            on_device: Cell::new(0),
+        }
+    }
+
+    /// How many weights were taken on the device so far.
+    pub(crate) fn on_device(&self) -> usize {
+        self.on_device.get()
+    }
+
+    /// Weight `name` as the model's device tensor, when it has one.
+    fn from_device(&self, name: &str, shape: &[usize]) -> Result<Option<DeviceTensor<'c>>> {
+        let Some(model) = self.store.model_tensor(name, shape)? else {
+            return Ok(None);
+        };
+        let c = self.b.c;
+        ops::check_binding(c, &format!("uploading weight `{name}`"), shape, 4)?;
+        let state_dict = |cause| ClipError::StateDict {
+            name: name.to_string(),
+            model: self.store.checkpoint().to_path_buf(),
+            cause,
+        };
+        let Some(raw) = model.device_tensor(name).map_err(state_dict)? else {
+            return Ok(None);
+        };
+        let t = DeviceTensor::adopt(c, raw);
+        let (dtype, got) = c.describe(raw).map_err(state_dict)?;
+        if got.iter().product::<usize>() != shape.iter().product::<usize>() {
+            return Err(state_dict(fusion_plugin_api::Error::model(format!(
+                "the tensor handed out on the device has shape {got:?}, its info says {shape:?}"
+            ))));
+        }
+        let t = match dtype {
+            DType::F32 => t,
+            DType::F16 | DType::BF16 => {
+                let f32 = fusion_kernels::convert(c, t.id(), DType::F32).map_err(
+                    ClipError::compute(format!("converting `{name}` from {dtype} to f32")),
+                )?;
+                DeviceTensor::adopt(c, f32)
+            }
+            other => {
+                return Err(state_dict(fusion_plugin_api::Error::model(format!(
+                    "the tensor handed out on the device is {other}, not f32, f16 or bf16"
+                ))))
+            }
+        };
+        self.store.mark_used(name);
+        Ok(Some(t))
+    }
+}
+
+impl<'c> WeightSource<Wgsl<'c>> for StoreOnDevice<'_, 'c> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<DeviceTensor<'c>> {
+        if let Some(t) = self.from_device(name, shape)? {
+            self.on_device.set(self.on_device.get() + 1);
+            return Ok(t);
+        }
+        let t = self.store.get(name, shape)?;
+        self.b.upload(name, shape, t.data())
+    }
+
+    fn stack(
+        &self,
+        name: &str,
+        parts: Vec<DeviceTensor<'c>>,
+        shape: &[usize],
+    ) -> Result<DeviceTensor<'c>> {
+        let c = self.b.c;
+        ops::check_binding(c, &format!("stacking weight `{name}`"), shape, 4)?;
+        let out = ops::zeros(c, shape)?;
+        let each = shape.iter().product::<usize>() / parts.len().max(1);
+        for (i, part) in parts.iter().enumerate() {
+            ops::copy_into(c, part.id(), out.id(), i * each, each)?;
+        }
+        Ok(out)
+    }
+}
 
 /// The WGSL kernels through a compute handle.
 #[derive(Clone, Copy)]
