@@ -342,7 +342,7 @@ impl<'s, 'c> StoreOnDevice<'s, 'c> {
     }
 
     /// Weight `name` as the model's device tensor, when it has one.
-    fn from_device(&self, name: &str, shape: &[usize]) -> Result<Option<DeviceTensor<'c>>> {
+    fn take_on_device(&self, name: &str, shape: &[usize]) -> Result<Option<DeviceTensor<'c>>> {
         let Some(model) = self.store.model_tensor(name, shape)? else {
             return Ok(None);
         };
@@ -384,7 +384,7 @@ impl<'s, 'c> StoreOnDevice<'s, 'c> {
 
 impl<'c> WeightSource<Wgsl<'c>> for StoreOnDevice<'_, 'c> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<DeviceTensor<'c>> {
-        if let Some(t) = self.from_device(name, shape)? {
+        if let Some(t) = self.take_on_device(name, shape)? {
             self.on_device.set(self.on_device.get() + 1);
             return Ok(t);
         }
