@@ -6,8 +6,11 @@
 //! kernels).
 //!
 //! Weights are uploaded once as f32 tensors (from a [`WeightStore`](crate::WeightStore), a
-//! plugin-api [`Model`](fusion_plugin_api::Model), or a CPU model); activations stay on the
-//! device, and only the requested outputs are read back. The CPU forward pass of this crate is
+//! plugin-api [`Model`](fusion_plugin_api::Model), or a CPU model), except that a merged model
+//! whose tensors are already on the device ([`Model::device_tensor`](fusion_plugin_api::Model::device_tensor))
+//! hands them to the WGSL backend where they are, with no read-back and no upload
+//! ([`GpuClipVision::from_model`]); activations stay on the device, and only the requested
+//! outputs are read back. The CPU forward pass of this crate is
 //! the reference every kernel and tower is tested against.
 //!
 //! Limits come from the device: a batch whose activations would exceed one storage binding is
