@@ -2641,6 +2641,8 @@ fn the_task_pool_takes_merged_weights_on_the_device() {
         "taskpool=CLIPVisionModelTaskPool/demo",
         "method=task_arithmetic",
         "print_config=false",
+        // One batch per task: the weights load in full either way.
+        "fast_dev_run=true",
     ];
     let native = run_host_env(&root(), &args, &[("FUSION_CLIP_BACKEND", "native")]);
     assert_eq!(native.code, 0, "{}", native.stderr);
