@@ -3026,3 +3026,53 @@ fn mergekit_writes_out_dtype_and_refuses_bad_configs_before_writing() {
     run.assert_clean_failure(2);
     assert!(run.error().contains("missing.yaml"), "{}", run.error());
 }
+
+/// Issue 15, the merged model stays on the device: with the WGSL CLIP backend (what a hardware
+/// GPU gets; forced here on lavapipe), the task pool takes every merged weight of the
+/// device-merged model where the merge left it (`weights_on_device` in the log counts them),
+/// and scores as the native backend, which reads the merged bytes, does.
+#[test]
+fn the_task_pool_takes_merged_weights_on_the_device() {
+    let args = [
+        "--device",
+        "cpu",
+        "modelpool=CLIPVisionModelPool/demo",
+        "taskpool=CLIPVisionModelTaskPool/demo",
+        "method=task_arithmetic",
+        "print_config=false",
+        // One batch per task: the weights load in full either way.
+        "fast_dev_run=true",
+    ];
+    let native = run_host_env(&root(), &args, &[("FUSION_CLIP_BACKEND", "native")]);
+    assert_eq!(native.code, 0, "{}", native.stderr);
+    assert_eq!(
+        native.log_field("weights_on_device"),
+        "0",
+        "{}",
+        native.stderr
+    );
+    let wgsl = run_host_env(&root(), &args, &[("FUSION_CLIP_BACKEND", "wgsl")]);
+    assert_eq!(wgsl.code, 0, "{}", wgsl.stderr);
+    // The demo's vision towers have 3 layers of 16 weights plus 7 outside the encoder, all f32
+    // and all merged.
+    assert_eq!(wgsl.log_field("weights_on_device"), "55", "{}", wgsl.stderr);
+    let (a, b) = (json(&native.stdout), json(&wgsl.stdout));
+    for (task, scores) in a.as_object().unwrap() {
+        let Some(loss) = scores.get("loss").and_then(Value::as_f64) else {
+            continue;
+        };
+        let (acc_a, acc_b) = (
+            scores["accuracy"].as_f64().unwrap(),
+            b[task]["accuracy"].as_f64().unwrap(),
+        );
+        assert!(
+            (acc_a - acc_b).abs() <= 2.0 / 256.0,
+            "{task}: {acc_a} vs {acc_b}"
+        );
+        let other = b[task]["loss"].as_f64().unwrap();
+        assert!(
+            (loss - other).abs() <= 1e-3,
+            "{task}: loss {loss} vs {other}"
+        );
+    }
+}

@@ -103,8 +103,75 @@ pub trait StateDictAbi: Clone + Send + Sync {
     fn info(&self, name: RStr<'_>) -> RResult<TensorInfoAbi, Error>;
     fn data(&self, name: RStr<'_>) -> RResult<RCowSlice<'_, u8>, Error>;
     fn file_names(&self) -> RResult<RVec<RString>, Error>;
+    /// Also carries [`StateDict::device_tensor`] (see [`DEVICE_TENSOR_FILE`]).
     #[sabi(last_prefix_field)]
     fn file(&self, name: RStr<'_>) -> RResult<RVec<u8>, Error>;
+}
+
+/// [`StateDict::device_tensor`] crosses the boundary as a request for an auxiliary file of this
+/// reserved name followed by the tensor's name, not as a method appended to [`StateDictAbi`]:
+/// abi_stable refuses a library whose vtable has *fewer* methods than the host's, so an
+/// appended method would lock every plugin built before it out of a newer host (checked: a
+/// plugin built at 79bc41e was refused by a host with the method appended). A state dict of a
+/// library built before this answers the request as an unknown file, an error, which reads as
+/// "not on the device". The NUL bytes keep the name apart from any real file's.
+pub const DEVICE_TENSOR_FILE: &str = "\0fusion-host:device_tensor\0";
+
+/// How a reply to a [`DEVICE_TENSOR_FILE`] request starts; one tag byte follows: 0 = not on
+/// the device, 1 = the tensor (its id, 8 bytes little-endian), 2 = an error (its kind code,
+/// then its UTF-8 message).
+const DEVICE_TENSOR_REPLY: &[u8] = b"\0fusion-host:device_tensor\0";
+
+fn encode_device_tensor(reply: RResult<Option<GpuTensor>, Error>) -> RVec<u8> {
+    let mut out = DEVICE_TENSOR_REPLY.to_vec();
+    match reply {
+        RResult::ROk(None) => out.push(0),
+        RResult::ROk(Some(t)) => {
+            out.push(1);
+            out.extend_from_slice(&t.0.to_le_bytes());
+        }
+        RResult::RErr(e) => {
+            out.push(2);
+            out.push(e.kind as u8);
+            out.extend_from_slice(e.message.as_bytes());
+        }
+    }
+    RVec::from(out)
+}
+
+/// [`crate::Model::device_tensor`]: ask `obj` through [`DEVICE_TENSOR_FILE`].
+pub(crate) fn device_tensor(obj: &StateDictObj, name: &str) -> Result<Option<GpuTensor>> {
+    let request = format!("{DEVICE_TENSOR_FILE}{name}");
+    // An error is the answer of a state dict built before the request existed.
+    let Ok(reply) = obj.file(request.as_str().into()).into_result() else {
+        return Ok(None);
+    };
+    let Some(rest) = reply.as_slice().strip_prefix(DEVICE_TENSOR_REPLY) else {
+        return Ok(None);
+    };
+    match rest {
+        [0] => Ok(None),
+        [1, id @ ..] if id.len() == 8 => Ok(Some(GpuTensor(u64::from_le_bytes(
+            id.try_into().expect("8 bytes"),
+        )))),
+        [2, kind, message @ ..] => {
+            let kind = [
+                ErrorKind::Config,
+                ErrorKind::Io,
+                ErrorKind::Model,
+                ErrorKind::Compute,
+                ErrorKind::Unsupported,
+                ErrorKind::Panic,
+            ]
+            .into_iter()
+            .find(|k| *k as u8 == *kind)
+            .unwrap_or(ErrorKind::Other);
+            Err(Error::new(kind, String::from_utf8_lossy(message)))
+        }
+        _ => Err(Error::other(format!(
+            "tensor `{name}`: a malformed reply to the request for it on the device"
+        ))),
+    }
 }
 
 #[sabi_trait]
@@ -428,6 +495,10 @@ impl StateDictAbi for StateDictAdapter {
         guard(&self.origin, || self.inner.file_names().map(names_to_r))
     }
     fn file(&self, name: RStr<'_>) -> RResult<RVec<u8>, Error> {
+        if let Some(tensor) = name.as_str().strip_prefix(DEVICE_TENSOR_FILE) {
+            let reply = guard(&self.origin, || self.inner.device_tensor(tensor));
+            return RResult::ROk(encode_device_tensor(reply));
+        }
         guard(&self.origin, || {
             self.inner.file(name.as_str()).map(RVec::from)
         })

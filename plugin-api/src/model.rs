@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::abi::{self, StateDictObj};
-use crate::{DType, Error, Result, TensorInfo};
+use crate::{DType, Error, GpuTensor, Result, TensorInfo};
 
 /// What a model is made of: named tensors, plus auxiliary files (such as `config.json`) that travel
 /// with the checkpoint.
@@ -33,6 +33,25 @@ pub trait StateDict: Send + Sync + 'static {
     /// The contents of one auxiliary file.
     fn file(&self, name: &str) -> Result<Vec<u8>> {
         Err(Error::model(format!("the model has no file `{name}`")))
+    }
+    /// Tensor `name` already on the host's compute device, for a state dict whose tensors are
+    /// there (a merge computed on the device), so that a reader on the same device takes it
+    /// where it is instead of reading [`StateDict::data`] back to host memory and uploading it
+    /// again. `Ok(None)`, the default, means "not on the device": read the bytes.
+    ///
+    /// Rules for `Ok(Some(t))`:
+    /// - `t` lives on the compute device of the run, the host's one [`Compute`](crate::Compute)
+    ///   runtime that every component of a run reaches through [`Context::compute`](crate::Context::compute);
+    ///   only hand one out when the state dict holds such a handle.
+    /// - It holds the values [`StateDict::data`] would return, with `info(name)`'s shape, as
+    ///   f32, f16 or bf16 (an f64 tensor as f32): [`Compute::describe`](crate::Compute::describe)
+    ///   tells which.
+    /// - It is a new tensor owned by the caller, who must release it (wrap it with
+    ///   [`DeviceTensor::adopt`](crate::DeviceTensor::adopt)); the state dict keeps no reference
+    ///   to it, and each call hands out another one.
+    fn device_tensor(&self, name: &str) -> Result<Option<GpuTensor>> {
+        let _ = name;
+        Ok(None)
     }
 }
 
@@ -82,6 +101,13 @@ impl Model {
         let values =
             bytes_to_f32(&bytes, info.dtype).map_err(|e| e.context(format!("tensor `{name}`")))?;
         Ok((values, info.shape))
+    }
+
+    /// Tensor `name` on the host's compute device when the model has it there, else `None`
+    /// (read [`Model::data`]); see [`StateDict::device_tensor`] for who owns it. A model made by a
+    /// plugin built before this method existed answers `None`.
+    pub fn device_tensor(&self, name: &str) -> Result<Option<GpuTensor>> {
+        abi::device_tensor(&self.obj, name)
     }
 
     /// Names of auxiliary files carried with the model.
@@ -273,4 +299,90 @@ pub fn f32_to_bytes(values: &[f32], dtype: DType) -> Result<Vec<u8>> {
         other => return Err(Error::model(format!("cannot store f32 values as {other}"))),
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::{StateDictAbi, StateDictAbi_TO, TensorInfoAbi};
+    use crate::ErrorKind;
+    use abi_stable::sabi_trait::prelude::TD_Opaque;
+    use abi_stable::std_types::{RArc, RCowSlice, RResult, RStr, RString, RVec};
+
+    /// A state dict with one tensor on the device, one not, and one whose merge fails.
+    struct OnDevice;
+
+    impl StateDict for OnDevice {
+        fn names(&self) -> Result<Vec<String>> {
+            Ok(vec!["a".into(), "b".into(), "c".into()])
+        }
+        fn info(&self, _: &str) -> Result<TensorInfo> {
+            Ok(TensorInfo {
+                dtype: DType::F32,
+                shape: vec![1],
+            })
+        }
+        fn data(&self, _: &str) -> Result<Cow<'_, [u8]>> {
+            Ok(Cow::Owned(vec![0; 4]))
+        }
+        fn file_names(&self) -> Result<Vec<String>> {
+            Ok(vec!["config.json".into()])
+        }
+        fn file(&self, name: &str) -> Result<Vec<u8>> {
+            match name {
+                "config.json" => Ok(b"{}".to_vec()),
+                _ => Err(Error::model(format!("the model has no file `{name}`"))),
+            }
+        }
+        fn device_tensor(&self, name: &str) -> Result<Option<GpuTensor>> {
+            match name {
+                "a" => Ok(Some(GpuTensor(42))),
+                "b" => Ok(None),
+                _ => Err(Error::compute(format!("merging `{name}` failed"))),
+            }
+        }
+    }
+
+    /// A state dict as a library built before `device_tensor` hands it over: its `file` knows
+    /// nothing of the request.
+    #[derive(Clone)]
+    struct Older;
+
+    impl StateDictAbi for Older {
+        fn names(&self) -> RResult<RVec<RString>, Error> {
+            RResult::ROk(RVec::new())
+        }
+        fn info(&self, name: RStr<'_>) -> RResult<TensorInfoAbi, Error> {
+            RResult::RErr(Error::model(format!("no tensor named `{name}`")))
+        }
+        fn data(&self, name: RStr<'_>) -> RResult<RCowSlice<'_, u8>, Error> {
+            RResult::RErr(Error::model(format!("no tensor named `{name}`")))
+        }
+        fn file_names(&self) -> RResult<RVec<RString>, Error> {
+            RResult::ROk(RVec::new())
+        }
+        fn file(&self, name: RStr<'_>) -> RResult<RVec<u8>, Error> {
+            RResult::RErr(Error::model(format!("the model has no file `{name}`")))
+        }
+    }
+
+    #[test]
+    fn device_tensors_cross_the_boundary_and_older_state_dicts_have_none() {
+        let m = Model::new(OnDevice);
+        assert_eq!(m.device_tensor("a").unwrap(), Some(GpuTensor(42)));
+        assert_eq!(m.device_tensor("b").unwrap(), None);
+        let err = m.device_tensor("c").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Compute);
+        assert!(err.message().contains("merging `c` failed"), "{err}");
+        // Files are untouched by the request.
+        assert_eq!(m.file_names().unwrap(), vec!["config.json".to_string()]);
+        assert_eq!(m.file("config.json").unwrap(), b"{}".to_vec());
+        // The trait's default, and a state dict from before the request: not on the device.
+        let plain = Model::new(MemoryStateDict::new());
+        assert_eq!(plain.device_tensor("a").unwrap(), None);
+        let older = Model {
+            obj: StateDictAbi_TO::from_ptr(RArc::new(Older), TD_Opaque),
+        };
+        assert_eq!(older.device_tensor("a").unwrap(), None);
+    }
 }

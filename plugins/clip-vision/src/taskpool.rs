@@ -355,6 +355,7 @@ impl TaskPool for ClipVisionModelTaskPool {
         tracing::info!(
             device = %c.device_name(),
             backend = vision.backend(),
+            weights_on_device = vision.weights_on_device(),
             tasks = self.tasks.len(),
             batch_size = self.batch_size,
             num_workers = self.num_workers,

@@ -377,4 +377,21 @@ impl<M: TensorMerge> StateDict for Merged<M> {
     fn file(&self, name: &str) -> Result<Vec<u8>> {
         self.inputs.reference.model.file(name)
     }
+
+    /// The merged tensor where it was computed, for a task pool on the same device: no
+    /// read-back, no upload. Copied tensors (integer ones, excluded keys) are not on the device
+    /// and are read with [`StateDict::data`]. The non-finite check runs as for `data`.
+    fn device_tensor(&self, name: &str) -> Result<Option<GpuTensor>> {
+        let info = self.inputs.info(name)?;
+        if !self.merges(name, &info) {
+            return Ok(None);
+        }
+        let c = self.ctx.compute()?;
+        let out = self.merged(c, name, &info)?;
+        self.queue_count(c, name, &out, info.numel())?;
+        if self.must_read_counts(name) {
+            self.read_counts(c)?;
+        }
+        Ok(Some(out.into_raw()))
+    }
 }

@@ -20,18 +20,28 @@
 //! default) is the native CPU path on a CPU adapter such as lavapipe and the WGSL kernels
 //! elsewhere; `wgsl` forces the kernels. Each result line gives images/s and the achieved
 //! GFLOP/s (multiply-adds of the matrix products counted as 2 FLOPs).
+//!
+//! `--load N` measures loading instead (issue 15, the merged model stays on the device): N
+//! alternating rounds of `GpuClipVision::from_model` on the WGSL backend from a model whose
+//! tensors are already on the device, as a merge computed there leaves them, either read back
+//! through `data` and uploaded again (`"arm": "read_back"`, the path before
+//! `Model::device_tensor`) or taken where they are (`"arm": "on_device"`); one `"event": "load"`
+//! line per load.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fusion_clip::gpu::{BackendChoice, GpuClipVision};
 use fusion_clip::{CheckpointConfig, ClipVisionConfig, Tensor, WeightStore};
 use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
-use fusion_plugin_api::Compute;
+use fusion_plugin_api::{Compute, DType, GpuTensor, Model, StateDict, TensorInfo};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
 
 const USAGE: &str = "usage: bench_clip [--device auto|cpu|gpu|NAME] [--backend auto|wgsl|native] [--batches 1,32,128] \
-                     [--iters N | --iters N1,N2,...] [--warmup N] [--warmup-each]";
+                     [--iters N | --iters N1,N2,...] [--warmup N] [--warmup-each] [--load N]";
 
 struct Args {
     device: DeviceChoice,
@@ -42,6 +52,8 @@ struct Args {
     warmup: usize,
     /// Warm up before every batch size, not only before the first.
     warmup_each: bool,
+    /// Rounds of the load measurement (0: measure throughput).
+    load: usize,
 }
 
 fn parse_list(flag: &str, s: &str) -> Vec<usize> {
@@ -68,6 +80,7 @@ fn parse_args() -> Args {
         iters: vec![3],
         warmup: 1,
         warmup_each: false,
+        load: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -97,6 +110,11 @@ fn parse_args() -> Args {
                     .unwrap_or_else(|e| fail(&format!("--backend: {e}")))
             }
             "--batches" => args.batches = parse_list("--batches", &value),
+            "--load" => {
+                args.load = value
+                    .parse()
+                    .unwrap_or_else(|_| fail("--load: not a count"))
+            }
             "--iters" => args.iters = parse_list("--iters", &value),
             "--warmup" => {
                 args.warmup = value
@@ -228,12 +246,17 @@ fn main() {
     let t0 = Instant::now();
     let rt = Runtime::new(&args.device, RuntimeOptions::default())
         .unwrap_or_else(|e| fail(&format!("no adapter for --device {}: {e}", args.device)));
-    let c: &dyn Compute = &rt;
+    let rt = Arc::new(rt);
+    let c: &dyn Compute = &*rt;
     let runtime_s = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
     let store = random_vision_store(&cfg, 0);
     let build_s = t1.elapsed().as_secs_f64();
+    if args.load > 0 {
+        bench_load(&rt, &store, &cfg, args.load);
+        return;
+    }
     let t2 = Instant::now();
     let vision = GpuClipVision::load_with(
         c,
@@ -325,5 +348,103 @@ fn main() {
                 "pooled_checksum": checksum,
             })
         );
+    }
+}
+
+/// A model whose tensors are on the device, as the merging plugin's lazy model has them after
+/// merging there: `device_tensor` hands each one over (when `on_device`), `data` reads it back.
+struct Resident {
+    rt: Arc<Runtime>,
+    names: Vec<String>,
+    tensors: Mutex<HashMap<String, (TensorInfo, GpuTensor)>>,
+    on_device: bool,
+}
+
+impl Resident {
+    fn new(rt: &Arc<Runtime>, store: &WeightStore, on_device: bool) -> Self {
+        let names: Vec<String> = store.names().map(str::to_string).collect();
+        let mut tensors = HashMap::new();
+        for name in &names {
+            let shape = store.shape(name).expect("listed").to_vec();
+            let t = store.get(name, &shape).expect("in the store");
+            let id = rt
+                .create(DType::F32, &shape, Some(bytemuck::cast_slice(t.data())))
+                .expect("upload");
+            let info = TensorInfo {
+                dtype: DType::F32,
+                shape,
+            };
+            tensors.insert(name.clone(), (info, id));
+        }
+        Self {
+            rt: rt.clone(),
+            names,
+            tensors: Mutex::new(tensors),
+            on_device,
+        }
+    }
+
+    fn tensor(&self, name: &str) -> fusion_plugin_api::Result<(TensorInfo, GpuTensor)> {
+        self.tensors
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| fusion_plugin_api::Error::model(format!("no tensor `{name}`")))
+    }
+}
+
+impl StateDict for Resident {
+    fn names(&self) -> fusion_plugin_api::Result<Vec<String>> {
+        Ok(self.names.clone())
+    }
+    fn info(&self, name: &str) -> fusion_plugin_api::Result<TensorInfo> {
+        Ok(self.tensor(name)?.0)
+    }
+    fn data(&self, name: &str) -> fusion_plugin_api::Result<Cow<'_, [u8]>> {
+        Ok(Cow::Owned(self.rt.read(self.tensor(name)?.1)?))
+    }
+    fn device_tensor(&self, name: &str) -> fusion_plugin_api::Result<Option<GpuTensor>> {
+        if !self.on_device {
+            return Ok(None);
+        }
+        // Handed over: the caller owns it from now on.
+        Ok(self.tensors.lock().unwrap().remove(name).map(|(_, t)| t))
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        for (_, (_, t)) in self.tensors.get_mut().unwrap().drain() {
+            self.rt.release(t);
+        }
+    }
+}
+
+/// `rounds` alternating loads of the tower from device-resident weights, read back or taken
+/// where they are.
+fn bench_load(rt: &Arc<Runtime>, store: &WeightStore, cfg: &ClipVisionConfig, rounds: usize) {
+    let c: &dyn Compute = &**rt;
+    for round in 0..rounds {
+        for (arm, on_device) in [("read_back", false), ("on_device", true)] {
+            let model = Model::new(Resident::new(rt, store, on_device));
+            c.synchronize().expect("synchronize");
+            let t = Instant::now();
+            let vision = GpuClipVision::from_model_with(c, &model, cfg, BackendChoice::Wgsl)
+                .unwrap_or_else(|e| fail(&format!("loading the tower: {e}")));
+            c.synchronize().expect("synchronize after loading");
+            let seconds = t.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                json!({
+                    "event": "load",
+                    "device": c.device_name(),
+                    "round": round,
+                    "arm": arm,
+                    "weights_on_device": vision.weights_on_device(),
+                    "seconds": seconds,
+                })
+            );
+        }
     }
 }

@@ -22,6 +22,15 @@ pub enum Activation {
     Gelu,
 }
 
+impl From<Activation> for fusion_kernels::nn::Activation {
+    fn from(a: Activation) -> Self {
+        match a {
+            Activation::QuickGelu => fusion_kernels::nn::Activation::QuickGelu,
+            Activation::Gelu => fusion_kernels::nn::Activation::Gelu,
+        }
+    }
+}
+
 impl Activation {
     /// Applies the activation to one value.
     #[inline]

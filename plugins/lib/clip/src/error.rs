@@ -157,6 +157,11 @@ pub enum ClipError {
         cause: fusion_plugin_api::Error,
     },
 
+    /// A dense kernel of the kernel library refused its arguments or failed to launch (the
+    /// message names the operation and the shapes).
+    #[error(transparent)]
+    Kernel(#[from] fusion_kernels::nn::NnError),
+
     /// A job does not fit the compute device's limits (binding size, workgroups, invocations).
     #[error("{op}: {message}")]
     DeviceLimit {

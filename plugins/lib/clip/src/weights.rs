@@ -264,21 +264,7 @@ impl WeightStore {
 
     /// Reads a tensor as f32 (converting f16/bf16), checking its shape, and records it as used.
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
-        let Some(entry) = self.entries.get(name) else {
-            return Err(ClipError::MissingTensor {
-                name: name.to_string(),
-                expected: expected.to_vec(),
-                checkpoint: self.checkpoint.clone(),
-            });
-        };
-        if entry.shape != expected {
-            return Err(ClipError::ShapeMismatch {
-                name: name.to_string(),
-                expected: expected.to_vec(),
-                actual: entry.shape.clone(),
-                file: self.file_of(entry).to_path_buf(),
-            });
-        }
+        let entry = self.entry(name, expected)?;
         let tensor = match &entry.source {
             Source::Owned(t) => t.clone(),
             Source::Model(dtype) => {
@@ -320,6 +306,39 @@ impl WeightStore {
         Ok(tensor)
     }
 
+    /// The entry `name`, checked to exist with the `expected` shape.
+    fn entry(&self, name: &str, expected: &[usize]) -> Result<&Entry> {
+        let Some(entry) = self.entries.get(name) else {
+            return Err(ClipError::MissingTensor {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                checkpoint: self.checkpoint.clone(),
+            });
+        };
+        if entry.shape != expected {
+            return Err(ClipError::ShapeMismatch {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                actual: entry.shape.clone(),
+                file: self.file_of(entry).to_path_buf(),
+            });
+        }
+        Ok(entry)
+    }
+
+    /// For a store over a plugin-api [`Model`] ([`WeightStore::from_model`]): the model of
+    /// float tensor `name`, after the checks of [`WeightStore::get`], so that a device loader
+    /// can ask it for the tensor on the device ([`Model::device_tensor`]) and call
+    /// [`WeightStore::mark_used`] when it got it. `None` for other stores and non-float tensors
+    /// (read those with `get`).
+    pub(crate) fn model_tensor(&self, name: &str, expected: &[usize]) -> Result<Option<&Model>> {
+        let entry = self.entry(name, expected)?;
+        Ok(match (&entry.source, &self.model) {
+            (Source::Model(DType::F32 | DType::F16 | DType::BF16), Some(model)) => Some(model),
+            _ => None,
+        })
+    }
+
     /// Accepts a tensor the model does not need (a persisted buffer such as
     /// `embeddings.position_ids`, which older transformers saved and newer ones recompute),
     /// checking its shape when present. Absent is fine.
@@ -358,7 +377,8 @@ impl WeightStore {
         }
     }
 
-    fn mark_used(&self, name: &str) {
+    /// Records `name` as used (for [`WeightStore::check_all_used`]).
+    pub(crate) fn mark_used(&self, name: &str) {
         self.used
             .lock()
             .unwrap_or_else(|e| e.into_inner())

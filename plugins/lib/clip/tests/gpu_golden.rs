@@ -5,14 +5,17 @@
 //! passes when a device's storage bindings are small. The model tests run twice: on the WGSL
 //! kernels and on the native CPU path ([`BackendChoice`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use fusion_clip::gpu::{BackendChoice, BackendKind, GpuClipModel, GpuClipVision};
 use fusion_clip::{CheckpointConfig, ClipConfig, ClipError, Tensor, TokenBatch, WeightStore};
 use fusion_gpu::{DeviceChoice, LimitClamp, Runtime, RuntimeOptions};
-use fusion_plugin_api::{Compute, DType, DeviceType, MemoryStateDict, Model};
+use fusion_plugin_api::{
+    Compute, DType, DeviceType, GpuTensor, MemoryStateDict, Model, StateDict, TensorInfo,
+};
 use safetensors::{Dtype, SafeTensors};
 
 /// Model outputs computed from the golden inputs (the bound the CPU forward is held to).
@@ -491,4 +494,90 @@ fn small_bindings_split_the_batch_into_passes() {
         err.contains("vision_model.embeddings.patch_embedding.weight") && err.contains("32768"),
         "{err}"
     );
+}
+
+/// A merged model whose tensors live on the compute device, as the merging plugin's lazy model
+/// hands them out: `device_tensor` makes a new device tensor that the caller owns, and `data`
+/// fails, so a loader that reads the bytes back instead fails the test.
+struct OnDevice {
+    tensors: MemoryStateDict,
+    runtime: Arc<Runtime>,
+}
+
+impl StateDict for OnDevice {
+    fn names(&self) -> fusion_plugin_api::Result<Vec<String>> {
+        self.tensors.names()
+    }
+    fn info(&self, name: &str) -> fusion_plugin_api::Result<TensorInfo> {
+        self.tensors.info(name)
+    }
+    fn data(&self, name: &str) -> fusion_plugin_api::Result<Cow<'_, [u8]>> {
+        Err(fusion_plugin_api::Error::model(format!(
+            "`{name}` was read back as bytes"
+        )))
+    }
+    fn device_tensor(&self, name: &str) -> fusion_plugin_api::Result<Option<GpuTensor>> {
+        let info = self.tensors.info(name)?;
+        let bytes = self.tensors.data(name)?;
+        self.runtime
+            .create(info.dtype, &info.shape, Some(&bytes))
+            .map(Some)
+    }
+}
+
+/// Issue 15: on the WGSL backend a merged vision tower whose weights are on the device is
+/// built from them without a read-back (f32 as is, bf16 converted there), scores exactly as
+/// the same weights read as bytes, and releases every tensor it was handed.
+#[test]
+fn merged_weights_on_the_device_are_taken_where_they_are() {
+    let golden = Golden::get();
+    let config = clip_config();
+    // A runtime of its own, so that its live tensors are this test's only.
+    let runtime = Arc::new(open(RuntimeOptions::default()));
+    let c: &dyn Compute = &*runtime;
+    let store = WeightStore::open_dir(model_dir()).unwrap();
+    let clip = GpuClipModel::load_text_only_with(c, &store, &config, BackendChoice::Wgsl).unwrap();
+    let pixels = golden.f("pixel_values");
+    for dtype in [DType::F32, DType::BF16] {
+        let tensors = vision_state_dict(dtype);
+        let weights = tensors
+            .names()
+            .unwrap()
+            .iter()
+            .filter(|n| !n.ends_with("position_ids"))
+            .count();
+        let bytes = Model::new(tensors.clone());
+        let from_bytes =
+            GpuClipVision::from_model_with(c, &bytes, &config.vision_config, BackendChoice::Wgsl)
+                .unwrap();
+        assert_eq!(from_bytes.weights_on_device(), 0, "{dtype}");
+        let want = clip.encode_images_with(&from_bytes, pixels).unwrap();
+        drop(from_bytes);
+
+        let live = runtime.live_tensors();
+        let on_device = Model::new(OnDevice {
+            tensors,
+            runtime: runtime.clone(),
+        });
+        let vision = GpuClipVision::from_model_with(
+            c,
+            &on_device,
+            &config.vision_config,
+            BackendChoice::Wgsl,
+        )
+        .unwrap();
+        assert_eq!(vision.weights_on_device(), weights, "{dtype}");
+        let got = clip.encode_images_with(&vision, pixels).unwrap();
+        assert_eq!(
+            got.data(),
+            want.data(),
+            "{dtype}: the same weights score the same"
+        );
+        drop(vision);
+        assert_eq!(
+            runtime.live_tensors(),
+            live,
+            "{dtype}: every tensor released"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! Every nn kernel (`shaders/nn_*.wgsl`, launched by `fusion_clip::gpu::ops`) on a real adapter
+//! Every nn kernel (`shaders/src/nn/*.wgsl`, launched by `fusion_kernels::nn`) on a real adapter
 //! (Mesa lavapipe by default; `FUSION_DEVICE` picks another) against a plain CPU
 //! implementation, over sizes that include 1, 255, 256, 257 and odd non-multiples of the
 //! 64 x 64 matmul tile. A second runtime with clamped limits (8 workgroups per dimension, 64
@@ -8,11 +8,11 @@
 
 use std::sync::OnceLock;
 
-use fusion_clip::gpu::ops::{
-    self, GpuBuffer, Matmul, MatmulKernel, Operand, PatchGeometry, RowLayout, SoftmaxMask,
-};
 use fusion_clip::Activation;
 use fusion_gpu::{DeviceChoice, LimitClamp, Runtime, RuntimeOptions};
+use fusion_kernels::nn::{
+    self as ops, Matmul, MatmulKernel, Operand, PatchGeometry, RowLayout, SoftmaxMask,
+};
 use fusion_plugin_api::Compute;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -138,12 +138,12 @@ fn run_matmul(
     let bias = with_bias.then(|| random(&mut rng, mm.n, 1.0));
     // C starts random so the test also catches writes outside the tile and missed elements.
     let mut expected = random(&mut rng, extent(&mm.c, mm.m, mm.n), 1.0);
-    let ga = GpuBuffer::from_f32(c, &[a.len()], &a).unwrap();
-    let gb = GpuBuffer::from_f32(c, &[b.len()], &b).unwrap();
+    let ga = ops::from_f32(c, &[a.len()], &a).unwrap();
+    let gb = ops::from_f32(c, &[b.len()], &b).unwrap();
     let gbias = bias
         .as_ref()
-        .map(|v| GpuBuffer::from_f32(c, &[v.len()], v).unwrap());
-    let gc = GpuBuffer::from_f32(c, &[expected.len()], &expected).unwrap();
+        .map(|v| ops::from_f32(c, &[v.len()], v).unwrap());
+    let gc = ops::from_f32(c, &[expected.len()], &expected).unwrap();
     ops::matmul_with(
         kernel,
         c,
@@ -155,7 +155,7 @@ fn run_matmul(
     )
     .unwrap();
     matmul_ref(&a, &b, bias.as_deref(), &mut expected, mm);
-    (gc.to_vec().unwrap(), expected)
+    (gc.to_f32().unwrap(), expected)
 }
 
 /// Both matmul kernels are checked on every shape, whichever the device would pick.
@@ -255,13 +255,44 @@ fn batched_strided_matmul_matches_cpu() {
 #[test]
 fn matmul_rejects_out_of_range_operands() {
     let c = full();
-    let a = GpuBuffer::zeros(c, &[4, 5]).unwrap();
-    let w = GpuBuffer::zeros(c, &[3, 4]).unwrap();
-    let out = GpuBuffer::zeros(c, &[4, 3]).unwrap();
+    let a = ops::zeros(c, &[4, 5]).unwrap();
+    let w = ops::zeros(c, &[3, 4]).unwrap();
+    let out = ops::zeros(c, &[4, 3]).unwrap();
     let err = ops::matmul(c, a.id(), w.id(), None, out.id(), &Matmul::linear(4, 5, 3))
         .unwrap_err()
         .to_string();
     assert!(err.contains("matmul") && err.contains("[3, 4]"), "{err}");
+}
+
+#[test]
+fn copy_into_stacks_tensors_at_offsets() {
+    let mut rng = StdRng::seed_from_u64(15);
+    for (name, c) in runtimes() {
+        for n in [1usize, 255, 256, 257, 3000] {
+            let parts: Vec<Vec<f32>> = (0..3).map(|_| random(&mut rng, n, 1.0)).collect();
+            // One spare value at each end: the copies touch exactly their ranges.
+            let mut want = vec![7.0f32; 3 * n + 2];
+            let dst = ops::from_f32(c, &[want.len()], &want).unwrap();
+            for (i, p) in parts.iter().enumerate() {
+                let src = ops::from_f32(c, &[n], p).unwrap();
+                ops::copy_into(c, src.id(), dst.id(), 1 + i * n, n).unwrap();
+                want[1 + i * n..][..n].copy_from_slice(p);
+            }
+            assert_close(
+                &format!("{name} copy_into n = {n}"),
+                &dst.to_f32().unwrap(),
+                &want,
+                0.0,
+            );
+        }
+    }
+    let c = full();
+    let src = ops::zeros(c, &[4]).unwrap();
+    let dst = ops::zeros(c, &[6]).unwrap();
+    let err = ops::copy_into(c, src.id(), dst.id(), 3, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dst") && err.contains("[6]"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -312,17 +343,17 @@ fn layer_norm_matches_cpu() {
                 let b = random(&mut rng, cols, 0.5);
                 let y_len = (rows - 1) * layout.out_stride + cols;
                 let mut want = random(&mut rng, y_len, 1.0);
-                let gy = GpuBuffer::from_f32(c, &[y_len], &want).unwrap();
-                let gx = GpuBuffer::from_f32(c, &[x_len], &x).unwrap();
-                let gw = GpuBuffer::from_f32(c, &[cols], &w).unwrap();
-                let gb = GpuBuffer::from_f32(c, &[cols], &b).unwrap();
+                let gy = ops::from_f32(c, &[y_len], &want).unwrap();
+                let gx = ops::from_f32(c, &[x_len], &x).unwrap();
+                let gw = ops::from_f32(c, &[cols], &w).unwrap();
+                let gb = ops::from_f32(c, &[cols], &b).unwrap();
                 ops::layer_norm(c, gx.id(), gw.id(), gb.id(), gy.id(), layout, 1e-5).unwrap();
                 layer_norm_ref(&x, &w, &b, layout, 1e-5, &mut want);
                 // Values near 30 keep ~2e-6 of absolute precision in f32; normalizing divides
                 // by a std near 1.
                 assert_close(
                     &format!("{name} layer_norm {rows}x{cols} strided={strided}"),
-                    &gy.to_vec().unwrap(),
+                    &gy.to_f32().unwrap(),
                     &want,
                     1e-4,
                 );
@@ -370,9 +401,9 @@ fn softmax_with_masks_matches_cpu() {
             let mask: Vec<u32> = (0..batch * cols)
                 .map(|i| u32::from(i < cols || i % cols <= (cols / 2)))
                 .collect();
-            let gmask = GpuBuffer::from_u32(c, &[batch, cols], &mask).unwrap();
+            let gmask = ops::from_u32(c, &[batch, cols], &mask).unwrap();
             for (causal, masked) in [(false, false), (true, false), (false, true), (true, true)] {
-                let gx = GpuBuffer::from_f32(c, &[rows, cols], &x).unwrap();
+                let gx = ops::from_f32(c, &[rows, cols], &x).unwrap();
                 let m = SoftmaxMask {
                     causal,
                     key_mask: masked.then(|| gmask.id()),
@@ -389,7 +420,7 @@ fn softmax_with_masks_matches_cpu() {
                 );
                 assert_close(
                     &format!("{name} softmax cols={cols} causal={causal} masked={masked}"),
-                    &gx.to_vec().unwrap(),
+                    &gx.to_f32().unwrap(),
                     &want,
                     ROW_TOL,
                 );
@@ -402,14 +433,14 @@ fn softmax_with_masks_matches_cpu() {
 fn fully_masked_rows_become_uniform() {
     let c = full();
     let x = vec![1.0, -2.0, 3.0, 0.5, 0.25, 4.0];
-    let gx = GpuBuffer::from_f32(c, &[2, 3], &x).unwrap();
-    let mask = GpuBuffer::from_u32(c, &[1, 3], &[0, 0, 0]).unwrap();
+    let gx = ops::from_f32(c, &[2, 3], &x).unwrap();
+    let mask = ops::from_u32(c, &[1, 3], &[0, 0, 0]).unwrap();
     let m = SoftmaxMask {
         causal: false,
         key_mask: Some(mask.id()),
     };
     ops::softmax_rows(c, gx.id(), 2, 3, 2, 1, m).unwrap();
-    assert_close("all masked", &gx.to_vec().unwrap(), &[1.0 / 3.0; 6], 1e-6);
+    assert_close("all masked", &gx.to_f32().unwrap(), &[1.0 / 3.0; 6], 1e-6);
 }
 
 #[test]
@@ -419,22 +450,22 @@ fn row_kernels_spread_rows_past_the_dispatch_limit() {
     let (rows, cols) = (70_000, 3);
     let mut rng = StdRng::seed_from_u64(9);
     let x = random(&mut rng, rows * cols, 4.0);
-    let gx = GpuBuffer::from_f32(c, &[rows, cols], &x).unwrap();
+    let gx = ops::from_f32(c, &[rows, cols], &x).unwrap();
     ops::softmax_rows(c, gx.id(), rows, cols, 1, 1, SoftmaxMask::default()).unwrap();
     let mut want = x.clone();
     softmax_ref(&mut want, cols, 1, 1, false, None);
-    assert_close("softmax 70000 rows", &gx.to_vec().unwrap(), &want, ROW_TOL);
+    assert_close("softmax 70000 rows", &gx.to_f32().unwrap(), &want, ROW_TOL);
 
     let (w, b) = (vec![1.0, 2.0, 3.0], vec![0.0, 0.5, -0.5]);
-    let gw = GpuBuffer::from_f32(c, &[3], &w).unwrap();
-    let gb = GpuBuffer::from_f32(c, &[3], &b).unwrap();
-    let gx = GpuBuffer::from_f32(c, &[rows, cols], &x).unwrap();
-    let gy = GpuBuffer::zeros(c, &[rows, cols]).unwrap();
+    let gw = ops::from_f32(c, &[3], &w).unwrap();
+    let gb = ops::from_f32(c, &[3], &b).unwrap();
+    let gx = ops::from_f32(c, &[rows, cols], &x).unwrap();
+    let gy = ops::zeros(c, &[rows, cols]).unwrap();
     let layout = RowLayout::dense(rows, cols);
     ops::layer_norm(c, gx.id(), gw.id(), gb.id(), gy.id(), layout, 1e-5).unwrap();
     let mut want = vec![0.0; rows * cols];
     layer_norm_ref(&x, &w, &b, layout, 1e-5, &mut want);
-    assert_close("layer_norm 70000 rows", &gy.to_vec().unwrap(), &want, 1e-4);
+    assert_close("layer_norm 70000 rows", &gy.to_f32().unwrap(), &want, 1e-4);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,10 +484,10 @@ fn activations_match_cpu() {
                 x[2] = 100.0;
             }
             for act in [Activation::QuickGelu, Activation::Gelu] {
-                let g = GpuBuffer::from_f32(c, &[n], &x).unwrap();
-                ops::activation(c, g.id(), n, act).unwrap();
+                let g = ops::from_f32(c, &[n], &x).unwrap();
+                ops::activation(c, g.id(), n, act.into()).unwrap();
                 let want: Vec<f32> = x.iter().map(|&v| act.apply(v)).collect();
-                let got = g.to_vec().unwrap();
+                let got = g.to_f32().unwrap();
                 // Relative in the linear tail (x up to 100), absolute near zero.
                 let scaled: Vec<f32> = got
                     .iter()
@@ -483,9 +514,9 @@ fn vit_b32_batch_128_mlp_activation_dispatches() {
     let x: Vec<f32> = (0..n)
         .map(|i| ((i % 2001) as f32 - 1000.0) * 0.004)
         .collect();
-    let g = GpuBuffer::from_f32(c, &[128 * 50, 3072], &x).unwrap();
-    ops::activation(c, g.id(), n, Activation::QuickGelu).unwrap();
-    let got = g.to_vec().unwrap();
+    let g = ops::from_f32(c, &[128 * 50, 3072], &x).unwrap();
+    ops::activation(c, g.id(), n, Activation::QuickGelu.into()).unwrap();
+    let got = g.to_f32().unwrap();
     // Every value, including the last ones that only y-spread workgroups reach.
     let want: Vec<f32> = x.iter().map(|&v| Activation::QuickGelu.apply(v)).collect();
     assert_close("quick_gelu 128x50x3072", &got, &want, ROW_TOL);
@@ -497,13 +528,13 @@ fn add_matches_cpu() {
     for (name, c) in runtimes() {
         for n in [1usize, 255, 256, 257, 30_001] {
             let (x, y) = (random(&mut rng, n, 3.0), random(&mut rng, n, 3.0));
-            let gx = GpuBuffer::from_f32(c, &[n], &x).unwrap();
-            let gy = GpuBuffer::from_f32(c, &[n], &y).unwrap();
+            let gx = ops::from_f32(c, &[n], &x).unwrap();
+            let gy = ops::from_f32(c, &[n], &y).unwrap();
             ops::add_inplace(c, gx.id(), gy.id(), n).unwrap();
             let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
             assert_close(
                 &format!("{name} add n={n}"),
-                &gx.to_vec().unwrap(),
+                &gx.to_f32().unwrap(),
                 &want,
                 0.0,
             );
@@ -525,10 +556,10 @@ fn embedding_lookups_match_cpu() {
             let ids: Vec<u32> = (0..rows)
                 .map(|_| rng.random_range(0..vocab as u32))
                 .collect();
-            let gt = GpuBuffer::from_f32(c, &[vocab, dim], &table).unwrap();
-            let gp = GpuBuffer::from_f32(c, &[seq, dim], &pos).unwrap();
-            let gi = GpuBuffer::from_u32(c, &[rows], &ids).unwrap();
-            let out = GpuBuffer::zeros(c, &[rows, dim]).unwrap();
+            let gt = ops::from_f32(c, &[vocab, dim], &table).unwrap();
+            let gp = ops::from_f32(c, &[seq, dim], &pos).unwrap();
+            let gi = ops::from_u32(c, &[rows], &ids).unwrap();
+            let out = ops::zeros(c, &[rows, dim]).unwrap();
             ops::gather_rows(c, gt.id(), gi.id(), out.id(), rows).unwrap();
             let want: Vec<f32> = ids
                 .iter()
@@ -536,7 +567,7 @@ fn embedding_lookups_match_cpu() {
                 .collect();
             assert_close(
                 &format!("{name} gather {vocab}x{dim}"),
-                &out.to_vec().unwrap(),
+                &out.to_f32().unwrap(),
                 &want,
                 0.0,
             );
@@ -556,7 +587,7 @@ fn embedding_lookups_match_cpu() {
                 .collect();
             assert_close(
                 &format!("{name} token+position {vocab}x{dim}"),
-                &out.to_vec().unwrap(),
+                &out.to_f32().unwrap(),
                 &want,
                 0.0,
             );
@@ -590,8 +621,8 @@ fn patch_embedding_kernels_match_cpu() {
         ] {
             let (b, ch, s, p, grid) = (g.batch, g.channels, g.image, g.patch, g.grid());
             let pixels = random(&mut rng, b * ch * s * s, 1.0);
-            let gpx = GpuBuffer::from_f32(c, &[b, ch, s, s], &pixels).unwrap();
-            let patches = GpuBuffer::zeros(c, &[g.patches(), g.patch_len()]).unwrap();
+            let gpx = ops::from_f32(c, &[b, ch, s, s], &pixels).unwrap();
+            let patches = ops::zeros(c, &[g.patches(), g.patch_len()]).unwrap();
             ops::im2col(c, gpx.id(), patches.id(), g).unwrap();
             let mut want = Vec::new();
             for bi in 0..b {
@@ -611,7 +642,7 @@ fn patch_embedding_kernels_match_cpu() {
             }
             assert_close(
                 &format!("{name} im2col {g:?}"),
-                &patches.to_vec().unwrap(),
+                &patches.to_f32().unwrap(),
                 &want,
                 0.0,
             );
@@ -620,9 +651,9 @@ fn patch_embedding_kernels_match_cpu() {
             let hidden = random(&mut rng, b * positions * dim, 1.0);
             let class = random(&mut rng, dim, 1.0);
             let pos = random(&mut rng, positions * dim, 1.0);
-            let gh = GpuBuffer::from_f32(c, &[b, positions, dim], &hidden).unwrap();
-            let gc = GpuBuffer::from_f32(c, &[dim], &class).unwrap();
-            let gp = GpuBuffer::from_f32(c, &[positions, dim], &pos).unwrap();
+            let gh = ops::from_f32(c, &[b, positions, dim], &hidden).unwrap();
+            let gc = ops::from_f32(c, &[dim], &class).unwrap();
+            let gp = ops::from_f32(c, &[positions, dim], &pos).unwrap();
             ops::class_position(c, gh.id(), gc.id(), gp.id(), b, positions, dim).unwrap();
             let want: Vec<f32> = (0..b * positions * dim)
                 .map(|i| {
@@ -633,7 +664,7 @@ fn patch_embedding_kernels_match_cpu() {
                 .collect();
             assert_close(
                 &format!("{name} class_position {g:?}"),
-                &gh.to_vec().unwrap(),
+                &gh.to_f32().unwrap(),
                 &want,
                 0.0,
             );
@@ -650,10 +681,7 @@ fn oversized_tensors_are_refused_with_the_limit() {
         },
         ..Default::default()
     });
-    let err = GpuBuffer::zeros(&small, &[16, 17])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = ops::zeros(&small, &[16, 17]).err().unwrap().to_string();
     assert!(
         err.contains("[16, 17]") && err.contains("1088 bytes") && err.contains("1024"),
         "{err}"

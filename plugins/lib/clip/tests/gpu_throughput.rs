@@ -115,7 +115,7 @@ fn vit_b32_images_per_second() {
 #[test]
 #[ignore = "timing only; run explicitly"]
 fn vit_b32_fc1_matmul_timing() {
-    use fusion_clip::gpu::ops::{self, GpuBuffer};
+    use fusion_kernels::nn as ops;
     let choice: DeviceChoice = std::env::var("FUSION_DEVICE")
         .map(|s| s.parse().expect("FUSION_DEVICE"))
         .unwrap_or(DeviceChoice::Cpu);
@@ -126,9 +126,9 @@ fn vit_b32_fc1_matmul_timing() {
     let rt = Runtime::new(&choice, options).unwrap();
     let c: &dyn Compute = &rt;
     let (m, k, n) = (50, 768, 3072);
-    let x = GpuBuffer::from_f32(c, &[m, k], &vec![0.5; m * k]).unwrap();
-    let w = GpuBuffer::from_f32(c, &[n, k], &vec![0.25; n * k]).unwrap();
-    let y = GpuBuffer::zeros(c, &[m, n]).unwrap();
+    let x = ops::from_f32(c, &[m, k], &vec![0.5; m * k]).unwrap();
+    let w = ops::from_f32(c, &[n, k], &vec![0.25; n * k]).unwrap();
+    let y = ops::zeros(c, &[m, n]).unwrap();
     ops::linear(c, x.id(), w.id(), None, y.id(), m).unwrap();
     c.synchronize().unwrap();
     let runs = 5;

@@ -2,8 +2,8 @@
 //! attention over a fused `[rows, 3D]` q/k/v projection, the patch and token embeddings and row
 //! gathers. Two implementations:
 //!
-//! - [`Wgsl`]: the WGSL kernels of [`ops`](crate::gpu::ops) through the host's
-//!   [`Compute`] handle; tensors stay on the device.
+//! - [`Wgsl`]: the kernel library's dense operations ([`fusion_kernels::nn`]) through the
+//!   host's [`Compute`] handle; tensors ([`DeviceTensor`]s) stay on the device.
 //! - [`Native`](crate::gpu::native::Native): host memory, the `gemm` crate on every core for
 //!   the matrix products, rayon for the row ops. For adapters that *are* the CPU (lavapipe,
 //!   llvmpipe, WARP): there WGSL compiled for a software rasterizer runs at a few percent of
@@ -16,13 +16,16 @@
 //! The plain f32 CPU model of this crate (`ClipVisionModel`, `ClipModel`) is the test oracle of
 //! both.
 
-use fusion_plugin_api::{Compute, DeviceType};
+use fusion_kernels::nn::{self as ops, Matmul, Operand, PatchGeometry, RowLayout, SoftmaxMask};
+use std::cell::Cell;
+
+use fusion_plugin_api::{Compute, DType, DeviceTensor, DeviceType};
 
 use crate::config::Activation;
 use crate::error::{ClipError, Result};
-use crate::gpu::ops::{self, GpuBuffer, Matmul, Operand, PatchGeometry, RowLayout, SoftmaxMask};
 use crate::nn::{LayerNorm, Linear};
 use crate::tensor::Tensor;
+use crate::weights::WeightStore;
 
 /// What runs after the product of a [`Backend::linear`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,6 +206,47 @@ pub fn upload_tensor<B: Backend>(b: &B, name: &str, t: &Tensor) -> Result<B::Buf
     b.upload(name, t.shape(), t.data())
 }
 
+/// Where a tower built straight on a backend (rather than uploaded from a CPU model) takes its
+/// weights: each by checkpoint name with the shape its config implies. Towers ask in the order
+/// the CPU loaders read, so a missing or mis-shaped tensor is the same error.
+pub(crate) trait WeightSource<B: Backend> {
+    /// Weight `name` of `shape`.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<B::Buf>;
+    /// Equal-sized `parts` stacked along their first dimension into one tensor of `shape`;
+    /// `name` names it in errors.
+    fn stack(&self, name: &str, parts: Vec<B::Buf>, shape: &[usize]) -> Result<B::Buf>;
+}
+
+/// nn.Linear `name` (`{name}.weight`, `{name}.bias`) from `src`.
+pub(crate) fn load_linear<B: Backend>(
+    src: &impl WeightSource<B>,
+    name: &str,
+    in_dim: usize,
+    out_dim: usize,
+) -> Result<LinearW<B>> {
+    Ok(LinearW {
+        weight: src.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
+        bias: Some(src.get(&format!("{name}.bias"), &[out_dim])?),
+        in_dim,
+        out_dim,
+    })
+}
+
+/// nn.LayerNorm `name` from `src`.
+pub(crate) fn load_norm<B: Backend>(
+    src: &impl WeightSource<B>,
+    name: &str,
+    dim: usize,
+    eps: f64,
+) -> Result<NormW<B>> {
+    Ok(NormW {
+        weight: src.get(&format!("{name}.weight"), &[dim])?,
+        bias: src.get(&format!("{name}.bias"), &[dim])?,
+        dim,
+        eps,
+    })
+}
+
 /// Which implementation of the op API a model uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -273,6 +317,98 @@ impl BackendChoice {
 // ---------------------------------------------------------------------------------------------
 // WGSL
 
+/// The weights of a [`WeightStore`] for the [`Wgsl`] backend, each taken where it lives: on the
+/// device when the store's model hands it out there ([`fusion_plugin_api::Model::device_tensor`],
+/// a merge computed on the device; f16 and bf16 are converted to f32 there), else read to host
+/// memory as f32 and uploaded.
+pub(crate) struct StoreOnDevice<'s, 'c> {
+    b: Wgsl<'c>,
+    store: &'s WeightStore,
+    on_device: Cell<usize>,
+}
+
+impl<'s, 'c> StoreOnDevice<'s, 'c> {
+    pub(crate) fn new(b: Wgsl<'c>, store: &'s WeightStore) -> Self {
+        Self {
+            b,
+            store,
+            on_device: Cell::new(0),
+        }
+    }
+
+    /// How many weights were taken on the device so far.
+    pub(crate) fn on_device(&self) -> usize {
+        self.on_device.get()
+    }
+
+    /// Weight `name` as the model's device tensor, when it has one.
+    fn take_on_device(&self, name: &str, shape: &[usize]) -> Result<Option<DeviceTensor<'c>>> {
+        let Some(model) = self.store.model_tensor(name, shape)? else {
+            return Ok(None);
+        };
+        let c = self.b.c;
+        ops::check_binding(c, &format!("uploading weight `{name}`"), shape, 4)?;
+        let state_dict = |cause| ClipError::StateDict {
+            name: name.to_string(),
+            model: self.store.checkpoint().to_path_buf(),
+            cause,
+        };
+        let Some(raw) = model.device_tensor(name).map_err(state_dict)? else {
+            return Ok(None);
+        };
+        let t = DeviceTensor::adopt(c, raw);
+        let (dtype, got) = c.describe(raw).map_err(state_dict)?;
+        if got.iter().product::<usize>() != shape.iter().product::<usize>() {
+            return Err(state_dict(fusion_plugin_api::Error::model(format!(
+                "the tensor handed out on the device has shape {got:?}, its info says {shape:?}"
+            ))));
+        }
+        let t = match dtype {
+            DType::F32 => t,
+            DType::F16 | DType::BF16 => {
+                let f32 = fusion_kernels::convert(c, t.id(), DType::F32).map_err(
+                    ClipError::compute(format!("converting `{name}` from {dtype} to f32")),
+                )?;
+                DeviceTensor::adopt(c, f32)
+            }
+            other => {
+                return Err(state_dict(fusion_plugin_api::Error::model(format!(
+                    "the tensor handed out on the device is {other}, not f32, f16 or bf16"
+                ))))
+            }
+        };
+        self.store.mark_used(name);
+        Ok(Some(t))
+    }
+}
+
+impl<'c> WeightSource<Wgsl<'c>> for StoreOnDevice<'_, 'c> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<DeviceTensor<'c>> {
+        if let Some(t) = self.take_on_device(name, shape)? {
+            self.on_device.set(self.on_device.get() + 1);
+            return Ok(t);
+        }
+        let t = self.store.get(name, shape)?;
+        self.b.upload(name, shape, t.data())
+    }
+
+    fn stack(
+        &self,
+        name: &str,
+        parts: Vec<DeviceTensor<'c>>,
+        shape: &[usize],
+    ) -> Result<DeviceTensor<'c>> {
+        let c = self.b.c;
+        ops::check_binding(c, &format!("stacking weight `{name}`"), shape, 4)?;
+        let out = ops::zeros(c, shape)?;
+        let each = shape.iter().product::<usize>() / parts.len().max(1);
+        for (i, part) in parts.iter().enumerate() {
+            ops::copy_into(c, part.id(), out.id(), i * each, each)?;
+        }
+        Ok(out)
+    }
+}
+
 /// The WGSL kernels through a compute handle.
 #[derive(Clone, Copy)]
 pub struct Wgsl<'c> {
@@ -281,28 +417,28 @@ pub struct Wgsl<'c> {
 }
 
 impl<'c> Backend for Wgsl<'c> {
-    type Buf = GpuBuffer<'c>;
-    type Mask = GpuBuffer<'c>;
+    type Buf = DeviceTensor<'c>;
+    type Mask = DeviceTensor<'c>;
 
     fn label(&self) -> &'static str {
         "wgsl"
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<Self::Buf> {
-        GpuBuffer::zeros(self.c, shape)
+        Ok(ops::zeros(self.c, shape)?)
     }
 
     fn upload(&self, name: &str, shape: &[usize], data: &[f32]) -> Result<Self::Buf> {
         ops::check_binding(self.c, &format!("uploading weight `{name}`"), shape, 4)?;
-        GpuBuffer::from_f32(self.c, shape, data)
+        Ok(ops::from_f32(self.c, shape, data)?)
     }
 
     fn upload_mask(&self, shape: &[usize], data: &[u32]) -> Result<Self::Mask> {
-        GpuBuffer::from_u32(self.c, shape, data)
+        Ok(ops::from_u32(self.c, shape, data)?)
     }
 
     fn read(&self, x: &Self::Buf) -> Result<Vec<f32>> {
-        x.to_vec()
+        Ok(ops::read_f32(self.c, x.id())?)
     }
 
     fn max_items(&self, op: &str, per_item: u64, what: &str) -> Result<usize> {
@@ -330,7 +466,7 @@ impl<'c> Backend for Wgsl<'c> {
         y: &mut Self::Buf,
         layout: RowLayout,
     ) -> Result<()> {
-        ops::layer_norm(
+        Ok(ops::layer_norm(
             self.c,
             x.id(),
             n.weight.id(),
@@ -338,7 +474,7 @@ impl<'c> Backend for Wgsl<'c> {
             y.id(),
             layout,
             n.eps,
-        )
+        )?)
     }
 
     fn linear(
@@ -349,23 +485,24 @@ impl<'c> Backend for Wgsl<'c> {
         rows: usize,
         epilogue: Epilogue,
     ) -> Result<()> {
-        let (c, bias) = (self.c, l.bias.as_ref().map(GpuBuffer::id));
+        let (c, bias) = (self.c, l.bias.as_ref().map(DeviceTensor::id));
         match epilogue {
-            Epilogue::None => ops::linear(c, x.id(), l.weight.id(), bias, out.id(), rows),
+            Epilogue::None => ops::linear(c, x.id(), l.weight.id(), bias, out.id(), rows)?,
             Epilogue::Activation(act) => {
                 ops::linear(c, x.id(), l.weight.id(), bias, out.id(), rows)?;
-                ops::activation(c, out.id(), rows * l.out_dim, act)
+                ops::activation(c, out.id(), rows * l.out_dim, act.into())?
             }
             Epilogue::Residual => {
-                let branch = GpuBuffer::zeros(c, &[rows, l.out_dim])?;
+                let branch = ops::zeros(c, &[rows, l.out_dim])?;
                 ops::linear(c, x.id(), l.weight.id(), bias, branch.id(), rows)?;
-                ops::add_inplace(c, out.id(), branch.id(), rows * l.out_dim)
+                ops::add_inplace(c, out.id(), branch.id(), rows * l.out_dim)?
             }
         }
+        Ok(())
     }
 
     fn attention_scratch(&self, a: &AttentionShape) -> Result<Self::Buf> {
-        GpuBuffer::zeros(self.c, &[a.batch, a.heads, a.seq, a.seq])
+        Ok(ops::zeros(self.c, &[a.batch, a.heads, a.seq, a.seq])?)
     }
 
     fn attention(
@@ -413,12 +550,13 @@ impl<'c> Backend for Wgsl<'c> {
         };
         let mask = SoftmaxMask {
             causal,
-            key_mask: key_padding.map(GpuBuffer::id),
+            key_mask: key_padding.map(DeviceTensor::id),
         };
         let c = self.c;
         ops::matmul(c, qkv.id(), qkv.id(), None, scratch.id(), &qk)?;
         ops::softmax_rows(c, scratch.id(), batch * h * seq, seq, seq, h, mask)?;
-        ops::matmul(c, scratch.id(), qkv.id(), None, context.id(), &pv)
+        ops::matmul(c, scratch.id(), qkv.id(), None, context.id(), &pv)?;
+        Ok(())
     }
 
     fn patch_embed(
@@ -431,8 +569,8 @@ impl<'c> Backend for Wgsl<'c> {
         let c = self.c;
         let (d, grid2) = (w.dim, g.grid() * g.grid());
         let seq = grid2 + 1;
-        let pixels = GpuBuffer::from_f32(c, &[g.batch, g.channels, g.image, g.image], pixels)?;
-        let patches = GpuBuffer::zeros(c, &[g.patches(), g.patch_len()])?;
+        let pixels = ops::from_f32(c, &[g.batch, g.channels, g.image, g.image], pixels)?;
+        let patches = ops::zeros(c, &[g.patches(), g.patch_len()])?;
         ops::im2col(c, pixels.id(), patches.id(), g)?;
         drop(pixels);
         // The patch embeddings go straight into rows 1.. of each image's block; class_position
@@ -451,7 +589,8 @@ impl<'c> Backend for Wgsl<'c> {
         };
         ops::matmul(c, patches.id(), w.weight.id(), None, out.id(), &conv)?;
         drop(patches);
-        ops::class_position(c, out.id(), w.class.id(), w.position.id(), g.batch, seq, d)
+        ops::class_position(c, out.id(), w.class.id(), w.position.id(), g.batch, seq, d)?;
+        Ok(())
     }
 
     fn token_embed(
@@ -462,7 +601,7 @@ impl<'c> Backend for Wgsl<'c> {
         out: &mut Self::Buf,
         seq: usize,
     ) -> Result<()> {
-        let ids_t = GpuBuffer::from_u32(self.c, &[ids.len()], ids)?;
+        let ids_t = ops::from_u32(self.c, &[ids.len()], ids)?;
         ops::token_position_embed(
             self.c,
             table.id(),
@@ -471,7 +610,8 @@ impl<'c> Backend for Wgsl<'c> {
             out.id(),
             ids.len(),
             seq,
-        )
+        )?;
+        Ok(())
     }
 
     fn gather_rows(
@@ -481,7 +621,8 @@ impl<'c> Backend for Wgsl<'c> {
         out: &mut Self::Buf,
         _dim: usize,
     ) -> Result<()> {
-        let idx_t = GpuBuffer::from_u32(self.c, &[idx.len()], idx)?;
-        ops::gather_rows(self.c, x.id(), idx_t.id(), out.id(), idx.len())
+        let idx_t = ops::from_u32(self.c, &[idx.len()], idx)?;
+        ops::gather_rows(self.c, x.id(), idx_t.id(), out.id(), idx.len())?;
+        Ok(())
     }
 }

@@ -5,9 +5,10 @@ use crate::config::Activation;
 use crate::encoder::{ClipEncoder, ClipEncoderLayer, EncoderDims};
 use crate::error::Result;
 use crate::gpu::backend::{
-    upload_linear, upload_norm, AttentionShape, Backend, Epilogue, LinearW, NormW,
+    load_linear, load_norm, upload_linear, upload_norm, AttentionShape, Backend, Epilogue, LinearW,
+    NormW, WeightSource,
 };
-use crate::gpu::ops::RowLayout;
+use fusion_kernels::nn::RowLayout;
 
 struct EncoderLayer<B: Backend> {
     layer_norm1: NormW<B>,
@@ -62,6 +63,57 @@ impl<B: Backend> Encoder<B> {
             .iter()
             .enumerate()
             .map(|(i, l)| upload_layer(b, &format!("{prefix}.layers.{i}"), l))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            layers,
+            hidden: dims.hidden_size,
+            intermediate: dims.intermediate_size,
+            heads: dims.num_heads,
+            activation: dims.activation,
+        })
+    }
+
+    /// Loads every layer from `src` by name (`prefix`, e.g. `vision_model.encoder`, then
+    /// `layers.{i}.…`), in the order [`ClipEncoder::load`] reads them.
+    pub(crate) fn load(
+        src: &impl WeightSource<B>,
+        prefix: &str,
+        dims: &EncoderDims,
+    ) -> Result<Self> {
+        let (d, eps) = (dims.hidden_size, dims.layer_norm_eps);
+        let layers = (0..dims.num_layers)
+            .map(|i| {
+                let p = format!("{prefix}.layers.{i}");
+                let attn = format!("{p}.self_attn");
+                let (mut w, mut bias) = (Vec::with_capacity(3), Vec::with_capacity(3));
+                for proj in ["q_proj", "k_proj", "v_proj"] {
+                    w.push(src.get(&format!("{attn}.{proj}.weight"), &[d, d])?);
+                    bias.push(src.get(&format!("{attn}.{proj}.bias"), &[d])?);
+                }
+                let qkv = LinearW {
+                    weight: src.stack(&format!("{attn}.{{q,k,v}}_proj.weight"), w, &[3 * d, d])?,
+                    bias: Some(src.stack(
+                        &format!("{attn}.{{q,k,v}}_proj.bias"),
+                        bias,
+                        &[3 * d],
+                    )?),
+                    in_dim: d,
+                    out_dim: 3 * d,
+                };
+                let out_proj = load_linear(src, &format!("{attn}.out_proj"), d, d)?;
+                let layer_norm1 = load_norm(src, &format!("{p}.layer_norm1"), d, eps)?;
+                let fc1 = load_linear(src, &format!("{p}.mlp.fc1"), d, dims.intermediate_size)?;
+                let fc2 = load_linear(src, &format!("{p}.mlp.fc2"), dims.intermediate_size, d)?;
+                let layer_norm2 = load_norm(src, &format!("{p}.layer_norm2"), d, eps)?;
+                Ok(EncoderLayer {
+                    layer_norm1,
+                    qkv,
+                    out_proj,
+                    layer_norm2,
+                    fc1,
+                    fc2,
+                })
+            })
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,

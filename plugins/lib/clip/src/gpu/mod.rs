@@ -1,13 +1,16 @@
 //! CLIP on the compute device: the vision and text towers written once over an op API
-//! ([`Backend`]), run as WGSL kernels (`shaders/nn_*.wgsl`) launched through the host's
-//! [`Compute`](fusion_plugin_api::Compute) handle, so a plugin that only sees `&dyn Compute` can
+//! ([`Backend`]), run as the kernel library's dense operations ([`fusion_kernels::nn`]) launched through the
+//! host's [`Compute`](fusion_plugin_api::Compute) handle, so a plugin that only sees `&dyn Compute` can
 //! run them, or, when that handle's adapter is the CPU itself (lavapipe), as native code
 //! ([`native`]) on every core ([`BackendChoice`]; `FUSION_CLIP_BACKEND=wgsl` forces the
 //! kernels).
 //!
 //! Weights are uploaded once as f32 tensors (from a [`WeightStore`](crate::WeightStore), a
-//! plugin-api [`Model`](fusion_plugin_api::Model), or a CPU model); activations stay on the
-//! device, and only the requested outputs are read back. The CPU forward pass of this crate is
+//! plugin-api [`Model`](fusion_plugin_api::Model), or a CPU model), except that a merged model
+//! whose tensors are already on the device ([`Model::device_tensor`](fusion_plugin_api::Model::device_tensor))
+//! hands them to the WGSL backend where they are, with no read-back and no upload
+//! ([`GpuClipVision::from_model`]); activations stay on the device, and only the requested
+//! outputs are read back. The CPU forward pass of this crate is
 //! the reference every kernel and tower is tested against.
 //!
 //! Limits come from the device: a batch whose activations would exceed one storage binding is
@@ -38,7 +41,6 @@ pub mod backend;
 mod encoder;
 mod model;
 pub mod native;
-pub mod ops;
 mod text;
 mod vision;
 

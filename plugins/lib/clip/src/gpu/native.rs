@@ -14,8 +14,8 @@ use rayon::prelude::*;
 use crate::config::Activation;
 use crate::error::{ClipError, Result};
 use crate::gpu::backend::{AttentionShape, Backend, Epilogue, LinearW, NormW, PatchW};
-use crate::gpu::ops::{PatchGeometry, RowLayout};
 use crate::tensor::softmax_in_place;
+use fusion_kernels::nn::{PatchGeometry, RowLayout};
 
 /// Host-memory implementation of [`Backend`]; see the module docs.
 #[derive(Clone, Copy, Debug, Default)]

@@ -7,15 +7,16 @@ use crate::config::{CheckpointConfig, ClipVisionConfig};
 use crate::encoder::EncoderDims;
 use crate::error::{ClipError, Result};
 use crate::gpu::backend::{
-    upload_norm, upload_tensor, Backend, BackendChoice, BackendKind, NormW, PatchW, Wgsl,
+    load_norm, upload_norm, upload_tensor, Backend, BackendChoice, BackendKind, NormW, PatchW,
+    StoreOnDevice, WeightSource, Wgsl,
 };
 use crate::gpu::encoder::{dense_norm, Encoder, EncoderMask};
 use crate::gpu::native::Native;
-use crate::gpu::ops::{PatchGeometry, RowLayout};
 use crate::model::ClipVisionModel;
 use crate::tensor::Tensor;
 use crate::vision::{ClipVisionTransformer, VisionOutput};
 use crate::weights::WeightStore;
+use fusion_kernels::nn::{PatchGeometry, RowLayout};
 
 /// A CLIP vision tower whose weights live on the compute device, or, on a CPU adapter, in host
 /// memory for the native path ([`BackendChoice`]).
@@ -28,6 +29,8 @@ pub struct GpuClipVision<'c> {
     c: &'c dyn Compute,
     config: ClipVisionConfig,
     engine: VisionEngine<'c>,
+    /// Weights taken from a model on the device, not read back and uploaded.
+    weights_on_device: usize,
 }
 
 enum VisionEngine<'c> {
@@ -89,20 +92,42 @@ impl<B: Backend> VisionTower<B> {
             dim: d,
         };
         let [pre, post] = tower.layer_norms();
-        let dims = EncoderDims {
-            hidden_size: cfg.hidden_size,
-            intermediate_size: cfg.intermediate_size,
-            num_heads: cfg.num_attention_heads,
-            num_layers: cfg.num_hidden_layers,
-            activation: cfg.hidden_act,
-            layer_norm_eps: cfg.layer_norm_eps,
-        };
+        let dims = encoder_dims(&cfg);
         Ok(Self {
             patch,
             pre_layrnorm: upload_norm(b, "vision_model.pre_layrnorm", pre)?,
             encoder: Encoder::upload(b, "vision_model.encoder", tower.encoder(), &dims)?,
             post_layernorm: upload_norm(b, "vision_model.post_layernorm", post)?,
             config: cfg,
+        })
+    }
+
+    /// Builds the tower straight from `src` by checkpoint name, in the order
+    /// [`ClipVisionTransformer::load`] reads (the `position_ids` buffer is the caller's).
+    fn load(src: &impl WeightSource<B>, cfg: &ClipVisionConfig) -> Result<Self> {
+        let (d, c, p) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
+        let e = "vision_model.embeddings";
+        let class = src.get(&format!("{e}.class_embedding"), &[d])?;
+        let weight = src.get(&format!("{e}.patch_embedding.weight"), &[d, c, p, p])?;
+        let position = src.get(
+            &format!("{e}.position_embedding.weight"),
+            &[cfg.num_positions(), d],
+        )?;
+        let eps = cfg.layer_norm_eps;
+        let pre_layrnorm = load_norm(src, "vision_model.pre_layrnorm", d, eps)?;
+        let encoder = Encoder::load(src, "vision_model.encoder", &encoder_dims(cfg))?;
+        let post_layernorm = load_norm(src, "vision_model.post_layernorm", d, eps)?;
+        Ok(Self {
+            config: cfg.clone(),
+            patch: PatchW {
+                weight,
+                class,
+                position,
+                dim: d,
+            },
+            pre_layrnorm,
+            encoder,
+            post_layernorm,
         })
     }
 
@@ -197,6 +222,11 @@ impl<'c> GpuClipVision<'c> {
     /// Loads a merged vision tower handed over as a plugin-api [`Model`] (a state dict of
     /// `vision_model.*` tensors, as a `CLIPVisionModel` checkpoint holds), read lazily tensor by
     /// tensor; a missing, mis-shaped or extra tensor is an error naming it.
+    ///
+    /// On the WGSL backend each weight is taken where it lives: a tensor the model holds on
+    /// the compute device ([`Model::device_tensor`], a merge computed there) stays there
+    /// ([`GpuClipVision::weights_on_device`] counts them); the others are read as bytes and
+    /// uploaded. The native backend computes in host memory and reads every tensor's bytes.
     pub fn from_model(
         c: &'c dyn Compute,
         model: &Model,
@@ -213,7 +243,28 @@ impl<'c> GpuClipVision<'c> {
         choice: BackendChoice,
     ) -> Result<Self> {
         let store = WeightStore::from_model("merged vision model", model)?;
-        Self::load_with(c, &store, &CheckpointConfig::Vision(config.clone()), choice)
+        let b = match choice.resolve(c)? {
+            BackendKind::Wgsl => Wgsl { c },
+            BackendKind::Native => {
+                let config = CheckpointConfig::Vision(config.clone());
+                return Self::load_with(c, &store, &config, BackendChoice::Native);
+            }
+        };
+        // The checks of ClipVisionModel::load, in its order.
+        store
+            .root()
+            .pp("vision_model")
+            .pp("embeddings")
+            .skip_buffer("position_ids", &[1, config.num_positions()])?;
+        let src = StoreOnDevice::new(b, &store);
+        let tower = VisionTower::load(&src, config)?;
+        store.check_all_used(|_| true)?;
+        Ok(Self {
+            c,
+            config: config.clone(),
+            engine: VisionEngine::Wgsl(b, tower),
+            weights_on_device: src.on_device(),
+        })
     }
 
     /// Uploads the weights of a CPU tower.
@@ -240,7 +291,15 @@ impl<'c> GpuClipVision<'c> {
             c,
             config: tower.config().clone(),
             engine,
+            weights_on_device: 0,
         })
+    }
+
+    /// How many weights were taken from a model already on the compute device
+    /// ([`GpuClipVision::from_model`] on the WGSL backend) rather than read to host memory and
+    /// uploaded: every merged weight when the merge ran on the same device, 0 otherwise.
+    pub fn weights_on_device(&self) -> usize {
+        self.weights_on_device
     }
 
     /// The configuration.
@@ -346,6 +405,18 @@ impl<'c> GpuClipVision<'c> {
                 format!("pixel_values {shape:?} do not match the config: expected [batch, {c}, {s}, {s}]"),
             )),
         }
+    }
+}
+
+/// The encoder's dimensions from the tower's config.
+fn encoder_dims(cfg: &ClipVisionConfig) -> EncoderDims {
+    EncoderDims {
+        hidden_size: cfg.hidden_size,
+        intermediate_size: cfg.intermediate_size,
+        num_heads: cfg.num_attention_heads,
+        num_layers: cfg.num_hidden_layers,
+        activation: cfg.hidden_act,
+        layer_norm_eps: cfg.layer_norm_eps,
     }
 }
 
