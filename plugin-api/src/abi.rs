@@ -12,9 +12,13 @@
 //! fields or methods *after* their `#[sabi(last_prefix_field)]` marker; fields are never removed,
 //! renamed or reordered (names are part of the layout). Mind the direction abi_stable checks:
 //! a loaded library's root module may have *more* fields than the host's, never fewer, so a
-//! field appended to [`PluginModule`] locks every older plugin out of a newer host. What the
-//! host hands to libraries later goes through separate, versioned symbols instead
-//! ([`HubExport`]), which older libraries simply lack.
+//! field appended to [`PluginModule`] locks every older plugin out of a newer host. The same
+//! holds for the `#[sabi_trait]` vtables that cross in both directions ([`StateDict`],
+//! [`Compute`]): checked in 2026-12, a plugin built before a method was appended to `ComputeAbi`
+//! (`device_type`) or to `StateDictAbi` is refused by the newer host as an ABI mismatch. So what
+//! is added later goes through separate, versioned library symbols ([`HubExport`],
+//! [`ModelsExport`]), which older libraries simply lack, or through an existing method with a
+//! reserved request (the device-tensor request of [`StateDict`] rides on `file`).
 
 #![allow(non_camel_case_types, missing_docs, non_local_definitions)]
 
