@@ -168,6 +168,9 @@ fn run(
         merge: s.merge_func,
         lambda: s.scaling_factor as f32,
     };
+    // 1. trim and 2. elect: every model's threshold and the majority sign, in one read of the
+    // models where the sampled thresholds hold (one_pass), else the trim passes then the
+    // election pass; either may merge keys on the way (kept in the device cache).
     let (thresholds, majority, merged_early) = match sweep.one_pass(ctx, s.threshold, early)? {
         OnePass::Done {
             thresholds,
@@ -186,6 +189,7 @@ fn run(
     };
     let (entries, bytes) = cache.usage();
     tracing::info!(?thresholds, majority, merge_func = ?s.merge_func, merged_early, cached_tensors = entries, cached_mib = bytes >> 20, "{algorithm}: trimmed and elected");
+    // 3. disjoint merge: each tensor of the merged model when it is asked for (merge.rs).
     let merge = TiesTensor {
         inputs: inputs.clone(),
         thresholds,
