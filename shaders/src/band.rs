@@ -4,8 +4,9 @@
 
 use fusion_plugin_api::{Compute, DType, DeviceTensor, GpuTensor, KernelCall, Result};
 
-use crate::launch::{chunks, constants, dispatch_1d, dtype_code, info, workgroup_size, Uniforms};
+use crate::launch::{chunks, constants, dispatch_1d, dtype_code, info, workgroup_size};
 use crate::select::kth_largest_magnitude;
+use crate::uniforms::{len32, BandParams};
 use crate::wgsl;
 
 /// Keep the entries of `x` with `lower <= |x|` and, if `upper` is given, `|x| < upper`; the rest
@@ -34,19 +35,19 @@ pub fn magnitude_band(
             ch.binding(out.id(), dtype, false),
             ch.binding(x, x_dtype, true),
         ];
-        let uniforms = Uniforms::default()
-            .u32(ch.len as u32)
-            .u32(bits(lower))
-            .u32(upper.map_or(0, bits))
-            .u32(u32::from(upper.is_some()))
-            .bytes();
+        let uniforms = BandParams {
+            n: len32(ch.len),
+            lower: bits(lower),
+            upper: upper.map_or(0, bits),
+            has_upper: u32::from(upper.is_some()),
+        };
         c.dispatch(&KernelCall {
             label: "magnitude_band",
             source: wgsl::BAND,
             entry_point: "magnitude_band",
             constants: &consts,
             bindings: &bindings,
-            uniforms: &uniforms,
+            uniforms: bytemuck::bytes_of(&uniforms),
             workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
         })?;
     }

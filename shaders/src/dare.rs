@@ -13,9 +13,8 @@
 
 use fusion_plugin_api::{Compute, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result};
 
-use crate::launch::{
-    chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Uniforms,
-};
+use crate::launch::{chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size};
+use crate::uniforms::{len32, DareParams};
 use crate::wgsl;
 
 /// DARE's settings.
@@ -161,24 +160,25 @@ fn launch(
         if let (Some(b), Some(bd)) = (base, base_dtype) {
             bindings.push(ch.binding(b, bd, true));
         }
-        let uniforms = Uniforms::default()
-            .u32(ch.len as u32)
-            .u32(ch.start as u32)
-            .u32((ch.start >> 32) as u32)
-            .u32(params.seed as u32)
-            .u32((params.seed >> 32) as u32)
-            .u32(key as u32)
-            .u32((key >> 32) as u32)
-            .u32(params.keep_above())
-            .f32(params.scale())
-            .bytes();
+        let uniforms = DareParams {
+            n: len32(ch.len),
+            first_lo: ch.start as u32,
+            first_hi: (ch.start >> 32) as u32,
+            seed_lo: params.seed as u32,
+            seed_hi: (params.seed >> 32) as u32,
+            key_lo: key as u32,
+            key_hi: (key >> 32) as u32,
+            keep_above: params.keep_above(),
+            scale: params.scale(),
+            _pad: [0; 3],
+        };
         c.dispatch(&KernelCall {
             label: "dare",
             source: wgsl::DARE,
             entry_point: if base.is_some() { "dare_delta" } else { "dare" },
             constants: &consts,
             bindings: &bindings,
-            uniforms: &uniforms,
+            uniforms: bytemuck::bytes_of(&uniforms),
             workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
         })?;
     }

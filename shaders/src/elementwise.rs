@@ -4,9 +4,10 @@
 use fusion_plugin_api::{Compute, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result};
 
 use crate::launch::{
-    arity, chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Uniforms,
+    arity, chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size,
     X_DTYPE_NAMES,
 };
+use crate::uniforms::{len32, words8, LenParams, ScatterParams, WeightedSumParams};
 use crate::wgsl;
 
 /// Convert `x` to `dtype` (f32, f16 or bf16; round to nearest even) into a new tensor.
@@ -41,7 +42,7 @@ pub fn convert_into(c: &dyn Compute, x: GpuTensor, out: GpuTensor) -> Result<()>
             entry_point: "convert",
             constants: &consts,
             bindings: &bindings,
-            uniforms: &Uniforms::default().u32(ch.len as u32).bytes(),
+            uniforms: bytemuck::bytes_of(&LenParams::new(ch.len)),
             workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
         })?;
     }
@@ -157,7 +158,7 @@ fn sum_batches(
         } else {
             "weighted_sum"
         };
-        let weights: Vec<u32> = group.iter().map(|&(_, w)| w.to_bits()).collect();
+        let weights: Vec<f32> = group.iter().map(|&(_, w)| w).collect();
         for ch in chunks(&l, n) {
             let mut bindings = vec![ch.binding(out, out_dtype, false)];
             bindings.extend(
@@ -172,10 +173,11 @@ fn sum_batches(
                 entry_point: entry,
                 constants: &consts,
                 bindings: &bindings,
-                uniforms: &Uniforms::default()
-                    .u32(ch.len as u32)
-                    .words8(&weights)
-                    .bytes(),
+                uniforms: bytemuck::bytes_of(&WeightedSumParams {
+                    n: len32(ch.len),
+                    _pad: [0; 3],
+                    w: words8(&weights),
+                }),
                 workgroups: dispatch_1d(&l, ch.len.div_ceil(if quad { 4 } else { 2 }), wg),
             })?;
         }
@@ -221,7 +223,11 @@ pub fn scatter32(
             fusion_plugin_api::Binding::read(values),
             fusion_plugin_api::Binding::read(indices),
         ],
-        uniforms: &Uniforms::default().u32(n as u32).u32(len as u32).bytes(),
+        uniforms: bytemuck::bytes_of(&ScatterParams {
+            n: len32(n),
+            len: len32(len),
+            _pad: [0; 2],
+        }),
         workgroups: dispatch_1d(&l, n, wg),
     })
 }

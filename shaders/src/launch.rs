@@ -1,5 +1,6 @@
 //! Fitting a job to the device: workgroup size, 1-D dispatch spread over x/y/z, chunks of
-//! tensors larger than one storage binding, uniform blocks, and scratch tensors.
+//! tensors larger than one storage binding, and scratch tensors (the uniform blocks are
+//! `#[repr(C)]` structs in `uniforms.rs`).
 
 use fusion_plugin_api::{Compute, ComputeLimits, DType, Error, GpuTensor, Result};
 
@@ -31,37 +32,6 @@ pub fn dtype_code(op: &str, dtype: DType) -> Result<f64> {
         other => Err(Error::unsupported(format!(
             "{op}: kernels take f32, f16 or bf16 tensors, not {other}"
         ))),
-    }
-}
-
-/// Builder of a uniform block: 4-byte scalars in declaration order, padded to 16 bytes.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Uniforms(Vec<u8>);
-
-impl Uniforms {
-    pub(crate) fn u32(mut self, v: u32) -> Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub(crate) fn f32(mut self, v: f32) -> Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    /// Pad to a 16-byte boundary (where a `vec4` array starts).
-    pub(crate) fn align16(mut self) -> Self {
-        self.0.resize(self.0.len().div_ceil(16) * 16, 0);
-        self
-    }
-    /// A `array<vec4<_>, 2>` of up to 8 words.
-    pub(crate) fn words8(mut self, words: &[u32]) -> Self {
-        self = self.align16();
-        for i in 0..8 {
-            self = self.u32(words.get(i).copied().unwrap_or(0));
-        }
-        self
-    }
-    pub(crate) fn bytes(&self) -> Vec<u8> {
-        self.clone().align16().0
     }
 }
 
@@ -241,7 +211,15 @@ mod tests {
 
     #[test]
     fn uniforms_layout() {
-        let u = Uniforms::default().u32(7).f32(1.5).words8(&[1, 2]).bytes();
+        // The uniform blocks are `#[repr(C)]` structs now (crate::uniforms): the layout the
+        // hand packer produced for (7, 1.5, [1, 2]) is MergeParams's.
+        let p = crate::uniforms::MergeParams {
+            n: 7,
+            majority: 1.5,
+            _pad: [0; 2],
+            thr: crate::uniforms::words8(&[1, 2]),
+        };
+        let u = bytemuck::bytes_of(&p);
         assert_eq!(u.len(), 48);
         assert_eq!(&u[0..4], &7u32.to_le_bytes());
         assert_eq!(&u[16..20], &1u32.to_le_bytes());

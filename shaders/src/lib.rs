@@ -29,6 +29,7 @@ mod reduce;
 mod select;
 mod slerp;
 mod ties;
+mod uniforms;
 pub mod wgsl;
 
 pub use band::{breadcrumbs, breadcrumbs_counts, magnitude_band};

@@ -6,9 +6,8 @@ use fusion_plugin_api::{
     Binding, Compute, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result,
 };
 
-use crate::launch::{
-    chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, Uniforms,
-};
+use crate::launch::{chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size};
+use crate::uniforms::{len32, ReduceParams};
 use crate::wgsl;
 
 /// Σ x (f32 arithmetic).
@@ -72,10 +71,11 @@ pub fn count_nonfinite_into(
             entry_point: "count_nonfinite",
             constants: &consts,
             bindings: &[Binding::write(counts), ch.binding(x, dtype, true)],
-            uniforms: &Uniforms::default()
-                .u32(ch.len as u32)
-                .u32((first_slot + i) as u32)
-                .bytes(),
+            uniforms: bytemuck::bytes_of(&ReduceParams {
+                n: len32(ch.len),
+                offset: (first_slot + i) as u32,
+                _pad: [0; 2],
+            }),
             workgroups: dispatch_1d(&l, count_invocations(ch.len, dtype), wg),
         })?;
     }
@@ -154,10 +154,11 @@ fn partials(
             },
             constants: &consts,
             bindings: &bindings,
-            uniforms: &Uniforms::default()
-                .u32(ch.len as u32)
-                .u32(offset as u32)
-                .bytes(),
+            uniforms: bytemuck::bytes_of(&ReduceParams {
+                n: len32(ch.len),
+                offset: offset as u32,
+                _pad: [0; 2],
+            }),
             workgroups,
         })?;
         offset += workgroups.iter().map(|&d| u64::from(d)).product::<u64>();

@@ -5,7 +5,8 @@ use fusion_plugin_api::{
     Compute, ComputeLimits, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result,
 };
 
-use crate::launch::{chunks, constants, dispatch_1d, dtype_code, info, workgroup_size, Uniforms};
+use crate::launch::{chunks, constants, dispatch_1d, dtype_code, info, workgroup_size};
+use crate::uniforms::{len32, words8, BracketParams, SelectParams};
 use crate::wgsl;
 
 /// Most workgroups one `radix_histogram` launch uses on a GPU: its invocations loop over the
@@ -303,13 +304,14 @@ fn histogram_pass(
             entry_point,
             constants: &consts,
             bindings: &bindings,
-            uniforms: &Uniforms::default()
-                .u32(ch.len as u32)
-                .u32(digit.shift)
-                .u32(state.prefix)
-                .u32(state.mask)
-                .u32(((1u64 << digit.bits) - 1) as u32)
-                .bytes(),
+            uniforms: bytemuck::bytes_of(&SelectParams {
+                n: len32(ch.len),
+                shift: digit.shift,
+                prefix: state.prefix,
+                prefix_mask: state.mask,
+                digit_mask: ((1u64 << digit.bits) - 1) as u32,
+                _pad: [0; 3],
+            }),
             workgroups: histogram_workgroups(&l, ch.len, wg, max_workgroups),
         })?;
     }
@@ -513,13 +515,12 @@ pub fn radix_bracket_delta(
     let lo: Vec<u32> = brackets.iter().map(|b| b.lo).collect();
     let hi: Vec<u32> = brackets.iter().map(|b| b.hi).collect();
     let off: Vec<u32> = brackets.iter().map(|b| b.offset as u32).collect();
-    let uniforms = |len: u64| {
-        Uniforms::default()
-            .u32(len as u32)
-            .words8(&lo)
-            .words8(&hi)
-            .words8(&off)
-            .bytes()
+    let uniforms = |len: u64| BracketParams {
+        n: len32(len),
+        _pad: [0; 3],
+        lo: words8(&lo),
+        hi: words8(&hi),
+        off: words8(&off),
     };
     // All f32: four elements per invocation, `ROWS` quads each.
     let quads = crate::launch::quads(&l, &dtypes);
@@ -541,7 +542,7 @@ pub fn radix_bracket_delta(
             entry_point: entry,
             constants: &consts,
             bindings: &bindings,
-            uniforms: &uniforms(ch.len),
+            uniforms: bytemuck::bytes_of(&uniforms(ch.len)),
             workgroups: if quads {
                 lp.workgroups(ch)
             } else {

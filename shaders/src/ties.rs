@@ -45,7 +45,11 @@ use fusion_plugin_api::{
 
 use crate::launch::{
     arity, chunks, constants, dispatch_1d, dtype_code, info, same_shape, workgroup_size, QuadLoop,
-    Uniforms, X_DTYPE_NAMES,
+    X_DTYPE_NAMES,
+};
+use crate::uniforms::{
+    len32, words8, BracketMergeParams, FinalParams, LenParams, MergeNParams, MergeParams,
+    TrimParams, UndecidedParams,
 };
 use crate::wgsl;
 
@@ -162,10 +166,7 @@ pub fn ties_elected_sum(
                 entry_point: "ties_elect_sum",
                 constants: &consts,
                 bindings: &bindings,
-                uniforms: &Uniforms::default()
-                    .u32(ch.len as u32)
-                    .words8(group_bits)
-                    .bytes(),
+                uniforms: bytemuck::bytes_of(&trim_params(ch.len, group_bits)),
                 workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
             })?;
         }
@@ -210,7 +211,7 @@ impl<'c> SignVotes<'c> {
                 entry_point: "ties_votes",
                 constants: &consts,
                 bindings: &bindings,
-                uniforms: &Uniforms::default().u32(ch.len as u32).bytes(),
+                uniforms: bytemuck::bytes_of(&LenParams::new(ch.len)),
                 workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
             })?;
         }
@@ -304,7 +305,7 @@ pub fn ties_elect_delta(
                 ch.binding(x, dtypes[0], true),
                 ch.binding(base, dtypes[1], true),
             ],
-            uniforms: &Uniforms::default().u32(ch.len as u32).words8(&bits).bytes(),
+            uniforms: bytemuck::bytes_of(&trim_params(ch.len, &bits)),
             workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
         })?;
     }
@@ -427,7 +428,7 @@ pub fn ties_elected_sum_delta(
             entry_point: entry,
             constants: &consts,
             bindings: &bindings,
-            uniforms: &Uniforms::default().u32(ch.len as u32).words8(&bits).bytes(),
+            uniforms: bytemuck::bytes_of(&trim_params(ch.len, &bits)),
             workgroups,
         })?;
     }
@@ -495,11 +496,11 @@ pub fn ties_merge_delta_scaled(
         let third = ch.binding(s, DType::F32, true);
         c.dispatch(&KernelCall {
             label: OP,
-            source: wgsl::TIES_MERGE,
+            source: wgsl::TIES_FUSED,
             entry_point: entry,
             constants: &consts,
             bindings: &merge_bindings(ch, out.id(), base, third, xs, &dtypes, m.dtype, counters),
-            uniforms: &merge_uniforms(ch, &m, &bits, slot),
+            uniforms: bytemuck::bytes_of(&merge_uniforms(ch, &m, &bits, slot)),
             workgroups,
         })?;
     }
@@ -548,11 +549,11 @@ pub fn ties_elect_merge_delta(
         let third = Binding::write(vote_counters);
         c.dispatch(&KernelCall {
             label: OP,
-            source: wgsl::TIES_MERGE,
+            source: wgsl::TIES_FUSED,
             entry_point: OP,
             constants: &consts,
             bindings: &merge_bindings(ch, out.id(), base, third, xs, &dtypes, m.dtype, counters),
-            uniforms: &merge_uniforms(ch, &m, &bits, slot),
+            uniforms: bytemuck::bytes_of(&merge_uniforms(ch, &m, &bits, slot)),
             workgroups,
         })?;
     }
@@ -583,15 +584,30 @@ fn merge_bindings(
 }
 
 /// The uniform `MergeNParams` of the fused merges over chunk `ch`.
-fn merge_uniforms(ch: crate::Chunk, m: &ScaledTiesMerge<'_>, bits: &[u32], slot: u32) -> Vec<u8> {
-    Uniforms::default()
-        .u32(ch.len as u32)
-        .f32(m.majority)
-        .f32(1.0)
-        .f32(m.lambda)
-        .words8(bits)
-        .u32(slot)
-        .bytes()
+fn merge_uniforms(
+    ch: crate::Chunk,
+    m: &ScaledTiesMerge<'_>,
+    bits: &[u32],
+    slot: u32,
+) -> MergeNParams {
+    MergeNParams {
+        n: len32(ch.len),
+        majority: m.majority,
+        w_base: 1.0,
+        lambda: m.lambda,
+        thr: words8(bits),
+        slot,
+        _pad: [0; 3],
+    }
+}
+
+/// The uniform `Params` of the trim and elect launches over a chunk of `len` elements.
+fn trim_params(len: u64, bits: &[u32]) -> TrimParams {
+    TrimParams {
+        n: len32(len),
+        _pad: [0; 3],
+        thr: words8(bits),
+    }
 }
 
 /// The overrides of the fused merges: [`fused_constants`], `MERGE`, `OUT_DTYPE`, `ANY_ZERO`.
@@ -716,21 +732,22 @@ pub fn ties_bracket_merge_delta(
         bindings.push(Binding::write(pass.dirty));
         c.dispatch(&KernelCall {
             label: OP,
-            source: wgsl::TIES_MERGE,
+            source: wgsl::TIES_BRACKET,
             entry_point: OP,
             constants: &consts,
             bindings: &bindings,
-            uniforms: &Uniforms::default()
-                .u32(ch.len as u32)
-                .f32(m.majority)
-                .f32(1.0)
-                .f32(m.lambda)
-                .words8(&lo)
-                .words8(&hi)
-                .words8(&off)
-                .u32(slot)
-                .u32((pass.dirty_at + ch.start / 32) as u32)
-                .bytes(),
+            uniforms: bytemuck::bytes_of(&BracketMergeParams {
+                n: len32(ch.len),
+                majority: m.majority,
+                w_base: 1.0,
+                lambda: m.lambda,
+                lo: words8(&lo),
+                hi: words8(&hi),
+                off: words8(&off),
+                slot,
+                dirty_at: (pass.dirty_at + ch.start / 32) as u32,
+                _pad: [0; 2],
+            }),
             workgroups,
         })?;
     }
@@ -877,11 +894,12 @@ impl<'c> TiesAccumulator<'c> {
                 entry_point: entry,
                 constants: &consts,
                 bindings: &bindings,
-                uniforms: &Uniforms::default()
-                    .u32(ch.len as u32)
-                    .f32(self.majority)
-                    .words8(bits)
-                    .bytes(),
+                uniforms: bytemuck::bytes_of(&MergeParams {
+                    n: len32(ch.len),
+                    majority: self.majority,
+                    _pad: [0; 2],
+                    thr: words8(bits),
+                }),
                 workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
             })?;
         }
@@ -926,7 +944,11 @@ impl<'c> TiesAccumulator<'c> {
                     ch.binding(s, DType::F32, true),
                     ch.binding(self.acc_a.id(), DType::F32, true),
                 ],
-                uniforms: &Uniforms::default().u32(ch.len as u32).u32(slot).bytes(),
+                uniforms: bytemuck::bytes_of(&UndecidedParams {
+                    n: len32(ch.len),
+                    slot,
+                    _pad: [0; 2],
+                }),
                 workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
             })?;
         }
@@ -954,10 +976,11 @@ impl<'c> TiesAccumulator<'c> {
                 entry_point: "ties_finalize",
                 constants: &consts,
                 bindings: &bindings,
-                uniforms: &Uniforms::default()
-                    .u32(ch.len as u32)
-                    .f32(self.majority)
-                    .bytes(),
+                uniforms: bytemuck::bytes_of(&FinalParams {
+                    n: len32(ch.len),
+                    majority: self.majority,
+                    _pad: [0; 2],
+                }),
                 workgroups: dispatch_1d(&l, ch.len.div_ceil(2), wg),
             })?;
         }

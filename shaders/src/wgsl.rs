@@ -1,7 +1,8 @@
 //! The WGSL sources, embedded at compile time.
 //!
-//! WGSL has no `#include`; each kernel file whose first line is `// requires: common.wgsl` is
-//! compiled as `common.wgsl` followed by the file. The constants here are those complete
+//! WGSL has no `#include`; each kernel file whose first line is `// requires: <file>` is
+//! compiled after that file (itself composed the same way): `// requires: common.wgsl` puts
+//! `common.wgsl` in front. The constants here are those complete
 //! sources, ready for [`fusion_plugin_api::KernelCall::source`].
 
 macro_rules! with_common {
@@ -27,9 +28,26 @@ pub const TIES_ELECT: &str = with_common!("ties_elect.wgsl");
 pub const TIES_ELECT_SUM: &str = with_common!("ties_elect_sum.wgsl");
 /// `ties_votes`: global counts of elected signs.
 pub const TIES_VOTES: &str = with_common!("ties_votes.wgsl");
-/// `ties_merge_sum` (a template, see [`ties_merge_sum`]), `ties_merge_delta`, `ties_finalize`
-/// and the fused one-key merges: disjoint merge.
+/// `ties_merge_sum` (a template, see [`ties_merge_sum`]), `ties_merge_delta`, `ties_finalize`:
+/// the disjoint merge, model by model into accumulators.
 pub const TIES_MERGE: &str = with_common!("ties_merge.wgsl");
+/// `ties_merge_delta_n`, `ties_merge_delta_q`, `ties_elect_merge_delta_q`: trim, elect and
+/// disjoint merge of one key in one launch (`ties_fused.wgsl` after [`TIES_MERGE`], whose
+/// helpers it uses).
+pub const TIES_FUSED: &str = concat!(
+    with_common!("ties_merge.wgsl"),
+    "\n",
+    include_str!("ties_fused.wgsl")
+);
+/// `ties_bracket_merge_delta_q`: the fused merge while the thresholds are bracketed
+/// (`ties_bracket.wgsl` after [`TIES_FUSED`]).
+pub const TIES_BRACKET: &str = concat!(
+    with_common!("ties_merge.wgsl"),
+    "\n",
+    include_str!("ties_fused.wgsl"),
+    "\n",
+    include_str!("ties_bracket.wgsl")
+);
 /// `dare`, `dare_delta`: random drop and rescale.
 pub const DARE: &str = with_common!("dare.wgsl");
 /// `magnitude_band`: keep entries whose magnitude lies in a band (breadcrumbs).
@@ -47,6 +65,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("ties_elect_sum.wgsl", TIES_ELECT_SUM),
     ("ties_votes.wgsl", TIES_VOTES),
     ("ties_merge.wgsl", TIES_MERGE),
+    ("ties_fused.wgsl", TIES_FUSED),
+    ("ties_bracket.wgsl", TIES_BRACKET),
     ("dare.wgsl", DARE),
     ("band.wgsl", BAND),
     ("reduce.wgsl", REDUCE),

@@ -1893,3 +1893,113 @@ fn reductions_match_cpu_over_levels_and_chunks() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// plugin-api's kernel helpers: 2-D dispatch and the f16/bf16 WGSL codecs
+
+const HALF_2D_WGSL: &str = r#"
+struct P { pairs: u32, rows: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> words: array<u32>;
+// W = pairs * rows words of packed f16, W of packed bf16, 2W f32 bits of words as f16, 2W as bf16.
+@group(0) @binding(3) var<storage, read_write> out: array<u32>;
+
+@compute @workgroup_size(8, 4)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let cell = cell_2d(gid, nwg, 4u);
+    if (cell.x >= p.pairs || cell.y >= p.rows) {
+        return;
+    }
+    let nw = p.pairs * p.rows;
+    let w = cell.y * p.pairs + cell.x;
+    let v = vec2<f32>(x[2u * w], x[2u * w + 1u]);
+    out[w] = pack_f16x2(v);
+    out[nw + w] = pack_bf16x2(v);
+    let h = unpack_f16x2(words[w]);
+    out[2u * nw + 2u * w] = bitcast<u32>(h.x);
+    out[2u * nw + 2u * w + 1u] = bitcast<u32>(h.y);
+    let b = unpack_bf16x2(words[w]);
+    out[4u * nw + 2u * w] = bitcast<u32>(b.x);
+    out[4u * nw + 2u * w + 1u] = bitcast<u32>(b.y);
+}
+"#;
+
+#[test]
+fn plugin_api_half_codecs_and_2d_grid_match_the_host_side() {
+    use fusion_plugin_api::kernel::{self as api, DeviceTensor, Kernel};
+    #[repr(C)]
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    struct P {
+        pairs: u32,
+        rows: u32,
+    }
+    let kernel = Kernel::with_half_prelude("half_2d", HALF_2D_WGSL, "main").workgroup_size_2d(8, 4);
+    let same =
+        |a: u32, b: u32| a == b || (f32::from_bits(a).is_nan() && f32::from_bits(b).is_nan());
+    // Full: every f16/bf16 pattern decoded (128 rows of 256 pairs). Clamped: 20 rows of 7 pairs
+    // need 5 workgroup rows of 4 on a 4-per-dimension device, so rows fold into z.
+    for (name, rt, pairs, rows) in [
+        ("full", full(), 256u32, 128u32),
+        ("clamped", clamped(), 7, 20),
+    ] {
+        let c: &dyn Compute = rt;
+        let nw = (pairs * rows) as usize;
+        let mut rng = StdRng::seed_from_u64(15);
+        let mut xs: Vec<f32> = (0..2 * nw)
+            .map(|i| match i % 4 {
+                0 => rng.random_range(-70000.0..70000.0f32),
+                1 => rng.random_range(-1.0..1.0f32) * 1e-6,
+                2 => (rng.random_range(0..0x7c00u32) as f32 + 0.5) / 1024.0, // ties of f16
+                _ => f32::from_bits(rng.random::<u32>() & 0xbfff_ffff), // finite, any magnitude
+            })
+            .collect();
+        xs[0] = f32::INFINITY;
+        xs[1] = -0.0;
+        let words: Vec<u32> = (0..nw as u32)
+            .map(|w| {
+                if nw == 32768 {
+                    (2 * w) | ((2 * w + 1) << 16)
+                } else {
+                    rng.random()
+                }
+            })
+            .collect();
+        let x = DeviceTensor::from_f32(c, &[2 * nw], &xs).unwrap();
+        let wt =
+            DeviceTensor::from_bytes(c, DType::U32, &[nw], bytemuck::cast_slice(&words)).unwrap();
+        let out = DeviceTensor::zeros(c, DType::U32, &[6 * nw]).unwrap();
+        let grid =
+            api::dispatch_2d(&c.limits(), [u64::from(pairs), u64::from(rows)], [8, 4]).unwrap();
+        if name == "clamped" {
+            assert!(grid[2] > 1, "{name}: rows must fold into z, got {grid:?}");
+        }
+        kernel
+            .launch_2d(
+                c,
+                &[x.read_binding(), wt.read_binding(), out.write_binding()],
+                &P { pairs, rows },
+                [u64::from(pairs), u64::from(rows)],
+            )
+            .unwrap();
+        let got: Vec<u32> = bytemuck::pod_collect_to_vec(&out.to_bytes().unwrap());
+        assert_eq!(&got[..nw], &api::pack_f16(&xs)[..], "{name}: pack_f16x2");
+        assert_eq!(
+            &got[nw..2 * nw],
+            &api::pack_bf16(&xs)[..],
+            "{name}: pack_bf16x2"
+        );
+        let f16s = api::unpack_f16(&words, 2 * nw).unwrap();
+        let bf16s = api::unpack_bf16(&words, 2 * nw).unwrap();
+        for i in 0..2 * nw {
+            assert!(
+                same(got[2 * nw + i], f16s[i].to_bits()),
+                "{name}: unpack_f16x2 element {i}"
+            );
+            assert!(
+                same(got[4 * nw + i], bf16s[i].to_bits()),
+                "{name}: unpack_bf16x2 element {i}"
+            );
+        }
+    }
+}

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-/// The source a file compiles as: with `common.wgsl` in front when its first line asks for it.
+/// The source a file compiles as: with the file its first line asks for in front (composed the
+/// same way, so `ties_fused.wgsl` is `common.wgsl`, `ties_merge.wgsl`, then itself).
 fn composed(dir: &Path, file: &str) -> String {
     let text = std::fs::read_to_string(dir.join(file)).unwrap();
     match text
@@ -10,11 +11,7 @@ fn composed(dir: &Path, file: &str) -> String {
         .next()
         .and_then(|l| l.strip_prefix("// requires: "))
     {
-        Some(dep) => format!(
-            "{}\n{}",
-            std::fs::read_to_string(dir.join(dep.trim())).unwrap(),
-            text
-        ),
+        Some(dep) => format!("{}\n{}", composed(dir, dep.trim()), text),
         None => text,
     }
 }

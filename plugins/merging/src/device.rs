@@ -2,52 +2,51 @@
 //! results back in the checkpoint's dtype.
 
 use fusion_plugin_api::{
-    bytes_to_f32, f32_to_bytes, Compute, DType, Error, GpuTensor, Model, Result,
+    bytes_to_f32, f32_to_bytes, Compute, DType, DeviceTensor, Error, GpuTensor, Model, Result,
 };
 
-/// A tensor on the compute device, released when dropped (also when an error unwinds a merge),
-/// so the device holds only the tensors a merge step is using.
-pub(crate) struct Gpu<'c> {
-    c: &'c dyn Compute,
-    t: GpuTensor,
-    /// False for a view of a tensor someone else releases (a [`DeviceCache`] entry).
-    ///
-    /// [`DeviceCache`]: crate::cache::DeviceCache
-    owned: bool,
+/// A tensor on the compute device: owned ones are plugin-api's [`DeviceTensor`] (released when
+/// dropped, also when an error unwinds a merge, so the device holds only the tensors a merge
+/// step is using), or a view of a tensor someone else releases (a [`DeviceCache`] entry), so
+/// that a step takes cached and fresh tensors alike.
+///
+/// [`DeviceCache`]: crate::cache::DeviceCache
+pub(crate) enum Gpu<'c> {
+    /// Released on drop.
+    Owned(DeviceTensor<'c>),
+    /// Not released here.
+    Borrowed(GpuTensor),
 }
 
 impl<'c> Gpu<'c> {
     /// Own a tensor returned by a kernel function.
     pub(crate) fn adopt(c: &'c dyn Compute, t: GpuTensor) -> Self {
-        Gpu { c, t, owned: true }
+        Gpu::Owned(DeviceTensor::adopt(c, t))
     }
 
     /// A view of a tensor that stays alive after this handle is dropped.
-    pub(crate) fn borrowed(c: &'c dyn Compute, t: GpuTensor) -> Self {
-        Gpu { c, t, owned: false }
+    pub(crate) fn borrowed(_c: &'c dyn Compute, t: GpuTensor) -> Self {
+        Gpu::Borrowed(t)
     }
 
     /// Give up ownership: the caller now releases the tensor.
-    pub(crate) fn into_raw(mut self) -> GpuTensor {
-        self.owned = false;
-        self.t
+    pub(crate) fn into_raw(self) -> GpuTensor {
+        match self {
+            Gpu::Owned(t) => t.into_raw(),
+            Gpu::Borrowed(t) => t,
+        }
     }
 
     /// A zero-filled tensor.
     pub(crate) fn zeros(c: &'c dyn Compute, dtype: DType, shape: &[usize]) -> Result<Self> {
-        Ok(Gpu::adopt(c, c.create(dtype, shape, None)?))
+        Ok(Gpu::Owned(DeviceTensor::zeros(c, dtype, shape)?))
     }
 
     /// The device id.
     pub(crate) fn id(&self) -> GpuTensor {
-        self.t
-    }
-}
-
-impl Drop for Gpu<'_> {
-    fn drop(&mut self) {
-        if self.owned {
-            self.c.release(self.t);
+        match self {
+            Gpu::Owned(t) => t.id(),
+            Gpu::Borrowed(t) => *t,
         }
     }
 }
