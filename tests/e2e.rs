@@ -1191,6 +1191,56 @@ fn embed_matches_the_transformers_golden_outputs() {
     assert_eq!(logits.1, vec![6, 2]);
 }
 
+/// `fusion-host NAME ...` runs `fusion-host-NAME` (beside the host, else on PATH) with the
+/// arguments after NAME and the host's `--device` as FUSION_DEVICE, exiting with its code; a
+/// NAME with no executable is a usage error that says where it looked.
+#[test]
+fn unknown_commands_run_fusion_host_name_from_path_or_are_named() {
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let script = bin.join("fusion-host-hello");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"args: $*; device: $FUSION_DEVICE\"\nexit 7\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = run_host_env(
+        work.path(),
+        &["--device", "cpu", "hello", "a", "--b", "c=d"],
+        &[("PATH", &path)],
+    );
+    assert_eq!(run.code, 7, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "args: a --b c=d; device: cpu");
+
+    let run = run_host(work.path(), &["hello"]);
+    run.assert_clean_failure(2);
+    assert!(
+        run.error().contains("no such command `hello`")
+            && run.error().contains("fusion-host-hello")
+            && run.error().contains("on PATH"),
+        "{}",
+        run.stderr
+    );
+    // Overrides are still overrides, and options for runs are refused before a command.
+    let run = run_host_env(
+        work.path(),
+        &["--config-name", "x", "hello"],
+        &[("PATH", &path)],
+    );
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("--config-name"), "{}", run.stderr);
+}
+
 /// TIES through the host, streamed and with task vectors kept on the device between passes
 /// (`FUSION_DEVICE_CACHE`; on lavapipe only merged tensors and elected sums are kept by
 /// default): all of them

@@ -3,8 +3,8 @@
 
 mod cli;
 mod device;
-mod embed;
 mod error;
+mod external;
 mod hub;
 mod interrupt;
 mod logging;
