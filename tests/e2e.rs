@@ -1241,6 +1241,99 @@ fn unknown_commands_run_fusion_host_name_from_path_or_are_named() {
     assert!(run.error().contains("--config-name"), "{}", run.stderr);
 }
 
+/// `fusion-host bench all --quick`: every figure measured, positive and finite, in the JSON
+/// record with the adapter, driver and versions, and in the markdown table; `--compare` of a
+/// record with itself gives ratios of 1. (No timing is asserted.)
+#[test]
+fn bench_quick_writes_a_record_with_every_figure() {
+    let work = tempfile::tempdir().unwrap();
+    let json_path = work.path().join("bench.json");
+    let run = run_host(
+        work.path(),
+        &[
+            "--device",
+            "cpu",
+            "bench",
+            "all",
+            "--quick",
+            "--json",
+            json_path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let record = json(&std::fs::read_to_string(&json_path).unwrap());
+    assert_eq!(record["format"], "fusion-host-bench/1");
+    assert_eq!(record["quick"], true);
+    assert_eq!(record["versions"]["fusion-host"], env!("CARGO_PKG_VERSION"));
+    assert!(record["versions"]["wgpu"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
+    for field in ["name", "backend", "device_type", "driver_info"] {
+        assert!(
+            record["adapter"][field]
+                .as_str()
+                .is_some_and(|v| !v.is_empty()),
+            "adapter.{field}: {record}"
+        );
+    }
+    assert!(record["date"].as_str().is_some_and(|d| d.ends_with('Z')));
+    let figures = record["figures"].as_array().unwrap();
+    for (suite, name, unit) in [
+        ("kernels", "copy", "GB/s"),
+        ("kernels", "weighted_sum_4", "GB/s"),
+        ("kernels", "matmul_f32", "GFLOP/s"),
+        ("merge", "task_arithmetic", "GB/s"),
+        ("merge", "ties_merging", "GB/s"),
+        ("clip", "vision_images", "images/s"),
+    ] {
+        let f = figures
+            .iter()
+            .find(|f| f["suite"] == suite && f["name"] == name)
+            .unwrap_or_else(|| panic!("no {suite}/{name} in {record}"));
+        assert_eq!(f["unit"], unit);
+        for key in ["value", "seconds"] {
+            let v = f[key].as_f64().unwrap();
+            assert!(v.is_finite() && v > 0.0, "{suite}/{name} {key} = {v}");
+        }
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("| {suite} | {name} | "))),
+            "{}",
+            run.stdout
+        );
+    }
+    assert_eq!(figures.len(), 6, "{record}");
+
+    let p = json_path.to_str().unwrap();
+    let run = run_host(work.path(), &["bench", "--compare", p, p]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("| kernels") || l.starts_with("| merge") || l.starts_with("| clip")
+        })
+        .collect();
+    assert_eq!(rows.len(), 6, "{}", run.stdout);
+    assert!(
+        rows.iter().all(|r| r.ends_with("| 1.00 |")),
+        "{}",
+        run.stdout
+    );
+
+    // A file that is not a record is named.
+    std::fs::write(work.path().join("x.json"), "{}").unwrap();
+    let run = run_host(work.path(), &["bench", "--compare", p, "x.json"]);
+    run.assert_clean_failure(2);
+    assert!(
+        run.error()
+            .contains("x.json is not a fusion-host bench record"),
+        "{}",
+        run.stderr
+    );
+}
+
 /// TIES through the host, streamed and with task vectors kept on the device between passes
 /// (`FUSION_DEVICE_CACHE`; on lavapipe only merged tensors and elected sums are kept by
 /// default): all of them

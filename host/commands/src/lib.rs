@@ -94,3 +94,12 @@ impl DeviceArg {
         Ok(rt)
     }
 }
+
+/// Write `text` to standard output, a failed write (a closed pipe, a full disk) as an error.
+pub fn stdout(text: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to standard output")
+}
