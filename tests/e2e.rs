@@ -1332,6 +1332,12 @@ fn bench_quick_writes_a_record_with_every_figure() {
         "{}",
         run.stderr
     );
+    // A --json target that cannot be written is refused before anything is measured.
+    let missing = work.path().join("no-such-folder/bench.json");
+    let run = run_host(work.path(), &["bench", "--json", missing.to_str().unwrap()]);
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("no folder"), "{}", run.stderr);
+    assert!(!run.stderr.contains("measured"), "{}", run.stderr);
 }
 
 /// TIES through the host, streamed and with task vectors kept on the device between passes

@@ -20,7 +20,7 @@ use safetensors::{Dtype, View};
 /// device: writes `image_embeds`, `text_embeds` (L2-normalized), `logits_per_image` when both
 /// are given, and the `pixel_values` / `input_ids` / `attention_mask` used.
 #[derive(Parser, Debug)]
-#[command(name = "fusion-host embed", version)]
+#[command(name = "fusion-host embed", bin_name = "fusion-host embed", version)]
 struct EmbedRequest {
     /// The CLIPModel checkpoint folder (config.json, model.safetensors, tokenizer.json,
     /// preprocessor_config.json).

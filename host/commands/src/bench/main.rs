@@ -26,7 +26,12 @@ pub use record::{Figure, Record};
 ///   fusion-host --device cpu bench all --quick --json lavapipe.json
 ///   fusion-host bench --compare lavapipe.json h100.json
 #[derive(Parser, Debug)]
-#[command(name = "fusion-host bench", version, verbatim_doc_comment)]
+#[command(
+    name = "fusion-host bench",
+    bin_name = "fusion-host bench",
+    version,
+    verbatim_doc_comment
+)]
 struct Cli {
     /// What to measure.
     #[arg(value_enum, default_value = "all")]
@@ -129,6 +134,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 "--json {}: a folder, not a file",
                 json.display()
             )));
+        }
+        if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(usage(format!(
+                    "--json {}: no folder {}",
+                    json.display(),
+                    parent.display()
+                )));
+            }
         }
     }
     let sizes = Sizes::new(cli.quick);
