@@ -785,6 +785,286 @@ fn the_context_carries_seed_fast_dev_run_and_the_config() {
     );
 }
 
+/// A run that saves and evaluates computes each merged tensor once (issue 15): the evaluation
+/// reads the checkpoint just written. The testkit's `once` method fails on a second read of a
+/// tensor; the probe task pool reads the first tensor after the save.
+#[test]
+fn a_run_that_saves_and_evaluates_computes_each_tensor_once() {
+    let plugin = build_external_plugin(
+        &root().join("tests/plugins/testkit"),
+        "fusion-testkit",
+        &root().join("plugin-api"),
+    );
+    let cfg = configs(&[("taskpool/probe.yaml", "_target_: probe\n")]);
+    let work = tempfile::tempdir().unwrap();
+    let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
+    for dest in ["merged", "single/merged.safetensors"] {
+        let run = run_host(
+            work.path(),
+            &[
+                "--plugin-dir",
+                plugin.path().to_str().unwrap(),
+                "--config-path",
+                cfg.path().to_str().unwrap(),
+                "modelpool=tiny",
+                "method._target_=once",
+                "taskpool=probe",
+                &format!("merged_model_save_path={dest}"),
+            ],
+        );
+        assert_eq!(run.code, 0, "{dest}: {}", run.stderr);
+        let report = json(&run.stdout);
+        let first = report["first_tensor"].as_str().unwrap();
+        let sum: f64 = base
+            .iter()
+            .find(|t| t.0 == first)
+            .unwrap()
+            .2
+            .iter()
+            .map(|v| *v as f64)
+            .sum();
+        assert!((report["first_sum"].as_f64().unwrap() - sum).abs() < 1e-3);
+    }
+    // Without a save, the merged model itself is evaluated (and computed once as well).
+    let run = run_host(
+        work.path(),
+        &[
+            "--plugin-dir",
+            plugin.path().to_str().unwrap(),
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method._target_=once",
+            "taskpool=probe",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+/// A plugin built before plugin-api could return several models (its library lacks the
+/// `fusion_plugin_models_v1` export) still loads, and its methods run for their one model.
+#[test]
+fn a_plugin_without_the_several_models_export_still_runs() {
+    let api = modified_plugin_api(None, false);
+    let export = api.path().join("plugin-api/src/export.rs");
+    let src = std::fs::read_to_string(&export).unwrap();
+    let start = src
+        .find("        // How the host runs the algorithms for several models")
+        .expect("the export's start");
+    let end = src
+        .find("        fn __fusion_root_module()")
+        .expect("the export's end");
+    std::fs::write(&export, format!("{}{}", &src[..start], &src[end..])).unwrap();
+    let plugin = build_external_plugin(
+        &root().join("tests/plugins/testkit"),
+        "pre-models-plugin",
+        &api.path().join("plugin-api"),
+    );
+    let lib = std::fs::read_dir(plugin.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("pre_models_plugin"))
+        .expect("the built library");
+    let bytes = std::fs::read(&lib).unwrap();
+    assert!(
+        !bytes
+            .windows(b"fusion_plugin_models_v1".len())
+            .any(|w| w == b"fusion_plugin_models_v1"),
+        "the library still exports the several-models symbol"
+    );
+    let cfg = configs(&[("taskpool/probe.yaml", "_target_: probe\n")]);
+    let work = tempfile::tempdir().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--plugin-dir",
+            plugin.path().to_str().unwrap(),
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "method._target_=once",
+            "taskpool=probe",
+            "merged_model_save_path=merged",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = json(&run.stdout);
+    assert!(report["first_tensor"].is_string(), "{report}");
+    assert!(work.path().join("merged/model.safetensors").is_file());
+}
+
+/// TSV-M with `return_single_task_models: true` returns a model per task beside `merged`; the
+/// host evaluates each with the CLIP task pool and reports them under their names (FusionBench's
+/// report for a dict of models), saves each into its own folder, and `merged` scores exactly as
+/// the method does without the flag. Two of the demo's six tasks keep the test short.
+#[test]
+fn a_method_that_returns_several_models_gets_each_evaluated_and_saved() {
+    let out = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = [
+        "--device",
+        "cpu",
+        "modelpool=CLIPVisionModelPool/demo",
+        "taskpool=CLIPVisionModelTaskPool/demo",
+        "method=task_singular_vector/TaskSingularVectorMerging",
+        "~modelpool.models.fashion_negative",
+        "~modelpool.models.digits_low",
+        "~modelpool.models.digits_high",
+        "~modelpool.models.digits_negative",
+        "print_config=false",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(format!(
+        "path.log_dir={}",
+        out.path().join("logs_plain").display()
+    ));
+    let plain = run_args(&root(), &args);
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    let plain = json(&plain.stdout);
+    args.pop();
+    args.extend([
+        "method.return_single_task_models=true".to_string(),
+        format!(
+            "merged_model_save_path={}",
+            out.path().join("saved").display()
+        ),
+        format!("path.log_dir={}", out.path().join("logs").display()),
+    ]);
+    let run = run_args(&root(), &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = json(&run.stdout);
+    let names: Vec<&String> = report.as_object().unwrap().keys().collect();
+    assert_eq!(
+        names,
+        ["fashion_tops", "fashion_other", "merged"],
+        "{report}"
+    );
+    for name in ["fashion_tops", "fashion_other", "merged"] {
+        let saved = out.path().join("saved").join(name);
+        assert!(
+            saved.join("model.safetensors").is_file() && saved.join("config.json").is_file(),
+            "{name} is not saved in {}",
+            saved.display()
+        );
+        assert!(report[name]["average"]["accuracy"].is_number(), "{report}");
+        assert!(
+            run.stderr.contains(&format!("model `{name}`")),
+            "a table per model: {}",
+            run.stderr
+        );
+    }
+    for task in ["fashion_tops", "digits_low", "average"] {
+        assert_eq!(
+            report["merged"][task]["accuracy"], plain[task]["accuracy"],
+            "{task}: {report} vs {plain}"
+        );
+        assert_eq!(
+            report["merged"][task]["loss"], plain[task]["loss"],
+            "{task}"
+        );
+    }
+    assert_ne!(
+        report["fashion_tops"]["fashion_tops"]["loss"], report["merged"]["fashion_tops"]["loss"],
+        "a single-task model is not the merged model"
+    );
+}
+
+/// Ensembles on the demo, from FusionBench's `ensemble/*` configs: nothing is merged, and the
+/// CLIP task pool combines the members' pooled outputs before the projection. A weighted
+/// ensemble with weights [1, 0] ([0, 1]) scores as its first (second) member alone; the mean
+/// and the maximum of two members score as neither, and count both members' parameters.
+#[test]
+fn ensembles_combine_their_members_outputs_in_the_clip_task_pool() {
+    let out = tempfile::tempdir().unwrap();
+    let run = |keep: &[&str], method: &[&str], tag: &str| -> Value {
+        let mut args: Vec<String> = [
+            "--device",
+            "cpu",
+            "modelpool=CLIPVisionModelPool/demo",
+            "taskpool=CLIPVisionModelTaskPool/demo",
+            "print_config=false",
+        ]
+        .map(String::from)
+        .to_vec();
+        for m in [
+            "_pretrained_",
+            "fashion_tops",
+            "fashion_other",
+            "fashion_negative",
+            "digits_low",
+            "digits_high",
+            "digits_negative",
+        ] {
+            if !keep.contains(&m) {
+                args.push(format!("~modelpool.models.{m}"));
+            }
+        }
+        args.extend(method.iter().map(|m| m.to_string()));
+        args.push(format!("path.log_dir={}", out.path().join(tag).display()));
+        let r = run_args(&root(), &args);
+        assert_eq!(r.code, 0, "{tag}: {}", r.stderr);
+        json(&r.stdout)
+    };
+    let tasks = ["fashion_tops", "digits_low", "fashion_other", "average"];
+    let same = |a: &Value, b: &Value, what: &str| {
+        for t in tasks {
+            assert_eq!(a[t]["accuracy"], b[t]["accuracy"], "{what}: {t}");
+            let (la, lb) = (
+                a[t]["loss"].as_f64().unwrap(),
+                b[t]["loss"].as_f64().unwrap(),
+            );
+            assert!((la - lb).abs() < 1e-4, "{what}: {t} loss {la} vs {lb}");
+        }
+    };
+    let a = run(&["fashion_tops"], &["method=dummy"], "a");
+    let b = run(&["digits_low"], &["method=dummy"], "b");
+    let both = ["fashion_tops", "digits_low"];
+    let first = run(
+        &both,
+        &["method=ensemble/weighted_ensemble", "method.weights=[1,0]"],
+        "first",
+    );
+    same(&first, &a, "weights [1, 0]");
+    let second = run(
+        &both,
+        &["method=ensemble/weighted_ensemble", "method.weights=[0,1]"],
+        "second",
+    );
+    same(&second, &b, "weights [0, 1]");
+    // One weight per model, or a clear error before any work.
+    let mut bad: Vec<String> = [
+        "--device",
+        "cpu",
+        "modelpool=CLIPVisionModelPool/demo",
+        "taskpool=CLIPVisionModelTaskPool/demo",
+        "method=ensemble/weighted_ensemble",
+        "method.weights=[1,2,3]",
+    ]
+    .map(String::from)
+    .to_vec();
+    bad.push(format!("path.log_dir={}", out.path().join("bad").display()));
+    let failed = run_args(&root(), &bad);
+    assert_eq!(failed.code, 2, "{}", failed.stderr);
+    assert!(
+        failed
+            .error()
+            .contains("`weights` has 3 values for the 6 models"),
+        "{}",
+        failed.stderr
+    );
+    let params = a["model_info"]["all_params"].as_u64().unwrap();
+    for method in ["ensemble/simple_ensemble", "ensemble/max_model_predictor"] {
+        let r = run(&both, &[&format!("method={method}")], method);
+        assert_eq!(r["model_info"]["all_params"].as_u64(), Some(2 * params));
+        for single in [&a, &b] {
+            assert_ne!(
+                r["average"]["loss"], single["average"]["loss"],
+                "{method} scores as one of its members"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_plugin_built_against_another_plugin_api_version_is_refused() {
     let api = modified_plugin_api(Some("0.0.9"), false);
@@ -2775,4 +3055,123 @@ fn the_slurm_launcher_submits_one_job_array_and_collects_the_reports() {
     );
     run.assert_clean_failure(2);
     assert!(run.error().contains("sbatch"), "{}", run.error());
+}
+
+/// A work folder with the mergekit-tiny models and configs (run from there, as mergekit-yaml's
+/// configs name the models by relative path).
+fn mergekit_work() -> tempfile::TempDir {
+    let work = tempfile::tempdir().unwrap();
+    let src = data().join("mergekit-tiny");
+    copy_dir(&src.join("models"), &work.path().join("models"));
+    copy_dir(&src.join("configs"), &work.path().join("configs"));
+    work
+}
+
+/// All tensors of a written checkpoint folder (one file or shards), by name.
+fn checkpoint_tensors(dir: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            out.extend(read_f32(&path));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn mergekit_runs_a_frankenmerge_config_into_a_sharded_folder_like_mergekit_yaml() {
+    let work = mergekit_work();
+    // A tokenizer on the first model, which gives the output its config and tokenizer.
+    let math = work.path().join("models/math");
+    std::fs::write(
+        math.join("tokenizer_config.json"),
+        r#"{"model_max_length": 64}"#,
+    )
+    .unwrap();
+    std::fs::write(math.join("tokenizer.json"), r#"{"version": "1.0"}"#).unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "mergekit",
+            "configs/passthrough_frankenmerge.yaml",
+            "out",
+            "--out-shard-size",
+            "50K",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = work.path().join("out");
+    let index = json(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap());
+    let shards: std::collections::BTreeSet<&str> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(shards.len() > 1, "{shards:?}");
+    let expected = data().join("mergekit-tiny/expected/passthrough_frankenmerge");
+    let got = checkpoint_tensors(&out);
+    let want = read_f32(&expected.join("model.safetensors"));
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w, "tensor {}", w.0);
+    }
+    let config = json(&std::fs::read_to_string(out.join("config.json")).unwrap());
+    assert_eq!(config["num_hidden_layers"], 6);
+    assert_eq!(
+        std::fs::read_to_string(out.join("mergekit_config.yml")).unwrap(),
+        std::fs::read_to_string(work.path().join("configs/passthrough_frankenmerge.yaml")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("tokenizer.json")).unwrap(),
+        r#"{"version": "1.0"}"#
+    );
+}
+
+#[test]
+fn mergekit_writes_out_dtype_and_refuses_bad_configs_before_writing() {
+    let work = mergekit_work();
+    let linear = std::fs::read_to_string(work.path().join("configs/linear.yaml")).unwrap();
+    write_configs(
+        work.path(),
+        &[("bf16.yaml", &format!("{linear}out_dtype: bfloat16\n"))],
+    );
+    let run = run_host(work.path(), &["mergekit", "bf16.yaml", "out"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = read_f32(&work.path().join("out/model.safetensors"));
+    let want = read_f32(&data().join("mergekit-tiny/expected/linear/model.safetensors"));
+    for ((name, _, g), (_, _, w)) in got.iter().zip(&want) {
+        for (a, b) in g.iter().zip(w) {
+            // bfloat16 keeps 8 significant bits: half a unit in the last place is 2⁻⁹ relative.
+            assert!(
+                (a - b).abs() <= b.abs() * 2f32.powi(-8),
+                "{name}: {a} vs {b}"
+            );
+        }
+    }
+    let config = json(&std::fs::read_to_string(work.path().join("out/config.json")).unwrap());
+    assert_eq!(config["dtype"], "bfloat16");
+
+    let cases = [
+        ("merge_method: lineer\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n", "lineer"),
+        (
+            "merge_method: passthrough\nslices:\n- sources:\n  - model: models/code\n    layer_range: [0, 9]\n",
+            "past its 4 layers",
+        ),
+        ("merge_method: ties\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n", "base_model"),
+        ("merge_method: linear\nmodels:\n- model: models/math\n  parameters: {weihgt: 1}\n", "weihgt"),
+    ];
+    for (i, (yaml, culprit)) in cases.iter().enumerate() {
+        let name = format!("bad{i}.yaml");
+        write_configs(work.path(), &[(&name, yaml)]);
+        let run = run_host(work.path(), &["mergekit", &name, "bad_out"]);
+        run.assert_clean_failure(2);
+        assert!(run.error().contains(culprit), "{}", run.error());
+        assert!(!work.path().join("bad_out").exists(), "nothing is written");
+    }
+    let run = run_host(work.path(), &["mergekit", "missing.yaml", "bad_out"]);
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("missing.yaml"), "{}", run.error());
 }

@@ -574,3 +574,39 @@ fn a_hub_that_never_answers_times_out_with_the_url_named() {
         "{stderr}"
     );
 }
+
+/// `fusion-host mergekit` with models named by hub id: downloaded into the cache, merged as
+/// mergekit-yaml merged the same models from disk, then again offline from the cache alone.
+#[test]
+fn mergekit_configs_take_hub_ids() {
+    let hub = FakeHub::start();
+    let models = data().join("mergekit-tiny/models");
+    for m in ["math", "code", "chat"] {
+        hub.add_folder(
+            RepoKind::Model,
+            &format!("tiny/{m}"),
+            &["main"],
+            &models.join(m),
+        );
+    }
+    let endpoint = hub.endpoint();
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let linear = std::fs::read_to_string(data().join("mergekit-tiny/configs/linear.yaml")).unwrap();
+    write_configs(
+        work.path(),
+        &[("linear.yaml", &linear.replace("models/", "tiny/"))],
+    );
+    let want = read_f32(&data().join("mergekit-tiny/expected/linear/model.safetensors"));
+    for (offline, out) in [("0", "online"), ("1", "offline")] {
+        let env = hub_env(home.path().to_str().unwrap(), &endpoint, offline);
+        let run = run_host_env(work.path(), &["mergekit", "linear.yaml", out], &env);
+        assert_eq!(run.code, 0, "{out}: {}", run.stderr);
+        assert_eq!(
+            read_f32(&work.path().join(out).join("model.safetensors")),
+            want,
+            "{out}"
+        );
+    }
+    assert!(home.path().join("hub/models--tiny--math").is_dir());
+}

@@ -23,6 +23,9 @@ methods=(
   "mergekit/breadcrumbs_ties (density 0.9, weights 0.2)|method=mergekit/breadcrumbs_ties method.weights=0.2"
   "mergekit/della (density 0.7, λ=0.6)|method=mergekit/della method.density=0.7 method.lambda=0.6 seed=0"
   "mergekit/della_linear (density 0.5)|method=mergekit/della_linear method.weights=0.3 seed=0"
+  "ensemble/simple_ensemble|method=ensemble/simple_ensemble"
+  "ensemble/weighted_ensemble (uniform)|method=ensemble/weighted_ensemble"
+  "ensemble/max_model_predictor|method=ensemble/max_model_predictor"
 )
 printf '| method |'; for t in "${tasks[@]}"; do printf ' %s |' "$t"; done; printf ' **average** |\n'
 printf '|---|'; for _ in "${tasks[@]}"; do printf -- '---:|'; done; printf -- '---:|\n'

@@ -15,6 +15,14 @@ use crate::progress;
 /// Resolve the hub settings and connect the hub to every loaded library. A bad setting (an
 /// `HF_ENDPOINT` that is no URL, an unreadable token file) is a usage error.
 pub fn connect(registry: &Registry, offline: bool, quiet: bool) -> anyhow::Result<()> {
+    let hub = install(offline, quiet)?;
+    registry.connect_hub(&hub);
+    Ok(())
+}
+
+/// Resolve the hub settings and install the hub for in-process code (no plugin libraries), as
+/// `fusion-host mergekit` needs for models named by hub id.
+pub fn install(offline: bool, quiet: bool) -> anyhow::Result<Arc<dyn Hub>> {
     let settings = HubSettings::from_env(offline).map_err(|e| usage(e.to_string()))?;
     tracing::debug!(
         cache = %settings.cache_dir.display(),
@@ -29,6 +37,5 @@ pub fn connect(registry: &Registry, offline: bool, quiet: bool) -> anyhow::Resul
     }
     let hub: Arc<dyn Hub> = Arc::new(client);
     fusion_plugin_api::hub::install(hub.clone());
-    registry.connect_hub(&hub);
-    Ok(())
+    Ok(hub)
 }

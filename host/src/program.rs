@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use fusion_checkpoint::save::{check_destination, reopen_saved, save_model, SaveOptions};
 use fusion_config::{ComposeOptions, ResolveContext};
 use fusion_plugin_api::host::ComponentKind;
 use fusion_plugin_api::Context;
@@ -15,7 +16,6 @@ use serde_norway::Value as Yaml;
 use crate::error::{plugin, usage};
 use crate::plugins::Registry;
 use crate::profile::Profiler;
-use crate::save::{check_destination, save_model, SaveOptions};
 use crate::{hub, targets};
 use crate::{logging, paths, progress};
 
@@ -114,7 +114,7 @@ fn root_path(cfg: &Json, key: &str, log_dir: &Path) -> anyhow::Result<Option<Pat
 }
 
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    crate::save::write_file_atomic(path, contents)
+    fusion_checkpoint::save::write_file_atomic(path, contents)
 }
 
 /// The run's log folder: `base` when no other run has it, else `base_1`, `base_2`, ... A run owns
@@ -288,6 +288,87 @@ fn print_cfg(
     })
 }
 
+/// Whether `models` (what the method returned) are several named models rather than the one
+/// merged model; an empty list, or several with an empty, repeated or path-like name, is an
+/// error naming the method.
+fn check_model_names(
+    models: &[(String, fusion_plugin_api::Model)],
+    method: &str,
+) -> anyhow::Result<bool> {
+    match models {
+        [] => anyhow::bail!("method `{method}` returned no model"),
+        [(name, _)] if name.is_empty() => return Ok(false),
+        _ => {}
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, _) in models {
+        let bad = name.is_empty()
+            || name.starts_with('.')
+            || name.contains(['/', '\\'])
+            || !seen.insert(name.as_str());
+        if bad {
+            anyhow::bail!(
+                "method `{method}` returned {} models, and `{name}` cannot name one of them \
+                 (names must be unique, non-empty, and usable as a folder name)",
+                models.len()
+            );
+        }
+    }
+    Ok(true)
+}
+
+/// Where model `name` of several is saved, given `merged_model_save_path`: the folder
+/// `DEST/NAME`, or `STEM_NAME.safetensors` beside a `.safetensors` path.
+fn model_save_path(dest: &Path, name: &str) -> PathBuf {
+    match dest.extension() {
+        Some(ext) if ext == "safetensors" => {
+            let stem = dest
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            dest.with_file_name(format!("{stem}_{name}.safetensors"))
+        }
+        _ => dest.join(name),
+    }
+}
+
+/// Save `model` to `dest` and return what the task pool should evaluate: the checkpoint just
+/// written when it holds the model's own values (a lazily merged model would otherwise compute
+/// every tensor a second time), else `model` itself.
+fn save(
+    profiler: &mut Profiler,
+    model: &fusion_plugin_api::Model,
+    dest: &Path,
+    opts: &SaveOptions,
+    will_evaluate: bool,
+) -> anyhow::Result<fusion_plugin_api::Model> {
+    let summary = profiler.stage("save merged model", || save_model(model, dest, opts))?;
+    tracing::info!(
+        path = %summary.path.display(),
+        shards = summary.shards,
+        tensors = summary.tensors,
+        bytes = summary.bytes,
+        "merged model saved"
+    );
+    if !will_evaluate {
+        return Ok(model.clone());
+    }
+    Ok(match reopen_saved(model, &summary)? {
+        Some(saved) => {
+            tracing::info!("the evaluation reads the saved checkpoint (memory-mapped)");
+            saved
+        }
+        None => {
+            tracing::info!(
+                "the save converted {} tensors to another dtype; the evaluation computes the \
+                 merged model again in its own dtype",
+                summary.converted
+            );
+            model.clone()
+        }
+    })
+}
+
 /// Run the program; returns the report, or None for `--cfg` / `dry_run`.
 pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     let mut profiler = Profiler::default();
@@ -405,7 +486,7 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
     let print_config = root_bool(&cfg, "print_config", false)?;
     let save_path = root_path(&cfg, "merged_model_save_path", &log_dir)?;
     let mut save_opts = SaveOptions::from_kwargs(cfg.get("merged_model_save_kwargs"))?;
-    save_opts.overflow_is_error = crate::save::nonfinite_is_error()?;
+    save_opts.overflow_is_error = fusion_checkpoint::save::nonfinite_is_error()?;
     let report_path = match cfg.get("report_save_path") {
         // FusionBench's default when the key is absent.
         None => Some(log_dir.join("program_report.json")),
@@ -499,39 +580,68 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         })
         .transpose()?;
 
-    let merged = profiler
-        .stage("run method", || method.run(&pool, &ctx).map_err(plugin))
+    let models = profiler
+        .stage("run method", || {
+            method.run_models(&pool, &ctx).map_err(plugin)
+        })
         .with_context(|| format!("running method `{}`", method_sel.target))?;
+    // One unnamed model is the merged model; several are named, as the dict of models some
+    // FusionBench methods return: each is saved into its own folder and reported under its name.
+    let several = check_model_names(&models, &method_sel.target)?;
 
-    if let Some(dest) = &save_path {
-        let summary = profiler
-            .stage("save merged model", || {
-                save_model(&merged, dest, &save_opts)
-            })
-            .with_context(|| format!("saving the merged model to {}", dest.display()))?;
-        tracing::info!(
-            path = %summary.path.display(),
-            shards = summary.shards,
-            tensors = summary.tensors,
-            bytes = summary.bytes,
-            "merged model saved"
-        );
-    }
-
-    let report = match &taskpool {
-        Some(tp) => profiler
-            .stage("evaluate", || tp.evaluate(&merged, &ctx).map_err(plugin))
+    let mut report = Json::Object(Default::default());
+    let mut tables = Vec::new();
+    for (name, merged) in &models {
+        let dest = save_path.as_ref().map(|d| {
+            if several {
+                model_save_path(d, name)
+            } else {
+                d.clone()
+            }
+        });
+        let evaluated = match &dest {
+            Some(dest) => save(&mut profiler, merged, dest, &save_opts, taskpool.is_some())
+                .with_context(|| {
+                    if several {
+                        format!("saving model `{name}` to {}", dest.display())
+                    } else {
+                        format!("saving the merged model to {}", dest.display())
+                    }
+                })?,
+            None => merged.clone(),
+        };
+        let Some(tp) = &taskpool else {
+            continue;
+        };
+        let one = profiler
+            .stage("evaluate", || tp.evaluate(&evaluated, &ctx).map_err(plugin))
             .with_context(|| {
-                format!(
-                    "evaluating with taskpool `{}`",
-                    task.as_ref().expect("present").0.target
-                )
-            })?,
-        None => {
-            tracing::info!("no taskpool: nothing to evaluate");
-            Json::Object(Default::default())
+                let target = &task.as_ref().expect("present").0.target;
+                if several {
+                    format!("evaluating model `{name}` with taskpool `{target}`")
+                } else {
+                    format!("evaluating with taskpool `{target}`")
+                }
+            })?;
+        if let Some(table) = task_table(&one) {
+            tables.push(if several {
+                format!("model `{name}`\n{table}")
+            } else {
+                table
+            });
         }
-    };
+        if several {
+            report
+                .as_object_mut()
+                .expect("an object")
+                .insert(name.clone(), one);
+        } else {
+            report = one;
+        }
+    }
+    if taskpool.is_none() {
+        tracing::info!("no taskpool: nothing to evaluate");
+    }
 
     let text = serde_json::to_string_pretty(&report)?;
     // A failed write to stdout (a full disk, a closed pipe) still leaves the report file and the
@@ -541,8 +651,8 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         write_atomic(path, text.as_bytes())?;
         tracing::info!(path = %path.display(), "report saved");
     }
-    if let Some(table) = task_table(&report) {
-        progress::eprint(&table);
+    for table in &tables {
+        progress::eprint(table);
     }
     progress::eprint(&profiler.summary());
     lazy.log_timing();

@@ -883,3 +883,116 @@ pub fn taskpool<T: TaskPool + crate::FromConfig>(
         Constructor::TaskPool(construct_task_pool::<T>),
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// Algorithms that return several models: a separate, versioned symbol (see `ModelsExport`)
+
+/// [`Algorithm::run_models`] across the boundary: every model an algorithm makes, by name.
+#[sabi_trait]
+pub trait ModelsAlgorithmAbi: Send + Sync {
+    #[sabi(last_prefix_field)]
+    fn run_models(
+        &self,
+        pool: ModelPoolObj,
+        ctx: RunContext_Ref,
+    ) -> RResult<RVec<Tuple2<RString, Model>>, Error>;
+}
+
+pub type ModelsAlgorithmObj = ModelsAlgorithmAbi_TO<'static, RBox<()>>;
+
+/// Builds one algorithm component as a [`ModelsAlgorithmObj`] from its config (JSON text) and
+/// the target it was selected by.
+#[repr(C)]
+#[derive(Clone, Copy, StableAbi)]
+pub struct ModelsConstructor {
+    pub construct: extern "C" fn(RStr<'_>, RStr<'_>) -> RResult<ModelsAlgorithmObj, Error>,
+}
+
+/// The symbol under which every library exports its [`ModelsExport`] (versioned: a change to
+/// `ModelsExport` itself takes a new name).
+pub const MODELS_EXPORT_SYMBOL: &str = "fusion_plugin_models_v1";
+
+/// How the host runs a library's algorithms for several models: a static exported beside the
+/// root module under [`MODELS_EXPORT_SYMBOL`] by `export_plugin!`.
+///
+/// Not a method appended to [`AlgorithmAbi`]: abi_stable's layout check refuses a library
+/// whose vtable (reached from the root module through the constructors) has *fewer* methods
+/// than the host's, so an appended method would lock every plugin built before it out of a
+/// newer host. A library without this symbol is run through [`AlgorithmAbi::run`], one model.
+#[repr(C)]
+pub struct ModelsExport {
+    /// The layout of [`ModelsConstructor`] the library was built with; the host checks it
+    /// against its own before using any.
+    pub layout: &'static abi_stable::type_layout::TypeLayout,
+    /// One entry per component, in the order of the root module's `components`: a constructor
+    /// for each algorithm, none for the other kinds.
+    pub constructors: extern "C" fn() -> RVec<ROption<ModelsConstructor>>,
+}
+
+// SAFETY: a reference to an immutable, 'static type layout and a function pointer.
+unsafe impl Sync for ModelsExport {}
+
+/// The library's [`ModelsExport`] (used by `export_plugin!`).
+pub const fn models_export(
+    constructors: extern "C" fn() -> RVec<ROption<ModelsConstructor>>,
+) -> ModelsExport {
+    ModelsExport {
+        layout: <ModelsConstructor as StableAbi>::LAYOUT,
+        constructors,
+    }
+}
+
+/// The [`ModelsExport`] entry of a component, by kind (used by `export_plugin!`).
+pub mod models_constructor {
+    use super::*;
+
+    /// An algorithm's constructor.
+    pub fn algorithm<T: Algorithm + crate::FromConfig>() -> ROption<ModelsConstructor> {
+        ROption::RSome(ModelsConstructor {
+            construct: construct_models_algorithm::<T>,
+        })
+    }
+
+    /// None: a model pool returns no models.
+    pub fn modelpool<T>() -> ROption<ModelsConstructor> {
+        ROption::RNone
+    }
+
+    /// None: a task pool returns no models.
+    pub fn taskpool<T>() -> ROption<ModelsConstructor> {
+        ROption::RNone
+    }
+}
+
+impl<T: Algorithm> ModelsAlgorithmAbi for AlgorithmAdapter<T> {
+    fn run_models(
+        &self,
+        pool: ModelPoolObj,
+        ctx: RunContext_Ref,
+    ) -> RResult<RVec<Tuple2<RString, Model>>, Error> {
+        guard(&self.origin, || {
+            let pool = ModelPoolProxy(pool);
+            let models = self.inner.run_models(&pool, &context_from_abi(ctx))?;
+            Ok(models
+                .into_iter()
+                .map(|(name, model)| Tuple2(RString::from(name), model))
+                .collect())
+        })
+    }
+}
+
+extern "C" fn construct_models_algorithm<T: Algorithm + crate::FromConfig>(
+    config: RStr<'_>,
+    target: RStr<'_>,
+) -> RResult<ModelsAlgorithmObj, Error> {
+    let origin = origin_for(target);
+    guard(&origin.clone(), || {
+        let config = parse_config(config, target)?;
+        let inner = T::from_config(&config)?;
+        check_algorithm_parameters(&config)?;
+        Ok(ModelsAlgorithmAbi_TO::from_value(
+            AlgorithmAdapter { inner, origin },
+            TD_Opaque,
+        ))
+    })
+}

@@ -13,6 +13,16 @@ pub trait Algorithm: Send + Sync + 'static {
     /// Merge the models of `pool`. Load models lazily with [`ModelPool::load_model`]; use
     /// `ctx` for the GPU, progress bars, the seed and `fast_dev_run`.
     fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model>;
+
+    /// Every model the method makes, by name, for methods that return several (FusionBench
+    /// methods that return a dict of models, such as TSV-M's single-task models beside
+    /// `merged`). The host calls this one: it evaluates each model and reports them under their
+    /// names, and saves each into its own folder. The default is [`run`](Algorithm::run)'s model
+    /// alone, unnamed, which the host treats as the one merged model. Names must be unique,
+    /// non-empty and usable as a folder name when there are several.
+    fn run_models(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Vec<(String, Model)>> {
+        Ok(vec![(String::new(), self.run(pool, ctx)?)])
+    }
 }
 
 /// A pool of models (FusionBench's `BaseModelPool`).

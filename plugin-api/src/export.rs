@@ -53,6 +53,21 @@ macro_rules! export_plugin {
         #[unsafe(no_mangle)]
         pub static fusion_plugin_hub_v1: $crate::abi::HubExport = $crate::abi::hub_export();
 
+        // How the host runs the algorithms for several models (see `abi::ModelsExport`).
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        #[unsafe(no_mangle)]
+        pub static fusion_plugin_models_v1: $crate::abi::ModelsExport =
+            $crate::abi::models_export(__fusion_models_constructors);
+
+        extern "C" fn __fusion_models_constructors() -> $crate::__private::RVec<
+            $crate::__private::abi_stable::std_types::ROption<$crate::abi::ModelsConstructor>,
+        > {
+            ::std::vec![
+                $( $crate::abi::models_constructor::$kind::<$ty>() ),*
+            ].into()
+        }
+
         fn __fusion_root_module() -> $crate::abi::PluginModule_Ref {
             $crate::abi::build_module(
                 env!("CARGO_PKG_NAME"),
@@ -80,6 +95,11 @@ mod tests {
     #[test]
     fn hub_export_symbol_matches_the_macro() {
         assert_eq!(crate::abi::HUB_EXPORT_SYMBOL, "fusion_plugin_hub_v1");
+    }
+
+    #[test]
+    fn models_export_symbol_matches_the_macro() {
+        assert_eq!(crate::abi::MODELS_EXPORT_SYMBOL, "fusion_plugin_models_v1");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use abi_stable::StableAbi;
 
 use crate::abi::{
     self, AlgorithmObj, Constructor, HostLink, HubExport, HubObj, ModelPoolObj, ModelPoolProxy,
-    PluginModule_Ref, TaskPoolObj,
+    ModelsAlgorithmObj, ModelsConstructor, ModelsExport, PluginModule_Ref, TaskPoolObj,
 };
 use crate::hub::Hub;
 use crate::{Context, Error, Model, ModelPool, Result};
@@ -170,6 +170,38 @@ fn find_hub_export(path: &Path) -> Option<&'static HubExport> {
     }
 }
 
+/// The constructors of the library's [`ModelsExport`], one per component, when it has one whose
+/// layout this host shares.
+fn find_models_constructors(path: &Path) -> Option<Vec<Option<ModelsConstructor>>> {
+    let raw = RawLibrary::load_at(path).ok()?;
+    let symbol = format!("{}\0", abi::MODELS_EXPORT_SYMBOL);
+    // SAFETY: the symbol is the `ModelsExport` static `export_plugin!` writes (its name is
+    // versioned with its type); the library stays loaded for good (leaked below, and abi_stable
+    // already leaked it).
+    let export: &'static ModelsExport =
+        unsafe { *raw.get::<&'static ModelsExport>(symbol.as_bytes()).ok()? };
+    std::mem::forget(raw);
+    // The host calls the library's objects: the library's layout must satisfy the host's.
+    match check_layout_compatibility(<ModelsConstructor as StableAbi>::LAYOUT, export.layout) {
+        Ok(()) => Some(
+            (export.constructors)()
+                .into_iter()
+                .map(|c| c.into_option())
+                .collect(),
+        ),
+        Err(e) => {
+            let detail = e.to_string();
+            tracing::warn!(
+                "plugin {}: its interface for methods that return several models does not match \
+                 this host's, so its methods return one model each; rebuild it. Layout check: {}",
+                path.display(),
+                detail.lines().take(6).collect::<Vec<_>>().join(" | ")
+            );
+            None
+        }
+    }
+}
+
 /// One component of a loaded library.
 #[derive(Clone)]
 pub struct Component {
@@ -184,6 +216,9 @@ pub struct Component {
     /// The library file.
     pub library: PathBuf,
     constructor: Constructor,
+    /// The constructor that can run the algorithm for several models (absent in libraries
+    /// built before plugin-api had it).
+    models: Option<ModelsConstructor>,
 }
 
 extern "C" fn host_log(level: u8, plugin: RStr<'_>, target: RStr<'_>, message: RStr<'_>) {
@@ -264,9 +299,12 @@ pub fn load_library(path: &Path) -> std::result::Result<Library, LoadError> {
     });
     let hub_export = find_hub_export(path);
     let name = module.name().to_string();
-    let components = (module.components())()
+    let descriptors = (module.components())();
+    let models = find_models_constructors(path).filter(|m| m.len() == descriptors.len());
+    let components = descriptors
         .into_iter()
-        .map(|d| Component {
+        .enumerate()
+        .map(|(i, d)| Component {
             names: d.names.iter().map(RString::to_string).collect(),
             kind: match d.constructor {
                 Constructor::Algorithm(_) => ComponentKind::Algorithm,
@@ -277,6 +315,7 @@ pub fn load_library(path: &Path) -> std::result::Result<Library, LoadError> {
             plugin: name.clone(),
             library: path.to_owned(),
             constructor: d.constructor,
+            models: models.as_ref().and_then(|m| m[i]),
         })
         .collect();
     Ok(Library {
@@ -301,12 +340,22 @@ impl Component {
 
     /// Build the algorithm from its config subtree.
     pub fn algorithm(&self, target: &str, config: &serde_json::Value) -> Result<AlgorithmHandle> {
-        match self.constructor {
-            Constructor::Algorithm(f) => {
+        match (self.constructor, self.models) {
+            (Constructor::Algorithm(_), Some(models)) => {
+                let json = config.to_string();
+                (models.construct)(json.as_str().into(), target.into())
+                    .into_result()
+                    .map(|obj| AlgorithmHandle {
+                        obj: AlgorithmObject::Several(obj),
+                    })
+            }
+            (Constructor::Algorithm(f), None) => {
                 let json = config.to_string();
                 f(json.as_str().into(), target.into())
                     .into_result()
-                    .map(|obj| AlgorithmHandle { obj })
+                    .map(|obj| AlgorithmHandle {
+                        obj: AlgorithmObject::One(obj),
+                    })
             }
             _ => Err(self.wrong_kind(ComponentKind::Algorithm)),
         }
@@ -341,13 +390,47 @@ impl Component {
 
 /// A loaded algorithm.
 pub struct AlgorithmHandle {
-    obj: AlgorithmObj,
+    obj: AlgorithmObject,
+}
+
+enum AlgorithmObject {
+    /// From a library built before algorithms could return several models.
+    One(AlgorithmObj),
+    Several(ModelsAlgorithmObj),
 }
 
 impl AlgorithmHandle {
-    /// Run it on a pool.
+    /// Run it on a pool, for its one model (an error naming the count if it makes several).
     pub fn run(&self, pool: &ModelPoolHandle, ctx: &Context) -> Result<Model> {
-        self.obj.run(pool.0 .0.clone(), ctx.abi()).into_result()
+        let mut models = self.run_models(pool, ctx)?;
+        if models.len() != 1 {
+            return Err(Error::other(format!(
+                "the method returned {} models where one was expected",
+                models.len()
+            )));
+        }
+        Ok(models.remove(0).1)
+    }
+
+    /// Run it on a pool, for every model it makes (see [`crate::Algorithm::run_models`]): one
+    /// unnamed model for most methods.
+    pub fn run_models(
+        &self,
+        pool: &ModelPoolHandle,
+        ctx: &Context,
+    ) -> Result<Vec<(String, Model)>> {
+        match &self.obj {
+            AlgorithmObject::One(obj) => {
+                let model = obj.run(pool.0 .0.clone(), ctx.abi()).into_result()?;
+                Ok(vec![(String::new(), model)])
+            }
+            AlgorithmObject::Several(obj) => Ok(obj
+                .run_models(pool.0 .0.clone(), ctx.abi())
+                .into_result()?
+                .into_iter()
+                .map(|t| (t.0.into_string(), t.1))
+                .collect()),
+        }
     }
 }
 

@@ -107,6 +107,7 @@
 pub mod abi;
 mod component;
 pub mod compute;
+pub mod ensemble;
 pub mod error;
 mod export;
 pub mod host;

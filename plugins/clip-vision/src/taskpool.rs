@@ -17,6 +17,7 @@ use std::time::Instant;
 use fusion_clip::gpu::{GpuClipModel, GpuClipVision};
 use fusion_clip::{CheckpointConfig, ClipTokenizer, ImageProcessor, Padding, Tensor, WeightStore};
 use fusion_datasets::{DatasetSpec, ImageDataset};
+use fusion_plugin_api::ensemble::Ensemble;
 use fusion_plugin_api::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -315,11 +316,42 @@ impl TaskPool for ClipVisionModelTaskPool {
         let clip = GpuClipModel::load_text_only(c, &store, &config).map_err(clip_err)?;
         let tokenizer = ClipTokenizer::from_dir(&base_dir).map_err(clip_err)?;
         let processor = ImageProcessor::from_dir(&processor_dir).map_err(clip_err)?;
-        let vision = GpuClipVision::from_model(c, model, &config.vision_config).map_err(|e| {
-            Error::model(format!(
-                "the merged model is not a CLIP vision tower matching the base model: {e}"
-            ))
-        })?;
+        // An ensemble (see `fusion_plugin_api::ensemble`) brings one tower per member; their
+        // pooled outputs are combined before the base model's `visual_projection`.
+        let ensemble = Ensemble::from_model(model)?;
+        let towers = match &ensemble {
+            None => vec![
+                GpuClipVision::from_model(c, model, &config.vision_config).map_err(|e| {
+                    Error::model(format!(
+                        "the merged model is not a CLIP vision tower matching the base model: {e}"
+                    ))
+                })?,
+            ],
+            Some(e) => e
+                .members
+                .iter()
+                .map(|(name, m)| {
+                    GpuClipVision::from_model(c, m, &config.vision_config).map_err(|e| {
+                        Error::model(format!(
+                            "ensemble member `{name}` is not a CLIP vision tower matching the \
+                             base model: {e}"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let projection = match &ensemble {
+            None => None,
+            Some(_) => Some(
+                store
+                    .get(
+                        "visual_projection.weight",
+                        &[config.projection_dim, config.vision_config.hidden_size],
+                    )
+                    .map_err(clip_err)?,
+            ),
+        };
+        let vision = &towers[0];
         tracing::info!(
             device = %c.device_name(),
             backend = vision.backend(),
@@ -354,9 +386,10 @@ impl TaskPool for ClipVisionModelTaskPool {
                 workers: self.num_workers,
             };
             let mut run_batch = |pixels: Tensor, labels: Vec<i64>| -> Result<()> {
-                let image = clip
-                    .encode_images_with(&vision, &pixels)
-                    .map_err(clip_err)?;
+                let image = match (&ensemble, &projection) {
+                    (Some(e), Some(w)) => ensemble_image_features(e, &towers, w, &pixels)?,
+                    _ => clip.encode_images_with(vision, &pixels).map_err(clip_err)?,
+                };
                 let logits = clip.logits(&image, &head).map_err(clip_err)?;
                 let (l, k) = score(&logits, &labels)
                     .map_err(|e| e.context(format!("task `{}`", task.name)))?;
@@ -543,6 +576,27 @@ impl Loader<'_> {
             })
             .collect()
     }
+}
+
+/// The L2-normalized image features of an ensemble: the members' pooled outputs combined as
+/// FusionBench's ensemble wrappers combine the towers' outputs (mean, weighted sum or
+/// elementwise maximum of `pooler_output`), then projected by the base model's
+/// `visual_projection` (`[projection_dim, hidden]`), as `HFCLIPClassifier` does.
+fn ensemble_image_features(
+    ensemble: &Ensemble,
+    towers: &[GpuClipVision<'_>],
+    projection: &Tensor,
+    pixels: &Tensor,
+) -> Result<Tensor> {
+    let pooled = towers
+        .iter()
+        .map(|t| t.pooled(pixels).map_err(clip_err))
+        .collect::<Result<Vec<_>>>()?;
+    let outputs: Vec<&[f32]> = pooled.iter().map(|p| p.data()).collect();
+    let combined =
+        Tensor::new(pooled[0].shape().to_vec(), ensemble.combine(&outputs)?).map_err(clip_err)?;
+    let projected = fusion_clip::matmul_transposed(&combined, projection, 1.0).map_err(clip_err)?;
+    Ok(fusion_clip::l2_normalize_rows(&projected))
 }
 
 /// FusionBench's `model_info`: every parameter of the merged vision tower counts as trainable.

@@ -20,7 +20,7 @@
 //! | `expo` | `ExPOAlgorithm` | `extrapolation_factor` (required) |
 //! | `linear_interpolation` | `LinearInterpolationAlgorithm` | `t` (required) |
 //! | `magnitude_diff_pruning` | `MagnitudeDiffPruningAlgorithm` | `prune_ratio` (required), `rescale` null, `extract_names` null, `prune_type` minor |
-//! | `task_singular_vector` | `TaskSingularVectorMerging` | `alpha` null (1), `exclude_keys` null, `return_single_task_models` false |
+//! | `task_singular_vector` | `TaskSingularVectorMerging` | `alpha` null (1), `exclude_keys` null, `return_single_task_models` false (true: each model's share and `merged`) |
 //! | `iso_c` | `ISO_C_Merge` | `scaling_factor` (required), `exclude_keys` null |
 //! | `iso_cts` | `ISO_CTS_Merge` | `scaling_factor`, `common_space_fraction` (required), `exclude_keys` null |
 //! | `wudi` | `WUDIMerging` | `iter_num` (required), `exclude_keys` null |
@@ -57,6 +57,7 @@ mod cpu;
 mod delta;
 mod device;
 mod elementwise;
+mod ensemble;
 mod inputs;
 mod kernels;
 mod lazy;
@@ -74,6 +75,7 @@ mod wudi;
 
 pub use average::{SimpleAverage, WeightedAverage};
 pub use elementwise::{ExPO, LinearInterpolation, MagMax, MagnitudeDiffPruning};
+pub use ensemble::{MaxModelPredictor, SimpleEnsemble, WeightedEnsemble};
 pub use kernels::wgsl_source;
 pub use mergekit::{breadcrumbs_band, Breadcrumbs, BreadcrumbsTies, Della, DellaLinear};
 pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
@@ -222,5 +224,29 @@ fusion_plugin_api::export_plugin! {
             "fusion_bench.method.singular_value_calibration.SingularValueCalibrationArithmeticTask",
         ],
         description: "SVC after task arithmetic (CPU).",
+    }
+    algorithm SimpleEnsemble {
+        names: [
+            "simple_ensemble",
+            "fusion_bench.method.SimpleEnsembleAlgorithm",
+            "fusion_bench.method.ensemble.SimpleEnsembleAlgorithm",
+        ],
+        description: "Ensemble: the task pool averages the models' outputs (nothing is merged).",
+    }
+    algorithm WeightedEnsemble {
+        names: [
+            "weighted_ensemble",
+            "fusion_bench.method.WeightedEnsembleAlgorithm",
+            "fusion_bench.method.ensemble.WeightedEnsembleAlgorithm",
+        ],
+        description: "Ensemble: the task pool sums the models' outputs with weights (normalized unless normalize: false).",
+    }
+    algorithm MaxModelPredictor {
+        names: [
+            "max_model_predictor",
+            "fusion_bench.method.MaxModelPredictorAlgorithm",
+            "fusion_bench.method.ensemble.MaxModelPredictorAlgorithm",
+        ],
+        description: "Ensemble: the task pool takes the elementwise maximum of the models' outputs.",
     }
 }

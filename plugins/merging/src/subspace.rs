@@ -86,11 +86,13 @@ enum Alpha {
 ///
 /// Parameters (FusionBench's): `alpha` (a number scales the merged task vector; a list, one
 /// per model, scales the task vectors first; null is 1; its config file sets 1), `exclude_keys`
-/// (null), `return_single_task_models` (false; true is not supported yet, since an algorithm
-/// returns one model).
+/// (null), `return_single_task_models` (false; when true the method also returns, under each
+/// model's pool name, θ₀ plus that model's share of the merged task vector, and the merged
+/// model as `merged`, as FusionBench does).
 pub struct TaskSingularVector {
     alpha: Alpha,
     exclude_keys: Vec<String>,
+    return_single_task_models: bool,
 }
 
 impl FromConfig for TaskSingularVector {
@@ -100,22 +102,55 @@ impl FromConfig for TaskSingularVector {
             Some(Value::Array(_)) => Alpha::PerModel(config.require("alpha")?),
             Some(_) => Alpha::Merged(config.require("alpha")?),
         };
-        if config.get_or("return_single_task_models", false)? {
-            return Err(Error::config(
-                "task_singular_vector: `return_single_task_models: true` is not supported yet: \
-                 an algorithm returns one model in this version of fusion-host; set it to false \
-                 to get the merged model",
-            ));
-        }
         Ok(TaskSingularVector {
             alpha,
             exclude_keys: exclude_keys(config)?,
+            return_single_task_models: config.get_or("return_single_task_models", false)?,
         })
     }
 }
 
 impl Algorithm for TaskSingularVector {
     fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
+        let (inputs, tsvm) = self.prepare(pool)?;
+        Ok(CpuMerged::model(inputs, tsvm))
+    }
+
+    fn run_models(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Vec<(String, Model)>> {
+        if !self.return_single_task_models {
+            return Ok(vec![(String::new(), self.run(pool, ctx)?)]);
+        }
+        let (inputs, tsvm) = self.prepare(pool)?;
+        // FusionBench's dict: each model's own share under its pool name, then `merged`. Each
+        // model computes its tensors when asked for, repeating the SVDs of that tensor, so that
+        // memory holds one tensor of each input rather than T + 1 whole models.
+        let mut models: Vec<(String, Model)> = (0..inputs.models.len())
+            .map(|index| {
+                let single = TsvmSingle {
+                    index,
+                    pre: tsvm.pre.clone(),
+                    exclude_keys: tsvm.exclude_keys.clone(),
+                };
+                (
+                    inputs.models[index].name.clone(),
+                    CpuMerged::model(inputs.clone(), single),
+                )
+            })
+            .collect();
+        if models.iter().any(|(name, _)| name == "merged") {
+            return Err(Error::config(
+                "task_singular_vector: with `return_single_task_models: true` the merged model \
+                 is returned as `merged`, and the pool has a model of that name; rename it",
+            ));
+        }
+        models.push(("merged".to_string(), CpuMerged::model(inputs, tsvm)));
+        Ok(models)
+    }
+}
+
+impl TaskSingularVector {
+    /// Open and check the models; the merge of the merged model.
+    fn prepare(&self, pool: &dyn ModelPool) -> Result<(Inputs, Tsvm)> {
         const NAME: &str = "task_singular_vector";
         let inputs = Inputs::open(pool, NAME, true, 1)?;
         let t = inputs.models.len();
@@ -145,7 +180,7 @@ impl Algorithm for TaskSingularVector {
             Alpha::PerModel(_) => 1.0,
         };
         tracing::info!(models = t, alpha = ?self.alpha, "task singular vector merging (CPU)");
-        Ok(CpuMerged::model(
+        Ok((
             inputs,
             Tsvm {
                 pre,
@@ -164,12 +199,7 @@ struct Tsvm {
 
 impl CpuMerge for Tsvm {
     fn merge(&self, inputs: &Inputs, name: &str, info: &TensorInfo) -> Result<Vec<f32>> {
-        let mut tvs = task_vectors(inputs, name)?;
-        if let Some(a) = &self.pre {
-            for (tv, &a) in tvs.iter_mut().zip(a) {
-                tv.iter_mut().for_each(|x| *x *= a);
-            }
-        }
+        let tvs = self.task_vectors(inputs, name)?;
         let merged = if is_matrix(info) && !self.exclude_keys.iter().any(|k| k == name) {
             tsvm_matrix(info, &tvs)?
         } else {
@@ -179,8 +209,86 @@ impl CpuMerge for Tsvm {
     }
 }
 
+impl Tsvm {
+    /// The task vectors of `name`, each scaled by its per-model `alpha` when there is one.
+    fn task_vectors(&self, inputs: &Inputs, name: &str) -> Result<Vec<Vec<f32>>> {
+        let mut tvs = task_vectors(inputs, name)?;
+        if let Some(a) = &self.pre {
+            for (tv, &a) in tvs.iter_mut().zip(a) {
+                tv.iter_mut().for_each(|x| *x *= a);
+            }
+        }
+        Ok(tvs)
+    }
+}
+
+/// One model of TSV-M's `return_single_task_models`: θ₀ plus model `index`'s term of the
+/// merged task vector (its block of the orthogonalized singular vectors, with its own singular
+/// values) on the 2-D weights, plus the mean task vector elsewhere; the global `alpha` is not
+/// applied, as in FusionBench.
+struct TsvmSingle {
+    index: usize,
+    pre: Option<Vec<f32>>,
+    exclude_keys: Vec<String>,
+}
+
+impl CpuMerge for TsvmSingle {
+    fn merge(&self, inputs: &Inputs, name: &str, info: &TensorInfo) -> Result<Vec<f32>> {
+        let tsvm = Tsvm {
+            pre: self.pre.clone(),
+            post: 1.0,
+            exclude_keys: Vec::new(),
+        };
+        let tvs = tsvm.task_vectors(inputs, name)?;
+        let delta = if is_matrix(info) && !self.exclude_keys.iter().any(|k| k == name) {
+            tsvm_blocks(info, &tvs)?.single(self.index)?
+        } else {
+            running_mean(&tvs)
+        };
+        add_scaled(inputs, name, &delta, 1.0)
+    }
+}
+
+/// TSV-M's factors of one 2-D weight: the orthogonalized stacks of every task's leading `r`
+/// left and right singular vectors, and their singular values.
+struct TsvmBlocks {
+    u: Matrix,
+    s: Vec<f64>,
+    vt: Matrix,
+    r: usize,
+}
+
+impl TsvmBlocks {
+    /// The merged task vector: U·diag(s)·Vᵀ.
+    fn merged(&self) -> Result<Vec<f32>> {
+        let out = self
+            .u
+            .scale_columns(&self.s)
+            .matmul(&self.vt)
+            .map_err(|e| Error::model(e.to_string()))?;
+        Ok(out.to_f32())
+    }
+
+    /// Task `i`'s term of the merged task vector: its `r` columns of U, singular values and
+    /// rows of Vᵀ.
+    fn single(&self, i: usize) -> Result<Vec<f32>> {
+        let (from, to) = (i * self.r, (i + 1) * self.r);
+        let out = self
+            .u
+            .columns(from, to)
+            .scale_columns(&self.s[from..to])
+            .matmul(&self.vt.row_range(from, to))
+            .map_err(|e| Error::model(e.to_string()))?;
+        Ok(out.to_f32())
+    }
+}
+
 /// TSV-M's merged task vector of one 2-D weight.
 fn tsvm_matrix(info: &TensorInfo, tvs: &[Vec<f32>]) -> Result<Vec<f32>> {
+    tsvm_blocks(info, tvs)?.merged()
+}
+
+fn tsvm_blocks(info: &TensorInfo, tvs: &[Vec<f32>]) -> Result<TsvmBlocks> {
     let t = tvs.len();
     let k = info.shape[0].min(info.shape[1]);
     // int(k * (1 / T)) in Python's float arithmetic.
@@ -198,11 +306,7 @@ fn tsvm_matrix(info: &TensorInfo, tvs: &[Vec<f32>]) -> Result<Vec<f32>> {
     // zero singular values; the product is the same without them.
     let u = orthogonalize(&Matrix::hcat(&us).map_err(|e| Error::model(e.to_string()))?);
     let vt = orthogonalize(&Matrix::vcat(&vts).map_err(|e| Error::model(e.to_string()))?);
-    let out = u
-        .scale_columns(&s)
-        .matmul(&vt)
-        .map_err(|e| Error::model(e.to_string()))?;
-    Ok(out.to_f32())
+    Ok(TsvmBlocks { u, s, vt, r })
 }
 
 /// ISO-C (Marczak et al., 2025): for each 2-D weight, the sum of the task vectors with every

@@ -1,11 +1,17 @@
-//! Reading checkpoints for fusion-host plugins: single `.safetensors` files and Hugging Face
-//! checkpoint folders (one file or shards with an index), memory-mapped and read lazily, and
-//! Hugging Face hub ids (from the cache, downloaded into it when missing, through the host's hub).
+//! Reading and writing checkpoints for fusion-host and its plugins. Reading: single
+//! `.safetensors` files and Hugging Face checkpoint folders (one file or shards with an index),
+//! memory-mapped and read lazily, and Hugging Face hub ids (from the cache, downloaded into it
+//! when missing, through the host's hub). Writing ([`save`]): a model saved as a checkpoint
+//! folder or a single file, sharded, converted to another float dtype if asked, every file
+//! written atomically (temporary name, then rename), with temporary files removed when the
+//! process is interrupted.
 //!
-//! A plain library (not a plugin), so several plugins and their tests can share it.
+//! A plain library (not a plugin), so the host, several plugins and their tests can share it.
 
 pub mod checkpoint;
 pub mod hub;
+mod interrupt;
+pub mod save;
 
 pub use checkpoint::Checkpoint;
 

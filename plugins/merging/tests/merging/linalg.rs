@@ -262,6 +262,100 @@ fn task_singular_vector_alpha_list() {
     assert!(msg.contains("`alpha` has 2 values for 4 models"), "{msg}");
 }
 
+/// `return_single_task_models: true` returns FusionBench's dict: each model's share under its
+/// pool name, then `merged` (the method's merged model). As FusionBench builds them, on a 2-D
+/// weight task i's share is its block of the orthogonalized singular vectors with its own
+/// leading r = ⌊k/T⌋ singular values (so the share's spectrum is those values, and the shares
+/// sum to the merged task vector before the global `alpha`); elsewhere each share is the mean
+/// task vector. Without the flag the method returns one unnamed model.
+#[test]
+fn task_singular_vector_returns_single_task_models() {
+    use fusion_merging::linalg::{svd, Matrix};
+    let names = ["_pretrained_", "task_a", "task_b", "task_c", "task_d"];
+    let pool = linalg_pool(&names);
+    let models = build(
+        "task_singular_vector",
+        json!({"alpha": 0.5, "return_single_task_models": true}),
+    )
+    .unwrap()
+    .run_models(&pool, &cpu_ctx())
+    .unwrap();
+    let got: Vec<&str> = models.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(got, ["task_a", "task_b", "task_c", "task_d", "merged"]);
+    let plain = merge(
+        "task_singular_vector",
+        json!({"alpha": 0.5}),
+        &pool,
+        &cpu_ctx(),
+    )
+    .unwrap();
+    assert!(max_rel_error(&models[4].1, &plain) < 1e-6);
+
+    let inputs: Vec<Model> = names.iter().map(|n| linalg_model(n)).collect();
+    let t = 4;
+    for name in inputs[0].names().unwrap() {
+        let (base, shape) = inputs[0].to_f32(&name).unwrap();
+        let tvs: Vec<Vec<f32>> = inputs[1..]
+            .iter()
+            .map(|m| {
+                let v = m.to_f32(&name).unwrap().0;
+                v.iter().zip(&base).map(|(x, b)| x - b).collect()
+            })
+            .collect();
+        let shares: Vec<Vec<f32>> = models[..t]
+            .iter()
+            .map(|(_, m)| {
+                let v = m.to_f32(&name).unwrap().0;
+                v.iter().zip(&base).map(|(x, b)| x - b).collect()
+            })
+            .collect();
+        if shape.len() != 2 {
+            for (i, share) in shares.iter().enumerate() {
+                for (j, x) in share.iter().enumerate() {
+                    let mean = tvs.iter().map(|tv| tv[j]).sum::<f32>() / t as f32;
+                    assert!((x - mean).abs() < 1e-5, "{name}[{j}] of model {i}");
+                }
+            }
+            continue;
+        }
+        let (rows, cols) = (shape[0], shape[1]);
+        let r = rows.min(cols) / t;
+        let merged_tv: Vec<f32> = plain.to_f32(&name).unwrap().0;
+        let scale: f32 = merged_tv
+            .iter()
+            .zip(&base)
+            .map(|(m, b)| (m - b).abs())
+            .fold(0.0, f32::max);
+        for j in 0..base.len() {
+            let sum: f32 = shares.iter().map(|s| s[j]).sum();
+            let want = (merged_tv[j] - base[j]) / 0.5;
+            assert!(
+                (sum - want).abs() <= 1e-4 * (scale / 0.5),
+                "{name}[{j}]: shares sum to {sum}, merged task vector {want}"
+            );
+        }
+        for (i, (share, tv)) in shares.iter().zip(&tvs).enumerate() {
+            let own = svd(&Matrix::from_f32(rows, cols, tv)).s;
+            let got = svd(&Matrix::from_f32(rows, cols, share)).s;
+            for k in 0..got.len() {
+                let want = if k < r { own[k] } else { 0.0 };
+                assert!(
+                    (got[k] - want).abs() <= 1e-4 * own[0],
+                    "{name}, model {i}: singular value {k} is {}, want {want}",
+                    got[k]
+                );
+            }
+        }
+    }
+
+    let one = build("task_singular_vector", json!({}))
+        .unwrap()
+        .run_models(&pool, &cpu_ctx())
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert!(one[0].0.is_empty());
+}
+
 /// `exclude_keys` leaves a 2-D weight out of the SVD: it gets the mean task vector.
 #[test]
 fn exclude_keys_average_the_tensor() {
@@ -399,17 +493,6 @@ fn bad_input_errors() {
     );
 
     // Parameters.
-    let msg = build(
-        "task_singular_vector",
-        json!({"return_single_task_models": true}),
-    )
-    .err()
-    .unwrap()
-    .to_string();
-    assert!(
-        msg.contains("return_single_task_models: true` is not supported yet"),
-        "{msg}"
-    );
     let msg = build(
         "iso_cts",
         json!({"scaling_factor": 1.0, "common_space_fraction": 1.5}),

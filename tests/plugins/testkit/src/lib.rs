@@ -86,6 +86,53 @@ impl StateDict for SlowModel {
     }
 }
 
+/// Returns the pool's base model, but computes each tensor at most once, as a merge should in a
+/// run that saves and evaluates: reading a tensor a second time is an error naming it.
+pub struct Once;
+
+impl FromConfig for Once {
+    fn from_config(_config: &Config) -> Result<Self> {
+        Ok(Once)
+    }
+}
+
+impl Algorithm for Once {
+    fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
+        Ok(Model::new(OnceModel {
+            model: pool.load_pretrained_or_first()?,
+            computed: Default::default(),
+        }))
+    }
+}
+
+struct OnceModel {
+    model: Model,
+    computed: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl StateDict for OnceModel {
+    fn names(&self) -> Result<Vec<String>> {
+        self.model.names()
+    }
+    fn info(&self, name: &str) -> Result<TensorInfo> {
+        self.model.info(name)
+    }
+    fn data(&self, name: &str) -> Result<Cow<'_, [u8]>> {
+        if !self.computed.lock().unwrap().insert(name.to_string()) {
+            return Err(Error::model(format!(
+                "tensor `{name}` was asked for a second time"
+            )));
+        }
+        Ok(Cow::Owned(self.model.data(name)?.into_owned()))
+    }
+    fn file_names(&self) -> Result<Vec<String>> {
+        self.model.file_names()
+    }
+    fn file(&self, name: &str) -> Result<Vec<u8>> {
+        self.model.file(name)
+    }
+}
+
 /// Reports the context and config it was given, and logs at every level.
 pub struct Probe {
     config: serde_json::Value,
@@ -124,6 +171,10 @@ fusion_plugin_api::export_plugin! {
     algorithm Slow {
         names: ["slow"],
         description: "Test plugin: the base model, read slowly.",
+    }
+    algorithm Once {
+        names: ["once"],
+        description: "Test plugin: the base model, each tensor computed at most once.",
     }
     taskpool Probe {
         names: ["probe"],

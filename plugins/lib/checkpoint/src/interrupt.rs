@@ -8,7 +8,7 @@
 //! several files into place marks that step with [`commit`], during which a signal is held back
 //! until the renames are done, so that a folder never holds half of the new files and half of
 //! the old ones because of a Ctrl-C. SIGKILL cannot be caught: what it leaves is removed by the
-//! next save into the same folder (see `save::remove_stale_temps`).
+//! next save into the same folder (see [`crate::save::remove_stale_temps`]).
 
 use std::ffi::{c_char, CString};
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Writing a merged model as a Hugging Face checkpoint: `config.json` and the other files the
+//! Writing a model as a Hugging Face checkpoint: `config.json` and the other files the
 //! model carries, safetensors weights sharded past a size limit with
 //! `model.safetensors.index.json`. Tensors are streamed one at a time (a lazily merged model is
 //! computed while it is written). The model is written *into* the target folder, as
@@ -11,11 +11,21 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use fusion_plugin_api::{bytes_to_f32, f32_to_bytes, DType, Model, TensorInfo};
+use fusion_plugin_api::{bytes_to_f32, f32_to_bytes, DType, Model, StateDict, TensorInfo};
 use serde_json::{json, Value};
 
-use crate::error::{plugin, usage};
 use crate::interrupt::{self, TempPath};
+
+/// A mistake in what the caller asked for (a path, a save option): a configuration error, which
+/// the host answers with exit code 2.
+fn usage(message: String) -> anyhow::Error {
+    anyhow::Error::new(fusion_plugin_api::Error::config(message))
+}
+
+/// An error from the model being saved, kept downcastable as the plugin-api error it is.
+fn plugin(err: fusion_plugin_api::Error) -> anyhow::Error {
+    anyhow::Error::new(err)
+}
 
 /// How to write the checkpoint (`merged_model_save_kwargs`).
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +146,54 @@ pub struct SaveSummary {
     pub shards: usize,
     pub tensors: usize,
     pub bytes: u64,
+    /// How many tensors were converted to another dtype (`SaveOptions::dtype`).
+    pub converted: usize,
+}
+
+/// The model just saved as `summary` says, read back from what was written: its tensors
+/// memory-mapped from the checkpoint, its tensor names and carried files from `model` (a
+/// single `.safetensors` file holds no `config.json`). A lazily merged model computes each
+/// tensor when asked; evaluating this instead of `model` after a save reads the written bytes
+/// rather than merging every tensor a second time.
+///
+/// None when the save converted a tensor to another dtype: the written values then differ from
+/// the model's, and whoever evaluates should read `model` itself.
+pub fn reopen_saved(model: &Model, summary: &SaveSummary) -> anyhow::Result<Option<Model>> {
+    if summary.converted > 0 {
+        return Ok(None);
+    }
+    let source = summary.path.to_string_lossy().to_string();
+    let weights = crate::Checkpoint::open(&summary.path, &source)
+        .map_err(plugin)
+        .with_context(|| format!("reading back the model saved to {source}"))?;
+    Ok(Some(Model::new(Reopened {
+        weights,
+        model: model.clone(),
+    })))
+}
+
+/// See [`reopen_saved`].
+struct Reopened {
+    weights: crate::Checkpoint,
+    model: Model,
+}
+
+impl StateDict for Reopened {
+    fn names(&self) -> fusion_plugin_api::Result<Vec<String>> {
+        self.model.names()
+    }
+    fn info(&self, name: &str) -> fusion_plugin_api::Result<TensorInfo> {
+        self.weights.info(name)
+    }
+    fn data(&self, name: &str) -> fusion_plugin_api::Result<std::borrow::Cow<'_, [u8]>> {
+        self.weights.data(name)
+    }
+    fn file_names(&self) -> fusion_plugin_api::Result<Vec<String>> {
+        self.model.file_names()
+    }
+    fn file(&self, name: &str) -> fusion_plugin_api::Result<Vec<u8>> {
+        self.model.file(name)
+    }
 }
 
 fn header_bytes(entries: &[(String, TensorInfo, u64, u64)]) -> Vec<u8> {
@@ -385,7 +443,7 @@ fn alive(pid: u32) -> bool {
 /// process is gone: what a run killed mid-save (SIGKILL, a power cut) left. Files only; a
 /// folder of that name (an older fusion-host wrote whole models under such names) is left
 /// alone, as are files of live processes. Best effort.
-pub(crate) fn remove_stale_temps(dir: &Path, wanted: impl Fn(&str) -> bool) {
+pub fn remove_stale_temps(dir: &Path, wanted: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -589,6 +647,11 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
         source.push(info);
     }
 
+    let converted = planned
+        .iter()
+        .zip(&source)
+        .filter(|((_, to), from)| to.dtype != from.dtype)
+        .count();
     check_destination(dest)?;
     if is_single_file(dest) {
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
@@ -614,6 +677,7 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
             shards: 1,
             tensors: names.len(),
             bytes,
+            converted,
         });
     }
 
@@ -660,6 +724,7 @@ pub fn save_model(model: &Model, dest: &Path, opts: &SaveOptions) -> anyhow::Res
         shards: groups.len(),
         tensors: names.len(),
         bytes: total,
+        converted,
     })
 }
 
@@ -798,6 +863,91 @@ mod tests {
         let big = [3.4e38f32];
         let bf16 = f32_to_bytes(&big, DType::BF16).unwrap();
         assert_eq!(overflows(&big, &bf16, DType::BF16).0, 1);
+    }
+
+    /// A model that counts how often each tensor is computed.
+    struct Counting {
+        inner: fusion_plugin_api::MemoryStateDict,
+        reads: std::sync::Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+    }
+
+    impl StateDict for Counting {
+        fn names(&self) -> fusion_plugin_api::Result<Vec<String>> {
+            self.inner.names()
+        }
+        fn info(&self, name: &str) -> fusion_plugin_api::Result<TensorInfo> {
+            self.inner.info(name)
+        }
+        fn data(&self, name: &str) -> fusion_plugin_api::Result<std::borrow::Cow<'_, [u8]>> {
+            *self.reads.lock().unwrap().entry(name.into()).or_default() += 1;
+            Ok(std::borrow::Cow::Owned(self.inner.data(name)?.into_owned()))
+        }
+        fn file_names(&self) -> fusion_plugin_api::Result<Vec<String>> {
+            self.inner.file_names()
+        }
+        fn file(&self, name: &str) -> fusion_plugin_api::Result<Vec<u8>> {
+            self.inner.file(name)
+        }
+    }
+
+    #[test]
+    fn a_saved_model_reads_back_without_computing_a_tensor_again() {
+        let mut sd = fusion_plugin_api::MemoryStateDict::new();
+        sd.insert_f32(
+            "b.weight",
+            vec![2, 3],
+            &[1., 2., 3., 4., 5., 6.],
+            DType::F32,
+        )
+        .unwrap();
+        sd.insert_f32("a.bias", vec![3], &[-1., 0.5, 7.], DType::F16)
+            .unwrap();
+        sd.insert_file("config.json", br#"{"model_type": "x"}"#.to_vec());
+        let expected = sd.clone();
+        let reads = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let model = Model::new(Counting {
+            inner: sd,
+            reads: reads.clone(),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        for dest in [
+            dir.path().join("folder"),
+            dir.path().join("single.safetensors"),
+        ] {
+            reads.lock().unwrap().clear();
+            let summary = save_model(&model, &dest, &SaveOptions::default()).unwrap();
+            assert_eq!(summary.converted, 0);
+            let saved = reopen_saved(&model, &summary)
+                .unwrap()
+                .expect("nothing was converted");
+            assert_eq!(saved.names().unwrap(), vec!["b.weight", "a.bias"]);
+            for name in saved.names().unwrap() {
+                assert_eq!(saved.info(&name).unwrap(), expected.info(&name).unwrap());
+                assert_eq!(saved.data(&name).unwrap(), expected.data(&name).unwrap());
+            }
+            // The carried files come from the model, also beside a single file.
+            assert_eq!(saved.file_names().unwrap(), vec!["config.json"]);
+            assert_eq!(
+                saved.file("config.json").unwrap(),
+                expected.file("config.json").unwrap()
+            );
+            // Saving computed each tensor once; reading the saved model computed none.
+            let reads = reads.lock().unwrap().clone();
+            assert_eq!(
+                reads,
+                BTreeMap::from([("a.bias".to_string(), 1), ("b.weight".to_string(), 1)]),
+                "{}",
+                dest.display()
+            );
+        }
+        // Converted values differ from the model's: there is nothing to reopen.
+        let opts = SaveOptions {
+            dtype: Some(DType::BF16),
+            ..SaveOptions::default()
+        };
+        let summary = save_model(&model, &dir.path().join("bf16"), &opts).unwrap();
+        assert_eq!(summary.converted, 2);
+        assert!(reopen_saved(&model, &summary).unwrap().is_none());
     }
 
     #[test]
