@@ -1471,6 +1471,155 @@ fn embed_matches_the_transformers_golden_outputs() {
     assert_eq!(logits.1, vec![6, 2]);
 }
 
+/// `fusion-host NAME ...` runs `fusion-host-NAME` (beside the host, else on PATH) with the
+/// arguments after NAME and the host's `--device` as FUSION_DEVICE, exiting with its code; a
+/// NAME with no executable is a usage error that says where it looked.
+#[test]
+fn unknown_commands_run_fusion_host_name_from_path_or_are_named() {
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let script = bin.join("fusion-host-hello");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"args: $*; device: $FUSION_DEVICE\"\nexit 7\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = run_host_env(
+        work.path(),
+        &["--device", "cpu", "hello", "a", "--b", "c=d"],
+        &[("PATH", &path)],
+    );
+    assert_eq!(run.code, 7, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "args: a --b c=d; device: cpu");
+
+    let run = run_host(work.path(), &["hello"]);
+    run.assert_clean_failure(2);
+    assert!(
+        run.error().contains("no such command `hello`")
+            && run.error().contains("fusion-host-hello")
+            && run.error().contains("on PATH"),
+        "{}",
+        run.stderr
+    );
+    // Overrides are still overrides, and options for runs are refused before a command.
+    let run = run_host_env(
+        work.path(),
+        &["--config-name", "x", "hello"],
+        &[("PATH", &path)],
+    );
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("--config-name"), "{}", run.stderr);
+}
+
+/// `fusion-host bench all --quick`: every figure measured, positive and finite, in the JSON
+/// record with the adapter, driver and versions, and in the markdown table; `--compare` of a
+/// record with itself gives ratios of 1. (No timing is asserted.)
+#[test]
+fn bench_quick_writes_a_record_with_every_figure() {
+    let work = tempfile::tempdir().unwrap();
+    let json_path = work.path().join("bench.json");
+    let run = run_host(
+        work.path(),
+        &[
+            "--device",
+            "cpu",
+            "bench",
+            "all",
+            "--quick",
+            "--json",
+            json_path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let record = json(&std::fs::read_to_string(&json_path).unwrap());
+    assert_eq!(record["format"], "fusion-host-bench/1");
+    assert_eq!(record["quick"], true);
+    assert_eq!(record["versions"]["fusion-host"], env!("CARGO_PKG_VERSION"));
+    assert!(record["versions"]["wgpu"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
+    for field in ["name", "backend", "device_type", "driver_info"] {
+        assert!(
+            record["adapter"][field]
+                .as_str()
+                .is_some_and(|v| !v.is_empty()),
+            "adapter.{field}: {record}"
+        );
+    }
+    assert!(record["date"].as_str().is_some_and(|d| d.ends_with('Z')));
+    let figures = record["figures"].as_array().unwrap();
+    for (suite, name, unit) in [
+        ("kernels", "copy", "GB/s"),
+        ("kernels", "weighted_sum_4", "GB/s"),
+        ("kernels", "matmul_f32", "GFLOP/s"),
+        ("merge", "task_arithmetic", "GB/s"),
+        ("merge", "ties_merging", "GB/s"),
+        ("clip", "vision_images", "images/s"),
+    ] {
+        let f = figures
+            .iter()
+            .find(|f| f["suite"] == suite && f["name"] == name)
+            .unwrap_or_else(|| panic!("no {suite}/{name} in {record}"));
+        assert_eq!(f["unit"], unit);
+        for key in ["value", "seconds"] {
+            let v = f[key].as_f64().unwrap();
+            assert!(v.is_finite() && v > 0.0, "{suite}/{name} {key} = {v}");
+        }
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("| {suite} | {name} | "))),
+            "{}",
+            run.stdout
+        );
+    }
+    assert_eq!(figures.len(), 6, "{record}");
+
+    let p = json_path.to_str().unwrap();
+    let run = run_host(work.path(), &["bench", "--compare", p, p]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("| kernels") || l.starts_with("| merge") || l.starts_with("| clip")
+        })
+        .collect();
+    assert_eq!(rows.len(), 6, "{}", run.stdout);
+    assert!(
+        rows.iter().all(|r| r.ends_with("| 1.00 |")),
+        "{}",
+        run.stdout
+    );
+
+    // A file that is not a record is named.
+    std::fs::write(work.path().join("x.json"), "{}").unwrap();
+    let run = run_host(work.path(), &["bench", "--compare", p, "x.json"]);
+    run.assert_clean_failure(2);
+    assert!(
+        run.error()
+            .contains("x.json is not a fusion-host bench record"),
+        "{}",
+        run.stderr
+    );
+    // A --json target that cannot be written is refused before anything is measured.
+    let missing = work.path().join("no-such-folder/bench.json");
+    let run = run_host(work.path(), &["bench", "--json", missing.to_str().unwrap()]);
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("no folder"), "{}", run.stderr);
+    assert!(!run.stderr.contains("measured"), "{}", run.stderr);
+}
+
 /// TIES through the host, streamed and with task vectors kept on the device between passes
 /// (`FUSION_DEVICE_CACHE`; on lavapipe only merged tensors and elected sums are kept by
 /// default): all of them

@@ -20,6 +20,9 @@ use crate::{logging, paths};
 ///   fusion-host -m method=task_arithmetic method.scaling_factor=0.1,0.3,0.5 modelpool=... taskpool=...
 ///   fusion-host report outputs/
 ///   fusion-host plugins
+///
+/// Other commands are executables named fusion-host-NAME beside this one or on PATH, run as
+/// `fusion-host NAME ...`: `embed` (CLIP embeddings), `bench` (the GPU benchmark).
 #[derive(Parser, Debug)]
 #[command(
     name = "fusion-host",
@@ -28,7 +31,7 @@ use crate::{logging, paths};
     verbatim_doc_comment,
     subcommand_precedence_over_arg = true
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 
@@ -159,27 +162,6 @@ enum Command {
     Plugins,
     /// List the GPU adapters: backend, type, driver and the limits that matter.
     Devices,
-    /// CLIP embeddings of images and/or texts from a Hugging Face CLIP checkpoint, on the compute
-    /// device: writes `image_embeds`, `text_embeds` (L2-normalized), `logits_per_image` when both
-    /// are given, and the `pixel_values` / `input_ids` / `attention_mask` used.
-    Embed {
-        /// The CLIPModel checkpoint folder (config.json, model.safetensors, tokenizer.json,
-        /// preprocessor_config.json).
-        #[arg(long, value_name = "DIR")]
-        model: PathBuf,
-        /// PNG or JPEG files.
-        #[arg(long, value_name = "FILE", num_args = 1..)]
-        images: Vec<PathBuf>,
-        /// Texts to encode.
-        #[arg(long, value_name = "TEXT", num_args = 1..)]
-        texts: Vec<String>,
-        /// Ready inputs: `pixel_values` and/or `input_ids` (+ `attention_mask`), as from Python.
-        #[arg(long, value_name = "FILE.safetensors")]
-        inputs: Option<PathBuf>,
-        /// Where to write the outputs.
-        #[arg(long, value_name = "FILE.safetensors")]
-        out: PathBuf,
-    },
 }
 
 /// Hydra's two-letter short options (`-cn`, `-cp`, `-cd`) are not expressible in clap; map them
@@ -246,6 +228,10 @@ pub fn stdout(text: &str) -> anyhow::Result<()> {
 pub fn run() -> anyhow::Result<ExitCode> {
     use clap::{CommandFactory as _, FromArgMatches as _};
     let args = hydra_short_options(std::env::args_os())?;
+    // `fusion-host NAME ...` for a NAME that is no command of ours: `fusion-host-NAME`.
+    if let Some(ext) = crate::external::find(&Cli::command(), &args) {
+        return crate::external::run(Cli::command(), &ext);
+    }
     let matches = Cli::command().get_matches_from(args);
     let origin = device_origin(&matches);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -280,24 +266,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Devices) => {
             logging::no_file();
             crate::device::list()?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(Command::Embed {
-            ref model,
-            ref images,
-            ref texts,
-            ref inputs,
-            ref out,
-        }) => {
-            logging::no_file();
-            crate::embed::run(&crate::embed::EmbedRequest {
-                model: model.clone(),
-                images: images.clone(),
-                texts: texts.clone(),
-                inputs: inputs.clone(),
-                out: out.clone(),
-                device: device()?,
-            })?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Report {

@@ -3,8 +3,8 @@
 
 mod cli;
 mod device;
-mod embed;
 mod error;
+mod external;
 mod hub;
 mod logging;
 mod mergekit;

@@ -1,28 +1,57 @@
-//! `fusion-host embed`: CLIP image and text embeddings from a Hugging Face CLIP checkpoint, on the
-//! compute device, written as safetensors — for checking fusion-host's CLIP against Python's.
+//! `fusion-host embed` (the executable `fusion-host-embed`): CLIP image and text embeddings from
+//! a Hugging Face CLIP checkpoint, on the compute device, written as safetensors — for checking
+//! fusion-host's CLIP against Python's. An external command, so that the host links no model code.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
+use clap::Parser;
 use fusion_clip::gpu::GpuClipModel;
 use fusion_clip::{
     CheckpointConfig, ClipTokenizer, ImageProcessor, Padding, Tensor, TokenBatch, WeightStore,
 };
+use fusion_host_commands::{usage, DeviceArg};
 use fusion_plugin_api::Compute;
 use safetensors::{Dtype, View};
 
-use crate::error::usage;
+/// CLIP embeddings of images and/or texts from a Hugging Face CLIP checkpoint, on the compute
+/// device: writes `image_embeds`, `text_embeds` (L2-normalized), `logits_per_image` when both
+/// are given, and the `pixel_values` / `input_ids` / `attention_mask` used.
+#[derive(Parser, Debug)]
+#[command(name = "fusion-host embed", bin_name = "fusion-host embed", version)]
+struct EmbedRequest {
+    /// The CLIPModel checkpoint folder (config.json, model.safetensors, tokenizer.json,
+    /// preprocessor_config.json).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// PNG or JPEG files.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// Texts to encode.
+    #[arg(long, value_name = "TEXT", num_args = 1..)]
+    texts: Vec<String>,
+    /// Ready inputs: `pixel_values` and/or `input_ids` (+ `attention_mask`), as from Python.
+    #[arg(long, value_name = "FILE.safetensors")]
+    inputs: Option<PathBuf>,
+    /// Where to write the outputs.
+    #[arg(long, value_name = "FILE.safetensors")]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// More logging (-v debug, -vv trace). FUSION_LOG=... sets a filter.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
 
-/// What to embed.
-pub struct EmbedRequest {
-    pub model: PathBuf,
-    pub images: Vec<PathBuf>,
-    pub texts: Vec<String>,
-    pub inputs: Option<PathBuf>,
-    pub out: PathBuf,
-    pub device: crate::device::Device,
+fn main() -> ExitCode {
+    let req = EmbedRequest::parse();
+    fusion_host_commands::init_logging(req.verbose, req.quiet);
+    fusion_host_commands::main(|| run(&req))
 }
 
 /// A tensor to write.
@@ -138,7 +167,8 @@ fn read_inputs(path: &Path) -> anyhow::Result<(Option<Tensor>, Option<TokenBatch
 }
 
 /// Run `fusion-host embed`.
-pub fn run(req: &EmbedRequest) -> anyhow::Result<()> {
+fn run(req: &EmbedRequest) -> anyhow::Result<()> {
+    req.device.choice()?;
     let dir = &req.model;
     let config = match CheckpointConfig::from_file(dir.join("config.json"))? {
         CheckpointConfig::Clip(c) => c,
@@ -191,9 +221,10 @@ pub fn run(req: &EmbedRequest) -> anyhow::Result<()> {
         ));
     }
 
-    let compute: Arc<dyn Compute> = Arc::new(req.device.lazy());
     let store = WeightStore::open_dir(dir)?;
-    let model = GpuClipModel::load(compute.as_ref(), &store, &config)?;
+    let runtime = req.device.start()?;
+    let compute: &dyn Compute = &runtime;
+    let model = GpuClipModel::load(compute, &store, &config)?;
     let mut out: HashMap<String, Out> = HashMap::new();
     let image_embeds = pixels
         .as_ref()

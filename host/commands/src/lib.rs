@@ -1,0 +1,105 @@
+//! What fusion-host's external commands (`fusion-host-embed`, `fusion-host-bench`) share: their
+//! `main`, logging, usage errors and the compute device. Each command is an executable of its
+//! own that `fusion-host NAME` runs (see the host's `external` module); the host's `--device`,
+//! `-v`/`-q` arrive as `FUSION_DEVICE` and `FUSION_LOG`.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
+
+/// An error the user must fix on the command line (exit code 2, as the host's).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Build a usage error.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+/// Run a command's body: the error chain on one `error:` paragraph, exit 2 for usage errors
+/// and 1 for a failed run, as the host does.
+pub fn main(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
+    match body() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            if err.chain().any(|e| e.is::<UsageError>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// Logs to stderr through `tracing`: `FUSION_LOG` (or `RUST_LOG`) is the filter, else `info`
+/// raised by `verbosity` (`-v` debug, `-vv` trace) or lowered to `warn` by `quiet`.
+pub fn init_logging(verbosity: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbosity) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = std::env::var("FUSION_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// The `--device` option of every command (`FUSION_DEVICE` when not given).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArg {
+    /// The compute device: `auto` (a hardware GPU if there is one, else software), `gpu`,
+    /// `cpu` (the software adapter, e.g. lavapipe), or a substring of an adapter name
+    /// (see `fusion-host devices`).
+    #[arg(
+        long,
+        value_name = "DEVICE",
+        env = "FUSION_DEVICE",
+        default_value = "auto"
+    )]
+    pub device: String,
+}
+
+impl DeviceArg {
+    /// The parsed choice; a malformed one is a usage error naming it.
+    pub fn choice(&self) -> anyhow::Result<DeviceChoice> {
+        self.device
+            .parse::<DeviceChoice>()
+            .map_err(|e| usage(format!("--device {:?}: {e}", self.device)))
+    }
+
+    /// Start the device.
+    pub fn start(&self) -> anyhow::Result<Runtime> {
+        let choice = self.choice()?;
+        let rt = Runtime::new(&choice, RuntimeOptions::default()).map_err(|e| {
+            anyhow::anyhow!("could not create the compute device (--device {choice}): {e}")
+        })?;
+        tracing::info!(
+            device = %rt.adapter().name,
+            backend = %rt.adapter().backend,
+            "compute device ready"
+        );
+        Ok(rt)
+    }
+}
+
+/// Write `text` to standard output, a failed write (a closed pipe, a full disk) as an error.
+pub fn stdout(text: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to standard output")
+}
