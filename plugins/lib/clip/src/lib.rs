@@ -34,6 +34,7 @@
 mod config;
 mod encoder;
 mod error;
+pub mod autograd;
 pub mod gpu;
 mod image;
 mod model;
