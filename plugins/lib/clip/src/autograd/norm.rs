@@ -39,15 +39,16 @@ pub struct LayerNormGrad {
 }
 
 impl LayerNorm {
-    fn check(&self, op: &'static str, x: &[f32], w: &[f32], b: &[f32]) -> Result<()> {
+    fn check(&self, op: &'static str, x: &[f32], w: &[f32]) -> Result<()> {
         check_len(op, "x", x.len(), self.rows * self.cols)?;
-        check_len(op, "weight", w.len(), self.cols)?;
-        check_len(op, "bias", b.len(), self.cols)
+        check_len(op, "weight", w.len(), self.cols)
     }
 
     /// `y`, `[rows, cols]`, and what the backward pass needs.
     pub fn forward(&self, x: &[f32], w: &[f32], b: &[f32]) -> Result<(Vec<f32>, LayerNormSaved)> {
-        self.check("LayerNorm::forward", x, w, b)?;
+        const OP: &str = "LayerNorm::forward";
+        self.check(OP, x, w)?;
+        check_len(OP, "bias", b.len(), self.cols)?;
         let (rows, cols) = (self.rows, self.cols);
         let mut y = vec![0.0; rows * cols];
         let mut stats = vec![(0.0f32, 0.0f32); rows];
@@ -92,7 +93,7 @@ impl LayerNorm {
         dy: &[f32],
     ) -> Result<LayerNormGrad> {
         const OP: &str = "LayerNorm::backward";
-        self.check(OP, x, w, w)?;
+        self.check(OP, x, w)?;
         let (rows, cols) = (self.rows, self.cols);
         check_len(OP, "dy", dy.len(), rows * cols)?;
         check_len(OP, "saved mean", saved.mean.len(), rows)?;
