@@ -9,6 +9,8 @@
 //! transformers (`tests/data/clip-tiny`).
 //!
 //! The [`gpu`] module runs the same model as WGSL kernels through the host's compute handle.
+//! The [`autograd`] module runs the vision tower forward and backward on the CPU: the gradient
+//! of a loss with respect to every weight and to layer-wise merge coefficients (AdaMerging).
 //!
 //! Weights load strictly: a missing, mis-shaped or unused tensor is an error naming it; nothing
 //! is silently initialized.
@@ -34,6 +36,7 @@
 mod config;
 mod encoder;
 mod error;
+pub mod autograd;
 pub mod gpu;
 mod image;
 mod model;

@@ -693,3 +693,218 @@ fn wrong_pixel_size_is_an_input_error() {
     assert!(matches!(err, ClipError::Input { .. }), "{err:?}");
     assert!(err.to_string().contains("[1, 3, 16, 16]"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Gradients (`fusion_clip::autograd`) against PyTorch autograd: `tests/data/grad`, made by
+// `tools/make_grad_golden.py` (see the README there).
+
+mod grad {
+    use super::*;
+    use fusion_clip::autograd::{
+        loss_and_gradients, LayerWiseMerge, Objective, VisionParams, ZeroShotHead,
+    };
+
+    /// Per tensor, the largest difference to torch relative to the tensor's largest value:
+    /// f32 against f32 in another summation order.
+    const GRAD_TOL: f32 = 1e-4;
+
+    fn fixture() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/grad");
+        let bytes = std::fs::read(dir.join("grad.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        st.tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let data = match view.dtype() {
+                    Dtype::F32 => view
+                        .data()
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                        .collect(),
+                    Dtype::I64 => view
+                        .data()
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
+                        .collect(),
+                    other => panic!("unexpected dtype {other:?} for {name}"),
+                };
+                (name, (view.shape().to_vec(), data))
+            })
+            .collect()
+    }
+
+    /// The task vector the fixture generator builds from its integer hash (exact in both).
+    fn task_vector(i: u32, l: u32, n: usize) -> Vec<f32> {
+        (0..n as u32)
+            .map(|j| {
+                let mut h = i
+                    .wrapping_mul(0x9E37_79B1)
+                    .wrapping_add(l.wrapping_mul(0x85EB_CA77))
+                    .wrapping_add(j.wrapping_mul(0xC2B2_AE3D))
+                    .wrapping_add(0x27D4_EB2F);
+                h ^= h >> 15;
+                h = h.wrapping_mul(0x2C1B_3C6D);
+                h ^= h >> 12;
+                h = h.wrapping_mul(0x297A_2D39);
+                h ^= h >> 15;
+                0.01f32 * ((f64::from(h >> 8) / f64::from(1u32 << 23) - 1.0) as f32)
+            })
+            .collect()
+    }
+
+    /// Asserts the normwise relative error is within `tol` and returns it: the largest
+    /// difference over the tensor's largest value, or over `floor` if that is larger (a
+    /// gradient that is zero in exact arithmetic, such as `k_proj.bias`'s under softmax's shift
+    /// invariance, is rounding noise in both implementations).
+    fn rel_err(what: &str, got: &[f32], want: &[f32], floor: f32, tol: f32) -> f32 {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        let scale = want.iter().fold(floor, |m, v| m.max(v.abs())).max(1e-30);
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let err = diff / scale;
+        assert!(
+            err <= tol,
+            "{what}: max abs diff {diff:.3e} is {err:.2e} of the largest value {scale:.3e}"
+        );
+        err
+    }
+
+    #[test]
+    fn tower_weight_and_merge_coefficient_gradients_match_torch_autograd() {
+        let fx = fixture();
+        let get = |n: &str| &fx.get(n).unwrap_or_else(|| panic!("fixture has no {n}")).1;
+        let model = ClipModel::from_pretrained_dir(model_dir()).unwrap();
+        let cfg = model.vision_model().config().clone();
+        let pre = VisionParams::from_transformer(model.vision_model()).unwrap();
+        let store = fusion_clip::WeightStore::open_dir(model_dir()).unwrap();
+        assert_eq!(VisionParams::from_store(&store, &cfg).unwrap(), pre);
+
+        // The autograd forward alone agrees with transformers' pooler output.
+        let pixels = get("pixel_values");
+        let batch = fx["pixel_values"].0[0];
+        let (pooled, _) = pre.forward(pixels, batch).unwrap();
+        let golden = Golden::load();
+        let want = golden.f("vision.pooler_output");
+        let pooled = Tensor::new(want.shape().to_vec(), pooled).unwrap();
+        assert_close("autograd forward pooler_output", &pooled, want, MODEL_TOL);
+
+        let names = pre.names();
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/grad/grad.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let fixture_names: Vec<&str> = meta["param_names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let ours: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(ours, fixture_names, "parameter order (the λ columns)");
+
+        let task_vectors = (0..2)
+            .map(|i| {
+                let mut l = 0;
+                VisionParams::from_fn(&cfg, |_, shape| {
+                    l += 1;
+                    Ok(task_vector(i, l - 1, shape.iter().product()))
+                })
+                .unwrap()
+            })
+            .collect();
+        let merge = LayerWiseMerge::new(pre, task_vectors).unwrap();
+        let lambdas = get("lambdas");
+        let merged = merge.merge(lambdas).unwrap();
+        let classes = fx["text_embeds"].0[0];
+        let head = ZeroShotHead::new(
+            model.visual_projection().weight().data().to_vec(),
+            cfg.hidden_size,
+            get("text_embeds").clone(),
+            classes,
+            model.logit_scale().exp(),
+        )
+        .unwrap();
+
+        let g = loss_and_gradients(
+            &merged,
+            &head,
+            pixels,
+            batch,
+            Objective::Entropy { eps: 1e-8 },
+        )
+        .unwrap();
+        let loss_diff = (g.loss - get("entropy.loss")[0]).abs();
+        println!(
+            "entropy loss {} (torch {}), diff {loss_diff:.2e}",
+            g.loss,
+            get("entropy.loss")[0]
+        );
+        assert!(loss_diff < 1e-5);
+        let logits_err = rel_err("logits", &g.logits, get("entropy.logits"), 0.0, GRAD_TOL);
+        // 1e-3 of the largest weight gradient anywhere in the tower.
+        let floor = 1e-3
+            * names
+                .iter()
+                .flat_map(|(n, _)| get(&format!("entropy.grad.{n}")).iter())
+                .fold(0.0f32, |m, v| m.max(v.abs()));
+        let mut worst = (String::new(), 0.0f32);
+        for ((name, _), grad) in names.iter().zip(g.weights.params()) {
+            let err = rel_err(
+                name,
+                grad,
+                get(&format!("entropy.grad.{name}")),
+                floor,
+                GRAD_TOL,
+            );
+            if err > worst.1 {
+                worst = (name.clone(), err);
+            }
+        }
+        let proj_err = rel_err(
+            "visual_projection",
+            &g.projection,
+            get("entropy.grad.visual_projection.weight"),
+            0.0,
+            GRAD_TOL,
+        );
+        let dl = merge.lambda_gradients(&g.weights).unwrap();
+        let lambda_err = rel_err(
+            "entropy dL/dλ",
+            &dl,
+            get("entropy.grad.lambdas"),
+            0.0,
+            GRAD_TOL,
+        );
+        println!(
+            "relative errors: logits {logits_err:.2e}, worst weight gradient {:.2e} ({}), \
+             visual_projection {proj_err:.2e}, dL/dλ {lambda_err:.2e}",
+            worst.1, worst.0
+        );
+
+        let labels: Vec<u32> = get("labels").iter().map(|&v| v as u32).collect();
+        let ce = loss_and_gradients(
+            &merged,
+            &head,
+            pixels,
+            batch,
+            Objective::CrossEntropy { labels: &labels },
+        )
+        .unwrap();
+        assert!((ce.loss - get("cross_entropy.loss")[0]).abs() < 1e-5);
+        let dl = merge.lambda_gradients(&ce.weights).unwrap();
+        let ce_err = rel_err(
+            "cross-entropy dL/dλ",
+            &dl,
+            get("cross_entropy.grad.lambdas"),
+            0.0,
+            GRAD_TOL,
+        );
+        println!("cross-entropy dL/dλ relative error {ce_err:.2e}");
+    }
+}
