@@ -1,11 +1,12 @@
-//! Kernel figures through the public APIs of the kernel library (`fusion_kernels`) and the CLIP
-//! op layer: memory bandwidth of a copy and of a weighted sum of four tensors (task arithmetic's
+//! Kernel figures through the public APIs of the kernel library (`fusion_kernels`) and its dense
+//! ops (`fusion_kernels::nn`): memory bandwidth of a copy and of a weighted sum of four tensors (task arithmetic's
 //! inner loop), and f32 matmul throughput.
 
 use std::time::Instant;
 
 use anyhow::Context as _;
-use fusion_clip::gpu::ops::{matmul, Matmul, MatmulKernel};
+use fusion_kernels::nn::{matmul, Matmul, MatmulKernel};
+use fusion_plugin_api::kernel::DeviceTensor;
 use fusion_plugin_api::{Compute, DType, GpuTensor};
 
 use super::generate::Rng;
@@ -28,37 +29,28 @@ fn median_seconds(
     Ok(times[times.len() / 2])
 }
 
-/// A tensor freed when dropped.
-struct Owned<'c>(&'c dyn Compute, GpuTensor);
-
-impl Drop for Owned<'_> {
-    fn drop(&mut self) {
-        self.0.release(self.1);
-    }
-}
-
-fn upload<'c>(c: &'c dyn Compute, shape: &[usize], rng: &mut Rng) -> anyhow::Result<Owned<'c>> {
+fn upload<'c>(c: &'c dyn Compute, shape: &[usize], rng: &mut Rng) -> anyhow::Result<DeviceTensor<'c>> {
     let n: usize = shape.iter().product();
     let data = rng.fill(n, 1.0);
     let t = c
         .create(DType::F32, shape, Some(bytemuck::cast_slice(&data)))
         .with_context(|| format!("uploading an f32 tensor {shape:?}"))?;
-    Ok(Owned(c, t))
+    Ok(DeviceTensor::adopt(c, t))
 }
 
 /// Copy and weighted-sum bandwidth (GB/s of bytes read and written).
 pub fn bandwidth(c: &dyn Compute, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let n = sizes.elements;
     let mut rng = Rng::new(1);
-    let out = Owned(c, c.create(DType::F32, &[n], None)?);
-    let inputs: Vec<Owned> = (0..4)
+    let out = DeviceTensor::zeros(c, DType::F32, &[n])?;
+    let inputs: Vec<DeviceTensor> = (0..4)
         .map(|_| upload(c, &[n], &mut rng))
         .collect::<anyhow::Result<_>>()?;
     let mut figures = Vec::new();
     for (name, count) in [("copy", 1usize), ("weighted_sum_4", 4)] {
-        let weighted: Vec<(GpuTensor, f32)> = inputs[..count].iter().map(|t| (t.1, 0.25)).collect();
+        let weighted: Vec<(GpuTensor, f32)> = inputs[..count].iter().map(|t| (t.id(), 0.25)).collect();
         let secs = median_seconds(sizes.repeats, || {
-            fusion_kernels::weighted_sum_into(c, &weighted, out.1)?;
+            fusion_kernels::weighted_sum_into(c, &weighted, out.id())?;
             c.synchronize()?;
             Ok(())
         })?;
@@ -84,11 +76,11 @@ pub fn matmul_f32(c: &dyn Compute, sizes: &Sizes) -> anyhow::Result<Figure> {
     let mut rng = Rng::new(2);
     let a = upload(c, &[m, m], &mut rng)?;
     let b = upload(c, &[m, m], &mut rng)?;
-    let out = Owned(c, c.create(DType::F32, &[m, m], None)?);
+    let out = DeviceTensor::zeros(c, DType::F32, &[m, m])?;
     let mm = Matmul::linear(m, m, m);
     let kernel = MatmulKernel::for_device(c)?;
     let secs = median_seconds(sizes.repeats, || {
-        matmul(c, a.1, b.1, None, out.1, &mm)?;
+        matmul(c, a.id(), b.id(), None, out.id(), &mm)?;
         c.synchronize()?;
         Ok(())
     })?;
@@ -100,7 +92,7 @@ pub fn matmul_f32(c: &dyn Compute, sizes: &Sizes) -> anyhow::Result<Figure> {
         unit: "GFLOP/s".into(),
         seconds: secs,
         detail: format!(
-            "{m}x{m}x{m}, WGSL kernel {kernel:?} (fusion_clip::gpu::ops::matmul), median of {}",
+            "{m}x{m}x{m}, WGSL kernel {kernel:?} (fusion_kernels::nn::matmul), median of {}",
             sizes.repeats
         ),
     })

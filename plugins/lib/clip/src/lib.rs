@@ -33,10 +33,10 @@
 //! # }
 //! ```
 
+pub mod autograd;
 mod config;
 mod encoder;
 mod error;
-pub mod autograd;
 pub mod gpu;
 mod image;
 mod model;
