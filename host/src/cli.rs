@@ -137,27 +137,6 @@ enum Command {
         #[arg(long = "plot-dir", value_name = "DIR")]
         plot_dir: Option<PathBuf>,
     },
-    /// Run a mergekit YAML config (as `mergekit-yaml CONFIG OUT_DIR` does): merge the models it
-    /// names (paths relative to the working directory, or hub ids) on the CPU and write the
-    /// merged checkpoint folder. See docs/mergekit.md.
-    Mergekit {
-        /// The mergekit config (YAML).
-        #[arg(value_name = "CONFIG.yml")]
-        config: PathBuf,
-        /// The output folder.
-        #[arg(value_name = "OUT_DIR")]
-        out: PathBuf,
-        /// Start a new shard before one would exceed this size (`5B`, `500M`, bytes; mergekit's
-        /// default 5B).
-        #[arg(long = "out-shard-size", value_name = "SIZE")]
-        out_shard_size: Option<String>,
-        /// Seed of DARE's and DELLA's random draws.
-        #[arg(long = "random-seed", value_name = "N", default_value_t = 0)]
-        random_seed: u64,
-        /// Merge models of different architectures.
-        #[arg(long = "allow-crimes")]
-        allow_crimes: bool,
-    },
     /// List every plugin component found: target names, kind, library file, description.
     Plugins,
     /// List the GPU adapters: backend, type, driver and the limits that matter.
@@ -239,25 +218,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
     check_plugin_dirs(&cli.plugin_dir)?;
     let device = || crate::device::parse_choice(&cli.device, origin);
     match cli.command {
-        Some(Command::Mergekit {
-            ref config,
-            ref out,
-            ref out_shard_size,
-            random_seed,
-            allow_crimes,
-        }) => {
-            logging::no_file();
-            crate::mergekit::run(&crate::mergekit::MergekitRequest {
-                config: config.clone(),
-                out: out.clone(),
-                out_shard_size: out_shard_size.clone(),
-                random_seed,
-                allow_crimes,
-                offline: cli.offline,
-                quiet: cli.quiet,
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
         Some(Command::Plugins) => {
             logging::no_file();
             list_plugins(&cli.plugin_dir)?;

@@ -20,8 +20,8 @@ pub fn connect(registry: &Registry, offline: bool, quiet: bool) -> anyhow::Resul
     Ok(())
 }
 
-/// Resolve the hub settings and install the hub for in-process code (no plugin libraries), as
-/// `fusion-host mergekit` needs for models named by hub id.
+/// Resolve the hub settings and install the hub for in-process code too (plugin-api's
+/// `hub::install`).
 pub fn install(offline: bool, quiet: bool) -> anyhow::Result<Arc<dyn Hub>> {
     let settings = HubSettings::from_env(offline).map_err(|e| usage(e.to_string()))?;
     tracing::debug!(

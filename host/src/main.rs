@@ -7,7 +7,6 @@ mod error;
 mod external;
 mod hub;
 mod logging;
-mod mergekit;
 mod multirun;
 mod paths;
 mod plugins;

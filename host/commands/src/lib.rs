@@ -1,4 +1,5 @@
-//! What fusion-host's external commands (`fusion-host-embed`, `fusion-host-bench`) share: their
+//! What fusion-host's external commands (`fusion-host-embed`, `fusion-host-bench`,
+//! `fusion-host-mergekit`) share: their
 //! `main`, logging, usage errors and the compute device. Each command is an executable of its
 //! own that `fusion-host NAME` runs (see the host's `external` module); the host's `--device`,
 //! `-v`/`-q` arrive as `FUSION_DEVICE` and `FUSION_LOG`.
@@ -19,13 +20,18 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 /// Run a command's body: the error chain on one `error:` paragraph, exit 2 for usage errors
-/// and 1 for a failed run, as the host does.
+/// (and plugin-api `Config` errors) and 1 for a failed run, as the host does.
 pub fn main(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     match body() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "error: {err:#}");
-            if err.chain().any(|e| e.is::<UsageError>()) {
+            let usage = err.chain().any(|e| {
+                e.is::<UsageError>()
+                    || e.downcast_ref::<fusion_plugin_api::Error>()
+                        .is_some_and(|e| e.kind == fusion_plugin_api::ErrorKind::Config)
+            });
+            if usage {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

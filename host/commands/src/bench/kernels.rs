@@ -29,7 +29,11 @@ fn median_seconds(
     Ok(times[times.len() / 2])
 }
 
-fn upload<'c>(c: &'c dyn Compute, shape: &[usize], rng: &mut Rng) -> anyhow::Result<DeviceTensor<'c>> {
+fn upload<'c>(
+    c: &'c dyn Compute,
+    shape: &[usize],
+    rng: &mut Rng,
+) -> anyhow::Result<DeviceTensor<'c>> {
     let n: usize = shape.iter().product();
     let data = rng.fill(n, 1.0);
     let t = c
@@ -48,7 +52,8 @@ pub fn bandwidth(c: &dyn Compute, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> 
         .collect::<anyhow::Result<_>>()?;
     let mut figures = Vec::new();
     for (name, count) in [("copy", 1usize), ("weighted_sum_4", 4)] {
-        let weighted: Vec<(GpuTensor, f32)> = inputs[..count].iter().map(|t| (t.id(), 0.25)).collect();
+        let weighted: Vec<(GpuTensor, f32)> =
+            inputs[..count].iter().map(|t| (t.id(), 0.25)).collect();
         let secs = median_seconds(sizes.repeats, || {
             fusion_kernels::weighted_sum_into(c, &weighted, out.id())?;
             c.synchronize()?;
