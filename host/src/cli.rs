@@ -22,7 +22,8 @@ use crate::{logging, paths};
 ///   fusion-host plugins
 ///
 /// Other commands are executables named fusion-host-NAME beside this one or on PATH, run as
-/// `fusion-host NAME ...`: `embed` (CLIP embeddings), `bench` (the GPU benchmark).
+/// `fusion-host NAME ...`: `embed` (CLIP embeddings), `bench` (the GPU benchmark), `mergekit` (a
+/// mergekit YAML config).
 #[derive(Parser, Debug)]
 #[command(
     name = "fusion-host",
