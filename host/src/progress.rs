@@ -47,18 +47,9 @@ pub fn bar(label: &str, total: u64) -> ProgressBar {
     bar
 }
 
-/// A download bar in bytes.
+/// A download bar in bytes (the hub's [`fusion_hub::download_bar`]), drawn with the others.
 pub fn bytes_bar(label: &str, total: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template(
-            "{msg:>24} [{bar:32}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    let bar = multi().add(bar);
-    bar.set_message(label.to_string());
-    bar
+    multi().add(fusion_hub::download_bar(label, total))
 }
 
 /// Plugins' progress bars, by id.

@@ -13,7 +13,6 @@ use fusion_checkpoint::save::{self, SaveOptions};
 use fusion_host_commands::usage;
 use fusion_hub::{HubClient, HubSettings};
 use fusion_plugin_api::hub::Hub;
-use indicatif::{ProgressBar, ProgressStyle};
 
 /// Run a mergekit YAML config (as `mergekit-yaml CONFIG OUT_DIR` does): merge the models it names
 /// (paths relative to the working directory, or hub ids) on the CPU and write the merged
@@ -66,17 +65,7 @@ fn install_hub(offline: bool, quiet: bool) -> anyhow::Result<()> {
     let settings = HubSettings::from_env(offline).map_err(|e| usage(e.to_string()))?;
     let mut client = HubClient::new(settings);
     if !quiet {
-        client = client.with_progress(Arc::new(|label: &str, total: u64| {
-            let bar = ProgressBar::new(total).with_style(
-                ProgressStyle::with_template(
-                    "{msg:>24} [{bar:32}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar.set_message(label.to_string());
-            bar
-        }));
+        client = client.with_progress(Arc::new(fusion_hub::download_bar));
     }
     let hub: Arc<dyn Hub> = Arc::new(client);
     fusion_plugin_api::hub::install(hub);

@@ -26,6 +26,20 @@ use crate::{HubError, HubSettings};
 /// Makes a progress bar for one download: (label, total bytes).
 pub type ProgressFactory = Arc<dyn Fn(&str, u64) -> ProgressBar + Send + Sync>;
 
+/// The download bar, in bytes, that fusion-host's programs give [`HubClient::with_progress`]
+/// (a program that draws several bars adds it to its `MultiProgress`).
+pub fn download_bar(label: &str, total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>24} [{bar:32}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
 /// The revision used when none is given.
 const MAIN: &str = "main";
 

@@ -35,7 +35,7 @@ pub use cache::{
     check_filename, check_repo_id, check_revision, is_commit_hash, is_sha256, list_files, HubCache,
     Lookup,
 };
-pub use client::{HubClient, ProgressFactory};
+pub use client::{download_bar, HubClient, ProgressFactory};
 pub use error::HubError;
 pub use fusion_plugin_api::hub::{Hub, RepoKind};
 pub use settings::{HubSettings, DEFAULT_ENDPOINT, DEFAULT_TIMEOUT};
