@@ -53,6 +53,7 @@
 mod average;
 mod bracket;
 mod cache;
+mod causal_lm;
 mod cpu;
 mod delta;
 mod device;
@@ -62,6 +63,7 @@ mod inputs;
 mod kernels;
 mod lazy;
 pub mod linalg;
+mod llm_pruning;
 mod mergekit;
 mod model_stock;
 mod parallel;
@@ -74,9 +76,14 @@ mod ties;
 mod wudi;
 
 pub use average::{SimpleAverage, WeightedAverage};
+pub use causal_lm::{
+    CausalLmBase, ExpoForLlama, ExpoWithDareForLlama, ForCausalLM, SimpleAverageForCausalLM,
+    SlerpForCausalLM, TaskArithmeticForCausalLM, TiesMergingForCausalLM, WeightedAverageForLlama,
+};
 pub use elementwise::{ExPO, LinearInterpolation, MagMax, MagnitudeDiffPruning};
 pub use ensemble::{MaxModelPredictor, SimpleEnsemble, WeightedEnsemble};
 pub use kernels::wgsl_source;
+pub use llm_pruning::{MagnitudePruningForLlama, RandomPruningForLlama};
 pub use mergekit::{breadcrumbs_band, Breadcrumbs, BreadcrumbsTies, Della, DellaLinear};
 pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
 pub use slerp::{slerp_coefficients, Slerp};
@@ -248,5 +255,80 @@ fusion_plugin_api::export_plugin! {
             "fusion_bench.method.ensemble.MaxModelPredictorAlgorithm",
         ],
         description: "Ensemble: the task pool takes the elementwise maximum of the models' outputs.",
+    }
+    algorithm SimpleAverageForCausalLM {
+        names: [
+            "simple_average_for_causallm",
+            "fusion_bench.method.SimpleAverageForCausalLM",
+            "fusion_bench.method.SimpleAverageForLlama",
+            "fusion_bench.method.linear.SimpleAverageForCausalLM",
+            "fusion_bench.method.linear.SimpleAverageForLlama",
+        ],
+        description: "Simple average of causal LMs; merge_backbone: the decoder layers only, the rest from _pretrained_; saves to model_save_path.",
+    }
+    algorithm TaskArithmeticForCausalLM {
+        names: [
+            "task_arithmetic_for_causallm",
+            "fusion_bench.method.TaskArithmeticForCausalLM",
+            "fusion_bench.method.TaskArithmeticForLlama",
+            "fusion_bench.method.linear.TaskArithmeticForCausalLM",
+            "fusion_bench.method.linear.TaskArithmeticForLlama",
+        ],
+        description: "Task arithmetic of causal LMs; merge_backbone: the decoder layers only; saves to model_save_path.",
+    }
+    algorithm TiesMergingForCausalLM {
+        names: [
+            "ties_merging_for_causallm",
+            "fusion_bench.method.TiesMergingForCausalLM",
+            "fusion_bench.method.linear.TiesMergingForCausalLM",
+        ],
+        description: "TIES-merging of causal LMs; merge_backbone: the decoder layers only; saves to model_save_path.",
+    }
+    algorithm WeightedAverageForLlama {
+        names: [
+            "weighted_average_for_llama",
+            "fusion_bench.method.WeightedAverageForLLama",
+            "fusion_bench.method.weighted_average.WeightedAverageForLLama",
+        ],
+        description: "Weighted average of causal LMs; backbone_only keeps the base model's lm_head; saves to merged_model_save_path.",
+    }
+    algorithm SlerpForCausalLM {
+        names: [
+            "slerp_lm",
+            "fusion_bench.method.SlerpForCausalLM",
+            "fusion_bench.method.slerp.SlerpForCausalLM",
+        ],
+        description: "SLERP of two causal LMs, tensor by tensor; saves to model_save_path.",
+    }
+    algorithm ExpoForLlama {
+        names: [
+            "llama_expo",
+            "fusion_bench.method.ExPOAlgorithmForLlama",
+            "fusion_bench.method.linear.ExPOAlgorithmForLlama",
+        ],
+        description: "ExPO on a Llama-style LM's decoder-layer linear weights (attention scaled, layers fixed, delta pruning) (CPU).",
+    }
+    algorithm ExpoWithDareForLlama {
+        names: [
+            "llama_expo_with_dare",
+            "fusion_bench.method.linear.llama_expo.ExPOWithDareForLLama",
+        ],
+        description: "ExPO for Llama from the DARE average of the aligned models.",
+    }
+    algorithm MagnitudePruningForLlama {
+        names: [
+            "llama_magnitude_pruning",
+            "fusion_bench.method.MagnitudePruningForLlama",
+            "fusion_bench.method.pruning.MagnitudePruningForLlama",
+        ],
+        description: "Magnitude pruning of a Llama-style LM's decoder-layer linear weights, unstructured or n:m (CPU).",
+    }
+    algorithm RandomPruningForLlama {
+        names: [
+            "llama_random_pruning",
+            "fusion_bench.method.RandomPruningForLlama",
+            "fusion_bench.method.pruning.RandomPruningForLlama",
+        ],
+        description: "Seeded random pruning of a Llama-style LM's decoder-layer linear weights, unstructured or n:m (CPU).",
     }
 }
