@@ -3225,3 +3225,512 @@ fn the_task_pool_takes_merged_weights_on_the_device() {
         );
     }
 }
+
+// ---- FusionBench's causal-LM side (issue 18, item 4): CausalLMPool and the LLM methods ----------
+
+/// The tiny Llama checkpoints (and the Mistral and tokenizer of `llm-tiny`).
+fn tiny_llm(name: &str) -> std::path::PathBuf {
+    match name {
+        "mistral" => data().join("llm-tiny/models/mistral"),
+        "tokenizer" => data().join("llm-tiny/tokenizer"),
+        m => data().join("mergekit-tiny/models").join(m),
+    }
+}
+
+/// A CausalLMPool config over tiny models, in FusionBench's `_target_` form, with the llm-tiny
+/// tokenizer.
+fn llm_pool_yaml(models: &[(&str, &str)]) -> String {
+    let mut s = String::from(
+        "_target_: fusion_bench.modelpool.CausalLMPool\n_recursive_: false\nmodels:\n",
+    );
+    for (name, dir) in models {
+        s.push_str(&format!(
+            "  {name}:\n    _target_: transformers.LlamaForCausalLM.from_pretrained\n    \
+             pretrained_model_name_or_path: {}\n",
+            tiny_llm(dir).display()
+        ));
+    }
+    s.push_str(&format!(
+        "model_kwargs:\n  torch_dtype: float32\ntokenizer:\n  _target_: transformers.AutoTokenizer.from_pretrained\n  pretrained_model_name_or_path: {}\n",
+        tiny_llm("tokenizer").display()
+    ));
+    s
+}
+
+/// A JSON value as a Hydra override value.
+fn override_value(v: &Value) -> String {
+    match v {
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(override_value)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The largest |got − want| over a tensor, relative to the tensor's largest |want|.
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+/// Run one llm-tiny golden case through the host; returns the saved folder.
+fn run_llm_case(work: &Path, case: &Value, extra: &[&str]) -> (Run, std::path::PathBuf) {
+    let models: Vec<(String, String)> = case["models"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    let refs: Vec<(&str, &str)> = models
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let cfg = configs(&[(
+        "modelpool/CausalLMPool/llm_tiny.yaml",
+        &llm_pool_yaml(&refs),
+    )]);
+    let name = case["name"].as_str().unwrap();
+    let method = case["method"].as_str().unwrap();
+    let out = work.join(name);
+    let mut args: Vec<String> = vec![
+        "--config-path".into(),
+        cfg.path().to_str().unwrap().into(),
+        "modelpool=CausalLMPool/llm_tiny".into(),
+        format!("method={method}"),
+    ];
+    for (k, v) in case["params"].as_object().unwrap() {
+        args.push(format!("method.{k}={}", override_value(v)));
+    }
+    // Each method saves where FusionBench's does: its own `model_save_path` /
+    // `merged_model_save_path`, else the program's.
+    let key = if method.ends_with("_for_causallm") || method == "slerp/slerp_lm" {
+        "method.model_save_path"
+    } else if method == "linear/weighted_average_for_llama" {
+        "method.merged_model_save_path"
+    } else {
+        "merged_model_save_path"
+    };
+    args.push(format!("{key}={}", out.display()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    (run_host(work, &argv), out)
+}
+
+#[test]
+fn causal_lm_methods_match_fusion_bench_on_the_tiny_llamas() {
+    let spec = json(&std::fs::read_to_string(data().join("llm-tiny/cases.json")).unwrap());
+    let work = tempfile::tempdir().unwrap();
+    let tokenizer = std::fs::read_to_string(tiny_llm("tokenizer").join("tokenizer.json")).unwrap();
+    for case in spec["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (run, out) = run_llm_case(work.path(), case, &[]);
+        assert_eq!(run.code, 0, "case {name}:\n{}", run.stderr);
+        let got: std::collections::BTreeMap<String, Vec<f32>> = checkpoint_tensors(&out)
+            .into_iter()
+            .map(|(n, _, v)| (n, v))
+            .collect();
+        // Every tensor of the model is written, as save_pretrained does.
+        assert_eq!(got.len(), 39, "case {name}: {:?}", got.keys());
+        let want = read_f32(&data().join(format!("llm-tiny/expected/{name}.safetensors")));
+        // Pruning copies or zeroes entries: exact. The merges compute in f32 (on the device for
+        // the averages, TIES and SLERP): 1e-5 of each tensor's largest magnitude.
+        let exact = case["method"].as_str().unwrap().starts_with("pruning/");
+        for (tensor, _, w) in &want {
+            let g = &got[tensor];
+            let err = rel_err(g, w);
+            if exact {
+                assert!(
+                    g == w,
+                    "case {name}: tensor {tensor} differs (relative error {err})"
+                );
+            } else {
+                assert!(
+                    err <= 1e-5,
+                    "case {name}: tensor {tensor}: relative error {err}"
+                );
+            }
+        }
+        // The folder loads with AutoModelForCausalLM and AutoTokenizer: config.json, and the
+        // pool's tokenizer files unless the method was told not to save them.
+        let config = json(&std::fs::read_to_string(out.join("config.json")).unwrap());
+        assert_eq!(
+            config["architectures"][0], "LlamaForCausalLM",
+            "case {name}"
+        );
+        let saves_tokenizer = case["params"]["save_tokenizer"] != Value::Bool(false);
+        assert_eq!(
+            out.join("tokenizer.json").is_file(),
+            saves_tokenizer,
+            "case {name}: {:?}",
+            files_under(&out)
+        );
+        if saves_tokenizer {
+            assert_eq!(
+                std::fs::read_to_string(out.join("tokenizer.json")).unwrap(),
+                tokenizer
+            );
+        }
+    }
+}
+
+#[test]
+fn llama_random_pruning_prunes_exact_fractions_and_n_m_groups_reproducibly() {
+    let work = tempfile::tempdir().unwrap();
+    let case = |name: &str, params: Value| {
+        serde_json::json!({
+            "name": name,
+            "method": "pruning/llama_random_pruning",
+            "params": params,
+            "models": {"_pretrained_": "chat", "math": "math"},
+        })
+    };
+    let run = |name: &str, params: Value, seed: u64| {
+        let seed = format!("seed={seed}");
+        let (run, out) = run_llm_case(work.path(), &case(name, params), &[seed.as_str()]);
+        assert_eq!(run.code, 0, "{name}:\n{}", run.stderr);
+        checkpoint_tensors(&out)
+    };
+    let original = read_f32(&tiny_llm("chat").join("model.safetensors"));
+    let unstructured = serde_json::json!({"prune_type": "unstructured", "sparsity_ratio": 0.3});
+    let a = run("u1", unstructured.clone(), 1);
+    let b = run("u2", unstructured.clone(), 1);
+    let c = run("u3", unstructured, 2);
+    assert_eq!(a, b, "the same seed prunes the same entries");
+    assert_ne!(a, c, "another seed prunes other entries");
+    let two_four = run(
+        "s1",
+        serde_json::json!({"prune_type": "semistructured", "n": 2, "m": 4}),
+        1,
+    );
+    let mut pruned_tensors = 0;
+    let mut column_hits = vec![0usize; 32];
+    let mut rows = 0usize;
+    for (((name, shape, orig), (_, _, u)), (_, _, s)) in original.iter().zip(&a).zip(&two_four) {
+        let pruned = name.starts_with("model.layers.") && shape.len() == 2;
+        if !pruned {
+            assert_eq!(
+                u, orig,
+                "{name} is not a decoder-layer linear weight: unchanged"
+            );
+            assert_eq!(s, orig, "{name}: unchanged");
+            continue;
+        }
+        pruned_tensors += 1;
+        let cols = shape[1];
+        for (row, (ur, or)) in u.chunks(cols).zip(orig.chunks(cols)).enumerate() {
+            // ⌊cols · 0.3⌋ zeroed per row; the others keep their values.
+            let zeroed: Vec<usize> = (0..cols)
+                .filter(|&j| ur[j] == 0.0 && or[j] != 0.0)
+                .collect();
+            assert_eq!(
+                zeroed.len(),
+                (cols as f64 * 0.3) as usize,
+                "{name} row {row}"
+            );
+            assert!(
+                ur.iter().zip(or).all(|(x, o)| *x == 0.0 || x == o),
+                "{name} row {row}"
+            );
+            if cols == 32 {
+                rows += 1;
+                zeroed.iter().for_each(|&j| column_hits[j] += 1);
+            }
+        }
+        for (group, og) in s.chunks(4).zip(orig.chunks(4)) {
+            assert_eq!(
+                group
+                    .iter()
+                    .zip(og)
+                    .filter(|(x, o)| **x == 0.0 && **o != 0.0)
+                    .count(),
+                2,
+                "{name}: 2 of 4"
+            );
+            assert!(
+                group.iter().zip(og).all(|(x, o)| *x == 0.0 || x == o),
+                "{name}"
+            );
+        }
+    }
+    assert_eq!(pruned_tensors, 28);
+    // Random, not positional: every column is pruned in about 30% of the rows.
+    for (j, hits) in column_hits.iter().enumerate() {
+        let frac = *hits as f64 / rows as f64;
+        assert!(
+            (0.15..0.45).contains(&frac),
+            "column {j} pruned in {frac} of {rows} rows"
+        );
+    }
+}
+
+#[test]
+fn llama_expo_with_dare_is_expo_of_the_dare_average() {
+    let spec = json(&std::fs::read_to_string(data().join("llm-tiny/cases.json")).unwrap());
+    let golden = spec["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "expo_average")
+        .unwrap()
+        .clone();
+    let work = tempfile::tempdir().unwrap();
+    // With nothing dropped, DARE's average is the plain average: the ExPO golden.
+    let mut case = golden.clone();
+    case["name"] = "dare0".into();
+    case["method"] = "linear/llama_expo_with_dare".into();
+    case["params"]["dare_sparsity_ratio"] = 0.0.into();
+    let (run, out) = run_llm_case(work.path(), &case, &["seed=3"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got: std::collections::BTreeMap<String, Vec<f32>> = checkpoint_tensors(&out)
+        .into_iter()
+        .map(|(n, _, v)| (n, v))
+        .collect();
+    for (tensor, _, w) in read_f32(&data().join("llm-tiny/expected/expo_average.safetensors")) {
+        let err = rel_err(&got[&tensor], &w);
+        assert!(err <= 1e-5, "{tensor}: relative error {err}");
+    }
+    // Half dropped: reproducible per seed, and not the plain ExPO.
+    case["params"]["dare_sparsity_ratio"] = 0.5.into();
+    let runs: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            case["name"] = format!("dare5{n}").into();
+            let (run, out) = run_llm_case(work.path(), &case, &["seed=3"]);
+            assert_eq!(run.code, 0, "{}", run.stderr);
+            checkpoint_tensors(&out)
+        })
+        .collect();
+    assert_eq!(runs[0], runs[1]);
+    let q = "model.layers.0.mlp.gate_proj.weight";
+    let dropped = &runs[0].iter().find(|t| t.0 == q).unwrap().2;
+    assert!(rel_err(dropped, &got[q]) > 1e-3);
+}
+
+#[test]
+fn fusionbench_causal_lm_pool_configs_compose_and_run_from_the_hub_cache() {
+    // Every CausalLMPool config of FusionBench's tree composes.
+    let root = root().join("configs/modelpool/CausalLMPool");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap().flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                names.push(format!(
+                    "{}/{}",
+                    p.file_name().unwrap().to_string_lossy(),
+                    n
+                ));
+            }
+        } else {
+            names.push(entry.file_name().to_string_lossy().to_string());
+        }
+    }
+    // FusionBench's 25, and our llm-tiny.
+    assert_eq!(names.len(), 26, "{names:?}");
+    assert!(names.iter().any(|n| n == "llm-tiny.yaml"));
+    let work = tempfile::tempdir().unwrap();
+    for name in &names {
+        let stem = name.trim_end_matches(".yaml");
+        let run = run_host(
+            work.path(),
+            &[
+                "--cfg",
+                "job",
+                "--resolve",
+                "-p",
+                "modelpool",
+                &format!("modelpool=CausalLMPool/{stem}"),
+                "method=dummy",
+            ],
+        );
+        assert_eq!(run.code, 0, "{name}:\n{}", run.stderr);
+        assert!(
+            run.stdout
+                .contains("_target_: fusion_bench.modelpool.CausalLMPool"),
+            "{name}:\n{}",
+            run.stdout
+        );
+        assert!(
+            run.stdout.contains("_pretrained_"),
+            "{name}:\n{}",
+            run.stdout
+        );
+        assert!(
+            !run.stdout.contains("${"),
+            "{name}: unresolved interpolation\n{}",
+            run.stdout
+        );
+        // The pool component resolves (nothing is loaded in a dry run).
+        let run = run_host(
+            work.path(),
+            &[
+                &format!("modelpool=CausalLMPool/{stem}"),
+                "method=dummy",
+                "dry_run=true",
+            ],
+        );
+        assert_eq!(run.code, 0, "{name}:\n{}", run.stderr);
+    }
+
+    // FusionBench's MergeBench Llama-3.2-3B pool, unchanged, with its six hub ids in the cache.
+    let home = tempfile::tempdir().unwrap();
+    let ids = [
+        ("meta-llama/Llama-3.2-3B", "base"),
+        ("MergeBench/Llama-3.2-3B_instruction", "chat"),
+        ("MergeBench/Llama-3.2-3B_math", "math"),
+        ("MergeBench/Llama-3.2-3B_coding", "code"),
+        ("MergeBench/Llama-3.2-3B_multilingual", "chat"),
+        ("MergeBench/Llama-3.2-3B_safety", "math"),
+    ];
+    for (id, dir) in ids {
+        let repo = home
+            .path()
+            .join("hub")
+            .join(format!("models--{}", id.replace('/', "--")));
+        let rev = "0123456789abcdef0123456789abcdef01234567";
+        copy_dir(&tiny_llm(dir), &repo.join("snapshots").join(rev));
+        if dir == "base" {
+            copy_dir(&tiny_llm("tokenizer"), &repo.join("snapshots").join(rev));
+        }
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), rev).unwrap();
+    }
+    let out = work.path().join("merged");
+    let run = run_host_env(
+        work.path(),
+        &[
+            "modelpool=CausalLMPool/mergebench/Llama-3.2-3B",
+            "method=linear/task_arithmetic_for_causallm",
+            &format!("method.model_save_path={}", out.display()),
+        ],
+        &[
+            ("HF_HOME", home.path().to_str().unwrap()),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // θ₀ + 0.3 Σ τᵢ over the five experts, stored as model_kwargs.torch_dtype (bfloat16).
+    let got = checkpoint_tensors(&out);
+    let load = |d: &str| read_f32(&tiny_llm(d).join("model.safetensors"));
+    let (base, chat, math, code) = (load("base"), load("chat"), load("math"), load("code"));
+    for (i, (name, _, g)) in got.iter().enumerate() {
+        let want: Vec<f32> = (0..g.len())
+            .map(|j| {
+                let b = base[i].2[j];
+                let t = |m: &Vec<(String, Vec<usize>, Vec<f32>)>| m[i].2[j] - b;
+                b + 0.3 * (2.0 * t(&chat) + 2.0 * t(&math) + t(&code))
+            })
+            .collect();
+        // bfloat16 inputs and output: 8 bits of mantissa.
+        assert!(rel_err(g, &want) < 2e-2, "{name}: {}", rel_err(g, &want));
+    }
+    let config = json(&std::fs::read_to_string(out.join("config.json")).unwrap());
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    assert!(
+        out.join("tokenizer.json").is_file(),
+        "{:?}",
+        files_under(&out)
+    );
+
+    // v0.1: `type: LLamaForCausalLMPool` with a list of {name, path}.
+    let cfg = configs(&[(
+        "modelpool/v01_llama.yaml",
+        &format!(
+            "type: LLamaForCausalLMPool\nmodels:\n  - name: _pretrained_\n    path: {}\n  - name: expert_1\n    path: {}\ndtype: float32\n",
+            tiny_llm("base").display(),
+            tiny_llm("chat").display()
+        ),
+    )]);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=v01_llama",
+            "method=slerp/slerp_lm",
+            "method.model_save_path=null",
+            "merged_model_save_path=v01",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(work.path().join("v01/config.json").is_file());
+}
+
+#[test]
+fn causal_lm_bad_input_is_named_with_exit_2() {
+    let work = tempfile::tempdir().unwrap();
+    let run_with = |models: &[(&str, &str)], method: &[&str]| {
+        let cfg = configs(&[("modelpool/CausalLMPool/bad.yaml", &llm_pool_yaml(models))]);
+        let mut args = vec![
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=CausalLMPool/bad",
+        ];
+        args.extend_from_slice(method);
+        let run = run_host(work.path(), &args);
+        run.assert_clean_failure(2);
+        run
+    };
+    // Models of different architectures.
+    let run = run_with(
+        &[("_pretrained_", "base"), ("mistral_expert", "mistral")],
+        &[
+            "method=linear/task_arithmetic_for_causallm",
+            "method.model_save_path=null",
+        ],
+    );
+    let e = run.error();
+    assert!(
+        e.contains("mistral_expert")
+            && e.contains("MistralForCausalLM")
+            && e.contains("LlamaForCausalLM"),
+        "{e}"
+    );
+    // A model path that does not exist.
+    let run = run_with(
+        &[("_pretrained_", "base"), ("expert", "no_such_model")],
+        &[
+            "method=linear/simple_average_for_causallm",
+            "method.model_save_path=null",
+        ],
+    );
+    let e = run.error();
+    assert!(
+        e.contains("`expert`") && e.contains("no_such_model") && e.contains("does not exist"),
+        "{e}"
+    );
+    // An unknown pruning type.
+    let run = run_with(
+        &[("_pretrained_", "base")],
+        &[
+            "method=pruning/llama_magnitude_pruning",
+            "method.prune_type=blockwise",
+        ],
+    );
+    let e = run.error();
+    assert!(
+        e.contains("prune_type") && e.contains("blockwise") && e.contains("semistructured"),
+        "{e}"
+    );
+    // merge_backbone without a `_pretrained_` model.
+    let run = run_with(
+        &[("a", "chat"), ("b", "math")],
+        &[
+            "method=linear/simple_average_for_causallm",
+            "method.merge_backbone=true",
+            "method.model_save_path=null",
+        ],
+    );
+    assert!(run.error().contains("_pretrained_"), "{}", run.error());
+}
