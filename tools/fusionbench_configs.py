@@ -7,7 +7,8 @@ Usage:  cargo build --workspace && python3 tools/fusionbench_configs.py
 Downloads the fusion-bench wheel from PyPI (tools/fusionbench/wheel.py; nothing is installed or
 imported) and, for every file under its `fusion_bench_config/method/`, runs fusion-host with
 `--config-path <wheel>/fusion_bench_config` (FusionBench's tree, unchanged) and
-`--config-dir configs` (ours, for the small `BaseModelPool/merge-tiny` pool):
+`--config-dir configs` (ours, for the small `BaseModelPool/merge-tiny` pool, and
+`CausalLMPool/llm-tiny` for the causal-LM methods):
 
 1. `--cfg job -p method._target_` (and `-p method.name` for v0.1 configs): does it compose, and
    what does it name;
@@ -47,6 +48,13 @@ TWO_MODEL_POOL = ["~modelpool.models._pretrained_", "~modelpool.models.task_c",
 # Configs that leave their component `???` for the command line, and what FusionBench's own
 # configs fill in: regmean/regmean.yaml is the base of regmean/{clip,gpt2}_regmean.yaml; the
 # v0.1 factory name of rankone_moe. (wemoe's files name theirs in a comment, read below.)
+# Causal-LM components run on the tiny Llama pool `CausalLMPool/llm-tiny` (_pretrained_, math,
+# code) instead; SLERP there takes _pretrained_ and math.
+LLM = {"SimpleAverageForCausalLM", "TaskArithmeticForCausalLM", "TiesMergingForCausalLM",
+       "WeightedAverageForLLama", "SlerpForCausalLM", "ExPOAlgorithmForLlama",
+       "ExPOWithDareForLLama", "MagnitudePruningForLlama", "RandomPruningForLlama"}
+LLM_POOL = ["modelpool=CausalLMPool/llm-tiny", "taskpool=dummy", "print_config=false"]
+LLM_TWO_MODEL_POOL = ["~modelpool.models.code"]
 FILL = {
     "regmean/regmean": ["fusion_bench.method.RegMeanAlgorithmForCLIP",
                         "fusion_bench.method.RegMeanAlgorithmForGPT2"],
@@ -114,10 +122,15 @@ def method_row(host, fb, name, tmp):
     cls = comp.rsplit(".", 1)[-1]
     extra = (TWO_MODEL_POOL if cls in TWO_MODELS else
              ONE_MODEL_POOL if cls in ONE_MODEL else [])
+    pool_name = "merge-tiny"
+    if cls in LLM:
+        pool, pool_name = LLM_POOL, "llm-tiny"
+        extra = LLM_TWO_MODEL_POOL if cls == "SlerpForCausalLM" else []
     log_dir = Path(tmp) / name.replace("/", "_")
     code, out, err = run(host, [*common, *pool, *extra, f"path.log_dir={log_dir}",
                                 "report_save_path=null"], ROOT)
     pool_note = (" (task_a + task_b)" if extra is TWO_MODEL_POOL else
+                 " (_pretrained_ + math)" if extra is LLM_TWO_MODEL_POOL else
                  " (_pretrained_ + task_a)" if extra else "")
     if code == 0:
         try:
@@ -126,7 +139,7 @@ def method_row(host, fb, name, tmp):
         except (ValueError, KeyError):
             merged = "report not parsed"
         row["status"] = "runs"
-        row["detail"] = f"`{comp}` (plugin `{plugin}`) on merge-tiny{pool_note}: merged {merged}"
+        row["detail"] = f"`{comp}` (plugin `{plugin}`) on {pool_name}{pool_note}: merged {merged}"
     else:
         row["status"] = "resolves; run fails"
         row["detail"] = short(f"`{comp}` (plugin `{plugin}`): {error_of(err)}")
@@ -221,6 +234,7 @@ def main() -> int:
       "<wheel>/fusion_bench_config`). For each method config the script checks that it composes "
       "(`--cfg job`), resolves its `_target_` (or v0.1 `name:`) with `dry_run=true`, and, where "
       "a plugin implements the component, runs it on the tiny `BaseModelPool/merge-tiny` pool "
+      "(causal-LM methods: the tiny Llamas of `CausalLMPool/llm-tiny`) "
       "from our `configs/` (`--config-dir configs`, `taskpool=dummy`). A component fusion-host "
       "does not implement fails with exit code 2 and a message saying the FusionBench component "
       "is not supported, listing the supported ones.")
