@@ -153,12 +153,12 @@ fn fusionbench_components_without_a_plugin_are_not_supported_not_misspelt() {
     // A FusionBench model pool fusion-host lacks is reported the same way.
     let run = dry_run(
         tree.path(),
-        &["modelpool._target_=fusion_bench.modelpool.CausalLMPool"],
+        &["modelpool._target_=fusion_bench.modelpool.Seq2SeqLMPool"],
     );
     run.assert_clean_failure(2);
     assert!(
         run.error()
-            .contains("FusionBench modelpool `fusion_bench.modelpool.CausalLMPool`")
+            .contains("FusionBench modelpool `fusion_bench.modelpool.Seq2SeqLMPool`")
             && run.error().contains("is not supported"),
         "{}",
         run.stderr
