@@ -9,7 +9,9 @@
 //!   pools give a list of `{name, path}` entries instead.
 //! - `model_kwargs`: `from_pretrained` arguments for every model; `torch_dtype` converts each
 //!   float tensor to that dtype as it is read (the merge then writes that dtype). Other keys
-//!   (`device_map`, `attn_implementation`, ...) concern torch and are ignored. A per-model
+//!   (`device_map`, `attn_implementation`, ...) concern torch and are ignored. (torch then also
+//!   computes the merge in that dtype, op by op; fusion-host's methods compute in f32 and round
+//!   once, so bf16/f16 results can differ from FusionBench's in the last bit.) A per-model
 //!   `torch_dtype` wins over the pool's; v0.1's pool-level `dtype` applies when neither is set.
 //! - `tokenizer`: a path or hub id, or a mapping with `pretrained_model_name_or_path`. v0.1
 //!   pools have none and use `_pretrained_`'s (or the first model's).

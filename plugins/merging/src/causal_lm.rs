@@ -497,7 +497,11 @@ struct ExpoSpec {
 /// - `model.embed_tokens` with α when `on_embedding` (false);
 /// - everything else (norms) is θ₁'s.
 ///
-/// `extrapolation_factor` is required (0.1 in the config file).
+/// `extrapolation_factor` is required (0.1 in the config file). Everything is computed in f32
+/// and rounded once to the model's dtype; FusionBench computes `lm_head` and the embeddings in
+/// the model's own dtype, so bf16/f16 models can differ there in the last bit. With tied
+/// embeddings (no `lm_head.weight` in the checkpoint), `only_on_backbone: false` extrapolates the
+/// shared embedding, twice with `on_embedding`, as FusionBench's in-place steps do.
 pub struct ExpoForLlama {
     spec: ExpoSpec,
     /// `ExPOWithDareForLLama`'s DARE (`dare_sparsity_ratio`, `dare_only_on_linear_weights`,
@@ -651,11 +655,13 @@ impl Algorithm for ExpoForLlama {
                 (!self.spec.only_on_backbone && is_linear && linear_on).then_some(Rule {
                     factor: f as f32,
                     prune: None,
+                    times: 1,
                 })
             } else if module == "model.embed_tokens" {
                 self.spec.on_embedding.then_some(Rule {
                     factor: f as f32,
                     prune: None,
+                    times: 1,
                 })
             } else if let Some(i) = layer_index(n) {
                 let rest = &module[LAYERS.len()..];
@@ -676,6 +682,7 @@ impl Algorithm for ExpoForLlama {
                             .magnitude_sparsity_ratio
                             .filter(|_| is_weight)
                             .map(|ratio| PruneMode::Unstructured { ratio }),
+                        times: 1,
                     }),
                     _ => None,
                 }
@@ -685,6 +692,20 @@ impl Algorithm for ExpoForLlama {
             if let Some(rule) = rule {
                 rules.insert(n.clone(), rule);
             }
+        }
+        // Tied embeddings: the checkpoint has no `lm_head.weight`, and FusionBench's `lm_head`
+        // step extrapolates the shared embedding (a second time when `on_embedding`).
+        let embed = "model.embed_tokens.weight";
+        let tied = !names.iter().any(|n| n == "lm_head.weight") && names.iter().any(|n| n == embed);
+        if tied && !self.spec.only_on_backbone && self.spec.on_linear_weights {
+            rules
+                .entry(embed.to_string())
+                .and_modify(|r: &mut Rule| r.times += 1)
+                .or_insert(Rule {
+                    factor: f as f32,
+                    prune: None,
+                    times: 1,
+                });
         }
         tracing::info!(
             extrapolation_factor = f,
@@ -707,6 +728,9 @@ impl Algorithm for ExpoForLlama {
 struct Rule {
     factor: f32,
     prune: Option<PruneMode>,
+    /// How many times the step is taken: 2 for a tied embedding extrapolated both as `lm_head`
+    /// and as the embedding, as FusionBench's two in-place steps on the shared weight do.
+    times: usize,
 }
 
 /// The ExPO model: the aligned model's tensors, extrapolated where a rule says.
@@ -730,17 +754,18 @@ impl StateDict for Expo {
         let info = self.aligned.info(name)?;
         let (r, _) = self.aligned.to_f32(name)?;
         let (s, _) = self.sft.to_f32(name)?;
-        let mut delta: Vec<f32> = r.iter().zip(&s).map(|(r, s)| r - s).collect();
-        if let Some(mode) = rule.prune {
-            let scores: Vec<f32> = delta.iter().map(|d| d.abs()).collect();
-            mode.apply(&mut delta, &scores, info.shape[1])
-                .map_err(|e| e.context(format!("tensor `{name}`")))?;
+        let mut out = r;
+        for _ in 0..rule.times {
+            let mut delta: Vec<f32> = out.iter().zip(&s).map(|(r, s)| r - s).collect();
+            if let Some(mode) = rule.prune {
+                let scores: Vec<f32> = delta.iter().map(|d| d.abs()).collect();
+                mode.apply(&mut delta, &scores, info.shape[1])
+                    .map_err(|e| e.context(format!("tensor `{name}`")))?;
+            }
+            out.iter_mut()
+                .zip(&delta)
+                .for_each(|(r, d)| *r += rule.factor * d);
         }
-        let out: Vec<f32> = r
-            .iter()
-            .zip(&delta)
-            .map(|(r, d)| r + rule.factor * d)
-            .collect();
         Ok(Cow::Owned(fusion_plugin_api::f32_to_bytes(
             &out, info.dtype,
         )?))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +58,25 @@ def make_mistral(dest: Path):
         tie_word_embeddings=False,
     )
     MistralForCausalLM(config).to(torch.float32).save_pretrained(dest)
+
+
+def make_tied(src: Path, dest: Path):
+    """A copy of a tiny Llama with tied embeddings (its lm_head dropped, as save_pretrained does)."""
+    from transformers import AutoConfig, LlamaForCausalLM
+    from safetensors.torch import load_file
+
+    config = AutoConfig.from_pretrained(src)
+    config.tie_word_embeddings = True
+    model = LlamaForCausalLM(config).to(torch.float32)
+    sd = {k: v for k, v in load_file(str(src / "model.safetensors")).items() if k != "lm_head.weight"}
+    model.load_state_dict(sd, strict=False)
+    model.tie_weights()
+    model.save_pretrained(dest)
+
+
+def model_dir(name: str) -> Path:
+    """A pool entry of cases.json: a tiny Llama's name, or a path under tests/data."""
+    return HERE.parent / name if "/" in name else MODELS / name
 
 
 def method_config(case):
@@ -99,12 +119,14 @@ def main():
 
     make_tokenizer(HERE / "tokenizer")
     make_mistral(HERE / "models" / "mistral")
+    make_tied(MODELS / "base", HERE / "models" / "tied_base")
+    make_tied(MODELS / "chat", HERE / "models" / "tied_chat")
     spec = json.loads((HERE / "cases.json").read_text())
     out = HERE / "expected"
     out.mkdir(exist_ok=True)
     for case in spec["cases"]:
         pool = CausalLMPool(
-            models={k: str(MODELS / v) for k, v in case["models"].items()},
+            models={k: str(model_dir(v)) for k, v in case["models"].items()},
             tokenizer=str(HERE / "tokenizer"),
             model_kwargs={"torch_dtype": "float32"},
         )
@@ -113,7 +135,14 @@ def main():
             sd = weighted_average_for_llama(pool, cfg)
         else:
             sd = instantiate(cfg).run(pool).state_dict()
-        tensors = {k: sd[k].detach().to(torch.float32).contiguous() for k in spec["saved_tensors"]}
+        # The tensors the checkpoints hold (a tied model's state dict also lists lm_head.weight).
+        first = model_dir(next(iter(case["models"].values())))
+        held = set(safe_open(str(first / "model.safetensors"), "pt").keys())
+        tensors = {
+            k: sd[k].detach().to(torch.float32).contiguous()
+            for k in spec["saved_tensors"]
+            if k in held
+        }
         save_file(tensors, str(out / f"{case['name']}.safetensors"))
         print(case["name"], "ok")
 
