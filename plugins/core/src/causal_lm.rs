@@ -73,6 +73,9 @@ pub struct CausalLMPool {
     /// The architecture of the first model opened, `(model name, architecture)`, to which every
     /// other model is compared.
     architecture: Mutex<Option<(String, String)>>,
+    /// Where each source was found: a method opens a model several times (checks, passes), and
+    /// a hub id is resolved (listed, maybe downloaded) only once.
+    located: Mutex<std::collections::HashMap<String, PathBuf>>,
 }
 
 /// FusionBench's `parse_dtype` names.
@@ -229,6 +232,7 @@ impl FromConfig for CausalLMPool {
             entries,
             tokenizer,
             architecture: Mutex::new(None),
+            located: Mutex::default(),
         })
     }
 }
@@ -324,6 +328,24 @@ impl CausalLMPool {
         Ok(())
     }
 
+    /// [`locate`], once per source.
+    fn locate(&self, source: &str, what: &str) -> Result<PathBuf> {
+        if let Some(p) = self
+            .located
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(source)
+        {
+            return Ok(p.clone());
+        }
+        let path = locate(source, what)?;
+        self.located
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(source.to_string(), path.clone());
+        Ok(path)
+    }
+
     /// The tokenizer's folder: `tokenizer`, else `_pretrained_`'s or the first model's.
     fn tokenizer_dir(&self) -> Result<Option<PathBuf>> {
         let (source, what) = match &self.tokenizer {
@@ -337,7 +359,7 @@ impl CausalLMPool {
                 (e.source.clone(), format!("model `{}`", e.name))
             }
         };
-        let path = locate(&source, &what)?;
+        let path = self.locate(&source, &what)?;
         Ok(path.is_dir().then_some(path))
     }
 }
@@ -349,7 +371,7 @@ impl ModelPool for CausalLMPool {
 
     fn load_model(&self, name: &str) -> Result<Model> {
         let entry = self.entry(name)?;
-        let path = locate(&entry.source, &format!("model `{name}`"))?;
+        let path = self.locate(&entry.source, &format!("model `{name}`"))?;
         let checkpoint = Checkpoint::open(&path, &entry.source)
             .map_err(|e| e.context(format!("model `{name}`")))?;
         let mut files = BTreeMap::new();
