@@ -73,6 +73,8 @@ pub struct AdapterReport {
     pub max_storage_buffers_per_stage: u32,
     /// Whether the adapter offers `SHADER_F16`.
     pub shader_f16: bool,
+    /// Whether the adapter offers `SUBGROUP` (subgroup operations in compute shaders).
+    pub subgroups: bool,
     /// Whether the adapter runs compute shaders at all (false for some GL adapters).
     pub compute: bool,
 }
@@ -94,6 +96,7 @@ impl AdapterReport {
             max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             shader_f16: adapter.features().contains(wgpu::Features::SHADER_F16),
+            subgroups: adapter.features().contains(wgpu::Features::SUBGROUP),
             compute: downlevel
                 .flags
                 .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
@@ -106,7 +109,7 @@ impl fmt::Display for AdapterReport {
         write!(
             f,
             "{} ({}, {}; driver {} {}): storage binding {} B, buffer {} B, {} workgroups/dim, \
-             {} invocations/workgroup, {} storage buffers/stage, f16 {}{}",
+             {} invocations/workgroup, {} storage buffers/stage, f16 {}, subgroups {}{}",
             self.name,
             self.backend,
             self.device_type,
@@ -118,6 +121,7 @@ impl fmt::Display for AdapterReport {
             self.max_invocations_per_workgroup,
             self.max_storage_buffers_per_stage,
             if self.shader_f16 { "yes" } else { "no" },
+            if self.subgroups { "yes" } else { "no" },
             if self.compute {
                 ""
             } else {

@@ -30,10 +30,13 @@ use fusion_plugin_api::{Compute, ComputeLimits, DType, DeviceTensor, GpuTensor, 
 mod activation;
 mod add;
 mod embedding;
+mod gemm;
+mod grad;
 mod layer_norm;
 mod matmul;
 mod patch;
 mod softmax;
+mod tune;
 
 pub use activation::{activation, Activation};
 pub use add::{add_inplace, copy_into};
@@ -42,6 +45,20 @@ pub use layer_norm::{layer_norm, RowLayout};
 pub use matmul::{linear, matmul, matmul_with, Matmul, MatmulKernel, Operand};
 pub use patch::{class_position, im2col, PatchGeometry};
 pub use softmax::{softmax_rows, SoftmaxMask};
+
+// Backward passes and the per-adapter kernel choice.
+pub use gemm::{
+    bias_grad, gemm, gemm_with, matmul_backward, matmul_backward_with, Gemm, GemmKernel,
+    MatmulGrads,
+};
+pub use grad::{
+    activation_backward, attention_backward, attention_backward_with, cross_entropy, entropy_loss,
+    layer_norm_backward, softmax_backward, AttentionShape, LayerNormGrads,
+};
+pub use tune::{
+    cache_dir, default_gemm_kernel, device_key, gemm_kernel, resolve_gemm_kernel, subgroup_size,
+    ChoiceSource, GemmChoice, TUNING_FILE, TUNING_SIZE,
+};
 
 /// Shorthand for results of the dense operations.
 pub type Result<T, E = NnError> = std::result::Result<T, E>;
@@ -295,4 +312,13 @@ fn elementwise(
         },
         || format!("{n} elements"),
     )
+}
+
+/// Workgroups and workgroup size covering `n` invocations of a 1-D kernel whose `WG` override
+/// is the device's [`workgroup_size`](fusion_plugin_api::kernel::workgroup_size).
+fn elementwise_grid(c: &dyn Compute, op: &str, n: usize) -> Result<([u32; 3], u32)> {
+    fits_u32(op, "elements", n as u64)?;
+    let limits = c.limits();
+    let wg = fusion_plugin_api::kernel::workgroup_size(&limits);
+    Ok((grid(&limits, op, n as u64, wg)?, wg))
 }
