@@ -200,6 +200,10 @@ pub mod nn {
     pub const GEMM_SUBGROUP: &str = include_str!("nn/ext/gemm_subgroup.wgsl");
     /// `nn/ext/subgroup_probe.wgsl`: whether subgroup operations work, and their width.
     pub const SUBGROUP_PROBE: &str = include_str!("nn/ext/subgroup_probe.wgsl");
+    /// `nn/ext/gemm_coop.wgsl`: [`GEMM`]'s product on cooperative matrices (tensor cores), f16
+    /// operands and f32 accumulation; needs wgpu's `EXPERIMENTAL_COOPERATIVE_MATRIX` and
+    /// `SHADER_F16`.
+    pub const GEMM_COOP: &str = include_str!("nn/ext/gemm_coop.wgsl");
 
     /// Every nn kernel source by its file name under `src/nn/`, for validation tests and tools.
     pub const ALL: &[(&str, &str)] = &[
@@ -222,5 +226,10 @@ pub mod nn {
     pub const EXTENSIONS: &[(&str, &str, &str)] = &[
         ("gemm_subgroup.wgsl", GEMM_SUBGROUP, "SUBGROUP"),
         ("subgroup_probe.wgsl", SUBGROUP_PROBE, "SUBGROUP"),
+        (
+            "gemm_coop.wgsl",
+            GEMM_COOP,
+            "COOPERATIVE_MATRIX|SHADER_FLOAT16",
+        ),
     ];
 }

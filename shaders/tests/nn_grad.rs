@@ -1065,11 +1065,47 @@ fn extension_kernels_validate_with_their_capabilities() {
         assert_eq!(on_disk.replace("\r\n", "\n"), source.replace("\r\n", "\n"));
         let module = naga::front::wgsl::parse_str(source)
             .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(source)));
-        let caps = naga::valid::Capabilities::from_name(caps)
-            .unwrap_or_else(|| panic!("{name}: unknown capability {caps}"));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        let caps = caps
+            .split('|')
+            .map(|c| {
+                naga::valid::Capabilities::from_name(c.trim())
+                    .unwrap_or_else(|| panic!("{name}: unknown capability {c}"))
+            })
+            .fold(naga::valid::Capabilities::empty(), |a, b| a | b);
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{name} does not validate:\n{}", e.emit_to_string(source)));
+        // And translates to SPIR-V (what wgpu hands a Vulkan driver), entry point by entry point
+        // with the overrides at their defaults.
+        for ep in &module.entry_points {
+            let (m, i) = naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((ep.stage, &ep.name)),
+                &Default::default(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: overrides of {}: {e}", ep.name));
+            let options = naga::back::spv::Options {
+                lang_version: (1, 6),
+                ..Default::default()
+            };
+            let words = naga::back::spv::write_vec(
+                &m,
+                &i,
+                &options,
+                Some(&naga::back::spv::PipelineOptions {
+                    shader_stage: ep.stage,
+                    entry_point: ep.name.clone(),
+                }),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {} does not translate to SPIR-V: {e}", ep.name));
+            assert!(words.len() > 100, "{name}: {}", ep.name);
+            // FUSION_SPIRV_DUMP=<dir> keeps the binaries, for `spirv-val` by hand.
+            if let Some(dir) = std::env::var_os("FUSION_SPIRV_DUMP") {
+                let file = std::path::Path::new(&dir).join(format!("{}.spv", ep.name));
+                std::fs::write(&file, bytemuck::cast_slice::<u32, u8>(&words)).unwrap();
+            }
+        }
         // And it needs them: without, validation fails (so the portable list stays portable).
         assert!(
             naga::valid::Validator::new(
@@ -1080,5 +1116,66 @@ fn extension_kernels_validate_with_their_capabilities() {
             .is_err(),
             "{name} validates without {caps:?}; it belongs in src/nn/"
         );
+    }
+}
+
+#[test]
+fn precision_names_follow_fabric_precision() {
+    use nn::Precision;
+    for (v, want) in [
+        ("32", Precision::F32),
+        ("32-true", Precision::F32),
+        ("16-mixed", Precision::Mixed16),
+        ("bf16-mixed", Precision::MixedBf16),
+        (" BF16-Mixed ", Precision::MixedBf16),
+    ] {
+        assert_eq!(Precision::parse(v).unwrap(), want, "{v}");
+    }
+    assert!(!Precision::F32.is_mixed() && Precision::Mixed16.is_mixed());
+    let e = Precision::parse("64-true").unwrap_err();
+    assert!(e.to_string().contains("`64-true` is not supported"), "{e}");
+}
+
+/// The tensor-core kernel is offered exactly where the adapter lists its shape (and then
+/// matches a reference with f16-rounded operands); lavapipe lists none, so there this only
+/// checks that it is not offered and that a mixed-precision run falls back to f32 kernels.
+#[test]
+fn cooperative_gemm_where_the_adapter_lists_it() {
+    let report = rt().adapter();
+    let available = GemmKernel::Cooperative.supported(c());
+    println!(
+        "cooperative matrices listed: {:?}; cooperative gemm available: {available}",
+        report.cooperative_matrix
+    );
+    assert_eq!(available, report.cooperative_f16_16);
+    assert!(!GemmKernel::ALL.contains(&GemmKernel::Cooperative));
+    if !available {
+        let (ta, tb, tc) = (upload(&[1.0; 4]), upload(&[1.0; 4]), upload(&[0.0; 4]));
+        let e = nn::gemm_with(
+            GemmKernel::Cooperative,
+            c(),
+            ta.id(),
+            tb.id(),
+            tc.id(),
+            &Gemm::dense(2, 2, 2, false, false),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("does not run"), "{e}");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(19);
+    let half = |v: Vec<f64>| -> Vec<f64> {
+        v.iter()
+            .map(|&x| f64::from(half::f16::from_f64(x).to_f32()))
+            .collect()
+    };
+    for (name, g, la, lb, lc) in gemm_cases() {
+        let a = rand_vec(&mut rng, la, 1.0);
+        let b = rand_vec(&mut rng, lb, 1.0);
+        let c0 = rand_vec(&mut rng, lc, 1.0);
+        let mut want = c0.clone();
+        gemm_ref(&g, &half(a.clone()), &half(b.clone()), &mut want);
+        let got = run_gemm(GemmKernel::Cooperative, &g, &a, &b, &c0);
+        assert_close(&format!("cooperative gemm {name}"), &got, &want, 1e-4);
     }
 }

@@ -280,10 +280,29 @@ impl Runtime {
         if unified {
             required_features |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
         }
+        // Tensor cores for mixed-precision products (fusion_kernels' `gemm_coop`): requested
+        // where the adapter lists the 16x16x16 f16 -> f32 shape that kernel uses, unless
+        // FUSION_COOPERATIVE_MATRIX=0. The feature is experimental in wgpu.
+        let coop = report.cooperative_f16_16
+            && adapter.features().contains(
+                wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16,
+            )
+            && std::env::var("FUSION_COOPERATIVE_MATRIX").map_or(true, |v| v.trim() != "0");
+        if coop {
+            required_features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("fusion-host"),
             required_features,
             required_limits,
+            // SAFETY: only the experimental cooperative-matrix feature is requested, and only
+            // the `gemm_coop` kernel uses it (wgpu asks callers to acknowledge that
+            // experimental features may have bugs).
+            experimental_features: if coop {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             ..Default::default()
         }))
         .map_err(|e| GpuError::RequestDevice {

@@ -79,10 +79,15 @@ pub enum GemmKernel {
     /// `ext/gemm_subgroup.wgsl`: A shared across a subgroup by shuffles; needs wgpu's
     /// `SUBGROUP` feature.
     Subgroup,
+    /// `ext/gemm_coop.wgsl`: cooperative matrices (tensor cores), operands rounded to f16 and
+    /// f32 accumulation: mixed precision, chosen only when the run asks for it
+    /// ([`super::gemm_kernel_for`]) and never by the f32 tuner. Needs wgpu's
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX` with a 16 x 16 x 16 f16 -> f32 shape.
+    Cooperative,
 }
 
 impl GemmKernel {
-    /// Every variant, in the order the tuner tries them.
+    /// Every full-precision (f32) variant, in the order the tuner tries them.
     pub const ALL: [GemmKernel; 4] = [
         GemmKernel::Registers,
         GemmKernel::Tiled8,
@@ -97,6 +102,7 @@ impl GemmKernel {
             GemmKernel::Tiled8 => "tiled8",
             GemmKernel::Tiled16 => "tiled16",
             GemmKernel::Subgroup => "subgroup",
+            GemmKernel::Cooperative => "cooperative",
         }
     }
 
@@ -108,6 +114,7 @@ impl GemmKernel {
             "tiled8" => Some(GemmKernel::Tiled8),
             "tiled16" | "tiled" => Some(GemmKernel::Tiled16),
             "subgroup" | "subgroups" => Some(GemmKernel::Subgroup),
+            "cooperative" | "coop" => Some(GemmKernel::Cooperative),
             _ => None,
         }
     }
@@ -129,6 +136,7 @@ impl GemmKernel {
             GemmKernel::Subgroup => {
                 l.max_invocations_per_workgroup >= 64 && super::subgroup_size(c).is_some()
             }
+            GemmKernel::Cooperative => super::cooperative_matrix_available(c),
         }
     }
 }
@@ -193,6 +201,20 @@ pub fn gemm_with(
             ),
         });
     }
+    launch(kernel, c, a, b, out, g)
+}
+
+/// [`gemm_with`] after the checks: the launch itself (the probes call it directly, since
+/// [`GemmKernel::supported`] asks them).
+pub(super) fn launch(
+    kernel: GemmKernel,
+    c: &dyn Compute,
+    a: GpuTensor,
+    b: GpuTensor,
+    out: GpuTensor,
+    g: &Gemm,
+) -> Result<()> {
+    const OP: &str = "gemm";
     let flag = |v: bool| if v { 1.0 } else { 0.0 };
     let mut constants = vec![
         ("A_TRANS", flag(g.a_transposed)),
@@ -236,6 +258,24 @@ pub fn gemm_with(
                 0,
                 0,
                 batches,
+                wgs,
+            )
+        }
+        GemmKernel::Cooperative => {
+            // One subgroup per workgroup, one 16 x 16 tile of C each.
+            let wg = super::subgroup_size(c).unwrap_or(32).clamp(1, 256);
+            constants.push(("WG", f64::from(wg)));
+            let (tm, tn) = (g.m.div_ceil(16), g.n.div_ceil(16));
+            let total = (tm * tn) as u64 * batches;
+            fits_u32(OP, "tiles", total)?;
+            let wgs = grid(&limits, OP, total, 1)?;
+            (
+                "nn_gemm_coop",
+                nn::GEMM_COOP,
+                "gemm_coop",
+                tm,
+                tn,
+                total,
                 wgs,
             )
         }

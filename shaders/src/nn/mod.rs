@@ -56,8 +56,9 @@ pub use grad::{
     layer_norm_backward, softmax_backward, AttentionShape, LayerNormGrads,
 };
 pub use tune::{
-    cache_dir, default_gemm_kernel, device_key, gemm_kernel, resolve_gemm_kernel, subgroup_size,
-    ChoiceSource, GemmChoice, TUNING_FILE, TUNING_SIZE,
+    cache_dir, cooperative_matrix_available, default_gemm_kernel, device_key, gemm_kernel,
+    gemm_kernel_for, resolve_gemm_kernel, subgroup_size, ChoiceSource, GemmChoice, Precision,
+    TUNING_FILE, TUNING_SIZE,
 };
 
 /// Shorthand for results of the dense operations.

@@ -84,6 +84,105 @@ fn probe_subgroups(c: &dyn Compute) -> Option<u32> {
     ok.then_some(size)
 }
 
+/// Whether the cooperative-matrix gemm (`ext/gemm_coop.wgsl`) runs on this device and gets a
+/// small product right: a 16 x 24 x 40 product of small integers (exact in f16 and f32),
+/// checked once per device. `false` where the device lacks wgpu's
+/// `EXPERIMENTAL_COOPERATIVE_MATRIX` (the source is rejected), lavapipe included.
+pub fn cooperative_matrix_available(c: &dyn Compute) -> bool {
+    static PROBES: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
+    memo(&PROBES, device_key(c), || Ok(probe_cooperative(c))).unwrap_or(false)
+}
+
+fn probe_cooperative(c: &dyn Compute) -> bool {
+    let (m, n, k) = (16, 24, 40);
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 5) % 7) as f32 - 3.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i * 3) % 5) as f32 - 2.0).collect();
+    let want: Vec<f32> = (0..m * n)
+        .map(|e| {
+            (0..k)
+                .map(|kk| a[(e / n) * k + kk] * b[kk * n + e % n])
+                .sum()
+        })
+        .collect();
+    let run = || -> Result<Vec<f32>> {
+        let ta = super::from_f32(c, &[m, k], &a)?;
+        let tb = super::from_f32(c, &[k, n], &b)?;
+        let out = super::zeros(c, &[m, n])?;
+        super::gemm::launch(
+            GemmKernel::Cooperative,
+            c,
+            ta.id(),
+            tb.id(),
+            out.id(),
+            &Gemm::dense(m, n, k, false, false),
+        )?;
+        super::read_f32(c, out.id())
+    };
+    match run() {
+        Ok(got) if got == want => true,
+        Ok(got) => {
+            tracing::warn!(
+                device = %c.device_name(),
+                first_got = ?&got[..4],
+                first_want = ?&want[..4],
+                "the cooperative-matrix gemm runs but gets a product wrong; not used"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::debug!(device = %c.device_name(), error = %e, "no cooperative matrices");
+            false
+        }
+    }
+}
+
+/// The arithmetic a run asks for, from FusionBench's `fabric.precision` (Lightning's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Full f32 (`32`, `32-true`, or no setting): the default.
+    #[default]
+    F32,
+    /// `16-mixed`: f16 operands, f32 accumulation.
+    Mixed16,
+    /// `bf16-mixed`: bf16 operands in PyTorch; here the operands are rounded to f16 (the
+    /// cooperative matrices wgpu offers are f16 or f32), accumulation in f32.
+    MixedBf16,
+}
+
+impl Precision {
+    /// Parses a `fabric.precision` value (`32`, `32-true`, `16-mixed`, `bf16-mixed`; an
+    /// integer 32 from YAML too); anything else is an error naming the value.
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "32" | "32-true" => Ok(Precision::F32),
+            "16-mixed" => Ok(Precision::Mixed16),
+            "bf16-mixed" => Ok(Precision::MixedBf16),
+            other => Err(NnError::input(
+                "fabric.precision",
+                format!(
+                    "`{other}` is not supported for dense math (use 32, 32-true, 16-mixed or \
+                     bf16-mixed)"
+                ),
+            )),
+        }
+    }
+
+    /// Whether products may round their operands to 16 bits.
+    pub fn is_mixed(self) -> bool {
+        !matches!(self, Precision::F32)
+    }
+}
+
+/// The gemm kernel for a run at `precision`: the cooperative-matrix (tensor-core) kernel when
+/// the run asks for mixed precision and the device has it ([`cooperative_matrix_available`]),
+/// else the f32 choice ([`gemm_kernel`]).
+pub fn gemm_kernel_for(c: &dyn Compute, precision: Precision) -> Result<GemmKernel> {
+    if precision.is_mixed() && cooperative_matrix_available(c) {
+        return Ok(GemmKernel::Cooperative);
+    }
+    gemm_kernel(c)
+}
+
 /// Where a [`GemmChoice`] came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChoiceSource {
@@ -179,7 +278,9 @@ pub fn resolve_gemm_kernel(
         let kernel = GemmKernel::parse(name).ok_or_else(|| {
             NnError::input(
                 "FUSION_GEMM",
-                format!("`{name}` is not one of registers, tiled8, tiled16, subgroup, auto"),
+                format!(
+                    "`{name}` is not one of registers, tiled8, tiled16, subgroup, cooperative, auto"
+                ),
             )
         })?;
         if !kernel.supported(c) {
@@ -202,7 +303,7 @@ pub fn resolve_gemm_kernel(
     if let Some(kernel) = doc["devices"][&key]["gemm"]["kernel"]
         .as_str()
         .and_then(GemmKernel::parse)
-        .filter(|k| k.supported(c))
+        .filter(|k| GemmKernel::ALL.contains(k) && k.supported(c))
     {
         return Ok(choice(kernel, ChoiceSource::Cache));
     }
