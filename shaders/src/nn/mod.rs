@@ -5,6 +5,13 @@
 //! stacking ([`copy_into`]), embedding lookups ([`gather_rows`], [`token_position_embed`]) and the patch embedding
 //! ([`im2col`], [`class_position`]). The CLIP towers (`fusion-clip`) are written over them.
 //!
+//! Backward passes: the general product [`gemm`] (transposed operands, batches, accumulation;
+//! its kernel chosen per adapter by [`gemm_kernel`], tuned on first use and cached), and on it
+//! [`matmul_backward`], [`bias_grad`], [`layer_norm_backward`], [`softmax_backward`],
+//! [`activation_backward`], [`attention_backward`], and the losses [`cross_entropy`] and
+//! [`entropy_loss`] with their gradients. Mixed precision ([`Precision`]) may use the
+//! cooperative-matrix kernel ([`gemm_kernel_for`]).
+//!
 //! Every tensor here is f32 (or u32 for indices and masks), row-major, owned as a plugin-api
 //! [`DeviceTensor`] ([`zeros`], [`from_f32`], [`from_u32`] check the device's binding limit).
 //! Each launcher checks that the elements it will touch lie inside the tensors it is given (an
