@@ -11,6 +11,10 @@
 //! `|x - base|` (one byte; TIES's two digits, the second over the fullest bin of the first), one
 //! elected-sum step, and an upload with a histogram after it.
 //! Each is run seven times and the fastest time is printed, with elements per second.
+//!
+//! With `--gemm`: GFLOP/s of every matrix-product kernel the adapter runs (the forward
+//! `nn::matmul` kernels and each `nn::gemm` variant) on the products of a ViT-B/32 layer at
+//! batch 32 (1600 token rows), fastest of five runs.
 
 use std::time::Instant;
 
@@ -19,6 +23,8 @@ use fusion_plugin_api::{Binding, Compute, DType};
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let gemm_mode = args.iter().any(|a| a == "--gemm");
+    args.retain(|a| a != "--gemm");
     let mut device = DeviceChoice::Cpu;
     if let Some(i) = args.iter().position(|a| a == "--device") {
         device = args
@@ -37,6 +43,10 @@ fn main() {
     };
     let rt = Runtime::new(&device, RuntimeOptions::default()).expect("opening the adapter");
     let c: &dyn Compute = &rt;
+    if gemm_mode {
+        bench_gemm(c);
+        return;
+    }
     println!(
         "{} (unified memory: {}); {} workgroups per histogram launch at most",
         c.device_name(),
@@ -212,5 +222,56 @@ fn sum_merge(thresholds: &[f32]) -> fusion_kernels::ScaledTiesMerge<'_> {
         merge: fusion_kernels::TiesMerge::Sum,
         lambda: 0.3,
         dtype: DType::F32,
+    }
+}
+
+/// GFLOP/s of the product kernels on ViT-B/32 layer shapes at batch 32 (50 tokens x 32 images).
+fn bench_gemm(c: &dyn Compute) {
+    use fusion_kernels::nn::{self, Gemm, GemmKernel, Matmul, MatmulKernel};
+    println!(
+        "subgroup size: {:?}; cooperative matrices: {}",
+        nn::subgroup_size(c),
+        nn::cooperative_matrix_available(c)
+    );
+    let rows = 1600;
+    for (what, n, k) in [
+        ("q|k|v, out proj (768 -> 768)", 768, 768),
+        ("fc1 (768 -> 3072)", 3072, 768),
+        ("fc2 (3072 -> 768)", 768, 3072),
+    ] {
+        let x: Vec<f32> = (0..rows * k).map(|i| noise(i, 1)).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| noise(i, 2)).collect();
+        let tx = nn::from_f32(c, &[rows, k], &x).unwrap();
+        let tw = nn::from_f32(c, &[n, k], &w).unwrap();
+        let ty = nn::zeros(c, &[rows, n]).unwrap();
+        let flops = 2.0 * (rows * n * k) as f64;
+        let time = |f: &dyn Fn()| -> f64 {
+            f();
+            c.synchronize().unwrap();
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    c.synchronize().unwrap();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        println!("{rows} x {k} x {n}, {what}:");
+        for kernel in [MatmulKernel::Registers, MatmulKernel::Tiled] {
+            let mm = Matmul::linear(rows, k, n);
+            let s =
+                time(&|| nn::matmul_with(kernel, c, tx.id(), tw.id(), None, ty.id(), &mm).unwrap());
+            println!("  matmul {kernel:?}: {:.2} GFLOP/s", flops / s / 1e9);
+        }
+        for kernel in GemmKernel::ALL
+            .into_iter()
+            .chain([GemmKernel::Cooperative])
+            .filter(|k| k.supported(c))
+        {
+            let g = Gemm::dense(rows, n, k, false, true);
+            let s = time(&|| nn::gemm_with(kernel, c, tx.id(), tw.id(), ty.id(), &g).unwrap());
+            println!("  gemm {}: {:.2} GFLOP/s", kernel.name(), flops / s / 1e9);
+        }
     }
 }

@@ -188,6 +188,22 @@ pub mod nn {
     pub const EMBEDDING: &str = include_str!("nn/embedding.wgsl");
     /// `nn/patch.wgsl`: im2col for the patch embedding, class token and position embeddings.
     pub const PATCH: &str = include_str!("nn/patch.wgsl");
+    /// `nn/gemm.wgsl`: general strided batched product with transposed operands and
+    /// accumulation (the backward passes' products), tiled and register-blocked.
+    pub const GEMM: &str = include_str!("nn/gemm.wgsl");
+    /// `nn/grad.wgsl`: backward passes of bias, activations, softmax and layer norm.
+    pub const GRAD: &str = include_str!("nn/grad.wgsl");
+    /// `nn/loss.wgsl`: cross-entropy and entropy of logits, with their gradients.
+    pub const LOSS: &str = include_str!("nn/loss.wgsl");
+    /// `nn/ext/gemm_subgroup.wgsl`: [`GEMM`]'s product with subgroup shuffles; needs wgpu's
+    /// `SUBGROUP` feature.
+    pub const GEMM_SUBGROUP: &str = include_str!("nn/ext/gemm_subgroup.wgsl");
+    /// `nn/ext/subgroup_probe.wgsl`: whether subgroup operations work, and their width.
+    pub const SUBGROUP_PROBE: &str = include_str!("nn/ext/subgroup_probe.wgsl");
+    /// `nn/ext/gemm_coop.wgsl`: [`GEMM`]'s product on cooperative matrices (tensor cores), f16
+    /// operands and f32 accumulation; needs wgpu's `EXPERIMENTAL_COOPERATIVE_MATRIX` and
+    /// `SHADER_F16`.
+    pub const GEMM_COOP: &str = include_str!("nn/ext/gemm_coop.wgsl");
 
     /// Every nn kernel source by its file name under `src/nn/`, for validation tests and tools.
     pub const ALL: &[(&str, &str)] = &[
@@ -199,5 +215,21 @@ pub mod nn {
         ("add.wgsl", ADD),
         ("embedding.wgsl", EMBEDDING),
         ("patch.wgsl", PATCH),
+        ("gemm.wgsl", GEMM),
+        ("grad.wgsl", GRAD),
+        ("loss.wgsl", LOSS),
+    ];
+
+    /// The kernels under `src/nn/ext/` that need a device feature beyond core WebGPU, by file
+    /// name, with the naga capabilities they validate under (a device without them rejects
+    /// the source; the host then uses a portable kernel).
+    pub const EXTENSIONS: &[(&str, &str, &str)] = &[
+        ("gemm_subgroup.wgsl", GEMM_SUBGROUP, "SUBGROUP"),
+        ("subgroup_probe.wgsl", SUBGROUP_PROBE, "SUBGROUP"),
+        (
+            "gemm_coop.wgsl",
+            GEMM_COOP,
+            "COOPERATIVE_MATRIX|SHADER_FLOAT16",
+        ),
     ];
 }

@@ -73,6 +73,14 @@ pub struct AdapterReport {
     pub max_storage_buffers_per_stage: u32,
     /// Whether the adapter offers `SHADER_F16`.
     pub shader_f16: bool,
+    /// Whether the adapter offers `SUBGROUP` (subgroup operations in compute shaders).
+    pub subgroups: bool,
+    /// The cooperative-matrix shapes the adapter lists (`MxNxK AB->CR`), empty without wgpu's
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX`.
+    pub cooperative_matrix: Vec<String>,
+    /// Whether those include 16x16x16 with f16 operands and f32 accumulation (the shape of
+    /// fusion_kernels' mixed-precision gemm).
+    pub cooperative_f16_16: bool,
     /// Whether the adapter runs compute shaders at all (false for some GL adapters).
     pub compute: bool,
 }
@@ -82,6 +90,14 @@ impl AdapterReport {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let downlevel = adapter.get_downlevel_capabilities();
+        let coop = if adapter
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        {
+            adapter.cooperative_matrix_properties()
+        } else {
+            Vec::new()
+        };
         AdapterReport {
             name: info.name,
             backend: format!("{:?}", info.backend),
@@ -94,6 +110,21 @@ impl AdapterReport {
             max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             shader_f16: adapter.features().contains(wgpu::Features::SHADER_F16),
+            subgroups: adapter.features().contains(wgpu::Features::SUBGROUP),
+            cooperative_matrix: coop
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}x{}x{} {:?}->{:?}",
+                        p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
+                    )
+                })
+                .collect(),
+            cooperative_f16_16: coop.iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                    && p.ab_type == wgpu::CooperativeScalarType::F16
+                    && p.cr_type == wgpu::CooperativeScalarType::F32
+            }),
             compute: downlevel
                 .flags
                 .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
@@ -106,7 +137,7 @@ impl fmt::Display for AdapterReport {
         write!(
             f,
             "{} ({}, {}; driver {} {}): storage binding {} B, buffer {} B, {} workgroups/dim, \
-             {} invocations/workgroup, {} storage buffers/stage, f16 {}{}",
+             {} invocations/workgroup, {} storage buffers/stage, f16 {}, subgroups {}{}{}",
             self.name,
             self.backend,
             self.device_type,
@@ -118,6 +149,15 @@ impl fmt::Display for AdapterReport {
             self.max_invocations_per_workgroup,
             self.max_storage_buffers_per_stage,
             if self.shader_f16 { "yes" } else { "no" },
+            if self.subgroups { "yes" } else { "no" },
+            if self.cooperative_matrix.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", cooperative matrices {}",
+                    self.cooperative_matrix.join(" ")
+                )
+            },
             if self.compute {
                 ""
             } else {

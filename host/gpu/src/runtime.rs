@@ -253,7 +253,7 @@ const MAX_PENDING_LAUNCHES: u32 = 256;
 
 impl Runtime {
     /// Open the adapter that `choice` selects, with the adapter's own limits (capped by
-    /// `options.clamp`) and `SHADER_F16` when the adapter has it.
+    /// `options.clamp`) and `SHADER_F16` and `SUBGROUP` when the adapter has them.
     pub fn new(choice: &DeviceChoice, options: RuntimeOptions) -> Result<Self, GpuError> {
         let instance = adapter::instance();
         let adapter = adapter::select(&instance, choice)?;
@@ -274,14 +274,35 @@ impl Runtime {
             && options
                 .unified_memory
                 .unwrap_or(adapter.get_info().device_type == wgpu::DeviceType::Cpu);
-        let mut required_features = adapter.features() & wgpu::Features::SHADER_F16;
+        // SUBGROUP where offered: fusion_kernels probes it and picks subgroup kernels.
+        let mut required_features =
+            adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
         if unified {
             required_features |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+        }
+        // Tensor cores for mixed-precision products (fusion_kernels' `gemm_coop`): requested
+        // where the adapter lists the 16x16x16 f16 -> f32 shape that kernel uses, unless
+        // FUSION_COOPERATIVE_MATRIX=0. The feature is experimental in wgpu.
+        let coop = report.cooperative_f16_16
+            && adapter.features().contains(
+                wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16,
+            )
+            && std::env::var("FUSION_COOPERATIVE_MATRIX").map_or(true, |v| v.trim() != "0");
+        if coop {
+            required_features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("fusion-host"),
             required_features,
             required_limits,
+            // SAFETY: only the experimental cooperative-matrix feature is requested, and only
+            // the `gemm_coop` kernel uses it (wgpu asks callers to acknowledge that
+            // experimental features may have bugs).
+            experimental_features: if coop {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             ..Default::default()
         }))
         .map_err(|e| GpuError::RequestDevice {
@@ -1106,7 +1127,13 @@ fn clamp_limits(mut l: wgpu::Limits, c: &LimitClamp) -> wgpu::Limits {
 
 impl Compute for Runtime {
     fn device_name(&self) -> String {
-        format!("{} ({})", self.report.name, self.report.backend)
+        // The driver is part of the name: kernel choices tuned on one driver are cached under
+        // it (fusion_kernels::nn::device_key).
+        let driver = format!("{} {}", self.report.driver, self.report.driver_info);
+        match driver.trim() {
+            "" => format!("{} ({})", self.report.name, self.report.backend),
+            d => format!("{} ({}; {d})", self.report.name, self.report.backend),
+        }
     }
 
     fn limits(&self) -> ComputeLimits {

@@ -5,6 +5,13 @@
 //! stacking ([`copy_into`]), embedding lookups ([`gather_rows`], [`token_position_embed`]) and the patch embedding
 //! ([`im2col`], [`class_position`]). The CLIP towers (`fusion-clip`) are written over them.
 //!
+//! Backward passes: the general product [`gemm`] (transposed operands, batches, accumulation;
+//! its kernel chosen per adapter by [`gemm_kernel`], tuned on first use and cached), and on it
+//! [`matmul_backward`], [`bias_grad`], [`layer_norm_backward`], [`softmax_backward`],
+//! [`activation_backward`], [`attention_backward`], and the losses [`cross_entropy`] and
+//! [`entropy_loss`] with their gradients. Mixed precision ([`Precision`]) may use the
+//! cooperative-matrix kernel ([`gemm_kernel_for`]).
+//!
 //! Every tensor here is f32 (or u32 for indices and masks), row-major, owned as a plugin-api
 //! [`DeviceTensor`] ([`zeros`], [`from_f32`], [`from_u32`] check the device's binding limit).
 //! Each launcher checks that the elements it will touch lie inside the tensors it is given (an
@@ -30,10 +37,13 @@ use fusion_plugin_api::{Compute, ComputeLimits, DType, DeviceTensor, GpuTensor, 
 mod activation;
 mod add;
 mod embedding;
+mod gemm;
+mod grad;
 mod layer_norm;
 mod matmul;
 mod patch;
 mod softmax;
+mod tune;
 
 pub use activation::{activation, Activation};
 pub use add::{add_inplace, copy_into};
@@ -42,6 +52,21 @@ pub use layer_norm::{layer_norm, RowLayout};
 pub use matmul::{linear, matmul, matmul_with, Matmul, MatmulKernel, Operand};
 pub use patch::{class_position, im2col, PatchGeometry};
 pub use softmax::{softmax_rows, SoftmaxMask};
+
+// Backward passes and the per-adapter kernel choice.
+pub use gemm::{
+    bias_grad, gemm, gemm_with, matmul_backward, matmul_backward_with, Gemm, GemmKernel,
+    MatmulGrads,
+};
+pub use grad::{
+    activation_backward, attention_backward, attention_backward_with, cross_entropy, entropy_loss,
+    layer_norm_backward, softmax_backward, AttentionShape, LayerNormGrads,
+};
+pub use tune::{
+    cache_dir, cooperative_matrix_available, default_gemm_kernel, device_key, gemm_kernel,
+    gemm_kernel_for, resolve_gemm_kernel, subgroup_size, ChoiceSource, GemmChoice, Precision,
+    TUNING_FILE, TUNING_SIZE,
+};
 
 /// Shorthand for results of the dense operations.
 pub type Result<T, E = NnError> = std::result::Result<T, E>;
@@ -295,4 +320,13 @@ fn elementwise(
         },
         || format!("{n} elements"),
     )
+}
+
+/// Workgroups and workgroup size covering `n` invocations of a 1-D kernel whose `WG` override
+/// is the device's [`workgroup_size`](fusion_plugin_api::kernel::workgroup_size).
+fn elementwise_grid(c: &dyn Compute, op: &str, n: usize) -> Result<([u32; 3], u32)> {
+    fits_u32(op, "elements", n as u64)?;
+    let limits = c.limits();
+    let wg = fusion_plugin_api::kernel::workgroup_size(&limits);
+    Ok((grid(&limits, op, n as u64, wg)?, wg))
 }

@@ -1,0 +1,223 @@
+// Backward passes of the row and elementwise operations (reverse mode; the CPU model is
+// fusion-clip's `autograd`). Rows are numbered flat over the x, y and z workgroup dimensions
+// (row kernels: one workgroup of WG invocations per row) or invocations are (column and
+// elementwise kernels: WG invocations per workgroup).
+//
+// Entry points:
+//   bias_grad            db[j] (+)= Σ_r dy[r, j]; one invocation per column, Kahan-summed.
+//                        bindings 0 = dy [rows, cols], 1 = db [cols] (read_write), 2 = Params
+//   activation_backward  dy[i] *= act'(x[i]), act = quick_gelu (p.act = 0) or gelu (1).
+//                        bindings 0 = x, 1 = dy (read_write), 2 = Params
+//   softmax_backward     in place: dy[r] = y[r] ⊙ (dy[r] - Σ_j y[r, j] dy[r, j]).
+//                        bindings 0 = y, 1 = dy (read_write), 2 = Params
+//   layer_norm_backward  per row, with the row's mean and rstd = 1/sqrt(var + eps) recomputed
+//                        (two passes, as the forward), x̂ = (x - mean) rstd, g = dy ⊙ w:
+//                        dx (+)= rstd (g - mean(g) - x̂ mean(g x̂)); stats[2r..2r+2] =
+//                        (mean, rstd) for layer_norm_params.
+//                        bindings 0 = x, 1 = weight, 2 = dy, 3 = dx (read_write),
+//                        4 = stats [rows, 2] (read_write), 5 = Params
+//   layer_norm_params    dw[j] (+)= Σ_r dy[r, j] x̂[r, j], db[j] (+)= Σ_r dy[r, j]; one
+//                        invocation per column. bindings 0 = x, 1 = dy, 2 = stats,
+//                        3 = dw (read_write), 4 = db (read_write), 5 = Params
+//
+// Params (one layout for all): rows, cols, accumulate (add into the outputs instead of
+// overwriting them), act, eps.
+
+override WG: u32 = 64u;
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    accumulate: u32,
+    act: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<storage, read> in0: array<f32>;
+@group(0) @binding(1) var<storage, read> in1: array<f32>;
+@group(0) @binding(1) var<storage, read_write> io1: array<f32>;
+@group(0) @binding(2) var<storage, read> in2: array<f32>;
+@group(0) @binding(2) var<uniform> p2: Params;
+@group(0) @binding(3) var<storage, read_write> io3: array<f32>;
+@group(0) @binding(4) var<storage, read_write> io4: array<f32>;
+@group(0) @binding(5) var<uniform> p5: Params;
+
+var<workgroup> scratch: array<f32, 256>;
+
+fn flat_invocation(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + nwg.x * WG * (gid.y + nwg.y * gid.z);
+}
+
+fn flat_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + nwg.x * (wid.y + nwg.y * wid.z);
+}
+
+fn reduce_sum(v: f32, lid: u32) -> f32 {
+    scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            scratch[lid] = scratch[lid] + scratch[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = scratch[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(WG)
+fn bias_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = p2;
+    let j = flat_invocation(gid, nwg);
+    if (j >= p.cols) {
+        return;
+    }
+    var sum = 0.0;
+    var comp = 0.0;
+    for (var r = 0u; r < p.rows; r++) {
+        let y = in0[r * p.cols + j] - comp;
+        let t = sum + y;
+        comp = (t - sum) - y;
+        sum = t;
+    }
+    if (p.accumulate != 0u) {
+        sum += io1[j];
+    }
+    io1[j] = sum;
+}
+
+// erf as in activation.wgsl (Numerical Recipes' erfcc, |error| < 1.2e-7).
+fn erf_approx(v: f32) -> f32 {
+    let z = abs(v);
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
+        + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+        + t * (-0.82215223 + t * 0.17087277))))))));
+    let erfc = t * exp(poly);
+    return select(erfc - 1.0, 1.0 - erfc, v >= 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = p2;
+    let i = flat_invocation(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    let v = in0[i];
+    var d: f32;
+    if (p.act == 0u) {
+        // quick_gelu: σ + 1.702 v σ (1 - σ), σ = sigmoid(1.702 v).
+        let s = 1.0 / (1.0 + exp(-1.702 * v));
+        d = s + 1.702 * v * s * (1.0 - s);
+    } else {
+        // gelu: Φ(v) + v φ(v). For |v| large, φ underflows to 0 and Φ to 0 or 1.
+        let cdf = 0.5 * (1.0 + erf_approx(v * 0.70710678118654752));
+        let pdf = exp(-0.5 * v * v) * 0.39894228040143268;
+        d = cdf + v * pdf;
+    }
+    io1[i] = io1[i] * d;
+}
+
+@compute @workgroup_size(WG)
+fn softmax_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let p = p2;
+    let row = flat_group(wid, nwg);
+    let valid = row < p.rows;
+    let base = row * p.cols;
+    var s = 0.0;
+    if (valid) {
+        for (var j = lid; j < p.cols; j += WG) {
+            s += in0[base + j] * io1[base + j];
+        }
+    }
+    let dot = reduce_sum(s, lid);
+    if (valid) {
+        for (var j = lid; j < p.cols; j += WG) {
+            io1[base + j] = in0[base + j] * (io1[base + j] - dot);
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn layer_norm_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let p = p5;
+    let row = flat_group(wid, nwg);
+    let valid = row < p.rows;
+    let base = row * p.cols;
+    let n = f32(p.cols);
+
+    var s = 0.0;
+    if (valid) {
+        for (var j = lid; j < p.cols; j += WG) {
+            s += in0[base + j];
+        }
+    }
+    let mean = reduce_sum(s, lid) / n;
+    var q = 0.0;
+    if (valid) {
+        for (var j = lid; j < p.cols; j += WG) {
+            let d = in0[base + j] - mean;
+            q += d * d;
+        }
+    }
+    let rstd = inverseSqrt(reduce_sum(q, lid) / n + p.eps);
+
+    var sg = 0.0;
+    var sgx = 0.0;
+    if (valid) {
+        for (var j = lid; j < p.cols; j += WG) {
+            let g = in2[base + j] * in1[j];
+            sg += g;
+            sgx += g * (in0[base + j] - mean) * rstd;
+        }
+    }
+    let mg = reduce_sum(sg, lid) / n;
+    let mgx = reduce_sum(sgx, lid) / n;
+    if (valid) {
+        for (var j = lid; j < p.cols; j += WG) {
+            let xh = (in0[base + j] - mean) * rstd;
+            var d = rstd * (in2[base + j] * in1[j] - mg - xh * mgx);
+            if (p.accumulate != 0u) {
+                d += io3[base + j];
+            }
+            io3[base + j] = d;
+        }
+        if (lid == 0u) {
+            io4[2u * row] = mean;
+            io4[2u * row + 1u] = rstd;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn layer_norm_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = p5;
+    let j = flat_invocation(gid, nwg);
+    if (j >= p.cols) {
+        return;
+    }
+    var dw = 0.0;
+    var db = 0.0;
+    for (var r = 0u; r < p.rows; r++) {
+        let g = in1[r * p.cols + j];
+        let xh = (in0[r * p.cols + j] - in2[2u * r]) * in2[2u * r + 1u];
+        dw += g * xh;
+        db += g;
+    }
+    if (p.accumulate != 0u) {
+        dw += io3[j];
+        db += io4[j];
+    }
+    io3[j] = dw;
+    io4[j] = db;
+}
