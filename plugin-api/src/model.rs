@@ -140,6 +140,32 @@ impl Model {
     }
 }
 
+/// The auxiliary file that marks a [`Model`] as a report value (see [`Model::report_value`]).
+pub const REPORT_VALUE_FILE: &str = "fusion-host-report-value.json";
+
+impl Model {
+    /// An entry of [`crate::Algorithm::run_models`] that is a value, not a model: the host puts
+    /// it into the report where its name says, as it is, and neither saves nor evaluates it
+    /// (FusionBench's `metadata` beside a dict of models, `{"models": {...}, "metadata": ...}`).
+    /// It is a model without tensors whose one file, [`REPORT_VALUE_FILE`], holds the JSON.
+    pub fn report_value(value: &serde_json::Value) -> Model {
+        let mut sd = MemoryStateDict::new();
+        sd.insert_file(REPORT_VALUE_FILE, value.to_string().into_bytes());
+        Model::new(sd)
+    }
+
+    /// The value of an entry made by [`Model::report_value`]; `None` for a model.
+    pub fn as_report_value(&self) -> Result<Option<serde_json::Value>> {
+        if !self.names()?.is_empty() || !self.file_names()?.iter().any(|f| f == REPORT_VALUE_FILE) {
+            return Ok(None);
+        }
+        let text = self.file(REPORT_VALUE_FILE)?;
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| Error::other(format!("a report value that is not JSON: {e}")))
+    }
+}
+
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model").finish_non_exhaustive()
