@@ -3225,3 +3225,113 @@ fn the_task_pool_takes_merged_weights_on_the_device() {
         );
     }
 }
+
+// ---- methods that return several models, and task-vector analysis (issue 17) ----------------
+
+/// A config folder with the linalg-tiny pool as `modelpool=linalg` and the given extra files.
+fn linalg_configs(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let models = data().join("linalg-tiny").join("models");
+    let mut pool = String::from("_target_: fusion_bench.modelpool.BaseModelPool\nmodels:\n");
+    for m in ["_pretrained_", "task_a", "task_b", "task_c", "task_d"] {
+        pool.push_str(&format!(
+            "  {m}: {}\n",
+            models.join(format!("{m}.safetensors")).display()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_configs(dir.path(), &[("modelpool/linalg.yaml", &pool)]);
+    write_configs(dir.path(), extra);
+    dir
+}
+
+/// The largest `max|a − b| / max|b|` over the tensors of two checkpoints with the same names.
+fn max_rel_error_files(got: &Path, want: &Path) -> f32 {
+    let (got, want) = (read_f32(got), read_f32(want));
+    assert_eq!(got.len(), want.len());
+    let mut worst = 0f32;
+    for ((n1, s1, v1), (n2, s2, v2)) in got.iter().zip(&want) {
+        assert_eq!((n1, s1), (n2, s2));
+        let scale = v2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let err = v1
+            .iter()
+            .zip(v2)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        worst = worst.max(err / scale);
+    }
+    worst
+}
+
+/// TALL masks from FusionBench's `tall_mask/task_arithmetic.yaml` return
+/// `{"models": {name: model}, "metadata": None}`: the report takes that shape (each model's
+/// report under `models`, `metadata` null, as FusionBench's `evaluate_merged_model` builds it),
+/// each model is saved under `merged_model_save_path/models/NAME` and matches fusion-bench's
+/// tensors. EMR from `emr_merging/emr_merging.yaml` returns a model per task, reported under the
+/// pool's names and saved beside a `.safetensors` path as `STEM_NAME.safetensors`.
+#[test]
+fn tall_masks_and_emr_return_a_model_per_task_reported_and_saved_as_fusionbench_does() {
+    let cfg = linalg_configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let cp = cfg.path().to_str().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=tall_mask/task_arithmetic",
+            "taskpool=dummy",
+            "merged_model_save_path=saved",
+            "path.log_dir=logs",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = json(&run.stdout);
+    let keys: Vec<&String> = report.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["models", "metadata"], "{report}");
+    assert!(report["metadata"].is_null(), "{report}");
+    let tasks: Vec<&String> = report["models"].as_object().unwrap().keys().collect();
+    assert_eq!(tasks, ["task_a", "task_b", "task_c", "task_d"], "{report}");
+    let saved_report = std::fs::read_to_string(work.path().join("logs/program_report.json"));
+    assert_eq!(json(&saved_report.unwrap()), report);
+    for task in ["task_a", "task_b", "task_c", "task_d"] {
+        assert!(
+            report["models"][task]["model_info"]["all_params"].as_u64() > Some(0),
+            "{report}"
+        );
+        let err = max_rel_error_files(
+            &work
+                .path()
+                .join(format!("saved/models/{task}/model.safetensors")),
+            &data().join(format!("linalg-tiny/expected/tall_mask/{task}.safetensors")),
+        );
+        assert!(err <= 1e-5, "TALL {task}: relative error {err}");
+    }
+    assert!(!work.path().join("saved/metadata").exists());
+
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=emr_merging/emr_merging",
+            "taskpool=dummy",
+            "merged_model_save_path=emr.safetensors",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = json(&run.stdout);
+    let keys: Vec<&String> = report.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["task_a", "task_b", "task_c", "task_d"], "{report}");
+    for task in ["task_a", "task_b", "task_c", "task_d"] {
+        let err = max_rel_error_files(
+            &work.path().join(format!("emr_{task}.safetensors")),
+            &data().join(format!(
+                "linalg-tiny/expected/emr_merging/{task}.safetensors"
+            )),
+        );
+        assert!(err <= 1e-5, "EMR {task}: relative error {err}");
+        assert!(report[task]["model_info"].is_object(), "{report}");
+    }
+}

@@ -26,6 +26,8 @@
 //! | `wudi` | `WUDIMerging` | `iter_num` (required), `exclude_keys` null |
 //! | `singular_value_calibration` | `SingularValueCalibrationWithBaseMethod` | `alpha`, `base_method` (required), `accelerator` |
 //! | `singular_value_calibration_task_arithmetic` | `SingularValueCalibrationArithmeticTask` | `alpha`, `scaling_factor` (required), `accelerator` |
+//! | `tall_mask` | `TallMaskTaskArithmeticAlgorithm` | `tall_mask_lambda` (required), `debug`, `verbose`; returns `models/NAME` per task and `metadata` |
+//! | `emr_merging` | `EMRMerging` | —; returns one model per task, under its pool name |
 //!
 //! The last ten run on the CPU in f32 (the SVDs in f64, [`linalg`]), tensor by tensor when
 //! the host asks for one; they need no compute device (SVC's base method may). The others run their arithmetic on the
@@ -57,6 +59,7 @@ mod cpu;
 mod delta;
 mod device;
 mod elementwise;
+mod emr;
 mod ensemble;
 mod inputs;
 mod kernels;
@@ -69,12 +72,14 @@ mod params;
 mod slerp;
 mod subspace;
 mod svc;
+mod tall_mask;
 mod task_arithmetic;
 mod ties;
 mod wudi;
 
 pub use average::{SimpleAverage, WeightedAverage};
 pub use elementwise::{ExPO, LinearInterpolation, MagMax, MagnitudeDiffPruning};
+pub use emr::EmrMerging;
 pub use ensemble::{MaxModelPredictor, SimpleEnsemble, WeightedEnsemble};
 pub use kernels::wgsl_source;
 pub use mergekit::{breadcrumbs_band, Breadcrumbs, BreadcrumbsTies, Della, DellaLinear};
@@ -82,6 +87,7 @@ pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
 pub use slerp::{slerp_coefficients, Slerp};
 pub use subspace::{IsoC, IsoCts, TaskSingularVector};
 pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
+pub use tall_mask::TallMask;
 pub use task_arithmetic::{DareSimpleAverage, DareTaskArithmetic, TaskArithmetic};
 pub use ties::{DareTiesMerging, TiesMerging};
 pub use wudi::Wudi;
@@ -248,5 +254,20 @@ fusion_plugin_api::export_plugin! {
             "fusion_bench.method.ensemble.MaxModelPredictorAlgorithm",
         ],
         description: "Ensemble: the task pool takes the elementwise maximum of the models' outputs.",
+    }
+    algorithm TallMask {
+        names: [
+            "tall_mask",
+            "fusion_bench.method.tall_mask.TallMaskTaskArithmeticAlgorithm",
+            "fusion_bench.method.TallMaskTaskArithmeticAlgorithm",
+        ],
+        description: "TALL masks: one model per task, θ₀ + maskₜ ⊙ Σ τ (CPU; returns several models).",
+    }
+    algorithm EmrMerging {
+        names: [
+            "emr_merging",
+            "fusion_bench.method.emr_merging.EMRMerging",
+        ],
+        description: "EMR merging: elected unified task vector, per-task masks and rescalers (CPU; returns one model per task).",
     }
 }
