@@ -3335,3 +3335,142 @@ fn tall_masks_and_emr_return_a_model_per_task_reported_and_saved_as_fusionbench_
         assert!(report[task]["model_info"].is_object(), "{report}");
     }
 }
+
+/// The PNG file's width and height (its IHDR chunk), after checking the signature.
+fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&bytes[16..20]), be(&bytes[20..24]))
+}
+
+/// The analysis methods, from FusionBench's `analysis/*.yaml`, write into the run's log folder:
+/// the cosine-similarity CSV (fusion-bench's values to 1e-12) and heatmap, the two violin plots
+/// at matplotlib's default 640×480; they return the pretrained model, which the program saves.
+#[test]
+fn analysis_methods_write_into_the_log_folder() {
+    let cfg = linalg_configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let cp = cfg.path().to_str().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=analysis/task_vector_cos_similarity",
+            "path.log_dir=cos",
+            "merged_model_save_path=returned.safetensors",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let read = |p: &Path| -> Vec<Vec<String>> {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .lines()
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect()
+    };
+    let got = read(&work.path().join("cos/task_vector_cos_similarity.csv"));
+    let want = read(&data().join("linalg-tiny/expected/task_vector_cos_similarity.csv"));
+    assert_eq!(got[0], want[0]);
+    assert_eq!(got.len(), 5);
+    for (g, w) in got[1..].iter().zip(&want[1..]) {
+        assert_eq!(g[0], w[0]);
+        for (a, b) in g[1..].iter().zip(&w[1..]) {
+            let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+            assert!((a - b).abs() <= 1e-12, "{a} vs {b}");
+        }
+    }
+    let (w, h) = png_size(&work.path().join("cos/task_vector_cos_similarity.png"));
+    assert!(w > 224 && h > 224, "{w}×{h}");
+    assert_eq!(
+        max_rel_error_files(
+            &work.path().join("returned.safetensors"),
+            &data().join("linalg-tiny/models/_pretrained_.safetensors")
+        ),
+        0.0
+    );
+
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=analysis/task_vector_violin_plot",
+            "path.log_dir=violin",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for file in ["task_vector_violin.png", "task_vector_violin_abs.png"] {
+        assert_eq!(png_size(&work.path().join("violin").join(file)), (640, 480));
+    }
+}
+
+/// Too few models for the method and a nested unknown parameter are config errors: exit 2, one
+/// paragraph naming the culprit, nothing merged.
+#[test]
+fn too_few_models_and_a_nested_unknown_parameter_exit_2() {
+    let cfg = linalg_configs(&[(
+        "method/violin_bad.yaml",
+        "_target_: fusion_bench.method.TaskVectorViolinPlot\ntrainable_only: true\n\
+         fig_kwargs:\n  figsize: [4, 3]\n  facecolour: white\n",
+    )]);
+    let work = tempfile::tempdir().unwrap();
+    let cp = cfg.path().to_str().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "~modelpool.models.task_a",
+            "~modelpool.models.task_b",
+            "~modelpool.models.task_c",
+            "~modelpool.models.task_d",
+            "method=tall_mask/task_arithmetic",
+            "merged_model_save_path=saved",
+        ],
+    );
+    run.assert_clean_failure(2);
+    assert!(
+        run.error().contains("tall_mask needs at least 1 model"),
+        "{}",
+        run.stderr
+    );
+    assert!(!work.path().join("saved").exists());
+
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "~modelpool.models.task_b",
+            "~modelpool.models.task_c",
+            "~modelpool.models.task_d",
+            "method=analysis/task_vector_cos_similarity",
+        ],
+    );
+    run.assert_clean_failure(2);
+    assert!(
+        run.error()
+            .contains("task_vector_cos_similarity needs at least 2 model(s)"),
+        "{}",
+        run.stderr
+    );
+
+    let run = run_host(
+        work.path(),
+        &["--config-path", cp, "modelpool=linalg", "method=violin_bad"],
+    );
+    run.assert_clean_failure(2);
+    assert!(
+        run.error()
+            .contains("unknown parameter `fig_kwargs.facecolour`"),
+        "{}",
+        run.stderr
+    );
+}

@@ -1,9 +1,10 @@
-//! The methods that return several models (TALL masks, EMR merging), against what fusion-bench produced for `tests/data/linalg-tiny` (`cases_extra.yaml`, made by
+//! The methods that return several models (TALL masks, EMR merging) and the task-vector analysis,
+//! against what fusion-bench produced for `tests/data/linalg-tiny` (`cases_extra.yaml`, made by
 //! `make_linalg_extra.py`), and their errors on bad input. They run without a compute device.
 
 use std::path::{Path, PathBuf};
 
-use fusion_merging::{EmrMerging, TallMask};
+use fusion_merging::{EmrMerging, TallMask, TaskVectorCosSimilarity, TaskVectorViolinPlot};
 use fusion_plugin_api::serde_json::{self, json, Value};
 use fusion_plugin_api::{Algorithm, Config, Context, FromConfig, Model};
 
@@ -40,6 +41,8 @@ fn build(target: &str, config: Value) -> fusion_plugin_api::Result<Box<dyn Algor
     let algo: Box<dyn Algorithm> = match target {
         "tall_mask" => Box::new(TallMask::from_config(&cfg)?),
         "emr_merging" => Box::new(EmrMerging::from_config(&cfg)?),
+        "task_vector_cos_similarity" => Box::new(TaskVectorCosSimilarity::from_config(&cfg)?),
+        "task_vector_violin_plot" => Box::new(TaskVectorViolinPlot::from_config(&cfg)?),
         other => panic!("no such algorithm here: {other}"),
     };
     cfg.check_parameters()?;
@@ -169,6 +172,161 @@ fn per_task_models_differ() {
     }
 }
 
+/// A fresh folder under the system's temporary folder.
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "fusion-merging-{tag}-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    ));
+    let d = PathBuf::from(d.to_string_lossy().replace([' ', ':', '{', '}', ','], "_"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn read_csv(path: &Path) -> (Vec<String>, Vec<(String, Vec<f64>)>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .skip(1)
+        .map(String::from)
+        .collect();
+    let rows = lines
+        .map(|l| {
+            let mut cells = l.split(',');
+            let name = cells.next().unwrap().to_string();
+            (name, cells.map(|c| c.parse().unwrap()).collect())
+        })
+        .collect();
+    (header, rows)
+}
+
+/// Decode a PNG: (width, height, RGB bytes).
+fn decode_png(path: &Path) -> (u32, u32, Vec<u8>) {
+    let file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
+    let mut reader = png::Decoder::new(file).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+/// Distinct colours in an image (a plot has several; a blank image one).
+fn colours(rgb: &[u8]) -> usize {
+    rgb.chunks(3)
+        .map(|c| (c[0], c[1], c[2]))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+/// The cosine-similarity CSV matches fusion-bench's to 1e-12 (both in f64 from the same f32
+/// task vectors); the heatmap decodes at the size its layout gives and is a picture; the method
+/// returns the pretrained model.
+#[test]
+fn golden_task_vector_cos_similarity() {
+    let out = temp_dir("cos");
+    let algo = build(
+        "task_vector_cos_similarity",
+        json!({"plot_heatmap": true, "trainable_only": true, "max_points_per_model": null,
+               "output_path": null}),
+    )
+    .unwrap();
+    let ctx = cpu_ctx().with_log_dir(&out);
+    let returned = algo.run(&pool(&ALL), &ctx).unwrap();
+    let base = model(&dir().join("models/_pretrained_.safetensors"));
+    assert_eq!(max_rel_error(&returned, &base), 0.0);
+
+    let (header, rows) = read_csv(&out.join("task_vector_cos_similarity.csv"));
+    let (want_header, want_rows) = read_csv(&dir().join("expected/task_vector_cos_similarity.csv"));
+    assert_eq!(header, want_header);
+    assert_eq!(rows.len(), 4);
+    let mut worst = 0f64;
+    for ((n, got), (m, want)) in rows.iter().zip(&want_rows) {
+        assert_eq!(n, m);
+        for (g, w) in got.iter().zip(want) {
+            worst = worst.max((g - w).abs());
+        }
+    }
+    eprintln!("cos similarity: max abs error {worst:.3e}");
+    assert!(worst <= 1e-12, "{worst:e}");
+    // the diagonal is 1, the matrix symmetric, off-diagonal entries small for these models
+    for (i, (_, row)) in rows.iter().enumerate() {
+        assert!((row[i] - 1.0).abs() < 1e-12);
+        for (j, v) in row.iter().enumerate() {
+            assert_eq!(*v, rows[j].1[i]);
+        }
+    }
+
+    let (w, h, rgb) = decode_png(&out.join("task_vector_cos_similarity.png"));
+    // 4 cells of 56 px plus labels, colour bar and title
+    assert!(w > 4 * 56 && w < 4 * 56 + 300, "{w}");
+    assert!(h > 4 * 56 && h < 4 * 56 + 200, "{h}");
+    assert!(colours(&rgb) > 8, "{} colours", colours(&rgb));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `max_points_per_model` samples the same positions of every task vector (seeded): the
+/// diagonal stays 1 and the values move a little from the full ones; `plot_heatmap: false`
+/// writes no PNG.
+#[test]
+fn cos_similarity_sampled_and_without_heatmap() {
+    let out = temp_dir("cos-sampled");
+    let full = read_csv(&dir().join("expected/task_vector_cos_similarity.csv")).1;
+    let algo = build(
+        "task_vector_cos_similarity",
+        json!({"plot_heatmap": false, "max_points_per_model": 3000,
+               "output_path": out.to_str().unwrap()}),
+    )
+    .unwrap();
+    algo.run(&pool(&ALL), &cpu_ctx()).unwrap();
+    let rows = read_csv(&out.join("task_vector_cos_similarity.csv")).1;
+    assert!(!out.join("task_vector_cos_similarity.png").exists());
+    let mut moved = 0f64;
+    for (i, ((_, got), (_, want))) in rows.iter().zip(&full).enumerate() {
+        assert!((got[i] - 1.0).abs() < 1e-12);
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 0.1, "{g} vs {w}");
+            moved = moved.max((g - w).abs());
+        }
+    }
+    assert!(moved > 1e-6, "a sample of 3000 of the values");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Two PNGs at matplotlib's default 640×480 (or `fig_kwargs`' figsize × dpi), each a picture;
+/// the method returns the pretrained model.
+#[test]
+fn violin_plots_are_written() {
+    for (fig, size) in [
+        (Value::Null, (640, 480)),
+        (json!({"figsize": [5, 3], "dpi": 80}), (400, 240)),
+    ] {
+        let out = temp_dir("violin");
+        let algo = build(
+            "task_vector_violin_plot",
+            json!({"trainable_only": true, "max_points_per_model": 1000, "fig_kwargs": fig,
+                   "output_path": null}),
+        )
+        .unwrap();
+        let returned = algo
+            .run(&pool(&ALL), &cpu_ctx().with_log_dir(&out))
+            .unwrap();
+        let base = model(&dir().join("models/_pretrained_.safetensors"));
+        assert_eq!(max_rel_error(&returned, &base), 0.0);
+        for file in ["task_vector_violin.png", "task_vector_violin_abs.png"] {
+            let (w, h, rgb) = decode_png(&out.join(file));
+            assert_eq!((w, h), size, "{file}");
+            // four violins in four colours, text, grid
+            assert!(colours(&rgb) >= 6, "{file}: {} colours", colours(&rgb));
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
 fn error(target: &str, config: Value, models: &[&str]) -> String {
     let run = || -> fusion_plugin_api::Result<()> {
         build(target, config)?.run_models(
@@ -197,6 +355,15 @@ fn bad_input_is_named() {
         msg.contains("emr_merging needs a `_pretrained_` model"),
         "{msg}"
     );
+    let msg = error(
+        "task_vector_cos_similarity",
+        json!({"plot_heatmap": true}),
+        &["_pretrained_", "task_a"],
+    );
+    assert!(
+        msg.contains("task_vector_cos_similarity needs at least 2 model(s)"),
+        "{msg}"
+    );
     let msg = error("tall_mask", json!({}), &ALL);
     assert!(
         msg.contains("required parameter `tall_mask_lambda`"),
@@ -211,6 +378,26 @@ fn bad_input_is_named() {
         msg.contains("`tall_mask_lamda` (did you mean `tall_mask_lambda`?)"),
         "{msg}"
     );
+    let msg = error(
+        "task_vector_violin_plot",
+        json!({"trainable_only": true, "fig_kwargs": {"figsize": [4, 3], "facecolour": "w"}}),
+        &ALL,
+    );
+    assert!(
+        msg.contains("unknown parameter `fig_kwargs.facecolour`"),
+        "{msg}"
+    );
+    let msg = error(
+        "task_vector_violin_plot",
+        json!({"trainable_only": true, "fig_kwargs": {"figsize": [4]}}),
+        &ALL,
+    );
+    assert!(
+        msg.contains("`fig_kwargs.figsize` must be [width, height]"),
+        "{msg}"
+    );
+    let msg = error("task_vector_violin_plot", json!({}), &ALL);
+    assert!(msg.contains("required parameter `trainable_only`"), "{msg}");
     // a method of several models cannot serve as one model
     let err = build("emr_merging", json!({}))
         .unwrap()
@@ -218,4 +405,15 @@ fn bad_input_is_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("returns one model per task"), "{err}");
+}
+
+/// Without `output_path` and without a log folder from the host the analysis cannot write.
+#[test]
+fn analysis_without_a_folder_is_named() {
+    let err = build("task_vector_cos_similarity", json!({"plot_heatmap": true}))
+        .unwrap()
+        .run(&pool(&ALL), &cpu_ctx())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`output_path` is null"), "{err}");
 }
