@@ -411,4 +411,39 @@ mod tests {
         };
         assert_eq!(older.device_tensor("a").unwrap(), None);
     }
+
+    /// A report value crosses as a model without tensors and comes back as the same JSON; a
+    /// model (with tensors, or without the marker file) is not one.
+    #[test]
+    fn report_values_round_trip_and_models_are_not_values() {
+        let value = serde_json::json!({"seed": 3, "lambdas": [0.2, 0.6], "note": null});
+        let entry = Model::report_value(&value);
+        assert!(entry.names().unwrap().is_empty());
+        assert_eq!(entry.as_report_value().unwrap(), Some(value));
+        assert_eq!(
+            Model::report_value(&serde_json::Value::Null)
+                .as_report_value()
+                .unwrap(),
+            Some(serde_json::Value::Null)
+        );
+        let mut sd = MemoryStateDict::new();
+        sd.insert_f32("w", vec![2], &[1.0, 2.0], DType::F32)
+            .unwrap();
+        sd.insert_file(REPORT_VALUE_FILE, b"1".to_vec());
+        assert_eq!(Model::new(sd).as_report_value().unwrap(), None);
+        let mut sd = MemoryStateDict::new();
+        sd.insert_file("config.json", b"{}".to_vec());
+        assert_eq!(Model::new(sd).as_report_value().unwrap(), None);
+    }
+
+    /// The run's log folder travels in the context (an appended prefix field); a context made
+    /// without one has none.
+    #[test]
+    fn the_context_carries_the_log_folder() {
+        let ctx = crate::Context::local(Some(5), true, None);
+        assert_eq!(ctx.log_dir(), None);
+        let with = ctx.with_log_dir(std::path::Path::new("/runs/a b"));
+        assert_eq!(with.log_dir(), Some(std::path::PathBuf::from("/runs/a b")));
+        assert_eq!((with.seed(), with.fast_dev_run()), (Some(5), true));
+    }
 }
