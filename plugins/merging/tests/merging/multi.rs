@@ -417,3 +417,26 @@ fn analysis_without_a_folder_is_named() {
         .to_string();
     assert!(err.contains("`output_path` is null"), "{err}");
 }
+
+/// EMR's rescaler of a model that equals `_pretrained_` is 0/0 (FusionBench's would be NaN): an
+/// error naming the model.
+#[test]
+fn emr_names_a_model_without_a_task_vector() {
+    let base = model(&dir().join("models/_pretrained_.safetensors"));
+    let other = model(&dir().join("models/task_b.safetensors"));
+    let pool = Pool(vec![
+        ("_pretrained_".to_string(), base.clone()),
+        ("same".to_string(), base),
+        ("task_b".to_string(), other),
+    ]);
+    let err = build("emr_merging", json!({}))
+        .unwrap()
+        .run_models(&pool, &cpu_ctx())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("model `same` agrees with the elected signs nowhere"),
+        "{err}"
+    );
+}
