@@ -432,8 +432,7 @@ fn emr_names_a_model_without_a_task_vector() {
     let err = build("emr_merging", json!({}))
         .unwrap()
         .run_models(&pool, &cpu_ctx())
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         err.contains("model `same` agrees with the elected signs nowhere"),
