@@ -3474,3 +3474,99 @@ fn too_few_models_and_a_nested_unknown_parameter_exit_2() {
         run.stderr
     );
 }
+
+/// FusionBench's program reports a list of models as a list of reports and a dict with
+/// `metadata` as a dict whose `metadata` is copied as it is (`evaluate_merged_model`); the
+/// testkit's `several` method returns entries named as such paths. Each model is saved at its
+/// path under `merged_model_save_path` (`[i]` as folder `i`), and a name that cannot be a path
+/// into the report fails the run naming it.
+#[test]
+fn a_list_of_models_and_metadata_are_reported_as_fusionbench_does() {
+    let plugin = build_external_plugin(
+        &root().join("tests/plugins/testkit"),
+        "fusion-testkit",
+        &root().join("plugin-api"),
+    );
+    let cfg = configs(&[
+        (
+            "method/list.yaml",
+            "_target_: several\nnames: ['[0]', '[1]', '[2]']\n",
+        ),
+        (
+            "method/nested.yaml",
+            "_target_: several\nnames: ['models/[1]', 'models/[0]']\nmetadata: {lambda: 0.6, tasks: [a, b]}\n",
+        ),
+        ("method/clash.yaml", "_target_: several\nnames: [a, a/b]\n"),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let args = |method: &str, dest: &str| -> Vec<String> {
+        [
+            "--plugin-dir",
+            plugin.path().to_str().unwrap(),
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "taskpool=dummy",
+            &format!("method={method}"),
+            &format!("merged_model_save_path={dest}"),
+            &format!("path.log_dir={method}_logs"),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = run_args(work.path(), &args("list", "list"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = json(&run.stdout);
+    let items = report
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {report}"));
+    assert_eq!(items.len(), 3);
+    for (i, item) in items.iter().enumerate() {
+        assert!(
+            item["model_info"]["all_params"].as_u64() > Some(0),
+            "{report}"
+        );
+        assert!(
+            work.path()
+                .join(format!("list/{i}/model.safetensors"))
+                .is_file(),
+            "model {i} saved"
+        );
+    }
+    let saved = std::fs::read_to_string(work.path().join("list_logs/program_report.json"));
+    assert_eq!(json(&saved.unwrap()), report);
+
+    let run = run_args(work.path(), &args("nested", "nested.safetensors"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = json(&run.stdout);
+    let keys: Vec<&String> = report.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["models", "metadata"], "{report}");
+    assert_eq!(
+        report["models"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    assert_eq!(
+        report["metadata"],
+        serde_json::json!({"lambda": 0.6, "tasks": ["a", "b"]})
+    );
+    // The first entry, `models/[1]`, is the pool's first model (the base), `models/[0]` task_a:
+    // each saved at its own path.
+    let mut a = read_f32(&work.path().join("nested_models_1.safetensors"));
+    let mut want = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(a, want);
+    assert!(work.path().join("nested_models_0.safetensors").is_file());
+    assert!(!work.path().join("nested_metadata.safetensors").exists());
+
+    let run = run_args(work.path(), &args("clash", "clash"));
+    run.assert_clean_failure(1);
+    assert!(
+        run.error().contains("`a/b` cannot name one of them")
+            && run.error().contains("inside another entry"),
+        "{}",
+        run.stderr
+    );
+    assert!(!work.path().join("clash").exists());
+}
