@@ -3739,3 +3739,349 @@ fn causal_lm_bad_input_is_named_with_exit_2() {
     );
     assert!(run.error().contains("_pretrained_"), "{}", run.error());
 }
+
+
+// ---- methods that return several models, and task-vector analysis (issue 17) ----------------
+
+/// A config folder with the linalg-tiny pool as `modelpool=linalg` and the given extra files.
+fn linalg_configs(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let models = data().join("linalg-tiny").join("models");
+    let mut pool = String::from("_target_: fusion_bench.modelpool.BaseModelPool\nmodels:\n");
+    for m in ["_pretrained_", "task_a", "task_b", "task_c", "task_d"] {
+        pool.push_str(&format!(
+            "  {m}: {}\n",
+            models.join(format!("{m}.safetensors")).display()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_configs(dir.path(), &[("modelpool/linalg.yaml", &pool)]);
+    write_configs(dir.path(), extra);
+    dir
+}
+
+/// The largest `max|a − b| / max|b|` over the tensors of two checkpoints with the same names.
+fn max_rel_error_files(got: &Path, want: &Path) -> f32 {
+    let (got, want) = (read_f32(got), read_f32(want));
+    assert_eq!(got.len(), want.len());
+    let mut worst = 0f32;
+    for ((n1, s1, v1), (n2, s2, v2)) in got.iter().zip(&want) {
+        assert_eq!((n1, s1), (n2, s2));
+        let scale = v2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let err = v1
+            .iter()
+            .zip(v2)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        worst = worst.max(err / scale);
+    }
+    worst
+}
+
+/// TALL masks from FusionBench's `tall_mask/task_arithmetic.yaml` return
+/// `{"models": {name: model}, "metadata": None}`: the report takes that shape (each model's
+/// report under `models`, `metadata` null, as FusionBench's `evaluate_merged_model` builds it),
+/// each model is saved under `merged_model_save_path/models/NAME` and matches fusion-bench's
+/// tensors. EMR from `emr_merging/emr_merging.yaml` returns a model per task, reported under the
+/// pool's names and saved beside a `.safetensors` path as `STEM_NAME.safetensors`.
+#[test]
+fn tall_masks_and_emr_return_a_model_per_task_reported_and_saved_as_fusionbench_does() {
+    let cfg = linalg_configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let cp = cfg.path().to_str().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=tall_mask/task_arithmetic",
+            "taskpool=dummy",
+            "merged_model_save_path=saved",
+            "path.log_dir=logs",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = json(&run.stdout);
+    let keys: Vec<&String> = report.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["models", "metadata"], "{report}");
+    assert!(report["metadata"].is_null(), "{report}");
+    let tasks: Vec<&String> = report["models"].as_object().unwrap().keys().collect();
+    assert_eq!(tasks, ["task_a", "task_b", "task_c", "task_d"], "{report}");
+    let saved_report = std::fs::read_to_string(work.path().join("logs/program_report.json"));
+    assert_eq!(json(&saved_report.unwrap()), report);
+    for task in ["task_a", "task_b", "task_c", "task_d"] {
+        assert!(
+            report["models"][task]["model_info"]["all_params"].as_u64() > Some(0),
+            "{report}"
+        );
+        let err = max_rel_error_files(
+            &work
+                .path()
+                .join(format!("saved/models/{task}/model.safetensors")),
+            &data().join(format!("linalg-tiny/expected/tall_mask/{task}.safetensors")),
+        );
+        assert!(err <= 1e-5, "TALL {task}: relative error {err}");
+    }
+    assert!(!work.path().join("saved/metadata").exists());
+
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=emr_merging/emr_merging",
+            "taskpool=dummy",
+            "merged_model_save_path=emr.safetensors",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = json(&run.stdout);
+    let keys: Vec<&String> = report.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["task_a", "task_b", "task_c", "task_d"], "{report}");
+    for task in ["task_a", "task_b", "task_c", "task_d"] {
+        let err = max_rel_error_files(
+            &work.path().join(format!("emr_{task}.safetensors")),
+            &data().join(format!(
+                "linalg-tiny/expected/emr_merging/{task}.safetensors"
+            )),
+        );
+        assert!(err <= 1e-5, "EMR {task}: relative error {err}");
+        assert!(report[task]["model_info"].is_object(), "{report}");
+    }
+}
+
+/// The PNG file's width and height (its IHDR chunk), after checking the signature.
+fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&bytes[16..20]), be(&bytes[20..24]))
+}
+
+/// The analysis methods, from FusionBench's `analysis/*.yaml`, write into the run's log folder:
+/// the cosine-similarity CSV (fusion-bench's values to 1e-12) and heatmap, the two violin plots
+/// at matplotlib's default 640×480; they return the pretrained model, which the program saves.
+#[test]
+fn analysis_methods_write_into_the_log_folder() {
+    let cfg = linalg_configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let cp = cfg.path().to_str().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=analysis/task_vector_cos_similarity",
+            "path.log_dir=cos",
+            "merged_model_save_path=returned.safetensors",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let read = |p: &Path| -> Vec<Vec<String>> {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .lines()
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect()
+    };
+    let got = read(&work.path().join("cos/task_vector_cos_similarity.csv"));
+    let want = read(&data().join("linalg-tiny/expected/task_vector_cos_similarity.csv"));
+    assert_eq!(got[0], want[0]);
+    assert_eq!(got.len(), 5);
+    for (g, w) in got[1..].iter().zip(&want[1..]) {
+        assert_eq!(g[0], w[0]);
+        for (a, b) in g[1..].iter().zip(&w[1..]) {
+            let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+            assert!((a - b).abs() <= 1e-12, "{a} vs {b}");
+        }
+    }
+    let (w, h) = png_size(&work.path().join("cos/task_vector_cos_similarity.png"));
+    assert!(w > 224 && h > 224, "{w}×{h}");
+    assert_eq!(
+        max_rel_error_files(
+            &work.path().join("returned.safetensors"),
+            &data().join("linalg-tiny/models/_pretrained_.safetensors")
+        ),
+        0.0
+    );
+
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=analysis/task_vector_violin_plot",
+            "path.log_dir=violin",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for file in ["task_vector_violin.png", "task_vector_violin_abs.png"] {
+        assert_eq!(png_size(&work.path().join("violin").join(file)), (640, 480));
+    }
+}
+
+/// Too few models for the method and a nested unknown parameter are config errors: exit 2, one
+/// paragraph naming the culprit, nothing merged.
+#[test]
+fn too_few_models_and_a_nested_unknown_parameter_exit_2() {
+    let cfg = linalg_configs(&[(
+        "method/violin_bad.yaml",
+        "_target_: fusion_bench.method.TaskVectorViolinPlot\ntrainable_only: true\n\
+         fig_kwargs:\n  figsize: [4, 3]\n  facecolour: white\n",
+    )]);
+    let work = tempfile::tempdir().unwrap();
+    let cp = cfg.path().to_str().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "~modelpool.models.task_a",
+            "~modelpool.models.task_b",
+            "~modelpool.models.task_c",
+            "~modelpool.models.task_d",
+            "method=tall_mask/task_arithmetic",
+            "merged_model_save_path=saved",
+        ],
+    );
+    run.assert_clean_failure(2);
+    assert!(
+        run.error().contains("tall_mask needs at least 1 model"),
+        "{}",
+        run.stderr
+    );
+    assert!(!work.path().join("saved").exists());
+
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "~modelpool.models.task_b",
+            "~modelpool.models.task_c",
+            "~modelpool.models.task_d",
+            "method=analysis/task_vector_cos_similarity",
+        ],
+    );
+    run.assert_clean_failure(2);
+    assert!(
+        run.error()
+            .contains("task_vector_cos_similarity needs at least 2 model(s)"),
+        "{}",
+        run.stderr
+    );
+
+    let run = run_host(
+        work.path(),
+        &["--config-path", cp, "modelpool=linalg", "method=violin_bad"],
+    );
+    run.assert_clean_failure(2);
+    assert!(
+        run.error()
+            .contains("unknown parameter `fig_kwargs.facecolour`"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// FusionBench's program reports a list of models as a list of reports and a dict with
+/// `metadata` as a dict whose `metadata` is copied as it is (`evaluate_merged_model`); the
+/// testkit's `several` method returns entries named as such paths. Each model is saved at its
+/// path under `merged_model_save_path` (`[i]` as folder `i`), and a name that cannot be a path
+/// into the report fails the run naming it.
+#[test]
+fn a_list_of_models_and_metadata_are_reported_as_fusionbench_does() {
+    let plugin = build_external_plugin(
+        &root().join("tests/plugins/testkit"),
+        "fusion-testkit",
+        &root().join("plugin-api"),
+    );
+    let cfg = configs(&[
+        (
+            "method/list.yaml",
+            "_target_: several\nnames: ['[0]', '[1]', '[2]']\n",
+        ),
+        (
+            "method/nested.yaml",
+            "_target_: several\nnames: ['models/[1]', 'models/[0]']\nmetadata: {lambda: 0.6, tasks: [a, b]}\n",
+        ),
+        ("method/clash.yaml", "_target_: several\nnames: [a, a/b]\n"),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let args = |method: &str, dest: &str| -> Vec<String> {
+        [
+            "--plugin-dir",
+            plugin.path().to_str().unwrap(),
+            "--config-path",
+            cfg.path().to_str().unwrap(),
+            "modelpool=tiny",
+            "taskpool=dummy",
+            &format!("method={method}"),
+            &format!("merged_model_save_path={dest}"),
+            &format!("path.log_dir={method}_logs"),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = run_args(work.path(), &args("list", "list"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = json(&run.stdout);
+    let items = report
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {report}"));
+    assert_eq!(items.len(), 3);
+    for (i, item) in items.iter().enumerate() {
+        assert!(
+            item["model_info"]["all_params"].as_u64() > Some(0),
+            "{report}"
+        );
+        assert!(
+            work.path()
+                .join(format!("list/{i}/model.safetensors"))
+                .is_file(),
+            "model {i} saved"
+        );
+    }
+    let saved = std::fs::read_to_string(work.path().join("list_logs/program_report.json"));
+    assert_eq!(json(&saved.unwrap()), report);
+
+    let run = run_args(work.path(), &args("nested", "nested.safetensors"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = json(&run.stdout);
+    let keys: Vec<&String> = report.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["models", "metadata"], "{report}");
+    assert_eq!(
+        report["models"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    assert_eq!(
+        report["metadata"],
+        serde_json::json!({"lambda": 0.6, "tasks": ["a", "b"]})
+    );
+    // The first entry, `models/[1]`, is the pool's first model (the base), `models/[0]` task_a:
+    // each saved at its own path.
+    let mut a = read_f32(&work.path().join("nested_models_1.safetensors"));
+    let mut want = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(a, want);
+    assert!(work.path().join("nested_models_0.safetensors").is_file());
+    assert!(!work.path().join("nested_metadata.safetensors").exists());
+
+    let run = run_args(work.path(), &args("clash", "clash"));
+    run.assert_clean_failure(1);
+    assert!(
+        run.error().contains("`a/b` cannot name one of them")
+            && run.error().contains("inside another entry"),
+        "{}",
+        run.stderr
+    );
+    assert!(!work.path().join("clash").exists());
+}

@@ -134,8 +134,7 @@ def method_row(host, fb, name, tmp):
                  " (_pretrained_ + task_a)" if extra else "")
     if code == 0:
         try:
-            info = json.loads(out)["model_info"]
-            merged = f"{info.get('num_tensors', '?')} tensors, {info.get('all_params', '?')} parameters"
+            merged = merged_summary(json.loads(out))
         except (ValueError, KeyError):
             merged = "report not parsed"
         row["status"] = "runs"
@@ -144,6 +143,32 @@ def method_row(host, fb, name, tmp):
         row["status"] = "resolves; run fails"
         row["detail"] = short(f"`{comp}` (plugin `{plugin}`): {error_of(err)}")
     return row
+
+
+def merged_summary(report) -> str:
+    """What the dummy task pool's report says the method made: one model, or several (a dict or
+    list of models reports a `model_info` per model, where the method's names put them)."""
+    if "model_info" in report:
+        info = report["model_info"]
+        return f"{info.get('num_tensors', '?')} tensors, {info.get('all_params', '?')} parameters"
+    found = []
+
+    def walk(node, path):
+        if isinstance(node, dict) and "model_info" in node:
+            found.append(("/".join(path), node["model_info"]))
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, path + [k])
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, path + [f"[{i}]"])
+
+    walk(report, [])
+    if not found:
+        raise KeyError("model_info")
+    info = found[0][1]
+    return (f"{len(found)} models ({', '.join(f'`{p}`' for p, _ in found)}), each "
+            f"{info.get('num_tensors', '?')} tensors, {info.get('all_params', '?')} parameters")
 
 
 def incomplete_row(host, fb, name, row, common, pool):

@@ -8,6 +8,7 @@ mod external;
 mod hub;
 mod logging;
 mod multirun;
+mod outputs;
 mod paths;
 mod plugins;
 mod profile;

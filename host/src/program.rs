@@ -17,7 +17,7 @@ use crate::error::{plugin, usage};
 use crate::plugins::Registry;
 use crate::profile::Profiler;
 use crate::{hub, targets};
-use crate::{logging, paths, progress};
+use crate::{logging, outputs, paths, progress};
 
 /// What to run.
 #[derive(Clone)]
@@ -288,47 +288,20 @@ fn print_cfg(
     })
 }
 
-/// Whether `models` (what the method returned) are several named models rather than the one
-/// merged model; an empty list, or several with an empty, repeated or path-like name, is an
-/// error naming the method.
-fn check_model_names(
+/// The paths of the entries `models` (what the method returned) when they are several named
+/// entries rather than the one merged model (see `outputs`); an empty list, or a name that
+/// cannot be a path into the report, is an error naming the method.
+fn model_paths(
     models: &[(String, fusion_plugin_api::Model)],
     method: &str,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<Vec<Vec<outputs::Part>>>> {
     match models {
         [] => anyhow::bail!("method `{method}` returned no model"),
-        [(name, _)] if name.is_empty() => return Ok(false),
-        _ => {}
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (name, _) in models {
-        let bad = name.is_empty()
-            || name.starts_with('.')
-            || name.contains(['/', '\\'])
-            || !seen.insert(name.as_str());
-        if bad {
-            anyhow::bail!(
-                "method `{method}` returned {} models, and `{name}` cannot name one of them \
-                 (names must be unique, non-empty, and usable as a folder name)",
-                models.len()
-            );
+        [(name, _)] if name.is_empty() => Ok(None),
+        _ => {
+            let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
+            outputs::parse_paths(&names, method).map(Some)
         }
-    }
-    Ok(true)
-}
-
-/// Where model `name` of several is saved, given `merged_model_save_path`: the folder
-/// `DEST/NAME`, or `STEM_NAME.safetensors` beside a `.safetensors` path.
-fn model_save_path(dest: &Path, name: &str) -> PathBuf {
-    match dest.extension() {
-        Some(ext) if ext == "safetensors" => {
-            let stem = dest
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
-            dest.with_file_name(format!("{stem}_{name}.safetensors"))
-        }
-        _ => dest.join(name),
     }
 }
 
@@ -558,7 +531,8 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
         fast_dev_run,
         Arc::new(progress::Services::default()),
         Some(compute),
-    );
+    )
+    .with_log_dir(&log_dir);
 
     let pool = profiler.stage("instantiate modelpool", || {
         pool_comp
@@ -585,19 +559,31 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
             method.run_models(&pool, &ctx).map_err(plugin)
         })
         .with_context(|| format!("running method `{}`", method_sel.target))?;
-    // One unnamed model is the merged model; several are named, as the dict of models some
-    // FusionBench methods return: each is saved into its own folder and reported under its name.
-    let several = check_model_names(&models, &method_sel.target)?;
+    // One unnamed model is the merged model; several are named by their paths in the report,
+    // as the dict or list of models some FusionBench methods return: each is saved into its
+    // own folder and reported where its path says (`outputs`).
+    let paths = model_paths(&models, &method_sel.target)?;
+    let several = paths.is_some();
 
     let mut report = Json::Object(Default::default());
+    let mut entries = Vec::new();
     let mut tables = Vec::new();
-    for (name, merged) in &models {
-        let dest = save_path.as_ref().map(|d| {
-            if several {
-                model_save_path(d, name)
-            } else {
-                d.clone()
-            }
+    for (i, (name, merged)) in models.iter().enumerate() {
+        let path = paths.as_ref().map(|p| p[i].clone());
+        if let Some(value) = merged.as_report_value().map_err(plugin)? {
+            // FusionBench's `metadata` beside the models: into the report as it is.
+            let Some(path) = path else {
+                anyhow::bail!(
+                    "method `{}` returned a report value where a model was expected",
+                    method_sel.target
+                );
+            };
+            entries.push((path, value));
+            continue;
+        }
+        let dest = save_path.as_ref().map(|d| match &path {
+            Some(path) => outputs::save_path(d, path),
+            None => d.clone(),
         });
         let evaluated = match &dest {
             Some(dest) => save(&mut profiler, merged, dest, &save_opts, taskpool.is_some())
@@ -630,14 +616,13 @@ pub fn run(req: &RunRequest) -> anyhow::Result<Option<Json>> {
                 table
             });
         }
-        if several {
-            report
-                .as_object_mut()
-                .expect("an object")
-                .insert(name.clone(), one);
-        } else {
-            report = one;
+        match path {
+            Some(path) => entries.push((path, one)),
+            None => report = one,
         }
+    }
+    if several && taskpool.is_some() {
+        report = outputs::assemble(entries);
     }
     if taskpool.is_none() {
         tracing::info!("no taskpool: nothing to evaluate");

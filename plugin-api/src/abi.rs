@@ -272,6 +272,9 @@ pub struct RunContext {
     pub services: &'static HostServicesObj,
     #[sabi(last_prefix_field)]
     pub compute: ROption<&'static ComputeObj>,
+    /// Appended after the prefix: the run's log folder. A plugin reads it as `None` from a host
+    /// built before it.
+    pub log_dir: ROption<RStr<'static>>,
 }
 
 /// How a plugin reaches the host: given to the plugin once, right after loading.
@@ -420,10 +423,29 @@ pub(crate) fn build_context(
         fast_dev_run,
         services,
         compute: compute_obj.into(),
+        log_dir: ROption::RNone,
     });
     // One context per run; leaking it keeps the prefix reference 'static as abi_stable requires.
     let abi = RunContext_Ref(Box::leak(Box::new(abi)).static_as_prefix());
     Context { abi, compute }
+}
+
+/// `ctx` with `dir` as the run's log folder (a new leaked context, as `build_context` makes).
+pub(crate) fn with_log_dir(ctx: &Context, dir: &std::path::Path) -> Context {
+    let old = ctx.abi;
+    let dir: &'static str = Box::leak(dir.to_string_lossy().into_owned().into_boxed_str());
+    let abi = WithMetadata::new(RunContext {
+        seed: old.seed(),
+        fast_dev_run: old.fast_dev_run(),
+        services: old.services(),
+        compute: old.compute(),
+        log_dir: ROption::RSome(RStr::from_str(dir)),
+    });
+    let abi = RunContext_Ref(Box::leak(Box::new(abi)).static_as_prefix());
+    Context {
+        abi,
+        compute: ctx.compute.clone(),
+    }
 }
 
 fn context_from_abi(abi: RunContext_Ref) -> Context {

@@ -20,6 +20,14 @@ pub trait Algorithm: Send + Sync + 'static {
     /// names, and saves each into its own folder. The default is [`run`](Algorithm::run)'s model
     /// alone, unnamed, which the host treats as the one merged model. Names must be unique,
     /// non-empty and usable as a folder name when there are several.
+    ///
+    /// A name is a path into the report, its parts separated by `/`, so that the report takes
+    /// the shape FusionBench gives the dict or list a method returns: `models/task_a` reports
+    /// under `{"models": {"task_a": ...}}` (TALL masks' `{"models": {...}, "metadata": ...}`),
+    /// and a part `[i]` is position i of a list (`[0]`, `[1]`, ... report as `[..., ...]`; the
+    /// positions of one list must be 0 to n − 1). An entry made by [`Model::report_value`] is
+    /// put into the report as it is (FusionBench's `metadata`). Model `a/b` is saved to
+    /// `merged_model_save_path/a/b`.
     fn run_models(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Vec<(String, Model)>> {
         Ok(vec![(String::new(), self.run(pool, ctx)?)])
     }
@@ -316,6 +324,21 @@ impl Context {
     /// task, take one optimisation step.
     pub fn fast_dev_run(&self) -> bool {
         self.abi.fast_dev_run()
+    }
+
+    /// The run's log folder (the program's `path.log_dir`, where its report and log go), when
+    /// the host gives one: analysis methods write their files there unless told otherwise. A
+    /// host built before this field existed gives none.
+    pub fn log_dir(&self) -> Option<std::path::PathBuf> {
+        self.abi
+            .log_dir()
+            .and_then(|d| d.into_option())
+            .map(|d| std::path::PathBuf::from(d.as_str()))
+    }
+
+    /// This context with `dir` as the run's log folder (see [`Context::log_dir`]).
+    pub fn with_log_dir(&self, dir: &std::path::Path) -> Context {
+        crate::abi::with_log_dir(self, dir)
     }
 
     /// The host's GPU compute handle, or an error when the host runs without a device.

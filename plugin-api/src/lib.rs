@@ -124,7 +124,9 @@ pub use component::{
 pub use compute::{Binding, Compute, ComputeLimits, DeviceType, GpuTensor, KernelCall};
 pub use error::{Error, ErrorKind, Result};
 pub use kernel::{DeviceTensor, Kernel};
-pub use model::{bytes_to_f32, f32_to_bytes, MemoryStateDict, Model, ModelSummary, StateDict};
+pub use model::{
+    bytes_to_f32, f32_to_bytes, MemoryStateDict, Model, ModelSummary, StateDict, REPORT_VALUE_FILE,
+};
 pub use tensor::{DType, TensorInfo};
 
 /// Everything a plugin usually needs: `use fusion_plugin_api::prelude::*;`.

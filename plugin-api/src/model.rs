@@ -140,6 +140,32 @@ impl Model {
     }
 }
 
+/// The auxiliary file that marks a [`Model`] as a report value (see [`Model::report_value`]).
+pub const REPORT_VALUE_FILE: &str = "fusion-host-report-value.json";
+
+impl Model {
+    /// An entry of [`crate::Algorithm::run_models`] that is a value, not a model: the host puts
+    /// it into the report where its name says, as it is, and neither saves nor evaluates it
+    /// (FusionBench's `metadata` beside a dict of models, `{"models": {...}, "metadata": ...}`).
+    /// It is a model without tensors whose one file, [`REPORT_VALUE_FILE`], holds the JSON.
+    pub fn report_value(value: &serde_json::Value) -> Model {
+        let mut sd = MemoryStateDict::new();
+        sd.insert_file(REPORT_VALUE_FILE, value.to_string().into_bytes());
+        Model::new(sd)
+    }
+
+    /// The value of an entry made by [`Model::report_value`]; `None` for a model.
+    pub fn as_report_value(&self) -> Result<Option<serde_json::Value>> {
+        if !self.names()?.is_empty() || !self.file_names()?.iter().any(|f| f == REPORT_VALUE_FILE) {
+            return Ok(None);
+        }
+        let text = self.file(REPORT_VALUE_FILE)?;
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| Error::other(format!("a report value that is not JSON: {e}")))
+    }
+}
+
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model").finish_non_exhaustive()
@@ -384,5 +410,40 @@ mod tests {
             obj: StateDictAbi_TO::from_ptr(RArc::new(Older), TD_Opaque),
         };
         assert_eq!(older.device_tensor("a").unwrap(), None);
+    }
+
+    /// A report value crosses as a model without tensors and comes back as the same JSON; a
+    /// model (with tensors, or without the marker file) is not one.
+    #[test]
+    fn report_values_round_trip_and_models_are_not_values() {
+        let value = serde_json::json!({"seed": 3, "lambdas": [0.2, 0.6], "note": null});
+        let entry = Model::report_value(&value);
+        assert!(entry.names().unwrap().is_empty());
+        assert_eq!(entry.as_report_value().unwrap(), Some(value));
+        assert_eq!(
+            Model::report_value(&serde_json::Value::Null)
+                .as_report_value()
+                .unwrap(),
+            Some(serde_json::Value::Null)
+        );
+        let mut sd = MemoryStateDict::new();
+        sd.insert_f32("w", vec![2], &[1.0, 2.0], DType::F32)
+            .unwrap();
+        sd.insert_file(REPORT_VALUE_FILE, b"1".to_vec());
+        assert_eq!(Model::new(sd).as_report_value().unwrap(), None);
+        let mut sd = MemoryStateDict::new();
+        sd.insert_file("config.json", b"{}".to_vec());
+        assert_eq!(Model::new(sd).as_report_value().unwrap(), None);
+    }
+
+    /// The run's log folder travels in the context (an appended prefix field); a context made
+    /// without one has none.
+    #[test]
+    fn the_context_carries_the_log_folder() {
+        let ctx = crate::Context::local(Some(5), true, None);
+        assert_eq!(ctx.log_dir(), None);
+        let with = ctx.with_log_dir(std::path::Path::new("/runs/a b"));
+        assert_eq!(with.log_dir(), Some(std::path::PathBuf::from("/runs/a b")));
+        assert_eq!((with.seed(), with.fast_dev_run()), (Some(5), true));
     }
 }

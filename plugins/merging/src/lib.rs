@@ -26,6 +26,10 @@
 //! | `wudi` | `WUDIMerging` | `iter_num` (required), `exclude_keys` null |
 //! | `singular_value_calibration` | `SingularValueCalibrationWithBaseMethod` | `alpha`, `base_method` (required), `accelerator` |
 //! | `singular_value_calibration_task_arithmetic` | `SingularValueCalibrationArithmeticTask` | `alpha`, `scaling_factor` (required), `accelerator` |
+//! | `tall_mask` | `TallMaskTaskArithmeticAlgorithm` | `tall_mask_lambda` (required), `debug`, `verbose`; returns `models/NAME` per task and `metadata` |
+//! | `emr_merging` | `EMRMerging` | —; returns one model per task, under its pool name |
+//! | `task_vector_cos_similarity` | `TaskVectorCosSimilarity` | `plot_heatmap` (required), `trainable_only` true, `max_points_per_model` null, `output_path` null; writes CSV and PNG |
+//! | `task_vector_violin_plot` | `TaskVectorViolinPlot` | `trainable_only` (required), `max_points_per_model` 1000, `fig_kwargs` null, `output_path` null; writes two PNGs |
 //!
 //! The last ten run on the CPU in f32 (the SVDs in f64, [`linalg`]), tensor by tensor when
 //! the host asks for one; they need no compute device (SVC's base method may). The others run their arithmetic on the
@@ -50,6 +54,7 @@
 //! (such as integer position ids) are copied from the reference model (`_pretrained_`, or the
 //! first model for averages and SLERP).
 
+mod analysis;
 mod average;
 mod bracket;
 mod cache;
@@ -58,6 +63,7 @@ mod cpu;
 mod delta;
 mod device;
 mod elementwise;
+mod emr;
 mod ensemble;
 mod inputs;
 mod kernels;
@@ -71,16 +77,19 @@ mod params;
 mod slerp;
 mod subspace;
 mod svc;
+mod tall_mask;
 mod task_arithmetic;
 mod ties;
 mod wudi;
 
+pub use analysis::{TaskVectorCosSimilarity, TaskVectorViolinPlot};
 pub use average::{SimpleAverage, WeightedAverage};
 pub use causal_lm::{
     CausalLmBase, ExpoForLlama, ExpoWithDareForLlama, ForCausalLM, SimpleAverageForCausalLM,
     SlerpForCausalLM, TaskArithmeticForCausalLM, TiesMergingForCausalLM, WeightedAverageForLlama,
 };
 pub use elementwise::{ExPO, LinearInterpolation, MagMax, MagnitudeDiffPruning};
+pub use emr::EmrMerging;
 pub use ensemble::{MaxModelPredictor, SimpleEnsemble, WeightedEnsemble};
 pub use kernels::wgsl_source;
 pub use llm_pruning::{MagnitudePruningForLlama, RandomPruningForLlama};
@@ -89,6 +98,7 @@ pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
 pub use slerp::{slerp_coefficients, Slerp};
 pub use subspace::{IsoC, IsoCts, TaskSingularVector};
 pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
+pub use tall_mask::TallMask;
 pub use task_arithmetic::{DareSimpleAverage, DareTaskArithmetic, TaskArithmetic};
 pub use ties::{DareTiesMerging, TiesMerging};
 pub use wudi::Wudi;
@@ -330,5 +340,36 @@ fusion_plugin_api::export_plugin! {
             "fusion_bench.method.pruning.RandomPruningForLlama",
         ],
         description: "Seeded random pruning of a Llama-style LM's decoder-layer linear weights, unstructured or n:m (CPU).",
+    }
+    algorithm TallMask {
+        names: [
+            "tall_mask",
+            "fusion_bench.method.tall_mask.TallMaskTaskArithmeticAlgorithm",
+            "fusion_bench.method.TallMaskTaskArithmeticAlgorithm",
+        ],
+        description: "TALL masks: one model per task, θ₀ + maskₜ ⊙ Σ τ (CPU; returns several models).",
+    }
+    algorithm EmrMerging {
+        names: [
+            "emr_merging",
+            "fusion_bench.method.emr_merging.EMRMerging",
+        ],
+        description: "EMR merging: elected unified task vector, per-task masks and rescalers (CPU; returns one model per task).",
+    }
+    algorithm TaskVectorCosSimilarity {
+        names: [
+            "task_vector_cos_similarity",
+            "fusion_bench.method.TaskVectorCosSimilarity",
+            "fusion_bench.method.analysis.TaskVectorCosSimilarity",
+        ],
+        description: "Analysis: pairwise cosine similarity of the task vectors, as CSV and a heatmap PNG in the log folder; returns the pretrained model.",
+    }
+    algorithm TaskVectorViolinPlot {
+        names: [
+            "task_vector_violin_plot",
+            "fusion_bench.method.TaskVectorViolinPlot",
+            "fusion_bench.method.analysis.TaskVectorViolinPlot",
+        ],
+        description: "Analysis: violin plots (PNG) of the task vectors' values and magnitudes in the log folder; returns the pretrained model.",
     }
 }

@@ -10,5 +10,6 @@ mod golden;
 mod host;
 mod linalg;
 mod mergekit;
+mod multi;
 mod streaming;
 mod wgsl;

@@ -163,7 +163,47 @@ impl TaskPool for Probe {
     }
 }
 
+/// Returns the pool's models (the base first, cycled) under the names in `names`, which the host
+/// reads as paths into the report (`[i]` a list position), plus `metadata` as a report value
+/// when it is given: a method that returns a list, or a dict with metadata, as FusionBench's
+/// methods may.
+pub struct Several {
+    names: Vec<String>,
+    metadata: Option<serde_json::Value>,
+}
+
+impl FromConfig for Several {
+    fn from_config(config: &Config) -> Result<Self> {
+        Ok(Self {
+            names: config.require("names")?,
+            metadata: config.get("metadata")?,
+        })
+    }
+}
+
+impl Algorithm for Several {
+    fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
+        pool.load_pretrained_or_first()
+    }
+
+    fn run_models(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Vec<(String, Model)>> {
+        let all = pool.all_model_names()?;
+        let mut out = Vec::new();
+        for (i, name) in self.names.iter().enumerate() {
+            out.push((name.clone(), pool.load_model(&all[i % all.len()])?));
+        }
+        if let Some(m) = &self.metadata {
+            out.push(("metadata".to_string(), Model::report_value(m)));
+        }
+        Ok(out)
+    }
+}
+
 fusion_plugin_api::export_plugin! {
+    algorithm Several {
+        names: ["several"],
+        description: "Test plugin: the pool's models under the given names (paths into the report).",
+    }
     algorithm Panicky {
         names: ["panicky"],
         description: "Test plugin: panics on purpose.",
