@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use fusion_clip::oracle::{ClipModel, ClipVisionModel};
 use fusion_clip::{
-    decode_image, resize, CheckpointConfig, ClipError, ClipModel, ClipTokenizer, ClipVisionModel,
-    ImageProcessor, Padding, Resample, Tensor, TokenBatch,
+    decode_image, resize, CheckpointConfig, ClipError, ClipTokenizer, ImageProcessor, Padding,
+    Resample, Tensor, TokenBatch,
 };
 use safetensors::{Dtype, SafeTensors};
 
