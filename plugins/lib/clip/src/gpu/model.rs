@@ -45,12 +45,7 @@ impl<'c> GpuClipModel<'c> {
         config: &ClipConfig,
         choice: BackendChoice,
     ) -> Result<Self> {
-        let text = GpuClipText::load_with(c, store, &config.text_config, choice)?;
-        let clip = CheckpointConfig::Clip(config.clone());
-        let vision = GpuClipVision::load_with(c, store, &clip, choice)?;
-        let model = Self::with_head(store, config, text, Some(vision))?;
-        store.check_all_used(|_| true)?;
-        Ok(model)
+        Self::load_towers(c, store, config, choice, true)
     }
 
     /// Loads the text tower, both projections and `logit_scale` of a `CLIPModel` checkpoint,
@@ -71,9 +66,25 @@ impl<'c> GpuClipModel<'c> {
         config: &ClipConfig,
         choice: BackendChoice,
     ) -> Result<Self> {
+        Self::load_towers(c, store, config, choice, false)
+    }
+
+    /// The text tower, the vision tower when `with_vision` (else its tensors are out of
+    /// scope), the projections and `logit_scale`; every tensor in scope must be used.
+    fn load_towers(
+        c: &'c dyn Compute,
+        store: &WeightStore,
+        config: &ClipConfig,
+        choice: BackendChoice,
+        with_vision: bool,
+    ) -> Result<Self> {
         let text = GpuClipText::load_with(c, store, &config.text_config, choice)?;
-        let model = Self::with_head(store, config, text, None)?;
-        store.check_all_used(|name| !name.starts_with("vision_model."))?;
+        let clip = CheckpointConfig::Clip(config.clone());
+        let vision = with_vision
+            .then(|| GpuClipVision::load_with(c, store, &clip, choice))
+            .transpose()?;
+        let model = Self::with_head(store, config, text, vision)?;
+        store.check_all_used(|name| with_vision || !name.starts_with("vision_model."))?;
         Ok(model)
     }
 
