@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use fusion_clip::arch::vision_param_names;
 use fusion_clip::gpu::{BackendChoice, GpuClipVision};
 use fusion_clip::{CheckpointConfig, ClipVisionConfig, Tensor, WeightStore};
 use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
@@ -143,71 +144,25 @@ fn normal(rng: &mut StdRng, std: f32) -> f32 {
     std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
 }
 
-/// Every tensor of a `CLIPVisionModel` with `cfg`'s shapes: matrices and embeddings
-/// normal(0, 0.02), linear biases 0, layer norms 1 / 0.
+/// Every tensor of a `CLIPVisionModel` with `cfg`'s shapes (the crate's parameter table):
+/// matrices and embeddings normal(0, 0.02), linear biases 0, layer norms 1 / 0.
 fn random_vision_store(cfg: &ClipVisionConfig, seed: u64) -> WeightStore {
-    enum Init {
-        Normal,
-        Zeros,
-        Ones,
-    }
     let mut rng = StdRng::seed_from_u64(seed);
-    let (d, i, c, p, n) = (
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        cfg.num_channels,
-        cfg.patch_size,
-        cfg.num_positions(),
-    );
-    let mut specs: Vec<(String, Vec<usize>, Init)> = vec![
-        ("embeddings.class_embedding".into(), vec![d], Init::Normal),
-        (
-            "embeddings.patch_embedding.weight".into(),
-            vec![d, c, p, p],
-            Init::Normal,
-        ),
-        (
-            "embeddings.position_embedding.weight".into(),
-            vec![n, d],
-            Init::Normal,
-        ),
-        ("pre_layrnorm.weight".into(), vec![d], Init::Ones),
-        ("pre_layrnorm.bias".into(), vec![d], Init::Zeros),
-    ];
-    for l in 0..cfg.num_hidden_layers {
-        let pre = format!("encoder.layers.{l}");
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            specs.push((
-                format!("{pre}.self_attn.{proj}.weight"),
-                vec![d, d],
-                Init::Normal,
-            ));
-            specs.push((format!("{pre}.self_attn.{proj}.bias"), vec![d], Init::Zeros));
-        }
-        for ln in ["layer_norm1", "layer_norm2"] {
-            specs.push((format!("{pre}.{ln}.weight"), vec![d], Init::Ones));
-            specs.push((format!("{pre}.{ln}.bias"), vec![d], Init::Zeros));
-        }
-        specs.push((format!("{pre}.mlp.fc1.weight"), vec![i, d], Init::Normal));
-        specs.push((format!("{pre}.mlp.fc1.bias"), vec![i], Init::Zeros));
-        specs.push((format!("{pre}.mlp.fc2.weight"), vec![d, i], Init::Normal));
-        specs.push((format!("{pre}.mlp.fc2.bias"), vec![d], Init::Zeros));
-    }
-    specs.push(("post_layernorm.weight".into(), vec![d], Init::Ones));
-    specs.push(("post_layernorm.bias".into(), vec![d], Init::Zeros));
-    let tensors: Vec<(String, Tensor)> = specs
+    let tensors: Vec<(String, Tensor)> = vision_param_names(cfg)
         .into_iter()
-        .map(|(name, shape, init)| {
+        .map(|(name, shape)| {
             let len: usize = shape.iter().product();
-            let data: Vec<f32> = match init {
-                Init::Normal => (0..len).map(|_| normal(&mut rng, 0.02)).collect(),
-                Init::Zeros => vec![0.0; len],
-                Init::Ones => vec![1.0; len],
+            let norm = ["layrnorm.", "layernorm.", "layer_norm1.", "layer_norm2."]
+                .iter()
+                .any(|n| name.contains(n));
+            let data: Vec<f32> = if norm && name.ends_with(".weight") {
+                vec![1.0; len]
+            } else if name.ends_with(".bias") {
+                vec![0.0; len]
+            } else {
+                (0..len).map(|_| normal(&mut rng, 0.02)).collect()
             };
-            (
-                format!("vision_model.{name}"),
-                Tensor::new(shape, data).expect("shape matches data"),
-            )
+            (name, Tensor::new(shape, data).expect("shape matches data"))
         })
         .collect();
     WeightStore::from_tensors("random CLIP ViT-B/32 vision tower", tensors)

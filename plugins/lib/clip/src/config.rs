@@ -4,7 +4,7 @@
 //! `CLIPConfig` (`configuration_clip.py`): a field missing from the file takes the value
 //! transformers would give it, so a checkpoint means the same thing here as there.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -307,8 +307,9 @@ fn merge_legacy_sub_configs(mut value: Value) -> Value {
     value
 }
 
-/// The `config.json` path of a checkpoint directory.
-pub(crate) fn config_path(dir: &Path) -> PathBuf {
+/// The `config.json` path of a checkpoint directory (the oracle's `from_pretrained_dir`).
+#[cfg(any(test, feature = "oracle"))]
+pub(crate) fn config_path(dir: &Path) -> std::path::PathBuf {
     dir.join("config.json")
 }
 

@@ -1,67 +1,44 @@
 //! CLIP for fusion-host: Hugging Face checkpoints (`CLIPModel` and `CLIPVisionModel`), the CLIP
-//! BPE tokenizer, `CLIPImageProcessor` preprocessing, and a plain f32 CPU forward pass of both
-//! towers.
+//! BPE tokenizer, `CLIPImageProcessor` preprocessing, and both towers defined once over an op
+//! API that runs natively on the CPU or as WGSL kernels on the compute device.
 //!
-//! The model code mirrors transformers' `modeling_clip.py` (config → embeddings → encoder
-//! layers → pooling → projection) and descends weight names the way candle's `VarBuilder` does,
-//! so each struct's fields are the checkpoint's names. The CPU forward pass is the reference
-//! the WGSL kernels are tested against; the crate's tests check it against golden outputs of
-//! transformers (`tests/data/clip-tiny`).
-//!
-//! The [`gpu`] module runs the same model as WGSL kernels through the host's compute handle.
-//! The [`autograd`] module runs the vision tower forward and backward on the CPU: the gradient
-//! of a loss with respect to every weight and to layer-wise merge coefficients (AdaMerging).
+//! - [`arch`]: the architecture written down once: the encoder's dimensions, the attention
+//!   shape, and each tower's parameter table (checkpoint names, shapes, transformers' order).
+//! - [`gpu`]: the towers and the whole model over the op API ([`gpu::Backend`]), loaded
+//!   through that table from a checkpoint or from a merged model on the device. This is what
+//!   runs.
+//! - [`autograd`]: the vision tower forward and backward on the CPU over the same parameter
+//!   table: the gradient of a loss with respect to every weight and to layer-wise merge
+//!   coefficients (AdaMerging).
+//! - `oracle` (tests and the `oracle` feature only): a plain f32 CPU model that loads on its
+//!   own, the reference the other two are tested against, itself checked against golden
+//!   outputs of transformers (`tests/data/clip-tiny`).
 //!
 //! Weights load strictly: a missing, mis-shaped or unused tensor is an error naming it; nothing
-//! is silently initialized.
-//!
-//! ```no_run
-//! use fusion_clip::{ClipModel, ClipTokenizer, ImageProcessor, Padding, Tensor};
-//!
-//! # fn main() -> fusion_clip::Result<()> {
-//! let dir = std::path::Path::new("clip-vit-base-patch32");
-//! let model = ClipModel::from_pretrained_dir(dir)?;
-//! let tokenizer = ClipTokenizer::from_dir(dir)?;
-//! let processor = ImageProcessor::from_dir(dir)?;
-//!
-//! let texts = tokenizer.encode_batch(&["a photo of a cat.", "a photo of a dog."], Padding::Longest, 77)?;
-//! let pixels = processor.preprocess_bytes(&std::fs::read("cat.png").unwrap())?;
-//! let pixels = pixels.reshape(vec![1, 3, 224, 224])?;
-//! let out = model.forward(&pixels, &texts)?;
-//! println!("{:?}", out.logits_per_image.data()); // [1, 2]: cat should win
-//! # Ok(())
-//! # }
-//! ```
+//! is silently initialized. See [`gpu`] for an example.
 
+pub mod arch;
 pub mod autograd;
 mod config;
-mod encoder;
 mod error;
 pub mod gpu;
 mod image;
-mod model;
-mod nn;
+#[cfg(any(test, feature = "oracle"))]
+pub mod oracle;
+mod output;
 mod tensor;
-mod text;
 mod tokenizer;
-mod vision;
 mod weights;
 
+pub use arch::EncoderDims;
 pub use config::{Activation, CheckpointConfig, ClipConfig, ClipTextConfig, ClipVisionConfig};
-pub use encoder::{
-    AttentionMask, ClipAttention, ClipEncoder, ClipEncoderLayer, ClipMlp, EncoderDims,
-    EncoderOutput,
-};
 pub use error::{ClipError, Result};
 pub use image::decode::{decode_image, RgbImage};
 pub use image::processor::{
     ImageProcessor, ImageProcessorConfig, ResizeTarget, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 pub use image::resample::{center_crop, resize, Resample};
-pub use model::{ClipModel, ClipOutput, ClipVisionModel};
-pub use nn::{Embedding, LayerNorm, Linear};
+pub use output::{ClipOutput, TextOutput, VisionOutput};
 pub use tensor::{l2_normalize_rows, matmul_transposed, Tensor};
-pub use text::{ClipTextEmbeddings, ClipTextTransformer, TextOutput, TokenBatch};
-pub use tokenizer::{ClipTokenizer, Padding};
-pub use vision::{ClipVisionEmbeddings, ClipVisionTransformer, VisionOutput};
+pub use tokenizer::{ClipTokenizer, Padding, TokenBatch};
 pub use weights::{VarBuilder, WeightStore, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};

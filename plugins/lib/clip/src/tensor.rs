@@ -136,7 +136,9 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Runs `f(row_index, row)` for every `width`-sized row of `out` (the last one shorter when
 /// `width` does not divide the length), spreading rows over the available cores. Rows are
-/// independent in every caller, so this only changes speed, never results.
+/// independent in every caller, so this only changes speed, never results. (The oracle's
+/// row loops.)
+#[cfg(any(test, feature = "oracle"))]
 pub(crate) fn par_rows<F>(out: &mut [f32], width: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync,

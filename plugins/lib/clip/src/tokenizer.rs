@@ -23,7 +23,6 @@ use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::error::{ClipError, Result};
-use crate::text::TokenBatch;
 
 /// CLIP's pre-tokenizer pattern (the special tokens are split out before it runs).
 const CLIP_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
@@ -450,6 +449,57 @@ fn bytes_to_unicode() -> [char; 256] {
         table[b as usize] = char::from_u32(c).expect("below 0x200, always a valid char");
     }
     table
+}
+
+/// A batch of token sequences of equal length: the text tower's input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenBatch {
+    /// `[batch, seq]` token ids, row-major.
+    pub input_ids: Vec<u32>,
+    /// `[batch, seq]`: 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<u32>,
+    /// Number of sequences.
+    pub batch_size: usize,
+    /// Length of every sequence.
+    pub seq_len: usize,
+}
+
+impl TokenBatch {
+    /// Builds a batch, checking that both buffers hold `batch_size * seq_len` values.
+    pub fn new(
+        input_ids: Vec<u32>,
+        attention_mask: Vec<u32>,
+        batch_size: usize,
+        seq_len: usize,
+    ) -> Result<Self> {
+        let n = batch_size * seq_len;
+        if input_ids.len() != n || attention_mask.len() != n {
+            return Err(ClipError::input(
+                "TokenBatch::new",
+                format!(
+                    "{} input ids and {} mask values for a batch of {batch_size}x{seq_len}",
+                    input_ids.len(),
+                    attention_mask.len()
+                ),
+            ));
+        }
+        Ok(Self {
+            input_ids,
+            attention_mask,
+            batch_size,
+            seq_len,
+        })
+    }
+
+    /// The ids of sequence `b`.
+    pub fn ids(&self, b: usize) -> &[u32] {
+        &self.input_ids[b * self.seq_len..(b + 1) * self.seq_len]
+    }
+
+    /// The mask of sequence `b`.
+    pub fn mask(&self, b: usize) -> &[u32] {
+        &self.attention_mask[b * self.seq_len..(b + 1) * self.seq_len]
+    }
 }
 
 #[cfg(test)]

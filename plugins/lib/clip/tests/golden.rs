@@ -2,101 +2,23 @@
 //! `tests/data/clip-tiny` and the outputs transformers computed for it (see the README there).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+mod common;
+
+use common::{assert_close, data_dir, model_dir, Golden, MODEL_TOL};
+use fusion_clip::oracle::{ClipModel, ClipVisionModel};
 use fusion_clip::{
-    decode_image, resize, CheckpointConfig, ClipError, ClipModel, ClipTokenizer, ClipVisionModel,
-    ImageProcessor, Padding, Resample, Tensor, TokenBatch,
+    decode_image, resize, CheckpointConfig, ClipError, ClipTokenizer, ImageProcessor, Padding,
+    Resample, Tensor,
 };
 use safetensors::{Dtype, SafeTensors};
 
-/// Model outputs computed from the golden inputs.
-const MODEL_TOL: f32 = 1e-4;
 /// Preprocessing from PNG bytes (the reference is PIL's resampler): the shared README's bound
 /// for resamplers that are not Pillow's.
 const PIXEL_TOL: f32 = 2e-2;
 /// What the Pillow port actually achieves: the same 8-bit pixels, so only f32 rounding is left.
 const PIXEL_EXACT_TOL: f32 = 1e-6;
-
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/clip-tiny")
-}
-
-fn model_dir() -> PathBuf {
-    data_dir().join("model")
-}
-
-/// The golden tensors: f32 ones as [`Tensor`], i64 ones as `u32` vectors with their shape.
-struct Golden {
-    floats: HashMap<String, Tensor>,
-    ints: HashMap<String, (Vec<usize>, Vec<u32>)>,
-}
-
-impl Golden {
-    fn load() -> Self {
-        let bytes = std::fs::read(data_dir().join("golden.safetensors")).unwrap();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let mut floats = HashMap::new();
-        let mut ints = HashMap::new();
-        for (name, view) in st.tensors() {
-            let shape = view.shape().to_vec();
-            match view.dtype() {
-                Dtype::F32 => {
-                    let data = view
-                        .data()
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                        .collect();
-                    floats.insert(name, Tensor::new(shape, data).unwrap());
-                }
-                Dtype::I64 => {
-                    let data = view
-                        .data()
-                        .chunks_exact(8)
-                        .map(|b| u32::try_from(i64::from_le_bytes(b.try_into().unwrap())).unwrap())
-                        .collect();
-                    ints.insert(name, (shape, data));
-                }
-                other => panic!("unexpected dtype {other:?} for {name}"),
-            }
-        }
-        Self { floats, ints }
-    }
-
-    fn f(&self, name: &str) -> &Tensor {
-        self.floats
-            .get(name)
-            .unwrap_or_else(|| panic!("golden has no {name}"))
-    }
-
-    fn tokens(&self) -> TokenBatch {
-        let (shape, ids) = &self.ints["input_ids"];
-        let (_, mask) = &self.ints["attention_mask"];
-        TokenBatch::new(ids.clone(), mask.clone(), shape[0], shape[1]).unwrap()
-    }
-
-    fn texts() -> Vec<String> {
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(data_dir().join("golden.json")).unwrap())
-                .unwrap();
-        json["texts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap().to_string())
-            .collect()
-    }
-}
-
-/// Asserts `actual` matches `expected` within `tol` and returns the largest difference.
-fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f32) -> f32 {
-    let diff = actual
-        .max_abs_diff(expected)
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    println!("{what}: max abs diff {diff:.3e}");
-    assert!(diff <= tol, "{what}: max abs diff {diff} > {tol}");
-    diff
-}
 
 #[test]
 fn config_parses_both_towers() {
@@ -129,7 +51,7 @@ fn config_parses_both_towers() {
 
 #[test]
 fn vision_tower_matches_every_hidden_state() {
-    let golden = Golden::load();
+    let golden = Golden::get();
     let model = ClipVisionModel::from_pretrained_dir(model_dir()).unwrap();
     let out = model.forward(golden.f("pixel_values"), true).unwrap();
     let states = out.hidden_states.unwrap();
@@ -164,7 +86,7 @@ fn vision_tower_matches_every_hidden_state() {
 
 #[test]
 fn full_model_matches_text_outputs_embeddings_and_logits() {
-    let golden = Golden::load();
+    let golden = Golden::get();
     let model = ClipModel::from_pretrained_dir(model_dir()).unwrap();
     let tokens = golden.tokens();
     let text = model.text_model().forward(&tokens).unwrap();
@@ -222,7 +144,7 @@ fn full_model_matches_text_outputs_embeddings_and_logits() {
 fn vision_tower_from_full_checkpoint_equals_clip_model_tower() {
     // Loading only the vision tower of a CLIPModel checkpoint skips the text tower and the
     // projections without complaint, and swapping it into a CLIPModel changes nothing.
-    let golden = Golden::load();
+    let golden = Golden::get();
     let vision = ClipVisionModel::from_pretrained_dir(model_dir()).unwrap();
     let mut model = ClipModel::from_pretrained_dir(model_dir()).unwrap();
     model
@@ -240,7 +162,7 @@ fn vision_tower_from_full_checkpoint_equals_clip_model_tower() {
 
 #[test]
 fn tokenizer_json_matches_golden_ids_exactly() {
-    let golden = Golden::load();
+    let golden = Golden::get();
     let tok = ClipTokenizer::from_dir(model_dir()).unwrap();
     let texts = Golden::texts();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -276,7 +198,7 @@ fn vocab_and_merges_files_tokenize_like_tokenizer_json() {
     )
     .unwrap();
 
-    let golden = Golden::load();
+    let golden = Golden::get();
     let tok = ClipTokenizer::from_dir(tmp.path()).unwrap();
     let texts = Golden::texts();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -331,7 +253,7 @@ fn longest_padding_and_special_tokens_in_text() {
 
 #[test]
 fn preprocessing_from_png_matches_clip_image_processor() {
-    let golden = Golden::load();
+    let golden = Golden::get();
     let processor = ImageProcessor::from_dir(model_dir()).unwrap();
     let expected = golden.f("pixel_values");
     let mut images = Vec::new();
@@ -541,7 +463,7 @@ fn bare_vision_checkpoint_loads_and_rejects_stray_tensors() {
     let dir = modified_checkpoint(|n, s| n.starts_with("vision_model.").then_some(s), &[]);
     std::fs::write(dir.path().join("config.json"), vision_cfg.to_string()).unwrap();
 
-    let golden = Golden::load();
+    let golden = Golden::get();
     let model = ClipVisionModel::from_pretrained_dir(dir.path()).unwrap();
     let out = model.forward(golden.f("pixel_values"), false).unwrap();
     assert_close(
@@ -596,7 +518,7 @@ fn sharded_checkpoint_loads_like_a_single_file() {
     )
     .unwrap();
 
-    let golden = Golden::load();
+    let golden = Golden::get();
     let model = ClipModel::from_pretrained_dir(tmp.path()).unwrap();
     let out = model
         .forward(golden.f("pixel_values"), &golden.tokens())
@@ -626,7 +548,7 @@ fn legacy_eos_token_id_pools_at_the_largest_id() {
     cfg["text_config"]["bos_token_id"] = serde_json::json!(0);
     std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
 
-    let golden = Golden::load();
+    let golden = Golden::get();
     let model = ClipModel::from_pretrained_dir(tmp.path()).unwrap();
     let text = model.text_model().forward(&golden.tokens()).unwrap();
     assert_close(
@@ -670,7 +592,7 @@ fn half_precision_checkpoint_loads_close_to_f32() {
         .collect();
     safetensors::serialize_to_file(views, None, &tmp.path().join("model.safetensors")).unwrap();
 
-    let golden = Golden::load();
+    let golden = Golden::get();
     let model = ClipModel::from_pretrained_dir(tmp.path()).unwrap();
     let out = model
         .forward(golden.f("pixel_values"), &golden.tokens())
@@ -786,7 +708,7 @@ mod grad {
         let pixels = get("pixel_values");
         let batch = fx["pixel_values"].0[0];
         let (pooled, _) = pre.forward(pixels, batch).unwrap();
-        let golden = Golden::load();
+        let golden = Golden::get();
         let want = golden.f("vision.pooler_output");
         let pooled = Tensor::new(want.shape().to_vec(), pooled).unwrap();
         assert_close("autograd forward pooler_output", &pooled, want, MODEL_TOL);

@@ -6,120 +6,17 @@
 //! kernels and on the native CPU path ([`BackendChoice`]).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
+mod common;
+
+use common::{assert_close, clip_config, device, model_dir, open, Golden, MODEL_TOL};
 use fusion_clip::gpu::{BackendChoice, BackendKind, GpuClipModel, GpuClipVision};
-use fusion_clip::{CheckpointConfig, ClipConfig, ClipError, Tensor, TokenBatch, WeightStore};
-use fusion_gpu::{DeviceChoice, LimitClamp, Runtime, RuntimeOptions};
+use fusion_clip::{CheckpointConfig, ClipError, WeightStore};
+use fusion_gpu::{LimitClamp, Runtime, RuntimeOptions};
 use fusion_plugin_api::{
     Compute, DType, DeviceType, GpuTensor, MemoryStateDict, Model, StateDict, TensorInfo,
 };
-use safetensors::{Dtype, SafeTensors};
-
-/// Model outputs computed from the golden inputs (the bound the CPU forward is held to).
-const MODEL_TOL: f32 = 1e-4;
-
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/clip-tiny")
-}
-
-fn model_dir() -> PathBuf {
-    data_dir().join("model")
-}
-
-fn choice() -> DeviceChoice {
-    match std::env::var("FUSION_DEVICE") {
-        Ok(s) => s.parse().expect("FUSION_DEVICE"),
-        Err(_) => DeviceChoice::Cpu,
-    }
-}
-
-fn open(options: RuntimeOptions) -> Runtime {
-    Runtime::new(&choice(), options).unwrap_or_else(|e| {
-        panic!(
-            "GPU tests need a wgpu adapter; none could be opened for FUSION_DEVICE={}: {e}\n\
-             Install Mesa lavapipe (apt-get install mesa-vulkan-drivers) or set FUSION_DEVICE.",
-            choice()
-        )
-    })
-}
-
-fn device() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| open(RuntimeOptions::default()))
-}
-
-struct Golden {
-    floats: HashMap<String, Tensor>,
-    ints: HashMap<String, (Vec<usize>, Vec<u32>)>,
-}
-
-impl Golden {
-    fn get() -> &'static Golden {
-        static G: OnceLock<Golden> = OnceLock::new();
-        G.get_or_init(|| {
-            let bytes = std::fs::read(data_dir().join("golden.safetensors")).unwrap();
-            let st = SafeTensors::deserialize(&bytes).unwrap();
-            let mut floats = HashMap::new();
-            let mut ints = HashMap::new();
-            for (name, view) in st.tensors() {
-                let shape = view.shape().to_vec();
-                match view.dtype() {
-                    Dtype::F32 => {
-                        let data = view
-                            .data()
-                            .chunks_exact(4)
-                            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                            .collect();
-                        floats.insert(name, Tensor::new(shape, data).unwrap());
-                    }
-                    Dtype::I64 => {
-                        let data = view
-                            .data()
-                            .chunks_exact(8)
-                            .map(|b| {
-                                u32::try_from(i64::from_le_bytes(b.try_into().unwrap())).unwrap()
-                            })
-                            .collect();
-                        ints.insert(name, (shape, data));
-                    }
-                    other => panic!("unexpected dtype {other:?} for {name}"),
-                }
-            }
-            Golden { floats, ints }
-        })
-    }
-
-    fn f(&self, name: &str) -> &Tensor {
-        self.floats
-            .get(name)
-            .unwrap_or_else(|| panic!("golden has no {name}"))
-    }
-
-    fn tokens(&self) -> TokenBatch {
-        let (shape, ids) = &self.ints["input_ids"];
-        let (_, mask) = &self.ints["attention_mask"];
-        TokenBatch::new(ids.clone(), mask.clone(), shape[0], shape[1]).unwrap()
-    }
-}
-
-fn clip_config() -> ClipConfig {
-    match CheckpointConfig::from_file(model_dir().join("config.json")).unwrap() {
-        CheckpointConfig::Clip(c) => c,
-        CheckpointConfig::Vision(_) => panic!("expected a CLIPModel config"),
-    }
-}
-
-fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f32) -> f32 {
-    let diff = actual
-        .max_abs_diff(expected)
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    println!("{what}: max abs diff {diff:.3e}");
-    assert!(diff <= tol, "{what}: max abs diff {diff} > {tol}");
-    diff
-}
 
 /// The `vision_model.*` tensors of the tiny checkpoint as a plugin-api model (what a merging
 /// algorithm hands to the task pool), stored as `dtype`.

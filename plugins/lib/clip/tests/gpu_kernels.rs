@@ -8,8 +8,11 @@
 
 use std::sync::OnceLock;
 
+mod common;
+
+use common::open;
 use fusion_clip::Activation;
-use fusion_gpu::{DeviceChoice, LimitClamp, Runtime, RuntimeOptions};
+use fusion_gpu::{LimitClamp, Runtime, RuntimeOptions};
 use fusion_kernels::nn::{
     self as ops, Matmul, MatmulKernel, Operand, PatchGeometry, RowLayout, SoftmaxMask,
 };
@@ -22,26 +25,8 @@ const MATMUL_TOL: f32 = 1e-4;
 /// Row kernels (softmax, layer norm) and activations: a few f32 roundings per value.
 const ROW_TOL: f32 = 2e-5;
 
-fn choice() -> DeviceChoice {
-    match std::env::var("FUSION_DEVICE") {
-        Ok(s) => s.parse().expect("FUSION_DEVICE"),
-        Err(_) => DeviceChoice::Cpu,
-    }
-}
-
-fn open(options: RuntimeOptions) -> Runtime {
-    Runtime::new(&choice(), options).unwrap_or_else(|e| {
-        panic!(
-            "GPU tests need a wgpu adapter; none could be opened for FUSION_DEVICE={}: {e}\n\
-             Install Mesa lavapipe (apt-get install mesa-vulkan-drivers) or set FUSION_DEVICE.",
-            choice()
-        )
-    })
-}
-
 fn full() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| open(RuntimeOptions::default()))
+    common::device()
 }
 
 fn clamped() -> &'static Runtime {

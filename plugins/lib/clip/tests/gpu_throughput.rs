@@ -6,53 +6,22 @@
 
 use std::time::Instant;
 
+mod common;
+
+use fusion_clip::arch::vision_param_names;
 use fusion_clip::gpu::GpuClipVision;
 use fusion_clip::{CheckpointConfig, ClipVisionConfig, Tensor, WeightStore};
-use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
+use fusion_gpu::RuntimeOptions;
 use fusion_plugin_api::Compute;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Every tensor of a `CLIPVisionModel` with `cfg`'s shapes, small random values.
 fn random_vision_store(cfg: &ClipVisionConfig) -> WeightStore {
     let mut rng = StdRng::seed_from_u64(1);
-    let (d, i, c, p, n) = (
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        cfg.num_channels,
-        cfg.patch_size,
-        cfg.num_positions(),
-    );
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![
-        ("embeddings.class_embedding".into(), vec![d]),
-        ("embeddings.patch_embedding.weight".into(), vec![d, c, p, p]),
-        ("embeddings.position_embedding.weight".into(), vec![n, d]),
-        ("pre_layrnorm.weight".into(), vec![d]),
-        ("pre_layrnorm.bias".into(), vec![d]),
-        ("post_layernorm.weight".into(), vec![d]),
-        ("post_layernorm.bias".into(), vec![d]),
-    ];
-    for l in 0..cfg.num_hidden_layers {
-        let pre = format!("encoder.layers.{l}");
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            shapes.push((format!("{pre}.self_attn.{proj}.weight"), vec![d, d]));
-            shapes.push((format!("{pre}.self_attn.{proj}.bias"), vec![d]));
-        }
-        for ln in ["layer_norm1", "layer_norm2"] {
-            shapes.push((format!("{pre}.{ln}.weight"), vec![d]));
-            shapes.push((format!("{pre}.{ln}.bias"), vec![d]));
-        }
-        shapes.push((format!("{pre}.mlp.fc1.weight"), vec![i, d]));
-        shapes.push((format!("{pre}.mlp.fc1.bias"), vec![i]));
-        shapes.push((format!("{pre}.mlp.fc2.weight"), vec![d, i]));
-        shapes.push((format!("{pre}.mlp.fc2.bias"), vec![d]));
-    }
-    let tensors = shapes.into_iter().map(|(name, shape)| {
+    let tensors = vision_param_names(cfg).into_iter().map(|(name, shape)| {
         let len = shape.iter().product();
         let data = (0..len).map(|_| rng.random_range(-0.03f32..0.03)).collect();
-        (
-            format!("vision_model.{name}"),
-            Tensor::new(shape, data).unwrap(),
-        )
+        (name, Tensor::new(shape, data).unwrap())
     });
     WeightStore::from_tensors("random ViT-B/32", tensors)
 }
@@ -60,10 +29,7 @@ fn random_vision_store(cfg: &ClipVisionConfig) -> WeightStore {
 #[test]
 #[ignore = "minutes on a software adapter; run explicitly to measure images/s"]
 fn vit_b32_images_per_second() {
-    let choice: DeviceChoice = std::env::var("FUSION_DEVICE")
-        .map(|s| s.parse().expect("FUSION_DEVICE"))
-        .unwrap_or(DeviceChoice::Cpu);
-    let rt = Runtime::new(&choice, RuntimeOptions::default()).unwrap();
+    let rt = common::open(RuntimeOptions::default());
     let cfg = ClipVisionConfig::default(); // ViT-B/32: 768 wide, 12 layers, 224 px, patch 32.
     let started = Instant::now();
     let store = random_vision_store(&cfg);
@@ -116,14 +82,11 @@ fn vit_b32_images_per_second() {
 #[ignore = "timing only; run explicitly"]
 fn vit_b32_fc1_matmul_timing() {
     use fusion_kernels::nn as ops;
-    let choice: DeviceChoice = std::env::var("FUSION_DEVICE")
-        .map(|s| s.parse().expect("FUSION_DEVICE"))
-        .unwrap_or(DeviceChoice::Cpu);
     let mut options = RuntimeOptions::default();
     if let Ok(v) = std::env::var("CLIP_BENCH_MAX_INVOCATIONS") {
         options.clamp.max_invocations_per_workgroup = Some(v.parse().unwrap());
     }
-    let rt = Runtime::new(&choice, options).unwrap();
+    let rt = common::open(options);
     let c: &dyn Compute = &rt;
     let (m, k, n) = (50, 768, 3072);
     let x = ops::from_f32(c, &[m, k], &vec![0.5; m * k]).unwrap();

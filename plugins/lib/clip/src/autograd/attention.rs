@@ -10,22 +10,9 @@ use super::gemm::{gemm, Strides};
 use crate::error::Result;
 use crate::tensor::softmax_in_place;
 
-/// The shape of one attention call: `softmax(scale · q kᵀ + mask) v` per sequence and head.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Attention {
-    /// Number of sequences.
-    pub batch: usize,
-    /// Tokens per sequence.
-    pub seq: usize,
-    /// Number of heads.
-    pub heads: usize,
-    /// Width of one head.
-    pub head_dim: usize,
-    /// Multiplies `q kᵀ` (`head_dim^-0.5` in CLIP).
-    pub scale: f32,
-    /// Query `i` sees keys `j <= i` only.
-    pub causal: bool,
-}
+/// The shape of one attention call: `softmax(scale · q kᵀ + mask) v` per sequence and head;
+/// the same shape the op API's attention takes (one definition, in [`crate::arch`]).
+pub type Attention = crate::arch::AttentionShape;
 
 /// The gradient of an [`Attention`] with respect to its packed input.
 #[derive(Clone, Debug)]
@@ -35,11 +22,6 @@ pub struct AttentionGrad {
 }
 
 impl Attention {
-    /// `heads · head_dim`.
-    pub fn hidden(&self) -> usize {
-        self.heads * self.head_dim
-    }
-
     fn check(&self, op: &'static str, qkv: &[f32], key_padding: Option<&[u32]>) -> Result<()> {
         let d = self.hidden();
         check_len(op, "qkv", qkv.len(), self.batch * self.seq * 3 * d)?;

@@ -4,6 +4,11 @@
 //! task-arithmetic merge) built from them. This is the foundation of the data-driven merging
 //! methods (AdaMerging, Fisher merging, RegMean), which need `∂loss/∂θ` or `∂loss/∂λ`.
 //!
+//! The tower is the one [`crate::arch`] defines: its parameters ([`VisionParams`]: names,
+//! shapes, transformers' order), dimensions and attention shape are those the inference towers
+//! of [`crate::gpu`] load and run with. Its layer walk is its own, because it keeps a tape of
+//! activations; a test holds its forward pass equal to the op-API tower's on the same weights.
+//!
 //! The ops are explicit rather than a general tape: each forward returns what its backward
 //! needs, and [`VisionParams::backward`] walks the layers in reverse. Matrix products go
 //! through the `gemm` crate on every core (as the native forward path does), row ops through

@@ -744,3 +744,41 @@ fn merge_coefficient_gradients_match_directional_derivatives() {
         "{err}"
     );
 }
+
+/// The forward pass autograd differentiates is the one inference runs: the same parameters,
+/// loaded through the shared parameter table into the op-API tower on the native backend, give
+/// the same pooled output (up to summation order), for both activations.
+#[test]
+fn autograd_forward_matches_the_op_api_tower() {
+    use crate::gpu::backend::{OnHost, Tower};
+    use crate::gpu::native::Native;
+    use crate::gpu::vision::Vision;
+    use crate::{Tensor, WeightStore};
+
+    let batch = 3;
+    for (act, seed) in [(Activation::QuickGelu, 300), (Activation::Gelu, 330)] {
+        let (params, _) = tiny_model(act, seed);
+        let pixels = values(batch * 3 * 6 * 6, seed + 7);
+        let (pooled, _) = params.forward(&pixels, batch).unwrap();
+
+        let tensors = params
+            .names()
+            .into_iter()
+            .zip(params.params())
+            .map(|((name, shape), data)| (name, Tensor::new(shape, data.clone()).unwrap()));
+        let store = WeightStore::from_tensors("autograd parameters", tensors);
+        let tower = Vision::load(&OnHost(&store), &params.config).unwrap();
+        store.check_all_used(|_| true).unwrap();
+        let pixels = Tensor::new(vec![batch, 3, 6, 6], pixels).unwrap();
+        let out = tower
+            .run(&Native, &pixels, (0, batch), None, false)
+            .unwrap();
+        assert_eq!(out.pooled.len(), pooled.len());
+        for (i, (a, b)) in out.pooled.iter().zip(&pooled).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "{act:?} pooled[{i}]: op API {a}, autograd {b}"
+            );
+        }
+    }
+}

@@ -15,164 +15,11 @@ use super::embed::PatchEmbed;
 use super::loss::{cross_entropy, entropy, l2_normalize_backward, l2_normalize_forward};
 use super::matmul::{Linear, MatMul};
 use super::norm::{LayerNorm, LayerNormSaved};
-use crate::config::ClipVisionConfig;
+use crate::arch::EncoderDims;
+pub use crate::arch::{vision_param_names, LayerParams, LinearParams, NormParams, VisionParams};
+use crate::config::{Activation, ClipVisionConfig};
 use crate::error::{ClipError, Result};
-use crate::vision::ClipVisionTransformer;
 use crate::weights::WeightStore;
-
-/// Weight and bias of one `nn.Linear` (`[out, in]`, `[out]`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct LinearParams {
-    /// `[out, in]`.
-    pub weight: Vec<f32>,
-    /// `[out]`.
-    pub bias: Vec<f32>,
-}
-
-/// Scale and shift of one `nn.LayerNorm`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NormParams {
-    /// `[dim]`.
-    pub weight: Vec<f32>,
-    /// `[dim]`.
-    pub bias: Vec<f32>,
-}
-
-/// One encoder layer's weights (`CLIPEncoderLayer`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct LayerParams {
-    /// `self_attn.k_proj`.
-    pub k_proj: LinearParams,
-    /// `self_attn.v_proj`.
-    pub v_proj: LinearParams,
-    /// `self_attn.q_proj`.
-    pub q_proj: LinearParams,
-    /// `self_attn.out_proj`.
-    pub out_proj: LinearParams,
-    /// `layer_norm1`.
-    pub layer_norm1: NormParams,
-    /// `mlp.fc1`.
-    pub fc1: LinearParams,
-    /// `mlp.fc2`.
-    pub fc2: LinearParams,
-    /// `layer_norm2`.
-    pub layer_norm2: NormParams,
-}
-
-/// Every weight of a vision tower as plain f32 vectors, or (same type) the gradient of a loss
-/// with respect to each of them. [`VisionParams::names`] lists them in the order of
-/// transformers' `CLIPVisionModel.named_parameters()`, the order of the columns of
-/// FusionBench's layer-wise merge weights.
-#[derive(Clone, Debug, PartialEq)]
-pub struct VisionParams {
-    /// The tower's configuration.
-    pub config: ClipVisionConfig,
-    /// `embeddings.class_embedding`, `[D]`.
-    pub class_embedding: Vec<f32>,
-    /// `embeddings.patch_embedding.weight`, `[D, C, P, P]`.
-    pub patch_embedding: Vec<f32>,
-    /// `embeddings.position_embedding.weight`, `[positions, D]`.
-    pub position_embedding: Vec<f32>,
-    /// `pre_layrnorm` (transformers' spelling).
-    pub pre_layrnorm: NormParams,
-    /// `encoder.layers.*`.
-    pub layers: Vec<LayerParams>,
-    /// `post_layernorm`.
-    pub post_layernorm: NormParams,
-}
-
-/// Every parameter of `$v` in transformers' order, borrowed with `$r` (`&` or `&mut`).
-macro_rules! params_in_order {
-    ($v:expr, $($r:tt)+) => {{
-        let v = $v;
-        let mut out = vec![
-            $($r)+ v.class_embedding,
-            $($r)+ v.patch_embedding,
-            $($r)+ v.position_embedding,
-            $($r)+ v.pre_layrnorm.weight,
-            $($r)+ v.pre_layrnorm.bias,
-        ];
-        for l in $($r)+ v.layers {
-            out.extend([
-                $($r)+ l.k_proj.weight,
-                $($r)+ l.k_proj.bias,
-                $($r)+ l.v_proj.weight,
-                $($r)+ l.v_proj.bias,
-                $($r)+ l.q_proj.weight,
-                $($r)+ l.q_proj.bias,
-                $($r)+ l.out_proj.weight,
-                $($r)+ l.out_proj.bias,
-                $($r)+ l.layer_norm1.weight,
-                $($r)+ l.layer_norm1.bias,
-                $($r)+ l.fc1.weight,
-                $($r)+ l.fc1.bias,
-                $($r)+ l.fc2.weight,
-                $($r)+ l.fc2.bias,
-                $($r)+ l.layer_norm2.weight,
-                $($r)+ l.layer_norm2.bias,
-            ]);
-        }
-        out.extend([$($r)+ v.post_layernorm.weight, $($r)+ v.post_layernorm.bias]);
-        out
-    }};
-}
-
-/// The checkpoint names and shapes of a tower's parameters, in transformers' order.
-pub fn vision_param_names(cfg: &ClipVisionConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let (c, p, n) = (cfg.num_channels, cfg.patch_size, cfg.num_positions());
-    let root = "vision_model";
-    let mut out = vec![
-        (format!("{root}.embeddings.class_embedding"), vec![d]),
-        (
-            format!("{root}.embeddings.patch_embedding.weight"),
-            vec![d, c, p, p],
-        ),
-        (
-            format!("{root}.embeddings.position_embedding.weight"),
-            vec![n, d],
-        ),
-        (format!("{root}.pre_layrnorm.weight"), vec![d]),
-        (format!("{root}.pre_layrnorm.bias"), vec![d]),
-    ];
-    for l in 0..cfg.num_hidden_layers {
-        let pre = format!("{root}.encoder.layers.{l}");
-        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
-            out.push((format!("{pre}.self_attn.{proj}.weight"), vec![d, d]));
-            out.push((format!("{pre}.self_attn.{proj}.bias"), vec![d]));
-        }
-        out.extend([
-            (format!("{pre}.layer_norm1.weight"), vec![d]),
-            (format!("{pre}.layer_norm1.bias"), vec![d]),
-            (format!("{pre}.mlp.fc1.weight"), vec![i, d]),
-            (format!("{pre}.mlp.fc1.bias"), vec![i]),
-            (format!("{pre}.mlp.fc2.weight"), vec![d, i]),
-            (format!("{pre}.mlp.fc2.bias"), vec![d]),
-            (format!("{pre}.layer_norm2.weight"), vec![d]),
-            (format!("{pre}.layer_norm2.bias"), vec![d]),
-        ]);
-    }
-    out.push((format!("{root}.post_layernorm.weight"), vec![d]));
-    out.push((format!("{root}.post_layernorm.bias"), vec![d]));
-    out
-}
-
-fn check_config(cfg: &ClipVisionConfig) -> Result<()> {
-    let bad = |message: String| Err(ClipError::input("VisionParams", message));
-    if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
-        return bad(format!(
-            "hidden_size {} is not a multiple of num_attention_heads {}",
-            cfg.hidden_size, cfg.num_attention_heads
-        ));
-    }
-    if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
-        return bad(format!(
-            "patch_size {} does not divide image_size {}",
-            cfg.patch_size, cfg.image_size
-        ));
-    }
-    Ok(())
-}
 
 impl VisionParams {
     /// A tower of zeros (the starting point of a gradient).
@@ -181,42 +28,14 @@ impl VisionParams {
     }
 
     /// Builds a tower from `get(name, shape)` called for every parameter (names as in
-    /// [`vision_param_names`]); a vector of the wrong length is an error naming the tensor.
+    /// [`vision_param_names`], through the parameter table [`VisionParams::build`] the
+    /// inference towers load with); a vector of the wrong length is an error naming the
+    /// tensor.
     pub fn from_fn(
         cfg: &ClipVisionConfig,
         mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
     ) -> Result<Self> {
-        check_config(cfg)?;
-        let norm = || NormParams {
-            weight: Vec::new(),
-            bias: Vec::new(),
-        };
-        let lin = || LinearParams {
-            weight: Vec::new(),
-            bias: Vec::new(),
-        };
-        let mut out = Self {
-            config: cfg.clone(),
-            class_embedding: Vec::new(),
-            patch_embedding: Vec::new(),
-            position_embedding: Vec::new(),
-            pre_layrnorm: norm(),
-            layers: (0..cfg.num_hidden_layers)
-                .map(|_| LayerParams {
-                    k_proj: lin(),
-                    v_proj: lin(),
-                    q_proj: lin(),
-                    out_proj: lin(),
-                    layer_norm1: norm(),
-                    fc1: lin(),
-                    fc2: lin(),
-                    layer_norm2: norm(),
-                })
-                .collect(),
-            post_layernorm: norm(),
-        };
-        let names = vision_param_names(cfg);
-        for ((name, shape), slot) in names.iter().zip(out.params_mut()) {
+        Self::build(cfg, |name, shape| {
             let data = get(name, shape)?;
             let want: usize = shape.iter().product();
             if data.len() != want {
@@ -228,9 +47,8 @@ impl VisionParams {
                     ),
                 ));
             }
-            *slot = data;
-        }
-        Ok(out)
+            Ok(data)
+        })
     }
 
     /// Reads the tower's weights (`vision_model.*`) from a checkpoint, converting f16/bf16.
@@ -238,22 +56,22 @@ impl VisionParams {
         Self::from_fn(cfg, |name, shape| Ok(store.get(name, shape)?.into_data()))
     }
 
-    /// Copies the weights of a loaded CPU tower.
-    pub fn from_transformer(model: &ClipVisionTransformer) -> Result<Self> {
+    /// Copies the weights of a loaded oracle tower.
+    #[cfg(any(test, feature = "oracle"))]
+    pub fn from_transformer(model: &crate::oracle::ClipVisionTransformer) -> Result<Self> {
         let cfg = model.config();
         let emb = model.embeddings();
         let [pre, post] = model.layer_norms();
-        let norm = |n: &crate::nn::LayerNorm| NormParams {
+        let norm = |n: &crate::oracle::LayerNorm| NormParams {
             weight: n.weight().data().to_vec(),
             bias: n.bias().data().to_vec(),
         };
-        let lin = |l: &crate::nn::Linear| LinearParams {
+        let lin = |l: &crate::oracle::Linear| LinearParams {
             weight: l.weight().data().to_vec(),
             bias: l
                 .bias()
                 .map_or_else(|| vec![0.0; l.out_dim()], |b| b.data().to_vec()),
         };
-        check_config(cfg)?;
         Ok(Self {
             config: cfg.clone(),
             class_embedding: emb.class_embedding().data().to_vec(),
@@ -284,21 +102,6 @@ impl VisionParams {
         })
     }
 
-    /// Names and shapes of the parameters, in transformers' order.
-    pub fn names(&self) -> Vec<(String, Vec<usize>)> {
-        vision_param_names(&self.config)
-    }
-
-    /// The parameters in transformers' order.
-    pub fn params(&self) -> Vec<&Vec<f32>> {
-        params_in_order!(self, &)
-    }
-
-    /// The parameters in transformers' order, mutably.
-    pub fn params_mut(&mut self) -> Vec<&mut Vec<f32>> {
-        params_in_order!(self, &mut)
-    }
-
     /// The parameter called `name` (a checkpoint name such as
     /// `vision_model.encoder.layers.0.mlp.fc1.weight`).
     pub fn get(&self, name: &str) -> Option<&[f32]> {
@@ -308,14 +111,19 @@ impl VisionParams {
             .map(|i| self.params()[i].as_slice())
     }
 
-    fn dims(&self) -> Dims {
-        let c = &self.config;
-        Dims {
-            d: c.hidden_size,
-            inter: c.intermediate_size,
-            heads: c.num_attention_heads,
-            eps: c.layer_norm_eps,
-        }
+    fn dims(&self) -> EncoderDims {
+        EncoderDims::from(&self.config)
+    }
+
+    /// Width, MLP width, layer-norm epsilon and activation.
+    fn sizes(&self) -> (usize, usize, f64, Activation) {
+        let e = self.dims();
+        (
+            e.hidden_size,
+            e.intermediate_size,
+            e.layer_norm_eps,
+            e.activation,
+        )
     }
 
     fn embed(&self, batch: usize) -> PatchEmbed {
@@ -328,14 +136,6 @@ impl VisionParams {
             dim: c.hidden_size,
         }
     }
-}
-
-#[derive(Clone, Copy)]
-struct Dims {
-    d: usize,
-    inter: usize,
-    heads: usize,
-    eps: f64,
 }
 
 /// What the forward pass of one encoder layer keeps for the backward pass.
@@ -383,25 +183,16 @@ fn concat(parts: [&[f32]; 3]) -> Vec<f32> {
 
 impl VisionParams {
     fn attention(&self, batch: usize) -> Attention {
-        let Dims { d, heads, .. } = self.dims();
-        let hd = d / heads;
-        Attention {
-            batch,
-            seq: self.config.num_positions(),
-            heads,
-            head_dim: hd,
-            scale: (hd as f32).powf(-0.5),
-            causal: false,
-        }
+        self.dims()
+            .attention(batch, self.config.num_positions(), false)
     }
 
     /// The pooled output (`post_layernorm` of the class token, `[batch, D]`, transformers'
     /// `pooler_output`) of `pixels: [batch, C, S, S]`, and the tape for the backward pass.
     pub fn forward(&self, pixels: &[f32], batch: usize) -> Result<(Vec<f32>, VisionTape)> {
-        let Dims { d, inter, eps, .. } = self.dims();
+        let (d, inter, eps, act) = self.sizes();
         let n = self.config.num_positions();
         let rows = batch * n;
-        let act = self.config.hidden_act;
         let emb = self.embed(batch).forward(
             pixels,
             &self.patch_embedding,
@@ -496,11 +287,10 @@ impl VisionParams {
     /// The gradient of every weight from `∂L/∂pooled` (`[batch, D]`) and the forward's tape.
     pub fn backward(&self, tape: &VisionTape, d_pooled: &[f32]) -> Result<VisionParams> {
         const OP: &str = "VisionParams::backward";
-        let Dims { d, inter, eps, .. } = self.dims();
+        let (d, inter, eps, act) = self.sizes();
         let batch = tape.batch;
         let n = self.config.num_positions();
         let rows = batch * n;
-        let act = self.config.hidden_act;
         check_len(OP, "d_pooled", d_pooled.len(), batch * d)?;
         if tape.layers.len() != self.layers.len() {
             return Err(ClipError::input(

@@ -13,18 +13,18 @@
 //! native on an adapter whose device type is [`DeviceType::Cpu`] (or, from a host that does not
 //! report the type, whose name says it is a software rasterizer), WGSL anywhere else.
 //!
-//! The plain f32 CPU model of this crate (`ClipVisionModel`, `ClipModel`) is the test oracle of
-//! both.
+//! The plain f32 CPU model of the `oracle` feature is the test oracle of both.
 
 use fusion_kernels::nn::{self as ops, Matmul, Operand, PatchGeometry, RowLayout, SoftmaxMask};
 use std::cell::Cell;
 
 use fusion_plugin_api::{Compute, DType, DeviceTensor, DeviceType};
 
+pub use crate::arch::AttentionShape;
+use crate::arch::{LinearParams, NormParams};
 use crate::config::Activation;
 use crate::error::{ClipError, Result};
-use crate::nn::{LayerNorm, Linear};
-use crate::tensor::Tensor;
+use crate::gpu::native::Native;
 use crate::weights::WeightStore;
 
 /// What runs after the product of a [`Backend::linear`].
@@ -36,31 +36,6 @@ pub enum Epilogue {
     Activation(Activation),
     /// `out += x W^T + b`: the residual connection, `out` holding the residual stream.
     Residual,
-}
-
-/// Shape of one attention call over `qkv: [batch * seq, 3 * heads * head_dim]` (q, then k, then
-/// v, each `[.., heads * head_dim]`), writing `context: [batch * seq, heads * head_dim]`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AttentionShape {
-    /// Sequences.
-    pub batch: usize,
-    /// Tokens per sequence.
-    pub seq: usize,
-    /// Heads.
-    pub heads: usize,
-    /// Width of one head.
-    pub head_dim: usize,
-    /// Scale of `q k^T` (transformers scales q by `head_dim^-0.5`).
-    pub scale: f32,
-    /// Hide keys after the query.
-    pub causal: bool,
-}
-
-impl AttentionShape {
-    /// The hidden width, `heads * head_dim`.
-    pub fn hidden(&self) -> usize {
-        self.heads * self.head_dim
-    }
 }
 
 /// nn.Linear's weights on a backend.
@@ -178,38 +153,13 @@ pub trait Backend: Sized {
     ) -> Result<()>;
 }
 
-/// Uploads nn.Linear `l`; `name` is its checkpoint prefix.
-pub fn upload_linear<B: Backend>(b: &B, name: &str, l: &Linear) -> Result<LinearW<B>> {
-    Ok(LinearW {
-        weight: upload_tensor(b, &format!("{name}.weight"), l.weight())?,
-        bias: l
-            .bias()
-            .map(|t| upload_tensor(b, &format!("{name}.bias"), t))
-            .transpose()?,
-        in_dim: l.in_dim(),
-        out_dim: l.out_dim(),
-    })
-}
-
-/// Uploads nn.LayerNorm `ln`; `name` is its checkpoint prefix.
-pub fn upload_norm<B: Backend>(b: &B, name: &str, ln: &LayerNorm) -> Result<NormW<B>> {
-    Ok(NormW {
-        weight: upload_tensor(b, &format!("{name}.weight"), ln.weight())?,
-        bias: upload_tensor(b, &format!("{name}.bias"), ln.bias())?,
-        dim: ln.weight().elem_count(),
-        eps: ln.eps(),
-    })
-}
-
-/// Uploads a CPU tensor with its shape.
-pub fn upload_tensor<B: Backend>(b: &B, name: &str, t: &Tensor) -> Result<B::Buf> {
-    b.upload(name, t.shape(), t.data())
-}
-
 /// Where a tower built straight on a backend (rather than uploaded from a CPU model) takes its
 /// weights: each by checkpoint name with the shape its config implies. Towers ask in the order
 /// the CPU loaders read, so a missing or mis-shaped tensor is the same error.
 pub(crate) trait WeightSource<B: Backend> {
+    /// The checkpoint the weights come from (for its buffers and its check that every tensor
+    /// was used).
+    fn store(&self) -> &WeightStore;
     /// Weight `name` of `shape`.
     fn get(&self, name: &str, shape: &[usize]) -> Result<B::Buf>;
     /// Equal-sized `parts` stacked along their first dimension into one tensor of `shape`;
@@ -217,34 +167,45 @@ pub(crate) trait WeightSource<B: Backend> {
     fn stack(&self, name: &str, parts: Vec<B::Buf>, shape: &[usize]) -> Result<B::Buf>;
 }
 
-/// nn.Linear `name` (`{name}.weight`, `{name}.bias`) from `src`.
-pub(crate) fn load_linear<B: Backend>(
-    src: &impl WeightSource<B>,
-    name: &str,
-    in_dim: usize,
-    out_dim: usize,
-) -> Result<LinearW<B>> {
-    Ok(LinearW {
-        weight: src.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
-        bias: Some(src.get(&format!("{name}.bias"), &[out_dim])?),
-        in_dim,
-        out_dim,
-    })
+impl<B: Backend> LinearW<B> {
+    /// nn.Linear `in_dim -> out_dim` from its parameters.
+    pub fn new(p: LinearParams<B::Buf>, in_dim: usize, out_dim: usize) -> Self {
+        Self {
+            weight: p.weight,
+            bias: Some(p.bias),
+            in_dim,
+            out_dim,
+        }
+    }
 }
 
-/// nn.LayerNorm `name` from `src`.
-pub(crate) fn load_norm<B: Backend>(
-    src: &impl WeightSource<B>,
-    name: &str,
-    dim: usize,
-    eps: f64,
-) -> Result<NormW<B>> {
-    Ok(NormW {
-        weight: src.get(&format!("{name}.weight"), &[dim])?,
-        bias: src.get(&format!("{name}.bias"), &[dim])?,
-        dim,
-        eps,
-    })
+impl<B: Backend> NormW<B> {
+    /// nn.LayerNorm over `dim` from its parameters.
+    pub fn new(p: NormParams<B::Buf>, dim: usize, eps: f64) -> Self {
+        Self {
+            weight: p.weight,
+            bias: p.bias,
+            dim,
+            eps,
+        }
+    }
+}
+
+/// A [`WeightStore`] for the [`Native`] backend: every tensor read to host memory as f32.
+pub(crate) struct OnHost<'s>(pub(crate) &'s WeightStore);
+
+impl WeightSource<Native> for OnHost<'_> {
+    fn store(&self) -> &WeightStore {
+        self.0
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Ok(self.0.get(name, shape)?.into_data())
+    }
+
+    fn stack(&self, name: &str, parts: Vec<Vec<f32>>, shape: &[usize]) -> Result<Vec<f32>> {
+        Native.upload(name, shape, &parts.concat())
+    }
 }
 
 /// Which implementation of the op API a model uses.
@@ -313,6 +274,57 @@ impl BackendChoice {
         })
     }
 }
+
+/// A tower written over the op API, loadable on any backend: the family of `On<B>` types.
+pub(crate) trait Tower {
+    /// The tower on backend `B`.
+    type On<B: Backend>;
+    /// Its configuration.
+    type Config;
+    /// Loads the tower's weights from `src`, strictly (missing, mis-shaped: an error naming
+    /// the tensor; the caller checks that none is left unused).
+    fn load<B: Backend>(src: &impl WeightSource<B>, cfg: &Self::Config) -> Result<Self::On<B>>;
+}
+
+/// A tower on the backend a [`BackendChoice`] resolved to.
+pub(crate) enum Engine<'c, T: Tower> {
+    /// On the WGSL kernels.
+    Wgsl(Wgsl<'c>, T::On<Wgsl<'c>>),
+    /// In host memory.
+    Native(Native, T::On<Native>),
+}
+
+impl<'c, T: Tower> Engine<'c, T> {
+    /// Loads the tower from `store` on the backend `choice` names for `c`; also returns how
+    /// many weights were taken where the store's model holds them on the device (WGSL only).
+    pub(crate) fn load(
+        c: &'c dyn Compute,
+        store: &WeightStore,
+        cfg: &T::Config,
+        choice: BackendChoice,
+    ) -> Result<(Self, usize)> {
+        Ok(match choice.resolve(c)? {
+            BackendKind::Wgsl => {
+                let b = Wgsl { c };
+                let src = StoreOnDevice::new(b, store);
+                let tower = T::load(&src, cfg)?;
+                (Engine::Wgsl(b, tower), src.on_device())
+            }
+            BackendKind::Native => (Engine::Native(Native, T::load(&OnHost(store), cfg)?), 0),
+        })
+    }
+}
+
+/// Runs `$body` with `$b` the backend and `$t` the tower of an [`Engine`], whichever holds it.
+macro_rules! on_engine {
+    ($engine:expr, |$b:ident, $t:ident| $body:expr) => {
+        match $engine {
+            $crate::gpu::backend::Engine::Wgsl($b, $t) => $body,
+            $crate::gpu::backend::Engine::Native($b, $t) => $body,
+        }
+    };
+}
+pub(crate) use on_engine;
 
 // ---------------------------------------------------------------------------------------------
 // WGSL
@@ -383,6 +395,10 @@ impl<'s, 'c> StoreOnDevice<'s, 'c> {
 }
 
 impl<'c> WeightSource<Wgsl<'c>> for StoreOnDevice<'_, 'c> {
+    fn store(&self) -> &WeightStore {
+        self.store
+    }
+
     fn get(&self, name: &str, shape: &[usize]) -> Result<DeviceTensor<'c>> {
         if let Some(t) = self.take_on_device(name, shape)? {
             self.on_device.set(self.on_device.get() + 1);

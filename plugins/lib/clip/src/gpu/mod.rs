@@ -5,13 +5,15 @@
 //! ([`native`]) on every core ([`BackendChoice`]; `FUSION_CLIP_BACKEND=wgsl` forces the
 //! kernels).
 //!
-//! Weights are uploaded once as f32 tensors (from a [`WeightStore`](crate::WeightStore), a
-//! plugin-api [`Model`](fusion_plugin_api::Model), or a CPU model), except that a merged model
-//! whose tensors are already on the device ([`Model::device_tensor`](fusion_plugin_api::Model::device_tensor))
-//! hands them to the WGSL backend where they are, with no read-back and no upload
-//! ([`GpuClipVision::from_model`]); activations stay on the device, and only the requested
-//! outputs are read back. The CPU forward pass of this crate is
-//! the reference every kernel and tower is tested against.
+//! The towers are defined once (the encoder's pre-LN blocks, the vision and text towers over
+//! it) and load their weights through the parameter table of [`crate::arch`], from a
+//! [`WeightStore`](crate::WeightStore) or a plugin-api [`Model`](fusion_plugin_api::Model), as
+//! f32 tensors on the backend: a merged model whose tensors are already on the device
+//! ([`Model::device_tensor`](fusion_plugin_api::Model::device_tensor)) hands them to the WGSL
+//! backend where they are, with no read-back and no upload ([`GpuClipVision::from_model`]);
+//! activations stay on the device, and only the requested outputs are read back. The plain
+//! f32 model of the `oracle` feature is the reference every kernel and tower is tested
+//! against; no run-time path uses it.
 //!
 //! Limits come from the device: a batch whose activations would exceed one storage binding is
 //! split into passes ([`GpuClipVision::max_batch`]), workgroups are spread over x/y/z, and a
@@ -42,7 +44,7 @@ mod encoder;
 mod model;
 pub mod native;
 mod text;
-mod vision;
+pub(crate) mod vision;
 
 pub use backend::{Backend, BackendChoice, BackendKind};
 pub use model::GpuClipModel;

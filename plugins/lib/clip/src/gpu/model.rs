@@ -3,16 +3,15 @@
 
 use fusion_plugin_api::Compute;
 
-use crate::config::ClipConfig;
+use crate::config::{CheckpointConfig, ClipConfig};
 use crate::error::{ClipError, Result};
-use crate::gpu::backend::{upload_linear, Backend, BackendChoice, Epilogue, LinearW};
+use crate::gpu::backend::{Backend, BackendChoice, Epilogue, LinearW, OnHost, WeightSource};
 use crate::gpu::native::Native;
 use crate::gpu::text::GpuClipText;
 use crate::gpu::vision::{passes, GpuClipVision};
-use crate::model::{ClipModel, ClipOutput};
-use crate::nn::Linear;
+use crate::output::ClipOutput;
 use crate::tensor::{l2_normalize_rows, matmul_transposed, Tensor};
-use crate::text::{ClipTextTransformer, TokenBatch};
+use crate::tokenizer::TokenBatch;
 use crate::weights::WeightStore;
 
 /// `CLIPModel` with its weights on the compute device; the vision tower is optional, so a task
@@ -21,7 +20,8 @@ use crate::weights::WeightStore;
 ///
 /// The towers' pooled outputs (`[batch, hidden]`, a few KiB per image) are read back and
 /// projected on the host with the native op API ([`Native`]); their L2 normalization and the
-/// logits (a few thousand values) are computed with the CPU reference's own functions.
+/// logits (a few thousand values) are computed on the host ([`l2_normalize_rows`],
+/// [`matmul_transposed`]).
 pub struct GpuClipModel<'c> {
     config: ClipConfig,
     text: GpuClipText<'c>,
@@ -32,8 +32,8 @@ pub struct GpuClipModel<'c> {
 }
 
 impl<'c> GpuClipModel<'c> {
-    /// Loads a full `CLIPModel` from a checkpoint's weights; every tensor must be used (as
-    /// [`ClipModel::load`]).
+    /// Loads a full `CLIPModel` from a checkpoint's weights; every tensor must be present
+    /// with the shape the config implies, and used.
     pub fn load(c: &'c dyn Compute, store: &WeightStore, config: &ClipConfig) -> Result<Self> {
         Self::load_with(c, store, config, BackendChoice::Auto)
     }
@@ -45,7 +45,7 @@ impl<'c> GpuClipModel<'c> {
         config: &ClipConfig,
         choice: BackendChoice,
     ) -> Result<Self> {
-        Self::from_cpu_with(c, &ClipModel::load(store, config)?, choice)
+        Self::load_towers(c, store, config, choice, true)
     }
 
     /// Loads the text tower, both projections and `logit_scale` of a `CLIPModel` checkpoint,
@@ -66,65 +66,53 @@ impl<'c> GpuClipModel<'c> {
         config: &ClipConfig,
         choice: BackendChoice,
     ) -> Result<Self> {
-        let root = store.root();
-        let text = ClipTextTransformer::load(&root.pp("text_model"), &config.text_config)?;
-        let proj = config.projection_dim;
-        let visual = Linear::load_no_bias(
-            &root.pp("visual_projection"),
-            config.vision_config.hidden_size,
-            proj,
-        )?;
-        let textp = Linear::load_no_bias(
-            &root.pp("text_projection"),
-            config.text_config.hidden_size,
-            proj,
-        )?;
-        let logit_scale = store.get("logit_scale", &[])?.data()[0];
-        store.check_all_used(|name| !name.starts_with("vision_model."))?;
-        let text = GpuClipText::from_cpu_with(c, &text, choice)?;
-        Self::build(config, text, None, &visual, &textp, logit_scale)
+        Self::load_towers(c, store, config, choice, false)
     }
 
-    /// Uploads a CPU model (both towers).
-    pub fn from_cpu(c: &'c dyn Compute, model: &ClipModel) -> Result<Self> {
-        Self::from_cpu_with(c, model, BackendChoice::Auto)
-    }
-
-    /// [`GpuClipModel::from_cpu`] on the backend `choice` names.
-    pub fn from_cpu_with(
+    /// The text tower, the vision tower when `with_vision` (else its tensors are out of
+    /// scope), the projections and `logit_scale`; every tensor in scope must be used.
+    fn load_towers(
         c: &'c dyn Compute,
-        model: &ClipModel,
+        store: &WeightStore,
+        config: &ClipConfig,
         choice: BackendChoice,
+        with_vision: bool,
     ) -> Result<Self> {
-        let vision = GpuClipVision::from_cpu_with(c, model.vision_model(), choice)?;
-        let text = GpuClipText::from_cpu_with(c, model.text_model(), choice)?;
-        Self::build(
-            model.config(),
-            text,
-            Some(vision),
-            model.visual_projection(),
-            model.text_projection(),
-            model.logit_scale(),
-        )
+        let text = GpuClipText::load_with(c, store, &config.text_config, choice)?;
+        let clip = CheckpointConfig::Clip(config.clone());
+        let vision = with_vision
+            .then(|| GpuClipVision::load_with(c, store, &clip, choice))
+            .transpose()?;
+        let model = Self::with_head(store, config, text, vision)?;
+        store.check_all_used(|name| with_vision || !name.starts_with("vision_model."))?;
+        Ok(model)
     }
 
-    fn build(
+    /// The model around its towers: reads both projections (no bias) and `logit_scale` (a
+    /// 0-d parameter in transformers, stored as shape `[]`) to host memory.
+    fn with_head(
+        store: &WeightStore,
         config: &ClipConfig,
         text: GpuClipText<'c>,
         vision: Option<GpuClipVision<'c>>,
-        visual_projection: &Linear,
-        text_projection: &Linear,
-        logit_scale: f32,
     ) -> Result<Self> {
-        let visual_projection = upload_linear(&Native, "visual_projection", visual_projection)?;
-        let text_projection = upload_linear(&Native, "text_projection", text_projection)?;
+        let src = OnHost(store);
+        let proj = config.projection_dim;
+        let projection = |name: &str, in_dim: usize| -> Result<LinearW<Native>> {
+            Ok(LinearW {
+                weight: src.get(&format!("{name}.weight"), &[proj, in_dim])?,
+                bias: None,
+                in_dim,
+                out_dim: proj,
+            })
+        };
         Ok(Self {
             config: config.clone(),
             text,
             vision,
-            visual_projection,
-            text_projection,
-            logit_scale,
+            visual_projection: projection("visual_projection", config.vision_config.hidden_size)?,
+            text_projection: projection("text_projection", config.text_config.hidden_size)?,
+            logit_scale: store.get("logit_scale", &[])?.data()[0],
         })
     }
 
@@ -205,8 +193,8 @@ impl<'c> GpuClipModel<'c> {
         matmul_transposed(image_embeds, text_embeds, self.logit_scale.exp())
     }
 
-    /// Both towers with every output read back, as [`ClipModel::forward`] (the vision tower's
-    /// hidden states are not collected).
+    /// Both towers with every output read back, as transformers' `CLIPModel.forward` (the
+    /// vision tower's hidden states are not collected).
     pub fn forward(&self, pixel_values: &Tensor, tokens: &TokenBatch) -> Result<ClipOutput> {
         let vision = self.vision.as_ref().ok_or_else(|| {
             ClipError::input(

@@ -3,41 +3,50 @@
 
 use fusion_plugin_api::Compute;
 
+use crate::arch::{pooling_position, position_ids_buffer, EncoderDims, TextParams};
 use crate::config::ClipTextConfig;
-use crate::encoder::EncoderDims;
 use crate::error::{ClipError, Result};
-use crate::gpu::backend::{
-    upload_norm, upload_tensor, Backend, BackendChoice, BackendKind, NormW, Wgsl,
-};
+use crate::gpu::backend::{on_engine, Backend, BackendChoice, Engine, NormW, Tower, WeightSource};
 use crate::gpu::encoder::{dense_norm, Encoder, EncoderMask};
-use crate::gpu::native::Native;
 use crate::gpu::vision::passes;
+use crate::output::TextOutput;
 use crate::tensor::Tensor;
-use crate::text::{pooling_position, ClipTextTransformer, TextOutput, TokenBatch};
+use crate::tokenizer::TokenBatch;
+use crate::weights::WeightStore;
 
 /// A CLIP text tower whose weights live on the compute device (or in host memory for the
-/// native path). Built from a CPU tower with [`GpuClipText::from_cpu`], or as part of a
+/// native path). Loaded from a checkpoint with [`GpuClipText::load_with`], or as part of a
 /// [`crate::gpu::GpuClipModel`].
 pub struct GpuClipText<'c> {
     config: ClipTextConfig,
-    engine: TextEngine<'c>,
+    engine: Engine<'c, Text>,
 }
 
-enum TextEngine<'c> {
-    Wgsl(Wgsl<'c>, TextTower<Wgsl<'c>>),
-    Native(Native, TextTower<Native>),
+/// The text tower as a [`Tower`] family.
+pub(crate) struct Text;
+
+impl Tower for Text {
+    type On<B: Backend> = TextTower<B>;
+    type Config = ClipTextConfig;
+
+    /// Builds the tower from `src` through the parameter table ([`TextParams::build`]); the
+    /// persisted `position_ids` buffer is accepted and checked.
+    fn load<B: Backend>(src: &impl WeightSource<B>, cfg: &ClipTextConfig) -> Result<TextTower<B>> {
+        let (name, shape) = position_ids_buffer("text_model", cfg.max_position_embeddings);
+        src.store().skip_buffer(&name, &shape)?;
+        let p = TextParams::build(cfg, |name, shape| src.get(name, shape))?;
+        let dims = EncoderDims::from(cfg);
+        Ok(TextTower {
+            config: cfg.clone(),
+            token_embedding: p.token_embedding,
+            position_embedding: p.position_embedding,
+            encoder: Encoder::new(src, "text_model.encoder", p.layers, &dims)?,
+            final_layer_norm: NormW::new(p.final_layer_norm, cfg.hidden_size, cfg.layer_norm_eps),
+        })
+    }
 }
 
-macro_rules! with_tower {
-    ($engine:expr, |$b:ident, $t:ident| $body:expr) => {
-        match $engine {
-            TextEngine::Wgsl($b, $t) => $body,
-            TextEngine::Native($b, $t) => $body,
-        }
-    };
-}
-
-struct TextTower<B: Backend> {
+pub(crate) struct TextTower<B: Backend> {
     config: ClipTextConfig,
     token_embedding: B::Buf,
     position_embedding: B::Buf,
@@ -54,38 +63,6 @@ pub(crate) struct TextPass {
 }
 
 impl<B: Backend> TextTower<B> {
-    fn upload(b: &B, tower: &ClipTextTransformer) -> Result<Self> {
-        let cfg = tower.config().clone();
-        let e = tower.embeddings();
-        let dims = EncoderDims {
-            hidden_size: cfg.hidden_size,
-            intermediate_size: cfg.intermediate_size,
-            num_heads: cfg.num_attention_heads,
-            num_layers: cfg.num_hidden_layers,
-            activation: cfg.hidden_act,
-            layer_norm_eps: cfg.layer_norm_eps,
-        };
-        Ok(Self {
-            token_embedding: upload_tensor(
-                b,
-                "text_model.embeddings.token_embedding.weight",
-                e.token_embedding().weight(),
-            )?,
-            position_embedding: upload_tensor(
-                b,
-                "text_model.embeddings.position_embedding.weight",
-                e.position_embedding().weight(),
-            )?,
-            encoder: Encoder::upload(b, "text_model.encoder", tower.encoder(), &dims)?,
-            final_layer_norm: upload_norm(
-                b,
-                "text_model.final_layer_norm",
-                tower.final_layer_norm(),
-            )?,
-            config: cfg,
-        })
-    }
-
     fn max_batch(&self, b: &B, seq: usize) -> Result<usize> {
         let per_seq = self
             .encoder
@@ -151,26 +128,19 @@ impl<B: Backend> TextTower<B> {
 }
 
 impl<'c> GpuClipText<'c> {
-    /// Uploads the weights of a CPU tower.
-    pub fn from_cpu(c: &'c dyn Compute, tower: &ClipTextTransformer) -> Result<Self> {
-        Self::from_cpu_with(c, tower, BackendChoice::Auto)
-    }
-
-    /// [`GpuClipText::from_cpu`] on the backend `choice` names.
-    pub fn from_cpu_with(
+    /// Loads the tower (`text_model.*`) from a `CLIPModel` checkpoint's weights on the backend
+    /// `choice` names, strictly: every tensor must be present with the shape the config
+    /// implies, and no `text_model.*` tensor may be left unused.
+    pub fn load_with(
         c: &'c dyn Compute,
-        tower: &ClipTextTransformer,
+        store: &WeightStore,
+        config: &ClipTextConfig,
         choice: BackendChoice,
     ) -> Result<Self> {
-        let engine = match choice.resolve(c)? {
-            BackendKind::Wgsl => {
-                let b = Wgsl { c };
-                TextEngine::Wgsl(b, TextTower::upload(&b, tower)?)
-            }
-            BackendKind::Native => TextEngine::Native(Native, TextTower::upload(&Native, tower)?),
-        };
+        let (engine, _) = Engine::load(c, store, config, choice)?;
+        store.check_all_used(|name| name.starts_with("text_model."))?;
         Ok(Self {
-            config: tower.config().clone(),
+            config: config.clone(),
             engine,
         })
     }
@@ -182,13 +152,13 @@ impl<'c> GpuClipText<'c> {
 
     /// The backend the tower runs on (`"wgsl"` or `"native"`).
     pub fn backend(&self) -> &'static str {
-        with_tower!(&self.engine, |b, _t| b.label())
+        on_engine!(&self.engine, |b, _t| b.label())
     }
 
     /// The most sequences of `seq` tokens one pass can take (see
     /// [`GpuClipVision::max_batch`](crate::gpu::GpuClipVision::max_batch)).
     pub fn max_batch(&self, seq: usize) -> Result<usize> {
-        with_tower!(&self.engine, |b, t| t.max_batch(b, seq))
+        on_engine!(&self.engine, |b, t| t.max_batch(b, seq))
     }
 
     /// Runs the tower on a token batch, reading back the last hidden state and the pooled
@@ -249,6 +219,6 @@ impl<'c> GpuClipText<'c> {
         pass: (usize, usize),
         full: bool,
     ) -> Result<TextPass> {
-        with_tower!(&self.engine, |b, t| t.run(b, tokens, pass, full))
+        on_engine!(&self.engine, |b, t| t.run(b, tokens, pass, full))
     }
 }

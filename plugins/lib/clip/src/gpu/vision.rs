@@ -3,53 +3,68 @@
 
 use fusion_plugin_api::{Compute, Model};
 
+use crate::arch::{position_ids_buffer, EncoderDims, VisionParams, CLIP_HEAD_TENSORS};
 use crate::config::{CheckpointConfig, ClipVisionConfig};
-use crate::encoder::EncoderDims;
 use crate::error::{ClipError, Result};
 use crate::gpu::backend::{
-    load_norm, upload_norm, upload_tensor, Backend, BackendChoice, BackendKind, NormW, PatchW,
-    StoreOnDevice, WeightSource, Wgsl,
+    on_engine, Backend, BackendChoice, Engine, NormW, PatchW, Tower, WeightSource,
 };
 use crate::gpu::encoder::{dense_norm, Encoder, EncoderMask};
-use crate::gpu::native::Native;
-use crate::model::ClipVisionModel;
+use crate::output::VisionOutput;
 use crate::tensor::Tensor;
-use crate::vision::{ClipVisionTransformer, VisionOutput};
 use crate::weights::WeightStore;
 use fusion_kernels::nn::{PatchGeometry, RowLayout};
 
 /// A CLIP vision tower whose weights live on the compute device, or, on a CPU adapter, in host
 /// memory for the native path ([`BackendChoice`]).
 ///
-/// Load it from a checkpoint ([`GpuClipVision::load`]), from a merged model handed over as a
-/// plugin-api [`Model`] ([`GpuClipVision::from_model`]), or from a CPU tower
-/// ([`GpuClipVision::from_cpu`]); the `*_with` variants take the backend explicitly. Its
-/// weights are released when it is dropped.
+/// Load it from a checkpoint ([`GpuClipVision::load`]) or from a merged model handed over as a
+/// plugin-api [`Model`] ([`GpuClipVision::from_model`]).
+/// The `*_with` variants take the backend explicitly. Its weights are released when it is
+/// dropped.
 pub struct GpuClipVision<'c> {
     c: &'c dyn Compute,
     config: ClipVisionConfig,
-    engine: VisionEngine<'c>,
+    engine: Engine<'c, Vision>,
     /// Weights taken from a model on the device, not read back and uploaded.
     weights_on_device: usize,
 }
 
-enum VisionEngine<'c> {
-    Wgsl(Wgsl<'c>, VisionTower<Wgsl<'c>>),
-    Native(Native, VisionTower<Native>),
-}
+/// The vision tower as a [`Tower`] family.
+pub(crate) struct Vision;
 
-/// Runs `$body` with `$b` the backend and `$t` the tower, whichever backend holds it.
-macro_rules! with_tower {
-    ($engine:expr, |$b:ident, $t:ident| $body:expr) => {
-        match $engine {
-            VisionEngine::Wgsl($b, $t) => $body,
-            VisionEngine::Native($b, $t) => $body,
-        }
-    };
+impl Tower for Vision {
+    type On<B: Backend> = VisionTower<B>;
+    type Config = ClipVisionConfig;
+
+    /// Builds the tower from `src` through the parameter table ([`VisionParams::build`]); the
+    /// persisted `position_ids` buffer is accepted and checked.
+    fn load<B: Backend>(
+        src: &impl WeightSource<B>,
+        cfg: &ClipVisionConfig,
+    ) -> Result<VisionTower<B>> {
+        let (name, shape) = position_ids_buffer("vision_model", cfg.num_positions());
+        src.store().skip_buffer(&name, &shape)?;
+        let p = VisionParams::build(cfg, |name, shape| src.get(name, shape))?;
+        let dims = EncoderDims::from(cfg);
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(VisionTower {
+            config: cfg.clone(),
+            patch: PatchW {
+                weight: p.patch_embedding,
+                class: p.class_embedding,
+                position: p.position_embedding,
+                dim: d,
+            },
+            pre_layrnorm: NormW::new(p.pre_layrnorm, d, eps),
+            encoder: Encoder::new(src, "vision_model.encoder", p.layers, &dims)?,
+            post_layernorm: NormW::new(p.post_layernorm, d, eps),
+        })
+    }
 }
 
 /// The tower over one backend.
-struct VisionTower<B: Backend> {
+pub(crate) struct VisionTower<B: Backend> {
     config: ClipVisionConfig,
     patch: PatchW<B>,
     pre_layrnorm: NormW<B>,
@@ -66,71 +81,6 @@ pub(crate) struct VisionPass {
 }
 
 impl<B: Backend> VisionTower<B> {
-    fn upload(b: &B, tower: &ClipVisionTransformer) -> Result<Self> {
-        let cfg = tower.config().clone();
-        let e = tower.embeddings();
-        let (d, cpp) = (
-            cfg.hidden_size,
-            cfg.num_channels * cfg.patch_size * cfg.patch_size,
-        );
-        let patch = PatchW {
-            weight: b.upload(
-                "vision_model.embeddings.patch_embedding.weight",
-                &[d, cpp],
-                e.patch_embedding().data(),
-            )?,
-            class: upload_tensor(
-                b,
-                "vision_model.embeddings.class_embedding",
-                e.class_embedding(),
-            )?,
-            position: upload_tensor(
-                b,
-                "vision_model.embeddings.position_embedding.weight",
-                e.position_embedding().weight(),
-            )?,
-            dim: d,
-        };
-        let [pre, post] = tower.layer_norms();
-        let dims = encoder_dims(&cfg);
-        Ok(Self {
-            patch,
-            pre_layrnorm: upload_norm(b, "vision_model.pre_layrnorm", pre)?,
-            encoder: Encoder::upload(b, "vision_model.encoder", tower.encoder(), &dims)?,
-            post_layernorm: upload_norm(b, "vision_model.post_layernorm", post)?,
-            config: cfg,
-        })
-    }
-
-    /// Builds the tower straight from `src` by checkpoint name, in the order
-    /// [`ClipVisionTransformer::load`] reads (the `position_ids` buffer is the caller's).
-    fn load(src: &impl WeightSource<B>, cfg: &ClipVisionConfig) -> Result<Self> {
-        let (d, c, p) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
-        let e = "vision_model.embeddings";
-        let class = src.get(&format!("{e}.class_embedding"), &[d])?;
-        let weight = src.get(&format!("{e}.patch_embedding.weight"), &[d, c, p, p])?;
-        let position = src.get(
-            &format!("{e}.position_embedding.weight"),
-            &[cfg.num_positions(), d],
-        )?;
-        let eps = cfg.layer_norm_eps;
-        let pre_layrnorm = load_norm(src, "vision_model.pre_layrnorm", d, eps)?;
-        let encoder = Encoder::load(src, "vision_model.encoder", &encoder_dims(cfg))?;
-        let post_layernorm = load_norm(src, "vision_model.post_layernorm", d, eps)?;
-        Ok(Self {
-            config: cfg.clone(),
-            patch: PatchW {
-                weight,
-                class,
-                position,
-                dim: d,
-            },
-            pre_layrnorm,
-            encoder,
-            post_layernorm,
-        })
-    }
-
     fn max_batch(&self, b: &B) -> Result<usize> {
         let cfg = &self.config;
         let seq = cfg.num_positions();
@@ -142,7 +92,7 @@ impl<B: Backend> VisionTower<B> {
 
     /// One pass over images `start..start + len`; with `states`, every hidden state of the
     /// pass is read back into it; with `last`, the last hidden state too.
-    fn run(
+    pub(crate) fn run(
         &self,
         b: &B,
         pixel_values: &Tensor,
@@ -196,10 +146,9 @@ impl<B: Backend> VisionTower<B> {
 }
 
 impl<'c> GpuClipVision<'c> {
-    /// Loads the tower from a checkpoint's weights with the strict checks of
-    /// [`ClipVisionModel::load`]: every `vision_model.*` tensor must be present with the shape
-    /// the config implies, and none may be left unused (a `CLIPModel` checkpoint's text tower
-    /// and projections are out of scope and skipped).
+    /// Loads the tower from a checkpoint's weights, strictly: every `vision_model.*` tensor
+    /// must be present with the shape the config implies, and none may be left unused (a
+    /// `CLIPModel` checkpoint's text tower and projections are out of scope and skipped).
     pub fn load(
         c: &'c dyn Compute,
         store: &WeightStore,
@@ -215,8 +164,20 @@ impl<'c> GpuClipVision<'c> {
         config: &CheckpointConfig,
         choice: BackendChoice,
     ) -> Result<Self> {
-        let model = ClipVisionModel::load(store, config)?;
-        Self::from_cpu_with(c, model.vision_model(), choice)
+        let vision = config.vision_config();
+        let (engine, weights_on_device) = Engine::load(c, store, vision, choice)?;
+        match config {
+            CheckpointConfig::Vision(_) => store.check_all_used(|_| true)?,
+            CheckpointConfig::Clip(_) => store.check_all_used(|name| {
+                !name.starts_with("text_model.") && !CLIP_HEAD_TENSORS.contains(&name)
+            })?,
+        }
+        Ok(Self {
+            c,
+            config: vision.clone(),
+            engine,
+            weights_on_device,
+        })
     }
 
     /// Loads a merged vision tower handed over as a plugin-api [`Model`] (a state dict of
@@ -243,56 +204,7 @@ impl<'c> GpuClipVision<'c> {
         choice: BackendChoice,
     ) -> Result<Self> {
         let store = WeightStore::from_model("merged vision model", model)?;
-        let b = match choice.resolve(c)? {
-            BackendKind::Wgsl => Wgsl { c },
-            BackendKind::Native => {
-                let config = CheckpointConfig::Vision(config.clone());
-                return Self::load_with(c, &store, &config, BackendChoice::Native);
-            }
-        };
-        // The checks of ClipVisionModel::load, in its order.
-        store
-            .root()
-            .pp("vision_model")
-            .pp("embeddings")
-            .skip_buffer("position_ids", &[1, config.num_positions()])?;
-        let src = StoreOnDevice::new(b, &store);
-        let tower = VisionTower::load(&src, config)?;
-        store.check_all_used(|_| true)?;
-        Ok(Self {
-            c,
-            config: config.clone(),
-            engine: VisionEngine::Wgsl(b, tower),
-            weights_on_device: src.on_device(),
-        })
-    }
-
-    /// Uploads the weights of a CPU tower.
-    pub fn from_cpu(c: &'c dyn Compute, tower: &ClipVisionTransformer) -> Result<Self> {
-        Self::from_cpu_with(c, tower, BackendChoice::Auto)
-    }
-
-    /// [`GpuClipVision::from_cpu`] on the backend `choice` names.
-    pub fn from_cpu_with(
-        c: &'c dyn Compute,
-        tower: &ClipVisionTransformer,
-        choice: BackendChoice,
-    ) -> Result<Self> {
-        let engine = match choice.resolve(c)? {
-            BackendKind::Wgsl => {
-                let b = Wgsl { c };
-                VisionEngine::Wgsl(b, VisionTower::upload(&b, tower)?)
-            }
-            BackendKind::Native => {
-                VisionEngine::Native(Native, VisionTower::upload(&Native, tower)?)
-            }
-        };
-        Ok(Self {
-            c,
-            config: tower.config().clone(),
-            engine,
-            weights_on_device: 0,
-        })
+        Self::load_with(c, &store, &CheckpointConfig::Vision(config.clone()), choice)
     }
 
     /// How many weights were taken from a model already on the compute device
@@ -314,14 +226,14 @@ impl<'c> GpuClipVision<'c> {
 
     /// The backend the tower runs on (`"wgsl"` or `"native"`).
     pub fn backend(&self) -> &'static str {
-        with_tower!(&self.engine, |b, _t| b.label())
+        on_engine!(&self.engine, |b, _t| b.label())
     }
 
     /// The most images one pass can take: on the WGSL backend every activation of a pass must
     /// fit one storage binding (and 32-bit indices). Larger batches are split into passes of
     /// this size.
     pub fn max_batch(&self) -> Result<usize> {
-        with_tower!(&self.engine, |b, t| t.max_batch(b))
+        on_engine!(&self.engine, |b, t| t.max_batch(b))
     }
 
     /// Runs the tower on `pixel_values: [batch, C, image_size, image_size]`, reading back the
@@ -341,7 +253,7 @@ impl<'c> GpuClipVision<'c> {
             vec![Vec::new(); if output_hidden_states { layers + 1 } else { 0 }];
         for pass in passes(batch, self.max_batch()?) {
             let mut layer_states = Vec::new();
-            let out = with_tower!(&self.engine, |b, t| t.run(
+            let out = on_engine!(&self.engine, |b, t| t.run(
                 b,
                 pixel_values,
                 pass,
@@ -385,7 +297,7 @@ impl<'c> GpuClipVision<'c> {
         pixel_values: &Tensor,
         pass: (usize, usize),
     ) -> Result<Vec<f32>> {
-        let out = with_tower!(&self.engine, |b, t| t.run(
+        let out = on_engine!(&self.engine, |b, t| t.run(
             b,
             pixel_values,
             pass,
@@ -405,18 +317,6 @@ impl<'c> GpuClipVision<'c> {
                 format!("pixel_values {shape:?} do not match the config: expected [batch, {c}, {s}, {s}]"),
             )),
         }
-    }
-}
-
-/// The encoder's dimensions from the tower's config.
-fn encoder_dims(cfg: &ClipVisionConfig) -> EncoderDims {
-    EncoderDims {
-        hidden_size: cfg.hidden_size,
-        intermediate_size: cfg.intermediate_size,
-        num_heads: cfg.num_attention_heads,
-        num_layers: cfg.num_hidden_layers,
-        activation: cfg.hidden_act,
-        layer_norm_eps: cfg.layer_norm_eps,
     }
 }
 

@@ -1,10 +1,12 @@
 //! The vision tower: `CLIPVisionEmbeddings` and `CLIPVisionTransformer` of transformers'
 //! `modeling_clip.py`, weights under `vision_model.`.
 
+use super::encoder::{AttentionMask, ClipEncoder};
+use super::nn::{Embedding, LayerNorm};
+use crate::arch::EncoderDims;
 use crate::config::ClipVisionConfig;
-use crate::encoder::{AttentionMask, ClipEncoder, EncoderDims};
 use crate::error::{ClipError, Result};
-use crate::nn::{Embedding, LayerNorm};
+use crate::output::VisionOutput;
 use crate::tensor::{dot, Tensor};
 use crate::weights::VarBuilder;
 
@@ -115,19 +117,6 @@ impl ClipVisionEmbeddings {
     }
 }
 
-/// What [`ClipVisionTransformer::forward`] returns (`BaseModelOutputWithPooling`).
-#[derive(Clone, Debug)]
-pub struct VisionOutput {
-    /// Output of the last encoder layer, `[batch, positions, D]` (no final layer norm: in CLIP
-    /// `post_layernorm` applies to the pooled class token only).
-    pub last_hidden_state: Tensor,
-    /// `post_layernorm` of the class token, `[batch, D]`.
-    pub pooler_output: Tensor,
-    /// When requested: the embeddings after `pre_layrnorm` (the encoder input), then the output
-    /// of each layer; `num_hidden_layers + 1` tensors of `[batch, positions, D]`.
-    pub hidden_states: Option<Vec<Tensor>>,
-}
-
 /// The vision transformer (`CLIPVisionTransformer`), weights under `vision_model.`.
 #[derive(Clone, Debug)]
 pub struct ClipVisionTransformer {
@@ -141,14 +130,7 @@ pub struct ClipVisionTransformer {
 impl ClipVisionTransformer {
     /// Loads the tower from `vb`, which points at its root (usually `vision_model`).
     pub fn load(vb: &VarBuilder<'_>, cfg: &ClipVisionConfig) -> Result<Self> {
-        let dims = EncoderDims {
-            hidden_size: cfg.hidden_size,
-            intermediate_size: cfg.intermediate_size,
-            num_heads: cfg.num_attention_heads,
-            num_layers: cfg.num_hidden_layers,
-            activation: cfg.hidden_act,
-            layer_norm_eps: cfg.layer_norm_eps,
-        };
+        let dims = EncoderDims::from(cfg);
         Ok(Self {
             config: cfg.clone(),
             embeddings: ClipVisionEmbeddings::load(&vb.pp("embeddings"), cfg)?,

@@ -1,9 +1,10 @@
 //! The transformer encoder both towers share: `CLIPAttention`, `CLIPMLP`, `CLIPEncoderLayer`
 //! and `CLIPEncoder` of transformers' `modeling_clip.py`, with the same weight names.
 
+use super::nn::{LayerNorm, Linear};
+use crate::arch::EncoderDims;
 use crate::config::Activation;
 use crate::error::{ClipError, Result};
-use crate::nn::{LayerNorm, Linear};
 use crate::tensor::{dot, par_rows, softmax_in_place, Tensor};
 use crate::weights::VarBuilder;
 
@@ -14,23 +15,6 @@ pub struct AttentionMask<'a> {
     pub causal: bool,
     /// `[batch, seq]`, non-zero where the key is a real token, zero where it is padding.
     pub key_padding: Option<&'a [u32]>,
-}
-
-/// Dimensions shared by every layer of one tower.
-#[derive(Clone, Copy, Debug)]
-pub struct EncoderDims {
-    /// Width of the residual stream.
-    pub hidden_size: usize,
-    /// Width of the MLP's hidden layer.
-    pub intermediate_size: usize,
-    /// Number of attention heads.
-    pub num_heads: usize,
-    /// Number of layers.
-    pub num_layers: usize,
-    /// The MLP activation.
-    pub activation: Activation,
-    /// Layer-norm epsilon.
-    pub layer_norm_eps: f64,
 }
 
 /// Multi-head self-attention (`CLIPAttention`).

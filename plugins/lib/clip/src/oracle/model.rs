@@ -3,20 +3,16 @@
 
 use std::path::Path;
 
+use super::nn::Linear;
+use super::text::ClipTextTransformer;
+use super::vision::ClipVisionTransformer;
+use crate::arch::CLIP_HEAD_TENSORS;
 use crate::config::{config_path, CheckpointConfig, ClipConfig};
 use crate::error::{ClipError, Result};
-use crate::nn::Linear;
+use crate::output::{ClipOutput, VisionOutput};
 use crate::tensor::{l2_normalize_rows, matmul_transposed, Tensor};
-use crate::text::{ClipTextTransformer, TextOutput, TokenBatch};
-use crate::vision::{ClipVisionTransformer, VisionOutput};
+use crate::tokenizer::TokenBatch;
 use crate::weights::WeightStore;
-
-/// Top-level `CLIPModel` tensors outside the two towers.
-const CLIP_HEAD_TENSORS: [&str; 3] = [
-    "visual_projection.weight",
-    "text_projection.weight",
-    "logit_scale",
-];
 
 /// A full CLIP model (`CLIPModel`).
 #[derive(Clone, Debug)]
@@ -27,23 +23,6 @@ pub struct ClipModel {
     visual_projection: Linear,
     text_projection: Linear,
     logit_scale: f32,
-}
-
-/// What [`ClipModel::forward`] returns (`CLIPOutput`).
-#[derive(Clone, Debug)]
-pub struct ClipOutput {
-    /// `exp(logit_scale) * image_embeds @ text_embeds.T`, `[images, texts]`.
-    pub logits_per_image: Tensor,
-    /// The transpose, `[texts, images]`.
-    pub logits_per_text: Tensor,
-    /// L2-normalized projected text features, `[texts, projection_dim]`.
-    pub text_embeds: Tensor,
-    /// L2-normalized projected image features, `[images, projection_dim]`.
-    pub image_embeds: Tensor,
-    /// The text tower's outputs.
-    pub text_output: TextOutput,
-    /// The vision tower's outputs (without hidden states).
-    pub vision_output: VisionOutput,
 }
 
 impl ClipModel {
