@@ -159,13 +159,13 @@ pub fn vision_param_names(cfg: &ClipVisionConfig) -> Vec<(String, Vec<usize>)> {
 
 fn check_config(cfg: &ClipVisionConfig) -> Result<()> {
     let bad = |message: String| Err(ClipError::input("VisionParams", message));
-    if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+    if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
         return bad(format!(
             "hidden_size {} is not a multiple of num_attention_heads {}",
             cfg.hidden_size, cfg.num_attention_heads
         ));
     }
-    if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
+    if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
         return bad(format!(
             "patch_size {} does not divide image_size {}",
             cfg.patch_size, cfg.image_size
@@ -654,7 +654,7 @@ impl ZeroShotHead {
         logit_scale_exp: f32,
     ) -> Result<Self> {
         const OP: &str = "ZeroShotHead::new";
-        if hidden == 0 || classes == 0 || projection.len() % hidden != 0 {
+        if hidden == 0 || classes == 0 || !projection.len().is_multiple_of(hidden) {
             return Err(ClipError::input(
                 OP,
                 format!(

@@ -564,7 +564,7 @@ impl Backend for Native {
         g: PatchGeometry,
     ) -> Result<()> {
         const OP: &str = "native patch_embed";
-        if g.patch == 0 || g.image % g.patch != 0 {
+        if g.patch == 0 || !g.image.is_multiple_of(g.patch) {
             return Err(input(OP, format!("{g:?}: patch does not divide the image")));
         }
         let (d, grid, p, s) = (w.dim, g.grid(), g.patch, g.image);

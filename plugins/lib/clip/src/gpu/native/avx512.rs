@@ -86,7 +86,7 @@ pub(crate) unsafe fn sgemm(
             let last = pc + kc == k;
             let post = if last { post } else { Post::None };
             let pack = |(jp, panel): (usize, &mut [f32])| {
-                let b = b;
+                let b = &b;
                 let j0 = jc + jp * NR;
                 pack_b(panel, b.0, (b_rs, b_cs), pc, kc, j0, NR.min(n - j0));
             };
@@ -314,7 +314,7 @@ pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
         8.333_452e-3,
         4.166_579_6e-2,
         1.666_666_5e-1,
-        5.000_000_1e-1,
+        0.5,
     ] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
