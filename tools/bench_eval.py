@@ -17,7 +17,8 @@ Builds, in --work:
               taskpool/bench.yaml (CLIPVisionModelTaskPool: the one task, batch size, workers).
 Then runs `method=dummy modelpool=bench taskpool=bench` with `--config-dir <work>/configs`, by
 `fusion_bench` (FusionBench 0.2.33, CPU) and by fusion-host (`--device cpu`), alternating, for
---rounds rounds, and prints wall times, accuracy and loss of each run as JSON lines and a table.
+--rounds rounds, and prints wall times, CPU seconds (user + system, with children), the load
+average, accuracy and loss of each run as JSON lines and a table with both speed ratios.
 Needs torch, transformers<5, datasets<4.1, fusion-bench==0.2.33 and pyarrow in this interpreter.
 """
 
