@@ -17,7 +17,8 @@ Builds, in --work:
               taskpool/bench.yaml (CLIPVisionModelTaskPool: the one task, batch size, workers).
 Then runs `method=dummy modelpool=bench taskpool=bench` with `--config-dir <work>/configs`, by
 `fusion_bench` (FusionBench 0.2.33, CPU) and by fusion-host (`--device cpu`), alternating, for
---rounds rounds, and prints wall times, accuracy and loss of each run as JSON lines and a table.
+--rounds rounds, and prints wall times, CPU seconds (user + system, with children), the load
+average, accuracy and loss of each run as JSON lines and a table with both speed ratios.
 Needs torch, transformers<5, datasets<4.1, fusion-bench==0.2.33 and pyarrow in this interpreter.
 """
 
@@ -27,6 +28,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -145,11 +147,20 @@ def find_report(obj):
     return None
 
 
-def run(cmd: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, int]:
+def run(cmd: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, int, float, list[float]]:
+    """Wall seconds, exit code, CPU seconds (user + system, the command and its children) and
+    the 1-minute load average before and after. On a shared machine the CPU seconds say what
+    the command cost when its wall time says mostly how busy the other processes were."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = [os.getloadavg()[0]]
     t = time.perf_counter()
     with open(log, "w") as f:
         rc = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    return time.perf_counter() - t, rc
+    secs = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load.append(os.getloadavg()[0])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return secs, rc, cpu, load
 
 
 def main() -> int:
@@ -179,34 +190,48 @@ def main() -> int:
             report = out / "report.json"
             cmd = ["fusion_bench", "--config-dir", str(cfg), *common,
                    f"report_save_path={report}", f"path.log_dir={out}", "fabric.accelerator=cpu"]
-            secs, rc = run(cmd, work, env, work / f"fb-{rnd}.log")
+            secs, rc, cpu, load = run(cmd, work, env, work / f"fb-{rnd}.log")
             rep = find_report(json.loads(report.read_text())) if report.is_file() else None
-            rec = {"tool": "FusionBench", "round": rnd, "seconds": secs, "rc": rc, "mnist": rep,
-                   "cmd": " ".join(cmd)}
+            rec = {"tool": "FusionBench", "round": rnd, "seconds": secs, "cpu_seconds": cpu,
+                   "load1": load, "rc": rc, "mnist": rep, "cmd": " ".join(cmd)}
             print(json.dumps(rec), flush=True)
             results.append(rec)
         if not args.skip_host:
             report = work / f"host-{rnd}.json"
             cmd = [args.host, "--device", "cpu", "--config-dir", str(cfg), *common,
                    "print_config=false", f"report_save_path={report}"]
-            secs, rc = run(cmd, REPO, env, work / f"host-{rnd}.log")
+            secs, rc, cpu, load = run(cmd, REPO, env, work / f"host-{rnd}.log")
             rep = find_report(json.loads(report.read_text())) if report.is_file() else None
-            rec = {"tool": "fusion-host", "round": rnd, "seconds": secs, "rc": rc, "mnist": rep,
-                   "cmd": " ".join(cmd)}
+            rec = {"tool": "fusion-host", "round": rnd, "seconds": secs, "cpu_seconds": cpu,
+                   "load1": load, "rc": rc, "mnist": rep, "cmd": " ".join(cmd)}
             print(json.dumps(rec), flush=True)
             results.append(rec)
     print()
-    print("| tool | wall s (each round) | mean s | accuracy | loss |")
-    print("|---|---:|---:|---:|---:|")
+    print("| tool | wall s (each round) | mean wall s | CPU s (each round) | mean CPU s | accuracy | loss |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    means = {}
     for tool in ["FusionBench", "fusion-host"]:
         rs = [r for r in results if r["tool"] == tool and r["rc"] == 0]
         if not rs:
             continue
         mean = sum(r["seconds"] for r in rs) / len(rs)
+        cpu = sum(r["cpu_seconds"] for r in rs) / len(rs)
+        means[tool] = (mean, cpu)
         m = rs[-1]["mnist"] or {}
         each = ", ".join(f"{r['seconds']:.1f}" for r in rs)
-        print(f"| {tool} | {each} | {mean:.1f} | "
-              f"{m.get('accuracy', float('nan')):.4f} | {m.get('loss', float('nan')):.6f} |")
+        each_cpu = ", ".join(f"{r['cpu_seconds']:.1f}" for r in rs)
+        print(f"| {tool} | {each} | {mean:.1f} | {each_cpu} | {cpu:.1f} | "
+              f"{m.get('accuracy', float('nan')):.4f} | {m.get('loss', float('nan')):.7f} |")
+    if len(means) == 2:
+        (fw, fc), (hw, hc) = means["FusionBench"], means["fusion-host"]
+        print()
+        print(f"fusion-host / FusionBench speed: {fw / hw:.2f}x by mean wall time, "
+              f"{fc / hc:.2f}x by mean CPU time")
+        for rnd in range(args.rounds):
+            pair = {r["tool"]: r for r in results if r["round"] == rnd and r["rc"] == 0}
+            if len(pair) == 2:
+                print(f"round {rnd}: {pair['FusionBench']['seconds'] / pair['fusion-host']['seconds']:.2f}x "
+                      f"wall, {pair['FusionBench']['cpu_seconds'] / pair['fusion-host']['cpu_seconds']:.2f}x CPU")
     return 0
 
 

@@ -400,37 +400,9 @@ impl TaskPool for ClipVisionModelTaskPool {
                 progress.advance(labels.len() as u64);
                 Ok(())
             };
-            if self.num_workers == 0 {
-                for b in 0..batches {
-                    let (pixels, labels) = loader.batch(b)?;
-                    run_batch(pixels, labels)?;
-                }
-            } else {
-                // The loader thread prepares batch b + 1 (and one more) while the model runs
-                // batch b; a bounded queue keeps memory at a few batches. On an error either
-                // side stops: the model side by returning (dropping the receiver), the loader
-                // by sending its error, which the model side reports.
-                std::thread::scope(|scope| -> Result<()> {
-                    let (tx, rx) = sync_channel(PREFETCH_BATCHES);
-                    let loader = &loader;
-                    scope.spawn(move || {
-                        for b in 0..batches {
-                            let batch = loader.batch(b);
-                            let failed = batch.is_err();
-                            if tx.send(batch).is_err() || failed {
-                                break;
-                            }
-                        }
-                    });
-                    for _ in 0..batches {
-                        let (pixels, labels) = rx.recv().map_err(|_| {
-                            Error::model(format!("task `{}`: the image loader stopped", task.name))
-                        })??;
-                        run_batch(pixels, labels)?;
-                    }
-                    Ok(())
-                })?;
-            }
+            loader.run(batches, self.num_workers > 0, |pixels, labels| {
+                run_batch(pixels, labels)
+            })?;
             let secs = started.elapsed().as_secs_f64();
             let accuracy = correct as f64 / seen.max(1) as f64;
             let mean_loss = loss / seen.max(1) as f64;
@@ -512,6 +484,48 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// Hands batches `0..batches`, in order, to `consume`. With `prefetch`, a loader thread
+    /// prepares batch b + 1 (and one more) while `consume` runs batch b; a bounded queue keeps
+    /// memory at a few batches. On an error either side stops: the consumer by returning
+    /// (dropping the receiver), the loader by sending its error, which is returned. Without
+    /// `prefetch` each batch is prepared on this thread, then consumed.
+    fn run(
+        &self,
+        batches: usize,
+        prefetch: bool,
+        mut consume: impl FnMut(Tensor, Vec<i64>) -> Result<()>,
+    ) -> Result<()> {
+        if !prefetch {
+            for b in 0..batches {
+                let (pixels, labels) = self.batch(b)?;
+                consume(pixels, labels)?;
+            }
+            return Ok(());
+        }
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = sync_channel(PREFETCH_BATCHES);
+            scope.spawn(move || {
+                for b in 0..batches {
+                    let batch = self.batch(b);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            for _ in 0..batches {
+                let (pixels, labels) = rx.recv().map_err(|_| {
+                    Error::model(format!(
+                        "task `{}`: the image loader stopped",
+                        self.task.name
+                    ))
+                })??;
+                consume(pixels, labels)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Pixels `[n, C, H, W]` and labels of batch `b`.
     fn batch(&self, b: usize) -> Result<(Tensor, Vec<i64>)> {
         let n = self.dataset.len();
@@ -571,7 +585,11 @@ impl Loader<'_> {
                     .processor
                     .preprocess_bytes(&sample.image)
                     .map_err(|e| {
-                        Error::model(format!("task `{}` image {i}: {e}", self.task.name))
+                        Error::model(format!(
+                            "task `{}`: the image of {} does not decode: {e}",
+                            self.task.name,
+                            self.dataset.locate(i),
+                        ))
                     })?;
                 Ok((x, sample.label))
             })
@@ -711,12 +729,13 @@ mod tests {
         fn describe(&self) -> String {
             "test images".into()
         }
+        fn locate(&self, index: usize) -> String {
+            format!("sample {index}, memory/{index}.png")
+        }
     }
 
-    /// Batches decoded on worker threads hold the same pixels and labels, in the same order,
-    /// as batches decoded on the evaluating thread; a bad image is an error naming it.
-    #[test]
-    fn loader_workers_keep_batches_identical_and_in_order() {
+    /// The six golden test images (labels 0..6), then `bad` undecodable ones.
+    fn images(bad: usize) -> (Images, ImageProcessor) {
         let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../lib/clip/tests/data/clip-tiny");
         let mut samples: Vec<Sample> = (0..6)
@@ -725,13 +744,18 @@ mod tests {
                 label: i,
             })
             .collect();
-        samples.push(Sample {
-            image: b"not an image".to_vec(),
-            label: 0,
-        });
-        let dataset = Images(samples);
+        for _ in 0..bad {
+            samples.push(Sample {
+                image: b"not an image".to_vec(),
+                label: 0,
+            });
+        }
         let processor = ImageProcessor::from_dir(data.join("model")).unwrap();
-        let task = Task {
+        (Images(samples), processor)
+    }
+
+    fn digits_task() -> Task {
+        Task {
             name: "digits".into(),
             dataset: DatasetSpec {
                 source: "memory".into(),
@@ -741,7 +765,15 @@ mod tests {
             },
             classnames: vec!["a".into()],
             templates: vec!["{}".into()],
-        };
+        }
+    }
+
+    /// Batches decoded on worker threads hold the same pixels and labels, in the same order,
+    /// as batches decoded on the evaluating thread; a bad image is an error naming it.
+    #[test]
+    fn loader_workers_keep_batches_identical_and_in_order() {
+        let (dataset, processor) = images(1);
+        let task = digits_task();
         let loader = |batch_size, workers| Loader {
             task: &task,
             dataset: &dataset,
@@ -760,9 +792,99 @@ mod tests {
         }
         // The last, short batch holds images 4, 5 and the bad one.
         let err = loader(4, 3).batch(1).unwrap_err().to_string();
-        assert!(err.contains("task `digits` image 6"), "{err}");
+        assert!(
+            err.contains("task `digits`") && err.contains("sample 6, memory/6.png"),
+            "{err}"
+        );
         let (_, labels) = loader(3, 2).batch(1).unwrap();
         assert_eq!(labels, [3, 4, 5]);
+    }
+
+    /// The whole pipeline (`Loader::run`), on the evaluating thread and with the prefetching
+    /// loader thread, with 0 to 5 decoding workers: every batch arrives once, in order, with
+    /// `batch_size` images (the last one short), and the same pixels in every configuration.
+    #[test]
+    fn pipeline_keeps_order_and_batch_size_with_and_without_workers() {
+        let (dataset, processor) = images(0);
+        let task = digits_task();
+        // (labels, pixels) of every image, concatenated over the batches.
+        let mut reference: Option<(Vec<i64>, Vec<f32>)> = None;
+        for (prefetch, workers) in [(false, 0), (false, 2), (true, 1), (true, 2), (true, 5)] {
+            for batch_size in [1, 4, 6, 32] {
+                let loader = Loader {
+                    task: &task,
+                    dataset: &dataset,
+                    processor: &processor,
+                    batch_size,
+                    workers,
+                };
+                let batches = dataset.len().div_ceil(batch_size);
+                let mut got = Vec::new();
+                loader
+                    .run(batches, prefetch, |pixels, labels| {
+                        got.push((pixels.shape().to_vec(), labels, pixels.data().to_vec()));
+                        Ok(())
+                    })
+                    .unwrap();
+                let sizes: Vec<usize> = got.iter().map(|(s, _, _)| s[0]).collect();
+                let want_sizes: Vec<usize> = (0..batches)
+                    .map(|b| batch_size.min(dataset.len() - b * batch_size))
+                    .collect();
+                let what = format!("prefetch {prefetch}, {workers} workers, batch {batch_size}");
+                assert_eq!(sizes, want_sizes, "{what}");
+                let labels: Vec<i64> = got.iter().flat_map(|(_, l, _)| l.clone()).collect();
+                assert_eq!(labels, [0, 1, 2, 3, 4, 5], "{what}");
+                // The same images whatever the batching: compare the concatenated pixels.
+                let flat = (
+                    labels,
+                    got.iter()
+                        .flat_map(|(_, _, p)| p.clone())
+                        .collect::<Vec<f32>>(),
+                );
+                match &reference {
+                    None => reference = Some(flat),
+                    Some(r) => assert!(r == &flat, "{what}: pixels differ"),
+                }
+            }
+        }
+    }
+
+    /// A corrupt image stops the pipeline with an error naming it, after the batches before
+    /// it were consumed; an error of the consumer stops the loader thread (no hang) and is
+    /// the one returned.
+    #[test]
+    fn pipeline_stops_at_a_corrupt_image_or_a_failing_consumer() {
+        let (dataset, processor) = images(3);
+        let task = digits_task();
+        for (prefetch, workers) in [(false, 0), (true, 2)] {
+            let loader = Loader {
+                task: &task,
+                dataset: &dataset,
+                processor: &processor,
+                batch_size: 3,
+                workers,
+            };
+            let mut consumed = 0;
+            let err = loader
+                .run(3, prefetch, |_, labels| {
+                    consumed += labels.len();
+                    Ok(())
+                })
+                .unwrap_err()
+                .to_string();
+            assert_eq!(consumed, 6, "prefetch {prefetch}");
+            assert!(
+                err.contains("task `digits`") && err.contains("memory/6.png"),
+                "{err}"
+            );
+            assert!(err.contains("not a PNG or JPEG"), "{err}");
+
+            let err = loader
+                .run(3, prefetch, |_, _| Err(Error::model("the model failed")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("the model failed"), "{err}");
+        }
     }
 
     #[test]

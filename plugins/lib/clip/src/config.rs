@@ -258,7 +258,7 @@ impl CheckpointConfig {
         };
         let v = self.vision_config();
         check_heads("vision_config", v.hidden_size, v.num_attention_heads).map_err(err)?;
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(err(format!(
                 "vision_config.patch_size {} does not divide image_size {}",
                 v.patch_size, v.image_size
@@ -276,7 +276,7 @@ impl CheckpointConfig {
 }
 
 fn check_heads(which: &str, hidden_size: usize, heads: usize) -> std::result::Result<(), String> {
-    if heads == 0 || hidden_size % heads != 0 {
+    if heads == 0 || !hidden_size.is_multiple_of(heads) {
         return Err(format!(
             "{which}.num_attention_heads {heads} does not divide hidden_size {hidden_size}"
         ));

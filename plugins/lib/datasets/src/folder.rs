@@ -89,6 +89,13 @@ impl ImageDataset for ImageFolderDataset {
         )
     }
 
+    fn locate(&self, index: usize) -> String {
+        match self.items.get(index) {
+            Some((path, _)) => format!("sample {index}, {}", path.display()),
+            None => format!("sample {index}"),
+        }
+    }
+
     fn classes(&self) -> Option<Vec<String>> {
         Some(self.classes.clone())
     }

@@ -229,6 +229,16 @@ impl ImageDataset for IdxDataset {
         })
     }
 
+    fn locate(&self, index: usize) -> String {
+        if index >= self.labels.len() {
+            return format!("sample {index}");
+        }
+        format!(
+            "sample {index}, image {index} of {}",
+            self.images_path.display()
+        )
+    }
+
     fn describe(&self) -> String {
         format!(
             "IDX dataset {}: {} grayscale {}x{} images from {} and {}",

@@ -74,6 +74,13 @@ pub trait ImageDataset: Send + Sync {
     /// A one-line description: the kind of source, the split, the size, where it was read from.
     fn describe(&self) -> String;
 
+    /// Where sample `index` is stored, for messages about that one sample (an image that
+    /// does not decode): the image file of a folder dataset, the row and file of a parquet
+    /// dataset, the image and file of IDX files.
+    fn locate(&self, index: usize) -> String {
+        format!("sample {index}")
+    }
+
     /// The class names, index = label, when the source records them (image folders; parquet
     /// files written by `datasets` with a `ClassLabel` feature).
     fn classes(&self) -> Option<Vec<String>> {

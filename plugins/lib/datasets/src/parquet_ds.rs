@@ -362,6 +362,18 @@ impl ImageDataset for ParquetDataset {
         })
     }
 
+    fn locate(&self, index: usize) -> String {
+        if index >= self.labels.len() {
+            return format!("sample {index}");
+        }
+        let g = self.groups[self.group_of(index)];
+        format!(
+            "sample {index}, row {} of {}",
+            g.file_row + index - g.start,
+            self.files[g.file].path.display()
+        )
+    }
+
     fn describe(&self) -> String {
         let classes = self
             .classes

@@ -85,3 +85,15 @@ fn index_out_of_range_and_empty_folders() {
         "{err}"
     );
 }
+
+/// `locate` names the image file of a sample.
+#[test]
+fn locate_names_the_image_file() {
+    let ds = open(&DatasetSpec::new(data("image_folder").to_string_lossy())).unwrap();
+    let got = ds.locate(5);
+    assert!(
+        got.starts_with("sample 5, ") && got.ends_with("dog/01.jpg"),
+        "{got}"
+    );
+    assert_eq!(ds.locate(6), "sample 6");
+}

@@ -124,3 +124,14 @@ fn real_fashion_mnist() {
     }
     assert_eq!(idx.image_size(), (28, 28));
 }
+
+/// `locate` names the image's index in the images file.
+#[test]
+fn locate_names_the_images_file() {
+    let ds = open(&DatasetSpec::new(data("idx").to_string_lossy())).unwrap();
+    let got = ds.locate(3);
+    assert!(
+        got.starts_with("sample 3, image 3 of ") && got.contains("t10k-images-idx3-ubyte"),
+        "{got}"
+    );
+}

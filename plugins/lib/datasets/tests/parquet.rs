@@ -308,3 +308,21 @@ fn damaged_bytes_give_errors_not_panics() {
         }
     }
 }
+
+/// `locate` names the shard and the row within it, across shard boundaries.
+#[test]
+fn locate_names_the_shard_and_row_of_a_sample() {
+    let ds = open(&spec("hf_parquet", "train")).unwrap();
+    let first = ds.locate(0);
+    assert!(
+        first.starts_with("sample 0, row 0 of ") && first.ends_with("train-00000-of-00002.parquet"),
+        "{first}"
+    );
+    // Shard 0 holds 4 rows, so sample 5 is row 1 of shard 1.
+    let later = ds.locate(5);
+    assert!(
+        later.starts_with("sample 5, row 1 of ") && later.ends_with("train-00001-of-00002.parquet"),
+        "{later}"
+    );
+    assert_eq!(ds.locate(7), "sample 7");
+}

@@ -71,7 +71,7 @@ impl PatchEmbed {
     }
 
     fn check(&self, op: &'static str, weight: &[f32]) -> Result<()> {
-        if self.patch == 0 || self.image % self.patch != 0 {
+        if self.patch == 0 || !self.image.is_multiple_of(self.patch) {
             return Err(ClipError::input(
                 op,
                 format!(

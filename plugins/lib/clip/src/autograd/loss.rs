@@ -83,7 +83,7 @@ pub struct LossGrad {
 }
 
 fn rows_of(op: &'static str, logits: &[f32], classes: usize) -> Result<usize> {
-    if classes == 0 || logits.len() % classes != 0 || logits.is_empty() {
+    if classes == 0 || !logits.len().is_multiple_of(classes) || logits.is_empty() {
         return Err(ClipError::input(
             op,
             format!(

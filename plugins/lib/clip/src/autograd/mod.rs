@@ -80,7 +80,7 @@ pub fn sum_rows(x: &[f32], cols: usize) -> Result<Vec<f32>> {
     if cols == 0 {
         return Ok(Vec::new());
     }
-    if x.len() % cols != 0 {
+    if !x.len().is_multiple_of(cols) {
         return Err(ClipError::input(
             "sum_rows",
             format!("{} values do not form rows of {cols}", x.len()),

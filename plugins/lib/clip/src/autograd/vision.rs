@@ -444,7 +444,7 @@ impl ZeroShotHead {
         logit_scale_exp: f32,
     ) -> Result<Self> {
         const OP: &str = "ZeroShotHead::new";
-        if hidden == 0 || classes == 0 || projection.len() % hidden != 0 {
+        if hidden == 0 || classes == 0 || !projection.len().is_multiple_of(hidden) {
             return Err(ClipError::input(
                 OP,
                 format!(

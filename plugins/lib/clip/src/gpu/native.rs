@@ -6,8 +6,18 @@
 //! Why `gemm` rather than `matrixmultiply`: on the 2-core AVX-512 test machine both reach about
 //! PyTorch's CPU GEMM on the encoder's large products (60-75 GFLOP/s at 1600 x 768 x 3072), but
 //! `gemm` is about twice as fast on the 50-row products of a batch of one image and the
-//! attention-sized ones, has AVX-512 kernels, and takes its threads from rayon per call, which
-//! lets attention run single-threaded GEMMs inside a parallel loop (BENCHMARKS.md).
+//! attention-sized ones, and takes its threads from rayon per call, which lets attention run
+//! single-threaded GEMMs inside a parallel loop (BENCHMARKS.md).
+//!
+//! On x86-64 CPUs with AVX-512 the large products (the encoder's linears and the patch
+//! embedding: at least [`AVX512_MIN_ROWS`] rows, a batch of 3 images or more) run on this
+//! module's own kernel instead (`avx512`): `gemm` builds its 16-lane kernels only with a
+//! nightly compiler, and its 8-lane ones reach about half of what PyTorch's CPU GEMM
+//! (oneDNN/MKL) does on these cores. That kernel also applies `quick_gelu` to each tile as it
+//! leaves the registers. `FUSION_CLIP_NATIVE_GEMM=gemm` keeps every product on `gemm`.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 use rayon::prelude::*;
 
@@ -57,6 +67,64 @@ fn check_rows(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_strided(
     c: &mut [f32],
+    c_strides: (usize, usize),
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    mnk: (usize, usize, usize),
+    alpha: f32,
+    accumulate: bool,
+    parallel: bool,
+) -> Result<()> {
+    gemm_post(
+        c,
+        c_strides,
+        a,
+        a_strides,
+        b,
+        b_strides,
+        mnk,
+        alpha,
+        accumulate,
+        parallel,
+        Post::None,
+    )
+}
+
+/// What a product does to each element of C once its sum is complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Post {
+    None,
+    /// `quick_gelu`: fused into the AVX-512 kernel's write-back, a pass over C otherwise.
+    QuickGelu,
+}
+
+/// Fewest rows of A for which a product takes the AVX-512 kernel: below this, packing the
+/// whole of B per call costs more than `gemm`'s kernels lose (a batch of one image's 50 rows,
+/// one attention head).
+const AVX512_MIN_ROWS: usize = 128;
+
+/// Whether a `m x n x k` product writing C with column stride `c_cs` runs on the AVX-512
+/// kernel (`FUSION_CLIP_NATIVE_GEMM=gemm` keeps every product on the `gemm` crate).
+#[cfg(target_arch = "x86_64")]
+fn avx512_takes(m: usize, n: usize, k: usize, c_cs: usize) -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    m >= AVX512_MIN_ROWS
+        && n >= 16
+        && k > 0
+        && c_cs == 1
+        && *ON.get_or_init(|| {
+            avx512::available()
+                && std::env::var("FUSION_CLIP_NATIVE_GEMM").map_or(true, |v| v != "gemm")
+        })
+}
+
+/// [`gemm_strided`], then `post` on every element of C.
+#[allow(clippy::too_many_arguments)]
+fn gemm_post(
+    c: &mut [f32],
     (c_rs, c_cs): (usize, usize),
     a: &[f32],
     (a_rs, a_cs): (usize, usize),
@@ -66,17 +134,32 @@ pub(crate) fn gemm_strided(
     alpha: f32,
     accumulate: bool,
     parallel: bool,
+    post: Post,
 ) -> Result<()> {
     const OP: &str = "native gemm";
     if m == 0 || n == 0 {
         return Ok(());
     }
     let last = |rs: usize, cs: usize, r: usize, cols: usize| (r - 1) * rs + (cols - 1) * cs + 1;
+    let need_c = last(c_rs, c_cs, m, n);
+    if c.len() < need_c {
+        return Err(input(
+            OP,
+            format!(
+                "C holds {} values, a {m} x {n} x {k} product touches {need_c}",
+                c.len()
+            ),
+        ));
+    }
     if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    c[i * c_rs + j * c_cs] = 0.0;
+        for i in 0..m {
+            for j in 0..n {
+                let v = &mut c[i * c_rs + j * c_cs];
+                if !accumulate {
+                    *v = 0.0;
+                }
+                if post == Post::QuickGelu {
+                    *v = Activation::QuickGelu.apply(*v);
                 }
             }
         }
@@ -85,7 +168,6 @@ pub(crate) fn gemm_strided(
     for (what, len, need) in [
         ("A", a.len(), last(a_rs, a_cs, m, k)),
         ("B", b.len(), last(b_rs, b_cs, k, n)),
-        ("C", c.len(), last(c_rs, c_cs, m, n)),
     ] {
         if len < need {
             return Err(input(
@@ -93,6 +175,32 @@ pub(crate) fn gemm_strided(
                 format!("{what} holds {len} values, a {m} x {n} x {k} product touches {need}"),
             ));
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx512_takes(m, n, k, c_cs) {
+        let post = match post {
+            Post::None => avx512::Post::None,
+            Post::QuickGelu => avx512::Post::QuickGelu,
+        };
+        // SAFETY: the CPU has AVX-512F (avx512_takes), every element the strides reach lies
+        // inside the slices (checked above), and `c` is borrowed mutably, so it aliases
+        // neither input.
+        unsafe {
+            avx512::sgemm(
+                (m, n, k),
+                a.as_ptr(),
+                (a_rs, a_cs),
+                b.as_ptr(),
+                (b_rs, b_cs),
+                c.as_mut_ptr(),
+                c_rs,
+                alpha,
+                accumulate,
+                post,
+                parallel,
+            );
+        }
+        return Ok(());
     }
     let par = if parallel {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
@@ -124,7 +232,33 @@ pub(crate) fn gemm_strided(
             par,
         );
     }
+    if post == Post::QuickGelu {
+        if (c_rs, c_cs) == (n, 1) {
+            apply_activation(&mut c[..m * n], Activation::QuickGelu);
+        } else {
+            for i in 0..m {
+                for j in 0..n {
+                    let v = &mut c[i * c_rs + j * c_cs];
+                    *v = Activation::QuickGelu.apply(*v);
+                }
+            }
+        }
+    }
     Ok(())
+}
+
+/// `sum f(x)` over `x` in f64, in 8 independent partial sums.
+#[inline]
+fn lanes_sum(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(f64::from(v));
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(f64::from(v))).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 /// Rows per rayon task for row-wise elementwise work: big enough to amortize the task.
@@ -221,14 +355,11 @@ impl Backend for Native {
         let (w, b, eps) = (&n.weight[..cols], &n.bias[..cols], n.eps);
         let row = |r: usize, out: &mut [f32]| {
             let xr = &x[in_offset + r * in_stride..][..cols];
-            // Mean and variance in f64, as the reference: rows are short and this is cheap.
+            // Mean and variance in f64, as the reference, summed in 8 lanes so the sums
+            // vectorize (a single f64 chain waits on every add).
             let len = cols as f64;
-            let mean = xr.iter().map(|&v| f64::from(v)).sum::<f64>() / len;
-            let var = xr
-                .iter()
-                .map(|&v| (f64::from(v) - mean).powi(2))
-                .sum::<f64>()
-                / len;
+            let mean = lanes_sum(xr, |v| v) / len;
+            let var = lanes_sum(xr, |v| (v - mean) * (v - mean)) / len;
             let inv = 1.0 / (var + eps).sqrt();
             for (((o, &v), wi), bi) in out[..cols].iter_mut().zip(xr).zip(w).zip(b) {
                 *o = ((f64::from(v) - mean) * inv) as f32 * wi + bi;
@@ -297,8 +428,12 @@ impl Backend for Native {
             }
             (_, None) => false,
         };
+        let post = match epilogue {
+            Epilogue::Activation(Activation::QuickGelu) => Post::QuickGelu,
+            _ => Post::None,
+        };
         // W is [n, k] row-major, so B = W^T has row stride 1 and column stride k.
-        gemm_strided(
+        gemm_post(
             out,
             (n, 1),
             &x[..rows * k],
@@ -309,8 +444,9 @@ impl Backend for Native {
             1.0,
             accumulate,
             true,
+            post,
         )?;
-        if let Epilogue::Activation(act) = epilogue {
+        if let Epilogue::Activation(act @ Activation::Gelu) = epilogue {
             apply_activation(out, act);
         }
         Ok(())
@@ -428,7 +564,7 @@ impl Backend for Native {
         g: PatchGeometry,
     ) -> Result<()> {
         const OP: &str = "native patch_embed";
-        if g.patch == 0 || g.image % g.patch != 0 {
+        if g.patch == 0 || !g.image.is_multiple_of(g.patch) {
             return Err(input(OP, format!("{g:?}: patch does not divide the image")));
         }
         let (d, grid, p, s) = (w.dim, g.grid(), g.patch, g.image);
@@ -470,27 +606,29 @@ impl Backend for Native {
                     }
                 }
             });
-        // The product goes straight into rows 1.. of each image's block.
-        for b in 0..g.batch {
-            let dst = &mut out[(b * seq + 1) * d..(b + 1) * seq * d];
-            gemm_strided(
-                dst,
-                (d, 1),
-                &patches[b * grid2 * plen..(b + 1) * grid2 * plen],
-                (plen, 1),
-                &w.weight[..d * plen],
-                (1, plen),
-                (grid2, d, plen),
-                1.0,
-                false,
-                true,
-            )?;
-        }
+        // One product over every patch of the batch (rows enough for the AVX-512 kernel),
+        // then each image's rows move to rows 1.. of its block, after the class token.
+        let mut products = vec![0.0f32; g.batch * grid2 * d];
+        gemm_strided(
+            &mut products,
+            (d, 1),
+            &patches,
+            (plen, 1),
+            &w.weight[..d * plen],
+            (1, plen),
+            (g.batch * grid2, d, plen),
+            1.0,
+            false,
+            true,
+        )?;
+        drop(patches);
         let (class, pos) = (&w.class[..d], &w.position[..seq * d]);
         out[..g.batch * seq * d]
             .par_chunks_mut(seq * d)
-            .for_each(|img| {
+            .zip(products.par_chunks(grid2 * d))
+            .for_each(|(img, prod)| {
                 img[..d].copy_from_slice(class);
+                img[d..].copy_from_slice(prod);
                 img.iter_mut().zip(pos).for_each(|(o, p)| *o += p);
             });
         Ok(())
@@ -562,8 +700,16 @@ impl Backend for Native {
     }
 }
 
-/// `act` over every value, in parallel.
+/// `act` over every value, in parallel (`quick_gelu` 16 lanes at a time where the CPU has
+/// AVX-512, as the kernel's fused epilogue computes it).
 fn apply_activation(x: &mut [f32], act: Activation) {
+    #[cfg(target_arch = "x86_64")]
+    if act == Activation::QuickGelu && avx512::available() {
+        // SAFETY: the CPU has AVX-512F.
+        x.par_chunks_mut(16384)
+            .for_each(|c| unsafe { avx512::quick_gelu_slice(c) });
+        return;
+    }
     x.par_chunks_mut(16384)
         .for_each(|c| c.iter_mut().for_each(|v| *v = act.apply(*v)));
 }
@@ -672,6 +818,108 @@ mod tests {
                 let summed: Vec<f32> = want.iter().zip(&residual).map(|(a, b)| a + b).collect();
                 assert_close(&format!("linear + residual {what}"), &out, &summed, tol);
             }
+        }
+    }
+
+    /// `gemm_post` against f64 loops on shapes that cross the AVX-512 kernel's register tile
+    /// (6 x 64), depth block (256) and column block (1024) edges, with strided and transposed
+    /// operands, `alpha`, accumulation and the fused `quick_gelu`; rows below 128 take the
+    /// `gemm` crate, the same checks apply.
+    #[test]
+    fn products_match_plain_loops_across_kernel_block_edges() {
+        let shapes = [
+            (128, 1, 16),
+            (131, 513, 1030),
+            (200, 256, 64),
+            (133, 257, 65),
+            (185, 300, 130),
+            (40, 70, 90),
+        ];
+        for (seed, &(m, k, n)) in shapes.iter().enumerate() {
+            let seed = 100 + seed as u32 * 10;
+            // A with a padded row stride; B either a plain [k, n] or a weight [n, k] read
+            // transposed.
+            let a_rs = k + 3;
+            let a = values(m * a_rs, seed);
+            let w = values(n * k, seed + 1);
+            for transposed in [false, true] {
+                let b_strides = if transposed { (1, k) } else { (n, 1) };
+                for (alpha, accumulate, post) in [
+                    (1.0, false, Post::None),
+                    (0.5, true, Post::None),
+                    (1.0, false, Post::QuickGelu),
+                    (1.0, true, Post::QuickGelu),
+                ] {
+                    let start = values(m * n, seed + 2);
+                    let mut c = if accumulate {
+                        start.clone()
+                    } else {
+                        vec![f32::NAN; m * n]
+                    };
+                    gemm_post(
+                        &mut c,
+                        (n, 1),
+                        &a,
+                        (a_rs, 1),
+                        &w,
+                        b_strides,
+                        (m, n, k),
+                        alpha,
+                        accumulate,
+                        true,
+                        post,
+                    )
+                    .unwrap();
+                    let mut want = vec![0.0f32; m * n];
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut acc = 0.0f64;
+                            for p in 0..k {
+                                let b = w[p * b_strides.0 + j * b_strides.1];
+                                acc += f64::from(a[i * a_rs + p]) * f64::from(b);
+                            }
+                            let mut v = (acc * f64::from(alpha)) as f32;
+                            if accumulate {
+                                v += start[i * n + j];
+                            }
+                            if post == Post::QuickGelu {
+                                v = Activation::QuickGelu.apply(v);
+                            }
+                            want[i * n + j] = v;
+                        }
+                    }
+                    let what = format!(
+                        "{m}x{k}x{n}, transposed {transposed}, alpha {alpha}, accumulate {accumulate}, {post:?}"
+                    );
+                    assert_close(&what, &c, &want, 1e-5 * (k as f32).sqrt());
+                }
+            }
+        }
+    }
+
+    /// The 16-lane `quick_gelu` (AVX-512 epilogue) against the scalar definition, from deep in
+    /// the negative tail (where `e^(-1.702 x)` overflows) to large positive values.
+    #[test]
+    fn vector_quick_gelu_matches_the_scalar_definition() {
+        let mut x: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.06).collect();
+        x.extend([
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            88.0,
+            -88.0,
+            1e4,
+            -1e4,
+            f32::MAX,
+            f32::MIN,
+        ]);
+        let want: Vec<f32> = x.iter().map(|&v| Activation::QuickGelu.apply(v)).collect();
+        let mut got = x.clone();
+        apply_activation(&mut got, Activation::QuickGelu);
+        for ((g, w), v) in got.iter().zip(&want).zip(&x) {
+            let err = (g - w).abs() / w.abs().max(1e-3);
+            assert!(err <= 2e-6, "quick_gelu({v}) = {g}, want {w}");
         }
     }
 
