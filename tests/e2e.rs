@@ -4085,3 +4085,58 @@ fn a_list_of_models_and_metadata_are_reported_as_fusionbench_does() {
     );
     assert!(!work.path().join("clash").exists());
 }
+
+/// `-v`/`-q` mean the same in the host and its external commands (one filter, `fusion-log`):
+/// the host's own log gains DEBUG lines with `-vv` and loses INFO lines with `-q`, and a command
+/// run as `fusion-host NAME` gets the matching FUSION_LOG level, none without the flags.
+#[test]
+fn verbosity_flags_set_the_log_level_of_the_host_and_its_commands() {
+    let cfg = configs(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let cp = cfg.path().to_str().unwrap();
+    let flow = |flag: &str| {
+        let mut args = vec![flag, "--config-path", cp, "--config-name"];
+        args.extend(["fabric_model_fusion", "modelpool=tiny", "method=dummy"]);
+        args.push("taskpool=dummy");
+        args.retain(|a| !a.is_empty());
+        let run = run_host(work.path(), &args);
+        assert_eq!(run.code, 0, "{flag}: {}", run.stderr);
+        run.stderr
+    };
+    let (plain, loud, quiet) = (flow(""), flow("-vv"), flow("-q"));
+    assert!(
+        plain.contains("INFO") && !plain.contains("DEBUG"),
+        "{plain}"
+    );
+    assert!(loud.contains("INFO") && loud.contains("DEBUG"), "{loud}");
+    assert!(
+        !quiet.contains("INFO") && !quiet.contains("DEBUG"),
+        "{quiet}"
+    );
+
+    let bin = work.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let script = bin.join("fusion-host-level");
+    std::fs::write(&script, "#!/bin/sh\necho \"level: $FUSION_LOG\"\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (flags, want) in [
+        (&[][..], "level:"),
+        (&["-v"][..], "level: debug"),
+        (&["-vv"][..], "level: trace"),
+        (&["-q"][..], "level: warn"),
+    ] {
+        let mut args = flags.to_vec();
+        args.push("level");
+        let run = run_host_env(work.path(), &args, &[("PATH", &path)]);
+        assert_eq!(run.code, 0, "{flags:?}: {}", run.stderr);
+        assert_eq!(run.stdout.trim(), want, "{flags:?}");
+    }
+}

@@ -171,17 +171,10 @@ fn environment(
         env.push(("HF_HUB_OFFLINE", "1".into()));
     }
     if std::env::var_os("FUSION_LOG").is_none() {
-        let level = if matches.get_flag("quiet") {
-            Some("warn")
-        } else {
-            match matches.get_count("verbose") {
-                0 => None,
-                1 => Some("debug"),
-                _ => Some("trace"),
-            }
-        };
-        if let Some(level) = level {
-            env.push(("FUSION_LOG", level.into()));
+        // Only what -v/-q change: without them the command keeps its own default.
+        let (quiet, verbosity) = (matches.get_flag("quiet"), matches.get_count("verbose"));
+        if quiet || verbosity > 0 {
+            env.push(("FUSION_LOG", fusion_log::level(verbosity, quiet).into()));
         }
     }
     if let Ok(exe) = std::env::current_exe() {

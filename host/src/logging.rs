@@ -10,7 +10,6 @@ use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 
 use crate::progress;
 
@@ -29,17 +28,7 @@ fn file_state() -> &'static Arc<Mutex<FileState>> {
 /// Start logging. `FUSION_LOG` (or `RUST_LOG`) sets the filter, e.g. `debug` or
 /// `fusion_host=debug,plugin=trace`; `verbosity` raises the default level (`-v`, `-vv`).
 pub fn init(verbosity: u8, quiet: bool) {
-    let default = match (quiet, verbosity) {
-        (true, _) => "warn",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        _ => "trace",
-    };
-    let filter = std::env::var("FUSION_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
+    let filter = fusion_log::filter(verbosity, quiet);
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(StderrWriter)
         .with_target(false)

@@ -1,3 +1,4 @@
+// requires: fusion_plugin_api::HALF_WGSL
 // Shared helpers: element codecs for packed f16/bf16 storage, pair indexing, and the flat
 // invocation index of a 1-D job spread over x/y/z. fusion-kernels prepends this file to every
 // kernel whose first line is `// requires: common.wgsl`.
@@ -6,9 +7,9 @@
 // word each; f16 and bf16 are packed two per word, element 2i in the low half. Each invocation
 // handles one *pair* of elements (2t, 2t+1), so a 16-bit output word has exactly one writer.
 //
-// The f16/bf16 conversions are done with integer operations, not unpack2x16float /
-// pack2x16float, because WGSL lets those round either way; these round to nearest even,
-// bit-identical to the `half` crate on every vendor.
+// The f16/bf16 conversions are plugin-api's HALF_WGSL (`unpack_f16x2`, `pack_f16x2`, ...: integer
+// operations that round to nearest even, bit-identical to the `half` crate on every vendor),
+// which fusion-kernels puts in front of this file.
 
 const DT_F32: u32 = 0u;
 const DT_F16: u32 = 1u;
@@ -21,65 +22,6 @@ override WG: u32 = 256u;
 // (fusion_kernels::loop_rows): many on software adapters, where an invocation's closing atomic
 // adds cost more than the loads of one quad, one on GPUs.
 override ROWS: u32 = 1u;
-
-fn f16_to_f32(h: u32) -> f32 {
-    let s = (h & 0x8000u) << 16u;
-    let e = (h >> 10u) & 0x1fu;
-    let m = h & 0x3ffu;
-    if (e == 0u) {
-        // Zero or subnormal: m * 2^-24, a normal (exact) f32.
-        let v = f32(m) * 5.9604644775390625e-8;
-        return select(v, -v, s != 0u);
-    }
-    if (e == 31u) {
-        return bitcast<f32>(s | 0x7f800000u | (m << 13u));
-    }
-    return bitcast<f32>(s | ((e + 112u) << 23u) | (m << 13u));
-}
-
-fn f32_to_f16(x: f32) -> u32 {
-    let b = bitcast<u32>(x);
-    let s = (b >> 16u) & 0x8000u;
-    let a = b & 0x7fffffffu;
-    if (a >= 0x7f800000u) {
-        // Inf stays inf; NaN stays a (quiet) NaN.
-        return s | 0x7c00u | select(0u, 0x200u | ((a >> 13u) & 0x3ffu), a > 0x7f800000u);
-    }
-    if (a >= 0x477ff000u) {
-        // >= 65520 rounds past the largest f16.
-        return s | 0x7c00u;
-    }
-    if (a >= 0x38800000u) {
-        // Normal f16: rebias the exponent, round to nearest even at bit 13.
-        let r = a + 0x0fffu + ((a >> 13u) & 1u);
-        return s | ((r - 0x38000000u) >> 13u);
-    }
-    if (a < 0x33000000u) {
-        // Below half the smallest subnormal (2^-25 itself ties to even, i.e. to zero).
-        return s;
-    }
-    // Subnormal f16: count units of 2^-24, rounding to nearest even.
-    let e = a >> 23u;
-    let m = (a & 0x7fffffu) | 0x800000u;
-    let shift = 126u - e;
-    let q = m >> shift;
-    let rem = m & ((1u << shift) - 1u);
-    let half = 1u << (shift - 1u);
-    let up = select(0u, 1u, rem > half || (rem == half && (q & 1u) == 1u));
-    return s | (q + up);
-}
-
-fn bf16_to_f32(h: u32) -> f32 {
-    return bitcast<f32>(h << 16u);
-}
-
-fn f32_to_bf16(x: f32) -> u32 {
-    let b = bitcast<u32>(x);
-    if ((b & 0x7fffffffu) > 0x7f800000u) {
-        return ((b >> 16u) | 0x40u) & 0xffffu;
-    }
-    return ((b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u) & 0xffffu;
-}
 
 // Number of element pairs (invocations) for n elements.
 fn pair_count(n: u32) -> u32 {
@@ -102,17 +44,17 @@ fn decode_pair(lo: u32, hi: u32, dt: u32) -> vec2<f32> {
         return vec2<f32>(bitcast<f32>(lo), bitcast<f32>(hi));
     }
     if (dt == DT_F16) {
-        return vec2<f32>(f16_to_f32(lo & 0xffffu), f16_to_f32(lo >> 16u));
+        return unpack_f16x2(lo);
     }
-    return vec2<f32>(bf16_to_f32(lo & 0xffffu), bf16_to_f32(lo >> 16u));
+    return unpack_bf16x2(lo);
 }
 
 // A pair packed into one word of a 16-bit dtype.
 fn encode_pair16(v: vec2<f32>, dt: u32) -> u32 {
     if (dt == DT_F16) {
-        return f32_to_f16(v.x) | (f32_to_f16(v.y) << 16u);
+        return pack_f16x2(v);
     }
-    return f32_to_bf16(v.x) | (f32_to_bf16(v.y) << 16u);
+    return pack_bf16x2(v);
 }
 
 // The flat invocation index of a 1-D job spread over x, y and z (see dispatch_1d); invocations

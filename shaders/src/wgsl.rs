@@ -2,17 +2,67 @@
 //!
 //! WGSL has no `#include`; each kernel file whose first line is `// requires: <file>` is
 //! compiled after that file (itself composed the same way): `// requires: common.wgsl` puts
-//! `common.wgsl` in front. The constants here are those complete
-//! sources, ready for [`fusion_plugin_api::KernelCall::source`].
+//! `common.wgsl` in front, and `common.wgsl` itself requires plugin-api's
+//! [`HALF_WGSL`](fusion_plugin_api::kernel::HALF_WGSL), the one copy of the f16/bf16 codecs.
+//! The constants here are those complete sources, ready for
+//! [`fusion_plugin_api::KernelCall::source`].
+
+/// The total length of `parts`, for `join!`.
+const fn joined_len(parts: &[&str]) -> usize {
+    let mut len = 0;
+    let mut i = 0;
+    while i < parts.len() {
+        len += parts[i].len();
+        i += 1;
+    }
+    len
+}
+
+/// The bytes of `parts` one after another (`N` must be their [`joined_len`]), for `join!`.
+const fn join_bytes<const N: usize>(parts: &[&str]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut at = 0;
+    let mut i = 0;
+    while i < parts.len() {
+        let bytes = parts[i].as_bytes();
+        let mut j = 0;
+        while j < bytes.len() {
+            out[at] = bytes[j];
+            at += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    assert!(at == N, "join_bytes: N is not the joined length");
+    out
+}
+
+/// `&'static str` constants joined at compile time. `concat!` takes only literals, and the
+/// codecs in front of `common.wgsl` are another crate's constant, not a file here.
+macro_rules! join {
+    ($($part:expr),+ $(,)?) => {{
+        const PARTS: &[&str] = &[$($part),+];
+        const BYTES: [u8; joined_len(PARTS)] = join_bytes(PARTS);
+        match std::str::from_utf8(&BYTES) {
+            Ok(s) => s,
+            Err(_) => panic!("joined WGSL sources are not UTF-8"),
+        }
+    }};
+}
 
 macro_rules! with_common {
     ($file:literal) => {
-        concat!(include_str!("common.wgsl"), "\n", include_str!($file))
+        join!(COMMON, "\n", include_str!($file))
     };
 }
 
-/// Shared codecs and indexing (no entry points); a prefix of every other source here.
-pub const COMMON: &str = include_str!("common.wgsl");
+/// Shared codecs and indexing (no entry points): plugin-api's f16/bf16 codecs, then
+/// `common.wgsl`; a prefix of every other source here.
+pub const COMMON: &str = join!(
+    fusion_plugin_api::kernel::HALF_WGSL,
+    "\n",
+    include_str!("common.wgsl")
+);
 /// `convert`: dtype conversion.
 pub const CONVERT: &str = with_common!("convert.wgsl");
 /// The template of `weighted_sum` and `weighted_sum_q`, `out = [out +] Σ w_k x_k`, as written
@@ -34,20 +84,10 @@ pub const TIES_MERGE: &str = with_common!("ties_merge.wgsl");
 /// `ties_merge_delta_n`, `ties_merge_delta_q`, `ties_elect_merge_delta_q`: trim, elect and
 /// disjoint merge of one key in one launch (`ties_fused.wgsl` after [`TIES_MERGE`], whose
 /// helpers it uses).
-pub const TIES_FUSED: &str = concat!(
-    with_common!("ties_merge.wgsl"),
-    "\n",
-    include_str!("ties_fused.wgsl")
-);
+pub const TIES_FUSED: &str = join!(TIES_MERGE, "\n", include_str!("ties_fused.wgsl"));
 /// `ties_bracket_merge_delta_q`: the fused merge while the thresholds are bracketed
 /// (`ties_bracket.wgsl` after [`TIES_FUSED`]).
-pub const TIES_BRACKET: &str = concat!(
-    with_common!("ties_merge.wgsl"),
-    "\n",
-    include_str!("ties_fused.wgsl"),
-    "\n",
-    include_str!("ties_bracket.wgsl")
-);
+pub const TIES_BRACKET: &str = join!(TIES_FUSED, "\n", include_str!("ties_bracket.wgsl"));
 /// `dare`, `dare_delta`: random drop and rescale.
 pub const DARE: &str = with_common!("dare.wgsl");
 /// `magnitude_band`: keep entries whose magnitude lies in a band (breadcrumbs).

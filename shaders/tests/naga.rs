@@ -3,8 +3,12 @@
 use std::path::Path;
 
 /// The source a file compiles as: with the file its first line asks for in front (composed the
-/// same way, so `ties_fused.wgsl` is `common.wgsl`, `ties_merge.wgsl`, then itself).
+/// same way, so `ties_fused.wgsl` is plugin-api's f16/bf16 codecs, `common.wgsl`,
+/// `ties_merge.wgsl`, then itself).
 fn composed(dir: &Path, file: &str) -> String {
+    if file == "fusion_plugin_api::HALF_WGSL" {
+        return fusion_plugin_api::kernel::HALF_WGSL.to_string();
+    }
     let text = std::fs::read_to_string(dir.join(file)).unwrap();
     match text
         .lines()

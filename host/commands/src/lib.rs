@@ -43,20 +43,8 @@ pub fn main(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
 /// Logs to stderr through `tracing`: `FUSION_LOG` (or `RUST_LOG`) is the filter, else `info`
 /// raised by `verbosity` (`-v` debug, `-vv` trace) or lowered to `warn` by `quiet`.
 pub fn init_logging(verbosity: u8, quiet: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = match (quiet, verbosity) {
-        (true, _) => "warn",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        _ => "trace",
-    };
-    let filter = std::env::var("FUSION_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(fusion_log::filter(verbosity, quiet))
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
