@@ -26,6 +26,14 @@
 //! | `wudi` | `WUDIMerging` | `iter_num` (required), `exclude_keys` null |
 //! | `singular_value_calibration` | `SingularValueCalibrationWithBaseMethod` | `alpha`, `base_method` (required), `accelerator` |
 //! | `singular_value_calibration_task_arithmetic` | `SingularValueCalibrationArithmeticTask` | `alpha`, `scaling_factor` (required), `accelerator` |
+//! | `opcm` | `opcm_general.OPCM`, `OPCMForCLIP` | `alpha` (required), `shuffle_order` true, `seed` null, `save_on_every_step` true (the model after every step, `merged_model_K`), `evaluate_on_every_step`, `num_ray_actors` 0 |
+//! | `continual_task_arithmetic` | `ContinualTaskArithmeticForCLIP` | `scaling_factor` (required), `shuffle_order`, `seed`, `save_on_every_step` (`model_K`), `evaluate_on_every_step` |
+//! | `continual_ties_merging` | `ContinualTiesMergingForCLIP` | `scaling_factor`, `threshold` (required), `remove_keys` [], `merge_func` sum, as above |
+//! | `continual_weight_average` | `ContinualWeightAverageForCLIP` | `shuffle_order`, `seed`, `save_on_every_step` (`merged_model_K`), `evaluate_on_every_step` |
+//! | `dop` | `dop_general.DOPMerging` | `alpha` (required), `lr` 1e-4, `num_steps` 200, `mgda` true, `ema` true, `ema_beta` 0.99, `svd_epsilon` 1, `svd_proj_space` uv, `exclude_keys`, `shuffle_order` false, `seed`, `save_on_every_step` |
+//! | `doge_ta` | `DOGE_TA_Algorithm` | `subspace`, `K`, `lamda` (required) |
+//! | `superposed_model_soup` | `randes.SuperposedModelSoupAlgorithm` | RanDeS base parameters (all required), one model per pool model |
+//! | `superposed_task_arithmetic` | `randes.SuperposedTaskArithmeticAlgorithm` | RanDeS base parameters, `scaling_factor` (required), `model_path` null |
 //!
 //! The last ten run on the CPU in f32 (the SVDs in f64, [`linalg`]), tensor by tensor when
 //! the host asks for one; they need no compute device (SVC's base method may). The others run their arithmetic on the
@@ -56,6 +64,8 @@ mod cache;
 mod cpu;
 mod delta;
 mod device;
+mod doge;
+mod dop;
 mod elementwise;
 mod ensemble;
 mod inputs;
@@ -64,8 +74,10 @@ mod lazy;
 pub mod linalg;
 mod mergekit;
 mod model_stock;
+mod opcm;
 mod parallel;
 mod params;
+mod randes;
 mod slerp;
 mod subspace;
 mod svc;
@@ -74,11 +86,15 @@ mod ties;
 mod wudi;
 
 pub use average::{SimpleAverage, WeightedAverage};
+pub use doge::DogeTa;
+pub use dop::Dop;
 pub use elementwise::{ExPO, LinearInterpolation, MagMax, MagnitudeDiffPruning};
 pub use ensemble::{MaxModelPredictor, SimpleEnsemble, WeightedEnsemble};
 pub use kernels::wgsl_source;
 pub use mergekit::{breadcrumbs_band, Breadcrumbs, BreadcrumbsTies, Della, DellaLinear};
 pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
+pub use opcm::{ContinualTaskArithmetic, ContinualTiesMerging, ContinualWeightAverage, Opcm};
+pub use randes::{SuperposedModelSoup, SuperposedTaskArithmetic};
 pub use slerp::{slerp_coefficients, Slerp};
 pub use subspace::{IsoC, IsoCts, TaskSingularVector};
 pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
@@ -248,5 +264,72 @@ fusion_plugin_api::export_plugin! {
             "fusion_bench.method.ensemble.MaxModelPredictorAlgorithm",
         ],
         description: "Ensemble: the task pool takes the elementwise maximum of the models' outputs.",
+    }
+    algorithm Opcm {
+        names: [
+            "opcm",
+            "fusion_bench.method.opcm.opcm_general.OPCM",
+            "fusion_bench.method.opcm.opcm.OPCMForCLIP",
+            "fusion_bench.method.opcm.OPCMForCLIP",
+            "fusion_bench.method.OPCMForCLIP",
+        ],
+        description: "OPCM: continual merging, each task vector projected off the merged one's singular directions, norm-rescaled; the model after every step (CPU).",
+    }
+    algorithm ContinualTaskArithmetic {
+        names: [
+            "continual_task_arithmetic",
+            "fusion_bench.method.opcm.task_arithmetic.ContinualTaskArithmeticForCLIP",
+            "fusion_bench.method.opcm.ContinualTaskArithmeticForCLIP",
+        ],
+        description: "Continual task arithmetic: θ ← θ + λτₜ one model at a time; the model after every step (CPU).",
+    }
+    algorithm ContinualTiesMerging {
+        names: [
+            "continual_ties_merging",
+            "fusion_bench.method.opcm.ties_merging.ContinualTiesMergingForCLIP",
+            "fusion_bench.method.opcm.ContinualTiesMergingForCLIP",
+        ],
+        description: "Continual TIES-merging of the merged task vector with each next one; the model after every step (CPU).",
+    }
+    algorithm ContinualWeightAverage {
+        names: [
+            "continual_weight_average",
+            "fusion_bench.method.opcm.weight_average.ContinualWeightAverageForCLIP",
+            "fusion_bench.method.opcm.ContinualWeightAverageForCLIP",
+        ],
+        description: "Continual weight average (the running mean of the models); the model after every step (CPU).",
+    }
+    algorithm Dop {
+        names: [
+            "dop",
+            "fusion_bench.method.dop.dop_general.DOPMerging",
+            "fusion_bench.method.dop.DOPMerging",
+        ],
+        description: "DOP: continual merging, each linear weight optimized (Adam, MGDA) against both models' singular-vector projections (CPU).",
+    }
+    algorithm DogeTa {
+        names: [
+            "doge_ta",
+            "fusion_bench.method.DOGE_TA_Algorithm",
+            "fusion_bench.method.doge_ta.DOGE_TA_Algorithm",
+            "fusion_bench.method.doge_ta.doge_ta.DOGE_TA_Algorithm",
+        ],
+        description: "DOGE-TA: task arithmetic with a shared modification of the encoder weights' task vectors, optimized by projected Adam, top-K masks (CPU).",
+    }
+    algorithm SuperposedModelSoup {
+        names: [
+            "superposed_model_soup",
+            "fusion_bench.method.randes.SuperposedModelSoupAlgorithm",
+            "fusion_bench.method.randes.modelsoup.SuperposedModelSoupAlgorithm",
+        ],
+        description: "RanDeS superposed model soup: the weights superposed under random contexts, every model retrieved (CPU).",
+    }
+    algorithm SuperposedTaskArithmetic {
+        names: [
+            "superposed_task_arithmetic",
+            "fusion_bench.method.randes.SuperposedTaskArithmeticAlgorithm",
+            "fusion_bench.method.randes.task_arithmetic.SuperposedTaskArithmeticAlgorithm",
+        ],
+        description: "RanDeS superposed task arithmetic: the task vectors superposed under random contexts, every model retrieved (CPU).",
     }
 }
