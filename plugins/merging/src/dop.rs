@@ -20,8 +20,9 @@
 //! the pretrained ones (FusionBench rebuilds each step's model from the pretrained one, leaf
 //! module by leaf module). Module kinds are inferred from tensor names as OPCM does.
 //!
-//! Each tensor's steps depend on that tensor alone, so every returned model is computed tensor
-//! by tensor when asked for, with no pass over the whole model.
+//! Each tensor's steps depend on that tensor alone, so the final model is computed tensor by
+//! tensor when the host asks for it, with no pass over the whole model (with
+//! `save_on_every_step`, one pass over the tensors writes every step's model).
 
 use fusion_plugin_api::prelude::*;
 use fusion_plugin_api::TensorInfo;

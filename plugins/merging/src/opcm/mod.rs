@@ -7,10 +7,12 @@
 //! `seed`: Python's `random.shuffle` after Lightning's `seed_everything`, reproduced exactly, so
 //! a seeded run takes the models in FusionBench's order), and updates a merged model after each.
 //! Steps depend on whole-model figures (OPCM's task-vector norms, TIES' trim thresholds and
-//! majority sign), so a first pass runs the steps over the whole model, held in f32, and keeps
-//! those figures, a few numbers per step. The returned models are then lazy: a tensor of the
-//! model after step s is recomputed from the inputs' same tensor by replaying steps 0..=s with
-//! the kept figures, so memory holds one tensor of each input per request.
+//! majority sign), so a first pass runs the steps over the whole model, held in f32, with the
+//! inputs read one tensor at a time. The final model is what that pass leaves in memory; with
+//! `save_on_every_step` the model after each step is written to a temporary file as the pass
+//! makes it (removed when the model is dropped), so no step is computed twice. DOP, whose
+//! tensors' steps depend on each tensor alone, computes its final model tensor by tensor when
+//! the host asks, and its per-step models by one pass over the tensors.
 //!
 //! With `save_on_every_step: true` (the config files' default) the method returns the model
 //! after every step, under the names FusionBench saves them by (`merged_model_K` for OPCM and
@@ -97,6 +99,9 @@ struct Plan<C: Continual> {
     run: Run,
     /// `None` for step 0 of a method that starts from the first model.
     steps: Vec<Option<C::Step>>,
+    /// Each float tensor's position in `run.floats`, and its byte offset in a step file.
+    index: HashMap<String, usize>,
+    offsets: Vec<u64>,
 }
 
 impl<C: Continual> Plan<C> {
@@ -121,10 +126,101 @@ impl<C: Continual> Plan<C> {
     }
 }
 
-/// The model after one step, computed when a tensor is asked for.
+/// Where a step's model takes its float tensors from.
+enum Values {
+    /// Recomputed from the inputs by replaying the steps (each tensor's steps depend on that
+    /// tensor alone, and only the final model is asked for).
+    Replay,
+    /// Held in memory: the final model of the first pass.
+    Memory(Vec<Vec<f32>>),
+    /// Written by the first pass to a temporary file.
+    File(StepFile),
+}
+
+/// One step's float tensors in a temporary file (f32, in `Run::floats` order), removed when the
+/// model is dropped.
+struct StepFile {
+    path: std::path::PathBuf,
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl StepFile {
+    fn create(algorithm: &str, step: usize) -> Result<StepFile> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "fusion-host-{algorithm}-{}-{}-step{step}.f32",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| {
+                Error::io(format!(
+                    "{algorithm}: cannot create {} for the model after step {step}: {e}",
+                    path.display()
+                ))
+            })?;
+        Ok(StepFile {
+            path,
+            file: std::sync::Mutex::new(file),
+        })
+    }
+
+    fn append(&self, values: &[f32]) -> Result<()> {
+        use std::io::Write;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut file = self.file.lock().expect("step file lock");
+        file.write_all(&bytes)
+            .map_err(|e| Error::io(format!("writing {}: {e}", self.path.display())))
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<f32>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut bytes = vec![0u8; len * 4];
+        let mut file = self.file.lock().expect("step file lock");
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .map_err(|e| Error::io(format!("reading {}: {e}", self.path.display())))?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+}
+
+impl Drop for StepFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The model after one step.
 struct StepModel<C: Continual> {
     plan: Arc<Plan<C>>,
     upto: usize,
+    values: Values,
+}
+
+impl<C: Continual> StepModel<C> {
+    fn tensor(&self, name: &str, info: &TensorInfo) -> Result<Vec<f32>> {
+        let index = || {
+            self.plan.index.get(name).copied().ok_or_else(|| {
+                Error::model(format!("tensor `{name}` is not among the merged tensors"))
+            })
+        };
+        match &self.values {
+            Values::Replay => self.plan.tensor(name, info, self.upto),
+            Values::Memory(state) => Ok(state[index()?].clone()),
+            Values::File(file) => {
+                let i = index()?;
+                file.read(self.plan.offsets[i], info.numel())
+            }
+        }
+    }
 }
 
 impl<C: Continual> StateDict for StepModel<C> {
@@ -143,8 +239,7 @@ impl<C: Continual> StateDict for StepModel<C> {
             return Ok(Cow::Owned(reference.data(name)?.into_owned()));
         }
         let values = self
-            .plan
-            .tensor(name, &info, self.upto)
+            .tensor(name, &info)
             .map_err(|e| e.context(format!("merging tensor `{name}`")))?;
         Ok(Cow::Owned(f32_to_bytes(&values, info.dtype)?))
     }
@@ -190,17 +285,63 @@ pub(crate) fn run_continual<C: Continual>(
     }
     let n = inputs.models.len();
     let first = usize::from(C::FROM_FIRST);
+    let index = floats
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (name.clone(), i))
+        .collect();
+    let offsets = floats
+        .iter()
+        .scan(0u64, |at, (_, info)| {
+            let here = *at;
+            *at += info.numel() as u64 * 4;
+            Some(here)
+        })
+        .collect();
+    // Every step's model is computed once, by a first pass, and kept in a temporary file; the
+    // final model alone is kept in memory, or, when each tensor's steps depend on that tensor
+    // alone, computed when asked for.
+    let files = if every_step {
+        (0..n)
+            .map(|t| StepFile::create(C::NAME, t))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let progress = ctx.progress(C::NAME, n as u64);
     let mut steps = vec![None; first];
-    let run = if let Some(step) = method.without_pass() {
+    let (run, last) = if let Some(step) = method.without_pass() {
         steps.resize(n, Some(step));
-        Run { inputs, floats }
+        let run = Run { inputs, floats };
+        if every_step {
+            let start = if C::FROM_FIRST {
+                run.model(0)
+            } else {
+                run.base()
+            };
+            for (name, info) in &run.floats {
+                let mut value = load(start, name)?;
+                for (t, step) in steps.iter().enumerate() {
+                    if let Some(step) = step {
+                        method
+                            .replay(&run, name, info, &mut value, t, step)
+                            .map_err(|e| e.context(format!("merging tensor `{name}`")))?;
+                    }
+                    files[t].append(&value)?;
+                }
+            }
+            progress.advance(n as u64);
+        }
+        (run, Values::Replay)
     } else {
         let mut state: Vec<Vec<f32>> = floats
             .iter()
             .map(|(name, _)| load(reference, name))
             .collect::<Result<_>>()?;
         let run = Run { inputs, floats };
-        let progress = ctx.progress(C::NAME, n as u64);
+        if every_step && first == 1 {
+            state.iter().try_for_each(|v| files[0].append(v))?;
+        }
         progress.advance(first as u64);
         for t in first..n {
             let step = method.advance(&run, &mut state, t).map_err(|e| {
@@ -211,21 +352,35 @@ pub(crate) fn run_continual<C: Continual>(
                 ))
             })?;
             steps.push(Some(step));
+            if let Some(file) = files.get(t) {
+                state.iter().try_for_each(|v| file.append(v))?;
+            }
             progress.advance(1);
         }
-        run
+        (run, Values::Memory(state))
     };
-    let plan = Arc::new(Plan { method, run, steps });
-    let model = |upto| {
+    let plan = Arc::new(Plan {
+        method,
+        run,
+        steps,
+        index,
+        offsets,
+    });
+    let model = |upto, values| {
         Model::new(StepModel {
             plan: plan.clone(),
             upto,
+            values,
         })
     };
     Ok(if every_step {
-        (0..n).map(|t| (C::step_name(t), model(t))).collect()
+        files
+            .into_iter()
+            .enumerate()
+            .map(|(t, f)| (C::step_name(t), model(t, Values::File(f))))
+            .collect()
     } else {
-        vec![(String::new(), model(n - 1))]
+        vec![(String::new(), model(n - 1, last))]
     })
 }
 
