@@ -188,7 +188,10 @@ fn subspace_basis(
 ) -> std::result::Result<Matrix, LinalgError> {
     let k = m.min(n);
     let r = (k as f64 / tvs.len() as f64) as usize;
-    let mut stack = Matrix::zeros(m, k);
+    // FusionBench pads the stack with zero columns up to k; they add only zero singular
+    // values, so the leading left singular vectors are those of the T·r filled columns.
+    let filled = r * tvs.len();
+    let mut stack = Matrix::zeros(m, filled);
     for (i, tv) in tvs.iter().enumerate() {
         let d = svd(&Matrix::from_f32(m, n, tv));
         for row in 0..m {
@@ -197,8 +200,8 @@ fn subspace_basis(
             }
         }
     }
-    let keep = (k as f64 / subspace) as usize;
-    Ok(svd(&stack).u.columns(0, keep.min(k)))
+    let keep = ((k as f64 / subspace) as usize).min(filled);
+    Ok(svd(&stack).u.columns(0, keep))
 }
 
 /// ∇L at δ (see the module docs) into `grad`: for each task j and row a, with
@@ -330,6 +333,30 @@ mod tests {
             b[k] -= h;
             let fd = (loss(m, n, &tvs, &lamdas, &a) - loss(m, n, &tvs, &lamdas, &b)) / (2.0 * h);
             assert!((fd - grad[k]).abs() < 1e-6, "{k}: {fd} vs {}", grad[k]);
+        }
+    }
+
+    /// T·⌊k/T⌋ < k (FusionBench's zero padding): the basis comes from the filled columns, with
+    /// orthonormal columns, and no zero singular values to complete (6 tasks, k = 64 on the
+    /// demo's 64-wide layers failed so).
+    #[test]
+    fn subspace_basis_when_the_tasks_do_not_fill_k() {
+        let (m, n) = (8, 8);
+        let tvs: Vec<Vec<f32>> = (0..3)
+            .map(|t| {
+                (0..m * n)
+                    .map(|i| (((i + 5 * t) * 7 % 13) as f32 - 6.0) / 5.0)
+                    .collect()
+            })
+            .collect();
+        let u = subspace_basis(m, n, &tvs, 2.0).unwrap();
+        assert_eq!((u.rows(), u.cols()), (8, 4));
+        let g = u.t().matmul(&u).unwrap();
+        for i in 0..4 {
+            for j in 0..4 {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((g[(i, j)] - want).abs() < 1e-9);
+            }
         }
     }
 }

@@ -246,6 +246,15 @@ impl Projection {
     /// FusionBench's rank: `searchsorted(cumsum(s) / sum(s), ε)` in f32, the first index where
     /// the cumulative share reaches ε.
     fn of(m: usize, n: usize, tv: &[f32], epsilon: f64) -> Projection {
+        if tv.iter().all(|v| *v == 0.0) {
+            // A layer the model left unchanged: no direction to protect (FusionBench's shares
+            // are 0/0 here, and its loss NaN).
+            return Projection {
+                u: Matrix::zeros(m, 0),
+                v: Matrix::zeros(n, 0),
+                s2: Vec::new(),
+            };
+        }
         let d = svd(&Matrix::from_f32(m, n, tv));
         let s32: Vec<f32> = d.s.iter().map(|&s| s as f32).collect();
         let total: f32 = s32.iter().sum();
@@ -356,6 +365,10 @@ fn optimize(
             let g: Vec<Vec<f32>> = (0..2)
                 .map(|i| {
                     let l = losses[i] as f32;
+                    if l == 0.0 {
+                        // a zero loss (an unchanged layer) gives no direction
+                        return vec![0.0; grads[i].len()];
+                    }
                     grads[i].iter().map(|v| v / l).collect()
                 })
                 .collect();

@@ -655,9 +655,7 @@ fn clean(
 ) -> std::result::Result<Vec<f32>, LinalgError> {
     let k = m.min(n);
     let t = Matrix::from_f32(m, n, task_tv);
-    let d = svd(&Matrix::from_f32(m, n, prev_tv));
-    let total: f64 = d.s.iter().sum();
-    if total == 0.0 {
+    if prev_tv.iter().all(|v| *v == 0.0) {
         // torch's SVD of a zero matrix has identity singular vectors, and the share is NaN
         // (no block): only the diagonal of τ goes.
         let mut out = task_tv.to_vec();
@@ -666,6 +664,8 @@ fn clean(
         }
         return Ok(out);
     }
+    let d = svd(&Matrix::from_f32(m, n, prev_tv));
+    let total: f64 = d.s.iter().sum();
     let mut acc = 0.0;
     let mut split = 0;
     for (i, s) in d.s.iter().enumerate() {

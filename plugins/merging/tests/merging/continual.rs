@@ -423,3 +423,37 @@ fn doge_rank_too_small_for_the_models() {
         "{msg}"
     );
 }
+
+/// A linear layer the first model left unchanged (a zero task vector, whose SVD has no
+/// direction): OPCM and DOP run and give finite weights.
+#[test]
+fn a_layer_left_unchanged_by_the_first_model() {
+    let w = |s: f32| {
+        (0..12)
+            .map(|i| (i as f32 * 0.37 + s).sin())
+            .collect::<Vec<f32>>()
+    };
+    let b = |s: f32| vec![s; 4];
+    let model = |fc: f32, g: f32| {
+        model_from(&[
+            ("fc.weight", vec![4, 3], w(fc)),
+            ("fc.bias", vec![4], b(fc)),
+            ("g.weight", vec![4, 3], w(g)),
+        ])
+    };
+    let pool = Pool(vec![
+        ("_pretrained_".into(), model(0.0, 0.0)),
+        ("first".into(), model(0.0, 0.5)),
+        ("second".into(), model(0.3, 0.2)),
+    ]);
+    for (target, config) in [
+        ("opcm", json!({"alpha": 0.5, "shuffle_order": false})),
+        ("dop", json!({"alpha": 0.5, "num_steps": 20})),
+    ] {
+        let merged = build(target, config).unwrap().run(&pool, &cpu()).unwrap();
+        for name in ["fc.weight", "fc.bias", "g.weight"] {
+            let (v, _) = merged.to_f32(name).unwrap();
+            assert!(v.iter().all(|x| x.is_finite()), "{target} {name}: {v:?}");
+        }
+    }
+}
