@@ -4140,3 +4140,215 @@ fn verbosity_flags_set_the_log_level_of_the_host_and_its_commands() {
         assert_eq!(run.stdout.trim(), want, "{flags:?}");
     }
 }
+
+
+// ---- continual merging (OPCM and its baselines, DOP), DOGE-TA, RanDeS (issue 17) -----------
+
+/// A model pool config over linalg-tiny's models (`models` or `doge/models`, with their
+/// CLIP-like names).
+fn linalg_tiny_pool(dir: &str, names: &[&str]) -> String {
+    let models = data().join("linalg-tiny").join(dir);
+    let mut s = String::from("_target_: fusion_bench.modelpool.BaseModelPool\nmodels:\n");
+    for m in names {
+        s.push_str(&format!(
+            "  {m}: {}\n",
+            models.join(format!("{m}.safetensors")).display()
+        ));
+    }
+    s
+}
+
+fn max_rel_f32(
+    got: &[(String, Vec<usize>, Vec<f32>)],
+    want: &[(String, Vec<usize>, Vec<f32>)],
+) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let mut worst = 0f32;
+    for ((n1, s1, v1), (n2, s2, v2)) in got.iter().zip(want) {
+        assert_eq!((n1, s1), (n2, s2));
+        let scale = v2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let err = v1
+            .iter()
+            .zip(v2)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        worst = worst.max(err / scale);
+    }
+    worst
+}
+
+const LINALG_TINY: &[&str] = &["_pretrained_", "task_a", "task_b", "task_c", "task_d"];
+
+/// FusionBench's own continual method files run through the host: OPCM
+/// (`opcm/opcm_general`, seeded shuffle, the model after every step saved under FusionBench's
+/// checkpoint names), continual TIES, and DOP (`dop/dop_general`, ordered by the program's
+/// seed, the final model), each against what fusion-bench produced.
+#[test]
+fn continual_methods_from_fusionbench_config_files() {
+    let cfg = configs(&[(
+        "modelpool/linalg.yaml",
+        &linalg_tiny_pool("models", LINALG_TINY),
+    )]);
+    let cp = cfg.path().to_str().unwrap();
+    let expected = data().join("linalg-tiny/continual");
+    let work = tempfile::tempdir().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=opcm/opcm_general",
+            "method.seed=42",
+            "merged_model_save_path=opcm.safetensors",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for step in 0..4 {
+        let got = read_f32(
+            &work
+                .path()
+                .join(format!("opcm_merged_model_{step}.safetensors")),
+        );
+        let want = read_f32(&expected.join(format!("opcm_shuffled/step_{step}.safetensors")));
+        let err = max_rel_f32(&got, &want);
+        assert!(err <= 1e-4, "OPCM step {step}: relative error {err}");
+    }
+
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=opcm/ties_merging",
+            "method.seed=3",
+            "method.save_on_every_step=false",
+            "merged_model_save_path=ties.safetensors",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = read_f32(&work.path().join("ties.safetensors"));
+    let want = read_f32(&expected.join("continual_ties_merging/step_3.safetensors"));
+    let err = max_rel_f32(&got, &want);
+    assert!(err <= 1e-5, "continual TIES: relative error {err}");
+
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=dop/dop_general",
+            "seed=5",
+            "merged_model_save_path=dop.safetensors",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = read_f32(&work.path().join("dop.safetensors"));
+    let want = read_f32(&expected.join("dop/step_3.safetensors"));
+    let err = max_rel_f32(&got, &want);
+    assert!(err <= 1e-4, "DOP: relative error {err}");
+
+    // bad input: a misspelt parameter, no model to merge, an unknown projection space
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=opcm/opcm_general",
+            "+method.alhpa=0.3",
+        ],
+    );
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("alhpa"), "{}", run.stderr);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "~modelpool.models.task_a",
+            "~modelpool.models.task_b",
+            "~modelpool.models.task_c",
+            "~modelpool.models.task_d",
+            "method=opcm/weight_average",
+        ],
+    );
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("at least 1 model"), "{}", run.stderr);
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=linalg",
+            "method=dop/dop_general",
+            "method.svd_proj_space=w",
+        ],
+    );
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("svd_proj_space"), "{}", run.stderr);
+}
+
+/// DOGE-TA (`doge_ta/doge_ta`) and RanDeS (`randes/superposed_model_soup` with the mode
+/// FusionBench's example script sets) from FusionBench's files, against fusion-bench's output;
+/// FusionBench's own `randes/superposed_task_arithmetic` lacks two required parameters and
+/// fails as it does in FusionBench, naming them.
+#[test]
+fn doge_ta_and_randes_from_fusionbench_config_files() {
+    let cfg = configs(&[(
+        "modelpool/enc.yaml",
+        &linalg_tiny_pool("doge/models", LINALG_TINY),
+    )]);
+    let cp = cfg.path().to_str().unwrap();
+    let fixtures = data().join("linalg-tiny");
+    let work = tempfile::tempdir().unwrap();
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=enc",
+            "method=doge_ta/doge_ta",
+            "merged_model_save_path=doge.safetensors",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = read_f32(&work.path().join("doge.safetensors"));
+    let want = read_f32(&fixtures.join("doge/doge_ta.safetensors"));
+    let err = max_rel_f32(&got, &want);
+    assert!(err <= 1e-4, "DOGE-TA: relative error {err}");
+
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=enc",
+            "method=randes/superposed_model_soup",
+            "method.mode=identity_matrix",
+            "merged_model_save_path=soup.safetensors",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for m in &LINALG_TINY[1..] {
+        let got = read_f32(&work.path().join(format!("soup_{m}.safetensors")));
+        let want = read_f32(&fixtures.join(format!("randes/randes_soup_identity/{m}.safetensors")));
+        let err = max_rel_f32(&got, &want);
+        assert!(err <= 1e-5, "RanDeS model soup, {m}: relative error {err}");
+    }
+
+    let run = run_host(
+        work.path(),
+        &[
+            "--config-path",
+            cp,
+            "modelpool=enc",
+            "method=randes/superposed_task_arithmetic",
+        ],
+    );
+    run.assert_clean_failure(2);
+    assert!(run.error().contains("absorber"), "{}", run.stderr);
+}

@@ -30,6 +30,14 @@
 //! | `emr_merging` | `EMRMerging` | —; returns one model per task, under its pool name |
 //! | `task_vector_cos_similarity` | `TaskVectorCosSimilarity` | `plot_heatmap` (required), `trainable_only` true, `max_points_per_model` null, `output_path` null; writes CSV and PNG |
 //! | `task_vector_violin_plot` | `TaskVectorViolinPlot` | `trainable_only` (required), `max_points_per_model` 1000, `fig_kwargs` null, `output_path` null; writes two PNGs |
+//! | `opcm` | `opcm_general.OPCM`, `OPCMForCLIP` | `alpha` (required), `shuffle_order` true, `seed` null, `save_on_every_step` true (the model after every step, `merged_model_K`), `evaluate_on_every_step`, `num_ray_actors` 0 |
+//! | `continual_task_arithmetic` | `ContinualTaskArithmeticForCLIP` | `scaling_factor` (required), `shuffle_order`, `seed`, `save_on_every_step` (`model_K`), `evaluate_on_every_step` |
+//! | `continual_ties_merging` | `ContinualTiesMergingForCLIP` | `scaling_factor`, `threshold` (required), `remove_keys` [], `merge_func` sum, as above |
+//! | `continual_weight_average` | `ContinualWeightAverageForCLIP` | `shuffle_order`, `seed`, `save_on_every_step` (`merged_model_K`), `evaluate_on_every_step` |
+//! | `dop` | `dop_general.DOPMerging` | `alpha` (required), `lr` 1e-4, `num_steps` 200, `mgda` true, `ema` true, `ema_beta` 0.99, `svd_epsilon` 1, `svd_proj_space` uv, `exclude_keys`, `shuffle_order` false, `seed`, `save_on_every_step` |
+//! | `doge_ta` | `DOGE_TA_Algorithm` | `subspace`, `K`, `lamda` (required) |
+//! | `superposed_model_soup` | `randes.SuperposedModelSoupAlgorithm` | RanDeS base parameters (all required), one model per pool model |
+//! | `superposed_task_arithmetic` | `randes.SuperposedTaskArithmeticAlgorithm` | RanDeS base parameters, `scaling_factor` (required), `model_path` null |
 //!
 //! The last ten run on the CPU in f32 (the SVDs in f64, [`linalg`]), tensor by tensor when
 //! the host asks for one; they need no compute device (SVC's base method may). The others run their arithmetic on the
@@ -62,6 +70,8 @@ mod causal_lm;
 mod cpu;
 mod delta;
 mod device;
+mod doge;
+mod dop;
 mod elementwise;
 mod emr;
 mod ensemble;
@@ -72,8 +82,10 @@ pub mod linalg;
 mod llm_pruning;
 mod mergekit;
 mod model_stock;
+mod opcm;
 mod parallel;
 mod params;
+mod randes;
 mod slerp;
 mod subspace;
 mod svc;
@@ -88,6 +100,8 @@ pub use causal_lm::{
     CausalLmBase, ExpoForLlama, ExpoWithDareForLlama, ForCausalLM, SimpleAverageForCausalLM,
     SlerpForCausalLM, TaskArithmeticForCausalLM, TiesMergingForCausalLM, WeightedAverageForLlama,
 };
+pub use doge::DogeTa;
+pub use dop::Dop;
 pub use elementwise::{ExPO, LinearInterpolation, MagMax, MagnitudeDiffPruning};
 pub use emr::EmrMerging;
 pub use ensemble::{MaxModelPredictor, SimpleEnsemble, WeightedEnsemble};
@@ -95,6 +109,8 @@ pub use kernels::wgsl_source;
 pub use llm_pruning::{MagnitudePruningForLlama, RandomPruningForLlama};
 pub use mergekit::{breadcrumbs_band, Breadcrumbs, BreadcrumbsTies, Della, DellaLinear};
 pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
+pub use opcm::{ContinualTaskArithmetic, ContinualTiesMerging, ContinualWeightAverage, Opcm};
+pub use randes::{SuperposedModelSoup, SuperposedTaskArithmetic};
 pub use slerp::{slerp_coefficients, Slerp};
 pub use subspace::{IsoC, IsoCts, TaskSingularVector};
 pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
@@ -371,5 +387,72 @@ fusion_plugin_api::export_plugin! {
             "fusion_bench.method.analysis.TaskVectorViolinPlot",
         ],
         description: "Analysis: violin plots (PNG) of the task vectors' values and magnitudes in the log folder; returns the pretrained model.",
+    }
+    algorithm Opcm {
+        names: [
+            "opcm",
+            "fusion_bench.method.opcm.opcm_general.OPCM",
+            "fusion_bench.method.opcm.opcm.OPCMForCLIP",
+            "fusion_bench.method.opcm.OPCMForCLIP",
+            "fusion_bench.method.OPCMForCLIP",
+        ],
+        description: "OPCM: continual merging, each task vector projected off the merged one's singular directions, norm-rescaled; the model after every step (CPU).",
+    }
+    algorithm ContinualTaskArithmetic {
+        names: [
+            "continual_task_arithmetic",
+            "fusion_bench.method.opcm.task_arithmetic.ContinualTaskArithmeticForCLIP",
+            "fusion_bench.method.opcm.ContinualTaskArithmeticForCLIP",
+        ],
+        description: "Continual task arithmetic: θ ← θ + λτₜ one model at a time; the model after every step (CPU).",
+    }
+    algorithm ContinualTiesMerging {
+        names: [
+            "continual_ties_merging",
+            "fusion_bench.method.opcm.ties_merging.ContinualTiesMergingForCLIP",
+            "fusion_bench.method.opcm.ContinualTiesMergingForCLIP",
+        ],
+        description: "Continual TIES-merging of the merged task vector with each next one; the model after every step (CPU).",
+    }
+    algorithm ContinualWeightAverage {
+        names: [
+            "continual_weight_average",
+            "fusion_bench.method.opcm.weight_average.ContinualWeightAverageForCLIP",
+            "fusion_bench.method.opcm.ContinualWeightAverageForCLIP",
+        ],
+        description: "Continual weight average (the running mean of the models); the model after every step (CPU).",
+    }
+    algorithm Dop {
+        names: [
+            "dop",
+            "fusion_bench.method.dop.dop_general.DOPMerging",
+            "fusion_bench.method.dop.DOPMerging",
+        ],
+        description: "DOP: continual merging, each linear weight optimized (Adam, MGDA) against both models' singular-vector projections (CPU).",
+    }
+    algorithm DogeTa {
+        names: [
+            "doge_ta",
+            "fusion_bench.method.DOGE_TA_Algorithm",
+            "fusion_bench.method.doge_ta.DOGE_TA_Algorithm",
+            "fusion_bench.method.doge_ta.doge_ta.DOGE_TA_Algorithm",
+        ],
+        description: "DOGE-TA: task arithmetic with a shared modification of the encoder weights' task vectors, optimized by projected Adam, top-K masks (CPU).",
+    }
+    algorithm SuperposedModelSoup {
+        names: [
+            "superposed_model_soup",
+            "fusion_bench.method.randes.SuperposedModelSoupAlgorithm",
+            "fusion_bench.method.randes.modelsoup.SuperposedModelSoupAlgorithm",
+        ],
+        description: "RanDeS superposed model soup: the weights superposed under random contexts, every model retrieved (CPU).",
+    }
+    algorithm SuperposedTaskArithmetic {
+        names: [
+            "superposed_task_arithmetic",
+            "fusion_bench.method.randes.SuperposedTaskArithmeticAlgorithm",
+            "fusion_bench.method.randes.task_arithmetic.SuperposedTaskArithmeticAlgorithm",
+        ],
+        description: "RanDeS superposed task arithmetic: the task vectors superposed under random contexts, every model retrieved (CPU).",
     }
 }

@@ -3,6 +3,7 @@
 //! so wgpu is linked once.
 
 mod common;
+mod continual;
 mod dare;
 mod dtypes;
 mod errors;

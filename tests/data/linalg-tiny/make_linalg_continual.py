@@ -1,0 +1,285 @@
+"""Golden fixtures for the continual merging methods (OPCM and its continual baselines), produced
+by the reference implementation: the fusion-bench package from PyPI, torch float32 on the CPU,
+on the linalg-tiny models that make_linalg_golden.py wrote (models/*.safetensors here).
+
+Usage: python make_linalg_continual.py DIR      (DIR: this folder)
+
+Writes DIR/continual/CASE/step_K.safetensors (the merged model after step K, as FusionBench's
+`save_on_every_step` saves it; the last step is what the method returns) and
+DIR/continual.yaml: for each case the FusionBench method config, the pool's models in order,
+the order the method processed them in (after `shuffle_order` with its `seed`), and the files.
+
+The methods save each step into their log folder; here `save_merged_model` is replaced by a
+function that keeps a copy of the state dict, and the CLIP-only attributes the continual
+baselines read (`self._program.taskpool._test_datasets`) are given a stand-in, with
+`evaluate_on_every_step: false` so that nothing is evaluated.
+"""
+import copy, os, sys, types
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fusion_bench.modelpool import BaseModelPool as _BaseModelPool
+from fusion_bench.utils.instantiate_utils import instantiate
+
+
+class BaseModelPool(_BaseModelPool):
+    """Each load returns a copy, as loading from a checkpoint does (see make_linalg_golden.py)."""
+
+    def load_model(self, model_name_or_config, *args, **kwargs):
+        model = super().load_model(model_name_or_config, *args, **kwargs)
+        return copy.deepcopy(model) if isinstance(model, nn.Module) else model
+
+
+class Tiny(nn.Module):
+    """The module of make_linalg_golden.py."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(40, 24)
+        self.q_proj = nn.Linear(24, 24)
+        self.fc1 = nn.Linear(24, 64)
+        self.fc2 = nn.Linear(64, 24)
+        self.norm = nn.LayerNorm(24)
+        self.head = nn.Linear(24, 7, bias=False)
+
+
+def main():
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # RanDeS seeds its contexts with Python's string hash, salted per process unless
+        # PYTHONHASHSEED is set; 0 is the setting fusion-host reproduces.
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+    out = sys.argv[1]
+    names = ["task_a", "task_b", "task_c", "task_d"]
+
+    def load(name):
+        m = Tiny()
+        m.load_state_dict(load_file(os.path.join(out, "models", f"{name}.safetensors")))
+        return m
+
+    models = {n: load(n) for n in ["_pretrained_"] + names}
+
+    def pool():
+        return BaseModelPool(models={n: copy.deepcopy(m) for n, m in models.items()})
+
+    opcm = "fusion_bench.method.opcm.opcm_general.OPCM"
+    cta = "fusion_bench.method.opcm.task_arithmetic.ContinualTaskArithmeticForCLIP"
+    cties = "fusion_bench.method.opcm.ties_merging.ContinualTiesMergingForCLIP"
+    cwa = "fusion_bench.method.opcm.weight_average.ContinualWeightAverageForCLIP"
+    common = {"save_on_every_step": True, "evaluate_on_every_step": False}
+    cases = {
+        "opcm": {"_target_": opcm, "alpha": 0.5, "shuffle_order": False, "seed": None,
+                 "num_ray_actors": 0, **common},
+        "opcm_shuffled": {"_target_": opcm, "alpha": 0.5, "shuffle_order": True, "seed": 42,
+                          "num_ray_actors": 0, **common},
+        "opcm_alpha_0.8": {"_target_": opcm, "alpha": 0.8, "shuffle_order": True, "seed": 7,
+                           "num_ray_actors": 0, **common},
+        "continual_task_arithmetic": {"_target_": cta, "scaling_factor": 0.3, "shuffle_order": True,
+                                      "seed": 42, **common},
+        "continual_ties_merging": {"_target_": cties, "scaling_factor": 0.5, "threshold": 20,
+                                   "remove_keys": [], "merge_func": "sum", "shuffle_order": True,
+                                   "seed": 3, **common},
+        "continual_ties_merging_mean": {"_target_": cties, "scaling_factor": 0.7, "threshold": 40,
+                                        "remove_keys": [], "merge_func": "mean",
+                                        "shuffle_order": False, "seed": None, **common},
+        "continual_weight_average": {"_target_": cwa, "shuffle_order": True, "seed": 2026, **common},
+    }
+    dop = "fusion_bench.method.dop.dop_general.DOPMerging"
+    dop_common = {"save_on_every_step": True, "evaluate_on_every_step": False, "num_ray_actors": 0}
+    # DOP shuffles with Python's generator as the program seeded it (it does not seed itself):
+    # `program_seed` is that seed.
+    cases.update({
+        "dop": {"_target_": dop, "seed": None, "shuffle_order": True, "lr": 1e-4, "num_steps": 200,
+                "mgda": True, "alpha": 0.8, "ema": True, "ema_beta": 0.999, "svd_epsilon": 0.99999,
+                "svd_proj_space": "uv", **dop_common},
+        "dop_weighted_u": {"_target_": dop, "seed": None, "shuffle_order": False, "lr": 3e-4,
+                           "num_steps": 60, "mgda": False, "alpha": 0.3, "ema": True,
+                           "ema_beta": 0.999, "svd_epsilon": 0.9, "svd_proj_space": "u",
+                           "exclude_keys": ["fc2"], **dop_common},
+        "dop_mgda_v": {"_target_": dop, "seed": None, "shuffle_order": False, "lr": 2e-4,
+                       "num_steps": 50, "mgda": True, "alpha": 0.5, "ema": False, "ema_beta": 0.99,
+                       "svd_epsilon": 0.95, "svd_proj_space": "v", **dop_common},
+    })
+    program_seed = {"dop": 5}
+    manifest = {"reference": "fusion-bench (PyPI) continual methods run on torch float32, CPU",
+                "pool": ["_pretrained_"] + names, "cases": {}}
+    for case, cfg in cases.items():
+        torch.manual_seed(0)
+        algo = instantiate(copy.deepcopy(cfg), _recursive_=False)
+        steps = []
+
+        def save_merged_model(self, merged_model, step):
+            steps.append((step, {k: v.detach().float().contiguous().clone()
+                                 for k, v in merged_model.state_dict().items()}))
+
+        algo.save_merged_model = types.MethodType(save_merged_model, algo)
+        if cfg["_target_"] == dop:
+            # DOP saves nothing; keep the model after each step as it is made
+            inner = algo._layer_wise_optimize
+            real_load = None
+
+            def layer_wise(*a, **k):
+                out = inner(*a, **k)
+                save_merged_model(algo, out, len(steps))
+                return out
+
+            algo._layer_wise_optimize = layer_wise
+            p0 = pool()
+            steps.append((0, {k: v.detach().float().contiguous().clone()
+                              for k, v in p0.load_model(names[0]).state_dict().items()}))
+        if case in program_seed:
+            __import__("random").seed(program_seed[case])
+        algo._program = types.SimpleNamespace(
+            taskpool=types.SimpleNamespace(_test_datasets={n: None for n in names}))
+        p = pool()
+        # the order the method merges in: it shuffles the pool's own list of names
+        order = []
+        real_shuffle = __import__("random").shuffle
+
+        def shuffle(x, *a, **k):
+            real_shuffle(x, *a, **k)
+            order[:] = list(x)
+
+        import random as _random
+        _random.shuffle = shuffle
+        try:
+            merged = algo.run(p)
+        finally:
+            _random.shuffle = real_shuffle
+        if not order:
+            order = list(p.model_names)
+        if cfg["_target_"] == dop and order[0] != names[0]:
+            # step 0 is the first model taken
+            steps[0] = (0, {k: v.detach().float().contiguous().clone()
+                            for k, v in p.load_model(order[0]).state_dict().items()})
+        final = {k: v.detach().float().contiguous() for k, v in merged.state_dict().items()}
+        assert [s for s, _ in steps] == list(range(len(names))), [s for s, _ in steps]
+        for k, v in steps[-1][1].items():
+            assert torch.equal(v, final[k]), (case, k)
+        os.makedirs(os.path.join(out, "continual", case), exist_ok=True)
+        files = []
+        for step, state in steps:
+            f = f"continual/{case}/step_{step}.safetensors"
+            save_file(state, os.path.join(out, f))
+            files.append(f)
+        manifest["cases"][case] = {"method": cfg, "models": ["_pretrained_"] + names, "order": order,
+                                   "program_seed": program_seed.get(case), "steps": files}
+        print("ok", case, order)
+    doge_cases(out, models, names, manifest)
+    randes_cases(out, names, manifest)
+    with open(os.path.join(out, "continual.yaml"), "w") as f:
+        yaml.safe_dump(manifest, f, sort_keys=False)
+
+
+RENAME = {"embed": "embeddings.token_embedding", "q_proj": "encoder.layers.0.self_attn.q_proj",
+          "fc1": "encoder.layers.0.mlp.fc1", "fc2": "encoder.layers.0.mlp.fc2",
+          "norm": "encoder.layers.0.layer_norm1", "head": "head"}
+
+
+class Enc(nn.Module):
+    """The tiny module under CLIP-like names (DOGE_TA acts on `encoder` weights only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embeddings = nn.Module()
+        self.embeddings.token_embedding = nn.Embedding(40, 24)
+        layer = nn.Module()
+        layer.self_attn = nn.Module()
+        layer.self_attn.q_proj = nn.Linear(24, 24)
+        layer.mlp = nn.Module()
+        layer.mlp.fc1 = nn.Linear(24, 64)
+        layer.mlp.fc2 = nn.Linear(64, 24)
+        layer.layer_norm1 = nn.LayerNorm(24)
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList([layer])
+        self.head = nn.Linear(24, 7, bias=False)
+
+
+def doge_cases(out, models, names, manifest):
+    """DOGE_TA on the models renamed (doge/models/NAME.safetensors)."""
+    os.makedirs(os.path.join(out, "doge", "models"), exist_ok=True)
+    enc = {}
+    for n, m in models.items():
+        sd = {}
+        for k, v in m.state_dict().items():
+            mod, param = k.rsplit(".", 1)
+            sd[f"{RENAME[mod]}.{param}"] = v.detach().clone().contiguous()
+        save_file(sd, os.path.join(out, "doge", "models", f"{n}.safetensors"))
+        e = Enc()
+        e.load_state_dict(sd)
+        enc[n] = e
+    target = "fusion_bench.method.DOGE_TA_Algorithm"
+    cases = {
+        "doge_ta": ({"_target_": target, "subspace": 6, "K": 30, "lamda": 0.07}, names),
+        "doge_ta_three": ({"_target_": target, "subspace": 8, "K": 50, "lamda": 0.1}, names[:3]),
+    }
+    for case, (cfg, only) in cases.items():
+        torch.manual_seed(0)
+        algo = instantiate(copy.deepcopy(cfg), _recursive_=False)
+        pool = BaseModelPool(models={n: copy.deepcopy(enc[n]) for n in ["_pretrained_"] + only})
+        merged = algo.run(pool)
+        state = {k: v.detach().float().contiguous().clone() for k, v in merged.state_dict().items()}
+        f = f"doge/{case}.safetensors"
+        save_file(state, os.path.join(out, f))
+        manifest["cases"][case] = {"method": cfg, "models_dir": "doge/models",
+                                   "models": ["_pretrained_"] + only, "steps": [f]}
+        print("ok", case)
+
+
+def randes_cases(out, names, manifest):
+    """RanDeS on the renamed models (their `mlp` and `attn` tensors are the targets); one file
+    per retrieved model."""
+    enc = {}
+    for n in ["_pretrained_"] + names:
+        e = Enc()
+        e.load_state_dict(load_file(os.path.join(out, "doge", "models", f"{n}.safetensors")))
+        enc[n] = e
+    base = {"mode": "random_binary_diagonal_matrix", "target_layer": ["mlp_w", "attn_w"],
+            "random_seed": 42, "different_across_layers": True, "joint_matrix_mode": "flatten_hstack",
+            "rank": 1, "random_components": False, "shift_layers": 0, "absorber": "None", "debug": 0,
+            "ms_mode": "average", "verbose": 0, "dropout_rate": 1}
+    # fusion-bench 0.2.33's superposed task arithmetic adds its retrieved task vectors (tensors) to
+    # `pretrained_model.state_dict(keep_vars=True)` (Parameters), which its own state_dict_add
+    # refuses (TypeError: Tensor type mismatch); the same addition on detached values:
+    import fusion_bench.method.randes.task_arithmetic as randes_ta
+    _add = randes_ta.state_dict_add
+    randes_ta.state_dict_add = lambda a, b, *x, **k: _add({n: v.detach() for n, v in a.items()}, b, *x, **k)
+    soup = "fusion_bench.method.randes.SuperposedModelSoupAlgorithm"
+    ta = "fusion_bench.method.randes.SuperposedTaskArithmeticAlgorithm"
+    cases = {
+        # superposed_model_soup.yaml with the example's `method.mode=identity_matrix`
+        "randes_soup_identity": {"_target_": soup, **base, "mode": "identity_matrix"},
+        # every 2nd MLP weight: fc2 (checkpoints keep no module order, so fusion-host counts in
+        # the file's order; here both orders agree)
+        "randes_soup_binary_absorber": {"_target_": soup, **base, "absorber": "average",
+                                        "ms_mode": "original", "dropout_rate": 2,
+                                        "target_layer": ["mlp_w"]},
+        "randes_soup_pretrained_gaussian": {"_target_": soup, **base, "absorber": "pretrained",
+                                            "mode": "random_diagonal_matrix", "random_seed": 5,
+                                            "target_layer": ["mlp", "attn_w"]},
+        "randes_ta_binary": {"_target_": ta, **base, "scaling_factor": 0.5, "model_path": None},
+        "randes_ta_gaussian_mlp": {"_target_": ta, **base, "mode": "random_diagonal_matrix",
+                                   "different_across_layers": False, "target_layer": ["mlp_w"],
+                                   "scaling_factor": 0.8, "model_path": None},
+    }
+    for case, cfg in cases.items():
+        algo = instantiate(copy.deepcopy(cfg), _recursive_=False)
+        pool = BaseModelPool(models={n: copy.deepcopy(enc[n]) for n in ["_pretrained_"] + names})
+        result = algo.run(pool)
+        files = {}
+        os.makedirs(os.path.join(out, "randes", case), exist_ok=True)
+        for n, m in result["models"].items():
+            state = {k: v.detach().float().contiguous().clone() for k, v in m.state_dict().items()}
+            f = f"randes/{case}/{n}.safetensors"
+            save_file(state, os.path.join(out, f))
+            files[n] = f
+        manifest["cases"][case] = {"method": cfg, "models_dir": "doge/models",
+                                   "models": ["_pretrained_"] + names, "retrieved": files}
+        print("ok", case)
+
+
+if __name__ == "__main__":
+    main()
