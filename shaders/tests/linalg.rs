@@ -93,10 +93,8 @@ impl M {
     }
     fn scale_cols(&self, s: &[f64]) -> M {
         let mut o = self.clone();
-        for i in 0..self.r {
-            for j in 0..self.c {
-                o.d[i * self.c + j] *= s[j];
-            }
+        for row in o.d.chunks_mut(self.c) {
+            row.iter_mut().zip(s).for_each(|(x, f)| *x *= f);
         }
         o
     }
@@ -414,7 +412,7 @@ fn svd_rank_deficient() {
     // rank 3: 17 (numerically) zero singular values, and U, V still orthonormal.
     let a = random(20, 3, 11).mul(&random(3, 12, 12));
     for m in [a.clone(), a.t()] {
-        let s = &check_svd("rank 3", &[m.clone()], None)[0];
+        let s = &check_svd("rank 3", std::slice::from_ref(&m), None)[0];
         assert!(s[2] > 0.1, "{s:?}");
         assert!(s[3..].iter().all(|&x| x <= tol(20) * s[0]), "{s:?}");
     }
@@ -430,7 +428,7 @@ fn svd_ill_conditioned() {
         .map(|i| 10f64.powf(-6.0 * i as f64 / 15.0))
         .collect();
     let a = with_singular_values(16, 16, &want, 21);
-    check_svd("ill-conditioned 16x16", &[a.clone()], None);
+    check_svd("ill-conditioned 16x16", std::slice::from_ref(&a), None);
     let a = with_singular_values(30, 16, &want, 22);
     check_svd("ill-conditioned 30x16", &[a.clone(), a.t().t()], None);
 }

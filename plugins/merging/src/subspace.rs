@@ -4,7 +4,9 @@
 //! subspaces (ISO-CTS, `ISO_CTS_Merge`).
 //!
 //! The independent SVDs of one tensor (one per task vector, and the two polar factors) run on
-//! as many threads as there are cores (`parallel.rs`), the SVDs themselves are faer's.
+//! as many threads as there are cores (`parallel.rs`), the SVDs themselves are faer's. On a GPU
+//! adapter the per-task SVDs of TSV-M and ISO-CTS run instead as one batch per tensor on the
+//! device (`fusion_kernels::linalg`, f32); the choice is logged ([`crate::linalg::backend`]).
 //!
 //! Each acts on every 2-D float tensor not named in `exclude_keys`; other tensors (vectors, layer
 //! norms, excluded keys) get the mean of the task vectors, as FusionBench does. Task vectors
