@@ -139,12 +139,13 @@ def main() -> None:
     lines = [f"Started {results['started']}, load average {results['load_start']} at the start, "
              f"{results['load_end']} at the end; {results['machine']['cpu']}, {results['machine']['cores']} cores, "
              f"{results['machine']['ram']}.", "",
-             "| method | round | tool | wall s | CPU s (user + sys) | peak RSS MiB | load before |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | round | tool | wall s | CPU s (user + sys) | peak RSS MiB | anonymous / file-backed MiB | load before |",
+             "|---|---|---|---|---|---|---|---|"]
     for rec in results["runs"]:
         lines.append(f"| {METHODS[rec['method']][1]} | {rec['round']} | {rec['tool']} | "
                      f"{rec['wall_s']:.1f}{'' if rec['ok'] else ' (failed: rc ' + str(rec['rc']) + ')'} | "
                      f"{rec.get('user_s', 0) + rec.get('sys_s', 0):.0f} | {rec.get('peak_rss_kb', 0) / 1024:.0f} | "
+                     f"{rec.get('rss_anon_peak_kb', 0) / 1024:.0f} / {rec.get('rss_file_peak_kb', 0) / 1024:.0f} | "
                      f"{rec['load_before']} |")
     for method, agr in results.get("agreement", {}).items():
         lines.append("")
