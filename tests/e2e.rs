@@ -4352,3 +4352,129 @@ fn doge_ta_and_randes_from_fusionbench_config_files() {
     run.assert_clean_failure(2);
     assert!(run.error().contains("absorber"), "{}", run.stderr);
 }
+
+
+// ---- the linear-algebra family's bad input (issue 17) ---------------------------------------
+
+/// A pool whose models are written by `tensors(i)` (model 0 is `_pretrained_`), as
+/// `modelpool=linalg_bad` in a fresh config folder.
+fn linalg_bad_pool(
+    work: &Path,
+    models: usize,
+    tensors: impl Fn(usize) -> Vec<(&'static str, Vec<usize>, Vec<f32>)>,
+) -> tempfile::TempDir {
+    let mut lines = vec![
+        "_target_: fusion_bench.modelpool.BaseModelPool".to_string(),
+        "models:".to_string(),
+    ];
+    for i in 0..models {
+        let name = if i == 0 {
+            "_pretrained_".to_string()
+        } else {
+            format!("task_{i}")
+        };
+        let path = work.join(format!("{name}.safetensors"));
+        write_f32(&path, &tensors(i));
+        lines.push(format!("  {name}: {}", path.display()));
+    }
+    let cfg = tempfile::tempdir().unwrap();
+    write_configs(
+        cfg.path(),
+        &[("modelpool/linalg_bad.yaml", &(lines.join("\n") + "\n"))],
+    );
+    cfg
+}
+
+/// The SVD-based methods given models without a single 2-D weight stop before any work with
+/// exit 2 and a message naming the method and what it needs, for each of FusionBench's
+/// config files.
+#[test]
+fn svd_methods_given_no_2d_weights_exit_2_naming_the_method() {
+    let work = tempfile::tempdir().unwrap();
+    let cfg = linalg_bad_pool(work.path(), 3, |i| {
+        vec![
+            ("norm.weight", vec![6], vec![i as f32; 6]),
+            ("norm.bias", vec![6], vec![0.5 * i as f32; 6]),
+        ]
+    });
+    for (method, name) in [
+        (
+            "task_singular_vector/TaskSingularVectorMerging",
+            "task_singular_vector",
+        ),
+        ("isotropic_merging/iso_c", "iso_c"),
+        ("isotropic_merging/iso_cts", "iso_cts"),
+    ] {
+        let run = run_host(
+            work.path(),
+            &[
+                "--config-path",
+                cfg.path().to_str().unwrap(),
+                "modelpool=linalg_bad",
+                &format!("method={method}"),
+                "merged_model_save_path=merged.safetensors",
+            ],
+        );
+        assert_eq!(run.code, 2, "{method}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!(
+                "{name} works on the singular vectors of 2-D weights, and the models have none"
+            )),
+            "{method}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        assert!(!work.path().join("merged.safetensors").exists());
+    }
+}
+
+/// TSV-M keeps ⌊k/T⌋ singular directions of each of the T task vectors of a 2-D weight of rank
+/// at most k: a weight too small for one direction per task (rank 3, four task vectors) is
+/// named, with its shape, and the run exits 2; naming it in `exclude_keys` averages it instead
+/// and the run succeeds.
+#[test]
+fn a_rank_larger_than_the_matrix_is_named_with_exit_2() {
+    let work = tempfile::tempdir().unwrap();
+    let cfg = linalg_bad_pool(work.path(), 5, |i| {
+        vec![
+            (
+                "proj.weight",
+                vec![3, 8],
+                (0..24).map(|j| (i * 24 + j) as f32 * 0.01).collect(),
+            ),
+            (
+                "big.weight",
+                vec![8, 8],
+                (0..64)
+                    .map(|j| ((i * 7 + j * 3) % 11) as f32 * 0.1)
+                    .collect(),
+            ),
+        ]
+    });
+    let args = |extra: &str| {
+        vec![
+            "--config-path".to_string(),
+            cfg.path().to_str().unwrap().to_string(),
+            "modelpool=linalg_bad".to_string(),
+            "method=task_singular_vector/TaskSingularVectorMerging".to_string(),
+            "merged_model_save_path=merged.safetensors".to_string(),
+            extra.to_string(),
+        ]
+    };
+    let run = run_args(work.path(), &args("print_config=false"));
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("`proj.weight` (3x8) has rank at most 3")
+            && run.stderr.contains("4 task vectors")
+            && run.stderr.contains("exclude_keys"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert!(!work.path().join("merged.safetensors").exists());
+
+    let run = run_args(work.path(), &args("method.exclude_keys=['proj.weight']"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(work.path().join("merged.safetensors").is_file());
+}

@@ -24,6 +24,7 @@ mod band;
 mod dare;
 mod elementwise;
 mod launch;
+pub mod linalg;
 pub mod nn;
 mod reduce;
 mod select;

@@ -1,16 +1,35 @@
-//! Dense linear algebra on the CPU for the SVD-based merges (TSV-M, ISO-C, ISO-CTS): a
-//! row-major f64 matrix, the thin SVD, its truncation, and the orthogonal polar factor.
+//! Dense linear algebra on the CPU for the SVD-based merges (TSV-M, ISO-C, ISO-CTS, SVC, WUDI):
+//! a row-major f64 matrix, products, the thin SVD, its truncation, and the orthogonal polar
+//! factor.
 //!
-//! The SVD is one-sided Jacobi (Hestenes) in f64: it orthogonalizes the columns of the matrix
-//! (of its transpose when wide) by plane rotations until every pair is orthogonal to working
-//! precision. It is slower than a blocked bidiagonalization, but small, dependency-free and
-//! accurate to a few ulps of f64 in every singular value and vector, which is what matching
-//! FusionBench's torch float32 results within 1e-4 needs. A crate such as faer was weighed and
-//! left out for now: it brings over a hundred crates into the build of a plugin that otherwise
-//! needs none, and speed is not this module's first concern. The functions here are the whole
-//! interface, so a faster backend can replace the body of [`svd`] alone.
+//! Everything runs in f64, which is what matching FusionBench's torch float32 results within
+//! 1e-4 needs. The heavy lifting is [faer]'s: its blocked matrix products, bidiagonalization
+//! SVD and tridiagonal eigensolver. On a 768×768 matrix (ViT-B/32's attention weights), measured
+//! side by side in one release process on the loaded 2-core benchmark machine: faer's SVD
+//! 2.7 s, the Gram matrix and faer's eigendecomposition 1.4 s, the one-sided Jacobi this module
+//! started with 94 s (18 sweeps), so 35× and 67× (BENCHMARKS.md). That decides the end-to-end
+//! time of TSV-M and ISO-CTS. The price is about thirty crates in the build of this plugin
+//! (faer is built without rayon; the merges spread their independent SVDs over the cores
+//! themselves).
+//!
+//! Two shortcuts through the Gram matrix, each taken only where it is accurate:
+//! - [`truncated_svd`] of an m×n matrix takes the eigendecomposition of the k×k Gram matrix
+//!   (k = min(m, n)), `AᵀA = V Λ Vᵀ`, and `U = A V Λ^{-1/2}` for the leading triplets. The
+//!   eigenvalues carry an absolute error of about k·ε·σ₁², so a singular value σ is found to
+//!   a relative error of about k·ε·(σ₁/σ)²; the path is used when every kept σ is above
+//!   [`GRAM_MIN_RATIO`]·σ₁ (relative error under 2·10⁻⁷ in f64), and the full SVD otherwise.
+//! - [`orthogonalize`] (the polar factor `U Vᵀ`) is `A (AᵀA)^{-1/2}` under the same condition
+//!   on all of A's singular values, so it falls back to the SVD for (nearly) rank-deficient A,
+//!   whose polar factor needs the completed singular vectors.
+//!
+//! The one-sided Jacobi SVD ([`jacobi_svd`]) stays as the reference the tests compare with,
+//! and as the fallback should faer's SVD report no convergence.
+//!
+//! [faer]: https://docs.rs/faer
 
 use std::fmt;
+
+use faer::{Accum, MatRef, Par, Side};
 
 /// A dense row-major matrix of f64.
 #[derive(Clone, PartialEq)]
@@ -136,18 +155,64 @@ impl Matrix {
             });
         }
         let mut out = Matrix::zeros(self.rows, other.cols);
-        for i in 0..self.rows {
-            let o = &mut out.data[i * other.cols..(i + 1) * other.cols];
-            for (k, &a) in self.row(i).iter().enumerate() {
-                if a == 0.0 {
-                    continue;
-                }
-                for (x, &b) in o.iter_mut().zip(other.row(k)) {
-                    *x += a * b;
-                }
-            }
+        if self.cols > 0 {
+            faer::linalg::matmul::matmul(
+                faer::MatMut::from_row_major_slice_mut(&mut out.data, self.rows, other.cols),
+                Accum::Replace,
+                self.view(),
+                other.view(),
+                1.0,
+                Par::Seq,
+            );
         }
         Ok(out)
+    }
+
+    /// `selfᵀ · self` (cols × cols).
+    pub fn gram(&self) -> Matrix {
+        let mut out = Matrix::zeros(self.cols, self.cols);
+        if self.rows > 0 {
+            faer::linalg::matmul::matmul(
+                faer::MatMut::from_row_major_slice_mut(&mut out.data, self.cols, self.cols),
+                Accum::Replace,
+                self.view().transpose(),
+                self.view(),
+                1.0,
+                Par::Seq,
+            );
+        }
+        out
+    }
+
+    /// `self · selfᵀ` (rows × rows).
+    pub fn gram_rows(&self) -> Matrix {
+        let mut out = Matrix::zeros(self.rows, self.rows);
+        if self.cols > 0 {
+            faer::linalg::matmul::matmul(
+                faer::MatMut::from_row_major_slice_mut(&mut out.data, self.rows, self.rows),
+                Accum::Replace,
+                self.view(),
+                self.view().transpose(),
+                1.0,
+                Par::Seq,
+            );
+        }
+        out
+    }
+
+    /// A faer view of the row-major values.
+    fn view(&self) -> MatRef<'_, f64> {
+        MatRef::from_row_major_slice(&self.data, self.rows, self.cols)
+    }
+
+    /// A matrix from a faer view.
+    fn from_faer(m: MatRef<'_, f64>) -> Matrix {
+        let (rows, cols) = (m.nrows(), m.ncols());
+        let mut data = Vec::with_capacity(rows * cols);
+        for i in 0..rows {
+            data.extend((0..cols).map(|j| m[(i, j)]));
+        }
+        Matrix::from_rows(rows, cols, data)
     }
 
     /// `self − other`.
@@ -298,8 +363,53 @@ impl Svd {
     }
 }
 
-/// The thin SVD of `a` (see [`Svd`]).
+/// The thin SVD of `a` (see [`Svd`]), by faer's bidiagonalization SVD in f64 (the one-sided
+/// Jacobi [`jacobi_svd`] should faer report no convergence).
 pub fn svd(a: &Matrix) -> Svd {
+    if a.rows == 0 || a.cols == 0 {
+        return jacobi_svd(a);
+    }
+    match a.view().thin_svd() {
+        Ok(d) => {
+            let s: Vec<f64> = (0..d.S().dim()).map(|i| d.S()[i]).collect();
+            if s.iter().all(|v| v.is_finite()) {
+                let mut out = Svd {
+                    u: Matrix::from_faer(d.U()),
+                    s,
+                    vt: Matrix::from_faer(d.V().transpose()),
+                };
+                zero_noise_floor(&mut out, a);
+                return out;
+            }
+            tracing::warn!(
+                rows = a.rows,
+                cols = a.cols,
+                "faer's SVD gave non-finite values; one-sided Jacobi instead"
+            );
+            jacobi_svd(a)
+        }
+        Err(e) => {
+            tracing::warn!(rows = a.rows, cols = a.cols, error = ?e, "faer's SVD did not converge; one-sided Jacobi instead");
+            jacobi_svd(a)
+        }
+    }
+}
+
+/// faer's singular vectors of (numerically) zero singular values are orthonormal already; the
+/// values themselves are set to 0 below the noise floor, as [`jacobi_svd`] sets them.
+fn zero_noise_floor(d: &mut Svd, a: &Matrix) {
+    let smax = d.s.first().copied().unwrap_or(0.0);
+    let tiny = smax * (a.rows.max(a.cols) as f64) * f64::EPSILON;
+    for s in d.s.iter_mut() {
+        if *s <= tiny {
+            *s = 0.0;
+        }
+    }
+}
+
+/// The one-sided Jacobi (Hestenes) SVD of `a`: slower than [`svd`] but accurate to a few ulps
+/// of f64 in every singular value and vector; the tests' reference.
+pub fn jacobi_svd(a: &Matrix) -> Svd {
     if a.rows >= a.cols {
         let (u, s, v) = jacobi_tall(a);
         Svd { u, s, vt: v.t() }
@@ -310,7 +420,68 @@ pub fn svd(a: &Matrix) -> Svd {
     }
 }
 
-/// The truncated SVD of `a`: its leading `rank` triplets.
+/// The Gram shortcuts are taken when the smallest singular value they need is at least this
+/// fraction of the largest (see the module comment).
+pub const GRAM_MIN_RATIO: f64 = 1e-3;
+
+/// The eigendecomposition of the symmetric `g`: eigenvalues in descending order and the
+/// matching eigenvectors as the columns of the returned matrix; `None` when faer reports no
+/// convergence.
+pub fn symmetric_eigen(g: &Matrix) -> Option<(Vec<f64>, Matrix)> {
+    assert_eq!(g.rows, g.cols, "symmetric_eigen: a square matrix");
+    let n = g.rows;
+    let e = g.view().self_adjoint_eigen(Side::Lower).ok()?;
+    // faer's are ascending.
+    let vals: Vec<f64> = (0..n).rev().map(|i| e.S()[i]).collect();
+    let u = e.U();
+    let mut vecs = Matrix::zeros(n, n);
+    for i in 0..n {
+        for (k, j) in (0..n).rev().enumerate() {
+            vecs.data[i * n + k] = u[(i, j)];
+        }
+    }
+    if vals.iter().all(|v| v.is_finite()) {
+        Some((vals, vecs))
+    } else {
+        None
+    }
+}
+
+/// The leading `rank` triplets through the Gram matrix, when they are all above
+/// [`GRAM_MIN_RATIO`]·σ₁; `None` otherwise.
+fn gram_truncated_svd(a: &Matrix, rank: usize) -> Option<Svd> {
+    let wide = a.rows < a.cols;
+    let g = if wide { a.gram_rows() } else { a.gram() };
+    let (vals, vecs) = symmetric_eigen(&g)?;
+    let lmax = vals.first().copied().unwrap_or(0.0);
+    if rank == 0 {
+        return None;
+    }
+    if lmax.is_nan() || lmax <= 0.0 || vals[rank - 1] < GRAM_MIN_RATIO * GRAM_MIN_RATIO * lmax {
+        return None;
+    }
+    let s: Vec<f64> = vals[..rank].iter().map(|l| l.sqrt()).collect();
+    let inv: Vec<f64> = s.iter().map(|v| 1.0 / v).collect();
+    // The `rank` leading eigenvectors: V (n×r) for a tall A, U (m×r) for a wide one.
+    let q = vecs.columns(0, rank);
+    if wide {
+        // Vᵀ = diag(1/σ) Uᵀ A
+        let vt = q.t().matmul(a).ok()?;
+        let mut vt = vt;
+        for (k, f) in inv.iter().enumerate() {
+            vt.data[k * a.cols..(k + 1) * a.cols]
+                .iter_mut()
+                .for_each(|x| *x *= f);
+        }
+        Some(Svd { u: q, s, vt })
+    } else {
+        let u = a.matmul(&q).ok()?.scale_columns(&inv);
+        Some(Svd { u, s, vt: q.t() })
+    }
+}
+
+/// The truncated SVD of `a`: its leading `rank` triplets (through the Gram matrix when that is
+/// accurate, see the module comment).
 pub fn truncated_svd(a: &Matrix, rank: usize) -> Result<Svd, LinalgError> {
     let k = a.rows.min(a.cols);
     if rank > k {
@@ -320,14 +491,131 @@ pub fn truncated_svd(a: &Matrix, rank: usize) -> Result<Svd, LinalgError> {
             cols: a.cols,
         });
     }
+    if let Some(d) = gram_truncated_svd(a, rank) {
+        return Ok(d);
+    }
     svd(a).truncate(rank)
 }
 
 /// The orthogonal polar factor `U · Vᵀ` of `a` (from its thin SVD): the matrix with
-/// orthonormal columns (rows, when wide) nearest to `a` in the Frobenius norm.
+/// orthonormal columns (rows, when wide) nearest to `a` in the Frobenius norm. Computed as
+/// `A (AᵀA)^{-1/2}` when every singular value is above [`GRAM_MIN_RATIO`]·σ₁, from the SVD
+/// otherwise.
 pub fn orthogonalize(a: &Matrix) -> Matrix {
+    if let Some(p) = gram_polar(a) {
+        return p;
+    }
     let d = svd(a);
     d.u.matmul(&d.vt).expect("an SVD's factors fit")
+}
+
+fn gram_polar(a: &Matrix) -> Option<Matrix> {
+    if a.rows == 0 || a.cols == 0 {
+        return None;
+    }
+    let wide = a.rows < a.cols;
+    let g = if wide { a.gram_rows() } else { a.gram() };
+    let (vals, q) = symmetric_eigen(&g)?;
+    let lmax = vals[0];
+    let lmin = *vals.last()?;
+    if lmax.is_nan() || lmax <= 0.0 || lmin < GRAM_MIN_RATIO * GRAM_MIN_RATIO * lmax {
+        return None;
+    }
+    // (AᵀA)^{-1/2} = Q Λ^{-1/2} Qᵀ
+    let inv: Vec<f64> = vals.iter().map(|l| 1.0 / l.sqrt()).collect();
+    let root = q.scale_columns(&inv).matmul(&q.t()).ok()?;
+    if wide {
+        root.matmul(a).ok()
+    } else {
+        a.matmul(&root).ok()
+    }
+}
+
+/// Where a merge's SVDs run, chosen per adapter ([`backend`]).
+#[derive(Clone)]
+pub enum Backend {
+    /// faer on the host's cores, in f64; independent SVDs spread over the cores.
+    Cpu,
+    /// The compute device: `fusion_kernels::linalg`'s WGSL one-sided Jacobi SVD in f32, one
+    /// batch per tensor (the task vectors of one weight at once).
+    Device(fusion_plugin_api::Context),
+}
+
+/// The backend of `method`'s SVDs for this run, logged: the device unless it is a CPU adapter
+/// (lavapipe, llvmpipe: native code on the same cores is far faster) or there is none.
+/// `FUSION_LINALG=cpu` or `=device` overrides the choice (for tests and measurements).
+pub fn backend(ctx: &fusion_plugin_api::Context, method: &str) -> Backend {
+    let forced = std::env::var("FUSION_LINALG").ok();
+    let c = match ctx.compute() {
+        Ok(c) => c,
+        Err(_) => {
+            tracing::info!("{method}: SVDs on the CPU (faer, f64): no compute device");
+            return Backend::Cpu;
+        }
+    };
+    let (device, why) = match forced.as_deref() {
+        Some("device") => (true, "FUSION_LINALG=device".to_string()),
+        Some("cpu") => (false, "FUSION_LINALG=cpu".to_string()),
+        _ if fusion_kernels::linalg::prefer_device(c) => {
+            (true, format!("a {:?} adapter", c.device_type()))
+        }
+        _ => (
+            false,
+            format!(
+                "a CPU adapter ({:?}), slower than native code",
+                c.device_type()
+            ),
+        ),
+    };
+    if device {
+        tracing::info!(
+            "{method}: SVDs on the device `{}` (WGSL one-sided Jacobi, f32, batched over the task vectors): {why}",
+            c.device_name()
+        );
+        Backend::Device(ctx.clone())
+    } else {
+        tracing::info!(
+            "{method}: SVDs on the CPU (faer, f64); the compute device `{}` is {why}",
+            c.device_name()
+        );
+        Backend::Cpu
+    }
+}
+
+impl Backend {
+    /// The leading `rank` singular triplets of each of `mats` (all of one shape).
+    pub fn truncated_svds(
+        &self,
+        mats: &[Matrix],
+        rank: usize,
+    ) -> fusion_plugin_api::Result<Vec<Svd>> {
+        use fusion_plugin_api::Error;
+        let Backend::Device(ctx) = self else {
+            return crate::parallel::map_parallel(mats, |a| {
+                truncated_svd(a, rank).map_err(|e| Error::config(e.to_string()))
+            });
+        };
+        let Some(first) = mats.first() else {
+            return Ok(Vec::new());
+        };
+        let (b, m, n) = (mats.len(), first.rows, first.cols);
+        let c = ctx.compute()?;
+        let data: Vec<f32> = mats.iter().flat_map(|a| a.to_f32()).collect();
+        let input = fusion_plugin_api::DeviceTensor::from_f32(c, &[b, m, n], &data)?;
+        let d = fusion_kernels::linalg::truncated_svd(c, input.id(), b, m, n, rank)?;
+        let read = |t: fusion_plugin_api::GpuTensor| fusion_kernels::nn::read_f32(c, t);
+        let (u, s, vt) = (read(d.u.id())?, read(d.s.id())?, read(d.vt.id())?);
+        Ok((0..b)
+            .map(|i| Svd {
+                u: Matrix::from_f32(m, rank, &u[i * m * rank..(i + 1) * m * rank]),
+                s: s[i * rank..(i + 1) * rank]
+                    .iter()
+                    .map(|&x| f64::from(x))
+                    .collect(),
+                vt: Matrix::from_f32(rank, n, &vt[i * rank * n..(i + 1) * rank * n]),
+            })
+            .collect())
+    }
 }
 
 /// One-sided Jacobi on an m×n matrix with m ≥ n: returns U (m×n), s (n, descending), V (n×n).
@@ -467,6 +755,18 @@ mod tests {
         Matrix::from_rows(rows, cols, data)
     }
 
+    impl Matrix {
+        /// `self + selfᵀ`.
+        fn add_transpose(&self) -> Matrix {
+            let t = self.t();
+            Matrix::from_rows(
+                self.rows,
+                self.cols,
+                self.data.iter().zip(&t.data).map(|(a, b)| a + b).collect(),
+            )
+        }
+    }
+
     fn max_abs(m: &Matrix) -> f64 {
         m.data().iter().fold(0.0, |a, &b| a.max(b.abs()))
     }
@@ -483,7 +783,11 @@ mod tests {
     }
 
     fn check(a: &Matrix) -> Svd {
-        let d = svd(a);
+        check_with(a, svd)
+    }
+
+    fn check_with(a: &Matrix, f: fn(&Matrix) -> Svd) -> Svd {
+        let d = f(a);
         let k = a.rows().min(a.cols());
         assert_eq!((d.u.rows(), d.u.cols()), (a.rows(), k));
         assert_eq!(d.s.len(), k);
@@ -550,10 +854,93 @@ mod tests {
             .map(|i| 10f64.powf(-(i as f64) * 10.0 / 7.0))
             .collect();
         let a = q1.scale_columns(&want).matmul(&q2.t()).unwrap();
-        let d = check(&a);
+        // Jacobi: every singular value to high relative accuracy.
+        let d = check_with(&a, jacobi_svd);
         for (got, want) in d.s.iter().zip(&want) {
             assert!((got - want).abs() / want < 1e-6, "{got:e} vs {want:e}");
         }
+        // faer's bidiagonalization: to absolute accuracy in σ₁'s units.
+        let d = check(&a);
+        for (got, want) in d.s.iter().zip(&want) {
+            assert!((got - want).abs() < 1e-13, "{got:e} vs {want:e}");
+        }
+        // The Gram shortcuts decline (σ₈/σ₁ = 1e-10) and the SVD answers: the leading three
+        // (σ₃/σ₁ ≈ 1.4e-3 ≥ GRAM_MIN_RATIO) come through the Gram matrix to relative accuracy
+        // k·ε·(σ₁/σ)² ≈ 1e-9.
+        assert!(gram_polar(&a).is_none());
+        assert!(gram_truncated_svd(&a, 8).is_none());
+        let t = gram_truncated_svd(&a, 3).expect("well-conditioned leading triplets");
+        for (got, want) in t.s.iter().zip(&want) {
+            assert!((got - want).abs() / want < 1e-8, "{got:e} vs {want:e}");
+        }
+        let p = orthogonalize(&a);
+        assert!(orthogonality_error(&p) < 1e-12);
+    }
+
+    #[test]
+    fn faer_agrees_with_jacobi() {
+        for (r, c, seed) in [(30, 30, 21), (50, 12, 22), (12, 50, 23)] {
+            let a = random(r, c, seed);
+            let (f, j) = (check(&a), check_with(&a, jacobi_svd));
+            for (x, y) in f.s.iter().zip(&j.s) {
+                assert!((x - y).abs() < 1e-13 * j.s[0], "{x} vs {y}");
+            }
+            // Singular vectors agree up to sign (distinct singular values).
+            for k in 0..f.s.len() {
+                let d: f64 = (0..r).map(|i| f.u[(i, k)] * j.u[(i, k)]).sum();
+                assert!((d.abs() - 1.0).abs() < 1e-9, "column {k}: |<u, u'>| = {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn gram_paths_match_the_svd() {
+        for (r, c, rank, seed) in [(40, 24, 6, 31), (24, 40, 6, 32), (30, 30, 30, 33)] {
+            let a = random(r, c, seed);
+            let full = jacobi_svd(&a).truncate(rank).unwrap();
+            let g = gram_truncated_svd(&a, rank).expect("a random matrix is well conditioned");
+            assert_eq!(
+                (g.u.rows(), g.u.cols(), g.vt.rows(), g.vt.cols()),
+                (r, rank, rank, c)
+            );
+            for (x, y) in g.s.iter().zip(&full.s) {
+                assert!((x - y).abs() < 1e-11 * full.s[0], "{x} vs {y}");
+            }
+            assert!(orthogonality_error(&g.u) < 1e-10);
+            assert!(orthogonality_error(&g.vt.t()) < 1e-10);
+            let rec = max_abs(&g.reconstruct().sub(&full.reconstruct()).unwrap());
+            assert!(
+                rec < 1e-11 * max_abs(&a),
+                "rank-{rank} reconstructions differ by {rec:e}"
+            );
+            let polar_svd = {
+                let d = jacobi_svd(&a);
+                d.u.matmul(&d.vt).unwrap()
+            };
+            let polar = gram_polar(&a).expect("well conditioned");
+            assert!(max_abs(&polar.sub(&polar_svd).unwrap()) < 1e-11);
+        }
+    }
+
+    #[test]
+    fn polar_of_a_rank_deficient_matrix_is_orthonormal() {
+        // The Gram path declines; the SVD's completed singular vectors make the factor
+        // orthonormal all the same.
+        let a = random(20, 3, 41).matmul(&random(3, 12, 42)).unwrap();
+        assert!(gram_polar(&a).is_none());
+        assert!(orthogonality_error(&orthogonalize(&a)) < 1e-12);
+        assert!(orthogonality_error(&orthogonalize(&a.t()).t()) < 1e-12);
+    }
+
+    #[test]
+    fn symmetric_eigen_reconstructs() {
+        let b = random(16, 16, 51);
+        let g = b.add_transpose();
+        let (vals, q) = symmetric_eigen(&g).unwrap();
+        assert!(vals.windows(2).all(|w| w[0] >= w[1]));
+        assert!(orthogonality_error(&q) < 1e-12);
+        let rec = q.scale_columns(&vals).matmul(&q.t()).unwrap();
+        assert!(max_abs(&rec.sub(&g).unwrap()) < 1e-12 * max_abs(&g));
     }
 
     #[test]
@@ -562,7 +949,9 @@ mod tests {
         let d = truncated_svd(&a, 3).unwrap();
         assert_eq!((d.u.cols(), d.s.len(), d.vt.rows()), (3, 3, 3));
         let full = svd(&a);
-        assert_eq!(d.s, full.s[..3].to_vec());
+        for (x, y) in d.s.iter().zip(&full.s) {
+            assert!((x - y).abs() < 1e-12 * full.s[0], "{x} vs {y}");
+        }
         // The error of the best rank-3 approximation is the 4th singular value (2-norm) and
         // √(Σ_{i>3} sᵢ²) in the Frobenius norm.
         let err = d.reconstruct().sub(&a).unwrap().norm();

@@ -3,6 +3,11 @@
 //! merging in the common subspace (ISO-C, `ISO_C_Merge`) and in the common and task-specific
 //! subspaces (ISO-CTS, `ISO_CTS_Merge`).
 //!
+//! The independent SVDs of one tensor (one per task vector, and the two polar factors) run on
+//! as many threads as there are cores (`parallel.rs`), the SVDs themselves are faer's. On a GPU
+//! adapter the per-task SVDs of TSV-M and ISO-CTS run instead as one batch per tensor on the
+//! device (`fusion_kernels::linalg`, f32); the choice is logged ([`crate::linalg::backend`]).
+//!
 //! Each acts on every 2-D float tensor not named in `exclude_keys`; other tensors (vectors, layer
 //! norms, excluded keys) get the mean of the task vectors, as FusionBench does. Task vectors
 //! are formed in f32 as torch does; the SVDs and products run in f64, and the merged task
@@ -14,7 +19,8 @@ use fusion_plugin_api::TensorInfo;
 
 use crate::cpu::{is_matrix, load, task_vectors, CpuMerge, CpuMerged};
 use crate::inputs::Inputs;
-use crate::linalg::{orthogonalize, svd, truncated_svd, Matrix};
+use crate::linalg::{backend, orthogonalize, svd, truncated_svd, Backend, Matrix};
+use crate::parallel::map_parallel;
 
 /// `exclude_keys`: tensor names (exact) left out of the SVD and averaged instead.
 fn exclude_keys(config: &Config) -> Result<Vec<String>> {
@@ -111,8 +117,8 @@ impl FromConfig for TaskSingularVector {
 }
 
 impl Algorithm for TaskSingularVector {
-    fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
-        let (inputs, tsvm) = self.prepare(pool)?;
+    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
+        let (inputs, tsvm) = self.prepare(pool, ctx)?;
         Ok(CpuMerged::model(inputs, tsvm))
     }
 
@@ -120,7 +126,7 @@ impl Algorithm for TaskSingularVector {
         if !self.return_single_task_models {
             return Ok(vec![(String::new(), self.run(pool, ctx)?)]);
         }
-        let (inputs, tsvm) = self.prepare(pool)?;
+        let (inputs, tsvm) = self.prepare(pool, ctx)?;
         // FusionBench's dict: each model's own share under its pool name, then `merged`. Each
         // model computes its tensors when asked for, repeating the SVDs of that tensor, so that
         // memory holds one tensor of each input rather than T + 1 whole models.
@@ -130,6 +136,7 @@ impl Algorithm for TaskSingularVector {
                     index,
                     pre: tsvm.pre.clone(),
                     exclude_keys: tsvm.exclude_keys.clone(),
+                    backend: tsvm.backend.clone(),
                 };
                 (
                     inputs.models[index].name.clone(),
@@ -150,7 +157,7 @@ impl Algorithm for TaskSingularVector {
 
 impl TaskSingularVector {
     /// Open and check the models; the merge of the merged model.
-    fn prepare(&self, pool: &dyn ModelPool) -> Result<(Inputs, Tsvm)> {
+    fn prepare(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<(Inputs, Tsvm)> {
         const NAME: &str = "task_singular_vector";
         let inputs = Inputs::open(pool, NAME, true, 1)?;
         let t = inputs.models.len();
@@ -179,13 +186,14 @@ impl TaskSingularVector {
             Alpha::Merged(a) => a as f32,
             Alpha::PerModel(_) => 1.0,
         };
-        tracing::info!(models = t, alpha = ?self.alpha, "task singular vector merging (CPU)");
+        tracing::info!(models = t, alpha = ?self.alpha, "task singular vector merging");
         Ok((
             inputs,
             Tsvm {
                 pre,
                 post,
                 exclude_keys: self.exclude_keys.clone(),
+                backend: backend(ctx, NAME),
             },
         ))
     }
@@ -195,13 +203,14 @@ struct Tsvm {
     pre: Option<Vec<f32>>,
     post: f32,
     exclude_keys: Vec<String>,
+    backend: Backend,
 }
 
 impl CpuMerge for Tsvm {
     fn merge(&self, inputs: &Inputs, name: &str, info: &TensorInfo) -> Result<Vec<f32>> {
         let tvs = self.task_vectors(inputs, name)?;
         let merged = if is_matrix(info) && !self.exclude_keys.iter().any(|k| k == name) {
-            tsvm_matrix(info, &tvs)?
+            tsvm_matrix(info, &tvs, &self.backend)?
         } else {
             running_mean(&tvs)
         };
@@ -230,6 +239,7 @@ struct TsvmSingle {
     index: usize,
     pre: Option<Vec<f32>>,
     exclude_keys: Vec<String>,
+    backend: Backend,
 }
 
 impl CpuMerge for TsvmSingle {
@@ -238,10 +248,11 @@ impl CpuMerge for TsvmSingle {
             pre: self.pre.clone(),
             post: 1.0,
             exclude_keys: Vec::new(),
+            backend: self.backend.clone(),
         };
         let tvs = tsvm.task_vectors(inputs, name)?;
         let delta = if is_matrix(info) && !self.exclude_keys.iter().any(|k| k == name) {
-            tsvm_blocks(info, &tvs)?.single(self.index)?
+            tsvm_blocks(info, &tvs, &self.backend)?.single(self.index)?
         } else {
             running_mean(&tvs)
         };
@@ -284,28 +295,32 @@ impl TsvmBlocks {
 }
 
 /// TSV-M's merged task vector of one 2-D weight.
-fn tsvm_matrix(info: &TensorInfo, tvs: &[Vec<f32>]) -> Result<Vec<f32>> {
-    tsvm_blocks(info, tvs)?.merged()
+fn tsvm_matrix(info: &TensorInfo, tvs: &[Vec<f32>], backend: &Backend) -> Result<Vec<f32>> {
+    tsvm_blocks(info, tvs, backend)?.merged()
 }
 
-fn tsvm_blocks(info: &TensorInfo, tvs: &[Vec<f32>]) -> Result<TsvmBlocks> {
+fn tsvm_blocks(info: &TensorInfo, tvs: &[Vec<f32>], backend: &Backend) -> Result<TsvmBlocks> {
     let t = tvs.len();
     let k = info.shape[0].min(info.shape[1]);
     // int(k * (1 / T)) in Python's float arithmetic.
     let r = (k as f64 * (1.0 / t as f64)).floor() as usize;
+    // The T truncated SVDs are independent: spread over the cores, or one batch on the device.
+    let mats: Vec<Matrix> = tvs.iter().map(|tv| matrix(info, tv)).collect();
+    let svds = backend.truncated_svds(&mats, r)?;
     let mut us = Vec::with_capacity(t);
     let mut s = Vec::with_capacity(t * r);
     let mut vts = Vec::with_capacity(t);
-    for tv in tvs {
-        let d = truncated_svd(&matrix(info, tv), r).map_err(|e| Error::config(e.to_string()))?;
+    for d in svds {
         us.push(d.u);
         s.extend_from_slice(&d.s);
         vts.push(d.vt);
     }
     // FusionBench pads the stacks with zero columns up to k, whose polar-factor columns meet
     // zero singular values; the product is the same without them.
-    let u = orthogonalize(&Matrix::hcat(&us).map_err(|e| Error::model(e.to_string()))?);
-    let vt = orthogonalize(&Matrix::vcat(&vts).map_err(|e| Error::model(e.to_string()))?);
+    let (u, vt) = polar_pair(
+        Matrix::hcat(&us).map_err(|e| Error::model(e.to_string()))?,
+        Matrix::vcat(&vts).map_err(|e| Error::model(e.to_string()))?,
+    )?;
     Ok(TsvmBlocks { u, s, vt, r })
 }
 
@@ -329,14 +344,14 @@ impl FromConfig for IsoC {
 }
 
 impl Algorithm for IsoC {
-    fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
+    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
         const NAME: &str = "iso_c";
         let inputs = Inputs::open(pool, NAME, true, 1)?;
         matrices(&inputs, &self.exclude_keys, NAME)?;
         tracing::info!(
             models = inputs.models.len(),
             scaling_factor = self.scaling_factor,
-            "ISO-C (CPU)"
+            "ISO-C"
         );
         Ok(CpuMerged::model(
             inputs,
@@ -344,6 +359,7 @@ impl Algorithm for IsoC {
                 scaling_factor: self.scaling_factor,
                 exclude_keys: self.exclude_keys.clone(),
                 common_space_fraction: None,
+                backend: backend(ctx, NAME),
             },
         ))
     }
@@ -377,7 +393,7 @@ impl FromConfig for IsoCts {
 }
 
 impl Algorithm for IsoCts {
-    fn run(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Model> {
+    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
         const NAME: &str = "iso_cts";
         let inputs = Inputs::open(pool, NAME, true, 1)?;
         matrices(&inputs, &self.exclude_keys, NAME)?;
@@ -385,7 +401,7 @@ impl Algorithm for IsoCts {
             models = inputs.models.len(),
             scaling_factor = self.scaling_factor,
             common_space_fraction = self.common_space_fraction,
-            "ISO-CTS (CPU)"
+            "ISO-CTS"
         );
         Ok(CpuMerged::model(
             inputs,
@@ -393,6 +409,7 @@ impl Algorithm for IsoCts {
                 scaling_factor: self.scaling_factor,
                 exclude_keys: self.exclude_keys.clone(),
                 common_space_fraction: Some(self.common_space_fraction),
+                backend: backend(ctx, NAME),
             },
         ))
     }
@@ -403,6 +420,7 @@ struct Iso {
     scaling_factor: f32,
     exclude_keys: Vec<String>,
     common_space_fraction: Option<f64>,
+    backend: Backend,
 }
 
 impl CpuMerge for Iso {
@@ -422,7 +440,7 @@ impl CpuMerge for Iso {
             }
             (false, Some(_)) => running_mean(&tvs),
             (true, None) => iso_c_matrix(info, &tvs)?,
-            (true, Some(f)) => iso_cts_matrix(info, &tvs, f)?,
+            (true, Some(f)) => iso_cts_matrix(info, &tvs, f, &self.backend)?,
         };
         add_scaled(inputs, name, &merged, self.scaling_factor)
     }
@@ -453,13 +471,25 @@ fn iso_c_matrix(info: &TensorInfo, tvs: &[Vec<f32>]) -> Result<Vec<f32>> {
     Ok(out.to_f32())
 }
 
+/// The polar factors of the stacked left and right singular vectors, on two threads.
+fn polar_pair(u: Matrix, vt: Matrix) -> Result<(Matrix, Matrix)> {
+    let mut out = map_parallel(&[u, vt], |m| Ok(orthogonalize(m)))?.into_iter();
+    let (u, vt) = (out.next(), out.next());
+    Ok((u.expect("two factors"), vt.expect("two factors")))
+}
+
 /// Python's `round`: to the nearest integer, halves to even.
 fn round_half_even(x: f64) -> f64 {
     x.round_ties_even()
 }
 
 /// ISO-CTS's task matrix (see [`IsoCts`]).
-fn iso_cts_matrix(info: &TensorInfo, tvs: &[Vec<f32>], fraction: f64) -> Result<Vec<f32>> {
+fn iso_cts_matrix(
+    info: &TensorInfo,
+    tvs: &[Vec<f32>],
+    fraction: f64,
+    backend: &Backend,
+) -> Result<Vec<f32>> {
     let map = |e: crate::linalg::LinalgError| Error::model(e.to_string());
     let t = tvs.len();
     let k = info.shape[0].min(info.shape[1]);
@@ -473,16 +503,19 @@ fn iso_cts_matrix(info: &TensorInfo, tvs: &[Vec<f32>], fraction: f64) -> Result<
     let common_svd = truncated_svd(&sum_matrix(info, tvs), common).map_err(map)?;
     let uc = common_svd.u;
     let uct = uc.t();
+    // Each task's specific part is independent: spread over the cores; their SVDs run on the
+    // CPU likewise, or as one batch on the device.
+    let parts = map_parallel(tvs, |tv| {
+        let w = matrix(info, tv);
+        // w − Uc·Ucᵀ·w: the part outside the common space.
+        w.sub(&uc.matmul(&uct.matmul(&w).map_err(map)?).map_err(map)?)
+            .map_err(map)
+    })?;
+    let svds = backend.truncated_svds(&parts, per_task)?;
     let mut us = Vec::with_capacity(t + 1);
     let mut s = Vec::with_capacity(k);
     let mut vts = Vec::with_capacity(t + 1);
-    for tv in tvs {
-        let w = matrix(info, tv);
-        // w − Uc·Ucᵀ·w: the part outside the common space.
-        let w_ts = w
-            .sub(&uc.matmul(&uct.matmul(&w).map_err(map)?).map_err(map)?)
-            .map_err(map)?;
-        let d = truncated_svd(&w_ts, per_task).map_err(map)?;
+    for d in svds {
         us.push(d.u);
         s.extend_from_slice(&d.s);
         vts.push(d.vt);
@@ -490,8 +523,10 @@ fn iso_cts_matrix(info: &TensorInfo, tvs: &[Vec<f32>], fraction: f64) -> Result<
     us.push(uc);
     s.extend_from_slice(&common_svd.s);
     vts.push(common_svd.vt);
-    let u = orthogonalize(&Matrix::hcat(&us).map_err(map)?);
-    let vt = orthogonalize(&Matrix::vcat(&vts).map_err(map)?);
+    let (u, vt) = polar_pair(
+        Matrix::hcat(&us).map_err(map)?,
+        Matrix::vcat(&vts).map_err(map)?,
+    )?;
     let m = mean(&s);
     let out = u
         .scale_columns(&vec![m; u.cols()])

@@ -557,3 +557,57 @@ fn bf16_models_keep_their_dtype() {
         assert!(err < 3e-2, "{target}: {err}");
     }
 }
+
+/// The device backend of the SVD merges (`FUSION_LINALG=device`, or a GPU adapter) gives the
+/// CPU backend's truncated SVDs: one batch of task-vector-like matrices through
+/// `fusion_kernels::linalg` on the test adapter against faer in f64. The rank-r
+/// reconstructions agree to f32 accuracy (the singular vectors themselves only up to sign).
+#[test]
+fn device_backend_truncated_svds_match_the_cpu() {
+    use fusion_merging::linalg::{Backend, Matrix};
+    let (m, n, rank) = (24, 16, 5);
+    let mats: Vec<Matrix> = (0..3u64)
+        .map(|seed| {
+            let mut x = seed * 7919 + 17;
+            let data: Vec<f64> = (0..m * n)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((x >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 1e-3
+                })
+                .collect();
+            // rounded to f32, as task vectors are
+            Matrix::from_f32(m, n, &data.iter().map(|&v| v as f32).collect::<Vec<_>>())
+        })
+        .collect();
+    let cpu = Backend::Cpu.truncated_svds(&mats, rank).unwrap();
+    let dev = Backend::Device(ctx(Some(0)))
+        .truncated_svds(&mats, rank)
+        .unwrap();
+    for (i, (a, b)) in cpu.iter().zip(&dev).enumerate() {
+        let scale = a.s[0];
+        for (x, y) in a.s.iter().zip(&b.s) {
+            assert!((x - y).abs() <= 1e-5 * scale, "matrix {i}: σ {x} vs {y}");
+        }
+        let (ra, rb) = (a.reconstruct(), b.reconstruct());
+        let diff = ra
+            .data()
+            .iter()
+            .zip(rb.data())
+            .fold(0f64, |w, (x, y)| w.max((x - y).abs()));
+        let max = ra.data().iter().fold(0f64, |w, x| w.max(x.abs()));
+        assert!(
+            diff <= 1e-5 * max,
+            "matrix {i}: rank-{rank} reconstructions differ by {diff:e} (max {max:e})"
+        );
+    }
+    // A rank above the matrix's is the same clear error on both.
+    for backend in [Backend::Cpu, Backend::Device(ctx(Some(0)))] {
+        let msg = backend.truncated_svds(&mats, 17).err().unwrap().to_string();
+        assert!(
+            msg.contains("rank 17 is larger than the 24x16 matrix allows (at most 16)"),
+            "{msg}"
+        );
+    }
+}
