@@ -3740,7 +3740,6 @@ fn causal_lm_bad_input_is_named_with_exit_2() {
     assert!(run.error().contains("_pretrained_"), "{}", run.error());
 }
 
-
 // ---- methods that return several models, and task-vector analysis (issue 17) ----------------
 
 /// A config folder with the linalg-tiny pool as `modelpool=linalg` and the given extra files.
@@ -4141,7 +4140,6 @@ fn verbosity_flags_set_the_log_level_of_the_host_and_its_commands() {
     }
 }
 
-
 // ---- continual merging (OPCM and its baselines, DOP), DOGE-TA, RanDeS (issue 17) -----------
 
 /// A model pool config over linalg-tiny's models (`models` or `doge/models`, with their
@@ -4353,7 +4351,6 @@ fn doge_ta_and_randes_from_fusionbench_config_files() {
     assert!(run.error().contains("absorber"), "{}", run.stderr);
 }
 
-
 // ---- the linear-algebra family's bad input (issue 17) ---------------------------------------
 
 /// A pool whose models are written by `tensors(i)` (model 0 is `_pretrained_`), as
@@ -4477,4 +4474,73 @@ fn a_rank_larger_than_the_matrix_is_named_with_exit_2() {
     let run = run_args(work.path(), &args("method.exclude_keys=['proj.weight']"));
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(work.path().join("merged.safetensors").is_file());
+}
+
+// ---- the README's demo table (issue 17) --------------------------------------------------------
+
+/// The README's demo table, measured by `tools/demo_table.sh`, cannot drift from the code: three
+/// of the linear-algebra family's rows (TSV-M, ISO-C and singular value calibration after task
+/// arithmetic, from FusionBench's own config files) are re-run on the demo pool through the built
+/// host, and each average accuracy, rounded as the table rounds it, is the README's.
+#[test]
+fn demo_table_rows_of_the_linear_algebra_methods_match_the_readme() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for (row, method) in [
+        (
+            "task_singular_vector (TSV-M",
+            "task_singular_vector/TaskSingularVectorMerging",
+        ),
+        ("isotropic_merging/iso_c (", "isotropic_merging/iso_c"),
+        (
+            "singular_value_calibration/task_arithmetic (",
+            "singular_value_calibration/task_arithmetic",
+        ),
+    ] {
+        // `| label | six accuracies | **average** |`: the row's last cell, bold.
+        let line = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| {row}")))
+            .unwrap_or_else(|| panic!("README.md has no demo-table row `{row}…`"));
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 8, "label, six tasks, average: {line}");
+        let want = cells[7].trim_matches('*');
+        let r = run_host(
+            &root(),
+            &[
+                "--device",
+                "cpu",
+                "modelpool=CLIPVisionModelPool/demo",
+                "taskpool=CLIPVisionModelTaskPool/demo",
+                &format!("method={method}"),
+                "print_config=false",
+                "report_save_path=null",
+                &format!("path.log_dir={}", out.path().join(method).display()),
+            ],
+        );
+        assert_eq!(r.code, 0, "{method}: {}", r.stderr);
+        let report = json(&r.stdout);
+        let tasks = [
+            "fashion_tops",
+            "fashion_other",
+            "fashion_negative",
+            "digits_low",
+            "digits_high",
+            "digits_negative",
+        ];
+        for (task, cell) in tasks.iter().zip(&cells[1..7]) {
+            let acc = report[task]["accuracy"].as_f64().unwrap();
+            assert_eq!(
+                format!("{:.1}", 100.0 * acc),
+                *cell,
+                "{method} {task}: {line}"
+            );
+        }
+        let avg = report["average"]["accuracy"].as_f64().unwrap();
+        assert_eq!(
+            format!("{:.1}", 100.0 * avg),
+            want,
+            "{method}: the README's row is `{line}`"
+        );
+    }
 }
