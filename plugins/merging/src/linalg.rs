@@ -691,34 +691,50 @@ fn complete_orthonormal(q: &mut Matrix, missing: &[usize]) {
     }
     let len = q.cols;
     let mut filled: Vec<usize> = (0..q.rows).filter(|r| !missing.contains(r)).collect();
-    let mut candidate = 0;
-    for &row in missing {
-        loop {
-            assert!(
-                candidate < len,
-                "orthonormal completion ran out of basis vectors"
-            );
-            let mut x = vec![0.0; len];
-            x[candidate] = 1.0;
-            candidate += 1;
-            for _ in 0..2 {
-                for &f in &filled {
-                    let r = q.row(f);
-                    let d: f64 = r.iter().zip(&x).map(|(a, b)| a * b).sum();
-                    for (xi, ri) in x.iter_mut().zip(r) {
-                        *xi -= d * ri;
-                    }
+    // The standard basis vector `e_c` with the filled rows projected out (twice, for accuracy).
+    let leftover = |filled: &[usize], q: &Matrix, c: usize| {
+        let mut x = vec![0.0; len];
+        x[c] = 1.0;
+        for _ in 0..2 {
+            for &f in filled {
+                let r = q.row(f);
+                let d: f64 = r.iter().zip(&x).map(|(a, b)| a * b).sum();
+                for (xi, ri) in x.iter_mut().zip(r) {
+                    *xi -= d * ri;
                 }
-            }
-            let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-            if norm > 0.5 {
-                for (o, xi) in q.data[row * len..(row + 1) * len].iter_mut().zip(&x) {
-                    *o = xi / norm;
-                }
-                filled.push(row);
-                break;
             }
         }
+        let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        (x, norm)
+    };
+    let mut start = 0;
+    for &row in missing {
+        // The first candidate that keeps half its length is taken; when none does (the missing
+        // directions spread over many coordinates), the one that keeps the most. Some candidate
+        // always keeps at least 1/sqrt(len): the squared leftovers of all basis vectors sum to
+        // the dimension of the complement, at least 1.
+        let mut best: Option<(Vec<f64>, f64)> = None;
+        for step in 0..len {
+            let c = (start + step) % len;
+            let (x, norm) = leftover(&filled, q, c);
+            if norm > 0.5 {
+                start = c + 1;
+                best = Some((x, norm));
+                break;
+            }
+            if best.as_ref().is_none_or(|(_, b)| norm > *b) {
+                best = Some((x, norm));
+            }
+        }
+        let (x, norm) = best.expect("a matrix with at least one column");
+        assert!(
+            norm > 1e-12,
+            "orthonormal completion: the rows already span the space"
+        );
+        for (o, xi) in q.data[row * len..(row + 1) * len].iter_mut().zip(&x) {
+            *o = xi / norm;
+        }
+        filled.push(row);
     }
 }
 
@@ -740,6 +756,36 @@ fn rotate(x: &mut [f64], y: &mut [f64], c: f64, s: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The missing direction (1,1,1,1)/2 keeps only half of every standard basis vector, so no
+    /// candidate passes the "keeps more than half" test; the completion still finds it (it
+    /// used to panic with "ran out of basis vectors", as ISO-CTS did on the demo pool).
+    #[test]
+    fn orthonormal_completion_of_a_direction_spread_over_every_coordinate() {
+        let h = 0.5;
+        // Three orthonormal rows orthogonal to (1,1,1,1)/2; row 3 is to be filled.
+        let mut q = Matrix::from_rows(
+            4,
+            4,
+            vec![
+                h, h, -h, -h, //
+                h, -h, h, -h, //
+                h, -h, -h, h, //
+                0.0, 0.0, 0.0, 0.0,
+            ],
+        );
+        complete_orthonormal(&mut q, &[3]);
+        for (i, v) in q.row(3).iter().enumerate() {
+            assert!((v.abs() - h).abs() < 1e-12, "entry {i}: {v}");
+        }
+        let g = q.gram_rows();
+        for i in 0..4 {
+            for j in 0..4 {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((g.data()[i * 4 + j] - want).abs() < 1e-12, "({i},{j})");
+            }
+        }
+    }
 
     /// A deterministic pseudo-random matrix (xorshift), entries in [-1, 1).
     fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
