@@ -29,7 +29,8 @@ pub fn decode(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-fn decode_into(b: &[u8], dtype: DType, o: &mut [f32]) {
+/// `b` (values of `dtype`, one of f32, f16, bf16, f64) into `o`.
+pub fn decode_into(b: &[u8], dtype: DType, o: &mut [f32]) {
     match dtype {
         DType::BF16 => o.iter_mut().zip(b.chunks_exact(2)).for_each(|(o, c)| {
             *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)
@@ -72,26 +73,31 @@ pub fn encode(values: &[f32], dtype: DType) -> Result<Vec<u8>> {
     let mut out = vec![0u8; values.len() * size];
     out.par_chunks_mut(CHUNK * size)
         .zip(values.par_chunks(CHUNK))
-        .for_each(|(o, v)| match dtype {
-            DType::BF16 => o
-                .chunks_exact_mut(2)
-                .zip(v)
-                .for_each(|(o, &x)| o.copy_from_slice(&bf16_bits(x).to_le_bytes())),
-            DType::F32 => o
-                .chunks_exact_mut(4)
-                .zip(v)
-                .for_each(|(o, &x)| o.copy_from_slice(&x.to_le_bytes())),
-            DType::F16 => o
-                .chunks_exact_mut(2)
-                .zip(v)
-                .for_each(|(o, &x)| o.copy_from_slice(&half::f16::from_f32(x).to_le_bytes())),
-            DType::F64 => o
-                .chunks_exact_mut(8)
-                .zip(v)
-                .for_each(|(o, &x)| o.copy_from_slice(&(x as f64).to_le_bytes())),
-            _ => unreachable!("checked above"),
-        });
+        .for_each(|(o, v)| encode_into(v, dtype, o));
     Ok(out)
+}
+
+/// `v` into `o` as values of `dtype` (one of f32, f16, bf16, f64), rounding to nearest even.
+pub fn encode_into(v: &[f32], dtype: DType, o: &mut [u8]) {
+    match dtype {
+        DType::BF16 => o
+            .chunks_exact_mut(2)
+            .zip(v)
+            .for_each(|(o, &x)| o.copy_from_slice(&bf16_bits(x).to_le_bytes())),
+        DType::F32 => o
+            .chunks_exact_mut(4)
+            .zip(v)
+            .for_each(|(o, &x)| o.copy_from_slice(&x.to_le_bytes())),
+        DType::F16 => o
+            .chunks_exact_mut(2)
+            .zip(v)
+            .for_each(|(o, &x)| o.copy_from_slice(&half::f16::from_f32(x).to_le_bytes())),
+        DType::F64 => o
+            .chunks_exact_mut(8)
+            .zip(v)
+            .for_each(|(o, &x)| o.copy_from_slice(&(x as f64).to_le_bytes())),
+        _ => unreachable!("checked by the callers"),
+    }
 }
 
 /// Round every value to `dtype`'s precision in place (bfloat16 or float16; others unchanged).
@@ -176,24 +182,41 @@ pub fn top_k_magnitude(x: &[f32], k: usize) -> Vec<bool> {
     // Non-negative floats order as their bits (NaN above infinity, as `total_cmp` orders it).
     let mut bits: Vec<u32> = x.par_iter().map(|v| v.abs().to_bits()).collect();
     let (_, &mut threshold, _) = bits.select_nth_unstable(n - k);
-    let above = x
-        .par_iter()
-        .filter(|v| v.abs().to_bits() > threshold)
-        .count();
-    let mut ties_left = k - above;
-    x.iter()
-        .map(|v| {
-            let b = v.abs().to_bits();
-            if b > threshold {
-                true
-            } else if b == threshold && ties_left > 0 {
-                ties_left -= 1;
-                true
-            } else {
-                false
-            }
+    // Per chunk, the entries above the threshold and those at it; the ties are then given out
+    // chunk by chunk in order of position, and each chunk marks its own in parallel.
+    let counts: Vec<(usize, usize)> = x
+        .par_chunks(CHUNK)
+        .map(|c| {
+            c.iter().fold((0, 0), |(a, t), v| {
+                let b = v.abs().to_bits();
+                (a + (b > threshold) as usize, t + (b == threshold) as usize)
+            })
         })
-        .collect()
+        .collect();
+    let above: usize = counts.iter().map(|c| c.0).sum();
+    let mut ties_left = k - above;
+    let quota: Vec<usize> = counts
+        .iter()
+        .map(|&(_, t)| {
+            let q = t.min(ties_left);
+            ties_left -= q;
+            q
+        })
+        .collect();
+    let mut mask = vec![false; n];
+    mask.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .zip(quota.par_iter())
+        .for_each(|((m, c), &q)| {
+            let mut left = q;
+            for (m, v) in m.iter_mut().zip(c) {
+                let b = v.abs().to_bits();
+                let tie = b == threshold && left > 0;
+                *m = b > threshold || tie;
+                left -= tie as usize;
+            }
+        });
+    mask
 }
 
 #[cfg(test)]
@@ -263,10 +286,22 @@ mod tests {
     /// The selection keeps what a stable sort by descending magnitude keeps, ties included.
     #[test]
     fn top_k_matches_a_stable_sort() {
-        let x: Vec<f32> = (0..1000)
+        // Few distinct magnitudes over several chunks: runs of ties cross chunk boundaries.
+        let x: Vec<f32> = (0..3 * CHUNK + 100)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 4.0)
             .collect();
-        for k in [0, 1, 2, 10, 333, 500, 999, 1000] {
+        for k in [
+            0,
+            1,
+            2,
+            10,
+            333,
+            500,
+            CHUNK + 7,
+            2 * CHUNK,
+            x.len() - 1,
+            x.len(),
+        ] {
             let mut order: Vec<usize> = (0..x.len()).collect();
             order.sort_by(|&a, &b| x[b].abs().total_cmp(&x[a].abs()).then(a.cmp(&b)));
             let mut want = vec![false; x.len()];

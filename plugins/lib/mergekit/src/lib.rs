@@ -539,6 +539,62 @@ impl Merge {
         self.spec.name
     }
 
+    /// A linear merge straight from the input bytes to the output bytes, chunk by chunk on all
+    /// cores, with no whole-tensor f32 copies: the common case of a plain weighted average
+    /// (inputs of the output's shape, read as they are stored: no `dtype` rounding, no
+    /// vocabulary re-mapping). `None` when the general path must do it. The same arithmetic as
+    /// `methods::linear`, so the same bytes.
+    fn stream_linear(&self, t: &Planned) -> Result<Option<Vec<u8>>> {
+        if self.spec.method != methods::Method::Linear || t.vocab {
+            return Ok(None);
+        }
+        let mut datas = Vec::with_capacity(t.inputs.len());
+        for (m, name) in &t.inputs {
+            let ck = &self.models[*m].checkpoint;
+            let info = ck.info(name)?;
+            let plain = matches!(info.dtype, DType::F32 | DType::F16 | DType::BF16);
+            let rounds = matches!(self.compute_dtype, Some(DType::F16 | DType::BF16))
+                && self.compute_dtype != Some(info.dtype);
+            if info.shape != t.info.shape || !plain || rounds {
+                return Ok(None);
+            }
+            datas.push((ck.data(name)?, info.dtype));
+        }
+        let job = methods::Job {
+            name: &t.name,
+            shape: &t.info.shape,
+            tensors: Vec::new(),
+            base: t.base,
+            global: &t.global,
+            per_model: &t.per_model,
+            random_keys: &t.random_keys,
+            work: None,
+        };
+        let (w, divisor) =
+            methods::linear_weights(&job, datas.len()).map_err(|e| e.context(self.spec.name))?;
+        let n: usize = t.info.shape.iter().product();
+        let out_dtype = t.info.dtype;
+        let (osize, chunk) = (out_dtype.size(), cpu::CHUNK);
+        let mut out = vec![0u8; n * osize];
+        use rayon::prelude::*;
+        out.par_chunks_mut(chunk * osize)
+            .enumerate()
+            .for_each(|(c, o)| {
+                let len = o.len() / osize;
+                let (mut acc, mut x) = (vec![0f32; len], vec![0f32; len]);
+                for ((bytes, dtype), &wi) in datas.iter().zip(&w) {
+                    let s = dtype.size();
+                    cpu::decode_into(&bytes[c * chunk * s..(c * chunk + len) * s], *dtype, &mut x);
+                    cpu::fused_axpy(&mut acc, &x, wi);
+                }
+                if let Some(total) = divisor {
+                    acc.iter_mut().for_each(|v| *v /= total);
+                }
+                cpu::encode_into(&acc, out_dtype, o);
+            });
+        Ok(Some(out))
+    }
+
     fn compute(&self, t: &Planned) -> Result<Vec<f32>> {
         let shape = &t.info.shape;
         let mut inputs = Vec::with_capacity(t.inputs.len());
@@ -681,11 +737,13 @@ impl Planner<'_> {
                     infos.iter().map(|i| i.shape[0]).min().expect("inputs"),
                     infos.iter().map(|i| i.shape[1]).min().expect("inputs"),
                 ];
-                tracing::warn!(
-                    tensor = out_name,
-                    ?shape,
-                    "embedding sizes differ: using their common submatrix"
-                );
+                if self.config.tokenizer_source.is_none() {
+                    tracing::warn!(
+                        tensor = out_name,
+                        ?shape,
+                        "embedding sizes differ: using their common submatrix"
+                    );
+                }
             } else {
                 let other = infos
                     .iter()
@@ -942,6 +1000,9 @@ impl StateDict for Lazy {
     }
     fn data(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         let t = self.planned(name)?;
+        if let Some(bytes) = self.0.stream_linear(t)? {
+            return Ok(Cow::Owned(bytes));
+        }
         let values = self.0.compute(t)?;
         Ok(Cow::Owned(cpu::encode(&values, t.info.dtype)?))
     }

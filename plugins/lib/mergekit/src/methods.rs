@@ -399,19 +399,29 @@ pub fn merge(method: Method, job: &Job<'_>) -> Result<Vec<f32>> {
     }
 }
 
-/// `linear.py`: Σ wᵢxᵢ, divided by Σ wᵢ when `normalize`.
-fn linear(job: &Job<'_>) -> Result<Vec<f32>> {
-    let w: Vec<f32> = (0..job.tensors.len())
+/// The weights of a linear merge of `inputs` tensors and the divisor (Σ wᵢ when `normalize`).
+/// `job.tensors` may be empty (the streaming path reads the inputs itself).
+pub fn linear_weights(job: &Job<'_>, inputs: usize) -> Result<(Vec<f32>, Option<f32>)> {
+    let w: Vec<f32> = (0..inputs)
         .map(|i| job.weight(i).map(|w| w as f32))
         .collect::<Result<_>>()?;
-    let normalize = job.gflag("normalize");
     let total: f32 = w.iter().sum();
-    if normalize && total == 0.0 {
+    if !job.gflag("normalize") {
+        return Ok((w, None));
+    }
+    if total == 0.0 {
         return Err(Error::config(format!(
             "linear: the weights of tensor `{}` sum to 0, so `normalize` cannot divide by them",
             job.name
         )));
     }
+    Ok((w, Some(total)))
+}
+
+/// `linear.py`: Σ wᵢxᵢ, divided by Σ wᵢ when `normalize`.
+fn linear(job: &Job<'_>) -> Result<Vec<f32>> {
+    let (w, divisor) = linear_weights(job, job.tensors.len())?;
+    let (normalize, total) = (divisor.is_some(), divisor.unwrap_or(1.0));
     let mut acc = vec![0f32; job.tensors[0].len()];
     // One pass per chunk over every input (torch's addcmul_ is a fused multiply-add on the
     // CPU), then the division, while the chunk is in cache.
@@ -861,7 +871,21 @@ fn sign_mask(deltas: &[Vec<f32>]) -> Vec<Vec<bool>> {
 /// `generalized_task_arithmetic.py`. Every step is rounded to the working dtype (`q`), as
 /// mergekit's tensors in that dtype are; in float32 `q` does nothing.
 fn gta(job: &Job<'_>, consensus: bool, method: Sparsify) -> Result<Vec<f32>> {
-    let q = rounder(job.work);
+    // One copy of the loops per rounding, so that it inlines (an `fn` pointer is a call per
+    // step).
+    match job.work {
+        Some(fusion_plugin_api::DType::BF16) => gta_in(job, consensus, method, half_bf16),
+        Some(fusion_plugin_api::DType::F16) => gta_in(job, consensus, method, half_f16),
+        _ => gta_in(job, consensus, method, |x: f32| x),
+    }
+}
+
+fn gta_in(
+    job: &Job<'_>,
+    consensus: bool,
+    method: Sparsify,
+    q: impl Fn(f32) -> f32 + Sync + Copy,
+) -> Result<Vec<f32>> {
     let base = job.base_tensor("task arithmetic")?;
     let others = job.others();
     if others.is_empty() {
