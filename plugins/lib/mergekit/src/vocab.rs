@@ -95,6 +95,10 @@ pub struct ModelVocab<'a> {
     pub vocab_size: usize,
 }
 
+/// A token the output vocabulary adds to the donor's: its id, the token, and its
+/// `added_tokens` entry where a model had it as an added token.
+pub type NewToken = (usize, String, Option<Map<String, Value>>);
+
 /// Where the row of one output token comes from when a model does not give its own.
 #[derive(Clone, Debug, PartialEq)]
 enum RowSource {
@@ -117,7 +121,7 @@ pub struct Remap {
     configs: HashMap<usize, (Option<RowSource>, bool)>,
     /// Tokens of the output vocabulary the donor tokenizer lacks: (id, token, its
     /// `added_tokens` entry where a model had it as an added token).
-    pub new_tokens: Vec<(usize, String, Option<Map<String, Value>>)>,
+    pub new_tokens: Vec<NewToken>,
     /// Whether each model's rows are already the output's (then nothing is moved).
     identity: bool,
 }
