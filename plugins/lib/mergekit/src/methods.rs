@@ -735,9 +735,9 @@ impl Rng {
     }
 }
 
-/// `rescaled_masked_tensor` with the L1 norm: keep `Σ|δ|` unless either side is under 1e-7.
-fn rescale_l1(orig: &[f32], masked: &mut [f32]) {
-    let before: f64 = orig.iter().map(|v| v.abs() as f64).sum();
+/// `rescaled_masked_tensor` with the L1 norm: scale `masked` back to `before` (the `Σ|δ|` of
+/// the unmasked task vector) unless either side is under 1e-7.
+fn rescale_l1_from(before: f64, masked: &mut [f32]) {
     let after: f64 = masked.iter().map(|v| v.abs() as f64).sum();
     if before < 1e-7 || after < 1e-7 {
         return;
@@ -832,13 +832,20 @@ fn sparsify(
             }
         }
     }
-    let mut out: Vec<f32> = delta
-        .iter()
+    // In place (one tensor less held at a time); the L1 norm before masking is kept for
+    // the rescale.
+    let before: f64 = if rescale {
+        delta.iter().map(|v| v.abs() as f64).sum()
+    } else {
+        0.0
+    };
+    let mut out = delta;
+    out.iter_mut()
         .zip(&mask)
-        .map(|(&v, &m)| if m { v } else { 0.0 })
-        .collect();
+        .for_each(|(v, &m)| *v = if m { *v } else { 0.0 });
+    drop(mask);
     if rescale {
-        rescale_l1(&delta, &mut out);
+        rescale_l1_from(before, &mut out);
     }
     Ok(out)
 }
