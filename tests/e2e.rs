@@ -4542,5 +4542,67 @@ fn demo_table_rows_of_the_linear_algebra_methods_match_the_readme() {
             want,
             "{method}: the README's row is `{line}`"
         );
+
+/// `fusion-host --device cpu mergekit` with `tokenizer_source: union` (issue 18): the output
+/// vocabulary is mergekit's (its tokenizer.json, `vocab_size` in config.json), every
+/// embedding row matches mergekit-yaml's for the same token, and the log says the merge ran on
+/// the CPU whatever `--device` asked.
+#[test]
+fn mergekit_merges_vocabularies_like_mergekit_yaml() {
+    let work = mergekit_work();
+    let run = run_host(
+        work.path(),
+        &[
+            "--device",
+            "cpu",
+            "mergekit",
+            "configs/tok_union_linear.yaml",
+            "out",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("mergekit merges run on the CPU"),
+        "{}",
+        run.stderr
+    );
+    let out = work.path().join("out");
+    let expected = data().join("mergekit-tiny/expected/tok_union_linear");
+    let config = json(&std::fs::read_to_string(out.join("config.json")).unwrap());
+    assert_eq!(config["vocab_size"], 99);
+    let vocab = |dir: &Path| -> std::collections::HashMap<String, usize> {
+        let t = json(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap());
+        let mut v: std::collections::HashMap<String, usize> = t["model"]["vocab"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, i)| (k.clone(), i.as_u64().unwrap() as usize))
+            .collect();
+        for a in t["added_tokens"].as_array().unwrap() {
+            v.insert(
+                a["content"].as_str().unwrap().to_string(),
+                a["id"].as_u64().unwrap() as usize,
+            );
+        }
+        v
+    };
+    let (ours, theirs) = (vocab(&out), vocab(&expected));
+    assert_eq!(ours.len(), 99);
+    let got = checkpoint_tensors(&out);
+    let want = read_f32(&expected.join("model.safetensors"));
+    for ((name, shape, g), (_, _, w)) in got.iter().zip(&want) {
+        if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            let cols = shape[1];
+            for (token, &j) in &theirs {
+                let i = ours[token];
+                assert_eq!(
+                    &g[i * cols..(i + 1) * cols],
+                    &w[j * cols..(j + 1) * cols],
+                    "{name}: row of {token:?}"
+                );
+            }
+        } else {
+            assert_eq!(g, w, "{name}");
+        }
     }
 }

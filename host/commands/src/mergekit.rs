@@ -15,8 +15,8 @@ use fusion_hub::{HubClient, HubSettings};
 use fusion_plugin_api::hub::Hub;
 
 /// Run a mergekit YAML config (as `mergekit-yaml CONFIG OUT_DIR` does): merge the models it names
-/// (paths relative to the working directory, or hub ids) on the CPU and write the merged
-/// checkpoint folder. See docs/mergekit.md.
+/// (paths relative to the working directory, or hub ids) on the CPU, on all its cores, and write
+/// the merged checkpoint folder. See docs/mergekit.md.
 #[derive(Parser, Debug)]
 #[command(
     name = "fusion-host mergekit",
@@ -44,6 +44,9 @@ struct MergekitRequest {
     /// that).
     #[arg(long)]
     offline: bool,
+    /// Checked, but the merge runs on the CPU whatever the device (the log says so).
+    #[command(flatten)]
+    device: fusion_host_commands::DeviceArg,
     /// More logging (-v debug, -vv trace). FUSION_LOG=... sets a filter.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -93,6 +96,19 @@ fn run(req: &MergekitRequest) -> anyhow::Result<()> {
                 "--out-shard-size {size}: not a size (e.g. 5B, 500M, 1000000)"
             ))
         })?;
+    }
+    // `--device` (from `fusion-host --device`, as FUSION_DEVICE): checked, then said plainly
+    // not to apply. The merge is bound by reading the inputs and writing the output (see
+    // BENCHMARKS.md); the elementwise methods have no device path here.
+    let choice = req.device.choice()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if req.device.device == "auto" {
+        tracing::info!(threads, "mergekit merges run on the CPU");
+    } else {
+        tracing::warn!(
+            threads,
+            "--device {choice}: mergekit merges run on the CPU; the compute device is not used"
+        );
     }
     install_hub(req.offline, req.quiet)?;
     let options = fusion_mergekit::Options {

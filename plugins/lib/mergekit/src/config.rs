@@ -33,7 +33,32 @@ pub struct OutSlice {
 #[derive(Clone, Debug, PartialEq)]
 pub enum TokenizerSource {
     Base,
+    /// The union of every model's vocabulary (the base model's tokens first).
+    Union,
     Model(String),
+}
+
+/// Where the embedding row of one token comes from (`tokenizer.tokens.TOKEN.source`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenEmbedding {
+    /// That model's row of the token (after re-mapping to the output vocabulary).
+    Model(String),
+    /// Zeros (`kind: zero`).
+    Zero,
+    /// The row of another token of a model, by id or by token (`kind: model_token`).
+    ModelToken {
+        model: String,
+        token_id: Option<usize>,
+        token: Option<String>,
+    },
+}
+
+/// One entry of `tokenizer.tokens`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenConfig {
+    pub source: Option<TokenEmbedding>,
+    /// Use the source even for models that have the token.
+    pub force: bool,
 }
 
 /// A parsed mergekit config.
@@ -51,6 +76,14 @@ pub struct MergeConfig {
     /// Whether the config used `models:` (then the base model joins the sources).
     pub models_form: bool,
     pub tokenizer_source: Option<TokenizerSource>,
+    /// `tokenizer.tokens`, in the order written (their tokens are added to the vocabulary).
+    pub tokens: Vec<(String, TokenConfig)>,
+    /// `tokenizer.pad_to_multiple_of`.
+    pub pad_to_multiple_of: Option<usize>,
+    /// The `parameters` of the `modules:` entry (between a slice's and the top level's).
+    pub module_parameters: Params,
+    /// Whether the config used `modules:`.
+    pub modules_form: bool,
     /// `chat_template`: `auto` or the template text.
     pub chat_template: Option<String>,
 }
@@ -151,6 +184,129 @@ fn layer_range(v: &Value, what: &str) -> Result<(usize, usize)> {
     Ok((ints[0] as usize, ints[1] as usize))
 }
 
+/// The `models:` or `slices:` of `map` (the top level, or a `modules:` entry named by `at`):
+/// the output slices, and whether it was the `models:` form.
+fn inputs(top: &Map<String, Value>, at: &str) -> Result<(Vec<OutSlice>, bool)> {
+    let models = top.get("models").filter(|v| !v.is_null());
+    let slices_v = top.get("slices").filter(|v| !v.is_null());
+    let slices = match (models, slices_v) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(err(format!(
+                "exactly one of `{at}models` and `{at}slices` must be given"
+            )))
+        }
+        (Some(Value::Array(items)), None) if !items.is_empty() => {
+            let mut sources = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let what = format!("{at}models[{i}]");
+                let Value::Object(m) = item else {
+                    return Err(err(format!(
+                        "`{what}` must be a mapping with `model:`, got {item}"
+                    )));
+                };
+                check_keys(m, &format!("{what}."), &["model", "parameters"], &[])?;
+                let model = model_ref(
+                    m.get("model")
+                        .ok_or_else(|| err(format!("`{what}` has no `model`")))?,
+                    &format!("{what}.model"),
+                )?;
+                sources.push(Source {
+                    model,
+                    layer_range: None,
+                    parameters: params(m.get("parameters"), &format!("{what}.parameters"))?,
+                });
+            }
+            vec![OutSlice {
+                sources,
+                base_model: None,
+                parameters: Params::new(),
+            }]
+        }
+        (Some(other), None) => {
+            return Err(err(format!(
+                "`{at}models` must be a non-empty list, got {other}"
+            )))
+        }
+        (None, Some(Value::Array(items))) if !items.is_empty() => {
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let what = format!("{at}slices[{i}]");
+                let Value::Object(s) = item else {
+                    return Err(err(format!("`{what}` must be a mapping with `sources:`")));
+                };
+                check_keys(
+                    s,
+                    &format!("{what}."),
+                    &["sources", "base_model", "parameters"],
+                    &["residual_weight"],
+                )?;
+                let Some(Value::Array(srcs)) = s.get("sources") else {
+                    return Err(err(format!("`{what}.sources` must be a list")));
+                };
+                if srcs.is_empty() {
+                    return Err(err(format!("`{what}.sources` is empty")));
+                }
+                let mut sources = Vec::new();
+                for (j, src) in srcs.iter().enumerate() {
+                    let what = format!("{what}.sources[{j}]");
+                    let Value::Object(m) = src else {
+                        return Err(err(format!("`{what}` must be a mapping")));
+                    };
+                    check_keys(
+                        m,
+                        &format!("{what}."),
+                        &["model", "layer_range", "parameters"],
+                        &[],
+                    )?;
+                    let model = model_ref(
+                        m.get("model")
+                            .ok_or_else(|| err(format!("`{what}` has no `model`")))?,
+                        &format!("{what}.model"),
+                    )?;
+                    let range = layer_range(
+                        m.get("layer_range")
+                            .ok_or_else(|| err(format!("`{what}` has no `layer_range`")))?,
+                        &format!("{what}.layer_range"),
+                    )?;
+                    sources.push(Source {
+                        model,
+                        layer_range: Some(range),
+                        parameters: params(m.get("parameters"), &format!("{what}.parameters"))?,
+                    });
+                }
+                let n = sources[0].layer_range.map(|(a, b)| b - a);
+                if let Some(bad) = sources
+                    .iter()
+                    .find(|s| s.layer_range.map(|(a, b)| b - a) != n)
+                {
+                    return Err(err(format!(
+                        "`{what}`: every source of a slice must have the same number of layers ({} has {:?}, {} has {:?})",
+                        sources[0].model,
+                        sources[0].layer_range,
+                        bad.model,
+                        bad.layer_range
+                    )));
+                }
+                out.push(OutSlice {
+                    sources,
+                    base_model: match s.get("base_model") {
+                        None | Some(Value::Null) => None,
+                        Some(v) => Some(model_ref(v, &format!("{what}.base_model"))?),
+                    },
+                    parameters: params(s.get("parameters"), &format!("{what}.parameters"))?,
+                });
+            }
+            out
+        }
+        (None, Some(other)) => {
+            return Err(err(format!(
+                "`{at}slices` must be a non-empty list, got {other}"
+            )))
+        }
+    };
+    Ok((slices, models.is_some()))
+}
+
 impl MergeConfig {
     /// Parse a mergekit YAML config.
     pub fn parse(text: &str) -> Result<MergeConfig> {
@@ -174,8 +330,9 @@ impl MergeConfig {
                 "tokenizer",
                 "chat_template",
                 "name",
+                "modules",
             ],
-            &["modules"],
+            &[],
         )?;
         let merge_method = match top.get("merge_method") {
             Some(Value::String(s)) => s.clone(),
@@ -186,121 +343,54 @@ impl MergeConfig {
             None | Some(Value::Null) => None,
             Some(v) => Some(model_ref(v, "base_model")?),
         };
-        let models = top.get("models").filter(|v| !v.is_null());
-        let slices_v = top.get("slices").filter(|v| !v.is_null());
-        let slices = match (models, slices_v) {
-            (Some(_), Some(_)) | (None, None) => {
-                return Err(err("exactly one of `models` and `slices` must be given"))
+        let (slices, models_form, module_parameters, modules_form) = match top
+            .get("modules")
+            .filter(|v| !v.is_null())
+        {
+            None => {
+                let (slices, models_form) = inputs(&top, "")?;
+                (slices, models_form, Params::new(), false)
             }
-            (Some(Value::Array(items)), None) if !items.is_empty() => {
-                let mut sources = Vec::new();
-                for (i, item) in items.iter().enumerate() {
-                    let what = format!("models[{i}]");
-                    let Value::Object(m) = item else {
-                        return Err(err(format!(
-                            "`{what}` must be a mapping with `model:`, got {item}"
-                        )));
-                    };
-                    check_keys(m, &format!("{what}."), &["model", "parameters"], &[])?;
-                    let model = model_ref(
-                        m.get("model")
-                            .ok_or_else(|| err(format!("`{what}` has no `model`")))?,
-                        &format!("{what}.model"),
-                    )?;
-                    sources.push(Source {
-                        model,
-                        layer_range: None,
-                        parameters: params(m.get("parameters"), &format!("{what}.parameters"))?,
-                    });
+            Some(modules) => {
+                if top.get("models").is_some_and(|v| !v.is_null())
+                    || top.get("slices").is_some_and(|v| !v.is_null())
+                {
+                    return Err(err(
+                        "exactly one of `models`, `slices` and `modules` must be given",
+                    ));
                 }
-                vec![OutSlice {
-                    sources,
-                    base_model: None,
-                    parameters: Params::new(),
-                }]
-            }
-            (Some(other), None) => {
-                return Err(err(format!(
-                    "`models` must be a non-empty list, got {other}"
-                )))
-            }
-            (None, Some(Value::Array(items))) if !items.is_empty() => {
-                let mut out = Vec::new();
-                for (i, item) in items.iter().enumerate() {
-                    let what = format!("slices[{i}]");
-                    let Value::Object(s) = item else {
-                        return Err(err(format!("`{what}` must be a mapping with `sources:`")));
-                    };
-                    check_keys(
-                        s,
-                        &format!("{what}."),
-                        &["sources", "base_model", "parameters"],
-                        &["residual_weight"],
-                    )?;
-                    let Some(Value::Array(srcs)) = s.get("sources") else {
-                        return Err(err(format!("`{what}.sources` must be a list")));
-                    };
-                    if srcs.is_empty() {
-                        return Err(err(format!("`{what}.sources` is empty")));
-                    }
-                    let mut sources = Vec::new();
-                    for (j, src) in srcs.iter().enumerate() {
-                        let what = format!("{what}.sources[{j}]");
-                        let Value::Object(m) = src else {
-                            return Err(err(format!("`{what}` must be a mapping")));
-                        };
-                        check_keys(
-                            m,
-                            &format!("{what}."),
-                            &["model", "layer_range", "parameters"],
-                            &[],
-                        )?;
-                        let model = model_ref(
-                            m.get("model")
-                                .ok_or_else(|| err(format!("`{what}` has no `model`")))?,
-                            &format!("{what}.model"),
-                        )?;
-                        let range = layer_range(
-                            m.get("layer_range")
-                                .ok_or_else(|| err(format!("`{what}` has no `layer_range`")))?,
-                            &format!("{what}.layer_range"),
-                        )?;
-                        sources.push(Source {
-                            model,
-                            layer_range: Some(range),
-                            parameters: params(m.get("parameters"), &format!("{what}.parameters"))?,
-                        });
-                    }
-                    let n = sources[0].layer_range.map(|(a, b)| b - a);
-                    if let Some(bad) = sources
-                        .iter()
-                        .find(|s| s.layer_range.map(|(a, b)| b - a) != n)
-                    {
-                        return Err(err(format!(
-                            "`{what}`: every source of a slice must have the same number of layers ({} has {:?}, {} has {:?})",
-                            sources[0].model,
-                            sources[0].layer_range,
-                            bad.model,
-                            bad.layer_range
-                        )));
-                    }
-                    out.push(OutSlice {
-                        sources,
-                        base_model: match s.get("base_model") {
-                            None | Some(Value::Null) => None,
-                            Some(v) => Some(model_ref(v, &format!("{what}.base_model"))?),
-                        },
-                        parameters: params(s.get("parameters"), &format!("{what}.parameters"))?,
-                    });
+                let Value::Object(modules) = modules else {
+                    return Err(err(format!(
+                        "`modules` must be a mapping of module names, got {modules}"
+                    )));
+                };
+                // The decoder architectures fusion-host knows have one module, which mergekit
+                // names `default`; the modules of multi-module (vision-language) models are not
+                // known here.
+                let mut entries = modules.iter();
+                let (Some((name, module)), None) = (entries.next(), entries.next()) else {
+                    return Err(err(format!(
+                        "`modules` names {} modules; the decoder architectures fusion-host knows have one, `default`",
+                        modules.len()
+                    )));
+                };
+                if name != "default" {
+                    return Err(Error::unsupported(format!(
+                        "mergekit config: `modules.{name}`: the decoder architectures fusion-host knows have one module, `default` (multi-module models such as vision-language ones are not supported)"
+                    )));
                 }
-                out
-            }
-            (None, Some(other)) => {
-                return Err(err(format!(
-                    "`slices` must be a non-empty list, got {other}"
-                )))
+                let at = format!("modules.{name}.");
+                let Value::Object(module) = module else {
+                    return Err(err(format!("`modules.{name}` must be a mapping")));
+                };
+                check_keys(module, &at, &["models", "slices", "parameters"], &[])?;
+                let (slices, models_form) = inputs(module, &at)?;
+                let params = params(module.get("parameters"), &format!("{at}parameters"))?;
+                (slices, models_form, params, true)
             }
         };
+        let mut tokens = Vec::new();
+        let mut pad_to_multiple_of = None;
         let tokenizer_source = match (top.get("tokenizer_source"), top.get("tokenizer")) {
             (Some(a), Some(b)) if !a.is_null() && !b.is_null() => {
                 return Err(err("give `tokenizer_source` or `tokenizer`, not both"))
@@ -310,12 +400,37 @@ impl MergeConfig {
                 check_keys(
                     t,
                     "tokenizer.",
-                    &["source"],
-                    &["tokens", "pad_to_multiple_of"],
+                    &["source", "tokens", "pad_to_multiple_of"],
+                    &[],
                 )?;
-                match t.get("source") {
+                match t.get("pad_to_multiple_of") {
+                    None | Some(Value::Null) => {}
+                    Some(v) => {
+                        pad_to_multiple_of =
+                            Some(v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+                                err(format!(
+                                "`tokenizer.pad_to_multiple_of` must be a positive integer, got {v}"
+                            ))
+                            })? as usize)
+                    }
+                }
+                match t.get("tokens") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::Object(map)) => {
+                        for (token, cfg) in map {
+                            tokens.push((token.clone(), token_config(cfg, token)?));
+                        }
+                    }
+                    Some(other) => {
+                        return Err(err(format!(
+                            "`tokenizer.tokens` must be a mapping of tokens, got {other}"
+                        )))
+                    }
+                }
+                // mergekit's `TokenizerConfig.source` defaults to `union`.
+                match t.get("source").filter(|v| !v.is_null()) {
                     Some(v) => Some(tokenizer_source(v, "tokenizer.source")?),
-                    None => None,
+                    None => Some(TokenizerSource::Union),
                 }
             }
             (_, Some(Value::Null)) | (_, None) => None,
@@ -338,9 +453,13 @@ impl MergeConfig {
                     )))
                 }
             },
-            models_form: models.is_some(),
+            models_form,
+            module_parameters,
+            modules_form,
             slices,
             tokenizer_source,
+            tokens,
+            pad_to_multiple_of,
         })
     }
 
@@ -372,26 +491,120 @@ impl MergeConfig {
 fn tokenizer_source(v: &Value, what: &str) -> Result<TokenizerSource> {
     match v {
         Value::String(s) if s == "base" => Ok(TokenizerSource::Base),
-        Value::String(s) if s == "union" => Err(err(format!(
-            "`{what}: union` (a merged vocabulary) is not supported by fusion-host; use `base` or a model"
-        ))),
+        Value::String(s) if s == "union" => Ok(TokenizerSource::Union),
         other => Ok(TokenizerSource::Model(model_ref(other, what)?)),
     }
 }
 
-/// mergekit's named templates (its own files) are not shipped; `auto` and inline text are.
+/// One `tokenizer.tokens` entry: `{source, force}`, the source a model reference,
+/// `{kind: zero}` or `{kind: model_token, model, token_id | token}`.
+fn token_config(v: &Value, token: &str) -> Result<TokenConfig> {
+    let what = format!("tokenizer.tokens.{token}");
+    let Value::Object(m) = v else {
+        return Err(err(format!(
+            "`{what}` must be a mapping with `source`, got {v}"
+        )));
+    };
+    check_keys(m, &format!("{what}."), &["source", "force"], &[])?;
+    let force = match m.get("force") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(err(format!(
+                "`{what}.force` must be true or false, got {other}"
+            )))
+        }
+    };
+    let source = match m.get("source") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(s)) => {
+            let kind = s.get("kind").and_then(Value::as_str).unwrap_or_default();
+            match kind {
+                "zero" => {
+                    check_keys(s, &format!("{what}.source."), &["kind"], &[])?;
+                    Some(TokenEmbedding::Zero)
+                }
+                "model_token" => {
+                    check_keys(
+                        s,
+                        &format!("{what}.source."),
+                        &["kind", "model", "token_id", "token"],
+                        &[],
+                    )?;
+                    let model = model_ref(
+                        s.get("model")
+                            .ok_or_else(|| err(format!("`{what}.source` has no `model`")))?,
+                        &format!("{what}.source.model"),
+                    )?;
+                    let token_id = match s.get("token_id") {
+                        None | Some(Value::Null) => None,
+                        Some(v) => Some(v.as_u64().ok_or_else(|| {
+                            err(format!(
+                                "`{what}.source.token_id` must be a token id, got {v}"
+                            ))
+                        })? as usize),
+                    };
+                    let token = match s.get("token") {
+                        None | Some(Value::Null) => None,
+                        Some(Value::String(t)) => Some(t.clone()),
+                        Some(v) => {
+                            return Err(err(format!(
+                                "`{what}.source.token` must be a string, got {v}"
+                            )))
+                        }
+                    };
+                    if token_id.is_some() == token.is_some() {
+                        return Err(err(format!(
+                            "`{what}.source`: give exactly one of `token_id` and `token`"
+                        )));
+                    }
+                    Some(TokenEmbedding::ModelToken {
+                        model,
+                        token_id,
+                        token,
+                    })
+                }
+                other => {
+                    return Err(err(format!(
+                        "`{what}.source.kind: {other}` is not one of zero, model_token"
+                    )))
+                }
+            }
+        }
+        Some(other) => Some(TokenEmbedding::Model(model_ref(
+            other,
+            &format!("{what}.source"),
+        )?)),
+    };
+    Ok(TokenConfig { source, force })
+}
+
+/// mergekit's bundled chat templates (`mergekit/_data/chat_templates/NAME.jinja`, shipped here
+/// unchanged so that a merge names the same template text), by the name a config gives.
+pub const CHAT_TEMPLATES: &[(&str, &str)] = &[
+    ("alpaca", include_str!("chat_templates/alpaca.jinja")),
+    ("chatml", include_str!("chat_templates/chatml.jinja")),
+    ("exaone", include_str!("chat_templates/exaone.jinja")),
+    ("llama3", include_str!("chat_templates/llama3.jinja")),
+    ("mistral", include_str!("chat_templates/mistral.jinja")),
+];
+
+/// `chat_template` as mergekit's `_set_chat_template` reads it: `auto`; a short single-line text
+/// without `{` names a bundled template; anything else must look like a Jinja template.
 fn chat_template(t: &str) -> Result<String> {
     if t == "auto" {
         return Ok(t.to_string());
     }
-    if ["alpaca", "chatml", "llama3", "mistral", "exaone"].contains(&t) {
-        return Err(err(format!(
-            "`chat_template: {t}` names one of mergekit's bundled templates, which fusion-host does not ship; give the template text (Jinja) or `auto`"
-        )));
+    if t.len() < 256 && !t.contains('\n') && !t.contains('{') {
+        if let Some((_, text)) = CHAT_TEMPLATES.iter().find(|(name, _)| *name == t) {
+            return Ok(text.to_string());
+        }
     }
     if t.len() < 20 || !t.contains('{') {
+        let names: Vec<&str> = CHAT_TEMPLATES.iter().map(|(n, _)| *n).collect();
         return Err(err(format!(
-            "`chat_template: {t}` is neither `auto` nor a Jinja template"
+            "`chat_template: {t}` is neither `auto`, a bundled template ({}) nor a Jinja template",
+            names.join(", ")
         )));
     }
     Ok(t.to_string())

@@ -23,17 +23,17 @@
 //! ```
 
 pub mod config;
+pub mod cpu;
 pub mod methods;
 pub mod setting;
+pub mod vocab;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fusion_checkpoint::Checkpoint;
-use fusion_plugin_api::{
-    bytes_to_f32, f32_to_bytes, DType, Error, Model, Result, StateDict, TensorInfo,
-};
+use fusion_plugin_api::{DType, Error, Model, Result, StateDict, TensorInfo};
 use serde_json::Value;
 
 use config::{MergeConfig, OutSlice, TokenizerSource};
@@ -160,6 +160,9 @@ struct Planned {
     global: Values,
     per_model: Vec<Values>,
     random_keys: Vec<u64>,
+    /// Whether its inputs are re-mapped to the output vocabulary first (`embed_tokens`,
+    /// `lm_head` under a `tokenizer_source` whose vocabulary differs from a model's).
+    vocab: bool,
 }
 
 /// A planned merge.
@@ -170,6 +173,7 @@ pub struct Merge {
     tensors: Vec<Planned>,
     files: BTreeMap<String, Vec<u8>>,
     by_name: std::collections::HashMap<String, usize>,
+    remap: Option<vocab::Remap>,
     /// The number of layers of the output.
     pub layers: usize,
 }
@@ -207,9 +211,13 @@ impl Reader<'_> {
                 }
             }
         }
-        [&self.slice.parameters, &self.config.parameters]
-            .iter()
-            .find_map(|p| p.get(name).and_then(|s| s.evaluate(tensor, self.t)))
+        [
+            &self.slice.parameters,
+            &self.config.module_parameters,
+            &self.config.parameters,
+        ]
+        .iter()
+        .find_map(|p| p.get(name).and_then(|s| s.evaluate(tensor, self.t)))
     }
 }
 
@@ -248,6 +256,8 @@ impl Merge {
         // Normalise to slices with layer ranges (`normalize_config`).
         let mut slices = config.slices.clone();
         if config.models_form {
+            // `models:` (also inside `modules:`): one slice of whole models, the base model
+            // joining them.
             let s = &mut slices[0];
             for src in &mut s.sources {
                 src.layer_range = Some((0, models[index(&src.model)].layers));
@@ -411,8 +421,12 @@ impl Merge {
             "config.json".to_string(),
             serde_json::to_vec_pretty(&Value::Object(out_config)).expect("JSON"),
         );
+        // The tokenizer: the files of its donor, and the output vocabulary every model's
+        // embedding rows are re-mapped to (`tokenizer_source` / `tokenizer:`).
+        let base_index = config.base_model.as_deref().map_or(0, &index);
         let tokenizer_donor = match &config.tokenizer_source {
             None => donor,
+            Some(TokenizerSource::Union) => &models[base_index],
             Some(TokenizerSource::Base) => {
                 let base = config
                     .base_model
@@ -426,32 +440,65 @@ impl Merge {
         let has = |f: &str| carried.iter().any(|c| c == f);
         let has_tokenizer =
             has("tokenizer_config.json") && (has("tokenizer.json") || has("tokenizer.model"));
-        if config.tokenizer_source.is_some() {
+        if has_tokenizer {
+            for f in TOKENIZER_FILES.iter().filter(|f| has(f)) {
+                files.insert(f.to_string(), tokenizer_donor.checkpoint.file(f)?);
+            }
+        }
+        let mut remap = None;
+        if let Some(source) = &config.tokenizer_source {
             if !has_tokenizer {
                 return Err(err(format!(
                     "the tokenizer source `{}` has no tokenizer files (tokenizer_config.json with tokenizer.json or tokenizer.model)",
                     tokenizer_donor.name
                 )));
             }
-            // The vocabulary must be the source's: fusion-host does not permute embeddings.
-            let rows = tokenizer_donor.checkpoint.info(EMBED)?.shape[0];
-            for t in tensors.iter().filter(|t| t.name == EMBED || t.name == HEAD) {
-                for (m, name) in &t.inputs {
-                    let r = models[*m].checkpoint.info(name)?.shape[0];
-                    if r != rows {
-                        return Err(Error::unsupported(format!(
-                            "model `{}` has {r} embedding rows but the tokenizer source `{}` has {rows}: \
-                             re-mapping embeddings to another vocabulary is not supported",
-                            models[*m].name, tokenizer_donor.name
-                        )));
+            let r = plan_vocabulary(
+                &config,
+                source,
+                &models,
+                base_index,
+                tokenizer_donor,
+                &index,
+            )?;
+            if let Some(r) = &r {
+                r.extend_files(&mut files)?;
+                let mut out_config: serde_json::Map<String, Value> =
+                    serde_json::from_slice(&files["config.json"]).expect("written above");
+                out_config.insert("vocab_size".into(), Value::from(r.rows));
+                files.insert(
+                    "config.json".to_string(),
+                    serde_json::to_vec_pretty(&Value::Object(out_config)).expect("JSON"),
+                );
+                let cols = tensors
+                    .iter()
+                    .find(|t| t.name == EMBED)
+                    .map(|t| t.info.shape[1])
+                    .unwrap_or(0);
+                for t in tensors
+                    .iter_mut()
+                    .filter(|t| t.name == EMBED || t.name == HEAD)
+                {
+                    for (m, name) in &t.inputs {
+                        let c = models[*m].checkpoint.info(name)?.shape[1];
+                        if c != cols {
+                            return Err(Error::model(format!(
+                                "`{}` of model `{}` has {c} columns but the others have {cols}: embeddings of different widths cannot be re-mapped to one vocabulary",
+                                name, models[*m].name
+                            )));
+                        }
                     }
+                    t.info.shape = vec![r.rows, cols];
+                    t.vocab = !r.is_identity();
                 }
+                tracing::info!(
+                    tokens = r.tokens.len(),
+                    rows = r.rows,
+                    added = r.new_tokens.len(),
+                    "output vocabulary"
+                );
             }
-        }
-        if has_tokenizer {
-            for f in TOKENIZER_FILES.iter().filter(|f| has(f)) {
-                files.insert(f.to_string(), tokenizer_donor.checkpoint.file(f)?);
-            }
+            remap = r;
         }
         if let Some(template) = &config.chat_template {
             set_chat_template(&mut files, template, &models, has_tokenizer)?;
@@ -477,6 +524,7 @@ impl Merge {
             tensors,
             files,
             by_name,
+            remap,
             layers: out_layer,
         })
     }
@@ -491,16 +539,72 @@ impl Merge {
         self.spec.name
     }
 
+    /// A linear merge straight from the input bytes to the output bytes, chunk by chunk on all
+    /// cores, with no whole-tensor f32 copies: the common case of a plain weighted average
+    /// (inputs of the output's shape, read as they are stored: no `dtype` rounding, no
+    /// vocabulary re-mapping). `None` when the general path must do it. The same arithmetic as
+    /// `methods::linear`, so the same bytes.
+    fn stream_linear(&self, t: &Planned) -> Result<Option<Vec<u8>>> {
+        if self.spec.method != methods::Method::Linear || t.vocab {
+            return Ok(None);
+        }
+        let mut datas = Vec::with_capacity(t.inputs.len());
+        for (m, name) in &t.inputs {
+            let ck = &self.models[*m].checkpoint;
+            let info = ck.info(name)?;
+            let plain = matches!(info.dtype, DType::F32 | DType::F16 | DType::BF16);
+            let rounds = matches!(self.compute_dtype, Some(DType::F16 | DType::BF16))
+                && self.compute_dtype != Some(info.dtype);
+            if info.shape != t.info.shape || !plain || rounds {
+                return Ok(None);
+            }
+            datas.push((ck.data(name)?, info.dtype));
+        }
+        let job = methods::Job {
+            name: &t.name,
+            shape: &t.info.shape,
+            tensors: Vec::new(),
+            base: t.base,
+            global: &t.global,
+            per_model: &t.per_model,
+            random_keys: &t.random_keys,
+            work: None,
+        };
+        let (w, divisor) =
+            methods::linear_weights(&job, datas.len()).map_err(|e| e.context(self.spec.name))?;
+        let n: usize = t.info.shape.iter().product();
+        let out_dtype = t.info.dtype;
+        let (osize, chunk) = (out_dtype.size(), cpu::CHUNK);
+        let mut out = vec![0u8; n * osize];
+        use rayon::prelude::*;
+        out.par_chunks_mut(chunk * osize)
+            .enumerate()
+            .for_each(|(c, o)| {
+                let len = o.len() / osize;
+                let (mut acc, mut x) = (vec![0f32; len], vec![0f32; len]);
+                for ((bytes, dtype), &wi) in datas.iter().zip(&w) {
+                    let s = dtype.size();
+                    cpu::decode_into(&bytes[c * chunk * s..(c * chunk + len) * s], *dtype, &mut x);
+                    cpu::fused_axpy(&mut acc, &x, wi);
+                }
+                if let Some(total) = divisor {
+                    acc.iter_mut().for_each(|v| *v /= total);
+                }
+                cpu::encode_into(&acc, out_dtype, o);
+            });
+        Ok(Some(out))
+    }
+
     fn compute(&self, t: &Planned) -> Result<Vec<f32>> {
         let shape = &t.info.shape;
         let mut inputs = Vec::with_capacity(t.inputs.len());
         for (m, name) in &t.inputs {
             let ck = &self.models[*m].checkpoint;
             let info = ck.info(name)?;
-            let mut x = bytes_to_f32(&ck.data(name)?, info.dtype).map_err(|e| {
+            let mut x = cpu::decode(&ck.data(name)?, info.dtype).map_err(|e| {
                 e.context(format!("model `{}`, tensor `{name}`", self.models[*m].name))
             })?;
-            if info.shape != *shape {
+            if info.shape != *shape && !t.vocab {
                 // An embedding with more rows or columns: its common submatrix (rectify_embed_sizes).
                 let cols = info.shape[1];
                 x = (0..shape[0])
@@ -508,10 +612,25 @@ impl Merge {
                     .collect();
             }
             if let Some(d @ (DType::F16 | DType::BF16)) = self.compute_dtype {
-                // Read in the config's dtype, as mergekit loads it.
-                x = bytes_to_f32(&f32_to_bytes(&x, d)?, d)?;
+                // Read in the config's dtype, as mergekit loads it (nothing to do when the
+                // checkpoint is in it already).
+                if info.dtype != d {
+                    cpu::round_to(&mut x, d);
+                }
             }
             inputs.push(x);
+        }
+        if let (true, Some(remap)) = (t.vocab, &self.remap) {
+            let models: Vec<usize> = t.inputs.iter().map(|(m, _)| *m).collect();
+            let round = methods::rounder(
+                self.compute_dtype.or(Some(
+                    self.models[models[0]]
+                        .checkpoint
+                        .info(&t.inputs[0].1)?
+                        .dtype,
+                )),
+            );
+            inputs = remap.apply(&t.name, &inputs, &models, t.base, shape[1], round)?;
         }
         let job = methods::Job {
             name: &t.name,
@@ -618,11 +737,13 @@ impl Planner<'_> {
                     infos.iter().map(|i| i.shape[0]).min().expect("inputs"),
                     infos.iter().map(|i| i.shape[1]).min().expect("inputs"),
                 ];
-                tracing::warn!(
-                    tensor = out_name,
-                    ?shape,
-                    "embedding sizes differ: using their common submatrix"
-                );
+                if self.config.tokenizer_source.is_none() {
+                    tracing::warn!(
+                        tensor = out_name,
+                        ?shape,
+                        "embedding sizes differ: using their common submatrix"
+                    );
+                }
             } else {
                 let other = infos
                     .iter()
@@ -645,9 +766,88 @@ impl Planner<'_> {
             global,
             per_model,
             random_keys: keys,
+            vocab: false,
         });
         Ok(())
     }
+}
+
+/// The output vocabulary of `source` and every model's map into it. `None` when the
+/// vocabularies cannot be read (no `tokenizer.json`, e.g. a SentencePiece `tokenizer.model`
+/// only) but every model has the same embedding rows: the tokenizer files are then copied and
+/// the rows taken as they are.
+fn plan_vocabulary(
+    config: &MergeConfig,
+    source: &TokenizerSource,
+    models: &[Input],
+    base: usize,
+    donor: &Input,
+    index: &dyn Fn(&str) -> usize,
+) -> Result<Option<vocab::Remap>> {
+    let vocabs: Vec<vocab::ModelVocab<'_>> = models
+        .iter()
+        .map(|m| {
+            let vocab = match m.checkpoint.file("tokenizer.json") {
+                Ok(bytes) => match vocab::Vocab::parse(&bytes, &m.name) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        tracing::warn!("{e}: its vocabulary is taken to be the base model's");
+                        None
+                    }
+                },
+                Err(_) => None,
+            };
+            let rows = m.checkpoint.info(EMBED).map_or(0, |i| i.shape[0]);
+            let vocab_size = m
+                .config
+                .get("vocab_size")
+                .and_then(Value::as_u64)
+                .map_or(rows, |v| v as usize)
+                .min(rows);
+            vocab::ModelVocab {
+                name: &m.name,
+                vocab,
+                vocab_size,
+            }
+        })
+        .collect();
+    let donor_index = index(&donor.name);
+    let readable = vocabs[base].vocab.is_some()
+        && (!matches!(source, TokenizerSource::Model(_)) || vocabs[donor_index].vocab.is_some());
+    if !readable {
+        let rows = donor.checkpoint.info(EMBED)?.shape[0];
+        if let Some(m) = models.iter().find(|m| {
+            m.checkpoint
+                .info(EMBED)
+                .map_or(true, |i| i.shape[0] != rows)
+        }) {
+            return Err(Error::unsupported(format!(
+                "model `{}` has other embedding rows than the tokenizer source `{}` ({rows}), and re-mapping embeddings to another vocabulary needs the tokenizer.json of `{}`, which it lacks",
+                m.name,
+                donor.name,
+                if vocabs[base].vocab.is_none() { &models[base].name } else { &donor.name }
+            )));
+        }
+        if *source == TokenizerSource::Union || !config.tokens.is_empty() {
+            return Err(Error::unsupported(format!(
+                "a merged vocabulary (`union`, `tokenizer.tokens`) needs the tokenizer.json of `{}`, which it lacks",
+                models[base].name
+            )));
+        }
+        tracing::info!("the vocabularies are not readable (no tokenizer.json): the embedding rows are taken as they are");
+        return Ok(None);
+    }
+    let position = |name: &str| models.iter().position(|m| m.name == name);
+    vocab::Remap::build(
+        source,
+        &vocabs,
+        base,
+        donor_index,
+        &config.tokens,
+        config.pad_to_multiple_of,
+        &position,
+    )
+    .map(Some)
 }
 
 /// A model's chat template: `chat_template.jinja`, else `chat_template` in
@@ -669,9 +869,11 @@ fn model_chat_template(m: &Input) -> Option<String> {
 }
 
 /// `chat_template` (mergekit's `_set_chat_template`): `auto` takes the template most of the
-/// models have; the template goes into the output's `tokenizer_config.json`, and template files
-/// copied from the donor are dropped so they do not shadow it. Without a tokenizer there is
-/// nothing to put it in (mergekit warns and goes on; so does this).
+/// models have. The template is written as `chat_template.jinja`, as mergekit's
+/// `save_pretrained` (transformers 5) writes it; a `chat_template` key of the donor's
+/// `tokenizer_config.json` and a `chat_template.json` are dropped so they do not contradict it.
+/// Without a tokenizer there is nothing to attach it to (mergekit warns and goes on; so does
+/// this).
 fn set_chat_template(
     files: &mut BTreeMap<String, Vec<u8>>,
     template: &str,
@@ -713,12 +915,13 @@ fn set_chat_template(
                 "the tokenizer's tokenizer_config.json is not a JSON object: {e}"
             ))
         })?;
-    config.insert("chat_template".into(), Value::String(template));
-    files.insert(
-        "tokenizer_config.json".into(),
-        serde_json::to_vec_pretty(&Value::Object(config)).expect("JSON"),
-    );
-    files.remove("chat_template.jinja");
+    if config.remove("chat_template").is_some() {
+        files.insert(
+            "tokenizer_config.json".into(),
+            serde_json::to_vec_pretty(&Value::Object(config)).expect("JSON"),
+        );
+    }
+    files.insert("chat_template.jinja".into(), template.into_bytes());
     files.remove("chat_template.json");
     Ok(())
 }
@@ -737,18 +940,28 @@ fn check_parameter_names(config: &MergeConfig, spec: &Spec) -> Result<()> {
         }
     };
     let mut blocks = vec![("parameters".to_string(), &config.parameters, false)];
+    let at = if config.modules_form {
+        blocks.push((
+            "modules.default.parameters".to_string(),
+            &config.module_parameters,
+            false,
+        ));
+        "modules.default."
+    } else {
+        ""
+    };
     for (k, s) in config.slices.iter().enumerate() {
         let prefix = if config.models_form {
-            "models".to_string()
+            format!("{at}models")
         } else {
-            format!("slices[{k}]")
+            format!("{at}slices[{k}]")
         };
         if !config.models_form {
             blocks.push((format!("{prefix}.parameters"), &s.parameters, false));
         }
         for (j, src) in s.sources.iter().enumerate() {
             let what = if config.models_form {
-                format!("models[{j}].parameters")
+                format!("{at}models[{j}].parameters")
             } else {
                 format!("{prefix}.sources[{j}].parameters")
             };
@@ -787,8 +1000,11 @@ impl StateDict for Lazy {
     }
     fn data(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         let t = self.planned(name)?;
+        if let Some(bytes) = self.0.stream_linear(t)? {
+            return Ok(Cow::Owned(bytes));
+        }
         let values = self.0.compute(t)?;
-        Ok(Cow::Owned(f32_to_bytes(&values, t.info.dtype)?))
+        Ok(Cow::Owned(cpu::encode(&values, t.info.dtype)?))
     }
     fn file_names(&self) -> Result<Vec<String>> {
         Ok(self.0.files.keys().cloned().collect())

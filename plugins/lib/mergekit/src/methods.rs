@@ -6,6 +6,9 @@
 use std::collections::BTreeMap;
 
 use fusion_plugin_api::{Error, Result};
+use rayon::prelude::*;
+
+use crate::cpu;
 
 use crate::setting::Scalar;
 
@@ -284,7 +287,7 @@ pub struct Job<'a> {
 }
 
 /// Round to the working precision (`Job::work`), as a tensor operation in that dtype does.
-fn rounder(work: Option<fusion_plugin_api::DType>) -> fn(f32) -> f32 {
+pub(crate) fn rounder(work: Option<fusion_plugin_api::DType>) -> fn(f32) -> f32 {
     use fusion_plugin_api::DType;
     match work {
         Some(DType::BF16) => |x| half_bf16(x),
@@ -304,8 +307,7 @@ fn half_bf16(x: f32) -> f32 {
 }
 
 fn half_f16(x: f32) -> f32 {
-    let bytes = fusion_plugin_api::f32_to_bytes(&[x], fusion_plugin_api::DType::F16).expect("f16");
-    fusion_plugin_api::bytes_to_f32(&bytes, fusion_plugin_api::DType::F16).expect("f16")[0]
+    half::f16::from_f32(x).to_f32()
 }
 
 impl Job<'_> {
@@ -357,7 +359,7 @@ impl Job<'_> {
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+    cpu::sums3(a, b).2
 }
 fn norm(a: &[f32]) -> f64 {
     dot(a, a).sqrt()
@@ -397,28 +399,40 @@ pub fn merge(method: Method, job: &Job<'_>) -> Result<Vec<f32>> {
     }
 }
 
-/// `linear.py`: Σ wᵢxᵢ, divided by Σ wᵢ when `normalize`.
-fn linear(job: &Job<'_>) -> Result<Vec<f32>> {
-    let w: Vec<f32> = (0..job.tensors.len())
+/// The weights of a linear merge of `inputs` tensors and the divisor (Σ wᵢ when `normalize`).
+/// `job.tensors` may be empty (the streaming path reads the inputs itself).
+pub fn linear_weights(job: &Job<'_>, inputs: usize) -> Result<(Vec<f32>, Option<f32>)> {
+    let w: Vec<f32> = (0..inputs)
         .map(|i| job.weight(i).map(|w| w as f32))
         .collect::<Result<_>>()?;
+    let total: f32 = w.iter().sum();
+    if !job.gflag("normalize") {
+        return Ok((w, None));
+    }
+    if total == 0.0 {
+        return Err(Error::config(format!(
+            "linear: the weights of tensor `{}` sum to 0, so `normalize` cannot divide by them",
+            job.name
+        )));
+    }
+    Ok((w, Some(total)))
+}
+
+/// `linear.py`: Σ wᵢxᵢ, divided by Σ wᵢ when `normalize`.
+fn linear(job: &Job<'_>) -> Result<Vec<f32>> {
+    let (w, divisor) = linear_weights(job, job.tensors.len())?;
+    let (normalize, total) = (divisor.is_some(), divisor.unwrap_or(1.0));
     let mut acc = vec![0f32; job.tensors[0].len()];
-    for (x, &wi) in job.tensors.iter().zip(&w) {
-        // torch's addcmul_ is a fused multiply-add on the CPU.
-        acc.iter_mut()
-            .zip(x)
-            .for_each(|(a, &v)| *a = v.mul_add(wi, *a));
-    }
-    if job.gflag("normalize") {
-        let total: f32 = w.iter().sum();
-        if total == 0.0 {
-            return Err(Error::config(format!(
-                "linear: the weights of tensor `{}` sum to 0, so `normalize` cannot divide by them",
-                job.name
-            )));
+    // One pass per chunk over every input (torch's addcmul_ is a fused multiply-add on the
+    // CPU), then the division, while the chunk is in cache.
+    cpu::par_fill(&mut acc, |start, a| {
+        for (x, &wi) in job.tensors.iter().zip(&w) {
+            cpu::fused_axpy(a, &x[start..start + a.len()], wi);
         }
-        acc.iter_mut().for_each(|a| *a /= total);
-    }
+        if normalize {
+            a.iter_mut().for_each(|v| *v /= total);
+        }
+    });
     Ok(acc)
 }
 
@@ -444,21 +458,31 @@ fn slerp(job: &Job<'_>) -> Result<Vec<f32>> {
 
 fn slerp_pair(t: f64, v0: &[f32], v1: &[f32]) -> Vec<f32> {
     let eps = 1e-8;
-    let n0 = norm(v0);
-    let n1 = norm(v1);
+    // The norms and the dot product in one pass.
+    let (s00, s11, s01) = cpu::sums3(v0, v1);
+    let (n0, n1) = (s00.sqrt(), s11.sqrt());
     let d0 = if n0 > eps { n0 } else { 1.0 };
     let d1 = if n1 > eps { n1 } else { 1.0 };
-    let dot = dot(v0, v1) / (d0 * d1);
-    if dot.abs() > 0.9995 {
-        let (a, b) = ((1.0 - t) as f32, t as f32);
-        return v0.iter().zip(v1).map(|(&x, &y)| a * x + b * y).collect();
-    }
-    let theta0 = dot.acos();
-    let sin0 = theta0.sin();
-    let theta_t = theta0 * t;
-    let s0 = ((theta0 - theta_t).sin() / sin0) as f32;
-    let s1 = (theta_t.sin() / sin0) as f32;
-    v0.iter().zip(v1).map(|(&x, &y)| s0 * x + s1 * y).collect()
+    let dot = s01 / (d0 * d1);
+    let (s0, s1) = if dot.abs() > 0.9995 {
+        ((1.0 - t) as f32, t as f32)
+    } else {
+        let theta0 = dot.acos();
+        let sin0 = theta0.sin();
+        let theta_t = theta0 * t;
+        (
+            ((theta0 - theta_t).sin() / sin0) as f32,
+            (theta_t.sin() / sin0) as f32,
+        )
+    };
+    let mut out = vec![0f32; v0.len()];
+    cpu::par_fill(&mut out, |start, o| {
+        let (x, y) = (&v0[start..start + o.len()], &v1[start..start + o.len()]);
+        for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+            *o = s0 * x + s1 * y;
+        }
+    });
+    out
 }
 
 /// `nuslerp.py`: SLERP of two models with `t = w₂/(w₁+w₂)`, over the flattened tensor
@@ -711,9 +735,9 @@ impl Rng {
     }
 }
 
-/// `rescaled_masked_tensor` with the L1 norm: keep `Σ|δ|` unless either side is under 1e-7.
-fn rescale_l1(orig: &[f32], masked: &mut [f32]) {
-    let before: f64 = orig.iter().map(|v| v.abs() as f64).sum();
+/// `rescaled_masked_tensor` with the L1 norm: scale `masked` back to `before` (the `Σ|δ|` of
+/// the unmasked task vector) unless either side is under 1e-7.
+fn rescale_l1_from(before: f64, masked: &mut [f32]) {
     let after: f64 = masked.iter().map(|v| v.abs() as f64).sum();
     if before < 1e-7 || after < 1e-7 {
         return;
@@ -754,11 +778,7 @@ fn sparsify(
                 return Ok(vec![0.0; n]);
             }
             let k = ((density * n as f64) as usize).max(1);
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by(|&a, &b| delta[b].abs().total_cmp(&delta[a].abs()).then(a.cmp(&b)));
-            for &i in order.iter().take(k) {
-                mask[i] = true;
-            }
+            mask = cpu::top_k_magnitude(&delta, k);
         }
         Sparsify::MagnitudeOutliers => {
             let target = (density * n as f64) as i64;
@@ -812,13 +832,20 @@ fn sparsify(
             }
         }
     }
-    let mut out: Vec<f32> = delta
-        .iter()
+    // In place (one tensor less held at a time); the L1 norm before masking is kept for
+    // the rescale.
+    let before: f64 = if rescale {
+        delta.iter().map(|v| v.abs() as f64).sum()
+    } else {
+        0.0
+    };
+    let mut out = delta;
+    out.iter_mut()
         .zip(&mask)
-        .map(|(&v, &m)| if m { v } else { 0.0 })
-        .collect();
+        .for_each(|(v, &m)| *v = if m { *v } else { 0.0 });
+    drop(mask);
     if rescale {
-        rescale_l1(&delta, &mut out);
+        rescale_l1_from(before, &mut out);
     }
     Ok(out)
 }
@@ -851,7 +878,21 @@ fn sign_mask(deltas: &[Vec<f32>]) -> Vec<Vec<bool>> {
 /// `generalized_task_arithmetic.py`. Every step is rounded to the working dtype (`q`), as
 /// mergekit's tensors in that dtype are; in float32 `q` does nothing.
 fn gta(job: &Job<'_>, consensus: bool, method: Sparsify) -> Result<Vec<f32>> {
-    let q = rounder(job.work);
+    // One copy of the loops per rounding, so that it inlines (an `fn` pointer is a call per
+    // step).
+    match job.work {
+        Some(fusion_plugin_api::DType::BF16) => gta_in(job, consensus, method, half_bf16),
+        Some(fusion_plugin_api::DType::F16) => gta_in(job, consensus, method, half_f16),
+        _ => gta_in(job, consensus, method, |x: f32| x),
+    }
+}
+
+fn gta_in(
+    job: &Job<'_>,
+    consensus: bool,
+    method: Sparsify,
+    q: impl Fn(f32) -> f32 + Sync + Copy,
+) -> Result<Vec<f32>> {
     let base = job.base_tensor("task arithmetic")?;
     let others = job.others();
     if others.is_empty() {
@@ -861,15 +902,18 @@ fn gta(job: &Job<'_>, consensus: bool, method: Sparsify) -> Result<Vec<f32>> {
     let mut weighted = Vec::new();
     let mut weights = Vec::new();
     for &i in &others {
-        let delta: Vec<f32> = job.tensors[i]
-            .iter()
-            .zip(base)
-            .map(|(x, b)| q(x - b))
-            .collect();
+        let x = &job.tensors[i];
+        let mut delta = vec![0f32; base.len()];
+        cpu::par_fill(&mut delta, |start, d| {
+            let (x, b) = (&x[start..start + d.len()], &base[start..start + d.len()]);
+            for ((d, x), b) in d.iter_mut().zip(x).zip(b) {
+                *d = q(x - b);
+            }
+        });
         let density = job.m(i, "density").unwrap_or(1.0);
         let gamma = job.m(i, "gamma").unwrap_or(0.0);
         let epsilon = job.m(i, "epsilon").unwrap_or(0.0);
-        let d = sparsify(
+        let mut d = sparsify(
             job,
             method,
             delta,
@@ -880,44 +924,61 @@ fn gta(job: &Job<'_>, consensus: bool, method: Sparsify) -> Result<Vec<f32>> {
             job.random_keys[i],
         )?;
         let w = q(job.weight(i)? as f32);
-        weighted.push(d.iter().map(|&v| q(v * w)).collect::<Vec<f32>>());
+        d.par_chunks_mut(cpu::CHUNK)
+            .for_each(|c| c.iter_mut().for_each(|v| *v = q(*v * w)));
+        weighted.push(d);
         weights.push(w);
     }
     let n = base.len();
-    let mut mixed = vec![0f32; n];
-    let mut divisor = vec![0f32; n];
-    if consensus {
-        let mask = sign_mask(&weighted);
-        for ((wd, m), &w) in weighted.iter().zip(&mask).zip(&weights) {
-            for j in 0..n {
-                if m[j] {
-                    mixed[j] += wd[j];
-                    divisor[j] += w;
-                }
-            }
-        }
-        divisor
-            .iter_mut()
-            .for_each(|d| *d = if *d == 0.0 { 1.0 } else { q(*d) });
-    } else {
-        for wd in &weighted {
-            mixed.iter_mut().zip(wd).for_each(|(m, &v)| *m += v);
-        }
-        let total = q(weights.iter().sum());
-        divisor.fill(if total.abs() < 1e-8 { 1.0 } else { total });
-    }
-    mixed.iter_mut().for_each(|m| *m = q(*m));
-    if job.gflag("normalize") {
-        mixed
-            .iter_mut()
-            .zip(&divisor)
-            .for_each(|(m, &d)| *m = q(*m / d));
-    }
+    let normalize = job.gflag("normalize");
     let lambda = job.g("lambda") as f32;
-    if lambda != 1.0 {
-        mixed.iter_mut().for_each(|m| *m = q(*m * lambda));
-    }
-    Ok(base.iter().zip(&mixed).map(|(b, m)| q(b + m)).collect())
+    let total = q(weights.iter().sum());
+    let mut out = vec![0f32; n];
+    // Entry by entry: the sign election, the sum of the agreeing (or all) task vectors, the
+    // division by their weights, λ and the base, each step rounded as mergekit's tensors are.
+    cpu::par_fill(&mut out, |start, o| {
+        for (jj, o) in o.iter_mut().enumerate() {
+            let j = start + jj;
+            let mut mixed = 0f32;
+            let divisor = if consensus {
+                // mergekit's `get_mask`, "sum": the sign of the sum (0 counts as +); an entry
+                // agrees when its sign is that one (0 never does).
+                let s: f32 = weighted.iter().map(|d| d[j]).sum();
+                let majority = if s >= 0.0 { 1.0 } else { -1.0 };
+                let mut div = 0f32;
+                for (wd, &w) in weighted.iter().zip(&weights) {
+                    let v = wd[j];
+                    if v != 0.0 && v.signum() == majority {
+                        mixed += v;
+                        div += w;
+                    }
+                }
+                if div == 0.0 {
+                    1.0
+                } else {
+                    q(div)
+                }
+            } else {
+                for wd in &weighted {
+                    mixed += wd[j];
+                }
+                if total.abs() < 1e-8 {
+                    1.0
+                } else {
+                    total
+                }
+            };
+            mixed = q(mixed);
+            if normalize {
+                mixed = q(mixed / divisor);
+            }
+            if lambda != 1.0 {
+                mixed = q(mixed * lambda);
+            }
+            *o = q(base[j] + mixed);
+        }
+    });
+    Ok(out)
 }
 
 /// `sce.py`: select the top `select_topk` positions by variance across task vectors, elect

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::*;
+use fusion_plugin_api::{bytes_to_f32, f32_to_bytes};
 
 fn data() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../tests/data/mergekit-tiny")
@@ -66,8 +67,11 @@ fn max_diff(case: &str) -> f32 {
         &std::fs::read(data().join(format!("expected/{case}/config.json"))).unwrap(),
     )
     .unwrap();
+    // (`transformers_version` is the version of whoever wrote the file)
     for (k, v) in theirs.as_object().unwrap() {
-        assert_eq!(ours.get(k), Some(v), "{case}: config.json `{k}`");
+        if k != "transformers_version" {
+            assert_eq!(ours.get(k), Some(v), "{case}: config.json `{k}`");
+        }
     }
     let ran = model.file("mergekit_config.yml").unwrap();
     assert_eq!(ran, config_text(case).into_bytes());
@@ -223,15 +227,31 @@ fn bad_configs_are_refused_with_the_culprit_named() {
         e.contains("layer_range [2, 6]") && e.contains("past its 4 layers"),
         "{e}"
     );
-    let e = error_of("merge_method: linear\nchat_template: chatml\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n");
-    assert!(e.contains("chatml") && e.contains("template text"), "{e}");
+    let e = error_of("merge_method: linear\nchat_template: chatmel\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n");
+    assert!(e.contains("chatmel") && e.contains("chatml, exaone"), "{e}");
     let e = error_of(
         "merge_method: linear\nmodules: {}\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n",
     );
     assert!(
-        e.contains("`modules`") && e.contains("does not support"),
+        e.contains("exactly one of `models`, `slices` and `modules`"),
         "{e}"
     );
+    let e = error_of(
+        "merge_method: linear\nmodules:\n  vision_tower:\n    models:\n    - model: models/math\n      parameters: {weight: 1}\n",
+    );
+    assert!(
+        e.contains("modules.vision_tower") && e.contains("`default`"),
+        "{e}"
+    );
+    let e = error_of(
+        "merge_method: linear\nmodules:\n  default:\n    models:\n    - model: models/math\n      parameters: {wait: 1}\n",
+    );
+    assert!(
+        e.contains("modules.default.models[0].parameters.wait"),
+        "{e}"
+    );
+    let e = error_of("merge_method: linear\ntokenizer: {source: union, tokens: {x: {source: {kind: one}}}}\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n");
+    assert!(e.contains("tokenizer.tokens.x.source.kind: one"), "{e}");
     let e = error_of("merge_method: linear\nmodel:\n- model: models/math\n");
     assert!(e.contains("unknown key `model`"), "{e}");
     let e = error_of("merge_method: linear\nmodels:\n- model: models/math\n");
@@ -242,7 +262,10 @@ fn bad_configs_are_refused_with_the_culprit_named() {
     let e = error_of("merge_method: slerp\nbase_model: models/math\nmodels:\n- model: models/math\n- model: models/code\n");
     assert!(e.contains("needs parameter `t`"), "{e}");
     let e = error_of("merge_method: linear\ntokenizer_source: union\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n");
-    assert!(e.contains("union"), "{e}");
+    assert!(
+        e.contains("models/math") && e.contains("no tokenizer files"),
+        "{e}"
+    );
     let e = error_of(
         "merge_method: linear\nmodels:\n- model: models/nothing_here\n  parameters: {weight: 1}\n",
     );
@@ -538,26 +561,146 @@ fn chat_templates_are_set_in_the_tokenizer_config() {
     tpl("code", "{{ messages[0]['content'] }} from code");
     tpl("chat", "{{ messages[0]['content'] }} from code");
     let three = "merge_method: linear\nmodels:\n- model: models/math\n  parameters: {weight: 1}\n- model: models/code\n  parameters: {weight: 1}\n- model: models/chat\n  parameters: {weight: 1}\n";
-    let read = |yaml: &str| -> Value {
+    // (the tokenizer_config.json left, the chat_template.jinja written)
+    let read = |yaml: &str| -> (Value, Option<String>) {
         let m = merge_in(dir.path(), yaml).unwrap().model();
-        serde_json::from_slice(&m.file("tokenizer_config.json").unwrap()).unwrap()
+        let config = serde_json::from_slice(&m.file("tokenizer_config.json").unwrap()).unwrap();
+        let jinja = m
+            .file("chat_template.jinja")
+            .ok()
+            .map(|b| String::from_utf8(b).unwrap());
+        (config, jinja)
     };
-    let auto = read(&format!("{three}chat_template: auto\n"));
+    let (config, auto) = read(&format!("{three}chat_template: auto\n"));
     assert_eq!(
-        auto["chat_template"],
-        "{{ messages[0]['content'] }} from code"
+        auto.as_deref(),
+        Some("{{ messages[0]['content'] }} from code")
     );
-    assert_eq!(auto["model_max_length"], 64);
-    let inline = read(&format!(
+    assert_eq!(config["model_max_length"], 64);
+    assert!(config.get("chat_template").is_none(), "{config}");
+    let (_, inline) = read(&format!(
         "{three}chat_template: \"{{{{ bos_token }}}}{{{{ messages }}}} inline\"\n"
     ));
     assert_eq!(
-        inline["chat_template"],
-        "{{ bos_token }}{{ messages }} inline"
+        inline.as_deref(),
+        Some("{{ bos_token }}{{ messages }} inline")
     );
-    let plain = read(three);
+    let (_, named) = read(&format!("{three}chat_template: chatml\n"));
+    assert!(named
+        .unwrap()
+        .starts_with("{% for message in messages %}{{'<|im_start|>'"));
+    let (plain, none) = read(three);
     assert_eq!(
         plain["chat_template"],
         "{{ messages[0]['content'] }} from math"
     );
+    assert_eq!(none, None);
+}
+
+// `modules:` configs (`make_mergekit_tokenizer.py`): the decoders' one module, `default`, with
+// module-level parameters between the slices' and the top level's.
+golden! {
+    tok_modules_task_arithmetic: 1e-6;
+    tok_modules_slices: 1e-6;
+}
+
+/// A tokenizer's vocabulary, token -> id, from its tokenizer.json.
+fn vocab_of(bytes: &[u8]) -> std::collections::HashMap<String, usize> {
+    vocab::Vocab::parse(bytes, "test").unwrap().ids
+}
+
+/// A tokenizer case (`make_mergekit_tokenizer.py`): the output vocabulary is mergekit's (the
+/// same tokens; mergekit numbers the tokens a union adds in hash-map order, so rows are
+/// compared token by token), every other tensor and `config.json` (with `vocab_size`) match,
+/// and so does the chat template written.
+fn tokenizer_case(case: &str) {
+    let merge = Merge::from_yaml(&config_text(case), &Options::default()).unwrap();
+    let model = merge.model();
+    let dir = data().join(format!("expected/{case}"));
+    let expected = read_safetensors(&dir.join("model.safetensors"));
+    let ours_vocab = vocab_of(&model.file("tokenizer.json").unwrap());
+    let theirs_vocab = vocab_of(&std::fs::read(dir.join("tokenizer.json")).unwrap());
+    let mut a: Vec<&String> = ours_vocab.keys().collect();
+    let mut b: Vec<&String> = theirs_vocab.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "{case}: vocabulary");
+    let n = theirs_vocab.len();
+    let mut worst = 0f32;
+    for (name, (shape, want)) in &expected {
+        let info = model.info(name).unwrap();
+        assert_eq!(&info.shape, shape, "{case}: {name}");
+        let got = bytes_to_f32(&model.data(name).unwrap(), info.dtype).unwrap();
+        let cols = *shape.last().unwrap();
+        let row_pairs: Vec<(usize, usize)> = if name == EMBED || name == HEAD {
+            let mut p: Vec<(usize, usize)> = theirs_vocab
+                .iter()
+                .map(|(t, &j)| (ours_vocab[t], j))
+                .collect();
+            p.extend((n..shape[0]).map(|r| (r, r))); // padding rows
+            p
+        } else {
+            (0..shape[0]).map(|r| (r, r)).collect()
+        };
+        let cols = if shape.len() == 1 { 1 } else { cols };
+        for (ro, rt) in row_pairs {
+            for c in 0..cols {
+                let (g, w) = (got[ro * cols + c], want[rt * cols + c]);
+                assert!(g.is_finite(), "{case}: {name}");
+                worst = worst.max((g - w).abs());
+            }
+        }
+    }
+    assert!(worst <= 1e-6, "{case}: max abs diff {worst:e}");
+    let ours: Value = serde_json::from_slice(&model.file("config.json").unwrap()).unwrap();
+    let theirs: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    // (`transformers_version` is the version of whoever wrote the file)
+    for (k, v) in theirs.as_object().unwrap() {
+        if k != "transformers_version" {
+            assert_eq!(ours.get(k), Some(v), "{case}: config.json `{k}`");
+        }
+    }
+    let jinja = std::fs::read(dir.join("chat_template.jinja")).ok();
+    assert_eq!(
+        model.file("chat_template.jinja").ok(),
+        jinja,
+        "{case}: chat template"
+    );
+    // The special tokens keep their flag.
+    let added: Value = serde_json::from_slice(&model.file("tokenizer.json").unwrap()).unwrap();
+    for e in added["added_tokens"].as_array().unwrap() {
+        if e["content"].as_str().unwrap().starts_with("<|") {
+            assert_eq!(e["special"], true, "{case}: {e}");
+        }
+    }
+    eprintln!(
+        "{case}: {} tokens, max abs diff {worst:e}",
+        ours_vocab.len()
+    );
+}
+
+#[test]
+fn tok_union_linear() {
+    tokenizer_case("tok_union_linear");
+}
+
+#[test]
+fn tok_union_ties_chatml() {
+    tokenizer_case("tok_union_ties_chatml");
+}
+
+#[test]
+fn tok_source_model() {
+    tokenizer_case("tok_source_model");
+}
+
+#[test]
+fn tok_union_tokens_pad() {
+    tokenizer_case("tok_union_tokens_pad");
+}
+
+#[test]
+fn tok_chat_template_llama3() {
+    tokenizer_case("tok_chat_template_llama3");
 }
