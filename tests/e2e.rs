@@ -4542,6 +4542,8 @@ fn demo_table_rows_of_the_linear_algebra_methods_match_the_readme() {
             want,
             "{method}: the README's row is `{line}`"
         );
+    }
+}
 
 /// `fusion-host --device cpu mergekit` with `tokenizer_source: union` (issue 18): the output
 /// vocabulary is mergekit's (its tokenizer.json, `vocab_size` in config.json), every
