@@ -39,8 +39,10 @@
 //! | `superposed_model_soup` | `randes.SuperposedModelSoupAlgorithm` | RanDeS base parameters (all required), one model per pool model |
 //! | `superposed_task_arithmetic` | `randes.SuperposedTaskArithmeticAlgorithm` | RanDeS base parameters, `scaling_factor` (required), `model_path` null |
 //!
-//! The last ten run on the CPU in f32 (the SVDs in f64, [`linalg`]), tensor by tensor when
-//! the host asks for one; they need no compute device (SVC's base method may). The others run their arithmetic on the
+//! The rows from `magmax` on (and the causal-LM methods) run on the CPU in f32 (the SVDs in
+//! f64 through faer, [`linalg`]; TSV-M and ISO-C/CTS take the device SVD on a GPU adapter),
+//! tensor by tensor when the host asks for one; they need no compute device (SVC's base method
+//! may). The others run their arithmetic on the
 //! host's compute device (`ctx.compute()`; an error
 //! when there is none) with the `fusion-kernels` library, plus three small kernels of its own
 //! (`kernels/sparsify.wgsl`) for the mergekit methods. f32, f16, bf16 (and f64, computed in

@@ -303,13 +303,13 @@ fn encoder_layers<T>(
 /// Fails unless the heads divide the width (every tower) and the patches tile the image.
 fn check_vision_config(cfg: &ClipVisionConfig) -> Result<()> {
     let bad = |message: String| Err(ClipError::input("VisionParams", message));
-    if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+    if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
         return bad(format!(
             "hidden_size {} is not a multiple of num_attention_heads {}",
             cfg.hidden_size, cfg.num_attention_heads
         ));
     }
-    if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
+    if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
         return bad(format!(
             "patch_size {} does not divide image_size {}",
             cfg.patch_size, cfg.image_size
@@ -370,7 +370,8 @@ pub fn vision_param_names(cfg: &ClipVisionConfig) -> Vec<(String, Vec<usize>)> {
 impl<T> TextParams<T> {
     /// The tower from `get(name, shape)` called for every parameter, in transformers' order.
     pub fn build(cfg: &ClipTextConfig, mut get: impl GetParam<T>) -> Result<Self> {
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(ClipError::input(
                 "TextParams",
                 format!(
