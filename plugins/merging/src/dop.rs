@@ -31,7 +31,9 @@ use std::sync::Arc;
 
 use crate::cpu::load;
 use crate::linalg::{svd, LinalgError, Matrix};
-use crate::opcm::{roles, run_continual, split_name, Common, Continual, Role, Run};
+use crate::opcm::{
+    continual_algorithm, roles, run_continual, split_name, Common, Continual, Role, Run,
+};
 
 /// Which terms of the projection loss DOP uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,16 +127,7 @@ impl FromConfig for Dop {
     }
 }
 
-impl Algorithm for Dop {
-    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
-        let mut models = self.models(pool, ctx, false)?;
-        Ok(models.pop().expect("one model").1)
-    }
-
-    fn run_models(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Vec<(String, Model)>> {
-        self.models(pool, ctx, self.common.save_on_every_step)
-    }
-}
+continual_algorithm!(Dop);
 
 impl Dop {
     fn models(

@@ -5,7 +5,7 @@
 use fusion_plugin_api::prelude::*;
 use fusion_plugin_api::TensorInfo;
 
-use super::{run_continual, Common, Continual, Run};
+use super::{continual_algorithm, run_continual, Common, Continual, Run};
 use crate::cpu::load;
 
 /// Continual task arithmetic (`ContinualTaskArithmeticForCLIP`): θ ← θ + λ(θₜ − θ₀) for each
@@ -27,17 +27,15 @@ impl FromConfig for ContinualTaskArithmetic {
     }
 }
 
-impl Algorithm for ContinualTaskArithmetic {
-    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
+impl ContinualTaskArithmetic {
+    fn models(
+        &self,
+        pool: &dyn ModelPool,
+        ctx: &Context,
+        every_step: bool,
+    ) -> Result<Vec<(String, Model)>> {
         let merge = TaMerge(self.scaling_factor);
-        let mut models = run_continual(merge, &self.common.order, false, pool, ctx)?;
-        Ok(models.pop().expect("one model").1)
-    }
-
-    fn run_models(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Vec<(String, Model)>> {
-        let merge = TaMerge(self.scaling_factor);
-        let every = self.common.save_on_every_step;
-        run_continual(merge, &self.common.order, every, pool, ctx)
+        run_continual(merge, &self.common.order, every_step, pool, ctx)
     }
 }
 
@@ -93,17 +91,22 @@ impl FromConfig for ContinualWeightAverage {
     }
 }
 
-impl Algorithm for ContinualWeightAverage {
-    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
-        let mut models = run_continual(WaMerge, &self.common.order, false, pool, ctx)?;
-        Ok(models.pop().expect("one model").1)
-    }
-
-    fn run_models(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Vec<(String, Model)>> {
-        let every = self.common.save_on_every_step;
-        run_continual(WaMerge, &self.common.order, every, pool, ctx)
+impl ContinualWeightAverage {
+    fn models(
+        &self,
+        pool: &dyn ModelPool,
+        ctx: &Context,
+        every_step: bool,
+    ) -> Result<Vec<(String, Model)>> {
+        run_continual(WaMerge, &self.common.order, every_step, pool, ctx)
     }
 }
+
+continual_algorithm!(
+    ContinualTaskArithmetic,
+    ContinualWeightAverage,
+    ContinualTiesMerging
+);
 
 struct WaMerge;
 
@@ -203,17 +206,6 @@ impl FromConfig for ContinualTiesMerging {
             merge_func,
             common: Common::read(config, NAME)?,
         })
-    }
-}
-
-impl Algorithm for ContinualTiesMerging {
-    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
-        let mut models = self.models(pool, ctx, false)?;
-        Ok(models.pop().expect("one model").1)
-    }
-
-    fn run_models(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Vec<(String, Model)>> {
-        self.models(pool, ctx, self.common.save_on_every_step)
     }
 }
 

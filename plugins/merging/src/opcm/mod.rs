@@ -410,6 +410,29 @@ impl Common {
     }
 }
 
+/// `Algorithm` for continual methods, each with a `common: Common` field and a
+/// `models(pool, ctx, every_step)` that merges in order and returns the last model, or every
+/// step's when `every_step`: `run` takes the last, `run_models` follows `save_on_every_step`.
+macro_rules! continual_algorithm {
+    ($($method:ty),+) => {$(
+        impl Algorithm for $method {
+            fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
+                let mut models = self.models(pool, ctx, false)?;
+                Ok(models.pop().expect("one model").1)
+            }
+
+            fn run_models(
+                &self,
+                pool: &dyn ModelPool,
+                ctx: &Context,
+            ) -> Result<Vec<(String, Model)>> {
+                self.models(pool, ctx, self.common.save_on_every_step)
+            }
+        }
+    )+};
+}
+pub(crate) use continual_algorithm;
+
 /// OPCM (`OPCM`, `opcm/opcm_general`; `OPCMForCLIP`, `opcm/opcm`). The merged model starts as
 /// the first model; each next model's task vector τ joins it by, for each linear layer's weight,
 /// projecting τ onto the singular vectors U, V of the merged task vector M, removing the
@@ -454,16 +477,7 @@ impl FromConfig for Opcm {
     }
 }
 
-impl Algorithm for Opcm {
-    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
-        let mut models = self.models(pool, ctx, false)?;
-        Ok(models.pop().expect("one model").1)
-    }
-
-    fn run_models(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Vec<(String, Model)>> {
-        self.models(pool, ctx, self.common.save_on_every_step)
-    }
-}
+continual_algorithm!(Opcm);
 
 impl Opcm {
     fn models(
