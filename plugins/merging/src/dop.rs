@@ -32,7 +32,8 @@ use std::sync::Arc;
 use crate::cpu::load;
 use crate::linalg::{svd, LinalgError, Matrix};
 use crate::opcm::{
-    continual_algorithm, roles, run_continual, split_name, Common, Continual, Role, Run,
+    continual_algorithm, roles, run_continual, run_continual_in, split_name, Common, Continual,
+    Role, Run,
 };
 
 /// Which terms of the projection loss DOP uses.
@@ -73,58 +74,69 @@ pub struct Dop {
 
 impl FromConfig for Dop {
     fn from_config(config: &Config) -> Result<Self> {
-        const NAME: &str = DopMerge::NAME;
-        let alpha: Option<f64> = config.get("alpha")?;
-        let alpha = alpha.ok_or_else(|| {
-            Error::config(format!(
-                "{NAME}: `alpha` is required (the first task's weight, in [0, 1]; FusionBench's \
-                 config file sets 0.8)"
-            ))
-        })?;
-        let alpha = crate::params::unit_interval(alpha, "alpha", NAME)?;
-        let svd_epsilon = config.get_or("svd_epsilon", 1.0)?;
-        let svd_epsilon = crate::params::unit_interval(svd_epsilon, "svd_epsilon", NAME)?;
-        let proj: String = config.get_or("svd_proj_space", "uv".to_string())?;
-        let proj = match proj.as_str() {
-            "u" => ProjSpace::U,
-            "v" => ProjSpace::V,
-            "uv" => ProjSpace::Uv,
-            other => {
-                return Err(Error::config(format!(
-                    "{NAME}: `svd_proj_space` {other:?} is not one of u, v, uv"
-                )))
-            }
-        };
-        let lr: f64 = config.get_or("lr", 1e-4)?;
-        if !(lr.is_finite() && lr > 0.0) {
-            return Err(Error::config(format!(
-                "{NAME}: `lr` must be a positive number, got {lr}"
-            )));
-        }
-        let actors: u64 = config.get_or("num_ray_actors", 0)?;
-        if actors > 0 {
-            tracing::info!("{NAME}: num_ray_actors {actors}: the merge runs in-process");
-        }
-        let settings = Settings {
-            lr,
-            num_steps: config.get_or("num_steps", 200)?,
-            mgda: config.get_or("mgda", true)?,
-            ema: config.get_or("ema", true)?,
-            ema_beta: config.get_or("ema_beta", 0.99)?,
-            alpha,
-            svd_epsilon,
-            proj,
-            exclude_keys: config
-                .get::<Vec<String>>("exclude_keys")?
-                .unwrap_or_default(),
-        };
-        // DOPMerging's own defaults differ from the config file's for these two.
-        let mut common = Common::read(config, NAME)?;
-        if config.get::<bool>("shuffle_order")?.is_none() {
-            common.order.shuffle = false;
-        }
+        let (settings, common) = read(config, DopMerge::NAME, false)?;
         Ok(Dop { settings, common })
     }
+}
+
+/// The parameters both DOP classes read; `clip` for `ContinualDOPForCLIP`, which has no
+/// `exclude_keys` or `num_ray_actors`.
+fn read(config: &Config, name: &str, clip: bool) -> Result<(Settings, Common)> {
+    let alpha: Option<f64> = config.get("alpha")?;
+    let alpha = alpha.ok_or_else(|| {
+        Error::config(format!(
+            "{name}: `alpha` is required (the first task's weight, in [0, 1]; FusionBench's \
+             config file sets 0.8)"
+        ))
+    })?;
+    let alpha = crate::params::unit_interval(alpha, "alpha", name)?;
+    let svd_epsilon = config.get_or("svd_epsilon", 1.0)?;
+    let svd_epsilon = crate::params::unit_interval(svd_epsilon, "svd_epsilon", name)?;
+    let proj: String = config.get_or("svd_proj_space", "uv".to_string())?;
+    let proj = match proj.as_str() {
+        "u" => ProjSpace::U,
+        "v" => ProjSpace::V,
+        "uv" => ProjSpace::Uv,
+        other => {
+            return Err(Error::config(format!(
+                "{name}: `svd_proj_space` {other:?} is not one of u, v, uv"
+            )))
+        }
+    };
+    let lr: f64 = config.get_or("lr", 1e-4)?;
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(Error::config(format!(
+            "{name}: `lr` must be a positive number, got {lr}"
+        )));
+    }
+    let exclude_keys = if clip {
+        Vec::new()
+    } else {
+        let actors: u64 = config.get_or("num_ray_actors", 0)?;
+        if actors > 0 {
+            tracing::info!("{name}: num_ray_actors {actors}: the merge runs in-process");
+        }
+        config
+            .get::<Vec<String>>("exclude_keys")?
+            .unwrap_or_default()
+    };
+    let settings = Settings {
+        lr,
+        num_steps: config.get_or("num_steps", 200)?,
+        mgda: config.get_or("mgda", true)?,
+        ema: config.get_or("ema", true)?,
+        ema_beta: config.get_or("ema_beta", 0.99)?,
+        alpha,
+        svd_epsilon,
+        proj,
+        exclude_keys,
+    };
+    // Both classes' own defaults differ from the config files' for these two.
+    let mut common = Common::read(config, name)?;
+    if config.get::<bool>("shuffle_order")?.is_none() {
+        common.order.shuffle = false;
+    }
+    Ok((settings, common))
 }
 
 continual_algorithm!(Dop);
@@ -134,6 +146,17 @@ impl Dop {
         &self,
         pool: &dyn ModelPool,
         ctx: &Context,
+        every_step: bool,
+    ) -> Result<Vec<(String, Model)>> {
+        self.merge(pool, ctx, None, every_step)
+    }
+
+    /// The merge, in the pool's order after `shuffle_order` or in `order`.
+    fn merge(
+        &self,
+        pool: &dyn ModelPool,
+        ctx: &Context,
+        order: Option<&[String]>,
         every_step: bool,
     ) -> Result<Vec<(String, Model)>> {
         const NAME: &str = DopMerge::NAME;
@@ -163,7 +186,85 @@ impl Dop {
             settings: self.settings.clone(),
             roles: Arc::new(roles),
         };
-        run_continual(merge, &self.common.order, every_step, pool, ctx)
+        match order {
+            Some(names) => run_continual_in(merge, names, every_step, pool, ctx),
+            None => run_continual(merge, &self.common.order, every_step, pool, ctx),
+        }
+    }
+
+    /// The merge over the pool's models `names`, in that order.
+    fn models_in(
+        &self,
+        pool: &dyn ModelPool,
+        ctx: &Context,
+        names: &[String],
+        every_step: bool,
+    ) -> Result<Vec<(String, Model)>> {
+        self.merge(pool, ctx, Some(names), every_step)
+    }
+}
+
+/// DOP for CLIP (`ContinualDOPForCLIP`, `dop/dop`): the merge of [`Dop`], with the CLIP class's
+/// differences. Every linear layer's weight is optimized (it has no `exclude_keys` or
+/// `num_ray_actors`); without a `seed` the order is shuffled by a seed from the clock, not by
+/// the program's (the class calls `seed_everything_by_time`), logged; the order is written to
+/// the log folder as `model_names.json`, as the class writes it. The class saves the model after
+/// every step (`save_on_every_step`) and evaluates it on the tasks seen so far
+/// (`evaluate_on_every_step`, the config file's true), returning the last; here either flag
+/// returns every step's model as `merged_model_K` (the name the class saves it by), which the
+/// host evaluates, on the whole task pool, and saves. Parameters (the class's defaults, the
+/// config file's in brackets): `alpha` (required; 0.8), `seed` (null), `shuffle_order` (false;
+/// true), `save_on_every_step` (true; false), `evaluate_on_every_step` (false; true), `lr`
+/// (1e-4), `num_steps` (200), `mgda` (true), `ema` (true), `ema_beta` (0.99; 0.999),
+/// `svd_epsilon` (1; 0.99999), `svd_proj_space` (uv).
+pub struct ContinualDopForClip {
+    inner: Dop,
+    common: Common,
+}
+
+impl FromConfig for ContinualDopForClip {
+    fn from_config(config: &Config) -> Result<Self> {
+        const NAME: &str = "dop (ContinualDOPForCLIP)";
+        let (settings, mut common) = read(config, NAME, true)?;
+        common.order.by_time = true;
+        let evaluate: bool = config.get_or("evaluate_on_every_step", false)?;
+        common.save_on_every_step |= evaluate;
+        Ok(ContinualDopForClip {
+            inner: Dop {
+                settings,
+                common: common.clone(),
+            },
+            common,
+        })
+    }
+}
+
+continual_algorithm!(ContinualDopForClip);
+
+impl ContinualDopForClip {
+    fn models(
+        &self,
+        pool: &dyn ModelPool,
+        ctx: &Context,
+        every_step: bool,
+    ) -> Result<Vec<(String, Model)>> {
+        let names = pool.model_names()?;
+        if names.is_empty() {
+            return Err(Error::config(
+                "dop (ContinualDOPForCLIP) needs at least 1 model to merge besides \
+                 `_pretrained_`, the pool has none",
+            ));
+        }
+        let names = self.common.order.apply(names, ctx, "dop");
+        if let Some(dir) = ctx.log_dir() {
+            let path = dir.join("model_names.json");
+            let text = fusion_plugin_api::serde_json::to_string_pretty(&names)
+                .map_err(|e| Error::io(format!("model_names.json: {e}")))?;
+            std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::write(&path, text))
+                .map_err(|e| Error::io(format!("writing {}: {e}", path.display())))?;
+        }
+        self.inner.models_in(pool, ctx, &names, every_step)
     }
 }
 

@@ -35,9 +35,11 @@
 //! | `continual_ties_merging` | `ContinualTiesMergingForCLIP` | `scaling_factor`, `threshold` (required), `remove_keys` [], `merge_func` sum, as above |
 //! | `continual_weight_average` | `ContinualWeightAverageForCLIP` | `shuffle_order`, `seed`, `save_on_every_step` (`merged_model_K`), `evaluate_on_every_step` |
 //! | `dop` | `dop_general.DOPMerging` | `alpha` (required), `lr` 1e-4, `num_steps` 200, `mgda` true, `ema` true, `ema_beta` 0.99, `svd_epsilon` 1, `svd_proj_space` uv, `exclude_keys`, `shuffle_order` false, `seed`, `save_on_every_step` |
+//! | `dop_clip` | `dop.ContinualDOPForCLIP` | as `dop` without `exclude_keys` and `num_ray_actors`; no `seed`: a clock seed; `evaluate_on_every_step` also returns every step |
 //! | `doge_ta` | `DOGE_TA_Algorithm` | `subspace`, `K`, `lamda` (required) |
 //! | `superposed_model_soup` | `randes.SuperposedModelSoupAlgorithm` | RanDeS base parameters (all required), one model per pool model |
 //! | `superposed_task_arithmetic` | `randes.SuperposedTaskArithmeticAlgorithm` | RanDeS base parameters, `scaling_factor` (required), `model_path` null |
+//! | `superposed_task_arithmetic_lora` | `randes.SuperposedTaskArithmeticLoRAAlgorithm` | as `superposed_task_arithmetic`, over PEFT LoRA state dicts |
 //!
 //! The rows from `magmax` on (and the causal-LM methods) run on the CPU in f32 (the SVDs in
 //! f64 through faer, [`linalg`]; TSV-M and ISO-C/CTS take the device SVD on a GPU adapter),
@@ -103,7 +105,7 @@ pub use causal_lm::{
     SlerpForCausalLM, TaskArithmeticForCausalLM, TiesMergingForCausalLM, WeightedAverageForLlama,
 };
 pub use doge::DogeTa;
-pub use dop::Dop;
+pub use dop::{ContinualDopForClip, Dop};
 pub use elementwise::{ExPO, LinearInterpolation, MagMax, MagnitudeDiffPruning};
 pub use emr::EmrMerging;
 pub use ensemble::{MaxModelPredictor, SimpleEnsemble, WeightedEnsemble};
@@ -112,7 +114,7 @@ pub use llm_pruning::{MagnitudePruningForLlama, RandomPruningForLlama};
 pub use mergekit::{breadcrumbs_band, Breadcrumbs, BreadcrumbsTies, Della, DellaLinear};
 pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
 pub use opcm::{ContinualTaskArithmetic, ContinualTiesMerging, ContinualWeightAverage, Opcm};
-pub use randes::{SuperposedModelSoup, SuperposedTaskArithmetic};
+pub use randes::{SuperposedModelSoup, SuperposedTaskArithmetic, SuperposedTaskArithmeticLora};
 pub use slerp::{slerp_coefficients, Slerp};
 pub use subspace::{IsoC, IsoCts, TaskSingularVector};
 pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
@@ -432,6 +434,15 @@ fusion_plugin_api::export_plugin! {
         ],
         description: "DOP: continual merging, each linear weight optimized (Adam, MGDA) against both models' singular-vector projections (CPU).",
     }
+    algorithm ContinualDopForClip {
+        names: [
+            "dop_clip",
+            "fusion_bench.method.dop.dop.ContinualDOPForCLIP",
+            "fusion_bench.method.dop.ContinualDOPForCLIP",
+            "fusion_bench.method.ContinualDOPForCLIP",
+        ],
+        description: "DOP for CLIP (ContinualDOPForCLIP): DOP's continual merge of every linear weight, shuffled by its own or a clock seed; the model after every step when saving or evaluating each (CPU).",
+    }
     algorithm DogeTa {
         names: [
             "doge_ta",
@@ -456,5 +467,13 @@ fusion_plugin_api::export_plugin! {
             "fusion_bench.method.randes.task_arithmetic.SuperposedTaskArithmeticAlgorithm",
         ],
         description: "RanDeS superposed task arithmetic: the task vectors superposed under random contexts, every model retrieved (CPU).",
+    }
+    algorithm SuperposedTaskArithmeticLora {
+        names: [
+            "superposed_task_arithmetic_lora",
+            "fusion_bench.method.randes.SuperposedTaskArithmeticLoRAAlgorithm",
+            "fusion_bench.method.randes.task_arithmetic.SuperposedTaskArithmeticLoRAAlgorithm",
+        ],
+        description: "RanDeS superposed task arithmetic over LoRA adapters: the LoRA tensors superposed under random contexts, every model retrieved as the pretrained one plus its B·A (CPU).",
     }
 }

@@ -1,24 +1,31 @@
 //! RanDeS, randomized delta superposition (Zhou et al., 2025, "RanDeS: Randomized Delta
-//! Superposition for Multi-Model Compression"), FusionBench `SuperposedModelSoupAlgorithm` and
-//! `SuperposedTaskArithmeticAlgorithm` (`randes/*`), on the CPU.
+//! Superposition for Multi-Model Compression"), FusionBench `SuperposedModelSoupAlgorithm`,
+//! `SuperposedTaskArithmeticAlgorithm` and `SuperposedTaskArithmeticLoRAAlgorithm`
+//! (`randes/*`), on the CPU.
 //!
 //! Each target tensor (by name: `mlp_w` an MLP weight, `attn_w` an attention weight, `mlp`,
 //! `attn` with their biases, `all`; every `dropout_rate`-th one) of each model i is multiplied
 //! along its last axis by a model's random context cᵢ and the products are summed into one
 //! superposed tensor; model j is retrieved by multiplying the sum by its retrieval context
-//! (cⱼ itself for random signs, 1/cⱼ for random Gaussian scales, nothing for the identity).
-//! Other tensors are the plain sum (or the `absorber`). Superposed task arithmetic superposes
-//! task vectors and returns θ₀ + λ·retrieved for each model; the superposed model soup
-//! superposes the weights themselves, scaled by 1/N with `ms_mode: average`. Both return one
-//! model per pool model, under its name, as FusionBench returns its dict of models.
+//! (`mode`: random signs, retrieved by themselves; random Gaussian scales, by their
+//! reciprocals; a random rotation, scipy's `ortho_group`, by its transpose; a dense Gaussian
+//! matrix, by its pseudo-inverse; the identity). Other tensors are the plain sum (or the
+//! `absorber`). Superposed task arithmetic superposes task vectors and returns
+//! θ₀ + λ·retrieved for each model; the superposed model soup superposes the weights
+//! themselves, scaled by 1/N with `ms_mode: average`; the LoRA variant superposes the LoRA
+//! factors of PEFT adapters and adds λ·B·A to the pretrained weights. All return one model per
+//! pool model, under its name, as FusionBench returns its dict of models. FusionBench's
+//! `joint_matrix_mode`, `rank` and `random_components` are required and unused (its
+//! `svd_decomposition`, which reads them, is never called), as here.
 //!
 //! The contexts are FusionBench's draws, reproduced exactly: numpy's legacy generator
-//! (`np.random.seed(s)`, then `binomial(1, 0.5)` or `randn`) seeded by
-//! `random_seed + i + hash(name) % 1e6` (with `different_across_layers`) or `random_seed + i`.
-//! Python's `hash` of a string is salted per process unless `PYTHONHASHSEED` is set, so
-//! FusionBench's own contexts change from run to run; fusion-host takes the hash of
+//! (`np.random.seed(s)`, then `binomial(1, 0.5)`, `randn` or, for rotations, `normal` and a QR)
+//! seeded by `random_seed + i + hash(name) % 1e6` (with `different_across_layers`) or
+//! `random_seed + i`. Python's `hash` of a string is salted per process unless `PYTHONHASHSEED`
+//! is set, so FusionBench's own contexts change from run to run; fusion-host takes the hash of
 //! `PYTHONHASHSEED=0` (SipHash-1-3 with a zero key), the only reproducible choice, and
-//! matches FusionBench run with that setting.
+//! matches FusionBench run with that setting. A rotation or dense context costs O(n³) for a
+//! last axis of n, and each retrieved model draws every model's (N² per tensor for N models).
 
 use fusion_plugin_api::prelude::*;
 use fusion_plugin_api::serde_json::Value;
@@ -36,6 +43,97 @@ enum Mode {
     Gaussian,
     /// `identity_matrix`: plain superposition.
     Identity,
+    /// `random_rotation_matrix`: a Haar-random orthogonal matrix (scipy's `ortho_group`),
+    /// retrieved by its transpose.
+    Rotation,
+    /// `random_dense_matrix`: a dense N(0, 1) matrix, retrieved by its pseudo-inverse.
+    Dense,
+}
+
+/// A context: multiplies a tensor along its last axis (n entries).
+#[derive(Clone, Debug)]
+enum Mix {
+    /// `x * c`, c of n entries.
+    Diagonal(Vec<f32>),
+    /// `x @ C`, C n×n, row-major.
+    Full(Vec<f32>),
+}
+
+impl Mix {
+    /// The tensor `x` (its last axis n long) times this context, in f32 (each product summed in
+    /// f64 and rounded, as a float GEMM nearly does).
+    fn apply(&self, x: &[f32], n: usize) -> Vec<f32> {
+        match self {
+            Mix::Diagonal(c) => x.iter().enumerate().map(|(k, v)| v * c[k % n]).collect(),
+            Mix::Full(c) => {
+                let mut out = vec![0.0f32; x.len()];
+                let mut acc = vec![0.0f64; n];
+                for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+                    acc.iter_mut().for_each(|a| *a = 0.0);
+                    for (k, &v) in row.iter().enumerate() {
+                        let v = f64::from(v);
+                        for (a, &ck) in acc.iter_mut().zip(&c[k * n..(k + 1) * n]) {
+                            *a += v * f64::from(ck);
+                        }
+                    }
+                    o.iter_mut().zip(&acc).for_each(|(o, a)| *o = *a as f32);
+                }
+                out
+            }
+        }
+    }
+}
+
+/// scipy's `ortho_group.rvs(n, random_state=seed)`: Z with N(0, 1) entries (numpy's legacy
+/// `normal`, row by row), Q of its QR decomposition with R's diagonal made positive, which
+/// makes Q unique: here by Gram-Schmidt, twice, in f64 (LAPACK's Householder Q agrees to
+/// rounding). Row-major, rounded to f32 as FusionBench does.
+fn ortho_group(seed: u32, n: usize) -> Vec<f32> {
+    let mut rng = NumpyLegacy::new(seed);
+    let z: Vec<f64> = (0..n * n).map(|_| rng.gauss()).collect();
+    // columns of Z, orthonormalized in order
+    let mut q: Vec<Vec<f64>> = Vec::with_capacity(n);
+    for j in 0..n {
+        let mut v: Vec<f64> = (0..n).map(|r| z[r * n + j]).collect();
+        for _ in 0..2 {
+            for qk in &q {
+                let d: f64 = qk.iter().zip(&v).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(qk).for_each(|(x, a)| *x -= d * a);
+            }
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        q.push(v);
+    }
+    let mut out = vec![0.0f32; n * n];
+    for (j, col) in q.iter().enumerate() {
+        for (r, x) in col.iter().enumerate() {
+            out[r * n + j] = *x as f32;
+        }
+    }
+    out
+}
+
+/// torch's `linalg.pinv` of a square f32 matrix (row-major): V·diag(1/s)·Uᵀ over the singular
+/// values above n·ε(f32)·max(s), torch's default cutoff; in f64, rounded to f32.
+fn pinv(c: &[f32], n: usize) -> Vec<f32> {
+    let d = crate::linalg::svd(&crate::linalg::Matrix::from_f32(n, n, c));
+    let smax = d.s.iter().cloned().fold(0.0, f64::max);
+    let cutoff = n as f64 * f64::from(f32::EPSILON) * smax;
+    let mut out = vec![0.0f32; n * n];
+    // pinv[i][j] = Σ_k V[i][k] / s_k · U[j][k], V = vtᵀ
+    for i in 0..n {
+        for j in 0..n {
+            let mut acc = 0.0;
+            for (k, s) in d.s.iter().enumerate() {
+                if *s > cutoff {
+                    acc += d.vt[(k, i)] / s * d.u[(j, k)];
+                }
+            }
+            out[i * n + j] = acc as f32;
+        }
+    }
+    out
 }
 
 /// One entry of `target_layer`.
@@ -92,20 +190,13 @@ impl Base {
             "random_binary_diagonal_matrix" => Mode::Binary,
             "random_diagonal_matrix" => Mode::Gaussian,
             "identity_matrix" => Mode::Identity,
-            "random_rotation_matrix" | "random_dense_matrix" => {
-                return Err(Error::config(format!(
-                    "{name}: `mode: {mode}` draws its contexts with scipy's ortho_group or a dense \
-                     Gaussian inverted by torch.linalg.pinv, which fusion-host does not \
-                     reproduce; use random_binary_diagonal_matrix, random_diagonal_matrix or \
-                     identity_matrix"
-                )))
-            }
+            "random_rotation_matrix" => Mode::Rotation,
+            "random_dense_matrix" => Mode::Dense,
             other => {
                 return Err(Error::config(format!(
                     "{name}: unsupported `mode` {other:?} (FusionBench raises `Unsupported mode` \
                      for it too); one of random_binary_diagonal_matrix, random_diagonal_matrix, \
-                     identity_matrix (FusionBench also has random_rotation_matrix and \
-                     random_dense_matrix)"
+                     random_rotation_matrix, random_dense_matrix, identity_matrix"
                 )))
             }
         };
@@ -144,6 +235,15 @@ impl Base {
         let random_seed: i64 = config.require("random_seed")?;
         required("different_across_layers")?;
         let different_across_layers: bool = config.require("different_across_layers")?;
+        if mode == Mode::Rotation && different_across_layers {
+            return Err(Error::config(format!(
+                "{name}: `mode: random_rotation_matrix` with `different_across_layers: true` \
+                 fails in FusionBench: its seed random_seed + i + hash(name) % 1e6 is a float, \
+                 which scipy's ortho_group refuses as a random_state; set \
+                 `different_across_layers: false` (one rotation per model, the same in every \
+                 layer)"
+            )));
+        }
         // Taken and unused by these modes, as in FusionBench.
         for key in [
             "joint_matrix_mode",
@@ -232,11 +332,8 @@ impl Base {
         out
     }
 
-    /// Model `i`'s context and retrieval context for tensor `name` (`n` entries, the last axis).
-    fn contexts(&self, name: &str, i: usize, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        if self.mode == Mode::Identity {
-            return Ok((vec![1.0; n], vec![1.0; n]));
-        }
+    /// The seed of model `i`'s context for tensor `name`, checked against numpy's range.
+    fn seed(&self, name: &str, i: usize) -> Result<u32> {
         let mut seed = (self.random_seed + i as i64) as f64;
         if self.different_across_layers {
             seed += py_mod(python_str_hash(name) as f64, 1e6);
@@ -248,18 +345,42 @@ impl Base {
                  numpy's range 0..2³²; choose another `random_seed`"
             )));
         }
-        let mut rng = NumpyLegacy::new(seed as u32);
+        Ok(seed as u32)
+    }
+
+    /// Model `i`'s context and retrieval context for tensor `name` (`n` entries, the last axis).
+    fn contexts(&self, name: &str, i: usize, n: usize) -> Result<(Mix, Mix)> {
+        if self.mode == Mode::Identity {
+            return Ok((Mix::Diagonal(vec![1.0; n]), Mix::Diagonal(vec![1.0; n])));
+        }
+        let seed = self.seed(name, i)?;
+        let mut rng = NumpyLegacy::new(seed);
         Ok(match self.mode {
             Mode::Binary => {
                 let c: Vec<f32> = (0..n)
                     .map(|_| if rng.binomial_half() { 1.0 } else { -1.0 })
                     .collect();
-                (c.clone(), c)
+                (Mix::Diagonal(c.clone()), Mix::Diagonal(c))
             }
             Mode::Gaussian => {
                 let c: Vec<f32> = (0..n).map(|_| rng.gauss() as f32).collect();
                 let r = c.iter().map(|x| 1.0 / x).collect();
-                (c, r)
+                (Mix::Diagonal(c), Mix::Diagonal(r))
+            }
+            Mode::Rotation => {
+                let c = ortho_group(seed, n);
+                let mut t = vec![0.0f32; n * n];
+                for r in 0..n {
+                    for k in 0..n {
+                        t[k * n + r] = c[r * n + k];
+                    }
+                }
+                (Mix::Full(c), Mix::Full(t))
+            }
+            Mode::Dense => {
+                let c: Vec<f32> = (0..n * n).map(|_| rng.gauss() as f32).collect();
+                let r = pinv(&c, n);
+                (Mix::Full(c), Mix::Full(r))
             }
             Mode::Identity => unreachable!(),
         })
@@ -475,6 +596,283 @@ impl FromConfig for SuperposedModelSoup {
     }
 }
 
+/// Superposed task arithmetic over LoRA adapters (`SuperposedTaskArithmeticLoRAAlgorithm`,
+/// `randes/superposed_task_arithmetic_lora`). The pool holds `_pretrained_` (a whole model) and
+/// one PEFT LoRA state dict per task (`base_model.model.<module>.lora_A.weight`, r×in, and
+/// `...lora_B.weight`, out×r, as an adapter's `adapter_model.safetensors` names them). The LoRA
+/// tensors themselves are superposed (targets by name, as for the other methods; the others
+/// summed over the models) and retrieved per model; model j is `_pretrained_` with
+/// `<module>.weight` += `scaling_factor`·B·A of its retrieved pair. As in FusionBench, the
+/// adapters' `lora_alpha / r` scale is not applied (the class multiplies B·A by
+/// `scaling_factor` alone) and no `absorber` applies. Parameters: as
+/// [`SuperposedTaskArithmetic`].
+pub struct SuperposedTaskArithmeticLora {
+    base: Base,
+    scaling_factor: f32,
+}
+
+impl FromConfig for SuperposedTaskArithmeticLora {
+    fn from_config(config: &Config) -> Result<Self> {
+        const NAME: &str = "superposed_task_arithmetic_lora";
+        let base = Base::read(config, NAME)?;
+        let s: f64 = config.require("scaling_factor")?;
+        if let Some(path) = config.get::<String>("model_path")? {
+            tracing::warn!(
+                "{NAME}: `model_path` {path}: fusion-host saves the retrieved models where \
+                 `merged_model_save_path` says"
+            );
+        }
+        Ok(SuperposedTaskArithmeticLora {
+            base,
+            scaling_factor: s as f32,
+        })
+    }
+}
+
+/// One LoRA pair of an adapter: the names of its A and B tensors.
+#[derive(Clone, Debug, Default)]
+struct LoraPair {
+    a: Option<String>,
+    b: Option<String>,
+}
+
+impl Algorithm for SuperposedTaskArithmeticLora {
+    fn run(&self, pool: &dyn ModelPool, ctx: &Context) -> Result<Model> {
+        Ok(self.run_models(pool, ctx)?.swap_remove(0).1)
+    }
+
+    fn run_models(&self, pool: &dyn ModelPool, _ctx: &Context) -> Result<Vec<(String, Model)>> {
+        const NAME: &str = "superposed_task_arithmetic_lora";
+        if !pool.has_pretrained()? {
+            return Err(Error::config(format!(
+                "{NAME} needs a `_pretrained_` model in the pool (the model the adapters apply to)"
+            )));
+        }
+        let names = pool.model_names()?;
+        if names.is_empty() {
+            return Err(Error::config(format!(
+                "{NAME} needs at least 1 LoRA adapter besides `_pretrained_`, the pool has none"
+            )));
+        }
+        let pretrained = pool.load_pretrained()?;
+        let loras = names
+            .iter()
+            .map(|n| pool.load_model(n))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = loras[0].names()?;
+        // every adapter has the first one's tensors, with the same shapes
+        for (m, model) in names.iter().zip(&loras).skip(1) {
+            let mine = model.names()?;
+            for key in &keys {
+                if !mine.contains(key) {
+                    return Err(Error::model(format!(
+                        "{NAME}: adapter `{m}` lacks tensor `{key}` of adapter `{}`",
+                        names[0]
+                    )));
+                }
+                let (a, b) = (loras[0].info(key)?, model.info(key)?);
+                if a.shape != b.shape {
+                    return Err(Error::model(format!(
+                        "{NAME}: tensor `{key}` is {:?} in adapter `{}` and {:?} in `{m}`",
+                        a.shape, names[0], b.shape
+                    )));
+                }
+            }
+            if let Some(extra) = mine.iter().find(|k| !keys.contains(k)) {
+                return Err(Error::model(format!(
+                    "{NAME}: adapter `{m}` has tensor `{extra}`, which adapter `{}` lacks",
+                    names[0]
+                )));
+            }
+        }
+        // FusionBench's module weight of a LoRA tensor: its name without the first two parts
+        // (`base_model.model`) and the `lora_A`/`lora_B` part.
+        let mut pairs: Vec<(String, LoraPair)> = Vec::new();
+        for key in &keys {
+            let parts: Vec<&str> = key.split('.').collect();
+            let kind = if parts.len() >= 4 {
+                parts[parts.len() - 2]
+            } else {
+                ""
+            };
+            if kind != "lora_A" && kind != "lora_B" {
+                return Err(Error::model(format!(
+                    "{NAME}: tensor `{key}` of adapter `{}` is not a LoRA tensor \
+                     (`base_model.model.<module>.lora_A.weight` or `...lora_B.weight`); the \
+                     models besides `_pretrained_` must be PEFT LoRA state dicts",
+                    names[0]
+                )));
+            }
+            let mut target: Vec<&str> = parts[2..parts.len() - 2].to_vec();
+            target.push(parts[parts.len() - 1]);
+            let target = target.join(".");
+            let at = match pairs.iter().position(|(t, _)| *t == target) {
+                Some(i) => i,
+                None => {
+                    pairs.push((target, LoraPair::default()));
+                    pairs.len() - 1
+                }
+            };
+            let slot = if kind == "lora_A" {
+                &mut pairs[at].1.a
+            } else {
+                &mut pairs[at].1.b
+            };
+            *slot = Some(key.clone());
+        }
+        let pre_names = pretrained.names()?;
+        let mut checked = std::collections::HashMap::new();
+        for (target, pair) in &pairs {
+            let (Some(a), Some(b)) = (&pair.a, &pair.b) else {
+                return Err(Error::model(format!(
+                    "{NAME}: the LoRA of `{target}` has only its {} tensor",
+                    if pair.a.is_some() { "lora_A" } else { "lora_B" }
+                )));
+            };
+            if !pre_names.contains(target) {
+                return Err(Error::model(format!(
+                    "{NAME}: the adapters' `{a}` applies to `{target}`, which `_pretrained_` lacks"
+                )));
+            }
+            let (ia, ib, iw) = (
+                loras[0].info(a)?,
+                loras[0].info(b)?,
+                pretrained.info(target)?,
+            );
+            let ok = ia.shape.len() == 2
+                && ib.shape.len() == 2
+                && iw.shape.len() == 2
+                && ib.shape[1] == ia.shape[0]
+                && iw.shape == [ib.shape[0], ia.shape[1]]
+                && iw.dtype.is_float();
+            if !ok {
+                return Err(Error::model(format!(
+                    "{NAME}: `{b}` {:?} · `{a}` {:?} does not fit `_pretrained_`'s `{target}` \
+                     {:?} ({:?})",
+                    ib.shape, ia.shape, iw.shape, iw.dtype
+                )));
+            }
+            checked.insert(target.clone(), (a.clone(), b.clone(), ia.shape[0]));
+        }
+        let superposed = self.base.superposed(&keys);
+        if self.base.mode != Mode::Identity {
+            for t in superposed.iter() {
+                for i in 0..loras.len() {
+                    self.base.seed(t, i)?;
+                }
+            }
+        }
+        tracing::info!(
+            adapters = loras.len(),
+            pairs = checked.len(),
+            superposed = superposed.len(),
+            mode = ?self.base.mode,
+            "{NAME} (CPU)"
+        );
+        let shared = std::sync::Arc::new(LoraShared {
+            base: self.base.clone(),
+            scaling_factor: self.scaling_factor,
+            pretrained,
+            loras,
+            pairs: checked,
+            superposed,
+        });
+        Ok(names
+            .iter()
+            .enumerate()
+            .map(|(j, n)| {
+                (
+                    n.clone(),
+                    Model::new(LoraRetrieved {
+                        shared: shared.clone(),
+                        model: j,
+                    }),
+                )
+            })
+            .collect())
+    }
+}
+
+/// What every model retrieved from LoRA adapters shares.
+struct LoraShared {
+    base: Base,
+    scaling_factor: f32,
+    pretrained: Model,
+    loras: Vec<Model>,
+    /// Each adapted weight's (A, B, rank).
+    pairs: std::collections::HashMap<String, (String, String, usize)>,
+    superposed: std::collections::HashSet<String>,
+}
+
+impl LoraShared {
+    /// LoRA tensor `key` as model `j` retrieves it.
+    fn retrieve(&self, key: &str, j: usize) -> Result<Vec<f32>> {
+        let t = self.loras.len();
+        let operand = |i: usize| -> Result<Vec<f32>> { Ok(self.loras[i].to_f32(key)?.0) };
+        if self.superposed.contains(key) {
+            let n = self.loras[0].info(key)?.shape.last().copied().unwrap_or(1);
+            superpose_and_retrieve(&self.base, key, n, t, j, operand)
+        } else {
+            let mut sum = operand(0)?;
+            for i in 1..t {
+                sum.iter_mut().zip(operand(i)?).for_each(|(s, v)| *s += v);
+            }
+            Ok(sum)
+        }
+    }
+}
+
+/// One model retrieved from LoRA adapters: `_pretrained_` with its adapted weights updated.
+struct LoraRetrieved {
+    shared: std::sync::Arc<LoraShared>,
+    model: usize,
+}
+
+impl fusion_plugin_api::StateDict for LoraRetrieved {
+    fn names(&self) -> Result<Vec<String>> {
+        self.shared.pretrained.names()
+    }
+
+    fn info(&self, name: &str) -> Result<TensorInfo> {
+        self.shared.pretrained.info(name)
+    }
+
+    fn data(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let sh = &self.shared;
+        let Some((a, b, r)) = sh.pairs.get(name) else {
+            return Ok(std::borrow::Cow::Owned(
+                sh.pretrained.data(name)?.into_owned(),
+            ));
+        };
+        let info = sh.pretrained.info(name)?;
+        let (out, inp) = (info.shape[0], info.shape[1]);
+        let ra = sh.retrieve(a, self.model)?;
+        let rb = sh.retrieve(b, self.model)?;
+        let (mut w, _) = sh.pretrained.to_f32(name)?;
+        // w += scaling_factor · (B·A), each product rounded to f32 first, as torch does
+        for o in 0..out {
+            for c in 0..inp {
+                let mut acc = 0.0f64;
+                for k in 0..*r {
+                    acc += f64::from(rb[o * r + k]) * f64::from(ra[k * inp + c]);
+                }
+                w[o * inp + c] += (acc as f32) * sh.scaling_factor;
+            }
+        }
+        Ok(std::borrow::Cow::Owned(fusion_plugin_api::f32_to_bytes(
+            &w, info.dtype,
+        )?))
+    }
+
+    fn file_names(&self) -> Result<Vec<String>> {
+        self.shared.pretrained.file_names()
+    }
+
+    fn file(&self, name: &str) -> Result<Vec<u8>> {
+        self.shared.pretrained.file(name)
+    }
+}
+
 /// Which RanDeS method a retrieval belongs to.
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -498,11 +896,11 @@ fn run_models(
         "{name} (CPU)"
     );
     // Every context seed is checked before any work.
-    for t in superposed.iter() {
-        let info = inputs.info(t)?;
-        let n = info.shape.last().copied().unwrap_or(1);
-        for i in 0..inputs.models.len() {
-            base.contexts(t, i, n.min(1))?;
+    if base.mode != Mode::Identity {
+        for t in superposed.iter() {
+            for i in 0..inputs.models.len() {
+                base.seed(t, i)?;
+            }
         }
     }
     Ok((0..inputs.models.len())
@@ -546,6 +944,34 @@ impl Algorithm for SuperposedModelSoup {
     }
 }
 
+/// Tensor `name` (last axis `n` long) of the `t` operands superposed under their contexts, and
+/// retrieved by model `model`'s retrieval context.
+fn superpose_and_retrieve(
+    base: &Base,
+    name: &str,
+    n: usize,
+    t: usize,
+    model: usize,
+    operand: impl Fn(usize) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let mut sum: Vec<f32> = Vec::new();
+    let mut retrieval = None;
+    for i in 0..t {
+        let (c, r) = base.contexts(name, i, n)?;
+        let p = c.apply(&operand(i)?, n);
+        if i == 0 {
+            sum = p;
+        } else {
+            sum.iter_mut().zip(&p).for_each(|(s, p)| *s += p);
+        }
+        if i == model {
+            retrieval = Some(r);
+        }
+    }
+    let retrieval = retrieval.expect("the retrieved model is among the operands");
+    Ok(retrieval.apply(&sum, n))
+}
+
 /// Model `model`'s retrieval, tensor by tensor.
 struct Retrieve {
     base: Base,
@@ -568,23 +994,7 @@ impl CpuMerge for Retrieve {
         let t = inputs.models.len();
         let retrieved = if self.superposed.contains(name) {
             let n = info.shape.last().copied().unwrap_or(1);
-            let mut sum = vec![0.0f32; info.numel()];
-            let mut retrieval = Vec::new();
-            for i in 0..t {
-                let (c, r) = self.base.contexts(name, i, n)?;
-                let x = operand(i)?;
-                for (k, (s, v)) in sum.iter_mut().zip(&x).enumerate() {
-                    let p = v * c[k % n];
-                    *s = if i == 0 { p } else { *s + p };
-                }
-                if i == self.model {
-                    retrieval = r;
-                }
-            }
-            sum.iter_mut()
-                .enumerate()
-                .for_each(|(k, s)| *s *= retrieval[k % n]);
-            sum
+            superpose_and_retrieve(&self.base, name, n, t, self.model, operand)?
         } else {
             match (self.kind, self.base.absorber) {
                 (Kind::ModelSoup, Absorber::Pretrained) => pre.clone(),
@@ -641,6 +1051,41 @@ mod tests {
         // hash % 1e6 as Python computes it (the hash rounded to a double first)
         assert_eq!(py_mod(-4_594_863_902_769_663_758i64 as f64, 1e6), 336_000.0);
         assert_eq!(py_mod(-8_445_164_930_158_720_715i64 as f64, 1e6), 278_976.0);
+    }
+
+    /// `scipy.stats.ortho_group.rvs(3, random_state=5)` (scipy 1.17).
+    #[test]
+    fn scipy_ortho_group() {
+        let want = [
+            0.42360449,
+            -0.81065093,
+            0.40423297,
+            -0.24202336,
+            0.32874177,
+            0.912882,
+            -0.87291691,
+            -0.48453474,
+            -0.05693997,
+        ];
+        let got = ortho_group(5, 3);
+        for (g, w) in got.iter().zip(want) {
+            assert!((f64::from(*g) - w).abs() < 1e-7, "{got:?}");
+        }
+    }
+
+    /// The pseudo-inverse of a full-rank square matrix is its inverse; a full context applies
+    /// along the last axis.
+    #[test]
+    fn pinv_and_full_context() {
+        let n = 5;
+        let mut rng = NumpyLegacy::new(3);
+        let c: Vec<f32> = (0..n * n).map(|_| rng.gauss() as f32).collect();
+        let p = pinv(&c, n);
+        let x: Vec<f32> = (0..2 * n).map(|i| (i as f32 * 0.7).sin()).collect();
+        let back = Mix::Full(p).apply(&Mix::Full(c).apply(&x, n), n);
+        for (a, b) in back.iter().zip(&x) {
+            assert!((a - b).abs() < 1e-4, "{back:?} {x:?}");
+        }
     }
 
     /// `np.random.seed(s); np.random.binomial(p=0.5, n=1, size=(1, k))`, and `randn`.

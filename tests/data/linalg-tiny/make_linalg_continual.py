@@ -2,7 +2,8 @@
 by the reference implementation: the fusion-bench package from PyPI, torch float32 on the CPU,
 on the linalg-tiny models that make_linalg_golden.py wrote (models/*.safetensors here).
 
-Usage: python make_linalg_continual.py DIR      (DIR: this folder)
+Usage: python make_linalg_continual.py DIR [--new]     (DIR: this folder; --new: only the cases
+added for issue 17 item 2, appended to DIR/continual.yaml)
 
 Writes DIR/continual/CASE/step_K.safetensors (the merged model after step K, as FusionBench's
 `save_on_every_step` saves it; the last step is what the method returns) and
@@ -54,6 +55,17 @@ def main():
         os.execv(sys.executable, [sys.executable] + sys.argv)
     out = sys.argv[1]
     names = ["task_a", "task_b", "task_c", "task_d"]
+    if "--only" in sys.argv[2:]:
+        ONLY.update(sys.argv[sys.argv.index("--only") + 1].split(","))
+    if "--new" in sys.argv[2:]:
+        # only the cases added for issue 17 item 2 (DOP for CLIP, RanDeS rotation, dense and
+        # LoRA), appended to the existing continual.yaml; nothing else is rewritten
+        with open(os.path.join(out, "continual.yaml")) as f:
+            manifest = yaml.safe_load(f)
+        new_cases(out, names, manifest)
+        with open(os.path.join(out, "continual.yaml"), "w") as f:
+            yaml.safe_dump(manifest, f, sort_keys=False)
+        return
 
     def load(name):
         m = Tiny()
@@ -170,6 +182,7 @@ def main():
         print("ok", case, order)
     doge_cases(out, models, names, manifest)
     randes_cases(out, names, manifest)
+    new_cases(out, names, manifest)
     with open(os.path.join(out, "continual.yaml"), "w") as f:
         yaml.safe_dump(manifest, f, sort_keys=False)
 
@@ -279,6 +292,228 @@ def randes_cases(out, names, manifest):
         manifest["cases"][case] = {"method": cfg, "models_dir": "doge/models",
                                    "models": ["_pretrained_"] + names, "retrieved": files}
         print("ok", case)
+
+
+# `--only CASE,...` with `--new`: regenerate just those of the new cases
+ONLY = set()
+
+
+def new_cases(out, names, manifest):
+    dop_clip_cases(out, names, manifest)
+    randes_more_cases(out, names, manifest)
+    randes_lora_cases(out, names, manifest)
+
+
+def dop_clip_cases(out, names, manifest):
+    """ContinualDOPForCLIP (`dop/dop`) on the plain models: it seeds itself (`seed`) before the
+    shuffle and saves every step through `save_merged_model`, replaced by a copy into memory."""
+    def load(name):
+        m = Tiny()
+        m.load_state_dict(load_file(os.path.join(out, "models", f"{name}.safetensors")))
+        return m
+
+    models = {n: load(n) for n in ["_pretrained_"] + names}
+    target = "fusion_bench.method.dop.dop.ContinualDOPForCLIP"
+    cases = {
+        # dop.yaml's settings, seeded
+        "dop_clip": {"_target_": target, "seed": 7, "shuffle_order": True,
+                     "save_on_every_step": True, "evaluate_on_every_step": False, "lr": 1e-4,
+                     "num_steps": 200, "mgda": True, "alpha": 0.8, "ema": True,
+                     "ema_beta": 0.999, "svd_epsilon": 0.99999, "svd_proj_space": "uv"},
+        # the class's default ema_beta (0.99) with MGDA, on U. Not its default svd_epsilon 1:
+        # there the last singular direction is kept or dropped by the rounding of torch's f32
+        # sum (cumsum / sum reaching exactly 1.0 or not), which differs between builds
+        "dop_clip_ema_default_u": {"_target_": target, "seed": 3, "shuffle_order": True,
+                                   "save_on_every_step": True, "evaluate_on_every_step": False,
+                                   "lr": 5e-4, "num_steps": 50, "alpha": 0.6,
+                                   "svd_epsilon": 0.97, "svd_proj_space": "u"},
+    }
+    for case, cfg in cases.items():
+        if ONLY and case not in ONLY:
+            continue
+        torch.manual_seed(0)
+        algo = instantiate(copy.deepcopy(cfg), _recursive_=False)
+        steps = []
+
+        def save_merged_model(self, merged_model, step):
+            steps.append((step, {k: v.detach().float().contiguous().clone()
+                                 for k, v in merged_model.state_dict().items()}))
+
+        algo.save_merged_model = types.MethodType(save_merged_model, algo)
+        p = BaseModelPool(models={n: copy.deepcopy(m) for n, m in models.items()})
+        order = []
+        import random as _random
+        real_shuffle = _random.shuffle
+
+        def shuffle(x, *a, **k):
+            real_shuffle(x, *a, **k)
+            order[:] = list(x)
+
+        _random.shuffle = shuffle
+        try:
+            merged = algo.run(p)
+        finally:
+            _random.shuffle = real_shuffle
+        final = {k: v.detach().float().contiguous() for k, v in merged.state_dict().items()}
+        assert [s for s, _ in steps] == list(range(len(names))), [s for s, _ in steps]
+        for k, v in steps[-1][1].items():
+            assert torch.equal(v, final[k]), (case, k)
+        os.makedirs(os.path.join(out, "continual", case), exist_ok=True)
+        files = []
+        for step, state in steps:
+            f = f"continual/{case}/step_{step}.safetensors"
+            save_file(state, os.path.join(out, f))
+            files.append(f)
+        manifest["cases"][case] = {"method": cfg, "models": ["_pretrained_"] + names,
+                                   "order": order, "program_seed": None, "steps": files}
+        print("ok", case, order)
+
+
+def randes_enc(out, names):
+    enc = {}
+    for n in ["_pretrained_"] + names:
+        e = Enc()
+        e.load_state_dict(load_file(os.path.join(out, "doge", "models", f"{n}.safetensors")))
+        enc[n] = e
+    return enc
+
+
+RANDES_BASE = {"mode": "random_binary_diagonal_matrix", "target_layer": ["mlp_w", "attn_w"],
+               "random_seed": 42, "different_across_layers": True,
+               "joint_matrix_mode": "flatten_hstack", "rank": 1, "random_components": False,
+               "shift_layers": 0, "absorber": "None", "debug": 0, "ms_mode": "average",
+               "verbose": 0, "dropout_rate": 1}
+
+
+class NoCuda:
+    """FusionBench inverts the dense contexts with `torch.linalg.pinv(context.to("cuda"))`,
+    which fails without a GPU; inside this block `.to("cuda")` leaves a tensor on the CPU (the
+    pseudo-inverse is then torch's CPU one)."""
+
+    def __enter__(self):
+        self.real = torch.Tensor.to
+        real = self.real
+
+        def to(t, *a, **k):
+            if a and a[0] == "cuda":
+                return t
+            return real(t, *a, **k)
+
+        torch.Tensor.to = to
+
+    def __exit__(self, *exc):
+        torch.Tensor.to = self.real
+
+
+def run_randes(out, case, cfg, pool, manifest, models_dir, pool_names):
+    algo = instantiate(copy.deepcopy(cfg), _recursive_=False)
+    with NoCuda():
+        result = algo.run(pool)
+    files = {}
+    os.makedirs(os.path.join(out, "randes", case), exist_ok=True)
+    for n, m in result["models"].items():
+        state = {k: v.detach().float().contiguous().clone() for k, v in m.state_dict().items()}
+        f = f"randes/{case}/{n}.safetensors"
+        save_file(state, os.path.join(out, f))
+        files[n] = f
+    manifest["cases"][case] = {"method": cfg, "models_dir": models_dir, "models": pool_names,
+                               "retrieved": files}
+    print("ok", case)
+
+
+def randes_more_cases(out, names, manifest):
+    """RanDeS with rotation contexts (scipy's ortho_group; FusionBench fails with
+    `different_across_layers: true`, whose seed is a float scipy refuses) and dense Gaussian
+    contexts (retrieved by torch.linalg.pinv, on the CPU here)."""
+    import fusion_bench.method.randes.task_arithmetic as randes_ta
+    _add = randes_ta.state_dict_add
+    randes_ta.state_dict_add = lambda a, b, *x, **k: _add({n: v.detach() for n, v in a.items()}, b, *x, **k)
+    enc = randes_enc(out, names)
+    soup = "fusion_bench.method.randes.SuperposedModelSoupAlgorithm"
+    ta = "fusion_bench.method.randes.SuperposedTaskArithmeticAlgorithm"
+    cases = {
+        "randes_ta_rotation": {"_target_": ta, **RANDES_BASE, "mode": "random_rotation_matrix",
+                               "different_across_layers": False, "scaling_factor": 0.5,
+                               "model_path": None},
+        # biases among the targets (a vector times the rotation)
+        "randes_soup_rotation_pretrained": {"_target_": soup, **RANDES_BASE,
+                                            "mode": "random_rotation_matrix",
+                                            "different_across_layers": False, "random_seed": 9,
+                                            "absorber": "pretrained", "target_layer": ["mlp", "attn"]},
+        "randes_ta_dense": {"_target_": ta, **RANDES_BASE, "mode": "random_dense_matrix",
+                            "scaling_factor": 0.3, "model_path": None},
+    }
+    all_names = ["_pretrained_"] + names
+    for case, cfg in cases.items():
+        if ONLY and case not in ONLY:
+            continue
+        pool = BaseModelPool(models={n: copy.deepcopy(enc[n]) for n in all_names})
+        run_randes(out, case, cfg, pool, manifest, "doge/models", all_names)
+    # The dense contexts' f32 pseudo-inverses are off by about cond(C)·ε(f32), which shows in the
+    # retrieved models (up to ~2e-4 relative here); the same case with torch.linalg.pinv in
+    # float64 (rounded to f32) is what an exact pseudo-inverse gives.
+    case = "randes_ta_dense_pinv_f64"
+    if not ONLY or case in ONLY:
+        real = torch.linalg.pinv
+        torch.linalg.pinv = lambda x, *a, **k: real(x.double(), *a, **k).float()
+        try:
+            pool = BaseModelPool(models={n: copy.deepcopy(enc[n]) for n in all_names})
+            run_randes(out, case, cases["randes_ta_dense"], pool, manifest, "doge/models",
+                       all_names)
+        finally:
+            torch.linalg.pinv = real
+        manifest["cases"][case]["note"] = "torch.linalg.pinv computed in float64"
+    randes_ta.state_dict_add = _add
+
+
+LORA_MODULES = {"encoder.layers.0.self_attn.q_proj": (24, 24), "encoder.layers.0.mlp.fc1": (24, 64),
+                "encoder.layers.0.mlp.fc2": (64, 24)}
+
+
+def randes_lora_cases(out, names, manifest):
+    """SuperposedTaskArithmeticLoRAAlgorithm on rank-4 LoRA adapters of the renamed models'
+    linear layers (randes/lora/NAME.safetensors, PEFT's names, drawn here with torch seed 17),
+    `_pretrained_` from doge/models. The adapters are given to FusionBench as state dicts, as its
+    pool's `load_model` returns a LoRA checkpoint."""
+    lora_dir = os.path.join(out, "randes", "lora")
+    os.makedirs(lora_dir, exist_ok=True)
+    g = torch.Generator().manual_seed(17)
+    adapters = {}
+    for n in names:
+        sd = {}
+        for mod, (fan_in, fan_out) in LORA_MODULES.items():
+            sd[f"base_model.model.{mod}.lora_A.weight"] = torch.randn(4, fan_in, generator=g) * 0.2
+            sd[f"base_model.model.{mod}.lora_B.weight"] = torch.randn(fan_out, 4, generator=g) * 0.2
+        save_file(sd, os.path.join(lora_dir, f"{n}.safetensors"))
+        # as the checkpoint loads: the file's order
+        adapters[n] = load_file(os.path.join(lora_dir, f"{n}.safetensors"))
+    enc = randes_enc(out, names)
+
+    class LoraPool(BaseModelPool):
+        def load_model(self, name, *a, **k):
+            if isinstance(name, str) and name in adapters:
+                return {key: v.clone() for key, v in adapters[name].items()}
+            return super().load_model(name, *a, **k)
+
+    target = "fusion_bench.method.randes.SuperposedTaskArithmeticLoRAAlgorithm"
+    cases = {
+        # superposed_task_arithmetic_lora.yaml plus the two parameters it lacks
+        "randes_lora_binary": {"_target_": target, **RANDES_BASE, "scaling_factor": 0.5,
+                               "model_path": None},
+        # attention LoRA summed over the adapters, MLP LoRA rotated
+        "randes_lora_rotation_mlp": {"_target_": target, **RANDES_BASE,
+                                     "mode": "random_rotation_matrix",
+                                     "different_across_layers": False, "target_layer": ["mlp_w"],
+                                     "scaling_factor": 0.7, "model_path": None},
+    }
+    all_names = ["_pretrained_"] + names
+    for case, cfg in cases.items():
+        if ONLY and case not in ONLY:
+            continue
+        pool = LoraPool(models={"_pretrained_": copy.deepcopy(enc["_pretrained_"]),
+                                **{n: nn.Identity() for n in names}})
+        run_randes(out, case, cfg, pool, manifest, "randes/lora", all_names)
+        manifest["cases"][case]["pretrained"] = "doge/models/_pretrained_.safetensors"
 
 
 if __name__ == "__main__":

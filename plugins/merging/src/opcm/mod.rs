@@ -256,7 +256,7 @@ impl<C: Continual> StateDict for StepModel<C> {
 /// Run a continual method over `pool` and return the model of every step (`every_step`) or
 /// the last one, unnamed.
 pub(crate) fn run_continual<C: Continual>(
-    mut method: C,
+    method: C,
     order: &Order,
     every_step: bool,
     pool: &dyn ModelPool,
@@ -270,7 +270,18 @@ pub(crate) fn run_continual<C: Continual>(
         )));
     }
     let names = order.apply(names, ctx, C::NAME);
-    let inputs = Inputs::open_named(pool, C::NAME, C::WITH_BASE, &names, 1)?;
+    run_continual_in(method, &names, every_step, pool, ctx)
+}
+
+/// [`run_continual`] over the pool's models `names`, taken in that order (not empty).
+pub(crate) fn run_continual_in<C: Continual>(
+    mut method: C,
+    names: &[String],
+    every_step: bool,
+    pool: &dyn ModelPool,
+    ctx: &Context,
+) -> Result<Vec<(String, Model)>> {
+    let inputs = Inputs::open_named(pool, C::NAME, C::WITH_BASE, names, 1)?;
     let reference = if C::FROM_FIRST {
         &inputs.models[0]
     } else {

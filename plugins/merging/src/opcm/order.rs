@@ -120,6 +120,9 @@ impl PyRandom {
 pub(crate) struct Order {
     pub shuffle: bool,
     pub seed: Option<u64>,
+    /// Without a `seed`, draw a fresh one from the clock even when the program has a seed
+    /// (FusionBench's `ContinualDOPForCLIP` calls `seed_everything_by_time` then).
+    pub by_time: bool,
 }
 
 impl Order {
@@ -136,7 +139,11 @@ impl Order {
                 )));
             }
         }
-        Ok(Order { shuffle, seed })
+        Ok(Order {
+            shuffle,
+            seed,
+            by_time: false,
+        })
     }
 
     /// The pool's model names in the order the method takes them. Without a `seed` of its own
@@ -149,7 +156,21 @@ impl Order {
         algorithm: &str,
     ) -> Vec<String> {
         if self.shuffle && names.len() > 1 {
-            let seed = crate::params::seed(self.seed, ctx, algorithm) & u64::from(u32::MAX);
+            let seed = match (self.seed, self.by_time) {
+                (None, true) => {
+                    let s = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0);
+                    tracing::warn!(
+                        seed = s,
+                        "{algorithm}: no `seed` set: shuffling with the clock's seed {s} (the \
+                         program's seed does not order this method, as in FusionBench)"
+                    );
+                    s
+                }
+                _ => crate::params::seed(self.seed, ctx, algorithm),
+            } & u64::from(u32::MAX);
             PyRandom::new(seed).shuffle(&mut names);
         }
         tracing::info!(order = ?names, "{algorithm}: models in the order merged");
