@@ -4625,6 +4625,7 @@ fn dop_for_clip_from_fusionbench_config_file() {
     let cp = cfg.path().to_str().unwrap();
     let expected = data().join("linalg-tiny/continual/dop_clip");
     let work = tempfile::tempdir().unwrap();
+    let log_arg = format!("path.log_dir={}", work.path().join("logs").display());
     let run = run_host(
         work.path(),
         &[
@@ -4634,9 +4635,16 @@ fn dop_for_clip_from_fusionbench_config_file() {
             "method=dop/dop",
             "method.seed=7",
             "merged_model_save_path=dop.safetensors",
+            &log_arg,
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
+    // the order it merged in, as the class writes it: random.seed(7); random.shuffle(...)
+    let order: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join("logs/model_names.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(order, ["task_d", "task_b", "task_a", "task_c"]);
     for step in 0..4 {
         let got = read_f32(
             &work
