@@ -30,9 +30,11 @@
 use fusion_plugin_api::prelude::*;
 use fusion_plugin_api::serde_json::Value;
 use fusion_plugin_api::TensorInfo;
+use std::collections::HashMap;
 
 use crate::cpu::{load, CpuMerge, CpuMerged};
 use crate::inputs::Inputs;
+use crate::linalg::Matrix;
 
 /// The contexts' distribution (`mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,19 +68,11 @@ impl Mix {
         match self {
             Mix::Diagonal(c) => x.iter().enumerate().map(|(k, v)| v * c[k % n]).collect(),
             Mix::Full(c) => {
-                let mut out = vec![0.0f32; x.len()];
-                let mut acc = vec![0.0f64; n];
-                for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-                    acc.iter_mut().for_each(|a| *a = 0.0);
-                    for (k, &v) in row.iter().enumerate() {
-                        let v = f64::from(v);
-                        for (a, &ck) in acc.iter_mut().zip(&c[k * n..(k + 1) * n]) {
-                            *a += v * f64::from(ck);
-                        }
-                    }
-                    o.iter_mut().zip(&acc).for_each(|(o, a)| *o = *a as f32);
-                }
-                out
+                let rows = x.len() / n;
+                Matrix::from_f32(rows, n, x)
+                    .matmul(&Matrix::from_f32(n, n, c))
+                    .expect("an n-wide tensor times an n×n context")
+                    .to_f32()
             }
         }
     }
@@ -86,29 +80,19 @@ impl Mix {
 
 /// scipy's `ortho_group.rvs(n, random_state=seed)`: Z with N(0, 1) entries (numpy's legacy
 /// `normal`, row by row), Q of its QR decomposition with R's diagonal made positive, which
-/// makes Q unique: here by Gram-Schmidt, twice, in f64 (LAPACK's Householder Q agrees to
-/// rounding). Row-major, rounded to f32 as FusionBench does.
+/// makes Q unique: here faer's Householder QR in f64 (LAPACK's agrees to rounding).
+/// Row-major, rounded to f32 as FusionBench does.
 fn ortho_group(seed: u32, n: usize) -> Vec<f32> {
     let mut rng = NumpyLegacy::new(seed);
     let z: Vec<f64> = (0..n * n).map(|_| rng.gauss()).collect();
-    // columns of Z, orthonormalized in order
-    let mut q: Vec<Vec<f64>> = Vec::with_capacity(n);
-    for j in 0..n {
-        let mut v: Vec<f64> = (0..n).map(|r| z[r * n + j]).collect();
-        for _ in 0..2 {
-            for qk in &q {
-                let d: f64 = qk.iter().zip(&v).map(|(a, b)| a * b).sum();
-                v.iter_mut().zip(qk).for_each(|(x, a)| *x -= d * a);
-            }
-        }
-        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        v.iter_mut().for_each(|x| *x /= norm);
-        q.push(v);
-    }
+    let qr = faer::MatRef::from_row_major_slice(&z, n, n).qr();
+    let q = qr.compute_Q();
+    let r = qr.R();
     let mut out = vec![0.0f32; n * n];
-    for (j, col) in q.iter().enumerate() {
-        for (r, x) in col.iter().enumerate() {
-            out[r * n + j] = *x as f32;
+    for j in 0..n {
+        let sign = if r[(j, j)] < 0.0 { -1.0 } else { 1.0 };
+        for i in 0..n {
+            out[i * n + j] = (q[(i, j)] * sign) as f32;
         }
     }
     out
@@ -811,7 +795,7 @@ impl LoraShared {
         let operand = |i: usize| -> Result<Vec<f32>> { Ok(self.loras[i].to_f32(key)?.0) };
         if self.superposed.contains(key) {
             let n = self.loras[0].info(key)?.shape.last().copied().unwrap_or(1);
-            superpose_and_retrieve(&self.base, key, n, t, j, operand)
+            superpose_and_retrieve(&self.base, key, n, t, j, None, operand)
         } else {
             let mut sum = operand(0)?;
             for i in 1..t {
@@ -889,6 +873,8 @@ fn run_models(
     let inputs = Inputs::open(pool, name, true, 1)?;
     let names = inputs.names()?;
     let superposed = std::sync::Arc::new(base.superposed(&names));
+    let cache = matches!(base.mode, Mode::Rotation | Mode::Dense)
+        .then(|| std::sync::Arc::new(SumCache::default()));
     tracing::info!(
         models = inputs.models.len(),
         superposed = superposed.len(),
@@ -914,6 +900,7 @@ fn run_models(
                         kind,
                         model: j,
                         superposed: superposed.clone(),
+                        cache: cache.clone(),
                     },
                 ),
             )
@@ -944,32 +931,77 @@ impl Algorithm for SuperposedModelSoup {
     }
 }
 
+/// The superposed tensors of the rotation and dense modes, whose contexts cost O(n³) to draw,
+/// kept until every retrieved model has taken its copy (each retrieval then draws only its own
+/// context, instead of all N to superpose again). A tensor asked for again after that is
+/// superposed again: the cache saves work and never changes a value.
+#[derive(Default)]
+struct SumCache {
+    /// Each tensor's superposed values and how many retrievals have yet to take them.
+    sums: std::sync::Mutex<HashMap<String, Shared>>,
+}
+
+type Shared = (std::sync::Arc<Vec<f32>>, usize);
+
+impl SumCache {
+    /// The superposed tensor `name`, for one of `t` retrievals.
+    fn take(
+        &self,
+        name: &str,
+        t: usize,
+        compute: impl FnOnce() -> Result<Vec<f32>>,
+    ) -> Result<std::sync::Arc<Vec<f32>>> {
+        {
+            let mut sums = self.sums.lock().expect("sum cache lock");
+            if let Some((sum, left)) = sums.get_mut(name) {
+                let sum = sum.clone();
+                *left -= 1;
+                if *left == 0 {
+                    sums.remove(name);
+                }
+                return Ok(sum);
+            }
+        }
+        let sum = std::sync::Arc::new(compute()?);
+        if t > 1 {
+            let mut sums = self.sums.lock().expect("sum cache lock");
+            sums.entry(name.to_string())
+                .or_insert_with(|| (sum.clone(), t - 1));
+        }
+        Ok(sum)
+    }
+}
+
 /// Tensor `name` (last axis `n` long) of the `t` operands superposed under their contexts, and
-/// retrieved by model `model`'s retrieval context.
+/// retrieved by model `model`'s retrieval context; with a `cache`, the superposed tensor is
+/// shared between the retrievals.
 fn superpose_and_retrieve(
     base: &Base,
     name: &str,
     n: usize,
     t: usize,
     model: usize,
+    cache: Option<&SumCache>,
     operand: impl Fn(usize) -> Result<Vec<f32>>,
 ) -> Result<Vec<f32>> {
-    let mut sum: Vec<f32> = Vec::new();
-    let mut retrieval = None;
-    for i in 0..t {
-        let (c, r) = base.contexts(name, i, n)?;
-        let p = c.apply(&operand(i)?, n);
-        if i == 0 {
-            sum = p;
-        } else {
-            sum.iter_mut().zip(&p).for_each(|(s, p)| *s += p);
+    let superpose = || -> Result<Vec<f32>> {
+        let mut sum: Vec<f32> = Vec::new();
+        for i in 0..t {
+            let (c, _) = base.contexts(name, i, n)?;
+            let p = c.apply(&operand(i)?, n);
+            if i == 0 {
+                sum = p;
+            } else {
+                sum.iter_mut().zip(&p).for_each(|(s, p)| *s += p);
+            }
         }
-        if i == model {
-            retrieval = Some(r);
-        }
-    }
-    let retrieval = retrieval.expect("the retrieved model is among the operands");
-    Ok(retrieval.apply(&sum, n))
+        Ok(sum)
+    };
+    let (_, retrieval) = base.contexts(name, model, n)?;
+    Ok(match cache {
+        Some(cache) => retrieval.apply(&cache.take(name, t, superpose)?, n),
+        None => retrieval.apply(&superpose()?, n),
+    })
 }
 
 /// Model `model`'s retrieval, tensor by tensor.
@@ -977,6 +1009,8 @@ struct Retrieve {
     base: Base,
     kind: Kind,
     model: usize,
+    /// The superposed tensors shared by the retrievals (rotation and dense modes).
+    cache: Option<std::sync::Arc<SumCache>>,
     superposed: std::sync::Arc<std::collections::HashSet<String>>,
 }
 
@@ -994,7 +1028,8 @@ impl CpuMerge for Retrieve {
         let t = inputs.models.len();
         let retrieved = if self.superposed.contains(name) {
             let n = info.shape.last().copied().unwrap_or(1);
-            superpose_and_retrieve(&self.base, name, n, t, self.model, operand)?
+            let cache = self.cache.as_deref();
+            superpose_and_retrieve(&self.base, name, n, t, self.model, cache, operand)?
         } else {
             match (self.kind, self.base.absorber) {
                 (Kind::ModelSoup, Absorber::Pretrained) => pre.clone(),
@@ -1086,6 +1121,29 @@ mod tests {
         for (a, b) in back.iter().zip(&x) {
             assert!((a - b).abs() < 1e-4, "{back:?} {x:?}");
         }
+    }
+
+    /// The superposed tensor is computed once for the N retrievals, then dropped; asked again,
+    /// it is computed again.
+    #[test]
+    fn sum_cache_serves_each_retrieval_once() {
+        let cache = SumCache::default();
+        let computed = std::cell::Cell::new(0);
+        let take = || {
+            cache
+                .take("w", 3, || {
+                    computed.set(computed.get() + 1);
+                    Ok(vec![1.0, 2.0])
+                })
+                .unwrap()
+        };
+        for _ in 0..3 {
+            assert_eq!(*take(), [1.0, 2.0]);
+        }
+        assert_eq!(computed.get(), 1);
+        assert!(cache.sums.lock().unwrap().is_empty());
+        take();
+        assert_eq!(computed.get(), 2);
     }
 
     /// `np.random.seed(s); np.random.binomial(p=0.5, n=1, size=(1, k))`, and `randn`.
