@@ -1,6 +1,7 @@
 //! DOP: continual merging by dual projections (Tang et al., NeurIPS 2025, "Continual Model
 //! Merging without Data: Dual Projections for Balancing Stability and Plasticity"), FusionBench
-//! `DOPMerging` (`dop/dop_general`), on the CPU.
+//! `DOPMerging` (`dop/dop_general`) and `ContinualDOPForCLIP` (`dop/dop`, see
+//! [`ContinualDopForClip`] for what differs), on the CPU.
 //!
 //! The merged model starts as the first model; each next model is merged with it layer by
 //! layer. For a linear layer's weight, with W₁ the merged weight, W₂ the new model's and W₀
