@@ -13,7 +13,9 @@
 //! `absorber`). Superposed task arithmetic superposes task vectors and returns
 //! θ₀ + λ·retrieved for each model; the superposed model soup superposes the weights
 //! themselves, scaled by 1/N with `ms_mode: average`; the LoRA variant superposes the LoRA
-//! factors of PEFT adapters and adds λ·B·A to the pretrained weights. All return one model per
+//! factors of PEFT adapters and adds λ·B·A to the pretrained weights. With `shift_layers`, each
+//! model's superposed tensors are first moved to other layer numbers (by i·k, or shuffled for
+//! -1) and moved back after retrieval, as FusionBench does. All return one model per
 //! pool model, under its name, as FusionBench returns its dict of models. FusionBench's
 //! `joint_matrix_mode`, `rank` and `random_components` are required and unused (its
 //! `svd_decomposition`, which reads them, is never called), as here.
@@ -148,6 +150,8 @@ struct Base {
     absorber: Absorber,
     ms_average: bool,
     dropout_rate: usize,
+    /// `shift_layers`: 0, a shift of the layer numbers per model, or -1 (a shuffle).
+    shift: i64,
 }
 
 impl Base {
@@ -240,12 +244,6 @@ impl Base {
         }
         required("shift_layers")?;
         let shift: i64 = config.require("shift_layers")?;
-        if shift != 0 {
-            return Err(Error::config(format!(
-                "{name}: `shift_layers: {shift}` (layer shifting before superposition) is not \
-                 supported by fusion-host; set it to 0"
-            )));
-        }
         let absorber = match text("absorber")?.as_str() {
             "average" => Absorber::Average,
             "pretrained" => Absorber::Pretrained,
@@ -281,6 +279,7 @@ impl Base {
             absorber,
             ms_average,
             dropout_rate,
+            shift,
         })
     }
 
@@ -368,6 +367,138 @@ impl Base {
             }
             Mode::Identity => unreachable!(),
         })
+    }
+}
+
+/// Each model's renaming of the superposed tensors under `shift_layers` (none for 0): model i's
+/// tensor X is superposed at `forward[i][X]`, and what is superposed at Y came from
+/// `backward[i][Y]`. Model j is retrieved at X from what is superposed at `forward[j][X]`, which
+/// is where FusionBench's shift back takes it from.
+#[derive(Default)]
+struct Shifts {
+    forward: Vec<HashMap<String, String>>,
+    backward: Vec<HashMap<String, String>>,
+}
+
+/// Python's `str.isdigit()` for an ASCII part.
+fn is_digits(part: &str) -> bool {
+    !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit())
+}
+
+impl Shifts {
+    fn forward<'a>(&'a self, i: usize, name: &'a str) -> &'a str {
+        self.forward
+            .get(i)
+            .and_then(|m| m.get(name))
+            .map_or(name, String::as_str)
+    }
+
+    fn backward<'a>(&'a self, i: usize, name: &'a str) -> &'a str {
+        self.backward
+            .get(i)
+            .and_then(|m| m.get(name))
+            .map_or(name, String::as_str)
+    }
+
+    /// FusionBench's layer shifts of the superposed tensors `targets` (in checkpoint order) for
+    /// `models` models. A shift k moves model i's layer ℓ to (ℓ + i·k) mod (L + 1), L the
+    /// largest layer number (the first all-digit part of a name); -1 shuffles each model's
+    /// layer numbers with Python's `random.shuffle` after `random.seed(random_seed + i)`, per
+    /// group of tensors that differ only in the layer number (the position of the last
+    /// target's first all-digit part).
+    fn of(base: &Base, targets: &[String], models: usize, algorithm: &str) -> Result<Shifts> {
+        let mut out = Shifts::default();
+        if base.shift == 0 {
+            return Ok(out);
+        }
+        let set: std::collections::HashSet<&str> = targets.iter().map(String::as_str).collect();
+        let renumber = |name: &str, at: usize, number: u64| -> String {
+            name.split('.')
+                .enumerate()
+                .map(|(k, p)| {
+                    if k == at {
+                        number.to_string()
+                    } else {
+                        p.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        let mut maps: Vec<Vec<(String, String)>> = vec![Vec::new(); models];
+        if base.shift == -1 {
+            let Some(at) = targets
+                .iter()
+                .filter_map(|t| t.split('.').position(is_digits))
+                .next_back()
+            else {
+                return Err(Error::config(format!(
+                    "{algorithm}: `shift_layers: -1` shuffles layer numbers, and no superposed \
+                     tensor's name has one (FusionBench fails on this too)"
+                )));
+            };
+            // groups: the names without the layer number, each with its numbers in order
+            let mut groups: Vec<(String, Vec<(u64, String)>)> = Vec::new();
+            for t in targets {
+                let parts: Vec<&str> = t.split('.').collect();
+                if at >= parts.len() || !is_digits(parts[at]) {
+                    continue;
+                }
+                let number: u64 = parts[at].parse().map_err(|_| {
+                    Error::config(format!("{algorithm}: layer number of `{t}` is too large"))
+                })?;
+                let mut rest = parts.clone();
+                rest.remove(at);
+                let key = rest.join(".");
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => v.push((number, t.clone())),
+                    None => groups.push((key, vec![(number, t.clone())])),
+                }
+            }
+            for (i, map) in maps.iter_mut().enumerate() {
+                let seed = (base.random_seed + i as i64).unsigned_abs();
+                for (_, members) in &groups {
+                    let mut shuffled: Vec<u64> = members.iter().map(|(n, _)| *n).collect();
+                    crate::opcm::PyRandom::new(seed).shuffle(&mut shuffled);
+                    for ((_, name), to) in members.iter().zip(&shuffled) {
+                        map.push((name.clone(), renumber(name, at, *to)));
+                    }
+                }
+            }
+        } else {
+            let numbered: Vec<(usize, u64, &String)> = targets
+                .iter()
+                .filter_map(|t| {
+                    let at = t.split('.').position(is_digits)?;
+                    let number = t.split('.').nth(at)?.parse().ok()?;
+                    Some((at, number, t))
+                })
+                .collect();
+            let layers = numbered.iter().map(|(_, n, _)| *n).max().unwrap_or(0) as i128 + 1;
+            for (i, map) in maps.iter_mut().enumerate() {
+                for (at, number, name) in &numbered {
+                    let to = (*number as i128 + i as i128 * base.shift as i128).rem_euclid(layers);
+                    map.push(((*name).clone(), renumber(name, *at, to as u64)));
+                }
+            }
+        }
+        for map in &maps {
+            for (from, to) in map {
+                if !set.contains(to.as_str()) {
+                    return Err(Error::config(format!(
+                        "{algorithm}: `shift_layers: {}` moves `{from}` to `{to}`, which is no \
+                         superposed tensor; shifting needs every target in every layer",
+                        base.shift
+                    )));
+                }
+            }
+        }
+        out.forward = maps.iter().map(|m| m.iter().cloned().collect()).collect();
+        out.backward = maps
+            .iter()
+            .map(|m| m.iter().map(|(a, b)| (b.clone(), a.clone())).collect())
+            .collect();
+        Ok(out)
     }
 }
 
@@ -538,7 +669,7 @@ impl NumpyLegacy {
 /// `randes/superposed_task_arithmetic`): the task vectors superposed, each model retrieved as
 /// θ₀ + `scaling_factor`·retrieved. Parameters: FusionBench's base parameters (all required:
 /// `mode`, `target_layer`, `random_seed`, `different_across_layers`, `joint_matrix_mode`, `rank`,
-/// `random_components`, `shift_layers` (0 only), `absorber`, `debug`, `ms_mode`, `verbose`,
+/// `random_components`, `shift_layers`, `absorber`, `debug`, `ms_mode`, `verbose`,
 /// `dropout_rate`), `scaling_factor` (required), `model_path` (null; the host saves the models).
 pub struct SuperposedTaskArithmetic {
     base: Base,
@@ -739,6 +870,12 @@ impl Algorithm for SuperposedTaskArithmeticLora {
             checked.insert(target.clone(), (a.clone(), b.clone(), ia.shape[0]));
         }
         let superposed = self.base.superposed(&keys);
+        let ordered: Vec<String> = keys
+            .iter()
+            .filter(|n| superposed.contains(*n))
+            .cloned()
+            .collect();
+        let shifts = Shifts::of(&self.base, &ordered, loras.len(), NAME)?;
         if self.base.mode != Mode::Identity {
             for t in superposed.iter() {
                 for i in 0..loras.len() {
@@ -760,6 +897,7 @@ impl Algorithm for SuperposedTaskArithmeticLora {
             loras,
             pairs: checked,
             superposed,
+            shifts,
         });
         Ok(names
             .iter()
@@ -786,16 +924,20 @@ struct LoraShared {
     /// Each adapted weight's (A, B, rank).
     pairs: std::collections::HashMap<String, (String, String, usize)>,
     superposed: std::collections::HashSet<String>,
+    shifts: Shifts,
 }
 
 impl LoraShared {
     /// LoRA tensor `key` as model `j` retrieves it.
     fn retrieve(&self, key: &str, j: usize) -> Result<Vec<f32>> {
         let t = self.loras.len();
-        let operand = |i: usize| -> Result<Vec<f32>> { Ok(self.loras[i].to_f32(key)?.0) };
+        let operand_of = |k: &str, i: usize| -> Result<Vec<f32>> { Ok(self.loras[i].to_f32(k)?.0) };
+        let operand = |i: usize| operand_of(key, i);
         if self.superposed.contains(key) {
             let n = self.loras[0].info(key)?.shape.last().copied().unwrap_or(1);
-            superpose_and_retrieve(&self.base, key, n, t, j, None, operand)
+            let at = self.shifts.forward(j, key);
+            let from = |i: usize| operand_of(self.shifts.backward(i, at), i);
+            superpose_and_retrieve(&self.base, at, n, t, j, None, from)
         } else {
             let mut sum = operand(0)?;
             for i in 1..t {
@@ -875,6 +1017,12 @@ fn run_models(
     let superposed = std::sync::Arc::new(base.superposed(&names));
     let cache = matches!(base.mode, Mode::Rotation | Mode::Dense)
         .then(|| std::sync::Arc::new(SumCache::default()));
+    let ordered: Vec<String> = names
+        .iter()
+        .filter(|n| superposed.contains(*n))
+        .cloned()
+        .collect();
+    let shifts = std::sync::Arc::new(Shifts::of(base, &ordered, inputs.models.len(), name)?);
     tracing::info!(
         models = inputs.models.len(),
         superposed = superposed.len(),
@@ -901,6 +1049,7 @@ fn run_models(
                         model: j,
                         superposed: superposed.clone(),
                         cache: cache.clone(),
+                        shifts: shifts.clone(),
                     },
                 ),
             )
@@ -1012,24 +1161,37 @@ struct Retrieve {
     /// The superposed tensors shared by the retrievals (rotation and dense modes).
     cache: Option<std::sync::Arc<SumCache>>,
     superposed: std::sync::Arc<std::collections::HashSet<String>>,
+    shifts: std::sync::Arc<Shifts>,
 }
 
 impl CpuMerge for Retrieve {
     fn merge(&self, inputs: &Inputs, name: &str, info: &TensorInfo) -> Result<Vec<f32>> {
         let pre = load(inputs.base(), name)?;
         // what is superposed: task vectors, or the weights themselves
-        let operand = |i: usize| -> Result<Vec<f32>> {
-            let mut v = load(&inputs.models[i], name)?;
+        // what is superposed: task vectors, or the weights themselves (of tensor `key`)
+        let operand_of = |key: &str, i: usize| -> Result<Vec<f32>> {
+            let mut v = load(&inputs.models[i], key)?;
             if let Kind::TaskArithmetic { .. } = self.kind {
-                v.iter_mut().zip(&pre).for_each(|(x, p)| *x -= p);
+                let pre_key;
+                let pre = if key == name {
+                    &pre
+                } else {
+                    pre_key = load(inputs.base(), key)?;
+                    &pre_key
+                };
+                v.iter_mut().zip(pre).for_each(|(x, p)| *x -= p);
             }
             Ok(v)
         };
+        let operand = |i: usize| operand_of(name, i);
         let t = inputs.models.len();
         let retrieved = if self.superposed.contains(name) {
             let n = info.shape.last().copied().unwrap_or(1);
             let cache = self.cache.as_deref();
-            superpose_and_retrieve(&self.base, name, n, t, self.model, cache, operand)?
+            // superposed where this model's shift put the tensor, from each model's tensor there
+            let at = self.shifts.forward(self.model, name);
+            let from = |i: usize| operand_of(self.shifts.backward(i, at), i);
+            superpose_and_retrieve(&self.base, at, n, t, self.model, cache, from)?
         } else {
             match (self.kind, self.base.absorber) {
                 (Kind::ModelSoup, Absorber::Pretrained) => pre.clone(),

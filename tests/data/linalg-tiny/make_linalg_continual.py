@@ -302,6 +302,75 @@ def new_cases(out, names, manifest):
     dop_clip_cases(out, names, manifest)
     randes_more_cases(out, names, manifest)
     randes_lora_cases(out, names, manifest)
+    randes_shift_cases(out, names[:3], manifest)
+
+
+class Layers3(nn.Module):
+    """Three CLIP-like encoder layers, 8 wide (for RanDeS' `shift_layers`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Module()
+        layers = []
+        for _ in range(3):
+            layer = nn.Module()
+            layer.self_attn = nn.Module()
+            layer.self_attn.q_proj = nn.Linear(8, 8)
+            layer.mlp = nn.Module()
+            layer.mlp.fc1 = nn.Linear(8, 12)
+            layer.mlp.fc2 = nn.Linear(12, 8)
+            layer.layer_norm1 = nn.LayerNorm(8)
+            layers.append(layer)
+        self.encoder.layers = nn.ModuleList(layers)
+        self.head = nn.Linear(8, 3)
+
+
+def randes_shift_cases(out, names, manifest):
+    """RanDeS with `shift_layers` (each model's target layers moved to other layer numbers
+    before the superposition and back after it) on three-layer models written here
+    (randes/layers3/NAME.safetensors: `_pretrained_` and three models, torch seed 23)."""
+    models_dir = os.path.join(out, "randes", "layers3")
+    os.makedirs(models_dir, exist_ok=True)
+    g = torch.Generator().manual_seed(23)
+    mods = {}
+    base = Layers3()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    for n in ["_pretrained_"] + names:
+        m = copy.deepcopy(base)
+        if n != "_pretrained_":
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        sd = {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
+        save_file(sd, os.path.join(models_dir, f"{n}.safetensors"))
+        m2 = Layers3()
+        m2.load_state_dict(load_file(os.path.join(models_dir, f"{n}.safetensors")))
+        mods[n] = m2
+    import fusion_bench.method.randes.task_arithmetic as randes_ta
+    _add = randes_ta.state_dict_add
+    randes_ta.state_dict_add = lambda a, b, *x, **k: _add({n: v.detach() for n, v in a.items()}, b, *x, **k)
+    soup = "fusion_bench.method.randes.SuperposedModelSoupAlgorithm"
+    ta = "fusion_bench.method.randes.SuperposedTaskArithmeticAlgorithm"
+    cases = {
+        "randes_ta_shift_1": {"_target_": ta, **RANDES_BASE, "shift_layers": 1,
+                              "scaling_factor": 0.5, "model_path": None},
+        "randes_soup_shift_random": {"_target_": soup, **RANDES_BASE, "shift_layers": -1,
+                                     "mode": "random_diagonal_matrix", "random_seed": 4,
+                                     "target_layer": ["mlp_w"]},
+        "randes_ta_shift_2_rotation": {"_target_": ta, **RANDES_BASE, "shift_layers": 2,
+                                       "mode": "random_rotation_matrix",
+                                       "different_across_layers": False, "scaling_factor": 0.4,
+                                       "model_path": None},
+    }
+    all_names = ["_pretrained_"] + names
+    for case, cfg in cases.items():
+        if ONLY and case not in ONLY:
+            continue
+        pool = BaseModelPool(models={n: copy.deepcopy(mods[n]) for n in all_names})
+        run_randes(out, case, cfg, pool, manifest, "randes/layers3", all_names)
+    randes_ta.state_dict_add = _add
 
 
 def dop_clip_cases(out, names, manifest):

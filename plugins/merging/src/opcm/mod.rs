@@ -36,7 +36,7 @@ use crate::inputs::{Inputs, Member};
 use crate::linalg::{svd, LinalgError, Matrix};
 
 pub use baselines::{ContinualTaskArithmetic, ContinualTiesMerging, ContinualWeightAverage};
-pub(crate) use order::Order;
+pub(crate) use order::{Order, PyRandom};
 
 /// The models of a continual run, in the order merged, and their float tensors.
 pub(crate) struct Run {

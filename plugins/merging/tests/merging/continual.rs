@@ -319,9 +319,8 @@ fn randes_case_within(name: &str, tolerance: f64) {
     let names: Vec<&str> = models.iter().map(String::as_str).collect();
     let models_dir = case["models_dir"].as_str().unwrap_or("doge/models");
     let mut pool = pool_in(models_dir, &names[1..]);
-    let pretrained = case["pretrained"]
-        .as_str()
-        .unwrap_or("doge/models/_pretrained_.safetensors");
+    let own = format!("{models_dir}/_pretrained_.safetensors");
+    let pretrained = case["pretrained"].as_str().unwrap_or(&own);
     pool.0
         .insert(0, ("_pretrained_".into(), open(&dir().join(pretrained))));
     let got = build(&target, config)
@@ -389,7 +388,8 @@ fn randes_errors() {
     let msg = err("superposed_task_arithmetic", cfg.clone(), ALL);
     assert!(msg.contains("random_rotation_matrix"), "{msg}");
     cfg["mode"] = json!("identity_matrix");
-    cfg["shift_layers"] = json!(1);
+    // a shuffle of layer numbers where no name has one (FusionBench fails on it too)
+    cfg["shift_layers"] = json!(-1);
     let msg = err("superposed_task_arithmetic", cfg.clone(), ALL);
     assert!(msg.contains("shift_layers"), "{msg}");
     cfg["shift_layers"] = json!(0);
@@ -605,4 +605,44 @@ fn randes_rotation_dense_and_lora_errors() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("_pretrained_"), "{msg}");
+}
+
+/// `shift_layers`: each model's layers moved by 1 (or 2, with rotations) before the
+/// superposition and back after it, or shuffled (-1), on three-layer models.
+#[test]
+fn golden_randes_task_arithmetic_shift_1() {
+    randes_case("randes_ta_shift_1");
+}
+
+#[test]
+fn golden_randes_soup_shift_random_shuffle() {
+    randes_case("randes_soup_shift_random");
+}
+
+#[test]
+fn golden_randes_task_arithmetic_shift_2_rotation() {
+    randes_case_within("randes_ta_shift_2_rotation", SVD);
+}
+
+/// A shift that moves a target to a layer without that tensor is refused, naming both.
+#[test]
+fn randes_shift_needs_every_target_in_every_layer() {
+    let cfg = json!({
+        "mode": "random_binary_diagonal_matrix", "target_layer": ["mlp_w", "attn_w"],
+        "random_seed": 42, "different_across_layers": true, "joint_matrix_mode": "flatten_hstack",
+        "rank": 1, "random_components": false, "shift_layers": 1, "debug": 0, "verbose": 0,
+        "dropout_rate": 2, "scaling_factor": 0.5, "model_path": null, "absorber": "None",
+        "ms_mode": "average"
+    });
+    let pool = pool_in("randes/layers3", &["_pretrained_", "task_a", "task_b"]);
+    let msg = build("superposed_task_arithmetic", cfg)
+        .unwrap()
+        .run_models(&pool, &cpu())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("shift_layers") && msg.contains("moves"),
+        "{msg}"
+    );
 }
