@@ -36,6 +36,24 @@ pub fn init_logging(verbosity: u8, quiet: bool) {
         .try_init();
 }
 
+/// The logging options of every command, as the host's: `-v`/`-vv` and `-q`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// More logging (-v debug, -vv trace). FUSION_LOG=... sets a filter.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl LogArgs {
+    /// Start logging at the level these options ask for ([`init_logging`]).
+    pub fn init(&self) {
+        init_logging(self.verbose, self.quiet);
+    }
+}
+
 /// The `--device` option of every command (`FUSION_DEVICE` when not given).
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArg {
