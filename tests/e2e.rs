@@ -14,6 +14,27 @@ fn configs(extra: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
+/// `fusion-host --config-path CFG ARGS...`, run in `work`.
+fn run_configs(work: &Path, cfg: impl AsRef<Path>, args: &[&str]) -> Run {
+    let cfg = cfg.as_ref().to_str().unwrap();
+    run_host(work, &[&["--config-path", cfg], args].concat())
+}
+
+/// `fusion-host --plugin-dir PLUGIN --config-path CFG ARGS...`, run in `work`.
+fn run_plugin_configs(
+    work: &Path,
+    plugin: impl AsRef<Path>,
+    cfg: impl AsRef<Path>,
+    args: &[&str],
+) -> Run {
+    let plugin = plugin.as_ref().to_str().unwrap();
+    let cfg = cfg.as_ref().to_str().unwrap();
+    run_host(
+        work,
+        &[&["--plugin-dir", plugin, "--config-path", cfg], args].concat(),
+    )
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
 }
@@ -45,11 +66,10 @@ fn dummy_flow_writes_report_config_and_log() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "--config-name",
             "fabric_model_fusion",
             "modelpool=tiny",
@@ -107,17 +127,10 @@ fn dummy_flow_writes_report_config_and_log() {
 fn cfg_job_prints_the_composed_yaml_and_runs_nothing() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "--cfg",
-            "job",
-            "modelpool=tiny",
-            "method=dummy",
-            "seed=7",
-        ],
+        cfg.path(),
+        &["--cfg", "job", "modelpool=tiny", "method=dummy", "seed=7"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let composed: serde_norway::Value = serde_norway::from_str(&run.stdout).unwrap();
@@ -137,16 +150,10 @@ fn cfg_job_prints_the_composed_yaml_and_runs_nothing() {
         "--cfg job must not create outputs"
     );
 
-    let resolved = run_host(
+    let resolved = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "--cfg",
-            "job",
-            "--resolve",
-            "modelpool=tiny",
-        ],
+        cfg.path(),
+        &["--cfg", "job", "--resolve", "modelpool=tiny"],
     );
     assert_eq!(resolved.code, 0, "{}", resolved.stderr);
     let composed: serde_norway::Value = serde_norway::from_str(&resolved.stdout).unwrap();
@@ -163,14 +170,10 @@ fn saves_the_merged_model_whole_sharded_and_converted() {
     let cp = cfg.path().to_str().unwrap();
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cp,
-            "modelpool=tiny",
-            "merged_model_save_path=merged",
-        ],
+        cp,
+        &["modelpool=tiny", "merged_model_save_path=merged"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
@@ -179,11 +182,10 @@ fn saves_the_merged_model_whole_sharded_and_converted() {
     );
 
     // Sharded past a small limit, with an index naming every tensor, in bf16.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=tiny",
             "merged_model_save_path=\"{log_dir}/sharded\"",
             "merged_model_save_kwargs={dtype: bfloat16, max_shard_size: 4KB}",
@@ -380,11 +382,10 @@ fn a_malformed_base_config_json_is_named_before_anything_is_written() {
             models.join("task_b.safetensors").display()
         ),
     )]);
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "method=task_arithmetic",
             "modelpool=p",
             "taskpool=dummy",
@@ -596,14 +597,10 @@ fn an_interrupted_save_leaves_nothing_behind_and_a_killed_one_is_collected_later
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!hidden_under(work.path()).is_empty());
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cp,
-            "modelpool=tiny",
-            "merged_model_save_path=merged",
-        ],
+        cp,
+        &["modelpool=tiny", "merged_model_save_path=merged"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(work.path().join("merged/model.safetensors").is_file());
@@ -622,13 +619,11 @@ fn template_plugin_built_outside_the_workspace_runs_in_the_prebuilt_host() {
         "_target_: interpolate\nalpha: 0.25\n",
     )]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
+        plugin.path(),
+        cfg.path(),
         &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "method=interpolate",
             "merged_model_save_path=out.safetensors",
@@ -660,17 +655,11 @@ fn template_plugin_built_outside_the_workspace_runs_in_the_prebuilt_host() {
     }
 
     // A bad parameter is a config error naming it.
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
-        &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method=interpolate",
-            "method.alpha=2",
-        ],
+        plugin.path(),
+        cfg.path(),
+        &["modelpool=tiny", "method=interpolate", "method.alpha=2"],
     );
     run.assert_clean_failure(2);
     assert!(
@@ -697,13 +686,11 @@ fn panicking_plugin_gives_an_error_naming_it_and_no_trace() {
         ("data", "deliberate panic while reading"),
     ] {
         let work = tempfile::tempdir().unwrap();
-        let run = run_host(
+        let run = run_plugin_configs(
             work.path(),
+            dir,
+            cp,
             &[
-                "--plugin-dir",
-                dir,
-                "--config-path",
-                cp,
                 "modelpool=tiny",
                 "method._target_=panicky",
                 &format!("+method.panic_in={stage}"),
@@ -744,13 +731,11 @@ fn the_context_carries_seed_fast_dev_run_and_the_config() {
         "_target_: probe\nbatch_size: 16\nnested: {a: [1, 2]}\nname: ${.batch_size}\n",
     )]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
+        plugin.path(),
+        cfg.path(),
         &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "taskpool=probe",
             "seed=42",
@@ -799,13 +784,11 @@ fn a_run_that_saves_and_evaluates_computes_each_tensor_once() {
     let work = tempfile::tempdir().unwrap();
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
     for dest in ["merged", "single/merged.safetensors"] {
-        let run = run_host(
+        let run = run_plugin_configs(
             work.path(),
+            plugin.path(),
+            cfg.path(),
             &[
-                "--plugin-dir",
-                plugin.path().to_str().unwrap(),
-                "--config-path",
-                cfg.path().to_str().unwrap(),
                 "modelpool=tiny",
                 "method._target_=once",
                 "taskpool=probe",
@@ -826,17 +809,11 @@ fn a_run_that_saves_and_evaluates_computes_each_tensor_once() {
         assert!((report["first_sum"].as_f64().unwrap() - sum).abs() < 1e-3);
     }
     // Without a save, the merged model itself is evaluated (and computed once as well).
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
-        &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method._target_=once",
-            "taskpool=probe",
-        ],
+        plugin.path(),
+        cfg.path(),
+        &["modelpool=tiny", "method._target_=once", "taskpool=probe"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
@@ -874,13 +851,11 @@ fn a_plugin_without_the_several_models_export_still_runs() {
     );
     let cfg = configs(&[("taskpool/probe.yaml", "_target_: probe\n")]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
+        plugin.path(),
+        cfg.path(),
         &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "method._target_=once",
             "taskpool=probe",
@@ -1097,16 +1072,11 @@ fn a_plugin_built_against_another_plugin_api_version_is_refused() {
     );
 
     let cfg = configs(&[]);
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
-        &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method._target_=panicky",
-        ],
+        plugin.path(),
+        cfg.path(),
+        &["modelpool=tiny", "method._target_=panicky"],
     );
     run.assert_clean_failure(2);
     assert!(
@@ -1160,15 +1130,10 @@ fn v01_name_and_type_keys_resolve_through_the_alias_table() {
         ("taskpool/old.yaml", "type: dummy\n"),
     ]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method=old",
-            "taskpool=old",
-        ],
+        cfg.path(),
+        &["modelpool=tiny", "method=old", "taskpool=old"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
@@ -1186,28 +1151,15 @@ fn v01_name_and_type_keys_resolve_through_the_alias_table() {
 fn dry_run_resolves_everything_and_writes_nothing() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
-        work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "dry_run=true",
-        ],
-    );
+    let run = run_configs(work.path(), cfg.path(), &["modelpool=tiny", "dry_run=true"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.is_empty());
     assert!(!work.path().join("outputs").exists());
     // ... but an unknown target is still caught.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "dry_run=true",
-            "method._target_=nope",
-        ],
+        cfg.path(),
+        &["modelpool=tiny", "dry_run=true", "method._target_=nope"],
     );
     run.assert_clean_failure(2);
 }
@@ -1221,14 +1173,10 @@ fn malformed_yaml_names_the_file_and_line() {
         "_target_: dummy\nscaling_factor: [0.3\nthreshold: 20\n",
     )]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method=broken",
-        ],
+        cfg.path(),
+        &["modelpool=tiny", "method=broken"],
     );
     run.assert_clean_failure(2);
     let err = run.error();
@@ -1241,15 +1189,7 @@ fn malformed_yaml_names_the_file_and_line() {
 fn unknown_group_option_lists_the_options() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
-        work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method=dumy",
-        ],
-    );
+    let run = run_configs(work.path(), cfg.path(), &["modelpool=tiny", "method=dumy"]);
     run.assert_clean_failure(2);
     let err = run.error();
     assert!(err.contains("dumy") && err.contains("dummy"), "{err}");
@@ -1259,11 +1199,10 @@ fn unknown_group_option_lists_the_options() {
 fn unknown_target_lists_the_closest_known_targets() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "method._target_=fusion_bench.method.DumyAlgorithm",
         ],
@@ -1279,11 +1218,10 @@ fn unknown_target_lists_the_closest_known_targets() {
         "{err}"
     );
     // A target of the wrong kind says so.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "method._target_=fusion_bench.modelpool.BaseModelPool",
         ],
@@ -1299,14 +1237,10 @@ fn a_missing_mandatory_value_is_named() {
         "_target_: dummy\ntest_datasets: ???\n",
     )]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "taskpool=needs",
-        ],
+        cfg.path(),
+        &["modelpool=tiny", "taskpool=needs"],
     );
     run.assert_clean_failure(2);
     assert!(
@@ -1321,14 +1255,10 @@ fn a_missing_mandatory_value_is_named() {
 fn overriding_a_key_that_does_not_exist_suggests_plus() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method.scaling_factor=0.5",
-        ],
+        cfg.path(),
+        &["modelpool=tiny", "method.scaling_factor=0.5"],
     );
     run.assert_clean_failure(2);
     assert!(
@@ -1367,14 +1297,10 @@ fn missing_and_truncated_checkpoints_are_named() {
         ),
     ] {
         let cfg = configs(&[("modelpool/bad.yaml", &pool(&entry))]);
-        let run = run_host(
+        let run = run_configs(
             work.path(),
-            &[
-                "--config-path",
-                cfg.path().to_str().unwrap(),
-                "modelpool=bad",
-                "merged_model_save_path=merged",
-            ],
+            cfg.path(),
+            &["modelpool=bad", "merged_model_save_path=merged"],
         );
         run.assert_clean_failure(1);
         assert!(run.error().contains(&needle), "{}", run.stderr);
@@ -2087,7 +2013,7 @@ fn unbounded_input_is_refused_with_an_error_not_a_stack_overflow() {
     ]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(work.path(), &["--config-path", cp, "--config-name", "loop"]);
+    let run = run_configs(work.path(), cp, &["--config-name", "loop"]);
     run.assert_clean_failure(2);
     assert!(
         run.error().contains("cycle") && run.error().contains("loop.yaml -> "),
@@ -2198,10 +2124,7 @@ fn a_missing_config_path_or_plugin_dir_is_named() {
     let missing = work.path().join("no-such-configs");
     let file = cfg.path().join("modelpool/tiny.yaml");
     for (dir, why) in [(&missing, "no such folder"), (&file, "not a folder")] {
-        let run = run_host(
-            work.path(),
-            &["--config-path", dir.to_str().unwrap(), "--cfg", "job"],
-        );
+        let run = run_configs(work.path(), dir.to_str().unwrap(), &["--cfg", "job"]);
         run.assert_clean_failure(2);
         assert!(
             run.error()
@@ -2437,11 +2360,10 @@ fn a_misspelt_method_parameter_is_an_error_listing_the_parameters() {
     )]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=tiny",
             "method=ties_merging",
             "+method.treshold=90",
@@ -2459,10 +2381,7 @@ fn a_misspelt_method_parameter_is_an_error_listing_the_parameters() {
     assert!(!work.path().join("merged").exists());
     // A v0.1 config (selected by `name:`) gets a warning: FusionBench v0.1 hands the whole
     // config to the algorithm, which ignores what it does not read.
-    let run = run_host(
-        work.path(),
-        &["--config-path", cp, "modelpool=tiny", "method=v01"],
-    );
+    let run = run_configs(work.path(), cp, &["modelpool=tiny", "method=v01"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stderr.contains("unknown parameter `legacy_knob`"),
@@ -2495,11 +2414,10 @@ fn linalg_methods_from_fusionbench_config_files() {
         worst
     };
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "method=task_singular_vector/TaskSingularVectorMerging",
             "merged_model_save_path=tsvm.safetensors",
@@ -2511,11 +2429,10 @@ fn linalg_methods_from_fusionbench_config_files() {
     let err = max_rel(&got, &want);
     assert!(err <= 1e-4, "TSV-M through the host: relative error {err}");
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "~modelpool.models.task_b",
             "~modelpool.models.task_c",
@@ -2571,11 +2488,10 @@ fn csv_rows(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
 fn multirun_sweeps_leave_a_folder_per_job_and_a_summary() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "-m",
             "method=task_arithmetic",
             "method.scaling_factor=0.1,0.3,0.5",
@@ -2639,11 +2555,10 @@ fn multirun_sweeps_leave_a_folder_per_job_and_a_summary() {
 fn a_failing_job_is_reported_and_the_others_run_in_parallel() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "--multirun",
             "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2",
@@ -2689,11 +2604,10 @@ fn multirun_expands_ranges_globs_and_products_and_honours_cfg() {
     let work = tempfile::tempdir().unwrap();
     // --cfg job: each job prints its config, nothing is written. range x glob: 2 x 2 jobs, the
     // first key outermost.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "-m",
             "--cfg",
             "job",
@@ -2723,11 +2637,10 @@ fn multirun_expands_ranges_globs_and_products_and_honours_cfg() {
     assert!(!work.path().join("outputs").exists());
 
     // dry_run per job: every job resolves, none runs.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "-m",
             "method=task_arithmetic",
             "method.scaling_factor=0.1,0.2",
@@ -2748,11 +2661,10 @@ fn multirun_expands_ranges_globs_and_products_and_honours_cfg() {
 fn the_sweep_folder_and_job_folders_follow_hydra_sweep_settings() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "-m",
             "hydra.sweep.dir=sweeps/ta",
             "hydra.sweep.subdir=${hydra.job.override_dirname}",
@@ -2792,16 +2704,10 @@ fn a_bad_sweep_is_named_with_exit_2() {
         ("method.scaling_factor=interval(0,1)", "interval"),
         ("hydra.launcher.n_jobs=1,2", "'hydra.launcher.n_jobs'"),
     ] {
-        let run = run_host(
+        let run = run_configs(
             work.path(),
-            &[
-                "--config-path",
-                cfg.path().to_str().unwrap(),
-                "-m",
-                "method=task_arithmetic",
-                sweep,
-                "modelpool=tiny",
-            ],
+            cfg.path(),
+            &["-m", "method=task_arithmetic", sweep, "modelpool=tiny"],
         );
         run.assert_clean_failure(2);
         assert!(
@@ -2812,11 +2718,10 @@ fn a_bad_sweep_is_named_with_exit_2() {
     }
     assert!(!work.path().join("outputs").exists(), "nothing written");
     // Without -m, a sweep says how to run it.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "method=task_arithmetic",
             "method.scaling_factor=0.1,0.2",
             "modelpool=tiny",
@@ -2831,22 +2736,16 @@ fn report_collects_runs_and_sweeps_into_one_table_and_plot() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cp,
-            "modelpool=tiny",
-            "taskpool=dummy",
-            "print_config=false",
-        ],
+        cp,
+        &["modelpool=tiny", "taskpool=dummy", "print_config=false"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "-m",
             "method=task_arithmetic",
             "method.scaling_factor=0.3,0.7",
@@ -3657,11 +3556,10 @@ fn fusionbench_causal_lm_pool_configs_compose_and_run_from_the_hub_cache() {
             tiny_llm("chat").display()
         ),
     )]);
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=v01_llama",
             "method=slerp/slerp_lm",
             "method.model_save_path=null",
@@ -3787,11 +3685,10 @@ fn tall_masks_and_emr_return_a_model_per_task_reported_and_saved_as_fusionbench_
     let cfg = linalg_configs(&[]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=tall_mask/task_arithmetic",
             "taskpool=dummy",
@@ -3823,11 +3720,10 @@ fn tall_masks_and_emr_return_a_model_per_task_reported_and_saved_as_fusionbench_
     }
     assert!(!work.path().join("saved/metadata").exists());
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=emr_merging/emr_merging",
             "taskpool=dummy",
@@ -3867,11 +3763,10 @@ fn analysis_methods_write_into_the_log_folder() {
     let cfg = linalg_configs(&[]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=analysis/task_vector_cos_similarity",
             "path.log_dir=cos",
@@ -3907,11 +3802,10 @@ fn analysis_methods_write_into_the_log_folder() {
         0.0
     );
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=analysis/task_vector_violin_plot",
             "path.log_dir=violin",
@@ -3934,11 +3828,10 @@ fn too_few_models_and_a_nested_unknown_parameter_exit_2() {
     )]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "~modelpool.models.task_a",
             "~modelpool.models.task_b",
@@ -3956,11 +3849,10 @@ fn too_few_models_and_a_nested_unknown_parameter_exit_2() {
     );
     assert!(!work.path().join("saved").exists());
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "~modelpool.models.task_b",
             "~modelpool.models.task_c",
@@ -3976,10 +3868,7 @@ fn too_few_models_and_a_nested_unknown_parameter_exit_2() {
         run.stderr
     );
 
-    let run = run_host(
-        work.path(),
-        &["--config-path", cp, "modelpool=linalg", "method=violin_bad"],
-    );
+    let run = run_configs(work.path(), cp, &["modelpool=linalg", "method=violin_bad"]);
     run.assert_clean_failure(2);
     assert!(
         run.error()
@@ -4190,11 +4079,10 @@ fn continual_methods_from_fusionbench_config_files() {
     let cp = cfg.path().to_str().unwrap();
     let expected = data().join("linalg-tiny/continual");
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=opcm/opcm_general",
             "method.seed=42",
@@ -4213,11 +4101,10 @@ fn continual_methods_from_fusionbench_config_files() {
         assert!(err <= 1e-4, "OPCM step {step}: relative error {err}");
     }
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=opcm/ties_merging",
             "method.seed=3",
@@ -4231,11 +4118,10 @@ fn continual_methods_from_fusionbench_config_files() {
     let err = max_rel_f32(&got, &want);
     assert!(err <= 1e-5, "continual TIES: relative error {err}");
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=dop/dop_general",
             "seed=5",
@@ -4249,11 +4135,10 @@ fn continual_methods_from_fusionbench_config_files() {
     assert!(err <= 1e-4, "DOP: relative error {err}");
 
     // bad input: a misspelt parameter, no model to merge, an unknown projection space
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=opcm/opcm_general",
             "+method.alhpa=0.3",
@@ -4261,11 +4146,10 @@ fn continual_methods_from_fusionbench_config_files() {
     );
     run.assert_clean_failure(2);
     assert!(run.error().contains("alhpa"), "{}", run.stderr);
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "~modelpool.models.task_a",
             "~modelpool.models.task_b",
@@ -4276,11 +4160,10 @@ fn continual_methods_from_fusionbench_config_files() {
     );
     run.assert_clean_failure(2);
     assert!(run.error().contains("at least 1 model"), "{}", run.stderr);
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=dop/dop_general",
             "method.svd_proj_space=w",
@@ -4303,11 +4186,10 @@ fn doge_ta_and_randes_from_fusionbench_config_files() {
     let cp = cfg.path().to_str().unwrap();
     let fixtures = data().join("linalg-tiny");
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=enc",
             "method=doge_ta/doge_ta",
             "merged_model_save_path=doge.safetensors",
@@ -4319,11 +4201,10 @@ fn doge_ta_and_randes_from_fusionbench_config_files() {
     let err = max_rel_f32(&got, &want);
     assert!(err <= 1e-4, "DOGE-TA: relative error {err}");
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=enc",
             "method=randes/superposed_model_soup",
             "method.mode=identity_matrix",
@@ -4338,14 +4219,10 @@ fn doge_ta_and_randes_from_fusionbench_config_files() {
         assert!(err <= 1e-5, "RanDeS model soup, {m}: relative error {err}");
     }
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cp,
-            "modelpool=enc",
-            "method=randes/superposed_task_arithmetic",
-        ],
+        cp,
+        &["modelpool=enc", "method=randes/superposed_task_arithmetic"],
     );
     run.assert_clean_failure(2);
     assert!(run.error().contains("absorber"), "{}", run.stderr);
@@ -4402,11 +4279,10 @@ fn svd_methods_given_no_2d_weights_exit_2_naming_the_method() {
         ("isotropic_merging/iso_c", "iso_c"),
         ("isotropic_merging/iso_cts", "iso_cts"),
     ] {
-        let run = run_host(
+        let run = run_configs(
             work.path(),
+            cfg.path(),
             &[
-                "--config-path",
-                cfg.path().to_str().unwrap(),
                 "modelpool=linalg_bad",
                 &format!("method={method}"),
                 "merged_model_save_path=merged.safetensors",
