@@ -145,22 +145,19 @@ mod tests {
 
     #[test]
     fn torch_dtype_names_are_fusionbenchs() {
-        for (text, dtype) in [
-            ("float32", DType::F32),
-            ("float", DType::F32),
-            ("fp32", DType::F32),
-            ("float16", DType::F16),
-            ("half", DType::F16),
-            ("fp16", DType::F16),
-            ("bfloat16", DType::BF16),
-            ("bf16", DType::BF16),
-            ("float64", DType::F64),
-            ("double", DType::F64),
-            ("fp64", DType::F64),
-            ("\"bf16\"", DType::BF16),
-            ("torch.bfloat16", DType::BF16),
-        ] {
-            assert_eq!(parse_torch_dtype(text, "m", "k").unwrap(), dtype, "{text}");
+        let names: [(DType, &[&str]); 4] = [
+            (DType::F32, &["float32", "float", "fp32"]),
+            (DType::F16, &["float16", "half", "fp16"]),
+            (
+                DType::BF16,
+                &["bfloat16", "bf16", "\"bf16\"", "torch.bfloat16"],
+            ),
+            (DType::F64, &["float64", "double", "fp64"]),
+        ];
+        for (dtype, texts) in names {
+            for text in texts {
+                assert_eq!(parse_torch_dtype(text, "m", "k").unwrap(), dtype, "{text}");
+            }
         }
     }
 
