@@ -35,6 +35,31 @@ fn run_plugin_configs(
     )
 }
 
+/// The testkit plugin (tests/plugins/testkit), built outside the workspace against this
+/// plugin-api; the folder holds only its library.
+fn testkit_plugin() -> tempfile::TempDir {
+    build_external_plugin(
+        &root().join("tests/plugins/testkit"),
+        "fusion-testkit",
+        &root().join("plugin-api"),
+    )
+}
+
+/// The testkit's `probe` task pool reported the sum of the first tensor it read as that
+/// tensor's sum in `model` (within f32 rounding).
+fn assert_probe_read(report: &Value, model: &[(String, Vec<usize>, Vec<f32>)]) {
+    let first = report["first_tensor"].as_str().unwrap();
+    let sum: f64 = model
+        .iter()
+        .find(|t| t.0 == first)
+        .unwrap()
+        .2
+        .iter()
+        .map(|v| *v as f64)
+        .sum();
+    assert!((report["first_sum"].as_f64().unwrap() - sum).abs() < 1e-3);
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
 }
@@ -563,11 +588,7 @@ fn start_slow_save(work: &Path, plugin: &Path, cp: &str) -> std::process::Child 
 
 #[test]
 fn an_interrupted_save_leaves_nothing_behind_and_a_killed_one_is_collected_later() {
-    let plugin = build_external_plugin(
-        &root().join("tests/plugins/testkit"),
-        "fusion-testkit",
-        &root().join("plugin-api"),
-    );
+    let plugin = testkit_plugin();
     let cfg = configs(&[]);
     let cp = cfg.path().to_str().unwrap();
     for signal in ["TERM", "INT"] {
@@ -672,11 +693,7 @@ fn template_plugin_built_outside_the_workspace_runs_in_the_prebuilt_host() {
 
 #[test]
 fn panicking_plugin_gives_an_error_naming_it_and_no_trace() {
-    let plugin = build_external_plugin(
-        &root().join("tests/plugins/testkit"),
-        "fusion-testkit",
-        &root().join("plugin-api"),
-    );
+    let plugin = testkit_plugin();
     let dir = plugin.path().to_str().unwrap();
     let cfg = configs(&[]);
     let cp = cfg.path().to_str().unwrap();
@@ -721,11 +738,7 @@ fn panicking_plugin_gives_an_error_naming_it_and_no_trace() {
 
 #[test]
 fn the_context_carries_seed_fast_dev_run_and_the_config() {
-    let plugin = build_external_plugin(
-        &root().join("tests/plugins/testkit"),
-        "fusion-testkit",
-        &root().join("plugin-api"),
-    );
+    let plugin = testkit_plugin();
     let cfg = configs(&[(
         "taskpool/probe.yaml",
         "_target_: probe\nbatch_size: 16\nnested: {a: [1, 2]}\nname: ${.batch_size}\n",
@@ -752,16 +765,7 @@ fn the_context_carries_seed_fast_dev_run_and_the_config() {
         "interpolations are resolved before the component sees them"
     );
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
-    let first = report["first_tensor"].as_str().unwrap();
-    let sum: f64 = base
-        .iter()
-        .find(|t| t.0 == first)
-        .unwrap()
-        .2
-        .iter()
-        .map(|v| *v as f64)
-        .sum();
-    assert!((report["first_sum"].as_f64().unwrap() - sum).abs() < 1e-3);
+    assert_probe_read(&report, &base);
     // Plugin logs reach the host at their level, with their fields.
     assert!(
         run.stderr.contains("probe evaluating") && run.stderr.contains("probe-warn"),
@@ -775,11 +779,7 @@ fn the_context_carries_seed_fast_dev_run_and_the_config() {
 /// tensor; the probe task pool reads the first tensor after the save.
 #[test]
 fn a_run_that_saves_and_evaluates_computes_each_tensor_once() {
-    let plugin = build_external_plugin(
-        &root().join("tests/plugins/testkit"),
-        "fusion-testkit",
-        &root().join("plugin-api"),
-    );
+    let plugin = testkit_plugin();
     let cfg = configs(&[("taskpool/probe.yaml", "_target_: probe\n")]);
     let work = tempfile::tempdir().unwrap();
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
@@ -797,16 +797,7 @@ fn a_run_that_saves_and_evaluates_computes_each_tensor_once() {
         );
         assert_eq!(run.code, 0, "{dest}: {}", run.stderr);
         let report = json(&run.stdout);
-        let first = report["first_tensor"].as_str().unwrap();
-        let sum: f64 = base
-            .iter()
-            .find(|t| t.0 == first)
-            .unwrap()
-            .2
-            .iter()
-            .map(|v| *v as f64)
-            .sum();
-        assert!((report["first_sum"].as_f64().unwrap() - sum).abs() < 1e-3);
+        assert_probe_read(&report, &base);
     }
     // Without a save, the merged model itself is evaluated (and computed once as well).
     let run = run_plugin_configs(
@@ -2397,22 +2388,6 @@ fn a_misspelt_method_parameter_is_an_error_listing_the_parameters() {
 #[test]
 fn linalg_methods_from_fusionbench_config_files() {
     let cfg = configs(&[]);
-    let max_rel = |got: &[(String, Vec<usize>, Vec<f32>)],
-                   want: &[(String, Vec<usize>, Vec<f32>)]| {
-        assert_eq!(got.len(), want.len());
-        let mut worst = 0f32;
-        for ((n1, s1, v1), (n2, s2, v2)) in got.iter().zip(want) {
-            assert_eq!((n1, s1), (n2, s2));
-            let scale = v2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            let err = v1
-                .iter()
-                .zip(v2)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            worst = worst.max(err / scale);
-        }
-        worst
-    };
     let work = tempfile::tempdir().unwrap();
     let run = run_configs(
         work.path(),
@@ -2426,7 +2401,7 @@ fn linalg_methods_from_fusionbench_config_files() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let got = read_f32(&work.path().join("tsvm.safetensors"));
     let want = read_f32(&data().join("merge-tiny/expected/task_singular_vector.safetensors"));
-    let err = max_rel(&got, &want);
+    let err = max_rel_f32(&got, &want);
     assert!(err <= 1e-4, "TSV-M through the host: relative error {err}");
 
     let run = run_configs(
@@ -2453,7 +2428,7 @@ fn linalg_methods_from_fusionbench_config_files() {
     );
     let got = read_f32(&work.path().join("pruned.safetensors"));
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
-    assert_eq!(max_rel(&got, &base), 0.0);
+    assert_eq!(max_rel_f32(&got, &base), 0.0);
 }
 
 // ---- the researcher's workflow (issue 19): multirun sweeps and `report` ---------------------
@@ -3658,20 +3633,7 @@ fn linalg_configs(extra: &[(&str, &str)]) -> tempfile::TempDir {
 
 /// The largest `max|a − b| / max|b|` over the tensors of two checkpoints with the same names.
 fn max_rel_error_files(got: &Path, want: &Path) -> f32 {
-    let (got, want) = (read_f32(got), read_f32(want));
-    assert_eq!(got.len(), want.len());
-    let mut worst = 0f32;
-    for ((n1, s1, v1), (n2, s2, v2)) in got.iter().zip(&want) {
-        assert_eq!((n1, s1), (n2, s2));
-        let scale = v2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let err = v1
-            .iter()
-            .zip(v2)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        worst = worst.max(err / scale);
-    }
-    worst
+    max_rel_f32(&read_f32(got), &read_f32(want))
 }
 
 /// TALL masks from FusionBench's `tall_mask/task_arithmetic.yaml` return
@@ -3885,11 +3847,7 @@ fn too_few_models_and_a_nested_unknown_parameter_exit_2() {
 /// into the report fails the run naming it.
 #[test]
 fn a_list_of_models_and_metadata_are_reported_as_fusionbench_does() {
-    let plugin = build_external_plugin(
-        &root().join("tests/plugins/testkit"),
-        "fusion-testkit",
-        &root().join("plugin-api"),
-    );
+    let plugin = testkit_plugin();
     let cfg = configs(&[
         (
             "method/list.yaml",
@@ -4045,6 +4003,8 @@ fn linalg_tiny_pool(dir: &str, names: &[&str]) -> String {
     s
 }
 
+/// The largest `max|a − b| / max|b|` over the tensors of two checkpoints' contents (as
+/// [`read_f32`] gives them) with the same names and shapes.
 fn max_rel_f32(
     got: &[(String, Vec<usize>, Vec<f32>)],
     want: &[(String, Vec<usize>, Vec<f32>)],
