@@ -2399,9 +2399,10 @@ fn linalg_methods_from_fusionbench_config_files() {
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let got = read_f32(&work.path().join("tsvm.safetensors"));
-    let want = read_f32(&data().join("merge-tiny/expected/task_singular_vector.safetensors"));
-    let err = max_rel_f32(&got, &want);
+    let err = max_rel_error_files(
+        &work.path().join("tsvm.safetensors"),
+        &data().join("merge-tiny/expected/task_singular_vector.safetensors"),
+    );
     assert!(err <= 1e-4, "TSV-M through the host: relative error {err}");
 
     let run = run_configs(
@@ -4051,13 +4052,12 @@ fn continual_methods_from_fusionbench_config_files() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     for step in 0..4 {
-        let got = read_f32(
+        let err = max_rel_error_files(
             &work
                 .path()
                 .join(format!("opcm_merged_model_{step}.safetensors")),
+            &expected.join(format!("opcm_shuffled/step_{step}.safetensors")),
         );
-        let want = read_f32(&expected.join(format!("opcm_shuffled/step_{step}.safetensors")));
-        let err = max_rel_f32(&got, &want);
         assert!(err <= 1e-4, "OPCM step {step}: relative error {err}");
     }
 
@@ -4073,9 +4073,10 @@ fn continual_methods_from_fusionbench_config_files() {
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let got = read_f32(&work.path().join("ties.safetensors"));
-    let want = read_f32(&expected.join("continual_ties_merging/step_3.safetensors"));
-    let err = max_rel_f32(&got, &want);
+    let err = max_rel_error_files(
+        &work.path().join("ties.safetensors"),
+        &expected.join("continual_ties_merging/step_3.safetensors"),
+    );
     assert!(err <= 1e-5, "continual TIES: relative error {err}");
 
     let run = run_configs(
@@ -4089,9 +4090,10 @@ fn continual_methods_from_fusionbench_config_files() {
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let got = read_f32(&work.path().join("dop.safetensors"));
-    let want = read_f32(&expected.join("dop/step_3.safetensors"));
-    let err = max_rel_f32(&got, &want);
+    let err = max_rel_error_files(
+        &work.path().join("dop.safetensors"),
+        &expected.join("dop/step_3.safetensors"),
+    );
     assert!(err <= 1e-4, "DOP: relative error {err}");
 
     // bad input: a misspelt parameter, no model to merge, an unknown projection space
@@ -4156,9 +4158,10 @@ fn doge_ta_and_randes_from_fusionbench_config_files() {
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let got = read_f32(&work.path().join("doge.safetensors"));
-    let want = read_f32(&fixtures.join("doge/doge_ta.safetensors"));
-    let err = max_rel_f32(&got, &want);
+    let err = max_rel_error_files(
+        &work.path().join("doge.safetensors"),
+        &fixtures.join("doge/doge_ta.safetensors"),
+    );
     assert!(err <= 1e-4, "DOGE-TA: relative error {err}");
 
     let run = run_configs(
@@ -4173,9 +4176,10 @@ fn doge_ta_and_randes_from_fusionbench_config_files() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     for m in &LINALG_TINY[1..] {
-        let got = read_f32(&work.path().join(format!("soup_{m}.safetensors")));
-        let want = read_f32(&fixtures.join(format!("randes/randes_soup_identity/{m}.safetensors")));
-        let err = max_rel_f32(&got, &want);
+        let err = max_rel_error_files(
+            &work.path().join(format!("soup_{m}.safetensors")),
+            &fixtures.join(format!("randes/randes_soup_identity/{m}.safetensors")),
+        );
         assert!(err <= 1e-5, "RanDeS model soup, {m}: relative error {err}");
     }
 
