@@ -14,6 +14,52 @@ fn configs(extra: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
+/// `fusion-host --config-path CFG ARGS...`, run in `work`.
+fn run_configs(work: &Path, cfg: impl AsRef<Path>, args: &[&str]) -> Run {
+    let cfg = cfg.as_ref().to_str().unwrap();
+    run_host(work, &[&["--config-path", cfg], args].concat())
+}
+
+/// `fusion-host --plugin-dir PLUGIN --config-path CFG ARGS...`, run in `work`.
+fn run_plugin_configs(
+    work: &Path,
+    plugin: impl AsRef<Path>,
+    cfg: impl AsRef<Path>,
+    args: &[&str],
+) -> Run {
+    let plugin = plugin.as_ref().to_str().unwrap();
+    let cfg = cfg.as_ref().to_str().unwrap();
+    run_host(
+        work,
+        &[&["--plugin-dir", plugin, "--config-path", cfg], args].concat(),
+    )
+}
+
+/// The testkit plugin (tests/plugins/testkit), built outside the workspace against this
+/// plugin-api; the folder holds only its library.
+fn testkit_plugin() -> tempfile::TempDir {
+    build_external_plugin(
+        &root().join("tests/plugins/testkit"),
+        "fusion-testkit",
+        &root().join("plugin-api"),
+    )
+}
+
+/// The testkit's `probe` task pool reported the sum of the first tensor it read as that
+/// tensor's sum in `model` (within f32 rounding).
+fn assert_probe_read(report: &Value, model: &[(String, Vec<usize>, Vec<f32>)]) {
+    let first = report["first_tensor"].as_str().unwrap();
+    let sum: f64 = model
+        .iter()
+        .find(|t| t.0 == first)
+        .unwrap()
+        .2
+        .iter()
+        .map(|v| *v as f64)
+        .sum();
+    assert!((report["first_sum"].as_f64().unwrap() - sum).abs() < 1e-3);
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
 }
@@ -45,11 +91,10 @@ fn dummy_flow_writes_report_config_and_log() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "--config-name",
             "fabric_model_fusion",
             "modelpool=tiny",
@@ -107,17 +152,10 @@ fn dummy_flow_writes_report_config_and_log() {
 fn cfg_job_prints_the_composed_yaml_and_runs_nothing() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "--cfg",
-            "job",
-            "modelpool=tiny",
-            "method=dummy",
-            "seed=7",
-        ],
+        cfg.path(),
+        &["--cfg", "job", "modelpool=tiny", "method=dummy", "seed=7"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let composed: serde_norway::Value = serde_norway::from_str(&run.stdout).unwrap();
@@ -137,16 +175,10 @@ fn cfg_job_prints_the_composed_yaml_and_runs_nothing() {
         "--cfg job must not create outputs"
     );
 
-    let resolved = run_host(
+    let resolved = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "--cfg",
-            "job",
-            "--resolve",
-            "modelpool=tiny",
-        ],
+        cfg.path(),
+        &["--cfg", "job", "--resolve", "modelpool=tiny"],
     );
     assert_eq!(resolved.code, 0, "{}", resolved.stderr);
     let composed: serde_norway::Value = serde_norway::from_str(&resolved.stdout).unwrap();
@@ -163,14 +195,10 @@ fn saves_the_merged_model_whole_sharded_and_converted() {
     let cp = cfg.path().to_str().unwrap();
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cp,
-            "modelpool=tiny",
-            "merged_model_save_path=merged",
-        ],
+        cp,
+        &["modelpool=tiny", "merged_model_save_path=merged"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
@@ -179,11 +207,10 @@ fn saves_the_merged_model_whole_sharded_and_converted() {
     );
 
     // Sharded past a small limit, with an index naming every tensor, in bf16.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=tiny",
             "merged_model_save_path=\"{log_dir}/sharded\"",
             "merged_model_save_kwargs={dtype: bfloat16, max_shard_size: 4KB}",
@@ -380,11 +407,10 @@ fn a_malformed_base_config_json_is_named_before_anything_is_written() {
             models.join("task_b.safetensors").display()
         ),
     )]);
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "method=task_arithmetic",
             "modelpool=p",
             "taskpool=dummy",
@@ -562,11 +588,7 @@ fn start_slow_save(work: &Path, plugin: &Path, cp: &str) -> std::process::Child 
 
 #[test]
 fn an_interrupted_save_leaves_nothing_behind_and_a_killed_one_is_collected_later() {
-    let plugin = build_external_plugin(
-        &root().join("tests/plugins/testkit"),
-        "fusion-testkit",
-        &root().join("plugin-api"),
-    );
+    let plugin = testkit_plugin();
     let cfg = configs(&[]);
     let cp = cfg.path().to_str().unwrap();
     for signal in ["TERM", "INT"] {
@@ -596,14 +618,10 @@ fn an_interrupted_save_leaves_nothing_behind_and_a_killed_one_is_collected_later
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!hidden_under(work.path()).is_empty());
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cp,
-            "modelpool=tiny",
-            "merged_model_save_path=merged",
-        ],
+        cp,
+        &["modelpool=tiny", "merged_model_save_path=merged"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(work.path().join("merged/model.safetensors").is_file());
@@ -622,13 +640,11 @@ fn template_plugin_built_outside_the_workspace_runs_in_the_prebuilt_host() {
         "_target_: interpolate\nalpha: 0.25\n",
     )]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
+        plugin.path(),
+        cfg.path(),
         &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "method=interpolate",
             "merged_model_save_path=out.safetensors",
@@ -660,17 +676,11 @@ fn template_plugin_built_outside_the_workspace_runs_in_the_prebuilt_host() {
     }
 
     // A bad parameter is a config error naming it.
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
-        &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method=interpolate",
-            "method.alpha=2",
-        ],
+        plugin.path(),
+        cfg.path(),
+        &["modelpool=tiny", "method=interpolate", "method.alpha=2"],
     );
     run.assert_clean_failure(2);
     assert!(
@@ -683,11 +693,7 @@ fn template_plugin_built_outside_the_workspace_runs_in_the_prebuilt_host() {
 
 #[test]
 fn panicking_plugin_gives_an_error_naming_it_and_no_trace() {
-    let plugin = build_external_plugin(
-        &root().join("tests/plugins/testkit"),
-        "fusion-testkit",
-        &root().join("plugin-api"),
-    );
+    let plugin = testkit_plugin();
     let dir = plugin.path().to_str().unwrap();
     let cfg = configs(&[]);
     let cp = cfg.path().to_str().unwrap();
@@ -697,13 +703,11 @@ fn panicking_plugin_gives_an_error_naming_it_and_no_trace() {
         ("data", "deliberate panic while reading"),
     ] {
         let work = tempfile::tempdir().unwrap();
-        let run = run_host(
+        let run = run_plugin_configs(
             work.path(),
+            dir,
+            cp,
             &[
-                "--plugin-dir",
-                dir,
-                "--config-path",
-                cp,
                 "modelpool=tiny",
                 "method._target_=panicky",
                 &format!("+method.panic_in={stage}"),
@@ -734,23 +738,17 @@ fn panicking_plugin_gives_an_error_naming_it_and_no_trace() {
 
 #[test]
 fn the_context_carries_seed_fast_dev_run_and_the_config() {
-    let plugin = build_external_plugin(
-        &root().join("tests/plugins/testkit"),
-        "fusion-testkit",
-        &root().join("plugin-api"),
-    );
+    let plugin = testkit_plugin();
     let cfg = configs(&[(
         "taskpool/probe.yaml",
         "_target_: probe\nbatch_size: 16\nnested: {a: [1, 2]}\nname: ${.batch_size}\n",
     )]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
+        plugin.path(),
+        cfg.path(),
         &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "taskpool=probe",
             "seed=42",
@@ -767,16 +765,7 @@ fn the_context_carries_seed_fast_dev_run_and_the_config() {
         "interpolations are resolved before the component sees them"
     );
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
-    let first = report["first_tensor"].as_str().unwrap();
-    let sum: f64 = base
-        .iter()
-        .find(|t| t.0 == first)
-        .unwrap()
-        .2
-        .iter()
-        .map(|v| *v as f64)
-        .sum();
-    assert!((report["first_sum"].as_f64().unwrap() - sum).abs() < 1e-3);
+    assert_probe_read(&report, &base);
     // Plugin logs reach the host at their level, with their fields.
     assert!(
         run.stderr.contains("probe evaluating") && run.stderr.contains("probe-warn"),
@@ -790,22 +779,16 @@ fn the_context_carries_seed_fast_dev_run_and_the_config() {
 /// tensor; the probe task pool reads the first tensor after the save.
 #[test]
 fn a_run_that_saves_and_evaluates_computes_each_tensor_once() {
-    let plugin = build_external_plugin(
-        &root().join("tests/plugins/testkit"),
-        "fusion-testkit",
-        &root().join("plugin-api"),
-    );
+    let plugin = testkit_plugin();
     let cfg = configs(&[("taskpool/probe.yaml", "_target_: probe\n")]);
     let work = tempfile::tempdir().unwrap();
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
     for dest in ["merged", "single/merged.safetensors"] {
-        let run = run_host(
+        let run = run_plugin_configs(
             work.path(),
+            plugin.path(),
+            cfg.path(),
             &[
-                "--plugin-dir",
-                plugin.path().to_str().unwrap(),
-                "--config-path",
-                cfg.path().to_str().unwrap(),
                 "modelpool=tiny",
                 "method._target_=once",
                 "taskpool=probe",
@@ -814,29 +797,14 @@ fn a_run_that_saves_and_evaluates_computes_each_tensor_once() {
         );
         assert_eq!(run.code, 0, "{dest}: {}", run.stderr);
         let report = json(&run.stdout);
-        let first = report["first_tensor"].as_str().unwrap();
-        let sum: f64 = base
-            .iter()
-            .find(|t| t.0 == first)
-            .unwrap()
-            .2
-            .iter()
-            .map(|v| *v as f64)
-            .sum();
-        assert!((report["first_sum"].as_f64().unwrap() - sum).abs() < 1e-3);
+        assert_probe_read(&report, &base);
     }
     // Without a save, the merged model itself is evaluated (and computed once as well).
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
-        &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method._target_=once",
-            "taskpool=probe",
-        ],
+        plugin.path(),
+        cfg.path(),
+        &["modelpool=tiny", "method._target_=once", "taskpool=probe"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
@@ -874,13 +842,11 @@ fn a_plugin_without_the_several_models_export_still_runs() {
     );
     let cfg = configs(&[("taskpool/probe.yaml", "_target_: probe\n")]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
+        plugin.path(),
+        cfg.path(),
         &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "method._target_=once",
             "taskpool=probe",
@@ -1097,16 +1063,11 @@ fn a_plugin_built_against_another_plugin_api_version_is_refused() {
     );
 
     let cfg = configs(&[]);
-    let run = run_host(
+    let run = run_plugin_configs(
         work.path(),
-        &[
-            "--plugin-dir",
-            plugin.path().to_str().unwrap(),
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method._target_=panicky",
-        ],
+        plugin.path(),
+        cfg.path(),
+        &["modelpool=tiny", "method._target_=panicky"],
     );
     run.assert_clean_failure(2);
     assert!(
@@ -1160,15 +1121,10 @@ fn v01_name_and_type_keys_resolve_through_the_alias_table() {
         ("taskpool/old.yaml", "type: dummy\n"),
     ]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method=old",
-            "taskpool=old",
-        ],
+        cfg.path(),
+        &["modelpool=tiny", "method=old", "taskpool=old"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
@@ -1186,28 +1142,15 @@ fn v01_name_and_type_keys_resolve_through_the_alias_table() {
 fn dry_run_resolves_everything_and_writes_nothing() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
-        work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "dry_run=true",
-        ],
-    );
+    let run = run_configs(work.path(), cfg.path(), &["modelpool=tiny", "dry_run=true"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.is_empty());
     assert!(!work.path().join("outputs").exists());
     // ... but an unknown target is still caught.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "dry_run=true",
-            "method._target_=nope",
-        ],
+        cfg.path(),
+        &["modelpool=tiny", "dry_run=true", "method._target_=nope"],
     );
     run.assert_clean_failure(2);
 }
@@ -1221,14 +1164,10 @@ fn malformed_yaml_names_the_file_and_line() {
         "_target_: dummy\nscaling_factor: [0.3\nthreshold: 20\n",
     )]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method=broken",
-        ],
+        cfg.path(),
+        &["modelpool=tiny", "method=broken"],
     );
     run.assert_clean_failure(2);
     let err = run.error();
@@ -1241,15 +1180,7 @@ fn malformed_yaml_names_the_file_and_line() {
 fn unknown_group_option_lists_the_options() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
-        work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method=dumy",
-        ],
-    );
+    let run = run_configs(work.path(), cfg.path(), &["modelpool=tiny", "method=dumy"]);
     run.assert_clean_failure(2);
     let err = run.error();
     assert!(err.contains("dumy") && err.contains("dummy"), "{err}");
@@ -1259,11 +1190,10 @@ fn unknown_group_option_lists_the_options() {
 fn unknown_target_lists_the_closest_known_targets() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "method._target_=fusion_bench.method.DumyAlgorithm",
         ],
@@ -1279,11 +1209,10 @@ fn unknown_target_lists_the_closest_known_targets() {
         "{err}"
     );
     // A target of the wrong kind says so.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "method._target_=fusion_bench.modelpool.BaseModelPool",
         ],
@@ -1299,14 +1228,10 @@ fn a_missing_mandatory_value_is_named() {
         "_target_: dummy\ntest_datasets: ???\n",
     )]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "taskpool=needs",
-        ],
+        cfg.path(),
+        &["modelpool=tiny", "taskpool=needs"],
     );
     run.assert_clean_failure(2);
     assert!(
@@ -1321,14 +1246,10 @@ fn a_missing_mandatory_value_is_named() {
 fn overriding_a_key_that_does_not_exist_suggests_plus() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
-            "modelpool=tiny",
-            "method.scaling_factor=0.5",
-        ],
+        cfg.path(),
+        &["modelpool=tiny", "method.scaling_factor=0.5"],
     );
     run.assert_clean_failure(2);
     assert!(
@@ -1367,14 +1288,10 @@ fn missing_and_truncated_checkpoints_are_named() {
         ),
     ] {
         let cfg = configs(&[("modelpool/bad.yaml", &pool(&entry))]);
-        let run = run_host(
+        let run = run_configs(
             work.path(),
-            &[
-                "--config-path",
-                cfg.path().to_str().unwrap(),
-                "modelpool=bad",
-                "merged_model_save_path=merged",
-            ],
+            cfg.path(),
+            &["modelpool=bad", "merged_model_save_path=merged"],
         );
         run.assert_clean_failure(1);
         assert!(run.error().contains(&needle), "{}", run.stderr);
@@ -2087,7 +2004,7 @@ fn unbounded_input_is_refused_with_an_error_not_a_stack_overflow() {
     ]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(work.path(), &["--config-path", cp, "--config-name", "loop"]);
+    let run = run_configs(work.path(), cp, &["--config-name", "loop"]);
     run.assert_clean_failure(2);
     assert!(
         run.error().contains("cycle") && run.error().contains("loop.yaml -> "),
@@ -2198,10 +2115,7 @@ fn a_missing_config_path_or_plugin_dir_is_named() {
     let missing = work.path().join("no-such-configs");
     let file = cfg.path().join("modelpool/tiny.yaml");
     for (dir, why) in [(&missing, "no such folder"), (&file, "not a folder")] {
-        let run = run_host(
-            work.path(),
-            &["--config-path", dir.to_str().unwrap(), "--cfg", "job"],
-        );
+        let run = run_configs(work.path(), dir.to_str().unwrap(), &["--cfg", "job"]);
         run.assert_clean_failure(2);
         assert!(
             run.error()
@@ -2437,11 +2351,10 @@ fn a_misspelt_method_parameter_is_an_error_listing_the_parameters() {
     )]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=tiny",
             "method=ties_merging",
             "+method.treshold=90",
@@ -2459,10 +2372,7 @@ fn a_misspelt_method_parameter_is_an_error_listing_the_parameters() {
     assert!(!work.path().join("merged").exists());
     // A v0.1 config (selected by `name:`) gets a warning: FusionBench v0.1 hands the whole
     // config to the algorithm, which ignores what it does not read.
-    let run = run_host(
-        work.path(),
-        &["--config-path", cp, "modelpool=tiny", "method=v01"],
-    );
+    let run = run_configs(work.path(), cp, &["modelpool=tiny", "method=v01"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stderr.contains("unknown parameter `legacy_knob`"),
@@ -2478,44 +2388,27 @@ fn a_misspelt_method_parameter_is_an_error_listing_the_parameters() {
 #[test]
 fn linalg_methods_from_fusionbench_config_files() {
     let cfg = configs(&[]);
-    let max_rel = |got: &[(String, Vec<usize>, Vec<f32>)],
-                   want: &[(String, Vec<usize>, Vec<f32>)]| {
-        assert_eq!(got.len(), want.len());
-        let mut worst = 0f32;
-        for ((n1, s1, v1), (n2, s2, v2)) in got.iter().zip(want) {
-            assert_eq!((n1, s1), (n2, s2));
-            let scale = v2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            let err = v1
-                .iter()
-                .zip(v2)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            worst = worst.max(err / scale);
-        }
-        worst
-    };
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "method=task_singular_vector/TaskSingularVectorMerging",
             "merged_model_save_path=tsvm.safetensors",
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let got = read_f32(&work.path().join("tsvm.safetensors"));
-    let want = read_f32(&data().join("merge-tiny/expected/task_singular_vector.safetensors"));
-    let err = max_rel(&got, &want);
+    let err = max_rel_error_files(
+        &work.path().join("tsvm.safetensors"),
+        &data().join("merge-tiny/expected/task_singular_vector.safetensors"),
+    );
     assert!(err <= 1e-4, "TSV-M through the host: relative error {err}");
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=tiny",
             "~modelpool.models.task_b",
             "~modelpool.models.task_c",
@@ -2536,7 +2429,7 @@ fn linalg_methods_from_fusionbench_config_files() {
     );
     let got = read_f32(&work.path().join("pruned.safetensors"));
     let base = read_f32(&data().join("merge-tiny/models/_pretrained_.safetensors"));
-    assert_eq!(max_rel(&got, &base), 0.0);
+    assert_eq!(max_rel_f32(&got, &base), 0.0);
 }
 
 // ---- the researcher's workflow (issue 19): multirun sweeps and `report` ---------------------
@@ -2571,11 +2464,10 @@ fn csv_rows(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
 fn multirun_sweeps_leave_a_folder_per_job_and_a_summary() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "-m",
             "method=task_arithmetic",
             "method.scaling_factor=0.1,0.3,0.5",
@@ -2639,11 +2531,10 @@ fn multirun_sweeps_leave_a_folder_per_job_and_a_summary() {
 fn a_failing_job_is_reported_and_the_others_run_in_parallel() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "--multirun",
             "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2",
@@ -2689,11 +2580,10 @@ fn multirun_expands_ranges_globs_and_products_and_honours_cfg() {
     let work = tempfile::tempdir().unwrap();
     // --cfg job: each job prints its config, nothing is written. range x glob: 2 x 2 jobs, the
     // first key outermost.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "-m",
             "--cfg",
             "job",
@@ -2723,11 +2613,10 @@ fn multirun_expands_ranges_globs_and_products_and_honours_cfg() {
     assert!(!work.path().join("outputs").exists());
 
     // dry_run per job: every job resolves, none runs.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "-m",
             "method=task_arithmetic",
             "method.scaling_factor=0.1,0.2",
@@ -2748,11 +2637,10 @@ fn multirun_expands_ranges_globs_and_products_and_honours_cfg() {
 fn the_sweep_folder_and_job_folders_follow_hydra_sweep_settings() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "-m",
             "hydra.sweep.dir=sweeps/ta",
             "hydra.sweep.subdir=${hydra.job.override_dirname}",
@@ -2792,16 +2680,10 @@ fn a_bad_sweep_is_named_with_exit_2() {
         ("method.scaling_factor=interval(0,1)", "interval"),
         ("hydra.launcher.n_jobs=1,2", "'hydra.launcher.n_jobs'"),
     ] {
-        let run = run_host(
+        let run = run_configs(
             work.path(),
-            &[
-                "--config-path",
-                cfg.path().to_str().unwrap(),
-                "-m",
-                "method=task_arithmetic",
-                sweep,
-                "modelpool=tiny",
-            ],
+            cfg.path(),
+            &["-m", "method=task_arithmetic", sweep, "modelpool=tiny"],
         );
         run.assert_clean_failure(2);
         assert!(
@@ -2812,11 +2694,10 @@ fn a_bad_sweep_is_named_with_exit_2() {
     }
     assert!(!work.path().join("outputs").exists(), "nothing written");
     // Without -m, a sweep says how to run it.
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "method=task_arithmetic",
             "method.scaling_factor=0.1,0.2",
             "modelpool=tiny",
@@ -2831,22 +2712,16 @@ fn report_collects_runs_and_sweeps_into_one_table_and_plot() {
     let cfg = configs(&[]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cp,
-            "modelpool=tiny",
-            "taskpool=dummy",
-            "print_config=false",
-        ],
+        cp,
+        &["modelpool=tiny", "taskpool=dummy", "print_config=false"],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "-m",
             "method=task_arithmetic",
             "method.scaling_factor=0.3,0.7",
@@ -3657,11 +3532,10 @@ fn fusionbench_causal_lm_pool_configs_compose_and_run_from_the_hub_cache() {
             tiny_llm("chat").display()
         ),
     )]);
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cfg.path(),
         &[
-            "--config-path",
-            cfg.path().to_str().unwrap(),
             "modelpool=v01_llama",
             "method=slerp/slerp_lm",
             "method.model_save_path=null",
@@ -3760,20 +3634,7 @@ fn linalg_configs(extra: &[(&str, &str)]) -> tempfile::TempDir {
 
 /// The largest `max|a − b| / max|b|` over the tensors of two checkpoints with the same names.
 fn max_rel_error_files(got: &Path, want: &Path) -> f32 {
-    let (got, want) = (read_f32(got), read_f32(want));
-    assert_eq!(got.len(), want.len());
-    let mut worst = 0f32;
-    for ((n1, s1, v1), (n2, s2, v2)) in got.iter().zip(&want) {
-        assert_eq!((n1, s1), (n2, s2));
-        let scale = v2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let err = v1
-            .iter()
-            .zip(v2)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        worst = worst.max(err / scale);
-    }
-    worst
+    max_rel_f32(&read_f32(got), &read_f32(want))
 }
 
 /// TALL masks from FusionBench's `tall_mask/task_arithmetic.yaml` return
@@ -3787,11 +3648,10 @@ fn tall_masks_and_emr_return_a_model_per_task_reported_and_saved_as_fusionbench_
     let cfg = linalg_configs(&[]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=tall_mask/task_arithmetic",
             "taskpool=dummy",
@@ -3823,11 +3683,10 @@ fn tall_masks_and_emr_return_a_model_per_task_reported_and_saved_as_fusionbench_
     }
     assert!(!work.path().join("saved/metadata").exists());
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=emr_merging/emr_merging",
             "taskpool=dummy",
@@ -3867,11 +3726,10 @@ fn analysis_methods_write_into_the_log_folder() {
     let cfg = linalg_configs(&[]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=analysis/task_vector_cos_similarity",
             "path.log_dir=cos",
@@ -3907,11 +3765,10 @@ fn analysis_methods_write_into_the_log_folder() {
         0.0
     );
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=analysis/task_vector_violin_plot",
             "path.log_dir=violin",
@@ -3934,11 +3791,10 @@ fn too_few_models_and_a_nested_unknown_parameter_exit_2() {
     )]);
     let work = tempfile::tempdir().unwrap();
     let cp = cfg.path().to_str().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "~modelpool.models.task_a",
             "~modelpool.models.task_b",
@@ -3956,11 +3812,10 @@ fn too_few_models_and_a_nested_unknown_parameter_exit_2() {
     );
     assert!(!work.path().join("saved").exists());
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "~modelpool.models.task_b",
             "~modelpool.models.task_c",
@@ -3976,10 +3831,7 @@ fn too_few_models_and_a_nested_unknown_parameter_exit_2() {
         run.stderr
     );
 
-    let run = run_host(
-        work.path(),
-        &["--config-path", cp, "modelpool=linalg", "method=violin_bad"],
-    );
+    let run = run_configs(work.path(), cp, &["modelpool=linalg", "method=violin_bad"]);
     run.assert_clean_failure(2);
     assert!(
         run.error()
@@ -3996,11 +3848,7 @@ fn too_few_models_and_a_nested_unknown_parameter_exit_2() {
 /// into the report fails the run naming it.
 #[test]
 fn a_list_of_models_and_metadata_are_reported_as_fusionbench_does() {
-    let plugin = build_external_plugin(
-        &root().join("tests/plugins/testkit"),
-        "fusion-testkit",
-        &root().join("plugin-api"),
-    );
+    let plugin = testkit_plugin();
     let cfg = configs(&[
         (
             "method/list.yaml",
@@ -4156,6 +4004,8 @@ fn linalg_tiny_pool(dir: &str, names: &[&str]) -> String {
     s
 }
 
+/// The largest `max|a − b| / max|b|` over the tensors of two checkpoints' contents (as
+/// [`read_f32`] gives them) with the same names and shapes.
 fn max_rel_f32(
     got: &[(String, Vec<usize>, Vec<f32>)],
     want: &[(String, Vec<usize>, Vec<f32>)],
@@ -4190,11 +4040,10 @@ fn continual_methods_from_fusionbench_config_files() {
     let cp = cfg.path().to_str().unwrap();
     let expected = data().join("linalg-tiny/continual");
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=opcm/opcm_general",
             "method.seed=42",
@@ -4203,21 +4052,19 @@ fn continual_methods_from_fusionbench_config_files() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     for step in 0..4 {
-        let got = read_f32(
+        let err = max_rel_error_files(
             &work
                 .path()
                 .join(format!("opcm_merged_model_{step}.safetensors")),
+            &expected.join(format!("opcm_shuffled/step_{step}.safetensors")),
         );
-        let want = read_f32(&expected.join(format!("opcm_shuffled/step_{step}.safetensors")));
-        let err = max_rel_f32(&got, &want);
         assert!(err <= 1e-4, "OPCM step {step}: relative error {err}");
     }
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=opcm/ties_merging",
             "method.seed=3",
@@ -4226,16 +4073,16 @@ fn continual_methods_from_fusionbench_config_files() {
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let got = read_f32(&work.path().join("ties.safetensors"));
-    let want = read_f32(&expected.join("continual_ties_merging/step_3.safetensors"));
-    let err = max_rel_f32(&got, &want);
+    let err = max_rel_error_files(
+        &work.path().join("ties.safetensors"),
+        &expected.join("continual_ties_merging/step_3.safetensors"),
+    );
     assert!(err <= 1e-5, "continual TIES: relative error {err}");
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=dop/dop_general",
             "seed=5",
@@ -4243,17 +4090,17 @@ fn continual_methods_from_fusionbench_config_files() {
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let got = read_f32(&work.path().join("dop.safetensors"));
-    let want = read_f32(&expected.join("dop/step_3.safetensors"));
-    let err = max_rel_f32(&got, &want);
+    let err = max_rel_error_files(
+        &work.path().join("dop.safetensors"),
+        &expected.join("dop/step_3.safetensors"),
+    );
     assert!(err <= 1e-4, "DOP: relative error {err}");
 
     // bad input: a misspelt parameter, no model to merge, an unknown projection space
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=opcm/opcm_general",
             "+method.alhpa=0.3",
@@ -4261,11 +4108,10 @@ fn continual_methods_from_fusionbench_config_files() {
     );
     run.assert_clean_failure(2);
     assert!(run.error().contains("alhpa"), "{}", run.stderr);
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "~modelpool.models.task_a",
             "~modelpool.models.task_b",
@@ -4276,11 +4122,10 @@ fn continual_methods_from_fusionbench_config_files() {
     );
     run.assert_clean_failure(2);
     assert!(run.error().contains("at least 1 model"), "{}", run.stderr);
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=linalg",
             "method=dop/dop_general",
             "method.svd_proj_space=w",
@@ -4303,27 +4148,26 @@ fn doge_ta_and_randes_from_fusionbench_config_files() {
     let cp = cfg.path().to_str().unwrap();
     let fixtures = data().join("linalg-tiny");
     let work = tempfile::tempdir().unwrap();
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=enc",
             "method=doge_ta/doge_ta",
             "merged_model_save_path=doge.safetensors",
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let got = read_f32(&work.path().join("doge.safetensors"));
-    let want = read_f32(&fixtures.join("doge/doge_ta.safetensors"));
-    let err = max_rel_f32(&got, &want);
+    let err = max_rel_error_files(
+        &work.path().join("doge.safetensors"),
+        &fixtures.join("doge/doge_ta.safetensors"),
+    );
     assert!(err <= 1e-4, "DOGE-TA: relative error {err}");
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
+        cp,
         &[
-            "--config-path",
-            cp,
             "modelpool=enc",
             "method=randes/superposed_model_soup",
             "method.mode=identity_matrix",
@@ -4332,20 +4176,17 @@ fn doge_ta_and_randes_from_fusionbench_config_files() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     for m in &LINALG_TINY[1..] {
-        let got = read_f32(&work.path().join(format!("soup_{m}.safetensors")));
-        let want = read_f32(&fixtures.join(format!("randes/randes_soup_identity/{m}.safetensors")));
-        let err = max_rel_f32(&got, &want);
+        let err = max_rel_error_files(
+            &work.path().join(format!("soup_{m}.safetensors")),
+            &fixtures.join(format!("randes/randes_soup_identity/{m}.safetensors")),
+        );
         assert!(err <= 1e-5, "RanDeS model soup, {m}: relative error {err}");
     }
 
-    let run = run_host(
+    let run = run_configs(
         work.path(),
-        &[
-            "--config-path",
-            cp,
-            "modelpool=enc",
-            "method=randes/superposed_task_arithmetic",
-        ],
+        cp,
+        &["modelpool=enc", "method=randes/superposed_task_arithmetic"],
     );
     run.assert_clean_failure(2);
     assert!(run.error().contains("absorber"), "{}", run.stderr);
@@ -4402,11 +4243,10 @@ fn svd_methods_given_no_2d_weights_exit_2_naming_the_method() {
         ("isotropic_merging/iso_c", "iso_c"),
         ("isotropic_merging/iso_cts", "iso_cts"),
     ] {
-        let run = run_host(
+        let run = run_configs(
             work.path(),
+            cfg.path(),
             &[
-                "--config-path",
-                cfg.path().to_str().unwrap(),
                 "modelpool=linalg_bad",
                 &format!("method={method}"),
                 "merged_model_save_path=merged.safetensors",

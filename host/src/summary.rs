@@ -235,6 +235,23 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The opening of an SVG image of `w` × `h` on white, with `title` (already escaped) centred
+/// at the top; the caller adds the rest and the closing `</svg>`.
+fn svg_start(w: f64, h: f64, title: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{title}</text>"#,
+        w / 2.0
+    );
+    s
+}
+
 /// "Nice" tick values covering [lo, hi]: steps of 1, 2 or 5 times a power of ten.
 fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     let span = (hi - lo).max(1e-12);
@@ -290,18 +307,7 @@ fn svg_plot(key: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     y1 += pad;
     let sx = |x: f64| L + (x - x0) / (x1 - x0) * (W - L - R);
     let sy = |y: f64| H - B - (y - y0) / (y1 - y0) * (H - T - B);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">average accuracy vs {}</text>"#,
-        W / 2.0,
-        esc(key)
-    );
+    let mut s = svg_start(W, H, &format!("average accuracy vs {}", esc(key)));
     // Axes, grid and ticks.
     let _ = writeln!(
         s,
@@ -394,17 +400,7 @@ pub fn write_bars(path: &Path, bars: &[(String, f64)]) -> anyhow::Result<()> {
     let hi = bars.iter().map(|b| b.1).fold(0.0f64, f64::max).max(1e-12);
     // Accuracies are fractions: the axis runs to 1 unless a value is larger.
     let top = if hi <= 1.0 { 1.0 } else { hi };
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">average accuracy</text>"#,
-        w / 2.0
-    );
+    let mut s = svg_start(w, h, "average accuracy");
     for t in ticks(0.0, top) {
         let x = LABEL_W + t / top * BAR_W;
         let _ = writeln!(

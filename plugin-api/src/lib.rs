@@ -127,7 +127,7 @@ pub use kernel::{DeviceTensor, Kernel};
 pub use model::{
     bytes_to_f32, f32_to_bytes, MemoryStateDict, Model, ModelSummary, StateDict, REPORT_VALUE_FILE,
 };
-pub use tensor::{DType, TensorInfo};
+pub use tensor::{parse_torch_dtype, DType, TensorInfo};
 
 /// Everything a plugin usually needs: `use fusion_plugin_api::prelude::*;`.
 pub mod prelude {

@@ -117,3 +117,62 @@ impl TensorInfo {
         self.numel() * self.dtype.size()
     }
 }
+
+/// FusionBench's `parse_dtype` (`fusion_bench.utils.dtype`): a `torch_dtype`-style name for
+/// parameter `key` of `owner` (an algorithm or `modelpool`). The names are FusionBench's
+/// (`float32`, `float16`, `bfloat16`, `float64`, `fp32`, `fp16`, `half`, `bf16`, `float`,
+/// `double`, `fp64`), optionally quoted as FusionBench strips them, or written `torch.NAME`.
+/// Anything else is a configuration error naming `owner`, `key` and the value.
+pub fn parse_torch_dtype(text: &str, owner: &str, key: &str) -> crate::Result<DType> {
+    let t = text.trim_matches('"');
+    Ok(match t.strip_prefix("torch.").unwrap_or(t) {
+        "fp16" | "float16" | "half" => DType::F16,
+        "bf16" | "bfloat16" => DType::BF16,
+        "float" | "fp32" | "float32" => DType::F32,
+        "double" | "fp64" | "float64" => DType::F64,
+        other => {
+            return Err(crate::Error::config(format!(
+                "{owner}: `{key}` is `{other}`, which is not a dtype; use one of float32, \
+                 float16, bfloat16, float64 (or fp32, fp16, half, bf16, float, double, fp64)"
+            )))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_dtype_names_are_fusionbenchs() {
+        let names: [(DType, &[&str]); 4] = [
+            (DType::F32, &["float32", "float", "fp32"]),
+            (DType::F16, &["float16", "half", "fp16"]),
+            (
+                DType::BF16,
+                &["bfloat16", "bf16", "\"bf16\"", "torch.bfloat16"],
+            ),
+            (DType::F64, &["float64", "double", "fp64"]),
+        ];
+        for (dtype, texts) in names {
+            for text in texts {
+                assert_eq!(parse_torch_dtype(text, "m", "k").unwrap(), dtype, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn other_torch_dtype_names_name_owner_key_and_value() {
+        for text in ["int8", "F32", "auto", ""] {
+            let err = parse_torch_dtype(text, "modelpool", "torch_dtype").unwrap_err();
+            assert_eq!(err.kind, crate::ErrorKind::Config);
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!(
+                    "modelpool: `torch_dtype` is `{text}`, which is not a dtype"
+                )),
+                "{msg}"
+            );
+        }
+    }
+}

@@ -12,7 +12,7 @@ use fusion_clip::gpu::GpuClipModel;
 use fusion_clip::{
     CheckpointConfig, ClipTokenizer, ImageProcessor, Padding, Tensor, TokenBatch, WeightStore,
 };
-use fusion_host_commands::{usage, DeviceArg};
+use fusion_host_commands::{usage, DeviceArg, LogArgs};
 use fusion_plugin_api::Compute;
 use safetensors::{Dtype, View};
 
@@ -40,17 +40,13 @@ struct EmbedRequest {
     out: PathBuf,
     #[command(flatten)]
     device: DeviceArg,
-    /// More logging (-v debug, -vv trace). FUSION_LOG=... sets a filter.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Only warnings and errors.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     let req = EmbedRequest::parse();
-    fusion_host_commands::init_logging(req.verbose, req.quiet);
+    req.log.init();
     fusion_host_commands::main(|| run(&req))
 }
 

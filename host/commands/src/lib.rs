@@ -9,33 +9,18 @@ use std::process::ExitCode;
 
 use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
 
-/// An error the user must fix on the command line (exit code 2, as the host's).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// Build a usage error.
-pub fn usage(msg: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(UsageError(msg.into()))
-}
+/// Errors the user must fix on the command line (exit code 2, as the host's).
+pub use fusion_log::{usage, UsageError};
 
 /// Run a command's body: the error chain on one `error:` paragraph, exit 2 for usage errors
-/// (and plugin-api `Config` errors) and 1 for a failed run, as the host does.
+/// (and plugin-api `Config` errors) and 1 for a failed run, as the host does
+/// ([`fusion_log::exit_code`]).
 pub fn main(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     match body() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "error: {err:#}");
-            let usage = err.chain().any(|e| {
-                e.is::<UsageError>()
-                    || e.downcast_ref::<fusion_plugin_api::Error>()
-                        .is_some_and(|e| e.kind == fusion_plugin_api::ErrorKind::Config)
-            });
-            if usage {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            fusion_log::exit_code(&err, |_| false)
         }
     }
 }
@@ -49,6 +34,24 @@ pub fn init_logging(verbosity: u8, quiet: bool) {
         .with_target(false)
         .without_time()
         .try_init();
+}
+
+/// The logging options of every command, as the host's: `-v`/`-vv` and `-q`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// More logging (-v debug, -vv trace). FUSION_LOG=... sets a filter.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl LogArgs {
+    /// Start logging at the level these options ask for ([`init_logging`]).
+    pub fn init(&self) {
+        init_logging(self.verbose, self.quiet);
+    }
 }
 
 /// The `--device` option of every command (`FUSION_DEVICE` when not given).

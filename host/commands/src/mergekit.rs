@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use fusion_checkpoint::save::{self, SaveOptions};
-use fusion_host_commands::usage;
+use fusion_host_commands::{usage, LogArgs};
 use fusion_hub::{HubClient, HubSettings};
 use fusion_plugin_api::hub::Hub;
 
@@ -47,17 +47,13 @@ struct MergekitRequest {
     /// Checked, but the merge runs on the CPU whatever the device (the log says so).
     #[command(flatten)]
     device: fusion_host_commands::DeviceArg,
-    /// More logging (-v debug, -vv trace). FUSION_LOG=... sets a filter.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Only warnings and errors.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     let req = MergekitRequest::parse();
-    fusion_host_commands::init_logging(req.verbose, req.quiet);
+    req.log.init();
     fusion_host_commands::main(|| run(&req))
 }
 
@@ -110,7 +106,7 @@ fn run(req: &MergekitRequest) -> anyhow::Result<()> {
             "--device {choice}: mergekit merges run on the CPU; the compute device is not used"
         );
     }
-    install_hub(req.offline, req.quiet)?;
+    install_hub(req.offline, req.log.quiet)?;
     let options = fusion_mergekit::Options {
         random_seed: req.random_seed,
         allow_crimes: req.allow_crimes,

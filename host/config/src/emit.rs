@@ -126,15 +126,7 @@ impl W {
         let text = match v {
             Value::Null => "null".to_string(),
             Value::Bool(b) => b.to_string(),
-            Value::Number(n) => {
-                if let Some(i) = n.as_i64() {
-                    i.to_string()
-                } else if let Some(u) = n.as_u64() {
-                    u.to_string()
-                } else {
-                    yaml_float(n.as_f64().unwrap_or(f64::NAN))
-                }
-            }
+            Value::Number(n) => crate::value::number_text(n, yaml_float),
             Value::String(s) => {
                 self.string(s, indent, simple_key);
                 return;

@@ -137,30 +137,18 @@ impl Repo {
 
     /// The options (config names, without `.yaml`) of a group, sorted.
     pub fn group_options(&self, group: &str) -> Vec<String> {
-        let g = Self::norm(group);
-        let mut out: BTreeSet<String> = hydra_builtin_options(g)
-            .iter()
-            .map(|o| o.to_string())
-            .collect();
-        for root in &self.roots {
-            let Ok(rd) = std::fs::read_dir(root.join(g)) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_file() && p.extension().is_some_and(|x| x == "yaml") {
-                    if let Some(stem) = p.file_stem() {
-                        out.insert(stem.to_string_lossy().into_owned());
-                    }
-                }
-            }
-        }
-        out.into_iter().collect()
+        self.options(group, 0)
     }
 
     /// The options of a group including those of its nested groups, as option names relative
     /// to the group (`CLIPVisionModelPool/clip-vit-base-patch32_TA8`), sorted.
     pub fn group_options_recursive(&self, group: &str) -> Vec<String> {
+        self.options(group, 8)
+    }
+
+    /// Hydra's own options of `group` and the `.yaml` files of its folder in every root,
+    /// those of subfolders too down to `depth` levels, named relative to the group.
+    fn options(&self, group: &str, depth: usize) -> Vec<String> {
         fn walk(dir: &Path, prefix: &str, out: &mut BTreeSet<String>, depth: usize) {
             let Ok(rd) = std::fs::read_dir(dir) else {
                 return;
@@ -168,8 +156,8 @@ impl Repo {
             for e in rd.flatten() {
                 let p = e.path();
                 let name = e.file_name().to_string_lossy().into_owned();
-                if p.is_dir() && depth < 8 {
-                    walk(&p, &format!("{prefix}{name}/"), out, depth + 1);
+                if p.is_dir() && depth > 0 {
+                    walk(&p, &format!("{prefix}{name}/"), out, depth - 1);
                 } else if p.is_file() && p.extension().is_some_and(|x| x == "yaml") {
                     if let Some(stem) = p.file_stem() {
                         out.insert(format!("{prefix}{}", stem.to_string_lossy()));
@@ -183,7 +171,7 @@ impl Repo {
             .map(|o| o.to_string())
             .collect();
         for root in &self.roots {
-            walk(&root.join(g), "", &mut out, 0);
+            walk(&root.join(g), "", &mut out, depth);
         }
         out.into_iter().collect()
     }

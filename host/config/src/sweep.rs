@@ -22,6 +22,8 @@ use serde_norway::Value;
 use crate::overrides::{parse_override, parse_value_text, type_primitive, OverrideKind};
 use crate::ConfigError;
 
+pub use crate::value::py_float;
+
 /// One command-line override after expansion: its key element (`method`, `+a.b`, `db@pkg`) and
 /// the override text of each value it takes (one for a plain override).
 #[derive(Debug, Clone, PartialEq)]
@@ -289,13 +291,7 @@ fn render(v: &Value) -> String {
         Value::Null => "null".into(),
         Value::Bool(true) => "True".into(),
         Value::Bool(false) => "False".into(),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => i.to_string(),
-            None => match n.as_u64() {
-                Some(u) => u.to_string(),
-                None => py_float(n.as_f64().unwrap_or(f64::NAN)),
-            },
-        },
+        Value::Number(n) => crate::value::number_text(n, py_float),
         Value::String(s) => render_str(s),
         Value::Sequence(items) => format!(
             "[{}]",
@@ -335,52 +331,6 @@ fn render_str(s: &str) -> String {
         out.push(c);
     }
     out
-}
-
-/// Python's `repr(float)`: the shortest digits that read back, fixed notation for exponents in
-/// [-4, 16), else `1e-05` / `1.5e+16`.
-pub fn py_float(f: f64) -> String {
-    if f.is_nan() {
-        return "nan".into();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "inf" } else { "-inf" }.into();
-    }
-    if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0" } else { "0.0" }.into();
-    }
-    let sci = format!("{f:e}"); // e.g. "-1.5e-7", shortest round-trip digits
-    let (mant, exp) = sci.split_once('e').expect("{:e} has an exponent");
-    let exp: i32 = exp.parse().expect("integer exponent");
-    let neg = mant.starts_with('-');
-    let digits: String = mant.chars().filter(|c| c.is_ascii_digit()).collect();
-    let sign = if neg { "-" } else { "" };
-    if (-4..16).contains(&exp) {
-        let n = digits.len() as i32;
-        let s = if exp < 0 {
-            format!("0.{}{}", "0".repeat((-exp - 1) as usize), digits)
-        } else if n > exp + 1 {
-            format!(
-                "{}.{}",
-                &digits[..(exp + 1) as usize],
-                &digits[(exp + 1) as usize..]
-            )
-        } else {
-            format!("{}{}.0", digits, "0".repeat((exp + 1 - n) as usize))
-        };
-        format!("{sign}{s}")
-    } else {
-        let m = if digits.len() > 1 {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        } else {
-            digits
-        };
-        format!(
-            "{sign}{m}e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        )
-    }
 }
 
 /// A sweep function's positional and named arguments, as raw text.

@@ -122,7 +122,9 @@ pub fn is_container(v: &Value) -> bool {
     matches!(v, Value::Mapping(_) | Value::Sequence(_))
 }
 
-/// Renders a float the way Python's `repr(float)` does (`0.001`, `1e-05`, `1.0`, `inf`).
+/// Renders a float the way Python's `repr(float)` does (`0.001`, `1e-05`, `1.0`, `inf`): the
+/// shortest digits that read back, fixed notation for exponents in [-4, 16), else `1e-05` /
+/// `1.5e+16`.
 pub fn py_float(f: f64) -> String {
     if f.is_nan() {
         return "nan".into();
@@ -163,20 +165,24 @@ pub fn scalar_to_string(v: &Value) -> String {
     }
 }
 
+/// A number as text: an integer as it is, a float in `float`'s spelling (Python's `repr`,
+/// YAML's).
+pub(crate) fn number_text(n: &serde_norway::Number, float: impl FnOnce(f64) -> String) -> String {
+    if let Some(i) = n.as_i64() {
+        i.to_string()
+    } else if let Some(u) = n.as_u64() {
+        u.to_string()
+    } else {
+        float(n.as_f64().unwrap_or(f64::NAN))
+    }
+}
+
 fn py_repr(v: &Value, quote: bool) -> String {
     match v {
         Value::Null => "None".into(),
         Value::Bool(true) => "True".into(),
         Value::Bool(false) => "False".into(),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.to_string()
-            } else if let Some(u) = n.as_u64() {
-                u.to_string()
-            } else {
-                py_float(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
+        Value::Number(n) => number_text(n, py_float),
         Value::String(s) => {
             if quote {
                 format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))

@@ -7,15 +7,8 @@ use std::path::Path;
 use fusion_config::{compose, resolve, ComposeOptions, Composed, ConfigError, ResolveContext};
 use serde_norway::Value;
 
-fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (rel, text) in files {
-        let p = dir.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    dir
-}
+mod common;
+use common::tree;
 
 fn opts(dir: &Path, name: Option<&str>, overrides: &[&str]) -> ComposeOptions {
     ComposeOptions {
@@ -62,7 +55,7 @@ fn assert_mentions(msg: &str, parts: &[&str]) {
 
 #[test]
 fn io_error_names_the_file() {
-    let dir = tree(&[]);
+    let dir = tree::<&str, &str>(&[]);
     std::fs::write(dir.path().join("config.yaml"), [0xff, 0xfe, 0x00, 0x41]).unwrap();
     let e = compose(&opts(dir.path(), Some("config"), &[])).unwrap_err();
     assert!(matches!(e, ConfigError::Io { .. }), "{e:?}");

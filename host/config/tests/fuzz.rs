@@ -16,6 +16,8 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_norway::Value;
 
+mod common;
+
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fuzz/config")
 }
@@ -98,16 +100,6 @@ fn same_value(a: &Value, b: &Value) -> bool {
         (x, Value::Tagged(y)) => same_value(x, &y.value),
         _ => a == b,
     }
-}
-
-fn write_tree(files: &[(String, String)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (rel, text) in files {
-        let p = dir.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    dir
 }
 
 // ---- the seed corpus -------------------------------------------------------------------------
@@ -314,7 +306,7 @@ proptest! {
             .zip(files)
             .map(|(n, t)| (n.to_string(), t))
             .collect();
-        let dir = write_tree(&tree);
+        let dir = common::tree(&tree);
         exercise(&[dir.path().to_path_buf()], Some(primary), &overrides);
     }
 

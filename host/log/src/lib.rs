@@ -1,7 +1,11 @@
-//! The log filter that fusion-host and its external commands (`fusion-host NAME`) share, so
-//! that `-v`, `-q` and `FUSION_LOG` mean the same in every executable. A crate of its own: the
-//! host must not link the commands crate (it holds the model code), and neither the plugin API
-//! nor the hub client should carry the logging stack.
+//! What fusion-host and its external commands (`fusion-host NAME`) share: the log filter, so
+//! that `-v`, `-q` and `FUSION_LOG` mean the same in every executable, and the exit codes
+//! ([`exit_code`]). A crate of its own: the host must not link the commands crate (it holds the
+//! model code), and neither the plugin API nor the hub client should carry the logging stack.
+
+mod exit;
+
+pub use exit::{exit_code, usage, UsageError};
 
 use tracing_subscriber::EnvFilter;
 

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -479,8 +479,24 @@ struct Loader<'a> {
     dataset: &'a dyn ImageDataset,
     processor: &'a ImageProcessor,
     batch_size: usize,
-    /// Threads that decode one batch's images (at least 1).
+    /// Decode threads kept while the task's batches are prepared; each batch is split among
+    /// them. With 0 or 1 the thread that prepares a batch decodes it.
     workers: usize,
+}
+
+/// One result of a decode thread: the images of a range of samples, in order.
+type Decoded = Result<Vec<(Tensor, i64)>>;
+
+/// A decode thread's two channels: ranges of sample indices in, their images out.
+struct Lane {
+    jobs: Sender<std::ops::Range<usize>>,
+    done: Receiver<Decoded>,
+}
+
+/// The decode threads of one task (none when the preparing thread decodes alone). Dropping it
+/// closes their job channels, and they end.
+struct Decoders {
+    lanes: Vec<Lane>,
 }
 
 impl Loader<'_> {
@@ -488,76 +504,129 @@ impl Loader<'_> {
     /// prepares batch b + 1 (and one more) while `consume` runs batch b; a bounded queue keeps
     /// memory at a few batches. On an error either side stops: the consumer by returning
     /// (dropping the receiver), the loader by sending its error, which is returned. Without
-    /// `prefetch` each batch is prepared on this thread, then consumed.
+    /// `prefetch` each batch is prepared on this thread, then consumed. Either way the
+    /// `workers` decode threads are started once, for all the batches.
     fn run(
         &self,
         batches: usize,
         prefetch: bool,
         mut consume: impl FnMut(Tensor, Vec<i64>) -> Result<()>,
     ) -> Result<()> {
-        if !prefetch {
-            for b in 0..batches {
-                let (pixels, labels) = self.batch(b)?;
-                consume(pixels, labels)?;
-            }
-            return Ok(());
-        }
-        std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = sync_channel(PREFETCH_BATCHES);
-            scope.spawn(move || {
+        self.with_decoders(|decoders| {
+            if !prefetch {
                 for b in 0..batches {
-                    let batch = self.batch(b);
-                    let failed = batch.is_err();
-                    if tx.send(batch).is_err() || failed {
-                        break;
-                    }
+                    let (pixels, labels) = self.assemble(b, &decoders)?;
+                    consume(pixels, labels)?;
                 }
-            });
-            for _ in 0..batches {
-                let (pixels, labels) = rx.recv().map_err(|_| {
-                    Error::model(format!(
-                        "task `{}`: the image loader stopped",
-                        self.task.name
-                    ))
-                })??;
-                consume(pixels, labels)?;
+                return Ok(());
             }
-            Ok(())
+            std::thread::scope(|scope| -> Result<()> {
+                let (tx, rx) = sync_channel(PREFETCH_BATCHES);
+                scope.spawn(move || {
+                    for b in 0..batches {
+                        let batch = self.assemble(b, &decoders);
+                        let failed = batch.is_err();
+                        if tx.send(batch).is_err() || failed {
+                            break;
+                        }
+                    }
+                    // `decoders` drops here: the decode threads end.
+                });
+                for _ in 0..batches {
+                    let (pixels, labels) = rx.recv().map_err(|_| {
+                        Error::model(format!(
+                            "task `{}`: the image loader stopped",
+                            self.task.name
+                        ))
+                    })??;
+                    consume(pixels, labels)?;
+                }
+                Ok(())
+            })
         })
     }
 
-    /// Pixels `[n, C, H, W]` and labels of batch `b`.
+    /// Pixels `[n, C, H, W]` and labels of batch `b`, with decode threads started for it alone
+    /// (the tests look at single batches).
+    #[cfg(test)]
     fn batch(&self, b: usize) -> Result<(Tensor, Vec<i64>)> {
+        self.with_decoders(|decoders| self.assemble(b, &decoders))
+    }
+
+    /// Runs `work` with this loader's decode threads (`workers` of them, at most `batch_size`,
+    /// none for 0 or 1 worker), then stops them. A decode thread that panicked is an error.
+    fn with_decoders<T>(&self, work: impl FnOnce(Decoders) -> Result<T>) -> Result<T> {
+        let threads = self.workers.min(self.batch_size);
+        if threads <= 1 {
+            return work(Decoders { lanes: Vec::new() });
+        }
+        std::thread::scope(|scope| {
+            let mut lanes = Vec::with_capacity(threads);
+            let mut handles = Vec::with_capacity(threads);
+            for _ in 0..threads {
+                let (jobs, job_rx) = channel::<std::ops::Range<usize>>();
+                let (done_tx, done) = channel();
+                handles.push(scope.spawn(move || {
+                    for range in job_rx {
+                        if done_tx.send(self.decode(range)).is_err() {
+                            break;
+                        }
+                    }
+                }));
+                lanes.push(Lane { jobs, done });
+            }
+            let result = work(Decoders { lanes });
+            // Every job sender went with `work`'s `Decoders`: each thread ends after its last
+            // job. Join them all here (a panicked one too, so that the scope does not panic).
+            let panicked: Vec<bool> = handles.into_iter().map(|h| h.join().is_err()).collect();
+            match result {
+                Ok(_) if panicked.contains(&true) => Err(self.decoder_panicked()),
+                result => result,
+            }
+        })
+    }
+
+    fn decoder_panicked(&self) -> Error {
+        Error::model(format!(
+            "task `{}`: an image decoding thread panicked",
+            self.task.name
+        ))
+    }
+
+    /// Pixels `[n, C, H, W]` and labels of batch `b`, its images split among `decoders`.
+    fn assemble(&self, b: usize, decoders: &Decoders) -> Result<(Tensor, Vec<i64>)> {
         let n = self.dataset.len();
         let range = b * self.batch_size..((b + 1) * self.batch_size).min(n);
         let len = range.len();
-        let workers = self.workers.clamp(1, len.max(1));
-        let per = len.div_ceil(workers.max(1)).max(1);
+        let workers = decoders.lanes.len().clamp(1, len.max(1));
+        let per = len.div_ceil(workers).max(1);
         let chunks: Vec<std::ops::Range<usize>> = range
             .clone()
             .step_by(per)
             .map(|s| s..(s + per).min(range.end))
             .collect();
-        let decoded: Vec<Result<Vec<(Tensor, i64)>>> = if chunks.len() <= 1 {
+        let decoded: Vec<Decoded> = if chunks.len() <= 1 {
             chunks.into_iter().map(|r| self.decode(r)).collect()
         } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = chunks
-                    .into_iter()
-                    .map(|r| scope.spawn(move || self.decode(r)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(Error::model(format!(
-                                "task `{}`: an image decoding thread panicked",
-                                self.task.name
-                            )))
-                        })
-                    })
-                    .collect()
-            })
+            // One chunk a lane (there are no more chunks than lanes); every job sent is
+            // answered before this returns, so no result is left for the next batch.
+            let sent: Vec<bool> = chunks
+                .into_iter()
+                .zip(&decoders.lanes)
+                .map(|(r, lane)| lane.jobs.send(r).is_ok())
+                .collect();
+            sent.into_iter()
+                .zip(&decoders.lanes)
+                .map(|(sent, lane)| {
+                    if sent {
+                        lane.done
+                            .recv()
+                            .unwrap_or_else(|_| Err(self.decoder_panicked()))
+                    } else {
+                        Err(self.decoder_panicked())
+                    }
+                })
+                .collect()
         };
         let mut pixels = Vec::new();
         let mut labels = Vec::with_capacity(len);

@@ -34,7 +34,9 @@ use std::sync::Mutex;
 
 use fusion_checkpoint::Checkpoint;
 use fusion_plugin_api::prelude::*;
-use fusion_plugin_api::{bytes_to_f32, f32_to_bytes, StateDict, TensorInfo, PRETRAINED};
+use fusion_plugin_api::{
+    bytes_to_f32, f32_to_bytes, parse_torch_dtype, StateDict, TensorInfo, PRETRAINED,
+};
 use serde_json::Value;
 
 /// The files `PreTrainedTokenizer.save_pretrained` writes (whichever the tokenizer has).
@@ -78,30 +80,12 @@ pub struct CausalLMPool {
     located: Mutex<std::collections::HashMap<String, PathBuf>>,
 }
 
-/// FusionBench's `parse_dtype` names.
-pub fn parse_dtype(text: &str, key: &str) -> Result<DType> {
-    let t = text.trim_matches('"');
-    let t = t.strip_prefix("torch.").unwrap_or(t);
-    Ok(match t {
-        "fp16" | "float16" | "half" => DType::F16,
-        "bf16" | "bfloat16" => DType::BF16,
-        "float" | "fp32" | "float32" => DType::F32,
-        "double" | "fp64" | "float64" => DType::F64,
-        other => {
-            return Err(Error::config(format!(
-                "modelpool: `{key}` is `{other}`, which is not a dtype; use one of float32, \
-                 float16, bfloat16, float64 (or fp32, fp16, half, bf16, float, double, fp64)"
-            )))
-        }
-    })
-}
-
 /// A `torch_dtype` value: a dtype name, or `auto`/null for the checkpoint's own.
 fn read_dtype(value: Option<&Value>, key: &str) -> Result<Option<DType>> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s == "auto" => Ok(None),
-        Some(Value::String(s)) => parse_dtype(s, key).map(Some),
+        Some(Value::String(s)) => parse_torch_dtype(s, "modelpool", key).map(Some),
         Some(other) => Err(Error::config(format!(
             "modelpool: `{key}` must be a dtype name such as bfloat16, got {other}"
         ))),

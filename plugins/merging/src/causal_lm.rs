@@ -30,23 +30,6 @@ use crate::{
     DareSimpleAverage, SimpleAverage, Slerp, TaskArithmetic, TiesMerging, WeightedAverage,
 };
 
-/// FusionBench's `parse_dtype` names, for parameter `key` of `algorithm`.
-pub(crate) fn parse_dtype(text: &str, algorithm: &str, key: &str) -> Result<DType> {
-    let t = text.trim_matches('"');
-    Ok(match t.strip_prefix("torch.").unwrap_or(t) {
-        "fp16" | "float16" | "half" => DType::F16,
-        "bf16" | "bfloat16" => DType::BF16,
-        "float" | "fp32" | "float32" => DType::F32,
-        "double" | "fp64" | "float64" => DType::F64,
-        other => {
-            return Err(Error::config(format!(
-                "{algorithm}: `{key}` is `{other}`, not a dtype (float32, float16, bfloat16, \
-                 float64, or fp32, fp16, half, bf16, float, double, fp64)"
-            )))
-        }
-    })
-}
-
 // ---- model views --------------------------------------------------------------------------
 
 /// A model restricted to some of its tensors.

@@ -168,7 +168,7 @@ impl FromConfig for MagnitudePruningForLlama {
         let _: Option<String> = config.get("device")?;
         let dtype = match config.get::<String>("dtype")? {
             None => None,
-            Some(d) => Some(crate::causal_lm::parse_dtype(&d, NAME, "dtype")?),
+            Some(d) => Some(fusion_plugin_api::parse_torch_dtype(&d, NAME, "dtype")?),
         };
         Ok(MagnitudePruningForLlama { mode, dtype })
     }

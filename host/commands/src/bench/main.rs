@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use fusion_host_commands::{usage, DeviceArg};
+use fusion_host_commands::{usage, DeviceArg, LogArgs};
 use fusion_plugin_api::Compute;
 
 pub use record::{Figure, Record};
@@ -48,12 +48,8 @@ struct Cli {
     quick: bool,
     #[command(flatten)]
     device: DeviceArg,
-    /// More logging (-v debug, -vv trace). FUSION_LOG=... sets a filter.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Only warnings and errors.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -112,7 +108,7 @@ impl Sizes {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    fusion_host_commands::init_logging(cli.verbose, cli.quiet);
+    cli.log.init();
     fusion_host_commands::main(|| run(&cli))
 }
 

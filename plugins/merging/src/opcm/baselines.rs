@@ -8,6 +8,21 @@ use fusion_plugin_api::TensorInfo;
 use super::{continual_algorithm, run_continual, Common, Continual, Run};
 use crate::cpu::load;
 
+/// Step `t` of `method` on every float tensor of `state` (the whole model), with that step's
+/// figures `step` (given those, each tensor's update depends on that tensor alone).
+fn replay_all<C: Continual>(
+    method: &C,
+    run: &Run,
+    state: &mut [Vec<f32>],
+    t: usize,
+    step: &C::Step,
+) -> Result<()> {
+    for ((name, info), value) in run.floats.iter().zip(state.iter_mut()) {
+        method.replay(run, name, info, value, t, step)?;
+    }
+    Ok(())
+}
+
 /// Continual task arithmetic (`ContinualTaskArithmeticForCLIP`): θ ← θ + λ(θₜ − θ₀) for each
 /// model in turn, from θ₀. Parameters (FusionBench's): `scaling_factor` λ (required; the config
 /// file sets 0.3), `shuffle_order` (true), `seed` (null), `save_on_every_step` (true; the
@@ -51,10 +66,7 @@ impl Continual for TaMerge {
     }
 
     fn advance(&mut self, run: &Run, state: &mut [Vec<f32>], t: usize) -> Result<()> {
-        for ((name, info), value) in run.floats.iter().zip(state.iter_mut()) {
-            self.replay(run, name, info, value, t, &())?;
-        }
-        Ok(())
+        replay_all(self, run, state, t, &())
     }
 
     fn replay(
@@ -121,10 +133,7 @@ impl Continual for WaMerge {
     }
 
     fn advance(&mut self, run: &Run, state: &mut [Vec<f32>], t: usize) -> Result<()> {
-        for ((name, info), value) in run.floats.iter().zip(state.iter_mut()) {
-            self.replay(run, name, info, value, t, &())?;
-        }
-        Ok(())
+        replay_all(self, run, state, t, &())
     }
 
     fn replay(
@@ -341,9 +350,7 @@ impl Continual for TiesMerge {
                 majority: sign(votes as f32),
             }
         };
-        for ((name, info), value) in run.floats.iter().zip(state.iter_mut()) {
-            self.replay(run, name, info, value, t, &step)?;
-        }
+        replay_all(self, run, state, t, &step)?;
         Ok(step)
     }
 
