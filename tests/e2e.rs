@@ -4621,3 +4621,103 @@ fn randes_rotation_dense_and_lora_from_fusionbench_config_files() {
     run.assert_clean_failure(1);
     assert!(run.error().contains("not a LoRA tensor"), "{}", run.stderr);
 }
+
+/// SMILE upscaling from FusionBench's own YAML file (`smile_upscaling/smile_upscaling`) on the
+/// demo: as shipped, its `k: 128` exceeds the rank of the demo's 128×64 `fc1` (FusionBench's
+/// module fails there), a clear error naming the tensor; with `k` 32 the CLIP task pool
+/// evaluates the upscaled tower (mixture-of-experts linears, routed per token), the saved
+/// checkpoint holds FusionBench's `SmileMoELinear` names and the routing in config.json, and
+/// evaluated again from disk it scores exactly the same.
+#[test]
+fn smile_upscaling_runs_from_fusionbench_yaml_and_the_task_pool_evaluates_the_upscaled_model() {
+    let out = tempfile::tempdir().unwrap();
+    let base = |tag: &str| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--device",
+            "cpu",
+            "modelpool=CLIPVisionModelPool/demo",
+            "taskpool=CLIPVisionModelTaskPool/demo",
+            "print_config=false",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.push(format!("path.log_dir={}", out.path().join(tag).display()));
+        a
+    };
+    let mut args = base("as_shipped");
+    args.push("method=smile_upscaling/smile_upscaling".into());
+    let failed = run_args(&root(), &args);
+    assert_eq!(failed.code, 2, "{}", failed.stderr);
+    assert!(
+        failed.error().contains(
+            "`k` = 128 is larger than the rank of `vision_model.encoder.layers.0.mlp.fc1.weight` (128×64, at most 64)"
+        ),
+        "{}",
+        failed.stderr
+    );
+
+    let saved = out.path().join("upscaled");
+    let mut args = base("k32");
+    args.extend([
+        "method=smile_upscaling/smile_upscaling".to_string(),
+        "method.k=32".to_string(),
+        format!("merged_model_save_path={}", saved.display()),
+    ]);
+    let run = run_args(&root(), &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let upscaled = json(&run.stdout);
+
+    // The README's demo-table row (`tools/demo_table.sh`) is this run.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| smile_upscaling/smile_upscaling (k=32, gate_k=1,"))
+        .expect("README.md has the SMILE row");
+    let avg = format!(
+        "**{:.1}** |",
+        100.0 * upscaled["average"]["accuracy"].as_f64().unwrap()
+    );
+    assert!(row.ends_with(&avg), "{row} vs {avg}");
+
+    let mut args = base("pretrained");
+    args.push("method=dummy".into());
+    let pretrained = run_args(&root(), &args);
+    assert_eq!(pretrained.code, 0, "{}", pretrained.stderr);
+    let pretrained = json(&pretrained.stdout);
+    // 6 experts on each of the 18 linears: far more parameters, and other scores.
+    let params = |r: &Value| r["model_info"]["all_params"].as_u64().unwrap();
+    assert!(params(&upscaled) > 2 * params(&pretrained), "{upscaled}");
+    assert_ne!(
+        upscaled["average"]["loss"], pretrained["average"]["loss"],
+        "the experts change the tower"
+    );
+
+    let tensors: Vec<String> = read_f32(&saved.join("model.safetensors"))
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    for name in [
+        "vision_model.encoder.layers.0.mlp.fc1.gate.weights",
+        "vision_model.encoder.layers.2.self_attn.q_proj.experts.5.svh",
+        "vision_model.encoder.layers.2.mlp.fc2.experts.0.u",
+        "vision_model.encoder.layers.1.self_attn.out_proj.pretrained_model.bias",
+    ] {
+        assert!(tensors.iter().any(|t| t == name), "{name} not saved");
+    }
+    assert!(!tensors.iter().any(|t| t.ends_with("mlp.fc1.weight")));
+    let config = json(&std::fs::read_to_string(saved.join("config.json")).unwrap());
+    assert_eq!(config["smile_upscaling"]["top_k"], 1, "{config}");
+    assert_eq!(config["smile_upscaling"]["num_experts"], 6, "{config}");
+
+    let mut args = base("reloaded");
+    args.extend([
+        "method=dummy".to_string(),
+        format!("modelpool.models._pretrained_={}", saved.display()),
+    ]);
+    let again = run_args(&root(), &args);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let again = json(&again.stdout);
+    for task in ["fashion_tops", "digits_negative", "average"] {
+        assert_eq!(again[task], upscaled[task], "{task}");
+    }
+}

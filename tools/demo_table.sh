@@ -50,6 +50,8 @@ methods=(
   "ensemble/simple_ensemble|method=ensemble/simple_ensemble"
   "ensemble/weighted_ensemble (uniform)|method=ensemble/weighted_ensemble"
   "ensemble/max_model_predictor|method=ensemble/max_model_predictor"
+  "smile_upscaling/smile_upscaling (k=32, gate_k=1, top-1; upscaled, not merged)|method=smile_upscaling/smile_upscaling method.k=32"
+  "smile_upscaling/smile_upscaling (k=32, gate_k=16, top-1; upscaled, not merged)|method=smile_upscaling/smile_upscaling method.k=32 method.gate_k=16"
 )
 # Print the table header, then one row per "label|overrides" entry (extra overrides in $extra).
 table() {

@@ -40,6 +40,7 @@
 //! | `superposed_model_soup` | `randes.SuperposedModelSoupAlgorithm` | RanDeS base parameters (all required), one model per pool model |
 //! | `superposed_task_arithmetic` | `randes.SuperposedTaskArithmeticAlgorithm` | RanDeS base parameters, `scaling_factor` (required), `model_path` null |
 //! | `superposed_task_arithmetic_lora` | `randes.SuperposedTaskArithmeticLoRAAlgorithm` | as `superposed_task_arithmetic`, over PEFT LoRA state dicts |
+//! | `smile_upscaling` | `SmileUpscalingAlgorithm` | `device` cuda, `upscaling_accelerator` null, `full_matrices` true, `gate_k` 256, `k` 256, `top_k` 1, `routing_use_diff` true, `average_experts` false, `model_path` null; returns the upscaled (mixture-of-experts) model |
 //!
 //! The rows from `magmax` on (and the causal-LM methods) run on the CPU in f32 (the SVDs in
 //! f64 through faer, [`linalg`]; TSV-M and ISO-C/CTS take the device SVD on a GPU adapter),
@@ -91,6 +92,7 @@ mod parallel;
 mod params;
 mod randes;
 mod slerp;
+mod smile;
 mod subspace;
 mod svc;
 mod tall_mask;
@@ -116,6 +118,7 @@ pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
 pub use opcm::{ContinualTaskArithmetic, ContinualTiesMerging, ContinualWeightAverage, Opcm};
 pub use randes::{SuperposedModelSoup, SuperposedTaskArithmetic, SuperposedTaskArithmeticLora};
 pub use slerp::{slerp_coefficients, Slerp};
+pub use smile::{SmileUpscaling, CONFIG_KEY as SMILE_CONFIG_KEY};
 pub use subspace::{IsoC, IsoCts, TaskSingularVector};
 pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
 pub use tall_mask::TallMask;
@@ -475,5 +478,14 @@ fusion_plugin_api::export_plugin! {
             "fusion_bench.method.randes.task_arithmetic.SuperposedTaskArithmeticLoRAAlgorithm",
         ],
         description: "RanDeS superposed task arithmetic over LoRA adapters: the LoRA tensors superposed under random contexts, every model retrieved as the pretrained one plus its B·A (CPU).",
+    }
+    algorithm SmileUpscaling {
+        names: [
+            "smile_upscaling",
+            "fusion_bench.method.SmileUpscalingAlgorithm",
+            "fusion_bench.method.smile_upscaling.SmileUpscalingAlgorithm",
+            "fusion_bench.method.smile_upscaling.smile_upscaling.SmileUpscalingAlgorithm",
+        ],
+        description: "SMILE upscaling: each trained linear becomes a zero-shot mixture of low-rank experts (SVDs of the task matrices) with a routing gate (CPU).",
     }
 }

@@ -249,6 +249,16 @@ impl WeightStore {
         self.entries.get(name).map(|e| e.shape.as_slice())
     }
 
+    /// An auxiliary file of the checkpoint (such as `config.json`): the model's own for a store
+    /// over a plugin-api [`Model`], the file beside the weights otherwise; `None` when absent.
+    pub fn aux_file(&self, name: &str) -> Option<Vec<u8>> {
+        match &self.model {
+            Some(m) => m.file(name).ok(),
+            None if self.checkpoint.is_dir() => std::fs::read(self.checkpoint.join(name)).ok(),
+            None => std::fs::read(self.checkpoint.parent()?.join(name)).ok(),
+        }
+    }
+
     /// Whether a tensor is present.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)

@@ -12,5 +12,6 @@ mod host;
 mod linalg;
 mod mergekit;
 mod multi;
+mod smile;
 mod streaming;
 mod wgsl;

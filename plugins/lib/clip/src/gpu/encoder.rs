@@ -5,6 +5,7 @@
 use crate::arch::{EncoderDims, LayerParams, LinearParams};
 use crate::error::Result;
 use crate::gpu::backend::{Backend, Epilogue, LinearW, NormW, WeightSource};
+use crate::gpu::moe::LayerMoe;
 use fusion_kernels::nn::RowLayout;
 
 struct EncoderLayer<B: Backend> {
@@ -17,6 +18,8 @@ struct EncoderLayer<B: Backend> {
     layer_norm2: NormW<B>,
     fc1: LinearW<B>,
     fc2: LinearW<B>,
+    /// SMILE mixture-of-experts linears of an upscaled model (none for a plain layer).
+    moe: LayerMoe,
 }
 
 /// The attention mask of one encoder pass.
@@ -83,6 +86,7 @@ impl<B: Backend> Encoder<B> {
                     layer_norm2: NormW::new(l.layer_norm2, d, eps),
                     fc1: LinearW::new(l.fc1, d, inter),
                     fc2: LinearW::new(l.fc2, inter, d),
+                    moe: LayerMoe::load(src.store(), &format!("{prefix}.layers.{i}"), d, inter)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -126,13 +130,19 @@ impl<B: Backend> Encoder<B> {
         for layer in &self.layers {
             dense_norm(b, &layer.layer_norm1, x, &mut normed, rows)?;
             b.linear(&normed, &layer.qkv, &mut qkv, rows, Epilogue::None)?;
+            layer.moe.after_qkv(b, &normed, &mut qkv, rows)?;
             b.attention(&qkv, &mut scratch, &mut context, &shape, mask.key_padding)?;
             b.linear(&context, &layer.out_proj, x, rows, Epilogue::Residual)?;
+            layer.moe.after_out_proj(b, &context, x, rows)?;
 
             dense_norm(b, &layer.layer_norm2, x, &mut normed, rows)?;
-            let act = Epilogue::Activation(self.dims.activation);
+            let act = layer.moe.fc1_epilogue(self.dims.activation);
             b.linear(&normed, &layer.fc1, &mut mlp, rows, act)?;
+            layer
+                .moe
+                .after_fc1(b, &normed, &mut mlp, rows, self.dims.activation)?;
             b.linear(&mlp, &layer.fc2, x, rows, Epilogue::Residual)?;
+            layer.moe.after_fc2(b, &mlp, x, rows)?;
             on_layer(x)?;
         }
         Ok(())

@@ -42,6 +42,7 @@
 pub mod backend;
 mod encoder;
 mod model;
+pub mod moe;
 pub mod native;
 mod text;
 pub(crate) mod vision;

@@ -45,7 +45,10 @@ impl Tower for Vision {
     ) -> Result<VisionTower<B>> {
         let (name, shape) = position_ids_buffer("vision_model", cfg.num_positions());
         src.store().skip_buffer(&name, &shape)?;
-        let p = VisionParams::build(cfg, |name, shape| src.get(name, shape))?;
+        // An upscaled (SMILE) model keeps a linear's own weights under `pretrained_model.`.
+        let p = VisionParams::build(cfg, |name, shape| {
+            src.get(&crate::gpu::moe::stored_name(src.store(), name), shape)
+        })?;
         let dims = EncoderDims::from(cfg);
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(VisionTower {
