@@ -44,6 +44,7 @@ mod encoder;
 mod model;
 pub mod native;
 mod text;
+pub mod train;
 pub(crate) mod vision;
 
 pub use backend::{Backend, BackendChoice, BackendKind};
