@@ -35,4 +35,4 @@ mod tower;
 
 pub use head::{loss_and_gradients, pooled_output, DeviceGradients, DeviceHead};
 pub use merge::DeviceLayerWiseMerge;
-pub use tower::{download_params, upload_params, DeviceParams, DeviceTape};
+pub use tower::{download_params, upload_params, DeviceParams};

@@ -121,8 +121,8 @@ impl<'c> Ops<'c> {
         self.gemm(self.ones(rows)?, b, y, &g)
     }
 
-    /// The backward pass of [`Ops::linear`]: `dW = dyᵀ x`, `db = Σ_rows dy`, and, when asked,
-    /// `dx = dy W` into a new tensor.
+    /// The backward pass of [`Ops::linear`]: `dW = dyᵀ x` and `db = Σ_rows dy` into `grads`,
+    /// and `dx = dy W` into a new tensor.
     pub(super) fn linear_backward(
         &self,
         x: GpuTensor,
@@ -130,8 +130,7 @@ impl<'c> Ops<'c> {
         dy: GpuTensor,
         grads: &LinearParams<DeviceTensor<'_>>,
         (rows, in_dim, out_dim): (usize, usize, usize),
-        want_dx: bool,
-    ) -> Result<Option<DeviceTensor<'c>>> {
+    ) -> Result<DeviceTensor<'c>> {
         self.gemm(
             dy,
             x,
@@ -139,9 +138,6 @@ impl<'c> Ops<'c> {
             &Gemm::dense(out_dim, in_dim, rows, true, false),
         )?;
         nn::bias_grad(self.c, dy, grads.bias.id(), rows, out_dim, false)?;
-        if !want_dx {
-            return Ok(None);
-        }
         let dx = self.zeros(&[rows, in_dim])?;
         self.gemm(
             dy,
@@ -149,7 +145,7 @@ impl<'c> Ops<'c> {
             dx.id(),
             &Gemm::dense(rows, in_dim, out_dim, false, false),
         )?;
-        Ok(Some(dx))
+        Ok(dx)
     }
 
     /// `out[1, cols] = Σ_{r < rows} src[offset + r·ld .. + cols]`: a column sum over a strided
@@ -231,19 +227,12 @@ struct LayerTape<'c> {
 }
 
 /// The activations [`forward`] keeps on the device for [`backward`].
-pub struct DeviceTape<'c> {
+pub(super) struct DeviceTape<'c> {
     batch: usize,
     patches: DeviceTensor<'c>,
     embeddings: DeviceTensor<'c>,
     layers: Vec<LayerTape<'c>>,
     class_tokens: DeviceTensor<'c>,
-}
-
-impl DeviceTape<'_> {
-    /// Number of images.
-    pub fn batch(&self) -> usize {
-        self.batch
-    }
 }
 
 /// Sizes of one pass.
@@ -618,28 +607,16 @@ fn layer_backward(
     let n_inter = rows * inter;
     // x_out = x_mid + fc2(act(fc1(ln2(x_mid)))).
     let a = activated(ops, &t.f, n_inter, s.act)?;
-    let df = ops
-        .linear_backward(
-            a.id(),
-            l.fc2.weight.id(),
-            dx,
-            &g.fc2,
-            (rows, inter, d),
-            true,
-        )?
-        .expect("asked for dx");
+    let df = ops.linear_backward(a.id(), l.fc2.weight.id(), dx, &g.fc2, (rows, inter, d))?;
     drop(a);
     nn::activation_backward(c, t.f.id(), df.id(), n_inter, kernel_activation(s.act))?;
-    let dh2 = ops
-        .linear_backward(
-            t.h2.id(),
-            l.fc1.weight.id(),
-            df.id(),
-            &g.fc1,
-            (rows, d, inter),
-            true,
-        )?
-        .expect("asked for dx");
+    let dh2 = ops.linear_backward(
+        t.h2.id(),
+        l.fc1.weight.id(),
+        df.id(),
+        &g.fc1,
+        (rows, d, inter),
+    )?;
     drop(df);
     // dx becomes ∂L/∂x_mid: the residual plus ln2's backward, accumulated in place.
     nn::layer_norm_backward(
@@ -654,16 +631,13 @@ fn layer_backward(
     )?;
     drop(dh2);
     // x_mid = x + out_proj(attention(qkv(ln1(x)))).
-    let dctx = ops
-        .linear_backward(
-            t.ctx.id(),
-            l.out_proj.weight.id(),
-            dx,
-            &g.out_proj,
-            (rows, d, d),
-            true,
-        )?
-        .expect("asked for dx");
+    let dctx = ops.linear_backward(
+        t.ctx.id(),
+        l.out_proj.weight.id(),
+        dx,
+        &g.out_proj,
+        (rows, d, d),
+    )?;
     let dqkv = ops.zeros(&[rows, 3 * d])?;
     nn::attention_backward_with(
         ops.kernel,
