@@ -416,3 +416,154 @@ pub fn attention_backward_with(
     };
     gemm_with(kernel, c, ds.id(), qkv, dqkv, &dk)
 }
+
+/// `y[i] += alpha x[i]` for the first `n` values: one term of the layer-wise merge
+/// `θ = θ0 + Σ_i λ_i τ_i` (and of any optimizer step).
+pub fn scaled_add(c: &dyn Compute, x: GpuTensor, y: GpuTensor, n: usize, alpha: f32) -> Result<()> {
+    const OP: &str = "scaled_add";
+    if n == 0 {
+        return Ok(());
+    }
+    check_extent(c, OP, "x", x, n as u64)?;
+    check_extent(c, OP, "y", y, n as u64)?;
+    let (workgroups, wg) = elementwise_grid(c, OP, n)?;
+    dispatch(
+        c,
+        OP,
+        KernelCall {
+            label: "nn_scaled_add",
+            source: nn::GRAD,
+            entry_point: "scaled_add",
+            constants: &[("WG", f64::from(wg))],
+            bindings: &[Binding::read(x), Binding::write(y)],
+            uniforms: &grad_params(n, 0, false, 0, alpha),
+            workgroups,
+        },
+        || format!("{n} elements, alpha {alpha}"),
+    )
+}
+
+/// Workgroups of the first pass of [`dot`]: enough to keep a device busy, few enough that the
+/// second pass is one workgroup's work.
+const DOT_GROUPS: usize = 64;
+
+/// `out[index] = Σ_{i < n} a[i] b[i]` (added to the old value when `accumulate`), on the
+/// device: partial sums per workgroup (compensated), then one workgroup adds them. With the
+/// weight gradients `a = ∂L/∂θ_l` and task vectors `b = τ_{i,l}` this is layer-wise
+/// AdaMerging's `∂L/∂λ_{i,l}`; the results stay on the device until read together.
+pub fn dot(
+    c: &dyn Compute,
+    a: GpuTensor,
+    b: GpuTensor,
+    n: usize,
+    out: GpuTensor,
+    index: usize,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "dot";
+    check_extent(c, OP, "a", a, n as u64)?;
+    check_extent(c, OP, "b", b, n as u64)?;
+    check_extent(c, OP, "out", out, index as u64 + 1)?;
+    fits_u32(OP, "elements", n as u64)?;
+    fits_u32(OP, "index", index as u64)?;
+    let limits = c.limits();
+    let wg = row_workgroup(&limits, 256);
+    let groups = n.div_ceil(wg as usize).clamp(1, DOT_GROUPS);
+    let partials = super::zeros(c, &[groups])?;
+    dispatch(
+        c,
+        OP,
+        KernelCall {
+            label: "nn_dot_partials",
+            source: nn::GRAD,
+            entry_point: "dot_partials",
+            constants: &[("WG", f64::from(wg))],
+            bindings: &[
+                Binding::read(a),
+                Binding::read(b),
+                Binding::write(partials.id()),
+            ],
+            uniforms: &grad_params(n, 0, false, 0, 0.0),
+            workgroups: [groups as u32, 1, 1],
+        },
+        || format!("{n} elements"),
+    )?;
+    dispatch(
+        c,
+        OP,
+        KernelCall {
+            label: "nn_sum_partials",
+            source: nn::GRAD,
+            entry_point: "sum_partials",
+            constants: &[("WG", f64::from(wg))],
+            bindings: &[Binding::read(partials.id()), Binding::write(out)],
+            uniforms: &grad_params(groups, index, accumulate, 0, 0.0),
+            workgroups: [1, 1, 1],
+        },
+        || format!("{groups} partial sums into element {index}"),
+    )
+}
+
+/// `y = x / ‖x‖` per row of `rows` rows of `cols`, writing the norms to `norms: [rows]`
+/// (CLIP's normalization of embeddings before the similarity).
+pub fn l2_normalize_rows(
+    c: &dyn Compute,
+    x: GpuTensor,
+    y: GpuTensor,
+    norms: GpuTensor,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    l2_rows(c, "l2_normalize_rows", x, y, norms, rows, cols)
+}
+
+/// The backward pass of [`l2_normalize_rows`] from its output `y` and `norms`, in place over
+/// `dy`: `dx = (dy - y (y · dy)) / ‖x‖` per row.
+pub fn l2_normalize_backward(
+    c: &dyn Compute,
+    y: GpuTensor,
+    norms: GpuTensor,
+    dy: GpuTensor,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    l2_rows(c, "l2_normalize_backward", y, dy, norms, rows, cols)
+}
+
+fn l2_rows(
+    c: &dyn Compute,
+    op: &'static str,
+    input: GpuTensor,
+    inout: GpuTensor,
+    norms: GpuTensor,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let n = (rows * cols) as u64;
+    check_extent(c, op, "input", input, n)?;
+    check_extent(c, op, "output", inout, n)?;
+    check_extent(c, op, "norms", norms, rows as u64)?;
+    fits_u32(op, "elements", n)?;
+    let limits = c.limits();
+    dispatch(
+        c,
+        op,
+        KernelCall {
+            label: op,
+            source: nn::LOSS,
+            entry_point: op,
+            constants: &[("WG", f64::from(row_workgroup(&limits, cols)))],
+            bindings: &[
+                Binding::read(input),
+                Binding::write(inout),
+                Binding::write(norms),
+            ],
+            uniforms: &Params::default().u(rows).u(cols).f(0.0).0,
+            workgroups: grid(&limits, op, rows as u64, 1)?,
+        },
+        || format!("rows {rows}, cols {cols}"),
+    )
+}

@@ -221,3 +221,67 @@ fn layer_norm_params(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     io3[j] = dw;
     io4[j] = db;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Training helpers: the layer-wise merge θ = θ0 + Σ_i λ_i τ_i and the reduction behind
+// ∂L/∂λ_{i,l} = <∂L/∂θ_l, τ_{i,l}>.
+//
+//   scaled_add    y[i] += alpha x[i] for i < n (n in p.rows, alpha in p.eps).
+//                 bindings 0 = x, 1 = y (read_write), 2 = Params
+//   dot_partials  workgroup w of a fixed grid of G workgroups (G = nwg.x, one dimension) sums
+//                 a[i] b[i] over i = w WG + lid + k G WG (Kahan per invocation, then a tree)
+//                 into partials[w]; n in rows.
+//                 bindings 0 = a, 1 = b, 2 = partials [G] (read_write), 3 = Params
+//   sum_partials  one workgroup: out[p.cols] (+)= Σ_{w < p.rows} partials[w] (accumulate adds).
+//                 bindings 0 = partials, 1 = out (read_write), 2 = Params
+
+@group(0) @binding(2) var<storage, read_write> io2: array<f32>;
+@group(0) @binding(3) var<uniform> p3: Params;
+
+@compute @workgroup_size(WG)
+fn scaled_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = p2;
+    let i = flat_invocation(gid, nwg);
+    if (i >= p.rows) {
+        return;
+    }
+    io1[i] = io1[i] + p.eps * in0[i];
+}
+
+@compute @workgroup_size(WG)
+fn dot_partials(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let p = p3;
+    let stride = nwg.x * WG;
+    var sum = 0.0;
+    var comp = 0.0;
+    for (var i = wid.x * WG + lid; i < p.rows; i += stride) {
+        let y = in0[i] * in1[i] - comp;
+        let t = sum + y;
+        comp = (t - sum) - y;
+        sum = t;
+    }
+    let total = reduce_sum(sum, lid);
+    if (lid == 0u) {
+        io2[wid.x] = total;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn sum_partials(@builtin(local_invocation_index) lid: u32) {
+    let p = p2;
+    var sum = 0.0;
+    for (var w = lid; w < p.rows; w += WG) {
+        sum += in0[w];
+    }
+    var total = reduce_sum(sum, lid);
+    if (lid == 0u) {
+        if (p.accumulate != 0u) {
+            total += io1[p.cols];
+        }
+        io1[p.cols] = total;
+    }
+}

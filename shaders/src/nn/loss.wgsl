@@ -151,3 +151,67 @@ fn entropy_rows(
         h_loss[row] = -ent_sum;
     }
 }
+
+// The zero-shot head's row normalization y = x / ‖x‖ and its backward pass, one workgroup per
+// row (the same bindings as entropy_rows):
+//
+//   l2_normalize_rows      y_r = x_r / ‖x_r‖, norms[r] = ‖x_r‖.
+//                          bindings 0 = x, 1 = y (read_write), 2 = norms [rows] (read_write),
+//                          3 = uniform Params
+//   l2_normalize_backward  in place over dy: dy_r ← (dy_r - y_r (y_r · dy_r)) / norms[r].
+//                          bindings 0 = y, 1 = dy (read_write), 2 = norms (only read),
+//                          3 = uniform Params
+
+@compute @workgroup_size(WG)
+fn l2_normalize_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let p = h_p;
+    let row = wid.x + nwg.x * (wid.y + nwg.y * wid.z);
+    let valid = row < p.rows;
+    let base = row * p.cols;
+    var s = 0.0;
+    if (valid) {
+        for (var j = lid; j < p.cols; j += WG) {
+            s += logits[base + j] * logits[base + j];
+        }
+    }
+    let norm = sqrt(reduce_sum(s, lid));
+    if (!valid) {
+        return;
+    }
+    for (var j = lid; j < p.cols; j += WG) {
+        h_dlogits[base + j] = logits[base + j] / norm;
+    }
+    if (lid == 0u) {
+        h_loss[row] = norm;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn l2_normalize_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let p = h_p;
+    let row = wid.x + nwg.x * (wid.y + nwg.y * wid.z);
+    let valid = row < p.rows;
+    let base = row * p.cols;
+    var s = 0.0;
+    if (valid) {
+        for (var j = lid; j < p.cols; j += WG) {
+            s += logits[base + j] * h_dlogits[base + j];
+        }
+    }
+    let dot = reduce_sum(s, lid);
+    if (!valid) {
+        return;
+    }
+    let inv = 1.0 / h_loss[row];
+    for (var j = lid; j < p.cols; j += WG) {
+        h_dlogits[base + j] = (h_dlogits[base + j] - logits[base + j] * dot) * inv;
+    }
+}

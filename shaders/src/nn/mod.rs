@@ -62,6 +62,8 @@ pub use grad::{
     activation_backward, attention_backward, attention_backward_with, cross_entropy, entropy_loss,
     layer_norm_backward, softmax_backward, AttentionShape, LayerNormGrads,
 };
+// Training helpers: the layer-wise merge, dL/dλ reductions, the zero-shot head's normalization.
+pub use grad::{dot, l2_normalize_backward, l2_normalize_rows, scaled_add};
 pub use tune::{
     cache_dir, cooperative_matrix_available, default_gemm_kernel, device_key, gemm_kernel,
     gemm_kernel_for, resolve_gemm_kernel, subgroup_size, ChoiceSource, GemmChoice, Precision,

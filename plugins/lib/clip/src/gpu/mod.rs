@@ -45,6 +45,7 @@ mod model;
 pub mod moe;
 pub mod native;
 mod text;
+pub mod train;
 pub(crate) mod vision;
 
 pub use backend::{Backend, BackendChoice, BackendKind};
