@@ -119,7 +119,7 @@ pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
 pub use tall_mask::TallMask;
 pub use task_arithmetic::{DareSimpleAverage, DareTaskArithmetic, TaskArithmetic};
 pub use ties::{DareTiesMerging, TiesMerging};
-pub use wudi::Wudi;
+pub use wudi::{optimize_on as wudi_optimize, Wudi};
 
 /// The key of DARE's and DELLA's random draws for one model's tensor (model and tensor name):
 /// masks differ between models and depend on nothing else, so they can be reproduced.

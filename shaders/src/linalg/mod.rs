@@ -42,6 +42,10 @@ use fusion_plugin_api::{Binding, Compute, DType, DeviceTensor, DeviceType, GpuTe
 
 use crate::nn::{check_binding, NnError, Result};
 
+mod adam;
+
+pub use adam::{adam_step, AdamStep, ADAM};
+
 /// `jacobi.wgsl`.
 pub const JACOBI: &str = include_str!("jacobi.wgsl");
 /// `norms.wgsl`.
@@ -53,12 +57,13 @@ pub const QR: &str = include_str!("qr.wgsl");
 /// `lu.wgsl`.
 pub const LU: &str = include_str!("lu.wgsl");
 /// Every linear-algebra kernel source by its file name under `src/linalg/`.
-pub const ALL: [(&str, &str); 5] = [
+pub const ALL: [(&str, &str); 6] = [
     ("jacobi.wgsl", JACOBI),
     ("norms.wgsl", NORMS),
     ("layout.wgsl", LAYOUT),
     ("qr.wgsl", QR),
     ("lu.wgsl", LU),
+    ("adam.wgsl", ADAM),
 ];
 
 /// The most Jacobi sweeps before the SVD gives up converging (f32 needs 6 to 12).
@@ -205,18 +210,75 @@ fn check_input(
             ),
         ));
     }
-    let limits = c.limits();
-    if batch as u64 > u64::from(limits.max_workgroups_per_dimension) {
+    let limits = c
+        .checked_limits()
+        .map_err(NnError::compute(format!("{op}: reading the device limits")))?;
+    let groups = u64::from(limits.max_workgroups_per_dimension);
+    if batch as u64 > groups {
         return Err(NnError::DeviceLimit {
             op: op.to_string(),
             message: format!(
-                "a batch of {batch} matrices exceeds the {} workgroups of one dispatch dimension",
-                limits.max_workgroups_per_dimension
+                "a batch of {batch} matrices exceeds the {groups} workgroups of one dispatch \
+                 dimension; split the batch"
             ),
         });
     }
-    check_binding(c, op, &[batch, m.max(n), m.max(n)], 4)?;
+    // One workgroup per column (pair) or row runs along one dispatch dimension.
+    if m.max(n) as u64 > groups {
+        return Err(NnError::DeviceLimit {
+            op: op.to_string(),
+            message: format!(
+                "a {m}x{n} matrix has more than the {groups} rows or columns one dispatch \
+                 dimension reaches"
+            ),
+        });
+    }
+    // Every tensor an op makes holds at most m·n values per matrix (the working copy, the
+    // factors, the rotations: min(m, n)² ≤ m·n), each in one storage binding.
+    let fit = max_batch_for(&limits, m, n);
+    if fit < batch {
+        let bytes = batch as u64 * m as u64 * n as u64 * 4;
+        let max = limits.max_storage_binding_size;
+        let message = if fit == 0 {
+            format!(
+                "one {m}x{n} f32 matrix takes {} bytes, more than the device's largest storage \
+                 binding ({max} bytes): the matrix is too large for this device",
+                m as u64 * n as u64 * 4
+            )
+        } else {
+            format!(
+                "{batch} f32 matrices of {m}x{n} take {bytes} bytes, more than the device's \
+                 largest storage binding ({max} bytes); at most {fit} fit in one call: split the \
+                 batch"
+            )
+        };
+        return Err(NnError::DeviceLimit {
+            op: op.to_string(),
+            message,
+        });
+    }
     Ok(())
+}
+
+fn max_batch_for(limits: &fusion_plugin_api::ComputeLimits, m: usize, n: usize) -> usize {
+    let per = (m as u64 * n as u64 * 4).max(1);
+    let by_bytes = limits.max_storage_binding_size / per;
+    let by_index = u64::from(u32::MAX) / (m as u64 * n as u64).max(1);
+    by_bytes
+        .min(by_index)
+        .min(u64::from(limits.max_workgroups_per_dimension))
+        .try_into()
+        .unwrap_or(usize::MAX)
+}
+
+/// The most m×n matrices one call of these ops takes on this device (each tensor an op makes
+/// must fit one storage binding and be indexable by u32); 0 when a single matrix is too large.
+/// Callers with more matrices split the batch.
+pub fn max_batch(c: &dyn Compute, m: usize, n: usize) -> usize {
+    match c.checked_limits() {
+        Ok(limits) => max_batch_for(&limits, m, n),
+        Err(_) => 0,
+    }
 }
 
 fn dispatch(
