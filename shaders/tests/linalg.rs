@@ -739,6 +739,12 @@ fn svd_moderate_rank_deficient_ill_conditioned_batched() {
         &[with_singular_values(120, 80, &want, 86)],
         None,
     );
+    // Square: the Jacobi iteration on A itself (no QR first).
+    check_svd(
+        "ill-conditioned 80x80",
+        &[with_singular_values(80, 80, &want, 90)],
+        None,
+    );
     // One launch for three wide matrices, and a truncation of them.
     let batch = [
         random(60, 100, 87),

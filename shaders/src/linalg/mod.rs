@@ -577,6 +577,119 @@ fn truncated_svd_impl<'c>(
     rank: usize,
 ) -> Result<Svd<'c>> {
     check_input(c, op, a, batch, m, n)?;
+    let (big, small) = (m.max(n), m.min(n));
+    if small > 1 && 4 * big >= 5 * small {
+        return preconditioned_svd(c, op, a, batch, m, n, rank);
+    }
+    jacobi_svd(c, op, a, batch, m, n, rank, big)
+}
+
+/// The SVD of a tall or wide matrix through the QR of its tall form T (M×N, M ≥ 5N/4): T = QR,
+/// R = U_R Σ V_Rᵀ by the Jacobi iteration on N×N instead of M×N, T = (Q U_R) Σ V_Rᵀ, the
+/// product by `nn::gemm`. The Householder QR costs about half a sweep, each sweep on R N/M of
+/// one on T (LAPACK's `sgejsv` preconditions the same way).
+fn preconditioned_svd<'c>(
+    c: &'c dyn Compute,
+    op: &'static str,
+    a: GpuTensor,
+    batch: usize,
+    m: usize,
+    n: usize,
+    rank: usize,
+) -> Result<Svd<'c>> {
+    use crate::nn::{gemm, Gemm, Operand};
+    let wide = m < n;
+    let (big, small) = (m.max(n), m.min(n));
+    // T row-major: A itself when tall, Aᵀ when wide.
+    let transposed;
+    let t = if wide {
+        transposed = tensor(c, op, DType::F32, &[batch, big, small])?;
+        copy(
+            c,
+            op,
+            a,
+            transposed.id(),
+            batch,
+            m,
+            n,
+            [m * n, n, 1],
+            [m * n, 1, m],
+        )?;
+        transposed.id()
+    } else {
+        a
+    };
+    let f = qr(c, t, batch, big, small)?;
+    // The noise floor stays that of the M×N matrix.
+    let inner = jacobi_svd(c, op, f.r.id(), batch, small, small, rank, big)?;
+    let product = |m, n, k| Gemm {
+        batch0: batch,
+        ..Gemm::dense(m, n, k, false, false)
+    };
+    let u = tensor(c, op, DType::F32, &[batch, m, rank])?;
+    let vt = tensor(c, op, DType::F32, &[batch, rank, n])?;
+    if wide {
+        // A = Tᵀ = V_R Σ (Q U_R)ᵀ: U = V_R (vtᵀ of the inner SVD), Vᵀ = U_Rᵀ Qᵀ.
+        copy(
+            c,
+            op,
+            inner.vt.id(),
+            u.id(),
+            batch,
+            rank,
+            small,
+            [rank * small, small, 1],
+            [small * rank, 1, rank],
+        )?;
+        let g = Gemm {
+            a: Operand::batched(0, rank, small * rank, 0),
+            a_transposed: true,
+            b: Operand::batched(0, small, big * small, 0),
+            b_transposed: true,
+            c: Operand::batched(0, big, rank * big, 0),
+            ..product(rank, big, small)
+        };
+        gemm(c, inner.u.id(), f.q.id(), vt.id(), &g)?;
+    } else {
+        let g = Gemm {
+            a: Operand::batched(0, small, big * small, 0),
+            b: Operand::batched(0, rank, small * rank, 0),
+            c: Operand::batched(0, rank, big * rank, 0),
+            ..product(big, rank, small)
+        };
+        gemm(c, f.q.id(), inner.u.id(), u.id(), &g)?;
+        copy(
+            c,
+            op,
+            inner.vt.id(),
+            vt.id(),
+            batch,
+            rank,
+            small,
+            [rank * small, small, 1],
+            [rank * small, small, 1],
+        )?;
+    }
+    Ok(Svd {
+        u,
+        s: inner.s,
+        vt,
+        sweeps: inner.sweeps,
+    })
+}
+
+/// The one-sided Jacobi SVD proper; singular values at or below `floor_len`·ε·σ₁ count as zero.
+#[allow(clippy::too_many_arguments)]
+fn jacobi_svd<'c>(
+    c: &'c dyn Compute,
+    op: &'static str,
+    a: GpuTensor,
+    batch: usize,
+    m: usize,
+    n: usize,
+    rank: usize,
+    floor_len: usize,
+) -> Result<Svd<'c>> {
     let wide = m < n;
     // T is M×N with M ≥ N; w holds T's columns: Aᵀ's rows when A is tall, A's rows when wide.
     let (big, small) = (m.max(n), m.min(n));
@@ -598,7 +711,7 @@ fn truncated_svd_impl<'c>(
                 .fold(0.0, f32::max)
         })
         .collect();
-    let eps = f32::EPSILON * big as f32;
+    let eps = f32::EPSILON * floor_len as f32;
     // Left vectors of T: w's rows / σ (0 for σ at the noise floor, completed below); right:
     // v's rows.
     let mut s = Vec::with_capacity(batch * rank);
@@ -713,23 +826,38 @@ fn complete(item: &mut [f32], rows: usize, cols: usize, columns: bool, missing: 
         .filter(|k| !missing.contains(k))
         .map(|k| get(item, k))
         .collect();
-    let mut candidate = 0;
+    let leftover = |basis: &[Vec<f64>], c: usize| {
+        let mut x = vec![0.0f64; len];
+        x[c] = 1.0;
+        for _ in 0..2 {
+            for q in basis {
+                let d: f64 = q.iter().zip(&x).map(|(a, b)| a * b).sum();
+                x.iter_mut().zip(q).for_each(|(xi, qi)| *xi -= d * qi);
+            }
+        }
+        let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        (x, norm)
+    };
+    let mut start = 0;
     for &k in missing {
-        let x = loop {
-            let mut x = vec![0.0f64; len];
-            x[candidate % len] = 1.0;
-            candidate += 1;
-            for _ in 0..2 {
-                for q in &basis {
-                    let d: f64 = q.iter().zip(&x).map(|(a, b)| a * b).sum();
-                    x.iter_mut().zip(q).for_each(|(xi, qi)| *xi -= d * qi);
-                }
+        // The first standard basis vector that keeps half its length outside the span of the
+        // others, else the one that keeps the most (some keeps at least 1/√len: the squared
+        // leftovers of all of them sum to the dimension of the complement, at least 1).
+        let mut best: Option<(Vec<f64>, f64)> = None;
+        for step in 0..len {
+            let c = (start + step) % len;
+            let (x, norm) = leftover(&basis, c);
+            let good = norm > 0.5;
+            if best.as_ref().is_none_or(|(_, b)| norm > *b) {
+                best = Some((x, norm));
             }
-            let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-            if norm > 0.5 || candidate > 2 * len {
-                break x.into_iter().map(|v| v / norm).collect::<Vec<f64>>();
+            if good {
+                start = c + 1;
+                break;
             }
-        };
+        }
+        let (x, norm) = best.expect("len > 0");
+        let x: Vec<f64> = x.into_iter().map(|v| v / norm).collect();
         for (i, &xi) in x.iter().enumerate() {
             if columns {
                 item[i * cols + k] = xi as f32;
