@@ -325,12 +325,20 @@ fn split(v: &[f32], batch: usize, r: usize, c: usize) -> Vec<M> {
 /// Checks the (truncated) SVD of a batch of matrices against the references; returns the
 /// singular values.
 fn check_svd(what: &str, items: &[M], rank: Option<usize>) -> Vec<Vec<f64>> {
+    check_svd_with(what, items, rank, false)
+}
+
+/// [`check_svd`], through [`linalg::randomized_svd`] (default settings) when `randomized`.
+fn check_svd_with(what: &str, items: &[M], rank: Option<usize>, randomized: bool) -> Vec<Vec<f64>> {
     let c: &dyn Compute = runtime();
     let (m, n) = (items[0].r, items[0].c);
     let k = m.min(n);
     let r = rank.unwrap_or(k);
     let a = upload_batch(c, items);
     let d = match rank {
+        Some(r) if randomized => {
+            linalg::randomized_svd(c, a, items.len(), m, n, r, &Default::default())
+        }
         Some(r) => linalg::truncated_svd(c, a, items.len(), m, n, r),
         None => linalg::svd(c, a, items.len(), m, n),
     }
@@ -753,6 +761,43 @@ fn svd_moderate_rank_deficient_ill_conditioned_batched() {
     ];
     check_svd("batch of 3 60x100", &batch, None);
     check_svd("rank 12 of 3 60x100", &batch, Some(12));
+}
+
+/// The randomized truncated SVD (rank ≪ min(m, n)) on spectra that decay past the rank (σᵢ =
+/// 0.7^i; and an exactly low-rank matrix) meets the exact SVD's bounds: values, orthogonality,
+/// and a rank-r error equal to the spectrum's tail.
+#[test]
+fn randomized_svd_of_decaying_spectra() {
+    let decay = |k: usize| (0..k).map(|i| 0.7f64.powi(i as i32)).collect::<Vec<_>>();
+    check_svd_with(
+        "rank 8 of 200x120",
+        &[with_singular_values(200, 120, &decay(120), 111)],
+        Some(8),
+        true,
+    );
+    check_svd_with(
+        "rank 6 of 2 wide 80x200",
+        &[
+            with_singular_values(80, 200, &decay(80), 112),
+            with_singular_values(80, 200, &decay(80), 113),
+        ],
+        Some(6),
+        true,
+    );
+    // Rank 5 exactly: the sketch holds the whole range.
+    let a = random(160, 5, 114).mul(&random(5, 100, 115));
+    check_svd_with("rank 5 of rank-5 160x100", &[a], Some(5), true);
+    let c: &dyn Compute = runtime();
+    let a = upload_batch(c, &[random(10, 6, 116)]);
+    let err = linalg::randomized_svd(c, a, 1, 10, 6, 0, &Default::default())
+        .err()
+        .expect("rank 0");
+    assert!(
+        err.to_string()
+            .contains("rank 0 is outside 1..=6 for the 10x6 matrix"),
+        "{err}"
+    );
+    c.release(a);
 }
 
 #[test]

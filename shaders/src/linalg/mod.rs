@@ -869,6 +869,137 @@ fn complete(item: &mut [f32], rows: usize, cols: usize, columns: bool, missing: 
     }
 }
 
+/// Settings of [`randomized_svd`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Randomized {
+    /// Extra columns of the sketch beyond the rank (Halko et al. suggest 5 to 10).
+    pub oversample: usize,
+    /// Power (subspace) iterations: each sharpens the sketch by (σ_{l+1}/σ_r)², l = rank +
+    /// oversample.
+    pub power_iterations: usize,
+    /// Seed of the Gaussian-like test matrix (the same for every item of the batch).
+    pub seed: u64,
+}
+
+impl Default for Randomized {
+    fn default() -> Self {
+        Randomized {
+            oversample: 10,
+            power_iterations: 2,
+            seed: 0,
+        }
+    }
+}
+
+/// The leading `rank` singular triplets of each of the `batch` m×n matrices in `a` by
+/// randomized subspace iteration (Halko, Martinsson and Tropp, 2011, algorithm 4.4), for a rank
+/// far below min(m, n): a sketch Y = A·Ω of l = rank + oversample columns, `power_iterations`
+/// rounds of Y ← A·orth(Aᵀ·orth(Y)) (orth = the Householder Q), then the exact SVD of the
+/// small l×n matrix B = Qᵀ·A and U = Q·U_B. Products by `nn::gemm`, batched. Approximate: the
+/// triplets are those of A's projection on the sketched subspace, exact when A's rank is at
+/// most l and close when the spectrum decays past σ_r; where l reaches min(m, n) it is the
+/// exact [`truncated_svd`].
+pub fn randomized_svd<'c>(
+    c: &'c dyn Compute,
+    a: GpuTensor,
+    batch: usize,
+    m: usize,
+    n: usize,
+    rank: usize,
+    opts: &Randomized,
+) -> Result<Svd<'c>> {
+    use crate::nn::{gemm, Gemm, Operand};
+    const OP: &str = "linalg_randomized_svd";
+    if rank == 0 || rank > m.min(n) {
+        return Err(NnError::input(
+            OP,
+            format!(
+                "rank {rank} is outside 1..={} for the {m}x{n} matrix",
+                m.min(n)
+            ),
+        ));
+    }
+    let l = (rank + opts.oversample).min(m.min(n));
+    if 2 * l > m.min(n) {
+        // A sketch this wide saves nothing over the exact SVD.
+        return truncated_svd(c, a, batch, m, n, rank);
+    }
+    check_input(c, OP, a, batch, m, n)?;
+    // Ω: n×l, uniform on (−1, 1) from a xorshift stream (any full-rank spread will do).
+    let mut x = opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let omega: Vec<f32> = (0..n * l)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    let omega = upload(c, OP, &[n, l], &omega)?;
+    let a_op = Operand::batched(0, n, m * n, 0);
+    // Y (m×l) = A·X for X (n×l) with item stride `xs` (0: one X for every item).
+    let times = |xm: GpuTensor, xs: usize, y: GpuTensor| {
+        let g = Gemm {
+            batch0: batch,
+            a: a_op,
+            b: Operand::batched(0, l, xs, 0),
+            c: Operand::batched(0, l, m * l, 0),
+            ..Gemm::dense(m, l, n, false, false)
+        };
+        gemm(c, a, xm, y, &g)
+    };
+    // Z (n×l) = Aᵀ·Q for Q (m×l).
+    let times_t = |q: GpuTensor, z: GpuTensor| {
+        let g = Gemm {
+            batch0: batch,
+            a: a_op,
+            a_transposed: true,
+            b: Operand::batched(0, l, m * l, 0),
+            c: Operand::batched(0, l, n * l, 0),
+            ..Gemm::dense(n, l, m, true, false)
+        };
+        gemm(c, a, q, z, &g)
+    };
+    let y = tensor(c, OP, DType::F32, &[batch, m, l])?;
+    let z = tensor(c, OP, DType::F32, &[batch, n, l])?;
+    times(omega.id(), 0, y.id())?;
+    for _ in 0..opts.power_iterations {
+        let q = qr(c, y.id(), batch, m, l)?;
+        times_t(q.q.id(), z.id())?;
+        let q = qr(c, z.id(), batch, n, l)?;
+        times(q.q.id(), n * l, y.id())?;
+    }
+    let q = qr(c, y.id(), batch, m, l)?;
+    // B (l×n) = Qᵀ·A.
+    let b = tensor(c, OP, DType::F32, &[batch, l, n])?;
+    let g = Gemm {
+        batch0: batch,
+        a: Operand::batched(0, l, m * l, 0),
+        a_transposed: true,
+        b: a_op,
+        c: Operand::batched(0, n, l * n, 0),
+        ..Gemm::dense(l, n, m, true, false)
+    };
+    gemm(c, q.q.id(), a, b.id(), &g)?;
+    let inner = truncated_svd_impl(c, OP, b.id(), batch, l, n, rank)?;
+    // U (m×rank) = Q·U_B.
+    let u = tensor(c, OP, DType::F32, &[batch, m, rank])?;
+    let g = Gemm {
+        batch0: batch,
+        a: Operand::batched(0, l, m * l, 0),
+        b: Operand::batched(0, rank, l * rank, 0),
+        c: Operand::batched(0, rank, m * rank, 0),
+        ..Gemm::dense(m, rank, l, false, false)
+    };
+    gemm(c, q.q.id(), inner.u.id(), u.id(), &g)?;
+    Ok(Svd {
+        u,
+        s: inner.s,
+        vt: inner.vt,
+        sweeps: inner.sweeps,
+    })
+}
+
 /// The eigendecomposition of each of the `batch` symmetric n×n matrices in `a` (only
 /// symmetric input is meaningful; see the module comment).
 pub fn symmetric_eigen<'c>(
