@@ -6,7 +6,9 @@
 //!
 //! | op | kernels | host work |
 //! |---|---|---|
-//! | [`svd`], [`truncated_svd`] | `jacobi.wgsl` (a round of disjoint plane rotations per dispatch), `norms.wgsl`, `layout.wgsl` | one read of a counter per sweep; sorting the singular values; completing the null space of an exactly rank-deficient matrix |
+//! | [`svd`], [`truncated_svd`] | `jacobi.wgsl` (a round of disjoint plane rotations per dispatch), `norms.wgsl`, `layout.wgsl`; for a tall or wide matrix first `qr.wgsl` and `nn::gemm` | one read of a counter per sweep; sorting the singular values; completing the null space of an exactly rank-deficient matrix |
+//! | [`randomized_svd`] | `nn::gemm`, `qr.wgsl`, then the above on a small matrix | none beyond it |
+//! | [`adam_step`] | `adam.wgsl` (a fused torch-Adam update) | none |
 //! | [`symmetric_eigen`] | the same, on `A + ‖A‖_F·I` | sorting |
 //! | [`qr`] | `qr.wgsl` (one reflector per step) | none |
 //! | [`lu`], [`solve`], [`inverse`] | `lu.wgsl` | one read of the singularity flags |
@@ -20,6 +22,23 @@
 //! `sgesvj`. Singular values at or below max(M, N)·ε·σ₁ count as zero; their left singular
 //! vectors are completed to an orthonormal set on the host (Gram–Schmidt against the others),
 //! which only an exactly rank-deficient matrix needs.
+//!
+//! **Tall and wide matrices.** When the longer side M is at least 5/4 of the shorter N, the
+//! SVD first takes the Householder QR of the tall form T = QR (about half a sweep's work) and
+//! runs the Jacobi iteration on the N×N R, each sweep N/M of one on T; T's left vectors are
+//! Q·U_R (LAPACK's `sgejsv` preconditions the same way). For a rank r far below N,
+//! [`randomized_svd`] sketches the range with r + 10 columns and two subspace iterations and
+//! needs only an (r+10)×N SVD; it is exact for a matrix of rank ≤ r + 10 and close when the
+//! spectrum decays past σ_r, whereas [`truncated_svd`] is always the exact one.
+//!
+//! **Sizes.** Every matrix lives in storage buffers and every kernel spreads one matrix over
+//! many workgroups (a column pair, a column or a row each, or flat over the entries), so the
+//! size is bounded by memory alone: each tensor an op makes holds at most m·n values per
+//! matrix and must fit one storage binding (`max_storage_binding_size`) with u32 indices, and
+//! the longer side must fit one dispatch dimension. A batch that does not fit is an error that
+//! says how many matrices do ([`max_batch`], by which callers split); a single matrix that
+//! does not fit (a 4096×14336 f32 weight takes 235 MB) is an error naming its size and the
+//! limit.
 //!
 //! **Eigendecomposition.** For symmetric A, B = A + c·I with c = ‖A‖_F ≥ |λ|max is positive
 //! semi-definite with A's eigenvectors, and its SVD is its eigendecomposition: the one-sided
