@@ -114,7 +114,7 @@ pub use model_stock::{model_stock_angle, model_stock_ratio, ModelStock};
 pub use opcm::{ContinualTaskArithmetic, ContinualTiesMerging, ContinualWeightAverage, Opcm};
 pub use randes::{SuperposedModelSoup, SuperposedTaskArithmetic};
 pub use slerp::{slerp_coefficients, Slerp};
-pub use subspace::{IsoC, IsoCts, TaskSingularVector};
+pub use subspace::{iso_c_on, IsoC, IsoCts, TaskSingularVector};
 pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
 pub use tall_mask::TallMask;
 pub use task_arithmetic::{DareSimpleAverage, DareTaskArithmetic, TaskArithmetic};

@@ -744,3 +744,68 @@ fn wudi_adam_loop_on_the_device_matches_the_cpu_and_the_golden() {
     }
     assert!(checked > 0, "linalg-tiny has 2-D weights");
 }
+
+/// ISO-C with its SVD on the device (as a GPU adapter runs it) against the CPU's faer SVD and
+/// fusion-bench's output for linalg-tiny's `iso_c` case (scaling 1.3): each 2-D weight's task
+/// matrix mean(σ)·U·Vᵀ agrees with the CPU's to 1e-4 of its largest entry, θ₀ + 1.3·it with
+/// the golden tensor to 1e-4 (as `golden_iso_c`).
+#[test]
+fn iso_c_svd_on_the_device_matches_the_cpu_and_the_golden() {
+    use fusion_merging::iso_c_on;
+    use fusion_merging::linalg::Backend;
+    let base = linalg_model("_pretrained_");
+    let tasks: Vec<Model> = ["task_a", "task_b", "task_c", "task_d"]
+        .iter()
+        .map(|n| linalg_model(n))
+        .collect();
+    let expected = fusion_checkpoint::open_model(
+        linalg_fixtures()
+            .join("expected/iso_c.safetensors")
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let device = Backend::Device(ctx(Some(0)));
+    let mut checked = 0;
+    for name in base.names().unwrap() {
+        let (theta0, shape) = base.to_f32(&name).unwrap();
+        if shape.len() != 2 {
+            continue;
+        }
+        let (m, n) = (shape[0], shape[1]);
+        let tvs: Vec<Vec<f32>> = tasks
+            .iter()
+            .map(|t| {
+                let (v, _) = t.to_f32(&name).unwrap();
+                v.iter().zip(&theta0).map(|(a, b)| a - b).collect()
+            })
+            .collect();
+        let cpu = iso_c_on(&Backend::Cpu, m, n, &tvs).unwrap();
+        let dev = iso_c_on(&device, m, n, &tvs).unwrap();
+        let scale = cpu.iter().fold(0f32, |w, x| w.max(x.abs()));
+        let diff = cpu
+            .iter()
+            .zip(&dev)
+            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
+        assert!(
+            diff <= 1e-4 * scale,
+            "`{name}` {m}x{n}: device and CPU ISO-C differ by {diff:e} (max {scale:e})"
+        );
+        let (want, _) = expected.to_f32(&name).unwrap();
+        let merged: Vec<f32> = theta0.iter().zip(&dev).map(|(a, x)| a + 1.3 * x).collect();
+        let wscale = want.iter().fold(0f32, |w, x| w.max(x.abs()));
+        let werr = merged
+            .iter()
+            .zip(&want)
+            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
+        assert!(
+            werr <= 1e-4 * wscale,
+            "`{name}`: device ISO-C differs from fusion-bench's by {werr:e} (max {wscale:e})"
+        );
+        eprintln!(
+            "iso_c `{name}` {m}x{n}: device vs CPU {diff:.2e} of {scale:.2e}, vs golden {werr:.2e}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "linalg-tiny has 2-D weights");
+}
