@@ -115,7 +115,7 @@ pub use opcm::{ContinualTaskArithmetic, ContinualTiesMerging, ContinualWeightAve
 pub use randes::{SuperposedModelSoup, SuperposedTaskArithmetic};
 pub use slerp::{slerp_coefficients, Slerp};
 pub use subspace::{iso_c_on, IsoC, IsoCts, TaskSingularVector};
-pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
+pub use svc::{svc_on, SvcTaskArithmetic, SvcWithBaseMethod};
 pub use tall_mask::TallMask;
 pub use task_arithmetic::{DareSimpleAverage, DareTaskArithmetic, TaskArithmetic};
 pub use ties::{DareTiesMerging, TiesMerging};

@@ -809,3 +809,58 @@ fn iso_c_svd_on_the_device_matches_the_cpu_and_the_golden() {
     }
     assert!(checked > 0, "linalg-tiny has 2-D weights");
 }
+
+/// SVC with the SVD of the merged task matrix on the device, after task arithmetic (0.3, as
+/// linalg-tiny's `svc_task_arithmetic`, alpha 0.1): each 2-D weight agrees with the CPU path
+/// and with fusion-bench's output to 1e-4 of its largest entry.
+#[test]
+fn svc_svd_on_the_device_matches_the_cpu_and_the_golden() {
+    use fusion_merging::linalg::Backend;
+    use fusion_merging::svc_on;
+    let base = linalg_model("_pretrained_");
+    let tasks: Vec<Model> = ["task_a", "task_b", "task_c", "task_d"]
+        .iter()
+        .map(|n| linalg_model(n))
+        .collect();
+    let expected = fusion_checkpoint::open_model(
+        linalg_fixtures()
+            .join("expected/svc_task_arithmetic.safetensors")
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let device = Backend::Device(ctx(Some(0)));
+    let mut checked = 0;
+    for name in base.names().unwrap() {
+        let (theta0, shape) = base.to_f32(&name).unwrap();
+        if shape.len() != 2 {
+            continue;
+        }
+        let (m, n) = (shape[0], shape[1]);
+        let weights: Vec<Vec<f32>> = tasks.iter().map(|t| t.to_f32(&name).unwrap().0).collect();
+        // Task arithmetic, θ₀ + 0.3·Σ(θᵢ − θ₀), in f32.
+        let mut sum = vec![0f32; m * n];
+        for w in &weights {
+            sum.iter_mut()
+                .zip(w.iter().zip(&theta0))
+                .for_each(|(s, (a, b))| *s += a - b);
+        }
+        let merged: Vec<f32> = theta0.iter().zip(&sum).map(|(b, s)| b + 0.3 * s).collect();
+        let cpu = svc_on(&Backend::Cpu, m, n, &theta0, &merged, &weights, 0.1).unwrap();
+        let dev = svc_on(&device, m, n, &theta0, &merged, &weights, 0.1).unwrap();
+        let (want, _) = expected.to_f32(&name).unwrap();
+        let scale = want.iter().fold(0f32, |w, x| w.max(x.abs()));
+        let max_diff =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |w, (x, y)| w.max((x - y).abs()));
+        let (dc, dg) = (max_diff(&cpu, &dev), max_diff(&dev, &want));
+        assert!(
+            dc <= 1e-4 * scale && dg <= 1e-4 * scale,
+            "`{name}` {m}x{n}: device vs CPU {dc:e}, vs golden {dg:e} (max {scale:e})"
+        );
+        eprintln!(
+            "svc `{name}` {m}x{n}: device vs CPU {dc:.2e}, vs golden {dg:.2e} of {scale:.2e}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "linalg-tiny has 2-D weights");
+}
