@@ -325,12 +325,20 @@ fn split(v: &[f32], batch: usize, r: usize, c: usize) -> Vec<M> {
 /// Checks the (truncated) SVD of a batch of matrices against the references; returns the
 /// singular values.
 fn check_svd(what: &str, items: &[M], rank: Option<usize>) -> Vec<Vec<f64>> {
+    check_svd_with(what, items, rank, false)
+}
+
+/// [`check_svd`], through [`linalg::randomized_svd`] (default settings) when `randomized`.
+fn check_svd_with(what: &str, items: &[M], rank: Option<usize>, randomized: bool) -> Vec<Vec<f64>> {
     let c: &dyn Compute = runtime();
     let (m, n) = (items[0].r, items[0].c);
     let k = m.min(n);
     let r = rank.unwrap_or(k);
     let a = upload_batch(c, items);
     let d = match rank {
+        Some(r) if randomized => {
+            linalg::randomized_svd(c, a, items.len(), m, n, r, &Default::default())
+        }
         Some(r) => linalg::truncated_svd(c, a, items.len(), m, n, r),
         None => linalg::svd(c, a, items.len(), m, n),
     }
@@ -709,5 +717,250 @@ fn cpu_adapters_prefer_the_cpu() {
     let device = linalg::prefer_device(c);
     if c.device_type() == fusion_plugin_api::DeviceType::Cpu {
         assert!(!device, "{} is a CPU adapter", c.device_name());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Moderate sizes: many workgroups per matrix, past one workgroup's reach (the kernels hold the
+// matrices in storage buffers, one workgroup per column pair / column / row block).
+
+#[test]
+fn svd_moderate_square_tall_wide() {
+    check_svd("200x130", &[random(200, 130, 81)], None);
+    check_svd("tall 513x64", &[random(513, 64, 82)], None);
+    check_svd("wide 64x513", &[random(64, 513, 83)], None);
+}
+
+#[test]
+fn svd_moderate_rank_deficient_ill_conditioned_batched() {
+    // rank 20 of 150x90: 70 zero singular values, U and V still orthonormal.
+    let a = random(150, 20, 84).mul(&random(20, 90, 85));
+    let s = &check_svd("rank 20 of 150x90", std::slice::from_ref(&a), None)[0];
+    assert!(s[19] > 1e-2 * s[0], "{s:?}");
+    assert!(s[20..].iter().all(|&x| x <= tol(150) * s[0]), "{s:?}");
+    // Condition 1e6.
+    let want: Vec<f64> = (0..80)
+        .map(|i| 10f64.powf(-6.0 * i as f64 / 79.0))
+        .collect();
+    check_svd(
+        "ill-conditioned 120x80",
+        &[with_singular_values(120, 80, &want, 86)],
+        None,
+    );
+    // Square: the Jacobi iteration on A itself (no QR first).
+    check_svd(
+        "ill-conditioned 80x80",
+        &[with_singular_values(80, 80, &want, 90)],
+        None,
+    );
+    // One launch for three wide matrices, and a truncation of them.
+    let batch = [
+        random(60, 100, 87),
+        random(60, 100, 88),
+        random(60, 100, 89),
+    ];
+    check_svd("batch of 3 60x100", &batch, None);
+    check_svd("rank 12 of 3 60x100", &batch, Some(12));
+}
+
+/// The randomized truncated SVD (rank ≪ min(m, n)) on spectra that decay past the rank (σᵢ =
+/// 0.7^i; and an exactly low-rank matrix) meets the exact SVD's bounds: values, orthogonality,
+/// and a rank-r error equal to the spectrum's tail.
+#[test]
+fn randomized_svd_of_decaying_spectra() {
+    let decay = |k: usize| (0..k).map(|i| 0.7f64.powi(i as i32)).collect::<Vec<_>>();
+    check_svd_with(
+        "rank 8 of 200x120",
+        &[with_singular_values(200, 120, &decay(120), 111)],
+        Some(8),
+        true,
+    );
+    check_svd_with(
+        "rank 6 of 2 wide 80x200",
+        &[
+            with_singular_values(80, 200, &decay(80), 112),
+            with_singular_values(80, 200, &decay(80), 113),
+        ],
+        Some(6),
+        true,
+    );
+    // Rank 5 exactly: the sketch holds the whole range.
+    let a = random(160, 5, 114).mul(&random(5, 100, 115));
+    check_svd_with("rank 5 of rank-5 160x100", &[a], Some(5), true);
+    let c: &dyn Compute = runtime();
+    let a = upload_batch(c, &[random(10, 6, 116)]);
+    let err = linalg::randomized_svd(c, a, 1, 10, 6, 0, &Default::default())
+        .err()
+        .expect("rank 0");
+    assert!(
+        err.to_string()
+            .contains("rank 0 is outside 1..=6 for the 10x6 matrix"),
+        "{err}"
+    );
+    c.release(a);
+}
+
+#[test]
+fn qr_eigen_solve_moderate() {
+    check_qr("tall 300x120", &[random(300, 120, 101)]);
+    check_qr("wide 70x160", &[random(70, 160, 102)]);
+    check_eigen("symmetric 100", &[symmetric(100, 103)]);
+    let mut a = random(150, 150, 104);
+    (0..150).for_each(|i| a.d[i * 150 + i] += 150.0);
+    check_solve("dominant 150", &[a], &[random(150, 4, 105)], true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adam
+
+/// The fused Adam step against torch's single-tensor Adam written out in f32 on the CPU, over
+/// 257 values (past one workgroup) and five steps.
+#[test]
+fn adam_step_matches_torch_formulas() {
+    let c: &dyn Compute = runtime();
+    let count = 257;
+    let r = |seed| random(1, count, seed).f32();
+    let (mut x, p, q) = (r(91), r(92), r(93));
+    let t = |v: &[f32]| {
+        c.create(DType::F32, &[count], Some(bytemuck::cast_slice(v)))
+            .unwrap()
+    };
+    let (tx, tp, tq) = (t(&x), t(&p), t(&q));
+    let zeros = vec![0f32; count];
+    let (tm1, tm2) = (t(&zeros), t(&zeros));
+    let (mut m1, mut m2) = (zeros.clone(), zeros);
+    let (lr, b1, b2, eps) = (1e-3f64, 0.9f64, 0.999f64, 1e-8f64);
+    for step in 1..=5 {
+        let h = linalg::AdamStep {
+            lr,
+            beta1: b1,
+            beta2: b2,
+            eps,
+            step,
+        };
+        linalg::adam_step(c, tx, tm1, tm2, tp, tq, count, 2.0, &h).unwrap();
+        let step_size = (lr / (1.0 - b1.powi(step as i32))) as f32;
+        let bc2 = (1.0 - b2.powi(step as i32)).sqrt() as f32;
+        for i in 0..count {
+            let g = 2.0 * (p[i] - q[i]);
+            m1[i] += (g - m1[i]) * (1.0 - b1) as f32;
+            m2[i] = m2[i] * b2 as f32 + (1.0 - b2) as f32 * g * g;
+            x[i] -= step_size * (m1[i] / (m2[i].sqrt() / bc2 + eps as f32));
+        }
+    }
+    for (label, t, want) in [("x", tx, &x), ("m1", tm1, &m1), ("m2", tm2, &m2)] {
+        let got = download(c, t);
+        for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                "{label}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+    let err = linalg::adam_step(
+        c,
+        tx,
+        tm1,
+        tm2,
+        tp,
+        tq,
+        count + 1,
+        2.0,
+        &linalg::AdamStep {
+            lr,
+            beta1: b1,
+            beta2: b2,
+            eps,
+            step: 1,
+        },
+    )
+    .expect_err("one value too many");
+    assert!(err.to_string().contains("fewer than the 258"), "{err}");
+    for t in [tx, tp, tq, tm1, tm2] {
+        c.release(t);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory limits
+
+/// The input check sizes a call by the device's largest storage binding: on a device clamped to
+/// 64 KiB bindings two 100×100 f32 matrices (80 000 bytes) are refused with the batch that fits,
+/// one 200×100 matrix as too large; `max_batch` says the same; the adapter's own limit takes a
+/// 4096×14336 matrix (a 7B-class MLP weight) when it allows 235 MB bindings.
+#[test]
+fn memory_check_follows_the_binding_limit() {
+    let clamped = Runtime::new(
+        &DeviceChoice::Cpu,
+        RuntimeOptions {
+            clamp: fusion_gpu::LimitClamp {
+                max_storage_binding_size: Some(64 * 1024),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let c: &dyn Compute = &clamped;
+    assert_eq!(linalg::max_batch(c, 100, 100), 1);
+    assert_eq!(linalg::max_batch(c, 200, 100), 0);
+    let a = upload_batch(c, &[random(100, 100, 95), random(100, 100, 96)]);
+    let err = linalg::svd(c, a, 2, 100, 100)
+        .err()
+        .expect("too large a batch");
+    assert!(
+        err.to_string()
+            .contains("2 f32 matrices of 100x100 take 80000 bytes, more than the device's largest storage binding (65536 bytes); at most 1 fit in one call"),
+        "{err}"
+    );
+    c.release(a);
+    let big = c
+        .create(DType::F32, &[1, 200, 100], None)
+        .expect("an 80 000-byte buffer (bindings are clamped, buffers not)");
+    let err = linalg::symmetric_eigen(c, big, 1, 200)
+        .err()
+        .expect("wrong shape");
+    assert!(err.to_string().contains("need 40000 values"), "{err}");
+    let err = linalg::svd(c, big, 1, 200, 100).err().expect("too large");
+    assert!(
+        err.to_string().contains(
+            "one 200x100 f32 matrix takes 80000 bytes, more than the device's largest storage binding (65536 bytes): the matrix is too large for this device"
+        ),
+        "{err}"
+    );
+    c.release(big);
+    let full: &dyn Compute = runtime();
+    let limit = full.limits().max_storage_binding_size;
+    assert_eq!(
+        linalg::max_batch(full, 4096, 14336) >= 1,
+        limit >= 4096 * 14336 * 4,
+        "binding limit {limit}"
+    );
+}
+
+/// Thousands of rotations per column must not drift the column norms: on random matrices
+/// (through the QR first, and square) σ₁ within 1e-6 relative of the f64 reference and every
+/// σ above 1e-3·σ₁ within 2e-5 relative (the plain rotation formula drifted all of them up by ~2e-5).
+#[test]
+fn svd_values_do_not_drift() {
+    let c: &dyn Compute = runtime();
+    for (m, n, seed) in [(300usize, 200usize, 121u64), (160, 160, 122)] {
+        let a = random(m, n, seed);
+        let t = upload_batch(c, std::slice::from_ref(&a));
+        let d = linalg::svd(c, t, 1, m, n).unwrap();
+        let s = download(c, d.s.id());
+        c.release(t);
+        let want = ref_singular_values(&a.rounded());
+        let rel = |i: usize| (f64::from(s[i]) - want[i]).abs() / want[i];
+        // (A random square matrix's smallest values sit at the noise floor.)
+        let worst = (0..n)
+            .filter(|&i| want[i] > 1e-3 * want[0])
+            .map(rel)
+            .fold(0f64, f64::max);
+        assert!(
+            rel(0) <= 1e-6 && worst <= 2e-5,
+            "{m}x{n}: σ1 relative error {:e}, worst {worst:e}",
+            rel(0)
+        );
     }
 }

@@ -119,12 +119,12 @@ pub use opcm::{ContinualTaskArithmetic, ContinualTiesMerging, ContinualWeightAve
 pub use randes::{SuperposedModelSoup, SuperposedTaskArithmetic, SuperposedTaskArithmeticLora};
 pub use slerp::{slerp_coefficients, Slerp};
 pub use smile::{SmileUpscaling, CONFIG_KEY as SMILE_CONFIG_KEY};
-pub use subspace::{IsoC, IsoCts, TaskSingularVector};
-pub use svc::{SvcTaskArithmetic, SvcWithBaseMethod};
+pub use subspace::{iso_c_on, IsoC, IsoCts, TaskSingularVector};
+pub use svc::{svc_on, SvcTaskArithmetic, SvcWithBaseMethod};
 pub use tall_mask::TallMask;
 pub use task_arithmetic::{DareSimpleAverage, DareTaskArithmetic, TaskArithmetic};
 pub use ties::{DareTiesMerging, TiesMerging};
-pub use wudi::Wudi;
+pub use wudi::{optimize_on as wudi_optimize, Wudi};
 
 /// The key of DARE's and DELLA's random draws for one model's tensor (model and tensor name):
 /// masks differ between models and depend on nothing else, so they can be reproduced.

@@ -545,11 +545,30 @@ pub enum Backend {
 /// (lavapipe, llvmpipe: native code on the same cores is far faster) or there is none.
 /// `FUSION_LINALG=cpu` or `=device` overrides the choice (for tests and measurements).
 pub fn backend(ctx: &fusion_plugin_api::Context, method: &str) -> Backend {
+    backend_for(
+        ctx,
+        method,
+        "SVDs",
+        "WGSL one-sided Jacobi, f32, batched over the task vectors",
+        "faer, f64",
+    )
+}
+
+/// [`backend`] for any dense linear algebra (`work`, e.g. "the Adam loop"), with what runs on
+/// each side for the log: the device unless it is a CPU adapter or there is none;
+/// `FUSION_LINALG=cpu|device` overrides.
+pub fn backend_for(
+    ctx: &fusion_plugin_api::Context,
+    method: &str,
+    work: &str,
+    on_device: &str,
+    on_cpu: &str,
+) -> Backend {
     let forced = std::env::var("FUSION_LINALG").ok();
     let c = match ctx.compute() {
         Ok(c) => c,
         Err(_) => {
-            tracing::info!("{method}: SVDs on the CPU (faer, f64): no compute device");
+            tracing::info!("{method}: {work} on the CPU ({on_cpu}): no compute device");
             return Backend::Cpu;
         }
     };
@@ -569,13 +588,13 @@ pub fn backend(ctx: &fusion_plugin_api::Context, method: &str) -> Backend {
     };
     if device {
         tracing::info!(
-            "{method}: SVDs on the device `{}` (WGSL one-sided Jacobi, f32, batched over the task vectors): {why}",
+            "{method}: {work} on the device `{}` ({on_device}): {why}",
             c.device_name()
         );
         Backend::Device(ctx.clone())
     } else {
         tracing::info!(
-            "{method}: SVDs on the CPU (faer, f64); the compute device `{}` is {why}",
+            "{method}: {work} on the CPU ({on_cpu}); the compute device `{}` is {why}",
             c.device_name()
         );
         Backend::Cpu
@@ -598,23 +617,31 @@ impl Backend {
         let Some(first) = mats.first() else {
             return Ok(Vec::new());
         };
-        let (b, m, n) = (mats.len(), first.rows, first.cols);
+        let (m, n) = (first.rows, first.cols);
         let c = ctx.compute()?;
-        let data: Vec<f32> = mats.iter().flat_map(|a| a.to_f32()).collect();
-        let input = fusion_plugin_api::DeviceTensor::from_f32(c, &[b, m, n], &data)?;
-        let d = fusion_kernels::linalg::truncated_svd(c, input.id(), b, m, n, rank)?;
-        let read = |t: fusion_plugin_api::GpuTensor| fusion_kernels::nn::read_f32(c, t);
-        let (u, s, vt) = (read(d.u.id())?, read(d.s.id())?, read(d.vt.id())?);
-        Ok((0..b)
-            .map(|i| Svd {
-                u: Matrix::from_f32(m, rank, &u[i * m * rank..(i + 1) * m * rank]),
-                s: s[i * rank..(i + 1) * rank]
-                    .iter()
-                    .map(|&x| f64::from(x))
-                    .collect(),
-                vt: Matrix::from_f32(rank, n, &vt[i * rank * n..(i + 1) * rank * n]),
-            })
-            .collect())
+        // As many matrices per call as the device's bindings take (at least one: a matrix too
+        // large for the device is the kernel's clear error).
+        let per_call = fusion_kernels::linalg::max_batch(c, m, n).max(1);
+        let mut out = Vec::with_capacity(mats.len());
+        for chunk in mats.chunks(per_call) {
+            let b = chunk.len();
+            let data: Vec<f32> = chunk.iter().flat_map(|a| a.to_f32()).collect();
+            let input = fusion_plugin_api::DeviceTensor::from_f32(c, &[b, m, n], &data)?;
+            let d = fusion_kernels::linalg::truncated_svd(c, input.id(), b, m, n, rank)?;
+            let read = |t: fusion_plugin_api::GpuTensor| fusion_kernels::nn::read_f32(c, t);
+            let (u, s, vt) = (read(d.u.id())?, read(d.s.id())?, read(d.vt.id())?);
+            out.extend((0..b).map(|i| {
+                Svd {
+                    u: Matrix::from_f32(m, rank, &u[i * m * rank..(i + 1) * m * rank]),
+                    s: s[i * rank..(i + 1) * rank]
+                        .iter()
+                        .map(|&x| f64::from(x))
+                        .collect(),
+                    vt: Matrix::from_f32(rank, n, &vt[i * rank * n..(i + 1) * rank * n]),
+                }
+            }));
+        }
+        Ok(out)
     }
 }
 

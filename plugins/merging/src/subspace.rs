@@ -5,8 +5,8 @@
 //!
 //! The independent SVDs of one tensor (one per task vector, and the two polar factors) run on
 //! as many threads as there are cores (`parallel.rs`), the SVDs themselves are faer's. On a GPU
-//! adapter the per-task SVDs of TSV-M and ISO-CTS run instead as one batch per tensor on the
-//! device (`fusion_kernels::linalg`, f32); the choice is logged ([`crate::linalg::backend`]).
+//! adapter the per-task SVDs of TSV-M and ISO-CTS and ISO-C's SVD of the summed task vectors
+//! run instead on the device (`fusion_kernels::linalg`, f32); the choice is logged ([`crate::linalg::backend`]).
 //!
 //! Each acts on every 2-D float tensor not named in `exclude_keys`; other tensors (vectors, layer
 //! norms, excluded keys) get the mean of the task vectors, as FusionBench does. Task vectors
@@ -439,7 +439,7 @@ impl CpuMerge for Iso {
                 sum
             }
             (false, Some(_)) => running_mean(&tvs),
-            (true, None) => iso_c_matrix(info, &tvs)?,
+            (true, None) => iso_c_matrix(info, &tvs, &self.backend)?,
             (true, Some(f)) => iso_cts_matrix(info, &tvs, f, &self.backend)?,
         };
         add_scaled(inputs, name, &merged, self.scaling_factor)
@@ -460,15 +460,38 @@ fn mean(s: &[f64]) -> f64 {
     s.iter().sum::<f64>() / s.len() as f64
 }
 
-/// ISO-C's task matrix: mean(s)·U·Vᵀ of the summed task vectors.
-fn iso_c_matrix(info: &TensorInfo, tvs: &[Vec<f32>]) -> Result<Vec<f32>> {
-    let d = svd(&sum_matrix(info, tvs));
+/// ISO-C's task matrix: mean(s)·U·Vᵀ of the summed task vectors, the SVD on `backend`.
+fn iso_c_matrix(info: &TensorInfo, tvs: &[Vec<f32>], backend: &Backend) -> Result<Vec<f32>> {
+    let sum = sum_matrix(info, tvs);
+    let d = match backend {
+        Backend::Cpu => svd(&sum),
+        Backend::Device(_) => {
+            let k = sum.rows().min(sum.cols());
+            let mut d = backend.truncated_svds(std::slice::from_ref(&sum), k)?;
+            d.pop().expect("one SVD per matrix")
+        }
+    };
     let s = vec![mean(&d.s); d.s.len()];
     let out =
         d.u.scale_columns(&s)
             .matmul(&d.vt)
             .map_err(|e| Error::model(e.to_string()))?;
     Ok(out.to_f32())
+}
+
+/// ISO-C's merged task matrix (before `scaling_factor`) of the task vectors `tvs` (each m×n,
+/// row-major) with its SVD on `backend`: the device path's check against the CPU's.
+pub fn iso_c_on(backend: &Backend, m: usize, n: usize, tvs: &[Vec<f32>]) -> Result<Vec<f32>> {
+    if tvs.is_empty() || tvs.iter().any(|t| t.len() != m * n) {
+        return Err(Error::model(format!(
+            "iso_c: needs task vectors of {m}x{n} values each"
+        )));
+    }
+    let info = TensorInfo {
+        dtype: DType::F32,
+        shape: vec![m, n],
+    };
+    iso_c_matrix(&info, tvs, backend)
 }
 
 /// The polar factors of the stacked left and right singular vectors, on two threads.

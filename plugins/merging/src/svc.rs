@@ -1,7 +1,8 @@
 //! Singular value calibration (SVC, "When Shared Knowledge Hurts: Spectral Over-Accumulation in
 //! Model Merging"), FusionBench's `SingularValueCalibrationWithBaseMethod` (a nested
 //! `base_method` merges first) and `SingularValueCalibrationArithmeticTask` (task arithmetic
-//! first), on the CPU in f64 as FusionBench's accelerated implementation computes.
+//! first), in f64 as FusionBench's accelerated implementation computes; on a GPU adapter the
+//! SVD of the merged task matrix runs on the device in f32 ([`crate::linalg::backend`]).
 //!
 //! For each 2-D float tensor with merged task matrix ΔM = M − W₀ = U·diag(s)·Vᵀ and task
 //! matrices Δᵢ = Wᵢ − W₀: along each left singular vector u_r, the merged response
@@ -15,7 +16,7 @@ use fusion_plugin_api::TensorInfo;
 
 use crate::cpu::{is_matrix, load, CpuMerge, CpuMerged};
 use crate::inputs::Inputs;
-use crate::linalg::{svd, Matrix};
+use crate::linalg::{backend, svd, Backend, Matrix};
 
 /// The merging methods of this plugin a `base_method` may name, by every name they answer to.
 fn base_algorithm(config: &Value) -> Result<Box<dyn Algorithm>> {
@@ -155,18 +156,27 @@ fn calibrate(
             "{NAME} calibrates the singular values of 2-D weights, and the models have none"
         )));
     }
-    tracing::info!(alpha, matrices, "singular value calibration (CPU, f64)");
+    tracing::info!(alpha, matrices, "singular value calibration");
+    let backend = backend(ctx, NAME);
     // The result is the base method's model, calibrated: its tensors, names and files.
     inputs.reference = crate::inputs::Member {
         name: "_merged_".into(),
         model: merged.clone(),
     };
-    Ok(CpuMerged::model(inputs, Svc { merged, alpha }))
+    Ok(CpuMerged::model(
+        inputs,
+        Svc {
+            merged,
+            alpha,
+            backend,
+        },
+    ))
 }
 
 struct Svc {
     merged: Model,
     alpha: f64,
+    backend: Backend,
 }
 
 impl CpuMerge for Svc {
@@ -176,37 +186,67 @@ impl CpuMerge for Svc {
             return Ok(merged);
         }
         let (m, n) = (info.shape[0], info.shape[1]);
-        let base = Matrix::from_f32(m, n, &load(inputs.base(), name)?);
-        let map = |e: crate::linalg::LinalgError| Error::model(e.to_string());
-        let dm = Matrix::from_f32(m, n, &merged).sub(&base).map_err(map)?;
-        let d = svd(&dm);
-        let ut = d.u.t(); // R×m
-        let merged_resp = ut.matmul(&dm).map_err(map)?; // R×n
-        let r = d.s.len();
-        let mut coef_sum = vec![0.0f64; r];
-        for member in &inputs.models {
-            let delta = Matrix::from_f32(m, n, &load(member, name)?)
-                .sub(&base)
-                .map_err(map)?;
-            let resp = ut.matmul(&delta).map_err(map)?;
-            for (k, sum) in coef_sum.iter_mut().enumerate() {
-                let (a, t) = (merged_resp.row(k), resp.row(k));
-                let denom = t.iter().map(|x| x * x).sum::<f64>().max(1e-12);
-                let mut c = a.iter().zip(t).map(|(x, y)| x * y).sum::<f64>() / denom;
-                if c.is_nan() || c == f64::NEG_INFINITY {
-                    c = self.alpha;
-                }
-                *sum += c.max(self.alpha);
-            }
-        }
-        let k = inputs.models.len() as f64;
-        let s: Vec<f64> = d.s.iter().zip(&coef_sum).map(|(s, c)| k / c * s).collect();
-        let out = d.u.scale_columns(&s).matmul(&d.vt).map_err(map)?;
-        Ok(out
-            .data()
+        let base = load(inputs.base(), name)?;
+        let tasks = inputs
+            .models
             .iter()
-            .zip(base.data())
-            .map(|(x, b)| (x + b) as f32)
-            .collect())
+            .map(|member| load(member, name))
+            .collect::<Result<Vec<_>>>()?;
+        svc_on(&self.backend, m, n, &base, &merged, &tasks, self.alpha)
     }
+}
+
+/// SVC's calibration of one m×n weight (row-major): `merged` the base method's, `base` the
+/// pretrained one, `tasks` the fine-tuned ones; the SVD of the merged task matrix on `backend`
+/// (f32 on the device), the rest in f64.
+pub fn svc_on(
+    backend: &Backend,
+    m: usize,
+    n: usize,
+    base: &[f32],
+    merged: &[f32],
+    tasks: &[Vec<f32>],
+    alpha: f64,
+) -> Result<Vec<f32>> {
+    if base.len() != m * n || merged.len() != m * n || tasks.iter().any(|t| t.len() != m * n) {
+        return Err(Error::model(format!(
+            "singular_value_calibration: needs weights of {m}x{n} values each"
+        )));
+    }
+    let base = Matrix::from_f32(m, n, base);
+    let map = |e: crate::linalg::LinalgError| Error::model(e.to_string());
+    let dm = Matrix::from_f32(m, n, merged).sub(&base).map_err(map)?;
+    let d = match backend {
+        Backend::Cpu => svd(&dm),
+        Backend::Device(_) => {
+            let mut d = backend.truncated_svds(std::slice::from_ref(&dm), m.min(n))?;
+            d.pop().expect("one SVD per matrix")
+        }
+    };
+    let ut = d.u.t(); // R×m
+    let merged_resp = ut.matmul(&dm).map_err(map)?; // R×n
+    let r = d.s.len();
+    let mut coef_sum = vec![0.0f64; r];
+    for task in tasks {
+        let delta = Matrix::from_f32(m, n, task).sub(&base).map_err(map)?;
+        let resp = ut.matmul(&delta).map_err(map)?;
+        for (k, sum) in coef_sum.iter_mut().enumerate() {
+            let (a, t) = (merged_resp.row(k), resp.row(k));
+            let denom = t.iter().map(|x| x * x).sum::<f64>().max(1e-12);
+            let mut c = a.iter().zip(t).map(|(x, y)| x * y).sum::<f64>() / denom;
+            if c.is_nan() || c == f64::NEG_INFINITY {
+                c = alpha;
+            }
+            *sum += c.max(alpha);
+        }
+    }
+    let k = tasks.len() as f64;
+    let s: Vec<f64> = d.s.iter().zip(&coef_sum).map(|(s, c)| k / c * s).collect();
+    let out = d.u.scale_columns(&s).matmul(&d.vt).map_err(map)?;
+    Ok(out
+        .data()
+        .iter()
+        .zip(base.data())
+        .map(|(x, b)| (x + b) as f32)
+        .collect())
 }

@@ -97,18 +97,24 @@ fn rotate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if (lid == 0u) {
         atomicAdd(&rotated[b], 1u);
     }
+    // Rutishauser's form of (x, y) ← (c·x − s·y, s·x + c·y), with τ = tan(θ/2) = s/(1 + c):
+    // x − s·(y + τ·x), y + s·(x − τ·y). For a small angle c rounds to 1 while s does not, and
+    // the plain form then grows both columns by s² each rotation: thousands of rotations per
+    // column drifted every singular value up by some 1e-5 relative. This form keeps the
+    // rotation orthogonal to rounding.
+    let tau = sn / (1.0 + cs);
     for (var k = lid; k < p.len; k += WG) {
         let x = w[wp + k];
         let y = w[wq + k];
-        w[wp + k] = cs * x - sn * y;
-        w[wq + k] = sn * x + cs * y;
+        w[wp + k] = x - sn * (y + tau * x);
+        w[wq + k] = y + sn * (x - tau * y);
     }
     let vp = (b * p.rows + a) * p.rows;
     let vq = (b * p.rows + c) * p.rows;
     for (var k = lid; k < p.rows; k += WG) {
         let x = v[vp + k];
         let y = v[vq + k];
-        v[vp + k] = cs * x - sn * y;
-        v[vq + k] = sn * x + cs * y;
+        v[vp + k] = x - sn * (y + tau * x);
+        v[vq + k] = y + sn * (x - tau * y);
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! | op | kernels | host work |
 //! |---|---|---|
-//! | [`svd`], [`truncated_svd`] | `jacobi.wgsl` (a round of disjoint plane rotations per dispatch), `norms.wgsl`, `layout.wgsl` | one read of a counter per sweep; sorting the singular values; completing the null space of an exactly rank-deficient matrix |
+//! | [`svd`], [`truncated_svd`] | `jacobi.wgsl` (a round of disjoint plane rotations per dispatch), `norms.wgsl`, `layout.wgsl`; for a tall or wide matrix first `qr.wgsl` and `nn::gemm` | one read of a counter per sweep; sorting the singular values; completing the null space of an exactly rank-deficient matrix |
+//! | [`randomized_svd`] | `nn::gemm`, `qr.wgsl`, then the above on a small matrix | none beyond it |
+//! | [`adam_step`] | `adam.wgsl` (a fused torch-Adam update) | none |
 //! | [`symmetric_eigen`] | the same, on `A + ‖A‖_F·I` | sorting |
 //! | [`qr`] | `qr.wgsl` (one reflector per step) | none |
 //! | [`lu`], [`solve`], [`inverse`] | `lu.wgsl` | one read of the singularity flags |
@@ -20,6 +22,23 @@
 //! `sgesvj`. Singular values at or below max(M, N)·ε·σ₁ count as zero; their left singular
 //! vectors are completed to an orthonormal set on the host (Gram–Schmidt against the others),
 //! which only an exactly rank-deficient matrix needs.
+//!
+//! **Tall and wide matrices.** When the longer side M is at least 5/4 of the shorter N, the
+//! SVD first takes the Householder QR of the tall form T = QR (about half a sweep's work) and
+//! runs the Jacobi iteration on the N×N R, each sweep N/M of one on T; T's left vectors are
+//! Q·U_R (LAPACK's `sgejsv` preconditions the same way). For a rank r far below N,
+//! [`randomized_svd`] sketches the range with r + 10 columns and two subspace iterations and
+//! needs only an (r+10)×N SVD; it is exact for a matrix of rank ≤ r + 10 and close when the
+//! spectrum decays past σ_r, whereas [`truncated_svd`] is always the exact one.
+//!
+//! **Sizes.** Every matrix lives in storage buffers and every kernel spreads one matrix over
+//! many workgroups (a column pair, a column or a row each, or flat over the entries), so the
+//! size is bounded by memory alone: each tensor an op makes holds at most m·n values per
+//! matrix and must fit one storage binding (`max_storage_binding_size`) with u32 indices, and
+//! the longer side must fit one dispatch dimension. A batch that does not fit is an error that
+//! says how many matrices do ([`max_batch`], by which callers split); a single matrix that
+//! does not fit (a 4096×14336 f32 weight takes 235 MB) is an error naming its size and the
+//! limit.
 //!
 //! **Eigendecomposition.** For symmetric A, B = A + c·I with c = ‖A‖_F ≥ |λ|max is positive
 //! semi-definite with A's eigenvectors, and its SVD is its eigendecomposition: the one-sided
@@ -42,6 +61,10 @@ use fusion_plugin_api::{Binding, Compute, DType, DeviceTensor, DeviceType, GpuTe
 
 use crate::nn::{check_binding, NnError, Result};
 
+mod adam;
+
+pub use adam::{adam_step, AdamStep, ADAM};
+
 /// `jacobi.wgsl`.
 pub const JACOBI: &str = include_str!("jacobi.wgsl");
 /// `norms.wgsl`.
@@ -53,12 +76,13 @@ pub const QR: &str = include_str!("qr.wgsl");
 /// `lu.wgsl`.
 pub const LU: &str = include_str!("lu.wgsl");
 /// Every linear-algebra kernel source by its file name under `src/linalg/`.
-pub const ALL: [(&str, &str); 5] = [
+pub const ALL: [(&str, &str); 6] = [
     ("jacobi.wgsl", JACOBI),
     ("norms.wgsl", NORMS),
     ("layout.wgsl", LAYOUT),
     ("qr.wgsl", QR),
     ("lu.wgsl", LU),
+    ("adam.wgsl", ADAM),
 ];
 
 /// The most Jacobi sweeps before the SVD gives up converging (f32 needs 6 to 12).
@@ -205,18 +229,75 @@ fn check_input(
             ),
         ));
     }
-    let limits = c.limits();
-    if batch as u64 > u64::from(limits.max_workgroups_per_dimension) {
+    let limits = c
+        .checked_limits()
+        .map_err(NnError::compute(format!("{op}: reading the device limits")))?;
+    let groups = u64::from(limits.max_workgroups_per_dimension);
+    if batch as u64 > groups {
         return Err(NnError::DeviceLimit {
             op: op.to_string(),
             message: format!(
-                "a batch of {batch} matrices exceeds the {} workgroups of one dispatch dimension",
-                limits.max_workgroups_per_dimension
+                "a batch of {batch} matrices exceeds the {groups} workgroups of one dispatch \
+                 dimension; split the batch"
             ),
         });
     }
-    check_binding(c, op, &[batch, m.max(n), m.max(n)], 4)?;
+    // One workgroup per column (pair) or row runs along one dispatch dimension.
+    if m.max(n) as u64 > groups {
+        return Err(NnError::DeviceLimit {
+            op: op.to_string(),
+            message: format!(
+                "a {m}x{n} matrix has more than the {groups} rows or columns one dispatch \
+                 dimension reaches"
+            ),
+        });
+    }
+    // Every tensor an op makes holds at most m·n values per matrix (the working copy, the
+    // factors, the rotations: min(m, n)² ≤ m·n), each in one storage binding.
+    let fit = max_batch_for(&limits, m, n);
+    if fit < batch {
+        let bytes = batch as u64 * m as u64 * n as u64 * 4;
+        let max = limits.max_storage_binding_size;
+        let message = if fit == 0 {
+            format!(
+                "one {m}x{n} f32 matrix takes {} bytes, more than the device's largest storage \
+                 binding ({max} bytes): the matrix is too large for this device",
+                m as u64 * n as u64 * 4
+            )
+        } else {
+            format!(
+                "{batch} f32 matrices of {m}x{n} take {bytes} bytes, more than the device's \
+                 largest storage binding ({max} bytes); at most {fit} fit in one call: split the \
+                 batch"
+            )
+        };
+        return Err(NnError::DeviceLimit {
+            op: op.to_string(),
+            message,
+        });
+    }
     Ok(())
+}
+
+fn max_batch_for(limits: &fusion_plugin_api::ComputeLimits, m: usize, n: usize) -> usize {
+    let per = (m as u64 * n as u64 * 4).max(1);
+    let by_bytes = limits.max_storage_binding_size / per;
+    let by_index = u64::from(u32::MAX) / (m as u64 * n as u64).max(1);
+    by_bytes
+        .min(by_index)
+        .min(u64::from(limits.max_workgroups_per_dimension))
+        .try_into()
+        .unwrap_or(usize::MAX)
+}
+
+/// The most m×n matrices one call of these ops takes on this device (each tensor an op makes
+/// must fit one storage binding and be indexable by u32); 0 when a single matrix is too large.
+/// Callers with more matrices split the batch.
+pub fn max_batch(c: &dyn Compute, m: usize, n: usize) -> usize {
+    match c.checked_limits() {
+        Ok(limits) => max_batch_for(&limits, m, n),
+        Err(_) => 0,
+    }
 }
 
 fn dispatch(
@@ -515,6 +596,119 @@ fn truncated_svd_impl<'c>(
     rank: usize,
 ) -> Result<Svd<'c>> {
     check_input(c, op, a, batch, m, n)?;
+    let (big, small) = (m.max(n), m.min(n));
+    if small > 1 && 4 * big >= 5 * small {
+        return preconditioned_svd(c, op, a, batch, m, n, rank);
+    }
+    jacobi_svd(c, op, a, batch, m, n, rank, big)
+}
+
+/// The SVD of a tall or wide matrix through the QR of its tall form T (M×N, M ≥ 5N/4): T = QR,
+/// R = U_R Σ V_Rᵀ by the Jacobi iteration on N×N instead of M×N, T = (Q U_R) Σ V_Rᵀ, the
+/// product by `nn::gemm`. The Householder QR costs about half a sweep, each sweep on R N/M of
+/// one on T (LAPACK's `sgejsv` preconditions the same way).
+fn preconditioned_svd<'c>(
+    c: &'c dyn Compute,
+    op: &'static str,
+    a: GpuTensor,
+    batch: usize,
+    m: usize,
+    n: usize,
+    rank: usize,
+) -> Result<Svd<'c>> {
+    use crate::nn::{gemm, Gemm, Operand};
+    let wide = m < n;
+    let (big, small) = (m.max(n), m.min(n));
+    // T row-major: A itself when tall, Aᵀ when wide.
+    let transposed;
+    let t = if wide {
+        transposed = tensor(c, op, DType::F32, &[batch, big, small])?;
+        copy(
+            c,
+            op,
+            a,
+            transposed.id(),
+            batch,
+            m,
+            n,
+            [m * n, n, 1],
+            [m * n, 1, m],
+        )?;
+        transposed.id()
+    } else {
+        a
+    };
+    let f = qr(c, t, batch, big, small)?;
+    // The noise floor stays that of the M×N matrix.
+    let inner = jacobi_svd(c, op, f.r.id(), batch, small, small, rank, big)?;
+    let product = |m, n, k| Gemm {
+        batch0: batch,
+        ..Gemm::dense(m, n, k, false, false)
+    };
+    let u = tensor(c, op, DType::F32, &[batch, m, rank])?;
+    let vt = tensor(c, op, DType::F32, &[batch, rank, n])?;
+    if wide {
+        // A = Tᵀ = V_R Σ (Q U_R)ᵀ: U = V_R (vtᵀ of the inner SVD), Vᵀ = U_Rᵀ Qᵀ.
+        copy(
+            c,
+            op,
+            inner.vt.id(),
+            u.id(),
+            batch,
+            rank,
+            small,
+            [rank * small, small, 1],
+            [small * rank, 1, rank],
+        )?;
+        let g = Gemm {
+            a: Operand::batched(0, rank, small * rank, 0),
+            a_transposed: true,
+            b: Operand::batched(0, small, big * small, 0),
+            b_transposed: true,
+            c: Operand::batched(0, big, rank * big, 0),
+            ..product(rank, big, small)
+        };
+        gemm(c, inner.u.id(), f.q.id(), vt.id(), &g)?;
+    } else {
+        let g = Gemm {
+            a: Operand::batched(0, small, big * small, 0),
+            b: Operand::batched(0, rank, small * rank, 0),
+            c: Operand::batched(0, rank, big * rank, 0),
+            ..product(big, rank, small)
+        };
+        gemm(c, f.q.id(), inner.u.id(), u.id(), &g)?;
+        copy(
+            c,
+            op,
+            inner.vt.id(),
+            vt.id(),
+            batch,
+            rank,
+            small,
+            [rank * small, small, 1],
+            [rank * small, small, 1],
+        )?;
+    }
+    Ok(Svd {
+        u,
+        s: inner.s,
+        vt,
+        sweeps: inner.sweeps,
+    })
+}
+
+/// The one-sided Jacobi SVD proper; singular values at or below `floor_len`·ε·σ₁ count as zero.
+#[allow(clippy::too_many_arguments)]
+fn jacobi_svd<'c>(
+    c: &'c dyn Compute,
+    op: &'static str,
+    a: GpuTensor,
+    batch: usize,
+    m: usize,
+    n: usize,
+    rank: usize,
+    floor_len: usize,
+) -> Result<Svd<'c>> {
     let wide = m < n;
     // T is M×N with M ≥ N; w holds T's columns: Aᵀ's rows when A is tall, A's rows when wide.
     let (big, small) = (m.max(n), m.min(n));
@@ -536,7 +730,7 @@ fn truncated_svd_impl<'c>(
                 .fold(0.0, f32::max)
         })
         .collect();
-    let eps = f32::EPSILON * big as f32;
+    let eps = f32::EPSILON * floor_len as f32;
     // Left vectors of T: w's rows / σ (0 for σ at the noise floor, completed below); right:
     // v's rows.
     let mut s = Vec::with_capacity(batch * rank);
@@ -651,23 +845,38 @@ fn complete(item: &mut [f32], rows: usize, cols: usize, columns: bool, missing: 
         .filter(|k| !missing.contains(k))
         .map(|k| get(item, k))
         .collect();
-    let mut candidate = 0;
+    let leftover = |basis: &[Vec<f64>], c: usize| {
+        let mut x = vec![0.0f64; len];
+        x[c] = 1.0;
+        for _ in 0..2 {
+            for q in basis {
+                let d: f64 = q.iter().zip(&x).map(|(a, b)| a * b).sum();
+                x.iter_mut().zip(q).for_each(|(xi, qi)| *xi -= d * qi);
+            }
+        }
+        let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        (x, norm)
+    };
+    let mut start = 0;
     for &k in missing {
-        let x = loop {
-            let mut x = vec![0.0f64; len];
-            x[candidate % len] = 1.0;
-            candidate += 1;
-            for _ in 0..2 {
-                for q in &basis {
-                    let d: f64 = q.iter().zip(&x).map(|(a, b)| a * b).sum();
-                    x.iter_mut().zip(q).for_each(|(xi, qi)| *xi -= d * qi);
-                }
+        // The first standard basis vector that keeps half its length outside the span of the
+        // others, else the one that keeps the most (some keeps at least 1/√len: the squared
+        // leftovers of all of them sum to the dimension of the complement, at least 1).
+        let mut best: Option<(Vec<f64>, f64)> = None;
+        for step in 0..len {
+            let c = (start + step) % len;
+            let (x, norm) = leftover(&basis, c);
+            let good = norm > 0.5;
+            if best.as_ref().is_none_or(|(_, b)| norm > *b) {
+                best = Some((x, norm));
             }
-            let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-            if norm > 0.5 || candidate > 2 * len {
-                break x.into_iter().map(|v| v / norm).collect::<Vec<f64>>();
+            if good {
+                start = c + 1;
+                break;
             }
-        };
+        }
+        let (x, norm) = best.expect("len > 0");
+        let x: Vec<f64> = x.into_iter().map(|v| v / norm).collect();
         for (i, &xi) in x.iter().enumerate() {
             if columns {
                 item[i * cols + k] = xi as f32;
@@ -677,6 +886,137 @@ fn complete(item: &mut [f32], rows: usize, cols: usize, columns: bool, missing: 
         }
         basis.push(x);
     }
+}
+
+/// Settings of [`randomized_svd`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Randomized {
+    /// Extra columns of the sketch beyond the rank (Halko et al. suggest 5 to 10).
+    pub oversample: usize,
+    /// Power (subspace) iterations: each sharpens the sketch by (σ_{l+1}/σ_r)², l = rank +
+    /// oversample.
+    pub power_iterations: usize,
+    /// Seed of the Gaussian-like test matrix (the same for every item of the batch).
+    pub seed: u64,
+}
+
+impl Default for Randomized {
+    fn default() -> Self {
+        Randomized {
+            oversample: 10,
+            power_iterations: 2,
+            seed: 0,
+        }
+    }
+}
+
+/// The leading `rank` singular triplets of each of the `batch` m×n matrices in `a` by
+/// randomized subspace iteration (Halko, Martinsson and Tropp, 2011, algorithm 4.4), for a rank
+/// far below min(m, n): a sketch Y = A·Ω of l = rank + oversample columns, `power_iterations`
+/// rounds of Y ← A·orth(Aᵀ·orth(Y)) (orth = the Householder Q), then the exact SVD of the
+/// small l×n matrix B = Qᵀ·A and U = Q·U_B. Products by `nn::gemm`, batched. Approximate: the
+/// triplets are those of A's projection on the sketched subspace, exact when A's rank is at
+/// most l and close when the spectrum decays past σ_r; where l reaches min(m, n) it is the
+/// exact [`truncated_svd`].
+pub fn randomized_svd<'c>(
+    c: &'c dyn Compute,
+    a: GpuTensor,
+    batch: usize,
+    m: usize,
+    n: usize,
+    rank: usize,
+    opts: &Randomized,
+) -> Result<Svd<'c>> {
+    use crate::nn::{gemm, Gemm, Operand};
+    const OP: &str = "linalg_randomized_svd";
+    if rank == 0 || rank > m.min(n) {
+        return Err(NnError::input(
+            OP,
+            format!(
+                "rank {rank} is outside 1..={} for the {m}x{n} matrix",
+                m.min(n)
+            ),
+        ));
+    }
+    let l = (rank + opts.oversample).min(m.min(n));
+    if 2 * l > m.min(n) {
+        // A sketch this wide saves nothing over the exact SVD.
+        return truncated_svd(c, a, batch, m, n, rank);
+    }
+    check_input(c, OP, a, batch, m, n)?;
+    // Ω: n×l, uniform on (−1, 1) from a xorshift stream (any full-rank spread will do).
+    let mut x = opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let omega: Vec<f32> = (0..n * l)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    let omega = upload(c, OP, &[n, l], &omega)?;
+    let a_op = Operand::batched(0, n, m * n, 0);
+    // Y (m×l) = A·X for X (n×l) with item stride `xs` (0: one X for every item).
+    let times = |xm: GpuTensor, xs: usize, y: GpuTensor| {
+        let g = Gemm {
+            batch0: batch,
+            a: a_op,
+            b: Operand::batched(0, l, xs, 0),
+            c: Operand::batched(0, l, m * l, 0),
+            ..Gemm::dense(m, l, n, false, false)
+        };
+        gemm(c, a, xm, y, &g)
+    };
+    // Z (n×l) = Aᵀ·Q for Q (m×l).
+    let times_t = |q: GpuTensor, z: GpuTensor| {
+        let g = Gemm {
+            batch0: batch,
+            a: a_op,
+            a_transposed: true,
+            b: Operand::batched(0, l, m * l, 0),
+            c: Operand::batched(0, l, n * l, 0),
+            ..Gemm::dense(n, l, m, true, false)
+        };
+        gemm(c, a, q, z, &g)
+    };
+    let y = tensor(c, OP, DType::F32, &[batch, m, l])?;
+    let z = tensor(c, OP, DType::F32, &[batch, n, l])?;
+    times(omega.id(), 0, y.id())?;
+    for _ in 0..opts.power_iterations {
+        let q = qr(c, y.id(), batch, m, l)?;
+        times_t(q.q.id(), z.id())?;
+        let q = qr(c, z.id(), batch, n, l)?;
+        times(q.q.id(), n * l, y.id())?;
+    }
+    let q = qr(c, y.id(), batch, m, l)?;
+    // B (l×n) = Qᵀ·A.
+    let b = tensor(c, OP, DType::F32, &[batch, l, n])?;
+    let g = Gemm {
+        batch0: batch,
+        a: Operand::batched(0, l, m * l, 0),
+        a_transposed: true,
+        b: a_op,
+        c: Operand::batched(0, n, l * n, 0),
+        ..Gemm::dense(l, n, m, true, false)
+    };
+    gemm(c, q.q.id(), a, b.id(), &g)?;
+    let inner = truncated_svd_impl(c, OP, b.id(), batch, l, n, rank)?;
+    // U (m×rank) = Q·U_B.
+    let u = tensor(c, OP, DType::F32, &[batch, m, rank])?;
+    let g = Gemm {
+        batch0: batch,
+        a: Operand::batched(0, l, m * l, 0),
+        b: Operand::batched(0, rank, l * rank, 0),
+        c: Operand::batched(0, rank, m * rank, 0),
+        ..Gemm::dense(m, rank, l, false, false)
+    };
+    gemm(c, q.q.id(), inner.u.id(), u.id(), &g)?;
+    Ok(Svd {
+        u,
+        s: inner.s,
+        vt: inner.vt,
+        sweeps: inner.sweeps,
+    })
 }
 
 /// The eigendecomposition of each of the `batch` symmetric n×n matrices in `a` (only

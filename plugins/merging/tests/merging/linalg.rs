@@ -611,3 +611,278 @@ fn device_backend_truncated_svds_match_the_cpu() {
         );
     }
 }
+
+/// Not a test: timings of the thin SVD of one 768×3072 and one 1024×4096 matrix (CLIP ViT-B/32
+/// and ViT-L/14 MLP weights) through the device (`fusion_kernels::linalg::svd`, upload and read
+/// back included) and through faer (f64, `fusion_merging::linalg::svd`), alternating rounds.
+/// `cargo test --workspace --locked --test merging -- --ignored linalg_svd_timings --nocapture`;
+/// `FUSION_BENCH_ROUNDS` (default 2) rounds; figures in BENCHMARKS.md.
+#[test]
+#[ignore]
+fn linalg_svd_timings() {
+    use fusion_merging::linalg::{svd, Matrix};
+    use fusion_plugin_api::Compute;
+    use std::time::Instant;
+    let rounds: usize = std::env::var("FUSION_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let rt = runtime();
+    let c: &dyn Compute = &*rt;
+    eprintln!("device: {} ({:?})", c.device_name(), c.device_type());
+    for (m, n) in [(768usize, 3072usize), (1024, 4096)] {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let data: Vec<f32> = (0..m * n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 1e-2
+            })
+            .collect();
+        let a = Matrix::from_f32(m, n, &data);
+        for round in 0..rounds {
+            let t = Instant::now();
+            let input = fusion_plugin_api::DeviceTensor::from_f32(c, &[1, m, n], &data).unwrap();
+            let d = fusion_kernels::linalg::svd(c, input.id(), 1, m, n).unwrap();
+            let s = fusion_kernels::nn::read_f32(c, d.s.id()).unwrap();
+            let _u = fusion_kernels::nn::read_f32(c, d.u.id()).unwrap();
+            let _vt = fusion_kernels::nn::read_f32(c, d.vt.id()).unwrap();
+            let dev = t.elapsed().as_secs_f64();
+            drop(d);
+            drop(input);
+            // The randomized truncated SVD at TSV-M's rank for eight tasks.
+            let rank = m.min(n) / 8;
+            let t = Instant::now();
+            let input = fusion_plugin_api::DeviceTensor::from_f32(c, &[1, m, n], &data).unwrap();
+            let r = fusion_kernels::linalg::randomized_svd(
+                c,
+                input.id(),
+                1,
+                m,
+                n,
+                rank,
+                &Default::default(),
+            )
+            .unwrap();
+            let rs = fusion_kernels::nn::read_f32(c, r.s.id()).unwrap();
+            let _ = fusion_kernels::nn::read_f32(c, r.u.id()).unwrap();
+            let _ = fusion_kernels::nn::read_f32(c, r.vt.id()).unwrap();
+            let rdev = t.elapsed().as_secs_f64();
+            drop(r);
+            drop(input);
+            let t = Instant::now();
+            let f = svd(&a);
+            let cpu = t.elapsed().as_secs_f64();
+            let ds = (s[0] as f64 - f.s[0]).abs() / f.s[0];
+            eprintln!(
+                "svd {m}x{n} round {round}: device {dev:.2} s, faer {cpu:.2} s; σ1 {:.6e} vs {:.6e} (rel {ds:.1e}); randomized rank {rank} {rdev:.2} s, σ1 {:.6e}, σ{rank} {:.6e} vs {:.6e}",
+                s[0], f.s[0], rs[0], rs[rank - 1], f.s[rank - 1]
+            );
+        }
+    }
+}
+
+/// WUDI's Adam loop on the device (WGSL products and the fused Adam kernel, as a GPU adapter
+/// gets it) against the CPU loop and fusion-bench's output for linalg-tiny's `wudi` case
+/// (`iter_num` 40, four task vectors): every 2-D weight's merged task vector agrees with the
+/// CPU's to 1e-4 of its largest entry, and θ₀ + x with the golden tensor to 1e-4 (as
+/// `golden_wudi`).
+#[test]
+fn wudi_adam_loop_on_the_device_matches_the_cpu_and_the_golden() {
+    use fusion_merging::linalg::Backend;
+    use fusion_merging::wudi_optimize;
+    let base = linalg_model("_pretrained_");
+    let tasks: Vec<Model> = ["task_a", "task_b", "task_c", "task_d"]
+        .iter()
+        .map(|n| linalg_model(n))
+        .collect();
+    let expected = fusion_checkpoint::open_model(
+        linalg_fixtures()
+            .join("expected/wudi.safetensors")
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let device = Backend::Device(ctx(Some(0)));
+    let mut checked = 0;
+    for name in base.names().unwrap() {
+        let (theta0, shape) = base.to_f32(&name).unwrap();
+        if shape.len() != 2 {
+            continue;
+        }
+        let (m, n) = (shape[0], shape[1]);
+        let tvs: Vec<Vec<f32>> = tasks
+            .iter()
+            .map(|t| {
+                let (v, _) = t.to_f32(&name).unwrap();
+                v.iter().zip(&theta0).map(|(a, b)| a - b).collect()
+            })
+            .collect();
+        let mut sum = tvs[0].clone();
+        for tv in &tvs[1..] {
+            sum.iter_mut().zip(tv).for_each(|(a, x)| *a += x);
+        }
+        let cpu = wudi_optimize(&Backend::Cpu, m, n, &tvs, sum.clone(), 40).unwrap();
+        let dev = wudi_optimize(&device, m, n, &tvs, sum.clone(), 40).unwrap();
+        // The steps themselves (x − x₀, about 40·lr per entry) agree to 1%.
+        let moved = cpu
+            .iter()
+            .zip(&sum)
+            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
+        let step_diff = cpu
+            .iter()
+            .zip(&dev)
+            .zip(&sum)
+            .fold(0f32, |w, ((a, b), s)| w.max(((a - s) - (b - s)).abs()));
+        assert!(
+            moved > 1e-4 && step_diff <= 1e-2 * moved,
+            "`{name}`: the CPU loop moved x by {moved:e}, the device's differs by {step_diff:e}"
+        );
+        let scale = cpu.iter().fold(0f32, |w, x| w.max(x.abs()));
+        let diff = cpu
+            .iter()
+            .zip(&dev)
+            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
+        assert!(
+            diff <= 1e-4 * scale,
+            "`{name}` {m}x{n}: device and CPU task vectors differ by {diff:e} (max {scale:e})"
+        );
+        let (want, _) = expected.to_f32(&name).unwrap();
+        let merged: Vec<f32> = theta0.iter().zip(&dev).map(|(a, x)| a + x).collect();
+        let wscale = want.iter().fold(0f32, |w, x| w.max(x.abs()));
+        let werr = merged
+            .iter()
+            .zip(&want)
+            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
+        assert!(
+            werr <= 1e-4 * wscale,
+            "`{name}`: device WUDI differs from fusion-bench's by {werr:e} (max {wscale:e})"
+        );
+        eprintln!(
+            "wudi `{name}` {m}x{n}: device vs CPU {diff:.2e} of {scale:.2e}, vs golden {werr:.2e}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "linalg-tiny has 2-D weights");
+}
+
+/// ISO-C with its SVD on the device (as a GPU adapter runs it) against the CPU's faer SVD and
+/// fusion-bench's output for linalg-tiny's `iso_c` case (scaling 1.3): each 2-D weight's task
+/// matrix mean(σ)·U·Vᵀ agrees with the CPU's to 1e-4 of its largest entry, θ₀ + 1.3·it with
+/// the golden tensor to 1e-4 (as `golden_iso_c`).
+#[test]
+fn iso_c_svd_on_the_device_matches_the_cpu_and_the_golden() {
+    use fusion_merging::iso_c_on;
+    use fusion_merging::linalg::Backend;
+    let base = linalg_model("_pretrained_");
+    let tasks: Vec<Model> = ["task_a", "task_b", "task_c", "task_d"]
+        .iter()
+        .map(|n| linalg_model(n))
+        .collect();
+    let expected = fusion_checkpoint::open_model(
+        linalg_fixtures()
+            .join("expected/iso_c.safetensors")
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let device = Backend::Device(ctx(Some(0)));
+    let mut checked = 0;
+    for name in base.names().unwrap() {
+        let (theta0, shape) = base.to_f32(&name).unwrap();
+        if shape.len() != 2 {
+            continue;
+        }
+        let (m, n) = (shape[0], shape[1]);
+        let tvs: Vec<Vec<f32>> = tasks
+            .iter()
+            .map(|t| {
+                let (v, _) = t.to_f32(&name).unwrap();
+                v.iter().zip(&theta0).map(|(a, b)| a - b).collect()
+            })
+            .collect();
+        let cpu = iso_c_on(&Backend::Cpu, m, n, &tvs).unwrap();
+        let dev = iso_c_on(&device, m, n, &tvs).unwrap();
+        let scale = cpu.iter().fold(0f32, |w, x| w.max(x.abs()));
+        let diff = cpu
+            .iter()
+            .zip(&dev)
+            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
+        assert!(
+            diff <= 1e-4 * scale,
+            "`{name}` {m}x{n}: device and CPU ISO-C differ by {diff:e} (max {scale:e})"
+        );
+        let (want, _) = expected.to_f32(&name).unwrap();
+        let merged: Vec<f32> = theta0.iter().zip(&dev).map(|(a, x)| a + 1.3 * x).collect();
+        let wscale = want.iter().fold(0f32, |w, x| w.max(x.abs()));
+        let werr = merged
+            .iter()
+            .zip(&want)
+            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
+        assert!(
+            werr <= 1e-4 * wscale,
+            "`{name}`: device ISO-C differs from fusion-bench's by {werr:e} (max {wscale:e})"
+        );
+        eprintln!(
+            "iso_c `{name}` {m}x{n}: device vs CPU {diff:.2e} of {scale:.2e}, vs golden {werr:.2e}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "linalg-tiny has 2-D weights");
+}
+
+/// SVC with the SVD of the merged task matrix on the device, after task arithmetic (0.3, as
+/// linalg-tiny's `svc_task_arithmetic`, alpha 0.1): each 2-D weight agrees with the CPU path
+/// and with fusion-bench's output to 1e-4 of its largest entry.
+#[test]
+fn svc_svd_on_the_device_matches_the_cpu_and_the_golden() {
+    use fusion_merging::linalg::Backend;
+    use fusion_merging::svc_on;
+    let base = linalg_model("_pretrained_");
+    let tasks: Vec<Model> = ["task_a", "task_b", "task_c", "task_d"]
+        .iter()
+        .map(|n| linalg_model(n))
+        .collect();
+    let expected = fusion_checkpoint::open_model(
+        linalg_fixtures()
+            .join("expected/svc_task_arithmetic.safetensors")
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let device = Backend::Device(ctx(Some(0)));
+    let mut checked = 0;
+    for name in base.names().unwrap() {
+        let (theta0, shape) = base.to_f32(&name).unwrap();
+        if shape.len() != 2 {
+            continue;
+        }
+        let (m, n) = (shape[0], shape[1]);
+        let weights: Vec<Vec<f32>> = tasks.iter().map(|t| t.to_f32(&name).unwrap().0).collect();
+        // Task arithmetic, θ₀ + 0.3·Σ(θᵢ − θ₀), in f32.
+        let mut sum = vec![0f32; m * n];
+        for w in &weights {
+            sum.iter_mut()
+                .zip(w.iter().zip(&theta0))
+                .for_each(|(s, (a, b))| *s += a - b);
+        }
+        let merged: Vec<f32> = theta0.iter().zip(&sum).map(|(b, s)| b + 0.3 * s).collect();
+        let cpu = svc_on(&Backend::Cpu, m, n, &theta0, &merged, &weights, 0.1).unwrap();
+        let dev = svc_on(&device, m, n, &theta0, &merged, &weights, 0.1).unwrap();
+        let (want, _) = expected.to_f32(&name).unwrap();
+        let scale = want.iter().fold(0f32, |w, x| w.max(x.abs()));
+        let max_diff =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |w, (x, y)| w.max((x - y).abs()));
+        let (dc, dg) = (max_diff(&cpu, &dev), max_diff(&dev, &want));
+        assert!(
+            dc <= 1e-4 * scale && dg <= 1e-4 * scale,
+            "`{name}` {m}x{n}: device vs CPU {dc:e}, vs golden {dg:e} (max {scale:e})"
+        );
+        eprintln!(
+            "svc `{name}` {m}x{n}: device vs CPU {dc:.2e}, vs golden {dg:.2e} of {scale:.2e}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "linalg-tiny has 2-D weights");
+}
