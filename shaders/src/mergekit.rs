@@ -7,7 +7,9 @@
 //! The random keep of DARE draws the same splitmix64 stream as the CPU path: element `i` of a
 //! tensor keyed `key` takes the `(i + 1)`-th output from state `key`.
 
-use fusion_plugin_api::{Compute, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result};
+use fusion_plugin_api::{
+    Binding, Compute, DType, DeviceTensor, Error, GpuTensor, KernelCall, Result,
+};
 
 use crate::launch::{chunks, constants, dispatch_1d, info, workgroup_size, Chunk};
 use crate::wgsl;
@@ -209,4 +211,62 @@ pub fn mk_fma_is_fused(c: &dyn Compute) -> Result<bool> {
     let x = DeviceTensor::from_f32(c, &[1], &[a])?;
     mk_axpy(c, out.id(), x.id(), a)?;
     Ok(out.to_f32()?[0] != 0.0)
+}
+
+/// DELLA's MagPrune keep (mergekit's `della_magprune` as fusion-mergekit's CPU path draws it)
+/// into a new tensor: in each row of `row_len` elements, the element of ascending magnitude
+/// rank `k` (ties by position) takes draw `row_start + k` of the splitmix64 stream keyed `key`
+/// and stays where it is below `probability(k)`. The tensor must fit one storage binding
+/// ([`mk_della_fits`]); each element counts its rank over its row (O(row_len) per element).
+pub fn mk_della_keep(
+    c: &dyn Compute,
+    x: GpuTensor,
+    row_len: usize,
+    key: u64,
+    probability: impl Fn(usize) -> f64,
+) -> Result<GpuTensor> {
+    let (dtype, shape, n) = info(c, x)?;
+    if !mk_della_fits(c, n) || dtype != DType::F32 || row_len == 0 || n % row_len as u64 != 0 {
+        return Err(Error::compute(format!(
+            "mk_della_keep: expects an f32 tensor of whole rows within one storage binding, got {dtype} of {n} elements in rows of {row_len}"
+        )));
+    }
+    let words: Vec<u32> = (0..row_len)
+        .flat_map(|k| {
+            let p = probability(k);
+            // u < p with u = r / 2^53: r < ceil(p · 2^53).
+            let t = if p <= 0.0 {
+                0
+            } else {
+                (p * (1u64 << 53) as f64).ceil() as u64
+            };
+            [t as u32, (t >> 32) as u32]
+        })
+        .collect();
+    let thresholds =
+        DeviceTensor::from_bytes(c, DType::F32, &[row_len * 2], bytemuck::cast_slice(&words))?;
+    let out = DeviceTensor::zeros(c, DType::F32, &shape)?;
+    let l = c.limits();
+    let wg = workgroup_size(&l);
+    let mut uniforms = [0u32; 8];
+    uniforms[..4].copy_from_slice(&[n as u32, row_len as u32, key as u32, (key >> 32) as u32]);
+    c.dispatch(&KernelCall {
+        label: "mk_della_keep",
+        source: wgsl::MERGEKIT,
+        entry_point: "mk_della_keep",
+        constants: &constants(&l, &[("ROUND", 0.0)]),
+        bindings: &[
+            out.write_binding(),
+            Binding::read(x),
+            thresholds.read_binding(),
+        ],
+        uniforms: bytemuck::cast_slice(&uniforms),
+        workgroups: dispatch_1d(&l, n, wg),
+    })?;
+    Ok(out.into_raw())
+}
+
+/// Whether [`mk_della_keep`] takes a tensor of `n` elements (one storage binding).
+pub fn mk_della_fits(c: &dyn Compute, n: u64) -> bool {
+    n <= crate::launch::chunk_elements(&c.limits()) && n < 1 << 31
 }

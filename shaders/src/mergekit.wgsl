@@ -21,6 +21,10 @@
 //                   the normalisation, lambda and the base, each step rounded
 //   mk_axpy:        0 = out (rw), 1 = x (read), 2 = uniform P              out = fma(x, w, out)
 //   mk_div:         0 = out (rw), 1 = uniform P                            out = out / s
+//   mk_della_keep:  0 = out (rw), 1 = x (read), 2 = thresholds (read, u32 pairs), 3 = uniform P
+//                   DELLA's MagPrune keep: in each row of `a` elements, the element of
+//                   magnitude rank k (ascending, ties by position) takes draw row_start + k of
+//                   the splitmix64 stream keyed (b, c) and stays where it is below T[k]
 
 override ROUND: u32 = 0u;
 
@@ -45,6 +49,8 @@ struct P {
 @group(0) @binding(1) var<uniform> p1: P;
 
 @group(0) @binding(2) var<uniform> p2: P;
+
+@group(0) @binding(2) var<storage, read> thresholds: array<u32>;
 
 @group(0) @binding(1) var<storage, read_write> div_rw: array<f32>;
 @group(0) @binding(2) var<storage, read> s2: array<f32>;
@@ -103,6 +109,38 @@ fn mk_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         return;
     }
     out[i] = q(x1[i] - y2[i]);
+}
+
+// The (index + 1)-th splitmix64 output from `key`, shifted to its top 53 bits.
+fn draw53(index0: vec2<u32>, key: vec2<u32>) -> vec2<u32> {
+    let index = add64(index0, vec2<u32>(1u, 0u));
+    var z = add64(key, mul64(index, vec2<u32>(0x7F4A7C15u, 0x9E3779B9u)));
+    z = mul64(xor_shr64(z, 30u), vec2<u32>(0x1CE4E5B9u, 0xBF58476Du));
+    z = mul64(xor_shr64(z, 27u), vec2<u32>(0x133111EBu, 0x94D049BBu));
+    z = xor_shr64(z, 31u);
+    return shr64(z, 11u);
+}
+
+@compute @workgroup_size(WG)
+fn mk_della_keep(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i >= p3.n) {
+        return;
+    }
+    let len = p3.a;
+    let start = i / len * len;
+    let mine = abs_bits(x1[i]);
+    var rank = 0u;
+    for (var j = start; j < start + len; j = j + 1u) {
+        let m = abs_bits(x1[j]);
+        if (m < mine || (m == mine && j < i)) {
+            rank = rank + 1u;
+        }
+    }
+    let r = draw53(vec2<u32>(start + rank, 0u), vec2<u32>(p3.b, p3.c));
+    let t = vec2<u32>(thresholds[2u * rank], thresholds[2u * rank + 1u]);
+    let below = r.y < t.y || (r.y == t.y && r.x < t.x);
+    out[i] = select(0.0, x1[i], below);
 }
 
 @compute @workgroup_size(WG)

@@ -234,8 +234,13 @@ fn target(text: Option<&str>) -> anyhow::Result<Target> {
 /// Open the adapter; a missing one is an error naming what was asked and what exists.
 fn start(choice: &DeviceChoice, asked: &str) -> anyhow::Result<Runtime> {
     let rt = Runtime::new(choice, RuntimeOptions::default()).map_err(|e| {
+        let hint = if *choice == DeviceChoice::Gpu {
+            " (`cuda` or `auto` also take a software adapter)"
+        } else {
+            ""
+        };
         anyhow::anyhow!(
-            "--device {asked}: no such compute device ({e}); use --device cpu to merge on the CPU"
+            "--device {asked}: no such compute device ({e}); use --device cpu to merge on the CPU{hint}"
         )
     })?;
     let info = rt.adapter();

@@ -4,13 +4,14 @@
 //! tensor's inputs and scratch at once, as the CPU path holds them in memory.
 //!
 //! On the device: `linear`, `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`,
-//! `breadcrumbs`, `breadcrumbs_ties` (the task-arithmetic family step by step in the CPU path's
-//! order, `fusion_kernels::mergekit`: the same f32 arithmetic, DARE's draws from the same
-//! splitmix64 stream), `slerp`, `nuslerp` (flattened, the default) and `model_stock` (whole
+//! `breadcrumbs`, `breadcrumbs_ties`, `della`, `della_linear` (the task-arithmetic family step
+//! by step in the CPU path's order, `fusion_kernels::mergekit`: the same f32 arithmetic, DARE's
+//! and DELLA's draws from the same splitmix64 stream; DELLA's per-row ranks are counted per
+//! element, O(row) each, for tensors within one storage binding), `slerp`, `nuslerp` (flattened, the default) and `model_stock` (whole
 //! tensors, the default). Norms and dot products are f32 tree reductions on the device where
 //! the CPU accumulates in f64, so SLERP's and model stock's coefficients may differ in the last
 //! bits. TIES and breadcrumbs cut at a magnitude threshold where the CPU breaks ties of equal
-//! magnitudes by position. Everything else — the other methods, `della` (per-row ranks),
+//! magnitudes by position. Everything else — the other methods,
 //! `dtype: float16` task arithmetic, embeddings re-mapped to another vocabulary or cut to a
 //! common size, f64 inputs — is merged by the CPU path, and the log says so.
 
@@ -33,11 +34,10 @@ pub(crate) struct Device {
 
 /// Whether `method` (with the method-wide parameters that decide it) has a device path.
 pub(crate) fn supports(method: Method) -> bool {
-    match method {
-        Method::Linear | Method::Slerp | Method::NuSlerp | Method::ModelStock => true,
-        Method::Gta { sparsify, .. } => sparsify != Sparsify::DellaMagprune,
-        _ => false,
-    }
+    matches!(
+        method,
+        Method::Linear | Method::Slerp | Method::NuSlerp | Method::ModelStock | Method::Gta { .. }
+    )
 }
 
 fn num(values: &Values, name: &str) -> Option<f64> {
@@ -136,7 +136,13 @@ impl Device {
         // Shapes of the job the CPU path handles (or refuses) on its own terms.
         let plain = match method {
             Method::Linear => true,
-            Method::Gta { .. } => t.base.is_some() && others > 0,
+            Method::Gta { sparsify, .. } => {
+                let n: u64 = t.info.shape.iter().map(|&d| d as u64).product();
+                if sparsify == Sparsify::DellaMagprune && !mk::mk_della_fits(&*self.compute, n) {
+                    return Ok(Some("della on a tensor past one storage binding".into()));
+                }
+                t.base.is_some() && others > 0
+            }
             Method::Slerp => t.base.is_some() && t.inputs.len() == 2,
             Method::NuSlerp => {
                 others == 2 && (flag(&t.global, "nuslerp_flatten") || t.info.shape.len() <= 1)
@@ -320,9 +326,37 @@ impl Device {
                     Sparsify::Random => {
                         mk::mk_random_keep(c, d.id(), t.random_keys[k], density)?;
                     }
-                    Sparsify::None | Sparsify::DellaMagprune => {
-                        unreachable!("checked above and in why_not")
+                    Sparsify::DellaMagprune => {
+                        let epsilon = num(p, "epsilon").unwrap_or(0.0);
+                        if density <= 0.0 {
+                            // No rescale of an empty mask (as the CPU path).
+                            d = DeviceTensor::zeros(c, DType::F32, shape)?;
+                            weighted.push(d);
+                            weights.push(q(weight as f32));
+                            continue;
+                        }
+                        if density + epsilon >= 1.0 || density - epsilon <= 0.0 {
+                            return Ok(Err(fusion_plugin_api::Error::config(format!(
+                                "della: `epsilon` {epsilon} must keep density ± epsilon inside (0, 1) (density {density})"
+                            ))));
+                        }
+                        // Ranks within each row (a vector is one row), as the CPU path.
+                        let row = if shape.len() < 2 { n } else { n / shape[0] };
+                        let row = row.max(1);
+                        let p_of = |rank: usize| {
+                            let norm = if row > 1 {
+                                rank as f64 / (row - 1) as f64
+                            } else {
+                                0.5
+                            };
+                            density - epsilon + norm * 2.0 * epsilon
+                        };
+                        d = DeviceTensor::adopt(
+                            c,
+                            mk::mk_della_keep(c, d.id(), row, t.random_keys[k], p_of)?,
+                        );
                     }
+                    Sparsify::None => unreachable!("checked above"),
                 }
                 if rescale {
                     let after = f64::from(mk::mk_abs_sum(c, d.id())?);
@@ -724,6 +758,25 @@ mod tests {
         let (a, b, c) = (run(3), run(3), run(4));
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    /// DELLA ranks each row on the device and draws the CPU path's stream: the same keeps, so
+    /// the same tensors up to the L1 rescale factor, for every seed.
+    #[test]
+    fn della_on_the_device_draws_the_cpu_paths_keeps() {
+        for method in ["della", "della_linear"] {
+            for seed in [0u64, 5] {
+                let options = Options {
+                    random_seed: seed,
+                    ..Options::default()
+                };
+                let text = dare_config(method, 0.4)
+                    .replace("density: 0.4}", "density: 0.4, epsilon: 0.2}");
+                let d = compare(&text, &options);
+                eprintln!("{method} seed {seed}: {d:?}");
+                assert!(d.worst <= 4.0 * f32::EPSILON, "{method} seed {seed}: {d:?}");
+            }
+        }
     }
 
     /// The splitmix64 keep on the device against the CPU's draws, element by element, over
