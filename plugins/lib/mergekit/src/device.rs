@@ -809,6 +809,69 @@ mod tests {
         }
     }
 
+    /// On a device whose storage bindings hold 1024 f32 (and 4 workgroups per dimension), every
+    /// kernel runs chunk by chunk (DARE's draws from each chunk's global offset): the same
+    /// results as on the full device; DELLA's larger tensors fall back to the CPU.
+    #[test]
+    fn chunked_launches_give_the_same_merges() {
+        let clamped: Arc<dyn Compute> = Arc::new(
+            Runtime::new(
+                &std::env::var("FUSION_DEVICE")
+                    .map_or(DeviceChoice::Cpu, |s| s.parse().expect("FUSION_DEVICE")),
+                RuntimeOptions {
+                    clamp: fusion_gpu::LimitClamp {
+                        max_storage_binding_size: Some(4096),
+                        max_workgroups_per_dimension: Some(4),
+                        max_invocations_per_workgroup: Some(32),
+                        min_storage_offset_alignment: Some(256),
+                        ..Default::default()
+                    },
+                    unified_memory: Some(false),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let run = |text: &str, c: Arc<dyn Compute>| {
+            tensors(
+                &Merge::from_yaml(text, &Options::default())
+                    .unwrap()
+                    .with_device(c)
+                    .model(),
+            )
+        };
+        let texts = [
+            config_text("ties"),
+            config_text("extra_ties_bf16"),
+            config_text("breadcrumbs_ties"),
+            config_text("linear"),
+            config_text("slerp"),
+            dare_config("dare_ties", 0.3),
+            dare_config("della", 0.4).replace("density: 0.4}", "density: 0.4, epsilon: 0.2}"),
+        ];
+        for text in &texts {
+            let (full, small) = (run(text, compute()), run(text, clamped.clone()));
+            for (name, want) in &full {
+                let got = &small[name];
+                let differing = got.iter().zip(want).filter(|(g, w)| g != w).count();
+                // Slerp's norms and dot products sum in another order across chunks; the
+                // rescale factors of DARE/DELLA likewise.
+                let tolerated =
+                    if text.contains("slerp") || text.contains("dare") || text.contains("della") {
+                        got.iter()
+                            .zip(want)
+                            .all(|(g, w)| (g - w).abs() <= 4.0 * f32::EPSILON * w.abs().max(1.0))
+                    } else {
+                        differing == 0
+                    };
+                assert!(
+                    tolerated,
+                    "{name}: {differing} entries differ between chunked and whole launches\n{text}"
+                );
+            }
+        }
+    }
+
     /// Methods without device kernels give the CPU path's bytes (they run there).
     #[test]
     fn methods_without_kernels_fall_back_to_the_cpu() {
