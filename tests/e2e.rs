@@ -4721,3 +4721,102 @@ fn smile_upscaling_runs_from_fusionbench_yaml_and_the_task_pool_evaluates_the_up
         assert_eq!(again[task], upscaled[task], "{task}");
     }
 }
+
+/// `fusion-host mergekit --device vulkan|cuda` (issue 18): the merge runs on a wgpu adapter
+/// (lavapipe here; `cuda` takes any adapter, hardware first), end to end, with mergekit's
+/// tensors as the result (TIES on the device is the CPU path's arithmetic, bit for bit); the
+/// host's own `--device` reaches the command too; a device that is not there is a clear error
+/// before anything is written.
+#[test]
+fn mergekit_merges_on_the_device_named_as_mergekit_users_name_it() {
+    let work = mergekit_work();
+    let golden = |case: &str| {
+        read_f32(
+            &data()
+                .join("mergekit-tiny/expected")
+                .join(case)
+                .join("model.safetensors"),
+        )
+    };
+    let runs: [(&[&str], &str, &str); 3] = [
+        (
+            &[
+                "mergekit",
+                "configs/ties.yaml",
+                "out_vulkan",
+                "--device",
+                "vulkan",
+            ],
+            "ties",
+            "out_vulkan",
+        ),
+        (
+            &[
+                "mergekit",
+                "configs/task_arithmetic.yaml",
+                "out_cuda",
+                "--device",
+                "cuda",
+            ],
+            "task_arithmetic",
+            "out_cuda",
+        ),
+        (
+            &[
+                "--device",
+                "cuda:0",
+                "mergekit",
+                "configs/slerp.yaml",
+                "out_host",
+            ],
+            "slerp",
+            "out_host",
+        ),
+    ];
+    for (args, case, out) in runs {
+        let run = run_host(work.path(), args);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("merging on the device"),
+            "{args:?}: the log does not say the device merged:\n{}",
+            run.stderr
+        );
+        let got = checkpoint_tensors(&work.path().join(out));
+        let want = golden(case);
+        assert_eq!(got.len(), want.len(), "{case}");
+        for ((gn, gs, gv), (wn, ws, wv)) in got.iter().zip(&want) {
+            assert_eq!((gn, gs), (wn, ws));
+            for (g, w) in gv.iter().zip(wv) {
+                assert!((g - w).abs() <= 1e-6, "{case}: {gn}: {g} vs mergekit's {w}");
+            }
+        }
+    }
+    // A method without device kernels runs on the CPU, and the log says so.
+    let run = run_host(
+        work.path(),
+        &[
+            "mergekit",
+            "configs/sce.yaml",
+            "out_sce",
+            "--device",
+            "vulkan",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("no device kernels"), "{}", run.stderr);
+    // Devices that are not there.
+    for device in ["mps", "dx12", "vulkan:7"] {
+        let out = format!("out_{}", device.replace(':', "_"));
+        let run = run_host(
+            work.path(),
+            &["mergekit", "configs/linear.yaml", &out, "--device", device],
+        );
+        run.assert_clean_failure(1);
+        assert!(
+            run.error().contains(device) && run.error().contains("no such device"),
+            "{device}: {}",
+            run.error()
+        );
+        assert!(!work.path().join(&out).exists(), "{device}: output written");
+    }
+}

@@ -25,6 +25,7 @@ mod dare;
 mod elementwise;
 mod launch;
 pub mod linalg;
+pub mod mergekit;
 pub mod nn;
 mod reduce;
 mod select;

@@ -94,6 +94,8 @@ pub const DARE: &str = with_common!("dare.wgsl");
 pub const BAND: &str = with_common!("band.wgsl");
 /// `reduce_partial`, `reduce_dot`: sums, sums of squares, dot products.
 pub const REDUCE: &str = with_common!("reduce.wgsl");
+/// `mk_*`: mergekit's task arithmetic and linear merge step by step (see `mergekit.rs`).
+pub const MERGEKIT: &str = with_common!("mergekit.wgsl");
 
 /// Every kernel source by file name, for tests and tools.
 pub const ALL: &[(&str, &str)] = &[
@@ -110,6 +112,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("dare.wgsl", DARE),
     ("band.wgsl", BAND),
     ("reduce.wgsl", REDUCE),
+    ("mergekit.wgsl", MERGEKIT),
 ];
 
 /// The most inputs one multi-input kernel (`weighted_sum`, `ties_elect_sum`, `ties_merge_sum`)

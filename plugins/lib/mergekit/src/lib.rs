@@ -24,6 +24,7 @@
 
 pub mod config;
 pub mod cpu;
+mod device;
 pub mod methods;
 pub mod setting;
 pub mod vocab;
@@ -174,6 +175,8 @@ pub struct Merge {
     files: BTreeMap<String, Vec<u8>>,
     by_name: std::collections::HashMap<String, usize>,
     remap: Option<vocab::Remap>,
+    /// The compute device the tensors are merged on, if one is lent (`with_device`).
+    device: Option<device::Device>,
     /// The number of layers of the output.
     pub layers: usize,
 }
@@ -525,6 +528,7 @@ impl Merge {
             files,
             by_name,
             remap,
+            device: None,
             layers: out_layer,
         })
     }
@@ -532,6 +536,30 @@ impl Merge {
     /// The merged model, computed tensor by tensor as it is read.
     pub fn model(self) -> Model {
         Model::new(Lazy(Arc::new(self)))
+    }
+
+    /// Merge on `compute` (a wgpu device): the methods with device kernels run there, tensor
+    /// by tensor; the others, and the tensors the kernels do not cover, on the CPU (the log
+    /// says which). See `device.rs`.
+    pub fn with_device(mut self, compute: Arc<dyn fusion_plugin_api::Compute>) -> Merge {
+        let dev = device::Device::new(compute, self.spec.method);
+        if device::supports(self.spec.method) {
+            tracing::info!(method = self.spec.name, device = %dev.name(), "merging on the device");
+        } else {
+            tracing::warn!(
+                method = self.spec.name,
+                device = %dev.name(),
+                "merge_method `{}` has no device kernels: it is merged on the CPU",
+                self.spec.name
+            );
+        }
+        self.device = Some(dev);
+        self
+    }
+
+    /// Whether `merge_method` has a device path (some tensors may still fall back to the CPU).
+    pub fn device_method(&self) -> bool {
+        device::supports(self.spec.method)
     }
 
     /// The method's name.
@@ -1000,6 +1028,11 @@ impl StateDict for Lazy {
     }
     fn data(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         let t = self.planned(name)?;
+        if let Some(dev) = &self.0.device {
+            if let Some(bytes) = dev.merge(&self.0, t)? {
+                return Ok(Cow::Owned(bytes));
+            }
+        }
         if let Some(bytes) = self.0.stream_linear(t)? {
             return Ok(Cow::Owned(bytes));
         }
