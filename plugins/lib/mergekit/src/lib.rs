@@ -22,6 +22,7 @@
 //! # Ok::<(), fusion_plugin_api::Error>(())
 //! ```
 
+pub mod blocks;
 pub mod config;
 pub mod cpu;
 pub mod methods;
@@ -1001,6 +1002,9 @@ impl StateDict for Lazy {
     fn data(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         let t = self.planned(name)?;
         if let Some(bytes) = self.0.stream_linear(t)? {
+            return Ok(Cow::Owned(bytes));
+        }
+        if let Some(bytes) = self.0.stream_gta(t)? {
             return Ok(Cow::Owned(bytes));
         }
         let values = self.0.compute(t)?;

@@ -1,0 +1,664 @@
+//! Task arithmetic, TIES and DARE (`generalized_task_arithmetic.py` with no, magnitude or random
+//! sparsification) block by block, from the inputs' stored bytes to the output's bytes.
+//!
+//! The whole-tensor path (`methods::merge`) holds every input, every task vector, its mask and
+//! the output in f32: about eight copies of the largest tensor (the embeddings) for a TIES of
+//! three models. Here the memory is a block budget ([`BLOCK_BYTES`]) whatever the tensor's size,
+//! and every pass runs on all cores:
+//!
+//! 1. TIES needs each task vector's k-th largest magnitude over the whole tensor first. One pass
+//!    counts the magnitudes by their upper 16 bits (32 768 bins: non-negative floats order as
+//!    their bits), which finds the bin that holds the k-th largest. Where some magnitude has
+//!    non-zero lower bits (task vectors not in bfloat16), a second pass counts the lower 16 bits
+//!    of the entries in that bin. Either way the threshold is exact, and so is the number of
+//!    entries above it: of the entries equal to it the first ones by position are kept, as
+//!    `cpu::top_k_magnitude` (a stable sort) keeps them. DARE's rescale needs each task vector's
+//!    L1 norm before and after its random mask: the same pass sums them per chunk.
+//! 2. Then block by block: the block's task vectors, and per chunk the number of entries equal to
+//!    the threshold (which gives each chunk its share of the ties left); then per chunk the
+//!    masks, the weights, the sign election and sum (`methods::Mix`, the code of the whole-tensor
+//!    path) and the output's encoding.
+//!
+//! The results equal the whole-tensor path's bit for bit (`tests::blocks_equal_whole_tensors`).
+
+use std::time::Instant;
+
+use fusion_plugin_api::{DType, Error, Result, StateDict};
+use rayon::prelude::*;
+
+use crate::cpu::{self, CHUNK};
+use crate::methods::{self, Job, Method, Mix, Rng, Sparsify};
+
+/// The default budget of one block's f32 buffers (the base and every task vector of the block).
+pub const BLOCK_BYTES: usize = 64 << 20;
+
+/// Bins of the first count: the upper 16 bits of a magnitude (its sign bit is 0).
+const HI_BINS: usize = 1 << 15;
+/// Bins of the refining count: the lower 16 bits.
+const LO_BINS: usize = 1 << 16;
+
+/// One input tensor as stored.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub bytes: &'a [u8],
+    pub dtype: DType,
+}
+
+/// What one task vector keeps.
+#[derive(Clone, Copy, Debug)]
+enum Keep {
+    All,
+    Nothing,
+    /// The magnitudes (as bits) above `threshold`, and the first `ties` equal to it.
+    Top {
+        threshold: u32,
+        ties: usize,
+    },
+    /// The entries whose draw is under `density`.
+    Random {
+        key: u64,
+        density: f64,
+    },
+}
+
+struct Task {
+    /// Its input's position.
+    src: usize,
+    weight: f32,
+    keep: Keep,
+    /// DARE's rescale factor, once known.
+    scale: Option<f32>,
+    /// TIES's k, until the threshold is known.
+    k: usize,
+    /// Whether pass 1 sums its L1 norms (DARE with `rescale`).
+    sums: bool,
+}
+
+/// `job`'s merge (its parameters: `job.tensors` is not read) of `sources` (in the job's input
+/// order), read as f32 and each rounded to `read_as` where stored in another dtype, as bytes of
+/// `out`. `None` where this path does not apply and the caller merges the whole tensor: another
+/// method, no task vector, or TIES's magnitude mask with `rescale`. `block_bytes`: the budget of
+/// a block's buffers (at least one chunk of every input).
+pub fn gta(
+    job: &Job<'_>,
+    method: Method,
+    sources: &[Source<'_>],
+    read_as: Option<DType>,
+    out: DType,
+    block_bytes: usize,
+) -> Result<Option<Vec<u8>>> {
+    let Method::Gta {
+        consensus,
+        sparsify,
+    } = method
+    else {
+        return Ok(None);
+    };
+    if !matches!(
+        sparsify,
+        Sparsify::None | Sparsify::Magnitude | Sparsify::Random
+    ) {
+        return Ok(None);
+    }
+    let args = (job, consensus, sparsify, sources, read_as, out, block_bytes);
+    // One copy of the loops per rounding, so that it inlines.
+    match job.work {
+        Some(DType::BF16) => gta_in(args, methods::half_bf16),
+        Some(DType::F16) => gta_in(args, methods::half_f16),
+        _ => gta_in(args, |x: f32| x),
+    }
+}
+
+type Args<'a, 'b> = (
+    &'a Job<'b>,
+    bool,
+    Sparsify,
+    &'a [Source<'b>],
+    Option<DType>,
+    DType,
+    usize,
+);
+
+/// Chunk `c` (`out.len()` entries from `start`) of `src` as f32, rounded as the inputs are read.
+#[inline]
+fn load(src: &Source<'_>, start: usize, out: &mut [f32], read_as: Option<DType>) {
+    let s = src.dtype.size();
+    cpu::decode_into(
+        &src.bytes[start * s..(start + out.len()) * s],
+        src.dtype,
+        out,
+    );
+    if let Some(d) = read_as.filter(|d| *d != src.dtype) {
+        cpu::round_slice(out, d);
+    }
+}
+
+/// The task vector `q(x − b)` in place of `x`.
+#[inline]
+fn delta(x: &mut [f32], b: &[f32], q: impl Fn(f32) -> f32) {
+    x.iter_mut().zip(b).for_each(|(x, b)| *x = q(*x - b));
+}
+
+/// The bin where, counting down from the top, the `k`-th entry falls, and the count above it.
+fn descend(hist: &[u64], k: u64) -> (usize, u64) {
+    let mut above = 0u64;
+    for (b, &c) in hist.iter().enumerate().rev() {
+        if above + c >= k {
+            return (b, above);
+        }
+        above += c;
+    }
+    (0, above)
+}
+
+/// Per-split accumulator of pass 1 / the refining pass.
+struct Acc {
+    hist: Vec<u64>,
+    low: Vec<u32>,
+    /// (chunk, task, L1 before, L1 after)
+    sums: Vec<(usize, usize, f64, f64)>,
+    b: Vec<f32>,
+    x: Vec<f32>,
+}
+
+impl Acc {
+    fn new(bins: usize) -> Acc {
+        Acc {
+            hist: vec![0; bins],
+            low: Vec::new(),
+            sums: Vec::new(),
+            b: vec![0.0; CHUNK],
+            x: vec![0.0; CHUNK],
+        }
+    }
+    fn merge(mut self, o: Acc) -> Acc {
+        self.hist.iter_mut().zip(&o.hist).for_each(|(a, b)| *a += b);
+        if self.low.len() < o.low.len() {
+            self.low.resize(o.low.len(), 0);
+        }
+        self.low.iter_mut().zip(&o.low).for_each(|(a, b)| *a |= b);
+        self.sums.extend(o.sums);
+        self
+    }
+}
+
+fn gta_in(
+    args: Args<'_, '_>,
+    q: impl Fn(f32) -> f32 + Sync + Send + Copy,
+) -> Result<Option<Vec<u8>>> {
+    let (job, consensus, sparsify, sources, read_as, out_dtype, block_bytes) = args;
+    let base = job.base.ok_or_else(|| {
+        Error::config(format!(
+            "task arithmetic: tensor `{}` has no base model input",
+            job.name
+        ))
+    })?;
+    let others: Vec<usize> = (0..sources.len()).filter(|&i| i != base).collect();
+    if others.is_empty() {
+        return Ok(None);
+    }
+    let bsrc = sources[base];
+    let n = bsrc.bytes.len() / bsrc.dtype.size();
+    if let Some(i) =
+        (0..sources.len()).find(|&i| sources[i].bytes.len() / sources[i].dtype.size() != n)
+    {
+        return Err(Error::model(format!(
+            "tensor `{}`: input {i} has {} entries, the base {n}",
+            job.name,
+            sources[i].bytes.len() / sources[i].dtype.size()
+        )));
+    }
+    let rescale = job.gflag("rescale");
+    let mut tasks = Vec::with_capacity(others.len());
+    for &i in &others {
+        let density = job.m(i, "density").unwrap_or(1.0);
+        let mut task = Task {
+            src: i,
+            weight: q(job.weight(i)? as f32),
+            keep: Keep::All,
+            scale: None,
+            k: 0,
+            sums: false,
+        };
+        if sparsify != Sparsify::None && density < 1.0 {
+            match sparsify {
+                Sparsify::Magnitude => {
+                    // mergekit 0.1.5: a positive density keeps at least one entry.
+                    if density <= 0.0 || n == 0 {
+                        task.keep = Keep::Nothing;
+                    } else {
+                        let k = ((density * n as f64) as usize).max(1);
+                        if k < n {
+                            if rescale {
+                                return Ok(None);
+                            }
+                            task.k = k;
+                        }
+                    }
+                }
+                Sparsify::Random => {
+                    task.keep = Keep::Random {
+                        key: job.random_keys[i],
+                        density,
+                    };
+                    task.sums = rescale;
+                }
+                _ => unreachable!("checked by gta"),
+            }
+        }
+        tasks.push(task);
+    }
+    let t0 = Instant::now();
+    let chunks = n.div_ceil(CHUNK);
+    let tops: Vec<usize> = (0..tasks.len()).filter(|&t| tasks[t].k > 0).collect();
+    if !tops.is_empty() || tasks.iter().any(|t| t.sums) {
+        // Pass 1: the magnitudes' upper bits of the TIES task vectors, DARE's L1 norms.
+        let acc = (0..chunks)
+            .into_par_iter()
+            .fold(
+                || {
+                    let mut a = Acc::new(tops.len() * HI_BINS);
+                    a.low = vec![0; tops.len()];
+                    a
+                },
+                |mut a, c| {
+                    let start = c * CHUNK;
+                    let len = CHUNK.min(n - start);
+                    load(&bsrc, start, &mut a.b[..len], read_as);
+                    for (t, task) in tasks.iter().enumerate() {
+                        let slot = tops.iter().position(|&x| x == t);
+                        if slot.is_none() && !task.sums {
+                            continue;
+                        }
+                        load(&sources[task.src], start, &mut a.x[..len], read_as);
+                        delta(&mut a.x[..len], &a.b[..len], q);
+                        let d = &a.x[..len];
+                        if let Some(s) = slot {
+                            let h = &mut a.hist[s * HI_BINS..(s + 1) * HI_BINS];
+                            let mut low = 0u32;
+                            for v in d {
+                                let bits = v.abs().to_bits();
+                                h[(bits >> 16) as usize] += 1;
+                                low |= bits & 0xFFFF;
+                            }
+                            a.low[s] |= low;
+                        }
+                        if let Keep::Random { key, density } = task.keep {
+                            let before = methods::chunk_l1(d);
+                            let mut rng = Rng::at(key, start);
+                            let after: f64 = d
+                                .iter()
+                                .map(|v| {
+                                    if rng.next() < density {
+                                        v.abs() as f64
+                                    } else {
+                                        0.0
+                                    }
+                                })
+                                .sum();
+                            a.sums.push((c, t, before, after));
+                        }
+                    }
+                    a
+                },
+            )
+            .reduce(|| Acc::new(tops.len() * HI_BINS), Acc::merge);
+        // DARE's rescale: the chunks' sums in order, as `methods::l1` adds them.
+        let mut sums = acc.sums;
+        sums.sort_by_key(|s| (s.1, s.0));
+        for (t, task) in tasks.iter_mut().enumerate() {
+            if !task.sums {
+                continue;
+            }
+            let mine: Vec<&(usize, usize, f64, f64)> = sums.iter().filter(|s| s.1 == t).collect();
+            let before: f64 = mine.iter().map(|s| s.2).collect::<Vec<_>>().iter().sum();
+            let after: f64 = mine.iter().map(|s| s.3).collect::<Vec<_>>().iter().sum();
+            if before >= 1e-7 && after >= 1e-7 {
+                task.scale = Some((before / after) as f32);
+            }
+        }
+        // TIES: the bin of each k-th largest magnitude; exact unless lower bits are in use.
+        let mut refine = Vec::new();
+        for (s, &t) in tops.iter().enumerate() {
+            let k = tasks[t].k as u64;
+            let (bin, above) = descend(&acc.hist[s * HI_BINS..(s + 1) * HI_BINS], k);
+            let threshold = (bin as u32) << 16;
+            tasks[t].keep = Keep::Top {
+                threshold,
+                ties: (k - above) as usize,
+            };
+            if acc.low[s] != 0 {
+                refine.push((t, bin as u32));
+            }
+        }
+        if !refine.is_empty() {
+            // The refining pass: the lower 16 bits of the magnitudes in each threshold bin.
+            let acc = (0..chunks)
+                .into_par_iter()
+                .fold(
+                    || Acc::new(refine.len() * LO_BINS),
+                    |mut a, c| {
+                        let start = c * CHUNK;
+                        let len = CHUNK.min(n - start);
+                        load(&bsrc, start, &mut a.b[..len], read_as);
+                        for (s, &(t, bin)) in refine.iter().enumerate() {
+                            load(&sources[tasks[t].src], start, &mut a.x[..len], read_as);
+                            delta(&mut a.x[..len], &a.b[..len], q);
+                            let h = &mut a.hist[s * LO_BINS..(s + 1) * LO_BINS];
+                            for v in &a.x[..len] {
+                                let bits = v.abs().to_bits();
+                                if bits >> 16 == bin {
+                                    h[(bits & 0xFFFF) as usize] += 1;
+                                }
+                            }
+                        }
+                        a
+                    },
+                )
+                .reduce(|| Acc::new(refine.len() * LO_BINS), Acc::merge);
+            for (s, &(t, bin)) in refine.iter().enumerate() {
+                let Keep::Top { ties: need, .. } = tasks[t].keep else {
+                    unreachable!("set above")
+                };
+                let (lo, above) = descend(&acc.hist[s * LO_BINS..(s + 1) * LO_BINS], need as u64);
+                tasks[t].keep = Keep::Top {
+                    threshold: bin << 16 | lo as u32,
+                    ties: need - above as usize,
+                };
+            }
+        }
+    }
+    let t1 = Instant::now();
+
+    // Pass 2, block by block.
+    let m = tasks.len();
+    let per = 1 + m;
+    let block = (block_bytes / (per * 4) / CHUNK).max(1) * CHUNK;
+    let osize = out_dtype.size();
+    let mut out = vec![0u8; n * osize];
+    let mut buf = vec![0f32; per * block.min(n)];
+    let mut ties_left: Vec<usize> = tasks
+        .iter()
+        .map(|t| match t.keep {
+            Keep::Top { ties, .. } => ties,
+            _ => 0,
+        })
+        .collect();
+    let weights: Vec<f32> = tasks.iter().map(|t| t.weight).collect();
+    let mix = Mix::new(job, consensus, &weights, q);
+    let region = per * CHUNK;
+    for bs in (0..n).step_by(block) {
+        let be = (bs + block).min(n);
+        let buf = &mut buf[..per * (be - bs)];
+        // The block's base and task vectors (per chunk: the base, then each task vector), and
+        // each chunk's count of magnitudes equal to a TIES threshold.
+        let counts: Vec<Vec<usize>> = buf
+            .par_chunks_mut(region)
+            .enumerate()
+            .map(|(c, r)| {
+                let len = r.len() / per;
+                let start = bs + c * CHUNK;
+                let (b, rest) = r.split_at_mut(len);
+                load(&bsrc, start, b, read_as);
+                tasks
+                    .iter()
+                    .zip(rest.chunks_mut(len))
+                    .map(|(task, d)| {
+                        load(&sources[task.src], start, d, read_as);
+                        delta(d, b, q);
+                        match task.keep {
+                            Keep::Top { threshold, .. } => {
+                                d.iter().filter(|v| v.abs().to_bits() == threshold).count()
+                            }
+                            _ => 0,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        // The ties kept, chunk by chunk in order of position.
+        let quotas: Vec<Vec<usize>> = counts
+            .iter()
+            .map(|cs| {
+                cs.iter()
+                    .zip(ties_left.iter_mut())
+                    .map(|(&c, left)| {
+                        let q = c.min(*left);
+                        *left -= q;
+                        q
+                    })
+                    .collect()
+            })
+            .collect();
+        let out_block = &mut out[bs * osize..be * osize];
+        buf.par_chunks_mut(region)
+            .zip(out_block.par_chunks_mut(CHUNK * osize))
+            .zip(quotas.par_iter())
+            .enumerate()
+            .for_each(|(c, ((r, o), quota))| {
+                let len = r.len() / per;
+                let start = bs + c * CHUNK;
+                let (b, rest) = r.split_at_mut(len);
+                for ((task, d), &quota) in tasks.iter().zip(rest.chunks_mut(len)).zip(quota) {
+                    match task.keep {
+                        Keep::All => {}
+                        Keep::Nothing => d.fill(0.0),
+                        Keep::Top { threshold, .. } => {
+                            let mut left = quota;
+                            for v in d.iter_mut() {
+                                let bits = v.abs().to_bits();
+                                let tie = bits == threshold && left > 0;
+                                if !(bits > threshold || tie) {
+                                    *v = 0.0;
+                                }
+                                left -= tie as usize;
+                            }
+                        }
+                        Keep::Random { key, density } => {
+                            let mut rng = Rng::at(key, start);
+                            for v in d.iter_mut() {
+                                if rng.next() >= density {
+                                    *v = 0.0;
+                                }
+                            }
+                        }
+                    }
+                    if let Some(s) = task.scale {
+                        d.iter_mut().for_each(|v| *v *= s);
+                    }
+                    let w = task.weight;
+                    d.iter_mut().for_each(|v| *v = q(*v * w));
+                }
+                let rest = &*rest;
+                for (j, b) in b.iter_mut().enumerate() {
+                    *b = mix.entry(*b, |t| rest[t * len + j], q);
+                }
+                cpu::encode_into(b, out_dtype, o);
+            });
+    }
+    tracing::debug!(
+        tensor = job.name,
+        entries = n,
+        select_ms = (t1 - t0).as_millis() as u64,
+        merge_ms = t1.elapsed().as_millis() as u64,
+        "task arithmetic in blocks of {block} entries"
+    );
+    Ok(Some(out))
+}
+
+impl crate::Merge {
+    /// [`gta`] on tensor `t`, straight from the inputs' bytes, where its inputs are of the
+    /// output's shape and re-mapped to no other vocabulary. `None`: the caller merges it whole.
+    pub(crate) fn stream_gta(&self, t: &crate::Planned) -> Result<Option<Vec<u8>>> {
+        if !matches!(self.spec.method, Method::Gta { .. }) || t.vocab {
+            return Ok(None);
+        }
+        let mut datas = Vec::with_capacity(t.inputs.len());
+        for (m, name) in &t.inputs {
+            let ck = &self.models[*m].checkpoint;
+            let info = ck.info(name)?;
+            let plain = matches!(
+                info.dtype,
+                DType::F32 | DType::F16 | DType::BF16 | DType::F64
+            );
+            if info.shape != t.info.shape || !plain {
+                return Ok(None);
+            }
+            datas.push((ck.data(name)?, info.dtype));
+        }
+        let sources: Vec<Source<'_>> = datas
+            .iter()
+            .map(|(b, d)| Source {
+                bytes: b,
+                dtype: *d,
+            })
+            .collect();
+        let work = self
+            .compute_dtype
+            .filter(|d| matches!(d, DType::F16 | DType::BF16));
+        let job = Job {
+            name: &t.name,
+            shape: &t.info.shape,
+            tensors: Vec::new(),
+            base: t.base,
+            global: &t.global,
+            per_model: &t.per_model,
+            random_keys: &t.random_keys,
+            work,
+        };
+        gta(
+            &job,
+            self.spec.method,
+            &sources,
+            work,
+            t.info.dtype,
+            BLOCK_BYTES,
+        )
+        .map_err(|e| e.context(self.spec.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::methods::{spec, Values};
+    use crate::setting::Scalar;
+
+    /// Three inputs of `n` entries: the base, and two fine-tunes. `ties`: changes of a few
+    /// distinct sizes on a grid (exact differences, so runs of equal magnitudes cross chunks and
+    /// blocks); otherwise changes of every size.
+    fn inputs(n: usize, ties: bool) -> Vec<Vec<f32>> {
+        let mut s = 0x9E37_79B9u32;
+        let mut next = move || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            s
+        };
+        let base: Vec<f32> = (0..n)
+            .map(|_| ((next() >> 8) % 512) as f32 / 256.0 - 1.0)
+            .collect();
+        let mut out = vec![base.clone()];
+        for _ in 0..2 {
+            out.push(
+                base.iter()
+                    .map(|&b| {
+                        if ties {
+                            b + (((next() >> 8) % 9) as f32 - 4.0) / 128.0
+                        } else {
+                            b + ((next() >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.037
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    /// The whole-tensor path and the block path (blocks of one chunk) on the same stored
+    /// inputs give the same bytes: TIES (threshold in bfloat16 bits and refined in float32
+    /// bits, ties across chunks and blocks), task arithmetic, DARE with its rescale, densities
+    /// 0, 0.3, 1; rounding on reading and at every step.
+    #[test]
+    fn blocks_equal_whole_tensors() {
+        let n = 2 * CHUNK + 1234;
+        for ties in [true, false] {
+            let raw = inputs(n, ties);
+            for (stored, work) in [
+                (DType::F32, None),
+                (DType::BF16, Some(DType::BF16)),
+                (DType::F32, Some(DType::BF16)),
+                (DType::F16, Some(DType::F16)),
+                (DType::BF16, None),
+            ] {
+                let bytes: Vec<Vec<u8>> = raw
+                    .iter()
+                    .map(|x| cpu::encode(x, stored).unwrap())
+                    .collect();
+                let sources: Vec<Source<'_>> = bytes
+                    .iter()
+                    .map(|b| Source {
+                        bytes: b,
+                        dtype: stored,
+                    })
+                    .collect();
+                let tensors: Vec<Vec<f32>> = bytes
+                    .iter()
+                    .map(|b| {
+                        let mut x = cpu::decode(b, stored).unwrap();
+                        if let Some(d) = work.filter(|d| *d != stored) {
+                            cpu::round_to(&mut x, d);
+                        }
+                        x
+                    })
+                    .collect();
+                for (name, densities, normalize, lambda) in [
+                    ("ties", [0.3, 0.5], true, 1.0),
+                    ("ties", [0.3, 1.0], false, 0.7),
+                    ("ties", [0.0, 0.25], true, 1.0),
+                    ("task_arithmetic", [1.0, 1.0], false, 1.0),
+                    ("dare_ties", [0.4, 0.6], false, 1.0),
+                    ("dare_linear", [0.5, 0.0], true, 1.0),
+                ] {
+                    let spec = spec(name).unwrap();
+                    let mut global = Values::new();
+                    for p in &spec.global {
+                        global.insert(p.name, p.default);
+                    }
+                    global.insert("normalize", Some(Scalar::Bool(normalize)));
+                    global.insert("lambda", Some(Scalar::Num(lambda)));
+                    let mut per_model = vec![Values::new()];
+                    for (d, w) in densities.iter().zip([0.6, 0.5]) {
+                        let mut v = Values::new();
+                        v.insert("weight", Some(Scalar::Num(w)));
+                        v.insert("density", Some(Scalar::Num(*d)));
+                        per_model.push(v);
+                    }
+                    let keys = [0, 17, 99];
+                    let job = Job {
+                        name: "t",
+                        shape: &[n],
+                        tensors: tensors.clone(),
+                        base: Some(0),
+                        global: &global,
+                        per_model: &per_model,
+                        random_keys: &keys,
+                        work,
+                    };
+                    let whole = methods::merge(spec.method, &job).unwrap();
+                    let whole = cpu::encode(&whole, stored).unwrap();
+                    let case = format!("{name} {densities:?} ties {ties} {stored} work {work:?}");
+                    for budget in [1, BLOCK_BYTES] {
+                        let blocks = gta(&job, spec.method, &sources, work, stored, budget)
+                            .unwrap()
+                            .unwrap_or_else(|| panic!("{case}: not taken"));
+                        assert_eq!(blocks.len(), whole.len());
+                        let first = blocks.iter().zip(&whole).position(|(a, b)| a != b);
+                        assert!(
+                            first.is_none(),
+                            "{case}, budget {budget}: byte {first:?} differs"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
