@@ -1,5 +1,6 @@
-//! Task arithmetic, TIES and DARE (`generalized_task_arithmetic.py` with no, magnitude or random
-//! sparsification) block by block, from the inputs' stored bytes to the output's bytes.
+//! Task arithmetic, TIES, DARE and breadcrumbs (`generalized_task_arithmetic.py` with no,
+//! magnitude, random or magnitude-outlier sparsification) block by block, from the inputs'
+//! stored bytes to the output's bytes. (DELLA ranks within rows and stays whole-tensor.)
 //!
 //! The whole-tensor path (`methods::merge`) holds every input, every task vector, its mask and
 //! the output in f32: about eight copies of the largest tensor (the embeddings) for a TIES of
@@ -12,7 +13,8 @@
 //!    non-zero lower bits (task vectors not in bfloat16), a second pass counts the lower 16 bits
 //!    of the entries in that bin. Either way the threshold is exact, and so is the number of
 //!    entries above it: of the entries equal to it the first ones by position are kept, as
-//!    `cpu::top_k_magnitude` (a stable sort) keeps them. DARE's rescale needs each task vector's
+//!    `cpu::top_k_magnitude` (a stable sort) keeps them. Breadcrumbs keeps a window of ascending
+//!    ranks: two such ranks from the bottom, from the same count. DARE's rescale needs each task vector's
 //!    L1 norm before and after its random mask: the same pass sums them per chunk.
 //! 2. Then block by block: the block's task vectors, and per chunk the number of entries equal to
 //!    the threshold (which gives each chunk its share of the ties left); then per chunk the
@@ -44,21 +46,62 @@ pub struct Source<'a> {
     pub dtype: DType,
 }
 
+/// A selection by magnitude rank: the magnitudes (as bits) beyond `threshold` (above it when
+/// `top`, below it otherwise), and the first `ties` entries equal to it by position.
+#[derive(Clone, Copy, Debug)]
+struct Sel {
+    threshold: u32,
+    ties: usize,
+    top: bool,
+}
+
+impl Sel {
+    /// Whether an entry of magnitude bits `bits` is in, `left` the ties this chunk may still take.
+    #[inline(always)]
+    fn take(&self, bits: u32, left: &mut usize) -> bool {
+        let beyond = if self.top {
+            bits > self.threshold
+        } else {
+            bits < self.threshold
+        };
+        let tie = bits == self.threshold && *left > 0;
+        *left -= tie as usize;
+        beyond || tie
+    }
+}
+
 /// What one task vector keeps.
 #[derive(Clone, Copy, Debug)]
 enum Keep {
     All,
     Nothing,
-    /// The magnitudes (as bits) above `threshold`, and the first `ties` equal to it.
-    Top {
-        threshold: u32,
-        ties: usize,
-    },
-    /// The entries whose draw is under `density`.
+    /// TIES: the k largest magnitudes (ties by position, as a stable descending sort).
+    Top(Sel),
+    /// Breadcrumbs: the ascending ranks `[n_bot, end)` (a stable ascending sort): in the lowest
+    /// `end`, not in the lowest `n_bot`.
+    Window(Sel, Sel),
+    /// DARE: the entries whose draw is under `density`.
     Random {
         key: u64,
         density: f64,
     },
+}
+
+impl Keep {
+    fn sels(&self) -> [Option<Sel>; 2] {
+        match *self {
+            Keep::Top(a) => [Some(a), None],
+            Keep::Window(a, b) => [Some(a), Some(b)],
+            _ => [None, None],
+        }
+    }
+}
+
+/// A rank to find: `count` entries of task `task`'s magnitudes from the top (`top`) or bottom.
+struct Want {
+    task: usize,
+    count: usize,
+    top: bool,
 }
 
 struct Task {
@@ -68,8 +111,6 @@ struct Task {
     keep: Keep,
     /// DARE's rescale factor, once known.
     scale: Option<f32>,
-    /// TIES's k, until the threshold is known.
-    k: usize,
     /// Whether pass 1 sums its L1 norms (DARE with `rescale`).
     sums: bool,
 }
@@ -77,7 +118,7 @@ struct Task {
 /// `job`'s merge (its parameters: `job.tensors` is not read) of `sources` (in the job's input
 /// order), read as f32 and each rounded to `read_as` where stored in another dtype, as bytes of
 /// `out`. `None` where this path does not apply and the caller merges the whole tensor: another
-/// method, no task vector, or TIES's magnitude mask with `rescale`. `block_bytes`: the budget of
+/// method, no task vector, or a magnitude mask (TIES, breadcrumbs) with `rescale`. `block_bytes`: the budget of
 /// a block's buffers (at least one chunk of every input).
 pub fn gta(
     job: &Job<'_>,
@@ -96,7 +137,7 @@ pub fn gta(
     };
     if !matches!(
         sparsify,
-        Sparsify::None | Sparsify::Magnitude | Sparsify::Random
+        Sparsify::None | Sparsify::Magnitude | Sparsify::Random | Sparsify::MagnitudeOutliers
     ) {
         return Ok(None);
     }
@@ -139,16 +180,32 @@ fn delta(x: &mut [f32], b: &[f32], q: impl Fn(f32) -> f32) {
     x.iter_mut().zip(b).for_each(|(x, b)| *x = q(*x - b));
 }
 
-/// The bin where, counting down from the top, the `k`-th entry falls, and the count above it.
-fn descend(hist: &[u64], k: u64) -> (usize, u64) {
-    let mut above = 0u64;
-    for (b, &c) in hist.iter().enumerate().rev() {
-        if above + c >= k {
-            return (b, above);
+/// The bin where, counting from the top (`top`) or the bottom, the `k`-th entry falls, and the
+/// count beyond it (above or below). `k` 0 from the bottom: bin 0, nothing below.
+fn find(hist: &[u64], k: u64, top: bool) -> (usize, u64) {
+    let mut beyond = 0u64;
+    let step = |b: usize, beyond: &mut u64| {
+        let c = hist[b];
+        if *beyond + c >= k {
+            return true;
         }
-        above += c;
+        *beyond += c;
+        false
+    };
+    if top {
+        for b in (0..hist.len()).rev() {
+            if step(b, &mut beyond) {
+                return (b, beyond);
+            }
+        }
+    } else {
+        for b in 0..hist.len() {
+            if step(b, &mut beyond) {
+                return (b, beyond);
+            }
+        }
     }
-    (0, above)
+    (0, beyond)
 }
 
 /// Per-split accumulator of pass 1 / the refining pass.
@@ -210,14 +267,16 @@ fn gta_in(
     }
     let rescale = job.gflag("rescale");
     let mut tasks = Vec::with_capacity(others.len());
+    // The ranks to find, in order: one per TIES task vector, two per breadcrumbs one.
+    let mut wants: Vec<Want> = Vec::new();
     for &i in &others {
         let density = job.m(i, "density").unwrap_or(1.0);
+        let t = tasks.len();
         let mut task = Task {
             src: i,
             weight: q(job.weight(i)? as f32),
             keep: Keep::All,
             scale: None,
-            k: 0,
             sums: false,
         };
         if sparsify != Sparsify::None && density < 1.0 {
@@ -232,9 +291,38 @@ fn gta_in(
                             if rescale {
                                 return Ok(None);
                             }
-                            task.k = k;
+                            wants.push(Want {
+                                task: t,
+                                count: k,
+                                top: true,
+                            });
                         }
                     }
+                }
+                Sparsify::MagnitudeOutliers => {
+                    if rescale {
+                        return Ok(None);
+                    }
+                    // As `methods::sparsify`: the ascending ranks [n_bot, end).
+                    let gamma = job.m(i, "gamma").unwrap_or(0.0);
+                    let target = (density * n as f64) as i64;
+                    let mut n_top = (gamma * n as f64) as i64;
+                    let mut n_bot = n as i64 - target - n_top;
+                    if n_bot < 0 {
+                        n_top += n_bot;
+                        n_bot = 0;
+                    }
+                    let end = (n as i64 - n_top).max(n_bot) as usize;
+                    wants.push(Want {
+                        task: t,
+                        count: end,
+                        top: false,
+                    });
+                    wants.push(Want {
+                        task: t,
+                        count: n_bot as usize,
+                        top: false,
+                    });
                 }
                 Sparsify::Random => {
                     task.keep = Keep::Random {
@@ -250,15 +338,17 @@ fn gta_in(
     }
     let t0 = Instant::now();
     let chunks = n.div_ceil(CHUNK);
-    let tops: Vec<usize> = (0..tasks.len()).filter(|&t| tasks[t].k > 0).collect();
-    if !tops.is_empty() || tasks.iter().any(|t| t.sums) {
-        // Pass 1: the magnitudes' upper bits of the TIES task vectors, DARE's L1 norms.
+    // The task vectors counted (one histogram each), in order.
+    let mut counted: Vec<usize> = wants.iter().map(|w| w.task).collect();
+    counted.dedup();
+    if !counted.is_empty() || tasks.iter().any(|t| t.sums) {
+        // Pass 1: the magnitudes' upper bits of the ranked task vectors, DARE's L1 norms.
         let acc = (0..chunks)
             .into_par_iter()
             .fold(
                 || {
-                    let mut a = Acc::new(tops.len() * HI_BINS);
-                    a.low = vec![0; tops.len()];
+                    let mut a = Acc::new(counted.len() * HI_BINS);
+                    a.low = vec![0; counted.len()];
                     a
                 },
                 |mut a, c| {
@@ -266,7 +356,7 @@ fn gta_in(
                     let len = CHUNK.min(n - start);
                     load(&bsrc, start, &mut a.b[..len], read_as);
                     for (t, task) in tasks.iter().enumerate() {
-                        let slot = tops.iter().position(|&x| x == t);
+                        let slot = counted.iter().position(|&x| x == t);
                         if slot.is_none() && !task.sums {
                             continue;
                         }
@@ -302,7 +392,7 @@ fn gta_in(
                     a
                 },
             )
-            .reduce(|| Acc::new(tops.len() * HI_BINS), Acc::merge);
+            .reduce(|| Acc::new(counted.len() * HI_BINS), Acc::merge);
         // DARE's rescale: the chunks' sums in order, as `methods::l1` adds them.
         let mut sums = acc.sums;
         sums.sort_by_key(|s| (s.1, s.0));
@@ -317,22 +407,30 @@ fn gta_in(
                 task.scale = Some((before / after) as f32);
             }
         }
-        // TIES: the bin of each k-th largest magnitude; exact unless lower bits are in use.
+        // Each rank's bin; exact unless lower bits are in use, then refined.
+        let mut sels: Vec<Sel> = Vec::with_capacity(wants.len());
         let mut refine = Vec::new();
-        for (s, &t) in tops.iter().enumerate() {
-            let k = tasks[t].k as u64;
-            let (bin, above) = descend(&acc.hist[s * HI_BINS..(s + 1) * HI_BINS], k);
-            let threshold = (bin as u32) << 16;
-            tasks[t].keep = Keep::Top {
-                threshold,
-                ties: (k - above) as usize,
-            };
+        for (w, want) in wants.iter().enumerate() {
+            let s = counted
+                .iter()
+                .position(|&x| x == want.task)
+                .expect("counted");
+            let (bin, beyond) = find(
+                &acc.hist[s * HI_BINS..(s + 1) * HI_BINS],
+                want.count as u64,
+                want.top,
+            );
+            sels.push(Sel {
+                threshold: (bin as u32) << 16,
+                ties: want.count - beyond as usize,
+                top: want.top,
+            });
             if acc.low[s] != 0 {
-                refine.push((t, bin as u32));
+                refine.push(w);
             }
         }
         if !refine.is_empty() {
-            // The refining pass: the lower 16 bits of the magnitudes in each threshold bin.
+            // The refining pass: the lower 16 bits of the magnitudes in each rank's bin.
             let acc = (0..chunks)
                 .into_par_iter()
                 .fold(
@@ -341,9 +439,15 @@ fn gta_in(
                         let start = c * CHUNK;
                         let len = CHUNK.min(n - start);
                         load(&bsrc, start, &mut a.b[..len], read_as);
-                        for (s, &(t, bin)) in refine.iter().enumerate() {
-                            load(&sources[tasks[t].src], start, &mut a.x[..len], read_as);
-                            delta(&mut a.x[..len], &a.b[..len], q);
+                        let mut loaded = usize::MAX;
+                        for (s, &w) in refine.iter().enumerate() {
+                            let t = wants[w].task;
+                            if loaded != t {
+                                load(&sources[tasks[t].src], start, &mut a.x[..len], read_as);
+                                delta(&mut a.x[..len], &a.b[..len], q);
+                                loaded = t;
+                            }
+                            let bin = sels[w].threshold >> 16;
                             let h = &mut a.hist[s * LO_BINS..(s + 1) * LO_BINS];
                             for v in &a.x[..len] {
                                 let bits = v.abs().to_bits();
@@ -356,16 +460,25 @@ fn gta_in(
                     },
                 )
                 .reduce(|| Acc::new(refine.len() * LO_BINS), Acc::merge);
-            for (s, &(t, bin)) in refine.iter().enumerate() {
-                let Keep::Top { ties: need, .. } = tasks[t].keep else {
-                    unreachable!("set above")
-                };
-                let (lo, above) = descend(&acc.hist[s * LO_BINS..(s + 1) * LO_BINS], need as u64);
-                tasks[t].keep = Keep::Top {
-                    threshold: bin << 16 | lo as u32,
-                    ties: need - above as usize,
-                };
+            for (s, &w) in refine.iter().enumerate() {
+                let sel = &mut sels[w];
+                let (lo, beyond) = find(
+                    &acc.hist[s * LO_BINS..(s + 1) * LO_BINS],
+                    sel.ties as u64,
+                    sel.top,
+                );
+                sel.threshold |= lo as u32;
+                sel.ties -= beyond as usize;
             }
+        }
+        for (w, want) in wants.iter().enumerate() {
+            let task = &mut tasks[want.task];
+            task.keep = match task.keep {
+                Keep::All if want.top => Keep::Top(sels[w]),
+                Keep::All => Keep::Window(sels[w], sels[w]),
+                Keep::Window(a, _) => Keep::Window(a, sels[w]),
+                k => k,
+            };
         }
     }
     let t1 = Instant::now();
@@ -377,12 +490,9 @@ fn gta_in(
     let osize = out_dtype.size();
     let mut out = vec![0u8; n * osize];
     let mut buf = vec![0f32; per * block.min(n)];
-    let mut ties_left: Vec<usize> = tasks
+    let mut ties_left: Vec<[usize; 2]> = tasks
         .iter()
-        .map(|t| match t.keep {
-            Keep::Top { ties, .. } => ties,
-            _ => 0,
-        })
+        .map(|t| t.keep.sels().map(|s| s.map_or(0, |s| s.ties)))
         .collect();
     let weights: Vec<f32> = tasks.iter().map(|t| t.weight).collect();
     let mix = Mix::new(job, consensus, &weights, q);
@@ -391,8 +501,8 @@ fn gta_in(
         let be = (bs + block).min(n);
         let buf = &mut buf[..per * (be - bs)];
         // The block's base and task vectors (per chunk: the base, then each task vector), and
-        // each chunk's count of magnitudes equal to a TIES threshold.
-        let counts: Vec<Vec<usize>> = buf
+        // each chunk's count of magnitudes equal to each threshold.
+        let counts: Vec<Vec<[usize; 2]>> = buf
             .par_chunks_mut(region)
             .enumerate()
             .map(|(c, r)| {
@@ -406,25 +516,29 @@ fn gta_in(
                     .map(|(task, d)| {
                         load(&sources[task.src], start, d, read_as);
                         delta(d, b, q);
-                        match task.keep {
-                            Keep::Top { threshold, .. } => {
-                                d.iter().filter(|v| v.abs().to_bits() == threshold).count()
-                            }
-                            _ => 0,
-                        }
+                        task.keep.sels().map(|s| {
+                            s.map_or(0, |s| {
+                                d.iter()
+                                    .filter(|v| v.abs().to_bits() == s.threshold)
+                                    .count()
+                            })
+                        })
                     })
                     .collect()
             })
             .collect();
-        // The ties kept, chunk by chunk in order of position.
-        let quotas: Vec<Vec<usize>> = counts
+        // The ties taken, chunk by chunk in order of position.
+        let quotas: Vec<Vec<[usize; 2]>> = counts
             .iter()
             .map(|cs| {
                 cs.iter()
                     .zip(ties_left.iter_mut())
-                    .map(|(&c, left)| {
-                        let q = c.min(*left);
-                        *left -= q;
+                    .map(|(c, left)| {
+                        let mut q = [0; 2];
+                        for k in 0..2 {
+                            q[k] = c[k].min(left[k]);
+                            left[k] -= q[k];
+                        }
                         q
                     })
                     .collect()
@@ -439,19 +553,26 @@ fn gta_in(
                 let len = r.len() / per;
                 let start = bs + c * CHUNK;
                 let (b, rest) = r.split_at_mut(len);
-                for ((task, d), &quota) in tasks.iter().zip(rest.chunks_mut(len)).zip(quota) {
+                for ((task, d), quota) in tasks.iter().zip(rest.chunks_mut(len)).zip(quota) {
                     match task.keep {
                         Keep::All => {}
                         Keep::Nothing => d.fill(0.0),
-                        Keep::Top { threshold, .. } => {
-                            let mut left = quota;
+                        Keep::Top(a) => {
+                            let mut left = quota[0];
                             for v in d.iter_mut() {
-                                let bits = v.abs().to_bits();
-                                let tie = bits == threshold && left > 0;
-                                if !(bits > threshold || tie) {
+                                if !a.take(v.abs().to_bits(), &mut left) {
                                     *v = 0.0;
                                 }
-                                left -= tie as usize;
+                            }
+                        }
+                        Keep::Window(a, z) => {
+                            let (mut la, mut lz) = (quota[0], quota[1]);
+                            for v in d.iter_mut() {
+                                let bits = v.abs().to_bits();
+                                let (ina, inz) = (a.take(bits, &mut la), z.take(bits, &mut lz));
+                                if !ina || inz {
+                                    *v = 0.0;
+                                }
                             }
                         }
                         Keep::Random { key, density } => {
@@ -575,8 +696,8 @@ mod tests {
 
     /// The whole-tensor path and the block path (blocks of one chunk) on the same stored
     /// inputs give the same bytes: TIES (threshold in bfloat16 bits and refined in float32
-    /// bits, ties across chunks and blocks), task arithmetic, DARE with its rescale, densities
-    /// 0, 0.3, 1; rounding on reading and at every step.
+    /// bits, ties across chunks and blocks), breadcrumbs (two ranks), task arithmetic, DARE with
+    /// its rescale, densities 0, 0.3, 1; rounding on reading and at every step.
     #[test]
     fn blocks_equal_whole_tensors() {
         let n = 2 * CHUNK + 1234;
@@ -610,13 +731,16 @@ mod tests {
                         x
                     })
                     .collect();
-                for (name, densities, normalize, lambda) in [
-                    ("ties", [0.3, 0.5], true, 1.0),
-                    ("ties", [0.3, 1.0], false, 0.7),
-                    ("ties", [0.0, 0.25], true, 1.0),
-                    ("task_arithmetic", [1.0, 1.0], false, 1.0),
-                    ("dare_ties", [0.4, 0.6], false, 1.0),
-                    ("dare_linear", [0.5, 0.0], true, 1.0),
+                for (name, densities, normalize, lambda, gamma) in [
+                    ("ties", [0.3, 0.5], true, 1.0, 0.0),
+                    ("ties", [0.3, 1.0], false, 0.7, 0.0),
+                    ("ties", [0.0, 0.25], true, 1.0, 0.0),
+                    ("task_arithmetic", [1.0, 1.0], false, 1.0, 0.0),
+                    ("dare_ties", [0.4, 0.6], false, 1.0, 0.0),
+                    ("dare_linear", [0.5, 0.0], true, 1.0, 0.0),
+                    ("breadcrumbs_ties", [0.3, 0.6], true, 1.0, 0.01),
+                    ("breadcrumbs", [0.8, 0.5], false, 1.0, 0.3),
+                    ("breadcrumbs", [0.05, 0.0], false, 1.0, 0.0),
                 ] {
                     let spec = spec(name).unwrap();
                     let mut global = Values::new();
@@ -630,6 +754,7 @@ mod tests {
                         let mut v = Values::new();
                         v.insert("weight", Some(Scalar::Num(w)));
                         v.insert("density", Some(Scalar::Num(*d)));
+                        v.insert("gamma", Some(Scalar::Num(gamma)));
                         per_model.push(v);
                     }
                     let keys = [0, 17, 99];
