@@ -187,11 +187,12 @@ models:
 }
 
 
-def run_timed(cmd, cwd, log):
+def run_timed(cmd, cwd, log, env=None):
     """Run `cmd` under /usr/bin/time -v; return (wall seconds, peak RSS in MB, CPU seconds)."""
     with open(log, "w") as f:
         start = time.monotonic()
-        p = subprocess.run(["/usr/bin/time", "-v"] + cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+        p = subprocess.run(["/usr/bin/time", "-v"] + cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
+                           env=None if env is None else {**os.environ, **env})
         wall = time.monotonic() - start
     text = open(log).read()
     if p.returncode != 0:
@@ -236,6 +237,8 @@ def main():
     ap.add_argument("--fusion-host", default="target/release/fusion-host")
     ap.add_argument("--mergekit", default="/tmp/mkvenv/bin/mergekit-yaml")
     ap.add_argument("--methods", default="linear,ties,slerp")
+    ap.add_argument("--fh-whole", default="",
+                    help="methods also run by fusion-host with its whole-tensor path (FUSION_MERGEKIT_BLOCK_MB=0)")
     ap.add_argument("--layers", type=int, default=LAYERS, help="decoder layers of the generated models")
     ap.add_argument("--vocab", type=int, default=VOCAB, help="vocabulary of the generated models")
     ap.add_argument("--eager-methods", default="linear,slerp",
@@ -253,7 +256,10 @@ def main():
         "fusion-host": lambda cfg, out: [fh, "mergekit", cfg, out, "--quiet"],
         "mergekit --lazy-unpickle": lambda cfg, out: [args.mergekit, cfg, out, "--lazy-unpickle", "--allow-crimes"],
         "mergekit": lambda cfg, out: [args.mergekit, cfg, out, "--allow-crimes"],
+        "fusion-host whole-tensor": lambda cfg, out: [fh, "mergekit", cfg, out, "--quiet"],
     }
+    envs = {"fusion-host whole-tensor": {"FUSION_MERGEKIT_BLOCK_MB": "0"}}
+    whole = set(filter(None, args.fh_whole.split(",")))
     eager = set(filter(None, args.eager_methods.split(",")))
     env_info = {
         "machine": platform.machine(),
@@ -279,7 +285,8 @@ def main():
         cfg = os.path.join(work, f"{method}.yaml")
         with open(cfg, "w") as f:
             f.write(CONFIGS[method].format(m=models))
-        order = [t for t in tools if t != "mergekit" or method in eager]
+        order = [t for t in tools if (t != "mergekit" or method in eager)
+                 and (t != "fusion-host whole-tensor" or method in whole)]
         rounds = args.slow_rounds if method == "ties" else args.rounds
         for r in range(rounds):
             seq = order if r % 2 == 0 else order[::-1]
@@ -288,7 +295,7 @@ def main():
                 shutil.rmtree(out, ignore_errors=True)
                 os.makedirs(os.path.dirname(out), exist_ok=True)
                 load = os.getloadavg()[0]
-                wall, rss, cpu = run_timed(tools[tool](cfg, out), work, out + ".log")
+                wall, rss, cpu = run_timed(tools[tool](cfg, out), work, out + ".log", envs.get(tool))
                 print(f"{method:7} round {r} {tool:26} {wall:8.1f} s  CPU {cpu:8.1f} s  peak RSS {rss:7.0f} MB  (load {load:.1f})", flush=True)
                 results["runs"].append({"method": method, "round": r, "tool": tool, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss, "load1": load,
                                         "cmd": " ".join(tools[tool](cfg, out))})
@@ -299,6 +306,10 @@ def main():
         results["agreement"][method] = {"max_abs_diff": worst, "tensors": rows}
         for t, da, db, d, scale, frac in rows:
             print(f"    {t:45} {da}/{db} max|diff| {d:.3g} (max|x| {scale:.3g}, {frac * 100:.3f}% differ)")
+        if "fusion-host whole-tensor" in outs:
+            worst, rows = compare(outs["fusion-host"], outs["fusion-host whole-tensor"], probe)
+            results["agreement"][method + " blocks vs whole-tensor"] = {"max_abs_diff": worst, "tensors": rows}
+            print(f"    fusion-host blocks vs whole-tensor: max|diff| {worst:.3g} over {len(rows)} tensors")
         # Free the disk: the outputs are 2.2 GB each.
         for o in outs.values():
             shutil.rmtree(o, ignore_errors=True)
@@ -314,7 +325,7 @@ def main():
         summary[method] = row
         fhw = row["fusion-host"][0]
         cells = "  ".join(f"{t}: {w:.1f} s / {m:.0f} MB" for t, (w, m) in row.items())
-        mk = min(w for t, (w, _) in row.items() if t != "fusion-host")
+        mk = min(w for t, (w, _) in row.items() if t.startswith("mergekit"))
         print(f"{method:7} {cells}  speed-up {mk / fhw:.1f}x")
     results["summary"] = summary
     results["env"]["load_at_end"] = os.getloadavg()

@@ -34,6 +34,25 @@ use crate::methods::{self, Job, Method, Mix, Rng, Sparsify};
 /// The default budget of one block's f32 buffers (the base and every task vector of the block).
 pub const BLOCK_BYTES: usize = 64 << 20;
 
+/// The block budget of a merge: [`BLOCK_BYTES`], or `FUSION_MERGEKIT_BLOCK_MB` MiB where that is
+/// set (a knob for measurements; `0` turns the block path off, so that the whole-tensor path
+/// runs, as before it existed). `None`: off.
+fn block_budget() -> Option<usize> {
+    match std::env::var("FUSION_MERGEKIT_BLOCK_MB") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(0) => None,
+            Ok(mb) => Some(mb << 20),
+            Err(_) => {
+                tracing::warn!(
+                    "FUSION_MERGEKIT_BLOCK_MB={v}: not a number of MiB; using the default"
+                );
+                Some(BLOCK_BYTES)
+            }
+        },
+        Err(_) => Some(BLOCK_BYTES),
+    }
+}
+
 /// Bins of the first count: the upper 16 bits of a magnitude (its sign bit is 0).
 const HI_BINS: usize = 1 << 15;
 /// Bins of the refining count: the lower 16 bits.
@@ -614,6 +633,9 @@ impl crate::Merge {
         if !matches!(self.spec.method, Method::Gta { .. }) || t.vocab {
             return Ok(None);
         }
+        let Some(budget) = block_budget() else {
+            return Ok(None);
+        };
         let mut datas = Vec::with_capacity(t.inputs.len());
         for (m, name) in &t.inputs {
             let ck = &self.models[*m].checkpoint;
@@ -647,15 +669,8 @@ impl crate::Merge {
             random_keys: &t.random_keys,
             work,
         };
-        gta(
-            &job,
-            self.spec.method,
-            &sources,
-            work,
-            t.info.dtype,
-            BLOCK_BYTES,
-        )
-        .map_err(|e| e.context(self.spec.name))
+        gta(&job, self.spec.method, &sources, work, t.info.dtype, budget)
+            .map_err(|e| e.context(self.spec.name))
     }
 }
 
