@@ -29,7 +29,7 @@ use fusion_plugin_api::{DType, Error, Result, StateDict};
 use rayon::prelude::*;
 
 use crate::cpu::{self, CHUNK};
-use crate::methods::{self, Job, Method, Mix, Rng, Sparsify};
+use crate::methods::{self, Job, Method, Mix, MixScratch, Rng, Sparsify};
 
 /// The default budget of one block's f32 buffers (the base and every task vector of the block).
 pub const BLOCK_BYTES: usize = 64 << 20;
@@ -566,16 +566,29 @@ fn gta_in(
         let out_block = &mut out[bs * osize..be * osize];
         buf.par_chunks_mut(region)
             .zip(out_block.par_chunks_mut(CHUNK * osize))
-            .zip(quotas.par_iter())
+            .zip(quotas.par_iter().zip(counts.par_iter()))
             .enumerate()
-            .for_each(|(c, ((r, o), quota))| {
+            .for_each_init(MixScratch::default, |sc, (c, ((r, o), (quota, count)))| {
                 let len = r.len() / per;
                 let start = bs + c * CHUNK;
                 let (b, rest) = r.split_at_mut(len);
-                for ((task, d), quota) in tasks.iter().zip(rest.chunks_mut(len)).zip(quota) {
+                for (((task, d), quota), count) in
+                    tasks.iter().zip(rest.chunks_mut(len)).zip(quota).zip(count)
+                {
                     match task.keep {
                         Keep::All => {}
                         Keep::Nothing => d.fill(0.0),
+                        // Every tie of the chunk, or none: no count to carry (vectorises).
+                        Keep::Top(a) if quota[0] == count[0] => d.iter_mut().for_each(|v| {
+                            if v.abs().to_bits() < a.threshold {
+                                *v = 0.0
+                            }
+                        }),
+                        Keep::Top(a) if quota[0] == 0 => d.iter_mut().for_each(|v| {
+                            if v.abs().to_bits() <= a.threshold {
+                                *v = 0.0
+                            }
+                        }),
                         Keep::Top(a) => {
                             let mut left = quota[0];
                             for v in d.iter_mut() {
@@ -609,10 +622,8 @@ fn gta_in(
                     let w = task.weight;
                     d.iter_mut().for_each(|v| *v = q(*v * w));
                 }
-                let rest = &*rest;
-                for (j, b) in b.iter_mut().enumerate() {
-                    *b = mix.entry(*b, |t| rest[t * len + j], q);
-                }
+                let wd: Vec<&[f32]> = rest.chunks(len).collect();
+                mix.apply(b, &wd, sc, q);
                 cpu::encode_into(b, out_dtype, o);
             });
     }

@@ -920,55 +920,80 @@ impl<'a> Mix<'a> {
         }
     }
 
-    /// One output entry from the base's value and `wd(i)`, the i-th weighted task vector's.
-    #[inline(always)]
-    pub(crate) fn entry(
+    /// One chunk of output: `out` holds the base's values and gets the merged ones; `wd[i]` is
+    /// the i-th weighted task vector's chunk. Column by column (each pass over the chunk
+    /// vectorises), in the order of additions of an entry-by-entry loop, so with its bits.
+    pub(crate) fn apply(
         &self,
-        base: f32,
-        wd: impl Fn(usize) -> f32,
+        out: &mut [f32],
+        wd: &[&[f32]],
+        sc: &mut MixScratch,
         q: impl Fn(f32) -> f32,
-    ) -> f32 {
-        let mut mixed = 0f32;
-        let divisor = if self.consensus {
+    ) {
+        let len = out.len();
+        let mixed = &mut sc.mixed;
+        mixed.clear();
+        mixed.resize(len, 0.0);
+        let div = &mut sc.div;
+        div.clear();
+        if self.consensus {
             // mergekit's `get_mask`, "sum": the sign of the sum (0 counts as +); an entry
             // agrees when its sign is that one (0 never does).
-            let mut s = 0f32;
-            for i in 0..self.weights.len() {
-                s += wd(i);
+            let sum = &mut sc.sum;
+            sum.clear();
+            sum.resize(len, 0.0);
+            for d in wd {
+                sum.iter_mut().zip(&d[..len]).for_each(|(s, &v)| *s += v);
             }
-            let majority = if s >= 0.0 { 1.0 } else { -1.0 };
-            let mut div = 0f32;
-            for (i, &w) in self.weights.iter().enumerate() {
-                let v = wd(i);
-                if v != 0.0 && v.signum() == majority {
-                    mixed += v;
-                    div += w;
+            sum.iter_mut()
+                .for_each(|s| *s = if *s >= 0.0 { 1.0 } else { -1.0 });
+            div.resize(len, 0.0);
+            for (d, &w) in wd.iter().zip(self.weights) {
+                for (((m, dv), &v), &major) in mixed
+                    .iter_mut()
+                    .zip(div.iter_mut())
+                    .zip(&d[..len])
+                    .zip(sum.iter())
+                {
+                    // (Adding 0 leaves the sums as they are: they are never −0.)
+                    let agree = v != 0.0 && v.signum() == major;
+                    *m += if agree { v } else { 0.0 };
+                    *dv += if agree { w } else { 0.0 };
                 }
             }
-            if div == 0.0 {
-                1.0
-            } else {
-                q(div)
-            }
+            div.iter_mut()
+                .for_each(|d| *d = if *d == 0.0 { 1.0 } else { q(*d) });
         } else {
-            for i in 0..self.weights.len() {
-                mixed += wd(i);
+            for d in wd {
+                mixed.iter_mut().zip(&d[..len]).for_each(|(m, &v)| *m += v);
             }
-            if self.total.abs() < 1e-8 {
+            let total = if self.total.abs() < 1e-8 {
                 1.0
             } else {
                 self.total
+            };
+            div.resize(len, total);
+        }
+        let (normalize, lambda) = (self.normalize, self.lambda);
+        for ((o, &m), &divisor) in out.iter_mut().zip(mixed.iter()).zip(div.iter()) {
+            let mut m = q(m);
+            if normalize {
+                m = q(m / divisor);
             }
-        };
-        mixed = q(mixed);
-        if self.normalize {
-            mixed = q(mixed / divisor);
+            if lambda != 1.0 {
+                m = q(m * lambda);
+            }
+            *o = q(*o + m);
         }
-        if self.lambda != 1.0 {
-            mixed = q(mixed * self.lambda);
-        }
-        q(base + mixed)
     }
+}
+
+/// The per-thread buffers of [`Mix::apply`].
+#[derive(Default)]
+pub(crate) struct MixScratch {
+    sum: Vec<f32>,
+    mixed: Vec<f32>,
+    div: Vec<f32>,
 }
 
 /// `generalized_task_arithmetic.py`. Every step is rounded to the working dtype (`q`), as
@@ -1026,13 +1051,17 @@ fn gta_in(
         weights.push(w);
     }
     let mix = Mix::new(job, consensus, &weights, q);
-    let mut out = vec![0f32; base.len()];
-    cpu::par_fill(&mut out, |start, o| {
-        for (jj, o) in o.iter_mut().enumerate() {
-            let j = start + jj;
-            *o = mix.entry(base[j], |i| weighted[i][j], q);
-        }
-    });
+    let mut out = base.to_vec();
+    out.par_chunks_mut(cpu::CHUNK)
+        .enumerate()
+        .for_each_init(MixScratch::default, |sc, (c, o)| {
+            let start = c * cpu::CHUNK;
+            let wd: Vec<&[f32]> = weighted
+                .iter()
+                .map(|w| &w[start..start + o.len()])
+                .collect();
+            mix.apply(o, &wd, sc, q);
+        });
     Ok(out)
 }
 
