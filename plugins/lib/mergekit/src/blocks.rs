@@ -580,13 +580,17 @@ fn gta_in(
                         Keep::Nothing => d.fill(0.0),
                         // Every tie of the chunk, or none: no count to carry (vectorises).
                         Keep::Top(a) if quota[0] == count[0] => d.iter_mut().for_each(|v| {
-                            if v.abs().to_bits() < a.threshold {
-                                *v = 0.0
+                            *v = if v.abs().to_bits() < a.threshold {
+                                0.0
+                            } else {
+                                *v
                             }
                         }),
                         Keep::Top(a) if quota[0] == 0 => d.iter_mut().for_each(|v| {
-                            if v.abs().to_bits() <= a.threshold {
-                                *v = 0.0
+                            *v = if v.abs().to_bits() <= a.threshold {
+                                0.0
+                            } else {
+                                *v
                             }
                         }),
                         Keep::Top(a) => {

@@ -297,13 +297,15 @@ pub(crate) fn rounder(work: Option<fusion_plugin_api::DType>) -> fn(f32) -> f32 
 }
 
 pub(crate) fn half_bf16(x: f32) -> f32 {
-    // Round to nearest even on the upper 16 bits (NaN kept quiet).
-    if x.is_nan() {
-        return x;
-    }
+    // Round to nearest even on the upper 16 bits (NaN kept as it is). A select, not a
+    // branch, so that loops over it vectorise.
     let b = x.to_bits();
-    let r = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
-    f32::from_bits(r)
+    let r = f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000);
+    if x.is_nan() {
+        x
+    } else {
+        r
+    }
 }
 
 pub(crate) fn half_f16(x: f32) -> f32 {
