@@ -63,7 +63,14 @@ const LO_BINS: usize = 1 << 16;
 pub struct Source<'a> {
     pub bytes: &'a [u8],
     pub dtype: DType,
+    /// Called with each stretch of `bytes` once read, where they are memory-mapped pages that
+    /// can be dropped from the resident set (a tensor larger than a block): so a pass over the
+    /// tensor holds a block of it, not all of it.
+    pub release: Option<&'a Release<'a>>,
 }
+
+/// What [`Source::release`] calls.
+pub type Release<'a> = dyn Fn(&[u8]) + Sync + 'a;
 
 /// A selection by magnitude rank: the magnitudes (as bits) beyond `threshold` (above it when
 /// `top`, below it otherwise), and the first `ties` entries equal to it by position.
@@ -183,11 +190,11 @@ type Args<'a, 'b> = (
 #[inline]
 fn load(src: &Source<'_>, start: usize, out: &mut [f32], read_as: Option<DType>) {
     let s = src.dtype.size();
-    cpu::decode_into(
-        &src.bytes[start * s..(start + out.len()) * s],
-        src.dtype,
-        out,
-    );
+    let bytes = &src.bytes[start * s..(start + out.len()) * s];
+    cpu::decode_into(bytes, src.dtype, out);
+    if let Some(release) = src.release {
+        release(bytes);
+    }
     if let Some(d) = read_as.filter(|d| *d != src.dtype) {
         cpu::round_slice(out, d);
     }
@@ -664,11 +671,22 @@ impl crate::Merge {
             }
             datas.push((ck.data(name)?, info.dtype));
         }
+        // The pages of an input larger than a block are dropped as they are read.
+        let releases: Vec<Box<Release<'_>>> = t
+            .inputs
+            .iter()
+            .map(|(m, _)| {
+                let ck = &self.models[*m].checkpoint;
+                Box::new(move |b: &[u8]| ck.release(b)) as Box<Release<'_>>
+            })
+            .collect();
         let sources: Vec<Source<'_>> = datas
             .iter()
-            .map(|(b, d)| Source {
+            .zip(&releases)
+            .map(|((b, d), r)| Source {
                 bytes: b,
                 dtype: *d,
+                release: (b.len() > budget).then_some(&**r),
             })
             .collect();
         let work = self
@@ -749,6 +767,7 @@ mod tests {
                     .map(|b| Source {
                         bytes: b,
                         dtype: stored,
+                        release: None,
                     })
                     .collect();
                 let tensors: Vec<Vec<f32>> = bytes
