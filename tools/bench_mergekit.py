@@ -3,15 +3,16 @@
 
     python3 tools/bench_mergekit.py [--work /tmp/mkbench] [--rounds 2] [--slow-rounds 1]
         [--fusion-host target/release/fusion-host] [--mergekit /tmp/mkvenv/bin/mergekit-yaml]
-        [--methods linear,ties,slerp]
+        [--methods linear,ties,slerp] [--layers 22] [--vocab 32000]
 
 Generates once, under WORK/models, a base and two fine-tunes of a Llama (hidden 2048, 22 layers (TinyLlama's shape),
 intermediate 5632, vocab 32000, ~1.1 B parameters; bfloat16, safetensors sharded at 1 GB with
 an index, config.json): random normal weights from a fixed seed, each fine-tune the base plus a
-small perturbation. Then, for each method, writes one YAML config and runs it with both tools
+small perturbation (`--layers`, `--vocab`: a smaller or larger model of the same width, where
+the disk is short or to show that the memory does not grow with the vocabulary). Then, for each method, writes one YAML config and runs it with both tools
 from the same file, alternating the order round by round (round 0 runs fusion-host first,
-round 1 mergekit first, ...), under `/usr/bin/time -v` for the wall time and the peak resident
-set size. mergekit-yaml runs on the CPU (its default: no `--cuda`) with `--lazy-unpickle`
+round 1 mergekit first, ...), under `/usr/bin/time -v` for the wall time, the CPU time (user +
+system) and the peak resident set size. mergekit-yaml runs on the CPU (its default: no `--cuda`) with `--lazy-unpickle`
 (mergekit's advice for lower memory; it matters for pickled `.bin` checkpoints) and, for
 comparison, without it. The outputs of each method are compared tensor by tensor (max abs
 difference, in float32) on a few tensors. Results: a table on stdout and WORK/results.json.
@@ -186,17 +187,19 @@ models:
 }
 
 
-def run_timed(cmd, cwd, log):
-    """Run `cmd` under /usr/bin/time -v; return (wall seconds, peak RSS in MB)."""
+def run_timed(cmd, cwd, log, env=None):
+    """Run `cmd` under /usr/bin/time -v; return (wall seconds, peak RSS in MB, CPU seconds)."""
     with open(log, "w") as f:
         start = time.monotonic()
-        p = subprocess.run(["/usr/bin/time", "-v"] + cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+        p = subprocess.run(["/usr/bin/time", "-v"] + cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
+                           env=None if env is None else {**os.environ, **env})
         wall = time.monotonic() - start
     text = open(log).read()
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed (exit {p.returncode}); see {log}:\n{text[-3000:]}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
-    return wall, rss_kb / 1024
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", text).group(1)) for k in ("User", "System"))
+    return wall, rss_kb / 1024, cpu
 
 
 def compare(out_a, out_b, names):
@@ -225,6 +228,7 @@ def compare(out_a, out_b, names):
 
 
 def main():
+    global LAYERS, VOCAB
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/mkbench")
     ap.add_argument("--rounds", type=int, default=2)
@@ -233,9 +237,14 @@ def main():
     ap.add_argument("--fusion-host", default="target/release/fusion-host")
     ap.add_argument("--mergekit", default="/tmp/mkvenv/bin/mergekit-yaml")
     ap.add_argument("--methods", default="linear,ties,slerp")
+    ap.add_argument("--fh-whole", default="",
+                    help="methods also run by fusion-host with its whole-tensor path (FUSION_MERGEKIT_BLOCK_MB=0)")
+    ap.add_argument("--layers", type=int, default=LAYERS, help="decoder layers of the generated models")
+    ap.add_argument("--vocab", type=int, default=VOCAB, help="vocabulary of the generated models")
     ap.add_argument("--eager-methods", default="linear,slerp",
                     help="methods also run by mergekit without --lazy-unpickle")
     args = ap.parse_args()
+    LAYERS, VOCAB = args.layers, args.vocab
 
     fh = os.path.abspath(args.fusion_host)
     work = os.path.abspath(args.work)
@@ -247,7 +256,10 @@ def main():
         "fusion-host": lambda cfg, out: [fh, "mergekit", cfg, out, "--quiet"],
         "mergekit --lazy-unpickle": lambda cfg, out: [args.mergekit, cfg, out, "--lazy-unpickle", "--allow-crimes"],
         "mergekit": lambda cfg, out: [args.mergekit, cfg, out, "--allow-crimes"],
+        "fusion-host whole-tensor": lambda cfg, out: [fh, "mergekit", cfg, out, "--quiet"],
     }
+    envs = {"fusion-host whole-tensor": {"FUSION_MERGEKIT_BLOCK_MB": "0"}}
+    whole = set(filter(None, args.fh_whole.split(",")))
     eager = set(filter(None, args.eager_methods.split(",")))
     env_info = {
         "machine": platform.machine(),
@@ -257,6 +269,9 @@ def main():
         "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
         "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "load_at_start": os.getloadavg(),
+        "layers": LAYERS,
+        "vocab": VOCAB,
+        "params_b": round(sum(_numel(s) for _, s in tensor_shapes()) / 1e9, 3),
     }
     print(json.dumps(env_info), flush=True)
     try:
@@ -270,7 +285,8 @@ def main():
         cfg = os.path.join(work, f"{method}.yaml")
         with open(cfg, "w") as f:
             f.write(CONFIGS[method].format(m=models))
-        order = [t for t in tools if t != "mergekit" or method in eager]
+        order = [t for t in tools if (t != "mergekit" or method in eager)
+                 and (t != "fusion-host whole-tensor" or method in whole)]
         rounds = args.slow_rounds if method == "ties" else args.rounds
         for r in range(rounds):
             seq = order if r % 2 == 0 else order[::-1]
@@ -279,17 +295,21 @@ def main():
                 shutil.rmtree(out, ignore_errors=True)
                 os.makedirs(os.path.dirname(out), exist_ok=True)
                 load = os.getloadavg()[0]
-                wall, rss = run_timed(tools[tool](cfg, out), work, out + ".log")
-                print(f"{method:7} round {r} {tool:26} {wall:8.1f} s  peak RSS {rss:7.0f} MB  (load {load:.1f})", flush=True)
-                results["runs"].append({"method": method, "round": r, "tool": tool, "wall_s": wall, "peak_rss_mb": rss, "load1": load,
+                wall, rss, cpu = run_timed(tools[tool](cfg, out), work, out + ".log", envs.get(tool))
+                print(f"{method:7} round {r} {tool:26} {wall:8.1f} s  CPU {cpu:8.1f} s  peak RSS {rss:7.0f} MB  (load {load:.1f})", flush=True)
+                results["runs"].append({"method": method, "round": r, "tool": tool, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss, "load1": load,
                                         "cmd": " ".join(tools[tool](cfg, out))})
         outs = {t: os.path.join(work, "out", method, t.replace(" ", "_").replace("-", "")) for t in order}
         probe = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
-                 "model.layers.7.mlp.down_proj.weight", f"model.layers.{LAYERS - 1}.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight"]
+                 f"model.layers.{min(7, LAYERS - 1)}.mlp.down_proj.weight", f"model.layers.{LAYERS - 1}.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight"]
         worst, rows = compare(outs["fusion-host"], outs["mergekit --lazy-unpickle"], probe)
         results["agreement"][method] = {"max_abs_diff": worst, "tensors": rows}
         for t, da, db, d, scale, frac in rows:
             print(f"    {t:45} {da}/{db} max|diff| {d:.3g} (max|x| {scale:.3g}, {frac * 100:.3f}% differ)")
+        if "fusion-host whole-tensor" in outs:
+            worst, rows = compare(outs["fusion-host"], outs["fusion-host whole-tensor"], probe)
+            results["agreement"][method + " blocks vs whole-tensor"] = {"max_abs_diff": worst, "tensors": rows}
+            print(f"    fusion-host blocks vs whole-tensor: max|diff| {worst:.3g} over {len(rows)} tensors")
         # Free the disk: the outputs are 2.2 GB each.
         for o in outs.values():
             shutil.rmtree(o, ignore_errors=True)
@@ -305,7 +325,7 @@ def main():
         summary[method] = row
         fhw = row["fusion-host"][0]
         cells = "  ".join(f"{t}: {w:.1f} s / {m:.0f} MB" for t, (w, m) in row.items())
-        mk = min(w for t, (w, _) in row.items() if t != "fusion-host")
+        mk = min(w for t, (w, _) in row.items() if t.startswith("mergekit"))
         print(f"{method:7} {cells}  speed-up {mk / fhw:.1f}x")
     results["summary"] = summary
     results["env"]["load_at_end"] = os.getloadavg()

@@ -287,6 +287,24 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// Drop from this process's resident set the whole pages of `bytes`, a stretch of a tensor
+    /// that [`StateDict::data`] handed out and that the caller is done with for now: a reader
+    /// that passes over a large tensor in blocks keeps its memory to a block, not the tensor. A
+    /// later access maps the pages back from the page cache, with the same bytes. Bytes outside
+    /// this checkpoint's mapped files are left alone.
+    pub fn release(&self, bytes: &[u8]) {
+        let (p, len) = (bytes.as_ptr() as usize, bytes.len());
+        for shard in &self.shards {
+            let base = shard.map.as_ptr() as usize;
+            if p >= base && p + len <= base + shard.map.len() {
+                shard.release((p - base, p - base + len));
+                return;
+            }
+        }
+    }
+}
+
 impl StateDict for Checkpoint {
     fn names(&self) -> Result<Vec<String>> {
         Ok(self.index.iter().map(|(n, _)| n.clone()).collect())
@@ -351,5 +369,15 @@ mod tests {
         for i in [2, 0, 1, 1, 2, 0] {
             assert_eq!(&*ck.data(&format!("t{i}")).unwrap(), &raw[i].1[..], "t{i}");
         }
+        // A reader in blocks releases the stretches it has read; bytes not in the maps are
+        // left alone.
+        let t2 = ck.data("t2").unwrap();
+        for block in t2.chunks(100_000) {
+            ck.release(block);
+        }
+        ck.release(&raw[1].1);
+        assert_eq!(&*t2, &raw[2].1[..]);
+        assert_eq!(&*ck.data("t2").unwrap(), &raw[2].1[..]);
+        assert_eq!(&*ck.data("t1").unwrap(), &raw[1].1[..]);
     }
 }

@@ -102,15 +102,20 @@ pub fn encode_into(v: &[f32], dtype: DType, o: &mut [u8]) {
 
 /// Round every value to `dtype`'s precision in place (bfloat16 or float16; others unchanged).
 pub fn round_to(values: &mut [f32], dtype: DType) {
+    values
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| round_slice(c, dtype));
+}
+
+/// [`round_to`] on the calling thread (for one chunk).
+pub fn round_slice(values: &mut [f32], dtype: DType) {
     match dtype {
-        DType::BF16 => values.par_chunks_mut(CHUNK).for_each(|c| {
-            c.iter_mut()
-                .for_each(|x| *x = f32::from_bits((bf16_bits(*x) as u32) << 16))
-        }),
-        DType::F16 => values.par_chunks_mut(CHUNK).for_each(|c| {
-            c.iter_mut()
-                .for_each(|x| *x = half::f16::from_f32(*x).to_f32())
-        }),
+        DType::BF16 => values
+            .iter_mut()
+            .for_each(|x| *x = f32::from_bits((bf16_bits(*x) as u32) << 16)),
+        DType::F16 => values
+            .iter_mut()
+            .for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
         _ => {}
     }
 }

@@ -22,6 +22,7 @@
 //! # Ok::<(), fusion_plugin_api::Error>(())
 //! ```
 
+pub mod blocks;
 pub mod config;
 pub mod cpu;
 mod device;
@@ -1034,6 +1035,9 @@ impl StateDict for Lazy {
             }
         }
         if let Some(bytes) = self.0.stream_linear(t)? {
+            return Ok(Cow::Owned(bytes));
+        }
+        if let Some(bytes) = self.0.stream_gta(t)? {
             return Ok(Cow::Owned(bytes));
         }
         let values = self.0.compute(t)?;

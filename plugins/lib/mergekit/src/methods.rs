@@ -296,43 +296,45 @@ pub(crate) fn rounder(work: Option<fusion_plugin_api::DType>) -> fn(f32) -> f32 
     }
 }
 
-fn half_bf16(x: f32) -> f32 {
-    // Round to nearest even on the upper 16 bits (NaN kept quiet).
-    if x.is_nan() {
-        return x;
-    }
+pub(crate) fn half_bf16(x: f32) -> f32 {
+    // Round to nearest even on the upper 16 bits (NaN kept as it is). A select, not a
+    // branch, so that loops over it vectorise.
     let b = x.to_bits();
-    let r = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
-    f32::from_bits(r)
+    let r = f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000);
+    if x.is_nan() {
+        x
+    } else {
+        r
+    }
 }
 
-fn half_f16(x: f32) -> f32 {
+pub(crate) fn half_f16(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
 }
 
 impl Job<'_> {
-    fn g(&self, name: &str) -> f64 {
+    pub(crate) fn g(&self, name: &str) -> f64 {
         self.global
             .get(name)
             .copied()
             .flatten()
             .map_or(0.0, Scalar::num)
     }
-    fn gflag(&self, name: &str) -> bool {
+    pub(crate) fn gflag(&self, name: &str) -> bool {
         self.global
             .get(name)
             .copied()
             .flatten()
             .is_some_and(Scalar::flag)
     }
-    fn m(&self, i: usize, name: &str) -> Option<f64> {
+    pub(crate) fn m(&self, i: usize, name: &str) -> Option<f64> {
         self.per_model[i]
             .get(name)
             .copied()
             .flatten()
             .map(Scalar::num)
     }
-    fn weight(&self, i: usize) -> Result<f64> {
+    pub(crate) fn weight(&self, i: usize) -> Result<f64> {
         self.m(i, "weight").ok_or_else(|| {
             Error::config(format!(
                 "no `weight` for input {i} of tensor `{}`",
@@ -341,7 +343,7 @@ impl Job<'_> {
         })
     }
     /// The inputs other than the base, as (index, tensor).
-    fn others(&self) -> Vec<usize> {
+    pub(crate) fn others(&self) -> Vec<usize> {
         (0..self.tensors.len())
             .filter(|&i| Some(i) != self.base)
             .collect()
@@ -722,10 +724,15 @@ fn karcher(job: &Job<'_>) -> Result<Vec<f32>> {
 }
 
 /// A deterministic stream of uniform draws (splitmix64) for one input's tensor.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> f64 {
+    /// The stream of `key` from its draw number `i` on (the state is a counter, so any
+    /// stretch of the tensor can be drawn on its own).
+    pub(crate) fn at(key: u64, i: usize) -> Rng {
+        Rng(key.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64)))
+    }
+    pub(crate) fn next(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -735,10 +742,23 @@ impl Rng {
     }
 }
 
+/// `Σ|x|` in f64 over one chunk of `cpu::CHUNK` entries (or fewer, the last).
+#[inline]
+pub(crate) fn chunk_l1(x: &[f32]) -> f64 {
+    x.iter().map(|v| v.abs() as f64).sum()
+}
+
+/// `Σ|x|` in f64, as the in-order sum of the sums of `cpu::CHUNK`-entry chunks: the same value
+/// whether the tensor is summed whole (here) or block by block (`blocks`).
+pub(crate) fn l1(x: &[f32]) -> f64 {
+    let parts: Vec<f64> = x.par_chunks(cpu::CHUNK).map(chunk_l1).collect();
+    parts.iter().sum()
+}
+
 /// `rescaled_masked_tensor` with the L1 norm: scale `masked` back to `before` (the `Σ|δ|` of
 /// the unmasked task vector) unless either side is under 1e-7.
 fn rescale_l1_from(before: f64, masked: &mut [f32]) {
-    let after: f64 = masked.iter().map(|v| v.abs() as f64).sum();
+    let after = l1(masked);
     if before < 1e-7 || after < 1e-7 {
         return;
     }
@@ -834,11 +854,7 @@ fn sparsify(
     }
     // In place (one tensor less held at a time); the L1 norm before masking is kept for
     // the rescale.
-    let before: f64 = if rescale {
-        delta.iter().map(|v| v.abs() as f64).sum()
-    } else {
-        0.0
-    };
+    let before: f64 = if rescale { l1(&delta) } else { 0.0 };
     let mut out = delta;
     out.iter_mut()
         .zip(&mask)
@@ -873,6 +889,113 @@ fn sign_mask(deltas: &[Vec<f32>]) -> Vec<Vec<bool>> {
                 .collect()
         })
         .collect()
+}
+
+/// The per-entry step of `generalized_task_arithmetic.py` once the task vectors are sparsified
+/// and weighted: the sign election (with `consensus`), the sum of the agreeing (or all) weighted
+/// task vectors, the division by their weights (`normalize`), λ and the base, each step rounded
+/// (`q`) as mergekit's tensors in the working dtype are. Shared by the whole-tensor path and the
+/// block path (`blocks`), so that both give the same bits.
+#[derive(Clone, Copy)]
+pub(crate) struct Mix<'a> {
+    consensus: bool,
+    normalize: bool,
+    lambda: f32,
+    total: f32,
+    weights: &'a [f32],
+}
+
+impl<'a> Mix<'a> {
+    /// `weights`: the (rounded) weight of each task vector, in order.
+    pub(crate) fn new(
+        job: &Job<'_>,
+        consensus: bool,
+        weights: &'a [f32],
+        q: impl Fn(f32) -> f32,
+    ) -> Mix<'a> {
+        Mix {
+            consensus,
+            normalize: job.gflag("normalize"),
+            lambda: job.g("lambda") as f32,
+            total: q(weights.iter().sum()),
+            weights,
+        }
+    }
+
+    /// One chunk of output: `out` holds the base's values and gets the merged ones; `wd[i]` is
+    /// the i-th weighted task vector's chunk. Column by column (each pass over the chunk
+    /// vectorises), in the order of additions of an entry-by-entry loop, so with its bits.
+    pub(crate) fn apply(
+        &self,
+        out: &mut [f32],
+        wd: &[&[f32]],
+        sc: &mut MixScratch,
+        q: impl Fn(f32) -> f32,
+    ) {
+        let len = out.len();
+        let mixed = &mut sc.mixed;
+        mixed.clear();
+        mixed.resize(len, 0.0);
+        let div = &mut sc.div;
+        div.clear();
+        if self.consensus {
+            // mergekit's `get_mask`, "sum": the sign of the sum (0 counts as +); an entry
+            // agrees when its sign is that one (0 never does).
+            let sum = &mut sc.sum;
+            sum.clear();
+            sum.resize(len, 0.0);
+            for d in wd {
+                sum.iter_mut().zip(&d[..len]).for_each(|(s, &v)| *s += v);
+            }
+            sum.iter_mut()
+                .for_each(|s| *s = if *s >= 0.0 { 1.0 } else { -1.0 });
+            div.resize(len, 0.0);
+            for (d, &w) in wd.iter().zip(self.weights) {
+                for (((m, dv), &v), &major) in mixed
+                    .iter_mut()
+                    .zip(div.iter_mut())
+                    .zip(&d[..len])
+                    .zip(sum.iter())
+                {
+                    // (Adding 0 leaves the sums as they are: they are never −0.)
+                    let agree = v != 0.0 && v.signum() == major;
+                    *m += if agree { v } else { 0.0 };
+                    *dv += if agree { w } else { 0.0 };
+                }
+            }
+            div.iter_mut()
+                .for_each(|d| *d = if *d == 0.0 { 1.0 } else { q(*d) });
+        } else {
+            for d in wd {
+                mixed.iter_mut().zip(&d[..len]).for_each(|(m, &v)| *m += v);
+            }
+            let total = if self.total.abs() < 1e-8 {
+                1.0
+            } else {
+                self.total
+            };
+            div.resize(len, total);
+        }
+        let (normalize, lambda) = (self.normalize, self.lambda);
+        for ((o, &m), &divisor) in out.iter_mut().zip(mixed.iter()).zip(div.iter()) {
+            let mut m = q(m);
+            if normalize {
+                m = q(m / divisor);
+            }
+            if lambda != 1.0 {
+                m = q(m * lambda);
+            }
+            *o = q(*o + m);
+        }
+    }
+}
+
+/// The per-thread buffers of [`Mix::apply`].
+#[derive(Default)]
+pub(crate) struct MixScratch {
+    sum: Vec<f32>,
+    mixed: Vec<f32>,
+    div: Vec<f32>,
 }
 
 /// `generalized_task_arithmetic.py`. Every step is rounded to the working dtype (`q`), as
@@ -929,55 +1052,18 @@ fn gta_in(
         weighted.push(d);
         weights.push(w);
     }
-    let n = base.len();
-    let normalize = job.gflag("normalize");
-    let lambda = job.g("lambda") as f32;
-    let total = q(weights.iter().sum());
-    let mut out = vec![0f32; n];
-    // Entry by entry: the sign election, the sum of the agreeing (or all) task vectors, the
-    // division by their weights, λ and the base, each step rounded as mergekit's tensors are.
-    cpu::par_fill(&mut out, |start, o| {
-        for (jj, o) in o.iter_mut().enumerate() {
-            let j = start + jj;
-            let mut mixed = 0f32;
-            let divisor = if consensus {
-                // mergekit's `get_mask`, "sum": the sign of the sum (0 counts as +); an entry
-                // agrees when its sign is that one (0 never does).
-                let s: f32 = weighted.iter().map(|d| d[j]).sum();
-                let majority = if s >= 0.0 { 1.0 } else { -1.0 };
-                let mut div = 0f32;
-                for (wd, &w) in weighted.iter().zip(&weights) {
-                    let v = wd[j];
-                    if v != 0.0 && v.signum() == majority {
-                        mixed += v;
-                        div += w;
-                    }
-                }
-                if div == 0.0 {
-                    1.0
-                } else {
-                    q(div)
-                }
-            } else {
-                for wd in &weighted {
-                    mixed += wd[j];
-                }
-                if total.abs() < 1e-8 {
-                    1.0
-                } else {
-                    total
-                }
-            };
-            mixed = q(mixed);
-            if normalize {
-                mixed = q(mixed / divisor);
-            }
-            if lambda != 1.0 {
-                mixed = q(mixed * lambda);
-            }
-            *o = q(base[j] + mixed);
-        }
-    });
+    let mix = Mix::new(job, consensus, &weights, q);
+    let mut out = base.to_vec();
+    out.par_chunks_mut(cpu::CHUNK)
+        .enumerate()
+        .for_each_init(MixScratch::default, |sc, (c, o)| {
+            let start = c * cpu::CHUNK;
+            let wd: Vec<&[f32]> = weighted
+                .iter()
+                .map(|w| &w[start..start + o.len()])
+                .collect();
+            mix.apply(o, &wd, sc, q);
+        });
     Ok(out)
 }
 
