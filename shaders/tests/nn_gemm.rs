@@ -387,3 +387,24 @@ fn short_bias_or_residual_is_an_error_naming_it() {
     let e = nn::gemm_epilogue(c(), ta.id(), tb.id(), tc.id(), &g, &epi).unwrap_err();
     assert!(e.to_string().contains("residual"), "{e}");
 }
+
+#[test]
+fn a_configured_kernel_overrides_the_choice() {
+    // Only this test sets the process-wide override; the others name their kernel or accept
+    // whichever the device uses.
+    let e = nn::set_gemm_override("test.gemm_kernel", Some("fastest")).unwrap_err();
+    assert!(
+        e.to_string().contains("test.gemm_kernel") && e.to_string().contains("`fastest`"),
+        "{e}"
+    );
+    assert_eq!(
+        nn::set_gemm_override("test.gemm_kernel", Some(" Tiled8 ")).unwrap(),
+        Some(GemmKernel::Tiled8)
+    );
+    assert_eq!(nn::gemm_kernel(c()).unwrap(), GemmKernel::Tiled8);
+    assert_eq!(
+        nn::set_gemm_override("test.gemm_kernel", Some("auto")).unwrap(),
+        None
+    );
+    assert!(GemmKernel::ALL.contains(&nn::gemm_kernel(c()).unwrap()));
+}

@@ -65,8 +65,8 @@ pub use grad::{
 };
 pub use tune::{
     cache_dir, cooperative_matrix_available, default_gemm_kernel, device_key, gemm_kernel,
-    gemm_kernel_for, resolve_gemm_kernel, subgroup_size, ChoiceSource, GemmChoice, Precision,
-    TUNING_FILE, TUNING_SIZE,
+    gemm_kernel_for, resolve_gemm_kernel, set_gemm_override, subgroup_size, ChoiceSource,
+    GemmChoice, Precision, TUNING_FILE, TUNING_SIZE,
 };
 
 /// Shorthand for results of the dense operations.
