@@ -216,7 +216,7 @@ pub mod nn {
     use super::{join_bytes, joined_len};
 
     /// `nn/include/act.wgsl`: the activation functions (quick_gelu, gelu and its erf), shared
-    /// by [`ACTIVATION`] and the gemm epilogue.
+    /// by [`ACTIVATION`], [`GRAD`] and the gemm epilogue.
     pub const ACT_FNS: &str = include_str!("nn/include/act.wgsl");
     /// `nn/include/gemm_common.wgsl` after [`ACT_FNS`]: what every gemm kernel shares (overrides,
     /// uniform block, bindings, operand reads, batch bases, the fused epilogue).
@@ -238,7 +238,7 @@ pub mod nn {
     /// register-blocked.
     pub const GEMM: &str = join!(GEMM_COMMON, "\n", include_str!("nn/gemm.wgsl"));
     /// `nn/grad.wgsl`: backward passes of bias, activations, softmax and layer norm.
-    pub const GRAD: &str = include_str!("nn/grad.wgsl");
+    pub const GRAD: &str = join!(ACT_FNS, "\n", include_str!("nn/grad.wgsl"));
     /// `nn/loss.wgsl`: cross-entropy and entropy of logits, with their gradients.
     pub const LOSS: &str = include_str!("nn/loss.wgsl");
     /// `nn/ext/gemm_subgroup.wgsl`: [`GEMM`]'s product with subgroup shuffles; needs wgpu's
