@@ -1267,7 +1267,8 @@ fn epilogue_ref(
             for i in 0..g.m {
                 for j in 0..g.n {
                     let idx = cb + i * g.c.ld + j;
-                    let mut v = product[idx] + if e.bias { bias[j] } else { 0.0 };
+                    let bias_j = bias.get(j).filter(|_| e.bias).copied().unwrap_or(0.0);
+                    let mut v = product[idx] + bias_j;
                     v = act_ref(e.act, v);
                     v += match e.residual {
                         Residual::None => 0.0,
