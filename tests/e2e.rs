@@ -4820,3 +4820,68 @@ fn mergekit_merges_on_the_device_named_as_mergekit_users_name_it() {
         assert!(!work.path().join(&out).exists(), "{device}: output written");
     }
 }
+
+/// Issue 20: the task pool's `gemm_kernel` key picks the WGSL path's matrix-product kernel for
+/// the run (over FUSION_GEMM): a kernel the adapter runs scores as the tuned choice does; a name
+/// that is not a kernel is a configuration error naming the key and the value.
+#[test]
+fn the_task_pool_gemm_kernel_key_picks_the_product_kernel() {
+    let args = |kernel: &'static str| {
+        [
+            "--device",
+            "cpu",
+            "modelpool=CLIPVisionModelPool/demo",
+            "taskpool=CLIPVisionModelTaskPool/demo",
+            "method=task_arithmetic",
+            "print_config=false",
+            "fast_dev_run=true",
+            kernel,
+        ]
+    };
+    let env = [("FUSION_CLIP_BACKEND", "wgsl"), ("FUSION_GEMM", "tiled16")];
+    let tuned = run_host_env(&root(), &args("+taskpool.gemm_kernel=auto"), &env);
+    assert_eq!(tuned.code, 0, "{}", tuned.stderr);
+    let fixed = run_host_env(&root(), &args("+taskpool.gemm_kernel=tiled8"), &env);
+    assert_eq!(fixed.code, 0, "{}", fixed.stderr);
+    assert!(
+        fixed
+            .stderr
+            .contains("gemm kernel set by the configuration")
+            && fixed.stderr.contains("tiled8"),
+        "{}",
+        fixed.stderr
+    );
+    assert!(
+        !tuned
+            .stderr
+            .contains("gemm kernel set by the configuration"),
+        "{}",
+        tuned.stderr
+    );
+    let (a, b) = (json(&tuned.stdout), json(&fixed.stdout));
+    for (task, scores) in a.as_object().unwrap() {
+        let Some(loss) = scores.get("loss").and_then(Value::as_f64) else {
+            continue;
+        };
+        let (acc_a, acc_b) = (
+            scores["accuracy"].as_f64().unwrap(),
+            b[task]["accuracy"].as_f64().unwrap(),
+        );
+        assert!(
+            (acc_a - acc_b).abs() <= 2.0 / 256.0,
+            "{task}: {acc_a} vs {acc_b}"
+        );
+        let other = b[task]["loss"].as_f64().unwrap();
+        assert!(
+            (loss - other).abs() <= 1e-3,
+            "{task}: loss {loss} vs {other}"
+        );
+    }
+    let bad = run_host_env(&root(), &args("+taskpool.gemm_kernel=fastest"), &env);
+    bad.assert_clean_failure(2);
+    assert!(
+        bad.error().contains("gemm_kernel") && bad.error().contains("fastest"),
+        "{}",
+        bad.error()
+    );
+}

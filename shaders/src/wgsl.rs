@@ -213,45 +213,56 @@ pub fn ties_merge_sum(inputs: usize) -> &'static str {
 }
 
 /// The dense (neural-network) kernels under `src/nn/`, launched by the CLIP model's op layer.
-/// Each is a complete source (they do not use `common.wgsl`).
+/// They do not use `common.wgsl`; the parts several of them share live under `src/nn/include/`
+/// (no entry points) and are put in front of the files that use them here.
 pub mod nn {
-    /// `nn/matmul.wgsl`: strided batched matrix product with optional bias.
-    pub const MATMUL: &str = include_str!("nn/matmul.wgsl");
-    /// `nn/matmul_reg.wgsl`: the same product, register-blocked for software adapters.
-    pub const MATMUL_REG: &str = include_str!("nn/matmul_reg.wgsl");
+    use super::{join_bytes, joined_len};
+
+    /// `nn/include/act.wgsl`: the activation functions (quick_gelu, gelu and its erf), shared
+    /// by [`ACTIVATION`], [`GRAD`] and the gemm epilogue.
+    pub const ACT_FNS: &str = include_str!("nn/include/act.wgsl");
+    /// `nn/include/gemm_common.wgsl` after [`ACT_FNS`]: what every gemm kernel shares (overrides,
+    /// uniform block, bindings, operand reads, batch bases, the fused epilogue).
+    pub const GEMM_COMMON: &str = join!(ACT_FNS, "\n", include_str!("nn/include/gemm_common.wgsl"));
     /// `nn/layer_norm.wgsl`: row-wise layer norm.
     pub const LAYER_NORM: &str = include_str!("nn/layer_norm.wgsl");
     /// `nn/softmax.wgsl`: row-wise softmax with causal and key-padding masks.
     pub const SOFTMAX: &str = include_str!("nn/softmax.wgsl");
     /// `nn/activation.wgsl`: quick_gelu and exact gelu.
-    pub const ACTIVATION: &str = include_str!("nn/activation.wgsl");
+    pub const ACTIVATION: &str = join!(ACT_FNS, "\n", include_str!("nn/activation.wgsl"));
     /// `nn/add.wgsl`: in-place residual addition.
     pub const ADD: &str = include_str!("nn/add.wgsl");
     /// `nn/embedding.wgsl`: row gathers and token + position embeddings.
     pub const EMBEDDING: &str = include_str!("nn/embedding.wgsl");
     /// `nn/patch.wgsl`: im2col for the patch embedding, class token and position embeddings.
     pub const PATCH: &str = include_str!("nn/patch.wgsl");
-    /// `nn/gemm.wgsl`: general strided batched product with transposed operands and
-    /// accumulation (the backward passes' products), tiled and register-blocked.
-    pub const GEMM: &str = include_str!("nn/gemm.wgsl");
+    /// `nn/gemm.wgsl` after [`GEMM_COMMON`]: general strided batched product with transposed
+    /// operands, accumulation and a fused bias / activation / residual epilogue, tiled and
+    /// register-blocked.
+    pub const GEMM: &str = join!(GEMM_COMMON, "\n", include_str!("nn/gemm.wgsl"));
     /// `nn/grad.wgsl`: backward passes of bias, activations, softmax and layer norm.
-    pub const GRAD: &str = include_str!("nn/grad.wgsl");
+    pub const GRAD: &str = join!(ACT_FNS, "\n", include_str!("nn/grad.wgsl"));
     /// `nn/loss.wgsl`: cross-entropy and entropy of logits, with their gradients.
     pub const LOSS: &str = include_str!("nn/loss.wgsl");
     /// `nn/ext/gemm_subgroup.wgsl`: [`GEMM`]'s product with subgroup shuffles; needs wgpu's
     /// `SUBGROUP` feature.
-    pub const GEMM_SUBGROUP: &str = include_str!("nn/ext/gemm_subgroup.wgsl");
+    pub const GEMM_SUBGROUP: &str =
+        join!(GEMM_COMMON, "\n", include_str!("nn/ext/gemm_subgroup.wgsl"));
     /// `nn/ext/subgroup_probe.wgsl`: whether subgroup operations work, and their width.
     pub const SUBGROUP_PROBE: &str = include_str!("nn/ext/subgroup_probe.wgsl");
     /// `nn/ext/gemm_coop.wgsl`: [`GEMM`]'s product on cooperative matrices (tensor cores), f16
     /// operands and f32 accumulation; needs wgpu's `EXPERIMENTAL_COOPERATIVE_MATRIX` and
     /// `SHADER_F16`.
-    pub const GEMM_COOP: &str = include_str!("nn/ext/gemm_coop.wgsl");
+    pub const GEMM_COOP: &str = join!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n\n",
+        GEMM_COMMON,
+        "\n",
+        include_str!("nn/ext/gemm_coop.wgsl")
+    );
 
-    /// Every nn kernel source by its file name under `src/nn/`, for validation tests and tools.
+    /// Every nn kernel source by its file name under `src/nn/`, for validation tests and tools
+    /// (the composed source: it ends with the file's text).
     pub const ALL: &[(&str, &str)] = &[
-        ("matmul.wgsl", MATMUL),
-        ("matmul_reg.wgsl", MATMUL_REG),
         ("layer_norm.wgsl", LAYER_NORM),
         ("softmax.wgsl", SOFTMAX),
         ("activation.wgsl", ACTIVATION),

@@ -6,12 +6,16 @@
 //! * every kernel against its reference over edge shapes (1 x 1, sizes off the tile, large k,
 //!   several batches), for every gemm variant the adapter runs;
 //! * the subgroup probe, the tuning cache (written, read back, overridden) and naga validation
-//!   of the extension kernels.
+//!   of the extension kernels;
+//! * the forward products' fused epilogues (bias, quick_gelu / gelu, residual, in place too),
+//!   for every gemm variant over the same edge shapes, and the configured kernel override.
 
 use std::sync::OnceLock;
 
 use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
-use fusion_kernels::nn::{self, Activation, Gemm, GemmKernel, Matmul, MatmulGrads, Operand};
+use fusion_kernels::nn::{
+    self, Activation, Gemm, GemmEpilogue, GemmKernel, Matmul, MatmulGrads, Operand,
+};
 use fusion_plugin_api::{Compute, GpuTensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -1061,8 +1065,14 @@ fn extension_kernels_validate_with_their_capabilities() {
     listed.sort();
     assert_eq!(files, listed, "src/nn/ext/*.wgsl vs wgsl::nn::EXTENSIONS");
     for (name, source, caps) in fusion_kernels::wgsl::nn::EXTENSIONS {
+        // The shipped source ends with the file (the shared gemm parts come first).
         let on_disk = std::fs::read_to_string(dir.join(name)).unwrap();
-        assert_eq!(on_disk.replace("\r\n", "\n"), source.replace("\r\n", "\n"));
+        assert!(
+            source
+                .replace("\r\n", "\n")
+                .ends_with(&on_disk.replace("\r\n", "\n")),
+            "{name}: the embedded source does not end with the file"
+        );
         let module = naga::front::wgsl::parse_str(source)
             .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(source)));
         let caps = caps
@@ -1178,4 +1188,212 @@ fn cooperative_gemm_where_the_adapter_lists_it() {
         let got = run_gemm(GemmKernel::Cooperative, &g, &a, &b, &c0);
         assert_close(&format!("cooperative gemm {name}"), &got, &want, 1e-4);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The forward epilogues of gemm
+
+fn act_ref(act: Option<Activation>, x: f64) -> f64 {
+    match act {
+        None => x,
+        Some(Activation::QuickGelu) => quick_gelu(x),
+        Some(Activation::Gelu) => gelu(x),
+    }
+}
+
+/// Where an epilogue case's residual comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Residual {
+    None,
+    /// Its own tensor, laid out as C.
+    Separate,
+    /// The output itself (`x += f(x)`).
+    InPlace,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct EpilogueCase {
+    bias: bool,
+    act: Option<Activation>,
+    residual: Residual,
+    accumulate: bool,
+}
+
+fn epilogue_cases() -> Vec<EpilogueCase> {
+    let case = |bias, act, residual, accumulate| EpilogueCase {
+        bias,
+        act,
+        residual,
+        accumulate,
+    };
+    let (q, g) = (Some(Activation::QuickGelu), Some(Activation::Gelu));
+    vec![
+        case(true, None, Residual::None, false),
+        case(true, q, Residual::None, false),
+        case(true, g, Residual::None, false),
+        case(false, g, Residual::None, true),
+        case(false, None, Residual::Separate, false),
+        case(true, q, Residual::Separate, true),
+        case(true, None, Residual::InPlace, false),
+        case(false, q, Residual::InPlace, true),
+    ]
+}
+
+/// `C = act(alpha op(A) op(B) + bias) + R (+ beta C_old)` on every element the gemm writes:
+/// the plain product from [`gemm_ref`], then the epilogue.
+fn epilogue_ref(
+    g: &Gemm,
+    e: &EpilogueCase,
+    a: &[f64],
+    b: &[f64],
+    bias: &[f64],
+    r: &[f64],
+    out: &mut [f64],
+) {
+    let old = out.to_vec();
+    let mut product = out.to_vec();
+    gemm_ref(
+        &Gemm {
+            accumulate: false,
+            ..*g
+        },
+        a,
+        b,
+        &mut product,
+    );
+    for z0 in 0..g.batch0 {
+        for z1 in 0..g.batch1 {
+            let cb = g.c.offset + z0 * g.c.stride0 + z1 * g.c.stride1;
+            for i in 0..g.m {
+                for j in 0..g.n {
+                    let idx = cb + i * g.c.ld + j;
+                    let bias_j = bias.get(j).filter(|_| e.bias).copied().unwrap_or(0.0);
+                    let mut v = product[idx] + bias_j;
+                    v = act_ref(e.act, v);
+                    v += match e.residual {
+                        Residual::None => 0.0,
+                        Residual::Separate => r[idx],
+                        Residual::InPlace => old[idx],
+                    };
+                    if e.accumulate {
+                        v += f64::from(g.beta) * old[idx];
+                    }
+                    out[idx] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Every epilogue case on the shapes of [`gemm_cases`] (half of the cases per shape,
+/// alternating, so each case meets every kind of shape: each combination is its own pipeline,
+/// slow to build on a software adapter) with `kernel`; `round` is applied to A and B in the
+/// reference (f16 rounding for the cooperative kernel).
+fn check_epilogues(kernel: GemmKernel, round: &dyn Fn(f64) -> f64, rtol: f64) {
+    let mut rng = StdRng::seed_from_u64(31);
+    for (i, (name, g0, la, lb, lc)) in gemm_cases().into_iter().enumerate() {
+        let cases = epilogue_cases().into_iter().enumerate();
+        for (_, e) in cases.filter(|(j, _)| (i + j) % 2 == 0) {
+            let g = Gemm {
+                accumulate: e.accumulate,
+                ..g0
+            };
+            let a = rand_vec(&mut rng, la, 1.0);
+            let b = rand_vec(&mut rng, lb, 1.0);
+            let bias = rand_vec(&mut rng, g.n, 1.0);
+            let r = rand_vec(&mut rng, lc, 1.0);
+            let c0 = rand_vec(&mut rng, lc, 1.0);
+            let (ta, tb) = (upload(&a), upload(&b));
+            let (tbias, tr, tc) = (upload(&bias), upload(&r), upload(&c0));
+            let epi = GemmEpilogue {
+                bias: e.bias.then(|| tbias.id()),
+                activation: e.act,
+                residual: match e.residual {
+                    Residual::None => None,
+                    Residual::Separate => Some(tr.id()),
+                    Residual::InPlace => Some(tc.id()),
+                },
+            };
+            nn::gemm_epilogue_with(kernel, c(), ta.id(), tb.id(), tc.id(), &g, &epi).unwrap();
+            let got = read(tc.id(), lc);
+            let ar: Vec<f64> = a.iter().map(|&v| round(v)).collect();
+            let br: Vec<f64> = b.iter().map(|&v| round(v)).collect();
+            let mut want = c0.clone();
+            epilogue_ref(&g, &e, &ar, &br, &bias, &r, &mut want);
+            assert_close(
+                &format!("gemm {name} ({}) {e:?}", kernel.name()),
+                &got,
+                &want,
+                rtol,
+            );
+        }
+    }
+}
+
+#[test]
+fn gemm_epilogues_match_the_reference_on_every_variant() {
+    for kernel in variants() {
+        check_epilogues(kernel, &|v| v, 1e-5);
+    }
+    // The tensor-core kernel where the adapter lists it (not lavapipe), with f16 operands.
+    if GemmKernel::Cooperative.supported(c()) {
+        let half = |v: f64| f64::from(half::f16::from_f64(v).to_f32());
+        check_epilogues(GemmKernel::Cooperative, &half, 1e-4);
+    }
+}
+
+#[test]
+fn gemm_epilogue_checks_bias_and_residual_extents() {
+    // nn.Linear with quick_gelu on the device's own kernel ...
+    let (rows, in_dim, out_dim) = (6, 5, 4);
+    let mut rng = StdRng::seed_from_u64(32);
+    let x = rand_vec(&mut rng, rows * in_dim, 1.0);
+    let w = rand_vec(&mut rng, out_dim * in_dim, 1.0);
+    let bias = rand_vec(&mut rng, out_dim, 1.0);
+    let (tx, tw, tbias) = (upload(&x), upload(&w), upload(&bias));
+    let ty = upload(&[0.0; 24]);
+    let g = Matmul::linear(rows, in_dim, out_dim).gemm();
+    let epi = GemmEpilogue::linear(Some(tbias.id()), Some(Activation::QuickGelu));
+    nn::gemm_epilogue(c(), tx.id(), tw.id(), ty.id(), &g, &epi).unwrap();
+    let e = EpilogueCase {
+        bias: true,
+        act: Some(Activation::QuickGelu),
+        residual: Residual::None,
+        accumulate: false,
+    };
+    let mut want = vec![0.0; 24];
+    epilogue_ref(&g, &e, &x, &w, &bias, &[], &mut want);
+    assert_close("linear + quick_gelu", &read(ty.id(), 24), &want, 1e-5);
+    // ... and a bias or residual too short for the product is an error naming it.
+    let short = upload(&[0.0; 2]);
+    let epi = GemmEpilogue::linear(Some(short.id()), None);
+    let err = nn::gemm_epilogue(c(), tx.id(), tw.id(), ty.id(), &g, &epi).unwrap_err();
+    assert!(err.to_string().contains("bias"), "{err}");
+    let epi = GemmEpilogue {
+        residual: Some(short.id()),
+        ..GemmEpilogue::default()
+    };
+    let err = nn::gemm_epilogue(c(), tx.id(), tw.id(), ty.id(), &g, &epi).unwrap_err();
+    assert!(err.to_string().contains("residual"), "{err}");
+}
+
+#[test]
+fn a_configured_gemm_kernel_overrides_the_choice() {
+    // The only test that sets the process-wide override; the others name their kernel or
+    // accept whichever the device uses.
+    let e = nn::set_gemm_override("test.gemm_kernel", Some("fastest")).unwrap_err();
+    assert!(
+        e.to_string().contains("test.gemm_kernel") && e.to_string().contains("`fastest`"),
+        "{e}"
+    );
+    assert_eq!(
+        nn::set_gemm_override("test.gemm_kernel", Some(" Tiled8 ")).unwrap(),
+        Some(GemmKernel::Tiled8)
+    );
+    assert_eq!(nn::gemm_kernel(c()).unwrap(), GemmKernel::Tiled8);
+    assert_eq!(
+        nn::set_gemm_override("test.gemm_kernel", Some("auto")).unwrap(),
+        None
+    );
+    assert!(GemmKernel::ALL.contains(&nn::gemm_kernel(c()).unwrap()));
 }

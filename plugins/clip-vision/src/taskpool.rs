@@ -112,6 +112,19 @@ impl FromConfig for ClipVisionModelTaskPool {
                 |n| n as usize,
             );
 
+        // fusion-host's own key: the matrix-product kernel of the WGSL CLIP path for this run
+        // (as FUSION_GEMM, which it takes precedence over); absent, null or `auto`: tuned.
+        if let Some(v) = cfg.get("gemm_kernel").filter(|v| !v.is_null()) {
+            let name = v.as_str().ok_or_else(|| {
+                Error::config(format!(
+                    "taskpool: gemm_kernel must be one of registers, tiled8, tiled16, subgroup, \
+                     cooperative or auto, got {v}"
+                ))
+            })?;
+            fusion_clip::gpu::set_gemm_kernel("taskpool.gemm_kernel", Some(name))
+                .map_err(|e| Error::config(format!("taskpool: {e}")))?;
+        }
+
         let classification = cfg.get("classification").and_then(Value::as_object);
         let mut entries: Vec<(String, Value)> = Vec::new();
         match cfg.get("test_datasets") {

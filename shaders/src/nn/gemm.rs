@@ -1,11 +1,13 @@
-//! The general product `C = alpha op(A) op(B) (+ beta C)` (`gemm.wgsl`, `ext/gemm_subgroup.wgsl`)
-//! with its kernel variants, and the backward pass of [`Matmul`](super::Matmul) built on it.
+//! The general product `C = act(alpha op(A) op(B) + bias) + R (+ beta C)` (`gemm.wgsl`,
+//! `ext/gemm_subgroup.wgsl`, `ext/gemm_coop.wgsl`, all after `include/gemm_common.wgsl`) with
+//! its kernel variants and fused epilogues ([`GemmEpilogue`]), and the backward pass of
+//! [`Matmul`](super::Matmul) built on it.
 
 use fusion_plugin_api::{Binding, Compute, GpuTensor, KernelCall};
 
 use super::{
-    check_extent, dispatch, elementwise_grid, fits_u32, grid, Matmul, NnError, Operand, Params,
-    Result,
+    check_extent, dispatch, elementwise_grid, fits_u32, grid, Activation, Matmul, NnError, Operand,
+    Params, Result,
 };
 use crate::wgsl::nn;
 
@@ -150,6 +152,35 @@ fn extent(o: &Operand, batch0: usize, batch1: usize, rows: usize, cols: usize) -
         + u(cols)
 }
 
+/// What a [`Gemm`] does to each element of its product before storing it (all optional; the
+/// default is none of them, the plain product):
+///
+/// `C[z][r, j] = act(alpha (op(A[z]) op(B[z]))[r, j] + bias[j]) + R[z][r, j] (+ beta C[z][r, j]
+/// when the gemm accumulates)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GemmEpilogue {
+    /// Added per output column after scaling by alpha: `n` values (nn.Linear's bias).
+    pub bias: Option<GpuTensor>,
+    /// Applied after the bias.
+    pub activation: Option<Activation>,
+    /// Added after the activation, laid out as C (the same [`Operand`] in its own tensor). When
+    /// it *is* the output tensor (an in-place residual connection, `x += f(x)`), the product is
+    /// added to C's old contents instead (as [`Gemm::accumulate`] with `beta` = 1, or
+    /// `beta + 1` when the gemm already accumulates).
+    pub residual: Option<GpuTensor>,
+}
+
+impl GemmEpilogue {
+    /// nn.Linear's epilogue: `bias` (when given), then `activation` (when given).
+    pub fn linear(bias: Option<GpuTensor>, activation: Option<Activation>) -> Self {
+        Self {
+            bias,
+            activation,
+            residual: None,
+        }
+    }
+}
+
 /// Runs `g` with the kernel chosen for this device ([`super::gemm_kernel`]: the
 /// `FUSION_GEMM` override, else the tuned and cached choice).
 pub fn gemm(c: &dyn Compute, a: GpuTensor, b: GpuTensor, out: GpuTensor, g: &Gemm) -> Result<()> {
@@ -165,10 +196,66 @@ pub fn gemm_with(
     out: GpuTensor,
     g: &Gemm,
 ) -> Result<()> {
-    const OP: &str = "gemm";
+    checked("gemm", kernel, c, [a, b, out], g, &GemmEpilogue::default())
+}
+
+/// [`gemm`] followed by `epi`: bias, activation and residual fused into the product's stores
+/// (one launch, no intermediate tensor).
+pub fn gemm_epilogue(
+    c: &dyn Compute,
+    a: GpuTensor,
+    b: GpuTensor,
+    out: GpuTensor,
+    g: &Gemm,
+    epi: &GemmEpilogue,
+) -> Result<()> {
+    gemm_epilogue_with(super::gemm_kernel(c)?, c, a, b, out, g, epi)
+}
+
+/// [`gemm_epilogue`] with the kernel chosen by the caller.
+pub fn gemm_epilogue_with(
+    kernel: GemmKernel,
+    c: &dyn Compute,
+    a: GpuTensor,
+    b: GpuTensor,
+    out: GpuTensor,
+    g: &Gemm,
+    epi: &GemmEpilogue,
+) -> Result<()> {
+    checked("gemm", kernel, c, [a, b, out], g, epi)
+}
+
+/// The checks of every gemm entry point, errors naming `op`, then the launch.
+pub(super) fn checked(
+    op: &'static str,
+    kernel: GemmKernel,
+    c: &dyn Compute,
+    [a, b, out]: [GpuTensor; 3],
+    g: &Gemm,
+    epi: &GemmEpilogue,
+) -> Result<()> {
     if g.m == 0 || g.n == 0 || g.batch0 == 0 || g.batch1 == 0 {
         return Ok(());
     }
+    // An in-place residual is accumulation into C (a tensor cannot be bound for reading and
+    // writing in one launch).
+    let (g, epi) = if epi.residual == Some(out) {
+        let g = Gemm {
+            accumulate: true,
+            beta: if g.accumulate { g.beta + 1.0 } else { 1.0 },
+            ..*g
+        };
+        (
+            g,
+            GemmEpilogue {
+                residual: None,
+                ..*epi
+            },
+        )
+    } else {
+        (*g, *epi)
+    };
+    let g = &g;
     let (arows, acols) = if g.a_transposed {
         (g.k, g.m)
     } else {
@@ -180,19 +267,19 @@ pub fn gemm_with(
         (g.k, g.n)
     };
     let ext_c = extent(&g.c, g.batch0, g.batch1, g.m, g.n);
-    check_extent(c, OP, "C", out, ext_c)?;
-    fits_u32(OP, "C extent", ext_c)?;
+    check_extent(c, op, "C", out, ext_c)?;
+    fits_u32(op, "C extent", ext_c)?;
     if g.k > 0 {
         let ext_a = extent(&g.a, g.batch0, g.batch1, arows, acols);
         let ext_b = extent(&g.b, g.batch0, g.batch1, brows, bcols);
-        check_extent(c, OP, "A", a, ext_a)?;
-        check_extent(c, OP, "B", b, ext_b)?;
-        fits_u32(OP, "A extent", ext_a)?;
-        fits_u32(OP, "B extent", ext_b)?;
+        check_extent(c, op, "A", a, ext_a)?;
+        check_extent(c, op, "B", b, ext_b)?;
+        fits_u32(op, "A extent", ext_a)?;
+        fits_u32(op, "B extent", ext_b)?;
     }
     if !kernel.supported(c) {
         return Err(NnError::DeviceLimit {
-            op: OP.into(),
+            op: op.into(),
             message: format!(
                 "the `{}` kernel does not run on `{}` (too few invocations or too little \
                  workgroup memory, or no subgroup operations)",
@@ -201,7 +288,13 @@ pub fn gemm_with(
             ),
         });
     }
-    launch(kernel, c, a, b, out, g)
+    if let Some(bias) = epi.bias {
+        check_extent(c, op, "bias", bias, g.n as u64)?;
+    }
+    if let Some(r) = epi.residual {
+        check_extent(c, op, "residual", r, ext_c)?;
+    }
+    launch_epilogue(kernel, c, [a, b, out], g, &epi)
 }
 
 /// [`gemm_with`] after the checks: the launch itself (the probes call it directly, since
@@ -214,12 +307,31 @@ pub(super) fn launch(
     out: GpuTensor,
     g: &Gemm,
 ) -> Result<()> {
+    launch_epilogue(kernel, c, [a, b, out], g, &GemmEpilogue::default())
+}
+
+/// [`launch`] with an epilogue whose residual is not the output.
+fn launch_epilogue(
+    kernel: GemmKernel,
+    c: &dyn Compute,
+    [a, b, out]: [GpuTensor; 3],
+    g: &Gemm,
+    epi: &GemmEpilogue,
+) -> Result<()> {
     const OP: &str = "gemm";
     let flag = |v: bool| if v { 1.0 } else { 0.0 };
+    let act = match epi.activation {
+        None => 0.0,
+        Some(Activation::QuickGelu) => 1.0,
+        Some(Activation::Gelu) => 2.0,
+    };
     let mut constants = vec![
         ("A_TRANS", flag(g.a_transposed)),
         ("B_TRANS", flag(g.b_transposed)),
         ("ACCUMULATE", flag(g.accumulate)),
+        ("BIAS", flag(epi.bias.is_some())),
+        ("ACT", act),
+        ("RESIDUAL", flag(epi.residual.is_some())),
     ];
     let batches = (g.batch0 * g.batch1) as u64;
     let limits = c.limits();
@@ -311,11 +423,19 @@ pub(super) fn launch(
             source,
             entry_point: entry,
             constants: &constants,
-            bindings: &[Binding::read(a), Binding::read(b), Binding::write(out)],
+            // Slots 4 and 5 (bias, residual) hold A again when unused: every binding the
+            // source declares must be bound, and A is read-only already.
+            bindings: &[
+                Binding::read(a),
+                Binding::read(b),
+                Binding::write(out),
+                Binding::read(epi.bias.unwrap_or(a)),
+                Binding::read(epi.residual.unwrap_or(a)),
+            ],
             uniforms: &uniforms,
             workgroups,
         },
-        || format!("{} kernel, {g:?}", kernel.name()),
+        || format!("{} kernel, {g:?}, {epi:?}", kernel.name()),
     )
 }
 

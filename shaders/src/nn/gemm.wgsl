@@ -1,13 +1,9 @@
-// General strided, batched matrix product with transposed operands and accumulation: for every
-// batch z = (z0, z1),
-//
-//     C[z] = alpha * op(A[z]) op(B[z])  (+ beta * C[z] with ACCUMULATE)
-//
-// op(A) is [M, K]: A stored row-major [M, K] with row stride lda, or with A_TRANS stored [K, M]
-// (A[m, k] = a[k * lda + m]). op(B) is [K, N]: stored [K, N], or with B_TRANS [N, K]. Offsets and
-// the two batch strides of every operand are in elements, as in `matmul.wgsl`. This is the
-// product the backward passes need: for C = A B, dA = dC Bᵀ (B_TRANS) and dB = Aᵀ dC (A_TRANS),
-// accumulated over batches or micro-batches with ACCUMULATE.
+// The general strided, batched product with transposed operands, accumulation and a fused
+// epilogue (bias, activation, residual): the operation, its overrides, uniform block and bindings
+// are those of `include/gemm_common.wgsl`, which this file is compiled after. The backward
+// passes need the transposed operands and accumulation (for C = A B, dA = dC Bᵀ with B_TRANS and
+// dB = Aᵀ dC with A_TRANS, accumulated over batches); the forward passes (nn.Linear, attention)
+// the epilogue.
 //
 // Two entry points compute the same thing and are chosen (and tuned) per adapter by the host:
 //
@@ -21,79 +17,17 @@
 //               block g. Rows and columns past the edge load clamped, valid indices and are not
 //               stored, so the k loop has no branches.
 //
-// Bindings (both): 0 = A, 1 = B, 2 = C (read_write), 3 = uniform Params. The Params fields
-// tiles_m / tiles_n / total_tiles count the entry point's tiles (tiled) or blocks (reg).
+// The Params fields tiles_m / tiles_n / total_tiles count the entry point's tiles (tiled) or
+// blocks (reg).
 
 override T: u32 = 16u;
-override A_TRANS: bool = false;
-override B_TRANS: bool = false;
-override ACCUMULATE: bool = false;
 
 const TK: u32 = 16u;
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch1: u32,
-    tiles_m: u32,
-    tiles_n: u32,
-    total_tiles: u32,
-    alpha: f32,
-    beta: f32,
-    a_off: u32,
-    lda: u32,
-    a_s0: u32,
-    a_s1: u32,
-    b_off: u32,
-    ldb: u32,
-    b_s0: u32,
-    b_s1: u32,
-    c_off: u32,
-    ldc: u32,
-    c_s0: u32,
-    c_s1: u32,
-}
-
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;
-@group(0) @binding(3) var<uniform> p: Params;
 
 var<workgroup> a_tile: array<vec4<f32>, 256>;
 var<workgroup> b_tile: array<vec4<f32>, 256>;
 
-// op(A)[r, kk] of the batch starting at `base` (no bounds check).
-fn a_at(base: u32, r: u32, kk: u32) -> f32 {
-    if (A_TRANS) {
-        return a[base + kk * p.lda + r];
-    }
-    return a[base + r * p.lda + kk];
-}
-
-// op(B)[kk, cc] of the batch starting at `base` (no bounds check).
-fn b_at(base: u32, kk: u32, cc: u32) -> f32 {
-    if (B_TRANS) {
-        return b[base + cc * p.ldb + kk];
-    }
-    return b[base + kk * p.ldb + cc];
-}
-
-// Writes alpha * v (+ beta * old) to C[r, col..col + 4] of the batch at c_base, dropping
-// columns past N.
-fn store4(c_base: u32, r: u32, col: u32, v: vec4<f32>) {
-    let base = c_base + r * p.ldc + col;
-    for (var j = 0u; j < 4u; j++) {
-        if (col + j < p.n) {
-            var out = p.alpha * v[j];
-            if (ACCUMULATE) {
-                out += p.beta * c[base + j];
-            }
-            c[base + j] = out;
-        }
-    }
-}
-
+// Batch bases of tile (or block) `tile`, and its index inside the batch.
 struct Batch {
     a_base: u32,
     b_base: u32,
@@ -103,13 +37,11 @@ struct Batch {
 
 fn batch_of(tile: u32) -> Batch {
     let per_batch = p.tiles_m * p.tiles_n;
-    let z = tile / per_batch;
-    let z0 = z / p.batch1;
-    let z1 = z % p.batch1;
+    let z = bases_of(tile / per_batch);
     var out: Batch;
-    out.a_base = p.a_off + z0 * p.a_s0 + z1 * p.a_s1;
-    out.b_base = p.b_off + z0 * p.b_s0 + z1 * p.b_s1;
-    out.c_base = p.c_off + z0 * p.c_s0 + z1 * p.c_s1;
+    out.a_base = z.a;
+    out.b_base = z.b;
+    out.c_base = z.c;
     out.in_batch = tile % per_batch;
     return out;
 }
@@ -167,9 +99,7 @@ fn gemm_tiled(
     let row = tile_row + 4u * lid.y;
     let col = tile_col + 4u * lid.x;
     for (var i = 0u; i < 4u; i++) {
-        if (row + i < p.m) {
-            store4(bt.c_base, row + i, col, acc[i]);
-        }
+        store_row(bt.c_base, row + i, col, acc[i]);
     }
 }
 
@@ -249,20 +179,17 @@ fn gemm_reg(
         acc7_1 += a7 * b_hi;
     }
     let cb = bt.c_base;
-    store_reg_row(cb, row + 0u, col, acc0_0, acc0_1);
-    store_reg_row(cb, row + 1u, col, acc1_0, acc1_1);
-    store_reg_row(cb, row + 2u, col, acc2_0, acc2_1);
-    store_reg_row(cb, row + 3u, col, acc3_0, acc3_1);
-    store_reg_row(cb, row + 4u, col, acc4_0, acc4_1);
-    store_reg_row(cb, row + 5u, col, acc5_0, acc5_1);
-    store_reg_row(cb, row + 6u, col, acc6_0, acc6_1);
-    store_reg_row(cb, row + 7u, col, acc7_0, acc7_1);
+    store_row8(cb, row + 0u, col, acc0_0, acc0_1);
+    store_row8(cb, row + 1u, col, acc1_0, acc1_1);
+    store_row8(cb, row + 2u, col, acc2_0, acc2_1);
+    store_row8(cb, row + 3u, col, acc3_0, acc3_1);
+    store_row8(cb, row + 4u, col, acc4_0, acc4_1);
+    store_row8(cb, row + 5u, col, acc5_0, acc5_1);
+    store_row8(cb, row + 6u, col, acc6_0, acc6_1);
+    store_row8(cb, row + 7u, col, acc7_0, acc7_1);
 }
 
-fn store_reg_row(c_base: u32, r: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    if (r >= p.m) {
-        return;
-    }
-    store4(c_base, r, col, lo);
-    store4(c_base, r, col + 4u, hi);
+fn store_row8(c_base: u32, r: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    store_row(c_base, r, col, lo);
+    store_row(c_base, r, col + 4u, hi);
 }

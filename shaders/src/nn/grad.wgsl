@@ -1,7 +1,8 @@
 // Backward passes of the row and elementwise operations (reverse mode; the CPU model is
 // fusion-clip's `autograd`). Rows are numbered flat over the x, y and z workgroup dimensions
 // (row kernels: one workgroup of WG invocations per row) or invocations are (column and
-// elementwise kernels: WG invocations per workgroup).
+// elementwise kernels: WG invocations per workgroup). Compiled after `include/act.wgsl` (its
+// erf_approx).
 //
 // Entry points:
 //   bias_grad            db[j] (+)= Σ_r dy[r, j]; one invocation per column, Kahan-summed.
@@ -85,17 +86,6 @@ fn bias_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         sum += io1[j];
     }
     io1[j] = sum;
-}
-
-// erf as in activation.wgsl (Numerical Recipes' erfcc, |error| < 1.2e-7).
-fn erf_approx(v: f32) -> f32 {
-    let z = abs(v);
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
-        + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
-        + t * (-0.82215223 + t * 0.17087277))))))));
-    let erfc = t * exp(poly);
-    return select(erfc - 1.0, 1.0 - erfc, v >= 0.0);
 }
 
 @compute @workgroup_size(WG)

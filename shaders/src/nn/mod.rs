@@ -1,6 +1,7 @@
 //! The dense (neural-network) operations: the Rust functions that launch the kernels of
 //! `src/nn/*.wgsl` ([`crate::wgsl::nn`]) through a [`Compute`] handle, each beside its WGSL
-//! file: matrix products ([`matmul`]), layer norm ([`layer_norm`]), softmax with attention
+//! file: matrix products ([`gemm`], with fused bias / activation / residual epilogues:
+//! [`gemm_epilogue`]; [`matmul`] and [`linear`] on it), layer norm ([`layer_norm`]), softmax with attention
 //! masks ([`softmax_rows`]), activations ([`activation`]), residual addition ([`add_inplace`]),
 //! stacking ([`copy_into`]), embedding lookups ([`gather_rows`], [`token_position_embed`]) and the patch embedding
 //! ([`im2col`], [`class_position`]). The CLIP towers (`fusion-clip`) are written over them.
@@ -49,14 +50,14 @@ pub use activation::{activation, Activation};
 pub use add::{add_inplace, copy_into};
 pub use embedding::{gather_rows, token_position_embed};
 pub use layer_norm::{layer_norm, RowLayout};
-pub use matmul::{linear, matmul, matmul_with, Matmul, MatmulKernel, Operand};
+pub use matmul::{linear, matmul, matmul_with, Matmul, Operand};
 pub use patch::{class_position, im2col, PatchGeometry};
 pub use softmax::{softmax_rows, SoftmaxMask};
 
 // Backward passes and the per-adapter kernel choice.
 pub use gemm::{
-    bias_grad, gemm, gemm_with, matmul_backward, matmul_backward_with, Gemm, GemmKernel,
-    MatmulGrads,
+    bias_grad, gemm, gemm_epilogue, gemm_epilogue_with, gemm_with, matmul_backward,
+    matmul_backward_with, Gemm, GemmEpilogue, GemmKernel, MatmulGrads,
 };
 pub use grad::{
     activation_backward, attention_backward, attention_backward_with, cross_entropy, entropy_loss,
@@ -66,8 +67,8 @@ pub use grad::{
 pub use grad::{dot, l2_normalize_backward, l2_normalize_rows, scaled_add};
 pub use tune::{
     cache_dir, cooperative_matrix_available, default_gemm_kernel, device_key, gemm_kernel,
-    gemm_kernel_for, resolve_gemm_kernel, subgroup_size, ChoiceSource, GemmChoice, Precision,
-    TUNING_FILE, TUNING_SIZE,
+    gemm_kernel_for, resolve_gemm_kernel, set_gemm_override, subgroup_size, ChoiceSource,
+    GemmChoice, Precision, TUNING_FILE, TUNING_SIZE,
 };
 
 /// Shorthand for results of the dense operations.

@@ -2,6 +2,7 @@
 //! variant is fastest on it, measured on first use and cached as JSON in the cache folder.
 //!
 //! The choice for a device, in order:
+//! 0. the run's configured override ([`set_gemm_override`]: the task pool's `gemm_kernel` key);
 //! 1. the override `FUSION_GEMM=registers|tiled8|tiled16|subgroup` (`auto` or unset: go on);
 //! 2. the cache file `kernel-tuning.json` in the cache folder (`FUSION_CACHE_DIR`, else
 //!    `$XDG_CACHE_HOME/fusion-host`, else `~/.cache/fusion-host`), keyed by the adapter's name,
@@ -220,9 +221,56 @@ pub fn cache_dir() -> Option<PathBuf> {
         .or_else(|| get("HOME").map(|d| d.join(".cache").join("fusion-host")))
 }
 
-/// The kernel [`super::gemm`] uses on this device: [`resolve_gemm_kernel`] with the
+/// The override a run's configuration sets ([`set_gemm_override`]); `None` when unset.
+static CONFIGURED: Mutex<Option<GemmKernel>> = Mutex::new(None);
+
+/// Sets the gemm kernel every later product of this process uses, from a run's configuration
+/// (the clip-vision task pool's `gemm_kernel` key), or with `None`, `""` or `auto` clears it.
+/// It takes precedence over `FUSION_GEMM` and the tuning cache (an explicit setting of the run
+/// wins over the environment, as [`Precision`] from `fabric.precision` does). `key` names the
+/// setting in errors. A name that is not a kernel is an error here; a kernel the device cannot
+/// run is an error at the first product on it.
+pub fn set_gemm_override(key: &'static str, name: Option<&str>) -> Result<Option<GemmKernel>> {
+    let kernel = match name.map(str::trim) {
+        None | Some("") | Some("auto") => None,
+        Some(name) => Some(GemmKernel::parse(name).ok_or_else(|| {
+            NnError::input(
+                key,
+                format!(
+                    "`{name}` is not one of registers, tiled8, tiled16, subgroup, cooperative, auto"
+                ),
+            )
+        })?),
+    };
+    *CONFIGURED.lock().unwrap_or_else(|e| e.into_inner()) = kernel;
+    if let Some(k) = kernel {
+        tracing::info!(
+            kernel = k.name(),
+            key,
+            "gemm kernel set by the configuration"
+        );
+    }
+    Ok(kernel)
+}
+
+/// The kernel [`super::gemm`] uses on this device: the configured override
+/// ([`set_gemm_override`]) when there is one, else [`resolve_gemm_kernel`] with the
 /// environment's override and cache folder, once per device and process.
 pub fn gemm_kernel(c: &dyn Compute) -> Result<GemmKernel> {
+    let configured = *CONFIGURED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(kernel) = configured {
+        if !kernel.supported(c) {
+            return Err(NnError::input(
+                "gemm_kernel",
+                format!(
+                    "the configured `{}` kernel does not run on `{}` (pick another, or auto)",
+                    kernel.name(),
+                    c.device_name()
+                ),
+            ));
+        }
+        return Ok(kernel);
+    }
     static CHOICES: OnceLock<Mutex<HashMap<String, GemmKernel>>> = OnceLock::new();
     memo(&CHOICES, device_key(c), || {
         let over = std::env::var("FUSION_GEMM").ok();

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use fusion_kernels::nn::{matmul, Matmul, MatmulKernel};
+use fusion_kernels::nn::{gemm_kernel, matmul, Matmul};
 use fusion_plugin_api::kernel::DeviceTensor;
 use fusion_plugin_api::{Compute, DType, GpuTensor};
 
@@ -83,7 +83,7 @@ pub fn matmul_f32(c: &dyn Compute, sizes: &Sizes) -> anyhow::Result<Figure> {
     let b = upload(c, &[m, m], &mut rng)?;
     let out = DeviceTensor::zeros(c, DType::F32, &[m, m])?;
     let mm = Matmul::linear(m, m, m);
-    let kernel = MatmulKernel::for_device(c)?;
+    let kernel = gemm_kernel(c)?;
     let secs = median_seconds(sizes.repeats, || {
         matmul(c, a.id(), b.id(), None, out.id(), &mm)?;
         c.synchronize()?;
@@ -97,7 +97,8 @@ pub fn matmul_f32(c: &dyn Compute, sizes: &Sizes) -> anyhow::Result<Figure> {
         unit: "GFLOP/s".into(),
         seconds: secs,
         detail: format!(
-            "{m}x{m}x{m}, WGSL kernel {kernel:?} (fusion_kernels::nn::matmul), median of {}",
+            "{m}x{m}x{m}, WGSL gemm kernel {} (fusion_kernels::nn::matmul), median of {}",
+            kernel.name(),
             sizes.repeats
         ),
     })

@@ -14,7 +14,7 @@ use common::open;
 use fusion_clip::Activation;
 use fusion_gpu::{LimitClamp, Runtime, RuntimeOptions};
 use fusion_kernels::nn::{
-    self as ops, Matmul, MatmulKernel, Operand, PatchGeometry, RowLayout, SoftmaxMask,
+    self as ops, GemmKernel, Matmul, Operand, PatchGeometry, RowLayout, SoftmaxMask,
 };
 use fusion_plugin_api::Compute;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -99,7 +99,7 @@ fn matmul_ref(a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32], mm: &Ma
 }
 
 fn run_matmul(
-    kernel: MatmulKernel,
+    kernel: GemmKernel,
     c: &dyn Compute,
     mm: &Matmul,
     with_bias: bool,
@@ -143,8 +143,14 @@ fn run_matmul(
     (gc.to_f32().unwrap(), expected)
 }
 
-/// Both matmul kernels are checked on every shape, whichever the device would pick.
-const KERNELS: [MatmulKernel; 2] = [MatmulKernel::Tiled, MatmulKernel::Registers];
+/// Every gemm kernel the runtime runs is checked on every shape, whichever the device would
+/// pick.
+fn kernels(c: &dyn Compute) -> Vec<GemmKernel> {
+    GemmKernel::ALL
+        .into_iter()
+        .filter(|k| k.supported(c))
+        .collect()
+}
 
 #[test]
 fn matmul_matches_cpu_over_edge_shapes() {
@@ -174,7 +180,7 @@ fn matmul_matches_cpu_over_edge_shapes() {
                         b_transposed: transposed,
                         c: Operand::rows(n),
                     };
-                    for kernel in KERNELS {
+                    for kernel in kernels(c) {
                         let (got, want) = run_matmul(kernel, c, &mm, with_bias, i as u64);
                         assert_close(
                             &format!(
@@ -224,7 +230,7 @@ fn batched_strided_matmul_matches_cpu() {
     };
     for (name, c) in runtimes() {
         for (what, mm) in [("qk", &qk), ("pv", &pv)] {
-            for kernel in KERNELS {
+            for kernel in kernels(c) {
                 let (got, want) = run_matmul(kernel, c, mm, false, 7);
                 assert_close(
                     &format!("{name} {kernel:?} batched {what}"),

@@ -1,10 +1,5 @@
-enable f16;
-enable wgpu_cooperative_matrix;
-
-// The product of `gemm.wgsl` (same operation, overrides and uniform block; see there),
-//
-//     C[z] = alpha * op(A[z]) op(B[z])  (+ beta * C[z] with ACCUMULATE)
-//
+// The product of `gemm.wgsl` with its epilogue (the operation, overrides, uniform block and
+// bindings of `include/gemm_common.wgsl`)
 // on tensor cores through wgpu's experimental cooperative matrices (`EXPERIMENTAL_COOPERATIVE_
 // MATRIX`): operands rounded to f16, products accumulated in f32 (mixed precision, used only when
 // the run asks for it: FusionBench's `fabric.precision` of `16-mixed` or `bf16-mixed`).
@@ -19,60 +14,17 @@ enable wgpu_cooperative_matrix;
 //
 // Unverified on hardware: lavapipe has no cooperative matrices; it is validated with naga only.
 //
-// Entry point gemm_coop: bindings 0 = A, 1 = B, 2 = C (read_write), 3 = uniform Params.
+// Composed (`wgsl.rs`) as `enable f16; enable wgpu_cooperative_matrix;` (enables come first in
+// WGSL), then `include/act.wgsl`, `include/gemm_common.wgsl` and this file.
+//
+// Entry point gemm_coop.
 
 override WG: u32 = 32u;
-override A_TRANS: bool = false;
-override B_TRANS: bool = false;
-override ACCUMULATE: bool = false;
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch1: u32,
-    tiles_m: u32,
-    tiles_n: u32,
-    total_tiles: u32,
-    alpha: f32,
-    beta: f32,
-    a_off: u32,
-    lda: u32,
-    a_s0: u32,
-    a_s1: u32,
-    b_off: u32,
-    ldb: u32,
-    b_s0: u32,
-    b_s1: u32,
-    c_off: u32,
-    ldc: u32,
-    c_s0: u32,
-    c_s1: u32,
-}
-
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;
-@group(0) @binding(3) var<uniform> p: Params;
 
 // Row-major 16 x 16 tiles.
 var<workgroup> a_sh: array<f16, 256>;
 var<workgroup> b_sh: array<f16, 256>;
 var<workgroup> c_sh: array<f32, 256>;
-
-fn a_at(base: u32, r: u32, kk: u32) -> f32 {
-    if (A_TRANS) {
-        return a[base + kk * p.lda + r];
-    }
-    return a[base + r * p.lda + kk];
-}
-
-fn b_at(base: u32, kk: u32, cc: u32) -> f32 {
-    if (B_TRANS) {
-        return b[base + cc * p.ldb + kk];
-    }
-    return b[base + kk * p.ldb + cc];
-}
 
 @compute @workgroup_size(WG)
 fn gemm_coop(
@@ -86,11 +38,10 @@ fn gemm_coop(
     let per_batch = p.tiles_m * p.tiles_n;
     let z = w / per_batch;
     let in_batch = w % per_batch;
-    let z0 = z / p.batch1;
-    let z1 = z % p.batch1;
-    let ab = p.a_off + z0 * p.a_s0 + z1 * p.a_s1;
-    let bb = p.b_off + z0 * p.b_s0 + z1 * p.b_s1;
-    let cb = p.c_off + z0 * p.c_s0 + z1 * p.c_s1;
+    let zb = bases_of(z);
+    let ab = zb.a;
+    let bb = zb.b;
+    let cb = zb.c;
     let row0 = (in_batch / p.tiles_n) * 16u;
     let col0 = (in_batch % p.tiles_n) * 16u;
 
@@ -122,12 +73,7 @@ fn gemm_coop(
         let r = row0 + e / 16u;
         let q = col0 + e % 16u;
         if (valid && r < p.m && q < p.n) {
-            let idx = cb + r * p.ldc + q;
-            var v = p.alpha * c_sh[e];
-            if (ACCUMULATE) {
-                v += p.beta * c[idx];
-            }
-            c[idx] = v;
+            store_one(cb + r * p.ldc + q, q, c_sh[e]);
         }
     }
 }

@@ -1,7 +1,5 @@
-// The product of `gemm.wgsl` (same operation, overrides and uniform block; see there),
-//
-//     C[z] = alpha * op(A[z]) op(B[z])  (+ beta * C[z] with ACCUMULATE)
-//
+// The product of `gemm.wgsl` with its epilogue (the operation, overrides, uniform block and
+// bindings of `include/gemm_common.wgsl`, which this file is compiled after)
 // for adapters with subgroup operations (wgpu `Features::SUBGROUP`). Each subgroup of S lanes
 // computes an 8 x 4S tile of C: lane l owns columns 4l..4l+3 of it for all 8 rows. Per K-slice of
 // depth S, lane l loads the 8 values of A at depth k0 + l, and for every depth s of the slice the
@@ -20,70 +18,7 @@
 // Params: as `gemm.wgsl`, with total_tiles = the number of batches (batch0 * batch1) and
 // tiles_m / tiles_n unused.
 //
-// Entry point gemm_subgroup: bindings 0 = A, 1 = B, 2 = C (read_write), 3 = uniform Params.
-
-override A_TRANS: bool = false;
-override B_TRANS: bool = false;
-override ACCUMULATE: bool = false;
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch1: u32,
-    tiles_m: u32,
-    tiles_n: u32,
-    total_tiles: u32,
-    alpha: f32,
-    beta: f32,
-    a_off: u32,
-    lda: u32,
-    a_s0: u32,
-    a_s1: u32,
-    b_off: u32,
-    ldb: u32,
-    b_s0: u32,
-    b_s1: u32,
-    c_off: u32,
-    ldc: u32,
-    c_s0: u32,
-    c_s1: u32,
-}
-
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;
-@group(0) @binding(3) var<uniform> p: Params;
-
-fn a_at(base: u32, r: u32, kk: u32) -> f32 {
-    if (A_TRANS) {
-        return a[base + kk * p.lda + r];
-    }
-    return a[base + r * p.lda + kk];
-}
-
-fn b_at(base: u32, kk: u32, cc: u32) -> f32 {
-    if (B_TRANS) {
-        return b[base + cc * p.ldb + kk];
-    }
-    return b[base + kk * p.ldb + cc];
-}
-
-fn store_row(c_base: u32, r: u32, col: u32, v: vec4<f32>) {
-    if (r >= p.m) {
-        return;
-    }
-    let base = c_base + r * p.ldc + col;
-    for (var j = 0u; j < 4u; j++) {
-        if (col + j < p.n) {
-            var out = p.alpha * v[j];
-            if (ACCUMULATE) {
-                out += p.beta * c[base + j];
-            }
-            c[base + j] = out;
-        }
-    }
-}
+// Entry point gemm_subgroup.
 
 @compute @workgroup_size(64)
 fn gemm_subgroup(
@@ -104,11 +39,10 @@ fn gemm_subgroup(
     for (var t = first; t < total; t += stride) {
         let z = t / per_batch;
         let in_batch = t % per_batch;
-        let z0 = z / p.batch1;
-        let z1 = z % p.batch1;
-        let ab = p.a_off + z0 * p.a_s0 + z1 * p.a_s1;
-        let bb = p.b_off + z0 * p.b_s0 + z1 * p.b_s1;
-        let cb = p.c_off + z0 * p.c_s0 + z1 * p.c_s1;
+        let zb = bases_of(z);
+        let ab = zb.a;
+        let bb = zb.b;
+        let cb = zb.c;
         let row = (in_batch / tiles_n) * 8u;
         let col = (in_batch % tiles_n) * width + 4u * lane;
         let r0 = min(row + 0u, p.m - 1u);

@@ -3,7 +3,9 @@
 //! gathers. Two implementations:
 //!
 //! - [`Wgsl`]: the kernel library's dense operations ([`fusion_kernels::nn`]) through the
-//!   host's [`Compute`] handle; tensors ([`DeviceTensor`]s) stay on the device.
+//!   host's [`Compute`] handle; tensors ([`DeviceTensor`]s) stay on the device. Every matrix
+//!   product is [`ops::gemm_epilogue`] (the device's tuned kernel) with the bias, activation
+//!   and residual fused into its stores: one launch per nn.Linear.
 //! - [`Native`](crate::gpu::native::Native): host memory, the `gemm` crate on every core for
 //!   the matrix products, rayon for the row ops. For adapters that *are* the CPU (lavapipe,
 //!   llvmpipe, WARP): there WGSL compiled for a software rasterizer runs at a few percent of
@@ -15,7 +17,9 @@
 //!
 //! The plain f32 CPU model of the `oracle` feature is the test oracle of both.
 
-use fusion_kernels::nn::{self as ops, Matmul, Operand, PatchGeometry, RowLayout, SoftmaxMask};
+use fusion_kernels::nn::{
+    self as ops, Gemm, GemmEpilogue, Matmul, Operand, PatchGeometry, RowLayout, SoftmaxMask,
+};
 use std::cell::Cell;
 
 use fusion_plugin_api::{Compute, DType, DeviceTensor, DeviceType};
@@ -501,19 +505,18 @@ impl<'c> Backend for Wgsl<'c> {
         rows: usize,
         epilogue: Epilogue,
     ) -> Result<()> {
-        let (c, bias) = (self.c, l.bias.as_ref().map(DeviceTensor::id));
-        match epilogue {
-            Epilogue::None => ops::linear(c, x.id(), l.weight.id(), bias, out.id(), rows)?,
-            Epilogue::Activation(act) => {
-                ops::linear(c, x.id(), l.weight.id(), bias, out.id(), rows)?;
-                ops::activation(c, out.id(), rows * l.out_dim, act.into())?
-            }
-            Epilogue::Residual => {
-                let branch = ops::zeros(c, &[rows, l.out_dim])?;
-                ops::linear(c, x.id(), l.weight.id(), bias, branch.id(), rows)?;
-                ops::add_inplace(c, out.id(), branch.id(), rows * l.out_dim)?
-            }
-        }
+        let bias = l.bias.as_ref().map(DeviceTensor::id);
+        let epi = match epilogue {
+            Epilogue::None => GemmEpilogue::linear(bias, None),
+            Epilogue::Activation(act) => GemmEpilogue::linear(bias, Some(act.into())),
+            // `out` holds the residual stream: the product is added to it in place.
+            Epilogue::Residual => GemmEpilogue {
+                residual: Some(out.id()),
+                ..GemmEpilogue::linear(bias, None)
+            },
+        };
+        let g = Matmul::linear(rows, l.in_dim, l.out_dim).gemm();
+        ops::gemm_epilogue(self.c, x.id(), l.weight.id(), out.id(), &g, &epi)?;
         Ok(())
     }
 
@@ -540,38 +543,31 @@ impl<'c> Backend for Wgsl<'c> {
         let d = a.hidden();
         // Batch z0 = sequence, z1 = head: Q_z = qkv[z0 * seq.., z1 * hd..], K_z the same at
         // column D, V_z at 2D; scores_z = scratch[z0, z1]; context_z = context[z0 * seq.., z1 * hd..].
-        let qk = Matmul {
-            m: seq,
-            n: seq,
-            k: hd,
+        let qk = Gemm {
             batch0: batch,
             batch1: h,
             alpha: scale,
             a: Operand::batched(0, 3 * d, seq * 3 * d, hd),
             b: Operand::batched(d, 3 * d, seq * 3 * d, hd),
-            b_transposed: true,
             c: Operand::batched(0, seq, h * seq * seq, seq * seq),
+            ..Gemm::dense(seq, seq, hd, false, true)
         };
-        let pv = Matmul {
-            m: seq,
-            n: hd,
-            k: seq,
+        let pv = Gemm {
             batch0: batch,
             batch1: h,
-            alpha: 1.0,
             a: Operand::batched(0, seq, h * seq * seq, seq * seq),
             b: Operand::batched(2 * d, 3 * d, seq * 3 * d, hd),
-            b_transposed: false,
             c: Operand::batched(0, d, seq * d, hd),
+            ..Gemm::dense(seq, hd, seq, false, false)
         };
         let mask = SoftmaxMask {
             causal,
             key_mask: key_padding.map(DeviceTensor::id),
         };
         let c = self.c;
-        ops::matmul(c, qkv.id(), qkv.id(), None, scratch.id(), &qk)?;
+        ops::gemm(c, qkv.id(), qkv.id(), scratch.id(), &qk)?;
         ops::softmax_rows(c, scratch.id(), batch * h * seq, seq, seq, h, mask)?;
-        ops::matmul(c, scratch.id(), qkv.id(), None, context.id(), &pv)?;
+        ops::gemm(c, scratch.id(), qkv.id(), context.id(), &pv)?;
         Ok(())
     }
 
@@ -591,19 +587,13 @@ impl<'c> Backend for Wgsl<'c> {
         drop(pixels);
         // The patch embeddings go straight into rows 1.. of each image's block; class_position
         // then fills row 0 and adds the position embeddings.
-        let conv = Matmul {
-            m: grid2,
-            n: d,
-            k: g.patch_len(),
+        let conv = Gemm {
             batch0: g.batch,
-            batch1: 1,
-            alpha: 1.0,
             a: Operand::batched(0, g.patch_len(), grid2 * g.patch_len(), 0),
-            b: Operand::rows(g.patch_len()),
-            b_transposed: true,
             c: Operand::batched(d, d, seq * d, 0),
+            ..Gemm::dense(grid2, d, g.patch_len(), false, true)
         };
-        ops::matmul(c, patches.id(), w.weight.id(), None, out.id(), &conv)?;
+        ops::gemm(c, patches.id(), w.weight.id(), out.id(), &conv)?;
         drop(patches);
         ops::class_position(c, out.id(), w.class.id(), w.position.id(), g.batch, seq, d)?;
         Ok(())

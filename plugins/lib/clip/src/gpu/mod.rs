@@ -49,6 +49,16 @@ pub mod train;
 pub(crate) mod vision;
 
 pub use backend::{Backend, BackendChoice, BackendKind};
+
+/// Sets the matrix-product kernel ([`fusion_kernels::nn::GemmKernel`] by name: `registers`,
+/// `tiled8`, `tiled16`, `subgroup`, `cooperative`, or `auto` / `None` for the tuned choice) of
+/// every later WGSL product in this process, from the run's configuration key `key` (named in
+/// errors). It takes precedence over the `FUSION_GEMM` environment variable. The native path
+/// is not affected.
+pub fn set_gemm_kernel(key: &'static str, name: Option<&str>) -> crate::Result<()> {
+    fusion_kernels::nn::set_gemm_override(key, name)?;
+    Ok(())
+}
 pub use model::GpuClipModel;
 pub use text::GpuClipText;
 pub use vision::GpuClipVision;
