@@ -47,6 +47,7 @@ methods=(
   "opcm/weight_average (continual, seed 0, final model)|method=opcm/weight_average method.save_on_every_step=false seed=0"
   "doge_ta (K=30, λ=0.07)|method=doge_ta/doge_ta"
   "dop/dop_general (α=0.8, 200 Adam steps, seed 0)|method=dop/dop_general seed=0"
+  "dop/dop (ContinualDOPForCLIP: final model, seed 0)|method=dop/dop method.seed=0 method.evaluate_on_every_step=false"
   "ensemble/simple_ensemble|method=ensemble/simple_ensemble"
   "ensemble/weighted_ensemble (uniform)|method=ensemble/weighted_ensemble"
   "ensemble/max_model_predictor|method=ensemble/max_model_predictor"
