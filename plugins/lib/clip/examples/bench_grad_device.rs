@@ -19,10 +19,14 @@ use fusion_clip::autograd::{Objective, VisionParams};
 use fusion_clip::gpu::train::{
     loss_and_gradients, pooled_output, upload_params, DeviceHead, DeviceLayerWiseMerge,
 };
-use fusion_clip::{Activation, ClipVisionConfig};
 use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
 use fusion_plugin_api::Compute;
 use serde_json::json;
+
+#[path = "common/bench_grad.rs"]
+mod common;
+
+use common::{uniform, Setup};
 
 const USAGE: &str =
     "usage: bench_grad_device [--shape b32|tiny] [--batch N] [--iters N] [--warmup N]";
@@ -32,87 +36,23 @@ fn fail(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-/// Deterministic uniform values with standard deviation `std`.
-fn uniform(n: usize, seed: u64, std: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let half_width = std * 3f32.sqrt();
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * half_width
-        })
-        .collect()
-}
-
 fn main() {
-    let mut shape = "b32".to_string();
-    let (mut batch, mut iters, mut warmup) = (32usize, 3usize, 1usize);
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| fail(&format!("{flag} needs a value")))
-        };
-        let count = |v: String| -> usize {
-            v.parse()
-                .unwrap_or_else(|_| fail(&format!("'{v}' is not a count")))
-        };
-        match flag.as_str() {
-            "--shape" => shape = value(),
-            "--batch" => batch = count(value()),
-            "--iters" => iters = count(value()),
-            "--warmup" => warmup = count(value()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return;
-            }
-            other => fail(&format!("unknown argument '{other}'")),
-        }
-    }
-    if batch == 0 || iters == 0 {
-        fail("--batch and --iters must be positive");
-    }
-    let (cfg, proj, classes) = match shape.as_str() {
-        "b32" => (ClipVisionConfig::default(), 512, 10),
-        "tiny" => (
-            ClipVisionConfig {
-                hidden_size: 64,
-                intermediate_size: 256,
-                projection_dim: 24,
-                num_hidden_layers: 3,
-                num_attention_heads: 4,
-                num_channels: 3,
-                image_size: 32,
-                patch_size: 8,
-                hidden_act: Activation::QuickGelu,
-                layer_norm_eps: 1e-5,
-            },
-            24,
-            5,
-        ),
-        other => fail(&format!("unknown shape '{other}'")),
+    let Some(Setup {
+        shape,
+        batch,
+        iters,
+        warmup,
+        cfg,
+        proj,
+        classes,
+        params,
+        text,
+        pixels,
+    }) = common::setup(USAGE, fail)
+    else {
+        return;
     };
-    let mut seed = 0;
-    let params = VisionParams::from_fn(&cfg, |name, shape| {
-        seed += 1;
-        let n = shape.iter().product();
-        Ok(if name.contains("norm") {
-            vec![if name.ends_with("weight") { 1.0 } else { 0.0 }; n]
-        } else if name.ends_with("bias") {
-            vec![0.0; n]
-        } else {
-            uniform(n, seed, 0.02)
-        })
-    })
-    .unwrap_or_else(|e| fail(&e.to_string()));
     let d = cfg.hidden_size;
-    let mut text = uniform(classes * proj, 7, 1.0);
-    for row in text.chunks_mut(proj) {
-        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        row.iter_mut().for_each(|v| *v /= n);
-    }
     let choice: DeviceChoice = match std::env::var("FUSION_DEVICE") {
         Ok(s) => s
             .parse()
@@ -124,8 +64,6 @@ fn main() {
     let c: &dyn Compute = &rt;
     let head = DeviceHead::new(c, &uniform(proj * d, 8, 0.02), d, &text, classes, 100.0)
         .unwrap_or_else(|e| fail(&e.to_string()));
-    let s = cfg.image_size;
-    let pixels = uniform(batch * cfg.num_channels * s * s, 9, 1.0);
     let dev = upload_params(c, &params).unwrap_or_else(|e| fail(&e.to_string()));
     let step = || {
         let g = loss_and_gradients(
