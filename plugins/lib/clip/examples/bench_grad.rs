@@ -22,7 +22,7 @@ use serde_json::json;
 #[path = "common/bench_grad.rs"]
 mod common;
 
-use common::{uniform, Setup};
+use common::uniform;
 
 const USAGE: &str = "usage: bench_grad [--shape b32|tiny] [--batch N] [--iters N] [--warmup N]";
 
@@ -32,44 +32,33 @@ fn fail(msg: &str) -> ! {
 }
 
 fn main() {
-    let Some(Setup {
-        shape,
-        batch,
-        iters,
-        warmup,
-        cfg,
-        proj,
-        classes,
-        params,
-        text,
-        pixels,
-    }) = common::setup(USAGE, fail)
-    else {
+    let Some(s) = common::setup(USAGE, fail) else {
         return;
     };
-    let d = cfg.hidden_size;
-    let head = ZeroShotHead::new(uniform(proj * d, 8, 0.02), d, text, classes, 100.0)
+    let d = s.cfg.hidden_size;
+    let head = ZeroShotHead::new(uniform(s.proj * d, 8, 0.02), d, s.text, s.classes, 100.0)
         .unwrap_or_else(|e| fail(&e.to_string()));
     let step = || {
         loss_and_gradients(
-            &params,
+            &s.params,
             &head,
-            &pixels,
-            batch,
+            &s.pixels,
+            s.batch,
             Objective::Entropy { eps: 1e-8 },
         )
         .unwrap_or_else(|e| fail(&e.to_string()))
     };
-    for _ in 0..warmup {
+    for _ in 0..s.warmup {
         step();
     }
-    let mut seconds = Vec::with_capacity(iters);
-    let mut forward_seconds = Vec::with_capacity(iters);
+    let mut seconds = Vec::with_capacity(s.iters);
+    let mut forward_seconds = Vec::with_capacity(s.iters);
     let mut loss = 0.0;
-    for _ in 0..iters {
+    for _ in 0..s.iters {
         let t = Instant::now();
-        let (pooled, _) = params
-            .forward(&pixels, batch)
+        let (pooled, _) = s
+            .params
+            .forward(&s.pixels, s.batch)
             .unwrap_or_else(|e| fail(&e.to_string()));
         std::hint::black_box(pooled);
         forward_seconds.push(t.elapsed().as_secs_f64());
@@ -87,13 +76,13 @@ fn main() {
         json!({
             "event": "result",
             "impl": "fusion-clip autograd",
-            "shape": shape,
-            "batch": batch,
+            "shape": s.shape,
+            "batch": s.batch,
             "threads": rayon::current_num_threads(),
             "seconds": seconds,
             "forward_seconds": forward_seconds,
-            "images_per_s": batch as f64 / best,
-            "forward_images_per_s": batch as f64 / best_fwd,
+            "images_per_s": s.batch as f64 / best,
+            "forward_images_per_s": s.batch as f64 / best_fwd,
             "loss": loss,
         })
     );

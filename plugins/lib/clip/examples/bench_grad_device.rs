@@ -26,7 +26,7 @@ use serde_json::json;
 #[path = "common/bench_grad.rs"]
 mod common;
 
-use common::{uniform, Setup};
+use common::uniform;
 
 const USAGE: &str =
     "usage: bench_grad_device [--shape b32|tiny] [--batch N] [--iters N] [--warmup N]";
@@ -37,22 +37,10 @@ fn fail(msg: &str) -> ! {
 }
 
 fn main() {
-    let Some(Setup {
-        shape,
-        batch,
-        iters,
-        warmup,
-        cfg,
-        proj,
-        classes,
-        params,
-        text,
-        pixels,
-    }) = common::setup(USAGE, fail)
-    else {
+    let Some(s) = common::setup(USAGE, fail) else {
         return;
     };
-    let d = cfg.hidden_size;
+    let d = s.cfg.hidden_size;
     let choice: DeviceChoice = match std::env::var("FUSION_DEVICE") {
         Ok(s) => s
             .parse()
@@ -62,16 +50,23 @@ fn main() {
     let rt = Runtime::new(&choice, RuntimeOptions::default())
         .unwrap_or_else(|e| fail(&format!("no adapter for {choice}: {e}")));
     let c: &dyn Compute = &rt;
-    let head = DeviceHead::new(c, &uniform(proj * d, 8, 0.02), d, &text, classes, 100.0)
-        .unwrap_or_else(|e| fail(&e.to_string()));
-    let dev = upload_params(c, &params).unwrap_or_else(|e| fail(&e.to_string()));
+    let head = DeviceHead::new(
+        c,
+        &uniform(s.proj * d, 8, 0.02),
+        d,
+        &s.text,
+        s.classes,
+        100.0,
+    )
+    .unwrap_or_else(|e| fail(&e.to_string()));
+    let dev = upload_params(c, &s.params).unwrap_or_else(|e| fail(&e.to_string()));
     let step = || {
         let g = loss_and_gradients(
             c,
             &dev,
             &head,
-            &pixels,
-            batch,
+            &s.pixels,
+            s.batch,
             Objective::Entropy { eps: 1e-8 },
         )
         .unwrap_or_else(|e| fail(&e.to_string()));
@@ -80,14 +75,14 @@ fn main() {
             .unwrap_or_else(|e| fail(&e.to_string()));
         g
     };
-    for _ in 0..warmup {
+    for _ in 0..s.warmup {
         step();
     }
     // Two task vectors for the dL/dλ reduction (values do not matter for speed).
     let mut seed = 100;
     let tvs: Vec<VisionParams> = (0..2)
         .map(|_| {
-            VisionParams::from_fn(&cfg, |_, shape| {
+            VisionParams::from_fn(&s.cfg, |_, shape| {
                 seed += 1;
                 Ok(uniform(shape.iter().product(), seed, 0.001))
             })
@@ -95,15 +90,15 @@ fn main() {
         })
         .collect();
     let merge =
-        DeviceLayerWiseMerge::upload(c, &params, &tvs).unwrap_or_else(|e| fail(&e.to_string()));
-    let mut seconds = Vec::with_capacity(iters);
-    let mut forward_seconds = Vec::with_capacity(iters);
-    let mut lambda_seconds = Vec::with_capacity(iters);
+        DeviceLayerWiseMerge::upload(c, &s.params, &tvs).unwrap_or_else(|e| fail(&e.to_string()));
+    let mut seconds = Vec::with_capacity(s.iters);
+    let mut forward_seconds = Vec::with_capacity(s.iters);
+    let mut lambda_seconds = Vec::with_capacity(s.iters);
     let mut loss = 0.0;
-    for _ in 0..iters {
+    for _ in 0..s.iters {
         let t = Instant::now();
         let pooled =
-            pooled_output(c, &dev, &pixels, batch).unwrap_or_else(|e| fail(&e.to_string()));
+            pooled_output(c, &dev, &s.pixels, s.batch).unwrap_or_else(|e| fail(&e.to_string()));
         std::hint::black_box(pooled);
         forward_seconds.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
@@ -127,14 +122,14 @@ fn main() {
         json!({
             "event": "result",
             "impl": format!("fusion-clip gpu::train (wgsl, {})", c.device_name()),
-            "shape": shape,
-            "batch": batch,
+            "shape": s.shape,
+            "batch": s.batch,
             "threads": rayon::current_num_threads(),
             "seconds": seconds,
             "forward_seconds": forward_seconds,
             "lambda_seconds": lambda_seconds,
-            "images_per_s": batch as f64 / best,
-            "forward_images_per_s": batch as f64 / best_fwd,
+            "images_per_s": s.batch as f64 / best,
+            "forward_images_per_s": s.batch as f64 / best_fwd,
             "loss": loss,
         })
     );
