@@ -6,7 +6,7 @@ use std::path::Path;
 mod common;
 
 use common::{
-    assert_close, data_dir, grad_fixture, grad_task_vector, model_dir, Golden, MODEL_TOL,
+    assert_close, data_dir, grad_fixture, grad_task_vectors, model_dir, Golden, MODEL_TOL,
 };
 use fusion_clip::oracle::{ClipModel, ClipVisionModel};
 use fusion_clip::{
@@ -687,16 +687,7 @@ mod grad {
         let ours: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(ours, fixture_names, "parameter order (the λ columns)");
 
-        let task_vectors = (0..2)
-            .map(|i| {
-                let mut l = 0;
-                VisionParams::from_fn(&cfg, |_, shape| {
-                    l += 1;
-                    Ok(grad_task_vector(i, l - 1, shape.iter().product()))
-                })
-                .unwrap()
-            })
-            .collect();
+        let task_vectors = grad_task_vectors(&cfg);
         let merge = LayerWiseMerge::new(pre, task_vectors).unwrap();
         let lambdas = get("lambdas");
         let merged = merge.merge(lambdas).unwrap();

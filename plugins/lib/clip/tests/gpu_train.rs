@@ -13,7 +13,8 @@
 mod common;
 
 use common::{
-    assert_close, clip_config, device, grad_fixture, grad_task_vector, model_dir, Golden, MODEL_TOL,
+    assert_close, clip_config, device, grad_fixture, grad_task_vectors, model_dir, Golden,
+    MODEL_TOL,
 };
 use fusion_clip::autograd::{
     loss_and_gradients, LayerWiseMerge, Objective, VisionParams, ZeroShotHead,
@@ -188,16 +189,7 @@ fn device_gradients_match_torch_autograd() {
     );
     drop(pre_dev);
 
-    let task_vectors: Vec<VisionParams> = (0..2)
-        .map(|i| {
-            let mut l = 0;
-            VisionParams::from_fn(&cfg, |_, shape| {
-                l += 1;
-                Ok(grad_task_vector(i, l - 1, shape.iter().product()))
-            })
-            .unwrap()
-        })
-        .collect();
+    let task_vectors = grad_task_vectors(&cfg);
     let merge = DeviceLayerWiseMerge::upload(c(), &pre, &task_vectors).unwrap();
     let merged = merge.merge(get("lambdas")).unwrap();
     let classes = fx["text_embeds"].0[0];

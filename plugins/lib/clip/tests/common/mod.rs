@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use fusion_clip::{CheckpointConfig, ClipConfig, Tensor, TokenBatch};
+use fusion_clip::autograd::VisionParams;
+use fusion_clip::{CheckpointConfig, ClipConfig, ClipVisionConfig, Tensor, TokenBatch};
 use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
 use safetensors::{Dtype, SafeTensors};
 
@@ -161,6 +162,21 @@ pub fn grad_fixture() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
                 other => panic!("unexpected dtype {other:?} for {name}"),
             };
             (name, (view.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+/// The two task vectors of `tests/data/grad` for a tower of `cfg`: tensor l of task i is
+/// [`grad_task_vector`]`(i, l, ..)`.
+pub fn grad_task_vectors(cfg: &ClipVisionConfig) -> Vec<VisionParams> {
+    (0..2)
+        .map(|i| {
+            let mut l = 0;
+            VisionParams::from_fn(cfg, |_, shape| {
+                l += 1;
+                Ok(grad_task_vector(i, l - 1, shape.iter().product()))
+            })
+            .unwrap()
         })
         .collect()
 }
