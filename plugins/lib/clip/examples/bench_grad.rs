@@ -66,11 +66,7 @@ fn main() {
         loss = step().loss;
         seconds.push(t.elapsed().as_secs_f64());
     }
-    let best = seconds.iter().copied().fold(f64::INFINITY, f64::min);
-    let best_fwd = forward_seconds
-        .iter()
-        .copied()
-        .fold(f64::INFINITY, f64::min);
+    let (best, best_fwd) = (common::fastest(&seconds), common::fastest(&forward_seconds));
     println!(
         "{}",
         json!({

@@ -112,11 +112,7 @@ fn main() {
         std::hint::black_box(dl);
         lambda_seconds.push(t.elapsed().as_secs_f64());
     }
-    let best = seconds.iter().copied().fold(f64::INFINITY, f64::min);
-    let best_fwd = forward_seconds
-        .iter()
-        .copied()
-        .fold(f64::INFINITY, f64::min);
+    let (best, best_fwd) = (common::fastest(&seconds), common::fastest(&forward_seconds));
     println!(
         "{}",
         json!({

@@ -19,6 +19,11 @@ pub struct Setup {
     pub pixels: Vec<f32>,
 }
 
+/// The shortest of `seconds` (infinity for none).
+pub fn fastest(seconds: &[f64]) -> f64 {
+    seconds.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
 /// Deterministic uniform values with standard deviation `std`.
 pub fn uniform(n: usize, seed: u64, std: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
