@@ -678,20 +678,26 @@ pub struct SuperposedTaskArithmetic {
 
 impl FromConfig for SuperposedTaskArithmetic {
     fn from_config(config: &Config) -> Result<Self> {
-        const NAME: &str = "superposed_task_arithmetic";
-        let base = Base::read(config, NAME)?;
-        let s: f64 = config.require("scaling_factor")?;
-        if let Some(path) = config.get::<String>("model_path")? {
-            tracing::warn!(
-                "{NAME}: `model_path` {path}: fusion-host saves the retrieved models where \
-                 `merged_model_save_path` says"
-            );
-        }
+        let (base, scaling_factor) = read_scaled(config, "superposed_task_arithmetic")?;
         Ok(SuperposedTaskArithmetic {
             base,
-            scaling_factor: s as f32,
+            scaling_factor,
         })
     }
+}
+
+/// The base parameters and `scaling_factor` of the scaled methods (`name` in messages); a
+/// `model_path` is warned about (the host saves the retrieved models).
+fn read_scaled(config: &Config, name: &str) -> Result<(Base, f32)> {
+    let base = Base::read(config, name)?;
+    let s: f64 = config.require("scaling_factor")?;
+    if let Some(path) = config.get::<String>("model_path")? {
+        tracing::warn!(
+            "{name}: `model_path` {path}: fusion-host saves the retrieved models where \
+             `merged_model_save_path` says"
+        );
+    }
+    Ok((base, s as f32))
 }
 
 /// Superposed model soup (`SuperposedModelSoupAlgorithm`, `randes/superposed_model_soup`):
@@ -728,18 +734,10 @@ pub struct SuperposedTaskArithmeticLora {
 
 impl FromConfig for SuperposedTaskArithmeticLora {
     fn from_config(config: &Config) -> Result<Self> {
-        const NAME: &str = "superposed_task_arithmetic_lora";
-        let base = Base::read(config, NAME)?;
-        let s: f64 = config.require("scaling_factor")?;
-        if let Some(path) = config.get::<String>("model_path")? {
-            tracing::warn!(
-                "{NAME}: `model_path` {path}: fusion-host saves the retrieved models where \
-                 `merged_model_save_path` says"
-            );
-        }
+        let (base, scaling_factor) = read_scaled(config, "superposed_task_arithmetic_lora")?;
         Ok(SuperposedTaskArithmeticLora {
             base,
-            scaling_factor: s as f32,
+            scaling_factor,
         })
     }
 }

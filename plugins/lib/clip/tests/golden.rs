@@ -1,12 +1,13 @@
 //! fusion-clip against transformers: the tiny random-weight CLIP checkpoint in
 //! `tests/data/clip-tiny` and the outputs transformers computed for it (see the README there).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 mod common;
 
-use common::{assert_close, data_dir, model_dir, Golden, MODEL_TOL};
+use common::{
+    assert_close, data_dir, grad_fixture, grad_task_vectors, model_dir, Golden, MODEL_TOL,
+};
 use fusion_clip::oracle::{ClipModel, ClipVisionModel};
 use fusion_clip::{
     decode_image, resize, CheckpointConfig, ClipError, ClipTokenizer, ImageProcessor, Padding,
@@ -630,50 +631,6 @@ mod grad {
     /// f32 against f32 in another summation order.
     const GRAD_TOL: f32 = 1e-4;
 
-    fn fixture() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/grad");
-        let bytes = std::fs::read(dir.join("grad.safetensors")).unwrap();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        st.tensors()
-            .into_iter()
-            .map(|(name, view)| {
-                let data = match view.dtype() {
-                    Dtype::F32 => view
-                        .data()
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                        .collect(),
-                    Dtype::I64 => view
-                        .data()
-                        .chunks_exact(8)
-                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
-                        .collect(),
-                    other => panic!("unexpected dtype {other:?} for {name}"),
-                };
-                (name, (view.shape().to_vec(), data))
-            })
-            .collect()
-    }
-
-    /// The task vector the fixture generator builds from its integer hash (exact in both).
-    fn task_vector(i: u32, l: u32, n: usize) -> Vec<f32> {
-        (0..n as u32)
-            .map(|j| {
-                let mut h = i
-                    .wrapping_mul(0x9E37_79B1)
-                    .wrapping_add(l.wrapping_mul(0x85EB_CA77))
-                    .wrapping_add(j.wrapping_mul(0xC2B2_AE3D))
-                    .wrapping_add(0x27D4_EB2F);
-                h ^= h >> 15;
-                h = h.wrapping_mul(0x2C1B_3C6D);
-                h ^= h >> 12;
-                h = h.wrapping_mul(0x297A_2D39);
-                h ^= h >> 15;
-                0.01f32 * ((f64::from(h >> 8) / f64::from(1u32 << 23) - 1.0) as f32)
-            })
-            .collect()
-    }
-
     /// Asserts the normwise relative error is within `tol` and returns it: the largest
     /// difference over the tensor's largest value, or over `floor` if that is larger (a
     /// gradient that is zero in exact arithmetic, such as `k_proj.bias`'s under softmax's shift
@@ -696,7 +653,7 @@ mod grad {
 
     #[test]
     fn tower_weight_and_merge_coefficient_gradients_match_torch_autograd() {
-        let fx = fixture();
+        let fx = grad_fixture();
         let get = |n: &str| &fx.get(n).unwrap_or_else(|| panic!("fixture has no {n}")).1;
         let model = ClipModel::from_pretrained_dir(model_dir()).unwrap();
         let cfg = model.vision_model().config().clone();
@@ -730,16 +687,7 @@ mod grad {
         let ours: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(ours, fixture_names, "parameter order (the λ columns)");
 
-        let task_vectors = (0..2)
-            .map(|i| {
-                let mut l = 0;
-                VisionParams::from_fn(&cfg, |_, shape| {
-                    l += 1;
-                    Ok(task_vector(i, l - 1, shape.iter().product()))
-                })
-                .unwrap()
-            })
-            .collect();
+        let task_vectors = grad_task_vectors(&cfg);
         let merge = LayerWiseMerge::new(pre, task_vectors).unwrap();
         let lambdas = get("lambdas");
         let merged = merge.merge(lambdas).unwrap();

@@ -10,12 +10,12 @@
 //! * the whole tower against `fusion_clip::autograd` (the CPU reference) on a second, random
 //!   tower of other shapes (gelu, a sequence off every tile size).
 
-use std::collections::HashMap;
-use std::path::Path;
-
 mod common;
 
-use common::{assert_close, clip_config, device, model_dir, Golden, MODEL_TOL};
+use common::{
+    assert_close, clip_config, device, grad_fixture, grad_task_vectors, model_dir, Golden,
+    MODEL_TOL,
+};
 use fusion_clip::autograd::{
     loss_and_gradients, LayerWiseMerge, Objective, VisionParams, ZeroShotHead,
 };
@@ -26,7 +26,6 @@ use fusion_clip::{Activation, ClipVisionConfig, Tensor, WeightStore};
 use fusion_kernels::nn;
 use fusion_plugin_api::Compute;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use safetensors::{Dtype, SafeTensors};
 
 fn c() -> &'static dyn Compute {
     device()
@@ -161,50 +160,6 @@ fn the_device_merge_equals_the_cpu_merge() {
 // ---------------------------------------------------------------------------------------------
 // The tower against PyTorch autograd (`tests/data/grad`)
 
-fn fixture() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/grad");
-    let bytes = std::fs::read(dir.join("grad.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let data = match view.dtype() {
-                Dtype::F32 => view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                Dtype::I64 => view
-                    .data()
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
-                    .collect(),
-                other => panic!("unexpected dtype {other:?} for {name}"),
-            };
-            (name, (view.shape().to_vec(), data))
-        })
-        .collect()
-}
-
-/// The task vector the fixture generator builds from its integer hash (exact in both).
-fn task_vector(i: u32, l: u32, n: usize) -> Vec<f32> {
-    (0..n as u32)
-        .map(|j| {
-            let mut h = i
-                .wrapping_mul(0x9E37_79B1)
-                .wrapping_add(l.wrapping_mul(0x85EB_CA77))
-                .wrapping_add(j.wrapping_mul(0xC2B2_AE3D))
-                .wrapping_add(0x27D4_EB2F);
-            h ^= h >> 15;
-            h = h.wrapping_mul(0x2C1B_3C6D);
-            h ^= h >> 12;
-            h = h.wrapping_mul(0x297A_2D39);
-            h ^= h >> 15;
-            0.01f32 * ((f64::from(h >> 8) / f64::from(1u32 << 23) - 1.0) as f32)
-        })
-        .collect()
-}
-
 /// A tensor of the tiny checkpoint at its stored shape.
 fn checkpoint_tensor(store: &WeightStore, name: &str) -> Vec<f32> {
     let shape = store.shape(name).unwrap().to_vec();
@@ -213,7 +168,7 @@ fn checkpoint_tensor(store: &WeightStore, name: &str) -> Vec<f32> {
 
 #[test]
 fn device_gradients_match_torch_autograd() {
-    let fx = fixture();
+    let fx = grad_fixture();
     let get = |n: &str| &fx.get(n).unwrap_or_else(|| panic!("fixture has no {n}")).1;
     let cfg = clip_config().vision_config;
     let store = WeightStore::open_dir(model_dir()).unwrap();
@@ -234,16 +189,7 @@ fn device_gradients_match_torch_autograd() {
     );
     drop(pre_dev);
 
-    let task_vectors: Vec<VisionParams> = (0..2)
-        .map(|i| {
-            let mut l = 0;
-            VisionParams::from_fn(&cfg, |_, shape| {
-                l += 1;
-                Ok(task_vector(i, l - 1, shape.iter().product()))
-            })
-            .unwrap()
-        })
-        .collect();
+    let task_vectors = grad_task_vectors(&cfg);
     let merge = DeviceLayerWiseMerge::upload(c(), &pre, &task_vectors).unwrap();
     let merged = merge.merge(get("lambdas")).unwrap();
     let classes = fx["text_embeds"].0[0];

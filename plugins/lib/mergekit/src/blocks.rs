@@ -692,16 +692,7 @@ impl crate::Merge {
         let work = self
             .compute_dtype
             .filter(|d| matches!(d, DType::F16 | DType::BF16));
-        let job = Job {
-            name: &t.name,
-            shape: &t.info.shape,
-            tensors: Vec::new(),
-            base: t.base,
-            global: &t.global,
-            per_model: &t.per_model,
-            random_keys: &t.random_keys,
-            work,
-        };
+        let job = t.job(work);
         gta(&job, self.spec.method, &sources, work, t.info.dtype, budget)
             .map_err(|e| e.context(self.spec.name))
     }

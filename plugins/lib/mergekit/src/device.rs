@@ -222,7 +222,7 @@ impl Device {
     /// division by Σw.
     fn linear<'c>(&'c self, m: &Merge, t: &Planned) -> Result<Merged<'c>> {
         let c: &dyn Compute = &*self.compute;
-        let job = job(t);
+        let job = t.job(None);
         let (w, divisor) = match methods::linear_weights(&job, t.inputs.len()) {
             Ok(x) => x,
             Err(e) => return Ok(Err(e)),
@@ -502,20 +502,6 @@ impl Device {
                 DType::F32,
             )?,
         )))
-    }
-}
-
-/// A job with no tensors, for the parameter helpers of `methods`.
-fn job(t: &Planned) -> methods::Job<'_> {
-    methods::Job {
-        name: &t.name,
-        shape: &t.info.shape,
-        tensors: Vec::new(),
-        base: t.base,
-        global: &t.global,
-        per_model: &t.per_model,
-        random_keys: &t.random_keys,
-        work: None,
     }
 }
 

@@ -167,6 +167,22 @@ struct Planned {
     vocab: bool,
 }
 
+impl Planned {
+    /// A job with no tensors (for the parameter helpers of `methods`), computing in `work`.
+    fn job(&self, work: Option<DType>) -> methods::Job<'_> {
+        methods::Job {
+            name: &self.name,
+            shape: &self.info.shape,
+            tensors: Vec::new(),
+            base: self.base,
+            global: &self.global,
+            per_model: &self.per_model,
+            random_keys: &self.random_keys,
+            work,
+        }
+    }
+}
+
 /// A planned merge.
 pub struct Merge {
     spec: Spec,
@@ -589,16 +605,7 @@ impl Merge {
             }
             datas.push((ck.data(name)?, info.dtype));
         }
-        let job = methods::Job {
-            name: &t.name,
-            shape: &t.info.shape,
-            tensors: Vec::new(),
-            base: t.base,
-            global: &t.global,
-            per_model: &t.per_model,
-            random_keys: &t.random_keys,
-            work: None,
-        };
+        let job = t.job(None);
         let (w, divisor) =
             methods::linear_weights(&job, datas.len()).map_err(|e| e.context(self.spec.name))?;
         let n: usize = t.info.shape.iter().product();

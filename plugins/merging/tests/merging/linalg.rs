@@ -683,162 +683,33 @@ fn linalg_svd_timings() {
     }
 }
 
-/// WUDI's Adam loop on the device (WGSL products and the fused Adam kernel, as a GPU adapter
-/// gets it) against the CPU loop and fusion-bench's output for linalg-tiny's `wudi` case
-/// (`iter_num` 40, four task vectors): every 2-D weight's merged task vector agrees with the
-/// CPU's to 1e-4 of its largest entry, and θ₀ + x with the golden tensor to 1e-4 (as
-/// `golden_wudi`).
-#[test]
-fn wudi_adam_loop_on_the_device_matches_the_cpu_and_the_golden() {
-    use fusion_merging::linalg::Backend;
-    use fusion_merging::wudi_optimize;
-    let base = linalg_model("_pretrained_");
-    let tasks: Vec<Model> = ["task_a", "task_b", "task_c", "task_d"]
-        .iter()
-        .map(|n| linalg_model(n))
-        .collect();
-    let expected = fusion_checkpoint::open_model(
-        linalg_fixtures()
-            .join("expected/wudi.safetensors")
-            .to_str()
-            .unwrap(),
-    )
-    .unwrap();
-    let device = Backend::Device(ctx(Some(0)));
-    let mut checked = 0;
-    for name in base.names().unwrap() {
-        let (theta0, shape) = base.to_f32(&name).unwrap();
-        if shape.len() != 2 {
-            continue;
-        }
-        let (m, n) = (shape[0], shape[1]);
-        let tvs: Vec<Vec<f32>> = tasks
-            .iter()
-            .map(|t| {
-                let (v, _) = t.to_f32(&name).unwrap();
-                v.iter().zip(&theta0).map(|(a, b)| a - b).collect()
-            })
-            .collect();
-        let mut sum = tvs[0].clone();
-        for tv in &tvs[1..] {
-            sum.iter_mut().zip(tv).for_each(|(a, x)| *a += x);
-        }
-        let cpu = wudi_optimize(&Backend::Cpu, m, n, &tvs, sum.clone(), 40).unwrap();
-        let dev = wudi_optimize(&device, m, n, &tvs, sum.clone(), 40).unwrap();
-        // The steps themselves (x − x₀, about 40·lr per entry) agree to 1%.
-        let moved = cpu
-            .iter()
-            .zip(&sum)
-            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
-        let step_diff = cpu
-            .iter()
-            .zip(&dev)
-            .zip(&sum)
-            .fold(0f32, |w, ((a, b), s)| w.max(((a - s) - (b - s)).abs()));
-        assert!(
-            moved > 1e-4 && step_diff <= 1e-2 * moved,
-            "`{name}`: the CPU loop moved x by {moved:e}, the device's differs by {step_diff:e}"
-        );
-        let scale = cpu.iter().fold(0f32, |w, x| w.max(x.abs()));
-        let diff = cpu
-            .iter()
-            .zip(&dev)
-            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
-        assert!(
-            diff <= 1e-4 * scale,
-            "`{name}` {m}x{n}: device and CPU task vectors differ by {diff:e} (max {scale:e})"
-        );
-        let (want, _) = expected.to_f32(&name).unwrap();
-        let merged: Vec<f32> = theta0.iter().zip(&dev).map(|(a, x)| a + x).collect();
-        let wscale = want.iter().fold(0f32, |w, x| w.max(x.abs()));
-        let werr = merged
-            .iter()
-            .zip(&want)
-            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
-        assert!(
-            werr <= 1e-4 * wscale,
-            "`{name}`: device WUDI differs from fusion-bench's by {werr:e} (max {wscale:e})"
-        );
-        eprintln!(
-            "wudi `{name}` {m}x{n}: device vs CPU {diff:.2e} of {scale:.2e}, vs golden {werr:.2e}"
-        );
-        checked += 1;
-    }
-    assert!(checked > 0, "linalg-tiny has 2-D weights");
+/// The largest absolute entry of `v`.
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |w, x| w.max(x.abs()))
 }
 
-/// ISO-C with its SVD on the device (as a GPU adapter runs it) against the CPU's faer SVD and
-/// fusion-bench's output for linalg-tiny's `iso_c` case (scaling 1.3): each 2-D weight's task
-/// matrix mean(σ)·U·Vᵀ agrees with the CPU's to 1e-4 of its largest entry, θ₀ + 1.3·it with
-/// the golden tensor to 1e-4 (as `golden_iso_c`).
-#[test]
-fn iso_c_svd_on_the_device_matches_the_cpu_and_the_golden() {
-    use fusion_merging::iso_c_on;
-    use fusion_merging::linalg::Backend;
-    let base = linalg_model("_pretrained_");
-    let tasks: Vec<Model> = ["task_a", "task_b", "task_c", "task_d"]
-        .iter()
-        .map(|n| linalg_model(n))
-        .collect();
-    let expected = fusion_checkpoint::open_model(
-        linalg_fixtures()
-            .join("expected/iso_c.safetensors")
-            .to_str()
-            .unwrap(),
-    )
-    .unwrap();
-    let device = Backend::Device(ctx(Some(0)));
-    let mut checked = 0;
-    for name in base.names().unwrap() {
-        let (theta0, shape) = base.to_f32(&name).unwrap();
-        if shape.len() != 2 {
-            continue;
-        }
-        let (m, n) = (shape[0], shape[1]);
-        let tvs: Vec<Vec<f32>> = tasks
-            .iter()
-            .map(|t| {
-                let (v, _) = t.to_f32(&name).unwrap();
-                v.iter().zip(&theta0).map(|(a, b)| a - b).collect()
-            })
-            .collect();
-        let cpu = iso_c_on(&Backend::Cpu, m, n, &tvs).unwrap();
-        let dev = iso_c_on(&device, m, n, &tvs).unwrap();
-        let scale = cpu.iter().fold(0f32, |w, x| w.max(x.abs()));
-        let diff = cpu
-            .iter()
-            .zip(&dev)
-            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
-        assert!(
-            diff <= 1e-4 * scale,
-            "`{name}` {m}x{n}: device and CPU ISO-C differ by {diff:e} (max {scale:e})"
-        );
-        let (want, _) = expected.to_f32(&name).unwrap();
-        let merged: Vec<f32> = theta0.iter().zip(&dev).map(|(a, x)| a + 1.3 * x).collect();
-        let wscale = want.iter().fold(0f32, |w, x| w.max(x.abs()));
-        let werr = merged
-            .iter()
-            .zip(&want)
-            .fold(0f32, |w, (a, b)| w.max((a - b).abs()));
-        assert!(
-            werr <= 1e-4 * wscale,
-            "`{name}`: device ISO-C differs from fusion-bench's by {werr:e} (max {wscale:e})"
-        );
-        eprintln!(
-            "iso_c `{name}` {m}x{n}: device vs CPU {diff:.2e} of {scale:.2e}, vs golden {werr:.2e}"
-        );
-        checked += 1;
-    }
-    assert!(checked > 0, "linalg-tiny has 2-D weights");
+/// The largest absolute entrywise difference of `a` and `b`.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0f32, |w, (x, y)| w.max((x - y).abs()))
 }
 
-/// SVC with the SVD of the merged task matrix on the device, after task arithmetic (0.3, as
-/// linalg-tiny's `svc_task_arithmetic`, alpha 0.1): each 2-D weight agrees with the CPU path
-/// and with fusion-bench's output to 1e-4 of its largest entry.
-#[test]
-fn svc_svd_on_the_device_matches_the_cpu_and_the_golden() {
+/// The set-up the device-vs-CPU-vs-golden tests share: linalg-tiny's base and four task
+/// models, fusion-bench's output `expected/{case}.safetensors` and a device backend; `check`
+/// runs for each 2-D weight with its name, shape, θ₀, the four tasks' weights, the golden
+/// tensor and the device. At least one weight is checked.
+fn for_each_2d_weight(
+    case: &str,
+    mut check: impl FnMut(
+        &str,
+        usize,
+        usize,
+        &[f32],
+        &[Vec<f32>],
+        &[f32],
+        &fusion_merging::linalg::Backend,
+    ),
+) {
     use fusion_merging::linalg::Backend;
-    use fusion_merging::svc_on;
     let base = linalg_model("_pretrained_");
     let tasks: Vec<Model> = ["task_a", "task_b", "task_c", "task_d"]
         .iter()
@@ -846,7 +717,7 @@ fn svc_svd_on_the_device_matches_the_cpu_and_the_golden() {
         .collect();
     let expected = fusion_checkpoint::open_model(
         linalg_fixtures()
-            .join("expected/svc_task_arithmetic.safetensors")
+            .join(format!("expected/{case}.safetensors"))
             .to_str()
             .unwrap(),
     )
@@ -860,29 +731,128 @@ fn svc_svd_on_the_device_matches_the_cpu_and_the_golden() {
         }
         let (m, n) = (shape[0], shape[1]);
         let weights: Vec<Vec<f32>> = tasks.iter().map(|t| t.to_f32(&name).unwrap().0).collect();
-        // Task arithmetic, θ₀ + 0.3·Σ(θᵢ − θ₀), in f32.
-        let mut sum = vec![0f32; m * n];
-        for w in &weights {
-            sum.iter_mut()
-                .zip(w.iter().zip(&theta0))
-                .for_each(|(s, (a, b))| *s += a - b);
-        }
-        let merged: Vec<f32> = theta0.iter().zip(&sum).map(|(b, s)| b + 0.3 * s).collect();
-        let cpu = svc_on(&Backend::Cpu, m, n, &theta0, &merged, &weights, 0.1).unwrap();
-        let dev = svc_on(&device, m, n, &theta0, &merged, &weights, 0.1).unwrap();
         let (want, _) = expected.to_f32(&name).unwrap();
-        let scale = want.iter().fold(0f32, |w, x| w.max(x.abs()));
-        let max_diff =
-            |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |w, (x, y)| w.max((x - y).abs()));
-        let (dc, dg) = (max_diff(&cpu, &dev), max_diff(&dev, &want));
-        assert!(
-            dc <= 1e-4 * scale && dg <= 1e-4 * scale,
-            "`{name}` {m}x{n}: device vs CPU {dc:e}, vs golden {dg:e} (max {scale:e})"
-        );
-        eprintln!(
-            "svc `{name}` {m}x{n}: device vs CPU {dc:.2e}, vs golden {dg:.2e} of {scale:.2e}"
-        );
+        check(&name, m, n, &theta0, &weights, &want, &device);
         checked += 1;
     }
     assert!(checked > 0, "linalg-tiny has 2-D weights");
+}
+
+/// The task vectors θᵢ − θ₀.
+fn task_vectors(weights: &[Vec<f32>], theta0: &[f32]) -> Vec<Vec<f32>> {
+    weights
+        .iter()
+        .map(|v| v.iter().zip(theta0).map(|(a, b)| a - b).collect())
+        .collect()
+}
+
+/// WUDI's Adam loop on the device (WGSL products and the fused Adam kernel, as a GPU adapter
+/// gets it) against the CPU loop and fusion-bench's output for linalg-tiny's `wudi` case
+/// (`iter_num` 40, four task vectors): every 2-D weight's merged task vector agrees with the
+/// CPU's to 1e-4 of its largest entry, and θ₀ + x with the golden tensor to 1e-4 (as
+/// `golden_wudi`).
+#[test]
+fn wudi_adam_loop_on_the_device_matches_the_cpu_and_the_golden() {
+    use fusion_merging::linalg::Backend;
+    use fusion_merging::wudi_optimize;
+    for_each_2d_weight("wudi", |name, m, n, theta0, weights, want, device| {
+        let tvs = task_vectors(weights, theta0);
+        let mut sum = tvs[0].clone();
+        for tv in &tvs[1..] {
+            sum.iter_mut().zip(tv).for_each(|(a, x)| *a += x);
+        }
+        let cpu = wudi_optimize(&Backend::Cpu, m, n, &tvs, sum.clone(), 40).unwrap();
+        let dev = wudi_optimize(device, m, n, &tvs, sum.clone(), 40).unwrap();
+        // The steps themselves (x − x₀, about 40·lr per entry) agree to 1%.
+        let moved = max_diff(&cpu, &sum);
+        let step_diff = cpu
+            .iter()
+            .zip(&dev)
+            .zip(&sum)
+            .fold(0f32, |w, ((a, b), s)| w.max(((a - s) - (b - s)).abs()));
+        assert!(
+            moved > 1e-4 && step_diff <= 1e-2 * moved,
+            "`{name}`: the CPU loop moved x by {moved:e}, the device's differs by {step_diff:e}"
+        );
+        let scale = max_abs(&cpu);
+        let diff = max_diff(&cpu, &dev);
+        assert!(
+            diff <= 1e-4 * scale,
+            "`{name}` {m}x{n}: device and CPU task vectors differ by {diff:e} (max {scale:e})"
+        );
+        let merged: Vec<f32> = theta0.iter().zip(&dev).map(|(a, x)| a + x).collect();
+        let wscale = max_abs(want);
+        let werr = max_diff(&merged, want);
+        assert!(
+            werr <= 1e-4 * wscale,
+            "`{name}`: device WUDI differs from fusion-bench's by {werr:e} (max {wscale:e})"
+        );
+        eprintln!(
+            "wudi `{name}` {m}x{n}: device vs CPU {diff:.2e} of {scale:.2e}, vs golden {werr:.2e}"
+        );
+    });
+}
+
+/// ISO-C with its SVD on the device (as a GPU adapter runs it) against the CPU's faer SVD and
+/// fusion-bench's output for linalg-tiny's `iso_c` case (scaling 1.3): each 2-D weight's task
+/// matrix mean(σ)·U·Vᵀ agrees with the CPU's to 1e-4 of its largest entry, θ₀ + 1.3·it with
+/// the golden tensor to 1e-4 (as `golden_iso_c`).
+#[test]
+fn iso_c_svd_on_the_device_matches_the_cpu_and_the_golden() {
+    use fusion_merging::iso_c_on;
+    use fusion_merging::linalg::Backend;
+    for_each_2d_weight("iso_c", |name, m, n, theta0, weights, want, device| {
+        let tvs = task_vectors(weights, theta0);
+        let cpu = iso_c_on(&Backend::Cpu, m, n, &tvs).unwrap();
+        let dev = iso_c_on(device, m, n, &tvs).unwrap();
+        let scale = max_abs(&cpu);
+        let diff = max_diff(&cpu, &dev);
+        assert!(
+            diff <= 1e-4 * scale,
+            "`{name}` {m}x{n}: device and CPU ISO-C differ by {diff:e} (max {scale:e})"
+        );
+        let merged: Vec<f32> = theta0.iter().zip(&dev).map(|(a, x)| a + 1.3 * x).collect();
+        let wscale = max_abs(want);
+        let werr = max_diff(&merged, want);
+        assert!(
+            werr <= 1e-4 * wscale,
+            "`{name}`: device ISO-C differs from fusion-bench's by {werr:e} (max {wscale:e})"
+        );
+        eprintln!(
+            "iso_c `{name}` {m}x{n}: device vs CPU {diff:.2e} of {scale:.2e}, vs golden {werr:.2e}"
+        );
+    });
+}
+
+/// SVC with the SVD of the merged task matrix on the device, after task arithmetic (0.3, as
+/// linalg-tiny's `svc_task_arithmetic`, alpha 0.1): each 2-D weight agrees with the CPU path
+/// and with fusion-bench's output to 1e-4 of its largest entry.
+#[test]
+fn svc_svd_on_the_device_matches_the_cpu_and_the_golden() {
+    use fusion_merging::linalg::Backend;
+    use fusion_merging::svc_on;
+    for_each_2d_weight(
+        "svc_task_arithmetic",
+        |name, m, n, theta0, weights, want, device| {
+            // Task arithmetic, θ₀ + 0.3·Σ(θᵢ − θ₀), in f32.
+            let mut sum = vec![0f32; m * n];
+            for w in weights {
+                sum.iter_mut()
+                    .zip(w.iter().zip(theta0))
+                    .for_each(|(s, (a, b))| *s += a - b);
+            }
+            let merged: Vec<f32> = theta0.iter().zip(&sum).map(|(b, s)| b + 0.3 * s).collect();
+            let cpu = svc_on(&Backend::Cpu, m, n, theta0, &merged, weights, 0.1).unwrap();
+            let dev = svc_on(device, m, n, theta0, &merged, weights, 0.1).unwrap();
+            let scale = max_abs(want);
+            let (dc, dg) = (max_diff(&cpu, &dev), max_diff(&dev, want));
+            assert!(
+                dc <= 1e-4 * scale && dg <= 1e-4 * scale,
+                "`{name}` {m}x{n}: device vs CPU {dc:e}, vs golden {dg:e} (max {scale:e})"
+            );
+            eprintln!(
+                "svc `{name}` {m}x{n}: device vs CPU {dc:.2e}, vs golden {dg:.2e} of {scale:.2e}"
+            );
+        },
+    );
 }

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use fusion_clip::{CheckpointConfig, ClipConfig, Tensor, TokenBatch};
+use fusion_clip::autograd::VisionParams;
+use fusion_clip::{CheckpointConfig, ClipConfig, ClipVisionConfig, Tensor, TokenBatch};
 use fusion_gpu::{DeviceChoice, Runtime, RuntimeOptions};
 use safetensors::{Dtype, SafeTensors};
 
@@ -136,4 +137,65 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f32) ->
     println!("{what}: max abs diff {diff:.3e}");
     assert!(diff <= tol, "{what}: max abs diff {diff} > {tol}");
     diff
+}
+
+/// `tests/data/grad/grad.safetensors` (PyTorch autograd's gradients for the tiny tower, made by
+/// `tools/make_grad_golden.py`): each tensor's shape and values as f32.
+pub fn grad_fixture() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/grad");
+    let bytes = std::fs::read(dir.join("grad.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = match view.dtype() {
+                Dtype::F32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                Dtype::I64 => view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
+                    .collect(),
+                other => panic!("unexpected dtype {other:?} for {name}"),
+            };
+            (name, (view.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+/// The two task vectors of `tests/data/grad` for a tower of `cfg`: tensor l of task i is
+/// [`grad_task_vector`]`(i, l, ..)`.
+pub fn grad_task_vectors(cfg: &ClipVisionConfig) -> Vec<VisionParams> {
+    (0..2)
+        .map(|i| {
+            let mut l = 0;
+            VisionParams::from_fn(cfg, |_, shape| {
+                l += 1;
+                Ok(grad_task_vector(i, l - 1, shape.iter().product()))
+            })
+            .unwrap()
+        })
+        .collect()
+}
+
+/// The task vector the fixture generator builds from its integer hash (exact in both).
+pub fn grad_task_vector(i: u32, l: u32, n: usize) -> Vec<f32> {
+    (0..n as u32)
+        .map(|j| {
+            let mut h = i
+                .wrapping_mul(0x9E37_79B1)
+                .wrapping_add(l.wrapping_mul(0x85EB_CA77))
+                .wrapping_add(j.wrapping_mul(0xC2B2_AE3D))
+                .wrapping_add(0x27D4_EB2F);
+            h ^= h >> 15;
+            h = h.wrapping_mul(0x2C1B_3C6D);
+            h ^= h >> 12;
+            h = h.wrapping_mul(0x297A_2D39);
+            h ^= h >> 15;
+            0.01f32 * ((f64::from(h >> 8) / f64::from(1u32 << 23) - 1.0) as f32)
+        })
+        .collect()
 }
